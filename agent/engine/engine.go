@@ -1,0 +1,95 @@
+// Package engine defines what a servicing engine does to a WIM image: the
+// DISM operations the pipeline needs, whatever tool carries them out.
+package engine
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// Outcome is what applying one update package to one mounted index did.
+type Outcome int
+
+const (
+	// Applied: the package is now installed in the index.
+	Applied Outcome = iota + 1
+	// AlreadyInstalled: the index already had this package identity.
+	AlreadyInstalled
+	// NotApplicable: the package's architecture or OS builds do not match the index.
+	NotApplicable
+	// Unsupported: the engine cannot apply this type of file (e.g. an .exe).
+	Unsupported
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Applied:
+		return "Applied"
+	case AlreadyInstalled:
+		return "AlreadyInstalled"
+	case NotApplicable:
+		return "NotApplicable"
+	case Unsupported:
+		return "Unsupported"
+	}
+	return "Unknown"
+}
+
+// UnsupportedMessage is logged for a file type an engine cannot apply; it is
+// the line administrators know from Configuration Manager's logs.
+const UnsupportedMessage = "Not applying this update binary, it is not supported"
+
+// ErrMountBusy is returned when the mount folder is already in use.
+var ErrMountBusy = errors.New("mount folder is in use")
+
+// Mount is one index of a WIM mounted read-write in a folder.
+type Mount struct {
+	WIM   string
+	Index int
+	Dir   string
+	// Info is the index as the WIM describes it; applicability is checked against it.
+	Info *osvcv1.ImageIndex
+}
+
+// Installed is a package installed in a mounted index.
+type Installed struct {
+	Identity    string
+	KB          string
+	State       string
+	InstallTime time.Time
+}
+
+// ProgressFunc receives the percent done of the operation under way, 0 to 100.
+type ProgressFunc func(percent int)
+
+// Engine carries out servicing operations on WIM files. Every method logs what
+// it runs through the engine's logger, and honours ctx: a canceled operation
+// leaves the source file as it was.
+type Engine interface {
+	// Name is the engine's name as agents announce it: "wimlib" or "dism".
+	Name() string
+	// Inspect reads the indexes of a WIM file.
+	Inspect(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, error)
+	// Mount mounts one index read-write in dir, which must exist and be empty.
+	Mount(ctx context.Context, wim string, index int, dir string) (*Mount, error)
+	// AddPackage applies one update file to the mounted index. A file the
+	// engine cannot apply returns Unsupported and a nil error.
+	AddPackage(ctx context.Context, m *Mount, path string, progress ProgressFunc) (Outcome, error)
+	// InstalledPackages lists the packages installed in the mounted index.
+	InstalledPackages(ctx context.Context, m *Mount) ([]Installed, error)
+	// Cleanup removes superseded components (DISM's /Cleanup-Image
+	// /StartComponentCleanup /ResetBase).
+	Cleanup(ctx context.Context, m *Mount) error
+	// Unmount unmounts the index, committing the changes into the WIM when
+	// commit is true and discarding them otherwise.
+	Unmount(ctx context.Context, m *Mount, commit bool) error
+	// Export copies one index of src into dst (appending when dst exists),
+	// dropping data no longer referenced.
+	Export(ctx context.Context, src string, index int, dst string) error
+	// ReadInstalled lists the packages installed in one index of a WIM file
+	// without mounting it read-write.
+	ReadInstalled(ctx context.Context, wim string, index int) ([]Installed, error)
+}
