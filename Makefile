@@ -1,0 +1,48 @@
+# osvc — see README.md. Targets: build, generate, lint, test, integration, bench, demo.
+GO      ?= go
+BUF     := $(GO) tool -modfile=tools/go.mod buf
+BIN     := bin
+GOTEST  := $(GO) test -race -shuffle=on -count=1 -timeout 20m
+
+.PHONY: all deps build generate check-generated lint test unit integration bench demo clean
+
+all: build
+
+deps:
+	@deploy/install-deps.sh
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# gen/ is committed; this rebuilds it from proto/ with the pinned buf and plugins.
+generate:
+	rm -rf gen/osvc
+	$(BUF) generate
+
+# Fails when gen/ differs from what proto/ generates.
+check-generated: generate
+	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has files proto/ does not generate: run 'make generate' and commit" >&2; exit 1; }
+
+lint:
+	$(BUF) lint
+	$(GO) vet ./...
+
+# The whole suite, unit and integration, with the race detector.
+test: deps
+	$(GOTEST) ./...
+
+unit:
+	$(GOTEST) $$($(GO) list ./... | grep -v /integration)
+
+integration: deps
+	$(GOTEST) ./integration/...
+
+bench:
+	$(GO) run ./cmd/osvc-bench -run startup
+
+demo: deps build
+	deploy/demo.sh
+
+clean:
+	rm -rf $(BIN) demo-data
