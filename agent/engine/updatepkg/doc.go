@@ -1,0 +1,127 @@
+// Package updatepkg reads and writes update packages: cabinets holding
+// update.mum, component manifests and payload, and MSUs wrapping such
+// cabinets. The shape follows Windows' own update packages closely enough
+// that the words (identity, component, WinSxS folder, parent, releaseType)
+// mean what an administrator expects, while staying simple enough for the
+// wimlib engine to apply without Windows.
+//
+// # Package cabinet (.cab)
+//
+// A package is a cabinet (MSZIP; see package cab) with these members:
+//
+//	update.mum                        the package manifest (below)
+//	<SxSName>.manifest                one per component: its identity and files
+//	<SxSName>/<file>                  the component's payload, '\' or '/' separated
+//
+// where <SxSName> is Component.SxSName():
+//
+//	<arch>_<name>_<publicKeyToken>_<version>_none_<hash>, all lower case
+//	hash = first 8 bytes, in hex, of SHA-256(lower("<name>~<token>~<arch>~~<version>"))
+//
+// e.g. amd64_microsoft-windows-kernel_31bf3856ad364e35_10.0.22621.2715_none_389effbc80e79f41.
+// Members are matched ignoring case. Other members are extracted by Stage
+// and otherwise ignored. Build writes update.mum first, then every
+// component manifest, then the payload, so reading the manifests (Open)
+// decompresses only the start of the cabinet.
+//
+// # update.mum
+//
+// UTF-8 XML (a byte-order mark is accepted):
+//
+//	<?xml version="1.0" encoding="utf-8" standalone="yes"?>
+//	<assembly xmlns="urn:schemas-microsoft-com:asm.v3" manifestVersion="1.0"
+//	    description="Fix for KB5032190"
+//	    displayName="2023-11 Cumulative Update for Windows 11 Version 23H2 for x64-based Systems (KB5032190)"
+//	    company="Microsoft Corporation" copyright="Microsoft Corporation"
+//	    supportInformation="https://support.microsoft.com/help/5032190"
+//	    creationTimeStamp="2023-11-14T00:00:00Z" lastUpdateTimeStamp="2023-11-14T00:00:00Z">
+//	  <assemblyIdentity name="Package_for_RollupFix" version="22621.2715.1.8"
+//	      processorArchitecture="amd64" language="neutral"
+//	      publicKeyToken="31bf3856ad364e35" buildType="release"/>
+//	  <package identifier="KB5032190" releaseType="Security Update"
+//	      restart="possible" permanence="removable">
+//	    <customInformation>
+//	      <product name="Windows 11, version 23H2"/>
+//	    </customInformation>
+//	    <parent buildCompare="EQ" revisionCompare="GE" integrate="separate" disposition="detect">
+//	      <assemblyIdentity name="Microsoft-Windows-Foundation-Package" version="10.0.22621.0"
+//	          processorArchitecture="amd64" language="neutral"
+//	          publicKeyToken="31bf3856ad364e35" buildType="release"/>
+//	    </parent>
+//	    <parent ...> (one per applicable OS build: version 10.0.<build>.0)
+//	    <supersededPackages>
+//	      <assemblyIdentity name="Package_for_RollupFix" version="22621.2428.1.10"
+//	          processorArchitecture="amd64" language="neutral"
+//	          publicKeyToken="31bf3856ad364e35" buildType="release"/>
+//	    </supersededPackages>
+//	    <update name="Microsoft-Windows-Kernel">
+//	      <component>
+//	        <assemblyIdentity name="Microsoft-Windows-Kernel" version="10.0.22621.2715"
+//	            processorArchitecture="amd64" language="neutral"
+//	            publicKeyToken="31bf3856ad364e35" buildType="release" versionScope="nonSxS"/>
+//	      </component>
+//	    </update>
+//	  </package>
+//	</assembly>
+//
+// How each Manifest field is stored:
+//
+//	Identity          assembly/assemblyIdentity (name, publicKeyToken, processorArchitecture,
+//	                  language, version); arch is amd64, x86, arm64 or neutral;
+//	                  version has four numeric parts
+//	KB                package/@identifier (required)
+//	Title             assembly/@displayName; "default" or absent: @description is used
+//	                  (so an empty Title is written as "default" and reads back "Fix for <KB>")
+//	ReleaseType       package/@releaseType
+//	Released          assembly/@creationTimeStamp, RFC 3339 (absent: zero time)
+//	Products          package/customInformation/product/@name, in order
+//	ApplicableBuilds  the third version part of each package/parent/assemblyIdentity;
+//	                  no <parent>: the package applies to every build
+//	Supersedes        package/supersededPackages/assemblyIdentity, as Identity.String()
+//	                  (Name~Token~Arch~Lang~Version, neutral language written empty)
+//	Components        package/update/component/assemblyIdentity, in order; their Files
+//	                  come from the component manifests, not from update.mum
+//	Classification    not stored: derived by Manifest.Classify, rules in order:
+//	                    releaseType contains "Servicing Stack"               SERVICING_STACK
+//	                    title or a product contains ".NET"                   DOTNET
+//	                    name starts Package_for_RollupFix, or
+//	                    releaseType contains "Cumulative"                    CUMULATIVE_UPDATE
+//	                    releaseType contains "Security"                      SECURITY_UPDATE
+//	                    any other releaseType                                UPDATE
+//	                    none                                                 UNSPECIFIED
+//
+// # Component manifest (<SxSName>.manifest)
+//
+//	<?xml version="1.0" encoding="utf-8" standalone="yes"?>
+//	<assembly xmlns="urn:schemas-microsoft-com:asm.v3" manifestVersion="1.0">
+//	  <assemblyIdentity name="Microsoft-Windows-Kernel" version="10.0.22621.2715"
+//	      processorArchitecture="amd64" language="neutral"
+//	      publicKeyToken="31bf3856ad364e35" buildType="release" versionScope="nonSxS"/>
+//	  <file name="ntoskrnl.exe" sourceName="ntoskrnl.exe"/>
+//	  <file name="drivers\acpi.sys" sourceName="drivers\acpi.sys"/>
+//	</assembly>
+//
+// Its identity must match the component listed in update.mum; each <file>
+// names a payload member <SxSName>/<name> relative to the component folder.
+// Component architectures may also be wow64 or msil.
+//
+// # MSU
+//
+// An MSU is a cabinet whose members are package cabinets (*.cab), plus
+// optionally WSUSSCAN.cab and other files (e.g. *.xml, *.txt), which are
+// ignored. Its packages are applied in the MSU's stored order; BuildMSU
+// stores them sorted by name. Package.Manifest of an MSU is its first inner
+// package's.
+//
+// # Staging
+//
+// Stage extracts a CAB into the staging folder itself, and an MSU's inner
+// cabinets into <dir>/msu with their packages in <dir>/package-01, -02, ...
+// Nothing is ever written outside the staging folder: a member path that is
+// absolute, has a drive letter, contains "..", or passes through a symlink
+// fails the stage (cab.ErrUnsafePath).
+//
+// Files that are not cabinets, cabinets holding neither update.mum nor
+// package cabinets, and cabinets compressed with LZX or Quantum return
+// errors wrapping ErrUnsupported.
+package updatepkg

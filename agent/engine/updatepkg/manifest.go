@@ -1,0 +1,466 @@
+package updatepkg
+
+import (
+	"bytes"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/osvc/osvc/agent/engine/cab"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// Namespace is the XML namespace of update.mum and component manifests.
+const Namespace = "urn:schemas-microsoft-com:asm.v3"
+
+// ParentName is the package every applicability <parent> names: the OS
+// foundation package, whose version 10.0.<build>.0 carries the build.
+const ParentName = "Microsoft-Windows-Foundation-Package"
+
+// Manifest is the content of a package's update.mum.
+type Manifest struct {
+	Identity Identity
+	// KB is the package identifier, e.g. KB5032190.
+	KB    string
+	Title string
+	// ReleaseType is e.g. "Security Update", "Update", "Servicing Stack Update".
+	ReleaseType string
+	// Classification follows from the other fields (see Classify);
+	// ParseManifest fills it and Marshal checks it.
+	Classification osvcv1.Classification
+	Released       time.Time
+	Products       []string
+	// ApplicableBuilds lists the OS builds the package applies to; empty means any.
+	ApplicableBuilds []uint32
+	// Supersedes lists identities (Identity.String form) of packages this one replaces.
+	Supersedes []string
+	Components []Component
+}
+
+// XML shapes. Element and attribute names follow Windows' update.mum.
+
+type xmlIdentity struct {
+	Name                  string `xml:"name,attr"`
+	Version               string `xml:"version,attr"`
+	ProcessorArchitecture string `xml:"processorArchitecture,attr"`
+	Language              string `xml:"language,attr"`
+	PublicKeyToken        string `xml:"publicKeyToken,attr"`
+	BuildType             string `xml:"buildType,attr,omitempty"`
+	VersionScope          string `xml:"versionScope,attr,omitempty"`
+}
+
+type xmlAssembly struct {
+	XMLName             xml.Name     `xml:"urn:schemas-microsoft-com:asm.v3 assembly"`
+	ManifestVersion     string       `xml:"manifestVersion,attr"`
+	Description         string       `xml:"description,attr,omitempty"`
+	DisplayName         string       `xml:"displayName,attr,omitempty"`
+	Company             string       `xml:"company,attr,omitempty"`
+	Copyright           string       `xml:"copyright,attr,omitempty"`
+	SupportInformation  string       `xml:"supportInformation,attr,omitempty"`
+	CreationTimeStamp   string       `xml:"creationTimeStamp,attr,omitempty"`
+	LastUpdateTimeStamp string       `xml:"lastUpdateTimeStamp,attr,omitempty"`
+	Identity            *xmlIdentity `xml:"assemblyIdentity"`
+	Package             *xmlPackage  `xml:"package"`
+	Files               []xmlFile    `xml:"file"`
+}
+
+type xmlPackage struct {
+	Identifier  string        `xml:"identifier,attr"`
+	ReleaseType string        `xml:"releaseType,attr"`
+	Restart     string        `xml:"restart,attr,omitempty"`
+	Permanence  string        `xml:"permanence,attr,omitempty"`
+	Custom      *xmlCustom    `xml:"customInformation"`
+	Parents     []xmlParent   `xml:"parent"`
+	Supersedes  *xmlSupersede `xml:"supersededPackages"`
+	Updates     []xmlUpdate   `xml:"update"`
+}
+
+type xmlCustom struct {
+	Products []xmlProduct `xml:"product"`
+}
+
+type xmlProduct struct {
+	Name string `xml:"name,attr"`
+}
+
+type xmlParent struct {
+	BuildCompare    string        `xml:"buildCompare,attr"`
+	RevisionCompare string        `xml:"revisionCompare,attr"`
+	Integrate       string        `xml:"integrate,attr"`
+	Disposition     string        `xml:"disposition,attr"`
+	Identities      []xmlIdentity `xml:"assemblyIdentity"`
+}
+
+type xmlSupersede struct {
+	Identities []xmlIdentity `xml:"assemblyIdentity"`
+}
+
+type xmlUpdate struct {
+	Name      string        `xml:"name,attr"`
+	Component *xmlComponent `xml:"component"`
+}
+
+type xmlComponent struct {
+	Identity *xmlIdentity `xml:"assemblyIdentity"`
+}
+
+type xmlFile struct {
+	Name       string `xml:"name,attr"`
+	SourceName string `xml:"sourceName,attr,omitempty"`
+}
+
+func toXMLIdentity(id Identity) xmlIdentity {
+	lang := id.Language
+	if lang == "" {
+		lang = "neutral"
+	}
+	return xmlIdentity{Name: id.Name, Version: id.Version, ProcessorArchitecture: id.Arch, Language: lang,
+		PublicKeyToken: id.PublicKeyToken, BuildType: "release"}
+}
+
+func (x xmlIdentity) identity() Identity {
+	lang := x.Language
+	if lang == "" || lang == "*" {
+		lang = "neutral"
+	}
+	return Identity{Name: x.Name, PublicKeyToken: x.PublicKeyToken, Arch: x.ProcessorArchitecture, Language: lang, Version: x.Version}
+}
+
+// Classify derives a package's classification. The first rule that matches
+// wins:
+//  1. releaseType contains "Servicing Stack"              → SERVICING_STACK
+//  2. a product or the title contains ".NET"              → DOTNET
+//  3. the identity name starts with Package_for_RollupFix,
+//     or releaseType contains "Cumulative"                → CUMULATIVE_UPDATE
+//  4. releaseType contains "Security"                     → SECURITY_UPDATE
+//  5. any other non-empty releaseType                     → UPDATE
+//  6. no releaseType                                      → UNSPECIFIED
+//
+// Comparisons ignore case.
+func (m *Manifest) Classify() osvcv1.Classification {
+	has := func(s, sub string) bool { return strings.Contains(strings.ToLower(s), strings.ToLower(sub)) }
+	rt := strings.TrimSpace(m.ReleaseType)
+	switch {
+	case has(rt, "Servicing Stack"):
+		return osvcv1.Classification_CLASSIFICATION_SERVICING_STACK
+	case has(m.Title, ".NET") || slices.ContainsFunc(m.Products, func(p string) bool { return has(p, ".NET") }):
+		return osvcv1.Classification_CLASSIFICATION_DOTNET
+	case strings.HasPrefix(strings.ToLower(m.Identity.Name), "package_for_rollupfix") || has(rt, "Cumulative"):
+		return osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE
+	case has(rt, "Security"):
+		return osvcv1.Classification_CLASSIFICATION_SECURITY_UPDATE
+	case rt != "":
+		return osvcv1.Classification_CLASSIFICATION_UPDATE
+	}
+	return osvcv1.Classification_CLASSIFICATION_UNSPECIFIED
+}
+
+// Architecture maps the identity's processorArchitecture: amd64→X64,
+// x86→X86, arm64→ARM64, neutral→NEUTRAL.
+func (m *Manifest) Architecture() osvcv1.Architecture { return architecture(m.Identity.Arch) }
+
+func architecture(arch string) osvcv1.Architecture {
+	switch strings.ToLower(arch) {
+	case "amd64":
+		return osvcv1.Architecture_ARCHITECTURE_X64
+	case "x86":
+		return osvcv1.Architecture_ARCHITECTURE_X86
+	case "arm64":
+		return osvcv1.Architecture_ARCHITECTURE_ARM64
+	case "neutral":
+		return osvcv1.Architecture_ARCHITECTURE_NEUTRAL
+	}
+	return osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED
+}
+
+func archName(a osvcv1.Architecture) string {
+	switch a {
+	case osvcv1.Architecture_ARCHITECTURE_X64:
+		return "x64"
+	case osvcv1.Architecture_ARCHITECTURE_X86:
+		return "x86"
+	case osvcv1.Architecture_ARCHITECTURE_ARM64:
+		return "arm64"
+	case osvcv1.Architecture_ARCHITECTURE_NEUTRAL:
+		return "neutral"
+	}
+	return "an unknown architecture"
+}
+
+// AppliesTo reports whether the package applies to an index (architecture
+// neutral or equal; builds empty or containing index.Build) and why not.
+func (m *Manifest) AppliesTo(idx *osvcv1.ImageIndex) (bool, string) {
+	arch := m.Architecture()
+	if arch != osvcv1.Architecture_ARCHITECTURE_NEUTRAL && arch != idx.GetArchitecture() {
+		return false, fmt.Sprintf("%s is for %s; index %d is %s", m.Identity.Name, archName(arch), idx.GetIndex(), archName(idx.GetArchitecture()))
+	}
+	if len(m.ApplicableBuilds) > 0 && !slices.Contains(m.ApplicableBuilds, idx.GetBuild()) {
+		builds := make([]string, len(m.ApplicableBuilds))
+		for i, b := range m.ApplicableBuilds {
+			builds[i] = strconv.FormatUint(uint64(b), 10)
+		}
+		return false, fmt.Sprintf("%s applies to OS builds %s; index %d is build %d",
+			m.Identity.Name, strings.Join(builds, ", "), idx.GetIndex(), idx.GetBuild())
+	}
+	return true, ""
+}
+
+// maxManifestBytes bounds the update.mum and component manifests read.
+const maxManifestBytes = 16 << 20
+
+// ParseManifest parses update.mum.
+func ParseManifest(data []byte) (*Manifest, error) {
+	if len(data) > maxManifestBytes {
+		return nil, fmt.Errorf("update.mum is %d bytes, more than the %d allowed", len(data), maxManifestBytes)
+	}
+	var a xmlAssembly
+	if err := decodeXML(data, &a); err != nil {
+		return nil, fmt.Errorf("update.mum is not a package manifest (<assembly xmlns=%q>): %w", Namespace, err)
+	}
+	if a.Identity == nil {
+		return nil, errors.New("update.mum has no <assemblyIdentity>: it names no package")
+	}
+	if a.Package == nil {
+		return nil, errors.New("update.mum has no <package> element: it is a component manifest, not a package manifest")
+	}
+	m := &Manifest{
+		Identity:    a.Identity.identity(),
+		KB:          strings.TrimSpace(a.Package.Identifier),
+		Title:       strings.TrimSpace(a.DisplayName),
+		ReleaseType: strings.TrimSpace(a.Package.ReleaseType),
+	}
+	if err := m.Identity.validate(packageArchs); err != nil {
+		return nil, fmt.Errorf("update.mum package identity: %w", err)
+	}
+	if m.Title == "" || m.Title == "default" {
+		m.Title = strings.TrimSpace(a.Description)
+	}
+	if ts := strings.TrimSpace(a.CreationTimeStamp); ts != "" {
+		t, err := time.Parse(time.RFC3339, ts)
+		if err != nil {
+			return nil, fmt.Errorf("update.mum creationTimeStamp %q is not an RFC 3339 time such as 2023-11-14T00:00:00Z", ts)
+		}
+		m.Released = t.UTC()
+	}
+	if a.Package.Custom != nil {
+		for _, p := range a.Package.Custom.Products {
+			if name := strings.TrimSpace(p.Name); name != "" {
+				m.Products = append(m.Products, name)
+			}
+		}
+	}
+	for _, p := range a.Package.Parents {
+		for _, x := range p.Identities {
+			v, err := parseVersion(x.Version)
+			if err != nil {
+				return nil, fmt.Errorf("update.mum <parent> %s: %w", x.Name, err)
+			}
+			if b := uint32(v[2]); !slices.Contains(m.ApplicableBuilds, b) {
+				m.ApplicableBuilds = append(m.ApplicableBuilds, b)
+			}
+		}
+	}
+	if a.Package.Supersedes != nil {
+		for _, x := range a.Package.Supersedes.Identities {
+			id := x.identity()
+			if err := id.validate(packageArchs); err != nil {
+				return nil, fmt.Errorf("update.mum superseded package %q: %w", x.Name, err)
+			}
+			m.Supersedes = append(m.Supersedes, id.String())
+		}
+	}
+	for _, u := range a.Package.Updates {
+		if u.Component == nil || u.Component.Identity == nil {
+			continue // updates of other kinds (drivers, packages) carry nothing to stage
+		}
+		x := u.Component.Identity
+		c := Component{Name: x.Name, Version: x.Version, Arch: x.ProcessorArchitecture, PublicKeyToken: x.PublicKeyToken}
+		if err := c.validate(); err != nil {
+			return nil, fmt.Errorf("update.mum component %q: %w", x.Name, err)
+		}
+		m.Components = append(m.Components, c)
+	}
+	m.Classification = m.Classify()
+	return m, nil
+}
+
+// decodeXML decodes one document, accepting a UTF-8 byte-order mark and an
+// encoding="utf-8" declaration (Windows writes both).
+func decodeXML(data []byte, v any) error {
+	data = bytes.TrimPrefix(data, []byte{0xEF, 0xBB, 0xBF})
+	dec := xml.NewDecoder(bytes.NewReader(data))
+	dec.CharsetReader = func(charset string, r io.Reader) (io.Reader, error) {
+		if strings.EqualFold(charset, "utf-8") || strings.EqualFold(charset, "utf8") {
+			return r, nil
+		}
+		return nil, fmt.Errorf("encoding %q is not supported; write the manifest in UTF-8", charset)
+	}
+	return dec.Decode(v)
+}
+
+// validate checks what Marshal needs to write a manifest ParseManifest reads back.
+func (m *Manifest) validate() error {
+	if err := m.Identity.validate(packageArchs); err != nil {
+		return fmt.Errorf("package identity: %w", err)
+	}
+	if strings.TrimSpace(m.KB) == "" {
+		return errors.New("package has no KB (the <package identifier>), e.g. KB5032190")
+	}
+	if m.Classification != osvcv1.Classification_CLASSIFICATION_UNSPECIFIED && m.Classification != m.Classify() {
+		return fmt.Errorf("classification %s does not follow from releaseType %q, name, title and products (they give %s); see Manifest.Classify",
+			m.Classification, m.ReleaseType, m.Classify())
+	}
+	for _, s := range m.Supersedes {
+		if _, err := ParseIdentity(s); err != nil {
+			return fmt.Errorf("superseded package: %w", err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, c := range m.Components {
+		if err := c.validate(); err != nil {
+			return fmt.Errorf("component %q: %w", c.Name, err)
+		}
+		if seen[c.SxSName()] {
+			return fmt.Errorf("component %s is listed twice", c.identity())
+		}
+		seen[c.SxSName()] = true
+		for _, f := range c.Files {
+			if _, err := cab.CleanPath(f); err != nil {
+				return fmt.Errorf("component %q file: %w", c.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Marshal returns the update.mum XML.
+func (m *Manifest) Marshal() ([]byte, error) {
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("update.mum: %w", err)
+	}
+	id := toXMLIdentity(m.Identity)
+	a := xmlAssembly{
+		ManifestVersion:    "1.0",
+		Description:        "Fix for " + m.KB,
+		DisplayName:        m.Title,
+		Company:            "Microsoft Corporation",
+		Copyright:          "Microsoft Corporation",
+		SupportInformation: "https://support.microsoft.com/help/" + strings.TrimPrefix(strings.ToUpper(m.KB), "KB"),
+		Identity:           &id,
+		Package: &xmlPackage{
+			Identifier:  m.KB,
+			ReleaseType: m.ReleaseType,
+			Restart:     "possible",
+			Permanence:  "removable",
+		},
+	}
+	if m.Title == "" {
+		a.DisplayName = "default"
+	}
+	if !m.Released.IsZero() {
+		a.CreationTimeStamp = m.Released.UTC().Format(time.RFC3339)
+		a.LastUpdateTimeStamp = a.CreationTimeStamp
+	}
+	if len(m.Products) > 0 {
+		a.Package.Custom = &xmlCustom{}
+		for _, p := range m.Products {
+			a.Package.Custom.Products = append(a.Package.Custom.Products, xmlProduct{Name: p})
+		}
+	}
+	for _, b := range m.ApplicableBuilds {
+		if b > 65535 {
+			return nil, fmt.Errorf("update.mum: applicable build %d is not a Windows build number", b)
+		}
+		parentArch := m.Identity.Arch
+		a.Package.Parents = append(a.Package.Parents, xmlParent{
+			BuildCompare: "EQ", RevisionCompare: "GE", Integrate: "separate", Disposition: "detect",
+			Identities: []xmlIdentity{toXMLIdentity(Identity{
+				Name: ParentName, PublicKeyToken: m.Identity.PublicKeyToken, Arch: parentArch,
+				Language: "neutral", Version: fmt.Sprintf("10.0.%d.0", b),
+			})},
+		})
+	}
+	if len(m.Supersedes) > 0 {
+		a.Package.Supersedes = &xmlSupersede{}
+		for _, s := range m.Supersedes {
+			sid, _ := ParseIdentity(s) // checked by validate
+			a.Package.Supersedes.Identities = append(a.Package.Supersedes.Identities, toXMLIdentity(sid))
+		}
+	}
+	for _, c := range m.Components {
+		x := componentXMLIdentity(c)
+		a.Package.Updates = append(a.Package.Updates, xmlUpdate{Name: c.Name, Component: &xmlComponent{Identity: &x}})
+	}
+	return marshalXML(a)
+}
+
+func componentXMLIdentity(c Component) xmlIdentity {
+	x := toXMLIdentity(c.identity())
+	x.VersionScope = "nonSxS"
+	return x
+}
+
+func marshalXML(a xmlAssembly) ([]byte, error) {
+	out, err := xml.MarshalIndent(a, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	// Windows writes these elements, which never have content, self-closed.
+	for _, el := range []string{"assemblyIdentity", "product", "file"} {
+		out = bytes.ReplaceAll(out, []byte("></"+el+">"), []byte("/>"))
+	}
+	return append([]byte(`<?xml version="1.0" encoding="utf-8" standalone="yes"?>`+"\n"), append(out, '\n')...), nil
+}
+
+// MarshalComponentManifest returns a component's manifest
+// (<SxSName>.manifest): its identity and one <file> per payload file.
+func MarshalComponentManifest(c Component) ([]byte, error) {
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("component manifest %q: %w", c.Name, err)
+	}
+	x := componentXMLIdentity(c)
+	a := xmlAssembly{ManifestVersion: "1.0", Identity: &x}
+	for _, f := range c.Files {
+		clean, err := cab.CleanPath(f)
+		if err != nil {
+			return nil, fmt.Errorf("component manifest %q file: %w", c.Name, err)
+		}
+		name := strings.ReplaceAll(clean, "/", `\`)
+		a.Files = append(a.Files, xmlFile{Name: name, SourceName: name})
+	}
+	return marshalXML(a)
+}
+
+// ParseComponentManifest parses a component manifest (<SxSName>.manifest).
+// File names come back '/'-separated; a name that would escape the payload
+// folder is an error.
+func ParseComponentManifest(data []byte) (Component, error) {
+	if len(data) > maxManifestBytes {
+		return Component{}, fmt.Errorf("component manifest is %d bytes, more than the %d allowed", len(data), maxManifestBytes)
+	}
+	var a xmlAssembly
+	if err := decodeXML(data, &a); err != nil {
+		return Component{}, fmt.Errorf("not a component manifest (<assembly xmlns=%q>): %w", Namespace, err)
+	}
+	if a.Identity == nil {
+		return Component{}, errors.New("component manifest has no <assemblyIdentity>")
+	}
+	x := a.Identity
+	c := Component{Name: x.Name, Version: x.Version, Arch: x.ProcessorArchitecture, PublicKeyToken: x.PublicKeyToken}
+	if err := c.validate(); err != nil {
+		return Component{}, fmt.Errorf("component manifest identity: %w", err)
+	}
+	for _, f := range a.Files {
+		clean, err := cab.CleanPath(f.Name)
+		if err != nil {
+			return Component{}, fmt.Errorf("component %s file: %w", c.Name, err)
+		}
+		c.Files = append(c.Files, clean)
+	}
+	return c, nil
+}

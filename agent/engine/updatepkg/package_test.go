@@ -1,0 +1,487 @@
+package updatepkg
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/osvc/osvc/agent/engine/cab"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// samplePayload is payload for sampleManifest's components.
+func samplePayload(m *Manifest) map[string]map[string][]byte {
+	return map[string]map[string][]byte{
+		m.Components[0].SxSName(): {
+			"ntoskrnl.exe":     bytes.Repeat([]byte("kernel "), 20_000),
+			"drivers/acpi.sys": []byte("acpi"),
+		},
+		m.Components[1].SxSName(): {
+			"shell32.dll": []byte("shell"),
+		},
+	}
+}
+
+func buildFile(t testing.TB, dir, name string, m *Manifest, payload map[string]map[string][]byte) string {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := Build(&buf, m, payload); err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+	return writeFile(t, dir, name, buf.Bytes())
+}
+
+func writeFile(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// wantFiles is the manifest with Files filled as Open and Stage report them.
+func wantFiles(m *Manifest) *Manifest {
+	w := *m
+	w.Components = append([]Component(nil), m.Components...)
+	w.Components[0].Files = []string{"drivers/acpi.sys", "ntoskrnl.exe"}
+	w.Components[1].Files = []string{"shell32.dll"}
+	return &w
+}
+
+func checkStaged(t *testing.T, s *Staged, m *Manifest, payload map[string]map[string][]byte) {
+	t.Helper()
+	if !reflect.DeepEqual(s.Manifest, m) {
+		t.Errorf("staged manifest\n got %+v\nwant %+v", s.Manifest, m)
+	}
+	if len(s.Components) != len(m.Components) {
+		t.Fatalf("staged %d components, want %d", len(s.Components), len(m.Components))
+	}
+	for i, sc := range s.Components {
+		c := m.Components[i]
+		if !reflect.DeepEqual(sc.Component, c) {
+			t.Errorf("staged component %+v, want %+v", sc.Component, c)
+		}
+		if filepath.Base(sc.PayloadDir) != c.SxSName() || filepath.Dir(sc.PayloadDir) != s.Dir {
+			t.Errorf("payload folder %s, want %s under %s", sc.PayloadDir, c.SxSName(), s.Dir)
+		}
+		data, err := os.ReadFile(sc.ManifestPath)
+		if err != nil {
+			t.Fatalf("component manifest: %v", err)
+		}
+		if cm, err := ParseComponentManifest(data); err != nil || !reflect.DeepEqual(cm, c) {
+			t.Errorf("component manifest at %s = %+v, %v; want %+v", sc.ManifestPath, cm, err, c)
+		}
+		for _, f := range c.Files {
+			got, err := os.ReadFile(filepath.Join(sc.PayloadDir, filepath.FromSlash(f)))
+			if err != nil || !bytes.Equal(got, payload[c.SxSName()][f]) {
+				t.Errorf("payload %s of %s: %v, %d bytes, want %d", f, c.Name, err, len(got), len(payload[c.SxSName()][f]))
+			}
+		}
+	}
+}
+
+func TestBuildOpenStageRoundTrips(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	m := sampleManifest()
+	payload := samplePayload(m)
+	path := buildFile(t, dir, "windows11.0-kb5032190-x64.cab", m, payload)
+
+	p, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wantFiles(m)
+	if p.MSU || p.Path != path || !reflect.DeepEqual(p.Manifest, want) {
+		t.Errorf("Open = %+v\nmanifest %+v\nwant     %+v", p, p.Manifest, want)
+	}
+	staged, err := p.Stage(filepath.Join(dir, "stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(staged) != 1 || staged[0].Dir != filepath.Join(dir, "stage") {
+		t.Fatalf("Stage = %+v, want one package in the staging folder", staged)
+	}
+	checkStaged(t, staged[0], want, payload)
+	if _, err := os.Stat(filepath.Join(staged[0].Dir, ManifestName)); err != nil {
+		t.Errorf("update.mum not staged: %v", err)
+	}
+}
+
+func TestBuiltPackagesAreReadByCabextract(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	m := sampleManifest()
+	payload := samplePayload(m)
+	path := buildFile(t, dir, "kb.cab", m, payload)
+	out := filepath.Join(dir, "out")
+	if msg, err := exec.Command("cabextract", "-q", "-d", out, path).CombinedOutput(); err != nil || len(msg) > 0 {
+		t.Fatalf("cabextract: %v: %s", err, msg)
+	}
+	mum, err := os.ReadFile(filepath.Join(out, ManifestName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ParseManifest(mum); err != nil || got.Identity != m.Identity {
+		t.Errorf("update.mum extracted by cabextract: %+v, %v", got, err)
+	}
+	k := m.Components[0].SxSName()
+	if got, err := os.ReadFile(filepath.Join(out, k, "drivers", "acpi.sys")); err != nil || string(got) != "acpi" {
+		t.Errorf("payload extracted by cabextract: %q, %v", got, err)
+	}
+}
+
+func TestOpenReadsPackagesMadeByGcab(t *testing.T) {
+	t.Parallel()
+	// The same member layout, packed by Debian's gcab instead of Build.
+	dir := t.TempDir()
+	m := sampleManifest()
+	m.Components = m.Components[:1]
+	c := m.Components[0]
+	c.Files = []string{"ntoskrnl.exe"}
+	src := filepath.Join(dir, "src")
+	mum, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	man, err := MarshalComponentManifest(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		ManifestName:                  mum,
+		c.SxSName() + ".manifest":     man,
+		c.SxSName() + "/ntoskrnl.exe": []byte("kernel"),
+	} {
+		p := filepath.Join(src, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("gcab", "-c", "-z", filepath.Join(dir, "g.cab"), ManifestName, c.SxSName()+".manifest", c.SxSName()+"/ntoskrnl.exe")
+	cmd.Dir = src
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("gcab: %v: %s", err, msg)
+	}
+	p, err := Open(filepath.Join(dir, "g.cab"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Components[0].Files = c.Files
+	if !reflect.DeepEqual(p.Manifest, m) {
+		t.Errorf("manifest %+v, want %+v", p.Manifest, m)
+	}
+	staged, err := p.Stage(filepath.Join(dir, "stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, staged[0], m, map[string]map[string][]byte{c.SxSName(): {"ntoskrnl.exe": []byte("kernel")}})
+}
+
+func TestMSUStagesItsPackagesInOrder(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ssu := &Manifest{
+		Identity:    Identity{Name: "Package_for_ServicingStack_2500", PublicKeyToken: token, Arch: "amd64", Language: "neutral", Version: "22621.2500.1.0"},
+		KB:          "KB5031592",
+		Title:       "2023-10 Servicing Stack Update for Windows 11 Version 22H2 for x64-based Systems (KB5031592)",
+		ReleaseType: "Servicing Stack Update",
+		Components:  []Component{{Name: "Microsoft-Windows-ServicingStack", Version: "10.0.22621.2500", Arch: "amd64", PublicKeyToken: token}},
+	}
+	ssuPayload := map[string]map[string][]byte{ssu.Components[0].SxSName(): {"TrustedInstaller.exe": []byte("ti")}}
+	lcu := sampleManifest()
+	lcuPayload := samplePayload(lcu)
+	var ssuCab, lcuCab bytes.Buffer
+	if err := Build(&ssuCab, ssu, ssuPayload); err != nil {
+		t.Fatal(err)
+	}
+	if err := Build(&lcuCab, lcu, lcuPayload); err != nil {
+		t.Fatal(err)
+	}
+
+	// BuildMSU's own MSU, and one shaped like Microsoft's with the scan
+	// cabinet and metadata files that Stage ignores.
+	var built bytes.Buffer
+	if err := BuildMSU(&built, map[string][]byte{
+		"Windows11.0-KB5032190-x64.cab": lcuCab.Bytes(),
+		"SSU-22621.2500-x64.cab":        ssuCab.Bytes(),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var msft bytes.Buffer
+	w := cab.NewWriter(&msft)
+	for _, mem := range []struct {
+		name string
+		data []byte
+	}{
+		{"WSUSSCAN.cab", ssuCab.Bytes()},
+		{"SSU-22621.2500-x64.cab", ssuCab.Bytes()},
+		{"Windows11.0-KB5032190-x64.cab", lcuCab.Bytes()},
+		{"Windows11.0-KB5032190-x64-pkgProperties.txt", []byte("ApplicabilityInfo=\"Windows 11.0\"")},
+		{"Windows11.0-KB5032190-x64.xml", []byte("<unattend/>")},
+	} {
+		fw, err := w.Create(mem.name, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write(mem.data)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, data := range map[string][]byte{"built by BuildMSU": built.Bytes(), "shaped like Microsoft's": msft.Bytes()} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := filepath.Join(dir, strings.ReplaceAll(name, " ", "-"))
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			path := writeFile(t, dir, "windows11.0-kb5032190-x64.msu", data)
+			p, err := Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !p.MSU || p.Manifest.KB != "KB5031592" {
+				t.Errorf("Open = MSU %v, first package %s; want an MSU whose first package is KB5031592", p.MSU, p.Manifest.KB)
+			}
+			stage := filepath.Join(dir, "stage")
+			staged, err := p.Stage(stage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(staged) != 2 {
+				t.Fatalf("staged %d packages, want 2", len(staged))
+			}
+			if staged[0].Dir != filepath.Join(stage, "package-01") || staged[1].Dir != filepath.Join(stage, "package-02") {
+				t.Errorf("staged into %s and %s", staged[0].Dir, staged[1].Dir)
+			}
+			ssuWant := *ssu
+			ssuWant.Classification = osvcv1.Classification_CLASSIFICATION_SERVICING_STACK
+			ssuWant.Components = []Component{ssu.Components[0]}
+			ssuWant.Components[0].Files = []string{"TrustedInstaller.exe"}
+			checkStaged(t, staged[0], &ssuWant, ssuPayload)
+			checkStaged(t, staged[1], wantFiles(lcu), lcuPayload)
+		})
+	}
+}
+
+func TestOpenRefusesWhatItCannotApply(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	driverCab := func() []byte {
+		var b bytes.Buffer
+		w := cab.NewWriter(&b)
+		fw, _ := w.Create("netdriver.inf", time.Time{})
+		fw.Write([]byte("[Version]"))
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}()
+	lzx := func() []byte {
+		var b bytes.Buffer
+		if err := Build(&b, sampleManifest(), samplePayload(sampleManifest())); err != nil {
+			t.Fatal(err)
+		}
+		data := b.Bytes()
+		binary.LittleEndian.PutUint16(data[42:], 0x1503) // the folder's compression: LZX, 21-bit window
+		return data
+	}()
+	for _, tc := range []struct {
+		name, file string
+		data       []byte
+		contains   string
+	}{
+		{"an executable", "windows-kb890830-x64.exe", []byte("MZ\x90\x00\x03\x00\x00\x00\x04\x00"), "not a cabinet"},
+		{"an empty file", "empty.cab", nil, "not a cabinet"},
+		{"a driver cabinet", "driver.cab", driverCab, "neither update.mum nor package cabinets"},
+		{"an LZX cabinet", "lzx.cab", lzx, "cabinet uses LZX compression, which osvc cannot read; repack it with MSZIP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := writeFile(t, dir, tc.file, tc.data)
+			_, err := Open(path)
+			if !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("Open = %v, want ErrUnsupported", err)
+			}
+			if !strings.Contains(err.Error(), tc.contains) {
+				t.Errorf("error %q does not mention %q", err, tc.contains)
+			}
+		})
+	}
+	if _, err := Open(filepath.Join(dir, "missing.cab")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Open(missing) = %v, want ErrNotExist", err)
+	}
+}
+
+func TestBuildRefusesInconsistentPayload(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		edit func(m *Manifest, p map[string]map[string][]byte)
+		want string
+	}{
+		{"payload for no component", func(m *Manifest, p map[string]map[string][]byte) {
+			p["x86_other_31bf3856ad364e35_1.0.0.0_none_0000000000000000"] = map[string][]byte{"a": nil}
+		}, "names no component"},
+		{"a listed file without payload", func(m *Manifest, p map[string]map[string][]byte) {
+			m.Components[1].Files = []string{"shell32.dll", "missing.dll"}
+		}, "has no such file"},
+		{"payload not listed", func(m *Manifest, p map[string]map[string][]byte) {
+			m.Components[1].Files = []string{"shell32.dll"}
+			p[m.Components[1].SxSName()]["extra.dll"] = nil
+		}, "does not list"},
+		{"a payload path escaping its folder", func(m *Manifest, p map[string]map[string][]byte) {
+			p[m.Components[1].SxSName()]["../../evil.dll"] = nil
+		}, "escapes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := sampleManifest()
+			p := samplePayload(m)
+			tc.edit(m, p)
+			var b bytes.Buffer
+			if err := Build(&b, m, p); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Build = %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+	var b bytes.Buffer
+	if err := BuildMSU(&b, map[string][]byte{"a.exe": []byte("MSCF")}); err == nil {
+		t.Error("BuildMSU accepted a member that is not a .cab")
+	}
+	if err := BuildMSU(&b, map[string][]byte{"a.cab": []byte("MZ")}); err == nil {
+		t.Error("BuildMSU accepted a member that is not a cabinet")
+	}
+}
+
+// maliciousCab is a package whose extra member tries to leave the staging folder.
+func maliciousCab(t testing.TB, evil string) []byte {
+	t.Helper()
+	m := sampleManifest()
+	var pkg bytes.Buffer
+	if err := Build(&pkg, m, samplePayload(m)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cab.NewReader(bytes.NewReader(pkg.Bytes()), int64(pkg.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	w := cab.NewWriter(&out)
+	for _, f := range r.Files() {
+		rc, err := r.Open(f.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw, err := w.Create(f.Name, f.Modified)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write(data)
+	}
+	fw, err := w.Create(evil, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.Write([]byte("evil"))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+func treeOf(t testing.TB, root string) []string {
+	t.Helper()
+	var out []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(root, p)
+		out = append(out, filepath.ToSlash(rel))
+		return nil
+	})
+	return out
+}
+
+func TestStageNeverWritesOutsideItsFolder(t *testing.T) {
+	t.Parallel()
+	for _, evil := range []string{"../evil.dll", `..\..\evil.dll`, "/etc/evil.dll", `C:\Windows\evil.dll`} {
+		t.Run(evil, func(t *testing.T) {
+			t.Parallel()
+			root := t.TempDir()
+			bad := maliciousCab(t, evil)
+			for _, kind := range []string{"cab", "msu"} {
+				data := bad
+				if kind == "msu" {
+					var b bytes.Buffer
+					if err := BuildMSU(&b, map[string][]byte{"inner.cab": bad}); err != nil {
+						t.Fatal(err)
+					}
+					data = b.Bytes()
+				}
+				in := filepath.Join(root, "in")
+				os.MkdirAll(in, 0o755)
+				path := writeFile(t, in, "evil."+kind, data)
+				p, err := Open(path) // reading the manifest is harmless
+				if err != nil {
+					t.Fatalf("%s: Open: %v", kind, err)
+				}
+				stage := filepath.Join(root, "stage-"+kind)
+				if _, err := p.Stage(stage); !errors.Is(err, cab.ErrUnsafePath) {
+					t.Errorf("%s: Stage = %v, want ErrUnsafePath", kind, err)
+				}
+			}
+			for _, p := range treeOf(t, root) {
+				if p != "." && p != "in" && !strings.HasPrefix(p, "in/") && !strings.HasPrefix(p, "stage-") {
+					t.Errorf("Stage wrote %s outside its folder", p)
+				}
+			}
+		})
+	}
+}
+
+func FuzzStage(f *testing.F) {
+	m := sampleManifest()
+	var good bytes.Buffer
+	if err := Build(&good, m, samplePayload(m)); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good.Bytes())
+	f.Add(maliciousCab(f, "../evil"))
+	var msu bytes.Buffer
+	if err := BuildMSU(&msu, map[string][]byte{"a.cab": good.Bytes()}); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(msu.Bytes())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root := t.TempDir()
+		path := writeFile(t, root, "pkg.cab", data)
+		if p, err := Open(path); err == nil && p.Manifest == nil {
+			t.Fatal("Open returned a package without a manifest")
+		}
+		stage := filepath.Join(root, "stage")
+		_, _ = (&Package{Path: path}).Stage(stage)
+		for _, p := range treeOf(t, root) {
+			if p != "." && p != "pkg.cab" && p != "stage" && !strings.HasPrefix(p, "stage/") {
+				t.Fatalf("Stage wrote %s outside its folder", p)
+			}
+		}
+	})
+}

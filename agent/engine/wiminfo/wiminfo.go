@@ -1,0 +1,310 @@
+// Package wiminfo reads a WIM file's header and XML info in pure Go, so the
+// server can describe an uploaded image without wimlib.
+//
+// A WIM starts with a 208-byte header ("MSWIM\0\0\0") whose resource header
+// at offset 72 locates the XML info: UTF-16LE text with a byte-order mark
+// that names every image and, for Windows images, its edition, architecture,
+// version and languages. `wimlib-imagex info FILE --xml` prints the same
+// bytes, so ParseXML reads its output too.
+package wiminfo
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// ErrNotWIM is returned for a file that does not start with a WIM header.
+var ErrNotWIM = errors.New("not a WIM file")
+
+// ErrDamaged is wrapped by errors about a WIM whose header or XML info cannot
+// be read; the message starts "WIM XML info is damaged".
+var ErrDamaged = errors.New("WIM XML info is damaged")
+
+const (
+	headerSize = 208
+	// maxXMLBytes bounds the XML info read into memory. Real XML info is a
+	// few kilobytes per image; a header claiming more is damaged.
+	maxXMLBytes = 64 << 20
+
+	reshdrCompressed = 0x04
+)
+
+var (
+	wimMagic     = []byte("MSWIM\x00\x00\x00")
+	pipableMagic = []byte("WLPWM\x00\x00\x00")
+)
+
+func damaged(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrDamaged}, args...)...)
+}
+
+// ReadFile reads the indexes of the WIM file at path.
+func ReadFile(path string) ([]*osvcv1.ImageIndex, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read WIM info: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read WIM info: %w", err)
+	}
+	idx, err := Read(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("read WIM info of %s: %w", path, err)
+	}
+	return idx, nil
+}
+
+// Read reads the indexes of the WIM in r, whose length is size.
+func Read(r io.ReaderAt, size int64) ([]*osvcv1.ImageIndex, error) {
+	if size < int64(len(wimMagic)) {
+		return nil, ErrNotWIM
+	}
+	hdr := make([]byte, headerSize)
+	n, err := r.ReadAt(hdr[:min(size, headerSize)], 0)
+	if n < len(wimMagic) {
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read WIM header: %w", err)
+	}
+	switch {
+	case bytes.Equal(hdr[:8], pipableMagic):
+		return nil, errors.New("pipable WIM files are not supported; convert the file with `wimlib-imagex optimize` first")
+	case !bytes.Equal(hdr[:8], wimMagic):
+		return nil, ErrNotWIM
+	case size < headerSize:
+		return nil, fmt.Errorf("%w: file is truncated (%d bytes, shorter than the WIM header)", ErrDamaged, size)
+	}
+	le := binary.LittleEndian
+	if hs := le.Uint32(hdr[8:]); hs != headerSize {
+		return nil, damaged("header size is %d, want %d", hs, headerSize)
+	}
+	imageCount := le.Uint32(hdr[44:])
+	xmlRes := hdr[72:96]
+	sizeInWIM := le.Uint64(xmlRes[0:]) & (1<<56 - 1)
+	flags := xmlRes[7]
+	offset := le.Uint64(xmlRes[8:])
+	origSize := le.Uint64(xmlRes[16:])
+	if flags&reshdrCompressed != 0 {
+		return nil, errors.New("the WIM's XML info is compressed, which osvc cannot read; rewrite the file with `wimlib-imagex optimize`")
+	}
+	if origSize != sizeInWIM {
+		return nil, damaged("uncompressed XML info declares %d bytes stored as %d", origSize, sizeInWIM)
+	}
+	if origSize == 0 || origSize > maxXMLBytes {
+		return nil, damaged("XML info declares %d bytes", origSize)
+	}
+	if offset < headerSize || offset > uint64(size) || origSize > uint64(size)-offset {
+		return nil, damaged("XML info (%d bytes at offset %d) lies outside the %d-byte file; is it truncated?", origSize, offset, size)
+	}
+	data := make([]byte, origSize)
+	if _, err := r.ReadAt(data, int64(offset)); err != nil && !(errors.Is(err, io.EOF)) {
+		return nil, fmt.Errorf("read WIM XML info: %w", err)
+	}
+	idx, err := ParseXML(data)
+	if err != nil {
+		return nil, err
+	}
+	if uint32(len(idx)) != imageCount {
+		return nil, damaged("the header counts %d images, the XML describes %d", imageCount, len(idx))
+	}
+	return idx, nil
+}
+
+type wimXML struct {
+	XMLName xml.Name   `xml:"WIM"`
+	Images  []imageXML `xml:"IMAGE"`
+}
+
+type imageXML struct {
+	Index       string      `xml:"INDEX,attr"`
+	Name        string      `xml:"NAME"`
+	Description string      `xml:"DESCRIPTION"`
+	Flags       string      `xml:"FLAGS"`
+	TotalBytes  string      `xml:"TOTALBYTES"`
+	Windows     *windowsXML `xml:"WINDOWS"`
+}
+
+type windowsXML struct {
+	Arch      string `xml:"ARCH"`
+	EditionID string `xml:"EDITIONID"`
+	Languages struct {
+		Language []string `xml:"LANGUAGE"`
+		Default  string   `xml:"DEFAULT"`
+	} `xml:"LANGUAGES"`
+	Version *struct {
+		Major   string `xml:"MAJOR"`
+		Minor   string `xml:"MINOR"`
+		Build   string `xml:"BUILD"`
+		SPBuild string `xml:"SPBUILD"`
+	} `xml:"VERSION"`
+}
+
+// decodeText turns XML info bytes into UTF-8: UTF-16LE with or without a
+// byte-order mark (what WIM files hold), UTF-16BE with one, or UTF-8.
+func decodeText(data []byte) (string, error) {
+	var be bool
+	switch {
+	case bytes.HasPrefix(data, []byte{0xFF, 0xFE}):
+		data = data[2:]
+	case bytes.HasPrefix(data, []byte{0xFE, 0xFF}):
+		data, be = data[2:], true
+	case bytes.HasPrefix(data, []byte{0xEF, 0xBB, 0xBF}):
+		return string(data[3:]), nil
+	case len(data) >= 2 && data[0] != 0 && data[1] == 0:
+		// UTF-16LE without a mark: '<' followed by a zero byte.
+	default:
+		return string(data), nil
+	}
+	if len(data)%2 != 0 {
+		// Some writers leave one trailing zero byte; anything else is damage.
+		if data[len(data)-1] != 0 {
+			return "", damaged("UTF-16 text has an odd number of bytes")
+		}
+		data = data[:len(data)-1]
+	}
+	u := make([]uint16, len(data)/2)
+	for i := range u {
+		if be {
+			u[i] = binary.BigEndian.Uint16(data[2*i:])
+		} else {
+			u[i] = binary.LittleEndian.Uint16(data[2*i:])
+		}
+	}
+	return string(utf16.Decode(u)), nil
+}
+
+// ParseXML parses a WIM's XML info (UTF-16LE with BOM, or UTF-8) into its
+// indexes, in index order.
+func ParseXML(data []byte) ([]*osvcv1.ImageIndex, error) {
+	text, err := decodeText(data)
+	if err != nil {
+		return nil, err
+	}
+	text = strings.TrimRight(text, "\x00\r\n\t ")
+	dec := xml.NewDecoder(strings.NewReader(text))
+	// The text is already UTF-8 whatever the declaration says.
+	dec.CharsetReader = func(_ string, r io.Reader) (io.Reader, error) { return r, nil }
+	var w wimXML
+	if err := dec.Decode(&w); err != nil {
+		return nil, damaged("%v", err)
+	}
+	out := make([]*osvcv1.ImageIndex, 0, len(w.Images))
+	seen := map[int32]bool{}
+	for i, im := range w.Images {
+		idx, err := convertImage(i, im)
+		if err != nil {
+			return nil, err
+		}
+		if seen[idx.Index] {
+			return nil, damaged("index %d appears twice", idx.Index)
+		}
+		seen[idx.Index] = true
+		out = append(out, idx)
+	}
+	slices.SortFunc(out, func(a, b *osvcv1.ImageIndex) int { return int(a.Index) - int(b.Index) })
+	for i, idx := range out {
+		if idx.Index != int32(i+1) {
+			return nil, damaged("indexes are not numbered 1 to %d (found %d)", len(out), idx.Index)
+		}
+	}
+	return out, nil
+}
+
+func convertImage(pos int, im imageXML) (*osvcv1.ImageIndex, error) {
+	idx := &osvcv1.ImageIndex{
+		Index:       int32(pos + 1),
+		Name:        strings.TrimSpace(im.Name),
+		Description: strings.TrimSpace(im.Description),
+	}
+	if s := strings.TrimSpace(im.Index); s != "" {
+		n, err := parseNumber(s, 31)
+		if err != nil || n < 1 {
+			return nil, damaged("image INDEX %q is not a positive number", im.Index)
+		}
+		idx.Index = int32(n)
+	}
+	if s := strings.TrimSpace(im.TotalBytes); s != "" {
+		n, err := parseNumber(s, 63)
+		if err != nil {
+			return nil, damaged("index %d TOTALBYTES %q is not a number", idx.Index, s)
+		}
+		idx.TotalBytes = int64(n)
+	}
+	win := im.Windows
+	if win == nil {
+		return idx, nil
+	}
+	idx.Edition = strings.TrimSpace(win.EditionID)
+	if idx.Edition == "" {
+		idx.Edition = strings.TrimSpace(im.Flags) // older images carry it only here
+	}
+	if s := strings.TrimSpace(win.Arch); s != "" {
+		n, err := parseNumber(s, 31)
+		if err != nil {
+			return nil, damaged("index %d ARCH %q is not a number", idx.Index, s)
+		}
+		idx.Architecture = architecture(n)
+	}
+	for _, l := range win.Languages.Language {
+		if l = strings.TrimSpace(l); l != "" {
+			idx.Languages = append(idx.Languages, l)
+		}
+	}
+	if len(idx.Languages) == 0 {
+		if d := strings.TrimSpace(win.Languages.Default); d != "" {
+			idx.Languages = []string{d}
+		}
+	}
+	if v := win.Version; v != nil {
+		var parts [4]uint64
+		for i, s := range []string{v.Major, v.Minor, v.Build, v.SPBuild} {
+			if s = strings.TrimSpace(s); s == "" {
+				continue
+			}
+			n, err := parseNumber(s, 32)
+			if err != nil {
+				return nil, damaged("index %d VERSION part %q is not a number", idx.Index, s)
+			}
+			parts[i] = n
+		}
+		idx.Build = uint32(parts[2])
+		idx.Version = fmt.Sprintf("%d.%d.%d.%d", parts[0], parts[1], parts[2], parts[3])
+	}
+	return idx, nil
+}
+
+// parseNumber reads a decimal or 0x-prefixed hexadecimal number (WIM XML
+// uses both) that fits in bits bits.
+func parseNumber(s string, bits int) (uint64, error) {
+	if h, ok := strings.CutPrefix(strings.ToLower(s), "0x"); ok {
+		return strconv.ParseUint(h, 16, bits)
+	}
+	return strconv.ParseUint(s, 10, bits)
+}
+
+// architecture maps WINDOWS/ARCH (PROCESSOR_ARCHITECTURE_* values).
+func architecture(n uint64) osvcv1.Architecture {
+	switch n {
+	case 0:
+		return osvcv1.Architecture_ARCHITECTURE_X86
+	case 9:
+		return osvcv1.Architecture_ARCHITECTURE_X64
+	case 12:
+		return osvcv1.Architecture_ARCHITECTURE_ARM64
+	}
+	return osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED
+}
