@@ -1,0 +1,339 @@
+package wimlib
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/updatepkg"
+)
+
+// AddPackage applies one update file to the mounted index: a CAB package, or
+// an MSU whose inner packages are applied in order. Any other file is
+// Unsupported. The package is staged in a folder beside the mount folder and
+// installed by copying its components into Windows/WinSxS, its update.mum
+// into Windows/servicing/Packages and recording it in Sessions.xml.
+func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.Outcome, error) {
+	log := e.logger.With("file", path, "mount", m.Dir)
+	ext := strings.ToLower(filepath.Ext(path))
+	if ext != ".cab" && ext != ".msu" {
+		log.Warn(engine.UnsupportedMessage)
+		return engine.Unsupported, nil
+	}
+	pkg, err := updatepkg.Open(path)
+	if errors.Is(err, updatepkg.ErrUnsupported) {
+		log.Warn(engine.UnsupportedMessage, "error", err)
+		return engine.Unsupported, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("add package %s: %w", path, err)
+	}
+	if progress == nil {
+		progress = func(int) {}
+	}
+	if m.Info == nil {
+		// Applicability needs the index's description; a Mount made
+		// elsewhere than Mount may lack it.
+		if m.Info, err = e.indexInfo(ctx, m.WIM, m.Index); err != nil {
+			return 0, fmt.Errorf("add package %s: %w", path, err)
+		}
+	}
+	doc, err := readSessions(m.Dir)
+	if err != nil {
+		return 0, fmt.Errorf("add package %s: %w", path, err)
+	}
+	// Decide on the manifest alone first, so that a package that will not be
+	// installed is never extracted.
+	if !pkg.MSU && pkg.Manifest != nil {
+		if outcome := e.decide(log, m, doc, pkg.Manifest); outcome != engine.Applied {
+			return outcome, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("add package %s: %w", path, err)
+	}
+	progress(0)
+	stageDir, err := os.MkdirTemp(filepath.Dir(m.Dir), "stage-")
+	if err != nil {
+		return 0, fmt.Errorf("add package %s: create the staging folder: %w", path, err)
+	}
+	defer func() {
+		if err := os.RemoveAll(stageDir); err != nil {
+			log.Warn("removing the staging folder failed", "dir", stageDir, "error", err)
+		}
+	}()
+	staged, err := pkg.Stage(stageDir)
+	if errors.Is(err, updatepkg.ErrUnsupported) {
+		// e.g. payload compressed with LZX, which the cabinet reader cannot expand.
+		log.Warn(engine.UnsupportedMessage, "error", err)
+		return engine.Unsupported, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("add package %s: stage: %w", path, err)
+	}
+	var todo []*updatepkg.Staged
+	outcome := engine.NotApplicable
+	for _, s := range staged {
+		switch e.decide(log, m, doc, s.Manifest) {
+		case engine.Applied:
+			todo = append(todo, s)
+		case engine.AlreadyInstalled:
+			outcome = engine.AlreadyInstalled
+		}
+	}
+	if len(todo) == 0 {
+		return outcome, nil
+	}
+	if err := e.install(ctx, log, m, doc, todo, progress); err != nil {
+		return 0, fmt.Errorf("add package %s: %w", path, err)
+	}
+	return engine.Applied, nil
+}
+
+// decide returns Applied when the package should be installed, or why not.
+func (e *Engine) decide(log hclog.Logger, m *engine.Mount, doc *sessionsDoc, man *updatepkg.Manifest) engine.Outcome {
+	id := man.Identity.String()
+	log = log.With("package", id, "kb", man.KB)
+	if ok, reason := man.AppliesTo(m.Info); !ok {
+		log.Info("package not applicable", "reason", reason)
+		return engine.NotApplicable
+	}
+	installed := doc.installed()
+	for _, in := range installed {
+		if in.Identity == id && (in.State == stateInstalled || in.State == stateSuperseded) {
+			log.Info("package already installed", "state", in.State)
+			return engine.AlreadyInstalled
+		}
+	}
+	// A newer installed package that supersedes this one makes it not
+	// applicable, as CBS answers for an older cumulative update.
+	for _, in := range installed {
+		if in.State != stateInstalled {
+			continue
+		}
+		newer, err := readInstalledManifest(m.Dir, in.Identity)
+		if err != nil {
+			log.Debug("cannot read an installed package's manifest", "installed", in.Identity, "error", err)
+			continue
+		}
+		if supersedes(newer, id, man.KB) {
+			log.Info("package not applicable", "reason", "superseded by installed package "+in.Identity)
+			return engine.NotApplicable
+		}
+	}
+	return engine.Applied
+}
+
+// supersedes reports whether m lists the package (by identity or KB) as superseded.
+func supersedes(m *updatepkg.Manifest, identity, kb string) bool {
+	for _, s := range m.Supersedes {
+		if s == identity || (kb != "" && normalizeKB(s) == normalizeKB(kb)) {
+			return true
+		}
+	}
+	return false
+}
+
+func normalizeKB(s string) string {
+	s = strings.TrimSpace(s)
+	if len(s) > 2 && strings.EqualFold(s[:2], "KB") {
+		s = s[2:]
+	}
+	return s
+}
+
+func packagesDir(mountDir string) string {
+	return filepath.Join(mountDir, "Windows", "servicing", "Packages")
+}
+
+func winSxSDir(mountDir string) string { return filepath.Join(mountDir, "Windows", "WinSxS") }
+
+func readInstalledManifest(mountDir, identity string) (*updatepkg.Manifest, error) {
+	if err := checkName(identity); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(packagesDir(mountDir), identity+".mum"))
+	if err != nil {
+		return nil, err
+	}
+	return updatepkg.ParseManifest(data)
+}
+
+// checkName refuses a name from a package manifest that is not one plain
+// file name: it becomes a folder or file name inside the image.
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\:\x00") {
+		return fmt.Errorf("package names %q, which is not a plain file name: the package is malformed", name)
+	}
+	return nil
+}
+
+// copyOp is one file to write into the image: from src, or data when set.
+type copyOp struct {
+	src, dst string
+	data     []byte
+	size     int64
+}
+
+// install copies the staged packages into the image and records them as
+// installed in one session.
+func (e *Engine) install(ctx context.Context, log hclog.Logger, m *engine.Mount, doc *sessionsDoc, todo []*updatepkg.Staged, progress engine.ProgressFunc) error {
+	var ops []copyOp
+	var total int64
+	for _, s := range todo {
+		sops, err := planCopies(m.Dir, s)
+		if err != nil {
+			return err
+		}
+		for _, op := range sops {
+			total += op.size
+		}
+		ops = append(ops, sops...)
+	}
+	// AddPackage reported 0 before staging; the last file reports 100.
+	var done int64
+	last := 0
+	report := func() {
+		pct := 100
+		if total > 0 {
+			pct = int(done * 100 / total)
+		}
+		if pct != last {
+			last = pct
+			progress(pct)
+		}
+	}
+	for _, op := range ops {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if op.data != nil {
+			if err := os.MkdirAll(filepath.Dir(op.dst), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(op.dst, op.data, 0o644); err != nil {
+				return err
+			}
+		} else if _, err := copyFile(op.dst, op.src); err != nil {
+			return err
+		}
+		done += op.size
+		report()
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var pkgs []sessionPackage
+	for _, s := range todo {
+		pkgs = append(pkgs, sessionPackage{
+			ID:          s.Manifest.Identity.String(),
+			Name:        s.Manifest.KB,
+			TargetState: stateInstalled,
+			State:       stateInstalled,
+		})
+		log.Info("package installed", "package", s.Manifest.Identity.String(), "kb", s.Manifest.KB,
+			"components", len(s.Components))
+	}
+	doc.add(time.Now(), pkgs)
+	if err := writeSessions(m.Dir, doc); err != nil {
+		return err
+	}
+	log.Info("copied package files into the image", "files", len(ops), "bytes", total)
+	return nil
+}
+
+// planCopies lists the files one staged package puts into the image.
+func planCopies(mountDir string, s *updatepkg.Staged) ([]copyOp, error) {
+	var ops []copyOp
+	id := s.Manifest.Identity.String()
+	if err := checkName(id + ".mum"); err != nil {
+		return nil, err
+	}
+	for _, sc := range s.Components {
+		name := sc.Component.SxSName()
+		if err := checkName(name); err != nil {
+			return nil, err
+		}
+		dst := filepath.Join(winSxSDir(mountDir), name)
+		files, err := payloadFiles(sc)
+		if err != nil {
+			return nil, fmt.Errorf("component %s: %w", name, err)
+		}
+		for _, rel := range files {
+			src := filepath.Join(sc.PayloadDir, rel)
+			st, err := os.Lstat(src)
+			if err != nil {
+				return nil, fmt.Errorf("component %s: %w", name, err)
+			}
+			if !st.Mode().IsRegular() {
+				return nil, fmt.Errorf("component %s: payload %s is not a regular file", name, rel)
+			}
+			ops = append(ops, copyOp{src: src, dst: filepath.Join(dst, rel), size: st.Size()})
+		}
+		if sc.ManifestPath != "" {
+			st, err := os.Stat(sc.ManifestPath)
+			if err != nil {
+				return nil, fmt.Errorf("component %s: %w", name, err)
+			}
+			ops = append(ops, copyOp{
+				src:  sc.ManifestPath,
+				dst:  filepath.Join(winSxSDir(mountDir), "Manifests", name+".manifest"),
+				size: st.Size(),
+			})
+		}
+	}
+	mumDst := filepath.Join(packagesDir(mountDir), id+".mum")
+	mum := filepath.Join(s.Dir, "update.mum")
+	if st, err := os.Stat(mum); err == nil && st.Mode().IsRegular() {
+		ops = append(ops, copyOp{src: mum, dst: mumDst, size: st.Size()})
+	} else {
+		data, err := s.Manifest.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("package %s: %w", id, err)
+		}
+		ops = append(ops, copyOp{dst: mumDst, data: data, size: int64(len(data))})
+	}
+	return ops, nil
+}
+
+// payloadFiles lists a component's payload, relative to its PayloadDir: the
+// files its manifest names, or, when it names none, every regular file found.
+func payloadFiles(sc updatepkg.StagedComponent) ([]string, error) {
+	if len(sc.Component.Files) > 0 {
+		out := make([]string, 0, len(sc.Component.Files))
+		for _, f := range sc.Component.Files {
+			rel := filepath.FromSlash(strings.ReplaceAll(f, `\`, "/"))
+			if !filepath.IsLocal(rel) {
+				return nil, fmt.Errorf("payload file %q escapes the component folder: the package is malformed", f)
+			}
+			out = append(out, rel)
+		}
+		return out, nil
+	}
+	if sc.PayloadDir == "" {
+		return nil, nil
+	}
+	var out []string
+	err := filepath.WalkDir(sc.PayloadDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			rel, err := filepath.Rel(sc.PayloadDir, p)
+			if err != nil {
+				return err
+			}
+			out = append(out, rel)
+		}
+		return nil
+	})
+	return out, err
+}

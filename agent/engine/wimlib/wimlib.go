@@ -1,0 +1,398 @@
+// Package wimlib is the Linux servicing engine: it drives wimlib-imagex for
+// the WIM operations and installs CAB/MSU update packages into the mounted
+// image the way DISM lays them out (WinSxS, servicing/Packages, Sessions.xml).
+package wimlib
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/wiminfo"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// DefaultBinary is the wimlib-imagex executable looked up in PATH.
+const DefaultBinary = "wimlib-imagex"
+
+// cleanupTimeout bounds an unmount run after the caller's context ended: a
+// discard must still happen, but must not hang the agent forever.
+const cleanupTimeout = 5 * time.Minute
+
+// Config configures the wimlib engine.
+type Config struct {
+	// Logger receives every command run and its output; defaults to a null logger.
+	Logger hclog.Logger
+	// Binary is the wimlib-imagex executable, a path or a name looked up in
+	// PATH; default "wimlib-imagex".
+	Binary string
+}
+
+// Engine services WIM files with wimlib-imagex.
+type Engine struct {
+	logger hclog.Logger
+	binary string
+}
+
+var _ engine.Engine = (*Engine)(nil)
+
+// New checks that wimlib-imagex can be found and returns the engine.
+func New(cfg Config) (*Engine, error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	bin := cfg.Binary
+	if bin == "" {
+		bin = DefaultBinary
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("wimlib engine: %s not found: install wimtools (apt-get install wimtools): %w", bin, err)
+	}
+	return &Engine{logger: logger.Named("wimlib"), binary: path}, nil
+}
+
+// Name returns "wimlib".
+func (e *Engine) Name() string { return "wimlib" }
+
+// run runs wimlib-imagex, logs its output line by line and returns its
+// stdout. logStdout is false for commands whose stdout is data (info --xml).
+func (e *Engine) run(ctx context.Context, logStdout bool, args ...string) ([]byte, error) {
+	e.logger.Info("running", "command", e.binary+" "+strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, e.binary, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	// mountrw forks a FUSE daemon; should it keep our pipes open, Wait must
+	// not block on it.
+	cmd.WaitDelay = 10 * time.Second
+	err := cmd.Run()
+	if logStdout {
+		logLines(e.logger, hclog.Info, stdout.Bytes())
+	}
+	logLines(e.logger, hclog.Warn, stderr.Bytes())
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, fmt.Errorf("%s %s: %w", filepath.Base(e.binary), args[0], ctxErr)
+		}
+		msg := lastLines(stderr.Bytes())
+		if msg == "" && logStdout {
+			msg = lastLines(stdout.Bytes())
+		}
+		if msg != "" {
+			return nil, fmt.Errorf("%s %s: %w: %s", filepath.Base(e.binary), args[0], err, msg)
+		}
+		return nil, fmt.Errorf("%s %s: %w", filepath.Base(e.binary), args[0], err)
+	}
+	return stdout.Bytes(), nil
+}
+
+// outputLines splits command output into lines; wimlib-imagex redraws its
+// progress with '\r', so only the last state of such a line is kept.
+func outputLines(out []byte) []string {
+	var lines []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.LastIndexByte(strings.TrimRight(line, "\r"), '\r'); i >= 0 {
+			line = line[i+1:]
+		}
+		line = strings.TrimSpace(line)
+		if line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return lines
+}
+
+func logLines(logger hclog.Logger, level hclog.Level, out []byte) {
+	for _, line := range outputLines(out) {
+		logger.Log(level, "wimlib-imagex", "output", line)
+	}
+}
+
+// lastLines is the command's own error message: its last few output lines.
+func lastLines(out []byte) string {
+	lines := outputLines(out)
+	if len(lines) > 4 {
+		lines = lines[len(lines)-4:]
+	}
+	return strings.Join(lines, " ")
+}
+
+// Inspect reads the indexes of a WIM file.
+func (e *Engine) Inspect(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, error) {
+	out, err := e.run(ctx, false, "info", wim, "--xml")
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", wim, err)
+	}
+	idx, err := wiminfo.ParseXML(out)
+	if err != nil {
+		return nil, fmt.Errorf("inspect %s: %w", wim, err)
+	}
+	return idx, nil
+}
+
+// Mount mounts one index read-write in dir, which must exist and be empty.
+func (e *Engine) Mount(ctx context.Context, wim string, index int, dir string) (*engine.Mount, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s index %d: %w", wim, index, err)
+	}
+	if err := checkMountDir(dir); err != nil {
+		return nil, fmt.Errorf("mount %s index %d: %w", wim, index, err)
+	}
+	info, err := e.indexInfo(ctx, wim, index)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s index %d: %w", wim, index, err)
+	}
+	if _, err := e.run(ctx, true, "mountrw", wim, strconv.Itoa(index), dir); err != nil {
+		// A mount killed half way may still have attached the FUSE file
+		// system: never leave it behind.
+		if isMountPoint(dir) {
+			m := &engine.Mount{WIM: wim, Index: index, Dir: dir, Info: info}
+			if uerr := e.Unmount(context.WithoutCancel(ctx), m, false); uerr != nil {
+				e.logger.Error("discarding a half-done mount failed", "dir", dir, "error", uerr)
+			}
+		}
+		return nil, fmt.Errorf("mount %s index %d in %s: %w", wim, index, dir, err)
+	}
+	e.logger.Info("mounted", "wim", wim, "index", index, "dir", dir, "name", info.GetName())
+	return &engine.Mount{WIM: wim, Index: index, Dir: dir, Info: info}, nil
+}
+
+// indexInfo describes one index of a WIM.
+func (e *Engine) indexInfo(ctx context.Context, wim string, index int) (*osvcv1.ImageIndex, error) {
+	indexes, err := e.Inspect(ctx, wim)
+	if err != nil {
+		return nil, err
+	}
+	for _, ix := range indexes {
+		if int(ix.GetIndex()) == index {
+			return ix, nil
+		}
+	}
+	return nil, fmt.Errorf("the WIM has %d indexes, none numbered %d: pick one of 1 to %d", len(indexes), index, len(indexes))
+}
+
+// checkMountDir refuses a folder that is missing, not a folder, already a
+// mount point or not empty.
+func checkMountDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("mount folder: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("mount folder %s is not a folder", dir)
+	}
+	if isMountPoint(dir) {
+		return fmt.Errorf("%s: %w (already a mount point: unmount it first)", dir, engine.ErrMountBusy)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("mount folder: %w", err)
+	}
+	defer f.Close()
+	if names, _ := f.Readdirnames(1); len(names) > 0 {
+		return fmt.Errorf("%s: %w (not empty: use an empty folder)", dir, engine.ErrMountBusy)
+	}
+	return nil
+}
+
+// isMountPoint reports whether dir is listed in /proc/self/mountinfo. Where
+// that file cannot be read, dir is taken as not mounted.
+func isMountPoint(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Unmount unmounts the index, committing the changes into the WIM when commit
+// is true and discarding them otherwise. A discard runs even when ctx has
+// ended, so that a failed or canceled run never leaves a mount behind; a
+// commit asked for under an ended ctx becomes a discard and returns ctx's error.
+func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) error {
+	if commit && ctx.Err() != nil {
+		err := ctx.Err()
+		if derr := e.Unmount(ctx, m, false); derr != nil {
+			return fmt.Errorf("unmount %s: not committed (%w), and discarding failed: %w", m.Dir, err, derr)
+		}
+		return fmt.Errorf("unmount %s: changes discarded, not committed: %w", m.Dir, err)
+	}
+	// A commit is not interrupted half way either: wimlib appends to the WIM
+	// and rewrites its header, and the FUSE daemon finishes it anyway.
+	runCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	args := []string{"unmount", m.Dir}
+	if commit {
+		args = append(args, "--commit")
+	}
+	_, err := e.run(runCtx, true, args...)
+	if err == nil {
+		// wimlib-imagex returns once the FUSE daemon is done with the WIM;
+		// the kernel drops the mount a moment later. Wait for it, so the
+		// folder can be mounted again right away.
+		if werr := waitUnmounted(runCtx, m.Dir, unmountSettle); werr != nil {
+			e.lazyUnmount(runCtx, m.Dir)
+			return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, werr)
+		}
+		e.logger.Info("unmounted", "dir", m.Dir, "commit", commit)
+		return nil
+	}
+	if !isMountPoint(m.Dir) {
+		return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, err)
+	}
+	if commit {
+		e.logger.Error("commit failed, discarding the changes", "dir", m.Dir, "error", err)
+		if _, derr := e.run(runCtx, true, "unmount", m.Dir); derr != nil {
+			e.logger.Error("discard after a failed commit failed", "dir", m.Dir, "error", derr)
+		}
+	}
+	if isMountPoint(m.Dir) {
+		// Last resort: detach the FUSE mount even while files are open.
+		e.lazyUnmount(runCtx, m.Dir)
+	}
+	return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, err)
+}
+
+// unmountSettle bounds the wait for the kernel to drop a mount after
+// wimlib-imagex unmount succeeded.
+const unmountSettle = 30 * time.Second
+
+// waitUnmounted polls until dir is no longer a mount point.
+func waitUnmounted(ctx context.Context, dir string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for isMountPoint(dir) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s is still mounted %s after wimlib-imagex unmount: %w", dir, limit, ctx.Err())
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// lazyUnmount detaches a FUSE mount that wimlib-imagex could not unmount.
+func (e *Engine) lazyUnmount(ctx context.Context, dir string) {
+	for _, tool := range []string{"fusermount3", "fusermount"} {
+		path, err := exec.LookPath(tool)
+		if err != nil {
+			continue
+		}
+		out, err := exec.CommandContext(ctx, path, "-u", "-z", dir).CombinedOutput()
+		logLines(e.logger, hclog.Warn, out)
+		if err == nil {
+			e.logger.Warn("detached the mount lazily", "dir", dir, "tool", tool)
+			return
+		}
+	}
+	e.logger.Error("the mount folder is still mounted: unmount it by hand (fusermount3 -u)", "dir", dir)
+}
+
+// Export copies one index of src into dst (appending when dst exists). Only
+// the data the index references is written, which is how superseded
+// components removed by Cleanup leave the file.
+func (e *Engine) Export(ctx context.Context, src string, index int, dst string) error {
+	if _, err := e.run(ctx, true, "export", src, strconv.Itoa(index), dst); err != nil {
+		return fmt.Errorf("export %s index %d to %s: %w", src, index, dst, err)
+	}
+	return nil
+}
+
+// sessionsPath is where installed packages are recorded inside the image.
+var sessionsPath = []string{"Windows", "servicing", "Sessions", "Sessions.xml"}
+
+// ReadInstalled lists the packages installed in one index of a WIM file
+// without mounting it: it extracts only Sessions.xml.
+func (e *Engine) ReadInstalled(ctx context.Context, wim string, index int) ([]engine.Installed, error) {
+	tmp, err := os.MkdirTemp("", "osvc-sessions-")
+	if err != nil {
+		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
+	}
+	defer os.RemoveAll(tmp)
+	inWIM := "/" + strings.Join(sessionsPath, "/")
+	if _, err := e.run(ctx, true, "extract", wim, strconv.Itoa(index), inWIM,
+		"--dest-dir="+tmp, "--no-acls", "--nullglob"); err != nil {
+		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
+	}
+	data, err := os.ReadFile(filepath.Join(tmp, sessionsPath[len(sessionsPath)-1]))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // no servicing session ever ran: nothing installed
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
+	}
+	doc, err := parseSessions(data)
+	if err != nil {
+		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
+	}
+	return doc.installed(), nil
+}
+
+// copyFile copies src to dst, creating dst's folder, and returns the bytes copied.
+func copyFile(dst, src string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return 0, err
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return n, fmt.Errorf("copy %s: %w", src, err)
+	}
+	return n, nil
+}

@@ -1,0 +1,236 @@
+package sampledata
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/osvc/osvc/agent/engine/updatepkg"
+	"github.com/osvc/osvc/agent/engine/wiminfo"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+func create(t *testing.T, opts Options) *Sample {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	if opts.PayloadBytes == 0 {
+		opts.PayloadBytes = 512 << 10
+	}
+	s, err := Create(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestTheImageInspectsAsAWindowsImage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		opts        Options
+		wantBuild   uint32
+		wantEdition string
+		wantName    string
+	}{
+		{"defaults give Windows 11 23H2 Enterprise", Options{}, 22631, "Enterprise", "Windows 11 Enterprise"},
+		{"build and edition are taken from the options", Options{Build: 26100, Edition: "Professional"}, 26100, "Professional", "Windows 11 Pro"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := create(t, tt.opts)
+			idx, err := wiminfo.ReadFile(s.WIM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(idx) != 1 {
+				t.Fatalf("indexes = %d, want 1", len(idx))
+			}
+			got := idx[0]
+			if got.GetArchitecture() != osvcv1.Architecture_ARCHITECTURE_X64 || got.GetBuild() != tt.wantBuild ||
+				got.GetEdition() != tt.wantEdition || got.GetName() != tt.wantName {
+				t.Errorf("index = %s build %d edition %q name %q, want x64 %d %q %q", got.GetArchitecture(),
+					got.GetBuild(), got.GetEdition(), got.GetName(), tt.wantBuild, tt.wantEdition, tt.wantName)
+			}
+			if len(got.GetLanguages()) == 0 || got.GetLanguages()[0] != "en-US" {
+				t.Errorf("languages = %v, want en-US", got.GetLanguages())
+			}
+			if got.GetTotalBytes() < 512<<10 {
+				t.Errorf("total bytes = %d, want at least the payload", got.GetTotalBytes())
+			}
+			out, err := exec.Command("wimlib-imagex", "dir", s.WIM, "1").CombinedOutput()
+			if err != nil {
+				t.Fatalf("wimlib-imagex dir: %v: %s", err, out)
+			}
+			for _, want := range []string{"/Windows/System32/kernel32.dll", "/Windows/servicing/Packages", "/Windows/WinSxS/Manifests"} {
+				if !bytes.Contains(out, []byte(want+"\n")) {
+					t.Errorf("the image has no %s", want)
+				}
+			}
+		})
+	}
+}
+
+func TestEveryUpdateIsWhatItClaims(t *testing.T) {
+	t.Parallel()
+	s := create(t, Options{})
+	idx, err := wiminfo.ReadFile(s.WIM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[osvcv1.UpdateState]int{}
+	for _, u := range s.Updates {
+		t.Run(filepath.Base(u.File), func(t *testing.T) {
+			counts[u.Want]++
+			if !strings.Contains(u.Title, "("+u.KB+")") {
+				t.Errorf("title %q does not name %s", u.Title, u.KB)
+			}
+			if filepath.Dir(u.File) != s.UpdatesDir {
+				t.Errorf("%s is not in %s", u.File, s.UpdatesDir)
+			}
+			p, err := updatepkg.Open(u.File)
+			if u.Want == osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED {
+				if err == nil {
+					t.Fatalf("updatepkg.Open succeeded on an update expected unsupported")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Manifest.KB != u.KB || p.Manifest.Classification != u.Classification {
+				t.Errorf("manifest says %s %s, want %s %s", p.Manifest.KB, p.Manifest.Classification, u.KB, u.Classification)
+			}
+			applies, reason := p.Manifest.AppliesTo(idx[0])
+			if wantApplies := u.Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED; applies != wantApplies {
+				t.Errorf("AppliesTo = %t (%s), want %t", applies, reason, wantApplies)
+			}
+			staged, err := p.Stage(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(staged) == 0 || len(staged[0].Components) == 0 {
+				t.Fatalf("staged %d packages, want one with components", len(staged))
+			}
+			cabextractAll(t, u.File)
+		})
+	}
+	want := map[osvcv1.UpdateState]int{
+		osvcv1.UpdateState_UPDATE_STATE_APPLIED:        4,
+		osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE: 1,
+		osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED:    1,
+	}
+	for state, n := range want {
+		if counts[state] != n {
+			t.Errorf("%d updates expected %s, want %d", counts[state], state, n)
+		}
+	}
+}
+
+// cabextractAll extracts a CAB, or an MSU and the CABs inside it, with
+// Debian's cabextract, which must agree with our reader.
+func cabextractAll(t *testing.T, file string) {
+	t.Helper()
+	dir := t.TempDir()
+	out, err := exec.Command("cabextract", "-q", "-d", dir, file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cabextract %s: %v: %s", filepath.Base(file), err, out)
+	}
+	inner, _ := filepath.Glob(filepath.Join(dir, "*.cab"))
+	for _, c := range inner {
+		cabextractAll(t, c)
+	}
+	if len(inner) == 0 {
+		if _, err := os.Stat(filepath.Join(dir, "update.mum")); err != nil {
+			t.Errorf("cabextract of %s gave no update.mum", filepath.Base(file))
+		}
+	}
+}
+
+func TestTheNewerCumulativeUpdateSupersedesTheOlder(t *testing.T) {
+	t.Parallel()
+	s := create(t, Options{})
+	var cus []*updatepkg.Manifest
+	for _, u := range s.Updates {
+		if u.Classification == osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE && u.Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
+			p, err := updatepkg.Open(u.File)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cus = append(cus, p.Manifest)
+		}
+	}
+	if len(cus) != 2 {
+		t.Fatalf("%d applicable cumulative updates, want 2", len(cus))
+	}
+	older, newer := cus[0], cus[1]
+	if !newer.Released.After(older.Released) {
+		t.Errorf("newer released %s, older %s", newer.Released, older.Released)
+	}
+	found := false
+	for _, s := range newer.Supersedes {
+		found = found || s == older.Identity.String() || s == older.KB
+	}
+	if !found {
+		t.Errorf("newer supersedes %v, want %s", newer.Supersedes, older.Identity)
+	}
+	oldVersions := map[string]string{}
+	for _, c := range older.Components {
+		oldVersions[c.Name] = c.Version
+	}
+	for _, c := range newer.Components {
+		if v, ok := oldVersions[c.Name]; ok && v >= c.Version {
+			t.Errorf("component %s: newer %s is not above older %s", c.Name, c.Version, v)
+		}
+	}
+}
+
+func TestCreateIsDeterministic(t *testing.T) {
+	t.Parallel()
+	a := create(t, Options{})
+	b := create(t, Options{})
+	other := create(t, Options{Build: 22621})
+	for i := range a.Updates {
+		da, err := os.ReadFile(a.Updates[i].File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db, err := os.ReadFile(b.Updates[i].File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(da, db) {
+			t.Errorf("%s differs between two runs with the same options", filepath.Base(a.Updates[i].File))
+		}
+		do, err := os.ReadFile(other.Updates[i].File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(da, do) && a.Updates[i].Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
+			t.Errorf("%s is the same for another build", filepath.Base(a.Updates[i].File))
+		}
+	}
+}
+
+func TestCreateRefusesBadOptions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opts Options
+	}{
+		{"no folder", Options{}},
+		{"a payload too small to be an image", Options{Dir: t.TempDir(), PayloadBytes: 10}},
+		{"an edition that is a path", Options{Dir: t.TempDir(), Edition: "../x"}},
+	}
+	for _, tt := range tests {
+		if _, err := Create(context.Background(), tt.opts); err == nil {
+			t.Errorf("%s: Create succeeded, want an error", tt.name)
+		}
+	}
+}
