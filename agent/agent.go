@@ -1,0 +1,431 @@
+// Package agent is the servicing agent: it holds its stream to the server and
+// runs the servicing pipelines the server assigns.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/osvc/osvc/agent/conn"
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/pipeline"
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// DriveAutomatic picks the volume the agent's data folder is on.
+const DriveAutomatic = "Automatic"
+
+// Config configures an Agent.
+type Config struct {
+	// Server is the server's address, host:port.
+	Server string
+	// Site is the code of the agent's site, e.g. PS1.
+	Site string
+	// Name is the agent's name; default the host name.
+	Name string
+	// Drive is "Automatic" or a path; a path that does not exist means the
+	// volume holding DataDir, as Configuration Manager does.
+	Drive string
+	// DataDir holds the update cache (DataDir/cache).
+	DataDir string
+	// Capacity is how many runs the agent services at once; default 1.
+	Capacity int
+	// Engine services the images; its Name is announced to the server.
+	Engine engine.Engine
+	// NewEngine, when set, makes a run's engine with the run's logger, so the
+	// engine's output lands in the run log; Engine is used otherwise.
+	NewEngine func(logger hclog.Logger) (engine.Engine, error)
+	Logger    hclog.Logger
+	Version   string
+	// DialOptions are added to the connections' options (credentials; tests: bufconn).
+	DialOptions []grpc.DialOption
+	// InitialBackoff and MaxBackoff bound the reconnect delay; default 1s and 30s.
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+}
+
+// namePattern is what the server accepts as an agent's name (agents/{name}).
+var namePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// nameFromHost makes a valid agent name of a host name: the first label,
+// lower-cased, other characters turned into '-'.
+func nameFromHost(host string) string {
+	host, _, _ = strings.Cut(strings.ToLower(host), ".")
+	var b strings.Builder
+	for _, r := range host {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '-' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('-')
+		}
+	}
+	name := b.String()
+	if name == "" || name[0] < 'a' || name[0] > 'z' {
+		name = "agent-" + name
+	}
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return strings.TrimRight(name, "-")
+}
+
+// Agent services the runs the server assigns to it.
+type Agent struct {
+	cfg    Config
+	logger hclog.Logger
+	host   string
+	drive  string
+	cache  string
+	conn   *conn.Conn
+
+	mu      sync.Mutex
+	runs    map[string]*heldRun
+	closing bool
+	wg      sync.WaitGroup
+	// runsCtx parents every run; it outlives one stream, and ends (with
+	// pipeline.ErrDiscard as cause) when the agent shuts down.
+	runsCtx    context.Context
+	cancelRuns context.CancelCauseFunc
+	content    osvcv1.ContentServiceClient
+}
+
+// heldRun is a run the agent is servicing.
+type heldRun struct {
+	token  int64
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+}
+
+// New validates cfg, creates the data folder and resolves the drive.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Server == "" {
+		return nil, errors.New("agent: the server address is required (--server host:port)")
+	}
+	if cfg.Site == "" {
+		return nil, errors.New("agent: the site code is required (--site, e.g. PS1)")
+	}
+	if cfg.Engine == nil {
+		return nil, errors.New("agent: an engine is required (--engine wimlib)")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("agent: a data folder is required (--data-dir)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Capacity == 0 {
+		cfg.Capacity = 1
+	}
+	if cfg.Capacity < 0 {
+		return nil, fmt.Errorf("agent: capacity %d: want 1 or more runs at once", cfg.Capacity)
+	}
+	if cfg.Drive == "" {
+		cfg.Drive = DriveAutomatic
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	if cfg.Name == "" {
+		cfg.Name = nameFromHost(host)
+	}
+	if !namePattern.MatchString(cfg.Name) {
+		return nil, fmt.Errorf("agent: name %q: use lower-case letters, digits and '-', starting with a letter, at most 63 characters (--name)", cfg.Name)
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: data folder %s: %w", cfg.DataDir, err)
+	}
+	cfg.DataDir = dataDir
+	cache := filepath.Join(dataDir, "cache")
+	if err := os.MkdirAll(cache, 0o750); err != nil {
+		return nil, fmt.Errorf("agent: create the data folder: %w: set --data-dir to a writable folder", err)
+	}
+	logger := cfg.Logger.Named("agent")
+	drive, err := ResolveDrive(cfg.Drive, dataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if drive != cfg.Drive {
+		logger.Info("offline servicing drive resolved", "setting", cfg.Drive, "drive", drive)
+	}
+	a := &Agent{
+		cfg:    cfg,
+		logger: logger,
+		host:   host,
+		drive:  drive,
+		cache:  cache,
+		runs:   make(map[string]*heldRun),
+	}
+	c, err := conn.New(conn.Config{
+		Server:         cfg.Server,
+		DialOptions:    cfg.DialOptions,
+		Logger:         cfg.Logger,
+		Hello:          a.hello,
+		Heartbeat:      func() *osvcv1.Heartbeat { return &osvcv1.Heartbeat{Drives: a.drives()} },
+		Handler:        (*handler)(a),
+		InitialBackoff: cfg.InitialBackoff,
+		MaxBackoff:     cfg.MaxBackoff,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.conn = c
+	return a, nil
+}
+
+// Drive returns the resolved folder runs work under.
+func (a *Agent) Drive() string { return a.drive }
+
+// ResolveDrive turns the drive setting into a folder: a folder that exists
+// is used as is; "Automatic", or a path that does not exist on this server,
+// means the agent's data folder. That is the volume the agent is installed on,
+// as Configuration Manager's Automatic setting means, without writing to the
+// root of that volume, which a Linux service should not own.
+func ResolveDrive(setting, dataDir string) (string, error) {
+	if setting != "" && !strings.EqualFold(setting, DriveAutomatic) {
+		if st, err := os.Stat(setting); err == nil && st.IsDir() {
+			return filepath.Abs(setting)
+		}
+	}
+	dir, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", fmt.Errorf("resolve the drive: %w", err)
+	}
+	return dir, nil
+}
+
+// Run keeps the agent connected and servicing until ctx ends; running runs are
+// discarded (unmounted without commit) before it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts = append(opts, transfer.DialOptions()...)
+	opts = append(opts, a.cfg.DialOptions...)
+	cc, err := grpc.NewClient(a.cfg.Server, opts...)
+	if err != nil {
+		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
+	}
+	defer cc.Close()
+
+	a.mu.Lock()
+	a.content = osvcv1.NewContentServiceClient(cc)
+	// Runs survive a dropped stream, so they do not hang off ctx directly.
+	a.runsCtx, a.cancelRuns = context.WithCancelCause(context.WithoutCancel(ctx))
+	a.mu.Unlock()
+
+	a.logger.Info("agent starting", "name", a.cfg.Name, "site", a.cfg.Site, "server", a.cfg.Server,
+		"engine", a.cfg.Engine.Name(), "drive", a.drive, "capacity", a.cfg.Capacity)
+	connErr := make(chan error, 1)
+	go func() { connErr <- a.conn.Run(ctx) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-connErr:
+		connErr <- runErr
+	}
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	a.cancelRuns(fmt.Errorf("%w: the agent is shutting down", pipeline.ErrDiscard))
+	a.wg.Wait()
+	if err := <-connErr; err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.logger.Info("agent stopped")
+	return nil
+}
+
+// hello describes the agent for each (re)connect.
+func (a *Agent) hello() *osvcv1.Hello {
+	return &osvcv1.Hello{
+		Name:     a.cfg.Name,
+		Site:     a.cfg.Site,
+		Host:     a.host,
+		Version:  a.cfg.Version,
+		Engines:  []string{a.cfg.Engine.Name()},
+		Drives:   a.drives(),
+		Capacity: int32(a.cfg.Capacity),
+		HeldRuns: a.heldRuns(),
+	}
+}
+
+func (a *Agent) heldRuns() []*osvcv1.HeldRun {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	held := make([]*osvcv1.HeldRun, 0, len(a.runs))
+	for name, r := range a.runs {
+		held = append(held, &osvcv1.HeldRun{Run: name, FencingToken: r.token})
+	}
+	return held
+}
+
+// drives reports the servicing drive with its free and total bytes.
+func (a *Agent) drives() []*osvcv1.Drive {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(a.drive, &st); err != nil {
+		a.logger.Warn("reading the drive's free space failed", "drive", a.drive, "error", err)
+		return []*osvcv1.Drive{{Path: a.drive}}
+	}
+	return []*osvcv1.Drive{{
+		Path:       a.drive,
+		FreeBytes:  int64(st.Bavail) * int64(st.Bsize),
+		TotalBytes: int64(st.Blocks) * int64(st.Bsize),
+	}}
+}
+
+// handler receives the server's messages; a named type keeps the Handler
+// methods off the Agent's API.
+type handler Agent
+
+func (h *handler) Assign(_ context.Context, asg *osvcv1.Assign) {
+	a := (*Agent)(h)
+	name := asg.GetRun().GetName()
+	token := asg.GetRun().GetFencingToken()
+	log := a.logger.With("run", name, "fencing_token", token)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing || a.runsCtx == nil {
+		log.Warn("assignment ignored: the agent is shutting down")
+		return
+	}
+	var previous chan struct{}
+	if old, ok := a.runs[name]; ok {
+		if old.token == token {
+			log.Info("assignment already held: resuming")
+			return
+		}
+		// A new lease of the same run: the old one is stale. Its work
+		// folder is the same, so the new one starts once the old is gone.
+		log.Warn("run reassigned with a new fencing token: stopping the old one", "old_token", old.token)
+		old.cancel(fmt.Errorf("%w: reassigned with fencing token %d", pipeline.ErrDiscard, token))
+		previous = old.done
+	}
+	if len(a.runs) >= a.cfg.Capacity && previous == nil {
+		log.Warn("assignment beyond the agent's capacity: servicing it anyway", "capacity", a.cfg.Capacity, "running", len(a.runs))
+	}
+	ctx, cancel := context.WithCancelCause(a.runsCtx)
+	hr := &heldRun{token: token, cancel: cancel, done: make(chan struct{})}
+	a.runs[name] = hr
+	a.wg.Go(func() {
+		defer close(hr.done)
+		defer cancel(nil)
+		defer a.release(name, hr)
+		if previous != nil {
+			select {
+			case <-previous:
+			case <-ctx.Done():
+				return
+			}
+		}
+		a.service(ctx, asg, log)
+	})
+}
+
+// release forgets a finished run unless a newer lease replaced it.
+func (a *Agent) release(name string, hr *heldRun) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.runs[name] == hr {
+		delete(a.runs, name)
+	}
+}
+
+func (a *Agent) service(ctx context.Context, asg *osvcv1.Assign, log hclog.Logger) {
+	rep := &reporter{conn: a.conn, run: asg.GetRun().GetName(), token: asg.GetRun().GetFencingToken()}
+	err := pipeline.Run(ctx, pipeline.Config{
+		Engine:    a.cfg.Engine,
+		NewEngine: a.cfg.NewEngine,
+		Content:   a.content,
+		Drive:     a.drive,
+		CacheDir:  a.cache,
+		Logger:    a.cfg.Logger,
+	}, asg, rep)
+	switch {
+	case err == nil:
+		log.Info("run ended")
+	case errors.Is(err, pipeline.ErrLost), errors.Is(err, pipeline.ErrDiscard):
+		log.Warn("run dropped", "reason", err)
+	default:
+		log.Error("run ended without a reported result", "error", err)
+	}
+}
+
+func (h *handler) Cancel(c *osvcv1.Cancel) {
+	a := (*Agent)(h)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r, ok := a.runs[c.GetRun()]
+	if !ok || (c.GetFencingToken() != 0 && c.GetFencingToken() != r.token) {
+		a.logger.Warn("cancel for a run this agent does not hold", "run", c.GetRun(), "fencing_token", c.GetFencingToken())
+		return
+	}
+	reason := c.GetReason()
+	if reason == "" {
+		reason = "canceled by the server"
+	}
+	a.logger.Info("canceling run", "run", c.GetRun(), "reason", reason)
+	r.cancel(errors.New(reason))
+}
+
+func (h *handler) Welcome(w *osvcv1.Welcome) {
+	a := (*Agent)(h)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, name := range w.GetDiscardRuns() {
+		if r, ok := a.runs[name]; ok {
+			a.logger.Warn("the server says the run is no longer this agent's: discarding it", "run", name)
+			r.cancel(fmt.Errorf("%w: the server gave the run to another lease", pipeline.ErrDiscard))
+		}
+	}
+}
+
+// reporter sends one run's reports over the agent's stream.
+type reporter struct {
+	conn  *conn.Conn
+	run   string
+	token int64
+}
+
+func (r *reporter) Step(ctx context.Context, s *osvcv1.StepRecord) error {
+	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_StepChanged{
+		StepChanged: &osvcv1.StepChanged{Run: r.run, FencingToken: r.token, Step: s}}})
+}
+
+func (r *reporter) Progress(ctx context.Context, percent int32, u *osvcv1.UpdateResult) error {
+	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Progress{
+		Progress: &osvcv1.Progress{Run: r.run, FencingToken: r.token, Percent: percent, Update: u}}})
+}
+
+func (r *reporter) UpdateResult(ctx context.Context, u *osvcv1.UpdateResult) error {
+	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_UpdateResult{
+		UpdateResult: &osvcv1.UpdateResultReport{Run: r.run, FencingToken: r.token, Result: u}}})
+}
+
+func (r *reporter) Logs(lines []*osvcv1.LogLine) { r.conn.SendLogs(r.run, r.token, lines) }
+
+// logFlushTimeout bounds the wait for a run's last log lines before its result.
+const logFlushTimeout = 10 * time.Second
+
+func (r *reporter) Result(ctx context.Context, res *osvcv1.RunResult) error {
+	// The last lines first: once the result is in, the server refuses more.
+	fctx, cancel := context.WithTimeout(ctx, logFlushTimeout)
+	_ = r.conn.FlushLogs(fctx, r.run, r.token)
+	cancel()
+	res.Run, res.FencingToken = r.run, r.token
+	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_RunResult{RunResult: res}})
+}

@@ -1,0 +1,575 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/wimlib"
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store/storetest"
+)
+
+// fakeServer speaks the server side of the agent protocol: Welcome to each
+// Hello (resume or discard as the test says), an Ack to each report with the
+// code ack picks, every message recorded. Its ContentService never finishes a
+// download, so an assigned run stays in its COPY step until stopped.
+type fakeServer struct {
+	osvcv1.UnimplementedAgentServiceServer
+	osvcv1.UnimplementedContentServiceServer
+
+	mu      sync.Mutex
+	ack     func(r *osvcv1.ConnectRequest) codes.Code
+	discard []string
+
+	streams chan *fakeStream
+	reqs    chan *osvcv1.ConnectRequest
+}
+
+type fakeStream struct {
+	hello *osvcv1.Hello
+	out   chan *osvcv1.ConnectResponse
+	end   chan error
+}
+
+func (s *fakeServer) setAck(f func(r *osvcv1.ConnectRequest) codes.Code) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ack = f
+}
+
+func (s *fakeServer) ackCode(r *osvcv1.ConnectRequest) codes.Code {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ack == nil {
+		return codes.OK
+	}
+	return s.ack(r)
+}
+
+func (s *fakeServer) Connect(stream grpc.BidiStreamingServer[osvcv1.ConnectRequest, osvcv1.ConnectResponse]) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	h := first.GetHello()
+	if h.GetName() == "" || h.GetSite() == "" {
+		return status.Error(codes.InvalidArgument, "hello: name and site are required")
+	}
+	w := &osvcv1.Welcome{Agent: "agents/" + h.GetName(), HeartbeatInterval: durationpb.New(time.Hour)}
+	s.mu.Lock()
+	for _, held := range h.GetHeldRuns() {
+		discard := false
+		for _, d := range s.discard {
+			discard = discard || d == held.GetRun()
+		}
+		if discard {
+			w.DiscardRuns = append(w.DiscardRuns, held.GetRun())
+		} else {
+			w.ResumeRuns = append(w.ResumeRuns, held.GetRun())
+		}
+	}
+	s.mu.Unlock()
+	if err := stream.Send(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Welcome{Welcome: w}}); err != nil {
+		return err
+	}
+	fs := &fakeStream{hello: h, out: make(chan *osvcv1.ConnectResponse, 64), end: make(chan error, 1)}
+	s.streams <- fs
+	ctx := stream.Context()
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			s.reqs <- r
+			if r.GetHeartbeat() != nil {
+				continue
+			}
+			code := s.ackCode(r)
+			select {
+			case fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: &osvcv1.Ack{Id: r.GetId(), Code: int32(code), Message: code.String()}}}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case m := <-fs.out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case err := <-fs.end:
+			return err
+		case err := <-recvErr:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Read never finishes: the run stays in its COPY step until it is stopped.
+func (s *fakeServer) Read(_ *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	<-stream.Context().Done()
+	return stream.Context().Err()
+}
+
+type harness struct {
+	srv   *fakeServer
+	agent *Agent
+	drive string
+	stop  func()
+}
+
+func start(t *testing.T) *harness { return startWith(t, nil) }
+
+// startWith runs an agent against the fake server; content, when set, serves
+// ContentService instead of the fake's never-ending reads.
+func startWith(t *testing.T, content osvcv1.ContentServiceServer) *harness {
+	t.Helper()
+	srv := &fakeServer{streams: make(chan *fakeStream, 16), reqs: make(chan *osvcv1.ConnectRequest, 10000)}
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer(transfer.ServerOptions()...)
+	osvcv1.RegisterAgentServiceServer(gs, srv)
+	if content == nil {
+		content = srv
+	}
+	osvcv1.RegisterContentServiceServer(gs, content)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = gs.Serve(lis) })
+	t.Cleanup(func() { gs.Stop(); wg.Wait() })
+
+	eng, err := wimlib.New(wimlib.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drive := t.TempDir()
+	a, err := New(Config{
+		Server:         "passthrough:///bufnet",
+		Site:           "PS1",
+		Name:           "agent-1",
+		Drive:          drive,
+		DataDir:        t.TempDir(),
+		Engine:         eng,
+		NewEngine:      func(l hclog.Logger) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
+		Logger:         hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
+		Version:        "test",
+		InitialBackoff: 10 * time.Millisecond,
+		MaxBackoff:     50 * time.Millisecond,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return lis.DialContext(ctx)
+		})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	h := &harness{srv: srv, agent: a, drive: drive}
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("agent Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) stream(t *testing.T) *fakeStream {
+	t.Helper()
+	select {
+	case fs := <-h.srv.streams:
+		return fs
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not connect")
+		return nil
+	}
+}
+
+// waitFor returns the first recorded report matching ok, failing the test
+// after a deadline.
+func (h *harness) waitFor(t *testing.T, what string, ok func(*osvcv1.ConnectRequest) bool) *osvcv1.ConnectRequest {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case r := <-h.srv.reqs:
+			if ok(r) {
+				return r
+			}
+		case <-deadline:
+			t.Fatalf("the server never got %s", what)
+			return nil
+		}
+	}
+}
+
+// waitReleased polls (with a deadline) until the agent holds no run.
+func (h *harness) waitReleased(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(h.agent.heldRuns()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent still holds %v", h.agent.heldRuns())
+		}
+		runtime.Gosched() // the deadline bounds the poll
+	}
+}
+
+func assign(run string, token int64) *osvcv1.ConnectResponse {
+	return &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Assign{Assign: &osvcv1.Assign{
+		Run:    &osvcv1.Run{Name: run, Image: "images/win11", FencingToken: token},
+		Image:  &osvcv1.Image{Name: "images/win11"},
+		Source: &osvcv1.ImageVersion{Version: 1, Sha256: strings.Repeat("ab", 32), SizeBytes: 1 << 20},
+	}}}
+}
+
+func isStep(step osvcv1.Step, state osvcv1.StepState) func(*osvcv1.ConnectRequest) bool {
+	return func(r *osvcv1.ConnectRequest) bool {
+		s := r.GetStepChanged().GetStep()
+		return s.GetStep() == step && s.GetState() == state
+	}
+}
+
+func isResult(r *osvcv1.ConnectRequest) bool { return r.GetRunResult() != nil }
+
+func TestACanceledRunIsDiscardedAndReportedCanceled(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	fs := h.stream(t)
+	fs.out <- assign("runs/r1", 5)
+	first := h.waitFor(t, "the DRIVE step", func(r *osvcv1.ConnectRequest) bool { return r.GetStepChanged() != nil })
+	if s := first.GetStepChanged(); s.GetStep().GetStep() != osvcv1.Step_STEP_DRIVE || s.GetStep().GetState() != osvcv1.StepState_STEP_STATE_RUNNING || s.GetFencingToken() != 5 {
+		t.Fatalf("first report = %v, want DRIVE running with token 5", s)
+	}
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Cancel{Cancel: &osvcv1.Cancel{Run: "runs/r1", FencingToken: 5, Reason: "canceled by admin"}}}
+	res := h.waitFor(t, "the run result", isResult).GetRunResult()
+	if res.GetState() != osvcv1.RunState_RUN_STATE_CANCELED || res.GetRun() != "runs/r1" || res.GetFencingToken() != 5 {
+		t.Fatalf("result = %v, want CANCELED for runs/r1 token 5", res)
+	}
+	h.waitReleased(t)
+	// The copy is gone, the run log stays.
+	work := filepath.Join(h.drive, "OfflineImageServicing", "r1")
+	entries, err := os.ReadDir(work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != "OfflineServicingMgr.log" {
+			t.Errorf("work folder still holds %s", e.Name())
+		}
+	}
+}
+
+func TestAnAbortedReportStopsTheRunWithoutFurtherReports(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	h.srv.setAck(func(r *osvcv1.ConnectRequest) codes.Code {
+		if r.GetStepChanged() != nil {
+			return codes.Aborted
+		}
+		return codes.OK
+	})
+	fs := h.stream(t)
+	fs.out <- assign("runs/r1", 5)
+	h.waitFor(t, "the DRIVE step", isStep(osvcv1.Step_STEP_DRIVE, osvcv1.StepState_STEP_STATE_RUNNING))
+	h.waitReleased(t)
+	// Every report the run made was sent (and acked) before it was released.
+	for {
+		select {
+		case r := <-h.srv.reqs:
+			if r.GetStepChanged() != nil || r.GetRunResult() != nil || r.GetProgress() != nil || r.GetUpdateResult() != nil {
+				t.Fatalf("report after the ABORTED ack: %v", r)
+			}
+			continue
+		default:
+		}
+		break
+	}
+}
+
+func TestTheAgentReconnectsAndListsItsHeldRun(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	fs := h.stream(t)
+	if len(fs.hello.GetHeldRuns()) != 0 || fs.hello.GetSite() != "PS1" || len(fs.hello.GetDrives()) != 1 {
+		t.Fatalf("first hello = %v, want site PS1, one drive, no held runs", fs.hello)
+	}
+	if d := fs.hello.GetDrives()[0]; d.GetPath() != h.drive || d.GetTotalBytes() <= 0 {
+		t.Errorf("drive = %v, want %s with its sizes", d, h.drive)
+	}
+	fs.out <- assign("runs/r1", 5)
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	fs.end <- status.Error(codes.Unavailable, "stream dropped")
+	again := h.stream(t)
+	held := again.hello.GetHeldRuns()
+	if len(held) != 1 || held[0].GetRun() != "runs/r1" || held[0].GetFencingToken() != 5 {
+		t.Fatalf("hello after reconnect holds %v, want runs/r1 token 5", held)
+	}
+	// Resumed: the run goes on and still answers a cancel on the new stream.
+	again.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Cancel{Cancel: &osvcv1.Cancel{Run: "runs/r1", FencingToken: 5}}}
+	if res := h.waitFor(t, "the run result", isResult).GetRunResult(); res.GetState() != osvcv1.RunState_RUN_STATE_CANCELED {
+		t.Fatalf("result = %v, want CANCELED", res)
+	}
+}
+
+func TestARunTheServerDiscardsOnReconnectEndsWithoutAResult(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	h.srv.mu.Lock()
+	h.srv.discard = []string{"runs/r1"}
+	h.srv.mu.Unlock()
+	fs := h.stream(t)
+	fs.out <- assign("runs/r1", 5)
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	fs.end <- status.Error(codes.Unavailable, "lease expired")
+	h.stream(t)
+	h.waitReleased(t)
+	for {
+		select {
+		case r := <-h.srv.reqs:
+			if r.GetRunResult() != nil {
+				t.Fatalf("a discarded run reported %v", r.GetRunResult())
+			}
+			continue
+		default:
+		}
+		break
+	}
+}
+
+func TestShutdownDiscardsRunningRunsWithoutReportingThem(t *testing.T) {
+	t.Parallel()
+	h := start(t)
+	fs := h.stream(t)
+	fs.out <- assign("runs/r1", 5)
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	h.stop()
+	if held := h.agent.heldRuns(); len(held) != 0 {
+		t.Errorf("after Run returned the agent holds %v", held)
+	}
+	for {
+		select {
+		case r := <-h.srv.reqs:
+			if r.GetRunResult() != nil {
+				t.Fatalf("shutdown reported %v; the server should re-queue the run instead", r.GetRunResult())
+			}
+			continue
+		default:
+		}
+		break
+	}
+}
+
+func TestResolveDrive(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	existing := t.TempDir()
+	tests := []struct {
+		name    string
+		setting string
+		want    string
+	}{
+		{"an existing folder is used as is", existing, existing},
+		{"Automatic is the data folder", "Automatic", dataDir},
+		{"automatic is matched case-insensitively", "automatic", dataDir},
+		{"a folder missing on this server falls back to the data folder", filepath.Join(existing, "no-such-drive"), dataDir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := ResolveDrive(tt.setting, dataDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("ResolveDrive(%q) = %q, want %q", tt.setting, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewRefusesAnIncompleteConfig(t *testing.T) {
+	t.Parallel()
+	eng, err := wimlib.New(wimlib.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := Config{Server: "localhost:7300", Site: "PS1", Engine: eng, DataDir: t.TempDir()}
+	tests := []struct {
+		name   string
+		change func(*Config)
+	}{
+		{"without a server", func(c *Config) { c.Server = "" }},
+		{"without a site", func(c *Config) { c.Site = "" }},
+		{"without an engine", func(c *Config) { c.Engine = nil }},
+		{"without a data folder", func(c *Config) { c.DataDir = "" }},
+		{"with a negative capacity", func(c *Config) { c.Capacity = -1 }},
+		{"with a name the server would refuse", func(c *Config) { c.Name = "PS1 Agent" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := ok
+			tt.change(&cfg)
+			if _, err := New(cfg); err == nil {
+				t.Error("New succeeded, want an error")
+			}
+		})
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	storetest.Close()
+	os.Exit(code)
+}
+
+func TestAnAssignedRunIsServicedAndReportedOverTheStream(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: storetest.New(t), Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(path string) *osvcv1.Content {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		c, _, err := lib.Write(ctx, content.WriteHeader{}, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	wim := put(sample.WIM)
+	asg := &osvcv1.Assign{
+		Run:    &osvcv1.Run{Name: "runs/r1", Image: "images/win11", FencingToken: 9},
+		Image:  &osvcv1.Image{Name: "images/win11"},
+		Source: &osvcv1.ImageVersion{Version: 1, Sha256: wim.GetSha256(), SizeBytes: wim.GetSizeBytes()},
+	}
+	for _, u := range sample.Updates {
+		c := put(u.File)
+		asg.Updates = append(asg.Updates, &osvcv1.Update{Name: "updates/" + strings.ToLower(u.KB), Kb: u.KB,
+			Files: []*osvcv1.UpdateFile{{FileName: filepath.Base(u.File), Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}}})
+	}
+
+	h := startWith(t, api.NewContentServer(lib, hclog.NewNullLogger()))
+	fs := h.stream(t)
+	fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Assign{Assign: asg}}
+
+	var results []*osvcv1.UpdateResult
+	var logSeqs []int64
+	var res *osvcv1.RunResult
+	deadline := time.After(60 * time.Second)
+	for res == nil {
+		select {
+		case r := <-h.srv.reqs:
+			if tok := reportToken(r); tok != 0 && tok != 9 {
+				t.Fatalf("report with fencing token %d, want 9: %v", tok, r)
+			}
+			if u := r.GetUpdateResult(); u != nil {
+				results = append(results, u.GetResult())
+			}
+			for _, l := range r.GetLogBatch().GetLines() {
+				logSeqs = append(logSeqs, l.GetSequence())
+			}
+			res = r.GetRunResult()
+		case <-deadline:
+			t.Fatal("no run result")
+		}
+	}
+	if res.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED || res.GetResultSha256() == "" {
+		t.Fatalf("result = %v, want SUCCEEDED with the result's sha256", res)
+	}
+	if _, err := lib.Stat(ctx, res.GetResultSha256()); err != nil {
+		t.Errorf("the result is not in the content library: %v", err)
+	}
+	if len(results) != len(sample.Updates) {
+		t.Errorf("%d update results, want %d", len(results), len(sample.Updates))
+	}
+	for i, u := range sample.Updates {
+		if i < len(results) && results[i].GetState() != u.Want {
+			t.Errorf("%s = %s, want %s", u.KB, results[i].GetState(), u.Want)
+		}
+	}
+	// Every log line logged before the result reached the server first, in order from 1.
+	if len(logSeqs) == 0 {
+		t.Fatal("no log lines before the result")
+	}
+	for i, seq := range logSeqs {
+		if seq != int64(i+1) {
+			t.Fatalf("log line %d has sequence %d", i+1, seq)
+		}
+	}
+	h.waitReleased(t)
+}
+
+func reportToken(r *osvcv1.ConnectRequest) int64 {
+	switch {
+	case r.GetStepChanged() != nil:
+		return r.GetStepChanged().GetFencingToken()
+	case r.GetProgress() != nil:
+		return r.GetProgress().GetFencingToken()
+	case r.GetUpdateResult() != nil:
+		return r.GetUpdateResult().GetFencingToken()
+	case r.GetLogBatch() != nil:
+		return r.GetLogBatch().GetFencingToken()
+	case r.GetRunResult() != nil:
+		return r.GetRunResult().GetFencingToken()
+	}
+	return 0
+}
+
+func TestTheDefaultNameIsAValidAgentNameMadeOfTheHostName(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ host, want string }{
+		{"siteserver01", "siteserver01"},
+		{"SiteServer01.corp.example.com", "siteserver01"},
+		{"01-build_box", "agent-01-build-box"},
+		{"", "agent"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			t.Parallel()
+			got := nameFromHost(tt.host)
+			if got != tt.want || !namePattern.MatchString(got) {
+				t.Errorf("nameFromHost(%q) = %q, want %q (valid)", tt.host, got, tt.want)
+			}
+		})
+	}
+}

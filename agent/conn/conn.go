@@ -1,0 +1,500 @@
+// Package conn keeps the agent's stream to the server: Hello/Welcome,
+// heartbeats, acknowledged reports, batched log lines and reconnection with
+// backoff.
+package conn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// Handler receives what the server sends.
+type Handler interface {
+	// Assign starts a run; it must return quickly (work goes in its own
+	// goroutine). ctx is Run's context: it outlives one stream.
+	Assign(ctx context.Context, a *osvcv1.Assign)
+	// Cancel stops a run.
+	Cancel(c *osvcv1.Cancel)
+	// Welcome answers each Hello: it names the held runs to resume or discard.
+	Welcome(w *osvcv1.Welcome)
+}
+
+// Defaults for the zero values of Config.
+const (
+	DefaultInitialBackoff    = time.Second
+	DefaultMaxBackoff        = 30 * time.Second
+	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultLogQueueLines     = 10000
+	// DefaultWelcomeTimeout bounds the wait for the server's answer to Hello.
+	DefaultWelcomeTimeout = 30 * time.Second
+)
+
+// Bounds of one LogBatch: well under gRPC's 4 MiB message limit, and small
+// enough that a batch never holds up a report or a heartbeat for long.
+const (
+	maxBatchLines = 500
+	maxBatchBytes = 512 << 10
+)
+
+// keepaliveTime is the client's gRPC keepalive; the server allows pings every 10s.
+const keepaliveTime = 30 * time.Second
+
+// ErrClosed is returned by Send once Run has returned.
+var ErrClosed = errors.New("connection to the server is closed")
+
+// Config configures a Conn.
+type Config struct {
+	// Server is the server's address, host:port.
+	Server string
+	// DialOptions are added to the connection's options (credentials, bufconn
+	// dialer...). Without transport credentials among them the connection is
+	// insecure.
+	DialOptions []grpc.DialOption
+	Logger      hclog.Logger
+	// Hello is called on each (re)connect for the Hello to send.
+	Hello func() *osvcv1.Hello
+	// Heartbeat, when set, fills each heartbeat (drives); nil sends empty heartbeats.
+	Heartbeat func() *osvcv1.Heartbeat
+	Handler   Handler
+	// InitialBackoff and MaxBackoff bound the jittered reconnect delay; default 1s and 30s.
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+	// LogQueueLines bounds the log lines waiting to be sent; the oldest are
+	// dropped beyond it. Default 10000.
+	LogQueueLines int
+	// WelcomeTimeout bounds the wait for Welcome after Hello; default 30s.
+	WelcomeTimeout time.Duration
+}
+
+// Conn is the agent's stream to the server. Send and SendLogs are safe for
+// concurrent use; Run must be called once.
+type Conn struct {
+	cfg    Config
+	logger hclog.Logger
+	nextID atomic.Uint64
+	logs   *logQueue
+
+	mu  sync.Mutex
+	cur *session
+	// up is closed while a session is established; replaced by an open
+	// channel when it ends.
+	up      chan struct{}
+	stopped chan struct{}
+	started bool
+}
+
+// session is one established stream.
+type session struct {
+	out  chan *osvcv1.ConnectRequest
+	done chan struct{}
+
+	mu      sync.Mutex
+	pending map[uint64]chan *osvcv1.Ack
+}
+
+// New validates cfg.
+func New(cfg Config) (*Conn, error) {
+	if cfg.Server == "" {
+		return nil, errors.New("conn: Server is required: set the server address (host:port)")
+	}
+	if cfg.Hello == nil {
+		return nil, errors.New("conn: Hello is required")
+	}
+	if cfg.Handler == nil {
+		return nil, errors.New("conn: Handler is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.InitialBackoff <= 0 {
+		cfg.InitialBackoff = DefaultInitialBackoff
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.MaxBackoff < cfg.InitialBackoff {
+		return nil, fmt.Errorf("conn: MaxBackoff %s is below InitialBackoff %s", cfg.MaxBackoff, cfg.InitialBackoff)
+	}
+	if cfg.LogQueueLines <= 0 {
+		cfg.LogQueueLines = DefaultLogQueueLines
+	}
+	if cfg.WelcomeTimeout <= 0 {
+		cfg.WelcomeTimeout = DefaultWelcomeTimeout
+	}
+	logger := cfg.Logger.Named("conn")
+	return &Conn{
+		cfg:     cfg,
+		logger:  logger,
+		logs:    newLogQueue(cfg.LogQueueLines, logger),
+		up:      make(chan struct{}),
+		stopped: make(chan struct{}),
+	}, nil
+}
+
+// Run connects, says Hello, heartbeats and reconnects with backoff until ctx
+// ends. It returns nil when ctx ends, or an error the agent cannot fix by
+// retrying (the server refused its Hello as invalid).
+func (c *Conn) Run(ctx context.Context) error {
+	c.mu.Lock()
+	if c.started {
+		c.mu.Unlock()
+		return errors.New("conn: Run called twice")
+	}
+	c.started = true
+	c.mu.Unlock()
+	defer close(c.stopped)
+
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: 10 * time.Second}),
+	}
+	// Later options win: the caller's credentials replace the insecure default.
+	opts = append(opts, c.cfg.DialOptions...)
+	cc, err := grpc.NewClient(c.cfg.Server, opts...)
+	if err != nil {
+		return fmt.Errorf("conn: server address %q: %w", c.cfg.Server, err)
+	}
+	defer cc.Close()
+	client := osvcv1.NewAgentServiceClient(cc)
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	flushCtx, stopFlush := context.WithCancel(ctx)
+	defer stopFlush()
+	wg.Go(func() { c.flushLogs(flushCtx) })
+
+	bo := &backoff.ExponentialBackOff{
+		InitialInterval:     c.cfg.InitialBackoff,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         c.cfg.MaxBackoff,
+	}
+	bo.Reset()
+	for {
+		welcomed, err := c.session(ctx, client)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !welcomed && status.Code(err) == codes.InvalidArgument {
+			return fmt.Errorf("conn: the server refused the agent's Hello: %w", err)
+		}
+		if welcomed {
+			bo.Reset()
+		}
+		delay := bo.NextBackOff()
+		c.logger.Warn("stream to the server ended, reconnecting", "server", c.cfg.Server, "error", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// session runs one stream from Hello to its end. welcomed tells whether the
+// server answered Hello.
+func (c *Conn) session(ctx context.Context, client osvcv1.AgentServiceClient) (welcomed bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Connect(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+	hello := c.cfg.Hello()
+	if err := stream.Send(&osvcv1.ConnectRequest{Id: c.nextID.Add(1), Message: &osvcv1.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		return false, fmt.Errorf("send hello: %w", recvErr(stream, err))
+	}
+	// Welcome must come in time: a server that accepts the stream and says
+	// nothing would otherwise hold the agent forever.
+	timer := time.AfterFunc(c.cfg.WelcomeTimeout, cancel)
+	first, err := stream.Recv()
+	if !timer.Stop() {
+		return false, fmt.Errorf("no Welcome from the server within %s", c.cfg.WelcomeTimeout)
+	}
+	if err != nil {
+		return false, fmt.Errorf("wait for welcome: %w", err)
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return false, fmt.Errorf("the server answered Hello with %T instead of Welcome", first.GetMessage())
+	}
+	interval := welcome.GetHeartbeatInterval().AsDuration()
+	if interval <= 0 {
+		interval = DefaultHeartbeatInterval
+	}
+	c.logger.Info("connected", "server", c.cfg.Server, "agent", welcome.GetAgent(),
+		"heartbeat_interval", interval, "resume_runs", welcome.GetResumeRuns(), "discard_runs", welcome.GetDiscardRuns())
+	c.cfg.Handler.Welcome(welcome)
+
+	s := &session{
+		out:     make(chan *osvcv1.ConnectRequest),
+		done:    make(chan struct{}),
+		pending: make(map[uint64]chan *osvcv1.Ack),
+	}
+	var wg sync.WaitGroup
+	sendErr := make(chan error, 1)
+	wg.Go(func() { sendErr <- c.sendLoop(sctx, stream, s, interval) })
+
+	c.mu.Lock()
+	c.cur = s
+	close(c.up)
+	c.mu.Unlock()
+
+	defer func() {
+		c.mu.Lock()
+		c.cur = nil
+		c.up = make(chan struct{})
+		c.mu.Unlock()
+		cancel()
+		wg.Wait()
+		// Senders waiting on this session retry on the next one.
+		close(s.done)
+		select {
+		case serr := <-sendErr:
+			if serr != nil && err == nil {
+				err = serr
+			}
+		default:
+		}
+	}()
+
+	for {
+		msg, rerr := stream.Recv()
+		if rerr != nil {
+			return true, rerr
+		}
+		switch m := msg.GetMessage().(type) {
+		case *osvcv1.ConnectResponse_Ack:
+			s.deliver(m.Ack)
+		case *osvcv1.ConnectResponse_Assign:
+			c.logger.Info("assigned", "run", m.Assign.GetRun().GetName(), "fencing_token", m.Assign.GetRun().GetFencingToken())
+			c.cfg.Handler.Assign(ctx, m.Assign)
+		case *osvcv1.ConnectResponse_Cancel:
+			c.logger.Info("cancel", "run", m.Cancel.GetRun(), "reason", m.Cancel.GetReason())
+			c.cfg.Handler.Cancel(m.Cancel)
+		case *osvcv1.ConnectResponse_Welcome:
+			c.cfg.Handler.Welcome(m.Welcome)
+		default:
+			c.logger.Warn("ignoring an unknown message from the server", "type", fmt.Sprintf("%T", m))
+		}
+	}
+}
+
+// recvErr returns the stream's real status when Send failed with io.EOF.
+func recvErr(stream grpc.BidiStreamingClient[osvcv1.ConnectRequest, osvcv1.ConnectResponse], err error) error {
+	if _, rerr := stream.Recv(); rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// sendLoop is the only goroutine calling stream.Send: heartbeats on a ticker,
+// reports as they come.
+func (c *Conn) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[osvcv1.ConnectRequest, osvcv1.ConnectResponse], s *session, interval time.Duration) error {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		// A due heartbeat goes first, whatever reports are queued.
+		select {
+		case <-ticker.C:
+			if err := c.sendHeartbeat(stream); err != nil {
+				return err
+			}
+			continue
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+			if err := c.sendHeartbeat(stream); err != nil {
+				return err
+			}
+		case r := <-s.out:
+			if err := stream.Send(r); err != nil {
+				return fmt.Errorf("send %T: %w", r.GetMessage(), err)
+			}
+		}
+	}
+}
+
+func (c *Conn) sendHeartbeat(stream grpc.BidiStreamingClient[osvcv1.ConnectRequest, osvcv1.ConnectResponse]) error {
+	hb := &osvcv1.Heartbeat{}
+	if c.cfg.Heartbeat != nil {
+		hb = c.cfg.Heartbeat()
+	}
+	if err := stream.Send(&osvcv1.ConnectRequest{Id: c.nextID.Add(1), Message: &osvcv1.ConnectRequest_Heartbeat{Heartbeat: hb}}); err != nil {
+		return fmt.Errorf("send heartbeat: %w", err)
+	}
+	return nil
+}
+
+func (s *session) register(id uint64) chan *osvcv1.Ack {
+	ch := make(chan *osvcv1.Ack, 1)
+	s.mu.Lock()
+	s.pending[id] = ch
+	s.mu.Unlock()
+	return ch
+}
+
+func (s *session) forget(id uint64) {
+	s.mu.Lock()
+	delete(s.pending, id)
+	s.mu.Unlock()
+}
+
+func (s *session) deliver(a *osvcv1.Ack) {
+	s.mu.Lock()
+	ch, ok := s.pending[a.GetId()]
+	delete(s.pending, a.GetId())
+	s.mu.Unlock()
+	if ok {
+		ch <- a
+	}
+}
+
+// current waits for an established session.
+func (c *Conn) current(ctx context.Context) (*session, error) {
+	for {
+		c.mu.Lock()
+		s, up := c.cur, c.up
+		c.mu.Unlock()
+		if s != nil {
+			return s, nil
+		}
+		select {
+		case <-up:
+		case <-c.stopped:
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the connection to %s: %w", c.cfg.Server, context.Cause(ctx))
+		}
+	}
+}
+
+// Send sends one report and waits for its Ack: nil for code 0, else
+// status.Error(codes.Code(code), message). While disconnected it waits for the
+// next connection, and a report whose stream ended before its Ack is sent again
+// on the next one (the server's handling of reports is idempotent). ctx bounds
+// the whole wait. r.Id is set by Send.
+func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
+	for {
+		s, err := c.current(ctx)
+		if err != nil {
+			return err
+		}
+		id := c.nextID.Add(1)
+		r.Id = id
+		ackc := s.register(id)
+		select {
+		case s.out <- r:
+		case <-s.done:
+			s.forget(id)
+			continue
+		case <-ctx.Done():
+			s.forget(id)
+			return fmt.Errorf("send %T: %w", r.GetMessage(), context.Cause(ctx))
+		}
+		select {
+		case a := <-ackc:
+			if a.GetCode() != 0 {
+				return status.Error(codes.Code(a.GetCode()), a.GetMessage())
+			}
+			return nil
+		case <-s.done:
+			s.forget(id)
+			continue
+		case <-ctx.Done():
+			s.forget(id)
+			return fmt.Errorf("wait for ack of %T: %w", r.GetMessage(), context.Cause(ctx))
+		}
+	}
+}
+
+// SendLogs queues log lines of a run; a background flusher sends them in
+// LogBatch messages. It never blocks on the network.
+func (c *Conn) SendLogs(run string, token int64, lines []*osvcv1.LogLine) {
+	c.logs.add(run, token, lines)
+}
+
+// FlushLogs waits until the run's queued log lines are acknowledged (or
+// dropped), so that a run's last lines reach the server before its result.
+// ctx bounds the wait.
+func (c *Conn) FlushLogs(ctx context.Context, run string, token int64) error {
+	k := runKey{run, token}
+	for {
+		pending, changed := c.logs.pending(k)
+		if !pending {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-c.stopped:
+			return ErrClosed
+		case <-ctx.Done():
+			return fmt.Errorf("flush the log lines of %s: %w", run, context.Cause(ctx))
+		}
+	}
+}
+
+// Connected returns a channel that is closed while the stream is established
+// (Welcome received); it stays open while disconnected. Call it again after a
+// disconnection for the next connection's channel.
+func (c *Conn) Connected() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.up
+}
+
+// flushLogs sends queued log lines until ctx ends. Lines leave the queue only
+// once acknowledged, so a batch cut by a disconnection is sent again.
+func (c *Conn) flushLogs(ctx context.Context) {
+	for {
+		b := c.logs.next()
+		if b == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.logs.wake:
+				continue
+			}
+		}
+		err := c.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_LogBatch{LogBatch: b}})
+		switch code := status.Code(err); {
+		case err == nil:
+			c.logs.acked(b)
+		case ctx.Err() != nil || errors.Is(err, ErrClosed):
+			return
+		case code == codes.Aborted || code == codes.NotFound || code == codes.InvalidArgument:
+			// The run is not ours any more (or the server will never take
+			// these lines): drop its lines instead of retrying forever.
+			c.logger.Warn("server refused log lines, dropping the run's queued lines", "run", b.GetRun(), "error", err)
+			c.logs.drop(b.GetRun(), b.GetFencingToken())
+		default:
+			c.logger.Warn("sending log lines failed, will retry", "run", b.GetRun(), "error", err)
+			t := time.NewTimer(c.cfg.InitialBackoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+	}
+}

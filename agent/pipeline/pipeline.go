@@ -1,0 +1,910 @@
+// Package pipeline services one run on the agent: drive → stage → copy →
+// mount → apply → cleanup → commit → export → swap → report.
+package pipeline
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// Reporter carries a run's reports to the server. The run name and fencing
+// token are the reporter's business. An error with codes.Aborted or
+// codes.NotFound means the run is no longer ours: the pipeline stops,
+// discards its work and reports nothing more.
+type Reporter interface {
+	Step(ctx context.Context, s *osvcv1.StepRecord) error
+	Progress(ctx context.Context, percent int32, u *osvcv1.UpdateResult) error
+	UpdateResult(ctx context.Context, r *osvcv1.UpdateResult) error
+	// Logs queues log lines (numbered per run from 1); it must not block.
+	Logs(lines []*osvcv1.LogLine)
+	Result(ctx context.Context, r *osvcv1.RunResult) error
+}
+
+// Config is what a run needs from the agent.
+type Config struct {
+	// Engine services the image when NewEngine is nil.
+	Engine engine.Engine
+	// NewEngine, when set, makes an engine logging to the run's logger, so
+	// that the engine's output (wimlib-imagex's lines) lands in the run log.
+	NewEngine func(logger hclog.Logger) (engine.Engine, error)
+	Content   osvcv1.ContentServiceClient
+	// Drive is the resolved folder runs work under: <Drive>/OfflineImageServicing/<run id>.
+	Drive string
+	// CacheDir holds staged update files by sha256.
+	CacheDir string
+	Logger   hclog.Logger
+	// ReportTimeout bounds the final report sent after a cancel; default 30s.
+	ReportTimeout time.Duration
+}
+
+// Folder and file names inside the work folder.
+const (
+	// WorkFolder is the folder under the drive that holds one folder per run.
+	WorkFolder = "OfflineImageServicing"
+	// LogFile is the run's own log, kept in the work folder after the run.
+	LogFile = "OfflineServicingMgr.log"
+	// EngineLogFile is the engine's log (DISM writes it; kept when present).
+	EngineLogFile = "dism.log"
+	// MediaTypeWIM is the media type of uploaded images.
+	MediaTypeWIM = "application/x-ms-wim"
+)
+
+// ErrDiscard is the cause (context.WithCancelCause) with which the agent
+// cancels a run that is no longer its own, or that it drops on shutdown: the
+// pipeline discards its work and reports nothing. Any other cancel is a cancel
+// asked by the server and ends in a CANCELED report.
+var ErrDiscard = errors.New("run discarded")
+
+// ErrLost is returned when the server refused a report as stale (Aborted) or
+// of an unknown run (NotFound): the work was discarded without reports.
+var ErrLost = errors.New("run is no longer this agent's")
+
+// Phases of the overall percent: staging and copying are downloads, applying
+// is the bulk, the rest is commit, export and upload.
+const (
+	pctStageEnd = 10
+	pctCopyEnd  = 20
+	pctApplyEnd = 80
+	pctSwapEnd  = 99
+)
+
+// progressEvery throttles Progress reports: every one is a server write.
+const progressEvery = time.Second
+
+var idPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+var shaPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// Run services the assigned run and reports through rep. It returns nil when
+// the run ended with a reported result (succeeded, failed or canceled), an
+// error wrapping ErrLost or ErrDiscard when its work was discarded without a
+// result, or the error that kept the result from being reported.
+func Run(ctx context.Context, cfg Config, a *osvcv1.Assign, rep Reporter) error {
+	if cfg.Engine == nil && cfg.NewEngine == nil {
+		return errors.New("pipeline: Engine is required")
+	}
+	if cfg.Content == nil {
+		return errors.New("pipeline: Content is required")
+	}
+	if cfg.Drive == "" || cfg.CacheDir == "" {
+		return errors.New("pipeline: Drive and CacheDir are required")
+	}
+	if rep == nil {
+		return errors.New("pipeline: a Reporter is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.ReportTimeout <= 0 {
+		cfg.ReportTimeout = 30 * time.Second
+	}
+	runName := a.GetRun().GetName()
+	runID, ok := strings.CutPrefix(runName, "runs/")
+	if !ok || !idPattern.MatchString(runID) {
+		// Nothing can be reported for a run without a valid name.
+		return fmt.Errorf("pipeline: assignment names run %q: want runs/{id}", runName)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r := &run{
+		cfg:    cfg,
+		a:      a,
+		rep:    rep,
+		id:     runID,
+		work:   filepath.Join(cfg.Drive, WorkFolder, runID),
+		cancel: cancel,
+	}
+	r.logOut = &lazyFile{}
+	r.log = r.newLogger()
+	defer r.logOut.Close()
+	return r.run(ctx)
+}
+
+// run is one run under way.
+type run struct {
+	cfg    Config
+	a      *osvcv1.Assign
+	rep    Reporter
+	id     string
+	work   string
+	cancel context.CancelCauseFunc
+	log    hclog.Logger
+	logOut *lazyFile
+	eng    engine.Engine
+
+	// mount is the mounted index, nil when none is mounted.
+	mount *engine.Mount
+	// lostErr is set once a report was refused as stale.
+	mu      sync.Mutex
+	lostErr error
+}
+
+// stepError is a failure of a step, reported as the run's error.
+type stepError struct {
+	step osvcv1.Step
+	err  error
+}
+
+func (e *stepError) Error() string { return e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+func (r *run) run(ctx context.Context) error {
+	r.log.Info("servicing run", "run", r.a.GetRun().GetName(), "image", r.a.GetImage().GetName(),
+		"source_version", r.a.GetSource().GetVersion(), "source_sha256", r.a.GetSource().GetSha256(),
+		"updates", len(r.a.GetUpdates()), "fencing_token", r.a.GetRun().GetFencingToken())
+
+	res, runErr := r.service(ctx)
+
+	// Whatever happened, never leave the copy mounted.
+	r.discardMount(ctx)
+	defer r.tidy()
+
+	if lost := r.lost(); lost != nil {
+		r.log.Warn("the server no longer gives this run to this agent: work discarded, no more reports", "error", lost)
+		return fmt.Errorf("%w: %w", ErrLost, lost)
+	}
+	if runErr == nil {
+		// Logged before the result: once it is in, the server takes no more lines.
+		r.log.Info("run succeeded", "result_sha256", res.GetResultSha256(), "result_size", res.GetResultSizeBytes())
+		if err := r.rep.Result(ctx, res); err != nil {
+			return r.reportFailed(err)
+		}
+		return nil
+	}
+	if cause := context.Cause(ctx); ctx.Err() != nil {
+		if errors.Is(cause, ErrDiscard) {
+			r.log.Warn("run discarded", "reason", cause)
+			return cause
+		}
+		r.log.Warn("run canceled: changes discarded", "reason", cause)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ReportTimeout)
+		defer cancel()
+		if err := r.rep.Result(rctx, &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_CANCELED, Error: causeText(cause)}); err != nil {
+			return r.reportFailed(err)
+		}
+		return nil
+	}
+	r.log.Error("run failed: changes discarded", "error", runErr)
+	if err := r.rep.Result(ctx, &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_FAILED, Error: runErr.Error()}); err != nil {
+		return r.reportFailed(err)
+	}
+	return nil
+}
+
+func causeText(cause error) string {
+	if cause == nil || errors.Is(cause, context.Canceled) {
+		return "canceled"
+	}
+	return cause.Error()
+}
+
+func (r *run) reportFailed(err error) error {
+	if isLost(err) {
+		return fmt.Errorf("%w: %w", ErrLost, err)
+	}
+	return fmt.Errorf("report the result of %s: %w", r.a.GetRun().GetName(), err)
+}
+
+// isLost tells a refusal meaning "not your run any more".
+func isLost(err error) bool {
+	c := status.Code(err)
+	return c == codes.Aborted || c == codes.NotFound
+}
+
+func (r *run) lost() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lostErr
+}
+
+// report checks a report's error: a stale-token refusal stops the run at once.
+func (r *run) report(err error) error {
+	if err == nil {
+		return nil
+	}
+	if isLost(err) {
+		r.mu.Lock()
+		if r.lostErr == nil {
+			r.lostErr = err
+		}
+		r.mu.Unlock()
+		r.cancel(fmt.Errorf("%w: %w", ErrDiscard, err))
+	}
+	return fmt.Errorf("report to the server: %w", err)
+}
+
+// step reports a step running, runs fn and reports how it ended.
+func (r *run) step(ctx context.Context, step osvcv1.Step, detail string, fn func() (string, error)) error {
+	start := timestamppb.Now()
+	name := strings.TrimPrefix(step.String(), "STEP_")
+	r.log.Info("step started", "step", name, "detail", detail)
+	if err := r.report(r.rep.Step(ctx, &osvcv1.StepRecord{Step: step, State: osvcv1.StepState_STEP_STATE_RUNNING, StartTime: start, Detail: detail})); err != nil {
+		return err
+	}
+	done, err := fn()
+	rec := &osvcv1.StepRecord{Step: step, State: osvcv1.StepState_STEP_STATE_DONE, StartTime: start, EndTime: timestamppb.Now(), Detail: done}
+	if err != nil {
+		if ctx.Err() != nil || r.lost() != nil {
+			// A cancel ends in the run's result; a lost run reports nothing.
+			return err
+		}
+		rec.State = osvcv1.StepState_STEP_STATE_FAILED
+		rec.Detail = err.Error()
+		r.log.Error("step failed", "step", name, "error", err)
+		if rerr := r.report(r.rep.Step(ctx, rec)); rerr != nil {
+			return rerr
+		}
+		return &stepError{step: step, err: err}
+	}
+	r.log.Info("step done", "step", name, "detail", done)
+	return r.report(r.rep.Step(ctx, rec))
+}
+
+// skip reports a step that does not apply to this run.
+func (r *run) skip(ctx context.Context, step osvcv1.Step, why string) error {
+	now := timestamppb.Now()
+	r.log.Info("step skipped", "step", strings.TrimPrefix(step.String(), "STEP_"), "reason", why)
+	return r.report(r.rep.Step(ctx, &osvcv1.StepRecord{Step: step, State: osvcv1.StepState_STEP_STATE_SKIPPED, StartTime: now, EndTime: now, Detail: why}))
+}
+
+// service runs the steps; it returns the result to report on success.
+func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
+	removeSuperseded := r.a.GetRun().GetRemoveSuperseded()
+	var source string // the working copy
+	var indexes []*osvcv1.ImageIndex
+
+	if err := r.step(ctx, osvcv1.Step_STEP_DRIVE, r.work, func() (string, error) {
+		detail, err := r.drive()
+		if err != nil {
+			return "", err
+		}
+		// The engine logs into the run log from here on.
+		return detail, r.startEngine()
+	}); err != nil {
+		return nil, err
+	}
+	if err := r.step(ctx, osvcv1.Step_STEP_STAGE, "", func() (string, error) {
+		staged, err := r.stage(ctx)
+		if err != nil {
+			return "", err
+		}
+		if err := r.linkUpdateFiles(staged); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d files staged", len(staged)), nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := r.step(ctx, osvcv1.Step_STEP_COPY, r.a.GetSource().GetSha256(), func() (string, error) {
+		var err error
+		if source, err = r.copySource(ctx); err != nil {
+			return "", err
+		}
+		if indexes, err = r.eng.Inspect(ctx, source); err != nil {
+			return "", fmt.Errorf("read the indexes of the copy: %w", err)
+		}
+		if len(indexes) == 0 {
+			return "", fmt.Errorf("the image %s has no index: import a WIM with at least one image", r.a.GetImage().GetName())
+		}
+		return fmt.Sprintf("%s: %d indexes", source, len(indexes)), nil
+	}); err != nil {
+		return nil, err
+	}
+	cleanup := removeSuperseded && len(indexes) == 1
+
+	// Updates in the order assigned; with cleanup, .NET updates go after it.
+	var first, afterCleanup []*osvcv1.Update
+	for _, u := range r.a.GetUpdates() {
+		if cleanup && u.GetClassification() == osvcv1.Classification_CLASSIFICATION_DOTNET {
+			afterCleanup = append(afterCleanup, u)
+		} else {
+			first = append(first, u)
+		}
+	}
+	ap := &applyPlan{total: len(indexes) * max(1, len(r.a.GetUpdates()))}
+
+	var failed error
+	for _, ix := range indexes {
+		index := int(ix.GetIndex())
+		if failed != nil {
+			r.skipUpdates(ctx, index, r.a.GetUpdates())
+			continue
+		}
+		if err := r.serviceIndex(ctx, source, index, ap, first, afterCleanup, cleanup, removeSuperseded, len(indexes)); err != nil {
+			var se *stepError
+			if !errors.As(err, &se) || ctx.Err() != nil || r.lost() != nil {
+				return nil, err
+			}
+			// Later indexes are not serviced: their updates are SKIPPED.
+			failed = err
+		}
+	}
+	if failed != nil {
+		if err := r.lost(); err != nil {
+			return nil, err
+		}
+		return nil, failed
+	}
+
+	result := source
+	if removeSuperseded {
+		result = filepath.Join(r.work, "export.wim")
+		if err := r.step(ctx, osvcv1.Step_STEP_EXPORT, result, func() (string, error) { return r.export(ctx, source, indexes, result) }); err != nil {
+			return nil, err
+		}
+	} else if err := r.skip(ctx, osvcv1.Step_STEP_EXPORT, "remove superseded updates is off: the committed copy is the result"); err != nil {
+		return nil, err
+	}
+
+	var uploaded *osvcv1.Content
+	if err := r.step(ctx, osvcv1.Step_STEP_SWAP, "", func() (string, error) {
+		var err error
+		uploaded, err = r.upload(ctx, result)
+		if err != nil {
+			return "", err
+		}
+		return "uploaded " + uploaded.GetSha256(), nil
+	}); err != nil {
+		return nil, err
+	}
+	var resultIndexes []*osvcv1.ImageIndex
+	if err := r.step(ctx, osvcv1.Step_STEP_REPORT, "", func() (string, error) {
+		var err error
+		resultIndexes, err = r.describe(ctx, result)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%d indexes, %s", len(resultIndexes), humanize.IBytes(uint64(uploaded.GetSizeBytes()))), nil
+	}); err != nil {
+		return nil, err
+	}
+	return &osvcv1.RunResult{
+		State:           osvcv1.RunState_RUN_STATE_SUCCEEDED,
+		ResultSha256:    uploaded.GetSha256(),
+		ResultSizeBytes: uploaded.GetSizeBytes(),
+		Indexes:         resultIndexes,
+	}, nil
+}
+
+// drive checks the drive's free space and creates the work folder.
+func (r *run) drive() (string, error) {
+	need := 3 * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(r.cfg.Drive, &st); err != nil {
+		return "", fmt.Errorf("drive %s: %w: set --drive to a folder on a volume with free space", r.cfg.Drive, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free < need {
+		return "", fmt.Errorf("drive %s has %s free, servicing %s needs %s (3 times the image's %s: copy, mount and export): free space or set --drive",
+			r.cfg.Drive, humanize.IBytes(uint64(free)), r.a.GetImage().GetName(), humanize.IBytes(uint64(need)), humanize.IBytes(uint64(need/3)))
+	}
+	if err := os.MkdirAll(r.work, 0o750); err != nil {
+		return "", fmt.Errorf("create the work folder: %w: set --drive to a writable folder", err)
+	}
+	// A previous attempt of this run on this agent may have left copies.
+	r.tidy()
+	if err := r.logOut.Open(filepath.Join(r.work, LogFile)); err != nil {
+		return "", fmt.Errorf("open the run log: %w", err)
+	}
+	return fmt.Sprintf("%s: %s free, %s needed", r.work, humanize.IBytes(uint64(free)), humanize.IBytes(uint64(need))), nil
+}
+
+func (r *run) startEngine() error {
+	if r.cfg.NewEngine == nil {
+		r.eng = r.cfg.Engine
+		return nil
+	}
+	eng, err := r.cfg.NewEngine(r.log)
+	if err != nil {
+		return fmt.Errorf("start the engine: %w", err)
+	}
+	r.eng = eng
+	return nil
+}
+
+// stage downloads every update file into the cache, skipping files already
+// there with the right hash.
+func (r *run) stage(ctx context.Context) (map[string]string, error) {
+	if err := os.MkdirAll(r.cfg.CacheDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create the cache folder: %w", err)
+	}
+	type item struct {
+		sha  string
+		size int64
+		name string
+	}
+	var todo []item
+	staged := make(map[string]string)
+	var total int64
+	for _, u := range r.a.GetUpdates() {
+		for _, f := range u.GetFiles() {
+			sha := f.GetSha256()
+			if !shaPattern.MatchString(sha) {
+				return nil, fmt.Errorf("update %s: file %q has sha256 %q: want 64 lower-case hex digits", u.GetName(), f.GetFileName(), sha)
+			}
+			if _, ok := staged[sha]; ok {
+				continue
+			}
+			path := filepath.Join(r.cfg.CacheDir, sha)
+			staged[sha] = path
+			if cached, err := hashMatches(path, sha); err != nil {
+				return nil, err
+			} else if cached {
+				r.log.Info("update file already cached", "file", f.GetFileName(), "sha256", sha)
+				continue
+			}
+			todo = append(todo, item{sha, f.GetSizeBytes(), f.GetFileName()})
+			total += f.GetSizeBytes()
+		}
+	}
+	pp := r.startProgress(ctx)
+	defer pp.stop()
+	var done int64
+	for _, it := range todo {
+		r.log.Info("downloading update file", "file", it.name, "sha256", it.sha, "size", it.size)
+		base := done
+		err := transfer.Download(ctx, r.cfg.Content, it.sha, staged[it.sha], func(n, _ int64) {
+			if total > 0 {
+				pp.set(int32(int64(pctStageEnd)*(base+n)/total), nil)
+			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("download %s (%s): %w", it.name, it.sha, err)
+		}
+		done += it.size
+	}
+	pp.set(pctStageEnd, nil)
+	return staged, nil
+}
+
+// hashMatches tells whether path holds a file with that sha256; a file with
+// another hash is removed.
+func hashMatches(path, sha string) (bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read the cached file: %w", err)
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return false, fmt.Errorf("read the cached file: %w", err)
+	}
+	if hex.EncodeToString(h.Sum(nil)) == sha {
+		return true, nil
+	}
+	if err := os.Remove(path); err != nil {
+		return false, fmt.Errorf("remove the damaged cached file: %w", err)
+	}
+	return false, nil
+}
+
+// copySource downloads the source version into the work folder.
+func (r *run) copySource(ctx context.Context) (string, error) {
+	sha := r.a.GetSource().GetSha256()
+	if !shaPattern.MatchString(sha) {
+		return "", fmt.Errorf("the assignment's source version has sha256 %q: want 64 lower-case hex digits", sha)
+	}
+	dst := filepath.Join(r.work, "source.wim")
+	size := r.a.GetSource().GetSizeBytes()
+	pp := r.startProgress(ctx)
+	defer pp.stop()
+	err := transfer.Download(ctx, r.cfg.Content, sha, dst, func(n, total int64) {
+		if total <= 0 {
+			total = size
+		}
+		if total > 0 {
+			pp.set(pctStageEnd+int32(int64(pctCopyEnd-pctStageEnd)*n/total), nil)
+		}
+	})
+	if err != nil {
+		return "", fmt.Errorf("copy %s version %d (%s): %w", r.a.GetImage().GetName(), r.a.GetSource().GetVersion(), sha, err)
+	}
+	pp.set(pctCopyEnd, nil)
+	return dst, nil
+}
+
+// linkUpdateFiles gives each update file its own name again (engines decide
+// what they can apply by the file's type) with a link into the cache, in
+// <work>/updates/<update>-<file>/<name>.
+func (r *run) linkUpdateFiles(staged map[string]string) error {
+	for i, u := range r.a.GetUpdates() {
+		for j, f := range u.GetFiles() {
+			name := filepath.Base(f.GetFileName())
+			if name == "." || name == ".." || name == string(filepath.Separator) || name != f.GetFileName() {
+				return fmt.Errorf("update %s: file name %q: want a plain file name", u.GetName(), f.GetFileName())
+			}
+			dst := r.linked(i, j)
+			if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+				return fmt.Errorf("link update files: %w", err)
+			}
+			src, err := filepath.Abs(staged[f.GetSha256()])
+			if err != nil {
+				return fmt.Errorf("link update files: %w", err)
+			}
+			// A hard link when the cache is on the same volume, else a symlink.
+			if err := os.Link(src, dst); err != nil {
+				if err := os.Symlink(src, dst); err != nil {
+					return fmt.Errorf("link update file %s: %w", name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// applyPlan tracks progress over every update of every index.
+type applyPlan struct {
+	total int
+	done  int
+}
+
+func (p *applyPlan) percent(within int) int32 {
+	span := pctApplyEnd - pctCopyEnd
+	return int32(pctCopyEnd + (span*p.done+span*within/100)/max(1, p.total))
+}
+
+// serviceIndex mounts one index, applies the updates, cleans up when asked
+// and commits.
+func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *applyPlan, first, afterCleanup []*osvcv1.Update, cleanup, removeSuperseded bool, nIndexes int) error {
+	detail := fmt.Sprintf("index %d", index)
+	mountDir := filepath.Join(r.work, "mount")
+	if err := r.step(ctx, osvcv1.Step_STEP_MOUNT, detail, func() (string, error) {
+		if err := os.MkdirAll(mountDir, 0o750); err != nil {
+			return "", fmt.Errorf("create the mount folder: %w", err)
+		}
+		m, err := r.eng.Mount(ctx, source, index, mountDir)
+		if err != nil {
+			return "", err
+		}
+		r.mount = m
+		return fmt.Sprintf("index %d (%s) mounted", index, m.Info.GetName()), nil
+	}); err != nil {
+		r.skipUpdates(ctx, index, r.a.GetUpdates())
+		return err
+	}
+
+	if err := r.applyAll(ctx, index, ap, first, detail); err != nil {
+		r.skipUpdates(ctx, index, afterCleanup)
+		return err
+	}
+	if cleanup {
+		if err := r.step(ctx, osvcv1.Step_STEP_CLEANUP, detail, func() (string, error) {
+			if err := r.eng.Cleanup(ctx, r.mount); err != nil {
+				return "", err
+			}
+			return "superseded components removed", nil
+		}); err != nil {
+			r.skipUpdates(ctx, index, afterCleanup)
+			return err
+		}
+		if len(afterCleanup) > 0 {
+			if err := r.applyAll(ctx, index, ap, afterCleanup, detail+": .NET updates after cleanup"); err != nil {
+				return err
+			}
+		}
+	} else {
+		why := "remove superseded updates is off"
+		if removeSuperseded {
+			why = fmt.Sprintf("the image has %d indexes: cleanup runs on single-index images only", nIndexes)
+		}
+		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, why); err != nil {
+			return err
+		}
+	}
+	return r.step(ctx, osvcv1.Step_STEP_COMMIT, detail, func() (string, error) {
+		m := r.mount
+		r.mount = nil // committed or discarded by Unmount, whatever it returns
+		if err := r.eng.Unmount(ctx, m, true); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("index %d committed", index), nil
+	})
+}
+
+// applyAll applies updates in order as one APPLY step. A failed update stops
+// the rest (SKIPPED) unless the run continues on error.
+func (r *run) applyAll(ctx context.Context, index int, ap *applyPlan, updates []*osvcv1.Update, detail string) error {
+	if len(updates) == 0 {
+		return r.skip(ctx, osvcv1.Step_STEP_APPLY, detail+": no updates")
+	}
+	continueOnError := r.a.GetRun().GetContinueOnError()
+	return r.step(ctx, osvcv1.Step_STEP_APPLY, detail, func() (string, error) {
+		counts := map[osvcv1.UpdateState]int{}
+		var failures []string
+		for k, u := range updates {
+			state, msg, err := r.applyOne(ctx, index, ap, u)
+			ap.done++
+			if err != nil {
+				return "", err
+			}
+			counts[state]++
+			if state == osvcv1.UpdateState_UPDATE_STATE_FAILED {
+				failures = append(failures, fmt.Sprintf("%s: %s", updateLabel(u), msg))
+				if !continueOnError {
+					r.skipUpdates(ctx, index, updates[k+1:])
+					ap.done += len(updates) - k - 1
+					if err := r.lost(); err != nil {
+						return "", err
+					}
+					return "", fmt.Errorf("index %d: %s failed: %s (continue on error is off)", index, updateLabel(u), msg)
+				}
+			}
+		}
+		if len(failures) > 0 {
+			// Continue on error: the other updates are committed; the
+			// failures stay on record in the update results and the log.
+			r.log.Warn("updates failed, continuing (continue on error)", "index", index, "failed", strings.Join(failures, "; "))
+			return fmt.Sprintf("%s, %d failed", summary(counts), len(failures)), nil
+		}
+		return summary(counts), nil
+	})
+}
+
+func summary(counts map[osvcv1.UpdateState]int) string {
+	var parts []string
+	for _, s := range []osvcv1.UpdateState{
+		osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED,
+		osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE, osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED,
+	} {
+		if counts[s] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[s], strings.ToLower(strings.TrimPrefix(s.String(), "UPDATE_STATE_"))))
+		}
+	}
+	if len(parts) == 0 {
+		return "nothing applied"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func updateLabel(u *osvcv1.Update) string {
+	if u.GetKb() != "" {
+		return u.GetKb()
+	}
+	return u.GetName()
+}
+
+// applyOne applies one update's files to the mounted index and reports its
+// result. err is set only when the run must stop (cancel, lost run).
+func (r *run) applyOne(ctx context.Context, index int, ap *applyPlan, u *osvcv1.Update) (osvcv1.UpdateState, string, error) {
+	ui := updateIndex(r.a.GetUpdates(), u)
+	res := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS}
+	if err := r.report(r.rep.Progress(ctx, ap.percent(0), res)); err != nil {
+		return 0, "", err
+	}
+	r.log.Info("applying update", "update", u.GetName(), "kb", u.GetKb(), "index", index, "files", len(u.GetFiles()))
+	pp := r.startProgress(ctx)
+	outcome, msg, err := r.applyFiles(ctx, ui, u, func(pct int) {
+		p := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS, Percent: int32(pct)}
+		pp.set(ap.percent(pct), p)
+	})
+	pp.stop()
+	if ctx.Err() != nil || r.lost() != nil {
+		return 0, "", errors.Join(err, context.Cause(ctx))
+	}
+	final := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), Percent: 100}
+	if err != nil {
+		final.State = osvcv1.UpdateState_UPDATE_STATE_FAILED
+		final.Message = err.Error()
+		r.log.Error("update failed", "update", u.GetName(), "kb", u.GetKb(), "index", index, "error", err)
+	} else {
+		final.State = outcome
+		final.Message = msg
+		r.log.Info("update result", "update", u.GetName(), "kb", u.GetKb(), "index", index, "result", strings.TrimPrefix(outcome.String(), "UPDATE_STATE_"))
+	}
+	if rerr := r.report(r.rep.UpdateResult(ctx, final)); rerr != nil {
+		return 0, "", rerr
+	}
+	return final.GetState(), final.GetMessage(), nil
+}
+
+func updateIndex(all []*osvcv1.Update, u *osvcv1.Update) int {
+	for i, x := range all {
+		if x == u {
+			return i
+		}
+	}
+	return -1
+}
+
+// applyFiles applies every file of an update; the update's outcome is the
+// most telling of its files' (an update with an applied CAB beside an
+// unsupported .exe is APPLIED).
+func (r *run) applyFiles(ctx context.Context, ui int, u *osvcv1.Update, progress func(int)) (osvcv1.UpdateState, string, error) {
+	if len(u.GetFiles()) == 0 {
+		return 0, "", fmt.Errorf("update %s has no files", u.GetName())
+	}
+	rank := map[engine.Outcome]int{engine.Unsupported: 1, engine.NotApplicable: 2, engine.AlreadyInstalled: 3, engine.Applied: 4}
+	var best engine.Outcome
+	n := len(u.GetFiles())
+	for j, f := range u.GetFiles() {
+		path := r.linked(ui, j)
+		out, err := r.eng.AddPackage(ctx, r.mount, path, func(pct int) { progress((100*j + pct) / n) })
+		if err != nil {
+			return 0, "", fmt.Errorf("%s: %w", f.GetFileName(), err)
+		}
+		if rank[out] > rank[best] {
+			best = out
+		}
+	}
+	switch best {
+	case engine.Applied:
+		return osvcv1.UpdateState_UPDATE_STATE_APPLIED, "", nil
+	case engine.AlreadyInstalled:
+		return osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED, "", nil
+	case engine.NotApplicable:
+		return osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE, "", nil
+	default:
+		return osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED, engine.UnsupportedMessage, nil
+	}
+}
+
+func (r *run) linked(ui, j int) string {
+	return filepath.Join(r.work, "updates", fmt.Sprintf("%d-%d", ui, j), filepath.Base(r.a.GetUpdates()[ui].GetFiles()[j].GetFileName()))
+}
+
+// skipUpdates reports updates that will not be applied to an index.
+func (r *run) skipUpdates(ctx context.Context, index int, updates []*osvcv1.Update) {
+	if ctx.Err() != nil || r.lost() != nil {
+		return
+	}
+	for _, u := range updates {
+		res := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_SKIPPED, Message: "not applied: an earlier step failed"}
+		if err := r.report(r.rep.UpdateResult(ctx, res)); err != nil {
+			r.log.Warn("reporting a skipped update failed", "update", u.GetName(), "error", err)
+			return
+		}
+	}
+}
+
+// discardMount unmounts without committing whatever is still mounted, even
+// after a cancel.
+func (r *run) discardMount(ctx context.Context) {
+	if r.mount == nil {
+		return
+	}
+	m := r.mount
+	r.mount = nil
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := r.eng.Unmount(dctx, m, false); err != nil {
+		r.log.Error("discarding the mounted index failed", "dir", m.Dir, "error", err)
+		return
+	}
+	r.log.Info("changes discarded", "index", m.Index)
+}
+
+// export writes every index of the committed copy into a new file.
+func (r *run) export(ctx context.Context, source string, indexes []*osvcv1.ImageIndex, dst string) (string, error) {
+	before, err := os.Stat(source)
+	if err != nil {
+		return "", fmt.Errorf("export: %w", err)
+	}
+	for _, ix := range indexes {
+		if err := r.eng.Export(ctx, source, int(ix.GetIndex()), dst); err != nil {
+			return "", err
+		}
+	}
+	after, err := os.Stat(dst)
+	if err != nil {
+		return "", fmt.Errorf("export: %w", err)
+	}
+	return fmt.Sprintf("%s → %s", humanize.IBytes(uint64(before.Size())), humanize.IBytes(uint64(after.Size()))), nil
+}
+
+func (r *run) upload(ctx context.Context, path string) (*osvcv1.Content, error) {
+	pp := r.startProgress(ctx)
+	defer pp.stop()
+	c, err := transfer.Upload(ctx, r.cfg.Content, path, MediaTypeWIM, func(n, total int64) {
+		if total > 0 {
+			pp.set(pctApplyEnd+int32(int64(pctSwapEnd-pctApplyEnd)*n/total), nil)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("upload the serviced image: %w", err)
+	}
+	return c, nil
+}
+
+// describe reads the result's indexes and what each has installed.
+func (r *run) describe(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, error) {
+	indexes, err := r.eng.Inspect(ctx, wim)
+	if err != nil {
+		return nil, err
+	}
+	byIdentity := make(map[string]string)
+	for _, u := range r.a.GetUpdates() {
+		if u.GetPackageIdentity() != "" {
+			byIdentity[strings.ToLower(u.GetPackageIdentity())] = u.GetName()
+		}
+	}
+	for _, ix := range indexes {
+		installed, err := r.eng.ReadInstalled(ctx, wim, int(ix.GetIndex()))
+		if err != nil {
+			return nil, err
+		}
+		ix.InstalledUpdates = nil
+		for _, p := range installed {
+			iu := &osvcv1.InstalledUpdate{
+				PackageIdentity: p.Identity,
+				Kb:              p.KB,
+				Update:          byIdentity[strings.ToLower(p.Identity)],
+				State:           p.State,
+			}
+			if !p.InstallTime.IsZero() {
+				iu.InstallTime = timestamppb.New(p.InstallTime)
+			}
+			ix.InstalledUpdates = append(ix.InstalledUpdates, iu)
+		}
+	}
+	return indexes, nil
+}
+
+// tidy removes the copies and the mount folder from the work folder, keeping
+// the logs. A folder that is still a mount point is left alone.
+func (r *run) tidy() {
+	entries, err := os.ReadDir(r.work)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Name() == LogFile || e.Name() == EngineLogFile {
+			continue
+		}
+		p := filepath.Join(r.work, e.Name())
+		if e.IsDir() && e.Name() == "mount" {
+			// Only an empty (unmounted) folder goes: never delete into a mounted image.
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				r.log.Warn("the mount folder is not empty: left in place", "dir", p, "error", err)
+			}
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			r.log.Warn("removing a work file failed", "path", p, "error", err)
+		}
+	}
+}

@@ -1,0 +1,109 @@
+// Command osvc-agent is the servicing agent of a site: it connects to
+// osvc-server, takes the runs leased to it and services the images with its
+// engine (wimlib on Linux):
+//
+//	osvc-agent --server osvc.example.com:7300 --site PS1
+//
+// SIGINT or SIGTERM stops it: runs in progress are discarded (unmounted
+// without commit) before it exits, and the server re-queues them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/agent"
+	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/wimlib"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(realMain()) }
+
+func realMain() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "osvc-agent:", err)
+		return 1
+	}
+	return 0
+}
+
+// run parses args, starts the agent and services runs until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("osvc-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg        agent.Config
+		engineName string
+		logLevel   string
+		wimlibBin  string
+	)
+	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
+	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1 (required)")
+	fs.StringVar(&cfg.Name, "name", "", "the agent's name, unique in the hierarchy (default: the host name)")
+	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the volume of --data-dir) or a folder; runs work in <drive>/OfflineImageServicing/<run>")
+	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
+	fs.IntVar(&cfg.Capacity, "capacity", 1, "how many runs the agent services at once")
+	fs.StringVar(&engineName, "engine", "wimlib", "servicing engine: wimlib")
+	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: osvc-agent --site CODE [flags]")
+		fmt.Fprintln(fs.Output(), "Services the images the osvc server assigns to this agent.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; osvc-agent takes flags only (see -h)", fs.Args())
+	}
+	if strings.TrimSpace(cfg.Site) == "" {
+		fs.Usage()
+		return errors.New("--site is required: the code of the site this agent services, e.g. PS1")
+	}
+	level := hclog.LevelFromString(logLevel)
+	if level == hclog.NoLevel {
+		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-agent", Level: level, Output: stderr})
+	cfg.Logger = logger
+	cfg.Version = version
+
+	switch engineName {
+	case "wimlib":
+		eng, err := wimlib.New(wimlib.Config{Logger: logger, Binary: wimlibBin})
+		if err != nil {
+			return err
+		}
+		cfg.Engine = eng
+		cfg.NewEngine = func(l hclog.Logger) (engine.Engine, error) {
+			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin})
+		}
+	default:
+		return fmt.Errorf("--engine %q: this build has the wimlib engine only", engineName)
+	}
+
+	a, err := agent.New(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, cfg.Site, cfg.Server, a.Drive())
+	return a.Run(ctx)
+}

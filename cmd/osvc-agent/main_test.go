@@ -1,0 +1,54 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestRunRefusesBadFlags(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"without a site", nil, "--site is required"},
+		{"with an unknown log level", []string{"--site", "PS1", "--log-level", "loud"}, "--log-level"},
+		{"with an unknown engine", []string{"--site", "PS1", "--engine", "dism"}, "wimlib engine only"},
+		{"with stray arguments", []string{"--site", "PS1", "extra"}, "unexpected arguments"},
+		{"with a negative capacity", []string{"--site", "PS1", "--capacity", "-1", "--data-dir", "DATA"}, "capacity -1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			args := tt.args
+			for i, a := range args {
+				if a == "DATA" {
+					args[i] = t.TempDir()
+				}
+			}
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), args, &stdout, &stderr)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("run(%q) = %v, want an error mentioning %q", tt.args, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunStopsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var stdout, stderr bytes.Buffer
+	// No server listens: the agent keeps retrying until ctx ends, then exits cleanly.
+	err := run(ctx, []string{"--site", "PS1", "--server", "127.0.0.1:1", "--data-dir", t.TempDir(), "--drive", t.TempDir()}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("run = %v, want nil after the context ended", err)
+	}
+	if !strings.Contains(stdout.String(), "site PS1") {
+		t.Errorf("stdout = %q, want the agent's banner", stdout.String())
+	}
+}
