@@ -1,0 +1,145 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store"
+)
+
+// readChunkSize is the data carried by one ReadResponse: well under gRPC's
+// default 4 MiB message limit, large enough to keep per-message costs small.
+const readChunkSize = 1 << 20
+
+type contentServer struct {
+	osvcv1.UnimplementedContentServiceServer
+	lib    *content.Library
+	logger hclog.Logger
+}
+
+// NewContentServer serves the content library over ContentService.
+func NewContentServer(lib *content.Library, logger hclog.Logger) osvcv1.ContentServiceServer {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &contentServer{lib: lib, logger: logger.Named("content")}
+}
+
+// Read streams a blob from an offset in chunks; the first chunk carries the
+// blob's size. An offset at the end answers one empty chunk, so a client whose
+// partial download is complete learns the size.
+func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	if req.GetOffset() < 0 {
+		return Status(store.InvalidArgument("offset", fmt.Sprintf("%d is negative", req.GetOffset())))
+	}
+	if req.GetLimit() < 0 {
+		return Status(store.InvalidArgument("limit", fmt.Sprintf("%d is negative; send 0 to read to the end", req.GetLimit())))
+	}
+	f, err := s.lib.Open(req.GetSha256())
+	if err != nil {
+		return Status(err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return Status(fmt.Errorf("content %s: %w", req.GetSha256(), err))
+	}
+	size := info.Size()
+	offset := req.GetOffset()
+	if offset > size {
+		return status.Errorf(codes.OutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size)
+	}
+	end := size
+	if limit := req.GetLimit(); limit > 0 && offset+limit < size {
+		end = offset + limit
+	}
+	buf := make([]byte, readChunkSize)
+	first := true
+	for first || offset < end {
+		n := min(int64(len(buf)), end-offset)
+		read, err := f.ReadAt(buf[:n], offset)
+		if err != nil && !(errors.Is(err, io.EOF) && int64(read) == n) {
+			return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
+		}
+		resp := &osvcv1.ReadResponse{Offset: offset, Data: buf[:read]}
+		if first {
+			resp.SizeBytes = size
+			first = false
+		}
+		// Send marshals before it returns, so buf can be reused.
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		offset += int64(read)
+	}
+	return nil
+}
+
+// Write stores an upload: a header, then data. When the header names a blob the
+// library holds, it answers at once (existed) without reading the data.
+func (s *contentServer) Write(stream grpc.ClientStreamingServer[osvcv1.WriteRequest, osvcv1.WriteResponse]) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if errors.Is(err, io.EOF) {
+		return Status(store.InvalidArgument("header", "the upload is empty; send the header first"))
+	}
+	if err != nil {
+		return err
+	}
+	h := first.GetHeader()
+	if h == nil {
+		return Status(store.InvalidArgument("header", "the first message must be the header, data follows it"))
+	}
+	// The library reads straight from the stream: no goroutine and no pipe, so
+	// nothing touches the stream after this handler returns.
+	c, existed, err := s.lib.Write(ctx, content.WriteHeader{
+		SHA256:    h.GetSha256(),
+		SizeBytes: h.GetSizeBytes(),
+		MediaType: h.GetMediaType(),
+	}, &streamReader{stream: stream})
+	if err != nil {
+		s.logger.Debug("upload refused", "sha256", h.GetSha256(), "error", err)
+		return Status(err)
+	}
+	return stream.SendAndClose(&osvcv1.WriteResponse{Content: c, Existed: existed})
+}
+
+// GetContent returns the record of a blob.
+func (s *contentServer) GetContent(ctx context.Context, req *osvcv1.GetContentRequest) (*osvcv1.GetContentResponse, error) {
+	c, err := s.lib.Stat(ctx, req.GetSha256())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.GetContentResponse{Content: c}, nil
+}
+
+// streamReader reads the data messages of an upload as one byte stream.
+type streamReader struct {
+	stream grpc.ClientStreamingServer[osvcv1.WriteRequest, osvcv1.WriteResponse]
+	buf    []byte
+}
+
+func (r *streamReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		req, err := r.stream.Recv()
+		if err != nil {
+			return 0, err // io.EOF at the end of the upload
+		}
+		if req.GetHeader() != nil {
+			return 0, store.InvalidArgument("header", "only the first message carries the header")
+		}
+		r.buf = req.GetData()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}

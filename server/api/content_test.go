@@ -1,0 +1,328 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store/storetest"
+)
+
+type contentAPI struct {
+	client osvcv1.ContentServiceClient
+	lib    *content.Library
+	dir    string
+}
+
+// startContentAPI serves a real Library on a storetest store over bufconn.
+func startContentAPI(t *testing.T) *contentAPI {
+	t.Helper()
+	dir := t.TempDir()
+	lib, err := content.New(content.Config{Dir: dir, Store: storetest.New(t), Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	osvcv1.RegisterContentServiceServer(srv, api.NewContentServer(lib, hclog.NewNullLogger()))
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(lis)
+	}()
+	conn, err := grpc.NewClient("passthrough:///bufnet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Stop()
+		<-served
+	})
+	return &contentAPI{client: osvcv1.NewContentServiceClient(conn), lib: lib, dir: dir}
+}
+
+func sha(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+// blob returns n bytes that differ from chunk to chunk, so a misplaced chunk shows.
+func blob(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/1024)
+	}
+	return b
+}
+
+func header(h *osvcv1.WriteHeader) *osvcv1.WriteRequest {
+	return &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Header{Header: h}}
+}
+
+func chunk(b []byte) *osvcv1.WriteRequest {
+	return &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Data{Data: b}}
+}
+
+// upload sends the messages and returns the server's answer.
+func (a *contentAPI) upload(t *testing.T, msgs ...*osvcv1.WriteRequest) (*osvcv1.WriteResponse, error) {
+	t.Helper()
+	stream, err := a.client.Write(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if err := stream.Send(m); err != nil {
+			break // the server answered early; CloseAndRecv says how
+		}
+	}
+	return stream.CloseAndRecv()
+}
+
+// readAll reads a blob with Read and returns the data and the responses.
+func (a *contentAPI) readAll(t *testing.T, req *osvcv1.ReadRequest) ([]byte, []*osvcv1.ReadResponse, error) {
+	t.Helper()
+	stream, err := a.client.Read(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data []byte
+	var resps []*osvcv1.ReadResponse
+	for {
+		resp, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return data, resps, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		resps = append(resps, resp)
+		data = append(data, resp.GetData()...)
+	}
+}
+
+func badRequestField(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+			return br.GetFieldViolations()[0].GetField()
+		}
+	}
+	return ""
+}
+
+func blobFiles(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return err
+	})
+	return n
+}
+
+func TestContentUploadStoresTheBlob(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	data := blob(2*(1<<20) + 1000)
+	resp, err := a.upload(t,
+		header(&osvcv1.WriteHeader{Sha256: sha(data), SizeBytes: int64(len(data)), MediaType: "application/x-ms-wim"}),
+		chunk(data[:1<<20]), chunk(data[1<<20:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetExisted() || resp.GetContent().GetSha256() != sha(data) || resp.GetContent().GetSizeBytes() != int64(len(data)) {
+		t.Fatalf("Write = %v", resp)
+	}
+	got, err := a.client.GetContent(context.Background(), &osvcv1.GetContentRequest{Sha256: sha(data)})
+	if err != nil || got.GetContent().GetMediaType() != "application/x-ms-wim" {
+		t.Fatalf("GetContent = %v, %v", got, err)
+	}
+	stored, err := os.ReadFile(a.lib.Path(sha(data)))
+	if err != nil || !bytes.Equal(stored, data) {
+		t.Fatalf("stored blob differs (%d bytes, %v)", len(stored), err)
+	}
+}
+
+func TestContentUploadOfAHeldBlobAnswersBeforeTheData(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	data := blob(5000)
+	if _, err := a.upload(t, header(&osvcv1.WriteHeader{}), chunk(data)); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := a.client.Write(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(header(&osvcv1.WriteHeader{Sha256: sha(data), SizeBytes: int64(len(data))})); err != nil {
+		t.Fatal(err)
+	}
+	// No data and no CloseSend: only a server that answers at once replies here.
+	var resp osvcv1.WriteResponse
+	if err := stream.RecvMsg(&resp); err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetExisted() || resp.GetContent().GetSha256() != sha(data) {
+		t.Fatalf("Write = %v, want existed", &resp)
+	}
+}
+
+func TestContentUploadRefusals(t *testing.T) {
+	t.Parallel()
+	data := blob(3000)
+	tests := []struct {
+		name  string
+		msgs  []*osvcv1.WriteRequest
+		field string
+	}{
+		{
+			name:  "a sha256 mismatch is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{Sha256: sha([]byte("other"))}), chunk(data)},
+			field: "sha256",
+		},
+		{
+			name:  "a size mismatch is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{SizeBytes: 10}), chunk(data)},
+			field: "size_bytes",
+		},
+		{
+			name:  "data before the header is refused",
+			msgs:  []*osvcv1.WriteRequest{chunk(data)},
+			field: "header",
+		},
+		{
+			name:  "a second header is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{}), chunk(data), header(&osvcv1.WriteHeader{})},
+			field: "header",
+		},
+		{
+			name:  "an empty upload is refused",
+			field: "header",
+		},
+		{
+			name:  "a malformed sha256 is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{Sha256: "../../x"}), chunk(data)},
+			field: "sha256",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" and nothing is stored", func(t *testing.T) {
+			t.Parallel()
+			a := startContentAPI(t)
+			_, err := a.upload(t, tt.msgs...)
+			if status.Code(err) != codes.InvalidArgument || badRequestField(err) != tt.field {
+				t.Fatalf("Write: got %v (field %q), want InvalidArgument on %s", err, badRequestField(err), tt.field)
+			}
+			if n := blobFiles(t, a.dir); n != 0 {
+				t.Fatalf("%d files left in the library", n)
+			}
+			_, err = a.client.GetContent(context.Background(), &osvcv1.GetContentRequest{Sha256: sha(data)})
+			if status.Code(err) != codes.NotFound {
+				t.Fatalf("GetContent after a refused upload: %v, want NotFound", err)
+			}
+		})
+	}
+}
+
+func TestContentRead(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	data := blob(2*(1<<20) + 123)
+	if _, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha(data)
+	size := int64(len(data))
+
+	tests := []struct {
+		name   string
+		req    *osvcv1.ReadRequest
+		want   []byte
+		chunks int
+	}{
+		{name: "from zero sends the whole blob in 1 MiB chunks", req: &osvcv1.ReadRequest{Sha256: sum}, want: data, chunks: 3},
+		{name: "from an offset sends the rest", req: &osvcv1.ReadRequest{Sha256: sum, Offset: 1<<20 + 5}, want: data[1<<20+5:], chunks: 2},
+		{name: "with a limit stops after it", req: &osvcv1.ReadRequest{Sha256: sum, Offset: 10, Limit: 100}, want: data[10:110], chunks: 1},
+		{name: "at the end sends one empty chunk with the size", req: &osvcv1.ReadRequest{Sha256: sum, Offset: size}, want: nil, chunks: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, resps, err := a.readAll(t, tt.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, tt.want) {
+				t.Fatalf("read %d bytes, want %d (or different bytes)", len(got), len(tt.want))
+			}
+			if len(resps) != tt.chunks {
+				t.Fatalf("%d chunks, want %d", len(resps), tt.chunks)
+			}
+			offset := tt.req.GetOffset()
+			for i, r := range resps {
+				if r.GetOffset() != offset {
+					t.Errorf("chunk %d at offset %d, want %d", i, r.GetOffset(), offset)
+				}
+				offset += int64(len(r.GetData()))
+				wantSize := int64(0)
+				if i == 0 {
+					wantSize = size
+				}
+				if r.GetSizeBytes() != wantSize {
+					t.Errorf("chunk %d size_bytes = %d, want %d", i, r.GetSizeBytes(), wantSize)
+				}
+			}
+		})
+	}
+
+	errTests := []struct {
+		name string
+		req  *osvcv1.ReadRequest
+		code codes.Code
+	}{
+		{name: "past the end is out of range", req: &osvcv1.ReadRequest{Sha256: sum, Offset: size + 1}, code: codes.OutOfRange},
+		{name: "a negative offset is invalid", req: &osvcv1.ReadRequest{Sha256: sum, Offset: -1}, code: codes.InvalidArgument},
+		{name: "a negative limit is invalid", req: &osvcv1.ReadRequest{Sha256: sum, Limit: -1}, code: codes.InvalidArgument},
+		{name: "a blob the library lacks is not found", req: &osvcv1.ReadRequest{Sha256: sha([]byte("absent"))}, code: codes.NotFound},
+		{name: "a malformed sha256 is invalid", req: &osvcv1.ReadRequest{Sha256: "nope"}, code: codes.InvalidArgument},
+	}
+	for _, tt := range errTests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if _, _, err := a.readAll(t, tt.req); status.Code(err) != tt.code {
+				t.Fatalf("Read: got %v, want %s", err, tt.code)
+			}
+		})
+	}
+}
+
+func TestGetContentOfAMalformedSHA256NamesTheField(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	_, err := a.client.GetContent(context.Background(), &osvcv1.GetContentRequest{Sha256: "ABC"})
+	if status.Code(err) != codes.InvalidArgument || badRequestField(err) != "sha256" {
+		t.Fatalf("GetContent: got %v, want InvalidArgument on sha256", err)
+	}
+}

@@ -1,0 +1,319 @@
+// Package content is the content library: blobs (images, update files) addressed
+// by sha256, kept in a directory and recorded in etcd.
+package content
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/store"
+)
+
+// DefaultMediaType is recorded when a writer names none.
+const DefaultMediaType = "application/octet-stream"
+
+// tmpDir is the folder under Dir for uploads in progress: on the same file
+// system as the blobs, so the final rename is atomic. Its name cannot collide
+// with the two-hex-digit blob folders.
+const tmpDir = "tmp"
+
+// staleTempAge is how old an upload's temp file must be before New removes it
+// as the leftover of a crash.
+const staleTempAge = 24 * time.Hour
+
+// Config configures a Library.
+type Config struct {
+	// Dir holds the blobs as <Dir>/<first two hex digits>/<sha256>; created when missing.
+	Dir    string
+	Store  *store.Store
+	Logger hclog.Logger
+}
+
+// Library stores blobs by sha256. The file is written before its etcd record and
+// removed after it, so a record always names a blob that is there.
+type Library struct {
+	dir    string
+	store  *store.Store
+	logger hclog.Logger
+}
+
+// New validates cfg, creates Dir when missing and returns a Library.
+func New(cfg Config) (*Library, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("content: Config.Dir is required (the content library directory)")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("content: Config.Store is required")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("content library directory %s: %w", cfg.Dir, err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o755); err != nil {
+		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
+	}
+	l := &Library{dir: dir, store: cfg.Store, logger: logger.Named("content")}
+	l.removeStaleTemps()
+	return l, nil
+}
+
+// removeStaleTemps removes uploads a crash left behind.
+func (l *Library) removeStaleTemps() {
+	entries, err := os.ReadDir(filepath.Join(l.dir, tmpDir))
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < staleTempAge {
+			continue
+		}
+		path := filepath.Join(l.dir, tmpDir, e.Name())
+		if err := os.Remove(path); err == nil {
+			l.logger.Info("removed a stale upload", "path", path)
+		}
+	}
+}
+
+// ValidSHA256 reports whether s is a sha256 as the library names blobs: 64
+// lower-case hex digits.
+func ValidSHA256(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkSHA256(s string) error {
+	if !ValidSHA256(s) {
+		return store.InvalidArgument("sha256", fmt.Sprintf("%q is not a sha256: want 64 lower-case hex digits", s))
+	}
+	return nil
+}
+
+// Name is the resource name of a blob: contents/{sha256}.
+func Name(sha string) string { return "contents/" + sha }
+
+// WriteHeader describes a blob being written.
+type WriteHeader struct {
+	// SHA256 is the expected digest, optional.
+	SHA256 string
+	// SizeBytes is the expected size; zero means unknown.
+	SizeBytes int64
+	// MediaType is recorded with the blob; DefaultMediaType when empty.
+	MediaType string
+}
+
+// Write stores a blob: data goes to a temp file in Dir, its sha256 and size are
+// checked against the header, then it is renamed into place and recorded in etcd.
+// A blob the library holds is not written again (existed=true); when h.SHA256
+// names one, r is not read at all. A mismatch leaves nothing behind.
+func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osvcv1.Content, existed bool, err error) {
+	if h.SHA256 != "" {
+		if err := checkSHA256(h.SHA256); err != nil {
+			return nil, false, err
+		}
+		if c, err := l.held(ctx, h.SHA256); err != nil || c != nil {
+			return c, c != nil, err
+		}
+	}
+	if h.SizeBytes < 0 {
+		return nil, false, store.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
+	}
+	if h.MediaType == "" {
+		h.MediaType = DefaultMediaType
+	}
+
+	tmp, err := os.CreateTemp(filepath.Join(l.dir, tmpDir), "upload-*")
+	if err != nil {
+		return nil, false, fmt.Errorf("content library: temp file: %w", err)
+	}
+	tmpPath := tmp.Name()
+	renamed := false
+	defer func() {
+		if !renamed {
+			tmp.Close()
+			os.Remove(tmpPath)
+		}
+	}()
+
+	hash := sha256.New()
+	src := io.Reader(&ctxReader{ctx: ctx, r: r})
+	if h.SizeBytes > 0 {
+		// One byte more than announced is enough to tell the data is too long.
+		src = io.LimitReader(src, h.SizeBytes+1)
+	}
+	n, err := io.Copy(io.MultiWriter(tmp, hash), src)
+	if err != nil {
+		return nil, false, fmt.Errorf("content library: receive data: %w", err)
+	}
+	if h.SizeBytes > 0 && n != h.SizeBytes {
+		return nil, false, store.InvalidArgument("size_bytes",
+			fmt.Sprintf("the header announced %d bytes but the data has %s", h.SizeBytes, sizeDesc(n, h.SizeBytes)))
+	}
+	sum := hex.EncodeToString(hash.Sum(nil))
+	if h.SHA256 != "" && sum != h.SHA256 {
+		return nil, false, store.InvalidArgument("sha256",
+			fmt.Sprintf("the data hashes to %s, not %s as the header says; the upload was damaged or the header is wrong", sum, h.SHA256))
+	}
+	if h.SHA256 == "" {
+		// The data named itself only now: it may be a blob the library holds.
+		if c, err := l.held(ctx, sum); err != nil || c != nil {
+			return c, c != nil, err
+		}
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, false, fmt.Errorf("content library: flush %s: %w", tmpPath, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, false, fmt.Errorf("content library: close %s: %w", tmpPath, err)
+	}
+	final := l.Path(sum)
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return nil, false, fmt.Errorf("content library: %w", err)
+	}
+	// A concurrent writer of the same blob renames identical bytes: either wins.
+	if err := os.Rename(tmpPath, final); err != nil {
+		return nil, false, fmt.Errorf("content library: move blob into place: %w", err)
+	}
+	renamed = true
+
+	c = &osvcv1.Content{
+		Name:       Name(sum),
+		Sha256:     sum,
+		SizeBytes:  n,
+		MediaType:  h.MediaType,
+		CreateTime: timestamppb.Now(),
+	}
+	if _, err := l.store.Create(ctx, l.store.ContentKey(sum), c); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			// Someone recorded the same blob meanwhile; theirs stands.
+			held, _, err := store.Get[*osvcv1.Content](ctx, l.store, l.store.ContentKey(sum))
+			if err != nil {
+				return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)
+			}
+			return held, true, nil
+		}
+		return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)
+	}
+	l.logger.Info("blob stored", "sha256", sum, "size", n, "media_type", h.MediaType)
+	return c, false, nil
+}
+
+func sizeDesc(n, want int64) string {
+	if n > want {
+		return "more"
+	}
+	return fmt.Sprint(n)
+}
+
+// held returns the record of a blob the library holds, or nil. A record whose
+// file is missing counts as not held, so the next write repairs it.
+func (l *Library) held(ctx context.Context, sha string) (*osvcv1.Content, error) {
+	c, err := l.Stat(ctx, sha)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(l.Path(sha)); err != nil {
+		l.logger.Warn("blob recorded but missing on disk; accepting it again", "sha256", sha, "error", err)
+		if _, err := l.store.Client().Delete(ctx, l.store.ContentKey(sha)); err != nil {
+			return nil, fmt.Errorf("content library: drop the record of missing blob %s: %w", sha, err)
+		}
+		return nil, nil
+	}
+	return c, nil
+}
+
+// Stat returns the record of a blob; store.ErrNotFound when the library does not hold it.
+func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error) {
+	if err := checkSHA256(sha); err != nil {
+		return nil, err
+	}
+	c, _, err := store.Get[*osvcv1.Content](ctx, l.store, l.store.ContentKey(sha))
+	if err != nil {
+		return nil, fmt.Errorf("content %s: %w", sha, err)
+	}
+	return c, nil
+}
+
+// Open opens a blob for reading; store.ErrNotFound when it is not there.
+func (l *Library) Open(sha string) (*os.File, error) {
+	if err := checkSHA256(sha); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(l.Path(sha))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("content %s: %w", sha, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("content %s: %w", sha, err)
+	}
+	return f, nil
+}
+
+// Path returns where the blob lives, for readers that need a file (WIM headers,
+// CABs). It returns "" for a malformed sha256, so bad input never becomes a path.
+func (l *Library) Path(sha string) string {
+	if !ValidSHA256(sha) {
+		return ""
+	}
+	return filepath.Join(l.dir, sha[:2], sha)
+}
+
+// Delete removes a blob's record, then its file; store.ErrNotFound when not held.
+func (l *Library) Delete(ctx context.Context, sha string) error {
+	if err := checkSHA256(sha); err != nil {
+		return err
+	}
+	resp, err := l.store.Client().Delete(ctx, l.store.ContentKey(sha))
+	if err != nil {
+		return fmt.Errorf("delete content %s: %w", sha, err)
+	}
+	if err := os.Remove(l.Path(sha)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("delete content %s: %w", sha, err)
+	}
+	if resp.Deleted == 0 {
+		return fmt.Errorf("content %s: %w", sha, store.ErrNotFound)
+	}
+	l.logger.Info("blob deleted", "sha256", sha)
+	return nil
+}
+
+// ctxReader stops reading when ctx ends, so a stalled upload does not hold a
+// temp file forever.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,291 @@
+// Package store is osvc's access to etcd: keys, protobuf values, compare-and-swap
+// transactions and paginated lists, all under one key prefix.
+package store
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// MaxValueBytes is the largest value the store writes; bigger values are refused
+// with ErrInvalidArgument before the write (etcd's request limit is 1.5 MiB).
+const MaxValueBytes = 1 << 20
+
+// DefaultPrefix is the key prefix when Config.Prefix is empty.
+const DefaultPrefix = "/osvc/"
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+	// updateRetries bounds Update's compare-and-swap loop; past it the key is too
+	// contended and the caller gets ErrConflict to retry at its own level.
+	updateRetries = 32
+)
+
+// Config configures a Store.
+type Config struct {
+	// Client is a connected etcd client; the Store does not close it.
+	Client *clientv3.Client
+	// Prefix is put before every key; DefaultPrefix when empty. A missing
+	// trailing "/" is added.
+	Prefix string
+	Logger hclog.Logger
+}
+
+// Store reads and writes protobuf values in etcd under one prefix.
+type Store struct {
+	client *clientv3.Client
+	prefix string
+	logger hclog.Logger
+}
+
+// New validates cfg and returns a Store.
+func New(cfg Config) (*Store, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("store: Config.Client is required")
+	}
+	prefix := cfg.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Store{client: cfg.Client, prefix: prefix, logger: logger.Named("store")}, nil
+}
+
+// Client returns the etcd client, for watches, leases and transactions built by hand.
+func (s *Store) Client() *clientv3.Client { return s.client }
+
+// Prefix returns the key prefix, ending in "/".
+func (s *Store) Prefix() string { return s.prefix }
+
+// Marshal encodes m and refuses values larger than MaxValueBytes, so an
+// oversized value fails here with a clear error instead of in etcd.
+func (s *Store) Marshal(m proto.Message) ([]byte, error) {
+	data, err := proto.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	if len(data) > MaxValueBytes {
+		return nil, fmt.Errorf("%s of %d bytes is above the store's limit of %d bytes: %w",
+			m.ProtoReflect().Descriptor().FullName(), len(data), MaxValueBytes, ErrInvalidArgument)
+	}
+	return data, nil
+}
+
+// Unmarshal decodes a value read by hand (from a watch or a Txn response).
+func Unmarshal[T proto.Message](data []byte) (T, error) {
+	m := newMessage[T]()
+	if err := proto.Unmarshal(data, m); err != nil {
+		var zero T
+		return zero, fmt.Errorf("decode %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	}
+	return m, nil
+}
+
+// newMessage returns an empty, usable T (a typed nil pointer would not be).
+func newMessage[T proto.Message]() T {
+	var zero T
+	return zero.ProtoReflect().Type().New().Interface().(T)
+}
+
+// Get reads key into a new T and returns it with its ModRevision; ErrNotFound when absent.
+func Get[T proto.Message](ctx context.Context, s *Store, key string) (T, int64, error) {
+	var zero T
+	resp, err := s.client.Get(ctx, key)
+	if err != nil {
+		return zero, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return zero, 0, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
+	kv := resp.Kvs[0]
+	m, err := Unmarshal[T](kv.Value)
+	if err != nil {
+		return zero, 0, fmt.Errorf("get %s: %w", key, err)
+	}
+	return m, kv.ModRevision, nil
+}
+
+// Create writes m at key only when the key does not exist (ErrConflict otherwise)
+// and returns the revision of the write. opts apply to the put (e.g. WithLease).
+func (s *Store) Create(ctx context.Context, key string, m proto.Message, opts ...clientv3.OpOption) (int64, error) {
+	data, err := s.Marshal(m)
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", key, err)
+	}
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(data), opts...)).
+		Commit()
+	if err != nil {
+		return 0, fmt.Errorf("create %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("create %s: already exists: %w", key, ErrConflict)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Put writes m at key unconditionally and returns the revision of the write.
+func (s *Store) Put(ctx context.Context, key string, m proto.Message, opts ...clientv3.OpOption) (int64, error) {
+	data, err := s.Marshal(m)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	resp, err := s.client.Put(ctx, key, string(data), opts...)
+	if err != nil {
+		return 0, fmt.Errorf("put %s: %w", key, err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Delete removes key and returns the revision of the delete; ErrNotFound when
+// the key holds nothing.
+func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
+	resp, err := s.client.Delete(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("delete %s: %w", key, err)
+	}
+	if resp.Deleted == 0 {
+		return 0, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Update reads key into a fresh T, calls mutate, and writes it back in a Txn
+// comparing ModRevision; on a concurrent change it re-reads and calls mutate again
+// (bounded retries, then ErrConflict). mutate returning an error aborts with that
+// error. A missing key is ErrNotFound. Returns the stored value and its new
+// revision. The key keeps its lease, if it had one.
+func Update[T proto.Message](ctx context.Context, s *Store, key string, mutate func(T) error) (T, int64, error) {
+	var zero T
+	resp, err := s.client.Get(ctx, key)
+	if err != nil {
+		return zero, 0, fmt.Errorf("update %s: %w", key, err)
+	}
+	for attempt := 0; attempt < updateRetries; attempt++ {
+		if len(resp.Kvs) == 0 {
+			return zero, 0, fmt.Errorf("update %s: %w", key, ErrNotFound)
+		}
+		kv := resp.Kvs[0]
+		m, err := Unmarshal[T](kv.Value)
+		if err != nil {
+			return zero, 0, fmt.Errorf("update %s: %w", key, err)
+		}
+		if err := mutate(m); err != nil {
+			return zero, 0, err
+		}
+		data, err := s.Marshal(m)
+		if err != nil {
+			return zero, 0, fmt.Errorf("update %s: %w", key, err)
+		}
+		var putOpts []clientv3.OpOption
+		if kv.Lease != 0 {
+			putOpts = append(putOpts, clientv3.WithIgnoreLease())
+		}
+		txn, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(key, string(data), putOpts...)).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			return zero, 0, fmt.Errorf("update %s: %w", key, err)
+		}
+		if txn.Succeeded {
+			return m, txn.Header.Revision, nil
+		}
+		// Someone else wrote in between: start again from their value, after a
+		// short random pause.
+		resp = (*clientv3.GetResponse)(txn.Responses[0].GetResponseRange())
+		s.logger.Trace("concurrent change, retrying", "key", key, "attempt", attempt+1)
+		pause := time.NewTimer(retryPause(attempt))
+		select {
+		case <-ctx.Done():
+			pause.Stop()
+			return zero, 0, fmt.Errorf("update %s: %w", key, ctx.Err())
+		case <-pause.C:
+		}
+	}
+	return zero, 0, fmt.Errorf("update %s: still changing after %d attempts: %w", key, updateRetries, ErrContended)
+}
+
+// retryPause is a random pause of up to 1 ms doubled per attempt, capped at
+// 128 ms: writers that keep colliding spread out until one wins at a time.
+func retryPause(attempt int) time.Duration {
+	ceiling := time.Millisecond << min(attempt, 7)
+	return time.Duration(rand.Int64N(int64(ceiling)))
+}
+
+// List returns up to pageSize values under prefix in key order, and a token for
+// the next page ("" at the end). pageSize <= 0 means 50; above 1000 is capped.
+// A token from another prefix or a damaged one is InvalidArgument("page_token").
+func List[T proto.Message](ctx context.Context, s *Store, prefix string, pageSize int, pageToken string) ([]T, string, error) {
+	if pageSize <= 0 {
+		pageSize = defaultPageSize
+	}
+	if pageSize > maxPageSize {
+		pageSize = maxPageSize
+	}
+	start := prefix
+	if pageToken != "" {
+		after, err := decodePageToken(prefix, pageToken)
+		if err != nil {
+			return nil, "", err
+		}
+		// The smallest key after the last one returned.
+		start = after + "\x00"
+	}
+	resp, err := s.client.Get(ctx, start,
+		clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)),
+		clientv3.WithLimit(int64(pageSize)),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", prefix, err)
+	}
+	out := make([]T, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		m, err := Unmarshal[T](kv.Value)
+		if err != nil {
+			return nil, "", fmt.Errorf("list %s: key %s: %w", prefix, kv.Key, err)
+		}
+		out = append(out, m)
+	}
+	next := ""
+	if resp.More && len(resp.Kvs) > 0 {
+		next = encodePageToken(string(resp.Kvs[len(resp.Kvs)-1].Key))
+	}
+	return out, next, nil
+}
+
+// A page token is the last key returned, base64url-encoded: opaque to clients,
+// and checked against the listed prefix so it cannot read outside it.
+func encodePageToken(lastKey string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(lastKey))
+}
+
+func decodePageToken(prefix, token string) (string, error) {
+	raw, err := base64.RawURLEncoding.Strict().DecodeString(token)
+	if err != nil {
+		return "", InvalidArgument("page_token", "not a token returned by this list; start again without one")
+	}
+	key := string(raw)
+	if !strings.HasPrefix(key, prefix) || key == prefix {
+		return "", InvalidArgument("page_token", "the token belongs to another list; start again without one")
+	}
+	return key, nil
+}

@@ -1,0 +1,152 @@
+// Package storetest gives tests a Store on an embedded etcd shared by the test binary.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/osvc/osvc/server/store"
+)
+
+var (
+	once      sync.Once
+	shared    *store.Embedded
+	client    *clientv3.Client
+	startErr  error
+	prefixSeq atomic.Int64
+)
+
+// dirPrefix names the shared etcd's temp dir after the test binary's pid, so a
+// later run can tell the directories of finished binaries from live ones.
+const dirPrefix = "osvc-storetest-etcd-"
+
+// start runs the shared etcd once, for the whole test binary. A library cannot
+// hook the binary's exit: TestMain calls Close to remove the directory, and for
+// packages that do not, the next start removes the directories of binaries that
+// are gone.
+func start() {
+	removeStaleDirs()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", dirPrefix, os.Getpid()))
+	if err != nil {
+		startErr = fmt.Errorf("storetest: temp dir: %w", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	e, err := store.StartEmbedded(ctx, store.EmbeddedConfig{
+		Dir:       dir,
+		FastTicks: true,
+		Logger:    hclog.New(&hclog.LoggerOptions{Name: "storetest", Level: hclog.Error}),
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		startErr = err
+		return
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   e.Endpoints(),
+		DialTimeout: 10 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		e.Close()
+		os.RemoveAll(dir)
+		startErr = fmt.Errorf("storetest: etcd client: %w", err)
+		return
+	}
+	shared, client = e, c
+	tempDir = dir
+}
+
+var tempDir string
+
+// removeStaleDirs removes the etcd directories left by test binaries that
+// exited without calling Close.
+func removeStaleDirs() {
+	entries, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), dirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidStr, _, _ := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid == os.Getpid() || processAlive(pid) {
+			continue
+		}
+		os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+	}
+}
+
+// processAlive reports whether pid is a running process (signal 0 probes it).
+// On Windows signals cannot probe, so every directory counts as live there.
+func processAlive(pid int) bool {
+	if runtime.GOOS == "windows" {
+		return true
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	return p.Signal(syscall.Signal(0)) == nil
+}
+
+// Close stops the shared etcd and removes its directory. Call it from TestMain
+// after m.Run when the package uses storetest, so the temp dir is removed at exit:
+//
+//	func TestMain(m *testing.M) { code := m.Run(); storetest.Close(); os.Exit(code) }
+//
+// Without it the data is left in the system temp dir.
+func Close() {
+	if shared == nil {
+		return
+	}
+	client.Close()
+	shared.Close()
+	os.RemoveAll(tempDir)
+}
+
+// New returns a Store with a fresh unique prefix on an embedded etcd shared by the
+// test binary (started once, FastTicks, in a temp dir).
+func New(t testing.TB) *store.Store {
+	t.Helper()
+	once.Do(start)
+	if startErr != nil {
+		t.Fatalf("storetest: start embedded etcd: %v", startErr)
+	}
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
+	prefix := fmt.Sprintf("/test/%s-%d/", name, prefixSeq.Add(1))
+	s, err := store.New(store.Config{Client: client, Prefix: prefix, Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	return s
+}
+
+// Endpoints returns the shared embedded etcd's endpoints, for tests that start
+// their own client.
+func Endpoints(t testing.TB) []string {
+	t.Helper()
+	once.Do(start)
+	if startErr != nil {
+		t.Fatalf("storetest: start embedded etcd: %v", startErr)
+	}
+	return shared.Endpoints()
+}
