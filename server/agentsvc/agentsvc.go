@@ -1,0 +1,334 @@
+// Package agentsvc serves the agents' Connect streams: it grants each agent an
+// etcd lease kept alive while its stream lives, records its presence, pushes
+// the runs leased to it (Assign) and the cancels of those runs, and hands its
+// reports to servicing, answering each with an Ack.
+//
+// Every replica serves the streams of the agents connected to it: a registry
+// of those streams, fed by watches on the assignments, runs and presence keys,
+// routes each push to the right stream.
+package agentsvc
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/store"
+)
+
+const (
+	defaultLeaseTTL          = 30 * time.Second
+	defaultHeartbeatInterval = 10 * time.Second
+	// missedHeartbeats ends a stream that stayed silent this many intervals:
+	// the agent is gone even if TCP has not noticed.
+	missedHeartbeats = 3
+	// workQueue bounds the reports waiting for etcd per stream; past it the
+	// stream's flow control slows the agent down.
+	workQueue = 256
+	// teardownTimeout bounds the writes made after a stream ended.
+	teardownTimeout = 5 * time.Second
+)
+
+// agentNameRE accepts host names: the agent's name defaults to its host's.
+var agentNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// Config configures a Service.
+type Config struct {
+	Store     *store.Store
+	Servicing *servicing.Service
+	// Catalog is optional: Assigns are built by Servicing, through its catalog.
+	Catalog *catalog.Catalog
+	Logger  hclog.Logger
+	// LeaseTTL is the TTL of each agent's etcd lease: how long after its
+	// stream dropped an agent's runs stay its own. Default 30s; at least 1s.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is what agents are told to heartbeat at; default 10s.
+	HeartbeatInterval time.Duration
+	// ServerID names this replica in presence records.
+	ServerID string
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Service serves agent streams.
+type Service struct {
+	store     *store.Store
+	client    *clientv3.Client
+	servicing *servicing.Service
+	logger    hclog.Logger
+	leaseTTL  time.Duration
+	heartbeat time.Duration
+	serverID  string
+	now       func() time.Time
+
+	mu    sync.Mutex
+	conns map[string]*conn // by agent id (the name without "agents/")
+}
+
+// New validates cfg and returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("agentsvc: Config.Store is required")
+	}
+	if cfg.Servicing == nil {
+		return nil, errors.New("agentsvc: Config.Servicing is required")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("agentsvc: Config.ServerID is required; use the replica's host name")
+	}
+	s := &Service{
+		store:     cfg.Store,
+		client:    cfg.Store.Client(),
+		servicing: cfg.Servicing,
+		logger:    cfg.Logger,
+		leaseTTL:  cmp.Or(cfg.LeaseTTL, defaultLeaseTTL),
+		heartbeat: cmp.Or(cfg.HeartbeatInterval, defaultHeartbeatInterval),
+		serverID:  cfg.ServerID,
+		now:       cfg.Now,
+		conns:     map[string]*conn{},
+	}
+	if s.leaseTTL < time.Second {
+		return nil, fmt.Errorf("agentsvc: Config.LeaseTTL is %s; use at least 1s", cfg.LeaseTTL)
+	}
+	if s.heartbeat <= 0 {
+		return nil, fmt.Errorf("agentsvc: Config.HeartbeatInterval is %s; use a positive duration", cfg.HeartbeatInterval)
+	}
+	if s.logger == nil {
+		s.logger = hclog.NewNullLogger()
+	}
+	s.logger = s.logger.Named("agentsvc")
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Run follows assignments, runs and presence in etcd and pushes what
+// concerns the agents connected here, until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, w := range []struct {
+		prefix string
+		handle func(context.Context, *clientv3.Event)
+	}{
+		{s.store.AssignmentsPrefix(), s.onAssignment},
+		{s.store.RunsPrefix(), s.onRun},
+		{s.store.PresencePrefix(), s.onPresence},
+	} {
+		wg.Go(func() { s.watch(ctx, w.prefix, w.handle) })
+	}
+	wg.Wait()
+	// Agents reconnect to another replica, or to this one when it is back.
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.end(errShutdown)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// watch calls handle for each event under prefix from now on, resuming from
+// the last revision after a break; after a compaction every local stream is
+// resynchronised from a fresh listing instead.
+func (s *Service) watch(ctx context.Context, prefix string, handle func(context.Context, *clientv3.Event)) {
+	rev := int64(0)
+	for ctx.Err() == nil {
+		if rev == 0 {
+			resp, err := s.client.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+			if err != nil {
+				s.logger.Warn("cannot read etcd; retrying", "prefix", prefix, "error", err)
+				sleep(ctx, time.Second)
+				continue
+			}
+			rev = resp.Header.Revision
+			s.resyncAll(ctx)
+		}
+		for wresp := range s.client.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+			if wresp.CompactRevision != 0 {
+				rev = 0
+				break
+			}
+			if err := wresp.Err(); err != nil {
+				s.logger.Debug("watch broke; resuming", "prefix", prefix, "error", err)
+				break
+			}
+			for _, ev := range wresp.Events {
+				rev = ev.Kv.ModRevision
+				handle(ctx, ev)
+			}
+		}
+		sleep(ctx, 100*time.Millisecond)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// onAssignment pushes a new assignment to its agent when it is connected here.
+func (s *Service) onAssignment(ctx context.Context, ev *clientv3.Event) {
+	if ev.Type != clientv3.EventTypePut {
+		return
+	}
+	a, err := store.Unmarshal[*storev1.Assignment](ev.Kv.Value)
+	if err != nil {
+		s.logger.Warn("bad assignment value", "key", string(ev.Kv.Key), "error", err)
+		return
+	}
+	if c := s.lookup(servicing.AgentID(a.GetAgent())); c != nil {
+		c.assign(a.GetRun(), ev.Kv.ModRevision, false)
+	}
+}
+
+// onRun pushes Cancel for a run whose cancel was requested, to the agent
+// holding it when it is connected here.
+func (s *Service) onRun(ctx context.Context, ev *clientv3.Event) {
+	if ev.Type != clientv3.EventTypePut {
+		return
+	}
+	run, err := store.Unmarshal[*osvcv1.Run](ev.Kv.Value)
+	if err != nil || !run.GetCancelRequested() || !servicing.IsLeased(run.GetState()) {
+		return
+	}
+	if c := s.lookup(servicing.AgentID(run.GetAgent())); c != nil {
+		c.cancelRun(run.GetName(), run.GetError())
+	}
+}
+
+// onPresence ends a local stream whose presence was deleted (its lease ended)
+// or taken over by a newer stream on another replica.
+func (s *Service) onPresence(ctx context.Context, ev *clientv3.Event) {
+	c := s.lookup(store.IDFromKey(string(ev.Kv.Key)))
+	if c == nil || ev.Kv.ModRevision <= c.presenceRev {
+		return
+	}
+	switch ev.Type {
+	case clientv3.EventTypeDelete:
+		c.end(errLeaseLost)
+	default:
+		c.end(errReplaced)
+	}
+}
+
+func (s *Service) lookup(id string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[id]
+}
+
+// register makes c the stream of its agent on this replica and ends the one it replaces.
+func (s *Service) register(c *conn) {
+	s.mu.Lock()
+	old := s.conns[c.id]
+	s.conns[c.id] = c
+	s.mu.Unlock()
+	if old != nil {
+		s.logger.Info("a new stream replaces the agent's older one", "agent", c.name)
+		old.end(errReplaced)
+	}
+}
+
+func (s *Service) unregister(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[c.id] == c {
+		delete(s.conns, c.id)
+	}
+}
+
+// resyncAll pushes to every local stream what a missed event may have hidden.
+func (s *Service) resyncAll(ctx context.Context) {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		if err := s.pushAssigned(ctx, c, nil); err != nil {
+			s.logger.Warn("cannot resynchronise the agent's runs", "agent", c.name, "error", err)
+		}
+	}
+}
+
+// pushAssigned queues an Assign for every run leased to c's agent, except
+// the runs it resumed, and a Cancel for those whose cancel was requested.
+func (s *Service) pushAssigned(ctx context.Context, c *conn, resumed map[string]int64) error {
+	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list assignments: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		a, err := store.Unmarshal[*storev1.Assignment](kv.Value)
+		if err != nil || a.GetAgent() != c.name {
+			continue
+		}
+		c.assign(a.GetRun(), kv.ModRevision, resumed[a.GetRun()] == kv.ModRevision)
+	}
+	return nil
+}
+
+// ListAgents lists the agents the server knows, in name order, with the runs
+// each holds now.
+func (s *Service) ListAgents(ctx context.Context, pageSize int, token string) ([]*osvcv1.Agent, string, error) {
+	agents, next, err := store.List[*osvcv1.Agent](ctx, s.store, s.store.AgentsPrefix(), pageSize, token)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, "", fmt.Errorf("list assignments: %w", err)
+	}
+	runs := map[string][]string{}
+	for _, kv := range resp.Kvs {
+		if a, err := store.Unmarshal[*storev1.Assignment](kv.Value); err == nil {
+			runs[a.GetAgent()] = append(runs[a.GetAgent()], a.GetRun())
+		}
+	}
+	for _, a := range agents {
+		a.Runs = runs[a.GetName()]
+	}
+	return agents, next, nil
+}
+
+// Code maps a domain error to the gRPC code an Ack carries: a stale fencing
+// token is ABORTED, an unknown run NOT_FOUND.
+func Code(err error) codes.Code {
+	switch {
+	case err == nil:
+		return codes.OK
+	case errors.Is(err, store.ErrStaleLease):
+		return codes.Aborted
+	case errors.Is(err, store.ErrNotFound):
+		return codes.NotFound
+	case errors.Is(err, store.ErrInvalidArgument):
+		return codes.InvalidArgument
+	case errors.Is(err, store.ErrFailedPrecondition):
+		return codes.FailedPrecondition
+	case errors.Is(err, store.ErrContended):
+		// Contended, not refused: the agent may send the report again.
+		return codes.Unavailable
+	case errors.Is(err, context.Canceled):
+		return codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	}
+	return codes.Internal
+}

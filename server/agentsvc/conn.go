@@ -1,0 +1,579 @@
+package agentsvc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/store"
+)
+
+// Why a stream ended, as the agent sees it.
+var (
+	errLeaseLost = status.Error(codes.Unavailable, "the agent's lease ended; reconnect and discard the runs the server names")
+	errReplaced  = status.Error(codes.Aborted, "a newer stream of the same agent replaced this one")
+	errSilent    = status.Error(codes.Unavailable, "no message from the agent for three heartbeat intervals; reconnect")
+	errShutdown  = status.Error(codes.Unavailable, "the server is shutting down; reconnect")
+)
+
+// conn is one agent's stream on this replica.
+type conn struct {
+	s      *Service
+	id     string // agent name without "agents/"
+	name   string // agents/{id}
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	leaseID     clientv3.LeaseID
+	presence    []byte // the presence value this stream wrote
+	presenceRev int64
+
+	out outbox
+
+	mu         sync.Mutex
+	sentAssign map[string]int64 // run → fencing token pushed (or resumed)
+	sentCancel map[string]bool
+	drives     []*osvcv1.Drive
+	beatDirty  bool
+
+	lastRecv atomic.Int64 // unix nanos
+	blocked  atomic.Bool  // the reader waits for room in the work queue
+}
+
+func (c *conn) end(cause error) { c.cancel(cause) }
+
+// Connect serves one agent stream until the agent leaves, its lease ends, a
+// newer stream replaces it or the server stops. The returned error is a gRPC
+// status error.
+func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
+	first, err := s.recvHello(stream)
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if err := validateHello(hello); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	ctx, cancel := context.WithCancelCause(stream.Context())
+	defer cancel(nil)
+	c := &conn{
+		s:          s,
+		id:         hello.GetName(),
+		name:       servicing.AgentName(hello.GetName()),
+		ctx:        ctx,
+		cancel:     cancel,
+		sentAssign: map[string]int64{},
+		sentCancel: map[string]bool{},
+		drives:     hello.GetDrives(),
+	}
+	c.out.init()
+	c.lastRecv.Store(s.now().UnixNano())
+	logger := s.logger.With("agent", c.name)
+
+	resumedLease, err := s.lease(ctx, c)
+	if err != nil {
+		return status.Error(codes.Unavailable, fmt.Sprintf("cannot grant the agent's lease: %v", err))
+	}
+	if err := s.markConnected(ctx, c, hello); err != nil {
+		return status.Error(codes.Unavailable, fmt.Sprintf("cannot record the agent: %v", err))
+	}
+	defer s.markDisconnected(c)
+	kaCtx, kaCancel := context.WithCancel(ctx)
+	defer kaCancel()
+	keepalive, err := s.client.KeepAlive(kaCtx, c.leaseID)
+	if err != nil {
+		return status.Error(codes.Unavailable, fmt.Sprintf("cannot keep the agent's lease alive: %v", err))
+	}
+	logger.Info("agent connected", "site", hello.GetSite(), "lease", int64(c.leaseID), "resumed_lease", resumedLease,
+		"held_runs", len(hello.GetHeldRuns()))
+
+	resume, discard, resumed, err := s.heldRuns(ctx, c, hello.GetHeldRuns())
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Welcome{Welcome: &osvcv1.Welcome{
+		Agent:             c.name,
+		HeartbeatInterval: durationpb.New(s.heartbeat),
+		ResumeRuns:        resume,
+		DiscardRuns:       discard,
+	}}})
+
+	// Registered once its presence is written, so the presence watch tells
+	// this stream's own write (at presenceRev) from later ones, and once
+	// Welcome is queued, so it goes first. pushAssigned below lists what
+	// the watches saw before.
+	s.register(c)
+	defer s.unregister(c)
+
+	// The reader is not waited for: Recv returns only once this handler has
+	// returned. Every other goroutine ends with ctx.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel(nil)
+	wg.Go(func() {
+		if err := c.write(stream); err != nil {
+			c.end(err)
+		}
+	})
+	if err := s.pushAssigned(ctx, c, resumed); err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	work := make(chan *osvcv1.ConnectRequest, workQueue)
+	wg.Go(func() { c.work(work) })
+	wg.Go(func() { c.beats() })
+	go func() {
+		err := c.read(stream, work)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		c.end(err)
+	}()
+	wg.Go(func() {
+		for range keepalive {
+		}
+		// The channel closes when kaCtx ends or when the lease is gone.
+		if kaCtx.Err() == nil {
+			c.end(errLeaseLost)
+		}
+	})
+
+	<-ctx.Done()
+	cause := context.Cause(ctx)
+	if errors.Is(cause, context.Canceled) || stream.Context().Err() != nil {
+		logger.Info("agent disconnected")
+		return nil
+	}
+	if _, ok := status.FromError(cause); !ok {
+		logger.Warn("agent stream failed", "error", cause)
+		return status.Error(codes.Unavailable, cause.Error())
+	}
+	logger.Info("agent stream ended", "reason", cause)
+	return cause
+}
+
+// recvHello waits for the agent's first message, for as long as the agent
+// may stay silent: a stream that never says Hello does not hold a handler.
+func (s *Service) recvHello(stream osvcv1.AgentService_ConnectServer) (*osvcv1.ConnectRequest, error) {
+	type received struct {
+		m   *osvcv1.ConnectRequest
+		err error
+	}
+	ch := make(chan received, 1)
+	// Recv returns at the latest when this handler returns.
+	go func() {
+		m, err := stream.Recv()
+		ch <- received{m, err}
+	}()
+	timer := time.NewTimer(missedHeartbeats * s.heartbeat)
+	defer timer.Stop()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-timer.C:
+		return nil, status.Error(codes.DeadlineExceeded, "no Hello from the agent in time; open the stream with Hello")
+	}
+}
+
+func validateHello(h *osvcv1.Hello) error {
+	switch {
+	case h == nil:
+		return errors.New("open the stream with Hello")
+	case !agentNameRE.MatchString(h.GetName()):
+		return fmt.Errorf("hello.name %q: use the host name: 1 to 63 letters, digits, '.', '_' or '-'", h.GetName())
+	}
+	if err := catalog.ValidateSite(h.GetSite()); err != nil {
+		return fmt.Errorf("hello.site: %v", err)
+	}
+	if h.GetCapacity() < 0 {
+		return fmt.Errorf("hello.capacity is %d; send how many runs the agent services at once (0 means 1)", h.GetCapacity())
+	}
+	return nil
+}
+
+// lease resumes the agent's lease when its presence shows one still alive
+// (a reconnect within the TTL keeps its runs), else grants a new one.
+func (s *Service) lease(ctx context.Context, c *conn) (bool, error) {
+	p, _, err := store.Get[*storev1.AgentPresence](ctx, s.store, s.store.PresenceKey(c.id))
+	if err == nil && p.GetLeaseId() != 0 {
+		ttl, err := s.client.TimeToLive(ctx, clientv3.LeaseID(p.GetLeaseId()))
+		if err == nil && ttl.TTL > 0 {
+			c.leaseID = clientv3.LeaseID(p.GetLeaseId())
+			return true, nil
+		}
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return false, err
+	}
+	g, err := s.client.Grant(ctx, int64((s.leaseTTL+time.Second-1)/time.Second))
+	if err != nil {
+		return false, err
+	}
+	c.leaseID = g.ID
+	return false, nil
+}
+
+// markConnected writes the presence (on the lease) and the agent record in one txn.
+func (s *Service) markConnected(ctx context.Context, c *conn, hello *osvcv1.Hello) error {
+	now := timestamppb.New(s.now())
+	presence, err := s.store.Marshal(&storev1.AgentPresence{Agent: c.name, LeaseId: int64(c.leaseID), Server: s.serverID, ConnectTime: now})
+	if err != nil {
+		return err
+	}
+	agent, err := s.store.Marshal(&osvcv1.Agent{
+		Name:         c.name,
+		Site:         hello.GetSite(),
+		Host:         hello.GetHost(),
+		Version:      hello.GetVersion(),
+		Engines:      hello.GetEngines(),
+		Drives:       hello.GetDrives(),
+		Capacity:     max(hello.GetCapacity(), 1),
+		State:        osvcv1.AgentState_AGENT_STATE_CONNECTED,
+		LastSeenTime: now,
+	})
+	if err != nil {
+		return err
+	}
+	resp, err := s.client.Txn(ctx).Then(
+		clientv3.OpPut(s.store.PresenceKey(c.id), string(presence), clientv3.WithLease(c.leaseID)),
+		clientv3.OpPut(s.store.AgentKey(c.id), string(agent)),
+	).Commit()
+	if err != nil {
+		return err
+	}
+	c.presence, c.presenceRev = presence, resp.Header.Revision
+	return nil
+}
+
+// markDisconnected records that the stream dropped, unless a newer stream of
+// the agent took over. The lease is left to expire: a reconnect within the TTL
+// resumes it and the agent keeps its runs.
+func (s *Service) markDisconnected(c *conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
+	defer cancel()
+	key := s.store.AgentKey(c.id)
+	for attempt := 0; attempt < 8; attempt++ {
+		agent, rev, err := store.Get[*osvcv1.Agent](ctx, s.store, key)
+		if err != nil {
+			s.logger.Warn("cannot mark agent disconnected", "agent", c.name, "error", err)
+			return
+		}
+		agent.State = osvcv1.AgentState_AGENT_STATE_DISCONNECTED
+		agent.LastSeenTime = timestamppb.New(time.Unix(0, c.lastRecv.Load()))
+		data, err := s.store.Marshal(agent)
+		if err != nil {
+			return
+		}
+		resp, err := s.client.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(key), "=", rev),
+			clientv3.Compare(clientv3.Value(s.store.PresenceKey(c.id)), "=", string(c.presence)),
+		).Then(clientv3.OpPut(key, string(data))).Else(clientv3.OpGet(s.store.PresenceKey(c.id))).Commit()
+		if err != nil {
+			s.logger.Warn("cannot mark agent disconnected", "agent", c.name, "error", err)
+			return
+		}
+		if resp.Succeeded {
+			return
+		}
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 0 || string(kvs[0].Value) != string(c.presence) {
+			return // replaced, or the lease already ended
+		}
+	}
+}
+
+// heldRuns sorts the runs the agent says it holds: resume those whose
+// assignment is still its own with the same token, discard the others.
+func (s *Service) heldRuns(ctx context.Context, c *conn, held []*osvcv1.HeldRun) (resume, discard []string, resumed map[string]int64, err error) {
+	resumed = map[string]int64{}
+	for _, h := range held {
+		id, err := servicing.RunID(h.GetRun())
+		if err != nil {
+			discard = append(discard, h.GetRun())
+			continue
+		}
+		resp, err := s.client.Get(ctx, s.store.AssignmentKey(id))
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("look up held run %s: %w", h.GetRun(), err)
+		}
+		ok := false
+		if len(resp.Kvs) == 1 && resp.Kvs[0].ModRevision == h.GetFencingToken() {
+			a, err := store.Unmarshal[*storev1.Assignment](resp.Kvs[0].Value)
+			ok = err == nil && a.GetAgent() == c.name
+		}
+		if ok {
+			resume = append(resume, h.GetRun())
+			resumed[h.GetRun()] = h.GetFencingToken()
+		} else {
+			discard = append(discard, h.GetRun())
+		}
+	}
+	return resume, discard, resumed, nil
+}
+
+// read receives the agent's messages: heartbeats are taken inline and cheaply
+// (in memory), everything else goes to the worker, so a flood of log batches
+// never delays a heartbeat behind etcd.
+func (c *conn) read(stream osvcv1.AgentService_ConnectServer, work chan<- *osvcv1.ConnectRequest) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		c.lastRecv.Store(c.s.now().UnixNano())
+		switch m := req.GetMessage().(type) {
+		case *osvcv1.ConnectRequest_Heartbeat:
+			c.mu.Lock()
+			if d := m.Heartbeat.GetDrives(); len(d) > 0 {
+				c.drives = d
+			}
+			c.beatDirty = true
+			c.mu.Unlock()
+			continue
+		case nil:
+			c.ack(req.GetId(), codes.InvalidArgument, "empty message; send one of the agent messages")
+			continue
+		}
+		c.blocked.Store(true)
+		select {
+		case work <- req:
+		case <-c.ctx.Done():
+			return nil
+		}
+		c.blocked.Store(false)
+		c.lastRecv.Store(c.s.now().UnixNano())
+	}
+}
+
+// work hands reports to servicing in the order they came and acks each.
+func (c *conn) work(work <-chan *osvcv1.ConnectRequest) {
+	for {
+		var req *osvcv1.ConnectRequest
+		select {
+		case <-c.ctx.Done():
+			return
+		case r, ok := <-work:
+			if !ok {
+				return
+			}
+			req = r
+		}
+		err := c.handle(req)
+		code := Code(err)
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+			if code == codes.Internal || code == codes.Unavailable {
+				c.s.logger.Warn("report not accepted", "agent", c.name, "error", err)
+			} else {
+				c.s.logger.Debug("report refused", "agent", c.name, "code", code, "error", err)
+			}
+		}
+		c.ack(req.GetId(), code, msg)
+	}
+}
+
+func (c *conn) handle(req *osvcv1.ConnectRequest) error {
+	sv := c.s.servicing
+	switch m := req.GetMessage().(type) {
+	case *osvcv1.ConnectRequest_StepChanged:
+		return sv.ReportStep(c.ctx, c.name, m.StepChanged)
+	case *osvcv1.ConnectRequest_Progress:
+		return sv.ReportProgress(c.ctx, c.name, m.Progress)
+	case *osvcv1.ConnectRequest_UpdateResult:
+		return sv.ReportUpdateResult(c.ctx, c.name, m.UpdateResult)
+	case *osvcv1.ConnectRequest_LogBatch:
+		return sv.ReportLogs(c.ctx, c.name, m.LogBatch)
+	case *osvcv1.ConnectRequest_RunResult:
+		return sv.ReportRunResult(c.ctx, c.name, m.RunResult)
+	case *osvcv1.ConnectRequest_Hello:
+		return fmt.Errorf("hello was already received on this stream; reconnect to say hello again: %w", store.ErrFailedPrecondition)
+	}
+	return fmt.Errorf("unknown agent message %T; upgrade the server: %w", req.GetMessage(), store.ErrInvalidArgument)
+}
+
+func (c *conn) ack(id uint64, code codes.Code, msg string) {
+	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: &osvcv1.Ack{Id: id, Code: int32(code), Message: msg}}})
+}
+
+// beats writes heartbeats to the agent record at most once per interval, and
+// ends a stream that stayed silent too long.
+func (c *conn) beats() {
+	t := time.NewTicker(c.s.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		silent := c.s.now().Sub(time.Unix(0, c.lastRecv.Load()))
+		if silent > missedHeartbeats*c.s.heartbeat && !c.blocked.Load() {
+			c.end(errSilent)
+			return
+		}
+		c.mu.Lock()
+		dirty, drives := c.beatDirty, c.drives
+		c.beatDirty = false
+		c.mu.Unlock()
+		if !dirty {
+			continue
+		}
+		seen := timestamppb.New(time.Unix(0, c.lastRecv.Load()))
+		_, _, err := store.Update(c.ctx, c.s.store, c.s.store.AgentKey(c.id), func(a *osvcv1.Agent) error {
+			a.LastSeenTime = seen
+			a.Drives = drives
+			return nil
+		})
+		if err != nil && c.ctx.Err() == nil {
+			c.s.logger.Warn("cannot record the agent's heartbeat", "agent", c.name, "error", err)
+		}
+	}
+}
+
+// assign queues an Assign of run under token, once per token; a resumed run
+// is only checked for a pending cancel.
+func (c *conn) assign(run string, token int64, resumed bool) {
+	c.mu.Lock()
+	if c.sentAssign[run] == token {
+		c.mu.Unlock()
+		return
+	}
+	c.sentAssign[run] = token
+	c.mu.Unlock()
+	c.out.pushBuild(func(ctx context.Context) ([]*osvcv1.ConnectResponse, error) {
+		a, err := c.s.servicing.Assignment(ctx, run, token)
+		if err != nil {
+			return nil, err
+		}
+		var msgs []*osvcv1.ConnectResponse
+		if !resumed {
+			msgs = append(msgs, &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Assign{Assign: a}})
+		}
+		if a.GetRun().GetCancelRequested() && c.markCancel(run) {
+			msgs = append(msgs, cancelMsg(run, token, a.GetRun().GetError()))
+		}
+		return msgs, nil
+	})
+}
+
+// cancelRun queues a Cancel of a run this stream was given.
+func (c *conn) cancelRun(run, reason string) {
+	c.mu.Lock()
+	token, ok := c.sentAssign[run]
+	c.mu.Unlock()
+	// A run not assigned yet gets its Cancel right after its Assign.
+	if !ok || !c.markCancel(run) {
+		return
+	}
+	c.out.push(cancelMsg(run, token, reason))
+}
+
+func (c *conn) markCancel(run string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sentCancel[run] {
+		return false
+	}
+	c.sentCancel[run] = true
+	return true
+}
+
+func cancelMsg(run string, token int64, reason string) *osvcv1.ConnectResponse {
+	return &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Cancel{Cancel: &osvcv1.Cancel{Run: run, FencingToken: token, Reason: reason}}}
+}
+
+// write is the stream's one sender: it sends the outbox in order, building
+// Assigns (which read etcd) as their turn comes.
+func (c *conn) write(stream osvcv1.AgentService_ConnectServer) error {
+	for {
+		items, ok := c.out.take(c.ctx)
+		if !ok {
+			return nil
+		}
+		for _, it := range items {
+			msgs := []*osvcv1.ConnectResponse{it.msg}
+			if it.build != nil {
+				built, err := it.build(c.ctx)
+				if err != nil {
+					if c.ctx.Err() != nil {
+						return nil
+					}
+					if errors.Is(err, store.ErrStaleLease) {
+						// The run ended or moved on before its turn came.
+						c.s.logger.Debug("push no longer current", "agent", c.name, "error", err)
+						continue
+					}
+					c.s.logger.Warn("cannot build a push for the agent", "agent", c.name, "error", err)
+					continue
+				}
+				msgs = built
+			}
+			for _, m := range msgs {
+				if err := stream.Send(m); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// outbox is an unbounded, ordered queue of messages for one stream: pushes
+// from watches never block on a slow agent.
+type outbox struct {
+	mu     sync.Mutex
+	items  []outItem
+	notify chan struct{}
+}
+
+type outItem struct {
+	msg   *osvcv1.ConnectResponse
+	build func(context.Context) ([]*osvcv1.ConnectResponse, error)
+}
+
+func (o *outbox) init() { o.notify = make(chan struct{}, 1) }
+
+func (o *outbox) push(m *osvcv1.ConnectResponse) { o.add(outItem{msg: m}) }
+
+func (o *outbox) pushBuild(f func(context.Context) ([]*osvcv1.ConnectResponse, error)) {
+	o.add(outItem{build: f})
+}
+
+func (o *outbox) add(it outItem) {
+	o.mu.Lock()
+	o.items = append(o.items, it)
+	o.mu.Unlock()
+	select {
+	case o.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take waits for items; false once ctx ended.
+func (o *outbox) take(ctx context.Context) ([]outItem, bool) {
+	for {
+		o.mu.Lock()
+		items := o.items
+		o.items = nil
+		o.mu.Unlock()
+		if len(items) > 0 {
+			return items, true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-o.notify:
+		}
+	}
+}

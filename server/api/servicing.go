@@ -1,0 +1,80 @@
+package api
+
+import (
+	"context"
+
+	"github.com/hashicorp/go-hclog"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/store"
+)
+
+type servicingServer struct {
+	osvcv1.UnimplementedServicingServiceServer
+	svc    *servicing.Service
+	logger hclog.Logger
+}
+
+// NewServicingServer serves ServicingService from s.
+func NewServicingServer(s *servicing.Service, logger hclog.Logger) osvcv1.ServicingServiceServer {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &servicingServer{svc: s, logger: logger.Named("api.servicing")}
+}
+
+func (a *servicingServer) CreateSchedule(ctx context.Context, req *osvcv1.CreateScheduleRequest) (*osvcv1.CreateScheduleResponse, error) {
+	if req.GetParent() == "" {
+		return nil, Status(store.InvalidArgument("parent", "name the image to service, images/{id}"))
+	}
+	if req.GetSchedule() == nil {
+		return nil, Status(store.InvalidArgument("schedule", "send the schedule: its updates, or all_applicable"))
+	}
+	sched, run, err := a.svc.CreateSchedule(ctx, req.GetParent(), req.GetSchedule(), req.GetAllApplicable())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.CreateScheduleResponse{Schedule: sched, Run: run}, nil
+}
+
+func (a *servicingServer) GetRun(ctx context.Context, req *osvcv1.GetRunRequest) (*osvcv1.GetRunResponse, error) {
+	run, err := a.svc.GetRun(ctx, req.GetName())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.GetRunResponse{Run: run}, nil
+}
+
+func (a *servicingServer) ListRuns(ctx context.Context, req *osvcv1.ListRunsRequest) (*osvcv1.ListRunsResponse, error) {
+	if req.GetPageSize() < 0 {
+		return nil, Status(store.InvalidArgument("page_size", "send 0 for the default or a positive size"))
+	}
+	runs, next, err := a.svc.ListRuns(ctx, req.GetImage(), int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.ListRunsResponse{Runs: runs, NextPageToken: next}, nil
+}
+
+func (a *servicingServer) WatchRun(req *osvcv1.WatchRunRequest, stream osvcv1.ServicingService_WatchRunServer) error {
+	if req.GetAfterSequence() < 0 {
+		return Status(store.InvalidArgument("after_sequence", "send 0 for every line or the last sequence you have"))
+	}
+	err := a.svc.WatchRun(stream.Context(), req.GetName(), req.GetAfterSequence(), func(run *osvcv1.Run, lines []*osvcv1.LogLine) error {
+		return stream.Send(&osvcv1.WatchRunResponse{Run: run, LogLines: lines})
+	})
+	if err != nil && stream.Context().Err() != nil {
+		// The client left; nothing to report.
+		return nil
+	}
+	return Status(err)
+}
+
+func (a *servicingServer) CancelRun(ctx context.Context, req *osvcv1.CancelRunRequest) (*osvcv1.CancelRunResponse, error) {
+	run, err := a.svc.CancelRun(ctx, req.GetName(), req.GetReason())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.CancelRunResponse{Run: run}, nil
+}

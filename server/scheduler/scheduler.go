@@ -1,0 +1,476 @@
+// Package scheduler turns PENDING runs into leases. One replica schedules at a
+// time, elected through etcd; it reacts to watches on runs, agents' presence
+// and assignments, and to a timer for runs that wait for their start time.
+//
+// Each pass is level-triggered: it reads the runs in progress, the
+// assignments and the connected agents, then leases what can be leased,
+// re-queues runs whose assignment vanished (their agent's lease ended) and
+// marks agents without presence LOST. Events only say when to look again, so a
+// missed or compacted event costs a pass, never a wrong state.
+package scheduler
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/store"
+)
+
+const (
+	defaultElectionTTL    = 10 * time.Second
+	defaultResyncInterval = time.Minute
+	defaultLogRetention   = 30 * 24 * time.Hour
+	// pruneInterval spaces the passes that delete logs past their retention.
+	pruneInterval = time.Hour
+	// retryDelay spaces attempts after an error (etcd unreachable, lost
+	// election session) so a broken cluster is not hammered.
+	retryDelay = time.Second
+)
+
+// Config configures a Scheduler.
+type Config struct {
+	Store     *store.Store
+	Servicing *servicing.Service
+	Logger    hclog.Logger
+	// ServerID names this replica in the election.
+	ServerID string
+	// ElectionTTL is the TTL of the election session: how long a dead
+	// leader blocks the others. Default 10s; at least 1s.
+	ElectionTTL time.Duration
+	// ResyncInterval is the longest time between passes; default 1m.
+	ResyncInterval time.Duration
+	// LogRetention is how long the log lines of an ended run are kept;
+	// default 30 days.
+	LogRetention time.Duration
+	// Now is the clock for start times; time.Now when nil.
+	Now func() time.Time
+}
+
+// Scheduler leases runs to agents.
+type Scheduler struct {
+	store     *store.Store
+	client    *clientv3.Client
+	servicing *servicing.Service
+	logger    hclog.Logger
+	serverID  string
+	ttl       time.Duration
+	resync    time.Duration
+	retention time.Duration
+	now       func() time.Time
+}
+
+// New validates cfg and returns a Scheduler.
+func New(cfg Config) (*Scheduler, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("scheduler: Config.Store is required")
+	}
+	if cfg.Servicing == nil {
+		return nil, errors.New("scheduler: Config.Servicing is required")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("scheduler: Config.ServerID is required; use the replica's host name")
+	}
+	s := &Scheduler{
+		store:     cfg.Store,
+		client:    cfg.Store.Client(),
+		servicing: cfg.Servicing,
+		logger:    cfg.Logger,
+		serverID:  cfg.ServerID,
+		ttl:       cmp.Or(cfg.ElectionTTL, defaultElectionTTL),
+		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
+		retention: cmp.Or(cfg.LogRetention, defaultLogRetention),
+		now:       cfg.Now,
+	}
+	if s.ttl < time.Second {
+		return nil, fmt.Errorf("scheduler: Config.ElectionTTL is %s; use at least 1s", cfg.ElectionTTL)
+	}
+	if s.resync < 0 {
+		return nil, fmt.Errorf("scheduler: Config.ResyncInterval is %s; use a positive duration", cfg.ResyncInterval)
+	}
+	if s.retention < 0 {
+		return nil, fmt.Errorf("scheduler: Config.LogRetention is %s; use a positive duration", cfg.LogRetention)
+	}
+	if s.logger == nil {
+		s.logger = hclog.NewNullLogger()
+	}
+	s.logger = s.logger.Named("scheduler")
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Run campaigns for leadership and schedules while leader, until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	for {
+		err := s.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.logger.Warn("scheduler lost leadership or etcd; campaigning again", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(retryDelay):
+		}
+	}
+}
+
+// lead wins the election and schedules until the session or ctx ends.
+func (s *Scheduler) lead(ctx context.Context) error {
+	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(s.ttl/time.Second)), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("election session: %w", err)
+	}
+	defer session.Close()
+	// Campaign does not return when its session expires: run it, and the
+	// leader's work, under a ctx canceled by session.Done().
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-session.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	election := concurrency.NewElection(session, s.store.ElectionPrefix())
+	if err := election.Campaign(ctx, s.serverID); err != nil {
+		return fmt.Errorf("campaign: %w", err)
+	}
+	s.logger.Info("elected to schedule", "server", s.serverID)
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		defer rcancel()
+		_ = election.Resign(rctx)
+	}()
+	err = s.loop(ctx)
+	select {
+	case <-session.Done():
+		return errors.New("election session expired")
+	default:
+		return err
+	}
+}
+
+// loop runs passes whenever a watch or the timer says so.
+func (s *Scheduler) loop(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	watches := []struct {
+		prefix   string
+		relevant func(*clientv3.Event) bool
+	}{
+		{s.store.RunsPrefix(), relevantRunEvent},
+		{s.store.PresencePrefix(), func(*clientv3.Event) bool { return true }},
+		{s.store.AssignmentsPrefix(), func(ev *clientv3.Event) bool { return ev.Type == clientv3.EventTypeDelete }},
+	}
+	// The watches end with ctx, which ends before loop returns.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for _, w := range watches {
+		wg.Go(func() { s.watch(ctx, w.prefix, w.relevant, poke) })
+	}
+
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	var lastPrune time.Time
+	for {
+		if now := s.now(); now.Sub(lastPrune) >= pruneInterval {
+			if _, err := s.servicing.PruneLogs(ctx, now.Add(-s.retention)); err != nil && ctx.Err() == nil {
+				s.logger.Warn("cannot prune old run logs", "error", err)
+			}
+			lastPrune = now
+		}
+		next, err := s.Pass(ctx)
+		wait := s.resync
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.logger.Warn("scheduling pass failed; trying again", "error", err)
+			wait = retryDelay
+		} else if !next.IsZero() {
+			wait = min(wait, max(next.Sub(s.now()), time.Millisecond))
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// relevantRunEvent keeps the run changes a pass acts on: runs waiting for a
+// lease and runs leased without their token yet. Progress of running runs,
+// the bulk of the traffic, is not.
+func relevantRunEvent(ev *clientv3.Event) bool {
+	if ev.Type == clientv3.EventTypeDelete {
+		return false
+	}
+	run, err := store.Unmarshal[*osvcv1.Run](ev.Kv.Value)
+	if err != nil {
+		return true
+	}
+	switch run.GetState() {
+	case osvcv1.RunState_RUN_STATE_PENDING:
+		return true
+	case osvcv1.RunState_RUN_STATE_LEASED:
+		return run.GetFencingToken() == 0
+	}
+	return false
+}
+
+// watch pokes on relevant events under prefix, resuming from the last seen
+// revision; a compacted history pokes (the pass relists) and resumes from now.
+func (s *Scheduler) watch(ctx context.Context, prefix string, relevant func(*clientv3.Event) bool, poke func()) {
+	rev := int64(0)
+	for ctx.Err() == nil {
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev+1))
+		}
+		for wresp := range s.client.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...) {
+			if wresp.CompactRevision != 0 {
+				rev = 0
+				poke()
+				break
+			}
+			if err := wresp.Err(); err != nil {
+				s.logger.Debug("watch broke; resuming", "prefix", prefix, "error", err)
+				break
+			}
+			for _, ev := range wresp.Events {
+				rev = ev.Kv.ModRevision
+				if relevant(ev) {
+					poke()
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(retryDelay / 10):
+			// A broken watch may mean missed events.
+			poke()
+		}
+	}
+}
+
+// agentSlot is a connected agent as a pass sees it.
+type agentSlot struct {
+	name     string
+	site     string
+	leaseID  int64
+	capacity int
+	held     int
+}
+
+// Pass looks at every run in progress once: re-queues runs whose assignment
+// is gone, repairs tokens, marks agents without presence LOST and leases
+// PENDING runs whose time has come. It returns when the earliest waiting run
+// may start (zero when none waits). Pass is exported for tests and tools; Run
+// calls it.
+func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
+	assigned, err := s.assignments(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	agents, err := s.agents(ctx, assigned)
+	if err != nil {
+		return time.Time{}, err
+	}
+	runs, err := s.servicing.ActiveRuns(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	slices.SortFunc(runs, func(a, b servicing.ActiveRun) int { return cmp.Compare(a.Run.GetName(), b.Run.GetName()) })
+
+	var next time.Time
+	now := s.now()
+	for _, ar := range runs {
+		run, rev := ar.Run, ar.Revision
+		if servicing.IsLeased(run.GetState()) {
+			if _, ok := assigned[run.GetName()]; ok {
+				if run.GetFencingToken() == 0 {
+					if err := s.servicing.RepairFencingToken(ctx, run.GetName()); err != nil {
+						s.logger.Warn("cannot repair the fencing token", "run", run.GetName(), "error", err)
+					}
+				}
+				continue
+			}
+			requeued, err := s.servicing.Requeue(ctx, run.GetName(), fmt.Sprintf("the lease of %s ended", run.GetAgent()))
+			if err != nil {
+				s.logger.Warn("cannot requeue", "run", run.GetName(), "error", err)
+				continue
+			}
+			run, rev = requeued, 0
+		}
+		if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetCancelRequested() {
+			continue
+		}
+		if nb := run.GetNotBefore(); nb != nil && nb.AsTime().After(now) {
+			if next.IsZero() || nb.AsTime().Before(next) {
+				next = nb.AsTime()
+			}
+			continue
+		}
+		if err := s.lease(ctx, run, rev, agents); err != nil {
+			s.logger.Warn("cannot lease", "run", run.GetName(), "error", err)
+		}
+	}
+	return next, nil
+}
+
+// lease gives run to the least loaded connected agent of its image's site.
+func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agents []*agentSlot) error {
+	imageID, err := catalog.ImageID(run.GetImage())
+	if err != nil {
+		return err
+	}
+	img, _, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
+	if err != nil {
+		return fmt.Errorf("image of %s: %w", run.GetName(), err)
+	}
+	var candidates []*agentSlot
+	for _, a := range agents {
+		if a.site == img.GetSite() && a.held < a.capacity {
+			candidates = append(candidates, a)
+		}
+	}
+	slices.SortFunc(candidates, func(a, b *agentSlot) int {
+		return cmp.Or(cmp.Compare(a.held, b.held), cmp.Compare(b.capacity, a.capacity), cmp.Compare(a.name, b.name))
+	})
+	for _, a := range candidates {
+		_, err := s.servicing.Lease(ctx, run.GetName(), rev, a.name, a.leaseID)
+		if err == nil {
+			a.held++
+			return nil
+		}
+		if errors.Is(err, store.ErrFailedPrecondition) {
+			return nil // no longer PENDING: canceled or leased meanwhile
+		}
+		if !errors.Is(err, store.ErrContended) {
+			return err
+		}
+		// The run or this agent changed since the pass began; the watch will
+		// bring another pass for the run, try the next agent meanwhile.
+		s.logger.Debug("lease raced", "run", run.GetName(), "agent", a.name, "error", err)
+		rev = 0
+	}
+	if len(candidates) == 0 {
+		s.logger.Trace("no agent with free capacity for the run's site", "run", run.GetName(), "site", img.GetSite())
+	}
+	return nil
+}
+
+// assignments maps run names to their assignment.
+func (s *Scheduler) assignments(ctx context.Context) (map[string]*storev1.Assignment, error) {
+	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list assignments: %w", err)
+	}
+	out := make(map[string]*storev1.Assignment, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		a, err := store.Unmarshal[*storev1.Assignment](kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		out[servicing.RunName(store.IDFromKey(string(kv.Key)))] = a
+	}
+	return out, nil
+}
+
+// agents returns the connected agents with their load, and marks agents
+// without presence LOST.
+func (s *Scheduler) agents(ctx context.Context, assigned map[string]*storev1.Assignment) ([]*agentSlot, error) {
+	resp, err := s.client.Txn(ctx).Then(
+		clientv3.OpGet(s.store.PresencePrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.store.AgentsPrefix(), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("list agents: %w", err)
+	}
+	presence := map[string]*storev1.AgentPresence{}
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		p, err := store.Unmarshal[*storev1.AgentPresence](kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		presence[store.IDFromKey(string(kv.Key))] = p
+	}
+	held := map[string]int{}
+	for _, a := range assigned {
+		held[a.GetAgent()]++
+	}
+	var out []*agentSlot
+	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+		agent, err := store.Unmarshal[*osvcv1.Agent](kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		id := store.IDFromKey(string(kv.Key))
+		p, ok := presence[id]
+		if !ok {
+			if agent.GetState() != osvcv1.AgentState_AGENT_STATE_LOST {
+				s.markLost(ctx, id, kv.ModRevision, agent)
+			}
+			continue
+		}
+		if agent.GetState() != osvcv1.AgentState_AGENT_STATE_CONNECTED {
+			// Its stream dropped: its lease still holds its runs, but new
+			// ones wait for an agent that can start them.
+			continue
+		}
+		out = append(out, &agentSlot{
+			name:     agent.GetName(),
+			site:     agent.GetSite(),
+			leaseID:  p.GetLeaseId(),
+			capacity: max(int(agent.GetCapacity()), 1),
+			held:     held[agent.GetName()],
+		})
+	}
+	return out, nil
+}
+
+// markLost records that the agent's lease ended, unless it reconnected meanwhile.
+func (s *Scheduler) markLost(ctx context.Context, id string, rev int64, agent *osvcv1.Agent) {
+	agent.State = osvcv1.AgentState_AGENT_STATE_LOST
+	agent.Runs = nil
+	data, err := s.store.Marshal(agent)
+	if err != nil {
+		s.logger.Warn("cannot mark agent lost", "agent", agent.GetName(), "error", err)
+		return
+	}
+	key := s.store.AgentKey(id)
+	resp, err := s.client.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(key), "=", rev),
+		clientv3.Compare(clientv3.CreateRevision(s.store.PresenceKey(id)), "=", 0),
+	).Then(clientv3.OpPut(key, string(data))).Commit()
+	if err != nil {
+		s.logger.Warn("cannot mark agent lost", "agent", agent.GetName(), "error", err)
+		return
+	}
+	if resp.Succeeded {
+		s.logger.Info("agent lost: its lease ended", "agent", agent.GetName(), "last_seen", agent.GetLastSeenTime().AsTime())
+	}
+}

@@ -1,0 +1,238 @@
+package scheduler_test
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/scheduler"
+	"github.com/osvc/osvc/server/servicing/servicingtest"
+	"github.com/osvc/osvc/server/store"
+	"github.com/osvc/osvc/server/store/storetest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	storetest.Close()
+	os.Exit(code)
+}
+
+// clock is a settable clock for the scheduler's not_before decisions.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
+
+func newScheduler(t *testing.T, env *servicingtest.Env, now func() time.Time) *scheduler.Scheduler {
+	t.Helper()
+	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test", Now: now, ElectionTTL: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("scheduler.New: %v", err)
+	}
+	return s
+}
+
+func schedule(t *testing.T, env *servicingtest.Env, image string, start time.Time) *osvcv1.Run {
+	t.Helper()
+	sched := &osvcv1.Schedule{Updates: []string{"updates/cu"}}
+	if !start.IsZero() {
+		sched.StartTime = timestamppb.New(start)
+	}
+	_, run, err := env.Service.CreateSchedule(context.Background(), image, sched, false)
+	if err != nil {
+		t.Fatalf("CreateSchedule: %v", err)
+	}
+	return run
+}
+
+func newEnv(t *testing.T) *servicingtest.Env {
+	env := servicingtest.New(t, servicingtest.Options{})
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
+	return env
+}
+
+func TestPassLeasesRunsToTheLeastLoadedAgentsOfTheImageSite(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	a := env.Image(t, "a", "PS1", 1)
+	b := env.Image(t, "b", "PS1", 1)
+	c := env.Image(t, "c", "PS1", 1)
+	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	env.Connect(t, "ps1-b", "PS1", 1, 30*time.Second)
+	env.Connect(t, "ps2-x", "PS2", 4, 30*time.Second)
+	runA, runB, runC := schedule(t, env, a.Name, time.Time{}), schedule(t, env, b.Name, time.Time{}), schedule(t, env, c.Name, time.Time{})
+
+	if _, err := newScheduler(t, env, nil).Pass(ctx); err != nil {
+		t.Fatalf("Pass: %v", err)
+	}
+	agents := map[string]bool{}
+	for _, name := range []string{runA.GetName(), runB.GetName()} {
+		r := env.Run(t, name)
+		if r.GetState() != osvcv1.RunState_RUN_STATE_LEASED || r.GetAttempt() != 1 || r.GetFencingToken() != env.AssignmentRevision(t, name) {
+			t.Errorf("run %s = %s attempt %d token %d, want LEASED with the assignment's revision as token", name, r.GetState(), r.GetAttempt(), r.GetFencingToken())
+		}
+		agents[r.GetAgent()] = true
+	}
+	if !agents["agents/ps1-a"] || !agents["agents/ps1-b"] {
+		t.Errorf("runs went to %v, want one to each PS1 agent", agents)
+	}
+	// Both PS1 agents are full; the PS2 agent is not for PS1 images.
+	if r := env.Run(t, runC.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
+		t.Errorf("third run %s on %q, want PENDING until a PS1 agent is free", r.GetState(), r.GetAgent())
+	}
+}
+
+func TestPassWaitsForTheStartTime(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	start := clk.Now().Add(time.Hour)
+	run := schedule(t, env, img.Name, start)
+	s := newScheduler(t, env, clk.Now)
+
+	next, err := s.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !next.Equal(start) {
+		t.Errorf("Pass wants to run again at %v, want the start time %v", next, start)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
+		t.Errorf("before its start time the run is %s, want PENDING", r.GetState())
+	}
+	clk.Set(start.Add(time.Second))
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED {
+		t.Errorf("after its start time the run is %s, want LEASED", r.GetState())
+	}
+}
+
+func TestPassRequeuesTheRunsOfALostAgentAndMarksItLost(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run := schedule(t, env, img.Name, time.Time{})
+	s := newScheduler(t, env, nil)
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Store.Client().Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING || r.GetAttempt() != 1 || r.GetAgent() != "" {
+		t.Errorf("run after its agent was lost = %v, want PENDING with attempt 1 counted", r)
+	}
+	agent, _, err := store.Get[*osvcv1.Agent](ctx, env.Store, env.Store.AgentKey("ps1-a"))
+	if err != nil || agent.GetState() != osvcv1.AgentState_AGENT_STATE_LOST {
+		t.Errorf("agent = %v, %v; want LOST", agent, err)
+	}
+}
+
+func TestPassRepairsAFencingTokenLeftAtZero(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run := schedule(t, env, img.Name, time.Time{})
+	if _, err := env.Service.Lease(ctx, run.GetName(), 0, "agents/ps1-a", int64(lease)); err != nil {
+		t.Fatal(err)
+	}
+	// As if the lease's second write had been lost.
+	if _, _, err := store.Update(ctx, env.Store, env.Store.RunKey(run.GetName()[len("runs/"):]), func(r *osvcv1.Run) error {
+		r.FencingToken = 0
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newScheduler(t, env, nil).Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetFencingToken() == 0 || r.GetFencingToken() != env.AssignmentRevision(t, run.GetName()) {
+		t.Errorf("token after the pass = %d, want the assignment's revision %d", r.GetFencingToken(), env.AssignmentRevision(t, run.GetName()))
+	}
+}
+
+func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := newScheduler(t, env, nil)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// A second replica campaigns too; only one of them schedules at a time.
+	s2 := newScheduler(t, env, nil)
+	done2 := make(chan error, 1)
+	go func() { done2 <- s2.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done2 })
+
+	img := env.Image(t, "a", "PS1", 1)
+	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run := schedule(t, env, img.Name, time.Time{})
+	leased := env.WaitRun(t, run.GetName(), "a lease with its token", func(r *osvcv1.Run) bool {
+		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED && r.GetFencingToken() != 0
+	})
+	if leased.GetAgent() != "agents/ps1-a" || leased.GetAttempt() != 1 {
+		t.Errorf("leased run = %v", leased)
+	}
+	if _, err := env.Store.Client().Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	env.WaitRun(t, run.GetName(), "a requeue", func(r *osvcv1.Run) bool {
+		return r.GetState() == osvcv1.RunState_RUN_STATE_PENDING && r.GetAttempt() == 1
+	})
+	// An agent showing up is an event too: the run is leased again.
+	env.Connect(t, "ps1-b", "PS1", 1, 30*time.Second)
+	again := env.WaitRun(t, run.GetName(), "a second lease", func(r *osvcv1.Run) bool {
+		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED && r.GetFencingToken() != 0
+	})
+	if again.GetAgent() != "agents/ps1-b" || again.GetAttempt() != 2 || again.GetFencingToken() == leased.GetFencingToken() {
+		t.Errorf("second lease = agent %s attempt %d token %d", again.GetAgent(), again.GetAttempt(), again.GetFencingToken())
+	}
+}
+
+func TestNewRefusesAnIncompleteConfig(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	tests := []struct {
+		name string
+		cfg  scheduler.Config
+	}{
+		{"without a store", scheduler.Config{Servicing: env.Service, ServerID: "x"}},
+		{"without servicing", scheduler.Config{Store: env.Store, ServerID: "x"}},
+		{"without a server id", scheduler.Config{Store: env.Store, Servicing: env.Service}},
+		{"with an election TTL under a second", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x", ElectionTTL: time.Millisecond}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := scheduler.New(tt.cfg); err == nil {
+				t.Error("New accepted it")
+			}
+		})
+	}
+}

@@ -1,0 +1,452 @@
+package servicing
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/store"
+)
+
+const (
+	// maxLogChunkBytes keeps every stored log chunk well under the store's
+	// value limit; a big batch becomes several chunks.
+	maxLogChunkBytes = 256 << 10
+	// maxLogLineBytes truncates a single runaway line.
+	maxLogLineBytes = 16 << 10
+)
+
+// Reports are accepted only from the agent holding the run's current
+// assignment: each is written in a transaction comparing the assignment key's
+// ModRevision with the report's fencing token. A stale token is
+// store.ErrStaleLease, an unknown run store.ErrNotFound.
+
+// ReportStep records that a pipeline step started or ended.
+func (s *Service) ReportStep(ctx context.Context, agent string, m *osvcv1.StepChanged) error {
+	step := m.GetStep()
+	if step.GetStep() == osvcv1.Step_STEP_UNSPECIFIED {
+		return store.InvalidArgument("step_changed.step.step", "name the pipeline step, e.g. STEP_DRIVE")
+	}
+	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+		run := ch.run
+		rec := proto.Clone(step).(*osvcv1.StepRecord)
+		now := timestamppb.New(s.now())
+		i := slices.IndexFunc(run.Steps, func(r *osvcv1.StepRecord) bool { return r.GetStep() == rec.GetStep() })
+		if i >= 0 {
+			if rec.StartTime == nil {
+				rec.StartTime = run.Steps[i].GetStartTime()
+			}
+			run.Steps[i] = rec
+		} else {
+			run.Steps = append(run.Steps, rec)
+		}
+		if rec.StartTime == nil {
+			rec.StartTime = now
+		}
+		if rec.GetState() != osvcv1.StepState_STEP_STATE_RUNNING && rec.EndTime == nil {
+			rec.EndTime = now
+		}
+		run.Step = rec.GetStep()
+		return nil
+	})
+	return err
+}
+
+// ReportProgress records how far the run is, overall and for one update.
+func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Progress) error {
+	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+		ch.run.Percent = clampPercent(m.GetPercent())
+		if u := m.GetUpdate(); u != nil && u.GetUpdate() != "" {
+			r := findResult(ch.run, u.GetUpdate(), u.GetIndex())
+			if r == nil {
+				return store.InvalidArgument("progress.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), u.GetUpdate(), u.GetIndex()))
+			}
+			if !finalUpdateState(r.GetState()) {
+				r.State = osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS
+				r.Percent = clampPercent(u.GetPercent())
+				if u.GetMessage() != "" {
+					r.Message = u.GetMessage()
+				}
+			}
+		}
+		return nil
+	})
+	return err
+}
+
+// ReportUpdateResult records the final state of one update on one index.
+func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv1.UpdateResultReport) error {
+	res := m.GetResult()
+	if !finalUpdateState(res.GetState()) {
+		return store.InvalidArgument("update_result.result.state", "report a final state: APPLIED, ALREADY_INSTALLED, NOT_APPLICABLE, UNSUPPORTED, FAILED or SKIPPED")
+	}
+	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+		r := findResult(ch.run, res.GetUpdate(), res.GetIndex())
+		if r == nil {
+			return store.InvalidArgument("update_result.result.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), res.GetUpdate(), res.GetIndex()))
+		}
+		r.State = res.GetState()
+		r.Message = res.GetMessage()
+		if res.GetState() == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
+			r.Percent = 100
+		} else {
+			r.Percent = clampPercent(res.GetPercent())
+		}
+		if r.Kb == "" {
+			r.Kb = res.GetKb()
+		}
+		return nil
+	})
+	return err
+}
+
+// ReportLogs stores a batch of log lines. The agent numbers the lines of its
+// attempt from 1; they are stored after the lines of the run's earlier
+// attempts. A line whose sequence is already stored (a resent batch) is
+// skipped, so every line is stored once. Lines past MaxLogLines are counted
+// and dropped.
+func (s *Service) ReportLogs(ctx context.Context, agent string, m *osvcv1.LogBatch) error {
+	base, err := s.logBase(ctx, m.GetRun())
+	if err != nil {
+		return err
+	}
+	lines := make([]*osvcv1.LogLine, 0, len(m.GetLines()))
+	for _, l := range m.GetLines() {
+		if l.GetSequence() <= 0 {
+			return store.InvalidArgument("log_batch.lines.sequence", "number the log lines of a run from 1")
+		}
+		if base > 0 {
+			l = proto.Clone(l).(*osvcv1.LogLine)
+			l.Sequence += base
+		}
+		lines = append(lines, l)
+	}
+	slices.SortStableFunc(lines, func(a, b *osvcv1.LogLine) int { return cmp.Compare(a.GetSequence(), b.GetSequence()) })
+	lines = slices.CompactFunc(lines, func(a, b *osvcv1.LogLine) bool { return a.GetSequence() == b.GetSequence() })
+	if len(lines) == 0 {
+		// Still check the token, so a zombie learns it is one.
+		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error { return errNoChange })
+		return err
+	}
+	// One chunk per transaction keeps each request well under etcd's limit.
+	for len(lines) > 0 {
+		var rest []*osvcv1.LogLine
+		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+			run := ch.run
+			runID, err := RunID(run.GetName())
+			if err != nil {
+				return err
+			}
+			first := 0
+			for first < len(lines) && lines[first].GetSequence() <= run.GetLogLineCount() {
+				first++
+			}
+			chunk := &storev1.LogChunk{}
+			size, n := 0, first
+			dropped := int64(0)
+			for ; n < len(lines); n++ {
+				l := lines[n]
+				if l.GetSequence() > s.maxLogLines {
+					dropped++
+					continue
+				}
+				l = normalizeLine(l, s.now)
+				sz := proto.Size(l) + 8
+				if size > 0 && size+sz > maxLogChunkBytes {
+					break
+				}
+				size += sz
+				chunk.Lines = append(chunk.Lines, l)
+			}
+			rest = lines[n:]
+			if n == first {
+				return errNoChange
+			}
+			run.LogLineCount = lines[n-1].GetSequence()
+			if dropped > 0 {
+				if s.droppedLogLines.Add(dropped) == dropped {
+					s.logger.Warn("run reached the log line cap, dropping further lines", "run", run.GetName(), "cap", s.maxLogLines)
+				}
+			}
+			if len(chunk.Lines) > 0 {
+				data, err := s.store.Marshal(chunk)
+				if err != nil {
+					return err
+				}
+				key := s.store.LogKey(runID, chunk.Lines[0].GetSequence())
+				ch.ops = append(ch.ops, clientv3.OpPut(key, string(data)))
+				ch.cmps = append(ch.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		lines = rest
+	}
+	return nil
+}
+
+// logBase is the number of lines the run's earlier attempts stored; 0 for an
+// unknown run (fenced then says why the report is refused).
+func (s *Service) logBase(ctx context.Context, runName string) (int64, error) {
+	id, err := idFromName("run", runName, runsCollection)
+	if err != nil {
+		return 0, err
+	}
+	base, _, err := store.Get[*wrapperspb.Int64Value](ctx, s.store, s.store.LogBaseKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("log lines of %s: %w", runName, err)
+	}
+	return base.GetValue(), nil
+}
+
+func normalizeLine(l *osvcv1.LogLine, now func() time.Time) *osvcv1.LogLine {
+	if l.Time != nil && len(l.GetMessage()) <= maxLogLineBytes {
+		return l
+	}
+	l = proto.Clone(l).(*osvcv1.LogLine)
+	if l.Time == nil {
+		l.Time = timestamppb.New(now())
+	}
+	if len(l.Message) > maxLogLineBytes {
+		l.Message = l.Message[:maxLogLineBytes] + "…"
+	}
+	return l
+}
+
+// ReportRunResult ends a run. SUCCEEDED swaps the image: the uploaded result
+// becomes the image's current version, the previous one is kept, older ones
+// are dropped (their blobs deleted unless still used), all in the transaction
+// that compares the fencing token. FAILED and CANCELED leave the image's
+// content untouched.
+func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.RunResult) error {
+	var content *osvcv1.Content
+	switch m.GetState() {
+	case osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED:
+	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
+		if m.GetResultSha256() == "" {
+			return store.InvalidArgument("run_result.result_sha256", "upload the serviced WIM with ContentService.Write and send its sha256")
+		}
+		c, err := s.library.Stat(ctx, m.GetResultSha256())
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidArgument) {
+			return fmt.Errorf("result %s is not in the content library; upload it with ContentService.Write before reporting: %w",
+				truncate(m.GetResultSha256(), 80), store.ErrFailedPrecondition)
+		}
+		if err != nil {
+			return fmt.Errorf("look up result %s: %w", m.GetResultSha256(), err)
+		}
+		content = c
+	default:
+		return store.InvalidArgument("run_result.state", "end a run with RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED")
+	}
+	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+		if m.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+			msg := m.GetError()
+			if msg == "" && m.GetState() == osvcv1.RunState_RUN_STATE_CANCELED {
+				msg = ch.run.GetError()
+			}
+			return s.end(ctx, ch, m.GetState(), msg)
+		}
+		return s.swap(ctx, ch, m, content)
+	})
+	if err != nil {
+		return err
+	}
+	s.logger.Info("run ended", "run", run.GetName(), "state", stateName(run.GetState()), "agent", agent,
+		"result_version", run.GetResultVersion(), "error", run.GetError())
+	return nil
+}
+
+// swap makes the uploaded result the image's current version.
+func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, content *osvcv1.Content) error {
+	img, err := s.loadImage(ctx, ch)
+	if err != nil {
+		return err
+	}
+	now := timestamppb.New(s.now())
+	next := int32(0)
+	for _, v := range img.GetVersions() {
+		next = max(next, v.GetVersion())
+	}
+	next++
+	newVersion := &osvcv1.ImageVersion{
+		Version:      next,
+		Sha256:       content.GetSha256(),
+		SizeBytes:    content.GetSizeBytes(),
+		CreatedByRun: ch.run.GetName(),
+		CreateTime:   now,
+	}
+	// Keep the version being replaced as the previous one, so rollback is a
+	// pointer move; drop the rest.
+	var kept, dropped []*osvcv1.ImageVersion
+	for _, v := range img.GetVersions() {
+		if v.GetVersion() == img.GetCurrentVersion() {
+			kept = append(kept, v)
+		} else {
+			dropped = append(dropped, v)
+		}
+	}
+	img.Versions = append(kept, newVersion)
+	img.CurrentVersion = next
+	if len(m.GetIndexes()) > 0 {
+		img.Indexes = m.GetIndexes()
+	}
+	if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_SUCCEEDED, ""); err != nil {
+		return err
+	}
+	run := ch.run
+	run.Error = ""
+	run.ResultVersion = next
+	run.ResultSha256 = content.GetSha256()
+	run.ResultSizeBytes = content.GetSizeBytes()
+	run.ResultIndexes = m.GetIndexes()
+	if len(dropped) > 0 {
+		ch.after = append(ch.after, func(ctx context.Context) { s.deleteBlobs(ctx, dropped) })
+	}
+	return nil
+}
+
+// deleteBlobs removes the blobs of dropped image versions unless a version of
+// any image still uses them. Failing here leaves an orphan blob, never a
+// dangling version, so it is logged, not returned.
+func (s *Service) deleteBlobs(ctx context.Context, dropped []*osvcv1.ImageVersion) {
+	used := map[string]bool{}
+	token := ""
+	for {
+		page, next, err := store.List[*osvcv1.Image](ctx, s.store, s.store.ImagesPrefix(), 1000, token)
+		if err != nil {
+			s.logger.Warn("cannot list images to delete dropped versions; their blobs stay", "error", err)
+			return
+		}
+		for _, img := range page {
+			for _, v := range img.GetVersions() {
+				used[v.GetSha256()] = true
+			}
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	for _, v := range dropped {
+		if used[v.GetSha256()] || v.GetSha256() == "" {
+			continue
+		}
+		if err := s.library.Delete(ctx, v.GetSha256()); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.logger.Warn("cannot delete the blob of a dropped image version", "sha256", v.GetSha256(), "version", v.GetVersion(), "error", err)
+			continue
+		}
+		s.logger.Info("dropped image version deleted", "sha256", v.GetSha256(), "version", v.GetVersion())
+	}
+}
+
+// errNoChange tells fenced that the report is accepted but changes nothing.
+var errNoChange = errors.New("no change")
+
+// fenced applies mutate to the run named runName when token is the current
+// fencing token of an assignment to agent, and commits it in a transaction
+// comparing that token and the run's revision, retrying when the run changed.
+// The first report of a LEASED run moves it IN_PROCESS.
+func (s *Service) fenced(ctx context.Context, agent, runName string, token int64, mutate func(*change) error) (*osvcv1.Run, error) {
+	runID, err := idFromName("run", runName, runsCollection)
+	if err != nil {
+		return nil, err
+	}
+	runKey, assignKey := s.store.RunKey(runID), s.store.AssignmentKey(runID)
+	for attempt := 0; attempt < txnRetries; attempt++ {
+		resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(runKey), clientv3.OpGet(assignKey)).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("report for %s: %w", runName, err)
+		}
+		runKVs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(runKVs) == 0 {
+			return nil, fmt.Errorf("run %s: %w", runName, store.ErrNotFound)
+		}
+		assignKVs := resp.Responses[1].GetResponseRange().GetKvs()
+		if len(assignKVs) == 0 || assignKVs[0].ModRevision != token || token == 0 {
+			return nil, fmt.Errorf("run %s is no longer leased with fencing token %d; drop its work: %w", runName, token, store.ErrStaleLease)
+		}
+		assignment, err := store.Unmarshal[*storev1.Assignment](assignKVs[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		if agent != "" && assignment.GetAgent() != agent {
+			return nil, fmt.Errorf("run %s is leased to %s, not %s: %w", runName, assignment.GetAgent(), agent, store.ErrStaleLease)
+		}
+		run, err := store.Unmarshal[*osvcv1.Run](runKVs[0].Value)
+		if err != nil {
+			return nil, err
+		}
+		if !IsLeased(run.GetState()) {
+			return nil, fmt.Errorf("run %s is %s: %w", runName, stateName(run.GetState()), store.ErrStaleLease)
+		}
+		ch := s.newChange(run)
+		dirty := false
+		if run.GetState() == osvcv1.RunState_RUN_STATE_LEASED {
+			dirty = true
+			run.State = osvcv1.RunState_RUN_STATE_IN_PROCESS
+			if err := s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_IN_PROCESS, false); err != nil {
+				return nil, err
+			}
+		}
+		if run.GetFencingToken() == 0 {
+			// The scheduler writes the token right after the lease; a
+			// report can beat it.
+			run.FencingToken = token
+			dirty = true
+		}
+		if err := mutate(ch); err != nil {
+			if !errors.Is(err, errNoChange) {
+				return nil, err
+			}
+			if !dirty {
+				return run, nil
+			}
+		}
+		ok, err := s.commit(ctx, ch,
+			clientv3.Compare(clientv3.ModRevision(assignKey), "=", token),
+			clientv3.Compare(clientv3.ModRevision(runKey), "=", runKVs[0].ModRevision))
+		if err != nil {
+			return nil, fmt.Errorf("report for %s: %w", runName, err)
+		}
+		if ok {
+			return ch.run, nil
+		}
+	}
+	return nil, fmt.Errorf("report for %s: the run kept changing; send it again: %w", runName, store.ErrContended)
+}
+
+func clampPercent(p int32) int32 { return min(max(p, 0), 100) }
+
+func findResult(run *osvcv1.Run, update string, index int32) *osvcv1.UpdateResult {
+	for _, r := range run.GetUpdateResults() {
+		if r.GetUpdate() == update && r.GetIndex() == index {
+			return r
+		}
+	}
+	return nil
+}
+
+func finalUpdateState(st osvcv1.UpdateState) bool {
+	switch st {
+	case osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED,
+		osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE, osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED,
+		osvcv1.UpdateState_UPDATE_STATE_FAILED, osvcv1.UpdateState_UPDATE_STATE_SKIPPED:
+		return true
+	}
+	return false
+}

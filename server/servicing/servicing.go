@@ -1,0 +1,491 @@
+// Package servicing schedules the servicing of images and keeps their runs:
+// creating a run, following it, cancelling it, and taking the reports of the
+// agent that holds its lease, each one fenced by the lease's token.
+//
+// The Run proto is the stored value: what etcd holds under store.RunKey is what
+// GetRun returns.
+package servicing
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store"
+)
+
+const (
+	defaultMaxAttempts = 3
+	defaultMaxLogLines = 100000
+	// txnRetries bounds the compare-and-swap loops; past it the caller gets
+	// ErrContended and may retry at its own level.
+	txnRetries          = 32
+	runsCollection      = "runs/"
+	schedulesCollection = "schedules/"
+	agentsCollection    = "agents/"
+)
+
+// Config configures a Service.
+type Config struct {
+	Store   *store.Store
+	Catalog *catalog.Catalog
+	Library *content.Library
+	Logger  hclog.Logger
+	// MaxAttempts bounds how often a run is leased: a run whose lease is lost
+	// on its last attempt fails. Default 3.
+	MaxAttempts int
+	// MaxLogLines caps the log lines stored per run; further lines are counted
+	// and dropped. Default 100000.
+	MaxLogLines int64
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+}
+
+// Service holds schedules and runs.
+type Service struct {
+	store       *store.Store
+	client      *clientv3.Client
+	catalog     *catalog.Catalog
+	library     *content.Library
+	logger      hclog.Logger
+	maxAttempts int
+	maxLogLines int64
+	now         func() time.Time
+
+	droppedLogLines atomic.Int64
+}
+
+// New validates cfg and returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("servicing: Config.Store is required")
+	}
+	if cfg.Catalog == nil {
+		return nil, errors.New("servicing: Config.Catalog is required")
+	}
+	if cfg.Library == nil {
+		return nil, errors.New("servicing: Config.Library is required")
+	}
+	if cfg.MaxAttempts < 0 {
+		return nil, fmt.Errorf("servicing: Config.MaxAttempts is %d; use 1 or more (0 for the default %d)", cfg.MaxAttempts, defaultMaxAttempts)
+	}
+	if cfg.MaxLogLines < 0 {
+		return nil, fmt.Errorf("servicing: Config.MaxLogLines is %d; use 1 or more (0 for the default %d)", cfg.MaxLogLines, defaultMaxLogLines)
+	}
+	s := &Service{
+		store:       cfg.Store,
+		client:      cfg.Store.Client(),
+		catalog:     cfg.Catalog,
+		library:     cfg.Library,
+		logger:      cfg.Logger,
+		maxAttempts: cfg.MaxAttempts,
+		maxLogLines: cfg.MaxLogLines,
+		now:         cfg.Now,
+	}
+	if s.logger == nil {
+		s.logger = hclog.NewNullLogger()
+	}
+	s.logger = s.logger.Named("servicing")
+	if s.maxAttempts == 0 {
+		s.maxAttempts = defaultMaxAttempts
+	}
+	if s.maxLogLines == 0 {
+		s.maxLogLines = defaultMaxLogLines
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s, nil
+}
+
+// Store returns the store the service writes to.
+func (s *Service) Store() *store.Store { return s.store }
+
+// MaxAttempts is how often a run may be leased.
+func (s *Service) MaxAttempts() int { return s.maxAttempts }
+
+// DroppedLogLines counts the log lines dropped since start because their run
+// had reached MaxLogLines.
+func (s *Service) DroppedLogLines() int64 { return s.droppedLogLines.Load() }
+
+// RunName returns runs/{id}.
+func RunName(id string) string { return runsCollection + id }
+
+// RunID returns the id of runs/{id}; InvalidArgument(field) on a bad name.
+func RunID(name string) (string, error) { return idFromName("name", name, runsCollection) }
+
+// AgentName returns agents/{name}.
+func AgentName(name string) string { return agentsCollection + name }
+
+// AgentID returns the last segment of agents/{name}.
+func AgentID(name string) string { return strings.TrimPrefix(name, agentsCollection) }
+
+func idFromName(field, name, collection string) (string, error) {
+	id, ok := strings.CutPrefix(name, collection)
+	if !ok {
+		return "", store.InvalidArgument(field, fmt.Sprintf("want %s{id}, got %q", collection, truncate(name, 80)))
+	}
+	if err := catalog.ValidateID(id); err != nil {
+		return "", store.InvalidArgument(field, fmt.Sprintf("in %q: %v", truncate(name, 80), err))
+	}
+	return id, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// newID returns a short id that sorts by creation time: prefix, then base32
+// (extended hex alphabet, which keeps byte order) of nanoseconds and 32 random bits.
+func newID(prefix string, now time.Time) string {
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixNano()))
+	_, _ = rand.Read(b[8:])
+	return prefix + strings.ToLower(base32.HexEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:]))
+}
+
+// IsFinal tells whether a run in state has ended.
+func IsFinal(state osvcv1.RunState) bool {
+	switch state {
+	case osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED:
+		return true
+	}
+	return false
+}
+
+// IsLeased tells whether a run in state is held by an agent.
+func IsLeased(state osvcv1.RunState) bool {
+	return state == osvcv1.RunState_RUN_STATE_LEASED || state == osvcv1.RunState_RUN_STATE_IN_PROCESS
+}
+
+// CreateSchedule validates a schedule for the image named parent and queues
+// its run, PENDING until sched.start_time. With allApplicable the schedule
+// takes every update applicable to the image instead of sched.updates. An
+// image has one run at a time: a second schedule while one is active is
+// ErrFailedPrecondition naming the active run.
+func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvcv1.Schedule, allApplicable bool) (*osvcv1.Schedule, *osvcv1.Run, error) {
+	imageID, err := catalog.ImageID(parent)
+	if err != nil {
+		return nil, nil, store.InvalidArgument("parent", fmt.Sprintf("want images/{id}, got %q", truncate(parent, 80)))
+	}
+	if sched == nil {
+		sched = &osvcv1.Schedule{}
+	}
+	for attempt := 0; attempt < txnRetries; attempt++ {
+		img, imgRev, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil, fmt.Errorf("image %s: %w", parent, store.ErrNotFound)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+		}
+		if err := s.checkNoActiveRun(ctx, imageID, parent); err != nil {
+			return nil, nil, err
+		}
+		source := currentVersion(img)
+		if source == nil {
+			return nil, nil, fmt.Errorf("image %s has no current version to service; import it again: %w", parent, store.ErrFailedPrecondition)
+		}
+		updates, err := s.selectUpdates(ctx, img, sched, allApplicable)
+		if err != nil {
+			return nil, nil, err
+		}
+		SortForServicing(updates)
+
+		now := s.now()
+		schedID := newID("s-", now)
+		runID := newID("r-", now)
+		outSched := &osvcv1.Schedule{
+			Name:                     parent + "/" + schedulesCollection + schedID,
+			StartTime:                sched.GetStartTime(),
+			ContinueOnError:          sched.GetContinueOnError(),
+			UpdateDistributionPoints: sched.GetUpdateDistributionPoints(),
+			RemoveSuperseded:         sched.GetRemoveSuperseded(),
+			CreateTime:               timestamppb.New(now),
+		}
+		run := &osvcv1.Run{
+			Name:                     RunName(runID),
+			Image:                    parent,
+			Schedule:                 outSched.Name,
+			State:                    osvcv1.RunState_RUN_STATE_PENDING,
+			ContinueOnError:          outSched.ContinueOnError,
+			RemoveSuperseded:         outSched.RemoveSuperseded,
+			UpdateDistributionPoints: outSched.UpdateDistributionPoints,
+			SourceVersion:            source.GetVersion(),
+			SourceSizeBytes:          source.GetSizeBytes(),
+			NotBefore:                sched.GetStartTime(),
+			CreateTime:               timestamppb.New(now),
+		}
+		for _, u := range updates {
+			outSched.Updates = append(outSched.Updates, u.GetName())
+			run.Updates = append(run.Updates, u.GetName())
+		}
+		run.UpdateResults = pendingResults(img, updates)
+
+		img.ServicingStatus = osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED
+		img.UpdateTime = timestamppb.New(now)
+
+		schedKey := s.store.ScheduleKey(imageID, schedID)
+		runKey := s.store.RunKey(runID)
+		activeKey := s.store.ActiveRunKey(imageID)
+		puts, err := s.puts(map[string]proto.Message{
+			schedKey:                  outSched,
+			runKey:                    run,
+			activeKey:                 wrapperspb.String(run.Name),
+			s.store.ImageKey(imageID): img,
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+		}
+		resp, err := s.client.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(s.store.ImageKey(imageID)), "=", imgRev),
+			clientv3.Compare(clientv3.CreateRevision(activeKey), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(runKey), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(schedKey), "=", 0),
+		).Then(puts...).Commit()
+		if err != nil {
+			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+		}
+		if resp.Succeeded {
+			s.logger.Info("run scheduled", "run", run.Name, "image", parent, "updates", len(run.Updates), "not_before", run.GetNotBefore().AsTime())
+			return outSched, run, nil
+		}
+		// The image changed or a run started meanwhile: look again.
+	}
+	return nil, nil, fmt.Errorf("schedule %s: the image kept changing; try again: %w", parent, store.ErrContended)
+}
+
+func (s *Service) checkNoActiveRun(ctx context.Context, imageID, parent string) error {
+	active, _, err := store.Get[*wrapperspb.StringValue](ctx, s.store, s.store.ActiveRunKey(imageID))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("schedule %s: %w", parent, err)
+	}
+	return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
+		parent, active.GetValue(), store.ErrFailedPrecondition)
+}
+
+// puts marshals values into put operations, refusing oversized values.
+func (s *Service) puts(values map[string]proto.Message) ([]clientv3.Op, error) {
+	ops := make([]clientv3.Op, 0, len(values))
+	for key, m := range values {
+		data, err := s.store.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, clientv3.OpPut(key, string(data)))
+	}
+	return ops, nil
+}
+
+func (s *Service) selectUpdates(ctx context.Context, img *osvcv1.Image, sched *osvcv1.Schedule, allApplicable bool) ([]*osvcv1.Update, error) {
+	if allApplicable {
+		if len(sched.GetUpdates()) > 0 {
+			return nil, store.InvalidArgument("schedule.updates", "send either updates or all_applicable, not both")
+		}
+		updates, err := s.catalog.ApplicableUpdates(ctx, img, nil)
+		if err != nil {
+			return nil, fmt.Errorf("applicable updates of %s: %w", img.GetName(), err)
+		}
+		if len(updates) == 0 {
+			return nil, fmt.Errorf("no applicable updates for %s; import newer updates first: %w", img.GetName(), store.ErrFailedPrecondition)
+		}
+		return updates, nil
+	}
+	if len(sched.GetUpdates()) == 0 {
+		return nil, store.InvalidArgument("schedule.updates", "select at least one update (updates/{id}), or set all_applicable")
+	}
+	seen := make(map[string]bool, len(sched.GetUpdates()))
+	updates := make([]*osvcv1.Update, 0, len(sched.GetUpdates()))
+	for i, name := range sched.GetUpdates() {
+		field := fmt.Sprintf("schedule.updates[%d]", i)
+		if _, err := catalog.UpdateID(name); err != nil {
+			return nil, store.InvalidArgument(field, fmt.Sprintf("want updates/{id}, got %q", truncate(name, 80)))
+		}
+		if seen[name] {
+			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is selected twice; list each update once", name))
+		}
+		seen[name] = true
+		u, err := s.catalog.GetUpdate(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is not in the catalog; import it first or pick one from ListUpdates", name))
+		}
+		if err != nil {
+			return nil, err
+		}
+		updates = append(updates, u)
+	}
+	return updates, nil
+}
+
+// SortForServicing orders updates the way servicing applies them: the
+// servicing stack first, then the other updates by release date, cumulative
+// updates after them (the latest last), .NET last.
+func SortForServicing(updates []*osvcv1.Update) {
+	group := func(u *osvcv1.Update) int {
+		switch u.GetClassification() {
+		case osvcv1.Classification_CLASSIFICATION_SERVICING_STACK:
+			return 0
+		case osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE:
+			return 2
+		case osvcv1.Classification_CLASSIFICATION_DOTNET:
+			return 3
+		}
+		return 1
+	}
+	slices.SortStableFunc(updates, func(a, b *osvcv1.Update) int {
+		if d := group(a) - group(b); d != 0 {
+			return d
+		}
+		if c := a.GetReleaseTime().AsTime().Compare(b.GetReleaseTime().AsTime()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.GetName(), b.GetName())
+	})
+}
+
+// pendingResults pre-fills one PENDING result per index and update, index by
+// index as the pipeline goes.
+func pendingResults(img *osvcv1.Image, updates []*osvcv1.Update) []*osvcv1.UpdateResult {
+	var out []*osvcv1.UpdateResult
+	for _, idx := range img.GetIndexes() {
+		for _, u := range updates {
+			out = append(out, &osvcv1.UpdateResult{
+				Update: u.GetName(),
+				Kb:     u.GetKb(),
+				Index:  idx.GetIndex(),
+				State:  osvcv1.UpdateState_UPDATE_STATE_PENDING,
+			})
+		}
+	}
+	return out
+}
+
+func currentVersion(img *osvcv1.Image) *osvcv1.ImageVersion {
+	for _, v := range img.GetVersions() {
+		if v.GetVersion() == img.GetCurrentVersion() {
+			return v
+		}
+	}
+	return nil
+}
+
+// GetRun returns the run named runs/{id}.
+func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) {
+	id, err := RunID(name)
+	if err != nil {
+		return nil, err
+	}
+	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get run %s: %w", name, err)
+	}
+	return run, nil
+}
+
+// ListRuns lists runs in creation order; image, when set, keeps that image's runs.
+func (s *Service) ListRuns(ctx context.Context, image string, pageSize int, token string) ([]*osvcv1.Run, string, error) {
+	if image != "" {
+		if _, err := catalog.ImageID(image); err != nil {
+			return nil, "", store.InvalidArgument("image", fmt.Sprintf("want images/{id}, got %q", truncate(image, 80)))
+		}
+	}
+	if pageSize <= 0 {
+		pageSize = 50
+	}
+	pageSize = min(pageSize, 1000)
+	var out []*osvcv1.Run
+	// Ask for no more than the rest of the page each time, so the store's
+	// token always points right after the last run looked at.
+	for {
+		page, next, err := store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), pageSize-len(out), token)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, r := range page {
+			if image == "" || r.GetImage() == image {
+				out = append(out, r)
+			}
+		}
+		token = next
+		if next == "" || len(out) >= pageSize {
+			return out, next, nil
+		}
+	}
+}
+
+// CancelRun cancels a run: a PENDING run ends CANCELED at once; a leased run
+// is marked cancel_requested and its agent is told to stop, after which it
+// reports CANCELED. An ended run is ErrFailedPrecondition. The image is never
+// modified by a cancel.
+func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.Run, error) {
+	id, err := RunID(name)
+	if err != nil {
+		return nil, err
+	}
+	if reason == "" {
+		reason = "canceled by an administrator"
+	}
+	for attempt := 0; attempt < txnRetries; attempt++ {
+		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cancel %s: %w", name, err)
+		}
+		ch := s.newChange(run)
+		switch {
+		case IsFinal(run.GetState()):
+			return nil, fmt.Errorf("run %s already ended %s; there is nothing to cancel: %w",
+				name, stateName(run.GetState()), store.ErrFailedPrecondition)
+		case run.GetState() == osvcv1.RunState_RUN_STATE_PENDING:
+			if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_CANCELED, reason); err != nil {
+				return nil, err
+			}
+		default:
+			if run.GetCancelRequested() {
+				return run, nil
+			}
+			run.CancelRequested = true
+			run.Error = reason
+		}
+		ok, err := s.commit(ctx, ch, clientv3.Compare(clientv3.ModRevision(s.store.RunKey(id)), "=", rev))
+		if err != nil {
+			return nil, fmt.Errorf("cancel %s: %w", name, err)
+		}
+		if ok {
+			s.logger.Info("run cancel", "run", name, "state", stateName(run.GetState()), "reason", reason)
+			return run, nil
+		}
+	}
+	return nil, fmt.Errorf("cancel %s: the run kept changing; try again: %w", name, store.ErrContended)
+}
+
+func stateName(st osvcv1.RunState) string {
+	return strings.TrimPrefix(st.String(), "RUN_STATE_")
+}

@@ -1,0 +1,209 @@
+package servicing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/store"
+)
+
+const (
+	// A watch message stays well under gRPC's 4 MiB default.
+	maxWatchLines     = 1000
+	maxWatchLineBytes = 1 << 20
+	logChunksPerRead  = 64
+)
+
+// WatchRun calls send with the run and its stored log lines after afterSeq,
+// then with each change of the run and the lines added since, and returns nil
+// once it has sent the run in a final state. Each log batch is written in the
+// same transaction as the run's log_line_count, so watching the run key sees
+// every new line.
+func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) error {
+	id, err := RunID(name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	runKey := s.store.RunKey(id)
+	last := max(afterSeq, 0)
+	for {
+		resp, err := s.client.Get(ctx, runKey)
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", name, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+		}
+		rev := resp.Header.Revision
+		done, err := s.sendRun(ctx, id, resp.Kvs[0].Value, rev, &last, send)
+		if err != nil || done {
+			return err
+		}
+		// Follow the run from the snapshot on; a compacted history or a
+		// broken watch starts again from a fresh snapshot.
+		for wresp := range s.client.Watch(ctx, runKey, clientv3.WithRev(rev+1)) {
+			if wresp.CompactRevision != 0 || wresp.Err() != nil {
+				s.logger.Debug("run watch restarts from a fresh snapshot", "run", name, "error", wresp.Err())
+				break
+			}
+			for _, ev := range wresp.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					return fmt.Errorf("run %s was deleted: %w", name, store.ErrNotFound)
+				}
+				done, err := s.sendRun(ctx, id, ev.Kv.Value, ev.Kv.ModRevision, &last, send)
+				if err != nil || done {
+					return err
+				}
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+}
+
+// sendRun sends the run value read at rev with its log lines after *last.
+func (s *Service) sendRun(ctx context.Context, runID string, value []byte, rev int64, last *int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) (bool, error) {
+	run, err := store.Unmarshal[*osvcv1.Run](value)
+	if err != nil {
+		return false, err
+	}
+	var lines []*osvcv1.LogLine
+	if run.GetLogLineCount() > *last {
+		lines, err = s.readLogs(ctx, runID, *last, rev)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			lines, err = s.readLogs(ctx, runID, *last, 0)
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	// Split the lines so every message stays small; each carries the run.
+	for first := true; first || len(lines) > 0; first = false {
+		n, size := 0, 0
+		for n < len(lines) && n < maxWatchLines {
+			size += proto.Size(lines[n])
+			if n > 0 && size > maxWatchLineBytes {
+				break
+			}
+			n++
+		}
+		if err := send(run, lines[:n]); err != nil {
+			return false, err
+		}
+		if n > 0 {
+			*last = lines[n-1].GetSequence()
+		}
+		lines = lines[n:]
+	}
+	return IsFinal(run.GetState()), nil
+}
+
+// readLogs returns the stored lines of a run after sequence after, as of rev
+// (0: now). Chunks are keyed by their first sequence, so the chunk that may
+// straddle after is the last one keyed at or before it.
+func (s *Service) readLogs(ctx context.Context, runID string, after int64, rev int64) ([]*osvcv1.LogLine, error) {
+	prefix := s.store.LogsPrefix(runID)
+	start := s.store.LogKey(runID, after+1)
+	var revOpt []clientv3.OpOption
+	if rev > 0 {
+		revOpt = append(revOpt, clientv3.WithRev(rev))
+	}
+	var out []*osvcv1.LogLine
+	keep := func(value []byte) error {
+		chunk, err := store.Unmarshal[*storev1.LogChunk](value)
+		if err != nil {
+			return err
+		}
+		for _, l := range chunk.GetLines() {
+			if l.GetSequence() > after {
+				out = append(out, l)
+			}
+		}
+		return nil
+	}
+	if after > 0 {
+		resp, err := s.client.Get(ctx, prefix, append([]clientv3.OpOption{
+			clientv3.WithRange(start), clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1),
+		}, revOpt...)...)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range resp.Kvs {
+			if err := keep(kv.Value); err != nil {
+				return nil, err
+			}
+		}
+	}
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	for {
+		resp, err := s.client.Get(ctx, start, append([]clientv3.OpOption{
+			clientv3.WithRange(end), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend), clientv3.WithLimit(logChunksPerRead),
+		}, revOpt...)...)
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range resp.Kvs {
+			if err := keep(kv.Value); err != nil {
+				return nil, err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, nil
+		}
+		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		if rev == 0 {
+			// Page through one revision, so chunks never show up twice.
+			rev = resp.Header.Revision
+			revOpt = []clientv3.OpOption{clientv3.WithRev(rev)}
+		}
+	}
+}
+
+// PruneLogs deletes the stored log lines of the runs that ended before
+// cutoff, so logs are kept for a retention period and not forever. The runs
+// themselves stay, with their log_line_count. It returns how many runs lost
+// their lines.
+func (s *Service) PruneLogs(ctx context.Context, cutoff time.Time) (int, error) {
+	pruned := 0
+	token := ""
+	for {
+		runs, next, err := store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), 1000, token)
+		if err != nil {
+			return pruned, fmt.Errorf("prune logs: %w", err)
+		}
+		for _, run := range runs {
+			if !IsFinal(run.GetState()) || run.GetLogLineCount() == 0 || run.GetEndTime() == nil || !run.GetEndTime().AsTime().Before(cutoff) {
+				continue
+			}
+			id, err := RunID(run.GetName())
+			if err != nil {
+				continue
+			}
+			resp, err := s.client.Delete(ctx, s.store.LogsPrefix(id), clientv3.WithPrefix())
+			if err != nil {
+				return pruned, fmt.Errorf("prune logs of %s: %w", run.GetName(), err)
+			}
+			if resp.Deleted > 0 {
+				pruned++
+			}
+		}
+		if next == "" {
+			if pruned > 0 {
+				s.logger.Info("old run logs pruned", "runs", pruned, "ended_before", cutoff)
+			}
+			return pruned, nil
+		}
+		token = next
+	}
+}
