@@ -1,0 +1,148 @@
+// Command osvc-bench measures osvc against the raw floor under it, in the same
+// run: each benchmark reports osvc's figure, the floor's figure and their
+// ratio, so results compare across machines. The last line of the output is
+// `RESULT {json}` for scripts.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+func main() { os.Exit(realMain()) }
+
+func realMain() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "osvc-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// benchConfig is what every benchmark gets from the command line.
+type benchConfig struct {
+	// N is how many times each figure is measured; the median is reported.
+	N int
+	// Fast runs etcd with short ticks on both sides of the ratio.
+	Fast   bool
+	Logger hclog.Logger
+	// Out receives the human summary, one line per measurement.
+	Out io.Writer
+}
+
+// Figure is one measured quantity.
+type Figure struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
+	Unit  string  `json:"unit"`
+	// Samples are the N measurements the median Value was taken from.
+	Samples []float64 `json:"samples"`
+}
+
+// Result is what a benchmark reports: osvc's figure, the floor's, and
+// Ratio = Osvc.Value / Floor.Value.
+type Result struct {
+	Bench string  `json:"bench"`
+	Ratio float64 `json:"ratio"`
+	Osvc  Figure  `json:"osvc"`
+	Floor Figure  `json:"floor"`
+	N     int     `json:"n"`
+	Fast  bool    `json:"fast"`
+}
+
+// benchFunc runs one benchmark.
+type benchFunc func(ctx context.Context, cfg benchConfig) (*Result, error)
+
+// benches is the registry: a new benchmark is one function and one entry.
+var benches = map[string]benchFunc{
+	"startup": benchStartup,
+}
+
+func benchNames() []string {
+	names := make([]string, 0, len(benches))
+	for name := range benches {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("run", "", "benchmark to run: "+strings.Join(benchNames(), ", "))
+	n := fs.Int("n", 5, "measurements per figure; the median is reported")
+	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
+	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q: give the benchmark with -run", fs.Args())
+	}
+	bench, ok := benches[*name]
+	if !ok {
+		if *name == "" {
+			return fmt.Errorf("give a benchmark with -run NAME; known: %s", strings.Join(benchNames(), ", "))
+		}
+		return fmt.Errorf("unknown benchmark %q; known: %s", *name, strings.Join(benchNames(), ", "))
+	}
+	if *n < 1 {
+		return fmt.Errorf("-n %d: measure at least once", *n)
+	}
+	level := hclog.LevelFromString(*logLevel)
+	if level == hclog.NoLevel {
+		return fmt.Errorf("-log-level %q: use trace, debug, info, warn or error", *logLevel)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-bench", Level: level, Output: stderr})
+
+	res, err := bench(ctx, benchConfig{N: *n, Fast: *fast, Logger: logger, Out: stdout})
+	if err != nil {
+		return fmt.Errorf("benchmark %s: %w", *name, err)
+	}
+	res.Bench, res.N, res.Fast = *name, *n, *fast
+	if res.Floor.Value > 0 {
+		res.Ratio = res.Osvc.Value / res.Floor.Value
+	}
+	fmt.Fprintf(stdout, "%s: %s %.3g %s, %s %.3g %s, ratio %.3g (median of %d)\n", res.Bench,
+		res.Osvc.Name, res.Osvc.Value, res.Osvc.Unit, res.Floor.Name, res.Floor.Value, res.Floor.Unit, res.Ratio, res.N)
+	line, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	fmt.Fprintf(stdout, "RESULT %s\n", line)
+	return nil
+}
+
+// median of samples; samples is not modified.
+func median(samples []float64) float64 {
+	if len(samples) == 0 {
+		return 0
+	}
+	s := slices.Clone(samples)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// millis expresses d in milliseconds, the unit of the startup figures.
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+var errNotServing = errors.New("health check did not answer SERVING")

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// Image kinds as the --kind flag spells them.
+const (
+	kindOSImage          = "os-image"
+	kindOSUpgradePackage = "os-upgrade-package"
+)
+
+// listPageSize is asked of the server when listing; lists follow
+// next_page_token until the end either way.
+const listPageSize = 100
+
+func (c *cli) imageCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Import and inspect WIM images",
+	}
+	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand())
+	return cmd
+}
+
+func (c *cli) imageImportCommand() *cobra.Command {
+	var id, displayName, site, kind string
+	cmd := &cobra.Command{
+		Use:   "import FILE --site SITE",
+		Short: "Upload a WIM file and record it as a new image",
+		Example: `  osvcctl image import install.wim --site PS1
+  osvcctl image import install.wim --site PS1 --id win11-23h2 --name "Windows 11 23H2"`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var k osvcv1.ImageKind
+			switch kind {
+			case kindOSImage:
+				k = osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE
+			case kindOSUpgradePackage:
+				k = osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE
+			default:
+				return fmt.Errorf("--kind %q: use %s or %s", kind, kindOSImage, kindOSUpgradePackage)
+			}
+			if site == "" {
+				return fmt.Errorf("--site is required: the code of the site whose agents service the image, e.g. PS1")
+			}
+			if id == "" {
+				var err error
+				if id, err = defaultImageID(args[0]); err != nil {
+					return err
+				}
+			}
+			images, err := c.images()
+			if err != nil {
+				return err
+			}
+			content, err := c.upload(cmd.Context(), c.stderr, args[0], mediaTypeWIM)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := images.ImportImage(ctx, &osvcv1.ImportImageRequest{
+				ImageId:       id,
+				DisplayName:   displayName,
+				Kind:          k,
+				Site:          site,
+				ContentSha256: content.GetSha256(),
+			})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			fmt.Fprintf(c.stdout, "imported %s\n", resp.GetImage().GetName())
+			c.printImage(resp.GetImage())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&site, "site", "", "site code that owns the image, e.g. PS1 (required)")
+	f.StringVar(&id, "id", "", "image ID (default: the file name, lower-cased, [a-z0-9-])")
+	f.StringVar(&displayName, "name", "", "display name")
+	f.StringVar(&kind, "kind", kindOSImage, "image kind: "+kindOSImage+" or "+kindOSUpgradePackage)
+	return cmd
+}
+
+func (c *cli) imageListCommand() *cobra.Command {
+	var site string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List images",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			images, err := c.images()
+			if err != nil {
+				return err
+			}
+			all := &osvcv1.ListImagesResponse{}
+			token := ""
+			for {
+				ctx, cancel := c.callContext(cmd.Context())
+				resp, err := images.ListImages(ctx, &osvcv1.ListImagesRequest{PageSize: listPageSize, PageToken: token, Site: site})
+				cancel()
+				if err != nil {
+					return err
+				}
+				all.Images = append(all.Images, resp.GetImages()...)
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, all)
+			}
+			t := newTable(c.stdout, "NAME", "DISPLAY NAME", "KIND", "SITE", "VERSION", "SIZE", "INDEXES", "STATUS", "LAST RUN")
+			for _, img := range all.GetImages() {
+				cur := currentVersion(img)
+				t.AppendRow([]any{img.GetName(), orDash(img.GetDisplayName()), kindText(img.GetKind()), img.GetSite(),
+					img.GetCurrentVersion(), sizeText(cur.GetSizeBytes()), len(img.GetIndexes()),
+					servicingStatusText(img.GetServicingStatus()), orDash(img.GetLastRun())})
+			}
+			renderList(c.stdout, t, "no images")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&site, "site", "", "list only this site's images")
+	return cmd
+}
+
+func (c *cli) imageGetCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get IMAGE",
+		Short: "Show an image: its indexes, installed updates and versions",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := resourceName(collImages, args[0])
+			if err != nil {
+				return err
+			}
+			images, err := c.images()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			c.printImage(resp.GetImage())
+			return nil
+		},
+	}
+}
+
+// currentVersion returns the image's current version, nil when it has none.
+func currentVersion(img *osvcv1.Image) *osvcv1.ImageVersion {
+	for _, v := range img.GetVersions() {
+		if v.GetVersion() == img.GetCurrentVersion() {
+			return v
+		}
+	}
+	return nil
+}
+
+// printImage writes the detail view of one image: a summary, then its indexes,
+// the updates installed per index and its versions.
+func (c *cli) printImage(img *osvcv1.Image) {
+	w := c.stdout
+	fmt.Fprintf(w, "Name:             %s\n", img.GetName())
+	fmt.Fprintf(w, "Display name:     %s\n", orDash(img.GetDisplayName()))
+	fmt.Fprintf(w, "Kind:             %s\n", kindText(img.GetKind()))
+	fmt.Fprintf(w, "Site:             %s\n", img.GetSite())
+	fmt.Fprintf(w, "Current version:  %d\n", img.GetCurrentVersion())
+	fmt.Fprintf(w, "Servicing status: %s\n", servicingStatusText(img.GetServicingStatus()))
+	fmt.Fprintf(w, "Last run:         %s\n", orDash(img.GetLastRun()))
+
+	fmt.Fprintln(w, "\nIndexes:")
+	t := newTable(w, "INDEX", "NAME", "EDITION", "ARCH", "VERSION", "SIZE")
+	for _, ix := range img.GetIndexes() {
+		t.AppendRow([]any{ix.GetIndex(), ix.GetName(), orDash(ix.GetEdition()), archText(ix.GetArchitecture()),
+			orDash(ix.GetVersion()), sizeText(ix.GetTotalBytes())})
+	}
+	renderList(w, t, "none")
+
+	fmt.Fprintln(w, "\nInstalled updates:")
+	t = newTable(w, "INDEX", "KB", "IDENTITY", "STATE")
+	for _, ix := range img.GetIndexes() {
+		for _, u := range ix.GetInstalledUpdates() {
+			t.AppendRow([]any{ix.GetIndex(), kbText(u.GetKb()), u.GetPackageIdentity(), orDash(u.GetState())})
+		}
+	}
+	renderList(w, t, "none")
+
+	fmt.Fprintln(w, "\nVersions:")
+	t = newTable(w, "VERSION", "SHA256", "SIZE", "CREATED BY RUN", "CREATED")
+	for _, v := range img.GetVersions() {
+		version := fmt.Sprint(v.GetVersion())
+		if v.GetVersion() == img.GetCurrentVersion() {
+			version += " (current)"
+		}
+		t.AppendRow([]any{version, shortSHA(v.GetSha256()), sizeText(v.GetSizeBytes()),
+			orDash(v.GetCreatedByRun()), timeText(v.GetCreateTime())})
+	}
+	t.Render()
+}
+
+// kbText spells a KB number the way Microsoft does, whether or not the server
+// stored the prefix.
+func kbText(kb string) string {
+	if kb == "" {
+		return "-"
+	}
+	if strings.HasPrefix(strings.ToUpper(kb), "KB") {
+		return "KB" + kb[2:]
+	}
+	return "KB" + kb
+}

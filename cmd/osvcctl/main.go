@@ -1,0 +1,181 @@
+// Command osvcctl is the administrator's CLI of osvc: it imports images and
+// updates, schedules their servicing and follows the runs, all through the
+// osvc-server gRPC API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+// defaultServer is the address osvc-server listens on by default.
+const defaultServer = "localhost:7300"
+
+// serverEnv names the environment variable that overrides the default --server.
+const serverEnv = "OSVC_SERVER"
+
+func main() { os.Exit(realMain()) }
+
+func realMain() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// run executes one osvcctl command line. Errors are rendered on stderr for the
+// user before they are returned, so the caller only maps them to an exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cli := &cli{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	root := cli.rootCommand()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if cli.conn != nil {
+		cli.conn.Close()
+	}
+	if err != nil {
+		fmt.Fprint(stderr, renderError(err, cli.server))
+		return err
+	}
+	return nil
+}
+
+// cli holds the global flags and the connection shared by the subcommands of
+// one invocation.
+type cli struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+
+	server  string
+	output  string
+	timeout time.Duration
+
+	conn *grpc.ClientConn
+}
+
+func (c *cli) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "osvcctl",
+		Short: "Service Windows images offline with osvc",
+		Long: `osvcctl talks to osvc-server: import WIM images and update packages,
+schedule updates for an image and watch the servicing run.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			switch c.output {
+			case outputTable, outputJSON:
+			default:
+				return fmt.Errorf("--output %q: use table or json", c.output)
+			}
+			if c.server == "" {
+				return errors.New("--server is empty: give host:port of osvc-server")
+			}
+			return nil
+		},
+	}
+	server := c.getenv(serverEnv)
+	if server == "" {
+		server = defaultServer
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&c.server, "server", server, "osvc-server address host:port; $"+serverEnv+" sets the default")
+	pf.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json")
+	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request; uploads and watches are not limited by it")
+
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%w\nusage: %s", err, cmd.UseLine())
+	})
+	root.AddCommand(c.imageCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand())
+	return root
+}
+
+// dial connects lazily: grpc.NewClient does not touch the network, the first
+// call does, so a server that is down shows up as Unavailable on that call.
+func (c *cli) dial() (*grpc.ClientConn, error) {
+	if c.conn != nil {
+		return c.conn, nil
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
+	conn, err := grpc.NewClient(c.server, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("--server %q: %w", c.server, err)
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+// callContext bounds one unary request by --timeout.
+func (c *cli) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, c.timeout)
+}
+
+func (c *cli) images() (osvcv1.ImageServiceClient, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return osvcv1.NewImageServiceClient(conn), nil
+}
+
+func (c *cli) updates() (osvcv1.UpdateServiceClient, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return osvcv1.NewUpdateServiceClient(conn), nil
+}
+
+func (c *cli) servicing() (osvcv1.ServicingServiceClient, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return osvcv1.NewServicingServiceClient(conn), nil
+}
+
+func (c *cli) agents() (osvcv1.AgentServiceClient, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return osvcv1.NewAgentServiceClient(conn), nil
+}
+
+func (c *cli) contents() (osvcv1.ContentServiceClient, error) {
+	conn, err := c.dial()
+	if err != nil {
+		return nil, err
+	}
+	return osvcv1.NewContentServiceClient(conn), nil
+}
+
+// exactArgs is cobra.ExactArgs with the usage line in the error, since usage
+// is not printed on errors (it would bury server errors).
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) == n {
+			return nil
+		}
+		return fmt.Errorf("%s takes %d argument(s), got %d\nusage: %s", cmd.CommandPath(), n, len(args), cmd.UseLine())
+	}
+}

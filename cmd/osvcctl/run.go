@@ -1,0 +1,215 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+)
+
+func (c *cli) runCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Follow and cancel servicing runs",
+	}
+	cmd.AddCommand(c.runListCommand(), c.runGetCommand(), c.runWatchCommand(), c.runCancelCommand())
+	return cmd
+}
+
+func (c *cli) runListCommand() *cobra.Command {
+	var imageArg string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List runs, oldest first",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			image := ""
+			if imageArg != "" {
+				var err error
+				if image, err = resourceName(collImages, imageArg); err != nil {
+					return fmt.Errorf("--image: %w", err)
+				}
+			}
+			servicing, err := c.servicing()
+			if err != nil {
+				return err
+			}
+			all := &osvcv1.ListRunsResponse{}
+			token := ""
+			for {
+				ctx, cancel := c.callContext(cmd.Context())
+				resp, err := servicing.ListRuns(ctx, &osvcv1.ListRunsRequest{PageSize: listPageSize, PageToken: token, Image: image})
+				cancel()
+				if err != nil {
+					return err
+				}
+				all.Runs = append(all.Runs, resp.GetRuns()...)
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, all)
+			}
+			t := newTable(c.stdout, "NAME", "IMAGE", "STATE", "STEP", "PERCENT", "ATTEMPT", "AGENT", "CREATED")
+			for _, r := range all.GetRuns() {
+				t.AppendRow([]any{r.GetName(), r.GetImage(), runStateText(r.GetState()), stepText(r.GetStep()),
+					fmt.Sprintf("%d%%", r.GetPercent()), r.GetAttempt(), orDash(r.GetAgent()), timeText(r.GetCreateTime())})
+			}
+			renderList(c.stdout, t, "no runs")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&imageArg, "image", "", "list only this image's runs")
+	return cmd
+}
+
+func (c *cli) runGetCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get RUN",
+		Short: "Show a run: state, steps and per-update results",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := resourceName(collRuns, args[0])
+			if err != nil {
+				return err
+			}
+			servicing, err := c.servicing()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := servicing.GetRun(ctx, &osvcv1.GetRunRequest{Name: name})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			c.printRun(resp.GetRun())
+			return nil
+		},
+	}
+}
+
+func (c *cli) runWatchCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch RUN",
+		Short: "Follow a run until it ends; exits 1 if it failed or was canceled",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := resourceName(collRuns, args[0])
+			if err != nil {
+				return err
+			}
+			return c.watchRun(cmd.Context(), name)
+		},
+	}
+}
+
+func (c *cli) runCancelCommand() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "cancel RUN",
+		Short: "Cancel a run; the image's current version is never modified",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := resourceName(collRuns, args[0])
+			if err != nil {
+				return err
+			}
+			servicing, err := c.servicing()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := servicing.CancelRun(ctx, &osvcv1.CancelRunRequest{Name: name, Reason: reason})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			r := resp.GetRun()
+			fmt.Fprintf(c.stdout, "%s: %s", r.GetName(), runStateText(r.GetState()))
+			if r.GetCancelRequested() && r.GetState() != osvcv1.RunState_RUN_STATE_CANCELED {
+				fmt.Fprint(c.stdout, ", cancel requested")
+			}
+			fmt.Fprintln(c.stdout)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the run is canceled, kept with the run")
+	return cmd
+}
+
+// printRun writes the detail view of one run.
+func (c *cli) printRun(r *osvcv1.Run) {
+	w := c.stdout
+	fmt.Fprintf(w, "Name:     %s\n", r.GetName())
+	fmt.Fprintf(w, "Image:    %s (version %d)\n", r.GetImage(), r.GetSourceVersion())
+	fmt.Fprintf(w, "Schedule: %s\n", orDash(r.GetSchedule()))
+	fmt.Fprintf(w, "State:    %s\n", runStateText(r.GetState()))
+	fmt.Fprintf(w, "Step:     %s (%d%%)\n", stepText(r.GetStep()), r.GetPercent())
+	fmt.Fprintf(w, "Attempt:  %d\n", r.GetAttempt())
+	fmt.Fprintf(w, "Agent:    %s\n", orDash(r.GetAgent()))
+	fmt.Fprintf(w, "Options:  Continue on error: %s, Remove superseded updates: %s, Update distribution points: %s\n",
+		yesNo(r.GetContinueOnError()), yesNo(r.GetRemoveSuperseded()), yesNo(r.GetUpdateDistributionPoints()))
+	fmt.Fprintf(w, "Created:  %s\n", timeText(r.GetCreateTime()))
+	if r.GetStartTime() != nil {
+		fmt.Fprintf(w, "Started:  %s\n", timeText(r.GetStartTime()))
+	}
+	if r.GetEndTime() != nil {
+		fmt.Fprintf(w, "Ended:    %s\n", timeText(r.GetEndTime()))
+	}
+	if r.GetError() != "" {
+		fmt.Fprintf(w, "Error:    %s\n", r.GetError())
+	}
+	if len(r.GetSteps()) > 0 {
+		fmt.Fprintln(w, "\nSteps:")
+		t := newTable(w, "STEP", "STATE", "STARTED", "ENDED", "DETAIL")
+		for _, s := range r.GetSteps() {
+			t.AppendRow([]any{stepText(s.GetStep()), stepStateText(s.GetState()), timeText(s.GetStartTime()),
+				timeText(s.GetEndTime()), orDash(s.GetDetail())})
+		}
+		t.Render()
+	}
+	fmt.Fprintln(w, "\nUpdates:")
+	c.printRunResults(r)
+}
+
+// printRunResults writes the per update per index results of a run and, once
+// it produced an image, the size before and after.
+func (c *cli) printRunResults(r *osvcv1.Run) {
+	w := c.stdout
+	t := newTable(w, "UPDATE", "KB", "INDEX", "RESULT", "MESSAGE")
+	if len(r.GetUpdateResults()) == 0 {
+		for _, u := range r.GetUpdates() {
+			t.AppendRow([]any{u, "-", "-", "-", ""})
+		}
+	}
+	for _, u := range r.GetUpdateResults() {
+		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), updateStateText(u.GetState()), u.GetMessage()})
+	}
+	t.Render()
+	// A run not yet leased does not know its source size yet.
+	if r.GetSourceSizeBytes() > 0 || r.GetResultSizeBytes() > 0 {
+		fmt.Fprintf(w, "Image size: %s\n", sizeChangeText(r.GetSourceSizeBytes(), r.GetResultSizeBytes()))
+	}
+}
+
+// sizeChangeText reads "4.0 GiB → 3.1 GiB (-22.5%)"; a run without a
+// result keeps the size it started from.
+func sizeChangeText(before, after int64) string {
+	if after <= 0 {
+		return fmt.Sprintf("%s (unchanged)", sizeText(before))
+	}
+	s := fmt.Sprintf("%s → %s", sizeText(before), sizeText(after))
+	if before > 0 {
+		s += fmt.Sprintf(" (%+.1f%%)", float64(after-before)*100/float64(before))
+	}
+	return s
+}
