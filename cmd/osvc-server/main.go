@@ -1,0 +1,82 @@
+// Command osvc-server runs the osvc control plane: the gRPC API, the
+// scheduler and the agents' streams, with etcd embedded unless
+// --etcd-endpoints points at a cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/server"
+)
+
+func main() { os.Exit(realMain()) }
+
+func realMain() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(os.Stderr, "osvc-server:", err)
+		return 1
+	}
+	return 0
+}
+
+// run parses args, starts the server and serves until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("osvc-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		cfg       server.Config
+		endpoints string
+		logLevel  string
+	)
+	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "directory of the embedded etcd (etcd/) and the content library (content/)")
+	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "gRPC listen address, host:port")
+	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints, e.g. http://10.0.0.1:2379; empty runs etcd embedded in --data-dir")
+	fs.StringVar(&cfg.Prefix, "etcd-prefix", "/osvc/", "prefix of every etcd key")
+	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "agent lease TTL: an agent silent this long is LOST and its runs are re-queued")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", server.DefaultHeartbeatInterval, "how often agents send heartbeats")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long calls in flight may finish on shutdown")
+	fs.IntVar(&cfg.MaxAttempts, "max-attempts", server.DefaultMaxAttempts, "how often a run is leased before it fails")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")
+		fmt.Fprintln(fs.Output(), "Runs the osvc control plane. With no flags: embedded etcd and content library in ./osvc-data, gRPC on localhost:7300.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; osvc-server takes flags only (see -h)", fs.Args())
+	}
+	level := hclog.LevelFromString(logLevel)
+	if level == hclog.NoLevel {
+		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)
+	}
+	for _, ep := range strings.Split(endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, ep)
+		}
+	}
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Level: level, Output: stderr})
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+var servingLine = regexp.MustCompile(`osvc-server serving: addr=(\S+) etcd=embedded data_dir=(\S+)`)
+
+func TestRunServesUntilItsContextEnds(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs, logw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--data-dir", dataDir, "--log-level", "info"}, io.Discard, logw)
+		logw.Close()
+	}()
+
+	// Read the log until the serving line; keep draining it afterwards so
+	// the server never blocks on a write.
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(logs)
+		for sc.Scan() {
+			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
+				if m[2] != dataDir {
+					t.Errorf("serving line names data_dir %s, want %s", m[2], dataDir)
+				}
+				addrc <- m[1]
+			}
+		}
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatalf("run returned before serving: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("no serving line within a minute")
+	}
+
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health = %v, %v; want SERVING", resp, err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run after cancel = %v, want nil", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("run did not return within a minute of the cancel")
+	}
+}
+
+func TestRunRefusesBadFlags(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"an unknown flag", []string{"--no-such-flag"}, "no-such-flag"},
+		{"an unknown log level", []string{"--log-level", "loud"}, "--log-level"},
+		{"a stray argument", []string{"serve"}, "unexpected arguments"},
+		{"a bad duration", []string{"--lease-ttl", "soon"}, "lease-ttl"},
+		{"a heartbeat slower than the lease", []string{"--lease-ttl", "5s", "--heartbeat-interval", "10s"}, "heartbeat interval"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" is refused", func(t *testing.T) {
+			var stderr strings.Builder
+			err := run(context.Background(), tt.args, io.Discard, &stderr)
+			if err == nil {
+				t.Fatal("run accepted it")
+			}
+			if !strings.Contains(err.Error()+stderr.String(), tt.want) {
+				t.Errorf("error %q (stderr %q) does not mention %q", err, stderr.String(), tt.want)
+			}
+		})
+	}
+	t.Run("-h prints the usage", func(t *testing.T) {
+		var stderr strings.Builder
+		if err := run(context.Background(), []string{"-h"}, io.Discard, &stderr); !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("run -h = %v, want flag.ErrHelp", err)
+		}
+		if !strings.Contains(stderr.String(), "--etcd-endpoints") && !strings.Contains(stderr.String(), "-etcd-endpoints") {
+			t.Errorf("usage does not list --etcd-endpoints:\n%s", stderr.String())
+		}
+	})
+}

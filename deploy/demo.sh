@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# make demo: a server with embedded etcd and one agent on this machine, a
+# sample WIM and sample update packages, real servicing of every applicable
+# update, live progress and the result. Stops everything it started.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/bin"
+work="${OSVC_DEMO_DIR:-$root/demo-data}"
+addr="${OSVC_DEMO_ADDR:-127.0.0.1:7399}"
+export OSVC_SERVER="$addr"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+if "$bin/osvcctl" --timeout 2s agent list >/dev/null 2>&1; then
+  echo "something already answers on $addr: stop it or set OSVC_DEMO_ADDR" >&2
+  exit 1
+fi
+
+rm -rf "$work"
+mkdir -p "$work"
+
+step "starting osvc-server (embedded etcd in $work/server) on $addr"
+"$bin/osvc-server" --data-dir "$work/server" --listen "$addr" >"$work/server.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  "$bin/osvcctl" --timeout 2s image list >/dev/null 2>&1 && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+
+step "starting osvc-agent for site PS1"
+"$bin/osvc-agent" --server "$addr" --site PS1 --name demo-agent --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
+pids+=($!)
+
+step "creating a sample WIM and sample update packages"
+"$bin/osvc-sample" -out "$work/sample"
+
+step "importing the image and the updates"
+"$bin/osvcctl" image import "$work/sample/install.wim" --site PS1 --id win11-enterprise --name "Windows 11 Enterprise"
+"$bin/osvcctl" update import "$work/sample/updates"
+
+step "agents"
+for _ in $(seq 1 100); do
+  "$bin/osvcctl" agent list | grep -q CONNECTED && break
+  sleep 0.2
+done
+"$bin/osvcctl" agent list
+
+step "updates applicable to images/win11-enterprise"
+"$bin/osvcctl" update list --applicable-to win11-enterprise
+
+step "scheduling all applicable updates (remove superseded, export)"
+"$bin/osvcctl" schedule create win11-enterprise --all-applicable --remove-superseded --continue-on-error --watch
+
+step "the serviced image"
+"$bin/osvcctl" image get win11-enterprise

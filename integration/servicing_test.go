@@ -1,0 +1,333 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/agent/transfer"
+	"github.com/osvc/osvc/integration/sampledata"
+)
+
+// cluster is one osvc-server with one agent of site PS1, as processes.
+type cluster struct {
+	addr    string
+	dataDir string
+	server  *proc
+	agent   *proc
+
+	images   osvcv1.ImageServiceClient
+	updates  osvcv1.UpdateServiceClient
+	svc      osvcv1.ServicingServiceClient
+	agents   osvcv1.AgentServiceClient
+	contents osvcv1.ContentServiceClient
+}
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server")}
+	c.startServer(t)
+	cc := dial(t, c.addr)
+	c.images = osvcv1.NewImageServiceClient(cc)
+	c.updates = osvcv1.NewUpdateServiceClient(cc)
+	c.svc = osvcv1.NewServicingServiceClient(cc)
+	c.agents = osvcv1.NewAgentServiceClient(cc)
+	c.contents = osvcv1.NewContentServiceClient(cc)
+	waitServing(t, cc, c.server)
+	c.agent = start(t, "osvc-agent", "--server", c.addr, "--site", "PS1", "--name", "agent-ps1",
+		"--data-dir", filepath.Join(dir, "agent"), "--log-level", "debug")
+	c.waitAgent(t, time.Time{})
+	return c
+}
+
+func (c *cluster) startServer(t *testing.T) {
+	t.Helper()
+	c.server = start(t, "osvc-server", "--data-dir", c.dataDir, "--listen", c.addr, "--log-level", "debug")
+}
+
+// waitAgent waits until agents/agent-ps1 is connected and was last seen after since.
+func (c *cluster) waitAgent(t *testing.T, since time.Time) {
+	t.Helper()
+	eventually(t, 60*time.Second, "agent-ps1 to connect", func() bool {
+		resp, err := c.agents.ListAgents(context.Background(), &osvcv1.ListAgentsRequest{})
+		if err != nil {
+			return false
+		}
+		for _, a := range resp.GetAgents() {
+			if a.GetName() == "agents/agent-ps1" && a.GetState() == osvcv1.AgentState_AGENT_STATE_CONNECTED &&
+				a.GetLastSeenTime().AsTime().After(since) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// importSample uploads the sample WIM and updates and records them in the catalog.
+func (c *cluster) importSample(t *testing.T, s *sampledata.Sample) (*osvcv1.Image, []*osvcv1.Update) {
+	t.Helper()
+	ctx := context.Background()
+	wim, err := transfer.Upload(ctx, c.contents, s.WIM, "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatalf("upload %s: %v", s.WIM, err)
+	}
+	img, err := c.images.ImportImage(ctx, &osvcv1.ImportImageRequest{
+		ImageId: "win11-ent", DisplayName: "Windows 11 Enterprise", Site: "PS1",
+		Kind: osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE, ContentSha256: wim.GetSha256(),
+	})
+	if err != nil {
+		t.Fatalf("import image: %v", err)
+	}
+	var files []*osvcv1.UpdateFile
+	for _, u := range s.Updates {
+		content, err := transfer.Upload(ctx, c.contents, u.File, "application/vnd.ms-cab-compressed", nil)
+		if err != nil {
+			t.Fatalf("upload %s: %v", u.File, err)
+		}
+		files = append(files, &osvcv1.UpdateFile{FileName: filepath.Base(u.File), Sha256: content.GetSha256(), SizeBytes: content.GetSizeBytes()})
+	}
+	ups, err := c.updates.ImportUpdates(ctx, &osvcv1.ImportUpdatesRequest{Files: files})
+	if err != nil {
+		t.Fatalf("import updates: %v", err)
+	}
+	if len(ups.GetUpdates()) != len(s.Updates) {
+		t.Fatalf("imported %d updates, want %d", len(ups.GetUpdates()), len(s.Updates))
+	}
+	return img.GetImage(), ups.GetUpdates()
+}
+
+// watch follows a run until it ends and returns its last snapshot and all log lines.
+func (c *cluster) watch(t *testing.T, run string) (*osvcv1.Run, []*osvcv1.LogLine) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stream, err := c.svc.WatchRun(ctx, &osvcv1.WatchRunRequest{Name: run})
+	if err != nil {
+		t.Fatalf("watch %s: %v", run, err)
+	}
+	var last *osvcv1.Run
+	var lines []*osvcv1.LogLine
+	for {
+		resp, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("watch %s: %v (last state %v)", run, err, last.GetState())
+		}
+		last = resp.GetRun()
+		lines = append(lines, resp.GetLogLines()...)
+	}
+	if last == nil {
+		t.Fatalf("watch %s sent nothing", run)
+	}
+	return last, lines
+}
+
+// wimlib runs wimlib-imagex and returns its output.
+func wimlib(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("wimlib-imagex", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wimlib-imagex %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestServicingEndToEnd runs the demo flow through the real binaries: import a
+// sample image and its updates, schedule every update, let the agent service
+// the image, and check the result in the serviced WIM itself.
+func TestServicingEndToEnd(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t)
+	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sourceSHA := fileSHA256(t, sample.WIM)
+	img, updates := c.importSample(t, sample)
+
+	wantByKB := map[string]osvcv1.UpdateState{}
+	var names []string
+	for i, u := range updates {
+		wantByKB[u.GetKb()] = sample.Updates[i].Want
+		names = append(names, u.GetName())
+	}
+
+	// Every update, the not-applicable one included, so each result kind shows.
+	created, err := c.svc.CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{
+		Parent: img.GetName(),
+		Schedule: &osvcv1.Schedule{
+			Updates:          names,
+			ContinueOnError:  true,
+			RemoveSuperseded: true,
+		},
+	})
+	if err != nil {
+		t.Fatalf("create schedule: %v", err)
+	}
+	run, lines := c.watch(t, created.GetRun().GetName())
+	if run.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+		t.Fatalf("run ended %v: %s", run.GetState(), run.GetError())
+	}
+
+	t.Run("each update has the expected result", func(t *testing.T) {
+		if len(run.GetUpdateResults()) != len(updates) {
+			t.Fatalf("got %d update results, want %d", len(run.GetUpdateResults()), len(updates))
+		}
+		for _, r := range run.GetUpdateResults() {
+			if want := wantByKB[r.GetKb()]; r.GetState() != want {
+				t.Errorf("%s: got %v, want %v (%s)", r.GetKb(), r.GetState(), want, r.GetMessage())
+			}
+		}
+	})
+
+	t.Run("the run log says which binary is not supported", func(t *testing.T) {
+		found := false
+		for _, l := range lines {
+			if strings.Contains(l.GetMessage(), "Not applying this update binary, it is not supported") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no log line says an update binary is not supported among %d lines", len(lines))
+		}
+		for i, l := range lines {
+			if l.GetSequence() != int64(i+1) {
+				t.Fatalf("log line %d has sequence %d: lines must arrive once each, in order", i+1, l.GetSequence())
+			}
+		}
+	})
+
+	got, err := c.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: img.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := got.GetImage()
+	if image.GetCurrentVersion() != 2 {
+		t.Fatalf("current version %d after servicing, want 2", image.GetCurrentVersion())
+	}
+	var current, previous *osvcv1.ImageVersion
+	for _, v := range image.GetVersions() {
+		switch v.GetVersion() {
+		case 2:
+			current = v
+		case 1:
+			previous = v
+		}
+	}
+	if current == nil || previous == nil {
+		t.Fatalf("versions %v: want the serviced version 2 and the previous version 1", image.GetVersions())
+	}
+
+	t.Run("the source version is untouched", func(t *testing.T) {
+		if previous.GetSha256() != sourceSHA {
+			t.Fatalf("version 1 is %s, the imported file is %s", previous.GetSha256(), sourceSHA)
+		}
+		dst := filepath.Join(t.TempDir(), "v1.wim")
+		if err := transfer.Download(ctx, c.contents, previous.GetSha256(), dst, nil); err != nil {
+			t.Fatal(err)
+		}
+		if sum := fileSHA256(t, dst); sum != sourceSHA {
+			t.Fatalf("version 1 now hashes to %s, want %s", sum, sourceSHA)
+		}
+	})
+
+	serviced := filepath.Join(t.TempDir(), "serviced.wim")
+	if err := transfer.Download(ctx, c.contents, current.GetSha256(), serviced, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("the serviced WIM holds the applied packages", func(t *testing.T) {
+		extract := t.TempDir()
+		wimlib(t, "extract", serviced, "1", "/Windows/servicing/Sessions/Sessions.xml", "--dest-dir="+extract, "--no-acls")
+		sessions, err := os.ReadFile(filepath.Join(extract, "Sessions.xml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		listing := wimlib(t, "dir", serviced, "1")
+		for i, u := range updates {
+			applied := sample.Updates[i].Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED
+			if got := strings.Contains(string(sessions), u.GetPackageIdentity()) && u.GetPackageIdentity() != ""; got != applied {
+				t.Errorf("%s (%s): recorded in Sessions.xml = %v, want %v", u.GetKb(), u.GetPackageIdentity(), got, applied)
+			}
+			if applied && !strings.Contains(listing, "/Windows/servicing/Packages/"+u.GetPackageIdentity()+".mum") {
+				t.Errorf("%s: /Windows/servicing/Packages/%s.mum is missing from the serviced image", u.GetKb(), u.GetPackageIdentity())
+			}
+		}
+	})
+
+	t.Run("cleanup and export made the image smaller", func(t *testing.T) {
+		st, err := os.Stat(serviced)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() != current.GetSizeBytes() {
+			t.Errorf("downloaded %d bytes, version 2 says %d", st.Size(), current.GetSizeBytes())
+		}
+		if st.Size() >= previous.GetSizeBytes() {
+			t.Errorf("serviced image is %d bytes, source %d: removing superseded components should shrink it", st.Size(), previous.GetSizeBytes())
+		}
+	})
+
+	t.Run("the catalog shows the installed updates", func(t *testing.T) {
+		installed := map[string]bool{}
+		for _, idx := range image.GetIndexes() {
+			for _, u := range idx.GetInstalledUpdates() {
+				installed[u.GetPackageIdentity()] = true
+			}
+		}
+		for i, u := range updates {
+			if sample.Updates[i].Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED && !installed[u.GetPackageIdentity()] {
+				t.Errorf("%s is not listed as installed in %s", u.GetKb(), image.GetName())
+			}
+		}
+	})
+
+	t.Run("osvcctl lists the run as an administrator sees it", func(t *testing.T) {
+		out, err := exec.Command(filepath.Join(binDir, "osvcctl"), "--server", c.addr, "run", "list", "-o", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("osvcctl run list: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), run.GetName()) || !strings.Contains(string(out), "RUN_STATE_SUCCEEDED") {
+			t.Errorf("osvcctl run list -o json does not show %s as succeeded:\n%s", run.GetName(), out)
+		}
+	})
+
+	t.Run("the agent reconnects after the server restarts", func(t *testing.T) {
+		c.server.stop(t)
+		restarted := time.Now()
+		c.startServer(t)
+		c.waitAgent(t, restarted)
+		again, err := c.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: img.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again.GetImage().GetCurrentVersion() != 2 {
+			t.Fatalf("after a restart the image is at version %d, want 2", again.GetImage().GetCurrentVersion())
+		}
+	})
+}

@@ -1,0 +1,181 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store/storetest"
+)
+
+// catalogAPI is the image and update services on a bufconn, over a real
+// catalog, store and content library.
+type catalogAPI struct {
+	images  osvcv1.ImageServiceClient
+	updates osvcv1.UpdateServiceClient
+	lib     *content.Library
+}
+
+func newCatalogAPI(t *testing.T) *catalogAPI {
+	t.Helper()
+	st := storetest.New(t)
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(catalog.Config{Store: st, Library: lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := bufconn.Listen(1 << 20)
+	gs := grpc.NewServer()
+	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, nil))
+	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, nil))
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &catalogAPI{images: osvcv1.NewImageServiceClient(conn), updates: osvcv1.NewUpdateServiceClient(conn), lib: lib}
+}
+
+func (a *catalogAPI) put(t *testing.T, data []byte) string {
+	t.Helper()
+	c, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Sha256
+}
+
+// catalogTestWIM captures a real one-index x64 WIM with wimlib-imagex.
+func catalogTestWIM(t *testing.T) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src", "Windows")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "win.ini"), []byte("[fonts]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wim := filepath.Join(dir, "install.wim")
+	if out, err := exec.Command("wimlib-imagex", "capture", filepath.Join(dir, "src"), wim, "Windows 11 Pro",
+		"--image-property", "WINDOWS/ARCH=9", "--image-property", "WINDOWS/VERSION/BUILD=22631").CombinedOutput(); err != nil {
+		t.Fatalf("wimlib-imagex capture: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(wim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// violatedField returns the field of the BadRequest detail of err, if any.
+func violatedField(err error) string {
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.FieldViolations) > 0 {
+			return br.FieldViolations[0].Field
+		}
+	}
+	return ""
+}
+
+func TestImageServiceImportsGetsAndListsImages(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newCatalogAPI(t)
+	sha := a.put(t, catalogTestWIM(t))
+
+	imported, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win11", Site: "PS1", ContentSha256: sha})
+	if err != nil {
+		t.Fatalf("ImportImage: %v", err)
+	}
+	if imported.Image.Name != "images/win11" || len(imported.Image.Indexes) != 1 {
+		t.Errorf("imported = %v", imported.Image)
+	}
+	got, err := a.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: "images/win11"})
+	if err != nil || got.Image.Name != "images/win11" {
+		t.Errorf("GetImage = %v, %v", got, err)
+	}
+	list, err := a.images.ListImages(ctx, &osvcv1.ListImagesRequest{Site: "PS1"})
+	if err != nil || len(list.Images) != 1 || list.NextPageToken != "" {
+		t.Errorf("ListImages(PS1) = %v, %v; want the one image", list, err)
+	}
+	list, err = a.images.ListImages(ctx, &osvcv1.ListImagesRequest{Site: "PS2"})
+	if err != nil || len(list.Images) != 0 {
+		t.Errorf("ListImages(PS2) = %v, %v; want none", list, err)
+	}
+}
+
+func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newCatalogAPI(t)
+	sha := a.put(t, catalogTestWIM(t))
+	if _, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "taken", Site: "PS1", ContentSha256: sha}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		call      func() error
+		wantCode  codes.Code
+		wantField string
+	}{
+		{"a bad image id", func() error {
+			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "Bad_ID", Site: "PS1", ContentSha256: sha})
+			return err
+		}, codes.InvalidArgument, "image_id"},
+		{"content not uploaded", func() error {
+			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win", Site: "PS1",
+				ContentSha256: "2222222222222222222222222222222222222222222222222222222222222222"})
+			return err
+		}, codes.FailedPrecondition, ""},
+		{"a taken id", func() error {
+			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "taken", Site: "PS1", ContentSha256: sha})
+			return err
+		}, codes.AlreadyExists, ""},
+		{"an unknown image", func() error {
+			_, err := a.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: "images/nope"})
+			return err
+		}, codes.NotFound, ""},
+		{"a malformed name", func() error {
+			_, err := a.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: "win11"})
+			return err
+		}, codes.InvalidArgument, "name"},
+		{"a negative page size", func() error {
+			_, err := a.images.ListImages(ctx, &osvcv1.ListImagesRequest{PageSize: -1})
+			return err
+		}, codes.InvalidArgument, "page_size"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" is "+tt.wantCode.String(), func(t *testing.T) {
+			err := tt.call()
+			if status.Code(err) != tt.wantCode {
+				t.Fatalf("got %v, want %v", err, tt.wantCode)
+			}
+			if tt.wantField != "" && violatedField(err) != tt.wantField {
+				t.Errorf("field violation on %q, want %q (%v)", violatedField(err), tt.wantField, err)
+			}
+		})
+	}
+}

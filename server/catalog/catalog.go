@@ -1,0 +1,206 @@
+// Package catalog keeps the catalog of images and updates: importing WIMs and
+// update packages already in the content library, listing them, and working
+// out which updates apply to an image.
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/osvc/osvc/agent/engine/wiminfo"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store"
+)
+
+// Config configures a Catalog.
+type Config struct {
+	Store   *store.Store
+	Library *content.Library
+	Logger  hclog.Logger
+	// Now is the clock for create and update times; time.Now when nil.
+	Now func() time.Time
+}
+
+// Catalog is the catalog of images and updates.
+type Catalog struct {
+	store  *store.Store
+	lib    *content.Library
+	logger hclog.Logger
+	now    func() time.Time
+}
+
+// New validates cfg and returns a Catalog.
+func New(cfg Config) (*Catalog, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("catalog: Config.Store is required")
+	}
+	if cfg.Library == nil {
+		return nil, errors.New("catalog: Config.Library is required")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Catalog{store: cfg.Store, lib: cfg.Library, logger: logger.Named("catalog"), now: now}, nil
+}
+
+// ImportImage asks for a WIM already in the content library to become version 1 of a new image.
+type ImportImage struct {
+	ID, DisplayName, Site, ContentSHA256 string
+	// Kind defaults to IMAGE_KIND_OS_IMAGE.
+	Kind osvcv1.ImageKind
+}
+
+// ImportImage records a new image from a WIM in the content library: the
+// WIM's indexes are read from the file itself, and it becomes version 1,
+// current. An image id already taken is ErrConflict.
+func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Image, error) {
+	if err := ValidateID(req.ID); err != nil {
+		return nil, store.InvalidArgument("image_id", err.Error())
+	}
+	if err := ValidateSite(req.Site); err != nil {
+		return nil, store.InvalidArgument("site", err.Error())
+	}
+	kind := req.Kind
+	switch kind {
+	case osvcv1.ImageKind_IMAGE_KIND_UNSPECIFIED:
+		kind = osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE
+	case osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE, osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE:
+	default:
+		return nil, store.InvalidArgument("kind", fmt.Sprintf("unknown image kind %d; send IMAGE_KIND_OS_IMAGE or IMAGE_KIND_OS_UPGRADE_PACKAGE", kind))
+	}
+	if err := validateSHA256(req.ContentSHA256); err != nil {
+		return nil, store.InvalidArgument("content_sha256", err.Error())
+	}
+	blob, err := c.content(ctx, req.ContentSHA256, "upload the WIM first with ContentService.Write / osvcctl image import")
+	if err != nil {
+		return nil, err
+	}
+	indexes, err := wiminfo.ReadFile(c.lib.Path(blob.GetSha256()))
+	if err != nil {
+		return nil, store.InvalidArgument("content_sha256",
+			fmt.Sprintf("content %s is not a WIM file (%v); upload the .wim file itself", blob.GetSha256(), err))
+	}
+	if len(indexes) == 0 {
+		return nil, store.InvalidArgument("content_sha256",
+			fmt.Sprintf("WIM %s holds no image index; upload a WIM with at least one image", blob.GetSha256()))
+	}
+	displayName := req.DisplayName
+	if displayName == "" {
+		displayName = req.ID
+	}
+	now := timestamppb.New(c.now())
+	img := &osvcv1.Image{
+		Name:        ImageName(req.ID),
+		DisplayName: displayName,
+		Kind:        kind,
+		Site:        req.Site,
+		Versions: []*osvcv1.ImageVersion{{
+			Version:    1,
+			Sha256:     blob.GetSha256(),
+			SizeBytes:  blob.GetSizeBytes(),
+			CreateTime: now,
+		}},
+		CurrentVersion:  1,
+		Indexes:         indexes,
+		ServicingStatus: osvcv1.ServicingStatus_SERVICING_STATUS_NONE,
+		CreateTime:      now,
+		UpdateTime:      now,
+	}
+	if _, err := c.store.Create(ctx, c.store.ImageKey(req.ID), img); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, store.ErrConflict)
+		}
+		return nil, fmt.Errorf("import image %s: %w", img.Name, err)
+	}
+	c.logger.Info("image imported", "image", img.Name, "site", img.Site, "sha256", blob.GetSha256(), "indexes", len(indexes))
+	return img, nil
+}
+
+// content returns the library's record of sha; a blob it does not hold is
+// ErrFailedPrecondition with hint telling the user how to upload it.
+func (c *Catalog) content(ctx context.Context, sha, hint string) (*osvcv1.Content, error) {
+	blob, err := c.lib.Stat(ctx, sha)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("content %s is not in the content library; %s: %w", sha, hint, store.ErrFailedPrecondition)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up content %s: %w", sha, err)
+	}
+	return blob, nil
+}
+
+// GetImage returns the image named images/{id}.
+func (c *Catalog) GetImage(ctx context.Context, name string) (*osvcv1.Image, error) {
+	id, err := ImageID(name)
+	if err != nil {
+		return nil, err
+	}
+	img, _, err := store.Get[*osvcv1.Image](ctx, c.store, c.store.ImageKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("image %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get image %s: %w", name, err)
+	}
+	return img, nil
+}
+
+// ListImages lists images in name order; site, when set, keeps that site's images.
+func (c *Catalog) ListImages(ctx context.Context, site string, pageSize int, token string) ([]*osvcv1.Image, string, error) {
+	if site != "" {
+		if err := ValidateSite(site); err != nil {
+			return nil, "", store.InvalidArgument("site", err.Error())
+		}
+	}
+	return listFiltered(ctx, c.store, c.store.ImagesPrefix(), pageSize, token, func(img *osvcv1.Image) bool {
+		return site == "" || img.GetSite() == site
+	})
+}
+
+// listFiltered pages through prefix keeping the values keep accepts, and
+// fills the page by asking the store for no more than the rest of the page each
+// time: then the store's token always points right after the last value looked
+// at, and no kept value is skipped or returned twice.
+func listFiltered[T proto.Message](ctx context.Context, s *store.Store, prefix string, pageSize int, token string, keep func(T) bool) ([]T, string, error) {
+	pageSize = clampPageSize(pageSize)
+	var out []T
+	for {
+		page, next, err := store.List[T](ctx, s, prefix, pageSize-len(out), token)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, v := range page {
+			if keep(v) {
+				out = append(out, v)
+			}
+		}
+		token = next
+		if token == "" || len(out) >= pageSize {
+			return out, token, nil
+		}
+	}
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+)
+
+func clampPageSize(n int) int {
+	if n <= 0 {
+		return defaultPageSize
+	}
+	return min(n, maxPageSize)
+}

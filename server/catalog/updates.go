@@ -1,0 +1,368 @@
+package catalog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/osvc/osvc/agent/engine/cab"
+	"github.com/osvc/osvc/agent/engine/updatepkg"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/store"
+)
+
+// updateNamespace seeds the name-based (version 5) UUIDs of updates, so the
+// same package identity gets the same update_id on every server.
+var updateNamespace = uuid.MustParse("6f1c9a52-3b0e-4d53-9d0e-8a3f2c7b5e41")
+
+var (
+	kbPattern   = regexp.MustCompile(`(?i)KB\d+`)
+	archPattern = regexp.MustCompile(`(?i)(?:^|[^a-z0-9])(arm64|x64|amd64|x86)(?:[^a-z0-9]|$)`)
+)
+
+// maxFileNameLen is the longest file name Windows allows.
+const maxFileNameLen = 255
+
+// maxImportFiles bounds the work of one ImportUpdates request.
+const maxImportFiles = 1000
+
+// maxUpdateIDSuffix bounds the search for a free update id ("kb1-x64-2", "-3" …).
+const maxUpdateIDSuffix = 100
+
+// ImportUpdates records one update per file, in request order. Every file
+// must be in the content library. Each is opened as an update package and
+// described by its manifest; a file that is not a package the engines read
+// (an .exe, a driver cabinet) is recorded from its name (KB, architecture),
+// and the engines report it UNSUPPORTED. A damaged CAB or MSU is refused.
+// Importing a package identity (or, for other files, a sha256) already known
+// returns the existing update. Files are checked before anything is written,
+// so a bad file leaves the catalog as it was; each update is written with its
+// identity index in one transaction.
+func (c *Catalog) ImportUpdates(ctx context.Context, files []*osvcv1.UpdateFile) ([]*osvcv1.Update, error) {
+	if len(files) == 0 {
+		return nil, store.InvalidArgument("files", "no files; send at least one file uploaded with ContentService.Write")
+	}
+	if len(files) > maxImportFiles {
+		return nil, store.InvalidArgument("files", fmt.Sprintf("%d files in one request; send at most %d at a time", len(files), maxImportFiles))
+	}
+	candidates := make([]*osvcv1.Update, 0, len(files))
+	for i, f := range files {
+		u, err := c.readUpdateFile(ctx, fmt.Sprintf("files[%d]", i), f)
+		if err != nil {
+			return nil, err
+		}
+		candidates = append(candidates, u)
+	}
+	out := make([]*osvcv1.Update, 0, len(candidates))
+	for _, u := range candidates {
+		stored, err := c.storeUpdate(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, stored)
+	}
+	return out, nil
+}
+
+// readUpdateFile checks one file and describes the update it carries, without writing.
+func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.UpdateFile) (*osvcv1.Update, error) {
+	name := f.GetFileName()
+	if name == "" || name != filepath.Base(name) || strings.ContainsAny(name, `/\`) || name == "." || name == ".." ||
+		strings.ContainsFunc(name, unicode.IsControl) || len(name) > maxFileNameLen {
+		return nil, store.InvalidArgument(field+".file_name", "want a plain file name such as windows11.0-kb5031354-x64.msu, got "+quote(name))
+	}
+	if err := validateSHA256(f.GetSha256()); err != nil {
+		return nil, store.InvalidArgument(field+".sha256", err.Error())
+	}
+	blob, err := c.content(ctx, f.GetSha256(), "upload "+name+" first with ContentService.Write / osvcctl update import")
+	if err != nil {
+		return nil, err
+	}
+	if f.GetSizeBytes() != 0 && f.GetSizeBytes() != blob.GetSizeBytes() {
+		return nil, store.InvalidArgument(field+".size_bytes",
+			fmt.Sprintf("%s is %d bytes in the content library, not %d; send 0 or the right size", name, blob.GetSizeBytes(), f.GetSizeBytes()))
+	}
+	file := &osvcv1.UpdateFile{FileName: name, Sha256: blob.GetSha256(), SizeBytes: blob.GetSizeBytes()}
+	now := timestamppb.New(c.now())
+
+	pkg, err := updatepkg.Open(c.lib.Path(file.Sha256))
+	switch {
+	case errors.Is(err, updatepkg.ErrUnsupported):
+		if isPackageName(name) && !isCabinet(c.lib.Path(file.Sha256)) {
+			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is named like an update package but is not a cabinet; upload the CAB or MSU again", name))
+		}
+		// Not a package the engines read (an .exe, a driver or LZX cabinet):
+		// recorded so an administrator can select it, as Configuration
+		// Manager lists it, and the engine reports it UNSUPPORTED.
+		return &osvcv1.Update{
+			UpdateId:       uuid.NewSHA1(updateNamespace, []byte(fileIdentity(file.Sha256))).String(),
+			Revision:       1,
+			Kb:             kbFromName(name),
+			Title:          name,
+			Classification: osvcv1.Classification_CLASSIFICATION_UPDATE,
+			Architecture:   archFromName(name),
+			Files:          []*osvcv1.UpdateFile{file},
+			CreateTime:     now,
+		}, nil
+	case err != nil:
+		return nil, store.InvalidArgument(field, fmt.Sprintf("%s is a damaged update package (%v); upload the CAB or MSU again", name, err))
+	case pkg.Manifest == nil:
+		return nil, store.InvalidArgument(field, name+" holds no package manifest (update.mum)")
+	}
+	m := pkg.Manifest
+	identity := m.Identity.String()
+	kb := normalizeKB(m.KB)
+	if kb == "" {
+		kb = kbFromName(name)
+	}
+	title := m.Title
+	if title == "" {
+		title = name
+	}
+	arch := m.Architecture()
+	if arch == osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED {
+		// An architecture the manifest spells in a way osvc does not know
+		// (e.g. wow64) is left to the engine, like a neutral package.
+		arch = osvcv1.Architecture_ARCHITECTURE_NEUTRAL
+	}
+	u := &osvcv1.Update{
+		UpdateId:         uuid.NewSHA1(updateNamespace, []byte(identity)).String(),
+		Revision:         1,
+		Kb:               kb,
+		Title:            title,
+		Classification:   m.Classification,
+		Products:         slices.Clone(m.Products),
+		Architecture:     arch,
+		PackageIdentity:  identity,
+		Supersedes:       slices.Clone(m.Supersedes),
+		Files:            []*osvcv1.UpdateFile{file},
+		ApplicableBuilds: slices.Clone(m.ApplicableBuilds),
+		CreateTime:       now,
+	}
+	if !m.Released.IsZero() {
+		u.ReleaseTime = timestamppb.New(m.Released)
+	}
+	return u, nil
+}
+
+func isPackageName(name string) bool {
+	ext := strings.ToLower(filepath.Ext(name))
+	return ext == ".cab" || ext == ".msu"
+}
+
+// isCabinet reports whether the file starts with a cabinet's signature.
+func isCabinet(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var head [4]byte
+	if _, err := io.ReadFull(f, head[:]); err != nil {
+		return false
+	}
+	return cab.IsCabinet(head[:])
+}
+
+// fileIdentity is the idempotency key of a file that is not a package. Package
+// identities hold '~', so the two never collide.
+func fileIdentity(sha string) string { return "sha256:" + sha }
+
+func identityOf(u *osvcv1.Update) string {
+	if u.GetPackageIdentity() != "" {
+		return u.GetPackageIdentity()
+	}
+	return fileIdentity(u.GetFiles()[0].GetSha256())
+}
+
+// storeUpdate writes u under a free id together with its identity index, or
+// returns the update already recorded for that identity.
+func (c *Catalog) storeUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Update, error) {
+	identity := identityOf(u)
+	identityKey := c.store.UpdateIdentityKey(identity)
+	base := baseUpdateID(u)
+	for n := 1; n <= maxUpdateIDSuffix; n++ {
+		id := base
+		if n > 1 {
+			suffix := "-" + strconv.Itoa(n)
+			id = strings.TrimRight(base[:min(len(base), maxIDLen-len(suffix))], "-") + suffix
+		}
+		u.Name = UpdateName(id)
+		data, err := c.store.Marshal(u)
+		if err != nil {
+			return nil, fmt.Errorf("import %s: %w", u.GetFiles()[0].GetFileName(), err)
+		}
+		updateKey := c.store.UpdateKey(id)
+		resp, err := c.store.Client().Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(identityKey), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(updateKey), "=", 0)).
+			Then(clientv3.OpPut(identityKey, id), clientv3.OpPut(updateKey, string(data))).
+			Else(clientv3.OpGet(identityKey)).
+			Commit()
+		if err != nil {
+			return nil, fmt.Errorf("import update %s: %w", u.Name, err)
+		}
+		if resp.Succeeded {
+			c.logger.Info("update imported", "update", u.Name, "kb", u.Kb, "identity", identity)
+			return u, nil
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			existing, err := c.GetUpdate(ctx, UpdateName(string(kvs[0].Value)))
+			if err != nil {
+				return nil, fmt.Errorf("update %s is indexed but unreadable: %w", identity, err)
+			}
+			c.logger.Debug("update already imported", "update", existing.Name, "identity", identity)
+			return existing, nil
+		}
+		// The id is taken by another update: try the next suffix.
+	}
+	return nil, fmt.Errorf("no free update id from %s after %d tries; rename the file: %w", base, maxUpdateIDSuffix, store.ErrConflict)
+}
+
+// baseUpdateID derives a readable id such as kb5031354-x64 from the KB and
+// architecture, or from the file name when there is no KB.
+func baseUpdateID(u *osvcv1.Update) string {
+	var b strings.Builder
+	if u.GetKb() != "" {
+		b.WriteString(strings.ToLower(u.GetKb()))
+	} else {
+		name := strings.TrimSuffix(u.GetFiles()[0].GetFileName(), filepath.Ext(u.GetFiles()[0].GetFileName()))
+		dash := true
+		for _, r := range strings.ToLower(name) {
+			switch {
+			case r >= 'a' && r <= 'z' || r >= '0' && r <= '9':
+				b.WriteRune(r)
+				dash = false
+			case !dash:
+				b.WriteByte('-')
+				dash = true
+			}
+		}
+	}
+	id := strings.Trim(b.String(), "-")
+	if suffix := archSuffix(u.GetArchitecture()); suffix != "" && !strings.HasSuffix(id, "-"+suffix) {
+		id += "-" + suffix
+	}
+	if id == "" || id[0] < 'a' || id[0] > 'z' {
+		id = "u-" + id
+	}
+	if len(id) > maxIDLen {
+		id = strings.TrimRight(id[:maxIDLen], "-")
+	}
+	return id
+}
+
+func archSuffix(a osvcv1.Architecture) string {
+	switch a {
+	case osvcv1.Architecture_ARCHITECTURE_X86:
+		return "x86"
+	case osvcv1.Architecture_ARCHITECTURE_X64:
+		return "x64"
+	case osvcv1.Architecture_ARCHITECTURE_ARM64:
+		return "arm64"
+	}
+	return ""
+}
+
+// normalizeKB writes a KB number as KB5031354, whatever case or prefix it came with.
+func normalizeKB(kb string) string {
+	kb = strings.TrimSpace(kb)
+	if kb == "" {
+		return ""
+	}
+	if m := kbPattern.FindString(kb); m != "" {
+		return "KB" + m[2:]
+	}
+	if _, err := strconv.ParseUint(kb, 10, 64); err == nil {
+		return "KB" + kb
+	}
+	return kb
+}
+
+func kbFromName(name string) string {
+	if m := kbPattern.FindString(name); m != "" {
+		return "KB" + m[2:]
+	}
+	return ""
+}
+
+func archFromName(name string) osvcv1.Architecture {
+	m := archPattern.FindStringSubmatch(name)
+	if m == nil {
+		return osvcv1.Architecture_ARCHITECTURE_NEUTRAL
+	}
+	switch strings.ToLower(m[1]) {
+	case "arm64":
+		return osvcv1.Architecture_ARCHITECTURE_ARM64
+	case "x64", "amd64":
+		return osvcv1.Architecture_ARCHITECTURE_X64
+	default:
+		return osvcv1.Architecture_ARCHITECTURE_X86
+	}
+}
+
+// GetUpdate returns the update named updates/{id}.
+func (c *Catalog) GetUpdate(ctx context.Context, name string) (*osvcv1.Update, error) {
+	id, err := UpdateID(name)
+	if err != nil {
+		return nil, err
+	}
+	u, _, err := store.Get[*osvcv1.Update](ctx, c.store, c.store.UpdateKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("update %s: %w", name, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get update %s: %w", name, err)
+	}
+	return u, nil
+}
+
+// ListUpdates lists updates in name order, filtered by f (nil keeps all).
+func (c *Catalog) ListUpdates(ctx context.Context, f *osvcv1.UpdateFilter, pageSize int, token string) ([]*osvcv1.Update, string, error) {
+	match, err := newFilter(f)
+	if err != nil {
+		return nil, "", err
+	}
+	return listFiltered(ctx, c.store, c.store.UpdatesPrefix(), pageSize, token, match)
+}
+
+// newFilter checks f and returns its predicate: text is a case-insensitive
+// substring of the KB, title or a product; an architecture keeps itself and
+// NEUTRAL updates.
+func newFilter(f *osvcv1.UpdateFilter) (func(*osvcv1.Update) bool, error) {
+	text := strings.ToLower(strings.TrimSpace(f.GetText()))
+	arch := f.GetArchitecture()
+	if _, known := osvcv1.Architecture_name[int32(arch)]; !known {
+		return nil, store.InvalidArgument("filter.architecture", fmt.Sprintf("unknown architecture %d; send ARCHITECTURE_X86, X64, ARM64 or NEUTRAL", arch))
+	}
+	return func(u *osvcv1.Update) bool {
+		if arch != osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED &&
+			u.GetArchitecture() != arch && u.GetArchitecture() != osvcv1.Architecture_ARCHITECTURE_NEUTRAL {
+			return false
+		}
+		if text == "" {
+			return true
+		}
+		if strings.Contains(strings.ToLower(u.GetKb()), text) || strings.Contains(strings.ToLower(u.GetTitle()), text) {
+			return true
+		}
+		for _, p := range u.GetProducts() {
+			if strings.Contains(strings.ToLower(p), text) {
+				return true
+			}
+		}
+		return false
+	}, nil
+}

@@ -1,0 +1,388 @@
+// Package server assembles osvc-server: etcd (embedded or external), the
+// content library, the catalog, servicing, the scheduler and the agent
+// service, all served over one gRPC listener.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/store"
+)
+
+// Defaults of Config.
+const (
+	DefaultDataDir           = "./osvc-data"
+	DefaultListen            = "localhost:7300"
+	DefaultLeaseTTL          = 30 * time.Second
+	DefaultHeartbeatInterval = 10 * time.Second
+	DefaultShutdownTimeout   = 10 * time.Second
+	DefaultMaxAttempts       = 3
+)
+
+// keepaliveMinTime lets agents ping every 10 s (their gRPC keepalive is 30 s);
+// gRPC's default enforcement (5 min) would close their connections.
+const keepaliveMinTime = 10 * time.Second
+
+// etcdDialTimeout bounds the first contact with etcd, so a wrong
+// --etcd-endpoints fails at start instead of at the first request.
+const etcdDialTimeout = 10 * time.Second
+
+// Config configures a Server. Zero values take the defaults documented per field.
+type Config struct {
+	// DataDir holds the embedded etcd (DataDir/etcd) and the content library
+	// (DataDir/content); default ./osvc-data.
+	DataDir string
+	// Listen is the gRPC address; default localhost:7300. Port 0 picks a free port.
+	Listen string
+	// EtcdEndpoints points at an external etcd cluster; empty runs etcd embedded.
+	EtcdEndpoints []string
+	// Prefix is the etcd key prefix; default /osvc/.
+	Prefix string
+	// Logger defaults to an hclog logger on stderr named osvc-server.
+	Logger hclog.Logger
+	// LeaseTTL is the agents' etcd lease TTL (default 30s); HeartbeatInterval
+	// what agents are told (default 10s); ShutdownTimeout bounds the graceful
+	// stop (default 10s).
+	LeaseTTL, HeartbeatInterval, ShutdownTimeout time.Duration
+	// MaxAttempts bounds how often a run is leased before it fails; default 3.
+	MaxAttempts int
+	// FastEtcd runs the embedded etcd with short ticks, for tests and benchmarks.
+	FastEtcd bool
+}
+
+// Server is one osvc-server replica.
+type Server struct {
+	cfg    Config
+	logger hclog.Logger
+	ready  chan struct{}
+
+	mu      sync.Mutex
+	addr    string
+	started bool
+}
+
+// New validates cfg and applies the defaults; nothing starts until Run.
+func New(cfg Config) (*Server, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen address %q: want host:port, e.g. localhost:7300: %w", cfg.Listen, err)
+	}
+	for _, ep := range cfg.EtcdEndpoints {
+		if strings.TrimSpace(ep) == "" {
+			return nil, errors.New("etcd endpoints: an empty endpoint; give a comma-separated list such as http://10.0.0.1:2379")
+		}
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = store.DefaultPrefix
+	}
+	if !strings.HasPrefix(cfg.Prefix, "/") {
+		return nil, fmt.Errorf("etcd prefix %q: must start with '/', e.g. /osvc/", cfg.Prefix)
+	}
+	for _, d := range []struct {
+		name  string
+		value *time.Duration
+		def   time.Duration
+	}{
+		{"lease TTL", &cfg.LeaseTTL, DefaultLeaseTTL},
+		{"heartbeat interval", &cfg.HeartbeatInterval, DefaultHeartbeatInterval},
+		{"shutdown timeout", &cfg.ShutdownTimeout, DefaultShutdownTimeout},
+	} {
+		if *d.value < 0 {
+			return nil, fmt.Errorf("%s %s: must not be negative", d.name, *d.value)
+		}
+		if *d.value == 0 {
+			*d.value = d.def
+		}
+	}
+	// etcd leases count whole seconds.
+	if cfg.LeaseTTL < time.Second {
+		return nil, fmt.Errorf("lease TTL %s: must be at least 1s", cfg.LeaseTTL)
+	}
+	if cfg.HeartbeatInterval >= cfg.LeaseTTL {
+		return nil, fmt.Errorf("heartbeat interval %s must be shorter than the lease TTL %s, or leases expire between heartbeats",
+			cfg.HeartbeatInterval, cfg.LeaseTTL)
+	}
+	if cfg.MaxAttempts < 0 {
+		return nil, fmt.Errorf("max attempts %d: must not be negative", cfg.MaxAttempts)
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Output: os.Stderr})
+	}
+	return &Server{cfg: cfg, logger: cfg.Logger, ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the server listens and serves.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the bound address, valid once Ready is closed.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Run starts everything, serves until ctx ends, then stops gracefully within
+// ShutdownTimeout and forcefully after it. It returns nil after a shutdown
+// asked for by ctx, and the first error of any part otherwise. A Server runs
+// once.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	started := s.started
+	s.started = true
+	s.mu.Unlock()
+	if started {
+		return errors.New("osvc-server: Run was already called; make a new Server with New")
+	}
+	// Listen first: a taken port fails before anything else starts, and once
+	// Ready is closed clients can connect.
+	lis, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w; choose another address with --listen", s.cfg.Listen, err)
+	}
+	defer lis.Close()
+	addr := lis.Addr().String()
+	s.mu.Lock()
+	s.addr = addr
+	s.mu.Unlock()
+
+	endpoints := s.cfg.EtcdEndpoints
+	if len(endpoints) == 0 {
+		emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{
+			Dir:       filepath.Join(s.cfg.DataDir, "etcd"),
+			Logger:    s.logger,
+			FastTicks: s.cfg.FastEtcd,
+		})
+		if err != nil {
+			return fmt.Errorf("start embedded etcd: %w", err)
+		}
+		defer func() {
+			if err := emb.Close(); err != nil {
+				s.logger.Warn("embedded etcd did not stop cleanly", "error", err)
+			}
+		}()
+		endpoints = emb.Endpoints()
+	}
+	client, err := s.connectEtcd(ctx, endpoints)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	st, err := store.New(store.Config{Client: client, Prefix: s.cfg.Prefix, Logger: s.logger})
+	if err != nil {
+		return err
+	}
+	lib, err := content.New(content.Config{Dir: filepath.Join(s.cfg.DataDir, "content"), Store: st, Logger: s.logger})
+	if err != nil {
+		return fmt.Errorf("content library: %w", err)
+	}
+	cat, err := catalog.New(catalog.Config{Store: st, Library: lib, Logger: s.logger})
+	if err != nil {
+		return err
+	}
+	serverID := serverID(addr)
+	parts, err := s.wireServicing(st, cat, lib, serverID)
+	if err != nil {
+		return err
+	}
+
+	gs := grpc.NewServer(s.serverOptions()...)
+	healthSrv := health.NewServer()
+	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, s.logger))
+	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
+	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
+	parts.register(gs)
+	healthpb.RegisterHealthServer(gs, healthSrv)
+	reflection.Register(gs)
+	for name := range gs.GetServiceInfo() {
+		healthSrv.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	// runCtx ends the background loops; it ends with ctx or when any part fails.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var g group
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil {
+			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
+		}
+		return nil
+	}, cancel)
+	for _, l := range parts.loops {
+		g.Go(func() error {
+			err := l.run(runCtx)
+			switch {
+			case runCtx.Err() != nil && (err == nil || errors.Is(err, context.Canceled)):
+				return nil
+			case err == nil:
+				return fmt.Errorf("%s stopped while the server runs", l.name)
+			default:
+				return fmt.Errorf("%s: %w", l.name, err)
+			}
+		}, cancel)
+	}
+
+	etcdDesc := "embedded"
+	if len(s.cfg.EtcdEndpoints) > 0 {
+		etcdDesc = strings.Join(s.cfg.EtcdEndpoints, ",")
+	}
+	s.logger.Info("osvc-server serving", "addr", addr, "etcd", etcdDesc, "data_dir", s.cfg.DataDir, "server_id", serverID)
+	close(s.ready)
+
+	<-runCtx.Done()
+	s.logger.Info("osvc-server stopping", "timeout", s.cfg.ShutdownTimeout)
+	healthSrv.Shutdown()
+	s.gracefulStop(gs)
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	s.logger.Info("osvc-server stopped")
+	return nil
+}
+
+// connectEtcd dials etcd and checks it answers, so a wrong endpoint fails now,
+// with the endpoint named, rather than at the first request.
+func (s *Server) connectEtcd(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: etcdDialTimeout,
+		// The client's own zap logs repeat what our errors say.
+		Logger:  zap.NewNop(),
+		Context: ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
+	}
+	checkCtx, cancel := context.WithTimeout(ctx, etcdDialTimeout)
+	defer cancel()
+	if _, err := client.Get(checkCtx, s.cfg.Prefix, clientv3.WithCountOnly()); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("etcd at %s does not answer (%w); check --etcd-endpoints and that etcd is running",
+			strings.Join(endpoints, ","), err)
+	}
+	return client, nil
+}
+
+// gracefulStop lets calls in flight finish for up to ShutdownTimeout, then
+// closes every connection.
+func (s *Server) gracefulStop(gs *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(s.cfg.ShutdownTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.logger.Warn("calls still running after the shutdown timeout; closing them", "timeout", s.cfg.ShutdownTimeout)
+		gs.Stop()
+		<-done
+	}
+}
+
+func (s *Server) serverOptions() []grpc.ServerOption {
+	opts := append([]grpc.ServerOption{}, transfer.ServerOptions()...)
+	logger := s.logger.Named("grpc")
+	return append(opts,
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{
+			MinTime:             keepaliveMinTime,
+			PermitWithoutStream: true,
+		}),
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			start := time.Now()
+			resp, err := handler(ctx, req)
+			logCall(logger, info.FullMethod, start, err)
+			return resp, err
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			start := time.Now()
+			err := handler(srv, ss)
+			logCall(logger, info.FullMethod, start, err)
+			return err
+		}),
+	)
+}
+
+// logCall logs every call at debug level, and at warn level the errors that
+// are the server's fault rather than the caller's.
+func logCall(logger hclog.Logger, method string, start time.Time, err error) {
+	code := status.Code(err)
+	switch code {
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		logger.Warn("call failed", "method", method, "code", code, "duration", time.Since(start), "error", err)
+	default:
+		if logger.IsDebug() {
+			logger.Debug("call", "method", method, "code", code, "duration", time.Since(start))
+		}
+	}
+}
+
+// serverID names this replica in agent presence records and elections.
+func serverID(addr string) string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	return host + "/" + addr
+}
+
+// group runs goroutines and waits for all of them; the first error is kept
+// and calls stop, so one failing part shuts the server down.
+type group struct {
+	wg   sync.WaitGroup
+	once sync.Once
+	err  error
+}
+
+func (g *group) Go(f func() error, stop context.CancelFunc) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		if err := f(); err != nil {
+			g.once.Do(func() {
+				g.err = err
+			})
+			stop()
+		}
+	}()
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	return g.err
+}

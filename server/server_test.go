@@ -1,0 +1,348 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server"
+)
+
+// running is a Server started by startServer.
+type running struct {
+	srv    *server.Server
+	cancel context.CancelFunc
+	// exited is closed when Run has returned err.
+	exited chan struct{}
+	err    error
+}
+
+// stop cancels the server's ctx and returns what Run returned.
+func (r *running) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.exited:
+		return r.err
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute of its ctx ending")
+		return nil
+	}
+}
+
+func testConfig(t *testing.T, dataDir string) server.Config {
+	return server.Config{
+		DataDir:         dataDir,
+		Listen:          "127.0.0.1:0",
+		FastEtcd:        true,
+		ShutdownTimeout: 5 * time.Second,
+		Logger:          hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn}),
+	}
+}
+
+// startServer runs a Server until the test ends and returns once it is ready.
+func startServer(t *testing.T, cfg server.Config) *running {
+	t.Helper()
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{srv: srv, cancel: cancel, exited: make(chan struct{})}
+	go func() {
+		r.err = srv.Run(ctx)
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-r.exited
+	})
+	select {
+	case <-srv.Ready():
+	case <-r.exited:
+		t.Fatalf("Run ended before the server was ready: %v", r.err)
+	case <-time.After(time.Minute):
+		t.Fatal("server not ready within a minute")
+	}
+	return r
+}
+
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// captureWIM makes a real single-index x64 WIM with wimlib-imagex.
+func captureWIM(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src", "Windows")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "win.ini"), []byte("[fonts]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wim := filepath.Join(dir, "install.wim")
+	cmd := exec.Command("wimlib-imagex", "capture", filepath.Join(dir, "src"), wim, "Windows 11 Pro",
+		"--image-property", "WINDOWS/ARCH=9", "--image-property", "WINDOWS/VERSION/BUILD=22631")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("wimlib-imagex capture: %v\n%s", err, out)
+	}
+	return wim
+}
+
+// importImage uploads a fresh WIM and imports it as images/{id}.
+func importImage(t *testing.T, conn *grpc.ClientConn, id string) *osvcv1.Image {
+	t.Helper()
+	ctx := context.Background()
+	c, err := transfer.Upload(ctx, osvcv1.NewContentServiceClient(conn), captureWIM(t), "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	resp, err := osvcv1.NewImageServiceClient(conn).ImportImage(ctx, &osvcv1.ImportImageRequest{
+		ImageId: id, Site: "PS1", ContentSha256: c.Sha256,
+	})
+	if err != nil {
+		t.Fatalf("ImportImage: %v", err)
+	}
+	return resp.Image
+}
+
+func TestServerServesHealthReflectionAndTheCatalog(t *testing.T) {
+	t.Parallel()
+	r := startServer(t, testConfig(t, t.TempDir()))
+	conn := dial(t, r.srv.Addr())
+	ctx := context.Background()
+
+	health, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatalf("health check: %v", err)
+	}
+	if health.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health = %v, want SERVING", health.Status)
+	}
+	if h, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "osvc.v1.ImageService"}); err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health of osvc.v1.ImageService = %v, %v; want SERVING", h, err)
+	}
+
+	services := listServices(t, conn)
+	for _, want := range []string{
+		"osvc.v1.ImageService", "osvc.v1.UpdateService", "osvc.v1.ContentService",
+		"osvc.v1.ServicingService", "osvc.v1.AgentService", "grpc.health.v1.Health",
+	} {
+		if !slices.Contains(services, want) {
+			t.Errorf("reflection lists %v, missing %s", services, want)
+		}
+	}
+
+	img := importImage(t, conn, "win11")
+	if img.Name != "images/win11" || len(img.Indexes) != 1 || img.Indexes[0].Build != 22631 {
+		t.Errorf("imported image = %v", img)
+	}
+	got, err := osvcv1.NewImageServiceClient(conn).GetImage(ctx, &osvcv1.GetImageRequest{Name: "images/win11"})
+	if err != nil {
+		t.Fatalf("GetImage: %v", err)
+	}
+	if got.Image.Versions[0].Sha256 != img.Versions[0].Sha256 {
+		t.Errorf("GetImage = %v, want %v", got.Image, img)
+	}
+	_, err = osvcv1.NewImageServiceClient(conn).GetImage(ctx, &osvcv1.GetImageRequest{Name: "images/nope"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("GetImage of an unknown image: %v, want NotFound", err)
+	}
+}
+
+func listServices(t *testing.T, conn *grpc.ClientConn) []string {
+	t.Helper()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	}); err != nil {
+		t.Fatalf("reflection send: %v", err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("reflection recv: %v", err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.Name)
+	}
+	return names
+}
+
+func TestServerStopsOnCancelAndKeepsItsDataAcrossARestart(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	first := startServer(t, testConfig(t, dataDir))
+	conn := dial(t, first.srv.Addr())
+	img := importImage(t, conn, "win11")
+
+	// A health watcher sees the server go NOT_SERVING as it stops.
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	watch, err := healthpb.NewHealthClient(conn).Watch(watchCtx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health watch = %v, %v; want SERVING", st, err)
+	}
+	first.cancel()
+	if st, err := watch.Recv(); err != nil || st.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health watch during shutdown = %v, %v; want NOT_SERVING", st, err)
+	}
+	stopWatch()
+	if err := first.stop(t); err != nil {
+		t.Fatalf("Run after ctx cancel = %v, want nil", err)
+	}
+
+	second := startServer(t, testConfig(t, dataDir))
+	got, err := osvcv1.NewImageServiceClient(dial(t, second.srv.Addr())).GetImage(context.Background(), &osvcv1.GetImageRequest{Name: "images/win11"})
+	if err != nil {
+		t.Fatalf("GetImage after a restart: %v", err)
+	}
+	if got.Image.Versions[0].Sha256 != img.Versions[0].Sha256 {
+		t.Errorf("image after restart = %v, want %v", got.Image, img)
+	}
+	if err := second.stop(t); err != nil {
+		t.Errorf("second Run = %v, want nil", err)
+	}
+}
+
+func TestServerUsesAnExternalEtcd(t *testing.T) {
+	t.Parallel()
+	endpoint := startEtcd(t)
+	cfg := testConfig(t, t.TempDir())
+	cfg.EtcdEndpoints = []string{endpoint}
+	cfg.Prefix = "/osvc-external/"
+	r := startServer(t, cfg)
+	importImage(t, dial(t, r.srv.Addr()), "win11")
+
+	client := etcdClient(t, endpoint)
+	resp, err := client.Get(context.Background(), "/osvc-external/images/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Key) != "/osvc-external/images/win11" {
+		t.Errorf("external etcd holds %d image keys (%v), want /osvc-external/images/win11", len(resp.Kvs), resp.Kvs)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "etcd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an embedded etcd directory was made next to an external etcd: %v", err)
+	}
+}
+
+func TestNewRefusesABadConfig(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		cfg  server.Config
+	}{
+		{"a listen address without a port", server.Config{Listen: "localhost"}},
+		{"a negative lease TTL", server.Config{LeaseTTL: -time.Second}},
+		{"a heartbeat slower than the lease", server.Config{LeaseTTL: 5 * time.Second, HeartbeatInterval: 10 * time.Second}},
+		{"a negative max attempts", server.Config{MaxAttempts: -1}},
+		{"an empty etcd endpoint", server.Config{EtcdEndpoints: []string{""}}},
+		{"a prefix without a leading slash", server.Config{Prefix: "osvc/"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" is refused", func(t *testing.T) {
+			if _, err := server.New(tt.cfg); err == nil {
+				t.Error("New accepted it")
+			}
+		})
+	}
+}
+
+// startEtcd runs Debian's etcd binary on free loopback ports until the test
+// ends and returns its client URL once it answers.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	client, peer := freeURL(t), freeURL(t)
+	cmd := exec.Command("etcd",
+		"--name", "external",
+		"--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "external="+peer,
+		"--heartbeat-interval", "10", "--election-timeout", "100",
+		"--log-level", "error", "--logger", "zap")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	c := etcdClient(t, client)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Get(ctx, "health-probe")
+		cancel()
+		if err == nil {
+			return client
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("etcd exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd at %s did not answer within 30s: %v", client, err)
+		}
+	}
+}
+
+func etcdClient(t *testing.T, endpoint string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// freeURL returns a loopback URL on a port the OS just handed out.
+func freeURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprintf("http://%s", l.Addr())
+}
