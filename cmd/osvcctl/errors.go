@@ -60,7 +60,11 @@ func renderError(err error, server string) string {
 			continue
 		}
 		for _, v := range br.GetFieldViolations() {
-			fmt.Fprintf(&b, "  %s: %s\n", v.GetField(), v.GetDescription())
+			line := v.GetField() + ": " + v.GetDescription()
+			if strings.Contains(st.Message(), line) {
+				continue // the message already says it
+			}
+			fmt.Fprintf(&b, "  %s\n", line)
 		}
 	}
 	return b.String()

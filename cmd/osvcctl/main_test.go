@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -657,5 +660,23 @@ func TestUploadProgressPrintsQuarterLinesWithoutATerminal(t *testing.T) {
 		"  install.wim: uploaded\n"
 	if got := out.String(); got != want {
 		t.Errorf("output =\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestAViolationTheMessageAlreadyStatesIsNotRepeated(t *testing.T) {
+	t.Parallel()
+	st, err := status.New(codes.InvalidArgument, "invalid argument: name: use images/ID").WithDetails(&errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{
+			{Field: "name", Description: "use images/ID"},
+			{Field: "site", Description: "use a site code such as PS1"},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := renderError(st.Err(), "localhost:7300")
+	want := "error: invalid argument: name: use images/ID\n  site: use a site code such as PS1\n"
+	if got != want {
+		t.Errorf("renderError =\n%s\nwant\n%s", got, want)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/updatepkg"
 	"github.com/osvc/osvc/agent/engine/wiminfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -265,8 +266,10 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 	runCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	args := []string{"unmount", m.Dir}
+	var revision uint32
 	if commit {
 		args = append(args, "--commit")
+		revision = e.servicedRevision(runCtx, m)
 	}
 	_, err := e.run(runCtx, true, args...)
 	if err == nil {
@@ -278,6 +281,9 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 			return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, werr)
 		}
 		e.logger.Info("unmounted", "dir", m.Dir, "commit", commit)
+		if revision > 0 {
+			return e.setRevision(runCtx, m, revision)
+		}
 		return nil
 	}
 	if !isMountPoint(m.Dir) {
@@ -294,6 +300,63 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 		e.lazyUnmount(runCtx, m.Dir)
 	}
 	return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, err)
+}
+
+// servicedRevision returns the OS revision (4317 of 22631.4317) that the
+// newest installed cumulative update brings the mounted index to, or 0 when it
+// is not above the index's own. Windows reads its version from the registry,
+// which a cumulative update rewrites; an image without a registry hive carries
+// it only in the WIM's XML info, so the engine keeps that up to date.
+func (e *Engine) servicedRevision(ctx context.Context, m *engine.Mount) uint32 {
+	if m.Info == nil {
+		return 0
+	}
+	installed, err := e.InstalledPackages(ctx, m)
+	if err != nil {
+		e.logger.Warn("cannot read the installed packages for the image version", "dir", m.Dir, "error", err)
+		return 0
+	}
+	return cumulativeRevision(installed, m.Info.GetBuild(), m.Info.GetVersion())
+}
+
+// cumulativeRevision picks the highest revision of the installed cumulative
+// updates (Package_for_RollupFix, version BUILD.REVISION.x.y) for build, when
+// it is above the revision of version (MAJOR.MINOR.BUILD.REVISION).
+func cumulativeRevision(installed []engine.Installed, build uint32, version string) uint32 {
+	var current uint64
+	if parts := strings.Split(version, "."); len(parts) == 4 {
+		current, _ = strconv.ParseUint(parts[3], 10, 32)
+	}
+	best := uint32(current)
+	for _, in := range installed {
+		if in.State != stateInstalled {
+			continue
+		}
+		id, err := updatepkg.ParseIdentity(in.Identity)
+		if err != nil || !strings.HasPrefix(id.Name, "Package_for_RollupFix") {
+			continue
+		}
+		parts := strings.Split(id.Version, ".")
+		if len(parts) < 2 || parts[0] != strconv.FormatUint(uint64(build), 10) {
+			continue
+		}
+		if rev, err := strconv.ParseUint(parts[1], 10, 32); err == nil && uint32(rev) > best {
+			best = uint32(rev)
+		}
+	}
+	if best == uint32(current) {
+		return 0
+	}
+	return best
+}
+
+// setRevision records the serviced OS revision in the WIM's XML info.
+func (e *Engine) setRevision(ctx context.Context, m *engine.Mount, revision uint32) error {
+	if _, err := e.run(ctx, true, "info", m.WIM, strconv.Itoa(m.Index),
+		"--image-property", "WINDOWS/VERSION/SPBUILD="+strconv.FormatUint(uint64(revision), 10)); err != nil {
+		return fmt.Errorf("record OS revision %d in %s index %d: %w", revision, m.WIM, m.Index, err)
+	}
+	return nil
 }
 
 // unmountSettle bounds the wait for the kernel to drop a mount after

@@ -474,6 +474,45 @@ func TestCleanupAndExportDropSupersededComponents(t *testing.T) {
 	if states[older.KB] != "Superseded" || states[newer.KB] != "Installed" {
 		t.Errorf("states = %v, want %s Superseded and %s Installed", states, older.KB, newer.KB)
 	}
+
+	newerPkg, err := updatepkg.Open(newer.File)
+	if err != nil {
+		t.Fatal(err)
+	}
+	indexes, err := e.Inspect(context.Background(), exported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revision := strings.Split(newerPkg.Manifest.Identity.Version, ".")[1]
+	if got := indexes[0].GetVersion(); !strings.HasSuffix(got, "."+revision) {
+		t.Errorf("serviced image version %s, want the revision %s of %s", got, revision, newer.KB)
+	}
+}
+
+func TestTheImageVersionFollowsTheNewestInstalledCumulativeUpdate(t *testing.T) {
+	t.Parallel()
+	installed := []engine.Installed{
+		{Identity: "Package_for_RollupFix~31bf3856ad364e35~amd64~~22631.4169.1.1", State: "Superseded"},
+		{Identity: "Package_for_RollupFix~31bf3856ad364e35~amd64~~22631.4317.1.1", State: "Installed"},
+		{Identity: "Package_for_RollupFix~31bf3856ad364e35~amd64~~26100.5000.1.1", State: "Installed"},
+		{Identity: "Package_for_ServicingStack_4311~31bf3856ad364e35~amd64~~22631.9999.1.1", State: "Installed"},
+	}
+	tests := []struct {
+		name    string
+		version string
+		want    uint32
+	}{
+		{"an older image takes the installed cumulative update's revision", "10.0.22631.2428", 4317},
+		{"an image already at that revision is left alone", "10.0.22631.4317", 0},
+		{"an image past it is never moved back", "10.0.22631.5000", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := cumulativeRevision(installed, 22631, tt.version); got != tt.want {
+				t.Errorf("cumulativeRevision(%s) = %d, want %d", tt.version, got, tt.want)
+			}
+		})
+	}
 }
 
 func outcomeFor(s osvcv1.UpdateState) engine.Outcome {
