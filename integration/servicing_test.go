@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/agent/transfer"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
 )
 
