@@ -52,6 +52,8 @@ func buildAndRun(m *testing.M) int {
 // proc is a binary under test running as a process.
 type proc struct {
 	name string
+	// dir is the process's data folder, when it has one.
+	dir  string
 	cmd  *exec.Cmd
 	log  *syncBuffer
 	done chan struct{}

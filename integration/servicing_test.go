@@ -19,10 +19,11 @@ import (
 
 // cluster is one osvc-server with one agent of site PS1, as processes.
 type cluster struct {
-	addr    string
-	dataDir string
-	server  *proc
-	agent   *proc
+	addr       string
+	dataDir    string
+	serverArgs []string
+	server     *proc
+	agent      *proc
 
 	images   osvcv1.ImageServiceClient
 	updates  osvcv1.UpdateServiceClient
@@ -31,10 +32,18 @@ type cluster struct {
 	contents osvcv1.ContentServiceClient
 }
 
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T, serverArgs ...string) *cluster {
+	t.Helper()
+	c := newCluster(t, serverArgs...)
+	c.agent = c.startAgent(t, "agent-ps1")
+	return c
+}
+
+// newCluster starts osvc-server alone, with extra flags.
+func newCluster(t *testing.T, serverArgs ...string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server")}
+	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server"), serverArgs: serverArgs}
 	c.startServer(t)
 	cc := dial(t, c.addr)
 	c.images = osvcv1.NewImageServiceClient(cc)
@@ -43,28 +52,36 @@ func startCluster(t *testing.T) *cluster {
 	c.agents = osvcv1.NewAgentServiceClient(cc)
 	c.contents = osvcv1.NewContentServiceClient(cc)
 	waitServing(t, cc, c.server)
-	c.agent = start(t, "osvc-agent", "--server", c.addr, "--site", "PS1", "--name", "agent-ps1",
-		"--data-dir", filepath.Join(dir, "agent"), "--log-level", "debug")
-	c.waitAgent(t, time.Time{})
 	return c
 }
 
 func (c *cluster) startServer(t *testing.T) {
 	t.Helper()
-	c.server = start(t, "osvc-server", "--data-dir", c.dataDir, "--listen", c.addr, "--log-level", "debug")
+	args := append([]string{"--data-dir", c.dataDir, "--listen", c.addr, "--log-level", "debug"}, c.serverArgs...)
+	c.server = start(t, "osvc-server", args...)
 }
 
-// waitAgent waits until agents/agent-ps1 is connected and was last seen after since.
-func (c *cluster) waitAgent(t *testing.T, since time.Time) {
+// startAgent starts an agent of site PS1 and waits until it is connected.
+func (c *cluster) startAgent(t *testing.T, name string) *proc {
 	t.Helper()
-	eventually(t, 60*time.Second, "agent-ps1 to connect", func() bool {
+	dir := filepath.Join(t.TempDir(), name)
+	p := start(t, "osvc-agent", "--server", c.addr, "--site", "PS1", "--name", name,
+		"--data-dir", dir, "--log-level", "debug")
+	p.dir = dir
+	c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
+	return p
+}
+
+// waitAgent waits until agents/NAME is in state and was last seen after since.
+func (c *cluster) waitAgent(t *testing.T, name string, state osvcv1.AgentState, since time.Time) {
+	t.Helper()
+	eventually(t, 60*time.Second, name+" to be "+state.String(), func() bool {
 		resp, err := c.agents.ListAgents(context.Background(), &osvcv1.ListAgentsRequest{})
 		if err != nil {
 			return false
 		}
 		for _, a := range resp.GetAgents() {
-			if a.GetName() == "agents/agent-ps1" && a.GetState() == osvcv1.AgentState_AGENT_STATE_CONNECTED &&
-				a.GetLastSeenTime().AsTime().After(since) {
+			if a.GetName() == "agents/"+name && a.GetState() == state && a.GetLastSeenTime().AsTime().After(since) {
 				return true
 			}
 		}
@@ -321,7 +338,7 @@ func TestServicingEndToEnd(t *testing.T) {
 		c.server.stop(t)
 		restarted := time.Now()
 		c.startServer(t)
-		c.waitAgent(t, restarted)
+		c.waitAgent(t, "agent-ps1", osvcv1.AgentState_AGENT_STATE_CONNECTED, restarted)
 		again, err := c.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: img.GetName()})
 		if err != nil {
 			t.Fatal(err)
