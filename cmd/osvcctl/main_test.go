@@ -350,6 +350,15 @@ func TestScheduleCreateSendsTheOptionsAndPrintsTheRun(t *testing.T) {
 	}
 }
 
+func TestScheduleCreateQuietPrintsOnlyTheRunName(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	out := mustRun(t, f.addr, "schedule", "create", "win11-23h2", "--all-applicable", "-q")
+	if out != "runs/r-9\n" {
+		t.Errorf("output = %q, want the run name alone", out)
+	}
+}
+
 func TestRunCancelSendsTheReason(t *testing.T) {
 	t.Parallel()
 	f := startFake(t)

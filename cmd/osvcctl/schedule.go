@@ -26,13 +26,14 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 		allApplicable, continueOnError       bool
 		removeSuperseded, updateDistribution bool
 		startTime                            string
-		watch                                bool
+		watch, quiet                         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create IMAGE (--update ID... | --all-applicable)",
 		Short: "Select updates for an image and queue a servicing run",
 		Example: `  osvcctl schedule create win11-23h2 --all-applicable --remove-superseded --watch
-  osvcctl schedule create win11-23h2 --update kb5031354 --update kb5031455 --continue-on-error`,
+  osvcctl schedule create win11-23h2 --update kb5031354 --update kb5031455 --continue-on-error
+  RUN=$(osvcctl schedule create win11-23h2 --all-applicable -q) && osvcctl run watch "$RUN"`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			image, err := resourceName(collImages, args[0])
@@ -72,6 +73,13 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if quiet && watch {
+				return errors.New("--quiet prints only the run name: use it without --watch, then 'osvcctl run watch RUN'")
+			}
+			if quiet {
+				_, err := fmt.Fprintln(c.stdout, resp.GetRun().GetName())
+				return err
+			}
 			if c.output == outputJSON && !watch {
 				return printJSON(c.stdout, resp)
 			}
@@ -92,6 +100,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 	f.BoolVar(&updateDistribution, "update-distribution-points", false, "Update distribution points with the serviced image")
 	f.StringVar(&startTime, "start-time", "", "hold the run until this RFC 3339 time (default: as soon as possible)")
 	f.BoolVar(&watch, "watch", false, "then follow the run like 'run watch'")
+	f.BoolVarP(&quiet, "quiet", "q", false, "print only the run's name, for scripts")
 	return cmd
 }
 
