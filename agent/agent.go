@@ -55,7 +55,17 @@ type Config struct {
 	// InitialBackoff and MaxBackoff bound the reconnect delay; default 1s and 30s.
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
+	// WorkRetention is how long the work folder of an ended run (its logs)
+	// is kept after the run, by the folder's modification time; default
+	// DefaultWorkRetention, negative keeps them for ever.
+	WorkRetention time.Duration
 }
+
+// DefaultWorkRetention is how long the logs of ended runs are kept.
+const DefaultWorkRetention = 7 * 24 * time.Hour
+
+// retentionEvery is how often a running agent removes expired work folders.
+const retentionEvery = 24 * time.Hour
 
 // namePattern is what the server accepts as an agent's name (agents/{name}).
 var namePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
@@ -100,6 +110,10 @@ type Agent struct {
 	runsCtx    context.Context
 	cancelRuns context.CancelCauseFunc
 	content    osvcv1.ContentServiceClient
+
+	// now and retentionTicks drive the retention; tests replace them.
+	now            func() time.Time
+	retentionTicks func() (<-chan time.Time, func())
 }
 
 // heldRun is a run the agent is servicing.
@@ -135,6 +149,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Drive == "" {
 		cfg.Drive = DriveAutomatic
 	}
+	if cfg.WorkRetention == 0 {
+		cfg.WorkRetention = DefaultWorkRetention
+	}
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown"
@@ -169,6 +186,11 @@ func New(cfg Config) (*Agent, error) {
 		drive:  drive,
 		cache:  cache,
 		runs:   make(map[string]*heldRun),
+		now:    time.Now,
+		retentionTicks: func() (<-chan time.Time, func()) {
+			t := time.NewTicker(retentionEvery)
+			return t.C, t.Stop
+		},
 	}
 	c, err := conn.New(conn.Config{
 		Server:         cfg.Server,
@@ -209,8 +231,29 @@ func ResolveDrive(setting, dataDir string) (string, error) {
 }
 
 // Run keeps the agent connected and servicing until ctx ends; running runs are
-// discarded (unmounted without commit) before it returns.
+// discarded (unmounted without commit) before it returns. Before it connects
+// it cleans up what a crashed agent left on the drive (mounts, copies) and
+// removes expired work folders, which it then does once a day.
 func (a *Agent) Run(ctx context.Context) error {
+	a.logger.Info("agent starting", "name", a.cfg.Name, "site", a.cfg.Site, "server", a.cfg.Server,
+		"engine", a.cfg.Engine.Name(), "drive", a.drive, "capacity", a.cfg.Capacity, "work_retention", a.cfg.WorkRetention.String())
+	unlock, err := lockDrive(a.drive)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer unlock()
+	// Nothing runs yet: whatever is mounted in a work folder was left by an
+	// agent that crashed, and nothing in it is worth keeping.
+	if err := pipeline.Recover(ctx, a.cfg.Engine, a.drive, a.logger); err != nil {
+		a.logger.Error("cleaning up after earlier runs left some behind: runs in those folders may fail until it is fixed", "error", err)
+	}
+	a.removeExpired()
+	var retention sync.WaitGroup
+	defer retention.Wait()
+	rctx, stopRetention := context.WithCancel(ctx)
+	defer stopRetention()
+	retention.Go(func() { a.keepRemovingExpired(rctx) })
+
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	opts = append(opts, transfer.DialOptions()...)
 	opts = append(opts, a.cfg.DialOptions...)
@@ -226,8 +269,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runsCtx, a.cancelRuns = context.WithCancelCause(context.WithoutCancel(ctx))
 	a.mu.Unlock()
 
-	a.logger.Info("agent starting", "name", a.cfg.Name, "site", a.cfg.Site, "server", a.cfg.Server,
-		"engine", a.cfg.Engine.Name(), "drive", a.drive, "capacity", a.cfg.Capacity)
 	connErr := make(chan error, 1)
 	go func() { connErr <- a.conn.Run(ctx) }()
 
@@ -247,6 +288,65 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("agent stopped")
 	return nil
+}
+
+// lockDrive makes sure one agent at a time works on a drive: recovery at
+// start would otherwise discard another live agent's mounts. The lock is an
+// flock, so a crashed agent's lock goes with its process.
+func lockDrive(drive string) (unlock func(), err error) {
+	root := filepath.Join(drive, pipeline.WorkFolder)
+	if err := os.MkdirAll(root, 0o750); err != nil {
+		return nil, fmt.Errorf("create the work folder on drive %s: %w: set --drive to a writable folder", drive, err)
+	}
+	path := filepath.Join(root, ".osvc-agent.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("lock drive %s: %w", drive, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("drive %s is in use by another osvc-agent on this server (%s is locked): give each agent its own --drive or --data-dir", drive, path)
+		}
+		return nil, fmt.Errorf("lock drive %s: %w", drive, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// keepRemovingExpired removes expired work folders on every tick until ctx ends.
+func (a *Agent) keepRemovingExpired(ctx context.Context) {
+	if a.cfg.WorkRetention < 0 {
+		return
+	}
+	ticks, stop := a.retentionTicks()
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticks:
+			a.removeExpired()
+		}
+	}
+}
+
+// removeExpired removes the work folders of ended runs older than the
+// retention. a.mu is held throughout: a run the agent does not hold cannot
+// start (and write into its folder) while its folder is being removed.
+func (a *Agent) removeExpired() {
+	if a.cfg.WorkRetention < 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	held := func(id string) bool { _, ok := a.runs["runs/"+id]; return ok }
+	removed, err := pipeline.RemoveExpired(a.drive, a.cfg.WorkRetention, a.now(), held, a.logger)
+	if err != nil {
+		a.logger.Warn("removing expired work folders failed", "error", err)
+	}
+	if len(removed) > 0 {
+		a.logger.Info("expired work folders removed", "count", len(removed), "retention", a.cfg.WorkRetention.String())
+	}
 }
 
 // hello describes the agent for each (re)connect.

@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -20,6 +24,7 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
+	"github.com/osvc/osvc/agent/pipeline"
 	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
@@ -143,12 +148,28 @@ type harness struct {
 	stop  func()
 }
 
-func start(t *testing.T) *harness { return startWith(t, nil) }
+func start(t *testing.T) *harness { return startSetup(t, setup{}) }
 
 // startWith runs an agent against the fake server; content, when set, serves
 // ContentService instead of the fake's never-ending reads.
 func startWith(t *testing.T, content osvcv1.ContentServiceServer) *harness {
 	t.Helper()
+	return startSetup(t, setup{content: content})
+}
+
+// setup changes how startSetup starts the agent.
+type setup struct {
+	// content, when set, serves ContentService.
+	content osvcv1.ContentServiceServer
+	// drive, when set, is the agent's drive instead of a new empty folder.
+	drive string
+	// before, when set, changes the agent between New and Run.
+	before func(a *Agent)
+}
+
+func startSetup(t *testing.T, su setup) *harness {
+	t.Helper()
+	content := su.content
 	srv := &fakeServer{streams: make(chan *fakeStream, 16), reqs: make(chan *osvcv1.ConnectRequest, 10000)}
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer(transfer.ServerOptions()...)
@@ -165,7 +186,10 @@ func startWith(t *testing.T, content osvcv1.ContentServiceServer) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drive := t.TempDir()
+	drive := su.drive
+	if drive == "" {
+		drive = t.TempDir()
+	}
 	a, err := New(Config{
 		Server:         "passthrough:///bufnet",
 		Site:           "PS1",
@@ -184,6 +208,9 @@ func startWith(t *testing.T, content osvcv1.ContentServiceServer) *harness {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if su.before != nil {
+		su.before(a)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -572,4 +599,173 @@ func TestTheDefaultNameIsAValidAgentNameMadeOfTheHostName(t *testing.T) {
 			}
 		})
 	}
+}
+
+// isMounted tells whether dir is a mount point, read straight from the kernel.
+func isMounted(t *testing.T, dir string) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// endedRun makes the work folder of a run that ended age before now: its log only.
+func endedRun(t *testing.T, drive, id string, now time.Time, age time.Duration) string {
+	t.Helper()
+	dir := filepath.Join(drive, pipeline.WorkFolder, id)
+	writeFile(t, filepath.Join(dir, pipeline.LogFile), "ended\n")
+	if err := os.Chtimes(dir, now.Add(-age), now.Add(-age)); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func exists(t *testing.T, path string) bool {
+	t.Helper()
+	_, err := os.Stat(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+func TestTheAgentCleansUpAfterACrashedRunBeforeItConnects(t *testing.T) {
+	t.Parallel()
+	sample, err := sampledata.Create(context.Background(), sampledata.Options{Dir: t.TempDir(), PayloadBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := fileSHA(t, sample.WIM)
+	now := time.Now()
+	drive := t.TempDir()
+	work := filepath.Join(drive, pipeline.WorkFolder, "r-x")
+	mount := filepath.Join(work, "mount")
+	if err := os.MkdirAll(mount, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(work, pipeline.LogFile), "the crashed run's story\n")
+	for _, leftover := range []string{"source.wim", "export.wim", "stage-42/update.mum"} {
+		writeFile(t, filepath.Join(work, leftover), "copy")
+	}
+	old := endedRun(t, drive, "r-old", now, 8*24*time.Hour)
+	recent := endedRun(t, drive, "r-recent", now, 24*time.Hour)
+
+	t.Cleanup(func() {
+		if isMounted(t, mount) {
+			_ = exec.Command("fusermount3", "-u", "-z", mount).Run()
+		}
+	})
+	if out, err := exec.Command("wimlib-imagex", "mountrw", sample.WIM, "1", mount).CombinedOutput(); err != nil {
+		t.Fatalf("wimlib-imagex mountrw: %v: %s", err, out)
+	}
+	// A change a commit would write into the WIM.
+	writeFile(t, filepath.Join(mount, "Windows", "half-applied.txt"), "must not reach the image")
+
+	h := startSetup(t, setup{drive: drive, before: func(a *Agent) { a.now = func() time.Time { return now } }})
+	// Recovery runs before the agent connects: once it has, it is done.
+	h.stream(t)
+	if isMounted(t, mount) {
+		t.Fatalf("%s is still a mount point", mount)
+	}
+	if got := fileSHA(t, sample.WIM); got != before {
+		t.Errorf("the mounted WIM changed (sha256 %s, was %s): the mount was committed", got, before)
+	}
+	entries, err := os.ReadDir(work)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != pipeline.LogFile {
+		var got []string
+		for _, e := range entries {
+			got = append(got, e.Name())
+		}
+		t.Errorf("the crashed run's folder holds %v, want its log only", got)
+	}
+	if exists(t, old) {
+		t.Errorf("%s ended 8 days ago, past the 7-day retention, and was kept", old)
+	}
+	if !exists(t, filepath.Join(recent, pipeline.LogFile)) {
+		t.Errorf("%s ended a day ago and its log was removed", recent)
+	}
+}
+
+func TestTheAgentRemovesExpiredWorkFoldersOnEveryTick(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	ticks := make(chan time.Time)
+	h := startSetup(t, setup{before: func(a *Agent) {
+		a.cfg.WorkRetention = 72 * time.Hour
+		a.now = func() time.Time { return now }
+		a.retentionTicks = func() (<-chan time.Time, func()) { return ticks, func() {} }
+	}})
+	h.stream(t)
+	old := endedRun(t, h.drive, "r-old", now, 4*24*time.Hour)
+	recent := endedRun(t, h.drive, "r-recent", now, 48*time.Hour)
+	held := endedRun(t, h.drive, "r-held", now, 30*24*time.Hour)
+	// A run the agent holds keeps its folder, whatever its age.
+	h.agent.mu.Lock()
+	h.agent.runs["runs/r-held"] = &heldRun{token: 1}
+	h.agent.mu.Unlock()
+	t.Cleanup(func() {
+		h.agent.mu.Lock()
+		delete(h.agent.runs, "runs/r-held")
+		h.agent.mu.Unlock()
+	})
+	// The loop takes the second tick only once the first pass is done.
+	ticks <- now
+	ticks <- now
+	if exists(t, old) {
+		t.Errorf("%s ended 4 days ago, past the 3-day retention, and was kept", old)
+	}
+	if !exists(t, recent) {
+		t.Errorf("%s ended 2 days ago, within the retention, and was removed", recent)
+	}
+	if !exists(t, held) {
+		t.Errorf("%s belongs to a run the agent holds and was removed", held)
+	}
+}
+
+func TestOneAgentAtATimeWorksOnADrive(t *testing.T) {
+	t.Parallel()
+	drive := t.TempDir()
+	unlock, err := lockDrive(drive)
+	if err != nil {
+		t.Fatalf("lockDrive: %v", err)
+	}
+	if _, err := lockDrive(drive); err == nil || !strings.Contains(err.Error(), "in use by another osvc-agent") {
+		t.Fatalf("a second lockDrive = %v, want the drive in use by another agent", err)
+	}
+	unlock()
+	unlock, err = lockDrive(drive)
+	if err != nil {
+		t.Fatalf("lockDrive once the first agent is gone: %v", err)
+	}
+	unlock()
 }

@@ -84,7 +84,9 @@ type Engine interface {
 	// /StartComponentCleanup /ResetBase).
 	Cleanup(ctx context.Context, m *Mount) error
 	// Unmount unmounts the index, committing the changes into the WIM when
-	// commit is true and discarding them otherwise.
+	// commit is true and discarding them otherwise. Discarding must work for
+	// a Mount that has only Dir set: the agent uses it to clear the mounts a
+	// crashed run left behind, whose WIM and index it no longer knows.
 	Unmount(ctx context.Context, m *Mount, commit bool) error
 	// Export copies one index of src into dst (appending when dst exists),
 	// dropping data no longer referenced.

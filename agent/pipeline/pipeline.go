@@ -300,7 +300,18 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 			return "", err
 		}
 		// The engine logs into the run log from here on.
-		return detail, r.startEngine()
+		if err := r.startEngine(); err != nil {
+			return "", err
+		}
+		// An earlier attempt of this run on this agent may have crashed
+		// and left its mount and copies: discard them before starting over.
+		if err := discardMounts(ctx, r.eng, r.work, r.log); err != nil {
+			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
+		}
+		if _, err := tidyWork(r.work, r.log); err != nil {
+			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
+		}
+		return detail, nil
 	}); err != nil {
 		return nil, err
 	}
@@ -422,8 +433,7 @@ func (r *run) drive() (string, error) {
 	if err := os.MkdirAll(r.work, 0o750); err != nil {
 		return "", fmt.Errorf("create the work folder: %w: set --drive to a writable folder", err)
 	}
-	// A previous attempt of this run on this agent may have left copies.
-	r.tidy()
+	r.touchWork()
 	if err := r.logOut.Open(filepath.Join(r.work, LogFile)); err != nil {
 		return "", fmt.Errorf("open the run log: %w", err)
 	}
@@ -596,6 +606,11 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 	if err := r.step(ctx, osvcv1.Step_STEP_MOUNT, detail, func() (string, error) {
 		if err := os.MkdirAll(mountDir, 0o750); err != nil {
 			return "", fmt.Errorf("create the mount folder: %w", err)
+		}
+		// A mount left in the folder (an attempt that crashed) would make
+		// the mount fail: it holds nothing to keep, so discard it.
+		if err := discardMounts(ctx, r.eng, mountDir, r.log); err != nil {
+			return "", err
 		}
 		m, err := r.eng.Mount(ctx, source, index, mountDir)
 		if err != nil {
@@ -885,26 +900,20 @@ func (r *run) describe(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, e
 }
 
 // tidy removes the copies and the mount folder from the work folder, keeping
-// the logs. A folder that is still a mount point is left alone.
+// the logs, and marks when the run ended for the agent's retention. A work
+// folder that still holds a mount point is left alone.
 func (r *run) tidy() {
-	entries, err := os.ReadDir(r.work)
-	if err != nil {
-		return
+	if _, err := tidyWork(r.work, r.log); err != nil {
+		r.log.Warn("the work folder keeps leftovers: the agent removes them when it next starts", "dir", r.work, "error", err)
 	}
-	for _, e := range entries {
-		if e.Name() == LogFile || e.Name() == EngineLogFile {
-			continue
-		}
-		p := filepath.Join(r.work, e.Name())
-		if e.IsDir() && e.Name() == "mount" {
-			// Only an empty (unmounted) folder goes: never delete into a mounted image.
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				r.log.Warn("the mount folder is not empty: left in place", "dir", p, "error", err)
-			}
-			continue
-		}
-		if err := os.RemoveAll(p); err != nil {
-			r.log.Warn("removing a work file failed", "path", p, "error", err)
-		}
+	r.touchWork()
+}
+
+// touchWork sets the work folder's modification time to now: the retention
+// of a run's logs counts from its last attempt.
+func (r *run) touchWork() {
+	now := time.Now()
+	if err := os.Chtimes(r.work, now, now); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.log.Warn("marking the work folder's time failed", "dir", r.work, "error", err)
 	}
 }

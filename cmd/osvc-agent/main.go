@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the volume of --data-dir) or a folder; runs work in <drive>/OfflineImageServicing/<run>")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
 	fs.IntVar(&cfg.Capacity, "capacity", 1, "how many runs the agent services at once")
+	fs.DurationVar(&cfg.WorkRetention, "work-retention", agent.DefaultWorkRetention, "how long the work folder of an ended run (its logs) is kept after the run, e.g. 72h; 0 keeps them for ever")
 	fs.StringVar(&engineName, "engine", "wimlib", "servicing engine: wimlib")
 	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
@@ -77,6 +78,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if strings.TrimSpace(cfg.Site) == "" {
 		fs.Usage()
 		return errors.New("--site is required: the code of the site this agent services, e.g. PS1")
+	}
+	switch {
+	case cfg.WorkRetention < 0:
+		return fmt.Errorf("--work-retention %s: want a duration of 0 or more, e.g. 168h (0 keeps the logs for ever)", cfg.WorkRetention)
+	case cfg.WorkRetention == 0:
+		cfg.WorkRetention = -1 // agent.Config's "keep for ever"
 	}
 	level := hclog.LevelFromString(logLevel)
 	if level == hclog.NoLevel {

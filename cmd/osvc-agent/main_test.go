@@ -19,6 +19,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"with an unknown engine", []string{"--site", "PS1", "--engine", "dism"}, "wimlib engine only"},
 		{"with stray arguments", []string{"--site", "PS1", "extra"}, "unexpected arguments"},
 		{"with a negative capacity", []string{"--site", "PS1", "--capacity", "-1", "--data-dir", "DATA"}, "capacity -1"},
+		{"with a work retention that is not a duration", []string{"--site", "PS1", "--work-retention", "7"}, "work-retention"},
+		{"with a negative work retention", []string{"--site", "PS1", "--work-retention", "-1h"}, "--work-retention -1h0m0s: want a duration of 0 or more"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,311 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/agent/engine"
+)
+
+// mountinfo is where the kernel lists this process's mounts.
+const mountinfo = "/proc/self/mountinfo"
+
+// mountPoint is one mount listed in /proc/self/mountinfo.
+type mountPoint struct {
+	dir    string
+	fsType string // fuse.wimfs for a wimlib-imagex mount
+}
+
+// mountsUnder lists the mount points at or below dir, deepest first, so that
+// nested mounts come off before the ones holding them.
+func mountsUnder(dir string) ([]mountPoint, error) {
+	data, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return nil, fmt.Errorf("list the mounts to tell whether %s holds one: %w", dir, err)
+	}
+	dir = filepath.Clean(dir)
+	// The kernel lists the real path; the drive may be reached through a symlink.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	var out []mountPoint
+	for line := range strings.SplitSeq(string(data), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if mp != dir && !strings.HasPrefix(mp, dir+string(filepath.Separator)) {
+			continue
+		}
+		m := mountPoint{dir: mp}
+		// The file system type follows the " - " separator.
+		for i := 5; i+1 < len(fields); i++ {
+			if fields[i] == "-" {
+				m.fsType = fields[i+1]
+				break
+			}
+		}
+		out = append(out, m)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return len(out[i].dir) > len(out[j].dir) })
+	return out, nil
+}
+
+// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// discardMounts unmounts, without committing, every mount at or below dir:
+// mounts a crashed agent (or a crashed attempt of a run) left behind. The
+// WIM they were mounted from is left as it was. A mount whose FUSE daemon
+// died with the agent cannot be unmounted by wimlib-imagex; the engine then
+// detaches it lazily, which is as good for a discard.
+func discardMounts(ctx context.Context, eng engine.Engine, dir string, log hclog.Logger) error {
+	mounts, err := mountsUnder(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, mp := range mounts {
+		if !strings.HasPrefix(mp.fsType, "fuse") {
+			// Not an engine's mount (wimlib's is fuse.wimfs): someone else's,
+			// and the engine's last resort, fusermount3, cannot detach it anyway.
+			errs = append(errs, fmt.Errorf("%s is a %s mount, not a WIM mounted by a run: left alone: unmount it or move it out of the work folder", mp.dir, mp.fsType))
+			continue
+		}
+		log.Warn("a mount left by an earlier run: unmounting it without commit", "dir", mp.dir, "type", mp.fsType)
+		// Discarding needs the folder only; Info and WIM serve a commit.
+		uerr := eng.Unmount(ctx, &engine.Mount{Dir: mp.dir}, false)
+		still, err := mountsUnder(mp.dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		mounted := false
+		for _, m := range still {
+			mounted = mounted || m.dir == mp.dir
+		}
+		if mounted {
+			if uerr == nil {
+				uerr = errors.New("still listed as mounted after the unmount")
+			}
+			errs = append(errs, fmt.Errorf("discard the mount in %s: %w: unmount it by hand (wimlib-imagex unmount %s, or fusermount3 -u -z %s)", mp.dir, uerr, mp.dir, mp.dir))
+			continue
+		}
+		if uerr != nil {
+			log.Warn("the mount is gone, though unmounting it reported an error", "dir", mp.dir, "error", uerr)
+		}
+		log.Info("stale mount discarded", "dir", mp.dir)
+	}
+	return errors.Join(errs...)
+}
+
+// isLog tells the files of a work folder that outlive the run.
+func isLog(name string) bool { return name == LogFile || name == EngineLogFile }
+
+// tidyWork removes everything from a work folder but the logs: the copies
+// (source.wim, export.wim and their partial downloads), wimlib's staging
+// folders, stage-* folders, linked updates and the mount folder. A work
+// folder that still holds a mount point is left whole: deleting into a
+// mounted image, or from under its FUSE daemon, is never safe. It returns the
+// names it removed.
+func tidyWork(work string, log hclog.Logger) ([]string, error) {
+	entries, err := os.ReadDir(work)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tidy the work folder %s: %w", work, err)
+	}
+	mounts, err := mountsUnder(work)
+	if err != nil {
+		return nil, fmt.Errorf("tidy the work folder: %w", err)
+	}
+	if len(mounts) > 0 {
+		return nil, fmt.Errorf("tidy the work folder: %s is still mounted: left in place", mounts[0].dir)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		if isLog(e.Name()) && e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(work, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
+			continue
+		}
+		log.Debug("leftover removed", "path", p)
+		removed = append(removed, e.Name())
+	}
+	return removed, errors.Join(errs...)
+}
+
+// workFolders lists the run folders under <drive>/OfflineImageServicing.
+// Only real folders count: a symlink there is not followed.
+func workFolders(drive string) ([]string, error) {
+	root := filepath.Join(drive, WorkFolder)
+	entries, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the work folders in %s: %w", root, err)
+	}
+	var dirs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(root, e.Name()))
+		}
+	}
+	return dirs, nil
+}
+
+// Recover cleans up what earlier runs left under <drive>/OfflineImageServicing
+// when their agent crashed: every mount point in a work folder is unmounted
+// without commit (the engine needs Unmount with commit false to work from
+// Mount.Dir alone), then the copies and other leftovers are removed; the logs
+// stay. The agent calls it at start, before it takes any run. It goes on past
+// a folder it cannot clean and returns what it could not do.
+func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.Logger) error {
+	if eng == nil {
+		return errors.New("recover the work folders: an engine is required")
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	log := logger.Named("recovery")
+	dirs, err := workFolders(drive)
+	if err != nil {
+		return fmt.Errorf("recover the work folders: %w", err)
+	}
+	var errs []error
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
+			continue
+		}
+		leftovers := 0
+		for _, e := range entries {
+			if !isLog(e.Name()) || !e.Type().IsRegular() {
+				leftovers++
+			}
+		}
+		mounts, err := mountsUnder(dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
+			continue
+		}
+		if leftovers == 0 && len(mounts) == 0 {
+			continue // an ended run: its logs only
+		}
+		log.Warn("work folder left by an earlier run: cleaning it up", "dir", dir, "mounts", len(mounts), "leftovers", leftovers)
+		if err := discardMounts(ctx, eng, dir, log); err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
+			continue
+		}
+		removed, err := tidyWork(dir, log)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
+			continue
+		}
+		log.Info("work folder cleaned up, logs kept", "dir", dir, "removed", strings.Join(removed, " "))
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveExpired removes the work folders of ended runs (nothing but logs
+// left) last modified more than retention before now: the pipeline touches a
+// work folder when a run starts and when it ends, so that is the age of the
+// run's logs. keep, when set, names run ids (the folder names) not to touch:
+// the runs the agent holds. A folder with anything but logs in it is left to
+// Recover or to its run. It returns the folders removed.
+func RemoveExpired(drive string, retention time.Duration, now time.Time, keep func(runID string) bool, logger hclog.Logger) ([]string, error) {
+	if retention <= 0 {
+		return nil, fmt.Errorf("remove expired work folders: retention %s: want a positive duration", retention)
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	log := logger.Named("retention")
+	dirs, err := workFolders(drive)
+	if err != nil {
+		return nil, fmt.Errorf("remove expired work folders: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, dir := range dirs {
+		if keep != nil && keep(filepath.Base(dir)) {
+			continue
+		}
+		st, err := os.Lstat(dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove expired work folders: %w", err))
+			continue
+		}
+		age := now.Sub(st.ModTime())
+		if age < retention {
+			continue
+		}
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("remove expired work folders: %w", err))
+			continue
+		}
+		ended := true
+		for _, e := range entries {
+			ended = ended && isLog(e.Name()) && e.Type().IsRegular()
+		}
+		if !ended {
+			continue
+		}
+		if mounts, err := mountsUnder(dir); err != nil || len(mounts) > 0 {
+			continue // the folder itself is a mount point: not ours to delete
+		}
+		// File by file, never RemoveAll: whatever appeared since the listing stays.
+		var ferr error
+		for _, e := range entries {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				ferr = err
+			}
+		}
+		if ferr == nil {
+			ferr = os.Remove(dir)
+		}
+		if ferr != nil {
+			errs = append(errs, fmt.Errorf("remove the expired work folder %s: %w", dir, ferr))
+			continue
+		}
+		log.Info("removed the work folder of an ended run", "dir", dir, "modified", st.ModTime().UTC().Format(time.RFC3339),
+			"age", age.Round(time.Minute).String(), "retention", retention.String())
+		removed = append(removed, dir)
+	}
+	return removed, errors.Join(errs...)
+}
