@@ -38,8 +38,11 @@ unit:
 integration: deps
 	$(GOTEST) ./integration/...
 
+# Each prints a ratio against the raw etcd floor measured in the same run.
 bench:
 	$(GO) run ./cmd/osvc-bench -run startup
+	$(GO) run ./cmd/osvc-bench -run lease
+	$(GO) run ./cmd/osvc-bench -run report
 
 demo: deps build
 	deploy/demo.sh

@@ -36,8 +36,11 @@ func realMain() int {
 
 // benchConfig is what every benchmark gets from the command line.
 type benchConfig struct {
-	// N is how many times each figure is measured; the median is reported.
+	// N is the benchmark's size; what it counts is in its registry entry.
 	N int
+	// Workers is how many clients work at once in the throughput benchmarks,
+	// on both sides of the ratio.
+	Workers int
 	// Fast runs etcd with short ticks on both sides of the ratio.
 	Fast   bool
 	Logger hclog.Logger
@@ -50,8 +53,12 @@ type Figure struct {
 	Name  string  `json:"name"`
 	Value float64 `json:"value"`
 	Unit  string  `json:"unit"`
-	// Samples are the N measurements the median Value was taken from.
+	// Samples are the measurements the median Value was taken from.
 	Samples []float64 `json:"samples"`
+	// P50Ms and P99Ms are the latencies of single operations over all
+	// samples, where a benchmark times them.
+	P50Ms float64 `json:"p50_ms,omitempty"`
+	P99Ms float64 `json:"p99_ms,omitempty"`
 }
 
 // Result is what a benchmark reports: osvc's figure, the floor's, and
@@ -61,16 +68,35 @@ type Result struct {
 	Ratio float64 `json:"ratio"`
 	Osvc  Figure  `json:"osvc"`
 	Floor Figure  `json:"floor"`
-	N     int     `json:"n"`
-	Fast  bool    `json:"fast"`
+	// Extra are further osvc figures of the same run (variants), each
+	// comparable with Floor.
+	Extra   []Figure `json:"extra,omitempty"`
+	N       int      `json:"n"`
+	Workers int      `json:"workers,omitempty"`
+	Fast    bool     `json:"fast"`
 }
 
 // benchFunc runs one benchmark.
 type benchFunc func(ctx context.Context, cfg benchConfig) (*Result, error)
 
+// benchEntry is one registry entry.
+type benchEntry struct {
+	run benchFunc
+	// defaultN is the size when -n is not given, chosen to finish in well
+	// under a minute on two cores.
+	defaultN int
+	// concurrent benchmarks use -c workers.
+	concurrent bool
+}
+
 // benches is the registry: a new benchmark is one function and one entry.
-var benches = map[string]benchFunc{
-	"startup": benchStartup,
+var benches = map[string]benchEntry{
+	// startup: -n starts of each side; the medians are compared.
+	"startup": {run: benchStartup, defaultN: 5},
+	// lease: -n leases and as many floor transactions, over a few rounds.
+	"lease": {run: benchLease, defaultN: 5000, concurrent: true},
+	// report: -n progress reports per variant and as many floor transactions.
+	"report": {run: benchReport, defaultN: 6000, concurrent: true},
 }
 
 func benchNames() []string {
@@ -86,7 +112,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "benchmark to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 5, "measurements per figure; the median is reported")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant); 0 takes the benchmark's default")
+	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
@@ -102,8 +129,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("unknown benchmark %q; known: %s", *name, strings.Join(benchNames(), ", "))
 	}
-	if *n < 1 {
-		return fmt.Errorf("-n %d: measure at least once", *n)
+	if *n < 0 {
+		return fmt.Errorf("-n %d: give a positive size, or 0 for the benchmark's default", *n)
+	}
+	if *n == 0 {
+		*n = bench.defaultN
+	}
+	if *workers < 1 || *workers > maxWorkers {
+		return fmt.Errorf("-c %d: give 1 to %d workers", *workers, maxWorkers)
+	}
+	if !bench.concurrent {
+		*workers = 0
 	}
 	level := hclog.LevelFromString(*logLevel)
 	if level == hclog.NoLevel {
@@ -111,22 +147,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-bench", Level: level, Output: stderr})
 
-	res, err := bench(ctx, benchConfig{N: *n, Fast: *fast, Logger: logger, Out: stdout})
+	res, err := bench.run(ctx, benchConfig{N: *n, Workers: *workers, Fast: *fast, Logger: logger, Out: stdout})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)
 	}
-	res.Bench, res.N, res.Fast = *name, *n, *fast
+	res.Bench, res.N, res.Workers, res.Fast = *name, *n, *workers, *fast
 	if res.Floor.Value > 0 {
 		res.Ratio = res.Osvc.Value / res.Floor.Value
 	}
-	fmt.Fprintf(stdout, "%s: %s %.3g %s, %s %.3g %s, ratio %.3g (median of %d)\n", res.Bench,
-		res.Osvc.Name, res.Osvc.Value, res.Osvc.Unit, res.Floor.Name, res.Floor.Value, res.Floor.Unit, res.Ratio, res.N)
+	for _, f := range res.Extra {
+		if res.Floor.Value > 0 {
+			fmt.Fprintf(stdout, "%s: %s %.3g %s%s, ratio %.3g\n", res.Bench, f.Name, f.Value, f.Unit, latencies(f), f.Value/res.Floor.Value)
+		}
+	}
+	fmt.Fprintf(stdout, "%s: %s %.3g %s%s, %s %.3g %s%s, ratio %.3g (median of %d samples)\n", res.Bench,
+		res.Osvc.Name, res.Osvc.Value, res.Osvc.Unit, latencies(res.Osvc),
+		res.Floor.Name, res.Floor.Value, res.Floor.Unit, latencies(res.Floor), res.Ratio, len(res.Osvc.Samples))
 	line, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
 	fmt.Fprintf(stdout, "RESULT %s\n", line)
 	return nil
+}
+
+// latencies describes f's p50/p99 latencies when it has them.
+func latencies(f Figure) string {
+	if f.P50Ms == 0 && f.P99Ms == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (p50 %.3g ms, p99 %.3g ms)", f.P50Ms, f.P99Ms)
 }
 
 // median of samples; samples is not modified.

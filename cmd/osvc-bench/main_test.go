@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/osvc/osvc/server/catalog"
 )
 
-func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
+// runToResult runs osvc-bench with args and parses its last line, RESULT {json}.
+func runToResult(t *testing.T, args ...string) Result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
-	if err := run(context.Background(), []string{"-run", "startup", "-n", "1", "-fast"}, &stdout, &stderr); err != nil {
-		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	if err := run(context.Background(), args, &stdout, &stderr); err != nil {
+		t.Fatalf("run(%q): %v\nstderr:\n%s", args, err, stderr.String())
 	}
 	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
 	last := lines[len(lines)-1]
@@ -23,6 +29,11 @@ func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
 	if err := json.Unmarshal([]byte(payload), &res); err != nil {
 		t.Fatalf("RESULT line does not parse: %v: %s", err, payload)
 	}
+	return res
+}
+
+func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
+	res := runToResult(t, "-run", "startup", "-n", "1", "-fast")
 	if res.Bench != "startup" {
 		t.Errorf("bench = %q, want startup", res.Bench)
 	}
@@ -36,6 +47,41 @@ func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
 	}
 }
 
+func TestThroughputBenchesEndWithAParsableResultLine(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		bench string
+		// extra is how many variants the benchmark reports besides its main figure.
+		extra int
+	}{
+		{"lease", 0},
+		{"report", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.bench+" reports a positive ratio with both raw figures and their latencies", func(t *testing.T) {
+			t.Parallel()
+			res := runToResult(t, "-run", tt.bench, "-n", "7", "-c", "2", "-fast")
+			if res.Bench != tt.bench || res.N != 7 || res.Workers != 2 {
+				t.Errorf("bench, n, workers = %q, %d, %d; want %q, 7, 2", res.Bench, res.N, res.Workers, tt.bench)
+			}
+			if !(res.Ratio > 0) {
+				t.Errorf("ratio = %v, want > 0", res.Ratio)
+			}
+			if len(res.Extra) != tt.extra {
+				t.Errorf("%d extra figures, want %d: %+v", len(res.Extra), tt.extra, res.Extra)
+			}
+			for _, f := range append([]Figure{res.Osvc, res.Floor}, res.Extra...) {
+				if !(f.Value > 0) || f.Unit == "" || len(f.Samples) != throughputRounds {
+					t.Errorf("figure %+v: want a positive value with its unit and %d samples", f, throughputRounds)
+				}
+				if !(f.P50Ms > 0) || f.P99Ms < f.P50Ms {
+					t.Errorf("figure %q: p50 %v ms, p99 %v ms; want 0 < p50 <= p99", f.Name, f.P50Ms, f.P99Ms)
+				}
+			}
+		})
+	}
+}
+
 func TestRunRefusesBadCommandLines(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -43,9 +89,11 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: lease, report, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
-		{"zero measurements are refused", []string{"-run", "startup", "-n", "0"}, "-n 0"},
+		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
+		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},
+		{"more workers than sites are refused", []string{"-run", "report", "-c", "1001"}, "-c 1001"},
 		{"stray arguments are refused", []string{"-run", "startup", "extra"}, "unexpected arguments"},
 	}
 	for _, tt := range tests {
@@ -78,5 +126,77 @@ func TestMedianTakesTheMiddleOfOddAndEvenSamples(t *testing.T) {
 				t.Errorf("median(%v) = %v, want %v", tt.samples, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestSplitSharesOutEveryOperation(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		n, parts int
+		want     []int
+	}{
+		{"an even split gives equal shares", 6, 3, []int{2, 2, 2}},
+		{"the remainder goes to the first parts", 8, 3, []int{3, 3, 2}},
+		{"more parts than operations leaves some empty", 2, 4, []int{1, 1, 0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := split(tt.n, tt.parts); !slices.Equal(got, tt.want) {
+				t.Errorf("split(%d, %d) = %v, want %v", tt.n, tt.parts, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestWorkerTotalsAddUpToTheBenchmarkSize(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ n, workers int }{{7, 2}, {1, 8}, {5000, 8}, {10, 3}} {
+		totals := workerTotals(tt.n, tt.workers)
+		sum := 0
+		for _, v := range totals {
+			sum += v
+		}
+		if sum != tt.n || len(totals) != tt.workers {
+			t.Errorf("workerTotals(%d, %d) = %v, want %d workers summing to %d", tt.n, tt.workers, totals, tt.workers, tt.n)
+		}
+	}
+}
+
+func TestPercentileTakesTheNearestRank(t *testing.T) {
+	t.Parallel()
+	lats := []time.Duration{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	tests := []struct {
+		name string
+		p    float64
+		want time.Duration
+	}{
+		{"p50 of ten is the fifth smallest", 0.50, 5},
+		{"p99 of ten is the largest", 0.99, 10},
+		{"p10 of ten is the smallest", 0.10, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := percentile(lats, tt.p); got != tt.want {
+				t.Errorf("percentile(%v) = %v, want %v", tt.p, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSiteCodesAreValidAndDistinctForEveryWorker(t *testing.T) {
+	t.Parallel()
+	seen := map[string]int{}
+	for w := range maxWorkers {
+		code := siteCode(w)
+		if err := catalog.ValidateSite(code); err != nil {
+			t.Fatalf("siteCode(%d) = %q: %v", w, code, err)
+		}
+		if prev, ok := seen[code]; ok {
+			t.Fatalf("siteCode(%d) = siteCode(%d) = %q", w, prev, code)
+		}
+		seen[code] = w
 	}
 }

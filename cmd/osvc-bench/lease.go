@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/store"
+)
+
+// agentLeaseTTL keeps the benchmark agents' etcd leases alive for the whole
+// run without keepalives; they are revoked at the end.
+const agentLeaseTTL = time.Hour
+
+// benchLease compares leases per second through servicing.Service.Lease, as
+// the scheduler calls it, with bare etcd transactions of the lease's shape:
+// four compares and three puts of the sizes a lease writes (assignment on
+// the agent's etcd lease, run, log base). Each of -c workers is an agent of
+// its own site leasing PENDING runs of its site's images, one run per image
+// as servicing allows, made beforehand with CreateSchedule. A lease is a read
+// and two transactions (the second writes the fencing token into the run), so
+// a ratio near 1/3 means it costs what its etcd round trips cost.
+func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
+	e, err := startBenchEtcd(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	libDir, err := os.MkdirTemp("", "osvc-bench-content-*")
+	if err != nil {
+		return nil, fmt.Errorf("content directory: %w", err)
+	}
+	defer os.RemoveAll(libDir)
+	st, svc, err := newServicing(e, libDir, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+
+	// One agent per worker, present on an etcd lease as agentsvc makes it.
+	agents := make([]benchAgent, cfg.Workers)
+	for w := range agents {
+		a, err := presentAgent(ctx, st, w)
+		if err != nil {
+			return nil, err
+		}
+		defer e.client.Revoke(context.WithoutCancel(ctx), clientv3.LeaseID(a.leaseID))
+		agents[w] = a
+	}
+
+	// A run per lease, plus one per worker to warm up and to take the sizes
+	// of what a lease writes from.
+	totals := workerTotals(cfg.N, cfg.Workers)
+	runs := make([][]string, cfg.Workers)
+	if err := putUpdate(ctx, st); err != nil {
+		return nil, err
+	}
+	setupStart := time.Now()
+	if _, err := measure(ctx, cfg.Workers, cfg.Workers, func(ctx context.Context, w, _ int) ([]time.Duration, error) {
+		for i := range totals[w] + 1 {
+			img, err := putImage(ctx, st, fmt.Sprintf("bench-%d-%d", w, i), siteCode(w))
+			if err != nil {
+				return nil, err
+			}
+			_, run, err := svc.CreateSchedule(ctx, img.GetName(), &osvcv1.Schedule{Updates: []string{catalog.UpdateName(benchUpdate)}}, false)
+			if err != nil {
+				return nil, fmt.Errorf("schedule %s: %w", img.GetName(), err)
+			}
+			runs[w] = append(runs[w], run.GetName())
+		}
+		return nil, nil
+	}); err != nil {
+		return nil, fmt.Errorf("set up PENDING runs: %w", err)
+	}
+	fmt.Fprintf(cfg.Out, "lease: %d PENDING runs on %d sites set up in %s\n", cfg.N+cfg.Workers, cfg.Workers,
+		time.Since(setupStart).Round(time.Millisecond))
+
+	// next[w] is worker w's next run; only worker w touches it.
+	next := make([]int, cfg.Workers)
+	lease := perOp(func(ctx context.Context, w, _ int) error {
+		run := runs[w][next[w]]
+		next[w]++
+		if _, err := svc.Lease(ctx, run, 0, agents[w].name, agents[w].leaseID); err != nil {
+			return fmt.Errorf("lease %s to %s: %w", run, agents[w].name, err)
+		}
+		return nil
+	})
+	if _, err := measure(ctx, cfg.Workers, cfg.Workers, lease); err != nil {
+		return nil, fmt.Errorf("warm up: %w", err)
+	}
+	sizes, err := leaseWriteSizes(ctx, st, runs[0][0])
+	if err != nil {
+		return nil, err
+	}
+
+	// The floor: each worker's transactions create three fresh keys, guarded
+	// by compares that hold, and bind the first to its agent's etcd lease.
+	assignValue, runValue, baseValue := string(make([]byte, sizes[0])), string(make([]byte, sizes[1])), string(make([]byte, sizes[2]))
+	floorSeq := make([]int, cfg.Workers)
+	floor := perOp(func(ctx context.Context, w, _ int) error {
+		key := fmt.Sprintf("%sbench-floor/%d/%d/", st.Prefix(), w, floorSeq[w])
+		floorSeq[w]++
+		presence := st.PresenceKey(agents[w].id)
+		resp, err := e.client.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(key+"run"), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(key+"assignment"), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(presence), "!=", 0),
+			clientv3.Compare(clientv3.LeaseValue(presence), "=", agents[w].leaseID),
+		).Then(
+			clientv3.OpPut(key+"assignment", assignValue, clientv3.WithLease(clientv3.LeaseID(agents[w].leaseID))),
+			clientv3.OpPut(key+"run", runValue),
+			clientv3.OpPut(key+"log-base", baseValue),
+		).Commit()
+		if err != nil {
+			return fmt.Errorf("floor txn: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("floor txn on %s: a compare failed", key)
+		}
+		return nil
+	})
+
+	osvcS := series{name: "osvc Service.Lease", unit: "leases/s"}
+	floorS := series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d+%d bytes)", sizes[0], sizes[1], sizes[2]), unit: "txn/s"}
+	rounds := roundSizes(cfg.N)
+	for r, ops := range rounds {
+		l, err := measure(ctx, cfg.Workers, ops, floor)
+		if err != nil {
+			return nil, fmt.Errorf("floor round %d: %w", r+1, err)
+		}
+		floorS.add(l)
+		roundLine(cfg, "lease", r, len(rounds), &floorS, l)
+		if l, err = measure(ctx, cfg.Workers, ops, lease); err != nil {
+			return nil, fmt.Errorf("lease round %d: %w", r+1, err)
+		}
+		osvcS.add(l)
+		roundLine(cfg, "lease", r, len(rounds), &osvcS, l)
+	}
+	return &Result{Osvc: osvcS.figure(), Floor: floorS.figure()}, nil
+}
+
+// newServicing builds the servicing service as osvc-server does, on e under
+// the default prefix, with its content library in libDir.
+func newServicing(e *benchEtcd, libDir string, logger hclog.Logger) (*store.Store, *servicing.Service, error) {
+	st, err := store.New(store.Config{Client: e.client, Logger: logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	lib, err := content.New(content.Config{Dir: libDir, Store: st, Logger: logger})
+	if err != nil {
+		return nil, nil, fmt.Errorf("content library: %w", err)
+	}
+	cat, err := catalog.New(catalog.Config{Store: st, Library: lib, Logger: logger})
+	if err != nil {
+		return nil, nil, fmt.Errorf("catalog: %w", err)
+	}
+	svc, err := servicing.New(servicing.Config{Store: st, Catalog: cat, Library: lib, Logger: logger})
+	if err != nil {
+		return nil, nil, fmt.Errorf("servicing: %w", err)
+	}
+	return st, svc, nil
+}
+
+// benchAgent is an agent present on an etcd lease.
+type benchAgent struct {
+	id      string // the agent's name without "agents/"
+	name    string // agents/{id}, as runs and leases name it
+	leaseID int64
+}
+
+// presentAgent records worker w's agent on its site and its presence on a
+// fresh etcd lease, as agentsvc does when an agent connects.
+func presentAgent(ctx context.Context, st *store.Store, w int) (benchAgent, error) {
+	id := agentID(w)
+	a := benchAgent{id: id, name: servicing.AgentName(id)}
+	g, err := st.Client().Grant(ctx, int64(agentLeaseTTL/time.Second))
+	if err != nil {
+		return a, fmt.Errorf("grant the lease of %s: %w", a.name, err)
+	}
+	a.leaseID = int64(g.ID)
+	if _, err := st.Put(ctx, st.AgentKey(id), &osvcv1.Agent{
+		Name: a.name, Site: siteCode(w), Capacity: 1, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
+	}); err != nil {
+		return a, fmt.Errorf("record %s: %w", a.name, err)
+	}
+	if _, err := st.Put(ctx, st.PresenceKey(id), &storev1.AgentPresence{
+		Agent: a.name, LeaseId: a.leaseID, Server: "osvc-bench", ConnectTime: timestamppb.Now(),
+	}, clientv3.WithLease(g.ID)); err != nil {
+		return a, fmt.Errorf("record the presence of %s: %w", a.name, err)
+	}
+	return a, nil
+}
+
+// leaseWriteSizes returns the sizes of the values a lease of run wrote:
+// its assignment, the run and its log base.
+func leaseWriteSizes(ctx context.Context, st *store.Store, run string) ([3]int, error) {
+	var sizes [3]int
+	id, err := servicing.RunID(run)
+	if err != nil {
+		return sizes, err
+	}
+	for i, key := range []string{st.AssignmentKey(id), st.RunKey(id), st.LogBaseKey(id)} {
+		resp, err := st.Client().Get(ctx, key)
+		if err != nil {
+			return sizes, fmt.Errorf("read %s: %w", key, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return sizes, fmt.Errorf("read %s: the lease of %s did not write it", key, run)
+		}
+		sizes[i] = len(resp.Kvs[0].Value)
+	}
+	return sizes, nil
+}
