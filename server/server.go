@@ -41,6 +41,8 @@ const (
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultShutdownTimeout   = 10 * time.Second
 	DefaultMaxAttempts       = 3
+	DefaultStallAfter        = 15 * time.Minute
+	DefaultRetryBackoff      = 10 * time.Second
 )
 
 // keepaliveMinTime lets agents ping every 10 s (their gRPC keepalive is 30 s);
@@ -70,6 +72,12 @@ type Config struct {
 	LeaseTTL, HeartbeatInterval, ShutdownTimeout time.Duration
 	// MaxAttempts bounds how often a run is leased before it fails; default 3.
 	MaxAttempts int
+	// StallAfter is how long a run in process may go without a report from
+	// its agent before it is flagged stalled; default 15m.
+	StallAfter time.Duration
+	// RetryBackoff is how long a run that lost its agent's lease waits before
+	// it is leased again, doubled per attempt up to 5m; default 10s.
+	RetryBackoff time.Duration
 	// FastEtcd runs the embedded etcd with short ticks, for tests and benchmarks.
 	FastEtcd bool
 }
@@ -115,6 +123,8 @@ func New(cfg Config) (*Server, error) {
 		{"lease TTL", &cfg.LeaseTTL, DefaultLeaseTTL},
 		{"heartbeat interval", &cfg.HeartbeatInterval, DefaultHeartbeatInterval},
 		{"shutdown timeout", &cfg.ShutdownTimeout, DefaultShutdownTimeout},
+		{"stall after", &cfg.StallAfter, DefaultStallAfter},
+		{"retry backoff", &cfg.RetryBackoff, DefaultRetryBackoff},
 	} {
 		if *d.value < 0 {
 			return nil, fmt.Errorf("%s %s: must not be negative", d.name, *d.value)

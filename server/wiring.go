@@ -33,11 +33,12 @@ type servicingParts struct {
 func (s *Server) wireServicing(st *store.Store, cat *catalog.Catalog, lib *content.Library, serverID string) (servicingParts, error) {
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: s.logger, MaxAttempts: s.cfg.MaxAttempts,
+		RetryBackoff: s.cfg.RetryBackoff,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("servicing: %w", err)
 	}
-	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Logger: s.logger, ServerID: serverID})
+	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Logger: s.logger, ServerID: serverID, StallAfter: s.cfg.StallAfter})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("scheduler: %w", err)
 	}

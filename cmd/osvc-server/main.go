@@ -52,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", server.DefaultHeartbeatInterval, "how often agents send heartbeats")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long calls in flight may finish on shutdown")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", server.DefaultMaxAttempts, "how often a run is leased before it fails")
+	fs.DurationVar(&cfg.StallAfter, "stall-after", server.DefaultStallAfter, "flag a run in process as stalled when its agent reports no progress this long")
+	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")
 		fmt.Fprintln(fs.Output(), "Runs the osvc control plane. With no flags: embedded etcd and content library in ./osvc-data, gRPC on localhost:7300.")

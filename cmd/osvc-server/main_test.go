@@ -86,6 +86,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"a stray argument", []string{"serve"}, "unexpected arguments"},
 		{"a bad duration", []string{"--lease-ttl", "soon"}, "lease-ttl"},
 		{"a heartbeat slower than the lease", []string{"--lease-ttl", "5s", "--heartbeat-interval", "10s"}, "heartbeat interval"},
+		{"a negative stall time", []string{"--stall-after", "-1m"}, "stall after"},
+		{"a negative retry backoff", []string{"--retry-backoff", "-1s"}, "retry backoff"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

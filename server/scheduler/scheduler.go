@@ -1,12 +1,14 @@
 // Package scheduler turns PENDING runs into leases. One replica schedules at a
 // time, elected through etcd; it reacts to watches on runs, agents' presence
-// and assignments, and to a timer for runs that wait for their start time.
+// and assignments, and to a timer for runs that wait for their start time
+// (or their backoff after a lost lease) and for runs that would stall.
 //
 // Each pass is level-triggered: it reads the runs in progress, the
 // assignments and the connected agents, then leases what can be leased,
-// re-queues runs whose assignment vanished (their agent's lease ended) and
-// marks agents without presence LOST. Events only say when to look again, so a
-// missed or compacted event costs a pass, never a wrong state.
+// re-queues runs whose assignment vanished (their agent's lease ended), flags
+// runs without progress for StallAfter as stalled and marks agents without
+// presence LOST. Events only say when to look again, so a missed or compacted
+// event costs a pass, never a wrong state.
 package scheduler
 
 import (
@@ -33,6 +35,7 @@ const (
 	defaultElectionTTL    = 10 * time.Second
 	defaultResyncInterval = time.Minute
 	defaultLogRetention   = 30 * 24 * time.Hour
+	defaultStallAfter     = 15 * time.Minute
 	// pruneInterval spaces the passes that delete logs past their retention.
 	pruneInterval = time.Hour
 	// retryDelay spaces attempts after an error (etcd unreachable, lost
@@ -55,7 +58,10 @@ type Config struct {
 	// LogRetention is how long the log lines of an ended run are kept;
 	// default 30 days.
 	LogRetention time.Duration
-	// Now is the clock for start times; time.Now when nil.
+	// StallAfter is how long an IN_PROCESS run may go without a report
+	// before it is flagged stalled; default 15m.
+	StallAfter time.Duration
+	// Now is the clock for start times and stalls; time.Now when nil.
 	Now func() time.Time
 }
 
@@ -69,6 +75,7 @@ type Scheduler struct {
 	ttl       time.Duration
 	resync    time.Duration
 	retention time.Duration
+	stall     time.Duration
 	now       func() time.Time
 }
 
@@ -92,6 +99,7 @@ func New(cfg Config) (*Scheduler, error) {
 		ttl:       cmp.Or(cfg.ElectionTTL, defaultElectionTTL),
 		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
 		retention: cmp.Or(cfg.LogRetention, defaultLogRetention),
+		stall:     cmp.Or(cfg.StallAfter, defaultStallAfter),
 		now:       cfg.Now,
 	}
 	if s.ttl < time.Second {
@@ -102,6 +110,9 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	if s.retention < 0 {
 		return nil, fmt.Errorf("scheduler: Config.LogRetention is %s; use a positive duration", cfg.LogRetention)
+	}
+	if s.stall < 0 {
+		return nil, fmt.Errorf("scheduler: Config.StallAfter is %s; use a positive duration", cfg.StallAfter)
 	}
 	if s.logger == nil {
 		s.logger = hclog.NewNullLogger()
@@ -286,9 +297,10 @@ type agentSlot struct {
 }
 
 // Pass looks at every run in progress once: re-queues runs whose assignment
-// is gone, repairs tokens, marks agents without presence LOST and leases
-// PENDING runs whose time has come. It returns when the earliest waiting run
-// may start (zero when none waits). Pass is exported for tests and tools; Run
+// is gone, repairs tokens, flags stalled runs, marks agents without presence
+// LOST and leases PENDING runs whose time has come. It returns when it should
+// look again: when the earliest waiting run may start or the earliest running
+// run would stall (zero when neither). Pass is exported for tests and tools; Run
 // calls it.
 func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 	assigned, err := s.assignments(ctx)
@@ -306,6 +318,11 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 	slices.SortFunc(runs, func(a, b servicing.ActiveRun) int { return cmp.Compare(a.Run.GetName(), b.Run.GetName()) })
 
 	var next time.Time
+	wakeAt := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
 	now := s.now()
 	for _, ar := range runs {
 		run, rev := ar.Run, ar.Revision
@@ -315,6 +332,9 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 					if err := s.servicing.RepairFencingToken(ctx, run.GetName()); err != nil {
 						s.logger.Warn("cannot repair the fencing token", "run", run.GetName(), "error", err)
 					}
+				}
+				if at := s.checkStall(ctx, run, rev, now); !at.IsZero() {
+					wakeAt(at)
 				}
 				continue
 			}
@@ -329,9 +349,7 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 			continue
 		}
 		if nb := run.GetNotBefore(); nb != nil && nb.AsTime().After(now) {
-			if next.IsZero() || nb.AsTime().Before(next) {
-				next = nb.AsTime()
-			}
+			wakeAt(nb.AsTime())
 			continue
 		}
 		if err := s.lease(ctx, run, rev, agents); err != nil {
@@ -339,6 +357,32 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 		}
 	}
 	return next, nil
+}
+
+// checkStall flags an IN_PROCESS run stalled once StallAfter has passed since
+// its last progress, and otherwise returns when that will be (zero when there
+// is nothing to wait for). Reports clear the flag; they do not wake the
+// scheduler, so the next stall of a run that moved on is found by the resync
+// at the latest.
+func (s *Scheduler) checkStall(ctx context.Context, run *osvcv1.Run, rev int64, now time.Time) time.Time {
+	if run.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || run.GetStalled() {
+		return time.Time{}
+	}
+	last := servicing.LastProgress(run)
+	if last.IsZero() {
+		return time.Time{}
+	}
+	if at := last.Add(s.stall); at.After(now) {
+		return at
+	}
+	if _, err := s.servicing.MarkStalled(ctx, run.GetName(), rev); err != nil {
+		// Contended means a report came in: not stalled after all, or the
+		// next pass sees it again.
+		if !errors.Is(err, store.ErrContended) {
+			s.logger.Warn("cannot flag a stalled run", "run", run.GetName(), "error", err)
+		}
+	}
+	return time.Time{}
 }
 
 // lease gives run to the least loaded connected agent of its image's site.

@@ -216,6 +216,105 @@ func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
 	}
 }
 
+func TestPassFlagsARunWithoutProgressAsStalledAndAReportClearsIt(t *testing.T) {
+	t.Parallel()
+	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	env := servicingtest.New(t, servicingtest.Options{Now: clk.Now})
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run := schedule(t, env, img.Name, time.Time{})
+	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test",
+		Now: clk.Now, StallAfter: 15 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	leased := env.Run(t, run.GetName())
+	step := func(st osvcv1.Step) {
+		t.Helper()
+		if err := env.Service.ReportStep(ctx, "agents/ps1-a", &osvcv1.StepChanged{Run: run.GetName(), FencingToken: leased.GetFencingToken(),
+			Step: &osvcv1.StepRecord{Step: st, State: osvcv1.StepState_STEP_STATE_RUNNING}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass := func() time.Time {
+		t.Helper()
+		next, err := s.Pass(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return next
+	}
+	started := clk.Now()
+	step(osvcv1.Step_STEP_DRIVE)
+
+	clk.Set(started.Add(14 * time.Minute))
+	if next := pass(); !next.Equal(started.Add(15 * time.Minute)) {
+		t.Errorf("Pass wants to look again at %v, want when the run would stall, %v", next, started.Add(15*time.Minute))
+	}
+	if r := env.Run(t, run.GetName()); r.GetStalled() {
+		t.Error("a run 14m without progress is stalled, want 15m")
+	}
+
+	clk.Set(started.Add(15 * time.Minute))
+	if next := pass(); !next.IsZero() {
+		t.Errorf("Pass wants to look again at %v for a stalled run, want no timer", next)
+	}
+	r := env.Run(t, run.GetName())
+	if !r.GetStalled() || r.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || r.GetAgent() != "agents/ps1-a" || r.GetFencingToken() != leased.GetFencingToken() {
+		t.Errorf("run 15m without progress = %s stalled %v agent %s; want IN_PROCESS, stalled, same lease", r.GetState(), r.GetStalled(), r.GetAgent())
+	}
+
+	clk.Set(started.Add(20 * time.Minute))
+	step(osvcv1.Step_STEP_STAGE)
+	if next := pass(); !next.Equal(started.Add(35 * time.Minute)) {
+		t.Errorf("after progress Pass wants to look again at %v, want %v", next, started.Add(35*time.Minute))
+	}
+	if r := env.Run(t, run.GetName()); r.GetStalled() {
+		t.Error("the run is still stalled after a report")
+	}
+}
+
+func TestPassLeasesARequeuedRunOnlyAfterItsBackoff(t *testing.T) {
+	t.Parallel()
+	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	env := servicingtest.New(t, servicingtest.Options{Now: clk.Now, RetryBackoff: time.Minute})
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run := schedule(t, env, img.Name, time.Time{})
+	s := newScheduler(t, env, clk.Now)
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Store.Client().Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	env.Connect(t, "ps1-b", "PS1", 1, 30*time.Second)
+	next, err := s.Pass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING || r.GetAttempt() != 1 {
+		t.Errorf("run right after its agent was lost = %s attempt %d, want PENDING though ps1-b is free", r.GetState(), r.GetAttempt())
+	}
+	if want := clk.Now().Add(time.Minute); !next.Equal(want) {
+		t.Errorf("Pass wants to look again at %v, want at the end of the backoff %v", next, want)
+	}
+	clk.Set(next)
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED || r.GetAttempt() != 2 || r.GetAgent() != "agents/ps1-b" {
+		t.Errorf("run after its backoff = %s attempt %d on %q, want LEASED to ps1-b on attempt 2", r.GetState(), r.GetAttempt(), r.GetAgent())
+	}
+}
+
 func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
@@ -227,6 +326,7 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 		{"without servicing", scheduler.Config{Store: env.Store, ServerID: "x"}},
 		{"without a server id", scheduler.Config{Store: env.Store, Servicing: env.Service}},
 		{"with an election TTL under a second", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x", ElectionTTL: time.Millisecond}},
+		{"with a negative stall time", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x", StallAfter: -time.Minute}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

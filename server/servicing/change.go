@@ -77,6 +77,8 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	}
 	run.State = state
 	run.EndTime = timestamppb.New(s.now())
+	// Stalled flags runs in progress only.
+	run.Stalled = false
 	if message != "" {
 		run.Error = message
 	}

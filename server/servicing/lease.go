@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -192,9 +194,10 @@ func (s *Service) writeFencingToken(ctx context.Context, runID string, token int
 }
 
 // Requeue puts back a run whose lease was lost (its assignment key is gone):
-// PENDING for another attempt, FAILED when it had MaxAttempts already, and
-// CANCELED when a cancel was requested. A run that is not leased, or whose
-// assignment still exists, is returned unchanged.
+// PENDING for another attempt, not before RetryDelay(attempt) from now, FAILED
+// when it had MaxAttempts already, and CANCELED when a cancel was requested.
+// A run that is not leased, or whose assignment still exists, is returned
+// unchanged.
 func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.Run, error) {
 	id, err := RunID(runName)
 	if err != nil {
@@ -219,6 +222,7 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 		}
 		ch := s.newChange(run)
 		agent := run.GetAgent()
+		var retryAfter time.Duration
 		switch {
 		case run.GetCancelRequested():
 			err = s.end(ctx, ch, osvcv1.RunState_RUN_STATE_CANCELED, "")
@@ -228,6 +232,8 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 				run.GetAttempt(), reason))
 		default:
 			resetForRetry(run)
+			retryAfter = s.RetryDelay(run.GetAttempt())
+			run.NotBefore = timestamppb.New(s.now().Add(retryAfter))
 			if err == nil {
 				err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
 			}
@@ -243,11 +249,45 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 		}
 		if ok {
 			s.logger.Info("run requeued after a lost lease", "run", runName, "agent", agent, "attempt", run.GetAttempt(),
-				"state", stateName(run.GetState()), "reason", reason)
+				"state", stateName(run.GetState()), "retry_after", retryAfter, "reason", reason)
 			return run, nil
 		}
 	}
 	return nil, fmt.Errorf("requeue %s: %w", runName, store.ErrContended)
+}
+
+// MarkStalled flags the IN_PROCESS run, read at revision, as stalled: its
+// agent has reported nothing since LastProgress. The flag is for
+// administrators; the run keeps its state and lease, and its next report
+// clears the flag. A run that changed since revision is ErrContended; a run
+// that is not IN_PROCESS, or is flagged already, is returned unchanged.
+func (s *Service) MarkStalled(ctx context.Context, runName string, revision int64) (*osvcv1.Run, error) {
+	id, err := RunID(runName)
+	if err != nil {
+		return nil, err
+	}
+	runKey := s.store.RunKey(id)
+	run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, runKey)
+	if err != nil {
+		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
+	}
+	if revision != 0 && rev != revision {
+		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, store.ErrContended)
+	}
+	if run.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || run.GetStalled() {
+		return run, nil
+	}
+	run.Stalled = true
+	ok, err := s.commit(ctx, s.newChange(run), clientv3.Compare(clientv3.ModRevision(runKey), "=", rev))
+	if err != nil {
+		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, store.ErrContended)
+	}
+	s.logger.Warn("run stalled: its agent has reported no progress", "run", runName, "agent", run.GetAgent(),
+		"step", strings.TrimPrefix(run.GetStep().String(), "STEP_"), "last_progress", LastProgress(run))
+	return run, nil
 }
 
 // resetForRetry clears what the lost attempt reported; attempt stays counted.
@@ -258,6 +298,8 @@ func resetForRetry(run *osvcv1.Run) {
 	run.Step = osvcv1.Step_STEP_UNSPECIFIED
 	run.Steps = nil
 	run.Percent = 0
+	run.LastProgressTime = nil
+	run.Stalled = false
 	for _, r := range run.UpdateResults {
 		r.State = osvcv1.UpdateState_UPDATE_STATE_PENDING
 		r.Percent = 0

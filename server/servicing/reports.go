@@ -179,7 +179,7 @@ func (s *Service) ReportLogs(ctx context.Context, agent string, m *osvcv1.LogBat
 				}
 			}
 			if len(chunk.Lines) > 0 {
-				data, err := s.store.Marshal(chunk)
+				data, err := s.encodeLogChunk(chunk.Lines)
 				if err != nil {
 					return err
 				}
@@ -417,6 +417,9 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 				return run, nil
 			}
 		}
+		// A report that changes the run is progress: it also clears a stall.
+		run.LastProgressTime = timestamppb.New(s.now())
+		run.Stalled = false
 		ok, err := s.commit(ctx, ch,
 			clientv3.Compare(clientv3.ModRevision(assignKey), "=", token),
 			clientv3.Compare(clientv3.ModRevision(runKey), "=", runKVs[0].ModRevision))

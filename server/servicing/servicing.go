@@ -7,6 +7,7 @@
 package servicing
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -33,6 +34,12 @@ import (
 const (
 	defaultMaxAttempts = 3
 	defaultMaxLogLines = 100000
+	// A run that lost its lease waits defaultRetryBackoff before its second
+	// attempt, twice that before its third, and so on up to
+	// defaultMaxRetryBackoff, so a run that keeps crashing its agents is not
+	// leased again in a tight loop.
+	defaultRetryBackoff    = 10 * time.Second
+	defaultMaxRetryBackoff = 5 * time.Minute
 	// txnRetries bounds the compare-and-swap loops; past it the caller gets
 	// ErrContended and may retry at its own level.
 	txnRetries          = 32
@@ -53,6 +60,12 @@ type Config struct {
 	// MaxLogLines caps the log lines stored per run; further lines are counted
 	// and dropped. Default 100000.
 	MaxLogLines int64
+	// RetryBackoff is how long a run that lost its lease waits before it may
+	// be leased again; it doubles with each attempt. Default 10s.
+	RetryBackoff time.Duration
+	// MaxRetryBackoff caps RetryBackoff's doubling; default 5m, and never
+	// below RetryBackoff.
+	MaxRetryBackoff time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -66,6 +79,8 @@ type Service struct {
 	logger      hclog.Logger
 	maxAttempts int
 	maxLogLines int64
+	backoff     time.Duration
+	maxBackoff  time.Duration
 	now         func() time.Time
 
 	droppedLogLines atomic.Int64
@@ -88,6 +103,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxLogLines < 0 {
 		return nil, fmt.Errorf("servicing: Config.MaxLogLines is %d; use 1 or more (0 for the default %d)", cfg.MaxLogLines, defaultMaxLogLines)
 	}
+	if cfg.RetryBackoff < 0 {
+		return nil, fmt.Errorf("servicing: Config.RetryBackoff is %s; use a positive duration (0 for the default %s)", cfg.RetryBackoff, defaultRetryBackoff)
+	}
+	if cfg.MaxRetryBackoff < 0 {
+		return nil, fmt.Errorf("servicing: Config.MaxRetryBackoff is %s; use a positive duration (0 for the default %s)", cfg.MaxRetryBackoff, defaultMaxRetryBackoff)
+	}
 	s := &Service{
 		store:       cfg.Store,
 		client:      cfg.Store.Client(),
@@ -96,8 +117,11 @@ func New(cfg Config) (*Service, error) {
 		logger:      cfg.Logger,
 		maxAttempts: cfg.MaxAttempts,
 		maxLogLines: cfg.MaxLogLines,
+		backoff:     cmp.Or(cfg.RetryBackoff, defaultRetryBackoff),
+		maxBackoff:  cmp.Or(cfg.MaxRetryBackoff, defaultMaxRetryBackoff),
 		now:         cfg.Now,
 	}
+	s.maxBackoff = max(s.maxBackoff, s.backoff)
 	if s.logger == nil {
 		s.logger = hclog.NewNullLogger()
 	}
@@ -119,6 +143,29 @@ func (s *Service) Store() *store.Store { return s.store }
 
 // MaxAttempts is how often a run may be leased.
 func (s *Service) MaxAttempts() int { return s.maxAttempts }
+
+// RetryDelay is how long a run waits after losing its lease on attempt
+// (1 for the first): RetryBackoff doubled for each attempt before it, at most
+// MaxRetryBackoff.
+func (s *Service) RetryDelay(attempt int32) time.Duration {
+	d := s.backoff
+	for i := int32(1); i < attempt && d < s.maxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, s.maxBackoff)
+}
+
+// LastProgress is when the run's agent last reported for it; the start of
+// its lease for a run that has no last_progress_time.
+func LastProgress(run *osvcv1.Run) time.Time {
+	if t := run.GetLastProgressTime(); t != nil {
+		return t.AsTime()
+	}
+	if t := run.GetStartTime(); t != nil {
+		return t.AsTime()
+	}
+	return time.Time{}
+}
 
 // DroppedLogLines counts the log lines dropped since start because their run
 // had reached MaxLogLines.

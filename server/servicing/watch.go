@@ -10,7 +10,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
-	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/store"
 )
@@ -121,11 +120,11 @@ func (s *Service) readLogs(ctx context.Context, runID string, after int64, rev i
 	}
 	var out []*osvcv1.LogLine
 	keep := func(value []byte) error {
-		chunk, err := store.Unmarshal[*storev1.LogChunk](value)
+		lines, err := decodeLogChunk(value)
 		if err != nil {
 			return err
 		}
-		for _, l := range chunk.GetLines() {
+		for _, l := range lines {
 			if l.GetSequence() > after {
 				out = append(out, l)
 			}

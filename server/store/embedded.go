@@ -12,7 +12,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // startTimeout bounds how long StartEmbedded waits for etcd to serve when the
@@ -78,12 +77,9 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	}
 
 	// etcd logs through zap; only errors come through, into our logger, so test
-	// and demo output stays readable.
+	// and demo output stays readable, and the harmless ones only at DEBUG.
 	level := zap.NewAtomicLevelAt(zap.ErrorLevel)
-	zl := zap.New(zapcore.NewCore(
-		zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()),
-		zapcore.AddSync(logger.StandardWriter(&hclog.StandardLoggerOptions{ForceLevel: hclog.Error})),
-		level))
+	zl := newZapLogger(logger, level)
 
 	ec := embed.NewConfig()
 	ec.Name = "osvc"

@@ -651,6 +651,13 @@ type Run struct {
 	LogLineCount int64 `protobuf:"varint,27,opt,name=log_line_count,json=logLineCount,proto3" json:"log_line_count,omitempty"`
 	// installed_updates holds, per index, what the serviced image has installed.
 	ResultIndexes []*ImageIndex `protobuf:"bytes,28,rep,name=result_indexes,json=resultIndexes,proto3" json:"result_indexes,omitempty"`
+	// last_progress_time is when the agent last reported progress for the run:
+	// a step, progress, an update result or new log lines.
+	LastProgressTime *timestamppb.Timestamp `protobuf:"bytes,29,opt,name=last_progress_time,json=lastProgressTime,proto3" json:"last_progress_time,omitempty"`
+	// stalled flags an IN_PROCESS run without progress for the server's
+	// --stall-after, for administrators to look at; it is not a state, and the
+	// next report clears it.
+	Stalled       bool `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,6 +886,20 @@ func (x *Run) GetResultIndexes() []*ImageIndex {
 		return x.ResultIndexes
 	}
 	return nil
+}
+
+func (x *Run) GetLastProgressTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastProgressTime
+	}
+	return nil
+}
+
+func (x *Run) GetStalled() bool {
+	if x != nil {
+		return x.Stalled
+	}
+	return false
 }
 
 type CreateScheduleRequest struct {
@@ -1431,7 +1452,7 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05level\x18\x03 \x01(\tR\x05level\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xf8\b\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xdc\t\n" +
 	"\x03Run\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x1a\n" +
@@ -1464,7 +1485,9 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"start_time\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x1a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12$\n" +
 	"\x0elog_line_count\x18\x1b \x01(\x03R\flogLineCount\x12:\n" +
-	"\x0eresult_indexes\x18\x1c \x03(\v2\x13.osvc.v1.ImageIndexR\rresultIndexes\"\x85\x01\n" +
+	"\x0eresult_indexes\x18\x1c \x03(\v2\x13.osvc.v1.ImageIndexR\rresultIndexes\x12H\n" +
+	"\x12last_progress_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x10lastProgressTime\x12\x18\n" +
+	"\astalled\x18\x1e \x01(\bR\astalled\"\x85\x01\n" +
 	"\x15CreateScheduleRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12-\n" +
 	"\bschedule\x18\x02 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12%\n" +
@@ -1599,29 +1622,30 @@ var file_osvc_v1_servicing_proto_depIdxs = []int32{
 	19, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
 	19, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
 	20, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	4,  // 17: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	4,  // 18: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	8,  // 19: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	8,  // 20: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	8,  // 21: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	8,  // 22: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	7,  // 23: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	8,  // 24: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	9,  // 25: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	11, // 26: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	13, // 27: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	15, // 28: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	17, // 29: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	10, // 30: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	12, // 31: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	14, // 32: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	16, // 33: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	18, // 34: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	30, // [30:35] is the sub-list for method output_type
-	25, // [25:30] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	19, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	4,  // 18: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	4,  // 19: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	8,  // 20: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	8,  // 21: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	8,  // 22: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	8,  // 23: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	7,  // 24: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	8,  // 25: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	9,  // 26: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	11, // 27: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	13, // 28: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	15, // 29: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	17, // 30: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	10, // 31: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	12, // 32: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	14, // 33: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	16, // 34: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	18, // 35: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	31, // [31:36] is the sub-list for method output_type
+	26, // [26:31] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }

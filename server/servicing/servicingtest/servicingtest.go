@@ -4,6 +4,7 @@
 package servicingtest
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -37,6 +38,12 @@ type Env struct {
 type Options struct {
 	MaxAttempts int
 	MaxLogLines int64
+	// RetryBackoff defaults to a millisecond here, not the Service's 10s:
+	// tests that do not look at the backoff should not wait for it.
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// Now is the Service's clock; time.Now when nil.
+	Now func() time.Time
 }
 
 // New returns an Env on a fresh store prefix.
@@ -55,6 +62,8 @@ func New(t testing.TB, opts Options) *Env {
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: logger,
 		MaxAttempts: opts.MaxAttempts, MaxLogLines: opts.MaxLogLines,
+		RetryBackoff: cmp.Or(opts.RetryBackoff, time.Millisecond), MaxRetryBackoff: opts.MaxRetryBackoff,
+		Now: opts.Now,
 	})
 	if err != nil {
 		t.Fatalf("servicing: %v", err)

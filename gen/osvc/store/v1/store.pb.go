@@ -177,10 +177,14 @@ func (x *AgentPresence) GetConnectTime() *timestamppb.Timestamp {
 
 // LogChunk is one stored batch of a run's log lines.
 type LogChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Lines         []*v1.LogLine          `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// lines is how chunks were stored before compression; still read.
+	Lines []*v1.LogLine `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	// compressed_lines is a gzip stream of a marshalled LogChunk holding only
+	// lines: how chunks are written now, since log lines repeat a lot.
+	CompressedLines []byte `protobuf:"bytes,2,opt,name=compressed_lines,json=compressedLines,proto3" json:"compressed_lines,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LogChunk) Reset() {
@@ -220,6 +224,13 @@ func (x *LogChunk) GetLines() []*v1.LogLine {
 	return nil
 }
 
+func (x *LogChunk) GetCompressedLines() []byte {
+	if x != nil {
+		return x.CompressedLines
+	}
+	return nil
+}
+
 var File_osvc_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_store_proto_rawDesc = "" +
@@ -237,9 +248,10 @@ const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\x03R\aleaseId\x12\x16\n" +
 	"\x06server\x18\x03 \x01(\tR\x06server\x12=\n" +
-	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"2\n" +
+	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"]\n" +
 	"\bLogChunk\x12&\n" +
-	"\x05lines\x18\x01 \x03(\v2\x10.osvc.v1.LogLineR\x05linesB\xa5\x01\n" +
+	"\x05lines\x18\x01 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\x12)\n" +
+	"\x10compressed_lines\x18\x02 \x01(\fR\x0fcompressedLinesB\xa5\x01\n" +
 	"\x11com.osvc.store.v1B\n" +
 	"StoreProtoP\x01Z.github.com/osvc/osvc/gen/osvc/store/v1;storev1\xa2\x02\x03OSX\xaa\x02\rOsvc.Store.V1\xca\x02\rOsvc\\Store\\V1\xe2\x02\x19Osvc\\Store\\V1\\GPBMetadata\xea\x02\x0fOsvc::Store::V1b\x06proto3"
 
