@@ -21,7 +21,7 @@ import (
 // a stale fencing token, and it discards its work.
 func TestAFrozenAgentLosesItsRunToAnother(t *testing.T) {
 	ctx := context.Background()
-	c := newCluster(t, "--heartbeat-interval", "500ms", "--lease-ttl", "2s")
+	c := newCluster(t, "--heartbeat-interval", "500ms", "--lease-ttl", "2s", "--retry-backoff", "100ms")
 	frozen := c.startAgent(t, "agent-a")
 	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir()})
 	if err != nil {

@@ -689,3 +689,23 @@ func TestAViolationTheMessageAlreadyStatesIsNotRepeated(t *testing.T) {
 		t.Errorf("renderError =\n%s\nwant\n%s", got, want)
 	}
 }
+
+func TestAStalledRunIsMarkedWhereverItsStateShows(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		run  *osvcv1.Run
+		want string
+	}{
+		{"a run making progress shows its state", &osvcv1.Run{State: osvcv1.RunState_RUN_STATE_IN_PROCESS}, "IN_PROCESS"},
+		{"a stalled run says so", &osvcv1.Run{State: osvcv1.RunState_RUN_STATE_IN_PROCESS, Stalled: true}, "IN_PROCESS (stalled)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if got := runStateLabel(tt.run); got != tt.want {
+				t.Errorf("runStateLabel = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

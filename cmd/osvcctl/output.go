@@ -80,6 +80,15 @@ func enumText(name, prefix string) string {
 
 func runStateText(s osvcv1.RunState) string { return enumText(s.String(), "RUN_STATE_") }
 
+// runStateLabel is a run's state as listed, marked when the server flagged the
+// run stalled: in process, but silent past the server's --stall-after.
+func runStateLabel(r *osvcv1.Run) string {
+	if r.GetStalled() {
+		return runStateText(r.GetState()) + " (stalled)"
+	}
+	return runStateText(r.GetState())
+}
+
 func updateStateText(s osvcv1.UpdateState) string { return enumText(s.String(), "UPDATE_STATE_") }
 
 func stepText(s osvcv1.Step) string { return enumText(s.String(), "STEP_") }

@@ -54,7 +54,7 @@ func (c *cli) runListCommand() *cobra.Command {
 			}
 			t := newTable(c.stdout, "NAME", "IMAGE", "STATE", "STEP", "PERCENT", "ATTEMPT", "AGENT", "CREATED")
 			for _, r := range all.GetRuns() {
-				t.AppendRow([]any{r.GetName(), r.GetImage(), runStateText(r.GetState()), stepText(r.GetStep()),
+				t.AppendRow([]any{r.GetName(), r.GetImage(), runStateLabel(r), stepText(r.GetStep()),
 					fmt.Sprintf("%d%%", r.GetPercent()), r.GetAttempt(), orDash(r.GetAgent()), timeText(r.GetCreateTime())})
 			}
 			renderList(c.stdout, t, "no runs")
@@ -152,7 +152,7 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	fmt.Fprintf(w, "Name:     %s\n", r.GetName())
 	fmt.Fprintf(w, "Image:    %s (version %d)\n", r.GetImage(), r.GetSourceVersion())
 	fmt.Fprintf(w, "Schedule: %s\n", orDash(r.GetSchedule()))
-	fmt.Fprintf(w, "State:    %s\n", runStateText(r.GetState()))
+	fmt.Fprintf(w, "State:    %s\n", runStateLabel(r))
 	fmt.Fprintf(w, "Step:     %s (%d%%)\n", stepText(r.GetStep()), r.GetPercent())
 	fmt.Fprintf(w, "Attempt:  %d\n", r.GetAttempt())
 	fmt.Fprintf(w, "Agent:    %s\n", orDash(r.GetAgent()))
@@ -161,6 +161,9 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	fmt.Fprintf(w, "Created:  %s\n", timeText(r.GetCreateTime()))
 	if r.GetStartTime() != nil {
 		fmt.Fprintf(w, "Started:  %s\n", timeText(r.GetStartTime()))
+	}
+	if r.GetLastProgressTime() != nil {
+		fmt.Fprintf(w, "Progress: last reported %s\n", timeText(r.GetLastProgressTime()))
 	}
 	if r.GetEndTime() != nil {
 		fmt.Fprintf(w, "Ended:    %s\n", timeText(r.GetEndTime()))

@@ -649,7 +649,8 @@ type Run struct {
 	EndTime         *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// log_line_count is the number of log lines stored for the run.
 	LogLineCount int64 `protobuf:"varint,27,opt,name=log_line_count,json=logLineCount,proto3" json:"log_line_count,omitempty"`
-	// installed_updates holds, per index, what the serviced image has installed.
+	// result_indexes describes the serviced image, index by index, with what
+	// each has installed.
 	ResultIndexes []*ImageIndex `protobuf:"bytes,28,rep,name=result_indexes,json=resultIndexes,proto3" json:"result_indexes,omitempty"`
 	// last_progress_time is when the agent last reported progress for the run:
 	// a step, progress, an update result or new log lines.
