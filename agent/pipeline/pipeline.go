@@ -356,13 +356,18 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	ap := &applyPlan{total: len(indexes) * max(1, len(r.a.GetUpdates()))}
 
 	var failed error
+	committed := 0
 	for _, ix := range indexes {
 		index := int(ix.GetIndex())
 		if failed != nil {
 			r.skipUpdates(ctx, index, r.a.GetUpdates())
 			continue
 		}
-		if err := r.serviceIndex(ctx, source, index, ap, first, afterCleanup, cleanup, removeSuperseded, len(indexes)); err != nil {
+		changed, err := r.serviceIndex(ctx, source, index, ap, first, afterCleanup, cleanup, removeSuperseded, len(indexes))
+		if changed {
+			committed++
+		}
+		if err != nil {
 			var se *stepError
 			if !errors.As(err, &se) || ctx.Err() != nil || r.lost() != nil {
 				return nil, err
@@ -376,6 +381,12 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 			return nil, err
 		}
 		return nil, failed
+	}
+	if committed == 0 && !removeSuperseded {
+		// Every index was discarded: the copy is still the source version,
+		// byte for byte. Uploading it would make a new version equal to the
+		// current one and push the real rollback point out of the image.
+		return r.unchanged(ctx, source)
 	}
 
 	result := source
@@ -415,6 +426,45 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 		ResultSha256:    uploaded.GetSha256(),
 		ResultSizeBytes: uploaded.GetSizeBytes(),
 		Indexes:         resultIndexes,
+	}, nil
+}
+
+// unchanged ends a run that changed nothing: no export, no upload, and a
+// result naming the source version, which the server takes as "the image
+// stays at its current version".
+func (r *run) unchanged(ctx context.Context, source string) (*osvcv1.RunResult, error) {
+	src := r.a.GetSource()
+	if err := r.skip(ctx, osvcv1.Step_STEP_EXPORT, "nothing changed the image"); err != nil {
+		return nil, err
+	}
+	if err := r.skip(ctx, osvcv1.Step_STEP_SWAP, fmt.Sprintf("nothing changed the image: nothing uploaded, version %d stays current", src.GetVersion())); err != nil {
+		return nil, err
+	}
+	size := src.GetSizeBytes()
+	var indexes []*osvcv1.ImageIndex
+	if err := r.step(ctx, osvcv1.Step_STEP_REPORT, "", func() (string, error) {
+		// The copy was never committed: describing it describes the source version.
+		var err error
+		if indexes, err = r.describe(ctx, source); err != nil {
+			return "", err
+		}
+		if size <= 0 {
+			st, err := os.Stat(source)
+			if err != nil {
+				return "", fmt.Errorf("size of the source copy: %w", err)
+			}
+			size = st.Size()
+		}
+		return fmt.Sprintf("%d indexes, unchanged version %d (%s)", len(indexes), src.GetVersion(), humanize.IBytes(uint64(size))), nil
+	}); err != nil {
+		return nil, err
+	}
+	r.log.Info("nothing changed the image: reporting the source version as the result", "version", src.GetVersion(), "sha256", src.GetSha256())
+	return &osvcv1.RunResult{
+		State:           osvcv1.RunState_RUN_STATE_SUCCEEDED,
+		ResultSha256:    src.GetSha256(),
+		ResultSizeBytes: size,
+		Indexes:         indexes,
 	}, nil
 }
 
@@ -599,8 +649,18 @@ func (p *applyPlan) percent(within int) int32 {
 }
 
 // serviceIndex mounts one index, applies the updates, cleans up when asked
-// and commits.
-func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *applyPlan, first, afterCleanup []*osvcv1.Update, cleanup, removeSuperseded bool, nIndexes int) error {
+// and commits. An index that no update changed (none APPLIED) and that was
+// not cleaned up is discarded instead of committed: a commit would rewrite
+// the WIM without changing what it holds. changed tells whether the index was
+// committed.
+//
+// Indexes are serviced one after the other through one mount (a WIM is
+// mounted read-write once at a time), so the choice is made per index, before
+// its commit: when every index was discarded the copy is still the source
+// version and the run uploads nothing (see unchanged); when some were
+// committed the result is a new version in which the discarded indexes are
+// as they were.
+func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *applyPlan, first, afterCleanup []*osvcv1.Update, cleanup, removeSuperseded bool, nIndexes int) (changed bool, err error) {
 	detail := fmt.Sprintf("index %d", index)
 	mountDir := filepath.Join(r.work, "mount")
 	if err := r.step(ctx, osvcv1.Step_STEP_MOUNT, detail, func() (string, error) {
@@ -620,12 +680,13 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 		return fmt.Sprintf("index %d (%s) mounted", index, m.Info.GetName()), nil
 	}); err != nil {
 		r.skipUpdates(ctx, index, r.a.GetUpdates())
-		return err
+		return false, err
 	}
 
-	if err := r.applyAll(ctx, index, ap, first, detail); err != nil {
+	applied, err := r.applyAll(ctx, index, ap, first, detail)
+	if err != nil {
 		r.skipUpdates(ctx, index, afterCleanup)
-		return err
+		return false, err
 	}
 	if cleanup {
 		if err := r.step(ctx, osvcv1.Step_STEP_CLEANUP, detail, func() (string, error) {
@@ -635,11 +696,11 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 			return "superseded components removed", nil
 		}); err != nil {
 			r.skipUpdates(ctx, index, afterCleanup)
-			return err
+			return false, err
 		}
 		if len(afterCleanup) > 0 {
-			if err := r.applyAll(ctx, index, ap, afterCleanup, detail+": .NET updates after cleanup"); err != nil {
-				return err
+			if _, err := r.applyAll(ctx, index, ap, afterCleanup, detail+": .NET updates after cleanup"); err != nil {
+				return false, err
 			}
 		}
 	} else {
@@ -648,27 +709,34 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 			why = fmt.Sprintf("the image has %d indexes: cleanup runs on single-index images only", nIndexes)
 		}
 		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, why); err != nil {
-			return err
+			return false, err
 		}
 	}
-	return r.step(ctx, osvcv1.Step_STEP_COMMIT, detail, func() (string, error) {
+	// Cleanup changes the index even when no update applied.
+	commit := applied > 0 || cleanup
+	err = r.step(ctx, osvcv1.Step_STEP_COMMIT, detail, func() (string, error) {
 		m := r.mount
 		r.mount = nil // committed or discarded by Unmount, whatever it returns
-		if err := r.eng.Unmount(ctx, m, true); err != nil {
+		if err := r.eng.Unmount(ctx, m, commit); err != nil {
 			return "", err
+		}
+		if !commit {
+			return fmt.Sprintf("index %d discarded, not committed: nothing changed it (no update applied)", index), nil
 		}
 		return fmt.Sprintf("index %d committed", index), nil
 	})
+	return err == nil && commit, err
 }
 
-// applyAll applies updates in order as one APPLY step. A failed update stops
-// the rest (SKIPPED) unless the run continues on error.
-func (r *run) applyAll(ctx context.Context, index int, ap *applyPlan, updates []*osvcv1.Update, detail string) error {
+// applyAll applies updates in order as one APPLY step and returns how many
+// ended APPLIED. A failed update stops the rest (SKIPPED) unless the run
+// continues on error.
+func (r *run) applyAll(ctx context.Context, index int, ap *applyPlan, updates []*osvcv1.Update, detail string) (applied int, err error) {
 	if len(updates) == 0 {
-		return r.skip(ctx, osvcv1.Step_STEP_APPLY, detail+": no updates")
+		return 0, r.skip(ctx, osvcv1.Step_STEP_APPLY, detail+": no updates")
 	}
 	continueOnError := r.a.GetRun().GetContinueOnError()
-	return r.step(ctx, osvcv1.Step_STEP_APPLY, detail, func() (string, error) {
+	err = r.step(ctx, osvcv1.Step_STEP_APPLY, detail, func() (string, error) {
 		counts := map[osvcv1.UpdateState]int{}
 		var failures []string
 		for k, u := range updates {
@@ -678,6 +746,9 @@ func (r *run) applyAll(ctx context.Context, index int, ap *applyPlan, updates []
 				return "", err
 			}
 			counts[state]++
+			if state == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
+				applied++
+			}
 			if state == osvcv1.UpdateState_UPDATE_STATE_FAILED {
 				failures = append(failures, fmt.Sprintf("%s: %s", updateLabel(u), msg))
 				if !continueOnError {
@@ -698,6 +769,7 @@ func (r *run) applyAll(ctx context.Context, index int, ap *applyPlan, updates []
 		}
 		return summary(counts), nil
 	})
+	return applied, err
 }
 
 func summary(counts map[osvcv1.UpdateState]int) string {

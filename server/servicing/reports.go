@@ -231,8 +231,9 @@ func normalizeLine(l *osvcv1.LogLine, now func() time.Time) *osvcv1.LogLine {
 // ReportRunResult ends a run. SUCCEEDED swaps the image: the uploaded result
 // becomes the image's current version, the previous one is kept, older ones
 // are dropped (their blobs deleted unless still used), all in the transaction
-// that compares the fencing token. FAILED and CANCELED leave the image's
-// content untouched.
+// that compares the fencing token. A SUCCEEDED result that is the run's
+// source version itself (nothing changed the image) adds no version. FAILED
+// and CANCELED leave the image's content untouched.
 func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.RunResult) error {
 	var content *osvcv1.Content
 	switch m.GetState() {
@@ -268,6 +269,9 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	}
 	s.logger.Info("run ended", "run", run.GetName(), "state", stateName(run.GetState()), "agent", agent,
 		"result_version", run.GetResultVersion(), "error", run.GetError())
+	if run.GetState() == osvcv1.RunState_RUN_STATE_SUCCEEDED && run.GetResultVersion() == run.GetSourceVersion() {
+		s.logger.Info("nothing changed the image: no version added", "run", run.GetName(), "image", run.GetImage(), "version", run.GetResultVersion())
+	}
 	return nil
 }
 
@@ -276,6 +280,9 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	img, err := s.loadImage(ctx, ch)
 	if err != nil {
 		return err
+	}
+	if src := sourceVersion(img, ch.run); src != nil && src.GetSha256() == content.GetSha256() {
+		return s.keepVersion(ctx, ch, img, src, m, content)
 	}
 	now := timestamppb.New(s.now())
 	next := int32(0)
@@ -317,6 +324,42 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	if len(dropped) > 0 {
 		ch.after = append(ch.after, func(ctx context.Context) { s.deleteBlobs(ctx, dropped) })
 	}
+	return nil
+}
+
+// sourceVersion is the version of img that run services, nil when the image
+// no longer has it.
+func sourceVersion(img *osvcv1.Image, run *osvcv1.Run) *osvcv1.ImageVersion {
+	for _, v := range img.GetVersions() {
+		if v.GetVersion() == run.GetSourceVersion() {
+			return v
+		}
+	}
+	return nil
+}
+
+// keepVersion ends a run whose result is its source version: nothing changed
+// the image, so no version is added and none dropped, and an administrator
+// who runs a schedule again keeps the rollback point and has nothing new to
+// distribute. The run's result names the source version.
+func (s *Service) keepVersion(ctx context.Context, ch *change, img *osvcv1.Image, src *osvcv1.ImageVersion, m *osvcv1.RunResult, content *osvcv1.Content) error {
+	if img.GetCurrentVersion() != src.GetVersion() {
+		// One run per image keeps the current version where the run found
+		// it; should it have moved anyway, the versions stay as they are
+		// rather than going back to older content.
+		s.logger.Warn("run reports its source version unchanged but the image's current version moved; versions left as they are",
+			"run", ch.run.GetName(), "image", img.GetName(), "source_version", src.GetVersion(), "current_version", img.GetCurrentVersion())
+	}
+	// The image's indexes already describe this very file: they stay.
+	if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_SUCCEEDED, ""); err != nil {
+		return err
+	}
+	run := ch.run
+	run.Error = ""
+	run.ResultVersion = src.GetVersion()
+	run.ResultSha256 = content.GetSha256()
+	run.ResultSizeBytes = content.GetSizeBytes()
+	run.ResultIndexes = m.GetIndexes()
 	return nil
 }
 
