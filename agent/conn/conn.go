@@ -399,6 +399,12 @@ func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
 		if err != nil {
 			return err
 		}
+		// A select below picks at random among ready cases: without this
+		// check, a report of a run canceled or lost a moment ago would still
+		// go out half of the time.
+		if ctx.Err() != nil {
+			return fmt.Errorf("send %T: %w", r.GetMessage(), context.Cause(ctx))
+		}
 		id := c.nextID.Add(1)
 		r.Id = id
 		ackc := s.register(id)

@@ -262,6 +262,33 @@ func TestSendReturnsTheAckCodeAsAnError(t *testing.T) {
 	}
 }
 
+func TestAReportUnderAnEndedContextNeverReachesTheServer(t *testing.T) {
+	t.Parallel()
+	h := start(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case <-h.conn.Connected():
+	case <-ctx.Done():
+		t.Fatal("the agent did not connect")
+	}
+	ended, end := context.WithCancel(context.Background())
+	end()
+	// Each Send races its ended context against a ready stream: many tries
+	// make a report that slips through show.
+	for range 32 {
+		if err := h.conn.Send(ended, stepReport("runs/canceled")); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send under an ended context = %v, want context.Canceled", err)
+		}
+	}
+	if err := h.conn.Send(ctx, stepReport("runs/live")); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextReq(t, h.srv).GetStepChanged().GetRun(); got != "runs/live" {
+		t.Fatalf("the server received a report of %s, sent under an ended context", got)
+	}
+}
+
 func TestServerMessagesReachTheHandler(t *testing.T) {
 	t.Parallel()
 	h := start(t, nil)

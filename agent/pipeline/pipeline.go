@@ -184,6 +184,11 @@ func (r *run) run(ctx context.Context) error {
 		r.log.Warn("the server no longer gives this run to this agent: work discarded, no more reports", "error", lost)
 		return fmt.Errorf("%w: %w", ErrLost, lost)
 	}
+	if runErr == nil && ctx.Err() != nil {
+		// A cancel that came after the work was done but before its result
+		// went out still wins: the result is never sent under an ended ctx.
+		runErr = context.Cause(ctx)
+	}
 	if runErr == nil {
 		// Logged before the result: once it is in, the server takes no more lines.
 		r.log.Info("run succeeded", "result_sha256", res.GetResultSha256(), "result_size", res.GetResultSizeBytes())
@@ -542,20 +547,81 @@ func (r *run) stage(ctx context.Context) (map[string]string, error) {
 	defer pp.stop()
 	var done int64
 	for _, it := range todo {
-		r.log.Info("downloading update file", "file", it.name, "sha256", it.sha, "size", it.size)
 		base := done
-		err := transfer.Download(ctx, r.cfg.Content, it.sha, staged[it.sha], func(n, _ int64) {
+		if err := r.fetch(ctx, it.sha, it.name, it.size, staged[it.sha], func(n, _ int64) {
 			if total > 0 {
 				pp.set(int32(int64(pctStageEnd)*(base+n)/total), nil)
 			}
-		})
-		if err != nil {
-			return nil, fmt.Errorf("download %s (%s): %w", it.name, it.sha, err)
+		}); err != nil {
+			return nil, err
 		}
 		done += it.size
 	}
 	pp.set(pctStageEnd, nil)
 	return staged, nil
+}
+
+// fetch downloads one update file into the cache, unless another run of
+// this agent put it there while this one waited for it.
+func (r *run) fetch(ctx context.Context, sha, name string, size int64, path string, progress transfer.ProgressFunc) error {
+	unlock, err := lockCached(ctx, path, func() {
+		r.log.Info("another run is downloading the same update file: waiting for it", "file", name, "sha256", sha)
+	})
+	if err != nil {
+		return fmt.Errorf("download %s (%s): %w", name, sha, err)
+	}
+	defer unlock()
+	if cached, err := hashMatches(path, sha); err != nil {
+		return err
+	} else if cached {
+		r.log.Info("update file already cached", "file", name, "sha256", sha)
+		return nil
+	}
+	r.log.Info("downloading update file", "file", name, "sha256", sha, "size", size)
+	if err := transfer.Download(ctx, r.cfg.Content, sha, path, progress); err != nil {
+		return fmt.Errorf("download %s (%s): %w", name, sha, err)
+	}
+	return nil
+}
+
+// cacheLocks holds a channel per cache file being downloaded, closed when the
+// download ends. The runs of an agent share its cache, and runs of different
+// images often stage the same monthly updates: two downloads of one file would
+// write the same .partial file, and the second to finish would find it renamed
+// away and fail its run.
+var cacheLocks = struct {
+	mu   sync.Mutex
+	busy map[string]chan struct{}
+}{busy: make(map[string]chan struct{})}
+
+// lockCached takes the cache file at path for this run, calling waiting once
+// if another run holds it, until ctx ends.
+func lockCached(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
+	for {
+		cacheLocks.mu.Lock()
+		held, busy := cacheLocks.busy[path]
+		if !busy {
+			mine := make(chan struct{})
+			cacheLocks.busy[path] = mine
+			cacheLocks.mu.Unlock()
+			return func() {
+				cacheLocks.mu.Lock()
+				delete(cacheLocks.busy, path)
+				cacheLocks.mu.Unlock()
+				close(mine)
+			}, nil
+		}
+		cacheLocks.mu.Unlock()
+		if waiting != nil {
+			waiting()
+			waiting = nil
+		}
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
 }
 
 // hashMatches tells whether path holds a file with that sha256; a file with

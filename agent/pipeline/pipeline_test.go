@@ -368,6 +368,46 @@ func TestACanceledRunDiscardsItsWorkAndReportsCanceled(t *testing.T) {
 	checkWorkFolder(t, cfg.Drive)
 }
 
+func TestACancelArrivingAfterTheLastStepStillDecidesTheResult(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		cause   error
+		want    osvcv1.RunState // 0: no result at all
+		wantErr error
+	}{
+		{"a cancel by the server is reported canceled", errors.New("canceled by an administrator"), osvcv1.RunState_RUN_STATE_CANCELED, nil},
+		{"a discard by the agent reports nothing", fmt.Errorf("%w: shutting down", ErrDiscard), 0, ErrDiscard},
+	}
+	f := newFixture(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := newConfig(t, f)
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			rec := &recorder{fail: func(event string) error {
+				// The work is done and uploaded; the result is not out yet.
+				if event == "step REPORT DONE" {
+					cancel(tt.cause)
+				}
+				return nil
+			}}
+			err := Run(ctx, cfg, f.assign(&osvcv1.Run{}), rec)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Run = %v, want %v", err, tt.wantErr)
+			}
+			switch {
+			case tt.want == 0 && rec.nResult != 0:
+				t.Errorf("a discarded run reported %v", rec.result)
+			case tt.want != 0 && (rec.nResult != 1 || rec.result.GetState() != tt.want):
+				t.Errorf("result = %v (%d sent), want one %s", rec.result, rec.nResult, tt.want)
+			}
+			checkWorkFolder(t, cfg.Drive)
+		})
+	}
+}
+
 func TestARunDiscardedByTheAgentReportsNothingMore(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)

@@ -21,8 +21,12 @@ import (
 // the packages an installed package supersedes are marked Superseded.
 func (e *Engine) Cleanup(ctx context.Context, m *engine.Mount) error {
 	log := e.logger.With("mount", m.Dir)
-	sxs := winSxSDir(m.Dir)
-	entries, err := os.ReadDir(sxs)
+	img, err := openImage(m)
+	if err != nil {
+		return fmt.Errorf("component cleanup in %s: %w", m.Dir, err)
+	}
+	defer img.Close()
+	entries, err := fs.ReadDir(img.FS(), filepath.ToSlash(winSxSDir))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("component cleanup in %s: %w", m.Dir, err)
 	}
@@ -67,7 +71,7 @@ func (e *Engine) Cleanup(ctx context.Context, m *engine.Mount) error {
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("component cleanup in %s: %w", m.Dir, err)
 			}
-			n, err := removeComponent(sxs, v.dir)
+			n, err := removeComponent(img, v.dir)
 			if err != nil {
 				return fmt.Errorf("component cleanup in %s: %w", m.Dir, err)
 			}
@@ -76,7 +80,7 @@ func (e *Engine) Cleanup(ctx context.Context, m *engine.Mount) error {
 			log.Info("removed superseded component", "component", v.dir, "kept_version", highest, "bytes", n)
 		}
 	}
-	superseded, err := e.markSuperseded(ctx, m)
+	superseded, err := e.markSuperseded(ctx, img)
 	if err != nil {
 		return fmt.Errorf("component cleanup in %s: %w", m.Dir, err)
 	}
@@ -87,10 +91,10 @@ func (e *Engine) Cleanup(ctx context.Context, m *engine.Mount) error {
 
 // removeComponent removes a WinSxS component folder and its manifest and
 // returns the bytes they held.
-func removeComponent(sxs, name string) (int64, error) {
+func removeComponent(img *os.Root, name string) (int64, error) {
 	var n int64
-	dir := filepath.Join(sxs, name)
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+	dir := filepath.Join(winSxSDir, name)
+	err := fs.WalkDir(img.FS(), filepath.ToSlash(dir), func(_ string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -106,13 +110,13 @@ func removeComponent(sxs, name string) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	if err := os.RemoveAll(dir); err != nil {
+	if err := img.RemoveAll(dir); err != nil {
 		return n, err
 	}
-	manifest := filepath.Join(sxs, "Manifests", name+".manifest")
-	if st, err := os.Stat(manifest); err == nil {
+	manifest := filepath.Join(winSxSDir, "Manifests", name+".manifest")
+	if st, err := img.Stat(manifest); err == nil {
 		n += st.Size()
-		if err := os.Remove(manifest); err != nil {
+		if err := img.Remove(manifest); err != nil {
 			return n, err
 		}
 	}
@@ -121,8 +125,8 @@ func removeComponent(sxs, name string) (int64, error) {
 
 // markSuperseded records as Superseded every installed package that another
 // installed package's manifest lists in its supersedes.
-func (e *Engine) markSuperseded(ctx context.Context, m *engine.Mount) (int, error) {
-	doc, err := readSessions(m.Dir)
+func (e *Engine) markSuperseded(ctx context.Context, img *os.Root) (int, error) {
+	doc, err := readSessions(img)
 	if err != nil {
 		return 0, err
 	}
@@ -138,7 +142,7 @@ func (e *Engine) markSuperseded(ctx context.Context, m *engine.Mount) (int, erro
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		man, err := readInstalledManifest(m.Dir, newer.Identity)
+		man, err := readInstalledManifest(img, newer.Identity)
 		if err != nil {
 			e.logger.Warn("cannot read an installed package's manifest, its supersedence is not applied",
 				"package", newer.Identity, "error", err)
@@ -159,5 +163,5 @@ func (e *Engine) markSuperseded(ctx context.Context, m *engine.Mount) (int, erro
 		return 0, nil
 	}
 	doc.add(time.Now(), marks)
-	return len(marks), writeSessions(m.Dir, doc)
+	return len(marks), writeSessions(img, doc)
 }

@@ -46,14 +46,19 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 			return 0, fmt.Errorf("add package %s: %w", path, err)
 		}
 	}
-	doc, err := readSessions(m.Dir)
+	img, err := openImage(m)
+	if err != nil {
+		return 0, fmt.Errorf("add package %s: %w", path, err)
+	}
+	defer img.Close()
+	doc, err := readSessions(img)
 	if err != nil {
 		return 0, fmt.Errorf("add package %s: %w", path, err)
 	}
 	// Decide on the manifest alone first, so that a package that will not be
 	// installed is never extracted.
 	if !pkg.MSU && pkg.Manifest != nil {
-		if outcome := e.decide(log, m, doc, pkg.Manifest); outcome != engine.Applied {
+		if outcome := e.decide(log, m, img, doc, pkg.Manifest); outcome != engine.Applied {
 			return outcome, nil
 		}
 	}
@@ -82,7 +87,7 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	var todo []*updatepkg.Staged
 	outcome := engine.NotApplicable
 	for _, s := range staged {
-		switch e.decide(log, m, doc, s.Manifest) {
+		switch e.decide(log, m, img, doc, s.Manifest) {
 		case engine.Applied:
 			todo = append(todo, s)
 		case engine.AlreadyInstalled:
@@ -92,14 +97,14 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	if len(todo) == 0 {
 		return outcome, nil
 	}
-	if err := e.install(ctx, log, m, doc, todo, progress); err != nil {
+	if err := e.install(ctx, log, img, doc, todo, progress); err != nil {
 		return 0, fmt.Errorf("add package %s: %w", path, err)
 	}
 	return engine.Applied, nil
 }
 
 // decide returns Applied when the package should be installed, or why not.
-func (e *Engine) decide(log hclog.Logger, m *engine.Mount, doc *sessionsDoc, man *updatepkg.Manifest) engine.Outcome {
+func (e *Engine) decide(log hclog.Logger, m *engine.Mount, img *os.Root, doc *sessionsDoc, man *updatepkg.Manifest) engine.Outcome {
 	id := man.Identity.String()
 	log = log.With("package", id, "kb", man.KB)
 	if ok, reason := man.AppliesTo(m.Info); !ok {
@@ -119,7 +124,7 @@ func (e *Engine) decide(log hclog.Logger, m *engine.Mount, doc *sessionsDoc, man
 		if in.State != stateInstalled {
 			continue
 		}
-		newer, err := readInstalledManifest(m.Dir, in.Identity)
+		newer, err := readInstalledManifest(img, in.Identity)
 		if err != nil {
 			log.Debug("cannot read an installed package's manifest", "installed", in.Identity, "error", err)
 			continue
@@ -150,17 +155,17 @@ func normalizeKB(s string) string {
 	return s
 }
 
-func packagesDir(mountDir string) string {
-	return filepath.Join(mountDir, "Windows", "servicing", "Packages")
-}
+// Folders inside the image.
+var (
+	packagesDir = filepath.Join("Windows", "servicing", "Packages")
+	winSxSDir   = filepath.Join("Windows", "WinSxS")
+)
 
-func winSxSDir(mountDir string) string { return filepath.Join(mountDir, "Windows", "WinSxS") }
-
-func readInstalledManifest(mountDir, identity string) (*updatepkg.Manifest, error) {
+func readInstalledManifest(img *os.Root, identity string) (*updatepkg.Manifest, error) {
 	if err := checkName(identity); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(filepath.Join(packagesDir(mountDir), identity+".mum"))
+	data, err := img.ReadFile(filepath.Join(packagesDir, identity+".mum"))
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +181,8 @@ func checkName(name string) error {
 	return nil
 }
 
-// copyOp is one file to write into the image: from src, or data when set.
+// copyOp is one file to write into the image (dst is relative to its root):
+// from src, or data when set.
 type copyOp struct {
 	src, dst string
 	data     []byte
@@ -185,11 +191,11 @@ type copyOp struct {
 
 // install copies the staged packages into the image and records them as
 // installed in one session.
-func (e *Engine) install(ctx context.Context, log hclog.Logger, m *engine.Mount, doc *sessionsDoc, todo []*updatepkg.Staged, progress engine.ProgressFunc) error {
+func (e *Engine) install(ctx context.Context, log hclog.Logger, img *os.Root, doc *sessionsDoc, todo []*updatepkg.Staged, progress engine.ProgressFunc) error {
 	var ops []copyOp
 	var total int64
 	for _, s := range todo {
-		sops, err := planCopies(m.Dir, s)
+		sops, err := planCopies(s)
 		if err != nil {
 			return err
 		}
@@ -216,13 +222,13 @@ func (e *Engine) install(ctx context.Context, log hclog.Logger, m *engine.Mount,
 			return err
 		}
 		if op.data != nil {
-			if err := os.MkdirAll(filepath.Dir(op.dst), 0o755); err != nil {
+			if err := img.MkdirAll(filepath.Dir(op.dst), 0o755); err != nil {
 				return err
 			}
-			if err := os.WriteFile(op.dst, op.data, 0o644); err != nil {
+			if err := img.WriteFile(op.dst, op.data, 0o644); err != nil {
 				return err
 			}
-		} else if _, err := copyFile(op.dst, op.src); err != nil {
+		} else if err := copyInto(img, op.dst, op.src); err != nil {
 			return err
 		}
 		done += op.size
@@ -243,7 +249,7 @@ func (e *Engine) install(ctx context.Context, log hclog.Logger, m *engine.Mount,
 			"components", len(s.Components))
 	}
 	doc.add(time.Now(), pkgs)
-	if err := writeSessions(m.Dir, doc); err != nil {
+	if err := writeSessions(img, doc); err != nil {
 		return err
 	}
 	log.Info("copied package files into the image", "files", len(ops), "bytes", total)
@@ -251,7 +257,7 @@ func (e *Engine) install(ctx context.Context, log hclog.Logger, m *engine.Mount,
 }
 
 // planCopies lists the files one staged package puts into the image.
-func planCopies(mountDir string, s *updatepkg.Staged) ([]copyOp, error) {
+func planCopies(s *updatepkg.Staged) ([]copyOp, error) {
 	var ops []copyOp
 	id := s.Manifest.Identity.String()
 	if err := checkName(id + ".mum"); err != nil {
@@ -262,7 +268,7 @@ func planCopies(mountDir string, s *updatepkg.Staged) ([]copyOp, error) {
 		if err := checkName(name); err != nil {
 			return nil, err
 		}
-		dst := filepath.Join(winSxSDir(mountDir), name)
+		dst := filepath.Join(winSxSDir, name)
 		files, err := payloadFiles(sc)
 		if err != nil {
 			return nil, fmt.Errorf("component %s: %w", name, err)
@@ -285,12 +291,12 @@ func planCopies(mountDir string, s *updatepkg.Staged) ([]copyOp, error) {
 			}
 			ops = append(ops, copyOp{
 				src:  sc.ManifestPath,
-				dst:  filepath.Join(winSxSDir(mountDir), "Manifests", name+".manifest"),
+				dst:  filepath.Join(winSxSDir, "Manifests", name+".manifest"),
 				size: st.Size(),
 			})
 		}
 	}
-	mumDst := filepath.Join(packagesDir(mountDir), id+".mum")
+	mumDst := filepath.Join(packagesDir, id+".mum")
 	mum := filepath.Join(s.Dir, "update.mum")
 	if st, err := os.Stat(mum); err == nil && st.Mode().IsRegular() {
 		ops = append(ops, copyOp{src: mum, dst: mumDst, size: st.Size()})

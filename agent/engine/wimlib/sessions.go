@@ -3,7 +3,9 @@ package wimlib
 import (
 	"context"
 	"encoding/xml"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -60,11 +62,11 @@ func parseSessions(data []byte) (*sessionsDoc, error) {
 	return &doc, nil
 }
 
-// readSessions reads the mount's Sessions.xml; a missing file is an image
+// readSessions reads the image's Sessions.xml; a missing file is an image
 // nothing was ever installed in.
-func readSessions(mountDir string) (*sessionsDoc, error) {
-	data, err := os.ReadFile(filepath.Join(append([]string{mountDir}, sessionsPath...)...))
-	if os.IsNotExist(err) {
+func readSessions(img *os.Root) (*sessionsDoc, error) {
+	data, err := img.ReadFile(sessionsFile)
+	if errors.Is(err, fs.ErrNotExist) {
 		return &sessionsDoc{Version: "1.0"}, nil
 	}
 	if err != nil {
@@ -73,11 +75,10 @@ func readSessions(mountDir string) (*sessionsDoc, error) {
 	return parseSessions(data)
 }
 
-// writeSessions replaces the mount's Sessions.xml through a rename, so an
+// writeSessions replaces the image's Sessions.xml through a rename, so an
 // interrupted write never leaves a truncated file.
-func writeSessions(mountDir string, doc *sessionsDoc) error {
-	path := filepath.Join(append([]string{mountDir}, sessionsPath...)...)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+func writeSessions(img *os.Root, doc *sessionsDoc) error {
+	if err := img.MkdirAll(filepath.Dir(sessionsFile), 0o755); err != nil {
 		return fmt.Errorf("write Sessions.xml: %w", err)
 	}
 	data, err := xml.MarshalIndent(doc, "", "  ")
@@ -85,11 +86,11 @@ func writeSessions(mountDir string, doc *sessionsDoc) error {
 		return fmt.Errorf("write Sessions.xml: %w", err)
 	}
 	data = append([]byte(xml.Header), append(data, '\n')...)
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	tmp := sessionsFile + ".new"
+	if err := img.WriteFile(tmp, data, 0o644); err != nil {
 		return fmt.Errorf("write Sessions.xml: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := img.Rename(tmp, sessionsFile); err != nil {
 		return fmt.Errorf("write Sessions.xml: %w", err)
 	}
 	return nil
@@ -151,9 +152,26 @@ func (e *Engine) InstalledPackages(ctx context.Context, m *engine.Mount) ([]engi
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	doc, err := readSessions(m.Dir)
+	img, err := openImage(m)
+	if err != nil {
+		return nil, fmt.Errorf("installed packages in %s: %w", m.Dir, err)
+	}
+	defer img.Close()
+	doc, err := readSessions(img)
 	if err != nil {
 		return nil, fmt.Errorf("installed packages in %s: %w", m.Dir, err)
 	}
 	return doc.installed(), nil
+}
+
+// openImage opens the mounted index as a root that every file access inside
+// the image goes through. An image may hold symlinks (Windows/WinSxS ->
+// /etc): through a plain path the agent, running as root, would follow them
+// and write or delete the server's own files.
+func openImage(m *engine.Mount) (*os.Root, error) {
+	img, err := os.OpenRoot(m.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("open the mounted image: %w", err)
+	}
+	return img, nil
 }

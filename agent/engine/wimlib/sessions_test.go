@@ -41,10 +41,15 @@ func xmlRoundTrip(doc *sessionsDoc) (*sessionsDoc, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	if err := writeSessions(dir, doc); err != nil {
+	img, err := os.OpenRoot(dir)
+	if err != nil {
 		return nil, err
 	}
-	return readSessions(dir)
+	defer img.Close()
+	if err := writeSessions(img, doc); err != nil {
+		return nil, err
+	}
+	return readSessions(img)
 }
 
 func TestUnescapeMountinfo(t *testing.T) {

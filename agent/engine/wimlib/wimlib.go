@@ -221,6 +221,12 @@ func isMountPoint(dir string) bool {
 	if err != nil {
 		return false
 	}
+	// The kernel lists the real path, and a drive is often reached through a
+	// symlink (/srv -> /data). Only the parent is resolved: resolving the
+	// mount point itself fails once its FUSE daemon is gone.
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
+		dir = filepath.Join(parent, filepath.Base(dir))
+	}
 	for _, line := range strings.Split(string(data), "\n") {
 		fields := strings.Fields(line)
 		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
@@ -406,8 +412,8 @@ func (e *Engine) Export(ctx context.Context, src string, index int, dst string) 
 	return nil
 }
 
-// sessionsPath is where installed packages are recorded inside the image.
-var sessionsPath = []string{"Windows", "servicing", "Sessions", "Sessions.xml"}
+// sessionsFile is where installed packages are recorded inside the image.
+var sessionsFile = filepath.Join("Windows", "servicing", "Sessions", "Sessions.xml")
 
 // ReadInstalled lists the packages installed in one index of a WIM file
 // without mounting it: it extracts only Sessions.xml.
@@ -417,12 +423,12 @@ func (e *Engine) ReadInstalled(ctx context.Context, wim string, index int) ([]en
 		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
 	}
 	defer os.RemoveAll(tmp)
-	inWIM := "/" + strings.Join(sessionsPath, "/")
+	inWIM := "/" + filepath.ToSlash(sessionsFile)
 	if _, err := e.run(ctx, true, "extract", wim, strconv.Itoa(index), inWIM,
 		"--dest-dir="+tmp, "--no-acls", "--nullglob"); err != nil {
 		return nil, fmt.Errorf("read installed packages of %s index %d: %w", wim, index, err)
 	}
-	data, err := os.ReadFile(filepath.Join(tmp, sessionsPath[len(sessionsPath)-1]))
+	data, err := os.ReadFile(filepath.Join(tmp, filepath.Base(sessionsFile)))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil // no servicing session ever ran: nothing installed
 	}
@@ -436,26 +442,26 @@ func (e *Engine) ReadInstalled(ctx context.Context, wim string, index int) ([]en
 	return doc.installed(), nil
 }
 
-// copyFile copies src to dst, creating dst's folder, and returns the bytes copied.
-func copyFile(dst, src string) (int64, error) {
+// copyInto copies the file src to dst inside the image, creating dst's folder.
+func copyInto(img *os.Root, dst, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return 0, err
+	if err := img.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
 	}
-	out, err := os.Create(dst)
+	out, err := img.Create(dst)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	n, err := io.Copy(out, in)
+	_, err = io.Copy(out, in)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return n, fmt.Errorf("copy %s: %w", src, err)
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
-	return n, nil
+	return nil
 }

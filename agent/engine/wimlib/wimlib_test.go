@@ -597,6 +597,60 @@ func TestAPackageWithAnEscapingMemberNeverWritesOutsideStaging(t *testing.T) {
 	}
 }
 
+func TestASymlinkInTheImageNeverLetsServicingTouchFilesOutsideIt(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		link string // replaced in the image by a symlink to a folder outside it
+	}{
+		{"WinSxS links outside the image", filepath.Join("Windows", "WinSxS")},
+		{"servicing links outside the image", filepath.Join("Windows", "servicing")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e, _ := newEngine(t)
+			m := mount(t, e, copyWIM(t))
+			// The server's own folder, holding what looks like two versions
+			// of a component, which a cleanup would thin out.
+			outside := t.TempDir()
+			var versions []string
+			for _, v := range []string{"10.0.1.1", "10.0.1.2"} {
+				c := updatepkg.Component{Name: "Microsoft-Windows-Probe", Arch: "amd64", PublicKeyToken: "31bf3856ad364e35", Version: v}
+				versions = append(versions, c.SxSName())
+				if err := os.Mkdir(filepath.Join(outside, c.SxSName()), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			inImage := filepath.Join(m.Dir, tt.link)
+			if err := os.RemoveAll(inImage); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, inImage); err != nil {
+				t.Fatal(err)
+			}
+
+			u := update(t, osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.Classification_CLASSIFICATION_SERVICING_STACK)
+			if _, err := e.AddPackage(context.Background(), m, u.File, nil); err == nil {
+				t.Error("AddPackage through a symlink leaving the image succeeded, want an error")
+			}
+			_ = e.Cleanup(context.Background(), m)
+
+			entries, err := os.ReadDir(outside)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, ent := range entries {
+				got = append(got, ent.Name())
+			}
+			if !slices.Equal(got, versions) {
+				t.Errorf("the folder outside the image holds %v, want %v untouched", got, versions)
+			}
+		})
+	}
+}
+
 func TestAnMSUAppliesItsInnerPackagesInOrder(t *testing.T) {
 	t.Parallel()
 	e, _ := newEngine(t)
@@ -706,6 +760,59 @@ func TestUnmountWithAFileOpenNeverLeavesTheMount(t *testing.T) {
 				t.Fatal("the WIM changed although nothing was committed")
 			}
 		})
+	}
+}
+
+func TestAFailedCommitThroughASymlinkedDriveNeverLeavesTheMount(t *testing.T) {
+	t.Parallel()
+	e, _ := newEngine(t)
+	wim := copyWIM(t)
+	before := fileSHA256(t, wim)
+	// The drive is reached through a symlink, as /srv -> /data on a site server;
+	// the kernel lists the mount under the real path.
+	real, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	realMount := filepath.Join(real, "mount")
+	if err := os.Mkdir(realMount, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	drive := filepath.Join(t.TempDir(), "drive")
+	if err := os.Symlink(real, drive); err != nil {
+		t.Fatal(err)
+	}
+	m, err := e.Mount(context.Background(), wim, 1, filepath.Join(drive, "mount"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if isMountPoint(realMount) {
+			_ = e.Unmount(context.Background(), &engine.Mount{Dir: realMount}, false)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(m.Dir, "Windows", "changed.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A file held open makes wimlib-imagex refuse the commit.
+	f, err := os.Open(filepath.Join(m.Dir, "Windows", "win.ini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := e.Unmount(context.Background(), m, true); err == nil {
+		t.Fatal("Unmount(commit) with a file open succeeded, want an error")
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), " "+realMount+" ") {
+		t.Fatalf("%s is still mounted after the failed commit", realMount)
+	}
+	f.Close()
+	if after := fileSHA256(t, wim); after != before {
+		t.Fatal("the WIM changed although nothing was committed")
 	}
 }
 
