@@ -28,6 +28,10 @@ func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		// -h printed the usage, as asked: that is not a failure.
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		fmt.Fprintln(os.Stderr, "osvc-bench:", err)
 		return 1
 	}
@@ -111,11 +115,16 @@ func benchNames() []string {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	name := fs.String("run", "", "benchmark to run: "+strings.Join(benchNames(), ", "))
+	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
 	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
+		fmt.Fprintln(fs.Output(), "Measures osvc against bare etcd in the same run; the last line is RESULT {json} with the ratio.")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"slices"
 	"strings"
 	"testing"
@@ -79,6 +81,20 @@ func TestThroughputBenchesEndWithAParsableResultLine(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"-h"}, &stdout, &stderr)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
+	}
+	for _, want := range []string{"Usage: osvc-bench -run lease|report|startup [flags]", "-run benchmark", "-fast"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
+		}
 	}
 }
 

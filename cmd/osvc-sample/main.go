@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	build := fs.Uint("build", uint(sampledata.DefaultBuild), "OS build of the image (22631 is Windows 11 23H2)")
 	edition := fs.String("edition", sampledata.DefaultEdition, "edition ID of the image")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: osvc-sample -out DIR [flags]")
+		fmt.Fprintln(fs.Output(), "Usage: osvc-sample -out DIR [flags]")
 		fmt.Fprintln(fs.Output(), "Creates a sample Windows image (install.wim) and update packages (updates/) in DIR.")
 		fs.PrintDefaults()
 	}

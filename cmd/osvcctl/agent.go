@@ -10,10 +10,7 @@ import (
 )
 
 func (c *cli) agentCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "agent",
-		Short: "Inspect the agents on the site servers",
-	}
+	cmd := groupCommand("agent", "Inspect the agents on the site servers")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List agents with their state, drives and runs",

@@ -70,6 +70,18 @@ func renderError(err error, server string) string {
 	return b.String()
 }
 
+// withHint adds what to do next to a server error of the given code, keeping
+// its details; any other error is returned as is.
+func withHint(err error, code codes.Code, hint string) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != code {
+		return err
+	}
+	p := st.Proto()
+	p.Message += " (" + hint + ")"
+	return status.ErrorProto(p)
+}
+
 // isConnectFailure tells a server that is not there (nothing listening, no
 // such host) from one that answered Unavailable itself.
 func isConnectFailure(msg string) bool {

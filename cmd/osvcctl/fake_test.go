@@ -136,6 +136,21 @@ var (
 		SourceSizeBytes: 4 << 30, ResultSizeBytes: 3 << 30, CreateTime: created,
 	}
 
+	// cannedHeldRun waits for its schedule's start time.
+	cannedHeldRun = &osvcv1.Run{
+		Name: "runs/r-held", Image: "images/win11-23h2", State: osvcv1.RunState_RUN_STATE_PENDING,
+		Updates: []string{"updates/kb5031354"}, SourceVersion: 2, CreateTime: created,
+		NotBefore: timestamppb.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)),
+	}
+
+	// cannedCanceledRun was canceled before it started; its error is the reason.
+	cannedCanceledRun = &osvcv1.Run{
+		Name: "runs/r-canceled", Image: "images/win11-23h2", State: osvcv1.RunState_RUN_STATE_CANCELED,
+		Updates: []string{"updates/kb5031354"}, SourceVersion: 2, CreateTime: created, EndTime: created,
+		Error:         "scheduled by mistake",
+		UpdateResults: []*osvcv1.UpdateResult{{Update: "updates/kb5031354", Kb: "KB5031354", Index: 1, State: osvcv1.UpdateState_UPDATE_STATE_PENDING}},
+	}
+
 	cannedAgents = []*osvcv1.Agent{
 		{Name: "agents/ps1-a", Site: "PS1", Host: "siteserver1", Version: "0.1.0", Engines: []string{"wimlib"}, Capacity: 1,
 			State: osvcv1.AgentState_AGENT_STATE_CONNECTED, Drives: []*osvcv1.Drive{{Path: "/srv", FreeBytes: 100 << 30, TotalBytes: 200 << 30}},
@@ -240,6 +255,16 @@ func (s *fakeUpdates) ImportUpdates(_ context.Context, req *osvcv1.ImportUpdates
 	return resp, nil
 }
 
+func (s *fakeUpdates) GetUpdate(_ context.Context, req *osvcv1.GetUpdateRequest) (*osvcv1.GetUpdateResponse, error) {
+	s.f.record(req)
+	for _, u := range cannedUpdates {
+		if u.GetName() == req.GetName() {
+			return &osvcv1.GetUpdateResponse{Update: u}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "update %s not found", req.GetName())
+}
+
 func (s *fakeUpdates) ListUpdates(_ context.Context, req *osvcv1.ListUpdatesRequest) (*osvcv1.ListUpdatesResponse, error) {
 	s.f.record(req)
 	updates, next, err := page(cannedUpdates, req.GetPageToken())
@@ -269,10 +294,12 @@ func (s *fakeServicing) CreateSchedule(_ context.Context, req *osvcv1.CreateSche
 
 func (s *fakeServicing) GetRun(_ context.Context, req *osvcv1.GetRunRequest) (*osvcv1.GetRunResponse, error) {
 	s.f.record(req)
-	if req.GetName() != cannedRun.GetName() {
-		return nil, status.Errorf(codes.NotFound, "run %s not found", req.GetName())
+	for _, r := range []*osvcv1.Run{cannedRun, cannedHeldRun, cannedCanceledRun} {
+		if r.GetName() == req.GetName() {
+			return &osvcv1.GetRunResponse{Run: r}, nil
+		}
 	}
-	return &osvcv1.GetRunResponse{Run: cannedRun}, nil
+	return nil, status.Errorf(codes.NotFound, "run %s not found", req.GetName())
 }
 
 func (s *fakeServicing) ListRuns(_ context.Context, req *osvcv1.ListRunsRequest) (*osvcv1.ListRunsResponse, error) {

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -15,15 +18,15 @@ const (
 	kindOSUpgradePackage = "os-upgrade-package"
 )
 
+// imageNotFoundHint follows an image's NotFound.
+const imageNotFoundHint = "'osvcctl image list' lists the images"
+
 // listPageSize is asked of the server when listing; lists follow
 // next_page_token until the end either way.
 const listPageSize = 100
 
 func (c *cli) imageCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "image",
-		Short: "Import and inspect WIM images",
-	}
+	cmd := groupCommand("image", "Import and inspect WIM images")
 	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand())
 	return cmd
 }
@@ -54,9 +57,20 @@ func (c *cli) imageImportCommand() *cobra.Command {
 				if id, err = defaultImageID(args[0]); err != nil {
 					return err
 				}
+			} else if err := validateID(id); err != nil {
+				return fmt.Errorf("--id: %w", err)
+			}
+			if _, err := statRegularFile(args[0]); err != nil {
+				return err
 			}
 			images, err := c.images()
 			if err != nil {
+				return err
+			}
+			// A WIM takes minutes to upload: refuse a taken ID before, not
+			// after. The import itself still refuses it if another import
+			// takes the ID in between.
+			if err := c.checkImageIDFree(cmd.Context(), images, id); err != nil {
 				return err
 			}
 			content, err := c.upload(cmd.Context(), c.stderr, args[0], mediaTypeWIM)
@@ -84,10 +98,10 @@ func (c *cli) imageImportCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&site, "site", "", "site code that owns the image, e.g. PS1 (required)")
-	f.StringVar(&id, "id", "", "image ID (default: the file name, lower-cased, [a-z0-9-])")
-	f.StringVar(&displayName, "name", "", "display name")
-	f.StringVar(&kind, "kind", kindOSImage, "image kind: "+kindOSImage+" or "+kindOSUpgradePackage)
+	f.StringVar(&site, "site", "", "the `SITE` whose agents service the image, by its code, e.g. PS1 (required)")
+	f.StringVar(&id, "id", "", "image `ID`: lower-case letters, digits and '-', starting with a letter (default: derived from the file name)")
+	f.StringVar(&displayName, "name", "", "display `NAME` shown with the image (default: the ID)")
+	f.StringVar(&kind, "kind", kindOSImage, "image `KIND`: "+kindOSImage+" or "+kindOSUpgradePackage)
 	return cmd
 }
 
@@ -130,7 +144,7 @@ func (c *cli) imageListCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&site, "site", "", "list only this site's images")
+	cmd.Flags().StringVar(&site, "site", "", "list only the images of this `SITE`, by its code, e.g. PS1")
 	return cmd
 }
 
@@ -152,7 +166,7 @@ func (c *cli) imageGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: name})
 			if err != nil {
-				return err
+				return withHint(err, codes.NotFound, imageNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -161,6 +175,20 @@ func (c *cli) imageGetCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// checkImageIDFree fails when an image with this ID exists already.
+func (c *cli) checkImageIDFree(ctx context.Context, images osvcv1.ImageServiceClient, id string) error {
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	_, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: collImages + "/" + id})
+	switch status.Code(err) {
+	case codes.NotFound:
+		return nil
+	case codes.OK:
+		return fmt.Errorf("image %s/%s exists already: choose another --id, or see it with 'osvcctl image get %s'", collImages, id, id)
+	}
+	return err
 }
 
 // currentVersion returns the image's current version, nil when it has none.

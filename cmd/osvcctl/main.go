@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -76,8 +77,11 @@ func (c *cli) rootCommand() *cobra.Command {
 		Short: "Service Windows images offline with osvc",
 		Long: `osvcctl talks to osvc-server: import WIM images and update packages,
 schedule updates for an image and watch the servicing run.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:          true,
+		SilenceErrors:         true,
+		Args:                  cobra.ArbitraryArgs,
+		RunE:                  groupRunE,
+		DisableFlagsInUseLine: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			switch c.output {
 			case outputTable, outputJSON:
@@ -95,9 +99,9 @@ schedule updates for an image and watch the servicing run.`,
 		server = defaultServer
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&c.server, "server", server, "osvc-server address host:port; $"+serverEnv+" sets the default")
-	pf.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json")
-	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request; uploads and watches are not limited by it")
+	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`; $"+serverEnv+" sets the default")
+	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
+	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return fmt.Errorf("%w\nusage: %s", err, cmd.UseLine())
@@ -167,6 +171,28 @@ func (c *cli) contents() (osvcv1.ContentServiceClient, error) {
 		return nil, err
 	}
 	return osvcv1.NewContentServiceClient(conn), nil
+}
+
+// groupCommand is a command that only holds subcommands.
+func groupCommand(use, short string) *cobra.Command {
+	// A group runs only to refuse what is not one of its subcommands, so its
+	// usage line takes no flags.
+	return &cobra.Command{Use: use, Short: short, Args: cobra.ArbitraryArgs, RunE: groupRunE, DisableFlagsInUseLine: true}
+}
+
+// groupRunE shows a command group's help when it is called alone, and refuses
+// an unknown subcommand: cobra would print the help and exit 0, so a typo in a
+// script ("osvcctl run lsit") would pass for success.
+func groupRunE(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	cmd.SuggestionsMinimumDistance = 2 // cobra's default, set only on its own path
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(": did you mean %s?", strings.Join(s, " or "))
+	}
+	return fmt.Errorf("%s\nrun '%s --help' for its commands", msg, cmd.CommandPath())
 }
 
 // exactArgs is cobra.ExactArgs with the usage line in the error, since usage

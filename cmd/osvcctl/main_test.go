@@ -147,7 +147,7 @@ func TestImageGetShowsIndexesInstalledUpdatesAndVersions(t *testing.T) {
 	f := startFake(t)
 	out := mustRun(t, f.addr, "image", "get", "images/win11-23h2")
 	assertContainsInOrder(t, out,
-		"Indexes:", "Windows 11 Enterprise", "Enterprise", "x64", "10.0.22631.2428", "16.0 GiB", "Windows 11 Pro",
+		"Indexes:", "Windows 11 Enterprise", "Enterprise", "x64", "10.0.22631.2428", "16 GiB", "Windows 11 Pro",
 		"Installed updates:", "KB5031354", "Package_for_RollupFix~31bf3856ad364e35~amd64~~22631.2428.1.0", "Installed",
 		"Versions:", "0123456789ab", "4.0 GiB", "2 (current)", "fedcba987654", "3.0 GiB", "runs/r-1")
 }
@@ -247,7 +247,7 @@ func TestServerAddressComesFromOSVC_SERVER(t *testing.T) {
 	if err := run(t.Context(), []string{"agent", "list"}, &out, &errOut); err != nil {
 		t.Fatalf("agent list with %s=%s: %v\n%s", serverEnv, f.addr, err, errOut.String())
 	}
-	assertContainsInOrder(t, out.String(), "agents/ps1-a", "PS1", "CONNECTED", "wimlib", "/srv 100.0 GiB free of 200.0 GiB", "runs/r-2")
+	assertContainsInOrder(t, out.String(), "agents/ps1-a", "PS1", "CONNECTED", "wimlib", "/srv 100 GiB free of 200 GiB", "runs/r-2")
 }
 
 func TestBadRequestPrintsTheFieldViolations(t *testing.T) {
@@ -272,12 +272,16 @@ func TestStatusMessagesAndLocalMistakesAreRendered(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"a NotFound prints the server's message", []string{"run", "get", "r-404"}, "error: run runs/r-404 not found\n"},
+		{"a NotFound prints the server's message and where to look", []string{"run", "get", "r-404"}, "error: run runs/r-404 not found ('osvcctl run list' lists the runs)\n"},
+		{"a missing image points at the image list", []string{"image", "get", "win10"}, "error: image images/win10 not found ('osvcctl image list' lists the images)\n"},
 		{"a bad output format names the choices", []string{"image", "list", "-o", "yaml"}, `error: --output "yaml": use table or json` + "\n"},
-		{"a schedule needs a choice of updates", []string{"schedule", "create", "win11"}, "error: choose the updates: give --update ID (repeatable) or --all-applicable, not both\n"},
+		{"a schedule needs a choice of updates", []string{"schedule", "create", "win11"}, "error: choose the updates: give --update ID (repeatable) or --all-applicable; 'osvcctl update list --applicable-to win11' lists them\n"},
+		{"a schedule takes listed updates or all applicable ones, not both", []string{"schedule", "create", "win11", "--all-applicable", "--update", "kb1"}, "error: give --update ID or --all-applicable, not both\n"},
 		{"a bad start time shows the format", []string{"schedule", "create", "win11", "--all-applicable", "--start-time", "tonight"}, "give an RFC 3339 time"},
 		{"a missing argument shows the usage line", []string{"image", "get"}, "error: osvcctl image get takes 1 argument(s), got 0\nusage: osvcctl image get IMAGE [flags]\n"},
 		{"an unknown flag shows the usage line", []string{"run", "list", "--bogus"}, "usage: osvcctl run list [flags]\n"},
+		{"a missing image file is named before any upload", []string{"image", "import", "missing.wim", "--site", "PS1"}, "error: file missing.wim does not exist\n"},
+		{"a folder is not an image file", []string{"image", "import", ".", "--site", "PS1", "--id", "here"}, "error: . is not a regular file: give the path of a file\n"},
 		{"a bad architecture lists the choices", []string{"update", "list", "--arch", "mips"}, `--arch "mips": use x86, x64, arm64 or all`},
 	}
 	for _, tt := range tests {
@@ -375,19 +379,22 @@ func TestRunCancelSendsTheReason(t *testing.T) {
 func TestImageImportUploadsTheFileThenImportsItUnderTheDerivedID(t *testing.T) {
 	t.Parallel()
 	f := startFake(t)
-	wim := filepath.Join(t.TempDir(), "Win11 23H2.wim")
+	wim := filepath.Join(t.TempDir(), "Win11 24H2.wim")
 	data := bytes.Repeat([]byte("MSWIM\x00"), 1000)
 	if err := os.WriteFile(wim, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out := mustRun(t, f.addr, "image", "import", wim, "--site", "PS1", "--name", "Windows 11 23H2")
-	assertContainsInOrder(t, out, "imported images/win11-23h2", "Windows 11 23H2", "PS1")
+	out := mustRun(t, f.addr, "image", "import", wim, "--site", "PS1", "--name", "Windows 11 24H2")
+	assertContainsInOrder(t, out, "imported images/win11-24h2", "Windows 11 24H2", "PS1")
 	sum := sha256.Sum256(data)
 	reqs := requestsOf[*osvcv1.ImportImageRequest](f)
-	want := &osvcv1.ImportImageRequest{ImageId: "win11-23h2", DisplayName: "Windows 11 23H2", Kind: osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE,
+	want := &osvcv1.ImportImageRequest{ImageId: "win11-24h2", DisplayName: "Windows 11 24H2", Kind: osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE,
 		Site: "PS1", ContentSha256: hex.EncodeToString(sum[:])}
 	if len(reqs) != 1 || !proto.Equal(reqs[0], want) {
 		t.Errorf("ImportImage requests = %v, want %v", reqs, want)
+	}
+	if gets := requestsOf[*osvcv1.GetImageRequest](f); len(gets) != 1 || gets[0].GetName() != "images/win11-24h2" {
+		t.Errorf("GetImage requests = %v, want one for images/win11-24h2 to check the ID is free", gets)
 	}
 }
 
@@ -705,6 +712,185 @@ func TestAStalledRunIsMarkedWhereverItsStateShows(t *testing.T) {
 			t.Parallel()
 			if got := runStateLabel(tt.run); got != tt.want {
 				t.Errorf("runStateLabel = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestImageImportRefusesATakenOrBadIDBeforeUploading(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, file string
+		flags      []string
+		want       string
+	}{
+		{"an ID derived from the file name that is taken", "Win11 23H2.wim", nil,
+			"error: image images/win11-23h2 exists already: choose another --id, or see it with 'osvcctl image get win11-23h2'\n"},
+		{"an ID given that is taken", "install.wim", []string{"--id", "server-2022"},
+			"error: image images/server-2022 exists already: choose another --id"},
+		{"an ID the server would refuse", "install.wim", []string{"--id", "Win11_Ent"},
+			`error: --id: ID "Win11_Ent": use 1 to 63 lower-case letters, digits and '-', starting with a letter` + "\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := startFake(t)
+			wim := filepath.Join(t.TempDir(), tt.file)
+			if err := os.WriteFile(wim, []byte("MSWIM"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			args := append([]string{"image", "import", wim, "--site", "PS1"}, tt.flags...)
+			_, stderr, err := osvcctl(t, f.addr, args...)
+			if err == nil || !strings.HasPrefix(stderr, tt.want) {
+				t.Errorf("err %v, stderr %q; want an error starting %q", err, stderr, tt.want)
+			}
+			f.mu.Lock()
+			uploaded := len(f.blobs)
+			f.mu.Unlock()
+			if uploaded != 0 {
+				t.Errorf("%d blobs uploaded, want none", uploaded)
+			}
+			if n := len(requestsOf[*osvcv1.ImportImageRequest](f)); n != 0 {
+				t.Errorf("ImportImage called %d times, want 0", n)
+			}
+		})
+	}
+}
+
+func TestScheduleCreateRefusesQuietWithWatchBeforeQueuingARun(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	_, stderr, err := osvcctl(t, f.addr, "schedule", "create", "win11-23h2", "--all-applicable", "-q", "--watch")
+	if err == nil || !strings.Contains(stderr, "use it without --watch") {
+		t.Errorf("err %v, stderr %q; want --quiet with --watch refused", err, stderr)
+	}
+	if n := len(requestsOf[*osvcv1.CreateScheduleRequest](f)); n != 0 {
+		t.Errorf("CreateSchedule called %d times, want 0: the refused command queued a run", n)
+	}
+}
+
+func TestAnUnknownSubcommandFailsAndSuggestsTheNearestOne(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a typo in a subcommand", []string{"run", "lsit"},
+			"error: unknown command \"lsit\" for \"osvcctl run\": did you mean list?\nrun 'osvcctl run --help' for its commands\n"},
+		{"a typo in a command", []string{"imgae", "list"},
+			"error: unknown command \"imgae\" for \"osvcctl\": did you mean image?\nrun 'osvcctl --help' for its commands\n"},
+		{"a word that resembles nothing", []string{"agent", "reboot"},
+			"error: unknown command \"reboot\" for \"osvcctl agent\"\nrun 'osvcctl agent --help' for its commands\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stdout, stderr, err := osvcctl(t, f.addr, tt.args...)
+			if err == nil || stderr != tt.want || stdout != "" {
+				t.Errorf("osvcctl %s: err %v, stdout %q, stderr %q; want an error and stderr %q",
+					strings.Join(tt.args, " "), err, stdout, stderr, tt.want)
+			}
+		})
+	}
+	t.Run("a command group alone shows its help", func(t *testing.T) {
+		t.Parallel()
+		out := mustRun(t, f.addr, "run")
+		assertContainsInOrder(t, out, "Usage:", "osvcctl run [command]", "cancel", "get", "list", "watch")
+	})
+}
+
+func TestFlagHelpNamesWhatEachFlagTakes(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	out := mustRun(t, f.addr, "schedule", "create", "--help")
+	for _, want := range []string{"--start-time TIME ", "--update ID ", "-o, --output FORMAT ", "--server HOST:PORT "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("schedule create --help lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestUpdateGetLowerCasesTheIDAndSaysHowToFindAMissingOne(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	out := mustRun(t, f.addr, "update", "get", "KB5031354")
+	assertContainsInOrder(t, out, "Name:             updates/kb5031354", "KB:               KB5031354",
+		"OS builds:        22621,22631")
+	_, stderr, err := osvcctl(t, f.addr, "update", "get", "kb5031354-x64")
+	want := "error: update updates/kb5031354-x64 not found ('osvcctl update list --filter KB5031354' finds its ID)\n"
+	if err == nil || stderr != want {
+		t.Errorf("update get of a missing update: err %v, stderr %q; want %q", err, stderr, want)
+	}
+	var asked []string
+	for _, r := range requestsOf[*osvcv1.GetUpdateRequest](f) {
+		asked = append(asked, r.GetName())
+	}
+	if strings.Join(asked, " ") != "updates/kb5031354 updates/kb5031354-x64" {
+		t.Errorf("GetUpdate asked for %q, want lower-case names", asked)
+	}
+}
+
+func TestRunGetSaysWhyARunWaitsAndWhyItWasCanceledAndWhatItDidNotApply(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	held := mustRun(t, f.addr, "run", "get", "r-held")
+	assertContainsInOrder(t, held, "State:    PENDING", "Start:    not before 2030-01-01 00:00:00Z")
+	canceled := mustRun(t, f.addr, "run", "get", "r-canceled")
+	assertContainsInOrder(t, canceled, "State:    CANCELED", "Reason:   scheduled by mistake",
+		"updates/kb5031354", "KB5031354", "NOT APPLIED", "the run ended CANCELED before it")
+	if strings.Contains(canceled, "Error:") || strings.Contains(canceled, "not before") {
+		t.Errorf("a canceled run shows an error or a wait:\n%s", canceled)
+	}
+	done := mustRun(t, f.addr, "run", "get", "r-1")
+	if strings.Contains(done, "not before") || strings.Contains(done, "Reason:") {
+		t.Errorf("a succeeded run shows a wait or a cancel reason:\n%s", done)
+	}
+}
+
+func TestSizesReadInBinaryUnits(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, got, want string
+	}{
+		{"bytes stay bytes", sizeText(1000), "1000 B"},
+		{"small sizes keep a decimal", sizeText(4 << 20), "4.0 MiB"},
+		{"large sizes are whole", sizeText(73*(1<<30) + 300<<20), "73 GiB"},
+		{"an unknown size is a dash", sizeText(-1), "-"},
+		{"a smaller image shows the change", sizeChangeText(4<<30, 3<<30), "4.0 GiB → 3.0 GiB (-25.0%)"},
+		{"an image of the same size is unchanged", sizeChangeText(4<<20, 4<<20), "4.0 MiB (unchanged)"},
+		{"a run without a result is unchanged", sizeChangeText(4<<20, 0), "4.0 MiB (unchanged)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			if tt.got != tt.want {
+				t.Errorf("got %q, want %q", tt.got, tt.want)
+			}
+		})
+	}
+}
+
+func TestScheduleCreateWarnsWhenNoAgentOfTheSiteIsConnected(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	tests := []struct {
+		name, image, wantStderr string
+	}{
+		{"an image of a site without agents gets a note", "server-2022",
+			"note: no agent of site PS2 is connected: the run waits until one is ('osvcctl agent list' shows the agents)\n"},
+		{"an image of a site with a connected agent gets none", "win11-23h2", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			stdout, stderr, err := osvcctl(t, f.addr, "schedule", "create", tt.image, "--all-applicable")
+			if err != nil || stderr != tt.wantStderr {
+				t.Errorf("err %v, stderr %q; want success and stderr %q", err, stderr, tt.wantStderr)
+			}
+			if !strings.Contains(stdout, "Run:      runs/r-9 (PENDING)") {
+				t.Errorf("stdout lacks the run:\n%s", stdout)
 			}
 		})
 	}

@@ -31,6 +31,44 @@ func resourceName(collection, arg string) (string, error) {
 	return collection + "/" + id, nil
 }
 
+// updateName is resourceName for updates. IDs are lower-case, and KB numbers
+// are habitually written upper-case (KB5031354), so the ID is lower-cased.
+func updateName(arg string) (string, error) {
+	return resourceName(collUpdates, strings.ToLower(arg))
+}
+
+// updateNotFoundHint tells how to find the ID of an update that is not there:
+// by its KB number when the ID starts with one, since IDs carry an
+// architecture suffix (kb5031354-x64) that is easy to leave out.
+func updateNotFoundHint(name string) string {
+	id := strings.TrimPrefix(name, collUpdates+"/")
+	if digits, ok := strings.CutPrefix(id, "kb"); ok {
+		n := 0
+		for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
+			n++
+		}
+		if n > 0 {
+			return fmt.Sprintf("'osvcctl update list --filter KB%s' finds its ID", digits[:n])
+		}
+	}
+	return "'osvcctl update list' lists the imported updates"
+}
+
+// validateID checks an ID by the server's rule (lower-case letters, digits
+// and '-', 1 to 63 characters, starting with a letter) where a mistake would
+// otherwise show only after a long upload.
+func validateID(id string) error {
+	if id == "" || len(id) > maxIDLength || id[0] < 'a' || id[0] > 'z' {
+		return fmt.Errorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return fmt.Errorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
+		}
+	}
+	return nil
+}
+
 // defaultImageID derives an image ID from a file name: the base name without
 // its extension, lower-cased, every other character than [a-z0-9] turned into
 // '-', starting with a letter as the server requires.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/dustin/go-humanize"
 	"github.com/jedib0t/go-pretty/v6/table"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -139,18 +140,13 @@ func classificationText(c osvcv1.Classification) string {
 	return "-"
 }
 
-// sizeText renders a byte count the way an administrator reads it.
+// sizeText renders a byte count the way an administrator reads it, in the
+// binary units the agent uses in its step details ("3.8 MiB", "73 GiB").
 func sizeText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+	if n < 0 {
+		return "-"
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+	return humanize.IBytes(uint64(n))
 }
 
 func timeText(ts *timestamppb.Timestamp) string {

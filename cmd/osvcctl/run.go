@@ -4,15 +4,16 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
 
+// runNotFoundHint follows a run's NotFound.
+const runNotFoundHint = "'osvcctl run list' lists the runs"
+
 func (c *cli) runCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "run",
-		Short: "Follow and cancel servicing runs",
-	}
+	cmd := groupCommand("run", "Follow and cancel servicing runs")
 	cmd.AddCommand(c.runListCommand(), c.runGetCommand(), c.runWatchCommand(), c.runCancelCommand())
 	return cmd
 }
@@ -61,7 +62,7 @@ func (c *cli) runListCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&imageArg, "image", "", "list only this image's runs")
+	cmd.Flags().StringVar(&imageArg, "image", "", "list only the runs of this `IMAGE`")
 	return cmd
 }
 
@@ -83,7 +84,7 @@ func (c *cli) runGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := servicing.GetRun(ctx, &osvcv1.GetRunRequest{Name: name})
 			if err != nil {
-				return err
+				return withHint(err, codes.NotFound, runNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -104,7 +105,7 @@ func (c *cli) runWatchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return c.watchRun(cmd.Context(), name)
+			return withHint(c.watchRun(cmd.Context(), name), codes.NotFound, runNotFoundHint)
 		},
 	}
 }
@@ -128,7 +129,7 @@ func (c *cli) runCancelCommand() *cobra.Command {
 			defer cancel()
 			resp, err := servicing.CancelRun(ctx, &osvcv1.CancelRunRequest{Name: name, Reason: reason})
 			if err != nil {
-				return err
+				return withHint(err, codes.NotFound, runNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -142,7 +143,7 @@ func (c *cli) runCancelCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&reason, "reason", "", "why the run is canceled, kept with the run")
+	cmd.Flags().StringVar(&reason, "reason", "", "`TEXT` saying why the run is canceled, kept with the run as its reason")
 	return cmd
 }
 
@@ -159,6 +160,11 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	fmt.Fprintf(w, "Options:  Continue on error: %s, Remove superseded updates: %s, Update distribution points: %s\n",
 		yesNo(r.GetContinueOnError()), yesNo(r.GetRemoveSuperseded()), yesNo(r.GetUpdateDistributionPoints()))
 	fmt.Fprintf(w, "Created:  %s\n", timeText(r.GetCreateTime()))
+	// A run held by its schedule's start time, or waiting to be leased again
+	// after its agent was lost, is PENDING until then: say why it waits.
+	if r.GetNotBefore() != nil && r.GetState() == osvcv1.RunState_RUN_STATE_PENDING {
+		fmt.Fprintf(w, "Start:    not before %s\n", timeText(r.GetNotBefore()))
+	}
 	if r.GetStartTime() != nil {
 		fmt.Fprintf(w, "Started:  %s\n", timeText(r.GetStartTime()))
 	}
@@ -169,7 +175,12 @@ func (c *cli) printRun(r *osvcv1.Run) {
 		fmt.Fprintf(w, "Ended:    %s\n", timeText(r.GetEndTime()))
 	}
 	if r.GetError() != "" {
-		fmt.Fprintf(w, "Error:    %s\n", r.GetError())
+		// A canceled run keeps the reason given to 'run cancel' as its error.
+		label := "Error: "
+		if r.GetState() == osvcv1.RunState_RUN_STATE_CANCELED {
+			label = "Reason:"
+		}
+		fmt.Fprintf(w, "%s   %s\n", label, r.GetError())
 	}
 	if len(r.GetSteps()) > 0 {
 		fmt.Fprintln(w, "\nSteps:")
@@ -195,7 +206,16 @@ func (c *cli) printRunResults(r *osvcv1.Run) {
 		}
 	}
 	for _, u := range r.GetUpdateResults() {
-		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), updateStateText(u.GetState()), u.GetMessage()})
+		state, msg := updateStateText(u.GetState()), u.GetMessage()
+		// An update still PENDING in a run that ended will never be applied
+		// by it: saying PENDING would promise otherwise.
+		if runEnded(r.GetState()) && !updateEnded(u.GetState()) {
+			state = "NOT APPLIED"
+			if msg == "" {
+				msg = "the run ended " + runStateText(r.GetState()) + " before it"
+			}
+		}
+		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), state, msg})
 	}
 	t.Render()
 	// A run not yet leased does not know its source size yet.
@@ -205,9 +225,9 @@ func (c *cli) printRunResults(r *osvcv1.Run) {
 }
 
 // sizeChangeText reads "4.0 GiB → 3.1 GiB (-22.5%)"; a run without a
-// result keeps the size it started from.
+// result, or with one of the same size, keeps the size it started from.
 func sizeChangeText(before, after int64) string {
-	if after <= 0 {
+	if after <= 0 || after == before {
 		return fmt.Sprintf("%s (unchanged)", sizeText(before))
 	}
 	s := fmt.Sprintf("%s → %s", sizeText(before), sizeText(after))

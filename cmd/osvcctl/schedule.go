@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -12,10 +13,7 @@ import (
 )
 
 func (c *cli) scheduleCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "schedule",
-		Short: "Schedule updates for an image",
-	}
+	cmd := groupCommand("schedule", "Schedule updates for an image")
 	cmd.AddCommand(c.scheduleCreateCommand())
 	return cmd
 }
@@ -40,8 +38,16 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if allApplicable == (len(updateIDs) > 0) {
-				return errors.New("choose the updates: give --update ID (repeatable) or --all-applicable, not both")
+			switch {
+			case allApplicable && len(updateIDs) > 0:
+				return errors.New("give --update ID or --all-applicable, not both")
+			case !allApplicable && len(updateIDs) == 0:
+				return fmt.Errorf("choose the updates: give --update ID (repeatable) or --all-applicable; 'osvcctl update list --applicable-to %s' lists them", args[0])
+			}
+			// Checked before the run is queued: failing after it would leave
+			// a run the user believes was refused.
+			if quiet && watch {
+				return errors.New("--quiet prints only the run name: use it without --watch, then 'osvcctl run watch RUN'")
 			}
 			schedule := &osvcv1.Schedule{
 				ContinueOnError:          continueOnError,
@@ -49,7 +55,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 				UpdateDistributionPoints: updateDistribution,
 			}
 			for _, id := range updateIDs {
-				name, err := resourceName(collUpdates, id)
+				name, err := updateName(id)
 				if err != nil {
 					return fmt.Errorf("--update: %w", err)
 				}
@@ -73,9 +79,6 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if quiet && watch {
-				return errors.New("--quiet prints only the run name: use it without --watch, then 'osvcctl run watch RUN'")
-			}
 			if quiet {
 				_, err := fmt.Fprintln(c.stdout, resp.GetRun().GetName())
 				return err
@@ -85,6 +88,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			}
 			if c.output == outputTable {
 				c.printSchedule(resp)
+				c.noteMissingAgent(cmd.Context(), image)
 			}
 			if !watch {
 				return nil
@@ -93,12 +97,12 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringArrayVar(&updateIDs, "update", nil, "an update to apply, ID or updates/ID (repeatable)")
+	f.StringArrayVar(&updateIDs, "update", nil, "an update to apply, `ID` or updates/ID (repeatable)")
 	f.BoolVar(&allApplicable, "all-applicable", false, "apply every update applicable to the image and not installed")
 	f.BoolVar(&continueOnError, "continue-on-error", false, "Continue on error: keep applying the other updates when one fails")
 	f.BoolVar(&removeSuperseded, "remove-superseded", false, "Remove superseded updates: clean up components and export the image to a smaller file")
 	f.BoolVar(&updateDistribution, "update-distribution-points", false, "Update distribution points with the serviced image")
-	f.StringVar(&startTime, "start-time", "", "hold the run until this RFC 3339 time (default: as soon as possible)")
+	f.StringVar(&startTime, "start-time", "", "hold the run until this RFC 3339 `TIME`, e.g. 2026-11-24T22:00:00Z (default: as soon as possible)")
 	f.BoolVar(&watch, "watch", false, "then follow the run like 'run watch'")
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the run's name, for scripts")
 	return cmd
@@ -126,6 +130,43 @@ func (c *cli) printSchedule(resp *osvcv1.CreateScheduleResponse) {
 		t.AppendRow([]any{i + 1, u})
 	}
 	t.Render()
+}
+
+// noteMissingAgent warns on stderr when no agent of the image's site is
+// connected: the run then waits in PENDING, silently, until one connects.
+// It is advice only, so failing to find out says nothing.
+func (c *cli) noteMissingAgent(ctx context.Context, image string) {
+	images, err := c.images()
+	if err != nil {
+		return
+	}
+	agents, err := c.agents()
+	if err != nil {
+		return
+	}
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	img, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: image})
+	if err != nil {
+		return
+	}
+	site := img.GetImage().GetSite()
+	token := ""
+	for {
+		resp, err := agents.ListAgents(ctx, &osvcv1.ListAgentsRequest{PageSize: listPageSize, PageToken: token})
+		if err != nil {
+			return
+		}
+		for _, a := range resp.GetAgents() {
+			if a.GetSite() == site && a.GetState() == osvcv1.AgentState_AGENT_STATE_CONNECTED {
+				return
+			}
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	fmt.Fprintf(c.stderr, "note: no agent of site %s is connected: the run waits until one is ('osvcctl agent list' shows the agents)\n", site)
 }
 
 func yesNo(b bool) string {

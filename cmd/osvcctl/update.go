@@ -8,15 +8,13 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
 
 func (c *cli) updateCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "update",
-		Short: "Import and list software updates",
-	}
+	cmd := groupCommand("update", "Import and list software updates")
 	cmd.AddCommand(c.updateImportCommand(), c.updateListCommand(), c.updateGetCommand())
 	return cmd
 }
@@ -111,7 +109,7 @@ func (c *cli) updateListCommand() *cobra.Command {
 						Image: image, PageSize: listPageSize, PageToken: token, Filter: filter})
 					cancel()
 					if err != nil {
-						return err
+						return withHint(err, codes.NotFound, imageNotFoundHint)
 					}
 					page, token = resp.GetUpdates(), resp.GetNextPageToken()
 				} else {
@@ -139,9 +137,9 @@ func (c *cli) updateListCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&applicableTo, "applicable-to", "", "list the updates applicable to this image and not installed in it")
-	f.StringVar(&text, "filter", "", "keep updates whose KB, title or product contains TEXT")
-	f.StringVar(&arch, "arch", "all", "keep this architecture (and neutral updates): x86, x64, arm64 or all")
+	f.StringVar(&applicableTo, "applicable-to", "", "list the updates applicable to this `IMAGE` and not installed in it")
+	f.StringVar(&text, "filter", "", "keep updates whose KB, title or product contains `TEXT`")
+	f.StringVar(&arch, "arch", "all", "keep one architecture `ARCH` (and neutral updates): x86, x64, arm64 or all")
 	return cmd
 }
 
@@ -151,7 +149,7 @@ func (c *cli) updateGetCommand() *cobra.Command {
 		Short: "Show one update with its files",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := resourceName(collUpdates, args[0])
+			name, err := updateName(args[0])
 			if err != nil {
 				return err
 			}
@@ -163,7 +161,7 @@ func (c *cli) updateGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := updates.GetUpdate(ctx, &osvcv1.GetUpdateRequest{Name: name})
 			if err != nil {
-				return err
+				return withHint(err, codes.NotFound, updateNotFoundHint(name))
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -177,7 +175,7 @@ func (c *cli) updateGetCommand() *cobra.Command {
 			fmt.Fprintf(w, "Architecture:     %s\n", archText(u.GetArchitecture()))
 			fmt.Fprintf(w, "Released:         %s\n", timeText(u.GetReleaseTime()))
 			fmt.Fprintf(w, "Package identity: %s\n", orDash(u.GetPackageIdentity()))
-			fmt.Fprintf(w, "Applies to OS builds: %s\n", buildsText(u.GetApplicableBuilds()))
+			fmt.Fprintf(w, "OS builds:        %s\n", buildsText(u.GetApplicableBuilds()))
 			for _, s := range u.GetSupersedes() {
 				fmt.Fprintf(w, "Supersedes:       %s\n", s)
 			}

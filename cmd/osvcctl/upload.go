@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,12 +43,9 @@ func (c *cli) upload(ctx context.Context, w io.Writer, path, mediaType string) (
 	if err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(path)
+	fi, err := statRegularFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("upload: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("upload %s: not a regular file", path)
+		return nil, err
 	}
 	show := newUploadProgress(w, filepath.Base(path), fi.Size(), isTerminal(w))
 	content, err := transfer.Upload(ctx, client, path, mediaType, show.update)
@@ -56,6 +55,21 @@ func (c *cli) upload(ctx context.Context, w io.Writer, path, mediaType string) (
 		return nil, err
 	}
 	return content, nil
+}
+
+// statRegularFile checks that path is a file osvcctl can upload.
+func statRegularFile(path string) (os.FileInfo, error) {
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("file %s does not exist", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("upload: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: give the path of a file", path)
+	}
+	return fi, nil
 }
 
 // uploadProgress shows how far one upload is.
