@@ -228,7 +228,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
-	gs := grpc.NewServer(s.serverOptions()...)
+	// runCtx ends the background loops and the open watches; it ends with ctx
+	// or when any part fails.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gs := grpc.NewServer(s.serverOptions(runCtx)...)
 	healthSrv := health.NewServer()
 	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, s.logger))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
@@ -241,9 +245,6 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	// runCtx ends the background loops; it ends with ctx or when any part fails.
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var g group
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil {
@@ -325,7 +326,10 @@ func (s *Server) gracefulStop(gs *grpc.Server) {
 	}
 }
 
-func (s *Server) serverOptions() []grpc.ServerOption {
+// errShuttingDown ends the watches and downloads still open when the server stops.
+var errShuttingDown = status.Error(codes.Unavailable, "osvc-server is shutting down; call again to resume")
+
+func (s *Server) serverOptions(shutdown context.Context) []grpc.ServerOption {
 	opts := append([]grpc.ServerOption{}, transfer.ServerOptions()...)
 	logger := s.logger.Named("grpc")
 	return append(opts,
@@ -344,9 +348,39 @@ func (s *Server) serverOptions() []grpc.ServerOption {
 			err := handler(srv, ss)
 			logCall(logger, info.FullMethod, start, err)
 			return err
-		}),
+		}, endOnShutdown(shutdown)),
 	)
 }
+
+// endOnShutdown ends the context of osvc's server-streaming calls once
+// shutdown ends, with errShuttingDown as its cause: a run watch lasts as long
+// as its client wants, so GracefulStop would wait for it until
+// ShutdownTimeout. The watch's client gets Unavailable and resumes from its
+// last sequence. Agent streams end through agentsvc and uploads are let finish.
+// Health watches are left alone so that they see NOT_SERVING; ending them
+// here would race with that last message.
+func endOnShutdown(shutdown context.Context) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if info.IsClientStream || !strings.HasPrefix(info.FullMethod, "/osvc.") {
+			return handler(srv, ss)
+		}
+		// The handler tells its client why: a download that completes anyway
+		// must not end in an error.
+		ctx, cancel := context.WithCancelCause(ss.Context())
+		defer cancel(nil)
+		stop := context.AfterFunc(shutdown, func() { cancel(errShuttingDown) })
+		defer stop()
+		return handler(srv, &streamWithContext{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// streamWithContext is a ServerStream whose handler sees ctx.
+type streamWithContext struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *streamWithContext) Context() context.Context { return s.ctx }
 
 // logCall logs every call at debug level, and at warn level the errors that
 // are the server's fault rather than the caller's.

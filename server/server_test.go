@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -345,4 +348,72 @@ func freeURL(t *testing.T) string {
 	}
 	defer l.Close()
 	return fmt.Sprintf("http://%s", l.Addr())
+}
+
+// syncBuffer is a log destination the server's goroutines may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestAnOpenRunWatchDoesNotHoldTheShutdown(t *testing.T) {
+	t.Parallel()
+	logs := &syncBuffer{}
+	cfg := testConfig(t, t.TempDir())
+	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: logs})
+	r := startServer(t, cfg)
+	conn := dial(t, r.srv.Addr())
+	ctx := context.Background()
+	img := importImage(t, conn, "win11")
+
+	// A tool that is not a package is an update the catalog records as is.
+	tool := filepath.Join(t.TempDir(), "windows-kb890830-x64.exe")
+	if err := os.WriteFile(tool, []byte("MZ tool"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := transfer.Upload(ctx, osvcv1.NewContentServiceClient(conn), tool, "application/octet-stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imported, err := osvcv1.NewUpdateServiceClient(conn).ImportUpdates(ctx, &osvcv1.ImportUpdatesRequest{
+		Files: []*osvcv1.UpdateFile{{FileName: filepath.Base(tool), Sha256: c.GetSha256()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sched, err := osvcv1.NewServicingServiceClient(conn).CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{
+		Parent: img.GetName(), Schedule: &osvcv1.Schedule{Updates: []string{imported.GetUpdates()[0].GetName()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No agent serves the site: the run stays PENDING and the watch open.
+	watch, err := osvcv1.NewServicingServiceClient(conn).WatchRun(ctx, &osvcv1.WatchRunRequest{Name: sched.GetRun().GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("first WatchRun message: %v", err)
+	}
+
+	if err := r.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	_, err = watch.Recv()
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "shutting down") {
+		t.Errorf("watch after shutdown: %v, want Unavailable saying the server is shutting down", err)
+	}
+	if strings.Contains(logs.String(), "still running after the shutdown timeout") {
+		t.Errorf("the watch held the shutdown until its timeout:\n%s", logs.String())
+	}
 }

@@ -638,3 +638,21 @@ func TestAStreamWithoutHelloEndsWhenTheAgentStaysSilent(t *testing.T) {
 		t.Errorf("silent stream ended with %v, want DeadlineExceeded", err)
 	}
 }
+
+func TestAStreamClosedBeforeHelloIsRefusedAsTheAgentsMistake(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, servicingtest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := h.agents.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	// Not Internal: nothing failed on the server, which would log it as its own error.
+	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("stream closed before Hello ended with %v, want InvalidArgument", err)
+	}
+}

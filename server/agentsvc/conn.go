@@ -182,6 +182,11 @@ func (s *Service) recvHello(stream osvcv1.AgentService_ConnectServer) (*osvcv1.C
 	defer timer.Stop()
 	select {
 	case r := <-ch:
+		if errors.Is(r.err, io.EOF) {
+			// The agent closed its side without a word: its mistake, not
+			// an internal error of the server.
+			return nil, status.Error(codes.InvalidArgument, "the stream closed before Hello; open the stream with Hello")
+		}
 		return r.m, r.err
 	case <-timer.C:
 		return nil, status.Error(codes.DeadlineExceeded, "no Hello from the agent in time; open the stream with Hello")

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/servicing"
@@ -65,10 +66,20 @@ func (a *servicingServer) WatchRun(req *osvcv1.WatchRunRequest, stream osvcv1.Se
 		return stream.Send(&osvcv1.WatchRunResponse{Run: run, LogLines: lines})
 	})
 	if err != nil && stream.Context().Err() != nil {
-		// The client left; nothing to report.
+		// The server ending the watch (on shutdown) says why with a status;
+		// otherwise the client left and there is nothing to report.
+		if cause := context.Cause(stream.Context()); isStatus(cause) {
+			return cause
+		}
 		return nil
 	}
 	return Status(err)
+}
+
+// isStatus tells an error made with a gRPC code from a bare context error.
+func isStatus(err error) bool {
+	_, ok := status.FromError(err)
+	return ok && err != nil
 }
 
 func (a *servicingServer) CancelRun(ctx context.Context, req *osvcv1.CancelRunRequest) (*osvcv1.CancelRunResponse, error) {

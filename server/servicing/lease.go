@@ -234,9 +234,7 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 			resetForRetry(run)
 			retryAfter = s.RetryDelay(run.GetAttempt())
 			run.NotBefore = timestamppb.New(s.now().Add(retryAfter))
-			if err == nil {
-				err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
-			}
+			err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
 		}
 		if err != nil {
 			return nil, err

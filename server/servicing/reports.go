@@ -24,6 +24,12 @@ const (
 	maxLogChunkBytes = 256 << 10
 	// maxLogLineBytes truncates a single runaway line.
 	maxLogLineBytes = 16 << 10
+	// maxReportTextBytes cuts the free text an agent reports into the run
+	// (an update's message, a step's detail, the run's error): a run holds
+	// one per update and index, and a run past the store's value limit could
+	// no longer be written at all, not even to end or cancel it. The whole
+	// text belongs in the run's log.
+	maxReportTextBytes = 4 << 10
 )
 
 // Reports are accepted only from the agent holding the run's current
@@ -40,6 +46,7 @@ func (s *Service) ReportStep(ctx context.Context, agent string, m *osvcv1.StepCh
 	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		run := ch.run
 		rec := proto.Clone(step).(*osvcv1.StepRecord)
+		rec.Detail = clipText(rec.GetDetail())
 		now := timestamppb.New(s.now())
 		i := slices.IndexFunc(run.Steps, func(r *osvcv1.StepRecord) bool { return r.GetStep() == rec.GetStep() })
 		if i >= 0 {
@@ -75,7 +82,7 @@ func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Pr
 				r.State = osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS
 				r.Percent = clampPercent(u.GetPercent())
 				if u.GetMessage() != "" {
-					r.Message = u.GetMessage()
+					r.Message = clipText(u.GetMessage())
 				}
 			}
 		}
@@ -96,7 +103,7 @@ func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv
 			return store.InvalidArgument("update_result.result.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), res.GetUpdate(), res.GetIndex()))
 		}
 		r.State = res.GetState()
-		r.Message = res.GetMessage()
+		r.Message = clipText(res.GetMessage())
 		if res.GetState() == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
 			r.Percent = 100
 		} else {
@@ -222,9 +229,7 @@ func normalizeLine(l *osvcv1.LogLine, now func() time.Time) *osvcv1.LogLine {
 	if l.Time == nil {
 		l.Time = timestamppb.New(now())
 	}
-	if len(l.Message) > maxLogLineBytes {
-		l.Message = l.Message[:maxLogLineBytes] + "…"
-	}
+	l.Message = truncateWith(l.Message, maxLogLineBytes, "…")
 	return l
 }
 
@@ -256,7 +261,7 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	}
 	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		if m.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
-			msg := m.GetError()
+			msg := clipText(m.GetError())
 			if msg == "" && m.GetState() == osvcv1.RunState_RUN_STATE_CANCELED {
 				msg = ch.run.GetError()
 			}
@@ -475,6 +480,9 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 	}
 	return nil, fmt.Errorf("report for %s: the run kept changing; send it again: %w", runName, store.ErrContended)
 }
+
+// clipText bounds a free text an agent or administrator sends into a run.
+func clipText(s string) string { return truncateWith(s, maxReportTextBytes, "…") }
 
 func clampPercent(p int32) int32 { return min(max(p, 0), 100) }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -502,5 +504,88 @@ func TestPruneLogsDeletesTheLinesOfRunsEndedBeforeTheCutoff(t *testing.T) {
 	}
 	if _, got := watchAll(t, env, run.GetName(), 0); len(got) != 0 {
 		t.Errorf("%d lines left after pruning", len(got))
+	}
+}
+
+func TestARunawayLogLineIsCutOnACharacterBoundary(t *testing.T) {
+	t.Parallel()
+	env, img := newEnv(t, servicingtest.Options{})
+	ctx := context.Background()
+	run, _ := leasedRun(t, env, img)
+	// 'é' is two bytes: after the leading 'a' every cut at an even byte
+	// count falls inside one, as DISM's output in French or German does.
+	long := "a" + strings.Repeat("é", 20000)
+	batch := &osvcv1.LogBatch{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		Lines: []*osvcv1.LogLine{{Sequence: 1, Level: "info", Message: long}, {Sequence: 2, Level: "info", Message: "next"}}}
+	if err := env.Service.ReportLogs(ctx, agent, batch); err != nil {
+		t.Fatalf("ReportLogs of a long non-ASCII line: %v", err)
+	}
+	if err := env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(), State: osvcv1.RunState_RUN_STATE_FAILED}); err != nil {
+		t.Fatal(err)
+	}
+	_, got := watchAll(t, env, run.GetName(), 0)
+	if len(got) != 2 {
+		t.Fatalf("stored lines %v, want 1 and 2", sequences(got))
+	}
+	first := got[0].GetMessage()
+	if !utf8.ValidString(first) || !strings.HasPrefix(long, strings.TrimSuffix(first, "…")) || len(first) >= len(long) {
+		t.Errorf("stored line 1 is %d bytes (valid UTF-8 %v), want a valid prefix of the %d bytes sent", len(first), utf8.ValidString(first), len(long))
+	}
+}
+
+func TestRefusalsQuoteTheAgentsValueAsValidUTF8(t *testing.T) {
+	t.Parallel()
+	env, img := newEnv(t, servicingtest.Options{})
+	run, _ := leasedRun(t, env, img)
+	// The refusal goes back in an Ack, a protobuf string: invalid UTF-8
+	// there would fail the Send and end the agent's stream.
+	err := env.Service.ReportRunResult(context.Background(), agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: "a" + strings.Repeat("é", 100)})
+	if err == nil {
+		t.Fatal("a malformed result sha256 was accepted")
+	}
+	if !utf8.ValidString(err.Error()) {
+		t.Errorf("error %q is not valid UTF-8", err)
+	}
+}
+
+func TestLongAgentMessagesAreCutSoTheRunStaysWritable(t *testing.T) {
+	t.Parallel()
+	env := servicingtest.New(t, servicingtest.Options{})
+	img := env.Image(t, "multi", "PS1", 4)
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, month(10))
+	ctx := context.Background()
+	run, _ := leasedRun(t, env, img)
+	// Four results with 300 KB messages would take the run past the
+	// store's 1 MiB limit, after which nothing, not even its end or a
+	// cancel, could be written to it.
+	huge := strings.Repeat("0x800f081e ", 300<<10/11)
+	for i := int32(1); i <= 4; i++ {
+		err := env.Service.ReportUpdateResult(ctx, agent, &osvcv1.UpdateResultReport{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+			Result: &osvcv1.UpdateResult{Update: "updates/cu", Index: i, State: osvcv1.UpdateState_UPDATE_STATE_FAILED, Message: huge}})
+		if err != nil {
+			t.Fatalf("result for index %d: %v", i, err)
+		}
+	}
+	if err := env.Service.ReportStep(ctx, agent, &osvcv1.StepChanged{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		Step: &osvcv1.StepRecord{Step: osvcv1.Step_STEP_APPLY, State: osvcv1.StepState_STEP_STATE_FAILED, Detail: huge}}); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if err := env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_FAILED, Error: huge}); err != nil {
+		t.Fatalf("run result: %v", err)
+	}
+	ended := env.Run(t, run.GetName())
+	if ended.GetState() != osvcv1.RunState_RUN_STATE_FAILED {
+		t.Fatalf("run is %s, want FAILED", ended.GetState())
+	}
+	texts := []string{ended.GetError(), ended.GetSteps()[len(ended.GetSteps())-1].GetDetail()}
+	for _, r := range ended.GetUpdateResults() {
+		texts = append(texts, r.GetMessage())
+	}
+	for _, s := range texts {
+		if len(s) >= len(huge) || !strings.HasPrefix(s, "0x800f081e") {
+			t.Errorf("stored a %d byte message, want the start of the %d bytes sent", len(s), len(huge))
+		}
 	}
 }

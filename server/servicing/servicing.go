@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -194,11 +195,21 @@ func idFromName(field, name, collection string) (string, error) {
 	return id, nil
 }
 
+// truncate shortens s to at most n bytes plus "...", cutting before a
+// character rather than inside one: the result goes into protobuf strings
+// (Acks, stored runs and log lines), which must stay valid UTF-8.
 func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "..."
+	return truncateWith(s, n, "...")
+}
+
+func truncateWith(s string, n int, ellipsis string) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + ellipsis
 }
 
 // newID returns a short id that sorts by creation time: prefix, then base32
@@ -497,6 +508,7 @@ func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.R
 	if reason == "" {
 		reason = "canceled by an administrator"
 	}
+	reason = clipText(reason)
 	for attempt := 0; attempt < txnRetries; attempt++ {
 		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
 		if errors.Is(err, store.ErrNotFound) {
