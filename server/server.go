@@ -49,6 +49,14 @@ const (
 // gRPC's default enforcement (5 min) would close their connections.
 const keepaliveMinTime = 10 * time.Second
 
+// keepaliveTime and keepaliveTimeout make the server ping a quiet connection
+// and drop it when the peer is gone, so a dead agent's stream (and a send
+// blocked on it) ends in under a minute rather than gRPC's default two hours.
+const (
+	keepaliveTime    = 30 * time.Second
+	keepaliveTimeout = 10 * time.Second
+)
+
 // etcdDialTimeout bounds the first contact with etcd, so a wrong
 // --etcd-endpoints fails at start instead of at the first request.
 const etcdDialTimeout = 10 * time.Second
@@ -337,6 +345,7 @@ func (s *Server) serverOptions(shutdown context.Context) []grpc.ServerOption {
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
 		}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			resp, err := handler(ctx, req)
