@@ -86,6 +86,9 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 		clientv3.OpDelete(s.store.AssignmentKey(runID)),
 		clientv3.OpDelete(s.store.ActiveRunKey(imageID)),
 		clientv3.OpDelete(s.store.LogBaseKey(runID)))
+	if state != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+		skipUnfinished(run, "not applied: the run ended "+stateName(state))
+	}
 	switch state {
 	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
 		run.Percent = 100
@@ -93,9 +96,60 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	case osvcv1.RunState_RUN_STATE_FAILED:
 		return s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_FAILED, true)
 	default:
-		// A canceled run did not service the image: it is as before the schedule.
-		return s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_NONE, false)
+		// A canceled run did not service the image: its status goes back to
+		// what the last run that did left it.
+		status, err := s.statusBeforeSchedule(ctx, ch)
+		if err != nil {
+			return err
+		}
+		return s.setImageStatus(ctx, ch, status, false)
 	}
+}
+
+// skipUnfinished records the updates a run ended before as SKIPPED, so no
+// result of an ended run still reads PENDING or IN_PROGRESS.
+func skipUnfinished(run *osvcv1.Run, message string) {
+	for _, r := range run.GetUpdateResults() {
+		switch r.GetState() {
+		case osvcv1.UpdateState_UPDATE_STATE_PENDING, osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS, osvcv1.UpdateState_UPDATE_STATE_UNSPECIFIED:
+			r.State = osvcv1.UpdateState_UPDATE_STATE_SKIPPED
+			r.Message = message
+		}
+	}
+}
+
+// statusBeforeSchedule is the image's servicing status as its last run left
+// it (NONE when it was never serviced or that run is gone).
+func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.ServicingStatus, error) {
+	img, err := s.loadImage(ctx, ch)
+	if errors.Is(err, store.ErrNotFound) {
+		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	last := img.GetLastRun()
+	if last == "" || last == ch.run.GetName() {
+		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
+	}
+	id, err := RunID(last)
+	if err != nil {
+		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
+	}
+	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
+	if errors.Is(err, store.ErrNotFound) {
+		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("last run %s of %s: %w", last, img.GetName(), err)
+	}
+	switch run.GetState() {
+	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
+		return osvcv1.ServicingStatus_SERVICING_STATUS_SUCCEEDED, nil
+	case osvcv1.RunState_RUN_STATE_FAILED:
+		return osvcv1.ServicingStatus_SERVICING_STATUS_FAILED, nil
+	}
+	return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 }
 
 // commit writes the change in one transaction guarded by cmps and the image

@@ -101,3 +101,37 @@ func TestAResultThatIsTheSourceVersionAddsNoVersion(t *testing.T) {
 		})
 	}
 }
+
+func TestACanceledRunLeavesTheImageAsItsLastRunLeftIt(t *testing.T) {
+	t.Parallel()
+	env, img := newEnv(t, servicingtest.Options{})
+	ctx := context.Background()
+
+	first, _ := leasedRun(t, env, img)
+	v2 := env.Blob(t, "wim of win11 version 2")
+	if err := env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: first.GetName(), FencingToken: first.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: v2.GetSha256(), ResultSizeBytes: v2.GetSizeBytes()}); err != nil {
+		t.Fatalf("first result: %v", err)
+	}
+
+	_, pending, err := env.Service.CreateSchedule(ctx, img.GetName(), &osvcv1.Schedule{Updates: []string{"updates/cu"}}, false)
+	if err != nil {
+		t.Fatalf("second schedule: %v", err)
+	}
+	if st := env.GetImage(t, img.GetName()).GetServicingStatus(); st != osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED {
+		t.Fatalf("image status %v with a run scheduled, want SCHEDULED", st)
+	}
+	canceled, err := env.Service.CancelRun(ctx, pending.GetName(), "scheduled by mistake")
+	if err != nil {
+		t.Fatalf("CancelRun: %v", err)
+	}
+	for _, r := range canceled.GetUpdateResults() {
+		if r.GetState() != osvcv1.UpdateState_UPDATE_STATE_SKIPPED || r.GetMessage() == "" {
+			t.Errorf("update result %v of a canceled run, want SKIPPED with why", r)
+		}
+	}
+	got := env.GetImage(t, img.GetName())
+	if got.GetServicingStatus() != osvcv1.ServicingStatus_SERVICING_STATUS_SUCCEEDED || got.GetLastRun() != first.GetName() {
+		t.Errorf("image status %v, last run %s after the cancel; want SUCCEEDED from %s", got.GetServicingStatus(), got.GetLastRun(), first.GetName())
+	}
+}
