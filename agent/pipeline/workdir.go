@@ -7,79 +7,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/mountinfo"
 )
-
-// mountinfo is where the kernel lists this process's mounts.
-const mountinfo = "/proc/self/mountinfo"
-
-// mountPoint is one mount listed in /proc/self/mountinfo.
-type mountPoint struct {
-	dir    string
-	fsType string // fuse.wimfs for a wimlib-imagex mount
-}
-
-// mountsUnder lists the mount points at or below dir, deepest first, so that
-// nested mounts come off before the ones holding them.
-func mountsUnder(dir string) ([]mountPoint, error) {
-	data, err := os.ReadFile(mountinfo)
-	if err != nil {
-		return nil, fmt.Errorf("list the mounts to tell whether %s holds one: %w", dir, err)
-	}
-	dir = filepath.Clean(dir)
-	// The kernel lists the real path; the drive may be reached through a symlink.
-	if real, err := filepath.EvalSymlinks(dir); err == nil {
-		dir = real
-	}
-	var out []mountPoint
-	for line := range strings.SplitSeq(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp != dir && !strings.HasPrefix(mp, dir+string(filepath.Separator)) {
-			continue
-		}
-		m := mountPoint{dir: mp}
-		// The file system type follows the " - " separator.
-		for i := 5; i+1 < len(fields); i++ {
-			if fields[i] == "-" {
-				m.fsType = fields[i+1]
-				break
-			}
-		}
-		out = append(out, m)
-	}
-	sort.SliceStable(out, func(i, j int) bool { return len(out[i].dir) > len(out[j].dir) })
-	return out, nil
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
 
 // discardMounts unmounts, without committing, every mount at or below dir:
 // mounts a crashed agent (or a crashed attempt of a run) left behind. The
@@ -87,41 +22,41 @@ func unescapeMountinfo(s string) string {
 // died with the agent cannot be unmounted by wimlib-imagex; the engine then
 // detaches it lazily, which is as good for a discard.
 func discardMounts(ctx context.Context, eng engine.Engine, dir string, log hclog.Logger) error {
-	mounts, err := mountsUnder(dir)
+	mounts, err := mountinfo.Under(dir)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, mp := range mounts {
-		if !strings.HasPrefix(mp.fsType, "fuse") {
+		if !strings.HasPrefix(mp.FSType, "fuse") {
 			// Not an engine's mount (wimlib's is fuse.wimfs): someone else's,
 			// and the engine's last resort, fusermount3, cannot detach it anyway.
-			errs = append(errs, fmt.Errorf("%s is a %s mount, not a WIM mounted by a run: left alone: unmount it or move it out of the work folder", mp.dir, mp.fsType))
+			errs = append(errs, fmt.Errorf("%s is a %s mount, not a WIM mounted by a run: left alone: unmount it or move it out of the work folder", mp.Dir, mp.FSType))
 			continue
 		}
-		log.Warn("a mount left by an earlier run: unmounting it without commit", "dir", mp.dir, "type", mp.fsType)
+		log.Warn("a mount left by an earlier run: unmounting it without commit", "dir", mp.Dir, "type", mp.FSType)
 		// Discarding needs the folder only; Info and WIM serve a commit.
-		uerr := eng.Unmount(ctx, &engine.Mount{Dir: mp.dir}, false)
-		still, err := mountsUnder(mp.dir)
+		uerr := eng.Unmount(ctx, &engine.Mount{Dir: mp.Dir}, false)
+		still, err := mountinfo.Under(mp.Dir)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		mounted := false
 		for _, m := range still {
-			mounted = mounted || m.dir == mp.dir
+			mounted = mounted || m.Dir == mp.Dir
 		}
 		if mounted {
 			if uerr == nil {
 				uerr = errors.New("still listed as mounted after the unmount")
 			}
-			errs = append(errs, fmt.Errorf("discard the mount in %s: %w: unmount it by hand (wimlib-imagex unmount %s, or fusermount3 -u -z %s)", mp.dir, uerr, mp.dir, mp.dir))
+			errs = append(errs, fmt.Errorf("discard the mount in %s: %w: unmount it by hand (wimlib-imagex unmount %s, or fusermount3 -u -z %s)", mp.Dir, uerr, mp.Dir, mp.Dir))
 			continue
 		}
 		if uerr != nil {
-			log.Warn("the mount is gone, though unmounting it reported an error", "dir", mp.dir, "error", uerr)
+			log.Warn("the mount is gone, though unmounting it reported an error", "dir", mp.Dir, "error", uerr)
 		}
-		log.Info("stale mount discarded", "dir", mp.dir)
+		log.Info("stale mount discarded", "dir", mp.Dir)
 	}
 	return errors.Join(errs...)
 }
@@ -143,12 +78,12 @@ func tidyWork(work string, log hclog.Logger) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tidy the work folder %s: %w", work, err)
 	}
-	mounts, err := mountsUnder(work)
+	mounts, err := mountinfo.Under(work)
 	if err != nil {
 		return nil, fmt.Errorf("tidy the work folder: %w", err)
 	}
 	if len(mounts) > 0 {
-		return nil, fmt.Errorf("tidy the work folder: %s is still mounted: left in place", mounts[0].dir)
+		return nil, fmt.Errorf("tidy the work folder: %s is still mounted: left in place", mounts[0].Dir)
 	}
 	var removed []string
 	var errs []error
@@ -218,7 +153,7 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 				leftovers++
 			}
 		}
-		mounts, err := mountsUnder(dir)
+		mounts, err := mountinfo.Under(dir)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
 			continue
@@ -286,7 +221,7 @@ func RemoveExpired(drive string, retention time.Duration, now time.Time, keep fu
 		if !ended {
 			continue
 		}
-		if mounts, err := mountsUnder(dir); err != nil || len(mounts) > 0 {
+		if mounts, err := mountinfo.Under(dir); err != nil || len(mounts) > 0 {
 			continue // the folder itself is a mount point: not ours to delete
 		}
 		// File by file, never RemoveAll: whatever appeared since the listing stays.

@@ -52,13 +52,6 @@ func xmlRoundTrip(doc *sessionsDoc) (*sessionsDoc, error) {
 	return readSessions(img)
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	t.Parallel()
-	if got := unescapeMountinfo(`/tmp/a\040b`); got != "/tmp/a b" {
-		t.Errorf("unescapeMountinfo = %q, want %q", got, "/tmp/a b")
-	}
-}
-
 func TestOutputLinesKeepTheLastProgressState(t *testing.T) {
 	t.Parallel()
 	got := outputLines([]byte("Scanning\nArchiving 0%\rArchiving 50%\rArchiving 100% done\n\n"))

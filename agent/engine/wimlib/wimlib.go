@@ -22,6 +22,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/updatepkg"
 	"github.com/osvc/osvc/agent/engine/wiminfo"
+	"github.com/osvc/osvc/agent/mountinfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
 
@@ -164,7 +165,7 @@ func (e *Engine) Mount(ctx context.Context, wim string, index int, dir string) (
 	if _, err := e.run(ctx, true, "mountrw", wim, strconv.Itoa(index), dir); err != nil {
 		// A mount killed half way may still have attached the FUSE file
 		// system: never leave it behind.
-		if isMountPoint(dir) {
+		if mountinfo.IsMountPoint(dir) {
 			m := &engine.Mount{WIM: wim, Index: index, Dir: dir, Info: info}
 			if uerr := e.Unmount(context.WithoutCancel(ctx), m, false); uerr != nil {
 				e.logger.Error("discarding a half-done mount failed", "dir", dir, "error", uerr)
@@ -200,7 +201,7 @@ func checkMountDir(dir string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("mount folder %s is not a folder", dir)
 	}
-	if isMountPoint(dir) {
+	if mountinfo.IsMountPoint(dir) {
 		return fmt.Errorf("%s: %w (already a mount point: unmount it first)", dir, engine.ErrMountBusy)
 	}
 	f, err := os.Open(dir)
@@ -212,47 +213,6 @@ func checkMountDir(dir string) error {
 		return fmt.Errorf("%s: %w (not empty: use an empty folder)", dir, engine.ErrMountBusy)
 	}
 	return nil
-}
-
-// isMountPoint reports whether dir is listed in /proc/self/mountinfo. Where
-// that file cannot be read, dir is taken as not mounted.
-func isMountPoint(dir string) bool {
-	data, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	// The kernel lists the real path, and a drive is often reached through a
-	// symlink (/srv -> /data). Only the parent is resolved: resolving the
-	// mount point itself fails once its FUSE daemon is gone.
-	if parent, err := filepath.EvalSymlinks(filepath.Dir(dir)); err == nil {
-		dir = filepath.Join(parent, filepath.Base(dir))
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
-			return true
-		}
-	}
-	return false
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // Unmount unmounts the index, committing the changes into the WIM when commit
@@ -292,7 +252,7 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 		}
 		return nil
 	}
-	if !isMountPoint(m.Dir) {
+	if !mountinfo.IsMountPoint(m.Dir) {
 		return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, err)
 	}
 	if commit {
@@ -301,7 +261,7 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 			e.logger.Error("discard after a failed commit failed", "dir", m.Dir, "error", derr)
 		}
 	}
-	if isMountPoint(m.Dir) {
+	if mountinfo.IsMountPoint(m.Dir) {
 		// Last resort: detach the FUSE mount even while files are open.
 		e.lazyUnmount(runCtx, m.Dir)
 	}
@@ -375,7 +335,7 @@ func waitUnmounted(ctx context.Context, dir string, limit time.Duration) error {
 	defer cancel()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for isMountPoint(dir) {
+	for mountinfo.IsMountPoint(dir) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s is still mounted %s after wimlib-imagex unmount: %w", dir, limit, ctx.Err())

@@ -20,6 +20,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/cab"
 	"github.com/osvc/osvc/agent/engine/updatepkg"
+	"github.com/osvc/osvc/agent/mountinfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
 )
@@ -116,7 +117,7 @@ func mount(t *testing.T, e *Engine, wim string) *engine.Mount {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if isMountPoint(m.Dir) {
+		if mountinfo.IsMountPoint(m.Dir) {
 			_ = e.Unmount(context.Background(), m, false)
 		}
 	})
@@ -241,7 +242,7 @@ func TestAppliedPackageIsCommittedAndReadBack(t *testing.T) {
 	if err := e.Unmount(context.Background(), m, true); err != nil {
 		t.Fatal(err)
 	}
-	if isMountPoint(m.Dir) {
+	if mountinfo.IsMountPoint(m.Dir) {
 		t.Fatal("the folder is still mounted after Unmount")
 	}
 	installed, err := e.ReadInstalled(context.Background(), wim, 1)
@@ -400,7 +401,7 @@ func TestCanceledServicingStillUnmountsAndKeepsTheWIM(t *testing.T) {
 	if err := e.Unmount(ctx, m, true); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Unmount(commit) under a canceled ctx = %v, want context.Canceled", err)
 	}
-	if isMountPoint(m.Dir) {
+	if mountinfo.IsMountPoint(m.Dir) {
 		t.Fatal("the folder is still mounted")
 	}
 	if after := fileSHA256(t, wim); after != before {
@@ -752,7 +753,7 @@ func TestUnmountWithAFileOpenNeverLeavesTheMount(t *testing.T) {
 			if err != nil && !strings.Contains(err.Error(), "open") {
 				t.Errorf("Unmount error %q does not say files are open", err)
 			}
-			if isMountPoint(m.Dir) {
+			if mountinfo.IsMountPoint(m.Dir) {
 				t.Fatal("the folder is still mounted")
 			}
 			f.Close()
@@ -787,7 +788,7 @@ func TestAFailedCommitThroughASymlinkedDriveNeverLeavesTheMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if isMountPoint(realMount) {
+		if mountinfo.IsMountPoint(realMount) {
 			_ = e.Unmount(context.Background(), &engine.Mount{Dir: realMount}, false)
 		}
 	})
@@ -850,7 +851,7 @@ func TestMountOfAMissingIndexNamesTheIndexes(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "has 1 indexes, none numbered 7") {
 		t.Fatalf("Mount(index 7) = %v, want an error saying the WIM has 1 index", err)
 	}
-	if isMountPoint(dir) {
+	if mountinfo.IsMountPoint(dir) {
 		t.Fatal("a failed mount left the folder mounted")
 	}
 }
