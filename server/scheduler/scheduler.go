@@ -194,11 +194,20 @@ func (s *Scheduler) loop(ctx context.Context) error {
 		{s.store.PresencePrefix(), func(*clientv3.Event) bool { return true }},
 		{s.store.AssignmentsPrefix(), func(ev *clientv3.Event) bool { return ev.Type == clientv3.EventTypeDelete }},
 	}
+	// The watches start right after the revision read here, before the first
+	// pass reads anything: what that pass does not see, they report. Watches
+	// started at "now" would begin whenever their goroutines get to it, and
+	// miss what happens between the pass's reads and that moment.
+	resp, err := s.client.Get(ctx, s.store.RunsPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("read the revision to watch from: %w", err)
+	}
+	start := resp.Header.Revision
 	// The watches end with ctx, which ends before loop returns.
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for _, w := range watches {
-		wg.Go(func() { s.watch(ctx, w.prefix, w.relevant, poke) })
+		wg.Go(func() { s.watch(ctx, w.prefix, start, w.relevant, poke) })
 	}
 
 	timer := time.NewTimer(0)
@@ -252,18 +261,14 @@ func relevantRunEvent(ev *clientv3.Event) bool {
 	return false
 }
 
-// watch pokes on relevant events under prefix, resuming from the last seen
-// revision; a compacted history pokes (the pass relists) and resumes from now.
-func (s *Scheduler) watch(ctx context.Context, prefix string, relevant func(*clientv3.Event) bool, poke func()) {
-	rev := int64(0)
+// watch pokes on relevant events under prefix after revision rev, resuming
+// from the last seen revision. A compacted history pokes (the pass relists)
+// and resumes from the oldest revision kept, so nothing after it is missed.
+func (s *Scheduler) watch(ctx context.Context, prefix string, rev int64, relevant func(*clientv3.Event) bool, poke func()) {
 	for ctx.Err() == nil {
-		opts := []clientv3.OpOption{clientv3.WithPrefix()}
-		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev+1))
-		}
-		for wresp := range s.client.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...) {
+		for wresp := range s.client.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 			if wresp.CompactRevision != 0 {
-				rev = 0
+				rev = wresp.CompactRevision - 1
 				poke()
 				break
 			}

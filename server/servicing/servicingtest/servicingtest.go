@@ -142,7 +142,10 @@ func (e *Env) Update(t testing.TB, id string, class osvcv1.Classification, relea
 }
 
 // Connect makes agents/{name} present on site as agentsvc would, on a fresh
-// lease with ttl, and returns the lease.
+// lease with ttl, and returns the lease. Like agentsvc, it writes the presence
+// and the CONNECTED agent in one transaction: a scheduler pass between two
+// separate writes would see a CONNECTED agent without presence and mark it
+// LOST, and a LOST agent gets no runs.
 func (e *Env) Connect(t testing.TB, name, site string, capacity int32, ttl time.Duration) clientv3.LeaseID {
 	t.Helper()
 	ctx := context.Background()
@@ -151,16 +154,22 @@ func (e *Env) Connect(t testing.TB, name, site string, capacity int32, ttl time.
 		t.Fatalf("grant: %v", err)
 	}
 	t.Cleanup(func() { _, _ = e.Store.Client().Revoke(context.Background(), g.ID) })
-	agent := servicing.AgentName(name)
-	if _, err := e.Store.Put(ctx, e.Store.AgentKey(name), &osvcv1.Agent{
-		Name: agent, Site: site, Capacity: capacity, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
-	}); err != nil {
-		t.Fatalf("put agent: %v", err)
+	agentName := servicing.AgentName(name)
+	agent, err := e.Store.Marshal(&osvcv1.Agent{
+		Name: agentName, Site: site, Capacity: capacity, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
+	})
+	if err != nil {
+		t.Fatalf("marshal agent: %v", err)
 	}
-	if _, err := e.Store.Put(ctx, e.Store.PresenceKey(name), &storev1.AgentPresence{
-		Agent: agent, LeaseId: int64(g.ID), Server: "test",
-	}, clientv3.WithLease(g.ID)); err != nil {
-		t.Fatalf("put presence: %v", err)
+	presence, err := e.Store.Marshal(&storev1.AgentPresence{Agent: agentName, LeaseId: int64(g.ID), Server: "test"})
+	if err != nil {
+		t.Fatalf("marshal presence: %v", err)
+	}
+	if _, err := e.Store.Client().Txn(ctx).Then(
+		clientv3.OpPut(e.Store.PresenceKey(name), string(presence), clientv3.WithLease(g.ID)),
+		clientv3.OpPut(e.Store.AgentKey(name), string(agent)),
+	).Commit(); err != nil {
+		t.Fatalf("put agent and presence: %v", err)
 	}
 	return g.ID
 }
