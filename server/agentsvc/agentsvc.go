@@ -5,7 +5,8 @@
 //
 // Every replica serves the streams of the agents connected to it: a registry
 // of those streams, fed by watches on the assignments, runs and presence keys,
-// routes each push to the right stream.
+// routes each push to the right stream. A periodic resync, and one after a
+// compacted watch, makes again from etcd any push an event did not bring.
 package agentsvc
 
 import (
@@ -39,6 +40,9 @@ const (
 	workQueue = 256
 	// teardownTimeout bounds the writes made after a stream ended.
 	teardownTimeout = 5 * time.Second
+	// defaultResyncInterval bounds how long a missed push (an Assign that
+	// could not be built, a cancel event not seen) waits to be made again.
+	defaultResyncInterval = 15 * time.Second
 )
 
 // agentNameRE accepts host names: the agent's name defaults to its host's.
@@ -58,6 +62,10 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// ServerID names this replica in presence records.
 	ServerID string
+	// ResyncInterval is how often the streams connected here are checked
+	// against etcd for what a push may have missed: an Assign that could not
+	// be built or a cancel whose event was not seen. Default 15s.
+	ResyncInterval time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -71,7 +79,10 @@ type Service struct {
 	leaseTTL  time.Duration
 	heartbeat time.Duration
 	serverID  string
+	resync    time.Duration
 	now       func() time.Time
+	// assignment builds a run's Assign; a field so tests can make it fail.
+	assignment func(ctx context.Context, run string, token int64) (*osvcv1.Assign, error)
 
 	mu    sync.Mutex
 	conns map[string]*conn // by agent id (the name without "agents/")
@@ -96,11 +107,16 @@ func New(cfg Config) (*Service, error) {
 		leaseTTL:  cmp.Or(cfg.LeaseTTL, defaultLeaseTTL),
 		heartbeat: cmp.Or(cfg.HeartbeatInterval, defaultHeartbeatInterval),
 		serverID:  cfg.ServerID,
+		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
 		now:       cfg.Now,
 		conns:     map[string]*conn{},
 	}
+	s.assignment = s.servicing.Assignment
 	if s.leaseTTL < time.Second {
 		return nil, fmt.Errorf("agentsvc: Config.LeaseTTL is %s; use at least 1s", cfg.LeaseTTL)
+	}
+	if s.resync <= 0 {
+		return nil, fmt.Errorf("agentsvc: Config.ResyncInterval is %s; use a positive duration", cfg.ResyncInterval)
 	}
 	if s.heartbeat <= 0 {
 		return nil, fmt.Errorf("agentsvc: Config.HeartbeatInterval is %s; use a positive duration", cfg.HeartbeatInterval)
@@ -129,6 +145,7 @@ func (s *Service) Run(ctx context.Context) error {
 	} {
 		wg.Go(func() { s.watch(ctx, w.prefix, w.handle) })
 	}
+	wg.Go(func() { s.resyncEvery(ctx) })
 	wg.Wait()
 	// Agents reconnect to another replica, or to this one when it is back.
 	s.mu.Lock()
@@ -173,6 +190,22 @@ func (s *Service) watch(ctx context.Context, prefix string, handle func(context.
 	}
 }
 
+// resyncEvery resynchronises the local streams periodically: an Assign whose
+// build failed (etcd unavailable, say) is sent again only this way, since its
+// assignment key is written once and brings no further event.
+func (s *Service) resyncEvery(ctx context.Context) {
+	t := time.NewTicker(s.resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.resyncAll(ctx)
+		}
+	}
+}
+
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -193,7 +226,7 @@ func (s *Service) onAssignment(ctx context.Context, ev *clientv3.Event) {
 		return
 	}
 	if c := s.lookup(servicing.AgentID(a.GetAgent())); c != nil {
-		c.assign(a.GetRun(), ev.Kv.ModRevision, false)
+		c.assign(a.GetRun(), ev.Kv.ModRevision)
 	}
 }
 
@@ -262,15 +295,17 @@ func (s *Service) resyncAll(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		if err := s.pushAssigned(ctx, c, nil); err != nil {
+		if err := s.pushAssigned(ctx, c); err != nil {
 			s.logger.Warn("cannot resynchronise the agent's runs", "agent", c.name, "error", err)
 		}
 	}
 }
 
-// pushAssigned queues an Assign for every run leased to c's agent, except
-// the runs it resumed, and a Cancel for those whose cancel was requested.
-func (s *Service) pushAssigned(ctx context.Context, c *conn, resumed map[string]int64) error {
+// pushAssigned queues an Assign for every run leased to c's agent that it
+// was not sent yet (nor resumed), and a Cancel for those whose cancel was
+// requested: after a missed event (a compacted watch) this is the only way
+// either reaches the agent.
+func (s *Service) pushAssigned(ctx context.Context, c *conn) error {
 	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("list assignments: %w", err)
@@ -280,7 +315,21 @@ func (s *Service) pushAssigned(ctx context.Context, c *conn, resumed map[string]
 		if err != nil || a.GetAgent() != c.name {
 			continue
 		}
-		c.assign(a.GetRun(), kv.ModRevision, resumed[a.GetRun()] == kv.ModRevision)
+		c.assign(a.GetRun(), kv.ModRevision)
+		id, err := servicing.RunID(a.GetRun())
+		if err != nil {
+			continue
+		}
+		run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read run %s: %w", a.GetRun(), err)
+		}
+		if run.GetCancelRequested() && servicing.IsLeased(run.GetState()) && run.GetAgent() == c.name {
+			c.cancelRun(run.GetName(), run.GetError())
+		}
 	}
 	return nil
 }

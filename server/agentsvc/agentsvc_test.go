@@ -37,9 +37,21 @@ func TestMain(m *testing.M) {
 // harness is a server (agent stream, servicing API, scheduler) on bufconn.
 type harness struct {
 	*servicingtest.Env
+	svc       *agentsvc.Service
 	agents    osvcv1.AgentServiceClient
 	servicing osvcv1.ServicingServiceClient
 	image     *osvcv1.Image
+}
+
+// harnessConfig tunes a harness beyond the servicing options.
+type harnessConfig struct {
+	heartbeat time.Duration
+	resync    time.Duration
+	// setup runs on the agent service before it serves anything.
+	setup func(*agentsvc.Service)
+	// withoutRun leaves the agent service's Run unstarted: no watch and no
+	// periodic resync push anything, as if every event were missed.
+	withoutRun bool
 }
 
 func newHarness(t *testing.T, opts servicingtest.Options) *harness {
@@ -49,13 +61,21 @@ func newHarness(t *testing.T, opts servicingtest.Options) *harness {
 
 func newHarnessWithHeartbeat(t *testing.T, opts servicingtest.Options, heartbeat time.Duration) *harness {
 	t.Helper()
+	return newHarnessWith(t, opts, harnessConfig{heartbeat: heartbeat})
+}
+
+func newHarnessWith(t *testing.T, opts servicingtest.Options, hc harnessConfig) *harness {
+	t.Helper()
 	env := servicingtest.New(t, opts)
 	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	env.Update(t, "ssu", osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	agentSvc, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Catalog: env.Catalog, Logger: env.Logger,
-		ServerID: "test", LeaseTTL: 30 * time.Second, HeartbeatInterval: heartbeat})
+		ServerID: "test", LeaseTTL: 30 * time.Second, HeartbeatInterval: hc.heartbeat, ResyncInterval: hc.resync})
 	if err != nil {
 		t.Fatalf("agentsvc.New: %v", err)
+	}
+	if hc.setup != nil {
+		hc.setup(agentSvc)
 	}
 	sched, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test", ElectionTTL: 2 * time.Second})
 	if err != nil {
@@ -63,7 +83,9 @@ func newHarnessWithHeartbeat(t *testing.T, opts servicingtest.Options, heartbeat
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = agentSvc.Run(ctx) })
+	if !hc.withoutRun {
+		wg.Go(func() { _ = agentSvc.Run(ctx) })
+	}
 	wg.Go(func() { _ = sched.Run(ctx) })
 
 	lis := bufconn.Listen(1 << 20)
@@ -85,6 +107,7 @@ func newHarnessWithHeartbeat(t *testing.T, opts servicingtest.Options, heartbeat
 	})
 	return &harness{
 		Env:       env,
+		svc:       agentSvc,
 		agents:    osvcv1.NewAgentServiceClient(conn),
 		servicing: osvcv1.NewServicingServiceClient(conn),
 		image:     env.Image(t, "win11", "PS1", 1),
@@ -654,5 +677,156 @@ func TestAStreamClosedBeforeHelloIsRefusedAsTheAgentsMistake(t *testing.T) {
 	// Not Internal: nothing failed on the server, which would log it as its own error.
 	if _, err := stream.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("stream closed before Hello ended with %v, want InvalidArgument", err)
+	}
+}
+
+func TestAnAssignThatCouldNotBeBuiltIsSentAtALaterResync(t *testing.T) {
+	t.Parallel()
+	var (
+		mu       sync.Mutex
+		attempts = map[string]int{}
+	)
+	h := newHarnessWith(t, servicingtest.Options{}, harnessConfig{
+		resync: 10 * time.Millisecond,
+		setup: func(s *agentsvc.Service) {
+			build := agentsvc.Assignment(s)
+			agentsvc.SetAssignment(s, func(ctx context.Context, run string, token int64) (*osvcv1.Assign, error) {
+				mu.Lock()
+				attempts[run]++
+				n := attempts[run]
+				mu.Unlock()
+				// Twice: the first retry must not be the last one.
+				if n <= 2 {
+					return nil, fmt.Errorf("assign %s: etcd unavailable (injected, attempt %d)", run, n)
+				}
+				return build(ctx, run, token)
+			})
+		},
+	})
+	a, _ := h.connect(t, hello("ps1-a"))
+	run := h.schedule(t)
+
+	as := a.assign(run.GetName())
+	if as.GetRun().GetFencingToken() != h.AssignmentRevision(t, run.GetName()) {
+		t.Errorf("Assign token %d, want %d", as.GetRun().GetFencingToken(), h.AssignmentRevision(t, run.GetName()))
+	}
+	mu.Lock()
+	n := attempts[run.GetName()]
+	mu.Unlock()
+	if n != 3 {
+		t.Errorf("the Assign was built %d times, want 3 (two failures, then once)", n)
+	}
+	// Later resyncs do not send it again: the next message after an Ack
+	// sent now is no second Assign.
+	agentsvc.Resync(context.Background(), h.svc)
+	a.accepted(step(run.GetName(), as.GetRun().GetFencingToken(), osvcv1.Step_STEP_DRIVE, osvcv1.StepState_STEP_STATE_RUNNING))
+	for _, m := range a.pending {
+		if m.GetAssign() != nil {
+			t.Errorf("a second Assign came: %v", m.GetAssign().GetRun().GetName())
+		}
+	}
+	if r := h.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS {
+		t.Errorf("run = %s, want IN_PROCESS", r.GetState())
+	}
+}
+
+func TestAnAssignWhoseTokenWentStaleIsNotTriedAgain(t *testing.T) {
+	t.Parallel()
+	var (
+		mu       sync.Mutex
+		attempts int
+	)
+	stale := make(chan struct{})
+	h := newHarnessWith(t, servicingtest.Options{}, harnessConfig{
+		withoutRun: true,
+		setup: func(s *agentsvc.Service) {
+			agentsvc.SetAssignment(s, func(ctx context.Context, run string, token int64) (*osvcv1.Assign, error) {
+				mu.Lock()
+				attempts++
+				mu.Unlock()
+				defer close(stale)
+				return nil, fmt.Errorf("assign %s: token %d (injected): %w", run, token, store.ErrStaleLease)
+			})
+		},
+	})
+	a, _ := h.connect(t, hello("ps1-a"))
+	run := h.schedule(t)
+	h.WaitRun(t, run.GetName(), "LEASED", func(r *osvcv1.Run) bool { return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED })
+	ctx := context.Background()
+	agentsvc.Resync(ctx, h.svc)
+	<-stale
+	// Resyncs after the refusal build nothing more (a second build would
+	// close stale twice and panic); an Ack queued after them comes first.
+	agentsvc.Resync(ctx, h.svc)
+	agentsvc.Resync(ctx, h.svc)
+	if ack := a.report(logs(run.GetName(), 1, 1, 1)); ack.GetCode() == 0 {
+		t.Errorf("report with a made-up token accepted")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if attempts != 1 || len(a.pending) != 0 {
+		t.Errorf("built %d times, other messages %v; want one build and nothing sent", attempts, a.pending)
+	}
+}
+
+func TestAResyncPushesACancelTheWatchMissedOncePerToken(t *testing.T) {
+	t.Parallel()
+	// Without Run nothing watches: every push comes from a resync, as after
+	// a compacted watch.
+	h := newHarnessWith(t, servicingtest.Options{}, harnessConfig{withoutRun: true})
+	ctx := context.Background()
+	a, _ := h.connect(t, hello("ps1-a"))
+	run := h.schedule(t)
+	h.WaitRun(t, run.GetName(), "LEASED", func(r *osvcv1.Run) bool { return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED })
+	agentsvc.Resync(ctx, h.svc)
+	token := a.assign(run.GetName()).GetRun().GetFencingToken()
+	a.accepted(step(run.GetName(), token, osvcv1.Step_STEP_APPLY, osvcv1.StepState_STEP_STATE_RUNNING))
+
+	if _, err := h.servicing.CancelRun(ctx, &osvcv1.CancelRunRequest{Name: run.GetName(), Reason: "wrong updates"}); err != nil {
+		t.Fatalf("CancelRun: %v", err)
+	}
+	agentsvc.Resync(ctx, h.svc)
+	c := a.expect("Cancel", func(m *osvcv1.ConnectResponse) bool { return m.GetCancel() != nil }).GetCancel()
+	if c.GetRun() != run.GetName() || c.GetFencingToken() != token || c.GetReason() != "wrong updates" {
+		t.Errorf("Cancel = %v", c)
+	}
+
+	// Further resyncs send no second Cancel: an Ack queued after them comes
+	// with nothing before it.
+	agentsvc.Resync(ctx, h.svc)
+	agentsvc.Resync(ctx, h.svc)
+	a.accepted(logs(run.GetName(), token, 1, 1))
+	if len(a.pending) != 0 {
+		t.Errorf("after the Cancel the agent got %v, want nothing more", a.pending)
+	}
+	a.accepted(result(run.GetName(), token, osvcv1.RunState_RUN_STATE_CANCELED, ""))
+	if r := h.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_CANCELED {
+		t.Errorf("run = %s, want CANCELED", r.GetState())
+	}
+}
+
+func TestAResyncSendsARunCanceledBeforeItsAssignWithItsCancel(t *testing.T) {
+	t.Parallel()
+	h := newHarnessWith(t, servicingtest.Options{}, harnessConfig{withoutRun: true})
+	ctx := context.Background()
+	a, _ := h.connect(t, hello("ps1-a"))
+	run := h.schedule(t)
+	h.WaitRun(t, run.GetName(), "LEASED", func(r *osvcv1.Run) bool { return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED })
+	if _, err := h.servicing.CancelRun(ctx, &osvcv1.CancelRunRequest{Name: run.GetName(), Reason: "not today"}); err != nil {
+		t.Fatalf("CancelRun: %v", err)
+	}
+	agentsvc.Resync(ctx, h.svc)
+	// The Assign first, then its Cancel, once.
+	first := a.expect("the Assign", func(*osvcv1.ConnectResponse) bool { return true })
+	second := a.expect("the Cancel", func(*osvcv1.ConnectResponse) bool { return true })
+	token := first.GetAssign().GetRun().GetFencingToken()
+	if first.GetAssign().GetRun().GetName() != run.GetName() || second.GetCancel().GetRun() != run.GetName() ||
+		second.GetCancel().GetFencingToken() != token || token == 0 {
+		t.Fatalf("got %v then %v, want the run's Assign then its Cancel", first, second)
+	}
+	agentsvc.Resync(ctx, h.svc)
+	a.accepted(logs(run.GetName(), token, 1, 1))
+	if len(a.pending) != 0 {
+		t.Errorf("after the Cancel the agent got %v, want nothing more", a.pending)
 	}
 }

@@ -44,9 +44,13 @@ type conn struct {
 
 	out outbox
 
-	mu         sync.Mutex
-	sentAssign map[string]int64 // run → fencing token pushed (or resumed)
-	sentCancel map[string]bool
+	mu sync.Mutex
+	// queued: run → fencing token whose Assign is queued, sent or resumed;
+	// a failed build takes its run out so a resync queues it again.
+	queued map[string]int64
+	// Written by the writer only (and by Connect before it starts).
+	delivered  map[string]int64 // run → fencing token the agent holds (sent or resumed)
+	sentCancel map[string]int64 // run → fencing token a Cancel was sent for
 	drives     []*osvcv1.Drive
 	beatDirty  bool
 
@@ -76,8 +80,9 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 		name:       servicing.AgentName(hello.GetName()),
 		ctx:        ctx,
 		cancel:     cancel,
-		sentAssign: map[string]int64{},
-		sentCancel: map[string]bool{},
+		queued:     map[string]int64{},
+		delivered:  map[string]int64{},
+		sentCancel: map[string]int64{},
 		drives:     hello.GetDrives(),
 	}
 	c.out.init()
@@ -105,6 +110,10 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	if err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
+	// The agent holds its resumed runs: no Assign for them, a Cancel if asked.
+	for run, token := range resumed {
+		c.queued[run], c.delivered[run] = token, token
+	}
 	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Welcome{Welcome: &osvcv1.Welcome{
 		Agent:             c.name,
 		HeartbeatInterval: durationpb.New(s.heartbeat),
@@ -129,7 +138,7 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 			c.end(err)
 		}
 	})
-	if err := s.pushAssigned(ctx, c, resumed); err != nil {
+	if err := s.pushAssigned(ctx, c); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
 	work := make(chan *osvcv1.ConnectRequest, workQueue)
@@ -447,52 +456,34 @@ func (c *conn) beats() {
 	}
 }
 
-// assign queues an Assign of run under token, once per token; a resumed run
-// is only checked for a pending cancel.
-func (c *conn) assign(run string, token int64, resumed bool) {
+// assign queues an Assign of run under token, once per token.
+func (c *conn) assign(run string, token int64) {
 	c.mu.Lock()
-	if c.sentAssign[run] == token {
+	if c.queued[run] == token {
 		c.mu.Unlock()
 		return
 	}
-	c.sentAssign[run] = token
+	c.queued[run] = token
 	c.mu.Unlock()
-	c.out.pushBuild(func(ctx context.Context) ([]*osvcv1.ConnectResponse, error) {
-		a, err := c.s.servicing.Assignment(ctx, run, token)
-		if err != nil {
-			return nil, err
-		}
-		var msgs []*osvcv1.ConnectResponse
-		if !resumed {
-			msgs = append(msgs, &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Assign{Assign: a}})
-		}
-		if a.GetRun().GetCancelRequested() && c.markCancel(run) {
-			msgs = append(msgs, cancelMsg(run, token, a.GetRun().GetError()))
-		}
-		return msgs, nil
-	})
+	c.out.add(outItem{assign: run, token: token})
 }
 
-// cancelRun queues a Cancel of a run this stream was given.
+// cancelRun queues a Cancel of run. It is sent at its turn once per token,
+// and only for a run the agent holds: a run whose Assign is still to come
+// gets its Cancel with it, since the Assign is built from the run as it is then.
 func (c *conn) cancelRun(run, reason string) {
-	c.mu.Lock()
-	token, ok := c.sentAssign[run]
-	c.mu.Unlock()
-	// A run not assigned yet gets its Cancel right after its Assign.
-	if !ok || !c.markCancel(run) {
-		return
-	}
-	c.out.push(cancelMsg(run, token, reason))
+	c.out.add(outItem{cancel: run, reason: reason})
 }
 
-func (c *conn) markCancel(run string) bool {
+// cancelOnce returns a Cancel of run under token unless one was sent already.
+func (c *conn) cancelOnce(run string, token int64, reason string) (*osvcv1.ConnectResponse, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.sentCancel[run] {
-		return false
+	if c.sentCancel[run] == token {
+		return nil, false
 	}
-	c.sentCancel[run] = true
-	return true
+	c.sentCancel[run] = token
+	return cancelMsg(run, token, reason), true
 }
 
 func cancelMsg(run string, token int64, reason string) *osvcv1.ConnectResponse {
@@ -508,22 +499,30 @@ func (c *conn) write(stream osvcv1.AgentService_ConnectServer) error {
 			return nil
 		}
 		for _, it := range items {
-			msgs := []*osvcv1.ConnectResponse{it.msg}
-			if it.build != nil {
-				built, err := it.build(c.ctx)
+			var msgs []*osvcv1.ConnectResponse
+			switch {
+			case it.assign != "":
+				built, err := c.buildAssign(it.assign, it.token)
 				if err != nil {
 					if c.ctx.Err() != nil {
 						return nil
 					}
-					if errors.Is(err, store.ErrStaleLease) {
-						// The run ended or moved on before its turn came.
-						c.s.logger.Debug("push no longer current", "agent", c.name, "error", err)
-						continue
-					}
-					c.s.logger.Warn("cannot build a push for the agent", "agent", c.name, "error", err)
+					c.assignFailed(it.assign, it.token, err)
 					continue
 				}
 				msgs = built
+			case it.cancel != "":
+				c.mu.Lock()
+				token, held := c.delivered[it.cancel]
+				c.mu.Unlock()
+				if !held {
+					continue
+				}
+				if m, ok := c.cancelOnce(it.cancel, token, it.reason); ok {
+					msgs = append(msgs, m)
+				}
+			default:
+				msgs = append(msgs, it.msg)
 			}
 			for _, m := range msgs {
 				if err := stream.Send(m); err != nil {
@@ -534,6 +533,43 @@ func (c *conn) write(stream osvcv1.AgentService_ConnectServer) error {
 	}
 }
 
+// buildAssign returns the Assign of run under token, followed by its Cancel
+// when one was requested, and records the run as the agent's.
+func (c *conn) buildAssign(run string, token int64) ([]*osvcv1.ConnectResponse, error) {
+	a, err := c.s.assignment(c.ctx, run, token)
+	if err != nil {
+		return nil, err
+	}
+	msgs := []*osvcv1.ConnectResponse{{Message: &osvcv1.ConnectResponse_Assign{Assign: a}}}
+	c.mu.Lock()
+	c.delivered[run] = token
+	c.mu.Unlock()
+	if a.GetRun().GetCancelRequested() {
+		if m, ok := c.cancelOnce(run, token, a.GetRun().GetError()); ok {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, nil
+}
+
+// assignFailed drops an Assign whose token went stale and otherwise leaves
+// it for the next resync to queue again: a run leased to a connected agent
+// that never got its Assign would stay LEASED for good.
+func (c *conn) assignFailed(run string, token int64, err error) {
+	if errors.Is(err, store.ErrStaleLease) {
+		// The run ended or moved on before its turn came.
+		c.s.logger.Debug("Assign no longer current", "agent", c.name, "run", run, "error", err)
+		return
+	}
+	c.mu.Lock()
+	if c.queued[run] == token {
+		delete(c.queued, run)
+	}
+	c.mu.Unlock()
+	c.s.logger.Warn("cannot build the Assign; the next resync tries again", "agent", c.name, "run", run,
+		"retry_in", c.s.resync, "error", err)
+}
+
 // outbox is an unbounded, ordered queue of messages for one stream: pushes
 // from watches never block on a slow agent.
 type outbox struct {
@@ -542,18 +578,19 @@ type outbox struct {
 	notify chan struct{}
 }
 
+// outItem is a message, or the Assign of a run under token to build at
+// its turn, or a Cancel of a run to check at its turn.
 type outItem struct {
-	msg   *osvcv1.ConnectResponse
-	build func(context.Context) ([]*osvcv1.ConnectResponse, error)
+	msg    *osvcv1.ConnectResponse
+	assign string
+	token  int64
+	cancel string
+	reason string
 }
 
 func (o *outbox) init() { o.notify = make(chan struct{}, 1) }
 
 func (o *outbox) push(m *osvcv1.ConnectResponse) { o.add(outItem{msg: m}) }
-
-func (o *outbox) pushBuild(f func(context.Context) ([]*osvcv1.ConnectResponse, error)) {
-	o.add(outItem{build: f})
-}
 
 func (o *outbox) add(it outItem) {
 	o.mu.Lock()
