@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -73,16 +74,11 @@ func ValidateSite(site string) error {
 	return nil
 }
 
-// validateSHA256 checks a content address: 64 lower-case hex digits.
+// validateSHA256 checks a content address the way the content library names
+// blobs, with a message that says what to send.
 func validateSHA256(sha string) error {
-	if len(sha) != 64 {
+	if !content.ValidSHA256(sha) {
 		return errors.New("want the 64 lower-case hex digits of a sha256, as ContentService.Write returned, got " + quote(sha))
-	}
-	for i := 0; i < len(sha); i++ {
-		ch := sha[i]
-		if !(ch >= '0' && ch <= '9' || ch >= 'a' && ch <= 'f') {
-			return errors.New("want the 64 lower-case hex digits of a sha256, as ContentService.Write returned, got " + quote(sha))
-		}
 	}
 	return nil
 }
