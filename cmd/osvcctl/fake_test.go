@@ -147,8 +147,9 @@ var (
 	cannedCanceledRun = &osvcv1.Run{
 		Name: "runs/r-canceled", Image: "images/win11-23h2", State: osvcv1.RunState_RUN_STATE_CANCELED,
 		Updates: []string{"updates/kb5031354"}, SourceVersion: 2, CreateTime: created, EndTime: created,
-		Error:         "scheduled by mistake",
-		UpdateResults: []*osvcv1.UpdateResult{{Update: "updates/kb5031354", Kb: "KB5031354", Index: 1, State: osvcv1.UpdateState_UPDATE_STATE_PENDING}},
+		Error: "scheduled by mistake",
+		UpdateResults: []*osvcv1.UpdateResult{{Update: "updates/kb5031354", Kb: "KB5031354", Index: 1,
+			State: osvcv1.UpdateState_UPDATE_STATE_SKIPPED, Message: "not applied: the run ended CANCELED"}},
 	}
 
 	cannedAgents = []*osvcv1.Agent{

@@ -205,17 +205,10 @@ func (c *cli) printRunResults(r *osvcv1.Run) {
 			t.AppendRow([]any{u, "-", "-", "-", ""})
 		}
 	}
+	// The server records the updates an ended run never reached as SKIPPED,
+	// with why; the results are shown as recorded.
 	for _, u := range r.GetUpdateResults() {
-		state, msg := updateStateText(u.GetState()), u.GetMessage()
-		// An update still PENDING in a run that ended will never be applied
-		// by it: saying PENDING would promise otherwise.
-		if runEnded(r.GetState()) && !updateEnded(u.GetState()) {
-			state = "NOT APPLIED"
-			if msg == "" {
-				msg = "the run ended " + runStateText(r.GetState()) + " before it"
-			}
-		}
-		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), state, msg})
+		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), updateStateText(u.GetState()), u.GetMessage()})
 	}
 	t.Render()
 	// A run not yet leased does not know its source size yet.
