@@ -21,8 +21,8 @@ import (
 	"github.com/osvc/osvc/agent/conn"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/pipeline"
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // DriveAutomatic picks the volume the agent's data folder is on.

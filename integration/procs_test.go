@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/osvc/osvc/agent/transfer"
+	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // binDir holds the binaries built once for the whole test run.

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // cluster is one osvc-server with one agent of site PS1, as processes.

@@ -25,8 +25,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"

@@ -24,9 +24,9 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store/storetest"

@@ -13,8 +13,8 @@ import (
 
 	"github.com/jedib0t/go-pretty/v6/progress"
 
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // Media types recorded with uploaded content.

@@ -19,8 +19,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/updatepkg"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
 // Defaults for Options.

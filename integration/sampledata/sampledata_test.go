@@ -9,9 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/osvc/osvc/agent/engine/updatepkg"
-	"github.com/osvc/osvc/agent/engine/wiminfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/updatepkg"
+	"github.com/osvc/osvc/pkg/wiminfo"
 )
 
 func create(t *testing.T, opts Options) *Sample {

@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/osvc/osvc/agent/engine/wiminfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/wiminfo"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
 )

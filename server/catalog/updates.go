@@ -17,9 +17,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/osvc/osvc/agent/engine/cab"
-	"github.com/osvc/osvc/agent/engine/updatepkg"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/server/store"
 )
 

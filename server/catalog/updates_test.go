@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/updatepkg"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/store"
 )

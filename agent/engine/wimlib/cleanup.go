@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/osvc/osvc/agent/engine"
-	"github.com/osvc/osvc/agent/engine/updatepkg"
+	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
 // Cleanup is DISM's /Cleanup-Image /StartComponentCleanup /ResetBase: in

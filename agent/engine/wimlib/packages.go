@@ -13,7 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
-	"github.com/osvc/osvc/agent/engine/updatepkg"
+	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
 // AddPackage applies one update file to the mounted index: a CAB package, or

@@ -20,10 +20,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
-	"github.com/osvc/osvc/agent/engine/updatepkg"
-	"github.com/osvc/osvc/agent/engine/wiminfo"
 	"github.com/osvc/osvc/agent/mountinfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/updatepkg"
+	"github.com/osvc/osvc/pkg/wiminfo"
 )
 
 // DefaultBinary is the wimlib-imagex executable looked up in PATH.

@@ -18,11 +18,11 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
-	"github.com/osvc/osvc/agent/engine/cab"
-	"github.com/osvc/osvc/agent/engine/updatepkg"
 	"github.com/osvc/osvc/agent/mountinfo"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
 // The sample is built once per test binary, on first use; each test copies

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/cab"
+	"github.com/osvc/osvc/pkg/cab"
 )
 
 // ErrUnsupported is returned for a file that is not a CAB or MSU update

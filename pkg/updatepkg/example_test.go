@@ -5,7 +5,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/updatepkg"
+	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
 func ExampleManifest_Marshal() {

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/cab"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/cab"
 )
 
 // samplePayload is payload for sampleManifest's components.

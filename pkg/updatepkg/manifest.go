@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/osvc/osvc/agent/engine/cab"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/cab"
 )
 
 // Namespace is the XML namespace of update.mum and component manifests.

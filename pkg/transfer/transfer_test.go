@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/osvc/osvc/agent/transfer"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store/storetest"
