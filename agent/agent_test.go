@@ -27,6 +27,7 @@ import (
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
@@ -42,7 +43,7 @@ type fakeServer struct {
 	osvcv1.UnimplementedContentServiceServer
 
 	mu      sync.Mutex
-	ack     func(r *osvcv1.ConnectRequest) codes.Code
+	ack     func(r *osvcv1.ConnectRequest) error
 	discard []string
 
 	streams chan *fakeStream
@@ -55,19 +56,23 @@ type fakeStream struct {
 	end   chan error
 }
 
-func (s *fakeServer) setAck(f func(r *osvcv1.ConnectRequest) codes.Code) {
+func (s *fakeServer) setAck(f func(r *osvcv1.ConnectRequest) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ack = f
 }
 
-func (s *fakeServer) ackCode(r *osvcv1.ConnectRequest) codes.Code {
+func (s *fakeServer) ackOf(r *osvcv1.ConnectRequest) *osvcv1.Ack {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	ack := &osvcv1.Ack{Id: r.GetId()}
 	if s.ack == nil {
-		return codes.OK
+		return ack
 	}
-	return s.ack(r)
+	if err := s.ack(r); err != nil {
+		ack.Code, ack.Reason, ack.Message = int32(errdefs.Code(err)), errdefs.Reason(err), err.Error()
+	}
+	return ack
 }
 
 func (s *fakeServer) Connect(stream grpc.BidiStreamingServer[osvcv1.ConnectRequest, osvcv1.ConnectResponse]) error {
@@ -111,9 +116,8 @@ func (s *fakeServer) Connect(stream grpc.BidiStreamingServer[osvcv1.ConnectReque
 			if r.GetHeartbeat() != nil {
 				continue
 			}
-			code := s.ackCode(r)
 			select {
-			case fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: &osvcv1.Ack{Id: r.GetId(), Code: int32(code), Message: code.String()}}}:
+			case fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: s.ackOf(r)}}:
 			case <-ctx.Done():
 				return
 			}
@@ -319,11 +323,11 @@ func TestACanceledRunIsDiscardedAndReportedCanceled(t *testing.T) {
 func TestAnAbortedReportStopsTheRunWithoutFurtherReports(t *testing.T) {
 	t.Parallel()
 	h := start(t)
-	h.srv.setAck(func(r *osvcv1.ConnectRequest) codes.Code {
+	h.srv.setAck(func(r *osvcv1.ConnectRequest) error {
 		if r.GetStepChanged() != nil {
-			return codes.Aborted
+			return errdefs.ErrStaleLease
 		}
-		return codes.OK
+		return nil
 	})
 	fs := h.stream(t)
 	fs.out <- assign("runs/r1", 5)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,9 +18,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // Handler receives what the server sends.
@@ -189,7 +190,7 @@ func (c *Conn) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if !welcomed && status.Code(err) == codes.InvalidArgument {
+		if !welcomed && errors.Is(errdefs.ToNative(err), errdefs.ErrInvalidArgument) {
 			return fmt.Errorf("conn: the server refused the agent's Hello: %w", err)
 		}
 		if welcomed {
@@ -388,12 +389,15 @@ func (c *Conn) current(ctx context.Context) (*session, error) {
 	}
 }
 
-// Send sends one report and waits for its Ack: nil for code 0, else
-// status.Error(codes.Code(code), message). While disconnected it waits for the
-// next connection, and a report whose stream ended before its Ack is sent again
-// on the next one (the server's handling of reports is idempotent). ctx bounds
-// the whole wait. r.Id is set by Send.
+// Send sends one report and waits for its Ack: nil for code 0, else the
+// domain error errdefs makes of the Ack's code, reason and message (match it
+// with errors.Is: errdefs.ErrStaleLease means the run is no longer this
+// agent's). While disconnected it waits for the next connection; a report
+// whose stream ended before its Ack, or that the server found contended, is
+// sent again (the server's handling of reports is idempotent). ctx bounds the
+// whole wait. r.Id is set by Send.
 func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
+	contended := 0
 	for {
 		s, err := c.current(ctx)
 		if err != nil {
@@ -419,10 +423,15 @@ func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
 		}
 		select {
 		case a := <-ackc:
-			if a.GetCode() != 0 {
-				return status.Error(codes.Code(a.GetCode()), a.GetMessage())
+			err := errdefs.FromCode(codes.Code(a.GetCode()), a.GetReason(), a.GetMessage())
+			if errors.Is(err, errdefs.ErrContended) && contended < maxContendedResends {
+				contended++
+				if werr := c.pause(ctx, contended); werr != nil {
+					return fmt.Errorf("resend %T: %w", r.GetMessage(), werr)
+				}
+				continue
 			}
-			return nil
+			return err
 		case <-s.done:
 			s.forget(id)
 			continue
@@ -459,6 +468,25 @@ func (c *Conn) FlushLogs(ctx context.Context, run string, token int64) error {
 	}
 }
 
+// maxContendedResends bounds how often Send sends a report again that the
+// server found contended (the run changed under it) before it gives up.
+const maxContendedResends = 8
+
+// pause waits before the attempt-th resend of a contended report: a jittered
+// InitialBackoff/16 doubled per attempt, at most InitialBackoff.
+func (c *Conn) pause(ctx context.Context, attempt int) error {
+	d := min(c.cfg.InitialBackoff/16<<min(attempt, 16), c.cfg.InitialBackoff)
+	d = d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
 // Connected returns a channel that is closed while the stream is established
 // (Welcome received); it stays open while disconnected. Call it again after a
 // disconnection for the next connection's channel.
@@ -482,12 +510,12 @@ func (c *Conn) flushLogs(ctx context.Context) {
 			}
 		}
 		err := c.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_LogBatch{LogBatch: b}})
-		switch code := status.Code(err); {
+		switch {
 		case err == nil:
 			c.logs.acked(b)
 		case ctx.Err() != nil || errors.Is(err, ErrClosed):
 			return
-		case code == codes.Aborted || code == codes.NotFound || code == codes.InvalidArgument:
+		case errors.Is(err, errdefs.ErrStaleLease) || errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument):
 			// The run is not ours any more (or the server will never take
 			// these lines): drop its lines instead of retrying forever.
 			c.logger.Warn("server refused log lines, dropping the run's queued lines", "run", b.GetRun(), "error", err)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // fakeServer speaks the agent protocol's server side: Welcome to each Hello,
@@ -26,8 +27,9 @@ import (
 type fakeServer struct {
 	osvcv1.UnimplementedAgentServiceServer
 	interval time.Duration
-	// ack returns the Ack code of a report, and false to leave it unanswered.
-	ack     func(r *osvcv1.ConnectRequest) (codes.Code, bool)
+	// ack returns the error to acknowledge a report with (nil: accepted),
+	// and false to leave it unanswered.
+	ack     func(r *osvcv1.ConnectRequest) (error, bool)
 	streams chan *fakeStream
 	reqs    chan *osvcv1.ConnectRequest
 	// refuse makes Connect fail with Unavailable, as a server going down.
@@ -45,7 +47,7 @@ func newFakeServer(t *testing.T) (*fakeServer, string, []grpc.DialOption) {
 	t.Helper()
 	s := &fakeServer{
 		interval: time.Hour,
-		ack:      func(*osvcv1.ConnectRequest) (codes.Code, bool) { return codes.OK, true },
+		ack:      func(*osvcv1.ConnectRequest) (error, bool) { return nil, true },
 		streams:  make(chan *fakeStream, 16),
 		reqs:     make(chan *osvcv1.ConnectRequest, 10000),
 	}
@@ -90,9 +92,13 @@ func (s *fakeServer) Connect(stream grpc.BidiStreamingServer[osvcv1.ConnectReque
 			if r.GetHeartbeat() != nil {
 				continue
 			}
-			if code, ok := s.ack(r); ok {
+			if err, ok := s.ack(r); ok {
+				ack := &osvcv1.Ack{Id: r.GetId()}
+				if err != nil {
+					ack.Code, ack.Reason, ack.Message = int32(errdefs.Code(err)), errdefs.Reason(err), err.Error()
+				}
 				select {
-				case fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: &osvcv1.Ack{Id: r.GetId(), Code: int32(code), Message: code.String()}}}:
+				case fs.out <- &osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: ack}}:
 				case <-ctx.Done():
 					return
 				}
@@ -233,32 +239,63 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 	}
 }
 
-func TestSendReturnsTheAckCodeAsAnError(t *testing.T) {
+func TestSendReturnsTheAckAsADomainError(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name string
-		code codes.Code
+		ack  error
+		want error
 	}{
-		{"an accepted report returns nil", codes.OK},
-		{"a stale fencing token returns Aborted", codes.Aborted},
-		{"an unknown run returns NotFound", codes.NotFound},
+		{"an accepted report returns nil", nil, nil},
+		{"a stale fencing token returns ErrStaleLease", fmt.Errorf("run is no longer leased: %w", errdefs.ErrStaleLease), errdefs.ErrStaleLease},
+		{"an unknown run returns ErrNotFound", fmt.Errorf("run: %w", errdefs.ErrNotFound), errdefs.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			h := start(t, func(s *fakeServer, _ *Config) {
-				s.ack = func(*osvcv1.ConnectRequest) (codes.Code, bool) { return tt.code, true }
+				s.ack = func(*osvcv1.ConnectRequest) (error, bool) { return tt.ack, true }
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			err := h.conn.Send(ctx, stepReport("runs/r1"))
-			if status.Code(err) != tt.code {
-				t.Fatalf("Send = %v, want code %s", err, tt.code)
+			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("Send = %v, want %v", err, tt.want)
+			}
+			if errors.Is(err, errdefs.ErrStaleLease) && errors.Is(err, errdefs.ErrContended) {
+				t.Errorf("Send = %v matches both a stale lease and a contended report", err)
 			}
 			if got := nextReq(t, h.srv); got.GetStepChanged().GetRun() != "runs/r1" || got.GetId() == 0 {
 				t.Errorf("server got %v, want the step report with an id", got)
 			}
 		})
+	}
+}
+
+func TestAContendedReportIsSentAgain(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	seen := 0
+	h := start(t, func(s *fakeServer, _ *Config) {
+		s.ack = func(*osvcv1.ConnectRequest) (error, bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen++
+			if seen < 3 {
+				return fmt.Errorf("the run kept changing: %w", errdefs.ErrContended), true
+			}
+			return nil, true
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := h.conn.Send(ctx, stepReport("runs/r1")); err != nil {
+		t.Fatalf("Send = %v, want nil after two contended answers", err)
+	}
+	for i := 0; i < 3; i++ {
+		if got := nextReq(t, h.srv); got.GetStepChanged().GetRun() != "runs/r1" {
+			t.Fatalf("request %d = %v, want the step report again", i, got)
+		}
 	}
 }
 
@@ -371,11 +408,11 @@ func TestAReportCutByADisconnectionIsSentAgain(t *testing.T) {
 	seen := 0
 	h := start(t, func(s *fakeServer, _ *Config) {
 		// The first copy of the report is never acknowledged.
-		s.ack = func(r *osvcv1.ConnectRequest) (codes.Code, bool) {
+		s.ack = func(r *osvcv1.ConnectRequest) (error, bool) {
 			mu.Lock()
 			defer mu.Unlock()
 			seen++
-			return codes.OK, seen > 1
+			return nil, seen > 1
 		}
 	})
 	first := recvStream(t, h.srv)
@@ -461,14 +498,14 @@ func TestLogLinesArriveInBatchesNumberedOnceEach(t *testing.T) {
 	h := start(t, func(s *fakeServer, _ *Config) {
 		// The first batch is left unanswered: the stream is then cut and
 		// the batch must come again.
-		s.ack = func(r *osvcv1.ConnectRequest) (codes.Code, bool) {
+		s.ack = func(r *osvcv1.ConnectRequest) (error, bool) {
 			if r.GetLogBatch() == nil {
-				return codes.OK, true
+				return nil, true
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			batches++
-			return codes.OK, batches > 1
+			return nil, batches > 1
 		}
 	})
 	first := recvStream(t, h.srv)

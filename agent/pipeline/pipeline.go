@@ -19,18 +19,17 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/osvc/osvc/agent/engine"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // Reporter carries a run's reports to the server. The run name and fencing
-// token are the reporter's business. An error with codes.Aborted or
-// codes.NotFound means the run is no longer ours: the pipeline stops,
+// token are the reporter's business. An error matching errdefs.ErrStaleLease
+// or errdefs.ErrNotFound means the run is no longer ours: the pipeline stops,
 // discards its work and reports nothing more.
 type Reporter interface {
 	Step(ctx context.Context, s *osvcv1.StepRecord) error
@@ -231,10 +230,10 @@ func (r *run) reportFailed(err error) error {
 	return fmt.Errorf("report the result of %s: %w", r.a.GetRun().GetName(), err)
 }
 
-// isLost tells a refusal meaning "not your run any more".
+// isLost tells a refusal meaning "not your run any more": a stale fencing
+// token, or a run the server no longer has.
 func isLost(err error) bool {
-	c := status.Code(err)
-	return c == codes.Aborted || c == codes.NotFound
+	return errors.Is(err, errdefs.ErrStaleLease) || errors.Is(err, errdefs.ErrNotFound)
 }
 
 func (r *run) lost() error {

@@ -17,15 +17,14 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
@@ -446,7 +445,7 @@ func TestAStaleTokenStopsTheRunWithoutFurtherReports(t *testing.T) {
 		}
 		if strings.HasPrefix(event, "result ") {
 			refused = true
-			return status.Error(codes.Aborted, "stale fencing token")
+			return fmt.Errorf("report refused: %w", errdefs.ErrStaleLease)
 		}
 		return nil
 	}

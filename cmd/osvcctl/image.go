@@ -2,14 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // Image kinds as the --kind flag spells them.
@@ -47,10 +47,10 @@ func (c *cli) imageImportCommand() *cobra.Command {
 			case kindOSUpgradePackage:
 				k = osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE
 			default:
-				return fmt.Errorf("--kind %q: use %s or %s", kind, kindOSImage, kindOSUpgradePackage)
+				return usageErrorf("--kind %q: use %s or %s", kind, kindOSImage, kindOSUpgradePackage)
 			}
 			if site == "" {
-				return fmt.Errorf("--site is required: the code of the site whose agents service the image, e.g. PS1")
+				return usageErrorf("--site is required: the code of the site whose agents service the image, e.g. PS1")
 			}
 			if id == "" {
 				var err error
@@ -58,7 +58,7 @@ func (c *cli) imageImportCommand() *cobra.Command {
 					return err
 				}
 			} else if err := validateID(id); err != nil {
-				return fmt.Errorf("--id: %w", err)
+				return usageErrorf("--id: %w", err)
 			}
 			if _, err := statRegularFile(args[0]); err != nil {
 				return err
@@ -166,7 +166,7 @@ func (c *cli) imageGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: name})
 			if err != nil {
-				return withHint(err, codes.NotFound, imageNotFoundHint)
+				return withHint(err, errdefs.ErrNotFound, imageNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -182,11 +182,11 @@ func (c *cli) checkImageIDFree(ctx context.Context, images osvcv1.ImageServiceCl
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
 	_, err := images.GetImage(ctx, &osvcv1.GetImageRequest{Name: collImages + "/" + id})
-	switch status.Code(err) {
-	case codes.NotFound:
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
 		return nil
-	case codes.OK:
-		return fmt.Errorf("image %s/%s exists already: choose another --id, or see it with 'osvcctl image get %s'", collImages, id, id)
+	case err == nil:
+		return errdefs.Newf(errdefs.ErrConflict, "image %s/%s exists already: choose another --id, or see it with 'osvcctl image get %s'", collImages, id, id)
 	}
 	return err
 }

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -33,10 +32,7 @@ func main() { os.Exit(realMain()) }
 func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		return 1
-	}
-	return 0
+	return exitCode(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
 // run executes one osvcctl command line. Errors are rendered on stderr for the
@@ -86,10 +82,10 @@ schedule updates for an image and watch the servicing run.`,
 			switch c.output {
 			case outputTable, outputJSON:
 			default:
-				return fmt.Errorf("--output %q: use table or json", c.output)
+				return usageErrorf("--output %q: use table or json", c.output)
 			}
 			if c.server == "" {
-				return errors.New("--server is empty: give host:port of osvc-server")
+				return usageErrorf("--server is empty: give host:port of osvc-server")
 			}
 			return nil
 		},
@@ -104,7 +100,7 @@ schedule updates for an image and watch the servicing run.`,
 	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return fmt.Errorf("%w\nusage: %s", err, cmd.UseLine())
+		return usageErrorf("%w\nusage: %s", err, cmd.UseLine())
 	})
 	root.AddCommand(c.imageCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand())
 	return root
@@ -116,10 +112,14 @@ func (c *cli) dial() (*grpc.ClientConn, error) {
 	if c.conn != nil {
 		return c.conn, nil
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(nativeErrorsUnary),
+		grpc.WithChainStreamInterceptor(nativeErrorsStream),
+	}, transfer.DialOptions()...)
 	conn, err := grpc.NewClient(c.server, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("--server %q: %w", c.server, err)
+		return nil, usageErrorf("--server %q: %w", c.server, err)
 	}
 	c.conn = conn
 	return conn, nil
@@ -192,7 +192,7 @@ func groupRunE(cmd *cobra.Command, args []string) error {
 	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
 		msg += fmt.Sprintf(": did you mean %s?", strings.Join(s, " or "))
 	}
-	return fmt.Errorf("%s\nrun '%s --help' for its commands", msg, cmd.CommandPath())
+	return usageErrorf("%s\nrun '%s --help' for its commands", msg, cmd.CommandPath())
 }
 
 // exactArgs is cobra.ExactArgs with the usage line in the error, since usage
@@ -202,6 +202,6 @@ func exactArgs(n int) cobra.PositionalArgs {
 		if len(args) == n {
 			return nil
 		}
-		return fmt.Errorf("%s takes %d argument(s), got %d\nusage: %s", cmd.CommandPath(), n, len(args), cmd.UseLine())
+		return usageErrorf("%s takes %d argument(s), got %d\nusage: %s", cmd.CommandPath(), n, len(args), cmd.UseLine())
 	}
 }

@@ -539,12 +539,15 @@ func TestRunWatchPrintsPlainLinesThenTheResults(t *testing.T) {
 		}
 	})
 
-	t.Run("a run that fails exits 1 with its error", func(t *testing.T) {
+	t.Run("a run that fails exits 5 with its error", func(t *testing.T) {
 		t.Parallel()
 		stdout, stderr, err := osvcctl(t, f.addr, "run", "watch", "runs/r-bad")
 		var ended *runEndedError
 		if !errors.As(err, &ended) || ended.state != osvcv1.RunState_RUN_STATE_FAILED {
 			t.Fatalf("err = %v, want a runEndedError FAILED", err)
+		}
+		if code := exitCode(err); code != exitRunEnded {
+			t.Errorf("exit code %d, want %d", code, exitRunEnded)
 		}
 		assertContainsInOrder(t, stdout,
 			"KB5031354 (index 1): FAILED: the source files could not be found\n",
@@ -891,6 +894,42 @@ func TestScheduleCreateWarnsWhenNoAgentOfTheSiteIsConnected(t *testing.T) {
 			}
 			if !strings.Contains(stdout, "Run:      runs/r-9 (PENDING)") {
 				t.Errorf("stdout lacks the run:\n%s", stdout)
+			}
+		})
+	}
+}
+
+func TestExitCodesTellTheKindOfFailureApart(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	// Nothing listens on a port that was just closed.
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := lis.Addr().String()
+	lis.Close()
+	tests := []struct {
+		name string
+		addr string
+		args []string
+		want int
+	}{
+		{"a command that works exits 0", f.addr, []string{"image", "list"}, exitOK},
+		{"a missing argument is a usage error", f.addr, []string{"image", "get"}, exitUsage},
+		{"an unknown flag is a usage error", f.addr, []string{"image", "list", "--colour"}, exitUsage},
+		{"a typo in a command is a usage error", f.addr, []string{"run", "lsit"}, exitUsage},
+		{"a name the server finds invalid is a usage error", f.addr, []string{"image", "get", "images/Bad_Name"}, exitUsage},
+		{"an image that does not exist is not found", f.addr, []string{"image", "get", "nope"}, exitNotFound},
+		{"a run that does not exist is not found", f.addr, []string{"run", "get", "r-nope"}, exitNotFound},
+		{"a server that is not there is unreachable", down, []string{"image", "list"}, exitUnreachable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, stderr, err := osvcctl(t, tt.addr, tt.args...)
+			if got := exitCode(err); got != tt.want {
+				t.Errorf("exit code %d, want %d (err %v, stderr %q)", got, tt.want, err, stderr)
 			}
 		})
 	}

@@ -23,10 +23,10 @@ func resourceName(collection, arg string) (string, error) {
 	singular := strings.TrimSuffix(collection, "s")
 	id, hasPrefix := strings.CutPrefix(arg, collection+"/")
 	if !hasPrefix && strings.Contains(arg, "/") {
-		return "", fmt.Errorf("%s name %q: give ID or %s/ID", singular, arg, collection)
+		return "", usageErrorf("%s name %q: give ID or %s/ID", singular, arg, collection)
 	}
 	if id == "" || strings.Contains(id, "/") {
-		return "", fmt.Errorf("%s name %q: give ID or %s/ID", singular, arg, collection)
+		return "", usageErrorf("%s name %q: give ID or %s/ID", singular, arg, collection)
 	}
 	return collection + "/" + id, nil
 }
@@ -59,11 +59,11 @@ func updateNotFoundHint(name string) string {
 // otherwise show only after a long upload.
 func validateID(id string) error {
 	if id == "" || len(id) > maxIDLength || id[0] < 'a' || id[0] > 'z' {
-		return fmt.Errorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
+		return usageErrorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
 	}
 	for _, r := range id {
 		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return fmt.Errorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
+			return usageErrorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
 		}
 	}
 	return nil
@@ -97,7 +97,7 @@ func defaultImageID(path string) (string, error) {
 	}
 	id = strings.TrimRight(id, "-")
 	if id == "" {
-		return "", fmt.Errorf("cannot derive an image ID from file name %q: give --id", filepath.Base(path))
+		return "", usageErrorf("cannot derive an image ID from file name %q: give --id", filepath.Base(path))
 	}
 	return id, nil
 }

@@ -4,9 +4,9 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // runNotFoundHint follows a run's NotFound.
@@ -29,7 +29,7 @@ func (c *cli) runListCommand() *cobra.Command {
 			if imageArg != "" {
 				var err error
 				if image, err = resourceName(collImages, imageArg); err != nil {
-					return fmt.Errorf("--image: %w", err)
+					return usageErrorf("--image: %w", err)
 				}
 			}
 			servicing, err := c.servicing()
@@ -84,7 +84,7 @@ func (c *cli) runGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := servicing.GetRun(ctx, &osvcv1.GetRunRequest{Name: name})
 			if err != nil {
-				return withHint(err, codes.NotFound, runNotFoundHint)
+				return withHint(err, errdefs.ErrNotFound, runNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
@@ -105,7 +105,7 @@ func (c *cli) runWatchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withHint(c.watchRun(cmd.Context(), name), codes.NotFound, runNotFoundHint)
+			return withHint(c.watchRun(cmd.Context(), name), errdefs.ErrNotFound, runNotFoundHint)
 		},
 	}
 }
@@ -129,7 +129,7 @@ func (c *cli) runCancelCommand() *cobra.Command {
 			defer cancel()
 			resp, err := servicing.CancelRun(ctx, &osvcv1.CancelRunRequest{Name: name, Reason: reason})
 			if err != nil {
-				return withHint(err, codes.NotFound, runNotFoundHint)
+				return withHint(err, errdefs.ErrNotFound, runNotFoundHint)
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)

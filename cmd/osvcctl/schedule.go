@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -40,14 +39,14 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			}
 			switch {
 			case allApplicable && len(updateIDs) > 0:
-				return errors.New("give --update ID or --all-applicable, not both")
+				return usageErrorf("give --update ID or --all-applicable, not both")
 			case !allApplicable && len(updateIDs) == 0:
-				return fmt.Errorf("choose the updates: give --update ID (repeatable) or --all-applicable; 'osvcctl update list --applicable-to %s' lists them", args[0])
+				return usageErrorf("choose the updates: give --update ID (repeatable) or --all-applicable; 'osvcctl update list --applicable-to %s' lists them", args[0])
 			}
 			// Checked before the run is queued: failing after it would leave
 			// a run the user believes was refused.
 			if quiet && watch {
-				return errors.New("--quiet prints only the run name: use it without --watch, then 'osvcctl run watch RUN'")
+				return usageErrorf("--quiet prints only the run name: use it without --watch, then 'osvcctl run watch RUN'")
 			}
 			schedule := &osvcv1.Schedule{
 				ContinueOnError:          continueOnError,
@@ -57,14 +56,14 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			for _, id := range updateIDs {
 				name, err := updateName(id)
 				if err != nil {
-					return fmt.Errorf("--update: %w", err)
+					return usageErrorf("--update: %w", err)
 				}
 				schedule.Updates = append(schedule.Updates, name)
 			}
 			if startTime != "" {
 				t, err := time.Parse(time.RFC3339, startTime)
 				if err != nil {
-					return fmt.Errorf("--start-time %q: give an RFC 3339 time such as 2026-11-24T22:00:00Z", startTime)
+					return usageErrorf("--start-time %q: give an RFC 3339 time such as 2026-11-24T22:00:00Z", startTime)
 				}
 				schedule.StartTime = timestamppb.New(t)
 			}

@@ -8,9 +8,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 func (c *cli) updateCommand() *cobra.Command {
@@ -31,7 +31,7 @@ in one request.`,
 			dir := args[0]
 			entries, err := os.ReadDir(dir)
 			if err != nil {
-				return fmt.Errorf("update import: %w", err)
+				return usageErrorf("update import: %w", err)
 			}
 			updates, err := c.updates()
 			if err != nil {
@@ -50,7 +50,7 @@ in one request.`,
 				files = append(files, &osvcv1.UpdateFile{FileName: e.Name(), Sha256: content.GetSha256(), SizeBytes: content.GetSizeBytes()})
 			}
 			if len(files) == 0 {
-				return fmt.Errorf("update import: %s holds no files: put the update packages (.cab, .msu) directly in it", dir)
+				return usageErrorf("update import: %s holds no files: put the update packages (.cab, .msu) directly in it", dir)
 			}
 			ctx, cancel := c.callContext(cmd.Context())
 			defer cancel()
@@ -86,13 +86,13 @@ func (c *cli) updateListCommand() *cobra.Command {
 			case "arm64":
 				filter.Architecture = osvcv1.Architecture_ARCHITECTURE_ARM64
 			default:
-				return fmt.Errorf("--arch %q: use x86, x64, arm64 or all", arch)
+				return usageErrorf("--arch %q: use x86, x64, arm64 or all", arch)
 			}
 			image := ""
 			if applicableTo != "" {
 				var err error
 				if image, err = resourceName(collImages, applicableTo); err != nil {
-					return fmt.Errorf("--applicable-to: %w", err)
+					return usageErrorf("--applicable-to: %w", err)
 				}
 			}
 			updates, err := c.updates()
@@ -109,7 +109,7 @@ func (c *cli) updateListCommand() *cobra.Command {
 						Image: image, PageSize: listPageSize, PageToken: token, Filter: filter})
 					cancel()
 					if err != nil {
-						return withHint(err, codes.NotFound, imageNotFoundHint)
+						return withHint(err, errdefs.ErrNotFound, imageNotFoundHint)
 					}
 					page, token = resp.GetUpdates(), resp.GetNextPageToken()
 				} else {
@@ -161,7 +161,7 @@ func (c *cli) updateGetCommand() *cobra.Command {
 			defer cancel()
 			resp, err := updates.GetUpdate(ctx, &osvcv1.GetUpdateRequest{Name: name})
 			if err != nil {
-				return withHint(err, codes.NotFound, updateNotFoundHint(name))
+				return withHint(err, errdefs.ErrNotFound, updateNotFoundHint(name))
 			}
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)

@@ -61,13 +61,13 @@ func (c *cli) upload(ctx context.Context, w io.Writer, path, mediaType string) (
 func statRegularFile(path string) (os.FileInfo, error) {
 	fi, err := os.Stat(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("file %s does not exist", path)
+		return nil, usageErrorf("file %s does not exist", path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("upload: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file: give the path of a file", path)
+		return nil, usageErrorf("%s is not a regular file: give the path of a file", path)
 	}
 	return fi, nil
 }

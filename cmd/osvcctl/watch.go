@@ -9,10 +9,9 @@ import (
 	"time"
 
 	"github.com/jedib0t/go-pretty/v6/progress"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // Reconnecting a watch: a server restart or a replica going away ends the
@@ -93,7 +92,7 @@ func (c *cli) watchRun(ctx context.Context, name string) error {
 			display.close()
 			return fmt.Errorf("stopped watching %s; the run goes on ('osvcctl run cancel %s' stops it)", name, name)
 		}
-		if err != nil && (last == nil || status.Code(err) != codes.Unavailable) {
+		if err != nil && (last == nil || !errors.Is(err, errdefs.ErrUnavailable)) {
 			display.close()
 			return err
 		}

@@ -13,10 +13,9 @@ import (
 	"os"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // ChunkSize is the size of the data chunks sent in each message.
@@ -88,11 +87,11 @@ func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType 
 
 	// Ask first: a held blob costs one small call instead of a stream.
 	got, err := c.GetContent(ctx, &osvcv1.GetContentRequest{Sha256: sum})
-	switch status.Code(err) {
-	case codes.OK:
+	switch err = errdefs.ToNative(err); {
+	case err == nil:
 		progress(size, size)
 		return got.GetContent(), nil
-	case codes.NotFound:
+	case errors.Is(err, errdefs.ErrNotFound):
 	default:
 		return nil, fmt.Errorf("upload %s: ask the server for %s: %w", path, sum, err)
 	}
@@ -209,7 +208,7 @@ func download(ctx context.Context, c osvcv1.ContentServiceClient, sum, dst strin
 		return false, fmt.Errorf("download %s: read %s: %w", sum, partial, err)
 	}
 	stream, err := openRead(ctx, c, sum, offset)
-	if status.Code(err) == codes.OutOfRange {
+	if errors.Is(errdefs.ToNative(err), errdefs.ErrOutOfRange) {
 		// The partial file is longer than the blob: it cannot be a prefix of it.
 		if err := restart(f, h); err != nil {
 			return false, fmt.Errorf("download %s: %w", sum, err)

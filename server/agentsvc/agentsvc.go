@@ -20,10 +20,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -321,7 +321,7 @@ func (s *Service) pushAssigned(ctx context.Context, c *conn) error {
 			continue
 		}
 		run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -355,29 +355,4 @@ func (s *Service) ListAgents(ctx context.Context, pageSize int, token string) ([
 		a.Runs = runs[a.GetName()]
 	}
 	return agents, next, nil
-}
-
-// Code maps a domain error to the gRPC code an Ack carries: a stale fencing
-// token is ABORTED, an unknown run NOT_FOUND.
-func Code(err error) codes.Code {
-	switch {
-	case err == nil:
-		return codes.OK
-	case errors.Is(err, store.ErrStaleLease):
-		return codes.Aborted
-	case errors.Is(err, store.ErrNotFound):
-		return codes.NotFound
-	case errors.Is(err, store.ErrInvalidArgument):
-		return codes.InvalidArgument
-	case errors.Is(err, store.ErrFailedPrecondition):
-		return codes.FailedPrecondition
-	case errors.Is(err, store.ErrContended):
-		// Contended, not refused: the agent may send the report again.
-		return codes.Unavailable
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	}
-	return codes.Internal
 }

@@ -20,6 +20,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agentsvc"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/scheduler"
@@ -745,7 +746,7 @@ func TestAnAssignWhoseTokenWentStaleIsNotTriedAgain(t *testing.T) {
 				attempts++
 				mu.Unlock()
 				defer close(stale)
-				return nil, fmt.Errorf("assign %s: token %d (injected): %w", run, token, store.ErrStaleLease)
+				return nil, fmt.Errorf("assign %s: token %d (injected): %w", run, token, errdefs.ErrStaleLease)
 			})
 		},
 	})

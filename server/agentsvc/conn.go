@@ -17,6 +17,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -228,7 +229,7 @@ func (s *Service) lease(ctx context.Context, c *conn) (bool, error) {
 			c.leaseID = clientv3.LeaseID(p.GetLeaseId())
 			return true, nil
 		}
-	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+	} else if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return false, err
 	}
 	g, err := s.client.Grant(ctx, int64((s.leaseTTL+time.Second-1)/time.Second))
@@ -356,7 +357,7 @@ func (c *conn) read(stream osvcv1.AgentService_ConnectServer, work chan<- *osvcv
 			c.mu.Unlock()
 			continue
 		case nil:
-			c.ack(req.GetId(), codes.InvalidArgument, "empty message; send one of the agent messages")
+			c.ack(req.GetId(), errdefs.InvalidArgument("message", "empty message; send one of the agent messages"))
 			continue
 		}
 		c.blocked.Store(true)
@@ -384,17 +385,14 @@ func (c *conn) work(work <-chan *osvcv1.ConnectRequest) {
 			req = r
 		}
 		err := c.handle(req)
-		code := Code(err)
-		msg := ""
 		if err != nil {
-			msg = err.Error()
-			if code == codes.Internal || code == codes.Unavailable {
+			if code := errdefs.Code(err); code == codes.Internal || code == codes.Unavailable {
 				c.s.logger.Warn("report not accepted", "agent", c.name, "error", err)
 			} else {
 				c.s.logger.Debug("report refused", "agent", c.name, "code", code, "error", err)
 			}
 		}
-		c.ack(req.GetId(), code, msg)
+		c.ack(req.GetId(), err)
 	}
 }
 
@@ -412,13 +410,19 @@ func (c *conn) handle(req *osvcv1.ConnectRequest) error {
 	case *osvcv1.ConnectRequest_RunResult:
 		return sv.ReportRunResult(c.ctx, c.name, m.RunResult)
 	case *osvcv1.ConnectRequest_Hello:
-		return fmt.Errorf("hello was already received on this stream; reconnect to say hello again: %w", store.ErrFailedPrecondition)
+		return fmt.Errorf("hello was already received on this stream; reconnect to say hello again: %w", errdefs.ErrFailedPrecondition)
 	}
-	return fmt.Errorf("unknown agent message %T; upgrade the server: %w", req.GetMessage(), store.ErrInvalidArgument)
+	return fmt.Errorf("unknown agent message %T; upgrade the server: %w", req.GetMessage(), errdefs.ErrInvalidArgument)
 }
 
-func (c *conn) ack(id uint64, code codes.Code, msg string) {
-	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: &osvcv1.Ack{Id: id, Code: int32(code), Message: msg}}})
+// ack answers report id with err as errdefs translates it: its code, its
+// reason when the code is shared, and its message.
+func (c *conn) ack(id uint64, err error) {
+	ack := &osvcv1.Ack{Id: id}
+	if err != nil {
+		ack.Code, ack.Reason, ack.Message = int32(errdefs.Code(err)), errdefs.Reason(err), err.Error()
+	}
+	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: ack}})
 }
 
 // beats writes heartbeats to the agent record at most once per interval, and
@@ -556,7 +560,7 @@ func (c *conn) buildAssign(run string, token int64) ([]*osvcv1.ConnectResponse, 
 // it for the next resync to queue again: a run leased to a connected agent
 // that never got its Assign would stay LEASED for good.
 func (c *conn) assignFailed(run string, token int64, err error) {
-	if errors.Is(err, store.ErrStaleLease) {
+	if errors.Is(err, errdefs.ErrStaleLease) {
 		// The run ended or moved on before its turn came.
 		c.s.logger.Debug("Assign no longer current", "agent", c.name, "run", run, "error", err)
 		return

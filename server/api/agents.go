@@ -7,8 +7,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agentsvc"
-	"github.com/osvc/osvc/server/store"
 )
 
 type agentServer struct {
@@ -40,7 +40,7 @@ func (a *agentServer) Connect(stream osvcv1.AgentService_ConnectServer) error {
 
 func (a *agentServer) ListAgents(ctx context.Context, req *osvcv1.ListAgentsRequest) (*osvcv1.ListAgentsResponse, error) {
 	if req.GetPageSize() < 0 {
-		return nil, Status(store.InvalidArgument("page_size", "send 0 for the default or a positive size"))
+		return nil, Status(errdefs.InvalidArgument("page_size", "send 0 for the default or a positive size"))
 	}
 	agents, next, err := a.svc.ListAgents(ctx, int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {

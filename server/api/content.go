@@ -8,12 +8,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/content"
-	"github.com/osvc/osvc/server/store"
 )
 
 // readChunkSize is the data carried by one ReadResponse: well under gRPC's
@@ -39,10 +37,10 @@ func NewContentServer(lib *content.Library, logger hclog.Logger) osvcv1.ContentS
 // partial download is complete learns the size.
 func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
 	if req.GetOffset() < 0 {
-		return Status(store.InvalidArgument("offset", fmt.Sprintf("%d is negative", req.GetOffset())))
+		return Status(errdefs.InvalidArgument("offset", fmt.Sprintf("%d is negative", req.GetOffset())))
 	}
 	if req.GetLimit() < 0 {
-		return Status(store.InvalidArgument("limit", fmt.Sprintf("%d is negative; send 0 to read to the end", req.GetLimit())))
+		return Status(errdefs.InvalidArgument("limit", fmt.Sprintf("%d is negative; send 0 to read to the end", req.GetLimit())))
 	}
 	f, err := s.lib.Open(req.GetSha256())
 	if err != nil {
@@ -56,7 +54,7 @@ func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamin
 	size := info.Size()
 	offset := req.GetOffset()
 	if offset > size {
-		return status.Errorf(codes.OutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size)
+		return Status(errdefs.Newf(errdefs.ErrOutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size))
 	}
 	end := size
 	if limit := req.GetLimit(); limit > 0 && offset+limit < size {
@@ -90,14 +88,14 @@ func (s *contentServer) Write(stream grpc.ClientStreamingServer[osvcv1.WriteRequ
 	ctx := stream.Context()
 	first, err := stream.Recv()
 	if errors.Is(err, io.EOF) {
-		return Status(store.InvalidArgument("header", "the upload is empty; send the header first"))
+		return Status(errdefs.InvalidArgument("header", "the upload is empty; send the header first"))
 	}
 	if err != nil {
 		return err
 	}
 	h := first.GetHeader()
 	if h == nil {
-		return Status(store.InvalidArgument("header", "the first message must be the header, data follows it"))
+		return Status(errdefs.InvalidArgument("header", "the first message must be the header, data follows it"))
 	}
 	// The library reads straight from the stream: no goroutine and no pipe, so
 	// nothing touches the stream after this handler returns.
@@ -135,7 +133,7 @@ func (r *streamReader) Read(p []byte) (int, error) {
 			return 0, err // io.EOF at the end of the upload
 		}
 		if req.GetHeader() != nil {
-			return 0, store.InvalidArgument("header", "only the first message carries the header")
+			return 0, errdefs.InvalidArgument("header", "only the first message carries the header")
 		}
 		r.buf = req.GetData()
 	}

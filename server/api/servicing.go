@@ -7,8 +7,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/servicing"
-	"github.com/osvc/osvc/server/store"
 )
 
 type servicingServer struct {
@@ -27,10 +27,10 @@ func NewServicingServer(s *servicing.Service, logger hclog.Logger) osvcv1.Servic
 
 func (a *servicingServer) CreateSchedule(ctx context.Context, req *osvcv1.CreateScheduleRequest) (*osvcv1.CreateScheduleResponse, error) {
 	if req.GetParent() == "" {
-		return nil, Status(store.InvalidArgument("parent", "name the image to service, images/{id}"))
+		return nil, Status(errdefs.InvalidArgument("parent", "name the image to service, images/{id}"))
 	}
 	if req.GetSchedule() == nil {
-		return nil, Status(store.InvalidArgument("schedule", "send the schedule: its updates, or all_applicable"))
+		return nil, Status(errdefs.InvalidArgument("schedule", "send the schedule: its updates, or all_applicable"))
 	}
 	sched, run, err := a.svc.CreateSchedule(ctx, req.GetParent(), req.GetSchedule(), req.GetAllApplicable())
 	if err != nil {
@@ -49,7 +49,7 @@ func (a *servicingServer) GetRun(ctx context.Context, req *osvcv1.GetRunRequest)
 
 func (a *servicingServer) ListRuns(ctx context.Context, req *osvcv1.ListRunsRequest) (*osvcv1.ListRunsResponse, error) {
 	if req.GetPageSize() < 0 {
-		return nil, Status(store.InvalidArgument("page_size", "send 0 for the default or a positive size"))
+		return nil, Status(errdefs.InvalidArgument("page_size", "send 0 for the default or a positive size"))
 	}
 	runs, next, err := a.svc.ListRuns(ctx, req.GetImage(), int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
@@ -60,7 +60,7 @@ func (a *servicingServer) ListRuns(ctx context.Context, req *osvcv1.ListRunsRequ
 
 func (a *servicingServer) WatchRun(req *osvcv1.WatchRunRequest, stream osvcv1.ServicingService_WatchRunServer) error {
 	if req.GetAfterSequence() < 0 {
-		return Status(store.InvalidArgument("after_sequence", "send 0 for every line or the last sequence you have"))
+		return Status(errdefs.InvalidArgument("after_sequence", "send 0 for every line or the last sequence you have"))
 	}
 	err := a.svc.WatchRun(stream.Context(), req.GetName(), req.GetAfterSequence(), func(run *osvcv1.Run, lines []*osvcv1.LogLine) error {
 		return stream.Send(&osvcv1.WatchRunResponse{Run: run, LogLines: lines})

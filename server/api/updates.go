@@ -7,8 +7,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
-	"github.com/osvc/osvc/server/store"
 )
 
 type updateServer struct {
@@ -57,7 +57,7 @@ func (s *updateServer) ListApplicableUpdates(ctx context.Context, req *osvcv1.Li
 		return nil, Status(err)
 	}
 	if _, err := catalog.ImageID(req.GetImage()); err != nil {
-		return nil, Status(store.InvalidArgument("image", "want images/{id}, got "+strconv.Quote(req.GetImage())))
+		return nil, Status(errdefs.InvalidArgument("image", "want images/{id}, got "+strconv.Quote(req.GetImage())))
 	}
 	updates, next, err := s.catalog.ListApplicableUpdates(ctx, req.GetImage(), req.GetFilter(), int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
@@ -69,7 +69,7 @@ func (s *updateServer) ListApplicableUpdates(ctx context.Context, req *osvcv1.Li
 // checkCatalogPageSize refuses a negative page size; zero means the default.
 func checkCatalogPageSize(n int32) error {
 	if n < 0 {
-		return store.InvalidArgument("page_size", "must not be negative; send 0 for the default of 50")
+		return errdefs.InvalidArgument("page_size", "must not be negative; send 0 for the default of 50")
 	}
 	return nil
 }

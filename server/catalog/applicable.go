@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -159,11 +160,11 @@ func encodeApplicableToken(imageName, lastUpdate string) string {
 func decodeApplicableToken(imageName, token string) (string, error) {
 	raw, err := base64.RawURLEncoding.DecodeString(token)
 	if err != nil {
-		return "", store.InvalidArgument("page_token", "not a token returned by this list; start again without one")
+		return "", errdefs.InvalidArgument("page_token", "not a token returned by this list; start again without one")
 	}
 	img, last, ok := strings.Cut(string(raw), "\x00")
 	if !ok || img != imageName || !strings.HasPrefix(last, updatesCollection) {
-		return "", store.InvalidArgument("page_token", "the token belongs to another list; start again without one")
+		return "", errdefs.InvalidArgument("page_token", "the token belongs to another list; start again without one")
 	}
 	return last, nil
 }

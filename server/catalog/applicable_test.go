@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/server/catalog"
-	"github.com/osvc/osvc/server/store"
 )
 
 func identity(name, arch, version string) string {
@@ -151,10 +151,10 @@ func TestListApplicableUpdatesPagesThroughAnImportedImage(t *testing.T) {
 		token   string
 		wantErr error
 	}{
-		{"an unknown image", "images/nope", "", store.ErrNotFound},
-		{"a bad image name", "win11", "", store.ErrInvalidArgument},
-		{"a damaged token", "images/win11", "%%%", store.ErrInvalidArgument},
-		{"a token of a list of updates", "images/win11", "dXBkYXRlcy9rYjE", store.ErrInvalidArgument},
+		{"an unknown image", "images/nope", "", errdefs.ErrNotFound},
+		{"a bad image name", "win11", "", errdefs.ErrInvalidArgument},
+		{"a damaged token", "images/win11", "%%%", errdefs.ErrInvalidArgument},
+		{"a token of a list of updates", "images/win11", "dXBkYXRlcy9rYjE", errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/wiminfo"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -67,10 +68,10 @@ type ImportImage struct {
 // current. An image id already taken is ErrConflict.
 func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Image, error) {
 	if err := ValidateID(req.ID); err != nil {
-		return nil, store.InvalidArgument("image_id", err.Error())
+		return nil, errdefs.InvalidArgument("image_id", err.Error())
 	}
 	if err := ValidateSite(req.Site); err != nil {
-		return nil, store.InvalidArgument("site", err.Error())
+		return nil, errdefs.InvalidArgument("site", err.Error())
 	}
 	kind := req.Kind
 	switch kind {
@@ -78,10 +79,10 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 		kind = osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE
 	case osvcv1.ImageKind_IMAGE_KIND_OS_IMAGE, osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE:
 	default:
-		return nil, store.InvalidArgument("kind", fmt.Sprintf("unknown image kind %d; send IMAGE_KIND_OS_IMAGE or IMAGE_KIND_OS_UPGRADE_PACKAGE", kind))
+		return nil, errdefs.InvalidArgument("kind", fmt.Sprintf("unknown image kind %d; send IMAGE_KIND_OS_IMAGE or IMAGE_KIND_OS_UPGRADE_PACKAGE", kind))
 	}
 	if err := validateSHA256(req.ContentSHA256); err != nil {
-		return nil, store.InvalidArgument("content_sha256", err.Error())
+		return nil, errdefs.InvalidArgument("content_sha256", err.Error())
 	}
 	blob, err := c.content(ctx, req.ContentSHA256, "upload the WIM first with ContentService.Write / osvcctl image import")
 	if err != nil {
@@ -89,11 +90,11 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	}
 	indexes, err := wiminfo.ReadFile(c.lib.Path(blob.GetSha256()))
 	if err != nil {
-		return nil, store.InvalidArgument("content_sha256",
+		return nil, errdefs.InvalidArgument("content_sha256",
 			fmt.Sprintf("content %s is not a WIM file (%v); upload the .wim file itself", blob.GetSha256(), err))
 	}
 	if len(indexes) == 0 {
-		return nil, store.InvalidArgument("content_sha256",
+		return nil, errdefs.InvalidArgument("content_sha256",
 			fmt.Sprintf("WIM %s holds no image index; upload a WIM with at least one image", blob.GetSha256()))
 	}
 	displayName := req.DisplayName
@@ -119,8 +120,8 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 		UpdateTime:      now,
 	}
 	if _, err := c.store.Create(ctx, c.store.ImageKey(req.ID), img); err != nil {
-		if errors.Is(err, store.ErrConflict) {
-			return nil, fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, store.ErrConflict)
+		if errors.Is(err, errdefs.ErrConflict) {
+			return nil, fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, errdefs.ErrConflict)
 		}
 		return nil, fmt.Errorf("import image %s: %w", img.Name, err)
 	}
@@ -132,8 +133,8 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 // ErrFailedPrecondition with hint telling the user how to upload it.
 func (c *Catalog) content(ctx context.Context, sha, hint string) (*osvcv1.Content, error) {
 	blob, err := c.lib.Stat(ctx, sha)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("content %s is not in the content library; %s: %w", sha, hint, store.ErrFailedPrecondition)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("content %s is not in the content library; %s: %w", sha, hint, errdefs.ErrFailedPrecondition)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up content %s: %w", sha, err)
@@ -148,8 +149,8 @@ func (c *Catalog) GetImage(ctx context.Context, name string) (*osvcv1.Image, err
 		return nil, err
 	}
 	img, _, err := store.Get[*osvcv1.Image](ctx, c.store, c.store.ImageKey(id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("image %s: %w", name, store.ErrNotFound)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("image %s: %w", name, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get image %s: %w", name, err)
@@ -161,7 +162,7 @@ func (c *Catalog) GetImage(ctx context.Context, name string) (*osvcv1.Image, err
 func (c *Catalog) ListImages(ctx context.Context, site string, pageSize int, token string) ([]*osvcv1.Image, string, error) {
 	if site != "" {
 		if err := ValidateSite(site); err != nil {
-			return nil, "", store.InvalidArgument("site", err.Error())
+			return nil, "", errdefs.InvalidArgument("site", err.Error())
 		}
 	}
 	return listFiltered(ctx, c.store, c.store.ImagesPrefix(), pageSize, token, func(img *osvcv1.Image) bool {

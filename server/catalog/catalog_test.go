@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -109,7 +110,7 @@ func randomBytes(t *testing.T, n int) []byte {
 }
 
 func fieldOf(err error) string {
-	var v *store.FieldViolation
+	var v *errdefs.FieldViolation
 	if errors.As(err, &v) {
 		return v.Field
 	}
@@ -172,18 +173,18 @@ func TestImportImageRefusesBadRequests(t *testing.T) {
 		wantErr   error
 		wantField string
 	}{
-		{"an upper-case id", catalog.ImportImage{ID: "Win11", Site: "PS1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "image_id"},
-		{"an empty id", catalog.ImportImage{Site: "PS1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "image_id"},
-		{"an id starting with a digit", catalog.ImportImage{ID: "11win", Site: "PS1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "image_id"},
-		{"an id with a slash", catalog.ImportImage{ID: "win/../x", Site: "PS1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "image_id"},
-		{"an id of 64 characters", catalog.ImportImage{ID: "a123456789012345678901234567890123456789012345678901234567890123", Site: "PS1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "image_id"},
-		{"a lower-case site", catalog.ImportImage{ID: "win", Site: "ps1", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "site"},
-		{"a site of four characters", catalog.ImportImage{ID: "win", Site: "PS12", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "site"},
-		{"no site", catalog.ImportImage{ID: "win", ContentSHA256: wim.Sha256}, store.ErrInvalidArgument, "site"},
-		{"an unknown kind", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: wim.Sha256, Kind: 42}, store.ErrInvalidArgument, "kind"},
-		{"a malformed sha256", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: "../../etc/passwd"}, store.ErrInvalidArgument, "content_sha256"},
-		{"content not in the library", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: missing}, store.ErrFailedPrecondition, ""},
-		{"content that is not a WIM", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: notWIM.Sha256}, store.ErrInvalidArgument, "content_sha256"},
+		{"an upper-case id", catalog.ImportImage{ID: "Win11", Site: "PS1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "image_id"},
+		{"an empty id", catalog.ImportImage{Site: "PS1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "image_id"},
+		{"an id starting with a digit", catalog.ImportImage{ID: "11win", Site: "PS1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "image_id"},
+		{"an id with a slash", catalog.ImportImage{ID: "win/../x", Site: "PS1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "image_id"},
+		{"an id of 64 characters", catalog.ImportImage{ID: "a123456789012345678901234567890123456789012345678901234567890123", Site: "PS1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "image_id"},
+		{"a lower-case site", catalog.ImportImage{ID: "win", Site: "ps1", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "site"},
+		{"a site of four characters", catalog.ImportImage{ID: "win", Site: "PS12", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "site"},
+		{"no site", catalog.ImportImage{ID: "win", ContentSHA256: wim.Sha256}, errdefs.ErrInvalidArgument, "site"},
+		{"an unknown kind", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: wim.Sha256, Kind: 42}, errdefs.ErrInvalidArgument, "kind"},
+		{"a malformed sha256", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: "../../etc/passwd"}, errdefs.ErrInvalidArgument, "content_sha256"},
+		{"content not in the library", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: missing}, errdefs.ErrFailedPrecondition, ""},
+		{"content that is not a WIM", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: notWIM.Sha256}, errdefs.ErrInvalidArgument, "content_sha256"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
@@ -215,7 +216,7 @@ func TestImportImageOfATakenIDIsAConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.Site = "PS2"
-	if _, err := f.cat.ImportImage(ctx, req); !errors.Is(err, store.ErrConflict) {
+	if _, err := f.cat.ImportImage(ctx, req); !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("second ImportImage: got %v, want ErrConflict", err)
 	}
 	img, err := f.cat.GetImage(ctx, "images/win11")
@@ -234,11 +235,11 @@ func TestGetImageOfABadOrUnknownName(t *testing.T) {
 		name    string
 		wantErr error
 	}{
-		{"images/nope", store.ErrNotFound},
-		{"nope", store.ErrInvalidArgument},
-		{"updates/nope", store.ErrInvalidArgument},
-		{"images/", store.ErrInvalidArgument},
-		{"images/a/b", store.ErrInvalidArgument},
+		{"images/nope", errdefs.ErrNotFound},
+		{"nope", errdefs.ErrInvalidArgument},
+		{"updates/nope", errdefs.ErrInvalidArgument},
+		{"images/", errdefs.ErrInvalidArgument},
+		{"images/a/b", errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%q is %v", tt.name, tt.wantErr), func(t *testing.T) {
@@ -291,7 +292,7 @@ func TestListImagesPagesAndFiltersBySite(t *testing.T) {
 	if names, _ := collect("PS2", 1); fmt.Sprint(names) != "[images/a2 images/a4]" {
 		t.Errorf("PS2's images one by one: %v", names)
 	}
-	if _, _, err := f.cat.ListImages(ctx, "", 2, "not-a-token!"); !errors.Is(err, store.ErrInvalidArgument) {
+	if _, _, err := f.cat.ListImages(ctx, "", 2, "not-a-token!"); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("a damaged page token: got %v, want ErrInvalidArgument", err)
 	}
 	if _, _, err := f.cat.ListImages(ctx, "xx", 2, ""); fieldOf(err) != "site" {

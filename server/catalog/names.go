@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/content"
-	"github.com/osvc/osvc/server/store"
 )
 
 const (
@@ -31,10 +31,10 @@ func UpdateID(name string) (string, error) { return idFromName(name, updatesColl
 func idFromName(name, collection string) (string, error) {
 	id, ok := strings.CutPrefix(name, collection)
 	if !ok {
-		return "", store.InvalidArgument("name", "want "+collection+"{id}, got "+quote(name))
+		return "", errdefs.InvalidArgument("name", "want "+collection+"{id}, got "+quote(name))
 	}
 	if err := ValidateID(id); err != nil {
-		return "", store.InvalidArgument("name", "in "+quote(name)+": "+err.Error())
+		return "", errdefs.InvalidArgument("name", "in "+quote(name)+": "+err.Error())
 	}
 	return id, nil
 }

@@ -19,6 +19,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/server/store"
 )
@@ -52,10 +53,10 @@ const maxUpdateIDSuffix = 100
 // identity index in one transaction.
 func (c *Catalog) ImportUpdates(ctx context.Context, files []*osvcv1.UpdateFile) ([]*osvcv1.Update, error) {
 	if len(files) == 0 {
-		return nil, store.InvalidArgument("files", "no files; send at least one file uploaded with ContentService.Write")
+		return nil, errdefs.InvalidArgument("files", "no files; send at least one file uploaded with ContentService.Write")
 	}
 	if len(files) > maxImportFiles {
-		return nil, store.InvalidArgument("files", fmt.Sprintf("%d files in one request; send at most %d at a time", len(files), maxImportFiles))
+		return nil, errdefs.InvalidArgument("files", fmt.Sprintf("%d files in one request; send at most %d at a time", len(files), maxImportFiles))
 	}
 	candidates := make([]*osvcv1.Update, 0, len(files))
 	for i, f := range files {
@@ -81,17 +82,17 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	name := f.GetFileName()
 	if name == "" || name != filepath.Base(name) || strings.ContainsAny(name, `/\`) || name == "." || name == ".." ||
 		strings.ContainsFunc(name, unicode.IsControl) || len(name) > maxFileNameLen {
-		return nil, store.InvalidArgument(field+".file_name", "want a plain file name such as windows11.0-kb5031354-x64.msu, got "+quote(name))
+		return nil, errdefs.InvalidArgument(field+".file_name", "want a plain file name such as windows11.0-kb5031354-x64.msu, got "+quote(name))
 	}
 	if err := validateSHA256(f.GetSha256()); err != nil {
-		return nil, store.InvalidArgument(field+".sha256", err.Error())
+		return nil, errdefs.InvalidArgument(field+".sha256", err.Error())
 	}
 	blob, err := c.content(ctx, f.GetSha256(), "upload "+name+" first with ContentService.Write / osvcctl update import")
 	if err != nil {
 		return nil, err
 	}
 	if f.GetSizeBytes() != 0 && f.GetSizeBytes() != blob.GetSizeBytes() {
-		return nil, store.InvalidArgument(field+".size_bytes",
+		return nil, errdefs.InvalidArgument(field+".size_bytes",
 			fmt.Sprintf("%s is %d bytes in the content library, not %d; send 0 or the right size", name, blob.GetSizeBytes(), f.GetSizeBytes()))
 	}
 	file := &osvcv1.UpdateFile{FileName: name, Sha256: blob.GetSha256(), SizeBytes: blob.GetSizeBytes()}
@@ -101,7 +102,7 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	switch {
 	case errors.Is(err, updatepkg.ErrUnsupported):
 		if isPackageName(name) && !isCabinet(c.lib.Path(file.Sha256)) {
-			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is named like an update package but is not a cabinet; upload the CAB or MSU again", name))
+			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is named like an update package but is not a cabinet; upload the CAB or MSU again", name))
 		}
 		// Not a package the engines read (an .exe, a driver or LZX cabinet):
 		// recorded so an administrator can select it, as Configuration
@@ -117,9 +118,9 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 			CreateTime:     now,
 		}, nil
 	case err != nil:
-		return nil, store.InvalidArgument(field, fmt.Sprintf("%s is a damaged update package (%v); upload the CAB or MSU again", name, err))
+		return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is a damaged update package (%v); upload the CAB or MSU again", name, err))
 	case pkg.Manifest == nil:
-		return nil, store.InvalidArgument(field, name+" holds no package manifest (update.mum)")
+		return nil, errdefs.InvalidArgument(field, name+" holds no package manifest (update.mum)")
 	}
 	m := pkg.Manifest
 	identity := m.Identity.String()
@@ -228,7 +229,7 @@ func (c *Catalog) storeUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Up
 		}
 		// The id is taken by another update: try the next suffix.
 	}
-	return nil, fmt.Errorf("no free update id from %s after %d tries; rename the file: %w", base, maxUpdateIDSuffix, store.ErrConflict)
+	return nil, fmt.Errorf("no free update id from %s after %d tries; rename the file: %w", base, maxUpdateIDSuffix, errdefs.ErrConflict)
 }
 
 // baseUpdateID derives a readable id such as kb5031354-x64 from the KB and
@@ -320,8 +321,8 @@ func (c *Catalog) GetUpdate(ctx context.Context, name string) (*osvcv1.Update, e
 		return nil, err
 	}
 	u, _, err := store.Get[*osvcv1.Update](ctx, c.store, c.store.UpdateKey(id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("update %s: %w", name, store.ErrNotFound)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("update %s: %w", name, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get update %s: %w", name, err)
@@ -345,7 +346,7 @@ func newFilter(f *osvcv1.UpdateFilter) (func(*osvcv1.Update) bool, error) {
 	text := strings.ToLower(strings.TrimSpace(f.GetText()))
 	arch := f.GetArchitecture()
 	if _, known := osvcv1.Architecture_name[int32(arch)]; !known {
-		return nil, store.InvalidArgument("filter.architecture", fmt.Sprintf("unknown architecture %d; send ARCHITECTURE_X86, X64, ARM64 or NEUTRAL", arch))
+		return nil, errdefs.InvalidArgument("filter.architecture", fmt.Sprintf("unknown architecture %d; send ARCHITECTURE_X86, X64, ARM64 or NEUTRAL", arch))
 	}
 	return func(u *osvcv1.Update) bool {
 		if arch != osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED &&

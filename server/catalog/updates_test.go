@@ -10,9 +10,9 @@ import (
 	"time"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/server/catalog"
-	"github.com/osvc/osvc/server/store"
 )
 
 const token = "31bf3856ad364e35"
@@ -232,16 +232,16 @@ func TestImportUpdatesRefusesBadFilesAndWritesNothing(t *testing.T) {
 		wantField string
 		wantText  string
 	}{
-		{"a damaged CAB", damaged, store.ErrInvalidArgument, "files[1]", "kb5039999-x64.cab"},
-		{"a file name with a path", &osvcv1.UpdateFile{FileName: "../evil.cab", Sha256: good.Sha256}, store.ErrInvalidArgument, "files[1].file_name", ""},
-		{"a file name with a backslash", &osvcv1.UpdateFile{FileName: `..\evil.cab`, Sha256: good.Sha256}, store.ErrInvalidArgument, "files[1].file_name", ""},
-		{"no file name", &osvcv1.UpdateFile{Sha256: good.Sha256}, store.ErrInvalidArgument, "files[1].file_name", ""},
-		{"a file name with a newline", &osvcv1.UpdateFile{FileName: "kb1\nforged log line.cab", Sha256: good.Sha256}, store.ErrInvalidArgument, "files[1].file_name", ""},
-		{"a file name of 300 characters", &osvcv1.UpdateFile{FileName: strings.Repeat("k", 296) + ".cab", Sha256: good.Sha256}, store.ErrInvalidArgument, "files[1].file_name", ""},
-		{"a .cab that is not a cabinet", &osvcv1.UpdateFile{FileName: "kb5038888.cab", Sha256: f.put(t, []byte("MZ an exe named .cab")).Sha256}, store.ErrInvalidArgument, "files[1]", "kb5038888.cab"},
-		{"a malformed sha256", &osvcv1.UpdateFile{FileName: "a.cab", Sha256: "XYZ"}, store.ErrInvalidArgument, "files[1].sha256", ""},
-		{"a file not uploaded", &osvcv1.UpdateFile{FileName: "kb1.cab", Sha256: missing}, store.ErrFailedPrecondition, "", "kb1.cab"},
-		{"a wrong size", &osvcv1.UpdateFile{FileName: "kb5031000.cab", Sha256: good.Sha256, SizeBytes: 1}, store.ErrInvalidArgument, "files[1].size_bytes", ""},
+		{"a damaged CAB", damaged, errdefs.ErrInvalidArgument, "files[1]", "kb5039999-x64.cab"},
+		{"a file name with a path", &osvcv1.UpdateFile{FileName: "../evil.cab", Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
+		{"a file name with a backslash", &osvcv1.UpdateFile{FileName: `..\evil.cab`, Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
+		{"no file name", &osvcv1.UpdateFile{Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
+		{"a file name with a newline", &osvcv1.UpdateFile{FileName: "kb1\nforged log line.cab", Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
+		{"a file name of 300 characters", &osvcv1.UpdateFile{FileName: strings.Repeat("k", 296) + ".cab", Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
+		{"a .cab that is not a cabinet", &osvcv1.UpdateFile{FileName: "kb5038888.cab", Sha256: f.put(t, []byte("MZ an exe named .cab")).Sha256}, errdefs.ErrInvalidArgument, "files[1]", "kb5038888.cab"},
+		{"a malformed sha256", &osvcv1.UpdateFile{FileName: "a.cab", Sha256: "XYZ"}, errdefs.ErrInvalidArgument, "files[1].sha256", ""},
+		{"a file not uploaded", &osvcv1.UpdateFile{FileName: "kb1.cab", Sha256: missing}, errdefs.ErrFailedPrecondition, "", "kb1.cab"},
+		{"a wrong size", &osvcv1.UpdateFile{FileName: "kb5031000.cab", Sha256: good.Sha256, SizeBytes: 1}, errdefs.ErrInvalidArgument, "files[1].size_bytes", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -108,7 +109,7 @@ func ValidSHA256(s string) bool {
 
 func checkSHA256(s string) error {
 	if !ValidSHA256(s) {
-		return store.InvalidArgument("sha256", fmt.Sprintf("%q is not a sha256: want 64 lower-case hex digits", s))
+		return errdefs.InvalidArgument("sha256", fmt.Sprintf("%q is not a sha256: want 64 lower-case hex digits", s))
 	}
 	return nil
 }
@@ -140,7 +141,7 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		}
 	}
 	if h.SizeBytes < 0 {
-		return nil, false, store.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
+		return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
 	}
 	if h.MediaType == "" {
 		h.MediaType = DefaultMediaType
@@ -170,12 +171,12 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		return nil, false, fmt.Errorf("content library: receive data: %w", err)
 	}
 	if h.SizeBytes > 0 && n != h.SizeBytes {
-		return nil, false, store.InvalidArgument("size_bytes",
+		return nil, false, errdefs.InvalidArgument("size_bytes",
 			fmt.Sprintf("the header announced %d bytes but the data has %s", h.SizeBytes, sizeDesc(n, h.SizeBytes)))
 	}
 	sum := hex.EncodeToString(hash.Sum(nil))
 	if h.SHA256 != "" && sum != h.SHA256 {
-		return nil, false, store.InvalidArgument("sha256",
+		return nil, false, errdefs.InvalidArgument("sha256",
 			fmt.Sprintf("the data hashes to %s, not %s as the header says; the upload was damaged or the header is wrong", sum, h.SHA256))
 	}
 	if h.SHA256 == "" {
@@ -208,7 +209,7 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		CreateTime: timestamppb.Now(),
 	}
 	if _, err := l.store.Create(ctx, l.store.ContentKey(sum), c); err != nil {
-		if errors.Is(err, store.ErrConflict) {
+		if errors.Is(err, errdefs.ErrConflict) {
 			// Someone recorded the same blob meanwhile; theirs stands.
 			held, _, err := store.Get[*osvcv1.Content](ctx, l.store, l.store.ContentKey(sum))
 			if err != nil {
@@ -233,7 +234,7 @@ func sizeDesc(n, want int64) string {
 // file is missing counts as not held, so the next write repairs it.
 func (l *Library) held(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	c, err := l.Stat(ctx, sha)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
@@ -249,7 +250,7 @@ func (l *Library) held(ctx context.Context, sha string) (*osvcv1.Content, error)
 	return c, nil
 }
 
-// Stat returns the record of a blob; store.ErrNotFound when the library does not hold it.
+// Stat returns the record of a blob; errdefs.ErrNotFound when the library does not hold it.
 func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	if err := checkSHA256(sha); err != nil {
 		return nil, err
@@ -261,14 +262,14 @@ func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error)
 	return c, nil
 }
 
-// Open opens a blob for reading; store.ErrNotFound when it is not there.
+// Open opens a blob for reading; errdefs.ErrNotFound when it is not there.
 func (l *Library) Open(sha string) (*os.File, error) {
 	if err := checkSHA256(sha); err != nil {
 		return nil, err
 	}
 	f, err := os.Open(l.Path(sha))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("content %s: %w", sha, store.ErrNotFound)
+		return nil, fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("content %s: %w", sha, err)
@@ -285,7 +286,7 @@ func (l *Library) Path(sha string) string {
 	return filepath.Join(l.dir, sha[:2], sha)
 }
 
-// Delete removes a blob's record, then its file; store.ErrNotFound when not held.
+// Delete removes a blob's record, then its file; errdefs.ErrNotFound when not held.
 func (l *Library) Delete(ctx context.Context, sha string) error {
 	if err := checkSHA256(sha); err != nil {
 		return err
@@ -298,7 +299,7 @@ func (l *Library) Delete(ctx context.Context, sha string) error {
 		return fmt.Errorf("delete content %s: %w", sha, err)
 	}
 	if resp.Deleted == 0 {
-		return fmt.Errorf("content %s: %w", sha, store.ErrNotFound)
+		return fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
 	}
 	l.logger.Info("blob deleted", "sha256", sha)
 	return nil

@@ -13,8 +13,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/content"
-	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
@@ -192,14 +192,14 @@ func TestWriteRefusesAMismatchAndLeavesNothingBehind(t *testing.T) {
 			t.Parallel()
 			lib, dir := newLibrary(t)
 			_, _, err := lib.Write(ctx, tt.header, bytes.NewReader(data))
-			var fv *store.FieldViolation
+			var fv *errdefs.FieldViolation
 			if !errors.As(err, &fv) || fv.Field != tt.field {
 				t.Fatalf("Write: got %v, want a violation of %s", err, tt.field)
 			}
 			if got := files(t, dir); len(got) != 0 {
 				t.Fatalf("files left behind: %v", got)
 			}
-			if _, err := lib.Stat(ctx, sum(data)); !errors.Is(err, store.ErrNotFound) {
+			if _, err := lib.Stat(ctx, sum(data)); !errors.Is(err, errdefs.ErrNotFound) {
 				t.Fatalf("Stat after refused write: %v, want ErrNotFound", err)
 			}
 		})
@@ -228,13 +228,13 @@ func TestBadSHA256IsInvalidArgumentEverywhere(t *testing.T) {
 	ctx := context.Background()
 	lib, _ := newLibrary(t)
 	for _, bad := range []string{"", "abc", "../" + strings.Repeat("a", 61), strings.Repeat("g", 64), strings.Repeat("A", 64)} {
-		if _, err := lib.Stat(ctx, bad); !errors.Is(err, store.ErrInvalidArgument) {
+		if _, err := lib.Stat(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Stat(%q) = %v, want ErrInvalidArgument", bad, err)
 		}
-		if _, err := lib.Open(bad); !errors.Is(err, store.ErrInvalidArgument) {
+		if _, err := lib.Open(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Open(%q) = %v, want ErrInvalidArgument", bad, err)
 		}
-		if err := lib.Delete(ctx, bad); !errors.Is(err, store.ErrInvalidArgument) {
+		if err := lib.Delete(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("Delete(%q) = %v, want ErrInvalidArgument", bad, err)
 		}
 		if p := lib.Path(bad); p != "" {
@@ -255,16 +255,16 @@ func TestDeleteRemovesTheBlobAndItsRecord(t *testing.T) {
 	if err := lib.Delete(ctx, sha); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lib.Stat(ctx, sha); !errors.Is(err, store.ErrNotFound) {
+	if _, err := lib.Stat(ctx, sha); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Stat after Delete = %v, want ErrNotFound", err)
 	}
-	if _, err := lib.Open(sha); !errors.Is(err, store.ErrNotFound) {
+	if _, err := lib.Open(sha); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Open after Delete = %v, want ErrNotFound", err)
 	}
 	if got := files(t, dir); len(got) != 0 {
 		t.Errorf("files left: %v", got)
 	}
-	if err := lib.Delete(ctx, sha); !errors.Is(err, store.ErrNotFound) {
+	if err := lib.Delete(ctx, sha); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("second Delete = %v, want ErrNotFound", err)
 	}
 }

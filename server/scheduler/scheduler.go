@@ -26,6 +26,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -383,7 +384,7 @@ func (s *Scheduler) checkStall(ctx context.Context, run *osvcv1.Run, rev int64, 
 	if _, err := s.servicing.MarkStalled(ctx, run.GetName(), rev); err != nil {
 		// Contended means a report came in: not stalled after all, or the
 		// next pass sees it again.
-		if !errors.Is(err, store.ErrContended) {
+		if !errors.Is(err, errdefs.ErrContended) {
 			s.logger.Warn("cannot flag a stalled run", "run", run.GetName(), "error", err)
 		}
 	}
@@ -415,10 +416,10 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 			a.held++
 			return nil
 		}
-		if errors.Is(err, store.ErrFailedPrecondition) {
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			return nil // no longer PENDING: canceled or leased meanwhile
 		}
-		if !errors.Is(err, store.ErrContended) {
+		if !errors.Is(err, errdefs.ErrContended) {
 			return err
 		}
 		// The run or this agent changed since the pass began; the watch will

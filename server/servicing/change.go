@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/store"
 )
@@ -49,7 +50,7 @@ func (s *Service) loadImage(ctx context.Context, ch *change) (*osvcv1.Image, err
 // is gone is left alone (the run still ends).
 func (s *Service) setImageStatus(ctx context.Context, ch *change, status osvcv1.ServicingStatus, lastRun bool) error {
 	img, err := s.loadImage(ctx, ch)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -122,7 +123,7 @@ func skipUnfinished(run *osvcv1.Run, message string) {
 // it (NONE when it was never serviced or that run is gone).
 func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.ServicingStatus, error) {
 	img, err := s.loadImage(ctx, ch)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 	}
 	if err != nil {
@@ -137,7 +138,7 @@ func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.
 		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 	}
 	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 	}
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -42,7 +43,7 @@ func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
 			continue
 		}
 		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -70,10 +71,10 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		return nil, fmt.Errorf("lease %s: %w", runName, err)
 	}
 	if runRevision != 0 && rev != runRevision {
-		return nil, fmt.Errorf("lease %s: the run changed: %w", runName, store.ErrContended)
+		return nil, fmt.Errorf("lease %s: the run changed: %w", runName, errdefs.ErrContended)
 	}
 	if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetCancelRequested() {
-		return nil, fmt.Errorf("lease %s: the run is %s: %w", runName, stateName(run.GetState()), store.ErrFailedPrecondition)
+		return nil, fmt.Errorf("lease %s: the run is %s: %w", runName, stateName(run.GetState()), errdefs.ErrFailedPrecondition)
 	}
 	now := timestamppb.New(s.now())
 	run.State = osvcv1.RunState_RUN_STATE_LEASED
@@ -110,7 +111,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		return nil, fmt.Errorf("lease %s to %s: %w", runName, agent, err)
 	}
 	if !resp.Succeeded {
-		return nil, fmt.Errorf("lease %s to %s: the run or the agent changed: %w", runName, agent, store.ErrContended)
+		return nil, fmt.Errorf("lease %s to %s: the run or the agent changed: %w", runName, agent, errdefs.ErrContended)
 	}
 	token := resp.Header.Revision
 	s.logger.Info("run leased", "run", runName, "agent", agent, "attempt", run.Attempt, "fencing_token", token)
@@ -169,7 +170,7 @@ func (s *Service) writeFencingToken(ctx context.Context, runID string, token int
 			return run, nil
 		}
 		if !IsLeased(run.GetState()) || run.GetFencingToken() != 0 {
-			return nil, fmt.Errorf("run %s is %s with token %d: %w", run.GetName(), stateName(run.GetState()), run.GetFencingToken(), store.ErrStaleLease)
+			return nil, fmt.Errorf("run %s is %s with token %d: %w", run.GetName(), stateName(run.GetState()), run.GetFencingToken(), errdefs.ErrStaleLease)
 		}
 		run.FencingToken = token
 		data, err := s.store.Marshal(run)
@@ -187,10 +188,10 @@ func (s *Service) writeFencingToken(ctx context.Context, runID string, token int
 			return run, nil
 		}
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 0 || kvs[0].ModRevision != token {
-			return nil, fmt.Errorf("run %s lost its assignment: %w", run.GetName(), store.ErrStaleLease)
+			return nil, fmt.Errorf("run %s lost its assignment: %w", run.GetName(), errdefs.ErrStaleLease)
 		}
 	}
-	return nil, fmt.Errorf("write fencing token of runs/%s: %w", runID, store.ErrContended)
+	return nil, fmt.Errorf("write fencing token of runs/%s: %w", runID, errdefs.ErrContended)
 }
 
 // Requeue puts back a run whose lease was lost (its assignment key is gone):
@@ -211,7 +212,7 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 		}
 		runKVs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(runKVs) == 0 {
-			return nil, fmt.Errorf("run %s: %w", runName, store.ErrNotFound)
+			return nil, fmt.Errorf("run %s: %w", runName, errdefs.ErrNotFound)
 		}
 		run, err := store.Unmarshal[*osvcv1.Run](runKVs[0].Value)
 		if err != nil {
@@ -251,7 +252,7 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 			return run, nil
 		}
 	}
-	return nil, fmt.Errorf("requeue %s: %w", runName, store.ErrContended)
+	return nil, fmt.Errorf("requeue %s: %w", runName, errdefs.ErrContended)
 }
 
 // MarkStalled flags the IN_PROCESS run, read at revision, as stalled: its
@@ -270,7 +271,7 @@ func (s *Service) MarkStalled(ctx context.Context, runName string, revision int6
 		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
 	}
 	if revision != 0 && rev != revision {
-		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, store.ErrContended)
+		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, errdefs.ErrContended)
 	}
 	if run.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || run.GetStalled() {
 		return run, nil
@@ -281,7 +282,7 @@ func (s *Service) MarkStalled(ctx context.Context, runName string, revision int6
 		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, store.ErrContended)
+		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, errdefs.ErrContended)
 	}
 	s.logger.Warn("run stalled: its agent has reported no progress", "run", runName, "agent", run.GetAgent(),
 		"step", strings.TrimPrefix(run.GetStep().String(), "STEP_"), "last_progress", LastProgress(run))
@@ -319,7 +320,7 @@ func (s *Service) Assignment(ctx context.Context, runName string, token int64) (
 		return nil, fmt.Errorf("assign %s: %w", runName, err)
 	}
 	if len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision != token {
-		return nil, fmt.Errorf("assign %s: fencing token %d is no longer the run's: %w", runName, token, store.ErrStaleLease)
+		return nil, fmt.Errorf("assign %s: fencing token %d is no longer the run's: %w", runName, token, errdefs.ErrStaleLease)
 	}
 	run, err := s.GetRun(ctx, runName)
 	if err != nil {
@@ -338,7 +339,7 @@ func (s *Service) Assignment(ctx context.Context, runName string, token int64) (
 		}
 	}
 	if source == nil {
-		return nil, fmt.Errorf("assign %s: image %s no longer has version %d: %w", runName, img.GetName(), run.GetSourceVersion(), store.ErrFailedPrecondition)
+		return nil, fmt.Errorf("assign %s: image %s no longer has version %d: %w", runName, img.GetName(), run.GetSourceVersion(), errdefs.ErrFailedPrecondition)
 	}
 	a := &osvcv1.Assign{Run: run, Image: img, Source: source}
 	for _, name := range run.GetUpdates() {

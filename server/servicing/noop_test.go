@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
-	"github.com/osvc/osvc/server/store"
 )
 
 func TestAResultThatIsTheSourceVersionAddsNoVersion(t *testing.T) {
@@ -88,7 +88,7 @@ func TestAResultThatIsTheSourceVersionAddsNoVersion(t *testing.T) {
 			if tt.wantV1Kept && err != nil {
 				t.Errorf("blob of version 1, the rollback point: %v", err)
 			}
-			if !tt.wantV1Kept && !errors.Is(err, store.ErrNotFound) {
+			if !tt.wantV1Kept && !errors.Is(err, errdefs.ErrNotFound) {
 				t.Errorf("blob of the dropped version 1: Stat err = %v, want ErrNotFound", err)
 			}
 			if _, err := env.Library.Stat(ctx, v2.GetSha256()); err != nil {

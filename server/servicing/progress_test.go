@@ -8,6 +8,7 @@ import (
 	"time"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
 	"github.com/osvc/osvc/server/store"
@@ -132,13 +133,13 @@ func TestMarkStalledLeavesRunsNotInProcessAndRefusesAChangedRun(t *testing.T) {
 	if err := env.Service.ReportProgress(ctx, agent, &osvcv1.Progress{Run: run.GetName(), FencingToken: run.GetFencingToken(), Percent: 5}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.Service.MarkStalled(ctx, run.GetName(), rev); !errors.Is(err, store.ErrContended) {
+	if _, err := env.Service.MarkStalled(ctx, run.GetName(), rev); !errors.Is(err, errdefs.ErrContended) {
 		t.Errorf("MarkStalled at an old revision: err = %v, want ErrContended", err)
 	}
 	if got := env.Run(t, run.GetName()); got.GetStalled() {
 		t.Error("a refused MarkStalled flagged the run")
 	}
-	if _, err := env.Service.MarkStalled(ctx, "runs/r-unknown", 0); !errors.Is(err, store.ErrNotFound) {
+	if _, err := env.Service.MarkStalled(ctx, "runs/r-unknown", 0); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("MarkStalled of an unknown run: err = %v, want ErrNotFound", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -35,13 +36,13 @@ const (
 // Reports are accepted only from the agent holding the run's current
 // assignment: each is written in a transaction comparing the assignment key's
 // ModRevision with the report's fencing token. A stale token is
-// store.ErrStaleLease, an unknown run store.ErrNotFound.
+// errdefs.ErrStaleLease, an unknown run errdefs.ErrNotFound.
 
 // ReportStep records that a pipeline step started or ended.
 func (s *Service) ReportStep(ctx context.Context, agent string, m *osvcv1.StepChanged) error {
 	step := m.GetStep()
 	if step.GetStep() == osvcv1.Step_STEP_UNSPECIFIED {
-		return store.InvalidArgument("step_changed.step.step", "name the pipeline step, e.g. STEP_DRIVE")
+		return errdefs.InvalidArgument("step_changed.step.step", "name the pipeline step, e.g. STEP_DRIVE")
 	}
 	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		run := ch.run
@@ -76,7 +77,7 @@ func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Pr
 		if u := m.GetUpdate(); u != nil && u.GetUpdate() != "" {
 			r := findResult(ch.run, u.GetUpdate(), u.GetIndex())
 			if r == nil {
-				return store.InvalidArgument("progress.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), u.GetUpdate(), u.GetIndex()))
+				return errdefs.InvalidArgument("progress.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), u.GetUpdate(), u.GetIndex()))
 			}
 			if !finalUpdateState(r.GetState()) {
 				r.State = osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS
@@ -95,12 +96,12 @@ func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Pr
 func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv1.UpdateResultReport) error {
 	res := m.GetResult()
 	if !finalUpdateState(res.GetState()) {
-		return store.InvalidArgument("update_result.result.state", "report a final state: APPLIED, ALREADY_INSTALLED, NOT_APPLICABLE, UNSUPPORTED, FAILED or SKIPPED")
+		return errdefs.InvalidArgument("update_result.result.state", "report a final state: APPLIED, ALREADY_INSTALLED, NOT_APPLICABLE, UNSUPPORTED, FAILED or SKIPPED")
 	}
 	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		r := findResult(ch.run, res.GetUpdate(), res.GetIndex())
 		if r == nil {
-			return store.InvalidArgument("update_result.result.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), res.GetUpdate(), res.GetIndex()))
+			return errdefs.InvalidArgument("update_result.result.update", fmt.Sprintf("run %s has no update %s on index %d", ch.run.GetName(), res.GetUpdate(), res.GetIndex()))
 		}
 		r.State = res.GetState()
 		r.Message = clipText(res.GetMessage())
@@ -130,7 +131,7 @@ func (s *Service) ReportLogs(ctx context.Context, agent string, m *osvcv1.LogBat
 	lines := make([]*osvcv1.LogLine, 0, len(m.GetLines()))
 	for _, l := range m.GetLines() {
 		if l.GetSequence() <= 0 {
-			return store.InvalidArgument("log_batch.lines.sequence", "number the log lines of a run from 1")
+			return errdefs.InvalidArgument("log_batch.lines.sequence", "number the log lines of a run from 1")
 		}
 		if base > 0 {
 			l = proto.Clone(l).(*osvcv1.LogLine)
@@ -212,7 +213,7 @@ func (s *Service) logBase(ctx context.Context, runName string) (int64, error) {
 		return 0, err
 	}
 	base, _, err := store.Get[*wrapperspb.Int64Value](ctx, s.store, s.store.LogBaseKey(id))
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return 0, nil
 	}
 	if err != nil {
@@ -245,19 +246,19 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	case osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED:
 	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
 		if m.GetResultSha256() == "" {
-			return store.InvalidArgument("run_result.result_sha256", "upload the serviced WIM with ContentService.Write and send its sha256")
+			return errdefs.InvalidArgument("run_result.result_sha256", "upload the serviced WIM with ContentService.Write and send its sha256")
 		}
 		c, err := s.library.Stat(ctx, m.GetResultSha256())
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrInvalidArgument) {
+		if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument) {
 			return fmt.Errorf("result %s is not in the content library; upload it with ContentService.Write before reporting: %w",
-				truncate(m.GetResultSha256(), 80), store.ErrFailedPrecondition)
+				truncate(m.GetResultSha256(), 80), errdefs.ErrFailedPrecondition)
 		}
 		if err != nil {
 			return fmt.Errorf("look up result %s: %w", m.GetResultSha256(), err)
 		}
 		content = c
 	default:
-		return store.InvalidArgument("run_result.state", "end a run with RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED")
+		return errdefs.InvalidArgument("run_result.state", "end a run with RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED")
 	}
 	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		if m.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
@@ -394,7 +395,7 @@ func (s *Service) deleteBlobs(ctx context.Context, dropped []*osvcv1.ImageVersio
 		if used[v.GetSha256()] || v.GetSha256() == "" {
 			continue
 		}
-		if err := s.library.Delete(ctx, v.GetSha256()); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err := s.library.Delete(ctx, v.GetSha256()); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 			s.logger.Warn("cannot delete the blob of a dropped image version", "sha256", v.GetSha256(), "version", v.GetVersion(), "error", err)
 			continue
 		}
@@ -422,25 +423,25 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 		}
 		runKVs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(runKVs) == 0 {
-			return nil, fmt.Errorf("run %s: %w", runName, store.ErrNotFound)
+			return nil, fmt.Errorf("run %s: %w", runName, errdefs.ErrNotFound)
 		}
 		assignKVs := resp.Responses[1].GetResponseRange().GetKvs()
 		if len(assignKVs) == 0 || assignKVs[0].ModRevision != token || token == 0 {
-			return nil, fmt.Errorf("run %s is no longer leased with fencing token %d; drop its work: %w", runName, token, store.ErrStaleLease)
+			return nil, fmt.Errorf("run %s is no longer leased with fencing token %d; drop its work: %w", runName, token, errdefs.ErrStaleLease)
 		}
 		assignment, err := store.Unmarshal[*storev1.Assignment](assignKVs[0].Value)
 		if err != nil {
 			return nil, err
 		}
 		if agent != "" && assignment.GetAgent() != agent {
-			return nil, fmt.Errorf("run %s is leased to %s, not %s: %w", runName, assignment.GetAgent(), agent, store.ErrStaleLease)
+			return nil, fmt.Errorf("run %s is leased to %s, not %s: %w", runName, assignment.GetAgent(), agent, errdefs.ErrStaleLease)
 		}
 		run, err := store.Unmarshal[*osvcv1.Run](runKVs[0].Value)
 		if err != nil {
 			return nil, err
 		}
 		if !IsLeased(run.GetState()) {
-			return nil, fmt.Errorf("run %s is %s: %w", runName, stateName(run.GetState()), store.ErrStaleLease)
+			return nil, fmt.Errorf("run %s is %s: %w", runName, stateName(run.GetState()), errdefs.ErrStaleLease)
 		}
 		ch := s.newChange(run)
 		dirty := false
@@ -478,7 +479,7 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 			return ch.run, nil
 		}
 	}
-	return nil, fmt.Errorf("report for %s: the run kept changing; send it again: %w", runName, store.ErrContended)
+	return nil, fmt.Errorf("report for %s: the run kept changing; send it again: %w", runName, errdefs.ErrContended)
 }
 
 // clipText bounds a free text an agent or administrator sends into a run.

@@ -12,9 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
-	"github.com/osvc/osvc/server/store"
 )
 
 const agent = "agents/ps1-a"
@@ -143,7 +143,7 @@ func TestTheLeaseHolderServicesTheImageAndTheSwapKeepsOnePreviousVersion(t *test
 	if fmt.Sprint(sequences(logged)) != "[1 2 3 4 5]" {
 		t.Errorf("stored log lines %v, want 1..5 once each", sequences(logged))
 	}
-	if err := env.Service.ReportProgress(ctx, agent, &osvcv1.Progress{Run: name, FencingToken: token}); !errors.Is(err, store.ErrStaleLease) {
+	if err := env.Service.ReportProgress(ctx, agent, &osvcv1.Progress{Run: name, FencingToken: token}); !errors.Is(err, errdefs.ErrStaleLease) {
 		t.Errorf("report after the end: err = %v, want ErrStaleLease", err)
 	}
 
@@ -162,7 +162,7 @@ func TestTheLeaseHolderServicesTheImageAndTheSwapKeepsOnePreviousVersion(t *test
 	if len(got.GetIndexes()) != 1 || got.GetIndexes()[0].GetName() != "serviced" {
 		t.Errorf("no indexes reported: the image keeps its indexes, got %v", got.GetIndexes())
 	}
-	if _, err := env.Library.Stat(ctx, v1.GetSha256()); !errors.Is(err, store.ErrNotFound) {
+	if _, err := env.Library.Stat(ctx, v1.GetSha256()); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("blob of the dropped version 1: Stat err = %v, want ErrNotFound", err)
 	}
 	if _, err := env.Library.Stat(ctx, v2.GetSha256()); err != nil {
@@ -176,7 +176,7 @@ func TestASucceededResultMustBeInTheLibrary(t *testing.T) {
 	run, _ := leasedRun(t, env, img)
 	err := env.Service.ReportRunResult(context.Background(), agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(),
 		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: "0000000000000000000000000000000000000000000000000000000000000000"})
-	if !errors.Is(err, store.ErrFailedPrecondition) {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("err = %v, want FailedPrecondition", err)
 	}
 	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED {
@@ -196,11 +196,11 @@ func TestReportsAreRefused(t *testing.T) {
 		token int64
 		want  error
 	}{
-		{"with a token that is not the assignment's", agent, run.GetName(), run.GetFencingToken() + 1000, store.ErrStaleLease},
-		{"with no token", agent, run.GetName(), 0, store.ErrStaleLease},
-		{"from another agent", "agents/ps1-b", run.GetName(), run.GetFencingToken(), store.ErrStaleLease},
-		{"for an unknown run", agent, "runs/r-unknown", run.GetFencingToken(), store.ErrNotFound},
-		{"for a malformed run name", agent, "r-1", run.GetFencingToken(), store.ErrInvalidArgument},
+		{"with a token that is not the assignment's", agent, run.GetName(), run.GetFencingToken() + 1000, errdefs.ErrStaleLease},
+		{"with no token", agent, run.GetName(), 0, errdefs.ErrStaleLease},
+		{"from another agent", "agents/ps1-b", run.GetName(), run.GetFencingToken(), errdefs.ErrStaleLease},
+		{"for an unknown run", agent, "runs/r-unknown", run.GetFencingToken(), errdefs.ErrNotFound},
+		{"for a malformed run name", agent, "r-1", run.GetFencingToken(), errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -243,7 +243,7 @@ func TestALostLeaseRequeuesTheRunAndRefusesTheOldToken(t *testing.T) {
 		t.Errorf("image status %s, want SCHEDULED again", got)
 	}
 	err = env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: token, State: osvcv1.RunState_RUN_STATE_FAILED})
-	if !errors.Is(err, store.ErrStaleLease) {
+	if !errors.Is(err, errdefs.ErrStaleLease) {
 		t.Errorf("report with the old token: err = %v, want ErrStaleLease", err)
 	}
 }

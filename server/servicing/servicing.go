@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -187,10 +188,10 @@ func AgentID(name string) string { return strings.TrimPrefix(name, agentsCollect
 func idFromName(field, name, collection string) (string, error) {
 	id, ok := strings.CutPrefix(name, collection)
 	if !ok {
-		return "", store.InvalidArgument(field, fmt.Sprintf("want %s{id}, got %q", collection, truncate(name, 80)))
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("want %s{id}, got %q", collection, truncate(name, 80)))
 	}
 	if err := catalog.ValidateID(id); err != nil {
-		return "", store.InvalidArgument(field, fmt.Sprintf("in %q: %v", truncate(name, 80), err))
+		return "", errdefs.InvalidArgument(field, fmt.Sprintf("in %q: %v", truncate(name, 80), err))
 	}
 	return id, nil
 }
@@ -243,15 +244,15 @@ func IsLeased(state osvcv1.RunState) bool {
 func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvcv1.Schedule, allApplicable bool) (*osvcv1.Schedule, *osvcv1.Run, error) {
 	imageID, err := catalog.ImageID(parent)
 	if err != nil {
-		return nil, nil, store.InvalidArgument("parent", fmt.Sprintf("want images/{id}, got %q", truncate(parent, 80)))
+		return nil, nil, errdefs.InvalidArgument("parent", fmt.Sprintf("want images/{id}, got %q", truncate(parent, 80)))
 	}
 	if sched == nil {
 		sched = &osvcv1.Schedule{}
 	}
 	for attempt := 0; attempt < txnRetries; attempt++ {
 		img, imgRev, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, nil, fmt.Errorf("image %s: %w", parent, store.ErrNotFound)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, nil, fmt.Errorf("image %s: %w", parent, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
@@ -261,7 +262,7 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		}
 		source := currentVersion(img)
 		if source == nil {
-			return nil, nil, fmt.Errorf("image %s has no current version to service; import it again: %w", parent, store.ErrFailedPrecondition)
+			return nil, nil, fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
 		}
 		updates, err := s.selectUpdates(ctx, img, sched, allApplicable)
 		if err != nil {
@@ -329,19 +330,19 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		}
 		// The image changed or a run started meanwhile: look again.
 	}
-	return nil, nil, fmt.Errorf("schedule %s: the image kept changing; try again: %w", parent, store.ErrContended)
+	return nil, nil, fmt.Errorf("schedule %s: the image kept changing; try again: %w", parent, errdefs.ErrContended)
 }
 
 func (s *Service) checkNoActiveRun(ctx context.Context, imageID, parent string) error {
 	active, _, err := store.Get[*wrapperspb.StringValue](ctx, s.store, s.store.ActiveRunKey(imageID))
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("schedule %s: %w", parent, err)
 	}
 	return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
-		parent, active.GetValue(), store.ErrFailedPrecondition)
+		parent, active.GetValue(), errdefs.ErrFailedPrecondition)
 }
 
 // puts marshals values into put operations, refusing oversized values.
@@ -360,34 +361,34 @@ func (s *Service) puts(values map[string]proto.Message) ([]clientv3.Op, error) {
 func (s *Service) selectUpdates(ctx context.Context, img *osvcv1.Image, sched *osvcv1.Schedule, allApplicable bool) ([]*osvcv1.Update, error) {
 	if allApplicable {
 		if len(sched.GetUpdates()) > 0 {
-			return nil, store.InvalidArgument("schedule.updates", "send either updates or all_applicable, not both")
+			return nil, errdefs.InvalidArgument("schedule.updates", "send either updates or all_applicable, not both")
 		}
 		updates, err := s.catalog.ApplicableUpdates(ctx, img, nil)
 		if err != nil {
 			return nil, fmt.Errorf("applicable updates of %s: %w", img.GetName(), err)
 		}
 		if len(updates) == 0 {
-			return nil, fmt.Errorf("no applicable updates for %s; import newer updates first: %w", img.GetName(), store.ErrFailedPrecondition)
+			return nil, fmt.Errorf("no applicable updates for %s; import newer updates first: %w", img.GetName(), errdefs.ErrFailedPrecondition)
 		}
 		return updates, nil
 	}
 	if len(sched.GetUpdates()) == 0 {
-		return nil, store.InvalidArgument("schedule.updates", "select at least one update (updates/{id}), or set all_applicable")
+		return nil, errdefs.InvalidArgument("schedule.updates", "select at least one update (updates/{id}), or set all_applicable")
 	}
 	seen := make(map[string]bool, len(sched.GetUpdates()))
 	updates := make([]*osvcv1.Update, 0, len(sched.GetUpdates()))
 	for i, name := range sched.GetUpdates() {
 		field := fmt.Sprintf("schedule.updates[%d]", i)
 		if _, err := catalog.UpdateID(name); err != nil {
-			return nil, store.InvalidArgument(field, fmt.Sprintf("want updates/{id}, got %q", truncate(name, 80)))
+			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("want updates/{id}, got %q", truncate(name, 80)))
 		}
 		if seen[name] {
-			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is selected twice; list each update once", name))
+			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is selected twice; list each update once", name))
 		}
 		seen[name] = true
 		u, err := s.catalog.GetUpdate(ctx, name)
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, store.InvalidArgument(field, fmt.Sprintf("%s is not in the catalog; import it first or pick one from ListUpdates", name))
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is not in the catalog; import it first or pick one from ListUpdates", name))
 		}
 		if err != nil {
 			return nil, err
@@ -456,8 +457,8 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 		return nil, err
 	}
 	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get run %s: %w", name, err)
@@ -469,7 +470,7 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 func (s *Service) ListRuns(ctx context.Context, image string, pageSize int, token string) ([]*osvcv1.Run, string, error) {
 	if image != "" {
 		if _, err := catalog.ImageID(image); err != nil {
-			return nil, "", store.InvalidArgument("image", fmt.Sprintf("want images/{id}, got %q", truncate(image, 80)))
+			return nil, "", errdefs.InvalidArgument("image", fmt.Sprintf("want images/{id}, got %q", truncate(image, 80)))
 		}
 	}
 	if pageSize <= 0 {
@@ -511,8 +512,8 @@ func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.R
 	reason = clipText(reason)
 	for attempt := 0; attempt < txnRetries; attempt++ {
 		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("cancel %s: %w", name, err)
@@ -521,7 +522,7 @@ func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.R
 		switch {
 		case IsFinal(run.GetState()):
 			return nil, fmt.Errorf("run %s already ended %s; there is nothing to cancel: %w",
-				name, stateName(run.GetState()), store.ErrFailedPrecondition)
+				name, stateName(run.GetState()), errdefs.ErrFailedPrecondition)
 		case run.GetState() == osvcv1.RunState_RUN_STATE_PENDING:
 			if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_CANCELED, reason); err != nil {
 				return nil, err
@@ -542,7 +543,7 @@ func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.R
 			return run, nil
 		}
 	}
-	return nil, fmt.Errorf("cancel %s: the run kept changing; try again: %w", name, store.ErrContended)
+	return nil, fmt.Errorf("cancel %s: the run kept changing; try again: %w", name, errdefs.ErrContended)
 }
 
 func stateName(st osvcv1.RunState) string {

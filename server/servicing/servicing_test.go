@@ -11,9 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
-	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
@@ -89,7 +89,7 @@ func TestCreateScheduleRefusesASecondRunForTheSameImage(t *testing.T) {
 		t.Fatalf("first schedule: %v", err)
 	}
 	_, _, err = env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}}, false)
-	if !errors.Is(err, store.ErrFailedPrecondition) || !strings.Contains(err.Error(), first.GetName()) {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), first.GetName()) {
 		t.Fatalf("second schedule: err = %v, want FailedPrecondition naming %s", err, first.GetName())
 	}
 	// Canceling the pending run frees the image at once.
@@ -100,7 +100,7 @@ func TestCreateScheduleRefusesASecondRunForTheSameImage(t *testing.T) {
 	if canceled.GetState() != osvcv1.RunState_RUN_STATE_CANCELED || canceled.GetEndTime() == nil {
 		t.Errorf("canceled run = %v", canceled)
 	}
-	if _, err := env.Service.CancelRun(ctx, first.GetName(), ""); !errors.Is(err, store.ErrFailedPrecondition) {
+	if _, err := env.Service.CancelRun(ctx, first.GetName(), ""); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("cancel of an ended run: err = %v, want FailedPrecondition", err)
 	}
 	if _, _, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}}, false); err != nil {
@@ -123,13 +123,13 @@ func TestCreateScheduleRefusesBadSelections(t *testing.T) {
 		allApplicable bool
 		want          error
 	}{
-		{"no update selected", img.Name, nil, false, store.ErrInvalidArgument},
-		{"an update selected twice", img.Name, []string{"updates/cu", "updates/cu"}, false, store.ErrInvalidArgument},
-		{"an unknown update", img.Name, []string{"updates/nope"}, false, store.ErrInvalidArgument},
-		{"a malformed update name", img.Name, []string{"cu"}, false, store.ErrInvalidArgument},
-		{"an unknown image", "images/nope", []string{"updates/cu"}, false, store.ErrNotFound},
-		{"a malformed image name", "win11", []string{"updates/cu"}, false, store.ErrInvalidArgument},
-		{"updates and all_applicable together", img.Name, []string{"updates/cu"}, true, store.ErrInvalidArgument},
+		{"no update selected", img.Name, nil, false, errdefs.ErrInvalidArgument},
+		{"an update selected twice", img.Name, []string{"updates/cu", "updates/cu"}, false, errdefs.ErrInvalidArgument},
+		{"an unknown update", img.Name, []string{"updates/nope"}, false, errdefs.ErrInvalidArgument},
+		{"a malformed update name", img.Name, []string{"cu"}, false, errdefs.ErrInvalidArgument},
+		{"an unknown image", "images/nope", []string{"updates/cu"}, false, errdefs.ErrNotFound},
+		{"a malformed image name", "win11", []string{"updates/cu"}, false, errdefs.ErrInvalidArgument},
+		{"updates and all_applicable together", img.Name, []string{"updates/cu"}, true, errdefs.ErrInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,7 +146,7 @@ func TestCreateScheduleWithAllApplicableAndNoneApplicableIsFailedPrecondition(t 
 	env := servicingtest.New(t, servicingtest.Options{})
 	img := env.Image(t, "win11", "PS1", 1)
 	_, _, err := env.Service.CreateSchedule(context.Background(), img.Name, &osvcv1.Schedule{}, true)
-	if !errors.Is(err, store.ErrFailedPrecondition) || !strings.Contains(err.Error(), "no applicable updates for images/win11") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "no applicable updates for images/win11") {
 		t.Fatalf("err = %v, want FailedPrecondition: no applicable updates for images/win11", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -41,7 +42,7 @@ func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, sen
 			return fmt.Errorf("watch %s: %w", name, err)
 		}
 		if len(resp.Kvs) == 0 {
-			return fmt.Errorf("run %s: %w", name, store.ErrNotFound)
+			return fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
 		}
 		rev := resp.Header.Revision
 		done, err := s.sendRun(ctx, id, resp.Kvs[0].Value, rev, &last, send)
@@ -57,7 +58,7 @@ func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, sen
 			}
 			for _, ev := range wresp.Events {
 				if ev.Type == clientv3.EventTypeDelete {
-					return fmt.Errorf("run %s was deleted: %w", name, store.ErrNotFound)
+					return fmt.Errorf("run %s was deleted: %w", name, errdefs.ErrNotFound)
 				}
 				done, err := s.sendRun(ctx, id, ev.Kv.Value, ev.Kv.ModRevision, &last, send)
 				if err != nil || done {

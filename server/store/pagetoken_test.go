@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // FuzzPageToken checks that a page token from a client can never point a list
@@ -18,7 +20,7 @@ func FuzzPageToken(f *testing.F) {
 	f.Fuzz(func(t *testing.T, token string) {
 		key, err := decodePageToken(prefix, token)
 		if err != nil {
-			var fv *FieldViolation
+			var fv *errdefs.FieldViolation
 			if !errors.As(err, &fv) || fv.Field != "page_token" {
 				t.Fatalf("decodePageToken(%q) = %v, want a page_token violation", token, err)
 			}

@@ -14,10 +14,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // MaxValueBytes is the largest value the store writes; bigger values are refused
-// with ErrInvalidArgument before the write (etcd's request limit is 1.5 MiB).
+// with errdefs.ErrInvalidArgument before the write (etcd's request limit is 1.5 MiB).
 const MaxValueBytes = 1 << 20
 
 // DefaultPrefix is the key prefix when Config.Prefix is empty.
@@ -27,7 +29,7 @@ const (
 	defaultPageSize = 50
 	maxPageSize     = 1000
 	// updateRetries bounds Update's compare-and-swap loop; past it the key is too
-	// contended and the caller gets ErrConflict to retry at its own level.
+	// contended and the caller gets errdefs.ErrConflict to retry at its own level.
 	updateRetries = 32
 )
 
@@ -82,7 +84,7 @@ func (s *Store) Marshal(m proto.Message) ([]byte, error) {
 	}
 	if len(data) > MaxValueBytes {
 		return nil, fmt.Errorf("%s of %d bytes is above the store's limit of %d bytes: %w",
-			m.ProtoReflect().Descriptor().FullName(), len(data), MaxValueBytes, ErrInvalidArgument)
+			m.ProtoReflect().Descriptor().FullName(), len(data), MaxValueBytes, errdefs.ErrInvalidArgument)
 	}
 	return data, nil
 }
@@ -103,7 +105,7 @@ func newMessage[T proto.Message]() T {
 	return zero.ProtoReflect().Type().New().Interface().(T)
 }
 
-// Get reads key into a new T and returns it with its ModRevision; ErrNotFound when absent.
+// Get reads key into a new T and returns it with its ModRevision; errdefs.ErrNotFound when absent.
 func Get[T proto.Message](ctx context.Context, s *Store, key string) (T, int64, error) {
 	var zero T
 	resp, err := s.client.Get(ctx, key)
@@ -111,7 +113,7 @@ func Get[T proto.Message](ctx context.Context, s *Store, key string) (T, int64, 
 		return zero, 0, fmt.Errorf("get %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return zero, 0, fmt.Errorf("%s: %w", key, ErrNotFound)
+		return zero, 0, fmt.Errorf("%s: %w", key, errdefs.ErrNotFound)
 	}
 	kv := resp.Kvs[0]
 	m, err := Unmarshal[T](kv.Value)
@@ -121,7 +123,7 @@ func Get[T proto.Message](ctx context.Context, s *Store, key string) (T, int64, 
 	return m, kv.ModRevision, nil
 }
 
-// Create writes m at key only when the key does not exist (ErrConflict otherwise)
+// Create writes m at key only when the key does not exist (errdefs.ErrConflict otherwise)
 // and returns the revision of the write. opts apply to the put (e.g. WithLease).
 func (s *Store) Create(ctx context.Context, key string, m proto.Message, opts ...clientv3.OpOption) (int64, error) {
 	data, err := s.Marshal(m)
@@ -136,7 +138,7 @@ func (s *Store) Create(ctx context.Context, key string, m proto.Message, opts ..
 		return 0, fmt.Errorf("create %s: %w", key, err)
 	}
 	if !resp.Succeeded {
-		return 0, fmt.Errorf("create %s: already exists: %w", key, ErrConflict)
+		return 0, fmt.Errorf("create %s: already exists: %w", key, errdefs.ErrConflict)
 	}
 	return resp.Header.Revision, nil
 }
@@ -154,7 +156,7 @@ func (s *Store) Put(ctx context.Context, key string, m proto.Message, opts ...cl
 	return resp.Header.Revision, nil
 }
 
-// Delete removes key and returns the revision of the delete; ErrNotFound when
+// Delete removes key and returns the revision of the delete; errdefs.ErrNotFound when
 // the key holds nothing.
 func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 	resp, err := s.client.Delete(ctx, key)
@@ -162,15 +164,15 @@ func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 		return 0, fmt.Errorf("delete %s: %w", key, err)
 	}
 	if resp.Deleted == 0 {
-		return 0, fmt.Errorf("%s: %w", key, ErrNotFound)
+		return 0, fmt.Errorf("%s: %w", key, errdefs.ErrNotFound)
 	}
 	return resp.Header.Revision, nil
 }
 
 // Update reads key into a fresh T, calls mutate, and writes it back in a Txn
 // comparing ModRevision; on a concurrent change it re-reads and calls mutate again
-// (bounded retries, then ErrConflict). mutate returning an error aborts with that
-// error. A missing key is ErrNotFound. Returns the stored value and its new
+// (bounded retries, then errdefs.ErrConflict). mutate returning an error aborts with that
+// error. A missing key is errdefs.ErrNotFound. Returns the stored value and its new
 // revision. The key keeps its lease, if it had one.
 func Update[T proto.Message](ctx context.Context, s *Store, key string, mutate func(T) error) (T, int64, error) {
 	var zero T
@@ -180,7 +182,7 @@ func Update[T proto.Message](ctx context.Context, s *Store, key string, mutate f
 	}
 	for attempt := 0; attempt < updateRetries; attempt++ {
 		if len(resp.Kvs) == 0 {
-			return zero, 0, fmt.Errorf("update %s: %w", key, ErrNotFound)
+			return zero, 0, fmt.Errorf("update %s: %w", key, errdefs.ErrNotFound)
 		}
 		kv := resp.Kvs[0]
 		m, err := Unmarshal[T](kv.Value)
@@ -221,7 +223,7 @@ func Update[T proto.Message](ctx context.Context, s *Store, key string, mutate f
 		case <-pause.C:
 		}
 	}
-	return zero, 0, fmt.Errorf("update %s: still changing after %d attempts: %w", key, updateRetries, ErrContended)
+	return zero, 0, fmt.Errorf("update %s: still changing after %d attempts: %w", key, updateRetries, errdefs.ErrContended)
 }
 
 // retryPause is a random pause of up to 1 ms doubled per attempt, capped at
@@ -233,7 +235,7 @@ func retryPause(attempt int) time.Duration {
 
 // List returns up to pageSize values under prefix in key order, and a token for
 // the next page ("" at the end). pageSize <= 0 means 50; above 1000 is capped.
-// A token from another prefix or a damaged one is InvalidArgument("page_token").
+// A token from another prefix or a damaged one is errdefs.InvalidArgument("page_token").
 func List[T proto.Message](ctx context.Context, s *Store, prefix string, pageSize int, pageToken string) ([]T, string, error) {
 	if pageSize <= 0 {
 		pageSize = defaultPageSize
@@ -281,11 +283,11 @@ func encodePageToken(lastKey string) string {
 func decodePageToken(prefix, token string) (string, error) {
 	raw, err := base64.RawURLEncoding.Strict().DecodeString(token)
 	if err != nil {
-		return "", InvalidArgument("page_token", "not a token returned by this list; start again without one")
+		return "", errdefs.InvalidArgument("page_token", "not a token returned by this list; start again without one")
 	}
 	key := string(raw)
 	if !strings.HasPrefix(key, prefix) || key == prefix {
-		return "", InvalidArgument("page_token", "the token belongs to another list; start again without one")
+		return "", errdefs.InvalidArgument("page_token", "the token belongs to another list; start again without one")
 	}
 	return key, nil
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -28,8 +29,8 @@ func TestGetOfAMissingKeyIsNotFound(t *testing.T) {
 	t.Parallel()
 	s := storetest.New(t)
 	_, _, err := store.Get[*osvcv1.Content](context.Background(), s, s.ContentKey("nope"))
-	if !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("Get of a missing key: got %v, want ErrNotFound", err)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Get of a missing key: got %v, want errdefs.ErrNotFound", err)
 	}
 }
 
@@ -42,8 +43,8 @@ func TestCreateRefusesAnExistingKey(t *testing.T) {
 	if err != nil {
 		t.Fatalf("first Create: %v", err)
 	}
-	if _, err := s.Create(ctx, key, wrapperspb.String("second")); !errors.Is(err, store.ErrConflict) {
-		t.Fatalf("second Create: got %v, want ErrConflict", err)
+	if _, err := s.Create(ctx, key, wrapperspb.String("second")); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second Create: got %v, want errdefs.ErrConflict", err)
 	}
 	got, modRev, err := store.Get[*wrapperspb.StringValue](ctx, s, key)
 	if err != nil {
@@ -65,11 +66,11 @@ func TestDeleteRemovesAKeyOnce(t *testing.T) {
 	if _, err := s.Delete(ctx, key); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
-	if _, _, err := store.Get[*wrapperspb.StringValue](ctx, s, key); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("Get after Delete: %v, want ErrNotFound", err)
+	if _, _, err := store.Get[*wrapperspb.StringValue](ctx, s, key); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Get after Delete: %v, want errdefs.ErrNotFound", err)
 	}
-	if _, err := s.Delete(ctx, key); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("second Delete: %v, want ErrNotFound", err)
+	if _, err := s.Delete(ctx, key); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("second Delete: %v, want errdefs.ErrNotFound", err)
 	}
 }
 
@@ -160,8 +161,8 @@ func TestUpdate(t *testing.T) {
 	})
 	t.Run("of a missing key is not found", func(t *testing.T) {
 		_, _, err := store.Update(ctx, s, s.ImageKey("missing"), func(*wrapperspb.StringValue) error { return nil })
-		if !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("Update: got %v, want ErrNotFound", err)
+		if !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("Update: got %v, want errdefs.ErrNotFound", err)
 		}
 	})
 	t.Run("keeps the key's lease", func(t *testing.T) {
@@ -269,8 +270,8 @@ func TestListRefusesABadPageToken(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, _, err := store.List[*wrapperspb.Int64Value](ctx, s, s.RunsPrefix(), 1, tt.token)
-			var fv *store.FieldViolation
-			if !errors.As(err, &fv) || fv.Field != "page_token" || !errors.Is(err, store.ErrInvalidArgument) {
+			var fv *errdefs.FieldViolation
+			if !errors.As(err, &fv) || fv.Field != "page_token" || !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("List: got %v, want InvalidArgument on page_token", err)
 			}
 		})
@@ -302,8 +303,8 @@ func TestWritesRefuseValuesAboveTheSizeLimit(t *testing.T) {
 	}
 	for _, w := range writes {
 		t.Run(w.name+" refuses it", func(t *testing.T) {
-			if err := w.write(); !errors.Is(err, store.ErrInvalidArgument) {
-				t.Fatalf("got %v, want ErrInvalidArgument", err)
+			if err := w.write(); !errors.Is(err, errdefs.ErrInvalidArgument) {
+				t.Fatalf("got %v, want errdefs.ErrInvalidArgument", err)
 			}
 		})
 	}
@@ -311,7 +312,7 @@ func TestWritesRefuseValuesAboveTheSizeLimit(t *testing.T) {
 	if err != nil || string(got.GetValue()) != "ok" {
 		t.Fatalf("stored value changed: %q, %v", got.GetValue(), err)
 	}
-	if _, _, err := store.Get[*wrapperspb.BytesValue](ctx, s, s.LogKey("run", 2)); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := store.Get[*wrapperspb.BytesValue](ctx, s, s.LogKey("run", 2)); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("refused Create left a key: %v", err)
 	}
 }

@@ -1179,12 +1179,17 @@ func (x *Cancel) GetReason() string {
 }
 
 // Ack answers one agent message. code is a google.rpc.Code: 0 accepted,
-// 10 (ABORTED) for a report whose fencing token is stale.
+// 10 (ABORTED) with reason STALE_FENCING_TOKEN for a report whose fencing
+// token is stale (drop the run's work), 10 with reason CONTENDED for a report
+// to send again, 5 (NOT_FOUND) for a run that no longer exists.
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Code          int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Code    int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// reason tells apart errors that share a code, as google.rpc.ErrorInfo's
+	// reason does in a status (domain osvc.v1).
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1236,6 +1241,13 @@ func (x *Ack) GetCode() int32 {
 func (x *Ack) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *Ack) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -1545,11 +1557,12 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x06Cancel\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"C\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"[\n" +
 	"\x03Ack\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xc2\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xc2\x01\n" +
 	"\x0fConnectResponse\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x10.osvc.v1.WelcomeH\x00R\awelcome\x12)\n" +
 	"\x06assign\x18\x02 \x01(\v2\x0f.osvc.v1.AssignH\x00R\x06assign\x12)\n" +
