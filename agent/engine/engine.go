@@ -7,7 +7,7 @@ import (
 	"errors"
 	"time"
 
-	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/wiminfo"
 )
 
 // Outcome is what applying one update package to one mounted index did.
@@ -45,13 +45,20 @@ const UnsupportedMessage = "Not applying this update binary, it is not supported
 // ErrMountBusy is returned when the mount folder is already in use.
 var ErrMountBusy = errors.New("mount folder is in use")
 
+// ErrDamaged is wrapped by Verify's error for a WIM file whose data is damaged.
+var ErrDamaged = errors.New("the WIM file is damaged")
+
+// Index describes one index of a WIM file as its XML info tells: name,
+// edition, architecture, build, languages and size.
+type Index = wiminfo.Image
+
 // Mount is one index of a WIM mounted read-write in a folder.
 type Mount struct {
 	WIM   string
 	Index int
 	Dir   string
 	// Info is the index as the WIM describes it; applicability is checked against it.
-	Info *osvcv1.ImageIndex
+	Info *Index
 }
 
 // Installed is a package installed in a mounted index.
@@ -72,7 +79,11 @@ type Engine interface {
 	// Name is the engine's name as agents announce it: "wimlib" or "dism".
 	Name() string
 	// Inspect reads the indexes of a WIM file.
-	Inspect(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, error)
+	Inspect(ctx context.Context, wim string) ([]Index, error)
+	// Verify checks the integrity of a WIM file: every resource its images
+	// use is present and hashes to what the file records. A damaged file is
+	// an error wrapping ErrDamaged that says what is wrong.
+	Verify(ctx context.Context, wim string) error
 	// Mount mounts one index read-write in dir, which must exist and be empty.
 	Mount(ctx context.Context, wim string, index int, dir string) (*Mount, error)
 	// AddPackage applies one update file to the mounted index. A file the

@@ -296,7 +296,7 @@ func (r *run) skip(ctx context.Context, step osvcv1.Step, why string) error {
 func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	removeSuperseded := r.a.GetRun().GetRemoveSuperseded()
 	var source string // the working copy
-	var indexes []*osvcv1.ImageIndex
+	var indexes []engine.Index
 
 	if err := r.step(ctx, osvcv1.Step_STEP_DRIVE, r.work, func() (string, error) {
 		detail, err := r.drive()
@@ -362,7 +362,7 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	var failed error
 	committed := 0
 	for _, ix := range indexes {
-		index := int(ix.GetIndex())
+		index := ix.Index
 		if failed != nil {
 			r.skipUpdates(ctx, index, r.a.GetUpdates())
 			continue
@@ -742,7 +742,7 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 			return "", err
 		}
 		r.mount = m
-		return fmt.Sprintf("index %d (%s) mounted", index, m.Info.GetName()), nil
+		return fmt.Sprintf("index %d (%s) mounted", index, m.Info.Name), nil
 	}); err != nil {
 		r.skipUpdates(ctx, index, r.a.GetUpdates())
 		return false, err
@@ -971,13 +971,13 @@ func (r *run) discardMount(ctx context.Context) {
 }
 
 // export writes every index of the committed copy into a new file.
-func (r *run) export(ctx context.Context, source string, indexes []*osvcv1.ImageIndex, dst string) (string, error) {
+func (r *run) export(ctx context.Context, source string, indexes []engine.Index, dst string) (string, error) {
 	before, err := os.Stat(source)
 	if err != nil {
 		return "", fmt.Errorf("export: %w", err)
 	}
 	for _, ix := range indexes {
-		if err := r.eng.Export(ctx, source, int(ix.GetIndex()), dst); err != nil {
+		if err := r.eng.Export(ctx, source, ix.Index, dst); err != nil {
 			return "", err
 		}
 	}
@@ -1014,12 +1014,14 @@ func (r *run) describe(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, e
 			byIdentity[strings.ToLower(u.GetPackageIdentity())] = u.GetName()
 		}
 	}
-	for _, ix := range indexes {
-		installed, err := r.eng.ReadInstalled(ctx, wim, int(ix.GetIndex()))
+	out := make([]*osvcv1.ImageIndex, 0, len(indexes))
+	for _, info := range indexes {
+		installed, err := r.eng.ReadInstalled(ctx, wim, info.Index)
 		if err != nil {
 			return nil, err
 		}
-		ix.InstalledUpdates = nil
+		ix := info.Proto()
+		out = append(out, ix)
 		for _, p := range installed {
 			iu := &osvcv1.InstalledUpdate{
 				PackageIdentity: p.Identity,
@@ -1033,7 +1035,7 @@ func (r *run) describe(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, e
 			ix.InstalledUpdates = append(ix.InstalledUpdates, iu)
 		}
 	}
-	return indexes, nil
+	return out, nil
 }
 
 // tidy removes the copies and the mount folder from the work folder, keeping

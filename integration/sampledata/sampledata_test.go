@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/pkg/wiminfo"
 )
@@ -53,16 +54,16 @@ func TestTheImageInspectsAsAWindowsImage(t *testing.T) {
 				t.Fatalf("indexes = %d, want 1", len(idx))
 			}
 			got := idx[0]
-			if got.GetArchitecture() != osvcv1.Architecture_ARCHITECTURE_X64 || got.GetBuild() != tt.wantBuild ||
-				got.GetEdition() != tt.wantEdition || got.GetName() != tt.wantName {
-				t.Errorf("index = %s build %d edition %q name %q, want x64 %d %q %q", got.GetArchitecture(),
-					got.GetBuild(), got.GetEdition(), got.GetName(), tt.wantBuild, tt.wantEdition, tt.wantName)
+			if got.Arch != osvcv1.Architecture_ARCHITECTURE_X64 || got.Build != tt.wantBuild ||
+				got.Edition != tt.wantEdition || got.Name != tt.wantName {
+				t.Errorf("index = %s build %d edition %q name %q, want x64 %d %q %q", got.Arch,
+					got.Build, got.Edition, got.Name, tt.wantBuild, tt.wantEdition, tt.wantName)
 			}
-			if len(got.GetLanguages()) == 0 || got.GetLanguages()[0] != "en-US" {
-				t.Errorf("languages = %v, want en-US", got.GetLanguages())
+			if len(got.Languages) == 0 || got.Languages[0] != "en-US" {
+				t.Errorf("languages = %v, want en-US", got.Languages)
 			}
-			if got.GetTotalBytes() < 512<<10 {
-				t.Errorf("total bytes = %d, want at least the payload", got.GetTotalBytes())
+			if got.TotalBytes < 512<<10 {
+				t.Errorf("total bytes = %d, want at least the payload", got.TotalBytes)
 			}
 			out, err := exec.Command("wimlib-imagex", "dir", s.WIM, "1").CombinedOutput()
 			if err != nil {
@@ -107,9 +108,10 @@ func TestEveryUpdateIsWhatItClaims(t *testing.T) {
 			if p.Manifest.KB != u.KB || p.Manifest.Classification != u.Classification {
 				t.Errorf("manifest says %s %s, want %s %s", p.Manifest.KB, p.Manifest.Classification, u.KB, u.Classification)
 			}
-			applies, reason := p.Manifest.AppliesTo(idx[0])
-			if wantApplies := u.Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED; applies != wantApplies {
-				t.Errorf("AppliesTo = %t (%s), want %t", applies, reason, wantApplies)
+			ix := applicability.NewIndex(idx[0].Index, idx[0].Arch, idx[0].Build, nil)
+			verdict, reason := applicability.Check(p.Manifest.Applicability(), ix)
+			if wantApplies := u.Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED; (verdict == applicability.Applies) != wantApplies {
+				t.Errorf("applicability = %s (%s), want applies %t", verdict, reason, wantApplies)
 			}
 			staged, err := p.Stage(t.TempDir())
 			if err != nil {

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/cab"
 )
 
@@ -178,36 +178,15 @@ func architecture(arch string) osvcv1.Architecture {
 	return osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED
 }
 
-func archName(a osvcv1.Architecture) string {
-	switch a {
-	case osvcv1.Architecture_ARCHITECTURE_X64:
-		return "x64"
-	case osvcv1.Architecture_ARCHITECTURE_X86:
-		return "x86"
-	case osvcv1.Architecture_ARCHITECTURE_ARM64:
-		return "arm64"
-	case osvcv1.Architecture_ARCHITECTURE_NEUTRAL:
-		return "neutral"
+// Applicability is the package as the applicability rule sees it.
+func (m *Manifest) Applicability() applicability.Package {
+	return applicability.Package{
+		Identity: m.Identity.String(),
+		KB:       m.KB,
+		Name:     m.Identity.Name,
+		Arch:     m.Architecture(),
+		Builds:   m.ApplicableBuilds,
 	}
-	return "an unknown architecture"
-}
-
-// AppliesTo reports whether the package applies to an index (architecture
-// neutral or equal; builds empty or containing index.Build) and why not.
-func (m *Manifest) AppliesTo(idx *osvcv1.ImageIndex) (bool, string) {
-	arch := m.Architecture()
-	if arch != osvcv1.Architecture_ARCHITECTURE_NEUTRAL && arch != idx.GetArchitecture() {
-		return false, fmt.Sprintf("%s is for %s; index %d is %s", m.Identity.Name, archName(arch), idx.GetIndex(), archName(idx.GetArchitecture()))
-	}
-	if len(m.ApplicableBuilds) > 0 && !slices.Contains(m.ApplicableBuilds, idx.GetBuild()) {
-		builds := make([]string, len(m.ApplicableBuilds))
-		for i, b := range m.ApplicableBuilds {
-			builds[i] = strconv.FormatUint(uint64(b), 10)
-		}
-		return false, fmt.Sprintf("%s applies to OS builds %s; index %d is build %d",
-			m.Identity.Name, strings.Join(builds, ", "), idx.GetIndex(), idx.GetBuild())
-	}
-	return true, ""
 }
 
 // maxManifestBytes bounds the update.mum and component manifests read.

@@ -272,35 +272,6 @@ func TestSxSNames(t *testing.T) {
 	}
 }
 
-func TestAppliesTo(t *testing.T) {
-	t.Parallel()
-	x64 := osvcv1.Architecture_ARCHITECTURE_X64
-	arm := osvcv1.Architecture_ARCHITECTURE_ARM64
-	for _, tc := range []struct {
-		name   string
-		arch   string
-		builds []uint32
-		index  *osvcv1.ImageIndex
-		ok     bool
-		why    string
-	}{
-		{"same architecture and a listed build", "amd64", []uint32{22621, 22631}, &osvcv1.ImageIndex{Index: 1, Architecture: x64, Build: 22631}, true, ""},
-		{"a neutral package on arm64 with no build list", "neutral", nil, &osvcv1.ImageIndex{Index: 1, Architecture: arm, Build: 26100}, true, ""},
-		{"another architecture", "amd64", nil, &osvcv1.ImageIndex{Index: 2, Architecture: arm, Build: 22631}, false, "is for x64; index 2 is arm64"},
-		{"an unlisted build", "amd64", []uint32{22621, 22631}, &osvcv1.ImageIndex{Index: 1, Architecture: x64, Build: 19045}, false, "applies to OS builds 22621, 22631; index 1 is build 19045"},
-		{"an index of unknown architecture", "x86", nil, &osvcv1.ImageIndex{Index: 1}, false, "is for x86; index 1 is an unknown architecture"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			m := &Manifest{Identity: Identity{Name: "P", Arch: tc.arch}, ApplicableBuilds: tc.builds}
-			ok, why := m.AppliesTo(tc.index)
-			if ok != tc.ok || !strings.Contains(why, tc.why) || (tc.ok && why != "") {
-				t.Errorf("AppliesTo = %v, %q; want %v, %q", ok, why, tc.ok, tc.why)
-			}
-		})
-	}
-}
-
 func TestArchitecture(t *testing.T) {
 	t.Parallel()
 	for arch, want := range map[string]osvcv1.Architecture{

@@ -27,15 +27,52 @@ import (
 // ErrNotWIM is returned for a file that does not start with a WIM header.
 var ErrNotWIM = errors.New("not a WIM file")
 
+// Image describes one image (index) of a WIM file as its XML info tells.
+type Image struct {
+	// Index numbers the image from 1.
+	Index       int
+	Name        string
+	Description string
+	// Edition is the Windows edition ID, e.g. Enterprise.
+	Edition string
+	// Arch is the processor architecture; UNSPECIFIED for an image that is
+	// not Windows or names an architecture osvc does not know.
+	Arch osvcv1.Architecture
+	// Version is the Windows version, e.g. 10.0.22631.2428, and Build its
+	// third part.
+	Version    string
+	Build      uint32
+	Languages  []string
+	TotalBytes int64
+}
+
+// Proto is the image as the API describes an index.
+func (im Image) Proto() *osvcv1.ImageIndex {
+	return &osvcv1.ImageIndex{
+		Index:        int32(im.Index),
+		Name:         im.Name,
+		Description:  im.Description,
+		Edition:      im.Edition,
+		Architecture: im.Arch,
+		Version:      im.Version,
+		Build:        im.Build,
+		Languages:    slices.Clone(im.Languages),
+		TotalBytes:   im.TotalBytes,
+	}
+}
+
 // ErrDamaged is wrapped by errors about a WIM whose header or XML info cannot
 // be read; the message starts "WIM XML info is damaged".
 var ErrDamaged = errors.New("WIM XML info is damaged")
 
 const (
 	headerSize = 208
-	// maxXMLBytes bounds the XML info read into memory. Real XML info is a
-	// few kilobytes per image; a header claiming more is damaged.
-	maxXMLBytes = 64 << 20
+	// MaxXMLBytes bounds the XML info read into memory. Real XML info is a
+	// few kilobytes per image (Microsoft's eleven-edition install.wim holds
+	// about 40 KiB of it): 2 MiB is room for some 400 images, more than any
+	// real WIM holds, and a header claiming more is taken as damaged. Reading
+	// the XML costs about five times its size in memory while it is decoded.
+	MaxXMLBytes = 2 << 20
 
 	reshdrCompressed = 0x04
 )
@@ -50,7 +87,7 @@ func damaged(format string, args ...any) error {
 }
 
 // ReadFile reads the indexes of the WIM file at path.
-func ReadFile(path string) ([]*osvcv1.ImageIndex, error) {
+func ReadFile(path string) ([]Image, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read WIM info: %w", err)
@@ -68,7 +105,7 @@ func ReadFile(path string) ([]*osvcv1.ImageIndex, error) {
 }
 
 // Read reads the indexes of the WIM in r, whose length is size.
-func Read(r io.ReaderAt, size int64) ([]*osvcv1.ImageIndex, error) {
+func Read(r io.ReaderAt, size int64) ([]Image, error) {
 	if size < int64(len(wimMagic)) {
 		return nil, ErrNotWIM
 	}
@@ -104,7 +141,7 @@ func Read(r io.ReaderAt, size int64) ([]*osvcv1.ImageIndex, error) {
 	if origSize != sizeInWIM {
 		return nil, damaged("uncompressed XML info declares %d bytes stored as %d", origSize, sizeInWIM)
 	}
-	if origSize == 0 || origSize > maxXMLBytes {
+	if origSize == 0 || origSize > MaxXMLBytes {
 		return nil, damaged("XML info declares %d bytes", origSize)
 	}
 	if offset < headerSize || offset > uint64(size) || origSize > uint64(size)-offset {
@@ -189,7 +226,7 @@ func decodeText(data []byte) (string, error) {
 
 // ParseXML parses a WIM's XML info (UTF-16LE with BOM, or UTF-8) into its
 // indexes, in index order.
-func ParseXML(data []byte) ([]*osvcv1.ImageIndex, error) {
+func ParseXML(data []byte) ([]Image, error) {
 	text, err := decodeText(data)
 	if err != nil {
 		return nil, err
@@ -202,8 +239,8 @@ func ParseXML(data []byte) ([]*osvcv1.ImageIndex, error) {
 	if err := dec.Decode(&w); err != nil {
 		return nil, damaged("%v", err)
 	}
-	out := make([]*osvcv1.ImageIndex, 0, len(w.Images))
-	seen := map[int32]bool{}
+	out := make([]Image, 0, len(w.Images))
+	seen := map[int]bool{}
 	for i, im := range w.Images {
 		idx, err := convertImage(i, im)
 		if err != nil {
@@ -215,32 +252,32 @@ func ParseXML(data []byte) ([]*osvcv1.ImageIndex, error) {
 		seen[idx.Index] = true
 		out = append(out, idx)
 	}
-	slices.SortFunc(out, func(a, b *osvcv1.ImageIndex) int { return int(a.Index) - int(b.Index) })
+	slices.SortFunc(out, func(a, b Image) int { return a.Index - b.Index })
 	for i, idx := range out {
-		if idx.Index != int32(i+1) {
+		if idx.Index != i+1 {
 			return nil, damaged("indexes are not numbered 1 to %d (found %d)", len(out), idx.Index)
 		}
 	}
 	return out, nil
 }
 
-func convertImage(pos int, im imageXML) (*osvcv1.ImageIndex, error) {
-	idx := &osvcv1.ImageIndex{
-		Index:       int32(pos + 1),
+func convertImage(pos int, im imageXML) (Image, error) {
+	idx := Image{
+		Index:       pos + 1,
 		Name:        strings.TrimSpace(im.Name),
 		Description: strings.TrimSpace(im.Description),
 	}
 	if s := strings.TrimSpace(im.Index); s != "" {
 		n, err := parseNumber(s, 31)
 		if err != nil || n < 1 {
-			return nil, damaged("image INDEX %q is not a positive number", im.Index)
+			return Image{}, damaged("image INDEX %q is not a positive number", im.Index)
 		}
-		idx.Index = int32(n)
+		idx.Index = int(n)
 	}
 	if s := strings.TrimSpace(im.TotalBytes); s != "" {
 		n, err := parseNumber(s, 63)
 		if err != nil {
-			return nil, damaged("index %d TOTALBYTES %q is not a number", idx.Index, s)
+			return Image{}, damaged("index %d TOTALBYTES %q is not a number", idx.Index, s)
 		}
 		idx.TotalBytes = int64(n)
 	}
@@ -255,9 +292,9 @@ func convertImage(pos int, im imageXML) (*osvcv1.ImageIndex, error) {
 	if s := strings.TrimSpace(win.Arch); s != "" {
 		n, err := parseNumber(s, 31)
 		if err != nil {
-			return nil, damaged("index %d ARCH %q is not a number", idx.Index, s)
+			return Image{}, damaged("index %d ARCH %q is not a number", idx.Index, s)
 		}
-		idx.Architecture = architecture(n)
+		idx.Arch = architecture(n)
 	}
 	for _, l := range win.Languages.Language {
 		if l = strings.TrimSpace(l); l != "" {
@@ -277,7 +314,7 @@ func convertImage(pos int, im imageXML) (*osvcv1.ImageIndex, error) {
 			}
 			n, err := parseNumber(s, 32)
 			if err != nil {
-				return nil, damaged("index %d VERSION part %q is not a number", idx.Index, s)
+				return Image{}, damaged("index %d VERSION part %q is not a number", idx.Index, s)
 			}
 			parts[i] = n
 		}

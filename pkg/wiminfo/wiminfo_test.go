@@ -7,12 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-
-	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -99,15 +98,15 @@ func TestReadFileDescribesEveryIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []*osvcv1.ImageIndex{
+	want := []Image{
 		{
 			Index: 1, Name: "Windows 11 Pro", Description: "Windows 11 Pro 23H2", Edition: "Professional",
-			Architecture: osvcv1.Architecture_ARCHITECTURE_X64, Version: "10.0.22631.2428", Build: 22631,
+			Arch: osvcv1.Architecture_ARCHITECTURE_X64, Version: "10.0.22631.2428", Build: 22631,
 			Languages: []string{"en-US"},
 		},
 		{
 			Index: 2, Name: "Windows 11 Enterprise", Edition: "Enterprise",
-			Architecture: osvcv1.Architecture_ARCHITECTURE_ARM64, Version: "10.0.26100.1742", Build: 26100,
+			Arch: osvcv1.Architecture_ARCHITECTURE_ARM64, Version: "10.0.26100.1742", Build: 26100,
 			Languages: []string{"en-US", "de-DE"},
 		},
 	}
@@ -119,7 +118,7 @@ func TestReadFileDescribesEveryIndex(t *testing.T) {
 			t.Errorf("index %d: TotalBytes = %d, want the captured size", i+1, got[i].TotalBytes)
 		}
 		want[i].TotalBytes = got[i].TotalBytes
-		if !proto.Equal(got[i], want[i]) {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("index %d:\n got %v\nwant %v", i+1, got[i], want[i])
 		}
 	}
@@ -149,7 +148,7 @@ func TestParseXMLReadsWimlibInfoOutput(t *testing.T) {
 		t.Fatalf("ParseXML found %d indexes, ReadFile %d", len(fromXML), len(fromFile))
 	}
 	for i := range fromXML {
-		if !proto.Equal(fromXML[i], fromFile[i]) {
+		if !reflect.DeepEqual(fromXML[i], fromFile[i]) {
 			t.Errorf("index %d: ParseXML %v, ReadFile %v", i+1, fromXML[i], fromFile[i])
 		}
 	}
@@ -187,12 +186,12 @@ func TestParseXMLAcceptsEncodingsAndNumberForms(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := []*osvcv1.ImageIndex{
-				{Index: 1, Name: "First", Edition: "ServerDatacenter", Architecture: osvcv1.Architecture_ARCHITECTURE_X86,
+			want := []Image{
+				{Index: 1, Name: "First", Edition: "ServerDatacenter", Arch: osvcv1.Architecture_ARCHITECTURE_X86,
 					Version: "10.0.20348.0", Build: 20348, Languages: []string{"fr-FR"}, TotalBytes: 42},
 				{Index: 2, Name: "Second", TotalBytes: 16},
 			}
-			if len(got) != 2 || !proto.Equal(got[0], want[0]) || !proto.Equal(got[1], want[1]) {
+			if len(got) != 2 || !reflect.DeepEqual(got, want) {
 				t.Errorf("got %v\nwant %v", got, want)
 			}
 		})
@@ -281,7 +280,7 @@ func FuzzParseXML(f *testing.F) {
 			return
 		}
 		for i, x := range idx {
-			if x.Index != int32(i+1) {
+			if x.Index != i+1 {
 				t.Fatalf("index %d numbered %d", i+1, x.Index)
 			}
 		}
@@ -306,7 +305,7 @@ func FuzzRead(f *testing.F) {
 			return
 		}
 		for i, x := range idx {
-			if x.Index != int32(i+1) {
+			if x.Index != i+1 {
 				t.Fatalf("index %d numbered %d", i+1, x.Index)
 			}
 		}

@@ -7,19 +7,16 @@ import (
 	"strings"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/store"
 )
 
 // ApplicableUpdates returns, in name order and unpaged, the updates matching f
-// that apply to at least one index of the image. An update applies to an index
-// when
-//   - its architecture is NEUTRAL (or unknown) or the index's,
-//   - its applicable_builds are empty or hold the index's build,
-//   - its package identity is not installed in the index (nor, by catalog
-//     name, the update itself), and
-//   - no package installed in the index supersedes it, as told by the
-//     supersedes list of that package's catalog update.
+// that apply to at least one index of the image, by the applicability rule
+// the engines use too (package applicability): architecture, OS builds, not
+// installed, not superseded by an installed package. What an installed
+// package supersedes comes from the supersedes list of its catalog update.
 //
 // An update that is not a package (e.g. an .exe) has no identity and is listed
 // when its architecture matches: the engine decides and reports it UNSUPPORTED.
@@ -37,23 +34,53 @@ func (c *Catalog) ApplicableUpdates(ctx context.Context, image *osvcv1.Image, f 
 	byIdentity := make(map[string]*osvcv1.Update, len(all))
 	for _, u := range all {
 		if u.GetPackageIdentity() != "" {
-			byIdentity[u.GetPackageIdentity()] = u
+			byIdentity[strings.ToLower(u.GetPackageIdentity())] = u
 		}
 	}
-	indexes := make([]indexView, 0, len(image.GetIndexes()))
+	indexes := make([]*applicability.Index, 0, len(image.GetIndexes()))
 	for _, idx := range image.GetIndexes() {
-		indexes = append(indexes, newIndexView(idx, byIdentity))
+		indexes = append(indexes, applicabilityIndex(idx, byIdentity))
 	}
 	var out []*osvcv1.Update
 	for _, u := range all {
 		if !match(u) {
 			continue
 		}
-		if slices.ContainsFunc(indexes, func(v indexView) bool { return v.applies(u) }) {
+		p := applicabilityPackage(u)
+		if slices.ContainsFunc(indexes, func(ix *applicability.Index) bool {
+			v, _ := applicability.Check(p, ix)
+			return v == applicability.Applies
+		}) {
 			out = append(out, u)
 		}
 	}
 	return out, nil
+}
+
+// applicabilityPackage is a catalog update as the applicability rule sees it.
+func applicabilityPackage(u *osvcv1.Update) applicability.Package {
+	return applicability.Package{
+		Identity: u.GetPackageIdentity(),
+		KB:       u.GetKb(),
+		Name:     u.GetName(),
+		Update:   u.GetName(),
+		Arch:     u.GetArchitecture(),
+		Builds:   u.GetApplicableBuilds(),
+	}
+}
+
+// applicabilityIndex is an image index with what it has installed; the
+// supersedes list of each installed package is its catalog update's.
+func applicabilityIndex(idx *osvcv1.ImageIndex, byIdentity map[string]*osvcv1.Update) *applicability.Index {
+	var installed []applicability.Installed
+	for _, inst := range idx.GetInstalledUpdates() {
+		in := applicability.Installed{Identity: inst.GetPackageIdentity(), KB: inst.GetKb(), Update: inst.GetUpdate()}
+		if u := byIdentity[strings.ToLower(inst.GetPackageIdentity())]; u != nil {
+			in.Supersedes = u.GetSupersedes()
+		}
+		installed = append(installed, in)
+	}
+	return applicability.NewIndex(int(idx.GetIndex()), idx.GetArchitecture(), idx.GetBuild(), installed)
 }
 
 // allUpdates reads the whole update catalog, page by page.
@@ -71,50 +98,6 @@ func (c *Catalog) allUpdates(ctx context.Context) ([]*osvcv1.Update, error) {
 		}
 		token = next
 	}
-}
-
-// indexView is one image index with what is installed in it, for applicability.
-type indexView struct {
-	index        *osvcv1.ImageIndex
-	installed    map[string]bool // package identities and catalog update names
-	supersededBy map[string]bool // identities superseded by installed packages
-}
-
-func newIndexView(idx *osvcv1.ImageIndex, byIdentity map[string]*osvcv1.Update) indexView {
-	v := indexView{index: idx, installed: map[string]bool{}, supersededBy: map[string]bool{}}
-	for _, inst := range idx.GetInstalledUpdates() {
-		if id := inst.GetPackageIdentity(); id != "" {
-			v.installed[id] = true
-			if u := byIdentity[id]; u != nil {
-				v.installed[u.GetName()] = true
-				for _, s := range u.GetSupersedes() {
-					v.supersededBy[s] = true
-				}
-			}
-		}
-		if name := inst.GetUpdate(); name != "" {
-			v.installed[name] = true
-		}
-	}
-	return v
-}
-
-func (v indexView) applies(u *osvcv1.Update) bool {
-	switch u.GetArchitecture() {
-	case osvcv1.Architecture_ARCHITECTURE_NEUTRAL, osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED, v.index.GetArchitecture():
-	default:
-		return false
-	}
-	if builds := u.GetApplicableBuilds(); len(builds) > 0 && !slices.Contains(builds, v.index.GetBuild()) {
-		return false
-	}
-	if v.installed[u.GetName()] {
-		return false
-	}
-	if id := u.GetPackageIdentity(); id != "" && (v.installed[id] || v.supersededBy[id]) {
-		return false
-	}
-	return true
 }
 
 // ListApplicableUpdates pages through ApplicableUpdates of the image named

@@ -88,10 +88,14 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err != nil {
 		return nil, err
 	}
-	indexes, err := wiminfo.ReadFile(c.lib.Path(blob.GetSha256()))
+	images, err := wiminfo.ReadFile(c.lib.Path(blob.GetSha256()))
 	if err != nil {
 		return nil, errdefs.InvalidArgument("content_sha256",
 			fmt.Sprintf("content %s is not a WIM file (%v); upload the .wim file itself", blob.GetSha256(), err))
+	}
+	indexes := make([]*osvcv1.ImageIndex, 0, len(images))
+	for _, im := range images {
+		indexes = append(indexes, im.Proto())
 	}
 	if len(indexes) == 0 {
 		return nil, errdefs.InvalidArgument("content_sha256",

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
@@ -149,7 +150,7 @@ func (e *Engine) markSuperseded(ctx context.Context, img *os.Root) (int, error) 
 			continue
 		}
 		for _, old := range active {
-			if old.Identity == newer.Identity || !supersedes(man, old.Identity, old.KB) {
+			if old.Identity == newer.Identity || !applicability.Supersedes(man.Supersedes, old.Identity, old.KB) {
 				continue
 			}
 			if slices.ContainsFunc(marks, func(p sessionPackage) bool { return p.ID == old.Identity }) {

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
@@ -103,56 +104,38 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	return engine.Applied, nil
 }
 
-// decide returns Applied when the package should be installed, or why not.
+// decide returns Applied when the package should be installed, or why not,
+// by the applicability rule the catalog uses too. Packages recorded
+// Installed or Superseded count as installed; the supersedes lists of those
+// recorded Installed say what they replace.
 func (e *Engine) decide(log hclog.Logger, m *engine.Mount, img *os.Root, doc *sessionsDoc, man *updatepkg.Manifest) engine.Outcome {
-	id := man.Identity.String()
-	log = log.With("package", id, "kb", man.KB)
-	if ok, reason := man.AppliesTo(m.Info); !ok {
+	log = log.With("package", man.Identity.String(), "kb", man.KB)
+	var installed []applicability.Installed
+	for _, in := range doc.installed() {
+		if in.State != stateInstalled && in.State != stateSuperseded {
+			continue
+		}
+		ai := applicability.Installed{Identity: in.Identity, KB: in.KB}
+		if in.State == stateInstalled {
+			if newer, err := readInstalledManifest(img, in.Identity); err == nil {
+				ai.Supersedes = newer.Supersedes
+			} else {
+				log.Debug("cannot read an installed package's manifest", "installed", in.Identity, "error", err)
+			}
+		}
+		installed = append(installed, ai)
+	}
+	ix := applicability.NewIndex(m.Info.Index, m.Info.Arch, m.Info.Build, installed)
+	switch verdict, reason := applicability.Check(man.Applicability(), ix); verdict {
+	case applicability.Applies:
+		return engine.Applied
+	case applicability.AlreadyInstalled:
+		log.Info("package already installed")
+		return engine.AlreadyInstalled
+	default:
 		log.Info("package not applicable", "reason", reason)
 		return engine.NotApplicable
 	}
-	installed := doc.installed()
-	for _, in := range installed {
-		if in.Identity == id && (in.State == stateInstalled || in.State == stateSuperseded) {
-			log.Info("package already installed", "state", in.State)
-			return engine.AlreadyInstalled
-		}
-	}
-	// A newer installed package that supersedes this one makes it not
-	// applicable, as CBS answers for an older cumulative update.
-	for _, in := range installed {
-		if in.State != stateInstalled {
-			continue
-		}
-		newer, err := readInstalledManifest(img, in.Identity)
-		if err != nil {
-			log.Debug("cannot read an installed package's manifest", "installed", in.Identity, "error", err)
-			continue
-		}
-		if supersedes(newer, id, man.KB) {
-			log.Info("package not applicable", "reason", "superseded by installed package "+in.Identity)
-			return engine.NotApplicable
-		}
-	}
-	return engine.Applied
-}
-
-// supersedes reports whether m lists the package (by identity or KB) as superseded.
-func supersedes(m *updatepkg.Manifest, identity, kb string) bool {
-	for _, s := range m.Supersedes {
-		if s == identity || (kb != "" && normalizeKB(s) == normalizeKB(kb)) {
-			return true
-		}
-	}
-	return false
-}
-
-func normalizeKB(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) > 2 && strings.EqualFold(s[:2], "KB") {
-		s = s[2:]
-	}
-	return s
 }
 
 // Folders inside the image.

@@ -21,7 +21,6 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/mountinfo"
-	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/pkg/wiminfo"
 )
@@ -137,7 +136,7 @@ func lastLines(out []byte) string {
 }
 
 // Inspect reads the indexes of a WIM file.
-func (e *Engine) Inspect(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, error) {
+func (e *Engine) Inspect(ctx context.Context, wim string) ([]engine.Index, error) {
 	out, err := e.run(ctx, false, "info", wim, "--xml")
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", wim, err)
@@ -147,6 +146,28 @@ func (e *Engine) Inspect(ctx context.Context, wim string) ([]*osvcv1.ImageIndex,
 		return nil, fmt.Errorf("inspect %s: %w", wim, err)
 	}
 	return idx, nil
+}
+
+// Verify runs wimlib-imagex verify: it reads every image's metadata and
+// every blob the images use, and checks each against the SHA-1 the file
+// records. A file that fails is ErrDamaged with wimlib's own message.
+func (e *Engine) Verify(ctx context.Context, wim string) error {
+	// A file that cannot be read is not a damaged one: say so first, since
+	// wimlib-imagex fails both the same way.
+	f, err := os.Open(wim)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	f.Close()
+	_, err = e.run(ctx, false, "verify", wim)
+	if err == nil {
+		return nil
+	}
+	var exit *exec.ExitError
+	if ctx.Err() == nil && errors.As(err, &exit) {
+		return fmt.Errorf("verify %s: %w: %w", wim, engine.ErrDamaged, err)
+	}
+	return fmt.Errorf("verify %s: %w", wim, err)
 }
 
 // Mount mounts one index read-write in dir, which must exist and be empty.
@@ -173,19 +194,19 @@ func (e *Engine) Mount(ctx context.Context, wim string, index int, dir string) (
 		}
 		return nil, fmt.Errorf("mount %s index %d in %s: %w", wim, index, dir, err)
 	}
-	e.logger.Info("mounted", "wim", wim, "index", index, "dir", dir, "name", info.GetName())
+	e.logger.Info("mounted", "wim", wim, "index", index, "dir", dir, "name", info.Name)
 	return &engine.Mount{WIM: wim, Index: index, Dir: dir, Info: info}, nil
 }
 
 // indexInfo describes one index of a WIM.
-func (e *Engine) indexInfo(ctx context.Context, wim string, index int) (*osvcv1.ImageIndex, error) {
+func (e *Engine) indexInfo(ctx context.Context, wim string, index int) (*engine.Index, error) {
 	indexes, err := e.Inspect(ctx, wim)
 	if err != nil {
 		return nil, err
 	}
-	for _, ix := range indexes {
-		if int(ix.GetIndex()) == index {
-			return ix, nil
+	for i := range indexes {
+		if indexes[i].Index == index {
+			return &indexes[i], nil
 		}
 	}
 	return nil, fmt.Errorf("the WIM has %d indexes, none numbered %d: pick one of 1 to %d", len(indexes), index, len(indexes))
@@ -282,7 +303,7 @@ func (e *Engine) servicedRevision(ctx context.Context, m *engine.Mount) uint32 {
 		e.logger.Warn("cannot read the installed packages for the image version", "dir", m.Dir, "error", err)
 		return 0
 	}
-	return cumulativeRevision(installed, m.Info.GetBuild(), m.Info.GetVersion())
+	return cumulativeRevision(installed, m.Info.Build, m.Info.Version)
 }
 
 // cumulativeRevision picks the highest revision of the installed cumulative

@@ -180,10 +180,10 @@ func TestInspectReadsTheSampleImage(t *testing.T) {
 	if len(idx) != 1 {
 		t.Fatalf("indexes = %d, want 1", len(idx))
 	}
-	if got := idx[0]; got.GetArchitecture() != osvcv1.Architecture_ARCHITECTURE_X64 ||
-		got.GetBuild() != sampledata.DefaultBuild || got.GetEdition() != sampledata.DefaultEdition {
-		t.Errorf("index = arch %s build %d edition %q, want x64 %d %q", got.GetArchitecture(), got.GetBuild(),
-			got.GetEdition(), sampledata.DefaultBuild, sampledata.DefaultEdition)
+	if got := idx[0]; got.Arch != osvcv1.Architecture_ARCHITECTURE_X64 ||
+		got.Build != sampledata.DefaultBuild || got.Edition != sampledata.DefaultEdition {
+		t.Errorf("index = arch %s build %d edition %q, want x64 %d %q", got.Arch, got.Build,
+			got.Edition, sampledata.DefaultBuild, sampledata.DefaultEdition)
 	}
 }
 
@@ -215,8 +215,8 @@ func TestAppliedPackageIsCommittedAndReadBack(t *testing.T) {
 	e, _ := newEngine(t)
 	wim := copyWIM(t)
 	m := mount(t, e, wim)
-	if m.Info.GetBuild() != sampledata.DefaultBuild {
-		t.Errorf("Mount.Info build = %d, want %d", m.Info.GetBuild(), sampledata.DefaultBuild)
+	if m.Info.Build != sampledata.DefaultBuild {
+		t.Errorf("Mount.Info build = %d, want %d", m.Info.Build, sampledata.DefaultBuild)
 	}
 	u := update(t, osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.Classification_CLASSIFICATION_SERVICING_STACK)
 	var progress []int
@@ -485,7 +485,7 @@ func TestCleanupAndExportDropSupersededComponents(t *testing.T) {
 		t.Fatal(err)
 	}
 	revision := strings.Split(newerPkg.Manifest.Identity.Version, ".")[1]
-	if got := indexes[0].GetVersion(); !strings.HasSuffix(got, "."+revision) {
+	if got := indexes[0].Version; !strings.HasSuffix(got, "."+revision) {
 		t.Errorf("serviced image version %s, want the revision %s of %s", got, revision, newer.KB)
 	}
 }
@@ -544,7 +544,7 @@ func TestAPackageWithAnEscapingMemberNeverWritesOutsideStaging(t *testing.T) {
 		ReleaseType:      "Update",
 		Classification:   osvcv1.Classification_CLASSIFICATION_UPDATE,
 		Released:         time.Date(2026, 10, 13, 0, 0, 0, 0, time.UTC),
-		ApplicableBuilds: []uint32{m.Info.GetBuild()},
+		ApplicableBuilds: []uint32{m.Info.Build},
 	}
 	mum, err := man.Marshal()
 	if err != nil {
@@ -834,7 +834,7 @@ func TestExportAppendsToAnExistingFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(idx) != 2 || idx[1].GetName() != "Windows 11 Enterprise N" {
+	if len(idx) != 2 || idx[1].Name != "Windows 11 Enterprise N" {
 		t.Fatalf("exported file has %d indexes, want the sample's and the renamed copy", len(idx))
 	}
 	err = e.Export(context.Background(), renamed, 1, dst)
@@ -853,5 +853,32 @@ func TestMountOfAMissingIndexNamesTheIndexes(t *testing.T) {
 	}
 	if mountinfo.IsMountPoint(dir) {
 		t.Fatal("a failed mount left the folder mounted")
+	}
+}
+
+func TestVerifyFindsADamagedBodyThatInspectMisses(t *testing.T) {
+	t.Parallel()
+	e, _ := newEngine(t)
+	ctx := context.Background()
+	if err := e.Verify(ctx, theSample(t).WIM); err != nil {
+		t.Fatalf("Verify of the sample = %v, want nil", err)
+	}
+	damaged := copyWIM(t)
+	if err := sampledata.DamageBody(damaged); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Inspect(ctx, damaged); err != nil {
+		t.Fatalf("Inspect of the damaged copy = %v: the header and XML should still read", err)
+	}
+	err := e.Verify(ctx, damaged)
+	if !errors.Is(err, engine.ErrDamaged) {
+		t.Fatalf("Verify of the damaged copy = %v, want ErrDamaged", err)
+	}
+	if !strings.Contains(err.Error(), damaged) {
+		t.Errorf("the error %q does not name the file", err)
+	}
+	missing := filepath.Join(t.TempDir(), "missing.wim")
+	if err := e.Verify(ctx, missing); err == nil || errors.Is(err, engine.ErrDamaged) {
+		t.Errorf("Verify of a missing file = %v, want an error that is not ErrDamaged", err)
 	}
 }
