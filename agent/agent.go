@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +21,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/names"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -66,9 +66,6 @@ const DefaultWorkRetention = 7 * 24 * time.Hour
 
 // retentionEvery is how often a running agent removes expired work folders.
 const retentionEvery = 24 * time.Hour
-
-// namePattern is what the server accepts as an agent's name (agents/{name}).
-var namePattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 
 // nameFromHost makes a valid agent name of a host name: the first label,
 // lower-cased, other characters turned into '-'.
@@ -159,8 +156,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		cfg.Name = nameFromHost(host)
 	}
-	if !namePattern.MatchString(cfg.Name) {
-		return nil, fmt.Errorf("agent: name %q: use lower-case letters, digits and '-', starting with a letter, at most 63 characters (--name)", cfg.Name)
+	if err := names.ValidateID(cfg.Name); err != nil {
+		return nil, fmt.Errorf("agent: name %q: %v (--name)", cfg.Name, err)
 	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -237,9 +238,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 
 	// runCtx ends the background loops and the open watches; it ends with ctx
-	// or when any part fails.
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// or when any part fails (errgroup cancels it on the first error).
+	g, runCtx := errgroup.WithContext(ctx)
 	gs := grpc.NewServer(s.serverOptions(runCtx)...)
 	healthSrv := health.NewServer()
 	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, s.logger))
@@ -253,13 +253,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	var g group
 	g.Go(func() error {
 		if err := gs.Serve(lis); err != nil {
 			return fmt.Errorf("serve gRPC on %s: %w", addr, err)
 		}
 		return nil
-	}, cancel)
+	})
 	for _, l := range parts.loops {
 		g.Go(func() error {
 			err := l.run(runCtx)
@@ -271,7 +270,7 @@ func (s *Server) Run(ctx context.Context) error {
 			default:
 				return fmt.Errorf("%s: %w", l.name, err)
 			}
-		}, cancel)
+		})
 	}
 
 	etcdDesc := "embedded"
@@ -412,30 +411,4 @@ func serverID(addr string) string {
 		host = "unknown-host"
 	}
 	return host + "/" + addr
-}
-
-// group runs goroutines and waits for all of them; the first error is kept
-// and calls stop, so one failing part shuts the server down.
-type group struct {
-	wg   sync.WaitGroup
-	once sync.Once
-	err  error
-}
-
-func (g *group) Go(f func() error, stop context.CancelFunc) {
-	g.wg.Add(1)
-	go func() {
-		defer g.wg.Done()
-		if err := f(); err != nil {
-			g.once.Do(func() {
-				g.err = err
-			})
-			stop()
-		}
-	}()
-}
-
-func (g *group) Wait() error {
-	g.wg.Wait()
-	return g.err
 }

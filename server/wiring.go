@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/catalog"
@@ -38,13 +39,16 @@ func (s *Server) wireServicing(st *store.Store, cat *catalog.Catalog, lib *conte
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("servicing: %w", err)
 	}
-	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Logger: s.logger, ServerID: serverID, StallAfter: s.cfg.StallAfter})
+	registry, err := agents.New(agents.Config{Store: st, Logger: s.logger, SessionTTL: s.cfg.LeaseTTL, ServerID: serverID})
+	if err != nil {
+		return servicingParts{}, fmt.Errorf("agents: %w", err)
+	}
+	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Agents: registry, Logger: s.logger, ServerID: serverID, StallAfter: s.cfg.StallAfter})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("scheduler: %w", err)
 	}
-	agents, err := agentsvc.New(agentsvc.Config{
-		Store: st, Servicing: svc, Catalog: cat, Logger: s.logger,
-		LeaseTTL: s.cfg.LeaseTTL, HeartbeatInterval: s.cfg.HeartbeatInterval, ServerID: serverID,
+	agentService, err := agentsvc.New(agentsvc.Config{
+		Store: st, Servicing: svc, Agents: registry, Logger: s.logger, HeartbeatInterval: s.cfg.HeartbeatInterval,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("agent service: %w", err)
@@ -52,11 +56,11 @@ func (s *Server) wireServicing(st *store.Store, cat *catalog.Catalog, lib *conte
 	return servicingParts{
 		register: func(gs *grpc.Server) {
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
-			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agents, s.logger))
+			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, s.logger))
 		},
 		loops: []loop{
 			{name: "scheduler", run: sched.Run},
-			{name: "agent service", run: agents.Run},
+			{name: "agent service", run: agentService.Run},
 		},
 	}, nil
 }

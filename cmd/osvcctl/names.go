@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/osvc/osvc/pkg/names"
 )
 
 // Collections of the resource names osvcctl accepts.
@@ -13,8 +15,6 @@ const (
 	collRuns    = "runs"
 )
 
-// maxIDLength is the longest ID the server accepts.
-const maxIDLength = 63
 
 // resourceName turns "ID" or "collection/ID" into "collection/ID". The server
 // validates the ID itself; this only catches a name of the wrong kind, which
@@ -54,17 +54,11 @@ func updateNotFoundHint(name string) string {
 	return "'osvcctl update list' lists the imported updates"
 }
 
-// validateID checks an ID by the server's rule (lower-case letters, digits
-// and '-', 1 to 63 characters, starting with a letter) where a mistake would
-// otherwise show only after a long upload.
+// validateID checks an ID by the server's rule (package names) where a
+// mistake would otherwise show only after a long upload.
 func validateID(id string) error {
-	if id == "" || len(id) > maxIDLength || id[0] < 'a' || id[0] > 'z' {
-		return usageErrorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
-			return usageErrorf("ID %q: use 1 to %d lower-case letters, digits and '-', starting with a letter", id, maxIDLength)
-		}
+	if err := names.ValidateID(id); err != nil {
+		return usageErrorf("ID %q: %v", id, err)
 	}
 	return nil
 }
@@ -92,8 +86,8 @@ func defaultImageID(path string) (string, error) {
 	if id != "" && id[0] >= '0' && id[0] <= '9' {
 		id = "image-" + id
 	}
-	if len(id) > maxIDLength {
-		id = id[:maxIDLength]
+	if len(id) > names.MaxIDLen {
+		id = id[:names.MaxIDLen]
 	}
 	id = strings.TrimRight(id, "-")
 	if id == "" {

@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"sync"
 	"time"
 
@@ -24,13 +23,12 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
-	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
 )
 
 const (
-	defaultLeaseTTL          = 30 * time.Second
 	defaultHeartbeatInterval = 10 * time.Second
 	// missedHeartbeats ends a stream that stayed silent this many intervals:
 	// the agent is gone even if TCP has not noticed.
@@ -45,23 +43,15 @@ const (
 	defaultResyncInterval = 15 * time.Second
 )
 
-// agentNameRE accepts host names: the agent's name defaults to its host's.
-var agentNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 // Config configures a Service.
 type Config struct {
 	Store     *store.Store
 	Servicing *servicing.Service
-	// Catalog is optional: Assigns are built by Servicing, through its catalog.
-	Catalog *catalog.Catalog
-	Logger  hclog.Logger
-	// LeaseTTL is the TTL of each agent's etcd lease: how long after its
-	// stream dropped an agent's runs stay its own. Default 30s; at least 1s.
-	LeaseTTL time.Duration
+	// Agents keeps the agent records and sessions.
+	Agents *agents.Registry
+	Logger hclog.Logger
 	// HeartbeatInterval is what agents are told to heartbeat at; default 10s.
 	HeartbeatInterval time.Duration
-	// ServerID names this replica in presence records.
-	ServerID string
 	// ResyncInterval is how often the streams connected here are checked
 	// against etcd for what a push may have missed: an Assign that could not
 	// be built or a cancel whose event was not seen. Default 15s.
@@ -75,10 +65,9 @@ type Service struct {
 	store     *store.Store
 	client    *clientv3.Client
 	servicing *servicing.Service
+	agents    *agents.Registry
 	logger    hclog.Logger
-	leaseTTL  time.Duration
 	heartbeat time.Duration
-	serverID  string
 	resync    time.Duration
 	now       func() time.Time
 	// assignment builds a run's Assign; a field so tests can make it fail.
@@ -96,25 +85,21 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Servicing == nil {
 		return nil, errors.New("agentsvc: Config.Servicing is required")
 	}
-	if cfg.ServerID == "" {
-		return nil, errors.New("agentsvc: Config.ServerID is required; use the replica's host name")
+	if cfg.Agents == nil {
+		return nil, errors.New("agentsvc: Config.Agents is required")
 	}
 	s := &Service{
 		store:     cfg.Store,
 		client:    cfg.Store.Client(),
 		servicing: cfg.Servicing,
+		agents:    cfg.Agents,
 		logger:    cfg.Logger,
-		leaseTTL:  cmp.Or(cfg.LeaseTTL, defaultLeaseTTL),
 		heartbeat: cmp.Or(cfg.HeartbeatInterval, defaultHeartbeatInterval),
-		serverID:  cfg.ServerID,
 		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
 		now:       cfg.Now,
 		conns:     map[string]*conn{},
 	}
 	s.assignment = s.servicing.Assignment
-	if s.leaseTTL < time.Second {
-		return nil, fmt.Errorf("agentsvc: Config.LeaseTTL is %s; use at least 1s", cfg.LeaseTTL)
-	}
 	if s.resync <= 0 {
 		return nil, fmt.Errorf("agentsvc: Config.ResyncInterval is %s; use a positive duration", cfg.ResyncInterval)
 	}
@@ -249,12 +234,12 @@ func (s *Service) onRun(ctx context.Context, ev *clientv3.Event) {
 // or taken over by a newer stream on another replica.
 func (s *Service) onPresence(ctx context.Context, ev *clientv3.Event) {
 	c := s.lookup(store.IDFromKey(string(ev.Kv.Key)))
-	if c == nil || ev.Kv.ModRevision <= c.presenceRev {
+	if c == nil || ev.Kv.ModRevision <= c.session.PresenceRevision {
 		return
 	}
 	switch ev.Type {
 	case clientv3.EventTypeDelete:
-		c.end(errLeaseLost)
+		c.end(errSessionEnded)
 	default:
 		c.end(errReplaced)
 	}
@@ -337,22 +322,5 @@ func (s *Service) pushAssigned(ctx context.Context, c *conn) error {
 // ListAgents lists the agents the server knows, in name order, with the runs
 // each holds now.
 func (s *Service) ListAgents(ctx context.Context, pageSize int, token string) ([]*osvcv1.Agent, string, error) {
-	agents, next, err := store.List[*osvcv1.Agent](ctx, s.store, s.store.AgentsPrefix(), pageSize, token)
-	if err != nil {
-		return nil, "", err
-	}
-	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
-	if err != nil {
-		return nil, "", fmt.Errorf("list assignments: %w", err)
-	}
-	runs := map[string][]string{}
-	for _, kv := range resp.Kvs {
-		if a, err := store.Unmarshal[*storev1.Assignment](kv.Value); err == nil {
-			runs[a.GetAgent()] = append(runs[a.GetAgent()], a.GetRun())
-		}
-	}
-	for _, a := range agents {
-		a.Runs = runs[a.GetName()]
-	}
-	return agents, next, nil
+	return s.agents.List(ctx, pageSize, token)
 }

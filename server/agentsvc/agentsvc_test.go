@@ -21,6 +21,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/scheduler"
@@ -70,15 +71,15 @@ func newHarnessWith(t *testing.T, opts servicingtest.Options, hc harnessConfig) 
 	env := servicingtest.New(t, opts)
 	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	env.Update(t, "ssu", osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
-	agentSvc, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Catalog: env.Catalog, Logger: env.Logger,
-		ServerID: "test", LeaseTTL: 30 * time.Second, HeartbeatInterval: hc.heartbeat, ResyncInterval: hc.resync})
+	agentSvc, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger,
+		HeartbeatInterval: hc.heartbeat, ResyncInterval: hc.resync})
 	if err != nil {
 		t.Fatalf("agentsvc.New: %v", err)
 	}
 	if hc.setup != nil {
 		hc.setup(agentSvc)
 	}
-	sched, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test", ElectionTTL: 2 * time.Second})
+	sched, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger, ServerID: "test", ElectionTTL: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("scheduler.New: %v", err)
 	}
@@ -119,7 +120,11 @@ func newHarnessWith(t *testing.T, opts servicingtest.Options, hc harnessConfig) 
 // and returns a client of it.
 func (h *harness) replica(t *testing.T, serverID string) osvcv1.AgentServiceClient {
 	t.Helper()
-	svc, err := agentsvc.New(agentsvc.Config{Store: h.Store, Servicing: h.Service, Logger: h.Logger, ServerID: serverID})
+	reg, err := agents.New(agents.Config{Store: h.Store, Logger: h.Logger, ServerID: serverID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := agentsvc.New(agentsvc.Config{Store: h.Store, Servicing: h.Service, Agents: reg, Logger: h.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}

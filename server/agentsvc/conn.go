@@ -9,26 +9,21 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
-	"github.com/osvc/osvc/server/catalog"
-	"github.com/osvc/osvc/server/servicing"
-	"github.com/osvc/osvc/server/store"
+	"github.com/osvc/osvc/server/agents"
 )
 
 // Why a stream ended, as the agent sees it.
 var (
-	errLeaseLost = status.Error(codes.Unavailable, "the agent's lease ended; reconnect and discard the runs the server names")
-	errReplaced  = status.Error(codes.Aborted, "a newer stream of the same agent replaced this one")
-	errSilent    = status.Error(codes.Unavailable, "no message from the agent for three heartbeat intervals; reconnect")
-	errShutdown  = status.Error(codes.Unavailable, "the server is shutting down; reconnect")
+	errSessionEnded = status.Error(codes.Unavailable, "the agent's session ended; reconnect and discard the runs the server names")
+	errReplaced     = status.Error(codes.Aborted, "a newer stream of the same agent replaced this one")
+	errSilent       = status.Error(codes.Unavailable, "no message from the agent for three heartbeat intervals; reconnect")
+	errShutdown     = status.Error(codes.Unavailable, "the server is shutting down; reconnect")
 )
 
 // conn is one agent's stream on this replica.
@@ -39,9 +34,7 @@ type conn struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	leaseID     clientv3.LeaseID
-	presence    []byte // the presence value this stream wrote
-	presenceRev int64
+	session *agents.Session
 
 	out outbox
 
@@ -70,15 +63,15 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 		return err
 	}
 	hello := first.GetHello()
-	if err := validateHello(hello); err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
+	if err := agents.ValidateHello(hello); err != nil {
+		return errdefs.ToGRPC(err)
 	}
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	c := &conn{
 		s:          s,
 		id:         hello.GetName(),
-		name:       servicing.AgentName(hello.GetName()),
+		name:       agents.Name(hello.GetName()),
 		ctx:        ctx,
 		cancel:     cancel,
 		queued:     map[string]int64{},
@@ -90,24 +83,22 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	c.lastRecv.Store(s.now().UnixNano())
 	logger := s.logger.With("agent", c.name)
 
-	resumedLease, err := s.lease(ctx, c)
+	session, err := s.agents.Open(ctx, hello)
 	if err != nil {
-		return status.Error(codes.Unavailable, fmt.Sprintf("cannot grant the agent's lease: %v", err))
+		return status.Error(codes.Unavailable, fmt.Sprintf("cannot open the agent's session: %v", err))
 	}
-	if err := s.markConnected(ctx, c, hello); err != nil {
-		return status.Error(codes.Unavailable, fmt.Sprintf("cannot record the agent: %v", err))
-	}
-	defer s.markDisconnected(c)
+	c.session = session
+	defer s.closeSession(c)
 	kaCtx, kaCancel := context.WithCancel(ctx)
 	defer kaCancel()
-	keepalive, err := s.client.KeepAlive(kaCtx, c.leaseID)
+	keepalive, err := s.client.KeepAlive(kaCtx, session.Lease)
 	if err != nil {
-		return status.Error(codes.Unavailable, fmt.Sprintf("cannot keep the agent's lease alive: %v", err))
+		return status.Error(codes.Unavailable, fmt.Sprintf("cannot keep the agent's session alive: %v", err))
 	}
-	logger.Info("agent connected", "site", hello.GetSite(), "lease", int64(c.leaseID), "resumed_lease", resumedLease,
+	logger.Info("agent connected", "site", hello.GetSite(), "session", int64(session.Lease), "resumed_session", session.Resumed,
 		"held_runs", len(hello.GetHeldRuns()))
 
-	resume, discard, resumed, err := s.heldRuns(ctx, c, hello.GetHeldRuns())
+	resume, discard, resumed, err := s.agents.Held(ctx, session, hello.GetHeldRuns())
 	if err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
@@ -155,9 +146,9 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	wg.Go(func() {
 		for range keepalive {
 		}
-		// The channel closes when kaCtx ends or when the lease is gone.
+		// The channel closes when kaCtx ends or when the session is gone.
 		if kaCtx.Err() == nil {
-			c.end(errLeaseLost)
+			c.end(errSessionEnded)
 		}
 	})
 
@@ -203,138 +194,14 @@ func (s *Service) recvHello(stream osvcv1.AgentService_ConnectServer) (*osvcv1.C
 	}
 }
 
-func validateHello(h *osvcv1.Hello) error {
-	switch {
-	case h == nil:
-		return errors.New("open the stream with Hello")
-	case !agentNameRE.MatchString(h.GetName()):
-		return fmt.Errorf("hello.name %q: use the host name: 1 to 63 letters, digits, '.', '_' or '-'", h.GetName())
-	}
-	if err := catalog.ValidateSite(h.GetSite()); err != nil {
-		return fmt.Errorf("hello.site: %v", err)
-	}
-	if h.GetCapacity() < 0 {
-		return fmt.Errorf("hello.capacity is %d; send how many runs the agent services at once (0 means 1)", h.GetCapacity())
-	}
-	return nil
-}
-
-// lease resumes the agent's lease when its presence shows one still alive
-// (a reconnect within the TTL keeps its runs), else grants a new one.
-func (s *Service) lease(ctx context.Context, c *conn) (bool, error) {
-	p, _, err := store.Get[*storev1.AgentPresence](ctx, s.store, s.store.PresenceKey(c.id))
-	if err == nil && p.GetLeaseId() != 0 {
-		ttl, err := s.client.TimeToLive(ctx, clientv3.LeaseID(p.GetLeaseId()))
-		if err == nil && ttl.TTL > 0 {
-			c.leaseID = clientv3.LeaseID(p.GetLeaseId())
-			return true, nil
-		}
-	} else if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		return false, err
-	}
-	g, err := s.client.Grant(ctx, int64((s.leaseTTL+time.Second-1)/time.Second))
-	if err != nil {
-		return false, err
-	}
-	c.leaseID = g.ID
-	return false, nil
-}
-
-// markConnected writes the presence (on the lease) and the agent record in one txn.
-func (s *Service) markConnected(ctx context.Context, c *conn, hello *osvcv1.Hello) error {
-	now := timestamppb.New(s.now())
-	presence, err := s.store.Marshal(&storev1.AgentPresence{Agent: c.name, LeaseId: int64(c.leaseID), Server: s.serverID, ConnectTime: now})
-	if err != nil {
-		return err
-	}
-	agent, err := s.store.Marshal(&osvcv1.Agent{
-		Name:         c.name,
-		Site:         hello.GetSite(),
-		Host:         hello.GetHost(),
-		Version:      hello.GetVersion(),
-		Engines:      hello.GetEngines(),
-		Drives:       hello.GetDrives(),
-		Capacity:     max(hello.GetCapacity(), 1),
-		State:        osvcv1.AgentState_AGENT_STATE_CONNECTED,
-		LastSeenTime: now,
-	})
-	if err != nil {
-		return err
-	}
-	resp, err := s.client.Txn(ctx).Then(
-		clientv3.OpPut(s.store.PresenceKey(c.id), string(presence), clientv3.WithLease(c.leaseID)),
-		clientv3.OpPut(s.store.AgentKey(c.id), string(agent)),
-	).Commit()
-	if err != nil {
-		return err
-	}
-	c.presence, c.presenceRev = presence, resp.Header.Revision
-	return nil
-}
-
-// markDisconnected records that the stream dropped, unless a newer stream of
-// the agent took over. The lease is left to expire: a reconnect within the TTL
-// resumes it and the agent keeps its runs.
-func (s *Service) markDisconnected(c *conn) {
+// closeSession records that the stream dropped; the session's lease is
+// left to expire, so a reconnect within its TTL keeps the agent's runs.
+func (s *Service) closeSession(c *conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), teardownTimeout)
 	defer cancel()
-	key := s.store.AgentKey(c.id)
-	for attempt := 0; attempt < 8; attempt++ {
-		agent, rev, err := store.Get[*osvcv1.Agent](ctx, s.store, key)
-		if err != nil {
-			s.logger.Warn("cannot mark agent disconnected", "agent", c.name, "error", err)
-			return
-		}
-		agent.State = osvcv1.AgentState_AGENT_STATE_DISCONNECTED
-		agent.LastSeenTime = timestamppb.New(time.Unix(0, c.lastRecv.Load()))
-		data, err := s.store.Marshal(agent)
-		if err != nil {
-			return
-		}
-		resp, err := s.client.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(key), "=", rev),
-			clientv3.Compare(clientv3.Value(s.store.PresenceKey(c.id)), "=", string(c.presence)),
-		).Then(clientv3.OpPut(key, string(data))).Else(clientv3.OpGet(s.store.PresenceKey(c.id))).Commit()
-		if err != nil {
-			s.logger.Warn("cannot mark agent disconnected", "agent", c.name, "error", err)
-			return
-		}
-		if resp.Succeeded {
-			return
-		}
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 0 || string(kvs[0].Value) != string(c.presence) {
-			return // replaced, or the lease already ended
-		}
+	if err := s.agents.Close(ctx, c.session, time.Unix(0, c.lastRecv.Load())); err != nil {
+		s.logger.Warn("cannot mark agent disconnected", "agent", c.name, "error", err)
 	}
-}
-
-// heldRuns sorts the runs the agent says it holds: resume those whose
-// assignment is still its own with the same token, discard the others.
-func (s *Service) heldRuns(ctx context.Context, c *conn, held []*osvcv1.HeldRun) (resume, discard []string, resumed map[string]int64, err error) {
-	resumed = map[string]int64{}
-	for _, h := range held {
-		id, err := servicing.RunID(h.GetRun())
-		if err != nil {
-			discard = append(discard, h.GetRun())
-			continue
-		}
-		resp, err := s.client.Get(ctx, s.store.AssignmentKey(id))
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("look up held run %s: %w", h.GetRun(), err)
-		}
-		ok := false
-		if len(resp.Kvs) == 1 && resp.Kvs[0].ModRevision == h.GetFencingToken() {
-			a, err := store.Unmarshal[*storev1.Assignment](resp.Kvs[0].Value)
-			ok = err == nil && a.GetAgent() == c.name
-		}
-		if ok {
-			resume = append(resume, h.GetRun())
-			resumed[h.GetRun()] = h.GetFencingToken()
-		} else {
-			discard = append(discard, h.GetRun())
-		}
-	}
-	return resume, discard, resumed, nil
 }
 
 // read receives the agent's messages: heartbeats are taken inline and cheaply
@@ -448,12 +315,7 @@ func (c *conn) beats() {
 		if !dirty {
 			continue
 		}
-		seen := timestamppb.New(time.Unix(0, c.lastRecv.Load()))
-		_, _, err := store.Update(c.ctx, c.s.store, c.s.store.AgentKey(c.id), func(a *osvcv1.Agent) error {
-			a.LastSeenTime = seen
-			a.Drives = drives
-			return nil
-		})
+		err := c.s.agents.Heartbeat(c.ctx, c.session, time.Unix(0, c.lastRecv.Load()), drives)
 		if err != nil && c.ctx.Err() == nil {
 			c.s.logger.Warn("cannot record the agent's heartbeat", "agent", c.name, "error", err)
 		}

@@ -14,7 +14,6 @@ import (
 	"unicode"
 
 	"github.com/google/uuid"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -201,31 +200,36 @@ func (c *Catalog) storeUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Up
 			id = strings.TrimRight(base[:min(len(base), maxIDLen-len(suffix))], "-") + suffix
 		}
 		u.Name = UpdateName(id)
-		data, err := c.store.Marshal(u)
-		if err != nil {
-			return nil, fmt.Errorf("import %s: %w", u.GetFiles()[0].GetFileName(), err)
-		}
-		updateKey := c.store.UpdateKey(id)
-		resp, err := c.store.Client().Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(identityKey), "=", 0),
-				clientv3.Compare(clientv3.CreateRevision(updateKey), "=", 0)).
-			Then(clientv3.OpPut(identityKey, id), clientv3.OpPut(updateKey, string(data))).
-			Else(clientv3.OpGet(identityKey)).
-			Commit()
+		var existing *osvcv1.Update
+		wrote, err := c.store.Txn(ctx, "import update "+u.Name, func(tx *store.Tx) error {
+			existing = nil
+			indexed, ok, err := tx.Raw(identityKey)
+			if err != nil {
+				return err
+			}
+			if ok {
+				existing, err = c.GetUpdate(ctx, UpdateName(string(indexed)))
+				if err != nil {
+					return fmt.Errorf("update %s is indexed but unreadable: %w", identity, err)
+				}
+				return nil
+			}
+			if _, taken, err := tx.Raw(c.store.UpdateKey(id)); err != nil || taken {
+				return err
+			}
+			tx.PutRaw(identityKey, []byte(id))
+			return tx.Put(c.store.UpdateKey(id), u)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("import update %s: %w", u.Name, err)
 		}
-		if resp.Succeeded {
-			c.logger.Info("update imported", "update", u.Name, "kb", u.Kb, "identity", identity)
-			return u, nil
-		}
-		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			existing, err := c.GetUpdate(ctx, UpdateName(string(kvs[0].Value)))
-			if err != nil {
-				return nil, fmt.Errorf("update %s is indexed but unreadable: %w", identity, err)
-			}
+		if existing != nil {
 			c.logger.Debug("update already imported", "update", existing.Name, "identity", identity)
 			return existing, nil
+		}
+		if wrote != 0 {
+			c.logger.Info("update imported", "update", u.Name, "kb", u.Kb, "identity", identity)
+			return u, nil
 		}
 		// The id is taken by another update: try the next suffix.
 	}

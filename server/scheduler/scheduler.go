@@ -27,6 +27,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -48,7 +49,9 @@ const (
 type Config struct {
 	Store     *store.Store
 	Servicing *servicing.Service
-	Logger    hclog.Logger
+	// Agents is the registry of agent records and sessions.
+	Agents *agents.Registry
+	Logger hclog.Logger
 	// ServerID names this replica in the election.
 	ServerID string
 	// ElectionTTL is the TTL of the election session: how long a dead
@@ -71,6 +74,7 @@ type Scheduler struct {
 	store     *store.Store
 	client    *clientv3.Client
 	servicing *servicing.Service
+	registry  *agents.Registry
 	logger    hclog.Logger
 	serverID  string
 	ttl       time.Duration
@@ -88,6 +92,9 @@ func New(cfg Config) (*Scheduler, error) {
 	if cfg.Servicing == nil {
 		return nil, errors.New("scheduler: Config.Servicing is required")
 	}
+	if cfg.Agents == nil {
+		return nil, errors.New("scheduler: Config.Agents is required")
+	}
 	if cfg.ServerID == "" {
 		return nil, errors.New("scheduler: Config.ServerID is required; use the replica's host name")
 	}
@@ -95,6 +102,7 @@ func New(cfg Config) (*Scheduler, error) {
 		store:     cfg.Store,
 		client:    cfg.Store.Client(),
 		servicing: cfg.Servicing,
+		registry:  cfg.Agents,
 		logger:    cfg.Logger,
 		serverID:  cfg.ServerID,
 		ttl:       cmp.Or(cfg.ElectionTTL, defaultElectionTTL),
@@ -295,9 +303,10 @@ func (s *Scheduler) watch(ctx context.Context, prefix string, rev int64, relevan
 
 // agentSlot is a connected agent as a pass sees it.
 type agentSlot struct {
-	name     string
-	site     string
-	leaseID  int64
+	name string
+	site string
+	// session is the agent's etcd lease; a run leased to it lives on it.
+	session  int64
 	capacity int
 	held     int
 }
@@ -411,7 +420,7 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 		return cmp.Or(cmp.Compare(a.held, b.held), cmp.Compare(b.capacity, a.capacity), cmp.Compare(a.name, b.name))
 	})
 	for _, a := range candidates {
-		_, err := s.servicing.Lease(ctx, run.GetName(), rev, a.name, a.leaseID)
+		_, err := s.servicing.Lease(ctx, run.GetName(), rev, a.name, a.session)
 		if err == nil {
 			a.held++
 			return nil
@@ -453,74 +462,27 @@ func (s *Scheduler) assignments(ctx context.Context) (map[string]*storev1.Assign
 // agents returns the connected agents with their load, and marks agents
 // without presence LOST.
 func (s *Scheduler) agents(ctx context.Context, assigned map[string]*storev1.Assignment) ([]*agentSlot, error) {
-	resp, err := s.client.Txn(ctx).Then(
-		clientv3.OpGet(s.store.PresencePrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.store.AgentsPrefix(), clientv3.WithPrefix()),
-	).Commit()
-	if err != nil {
-		return nil, fmt.Errorf("list agents: %w", err)
-	}
-	presence := map[string]*storev1.AgentPresence{}
-	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
-		p, err := store.Unmarshal[*storev1.AgentPresence](kv.Value)
-		if err != nil {
-			return nil, err
+	connected, err := s.registry.Scan(ctx, func(id string, rev int64) {
+		if _, err := s.registry.MarkLost(ctx, id, rev); err != nil {
+			s.logger.Warn("cannot mark agent lost", "agent", id, "error", err)
 		}
-		presence[store.IDFromKey(string(kv.Key))] = p
+	})
+	if err != nil {
+		return nil, err
 	}
 	held := map[string]int{}
 	for _, a := range assigned {
 		held[a.GetAgent()]++
 	}
-	var out []*agentSlot
-	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
-		agent, err := store.Unmarshal[*osvcv1.Agent](kv.Value)
-		if err != nil {
-			return nil, err
-		}
-		id := store.IDFromKey(string(kv.Key))
-		p, ok := presence[id]
-		if !ok {
-			if agent.GetState() != osvcv1.AgentState_AGENT_STATE_LOST {
-				s.markLost(ctx, id, kv.ModRevision, agent)
-			}
-			continue
-		}
-		if agent.GetState() != osvcv1.AgentState_AGENT_STATE_CONNECTED {
-			// Its stream dropped: its lease still holds its runs, but new
-			// ones wait for an agent that can start them.
-			continue
-		}
+	out := make([]*agentSlot, 0, len(connected))
+	for _, c := range connected {
 		out = append(out, &agentSlot{
-			name:     agent.GetName(),
-			site:     agent.GetSite(),
-			leaseID:  p.GetLeaseId(),
-			capacity: max(int(agent.GetCapacity()), 1),
-			held:     held[agent.GetName()],
+			name:     c.Agent.GetName(),
+			site:     c.Agent.GetSite(),
+			session:  c.Lease,
+			capacity: max(int(c.Agent.GetCapacity()), 1),
+			held:     held[c.Agent.GetName()],
 		})
 	}
 	return out, nil
-}
-
-// markLost records that the agent's lease ended, unless it reconnected meanwhile.
-func (s *Scheduler) markLost(ctx context.Context, id string, rev int64, agent *osvcv1.Agent) {
-	agent.State = osvcv1.AgentState_AGENT_STATE_LOST
-	agent.Runs = nil
-	data, err := s.store.Marshal(agent)
-	if err != nil {
-		s.logger.Warn("cannot mark agent lost", "agent", agent.GetName(), "error", err)
-		return
-	}
-	key := s.store.AgentKey(id)
-	resp, err := s.client.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(key), "=", rev),
-		clientv3.Compare(clientv3.CreateRevision(s.store.PresenceKey(id)), "=", 0),
-	).Then(clientv3.OpPut(key, string(data))).Commit()
-	if err != nil {
-		s.logger.Warn("cannot mark agent lost", "agent", agent.GetName(), "error", err)
-		return
-	}
-	if resp.Succeeded {
-		s.logger.Info("agent lost: its lease ended", "agent", agent.GetName(), "last_seen", agent.GetLastSeenTime().AsTime())
-	}
 }

@@ -33,7 +33,7 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
 
 func newScheduler(t *testing.T, env *servicingtest.Env, now func() time.Time) *scheduler.Scheduler {
 	t.Helper()
-	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test", Now: now, ElectionTTL: 2 * time.Second})
+	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger, ServerID: "test", Now: now, ElectionTTL: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("scheduler.New: %v", err)
 	}
@@ -225,7 +225,7 @@ func TestPassFlagsARunWithoutProgressAsStalledAndAReportClearsIt(t *testing.T) {
 	img := env.Image(t, "a", "PS1", 1)
 	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
 	run := schedule(t, env, img.Name, time.Time{})
-	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test",
+	s, err := scheduler.New(scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger, ServerID: "test",
 		Now: clk.Now, StallAfter: 15 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
@@ -322,11 +322,12 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 		name string
 		cfg  scheduler.Config
 	}{
-		{"without a store", scheduler.Config{Servicing: env.Service, ServerID: "x"}},
-		{"without servicing", scheduler.Config{Store: env.Store, ServerID: "x"}},
-		{"without a server id", scheduler.Config{Store: env.Store, Servicing: env.Service}},
-		{"with an election TTL under a second", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x", ElectionTTL: time.Millisecond}},
-		{"with a negative stall time", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x", StallAfter: -time.Minute}},
+		{"without a store", scheduler.Config{Servicing: env.Service, Agents: env.Agents, ServerID: "x"}},
+		{"without servicing", scheduler.Config{Store: env.Store, Agents: env.Agents, ServerID: "x"}},
+		{"without the agent registry", scheduler.Config{Store: env.Store, Servicing: env.Service, ServerID: "x"}},
+		{"without a server id", scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents}},
+		{"with an election TTL under a second", scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, ServerID: "x", ElectionTTL: time.Millisecond}},
+		{"with a negative stall time", scheduler.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, ServerID: "x", StallAfter: -time.Minute}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,7 +18,7 @@ import (
 func TestWatchReportsEventsAfterItsStartRevisionThoughItStartsLate(t *testing.T) {
 	t.Parallel()
 	env := servicingtest.New(t, servicingtest.Options{})
-	s, err := New(Config{Store: env.Store, Servicing: env.Service, Logger: env.Logger, ServerID: "test"})
+	s, err := New(Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger, ServerID: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -14,22 +13,38 @@ import (
 	"github.com/osvc/osvc/server/store"
 )
 
-// change is one write of a run under construction: the run (mutated in
-// place), its image when the change touches it, and the extra comparisons and
-// operations that go in the same transaction.
+// change is one write of a run under construction, inside a store
+// transaction: the run (mutated in place) and its image when the change
+// touches it. Every key read through tx joins the transaction's read set, so
+// the commit is refused when any of them changed since it was read.
 type change struct {
-	run      *osvcv1.Run
-	image    *osvcv1.Image
-	imageRev int64
-	cmps     []clientv3.Cmp
-	ops      []clientv3.Op
-	// after runs once the transaction committed (e.g. deleting dropped blobs).
-	after []func(context.Context)
+	tx    *store.Tx
+	ctx   context.Context
+	run   *osvcv1.Run
+	image *osvcv1.Image
 }
 
-func (s *Service) newChange(run *osvcv1.Run) *change { return &change{run: run} }
+func (s *Service) newChange(tx *store.Tx, run *osvcv1.Run) *change {
+	return &change{tx: tx, ctx: tx.Context(), run: run}
+}
 
-// loadImage reads the run's image once; commit then compares its revision and writes it.
+// loadRun reads the run named runName within tx; ErrNotFound when it is gone.
+func (s *Service) loadRun(tx *store.Tx, runName string) (*change, error) {
+	id, err := RunID(runName)
+	if err != nil {
+		return nil, err
+	}
+	run, err := store.Load[*osvcv1.Run](tx, s.store.RunKey(id))
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("run %s: %w", runName, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s.newChange(tx, run), nil
+}
+
+// loadImage reads the run's image once; write then stores it too.
 func (s *Service) loadImage(ctx context.Context, ch *change) (*osvcv1.Image, error) {
 	if ch.image != nil {
 		return ch.image, nil
@@ -38,11 +53,11 @@ func (s *Service) loadImage(ctx context.Context, ch *change) (*osvcv1.Image, err
 	if err != nil {
 		return nil, fmt.Errorf("run %s names a bad image: %w", ch.run.GetName(), err)
 	}
-	img, rev, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
+	img, err := store.Load[*osvcv1.Image](ch.tx, s.store.ImageKey(imageID))
 	if err != nil {
 		return nil, fmt.Errorf("image of run %s: %w", ch.run.GetName(), err)
 	}
-	ch.image, ch.imageRev = img, rev
+	ch.image = img
 	return img, nil
 }
 
@@ -83,10 +98,9 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	if message != "" {
 		run.Error = message
 	}
-	ch.ops = append(ch.ops,
-		clientv3.OpDelete(s.store.AssignmentKey(runID)),
-		clientv3.OpDelete(s.store.ActiveRunKey(imageID)),
-		clientv3.OpDelete(s.store.LogBaseKey(runID)))
+	ch.tx.Delete(s.store.AssignmentKey(runID))
+	ch.tx.Delete(s.store.ActiveRunKey(imageID))
+	ch.tx.Delete(s.store.LogBaseKey(runID))
 	if state != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		skipUnfinished(run, "not applied: the run ended "+stateName(state))
 	}
@@ -137,7 +151,7 @@ func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.
 	if err != nil {
 		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 	}
-	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
+	run, err := store.Load[*osvcv1.Run](ch.tx, s.store.RunKey(id))
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 	}
@@ -153,40 +167,22 @@ func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.
 	return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 }
 
-// commit writes the change in one transaction guarded by cmps and the image
-// revision; false means a comparison failed and nothing was written.
-func (s *Service) commit(ctx context.Context, ch *change, cmps ...clientv3.Cmp) (bool, error) {
+// write asks the transaction to store the run, and its image when the
+// change loaded it.
+func (s *Service) write(ch *change) error {
 	runID, err := RunID(ch.run.GetName())
 	if err != nil {
-		return false, err
+		return err
 	}
-	data, err := s.store.Marshal(ch.run)
+	if err := ch.tx.Put(s.store.RunKey(runID), ch.run); err != nil {
+		return err
+	}
+	if ch.image == nil {
+		return nil
+	}
+	imageID, err := catalog.ImageID(ch.image.GetName())
 	if err != nil {
-		return false, err
+		return err
 	}
-	cmps = append(cmps, ch.cmps...)
-	ops := append([]clientv3.Op{clientv3.OpPut(s.store.RunKey(runID), string(data))}, ch.ops...)
-	if ch.image != nil {
-		imageID, err := catalog.ImageID(ch.image.GetName())
-		if err != nil {
-			return false, err
-		}
-		imgData, err := s.store.Marshal(ch.image)
-		if err != nil {
-			return false, err
-		}
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.store.ImageKey(imageID)), "=", ch.imageRev))
-		ops = append(ops, clientv3.OpPut(s.store.ImageKey(imageID), string(imgData)))
-	}
-	resp, err := s.client.Txn(ctx).If(cmps...).Then(ops...).Commit()
-	if err != nil {
-		return false, err
-	}
-	if !resp.Succeeded {
-		return false, nil
-	}
-	for _, f := range ch.after {
-		f(ctx)
-	}
-	return true, nil
+	return ch.tx.Put(s.store.ImageKey(imageID), ch.image)
 }

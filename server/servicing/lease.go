@@ -55,80 +55,65 @@ func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
 }
 
 // Lease hands the PENDING run, read at runRevision, to agent: in one
-// transaction comparing the run unchanged, its assignment key absent and the
-// agent's presence bound to leaseID, it writes the assignment on that lease and
-// the run LEASED with attempt+1. The assignment key's ModRevision becomes the
-// fencing token, which a second transaction writes into the run. A run or
-// agent that changed meanwhile is ErrContended.
-func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, agent string, leaseID int64) (*osvcv1.Run, error) {
+// transaction that reads the run unchanged, its assignment key absent and the
+// agent's presence bound to the etcd lease agentLease (the agent's session),
+// it writes the assignment on that etcd lease and the run LEASED with
+// attempt+1. The revision of that commit, which is the assignment key's
+// ModRevision, becomes the fencing token; a second transaction writes it
+// into the run. A run or agent that changed meanwhile is ErrContended.
+func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, agent string, agentLease int64) (*osvcv1.Run, error) {
 	id, err := RunID(runName)
 	if err != nil {
 		return nil, err
 	}
 	runKey, assignKey := s.store.RunKey(id), s.store.AssignmentKey(id)
-	run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, runKey)
-	if err != nil {
-		return nil, fmt.Errorf("lease %s: %w", runName, err)
-	}
-	if runRevision != 0 && rev != runRevision {
-		return nil, fmt.Errorf("lease %s: the run changed: %w", runName, errdefs.ErrContended)
-	}
-	if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetCancelRequested() {
-		return nil, fmt.Errorf("lease %s: the run is %s: %w", runName, stateName(run.GetState()), errdefs.ErrFailedPrecondition)
-	}
-	now := timestamppb.New(s.now())
-	run.State = osvcv1.RunState_RUN_STATE_LEASED
-	run.Agent = agent
-	run.Attempt++
-	run.FencingToken = 0
-	run.StartTime = now
-	run.EndTime = nil
-	assignment := &storev1.Assignment{Run: runName, Agent: agent, LeaseId: leaseID, Attempt: run.Attempt, AssignTime: now}
-	runData, err := s.store.Marshal(run)
-	if err != nil {
-		return nil, err
-	}
-	assignData, err := s.store.Marshal(assignment)
-	if err != nil {
-		return nil, err
-	}
-	baseData, err := s.store.Marshal(wrapperspb.Int64(run.GetLogLineCount()))
-	if err != nil {
-		return nil, err
-	}
 	presenceKey := s.store.PresenceKey(AgentID(agent))
-	resp, err := s.client.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(runKey), "=", rev),
-		clientv3.Compare(clientv3.CreateRevision(assignKey), "=", 0),
-		clientv3.Compare(clientv3.CreateRevision(presenceKey), "!=", 0),
-		clientv3.Compare(clientv3.LeaseValue(presenceKey), "=", leaseID),
-	).Then(
-		clientv3.OpPut(assignKey, string(assignData), clientv3.WithLease(clientv3.LeaseID(leaseID))),
-		clientv3.OpPut(runKey, string(runData)),
-		clientv3.OpPut(s.store.LogBaseKey(id), string(baseData)),
-	).Commit()
+	var run *osvcv1.Run
+	token, err := s.store.Txn(ctx, "lease "+runName, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
+		if err != nil {
+			return fmt.Errorf("lease %s: %w", runName, err)
+		}
+		run = ch.run
+		if rev, err := tx.Revision(runKey); err != nil {
+			return err
+		} else if runRevision != 0 && rev != runRevision {
+			return fmt.Errorf("lease %s: the run changed: %w", runName, errdefs.ErrContended)
+		}
+		if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetCancelRequested() {
+			return fmt.Errorf("lease %s: the run is %s: %w", runName, stateName(run.GetState()), errdefs.ErrFailedPrecondition)
+		}
+		if rev, err := tx.Revision(assignKey); err != nil {
+			return err
+		} else if rev != 0 {
+			return fmt.Errorf("lease %s: the run is assigned already: %w", runName, errdefs.ErrContended)
+		}
+		if lease, err := tx.LeaseOf(presenceKey); err != nil {
+			return err
+		} else if lease == 0 || lease != agentLease {
+			return fmt.Errorf("lease %s to %s: the agent is no longer connected on etcd lease %x: %w", runName, agent, agentLease, errdefs.ErrContended)
+		}
+		now := timestamppb.New(s.now())
+		run.State = osvcv1.RunState_RUN_STATE_LEASED
+		run.Agent = agent
+		run.Attempt++
+		run.FencingToken = 0
+		run.StartTime = now
+		run.EndTime = nil
+		assignment := &storev1.Assignment{Run: runName, Agent: agent, LeaseId: agentLease, Attempt: run.Attempt, AssignTime: now}
+		if err := tx.Put(assignKey, assignment, clientv3.WithLease(clientv3.LeaseID(agentLease))); err != nil {
+			return err
+		}
+		if err := tx.Put(s.store.LogBaseKey(id), wrapperspb.Int64(run.GetLogLineCount())); err != nil {
+			return err
+		}
+		return s.write(ch)
+	}, store.Prefetch(runKey, assignKey, presenceKey))
 	if err != nil {
-		return nil, fmt.Errorf("lease %s to %s: %w", runName, agent, err)
-	}
-	if !resp.Succeeded {
-		return nil, fmt.Errorf("lease %s to %s: the run or the agent changed: %w", runName, agent, errdefs.ErrContended)
-	}
-	token := resp.Header.Revision
-	s.logger.Info("run leased", "run", runName, "agent", agent, "attempt", run.Attempt, "fencing_token", token)
-	// The run was written in the same transaction, so it is still at token
-	// unless a report came first; then writeFencingToken reads it again.
-	run.FencingToken = token
-	if runData, err = s.store.Marshal(run); err != nil {
 		return nil, err
 	}
-	resp, err = s.client.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(assignKey), "=", token),
-		clientv3.Compare(clientv3.ModRevision(runKey), "=", token),
-	).Then(clientv3.OpPut(runKey, string(runData))).Commit()
-	if err == nil && resp.Succeeded {
-		return run, nil
-	}
-	leased, err := s.writeFencingToken(ctx, id, token)
+	s.logger.Info("run leased", "run", runName, "agent", agent, "attempt", run.Attempt, "fencing_token", token)
+	leased, err := s.writeFencingToken(ctx, id, token, run)
 	if err != nil {
 		// The scheduler repairs a LEASED run without token; the agent's
 		// reports carry the token anyway.
@@ -153,45 +138,52 @@ func (s *Service) RepairFencingToken(ctx context.Context, runName string) error 
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
-	_, err = s.writeFencingToken(ctx, id, resp.Kvs[0].ModRevision)
+	_, err = s.writeFencingToken(ctx, id, resp.Kvs[0].ModRevision, nil)
 	return err
 }
 
-// writeFencingToken writes token into the run, guarded by the assignment
-// still having it as its ModRevision.
-func (s *Service) writeFencingToken(ctx context.Context, runID string, token int64) (*osvcv1.Run, error) {
+// writeFencingToken writes token into the run, in a transaction that reads
+// the assignment still at that revision. leased, when set, is the run as the
+// lease wrote it at revision token: the transaction starts from it instead
+// of reading it again.
+func (s *Service) writeFencingToken(ctx context.Context, runID string, token int64, leased *osvcv1.Run) (*osvcv1.Run, error) {
 	runKey, assignKey := s.store.RunKey(runID), s.store.AssignmentKey(runID)
-	for attempt := 0; attempt < txnRetries; attempt++ {
-		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, runKey)
+	opts := []store.TxnOption{store.Prefetch(assignKey)}
+	if leased != nil {
+		data, err := s.store.Marshal(leased)
 		if err != nil {
 			return nil, err
 		}
+		opts = append(opts, store.Seed(runKey, data, token, 0))
+	} else {
+		opts = append(opts, store.Prefetch(runKey))
+	}
+	var out *osvcv1.Run
+	_, err := s.store.Txn(ctx, "fencing token of runs/"+runID, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, RunName(runID))
+		if err != nil {
+			return err
+		}
+		run := ch.run
+		if rev, err := tx.Revision(assignKey); err != nil {
+			return err
+		} else if rev != token {
+			return fmt.Errorf("run %s lost its assignment: %w", run.GetName(), errdefs.ErrStaleLease)
+		}
+		out = run
 		if run.GetFencingToken() == token {
-			return run, nil
+			return nil
 		}
 		if !IsLeased(run.GetState()) || run.GetFencingToken() != 0 {
-			return nil, fmt.Errorf("run %s is %s with token %d: %w", run.GetName(), stateName(run.GetState()), run.GetFencingToken(), errdefs.ErrStaleLease)
+			return fmt.Errorf("run %s is %s with token %d: %w", run.GetName(), stateName(run.GetState()), run.GetFencingToken(), errdefs.ErrStaleLease)
 		}
 		run.FencingToken = token
-		data, err := s.store.Marshal(run)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := s.client.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(assignKey), "=", token),
-			clientv3.Compare(clientv3.ModRevision(runKey), "=", rev),
-		).Then(clientv3.OpPut(runKey, string(data))).Else(clientv3.OpGet(assignKey)).Commit()
-		if err != nil {
-			return nil, err
-		}
-		if resp.Succeeded {
-			return run, nil
-		}
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 0 || kvs[0].ModRevision != token {
-			return nil, fmt.Errorf("run %s lost its assignment: %w", run.GetName(), errdefs.ErrStaleLease)
-		}
+		return s.write(ch)
+	}, opts...)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("write fencing token of runs/%s: %w", runID, errdefs.ErrContended)
+	return out, nil
 }
 
 // Requeue puts back a run whose lease was lost (its assignment key is gone):
@@ -205,25 +197,22 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 		return nil, err
 	}
 	runKey, assignKey := s.store.RunKey(id), s.store.AssignmentKey(id)
-	for attempt := 0; attempt < txnRetries; attempt++ {
-		resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(runKey), clientv3.OpGet(assignKey)).Commit()
+	var out *osvcv1.Run
+	var retryAfter time.Duration
+	var agent string
+	rev, err := s.store.Txn(ctx, "requeue "+runName, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
 		if err != nil {
-			return nil, fmt.Errorf("requeue %s: %w", runName, err)
+			return err
 		}
-		runKVs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(runKVs) == 0 {
-			return nil, fmt.Errorf("run %s: %w", runName, errdefs.ErrNotFound)
+		run := ch.run
+		out, retryAfter, agent = run, 0, run.GetAgent()
+		if !IsLeased(run.GetState()) {
+			return nil
 		}
-		run, err := store.Unmarshal[*osvcv1.Run](runKVs[0].Value)
-		if err != nil {
-			return nil, err
+		if assigned, err := tx.Revision(assignKey); err != nil || assigned != 0 {
+			return err
 		}
-		if !IsLeased(run.GetState()) || len(resp.Responses[1].GetResponseRange().GetKvs()) > 0 {
-			return run, nil
-		}
-		ch := s.newChange(run)
-		agent := run.GetAgent()
-		var retryAfter time.Duration
 		switch {
 		case run.GetCancelRequested():
 			err = s.end(ctx, ch, osvcv1.RunState_RUN_STATE_CANCELED, "")
@@ -238,21 +227,18 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 			err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
-		ok, err := s.commit(ctx, ch,
-			clientv3.Compare(clientv3.ModRevision(runKey), "=", runKVs[0].ModRevision),
-			clientv3.Compare(clientv3.CreateRevision(assignKey), "=", 0))
-		if err != nil {
-			return nil, fmt.Errorf("requeue %s: %w", runName, err)
-		}
-		if ok {
-			s.logger.Info("run requeued after a lost lease", "run", runName, "agent", agent, "attempt", run.GetAttempt(),
-				"state", stateName(run.GetState()), "retry_after", retryAfter, "reason", reason)
-			return run, nil
-		}
+		return s.write(ch)
+	}, store.Prefetch(runKey, assignKey))
+	if err != nil {
+		return nil, fmt.Errorf("requeue %s: %w", runName, err)
 	}
-	return nil, fmt.Errorf("requeue %s: %w", runName, errdefs.ErrContended)
+	if rev != 0 {
+		s.logger.Info("run requeued after a lost lease", "run", runName, "agent", agent, "attempt", out.GetAttempt(),
+			"state", stateName(out.GetState()), "retry_after", retryAfter, "reason", reason)
+	}
+	return out, nil
 }
 
 // MarkStalled flags the IN_PROCESS run, read at revision, as stalled: its
@@ -266,27 +252,32 @@ func (s *Service) MarkStalled(ctx context.Context, runName string, revision int6
 		return nil, err
 	}
 	runKey := s.store.RunKey(id)
-	run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, runKey)
+	var out *osvcv1.Run
+	rev, err := s.store.Txn(ctx, "mark "+runName+" stalled", func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
+		if err != nil {
+			return err
+		}
+		out = ch.run
+		if rev, err := tx.Revision(runKey); err != nil {
+			return err
+		} else if revision != 0 && rev != revision {
+			return fmt.Errorf("the run changed: %w", errdefs.ErrContended)
+		}
+		if ch.run.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || ch.run.GetStalled() {
+			return nil
+		}
+		ch.run.Stalled = true
+		return s.write(ch)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
 	}
-	if revision != 0 && rev != revision {
-		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, errdefs.ErrContended)
+	if rev != 0 {
+		s.logger.Warn("run stalled: its agent has reported no progress", "run", runName, "agent", out.GetAgent(),
+			"step", strings.TrimPrefix(out.GetStep().String(), "STEP_"), "last_progress", LastProgress(out))
 	}
-	if run.GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS || run.GetStalled() {
-		return run, nil
-	}
-	run.Stalled = true
-	ok, err := s.commit(ctx, s.newChange(run), clientv3.Compare(clientv3.ModRevision(runKey), "=", rev))
-	if err != nil {
-		return nil, fmt.Errorf("mark %s stalled: %w", runName, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("mark %s stalled: the run changed: %w", runName, errdefs.ErrContended)
-	}
-	s.logger.Warn("run stalled: its agent has reported no progress", "run", runName, "agent", run.GetAgent(),
-		"step", strings.TrimPrefix(run.GetStep().String(), "STEP_"), "last_progress", LastProgress(run))
-	return run, nil
+	return out, nil
 }
 
 // resetForRetry clears what the lost attempt reported; attempt stays counted.

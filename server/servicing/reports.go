@@ -8,7 +8,6 @@ import (
 	"slices"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -120,104 +119,111 @@ func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv
 
 // ReportLogs stores a batch of log lines. The agent numbers the lines of its
 // attempt from 1; they are stored after the lines of the run's earlier
-// attempts. A line whose sequence is already stored (a resent batch) is
-// skipped, so every line is stored once. Lines past MaxLogLines are counted
-// and dropped.
+// attempts (the run's log base, written when the attempt was leased). A line
+// whose sequence is already stored (a resent batch) is skipped, so every line
+// is stored once. Lines past MaxLogLines are counted and dropped. Each chunk
+// is written with the run in one fenced transaction.
 func (s *Service) ReportLogs(ctx context.Context, agent string, m *osvcv1.LogBatch) error {
-	base, err := s.logBase(ctx, m.GetRun())
-	if err != nil {
-		return err
-	}
-	lines := make([]*osvcv1.LogLine, 0, len(m.GetLines()))
 	for _, l := range m.GetLines() {
 		if l.GetSequence() <= 0 {
 			return errdefs.InvalidArgument("log_batch.lines.sequence", "number the log lines of a run from 1")
 		}
+	}
+	runID, err := idFromName("run", m.GetRun(), runsCollection)
+	if err != nil {
+		return err
+	}
+	// stored is the sequence (after the base) up to which lines are in.
+	stored := int64(-1)
+	for {
+		done := true
+		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+			base, err := s.logBase(ch.tx, runID)
+			if err != nil {
+				return err
+			}
+			lines := sequenced(m.GetLines(), base, max(stored, ch.run.GetLogLineCount()))
+			chunk, dropped, last := s.nextChunk(lines)
+			if last == 0 {
+				return errNoChange
+			}
+			ch.run.LogLineCount = last
+			stored = last
+			done = last == lines[len(lines)-1].GetSequence()
+			if dropped > 0 && s.droppedLogLines.Add(dropped) == dropped {
+				s.logger.Warn("run reached the log line cap, dropping further lines", "run", ch.run.GetName(), "cap", s.maxLogLines)
+			}
+			if len(chunk) == 0 {
+				return nil
+			}
+			key := s.store.LogKey(runID, chunk[0].GetSequence())
+			if _, exists, err := ch.tx.Raw(key); err != nil {
+				return err
+			} else if exists {
+				return fmt.Errorf("log chunk %s is stored already although the run counts %d lines: %w", key, ch.run.GetLogLineCount(), errdefs.ErrInternal)
+			}
+			data, err := s.encodeLogChunk(chunk)
+			if err != nil {
+				return err
+			}
+			ch.tx.PutRaw(key, data)
+			return nil
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// sequenced returns lines renumbered after base, sorted, each sequence once,
+// keeping only those after stored.
+func sequenced(in []*osvcv1.LogLine, base, stored int64) []*osvcv1.LogLine {
+	lines := make([]*osvcv1.LogLine, 0, len(in))
+	for _, l := range in {
 		if base > 0 {
 			l = proto.Clone(l).(*osvcv1.LogLine)
 			l.Sequence += base
 		}
-		lines = append(lines, l)
+		if l.GetSequence() > stored {
+			lines = append(lines, l)
+		}
 	}
 	slices.SortStableFunc(lines, func(a, b *osvcv1.LogLine) int { return cmp.Compare(a.GetSequence(), b.GetSequence()) })
-	lines = slices.CompactFunc(lines, func(a, b *osvcv1.LogLine) bool { return a.GetSequence() == b.GetSequence() })
-	if len(lines) == 0 {
-		// Still check the token, so a zombie learns it is one.
-		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error { return errNoChange })
-		return err
-	}
-	// One chunk per transaction keeps each request well under etcd's limit.
-	for len(lines) > 0 {
-		var rest []*osvcv1.LogLine
-		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
-			run := ch.run
-			runID, err := RunID(run.GetName())
-			if err != nil {
-				return err
-			}
-			first := 0
-			for first < len(lines) && lines[first].GetSequence() <= run.GetLogLineCount() {
-				first++
-			}
-			chunk := &storev1.LogChunk{}
-			size, n := 0, first
-			dropped := int64(0)
-			for ; n < len(lines); n++ {
-				l := lines[n]
-				if l.GetSequence() > s.maxLogLines {
-					dropped++
-					continue
-				}
-				l = normalizeLine(l, s.now)
-				sz := proto.Size(l) + 8
-				if size > 0 && size+sz > maxLogChunkBytes {
-					break
-				}
-				size += sz
-				chunk.Lines = append(chunk.Lines, l)
-			}
-			rest = lines[n:]
-			if n == first {
-				return errNoChange
-			}
-			run.LogLineCount = lines[n-1].GetSequence()
-			if dropped > 0 {
-				if s.droppedLogLines.Add(dropped) == dropped {
-					s.logger.Warn("run reached the log line cap, dropping further lines", "run", run.GetName(), "cap", s.maxLogLines)
-				}
-			}
-			if len(chunk.Lines) > 0 {
-				data, err := s.encodeLogChunk(chunk.Lines)
-				if err != nil {
-					return err
-				}
-				key := s.store.LogKey(runID, chunk.Lines[0].GetSequence())
-				ch.ops = append(ch.ops, clientv3.OpPut(key, string(data)))
-				ch.cmps = append(ch.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		lines = rest
-	}
-	return nil
+	return slices.CompactFunc(lines, func(a, b *osvcv1.LogLine) bool { return a.GetSequence() == b.GetSequence() })
 }
 
-// logBase is the number of lines the run's earlier attempts stored; 0 for an
-// unknown run (fenced then says why the report is refused).
-func (s *Service) logBase(ctx context.Context, runName string) (int64, error) {
-	id, err := idFromName("run", runName, runsCollection)
-	if err != nil {
-		return 0, err
+// nextChunk takes the lines that fit in one stored chunk: the chunk, how
+// many lines past MaxLogLines it dropped, and the last sequence it covers
+// (0 when lines is empty).
+func (s *Service) nextChunk(lines []*osvcv1.LogLine) (chunk []*osvcv1.LogLine, dropped, last int64) {
+	size := 0
+	for _, l := range lines {
+		if l.GetSequence() > s.maxLogLines {
+			dropped++
+			last = l.GetSequence()
+			continue
+		}
+		l = normalizeLine(l, s.now)
+		sz := proto.Size(l) + 8
+		if size > 0 && size+sz > maxLogChunkBytes {
+			break
+		}
+		size += sz
+		chunk = append(chunk, l)
+		last = l.GetSequence()
 	}
-	base, _, err := store.Get[*wrapperspb.Int64Value](ctx, s.store, s.store.LogBaseKey(id))
+	return chunk, dropped, last
+}
+
+// logBase is the number of lines the run's earlier attempts stored (0 for
+// its first), read within the report's transaction.
+func (s *Service) logBase(tx *store.Tx, runID string) (int64, error) {
+	base, err := store.Load[*wrapperspb.Int64Value](tx, s.store.LogBaseKey(runID))
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("log lines of %s: %w", runName, err)
+		return 0, fmt.Errorf("log lines of runs/%s: %w", runID, err)
 	}
 	return base.GetValue(), nil
 }
@@ -328,7 +334,7 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	run.ResultSizeBytes = content.GetSizeBytes()
 	run.ResultIndexes = m.GetIndexes()
 	if len(dropped) > 0 {
-		ch.after = append(ch.after, func(ctx context.Context) { s.deleteBlobs(ctx, dropped) })
+		ch.tx.OnCommit(func(int64) { s.deleteBlobs(context.WithoutCancel(ch.ctx), dropped) })
 	}
 	return nil
 }
@@ -407,49 +413,39 @@ func (s *Service) deleteBlobs(ctx context.Context, dropped []*osvcv1.ImageVersio
 var errNoChange = errors.New("no change")
 
 // fenced applies mutate to the run named runName when token is the current
-// fencing token of an assignment to agent, and commits it in a transaction
-// comparing that token and the run's revision, retrying when the run changed.
-// The first report of a LEASED run moves it IN_PROCESS.
+// fencing token of an assignment to agent, in a store transaction: the
+// assignment key and the run are read through it, so the commit compares
+// the assignment's ModRevision with the token and the run's with what was
+// read. A lease that ends (or a new one given) between the read and the
+// commit fails the commit, and the next attempt sees the token stale. The
+// first report of a LEASED run moves it IN_PROCESS. Returns the run as
+// written (or as read, when nothing changed).
 func (s *Service) fenced(ctx context.Context, agent, runName string, token int64, mutate func(*change) error) (*osvcv1.Run, error) {
 	runID, err := idFromName("run", runName, runsCollection)
 	if err != nil {
 		return nil, err
 	}
 	runKey, assignKey := s.store.RunKey(runID), s.store.AssignmentKey(runID)
-	for attempt := 0; attempt < txnRetries; attempt++ {
-		resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(runKey), clientv3.OpGet(assignKey)).Commit()
+	var out *osvcv1.Run
+	_, err = s.store.Txn(ctx, "report for "+runName, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
 		if err != nil {
-			return nil, fmt.Errorf("report for %s: %w", runName, err)
+			return err
 		}
-		runKVs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(runKVs) == 0 {
-			return nil, fmt.Errorf("run %s: %w", runName, errdefs.ErrNotFound)
+		if err := s.checkFence(tx, runName, assignKey, agent, token); err != nil {
+			return err
 		}
-		assignKVs := resp.Responses[1].GetResponseRange().GetKvs()
-		if len(assignKVs) == 0 || assignKVs[0].ModRevision != token || token == 0 {
-			return nil, fmt.Errorf("run %s is no longer leased with fencing token %d; drop its work: %w", runName, token, errdefs.ErrStaleLease)
-		}
-		assignment, err := store.Unmarshal[*storev1.Assignment](assignKVs[0].Value)
-		if err != nil {
-			return nil, err
-		}
-		if agent != "" && assignment.GetAgent() != agent {
-			return nil, fmt.Errorf("run %s is leased to %s, not %s: %w", runName, assignment.GetAgent(), agent, errdefs.ErrStaleLease)
-		}
-		run, err := store.Unmarshal[*osvcv1.Run](runKVs[0].Value)
-		if err != nil {
-			return nil, err
-		}
+		run := ch.run
 		if !IsLeased(run.GetState()) {
-			return nil, fmt.Errorf("run %s is %s: %w", runName, stateName(run.GetState()), errdefs.ErrStaleLease)
+			return fmt.Errorf("run %s is %s: %w", runName, stateName(run.GetState()), errdefs.ErrStaleLease)
 		}
-		ch := s.newChange(run)
+		out = run
 		dirty := false
 		if run.GetState() == osvcv1.RunState_RUN_STATE_LEASED {
 			dirty = true
 			run.State = osvcv1.RunState_RUN_STATE_IN_PROCESS
 			if err := s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_IN_PROCESS, false); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		if run.GetFencingToken() == 0 {
@@ -460,26 +456,42 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 		}
 		if err := mutate(ch); err != nil {
 			if !errors.Is(err, errNoChange) {
-				return nil, err
+				return err
 			}
 			if !dirty {
-				return run, nil
+				return nil
 			}
 		}
 		// A report that changes the run is progress: it also clears a stall.
 		run.LastProgressTime = timestamppb.New(s.now())
 		run.Stalled = false
-		ok, err := s.commit(ctx, ch,
-			clientv3.Compare(clientv3.ModRevision(assignKey), "=", token),
-			clientv3.Compare(clientv3.ModRevision(runKey), "=", runKVs[0].ModRevision))
-		if err != nil {
-			return nil, fmt.Errorf("report for %s: %w", runName, err)
-		}
-		if ok {
-			return ch.run, nil
-		}
+		return s.write(ch)
+	}, store.Prefetch(runKey, assignKey))
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("report for %s: the run kept changing; send it again: %w", runName, errdefs.ErrContended)
+	return out, nil
+}
+
+// checkFence reads the run's assignment within tx and refuses a token that
+// is not its ModRevision, or an agent that is not the one it names:
+// errdefs.ErrStaleLease, which tells the agent to drop the run's work.
+func (s *Service) checkFence(tx *store.Tx, runName, assignKey, agent string, token int64) error {
+	rev, err := tx.Revision(assignKey)
+	if err != nil {
+		return err
+	}
+	if rev == 0 || rev != token || token == 0 {
+		return fmt.Errorf("run %s is no longer leased with fencing token %d; drop its work: %w", runName, token, errdefs.ErrStaleLease)
+	}
+	assignment, err := store.Load[*storev1.Assignment](tx, assignKey)
+	if err != nil {
+		return err
+	}
+	if agent != "" && assignment.GetAgent() != agent {
+		return fmt.Errorf("run %s is leased to %s, not %s: %w", runName, assignment.GetAgent(), agent, errdefs.ErrStaleLease)
+	}
+	return nil
 }
 
 // clipText bounds a free text an agent or administrator sends into a run.

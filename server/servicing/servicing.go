@@ -42,12 +42,9 @@ const (
 	// leased again in a tight loop.
 	defaultRetryBackoff    = 10 * time.Second
 	defaultMaxRetryBackoff = 5 * time.Minute
-	// txnRetries bounds the compare-and-swap loops; past it the caller gets
-	// ErrContended and may retry at its own level.
-	txnRetries          = 32
-	runsCollection      = "runs/"
-	schedulesCollection = "schedules/"
-	agentsCollection    = "agents/"
+	runsCollection         = "runs/"
+	schedulesCollection    = "schedules/"
+	agentsCollection       = "agents/"
 )
 
 // Config configures a Service.
@@ -249,31 +246,38 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 	if sched == nil {
 		sched = &osvcv1.Schedule{}
 	}
-	for attempt := 0; attempt < txnRetries; attempt++ {
-		img, imgRev, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
+	imageKey, activeKey := s.store.ImageKey(imageID), s.store.ActiveRunKey(imageID)
+	var outSched *osvcv1.Schedule
+	var run *osvcv1.Run
+	_, err = s.store.Txn(ctx, "schedule "+parent, func(tx *store.Tx) error {
+		img, err := store.Load[*osvcv1.Image](tx, imageKey)
 		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil, nil, fmt.Errorf("image %s: %w", parent, errdefs.ErrNotFound)
+			return fmt.Errorf("image %s: %w", parent, errdefs.ErrNotFound)
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+			return fmt.Errorf("schedule %s: %w", parent, err)
 		}
-		if err := s.checkNoActiveRun(ctx, imageID, parent); err != nil {
-			return nil, nil, err
+		if active, exists, err := tx.Raw(activeKey); err != nil {
+			return err
+		} else if exists {
+			name, _ := store.Unmarshal[*wrapperspb.StringValue](active)
+			return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
+				parent, name.GetValue(), errdefs.ErrFailedPrecondition)
 		}
 		source := currentVersion(img)
 		if source == nil {
-			return nil, nil, fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
+			return fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
 		}
 		updates, err := s.selectUpdates(ctx, img, sched, allApplicable)
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
 		SortForServicing(updates)
 
 		now := s.now()
 		schedID := newID("s-", now)
 		runID := newID("r-", now)
-		outSched := &osvcv1.Schedule{
+		outSched = &osvcv1.Schedule{
 			Name:                     parent + "/" + schedulesCollection + schedID,
 			StartTime:                sched.GetStartTime(),
 			ContinueOnError:          sched.GetContinueOnError(),
@@ -281,7 +285,7 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 			RemoveSuperseded:         sched.GetRemoveSuperseded(),
 			CreateTime:               timestamppb.New(now),
 		}
-		run := &osvcv1.Run{
+		run = &osvcv1.Run{
 			Name:                     RunName(runID),
 			Image:                    parent,
 			Schedule:                 outSched.Name,
@@ -303,59 +307,27 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		img.ServicingStatus = osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED
 		img.UpdateTime = timestamppb.New(now)
 
-		schedKey := s.store.ScheduleKey(imageID, schedID)
-		runKey := s.store.RunKey(runID)
-		activeKey := s.store.ActiveRunKey(imageID)
-		puts, err := s.puts(map[string]proto.Message{
-			schedKey:                  outSched,
-			runKey:                    run,
-			activeKey:                 wrapperspb.String(run.Name),
-			s.store.ImageKey(imageID): img,
-		})
-		if err != nil {
-			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+		// The new ids are read absent, so the commit refuses to overwrite.
+		schedKey, runKey := s.store.ScheduleKey(imageID, schedID), s.store.RunKey(runID)
+		for _, k := range []string{schedKey, runKey} {
+			if _, exists, err := tx.Raw(k); err != nil {
+				return err
+			} else if exists {
+				return fmt.Errorf("schedule %s: id %s is taken: %w", parent, k, errdefs.ErrContended)
+			}
 		}
-		resp, err := s.client.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(s.store.ImageKey(imageID)), "=", imgRev),
-			clientv3.Compare(clientv3.CreateRevision(activeKey), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(runKey), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(schedKey), "=", 0),
-		).Then(puts...).Commit()
-		if err != nil {
-			return nil, nil, fmt.Errorf("schedule %s: %w", parent, err)
+		for key, m := range map[string]proto.Message{schedKey: outSched, runKey: run, activeKey: wrapperspb.String(run.Name), imageKey: img} {
+			if err := tx.Put(key, m); err != nil {
+				return fmt.Errorf("schedule %s: %w", parent, err)
+			}
 		}
-		if resp.Succeeded {
-			s.logger.Info("run scheduled", "run", run.Name, "image", parent, "updates", len(run.Updates), "not_before", run.GetNotBefore().AsTime())
-			return outSched, run, nil
-		}
-		// The image changed or a run started meanwhile: look again.
-	}
-	return nil, nil, fmt.Errorf("schedule %s: the image kept changing; try again: %w", parent, errdefs.ErrContended)
-}
-
-func (s *Service) checkNoActiveRun(ctx context.Context, imageID, parent string) error {
-	active, _, err := store.Get[*wrapperspb.StringValue](ctx, s.store, s.store.ActiveRunKey(imageID))
-	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
-	}
+	}, store.Prefetch(imageKey, activeKey))
 	if err != nil {
-		return fmt.Errorf("schedule %s: %w", parent, err)
+		return nil, nil, err
 	}
-	return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
-		parent, active.GetValue(), errdefs.ErrFailedPrecondition)
-}
-
-// puts marshals values into put operations, refusing oversized values.
-func (s *Service) puts(values map[string]proto.Message) ([]clientv3.Op, error) {
-	ops := make([]clientv3.Op, 0, len(values))
-	for key, m := range values {
-		data, err := s.store.Marshal(m)
-		if err != nil {
-			return nil, err
-		}
-		ops = append(ops, clientv3.OpPut(key, string(data)))
-	}
-	return ops, nil
+	s.logger.Info("run scheduled", "run", run.Name, "image", parent, "updates", len(run.Updates), "not_before", run.GetNotBefore().AsTime())
+	return outSched, run, nil
 }
 
 func (s *Service) selectUpdates(ctx context.Context, img *osvcv1.Image, sched *osvcv1.Schedule, allApplicable bool) ([]*osvcv1.Update, error) {
@@ -502,48 +474,45 @@ func (s *Service) ListRuns(ctx context.Context, image string, pageSize int, toke
 // reports CANCELED. An ended run is ErrFailedPrecondition. The image is never
 // modified by a cancel.
 func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.Run, error) {
-	id, err := RunID(name)
-	if err != nil {
+	if _, err := RunID(name); err != nil {
 		return nil, err
 	}
 	if reason == "" {
 		reason = "canceled by an administrator"
 	}
 	reason = clipText(reason)
-	for attempt := 0; attempt < txnRetries; attempt++ {
-		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
-		}
+	var out *osvcv1.Run
+	rev, err := s.store.Txn(ctx, "cancel "+name, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, name)
 		if err != nil {
-			return nil, fmt.Errorf("cancel %s: %w", name, err)
+			return err
 		}
-		ch := s.newChange(run)
+		run := ch.run
+		out = run
 		switch {
 		case IsFinal(run.GetState()):
-			return nil, fmt.Errorf("run %s already ended %s; there is nothing to cancel: %w",
+			return fmt.Errorf("run %s already ended %s; there is nothing to cancel: %w",
 				name, stateName(run.GetState()), errdefs.ErrFailedPrecondition)
 		case run.GetState() == osvcv1.RunState_RUN_STATE_PENDING:
 			if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_CANCELED, reason); err != nil {
-				return nil, err
+				return err
 			}
 		default:
 			if run.GetCancelRequested() {
-				return run, nil
+				return nil
 			}
 			run.CancelRequested = true
 			run.Error = reason
 		}
-		ok, err := s.commit(ctx, ch, clientv3.Compare(clientv3.ModRevision(s.store.RunKey(id)), "=", rev))
-		if err != nil {
-			return nil, fmt.Errorf("cancel %s: %w", name, err)
-		}
-		if ok {
-			s.logger.Info("run cancel", "run", name, "state", stateName(run.GetState()), "reason", reason)
-			return run, nil
-		}
+		return s.write(ch)
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("cancel %s: the run kept changing; try again: %w", name, errdefs.ErrContended)
+	if rev != 0 {
+		s.logger.Info("run cancel", "run", name, "state", stateName(out.GetState()), "reason", reason)
+	}
+	return out, nil
 }
 
 func stateName(st osvcv1.RunState) string {

@@ -7,9 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,9 +26,6 @@ const DefaultPrefix = "/osvc/"
 const (
 	defaultPageSize = 50
 	maxPageSize     = 1000
-	// updateRetries bounds Update's compare-and-swap loop; past it the key is too
-	// contended and the caller gets errdefs.ErrConflict to retry at its own level.
-	updateRetries = 32
 )
 
 // Config configures a Store.
@@ -41,13 +36,19 @@ type Config struct {
 	// trailing "/" is added.
 	Prefix string
 	Logger hclog.Logger
+	// BeforeCommit, when set, is called by every Txn after its reads and
+	// before its commit, with the transaction's name: tests use it to change
+	// the world between the two (end an agent's lease, say) and prove the
+	// commit's compares refuse what they must.
+	BeforeCommit func(txn string)
 }
 
 // Store reads and writes protobuf values in etcd under one prefix.
 type Store struct {
-	client *clientv3.Client
-	prefix string
-	logger hclog.Logger
+	client       *clientv3.Client
+	prefix       string
+	logger       hclog.Logger
+	beforeCommit func(txn string)
 }
 
 // New validates cfg and returns a Store.
@@ -66,7 +67,7 @@ func New(cfg Config) (*Store, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Store{client: cfg.Client, prefix: prefix, logger: logger.Named("store")}, nil
+	return &Store{client: cfg.Client, prefix: prefix, logger: logger.Named("store"), beforeCommit: cfg.BeforeCommit}, nil
 }
 
 // Client returns the etcd client, for watches, leases and transactions built by hand.
@@ -123,24 +124,17 @@ func Get[T proto.Message](ctx context.Context, s *Store, key string) (T, int64, 
 	return m, kv.ModRevision, nil
 }
 
-// Create writes m at key only when the key does not exist (errdefs.ErrConflict otherwise)
+// Create writes m at key only when the key does not exist (ErrConflict otherwise)
 // and returns the revision of the write. opts apply to the put (e.g. WithLease).
 func (s *Store) Create(ctx context.Context, key string, m proto.Message, opts ...clientv3.OpOption) (int64, error) {
-	data, err := s.Marshal(m)
-	if err != nil {
-		return 0, fmt.Errorf("create %s: %w", key, err)
-	}
-	resp, err := s.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(data), opts...)).
-		Commit()
-	if err != nil {
-		return 0, fmt.Errorf("create %s: %w", key, err)
-	}
-	if !resp.Succeeded {
-		return 0, fmt.Errorf("create %s: already exists: %w", key, errdefs.ErrConflict)
-	}
-	return resp.Header.Revision, nil
+	return s.Txn(ctx, "create "+key, func(tx *Tx) error {
+		if _, exists, err := tx.Raw(key); err != nil {
+			return err
+		} else if exists {
+			return fmt.Errorf("create %s: already exists: %w", key, errdefs.ErrConflict)
+		}
+		return tx.Put(key, m, opts...)
+	})
 }
 
 // Put writes m at key unconditionally and returns the revision of the write.
@@ -170,67 +164,27 @@ func (s *Store) Delete(ctx context.Context, key string) (int64, error) {
 }
 
 // Update reads key into a fresh T, calls mutate, and writes it back in a Txn
-// comparing ModRevision; on a concurrent change it re-reads and calls mutate again
-// (bounded retries, then errdefs.ErrConflict). mutate returning an error aborts with that
-// error. A missing key is errdefs.ErrNotFound. Returns the stored value and its new
-// revision. The key keeps its lease, if it had one.
+// (so a concurrent change makes it read and mutate again). mutate returning
+// an error aborts with that error. A missing key is ErrNotFound. Returns the
+// stored value and its new revision. The key keeps its lease, if it had one.
 func Update[T proto.Message](ctx context.Context, s *Store, key string, mutate func(T) error) (T, int64, error) {
-	var zero T
-	resp, err := s.client.Get(ctx, key)
-	if err != nil {
-		return zero, 0, fmt.Errorf("update %s: %w", key, err)
-	}
-	for attempt := 0; attempt < updateRetries; attempt++ {
-		if len(resp.Kvs) == 0 {
-			return zero, 0, fmt.Errorf("update %s: %w", key, errdefs.ErrNotFound)
-		}
-		kv := resp.Kvs[0]
-		m, err := Unmarshal[T](kv.Value)
+	var out T
+	rev, err := s.Txn(ctx, "update "+key, func(tx *Tx) error {
+		m, err := Load[T](tx, key)
 		if err != nil {
-			return zero, 0, fmt.Errorf("update %s: %w", key, err)
+			return fmt.Errorf("update %s: %w", key, err)
 		}
 		if err := mutate(m); err != nil {
-			return zero, 0, err
+			return err
 		}
-		data, err := s.Marshal(m)
-		if err != nil {
-			return zero, 0, fmt.Errorf("update %s: %w", key, err)
-		}
-		var putOpts []clientv3.OpOption
-		if kv.Lease != 0 {
-			putOpts = append(putOpts, clientv3.WithIgnoreLease())
-		}
-		txn, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, string(data), putOpts...)).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil {
-			return zero, 0, fmt.Errorf("update %s: %w", key, err)
-		}
-		if txn.Succeeded {
-			return m, txn.Header.Revision, nil
-		}
-		// Someone else wrote in between: start again from their value, after a
-		// short random pause.
-		resp = (*clientv3.GetResponse)(txn.Responses[0].GetResponseRange())
-		s.logger.Trace("concurrent change, retrying", "key", key, "attempt", attempt+1)
-		pause := time.NewTimer(retryPause(attempt))
-		select {
-		case <-ctx.Done():
-			pause.Stop()
-			return zero, 0, fmt.Errorf("update %s: %w", key, ctx.Err())
-		case <-pause.C:
-		}
+		out = m
+		return tx.Put(key, m)
+	})
+	if err != nil {
+		var zero T
+		return zero, 0, err
 	}
-	return zero, 0, fmt.Errorf("update %s: still changing after %d attempts: %w", key, updateRetries, errdefs.ErrContended)
-}
-
-// retryPause is a random pause of up to 1 ms doubled per attempt, capped at
-// 128 ms: writers that keep colliding spread out until one wins at a time.
-func retryPause(attempt int) time.Duration {
-	ceiling := time.Millisecond << min(attempt, 7)
-	return time.Duration(rand.Int64N(int64(ceiling)))
+	return out, rev, nil
 }
 
 // List returns up to pageSize values under prefix in key order, and a token for

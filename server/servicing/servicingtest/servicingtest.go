@@ -18,6 +18,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/servicing"
@@ -31,7 +32,9 @@ type Env struct {
 	Library *content.Library
 	Catalog *catalog.Catalog
 	Service *servicing.Service
-	Logger  hclog.Logger
+	// Agents is a registry of agent records for the replica "test".
+	Agents *agents.Registry
+	Logger hclog.Logger
 }
 
 // Options tune the Service.
@@ -44,13 +47,20 @@ type Options struct {
 	MaxRetryBackoff time.Duration
 	// Now is the Service's clock; time.Now when nil.
 	Now func() time.Time
+	// BeforeCommit is the store's hook between a transaction's reads and
+	// its commit (store.Config.BeforeCommit).
+	BeforeCommit func(txn string)
 }
 
 // New returns an Env on a fresh store prefix.
 func New(t testing.TB, opts Options) *Env {
 	t.Helper()
 	logger := hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: testWriter{t}})
-	st := storetest.New(t)
+	var storeOpts []storetest.Option
+	if opts.BeforeCommit != nil {
+		storeOpts = append(storeOpts, storetest.BeforeCommit(opts.BeforeCommit))
+	}
+	st := storetest.New(t, storeOpts...)
 	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st, Logger: logger})
 	if err != nil {
 		t.Fatalf("content library: %v", err)
@@ -68,7 +78,11 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("servicing: %v", err)
 	}
-	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Logger: logger}
+	reg, err := agents.New(agents.Config{Store: st, Logger: logger, ServerID: "test"})
+	if err != nil {
+		t.Fatalf("agents: %v", err)
+	}
+	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Agents: reg, Logger: logger}
 }
 
 // testWriter sends logs to t.Log, so they show with the failing test only.

@@ -123,9 +123,18 @@ func Close() {
 	os.RemoveAll(tempDir)
 }
 
+// Option tunes the Store New returns.
+type Option func(*store.Config)
+
+// BeforeCommit sets the store's store.Config.BeforeCommit hook: f runs in
+// every transaction between its reads and its commit.
+func BeforeCommit(f func(txn string)) Option {
+	return func(c *store.Config) { c.BeforeCommit = f }
+}
+
 // New returns a Store with a fresh unique prefix on an embedded etcd shared by the
 // test binary (started once, FastTicks, in a temp dir).
-func New(t testing.TB) *store.Store {
+func New(t testing.TB, opts ...Option) *store.Store {
 	t.Helper()
 	once.Do(start)
 	if startErr != nil {
@@ -133,7 +142,11 @@ func New(t testing.TB) *store.Store {
 	}
 	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())
 	prefix := fmt.Sprintf("/test/%s-%d/", name, prefixSeq.Add(1))
-	s, err := store.New(store.Config{Client: client, Prefix: prefix, Logger: hclog.NewNullLogger()})
+	cfg := store.Config{Client: client, Prefix: prefix, Logger: hclog.NewNullLogger()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := store.New(cfg)
 	if err != nil {
 		t.Fatalf("storetest: %v", err)
 	}
