@@ -232,7 +232,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	serverID := serverID(addr)
-	parts, err := s.wireServicing(st, cat, lib, serverID)
+	parts, err := s.wireServicing(ctx, st, cat, lib, serverID)
 	if err != nil {
 		return err
 	}

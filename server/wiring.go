@@ -31,13 +31,17 @@ type servicingParts struct {
 }
 
 // wireServicing builds servicing, the scheduler and the agent service.
-func (s *Server) wireServicing(st *store.Store, cat *catalog.Catalog, lib *content.Library, serverID string) (servicingParts, error) {
+// Data stored by an older server is migrated first.
+func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalog.Catalog, lib *content.Library, serverID string) (servicingParts, error) {
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: s.logger, MaxAttempts: s.cfg.MaxAttempts,
 		RetryBackoff: s.cfg.RetryBackoff,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("servicing: %w", err)
+	}
+	if err := migrate(ctx, st, cat, svc, s.logger); err != nil {
+		return servicingParts{}, err
 	}
 	registry, err := agents.New(agents.Config{Store: st, Logger: s.logger, SessionTTL: s.cfg.LeaseTTL, ServerID: serverID})
 	if err != nil {

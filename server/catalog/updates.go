@@ -14,6 +14,8 @@ import (
 	"unicode"
 
 	"github.com/google/uuid"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -187,11 +189,34 @@ func identityOf(u *osvcv1.Update) string {
 	return fileIdentity(u.GetFiles()[0].GetSha256())
 }
 
-// storeUpdate writes u under a free id together with its identity index, or
-// returns the update already recorded for that identity.
+// RecordUpdate records an update already described (no file is read), with
+// its identity and target indexes, and returns it; an update whose identity
+// is known returns the one recorded. The update keeps the id its name gives,
+// or, without a name, gets one from its KB and architecture as imports do.
+// ImportUpdates records what it read this way; tools and tests that make
+// catalogs call it directly.
+func (c *Catalog) RecordUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Update, error) {
+	if len(u.GetFiles()) == 0 {
+		return nil, errdefs.InvalidArgument("update.files", "an update has at least one file")
+	}
+	u = proto.Clone(u).(*osvcv1.Update)
+	if u.GetName() == "" {
+		return c.storeUpdate(ctx, u)
+	}
+	id, err := UpdateID(u.GetName())
+	if err != nil {
+		return nil, err
+	}
+	stored, wrote, err := c.storeUpdateAs(ctx, u, id)
+	if err == nil && stored == nil && !wrote {
+		return nil, fmt.Errorf("%s exists already: %w", u.GetName(), errdefs.ErrConflict)
+	}
+	return stored, err
+}
+
+// storeUpdate writes u under a free id together with its identity and
+// target indexes, or returns the update already recorded for that identity.
 func (c *Catalog) storeUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Update, error) {
-	identity := identityOf(u)
-	identityKey := c.store.UpdateIdentityKey(identity)
 	base := baseUpdateID(u)
 	for n := 1; n <= maxUpdateIDSuffix; n++ {
 		id := base
@@ -199,41 +224,56 @@ func (c *Catalog) storeUpdate(ctx context.Context, u *osvcv1.Update) (*osvcv1.Up
 			suffix := "-" + strconv.Itoa(n)
 			id = strings.TrimRight(base[:min(len(base), maxIDLen-len(suffix))], "-") + suffix
 		}
-		u.Name = UpdateName(id)
-		var existing *osvcv1.Update
-		wrote, err := c.store.Txn(ctx, "import update "+u.Name, func(tx *store.Tx) error {
-			existing = nil
-			indexed, ok, err := tx.Raw(identityKey)
-			if err != nil {
-				return err
-			}
-			if ok {
-				existing, err = c.GetUpdate(ctx, UpdateName(string(indexed)))
-				if err != nil {
-					return fmt.Errorf("update %s is indexed but unreadable: %w", identity, err)
-				}
-				return nil
-			}
-			if _, taken, err := tx.Raw(c.store.UpdateKey(id)); err != nil || taken {
-				return err
-			}
-			tx.PutRaw(identityKey, []byte(id))
-			return tx.Put(c.store.UpdateKey(id), u)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("import update %s: %w", u.Name, err)
-		}
-		if existing != nil {
-			c.logger.Debug("update already imported", "update", existing.Name, "identity", identity)
-			return existing, nil
-		}
-		if wrote != 0 {
-			c.logger.Info("update imported", "update", u.Name, "kb", u.Kb, "identity", identity)
-			return u, nil
+		stored, _, err := c.storeUpdateAs(ctx, u, id)
+		if err != nil || stored != nil {
+			return stored, err
 		}
 		// The id is taken by another update: try the next suffix.
 	}
 	return nil, fmt.Errorf("no free update id from %s after %d tries; rename the file: %w", base, maxUpdateIDSuffix, errdefs.ErrConflict)
+}
+
+// storeUpdateAs writes u as updates/{id} with its identity and target
+// indexes. It returns the update recorded for u's identity (u itself when
+// it wrote it, wrote true), or nil when the id is taken by another update.
+func (c *Catalog) storeUpdateAs(ctx context.Context, u *osvcv1.Update, id string) (*osvcv1.Update, bool, error) {
+	identity := identityOf(u)
+	identityKey := c.store.UpdateIdentityKey(identity)
+	u.Name = UpdateName(id)
+	var existing *osvcv1.Update
+	rev, err := c.store.Txn(ctx, "import update "+u.Name, func(tx *store.Tx) error {
+		existing = nil
+		indexed, ok, err := tx.Raw(identityKey)
+		if err != nil {
+			return err
+		}
+		if ok {
+			existing, err = c.GetUpdate(ctx, UpdateName(string(indexed)))
+			if err != nil {
+				return fmt.Errorf("update %s is indexed but unreadable: %w", identity, err)
+			}
+			return nil
+		}
+		if _, taken, err := tx.Raw(c.store.UpdateKey(id)); err != nil || taken {
+			return err
+		}
+		tx.PutRaw(identityKey, []byte(id))
+		for _, k := range c.targetKeys(u, id) {
+			tx.PutRaw(k, nil)
+		}
+		return tx.Put(c.store.UpdateKey(id), u)
+	})
+	switch {
+	case err != nil:
+		return nil, false, fmt.Errorf("import update %s: %w", u.Name, err)
+	case existing != nil:
+		c.logger.Debug("update already imported", "update", existing.Name, "identity", identity)
+		return existing, false, nil
+	case rev != 0:
+		c.logger.Info("update imported", "update", u.Name, "kb", u.Kb, "identity", identity)
+		return u, true, nil
+	}
+	return nil, false, nil
 }
 
 // baseUpdateID derives a readable id such as kb5031354-x64 from the KB and
@@ -370,4 +410,35 @@ func newFilter(f *osvcv1.UpdateFilter) (func(*osvcv1.Update) bool, error) {
 		}
 		return false
 	}, nil
+}
+
+// Reindex writes the identity and target index keys of every update, for
+// data stored before those indexes existed. It is idempotent.
+func (c *Catalog) Reindex(ctx context.Context) (int, error) {
+	n, token := 0, ""
+	for {
+		page, next, err := store.List[*osvcv1.Update](ctx, c.store, c.store.UpdatesPrefix(), maxPageSize, token)
+		if err != nil {
+			return n, fmt.Errorf("reindex updates: %w", err)
+		}
+		for _, u := range page {
+			id, err := UpdateID(u.GetName())
+			if err != nil || len(u.GetFiles()) == 0 {
+				c.logger.Warn("update not reindexed: bad name or no file", "update", u.GetName())
+				continue
+			}
+			ops := []clientv3.Op{clientv3.OpPut(c.store.UpdateIdentityKey(identityOf(u)), id)}
+			for _, k := range c.targetKeys(u, id) {
+				ops = append(ops, clientv3.OpPut(k, ""))
+			}
+			if _, err := c.store.Client().Txn(ctx).Then(ops...).Commit(); err != nil {
+				return n, fmt.Errorf("reindex %s: %w", u.GetName(), err)
+			}
+			n++
+		}
+		if next == "" {
+			return n, nil
+		}
+		token = next
+	}
 }

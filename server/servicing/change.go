@@ -101,6 +101,7 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	ch.tx.Delete(s.store.AssignmentKey(runID))
 	ch.tx.Delete(s.store.ActiveRunKey(imageID))
 	ch.tx.Delete(s.store.LogBaseKey(runID))
+	ch.tx.PutRaw(s.store.EndedRunKey(run.EndTime.AsTime(), runID), nil)
 	if state != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		skipUnfinished(run, "not applied: the run ended "+stateName(state))
 	}

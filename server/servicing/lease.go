@@ -2,7 +2,6 @@ package servicing
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,13 +24,14 @@ type ActiveRun struct {
 }
 
 // ActiveRuns returns every run that has not ended, found through the images'
-// active-run keys, so the cost follows the images in servicing, not history.
+// active-run keys and read a hundred per round trip, so the cost follows the
+// images in servicing, not history.
 func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
 	resp, err := s.client.Get(ctx, s.store.ActiveRunsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list active runs: %w", err)
 	}
-	out := make([]ActiveRun, 0, len(resp.Kvs))
+	keys := make([]string, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		name, err := store.Unmarshal[*wrapperspb.StringValue](kv.Value)
 		if err != nil {
@@ -42,14 +42,17 @@ func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
 			s.logger.Warn("active-run key names a bad run", "key", string(kv.Key), "value", name.GetValue())
 			continue
 		}
-		run, rev, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, errdefs.ErrNotFound) {
-			continue
+		keys = append(keys, s.store.RunKey(id))
+	}
+	runs, revs, err := store.GetMany[*osvcv1.Run](ctx, s.store, keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ActiveRun, 0, len(runs))
+	for i, run := range runs {
+		if run != nil {
+			out = append(out, ActiveRun{Run: run, Revision: revs[i]})
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ActiveRun{Run: run, Revision: rev})
 	}
 	return out, nil
 }

@@ -321,6 +321,7 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 				return fmt.Errorf("schedule %s: %w", parent, err)
 			}
 		}
+		tx.PutRaw(s.store.ImageRunKey(imageID, runID), nil)
 		return nil
 	}, store.Prefetch(imageKey, activeKey))
 	if err != nil {
@@ -438,35 +439,32 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 	return run, nil
 }
 
-// ListRuns lists runs in creation order; image, when set, keeps that image's runs.
+// ListRuns lists runs in creation order; image, when set, lists that image's
+// runs through its run index (an image that does not exist is NotFound).
 func (s *Service) ListRuns(ctx context.Context, image string, pageSize int, token string) ([]*osvcv1.Run, string, error) {
-	if image != "" {
-		if _, err := catalog.ImageID(image); err != nil {
-			return nil, "", errdefs.InvalidArgument("image", fmt.Sprintf("want images/{id}, got %q", truncate(image, 80)))
-		}
+	if image == "" {
+		return store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), pageSize, token)
 	}
-	if pageSize <= 0 {
-		pageSize = 50
+	imageID, err := catalog.ImageID(image)
+	if err != nil {
+		return nil, "", errdefs.InvalidArgument("image", fmt.Sprintf("want images/{id}, got %q", truncate(image, 80)))
 	}
-	pageSize = min(pageSize, 1000)
-	var out []*osvcv1.Run
-	// Ask for no more than the rest of the page each time, so the store's
-	// token always points right after the last run looked at.
-	for {
-		page, next, err := store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), pageSize-len(out), token)
-		if err != nil {
-			return nil, "", err
-		}
-		for _, r := range page {
-			if image == "" || r.GetImage() == image {
-				out = append(out, r)
-			}
-		}
-		token = next
-		if next == "" || len(out) >= pageSize {
-			return out, next, nil
-		}
+	if _, err := s.catalog.GetImage(ctx, image); err != nil {
+		return nil, "", err
 	}
+	keys, next, err := store.ListKeys(ctx, s.store, s.store.ImageRunsPrefix(imageID), pageSize, token)
+	if err != nil {
+		return nil, "", err
+	}
+	runKeys := make([]string, len(keys))
+	for i, k := range keys {
+		runKeys[i] = s.store.RunKey(store.IDFromKey(k))
+	}
+	runs, _, err := store.GetMany[*osvcv1.Run](ctx, s.store, runKeys)
+	if err != nil {
+		return nil, "", err
+	}
+	return slices.DeleteFunc(runs, func(r *osvcv1.Run) bool { return r == nil }), next, nil
 }
 
 // CancelRun cancels a run: a PENDING run ends CANCELED at once; a leased run

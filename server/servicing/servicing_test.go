@@ -202,6 +202,60 @@ func TestListRunsFiltersByImageAndPages(t *testing.T) {
 	if err != nil || len(page) != 1 || page[0].GetName() != runs[1] {
 		t.Errorf("runs of images/b = %v, %v; want [%s]", page, err, runs[1])
 	}
+	if _, _, err := env.Service.ListRuns(ctx, "images/nope", 0, ""); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("runs of an image that does not exist: %v, want ErrNotFound", err)
+	}
+}
+
+func TestListRunsOfAnImagePagesThroughItsOwnRunsOnly(t *testing.T) {
+	t.Parallel()
+	env := servicingtest.New(t, servicingtest.Options{})
+	ctx := context.Background()
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, month(10))
+	mine := env.Image(t, "mine", "PS1", 1)
+	other := env.Image(t, "other", "PS1", 1)
+	var want []string
+	for range 5 {
+		for _, img := range []*osvcv1.Image{mine, other} {
+			_, run, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := env.Service.CancelRun(ctx, run.GetName(), "next"); err != nil {
+				t.Fatal(err)
+			}
+			if img == mine {
+				want = append(want, run.GetName())
+			}
+		}
+	}
+	var got []string
+	token, firstToken := "", ""
+	for pages := 0; ; pages++ {
+		page, next, err := env.Service.ListRuns(ctx, mine.Name, 2, token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) > 2 || pages > 3 {
+			t.Fatalf("page %d holds %d runs, want at most 2 and 3 pages", pages, len(page))
+		}
+		for _, r := range page {
+			got = append(got, r.GetName())
+		}
+		if next == "" {
+			break
+		}
+		if firstToken == "" {
+			firstToken = next
+		}
+		token = next
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("runs of %s = %v, want %v in creation order", mine.Name, got, want)
+	}
+	if _, _, err := env.Service.ListRuns(ctx, other.Name, 2, firstToken); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("a token of another image's list: %v, want InvalidArgument", err)
+	}
 }
 
 func TestSortForServicingPutsTheServicingStackFirstAndDotNetLast(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -172,37 +173,70 @@ func (s *Service) readLogs(ctx context.Context, runID string, after int64, rev i
 
 // PruneLogs deletes the stored log lines of the runs that ended before
 // cutoff, so logs are kept for a retention period and not forever. The runs
-// themselves stay, with their log_line_count. It returns how many runs lost
-// their lines.
+// themselves stay, with their log_line_count. It reads the ended-run index up
+// to the cutoff, not every run, and removes each entry it handled. It
+// returns how many runs lost their lines.
 func (s *Service) PruneLogs(ctx context.Context, cutoff time.Time) (int, error) {
 	pruned := 0
-	token := ""
+	end := s.store.EndedRunKey(cutoff, "")
 	for {
-		runs, next, err := store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), 1000, token)
+		resp, err := s.client.Get(ctx, s.store.EndedRunsPrefix(), clientv3.WithRange(end), clientv3.WithKeysOnly(),
+			clientv3.WithLimit(logChunksPerRead), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 		if err != nil {
 			return pruned, fmt.Errorf("prune logs: %w", err)
 		}
-		for _, run := range runs {
-			if !IsFinal(run.GetState()) || run.GetLogLineCount() == 0 || run.GetEndTime() == nil || !run.GetEndTime().AsTime().Before(cutoff) {
-				continue
-			}
-			id, err := RunID(run.GetName())
+		for _, kv := range resp.Kvs {
+			id := store.IDFromKey(string(kv.Key))
+			del, err := s.client.Txn(ctx).Then(
+				clientv3.OpDelete(s.store.LogsPrefix(id), clientv3.WithPrefix()),
+				clientv3.OpDelete(string(kv.Key)),
+			).Commit()
 			if err != nil {
-				continue
+				return pruned, fmt.Errorf("prune logs of runs/%s: %w", id, err)
 			}
-			resp, err := s.client.Delete(ctx, s.store.LogsPrefix(id), clientv3.WithPrefix())
-			if err != nil {
-				return pruned, fmt.Errorf("prune logs of %s: %w", run.GetName(), err)
-			}
-			if resp.Deleted > 0 {
+			if del.Responses[0].GetResponseDeleteRange().GetDeleted() > 0 {
 				pruned++
 			}
 		}
-		if next == "" {
-			if pruned > 0 {
-				s.logger.Info("old run logs pruned", "runs", pruned, "ended_before", cutoff)
+		if !resp.More {
+			break
+		}
+	}
+	if pruned > 0 {
+		s.logger.Info("old run logs pruned", "runs", pruned, "ended_before", cutoff)
+	}
+	return pruned, nil
+}
+
+// Reindex writes the image-run and ended-run index keys of every run, for
+// data stored before those indexes existed. It is idempotent.
+func (s *Service) Reindex(ctx context.Context) (int, error) {
+	n, token := 0, ""
+	for {
+		page, next, err := store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), 1000, token)
+		if err != nil {
+			return n, fmt.Errorf("reindex runs: %w", err)
+		}
+		for _, run := range page {
+			runID, err := RunID(run.GetName())
+			if err != nil {
+				continue
 			}
-			return pruned, nil
+			imageID, err := catalog.ImageID(run.GetImage())
+			if err != nil {
+				continue
+			}
+			ops := []clientv3.Op{clientv3.OpPut(s.store.ImageRunKey(imageID, runID), "")}
+			if IsFinal(run.GetState()) && run.GetEndTime() != nil {
+				ops = append(ops, clientv3.OpPut(s.store.EndedRunKey(run.GetEndTime().AsTime(), runID), ""))
+			}
+			if _, err := s.client.Txn(ctx).Then(ops...).Commit(); err != nil {
+				return n, fmt.Errorf("reindex %s: %w", run.GetName(), err)
+			}
+			n++
+		}
+		if next == "" {
+			return n, nil
 		}
 		token = next
 	}

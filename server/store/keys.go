@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Every etcd key of osvc is built here, never by concatenation at call sites.
@@ -96,3 +97,45 @@ func (s *Store) ActiveRunsPrefix() string { return s.prefix + "active-runs/" }
 // was leased: agents number each attempt's lines from 1, and the server stores
 // them after the earlier attempts' lines.
 func (s *Store) LogBaseKey(runID string) string { return s.prefix + "log-bases/" + runID }
+
+// Index keys: each names one thing a list reads by it, so lists that would
+// otherwise scan every run or update read only the keys that concern them.
+
+// ImageRunKey indexes a run under its image: <prefix>image-runs/<imageID>/<runID>.
+// Run ids sort by creation time, so the index lists an image's runs in order.
+func (s *Store) ImageRunKey(imageID, runID string) string { return s.ImageRunsPrefix(imageID) + runID }
+
+// ImageRunsPrefix holds the run index of one image.
+func (s *Store) ImageRunsPrefix(imageID string) string {
+	return s.prefix + "image-runs/" + imageID + "/"
+}
+
+// UpdateTargetKey indexes an update under an architecture and an OS build it
+// applies to: <prefix>update-targets/<arch>/<build>/<updateID>, build being
+// ten zero-padded digits, or "any" for an update that names no build.
+func (s *Store) UpdateTargetKey(arch string, build uint32, anyBuild bool, updateID string) string {
+	return s.UpdateTargetsPrefix(arch, build, anyBuild) + updateID
+}
+
+// UpdateTargetsPrefix holds the updates of one architecture and build (or of
+// any build).
+func (s *Store) UpdateTargetsPrefix(arch string, build uint32, anyBuild bool) string {
+	b := "any"
+	if !anyBuild {
+		b = fmt.Sprintf("%010d", build)
+	}
+	return s.prefix + "update-targets/" + arch + "/" + b + "/"
+}
+
+// EndedRunKey indexes an ended run by its end time:
+// <prefix>ended-runs/<unix nanoseconds, 20 digits>/<runID>, so a range up to
+// a cutoff finds the runs that ended before it.
+func (s *Store) EndedRunKey(end time.Time, runID string) string {
+	return fmt.Sprintf("%s%020d/%s", s.EndedRunsPrefix(), max(end.UnixNano(), 0), runID)
+}
+
+// EndedRunsPrefix holds the ended-run index.
+func (s *Store) EndedRunsPrefix() string { return s.prefix + "ended-runs/" }
+
+// SchemaKey records which indexes the stored data has (see store.Migrate).
+func (s *Store) SchemaKey() string { return s.prefix + "schema" }

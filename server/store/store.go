@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -244,4 +245,86 @@ func decodePageToken(prefix, token string) (string, error) {
 		return "", errdefs.InvalidArgument("page_token", "the token belongs to another list; start again without one")
 	}
 	return key, nil
+}
+
+// opsPerTxn keeps a read transaction under etcd's default limit of 128
+// operations.
+const opsPerTxn = 100
+
+// GetManyRaw reads keys, a hundred per round trip, in their order; a
+// missing key gives nil.
+func GetManyRaw(ctx context.Context, s *Store, keys []string) ([]*mvccpb.KeyValue, error) {
+	out := make([]*mvccpb.KeyValue, 0, len(keys))
+	for len(keys) > 0 {
+		n := min(len(keys), opsPerTxn)
+		ops := make([]clientv3.Op, n)
+		for i, k := range keys[:n] {
+			ops[i] = clientv3.OpGet(k)
+		}
+		resp, err := s.client.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", keys[0], err)
+		}
+		for _, r := range resp.Responses {
+			var kv *mvccpb.KeyValue
+			if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
+				kv = kvs[0]
+			}
+			out = append(out, kv)
+		}
+		keys = keys[n:]
+	}
+	return out, nil
+}
+
+// GetMany reads keys into Ts, a hundred per round trip, in their order,
+// with their ModRevisions; a missing key gives a nil T and revision 0.
+func GetMany[T proto.Message](ctx context.Context, s *Store, keys []string) ([]T, []int64, error) {
+	kvs, err := GetManyRaw(ctx, s, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, revs := make([]T, len(kvs)), make([]int64, len(kvs))
+	for i, kv := range kvs {
+		if kv == nil {
+			continue
+		}
+		m, err := Unmarshal[T](kv.Value)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s: %w", keys[i], err)
+		}
+		out[i], revs[i] = m, kv.ModRevision
+	}
+	return out, revs, nil
+}
+
+// ListKeys returns up to pageSize keys under prefix in key order, without
+// their values, and a token for the next page ("" at the end); tokens as List's.
+func ListKeys(ctx context.Context, s *Store, prefix string, pageSize int, pageToken string) ([]string, string, error) {
+	if pageSize <= 0 {
+		pageSize = defaultPageSize
+	}
+	pageSize = min(pageSize, maxPageSize)
+	start := prefix
+	if pageToken != "" {
+		after, err := decodePageToken(prefix, pageToken)
+		if err != nil {
+			return nil, "", err
+		}
+		start = after + "\x00"
+	}
+	resp, err := s.client.Get(ctx, start, clientv3.WithRange(clientv3.GetPrefixRangeEnd(prefix)), clientv3.WithKeysOnly(),
+		clientv3.WithLimit(int64(pageSize)), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", prefix, err)
+	}
+	keys := make([]string, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		keys[i] = string(kv.Key)
+	}
+	next := ""
+	if resp.More && len(keys) > 0 {
+		next = encodePageToken(keys[len(keys)-1])
+	}
+	return keys, next, nil
 }

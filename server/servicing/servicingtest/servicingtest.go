@@ -149,10 +149,11 @@ func (e *Env) Update(t testing.TB, id string, class osvcv1.Classification, relea
 		PackageIdentity: "Package_for_" + id + "~31bf3856ad364e35~amd64~~22621.1.1.0",
 		Files:           []*osvcv1.UpdateFile{{FileName: id + ".cab", Sha256: blob.GetSha256(), SizeBytes: blob.GetSizeBytes()}},
 	}
-	if _, err := e.Store.Create(context.Background(), e.Store.UpdateKey(id), u); err != nil {
-		t.Fatalf("create update: %v", err)
+	stored, err := e.Catalog.RecordUpdate(context.Background(), u)
+	if err != nil {
+		t.Fatalf("record update: %v", err)
 	}
-	return u
+	return stored
 }
 
 // Connect makes agents/{name} present on site as agentsvc would, on a fresh
