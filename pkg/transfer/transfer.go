@@ -146,6 +146,17 @@ func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType 
 	return resp.GetContent(), nil
 }
 
+// HashFile returns the sha256 (lower-case hex) and size of the file at path;
+// it stops when ctx ends, since hashing gigabytes takes a while.
+func HashFile(ctx context.Context, path string) (sum string, size int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	return hashFile(ctx, f)
+}
+
 // hashFile returns the sha256 and size of f read from its start.
 func hashFile(ctx context.Context, f *os.File) (string, int64, error) {
 	h := sha256.New()
@@ -161,7 +172,7 @@ func hashFile(ctx context.Context, f *os.File) (string, int64, error) {
 // mismatch removes the partial file; when the bad bytes came from an earlier,
 // resumed attempt, the download starts again from zero once.
 func Download(ctx context.Context, c osvcv1.ContentServiceClient, sha256, dst string, progress ProgressFunc) error {
-	if !validSHA256(sha256) {
+	if !ValidSHA256(sha256) {
 		return fmt.Errorf("download %q: not a sha256 (want 64 lower-case hex digits)", sha256)
 	}
 	if progress == nil {
@@ -318,7 +329,8 @@ func restart(f *os.File, h hash.Hash) error {
 	return nil
 }
 
-func validSHA256(s string) bool {
+// ValidSHA256 tells whether s is a content address: 64 lower-case hex digits.
+func ValidSHA256(s string) bool {
 	if len(s) != 64 {
 		return false
 	}
