@@ -1,0 +1,485 @@
+// Package cache is the agent's update-file cache: the files of software
+// updates, kept in one folder under their sha256, shared by every run of the
+// agent.
+//
+//   - Verified: a file is served only when it hashes to its name; a damaged
+//     one is removed and fetched again.
+//   - Single flight per blob: runs asking for the same file at once share one
+//     verification and one download (golang.org/x/sync/singleflight).
+//   - Size cap: past MaxBytes the least recently used files are evicted, by
+//     the last use the cache records itself, never a file a run holds.
+//   - Restartable: the files found in the folder at start are reused (and
+//     verified when first served); a partial download left by a stopped agent
+//     is resumed by the Downloader (pkg/transfer keeps it as <sha256>.partial).
+package cache
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/osvc/osvc/pkg/transfer"
+)
+
+// Downloader fetches one blob by sha256 into dst: verified, and resuming
+// dst+transfer.PartialSuffix when an earlier attempt left it. transfer.Client
+// is one, over the server's ContentService.
+type Downloader interface {
+	Download(ctx context.Context, sha256, dst string, progress transfer.ProgressFunc) error
+}
+
+// Config configures a Cache.
+type Config struct {
+	// Dir is the cache's folder; it is created when missing. Everything in it
+	// named <sha256> or <sha256>.partial belongs to the cache.
+	Dir string
+	// MaxBytes caps the bytes the cache keeps on disk (files and partial
+	// downloads); 0 means no cap. Files runs hold are never evicted, so the
+	// cache can stand above the cap while they are held.
+	MaxBytes int64
+	// Source fetches the files the cache lacks.
+	Source Downloader
+	Logger hclog.Logger
+	// Now is the clock of last uses; default time.Now.
+	Now func() time.Time
+}
+
+// ErrClosed is returned by Acquire once the cache is closed.
+var ErrClosed = errors.New("the update cache is closed")
+
+// Cache holds update files by sha256. It is safe for concurrent use.
+type Cache struct {
+	cfg   Config
+	log   hclog.Logger
+	group singleflight.Group
+
+	// wg waits for the shared fetches (singleflight runs them in goroutines
+	// of their own).
+	wg sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	entries map[string]*entry
+	used    int64
+	// flights are the fetches under way, one per sha256; a flight is in this
+	// map exactly while group has a call under the same key (both change
+	// under mu), so a flight's waiters are the callers of its call.
+	flights map[string]*flight
+}
+
+// entry is what the cache knows of one sha256.
+type entry struct {
+	// size is the bytes on disk: the file, or a partial download of it.
+	size int64
+	// lastUse is when a run last acquired or released the file. It is
+	// written to the file's modification time too, so that it outlives the
+	// agent; access times are not used, since volumes are often mounted
+	// noatime or relatime.
+	lastUse time.Time
+	// refs counts the runs holding the file: from the start of Acquire until
+	// release, the file is never evicted.
+	refs int
+}
+
+// flight is one shared fetch (verify, then download if needed) of a sha256.
+type flight struct {
+	// ctx is the fetch's own: it outlives any one waiter, and is canceled
+	// when the last waiter gives up or the cache closes.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// done is closed when the fetch has ended and left the flights map.
+	done chan struct{}
+
+	// waiters are the callers waiting for the fetch; guarded by Cache.mu.
+	waiters map[*waiter]struct{}
+
+	// watchers are the waiters with a progress function, apart from waiters
+	// so that reporting progress never takes Cache.mu.
+	pmu      sync.Mutex
+	watchers map[*waiter]struct{}
+}
+
+// waiter is one caller waiting for a flight. (Not of zero size: pointers to
+// distinct zero-size values may be equal, and waiters are map keys.)
+type waiter struct {
+	progress transfer.ProgressFunc
+}
+
+// New indexes the files already in cfg.Dir (by name, size and modification
+// time; each is verified when first served) and evicts down to the cap.
+func New(cfg Config) (*Cache, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("cache: a folder is required (Dir)")
+	}
+	if cfg.MaxBytes < 0 {
+		return nil, fmt.Errorf("cache: size cap %d bytes: want 0 (no cap) or more", cfg.MaxBytes)
+	}
+	if cfg.Source == nil {
+		return nil, errors.New("cache: a Source to download missing files from is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("cache: create the cache folder %s: %w: set --data-dir to a writable folder", cfg.Dir, err)
+	}
+	c := &Cache{
+		cfg:     cfg,
+		log:     cfg.Logger.Named("cache"),
+		entries: make(map[string]*entry),
+		flights: make(map[string]*flight),
+	}
+	if err := c.scan(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.log.Info("update cache ready", "dir", cfg.Dir, "files", len(c.entries), "bytes", c.used, "max_bytes", cfg.MaxBytes)
+	c.trim()
+	c.mu.Unlock()
+	return c, nil
+}
+
+// scan indexes what an earlier agent left in the folder.
+func (c *Cache) scan() error {
+	des, err := os.ReadDir(c.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("cache: read the cache folder %s: %w", c.cfg.Dir, err)
+	}
+	for _, de := range des {
+		sha := strings.TrimSuffix(de.Name(), transfer.PartialSuffix)
+		if !de.Type().IsRegular() || !transfer.ValidSHA256(sha) {
+			c.log.Debug("not a cache file: left alone", "name", de.Name())
+			continue
+		}
+		info, err := de.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cache: read the cache folder %s: %w", c.cfg.Dir, err)
+		}
+		e := c.entries[sha]
+		if e == nil {
+			e = &entry{}
+			c.entries[sha] = e
+		}
+		e.size += info.Size()
+		if info.ModTime().After(e.lastUse) {
+			e.lastUse = info.ModTime()
+		}
+		c.used += info.Size()
+	}
+	return nil
+}
+
+// Path is where the cache keeps the file with that sha256.
+func (c *Cache) Path(sha256 string) string { return filepath.Join(c.cfg.Dir, sha256) }
+
+// Acquire returns the path of the file with that sha256, verified, fetching
+// it when the cache lacks it or holds a damaged copy. Callers asking for the
+// same file at once share one fetch; progress tells how the download goes
+// (it is not called for a file served from the cache). When ctx ends, the
+// caller stops waiting; the download goes on for the others still waiting,
+// and stops (its partial file kept for a later resume) when none is left.
+//
+// The file is held until release is called: hold it as long as anything
+// uses it, e.g. a link to it in a run's work folder. A file larger than
+// MaxBytes is served all the same: it stays while it is held and is evicted
+// when released.
+func (c *Cache) Acquire(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (path string, release func(), err error) {
+	if !transfer.ValidSHA256(sha256) {
+		return "", nil, fmt.Errorf("update file %q: not a sha256 (want 64 lower-case hex digits)", sha256)
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return "", nil, ErrClosed
+	}
+	// Held from here: nothing evicts the file between its check and its use.
+	c.entry(sha256).refs++
+	c.mu.Unlock()
+
+	if err := c.await(ctx, sha256, progress); err != nil {
+		c.unref(sha256, false)
+		return "", nil, fmt.Errorf("update file %s: %w", sha256, err)
+	}
+	// The flight recorded this use (see fly); the release records the last.
+	var once sync.Once
+	return c.Path(sha256), func() { once.Do(func() { c.unref(sha256, true) }) }, nil
+}
+
+// entry returns the entry of sha256, made when missing; c.mu is held.
+func (c *Cache) entry(sha256 string) *entry {
+	e := c.entries[sha256]
+	if e == nil {
+		e = &entry{}
+		c.entries[sha256] = e
+	}
+	return e
+}
+
+// unref drops one hold; used marks a use of the file (a release after
+// serving it). A file no longer held may be evicted.
+func (c *Cache) unref(sha256 string, used bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[sha256]
+	if e == nil {
+		return
+	}
+	e.refs--
+	if used {
+		c.touch(sha256)
+	}
+	if e.refs == 0 && e.size == 0 && c.flights[sha256] == nil {
+		delete(c.entries, sha256)
+	}
+	c.trim()
+}
+
+// touch records a use of sha256 now, in memory and as the file's
+// modification time; c.mu is held.
+func (c *Cache) touch(sha256 string) {
+	now := c.cfg.Now()
+	c.entry(sha256).lastUse = now
+	if err := os.Chtimes(c.Path(sha256), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// The order survives in memory; only a restart would forget it.
+		c.log.Warn("recording the last use of a cached file failed", "sha256", sha256, "error", err)
+	}
+}
+
+// await joins the flight of sha256, starting one when none is under way,
+// and waits for it or for ctx.
+func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return ErrClosed
+		}
+		f := c.flights[sha256]
+		if f != nil && f.ctx.Err() != nil {
+			// Every waiter gave up and the fetch is stopping: start a new one
+			// once it is gone, rather than join it and share its cancel.
+			c.mu.Unlock()
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		joined := f != nil
+		if f == nil {
+			// Not the caller's ctx: one caller giving up must not stop the
+			// download the others wait for. Its values (e.g. metadata) stay.
+			fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			f = &flight{ctx: fctx, cancel: cancel, done: make(chan struct{}),
+				waiters: make(map[*waiter]struct{}), watchers: make(map[*waiter]struct{})}
+			c.flights[sha256] = f
+			c.wg.Add(1)
+		}
+		w := &waiter{progress: progress}
+		f.waiters[w] = struct{}{}
+		f.watch(w, true)
+		// Under mu, so the call is the flight's: a new key starts f's fetch,
+		// an existing one is f's (see flights).
+		ch := c.group.DoChan(sha256, func() (any, error) { return nil, c.fly(sha256, f) })
+		c.mu.Unlock()
+		if joined {
+			c.log.Info("the update file is being fetched for another run: waiting for it", "sha256", sha256)
+		}
+		select {
+		case res := <-ch:
+			c.leave(f, w)
+			return res.Err
+		case <-ctx.Done():
+			c.leave(f, w)
+			return context.Cause(ctx)
+		}
+	}
+}
+
+// watch starts or stops telling w the flight's progress.
+func (f *flight) watch(w *waiter, on bool) {
+	if w.progress == nil {
+		return
+	}
+	f.pmu.Lock()
+	defer f.pmu.Unlock()
+	if on {
+		f.watchers[w] = struct{}{}
+	} else {
+		delete(f.watchers, w)
+	}
+}
+
+// report tells every watching waiter's progress function.
+func (f *flight) report(done, total int64) {
+	f.pmu.Lock()
+	ps := make([]transfer.ProgressFunc, 0, len(f.watchers))
+	for w := range f.watchers {
+		ps = append(ps, w.progress)
+	}
+	f.pmu.Unlock()
+	for _, p := range ps {
+		p(done, total)
+	}
+}
+
+// leave removes a waiter; the last one to leave stops the fetch. Under c.mu,
+// so that no caller joins a flight that is being given up (see await).
+func (c *Cache) leave(f *flight, w *waiter) {
+	f.watch(w, false)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(f.waiters, w)
+	if len(f.waiters) == 0 {
+		f.cancel()
+	}
+}
+
+// fly is the shared fetch of sha256: it verifies the cached file and
+// downloads it when missing or damaged.
+func (c *Cache) fly(sha256 string, f *flight) error {
+	defer c.wg.Done()
+	err := c.fetch(f.ctx, sha256, f.report)
+
+	c.mu.Lock()
+	delete(c.flights, sha256)
+	c.group.Forget(sha256)
+	c.restat(sha256)
+	if err == nil {
+		// A use by the waiters (and fresh, should they all have given up).
+		c.touch(sha256)
+	}
+	c.trim()
+	c.mu.Unlock()
+	f.cancel()
+	close(f.done)
+	return err
+}
+
+// fetch makes sure the cache holds a verified copy of sha256.
+func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+	path := c.Path(sha256)
+	sum, size, err := transfer.HashFile(ctx, path)
+	switch {
+	case err == nil && sum == sha256:
+		c.log.Debug("update file served from the cache", "sha256", sha256, "size", size)
+		return nil
+	case err == nil:
+		// Never served: a damaged file would fail (or worse, pass) a run.
+		c.log.Warn("damaged cached file: fetching it again", "sha256", sha256, "hashes_to", sum, "size", size)
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove the damaged cached file %s: %w", path, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+	case ctx.Err() != nil:
+		return context.Cause(ctx)
+	default:
+		return fmt.Errorf("verify the cached file %s: %w", path, err)
+	}
+	c.log.Info("downloading update file", "sha256", sha256)
+	if err := c.cfg.Source.Download(ctx, sha256, path, progress); err != nil {
+		return fmt.Errorf("download into the cache: %w", err)
+	}
+	return nil
+}
+
+// restat updates the size of sha256 from what is on disk; c.mu is held.
+func (c *Cache) restat(sha256 string) {
+	e := c.entry(sha256)
+	var size int64
+	for _, p := range []string{c.Path(sha256), c.Path(sha256) + transfer.PartialSuffix} {
+		if info, err := os.Stat(p); err == nil {
+			size += info.Size()
+		}
+	}
+	c.used += size - e.size
+	e.size = size
+	if e.refs == 0 && size == 0 {
+		delete(c.entries, sha256)
+	}
+}
+
+// trim evicts files no run holds, least recently used first, until the
+// cache is within its cap; c.mu is held.
+func (c *Cache) trim() {
+	if c.cfg.MaxBytes == 0 || c.used <= c.cfg.MaxBytes {
+		return
+	}
+	var victims []string
+	for sha, e := range c.entries {
+		if e.refs == 0 && c.flights[sha] == nil {
+			victims = append(victims, sha)
+		}
+	}
+	slices.SortFunc(victims, func(a, b string) int {
+		return cmp.Or(c.entries[a].lastUse.Compare(c.entries[b].lastUse), strings.Compare(a, b))
+	})
+	for _, sha := range victims {
+		if c.used <= c.cfg.MaxBytes {
+			return
+		}
+		e := c.entries[sha]
+		var errs []error
+		for _, p := range []string{c.Path(sha), c.Path(sha) + transfer.PartialSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			c.log.Warn("evicting a cached file failed: the cache stays above its cap", "sha256", sha, "error", err)
+			c.restat(sha)
+			continue
+		}
+		c.used -= e.size
+		delete(c.entries, sha)
+		c.log.Info("evicted from the update cache", "sha256", sha, "size", humanize.IBytes(uint64(e.size)),
+			"last_use", e.lastUse.UTC().Format(time.RFC3339))
+	}
+	if c.used > c.cfg.MaxBytes {
+		c.log.Info("the update cache stays above its cap: the rest is in use by runs",
+			"bytes", c.used, "max_bytes", c.cfg.MaxBytes)
+	}
+}
+
+// Usage returns the bytes the cache holds on disk and how many files.
+func (c *Cache) Usage() (bytes int64, files int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		if e.size > 0 {
+			files++
+		}
+	}
+	return c.used, files
+}
+
+// Close stops the downloads under way (their partial files stay, for the
+// next agent to resume) and waits for them. Acquire fails after Close.
+func (c *Cache) Close() {
+	c.mu.Lock()
+	c.closed = true
+	for _, f := range c.flights {
+		f.cancel()
+	}
+	c.mu.Unlock()
+	c.wg.Wait()
+}
