@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/conn"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/pipeline"
@@ -106,7 +107,9 @@ type Agent struct {
 	// pipeline.ErrDiscard as cause) when the agent shuts down.
 	runsCtx    context.Context
 	cancelRuns context.CancelCauseFunc
-	content    osvcv1.ContentServiceClient
+	// images and updates serve the runs' downloads and uploads; set by Run.
+	images  *transfer.Client
+	updates *cache.Cache
 
 	// now and retentionTicks drive the retention; tests replace them.
 	now            func() time.Time
@@ -259,9 +262,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
 	}
 	defer cc.Close()
+	images, err := transfer.NewClient(osvcv1.NewContentServiceClient(cc))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	updates, err := cache.New(cache.Config{Dir: a.cache, Source: images, Logger: a.cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	// Deferred here, it runs after every run has ended (a.wg.Wait below).
+	defer updates.Close()
 
 	a.mu.Lock()
-	a.content = osvcv1.NewContentServiceClient(cc)
+	a.images, a.updates = images, updates
 	// Runs survive a dropped stream, so they do not hang off ctx directly.
 	a.runsCtx, a.cancelRuns = context.WithCancelCause(context.WithoutCancel(ctx))
 	a.mu.Unlock()
@@ -445,12 +458,12 @@ func (a *Agent) release(name string, hr *heldRun) {
 func (a *Agent) service(ctx context.Context, asg *osvcv1.Assign, log hclog.Logger) {
 	rep := &reporter{conn: a.conn, run: asg.GetRun().GetName(), token: asg.GetRun().GetFencingToken()}
 	err := pipeline.Run(ctx, pipeline.Config{
-		Engine:    a.cfg.Engine,
-		NewEngine: a.cfg.NewEngine,
-		Content:   a.content,
-		Drive:     a.drive,
-		CacheDir:  a.cache,
-		Logger:    a.cfg.Logger,
+		Engine:      a.cfg.Engine,
+		NewEngine:   a.cfg.NewEngine,
+		UpdateFiles: a.updates,
+		Images:      a.images,
+		Drive:       a.drive,
+		Logger:      a.cfg.Logger,
 	}, asg, rep)
 	switch {
 	case err == nil:

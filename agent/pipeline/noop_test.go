@@ -128,9 +128,8 @@ func TestARunThatChangesNothingUploadsNothingAndReportsTheSourceVersion(t *testi
 				f.source = &osvcv1.ImageVersion{Version: 2, Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}
 			}
 			f.updates = f.byKB(t, tt.kbs...)
-			cfg := newConfig(t, f)
 			content := &countingContent{ContentServiceClient: f.client}
-			cfg.Content = content
+			cfg := configOver(t, content)
 
 			// When the result is reported the copy is still in the work folder.
 			var copySHA string
@@ -216,9 +215,8 @@ func TestOnAMultiIndexImageOnlyTheIndexesAnUpdateChangedAreCommitted(t *testing.
 	c := f.put(t, two, MediaTypeWIM)
 	f.source = &osvcv1.ImageVersion{Version: 1, Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}
 	f.updates = f.byKB(t, ssu)
-	cfg := newConfig(t, f)
 	content := &countingContent{ContentServiceClient: f.client}
-	cfg.Content = content
+	cfg := configOver(t, content)
 	rec := &recorder{}
 	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{}), rec); err != nil {
 		t.Fatalf("Run: %v", err)

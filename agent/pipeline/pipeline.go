@@ -4,16 +4,14 @@ package pipeline
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -40,6 +38,25 @@ type Reporter interface {
 	Result(ctx context.Context, r *osvcv1.RunResult) error
 }
 
+// UpdateFiles serves the update files a run applies; the agent's update
+// cache (agent/cache) is one.
+type UpdateFiles interface {
+	// Acquire returns the path of the verified file with that sha256,
+	// fetching it when needed; progress tells how a download goes. The file
+	// stays as it is at path until release is called.
+	Acquire(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (path string, release func(), err error)
+}
+
+// ImageTransfer moves images between the content library and the work
+// folder: the source version in, the serviced result out. transfer.Client is
+// one, over the server's ContentService.
+type ImageTransfer interface {
+	// Download fetches the blob sha256 into dst, verified.
+	Download(ctx context.Context, sha256, dst string, progress transfer.ProgressFunc) error
+	// Upload stores the file at path in the content library.
+	Upload(ctx context.Context, path, mediaType string, progress transfer.ProgressFunc) (*osvcv1.Content, error)
+}
+
 // Config is what a run needs from the agent.
 type Config struct {
 	// Engine services the image when NewEngine is nil.
@@ -47,12 +64,13 @@ type Config struct {
 	// NewEngine, when set, makes an engine logging to the run's logger, so
 	// that the engine's output (wimlib-imagex's lines) lands in the run log.
 	NewEngine func(logger hclog.Logger) (engine.Engine, error)
-	Content   osvcv1.ContentServiceClient
+	// UpdateFiles serves the updates' files.
+	UpdateFiles UpdateFiles
+	// Images downloads the source version and uploads the result.
+	Images ImageTransfer
 	// Drive is the resolved folder runs work under: <Drive>/OfflineImageServicing/<run id>.
-	Drive string
-	// CacheDir holds staged update files by sha256.
-	CacheDir string
-	Logger   hclog.Logger
+	Drive  string
+	Logger hclog.Logger
 	// ReportTimeout bounds the final report sent after a cancel; default 30s.
 	ReportTimeout time.Duration
 }
@@ -92,7 +110,6 @@ const (
 const progressEvery = time.Second
 
 var idPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-var shaPattern = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // Run services the assigned run and reports through rep. It returns nil when
 // the run ended with a reported result (succeeded, failed or canceled), an
@@ -102,11 +119,11 @@ func Run(ctx context.Context, cfg Config, a *osvcv1.Assign, rep Reporter) error 
 	if cfg.Engine == nil && cfg.NewEngine == nil {
 		return errors.New("pipeline: Engine is required")
 	}
-	if cfg.Content == nil {
-		return errors.New("pipeline: Content is required")
+	if cfg.UpdateFiles == nil || cfg.Images == nil {
+		return errors.New("pipeline: UpdateFiles and Images are required")
 	}
-	if cfg.Drive == "" || cfg.CacheDir == "" {
-		return errors.New("pipeline: Drive and CacheDir are required")
+	if cfg.Drive == "" {
+		return errors.New("pipeline: Drive is required")
 	}
 	if rep == nil {
 		return errors.New("pipeline: a Reporter is required")
@@ -154,6 +171,9 @@ type run struct {
 
 	// mount is the mounted index, nil when none is mounted.
 	mount *engine.Mount
+	// releases let go of the staged update files, once the work folder no
+	// longer links them.
+	releases []func()
 	// lostErr is set once a report was refused as stale.
 	mu      sync.Mutex
 	lostErr error
@@ -177,6 +197,9 @@ func (r *run) run(ctx context.Context) error {
 
 	// Whatever happened, never leave the copy mounted.
 	r.discardMount(ctx)
+	// Deferred in this order, the update files are released after tidy
+	// removed the work folder's links to them.
+	defer r.releaseUpdateFiles()
 	defer r.tidy()
 
 	if lost := r.lost(); lost != nil {
@@ -507,12 +530,10 @@ func (r *run) startEngine() error {
 	return nil
 }
 
-// stage downloads every update file into the cache, skipping files already
-// there with the right hash.
+// stage gets every update file from the cache, which downloads the files
+// it lacks, and holds them until the run ends. It returns the path of each
+// file by sha256.
 func (r *run) stage(ctx context.Context) (map[string]string, error) {
-	if err := os.MkdirAll(r.cfg.CacheDir, 0o750); err != nil {
-		return nil, fmt.Errorf("create the cache folder: %w", err)
-	}
 	type item struct {
 		sha  string
 		size int64
@@ -524,20 +545,13 @@ func (r *run) stage(ctx context.Context) (map[string]string, error) {
 	for _, u := range r.a.GetUpdates() {
 		for _, f := range u.GetFiles() {
 			sha := f.GetSha256()
-			if !shaPattern.MatchString(sha) {
+			if !transfer.ValidSHA256(sha) {
 				return nil, fmt.Errorf("update %s: file %q has sha256 %q: want 64 lower-case hex digits", u.GetName(), f.GetFileName(), sha)
 			}
 			if _, ok := staged[sha]; ok {
 				continue
 			}
-			path := filepath.Join(r.cfg.CacheDir, sha)
-			staged[sha] = path
-			if cached, err := hashMatches(path, sha); err != nil {
-				return nil, err
-			} else if cached {
-				r.log.Info("update file already cached", "file", f.GetFileName(), "sha256", sha)
-				continue
-			}
+			staged[sha] = ""
 			todo = append(todo, item{sha, f.GetSizeBytes(), f.GetFileName()})
 			total += f.GetSizeBytes()
 		}
@@ -547,118 +561,45 @@ func (r *run) stage(ctx context.Context) (map[string]string, error) {
 	var done int64
 	for _, it := range todo {
 		base := done
-		if err := r.fetch(ctx, it.sha, it.name, it.size, staged[it.sha], func(n, _ int64) {
+		// Told from the cache's download goroutine.
+		var downloaded atomic.Bool
+		path, release, err := r.cfg.UpdateFiles.Acquire(ctx, it.sha, func(n, _ int64) {
+			downloaded.Store(true)
 			if total > 0 {
-				pp.set(int32(int64(pctStageEnd)*(base+n)/total), nil)
+				pp.set(int32(int64(pctStageEnd)*min(base+n, total)/total), nil)
 			}
-		}); err != nil {
-			return nil, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("stage %s: %w", it.name, err)
 		}
+		r.releases = append(r.releases, release)
+		staged[it.sha] = path
+		r.log.Info("update file staged", "file", it.name, "sha256", it.sha, "downloaded", downloaded.Load())
 		done += it.size
 	}
 	pp.set(pctStageEnd, nil)
 	return staged, nil
 }
 
-// fetch downloads one update file into the cache, unless another run of
-// this agent put it there while this one waited for it.
-func (r *run) fetch(ctx context.Context, sha, name string, size int64, path string, progress transfer.ProgressFunc) error {
-	unlock, err := lockCached(ctx, path, func() {
-		r.log.Info("another run is downloading the same update file: waiting for it", "file", name, "sha256", sha)
-	})
-	if err != nil {
-		return fmt.Errorf("download %s (%s): %w", name, sha, err)
+// releaseUpdateFiles lets the cache evict the run's update files again.
+func (r *run) releaseUpdateFiles() {
+	for _, release := range r.releases {
+		release()
 	}
-	defer unlock()
-	if cached, err := hashMatches(path, sha); err != nil {
-		return err
-	} else if cached {
-		r.log.Info("update file already cached", "file", name, "sha256", sha)
-		return nil
-	}
-	r.log.Info("downloading update file", "file", name, "sha256", sha, "size", size)
-	if err := transfer.Download(ctx, r.cfg.Content, sha, path, progress); err != nil {
-		return fmt.Errorf("download %s (%s): %w", name, sha, err)
-	}
-	return nil
-}
-
-// cacheLocks holds a channel per cache file being downloaded, closed when the
-// download ends. The runs of an agent share its cache, and runs of different
-// images often stage the same monthly updates: two downloads of one file would
-// write the same .partial file, and the second to finish would find it renamed
-// away and fail its run.
-var cacheLocks = struct {
-	mu   sync.Mutex
-	busy map[string]chan struct{}
-}{busy: make(map[string]chan struct{})}
-
-// lockCached takes the cache file at path for this run, calling waiting once
-// if another run holds it, until ctx ends.
-func lockCached(ctx context.Context, path string, waiting func()) (unlock func(), err error) {
-	for {
-		cacheLocks.mu.Lock()
-		held, busy := cacheLocks.busy[path]
-		if !busy {
-			mine := make(chan struct{})
-			cacheLocks.busy[path] = mine
-			cacheLocks.mu.Unlock()
-			return func() {
-				cacheLocks.mu.Lock()
-				delete(cacheLocks.busy, path)
-				cacheLocks.mu.Unlock()
-				close(mine)
-			}, nil
-		}
-		cacheLocks.mu.Unlock()
-		if waiting != nil {
-			waiting()
-			waiting = nil
-		}
-		select {
-		case <-held:
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		}
-	}
-}
-
-// hashMatches tells whether path holds a file with that sha256; a file with
-// another hash is removed.
-func hashMatches(path, sha string) (bool, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("read the cached file: %w", err)
-	}
-	h := sha256.New()
-	_, err = io.Copy(h, f)
-	f.Close()
-	if err != nil {
-		return false, fmt.Errorf("read the cached file: %w", err)
-	}
-	if hex.EncodeToString(h.Sum(nil)) == sha {
-		return true, nil
-	}
-	if err := os.Remove(path); err != nil {
-		return false, fmt.Errorf("remove the damaged cached file: %w", err)
-	}
-	return false, nil
+	r.releases = nil
 }
 
 // copySource downloads the source version into the work folder.
 func (r *run) copySource(ctx context.Context) (string, error) {
 	sha := r.a.GetSource().GetSha256()
-	if !shaPattern.MatchString(sha) {
+	if !transfer.ValidSHA256(sha) {
 		return "", fmt.Errorf("the assignment's source version has sha256 %q: want 64 lower-case hex digits", sha)
 	}
 	dst := filepath.Join(r.work, "source.wim")
 	size := r.a.GetSource().GetSizeBytes()
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	err := transfer.Download(ctx, r.cfg.Content, sha, dst, func(n, total int64) {
+	err := r.cfg.Images.Download(ctx, sha, dst, func(n, total int64) {
 		if total <= 0 {
 			total = size
 		}
@@ -991,7 +932,7 @@ func (r *run) export(ctx context.Context, source string, indexes []engine.Index,
 func (r *run) upload(ctx context.Context, path string) (*osvcv1.Content, error) {
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	c, err := transfer.Upload(ctx, r.cfg.Content, path, MediaTypeWIM, func(n, total int64) {
+	c, err := r.cfg.Images.Upload(ctx, path, MediaTypeWIM, func(n, total int64) {
 		if total > 0 {
 			pp.set(pctApplyEnd+int32(int64(pctSwapEnd-pctApplyEnd)*n/total), nil)
 		}

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -188,14 +189,31 @@ func (r *recorder) stepStates() []string {
 	return out
 }
 
+// newConfig makes a run's config the way the agent does: wimlib, the update
+// cache and the images over the fixture's content server.
 func newConfig(t *testing.T, f *fixture) Config {
 	t.Helper()
+	return configOver(t, f.client)
+}
+
+// configOver is newConfig with content served by c.
+func configOver(t *testing.T, c osvcv1.ContentServiceClient) Config {
+	t.Helper()
+	images, err := transfer.NewClient(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	updates, err := cache.New(cache.Config{Dir: t.TempDir(), Source: images})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(updates.Close)
 	return Config{
-		NewEngine: func(l hclog.Logger) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
-		Content:   f.client,
-		Drive:     t.TempDir(),
-		CacheDir:  t.TempDir(),
-		Logger:    hclog.NewNullLogger(),
+		NewEngine:   func(l hclog.Logger) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
+		UpdateFiles: updates,
+		Images:      images,
+		Drive:       t.TempDir(),
+		Logger:      hclog.NewNullLogger(),
 	}
 }
 
@@ -531,46 +549,6 @@ func TestTooLittleFreeSpaceFailsAtTheDriveStep(t *testing.T) {
 	if res.GetState() != osvcv1.RunState_RUN_STATE_FAILED || !strings.Contains(res.GetError(), "free space or set --drive") ||
 		!strings.Contains(res.GetError(), "images/win11") {
 		t.Errorf("result = %v, want FAILED telling to free space or set --drive", res)
-	}
-}
-
-func TestStagingSkipsFilesAlreadyCached(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t)
-	cfg := newConfig(t, f)
-	first := f.updates[0].GetFiles()[0]
-	cached := filepath.Join(cfg.CacheDir, first.GetSha256())
-	if err := os.MkdirAll(cfg.CacheDir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(f.sample.Updates[0].File)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(cached, data, 0o640); err != nil {
-		t.Fatal(err)
-	}
-	// A damaged cached file is fetched again.
-	second := f.updates[1].GetFiles()[0]
-	if err := os.WriteFile(filepath.Join(cfg.CacheDir, second.GetSha256()), []byte("damaged"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{}
-	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{}), rec); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if rec.result.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
-		t.Fatalf("result = %v", rec.result)
-	}
-	logs := fmt.Sprint(rec.logs)
-	if strings.Count(logs, "update file already cached") != 1 {
-		t.Errorf("want exactly one file taken from the cache, log:\n%s", logs)
-	}
-	for _, u := range f.updates {
-		sha := u.GetFiles()[0].GetSha256()
-		if got := fileSHA(t, filepath.Join(cfg.CacheDir, sha)); got != sha {
-			t.Errorf("cached %s hashes to %s", sha, got)
-		}
 	}
 }
 
