@@ -42,6 +42,10 @@ type Config struct {
 	Drive string
 	// DataDir holds the update cache (DataDir/cache).
 	DataDir string
+	// CacheMaxBytes caps the update cache: past it the least recently used
+	// files no run holds are evicted. 0 means DefaultCacheMaxBytes, negative
+	// means no cap.
+	CacheMaxBytes int64
 	// Capacity is how many runs the agent services at once; default 1.
 	Capacity int
 	// Engine services the images; its Name is announced to the server.
@@ -61,6 +65,10 @@ type Config struct {
 	// DefaultWorkRetention, negative keeps them for ever.
 	WorkRetention time.Duration
 }
+
+// DefaultCacheMaxBytes is the update cache's default size cap: a few months
+// of cumulative updates for a few Windows versions and architectures.
+const DefaultCacheMaxBytes int64 = 20 << 30
 
 // DefaultWorkRetention is how long the logs of ended runs are kept.
 const DefaultWorkRetention = 7 * 24 * time.Hour
@@ -152,6 +160,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.WorkRetention == 0 {
 		cfg.WorkRetention = DefaultWorkRetention
 	}
+	if cfg.CacheMaxBytes == 0 {
+		cfg.CacheMaxBytes = DefaultCacheMaxBytes
+	}
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown"
@@ -236,7 +247,8 @@ func ResolveDrive(setting, dataDir string) (string, error) {
 // removes expired work folders, which it then does once a day.
 func (a *Agent) Run(ctx context.Context) error {
 	a.logger.Info("agent starting", "name", a.cfg.Name, "site", a.cfg.Site, "server", a.cfg.Server,
-		"engine", a.cfg.Engine.Name(), "drive", a.drive, "capacity", a.cfg.Capacity, "work_retention", a.cfg.WorkRetention.String())
+		"engine", a.cfg.Engine.Name(), "drive", a.drive, "capacity", a.cfg.Capacity, "work_retention", a.cfg.WorkRetention.String(),
+		"cache_max_bytes", a.cfg.CacheMaxBytes)
 	unlock, err := lockDrive(a.drive)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -266,7 +278,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	updates, err := cache.New(cache.Config{Dir: a.cache, Source: images, Logger: a.cfg.Logger})
+	updates, err := cache.New(cache.Config{Dir: a.cache, MaxBytes: max(a.cfg.CacheMaxBytes, 0), Source: images, Logger: a.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

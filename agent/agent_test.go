@@ -774,3 +774,46 @@ func TestOneAgentAtATimeWorksOnADrive(t *testing.T) {
 	}
 	unlock()
 }
+
+func TestTheUpdateCacheKeepsToTheAgentsCapFromTheStart(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		maxBytes int64
+		// wantOld tells whether the least recently used file is kept.
+		wantOld bool
+	}{
+		{"with a cap below what is cached the least recently used file is evicted", 1000, false},
+		{"with a negative cap nothing is evicted", -1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var old, recent string
+			h := startSetup(t, setup{before: func(a *Agent) {
+				a.cfg.CacheMaxBytes = tt.maxBytes
+				// Two files an earlier agent cached, used a day apart.
+				for i, when := range []time.Time{time.Now().Add(-48 * time.Hour), time.Now().Add(-24 * time.Hour)} {
+					data := []byte(strings.Repeat(string(rune('a'+i)), 1000))
+					sum := sha256.Sum256(data)
+					path := filepath.Join(a.cache, hex.EncodeToString(sum[:]))
+					if err := os.WriteFile(path, data, 0o640); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.Chtimes(path, when, when); err != nil {
+						t.Fatal(err)
+					}
+					old, recent = recent, path
+				}
+			}})
+			// The agent connects once its cache is ready.
+			h.stream(t)
+			if _, err := os.Stat(old); (err == nil) != tt.wantOld {
+				t.Errorf("the least recently used file kept = %v, want %v", err == nil, tt.wantOld)
+			}
+			if _, err := os.Stat(recent); err != nil {
+				t.Errorf("the recently used file: %v", err)
+			}
+		})
+	}
+}

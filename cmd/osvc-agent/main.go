@@ -14,11 +14,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
+	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent"
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the volume of --data-dir) or a folder; runs work in <drive>/OfflineImageServicing/<run>")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
 	fs.IntVar(&cfg.Capacity, "capacity", 1, "how many runs the agent services at once")
+	cacheMax := byteSize(agent.DefaultCacheMaxBytes)
+	fs.Var(&cacheMax, "cache-max-bytes", "size cap of the update cache in <data-dir>/cache: a `size` in bytes or with a unit, e.g. 50GiB; least recently used files no run holds are evicted past it; 0 means no cap")
 	fs.DurationVar(&cfg.WorkRetention, "work-retention", agent.DefaultWorkRetention, "how long the work folder of an ended run (its logs) is kept after the run, e.g. 72h; 0 keeps them for ever")
 	fs.StringVar(&engineName, "engine", "wimlib", "servicing engine: wimlib")
 	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
@@ -84,6 +88,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--work-retention %s: want a duration of 0 or more, e.g. 168h (0 keeps the logs for ever)", cfg.WorkRetention)
 	case cfg.WorkRetention == 0:
 		cfg.WorkRetention = -1 // agent.Config's "keep for ever"
+	}
+	cfg.CacheMaxBytes = int64(cacheMax)
+	if cfg.CacheMaxBytes == 0 {
+		cfg.CacheMaxBytes = -1 // agent.Config's "no cap"
 	}
 	level := hclog.LevelFromString(logLevel)
 	if level == hclog.NoLevel {
@@ -113,4 +121,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, cfg.Site, cfg.Server, a.Drive())
 	return a.Run(ctx)
+}
+
+// byteSize is a flag holding a number of bytes, given as a plain number or
+// with a unit: 20GiB, 500MB.
+type byteSize int64
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n > math.MaxInt64 {
+		return fmt.Errorf("want a size of 0 or more, in bytes or with a unit such as 20GiB")
+	}
+	*b = byteSize(n)
+	return nil
 }

@@ -20,6 +20,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"with stray arguments", []string{"--site", "PS1", "extra"}, "unexpected arguments"},
 		{"with a negative capacity", []string{"--site", "PS1", "--capacity", "-1", "--data-dir", "DATA"}, "capacity -1"},
 		{"with a work retention that is not a duration", []string{"--site", "PS1", "--work-retention", "7"}, "work-retention"},
+		{"with a negative cache cap", []string{"--site", "PS1", "--cache-max-bytes", "-1"}, "want a size of 0 or more"},
+		{"with a cache cap that is not a size", []string{"--site", "PS1", "--cache-max-bytes", "lots"}, "-cache-max-bytes"},
 		{"with a negative work retention", []string{"--site", "PS1", "--work-retention", "-1h"}, "--work-retention -1h0m0s: want a duration of 0 or more"},
 	}
 	for _, tt := range tests {
@@ -52,5 +54,27 @@ func TestRunStopsWhenItsContextEnds(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "site PS1") {
 		t.Errorf("stdout = %q, want the agent's banner", stdout.String())
+	}
+}
+
+func TestCacheMaxBytesTakesBytesOrASizeWithAUnit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"21474836480", 20 << 30},
+		{"20GiB", 20 << 30},
+		{"500 MB", 500_000_000},
+		{"0", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			t.Parallel()
+			var b byteSize
+			if err := b.Set(tt.in); err != nil || int64(b) != tt.want {
+				t.Errorf("Set(%q) = %d, %v; want %d", tt.in, int64(b), err, tt.want)
+			}
+		})
 	}
 }
