@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -217,6 +218,45 @@ func configOver(t *testing.T, c osvcv1.ContentServiceClient) Config {
 	}
 }
 
+// recordCalls makes cfg's runs record their engine calls.
+func recordCalls(cfg *Config) *recordingEngine {
+	rec := &recordingEngine{}
+	newEngine := cfg.NewEngine
+	cfg.NewEngine = func(l hclog.Logger) (engine.Engine, error) {
+		eng, err := newEngine(l)
+		if err != nil {
+			return nil, err
+		}
+		rec.mu.Lock()
+		rec.Engine = eng
+		rec.mu.Unlock()
+		return rec, nil
+	}
+	return rec
+}
+
+// file is the file name of the fixture's update kb.
+func (f *fixture) file(t *testing.T, kb string) string {
+	t.Helper()
+	for _, u := range f.updates {
+		if u.GetKb() == kb {
+			return u.GetFiles()[0].GetFileName()
+		}
+	}
+	t.Fatalf("the fixture has no %s", kb)
+	return ""
+}
+
+// adds are the engine calls adding the fixture's updates kbs to index.
+func (f *fixture) adds(t *testing.T, index int, kbs ...string) []string {
+	t.Helper()
+	var out []string
+	for _, kb := range kbs {
+		out = append(out, fmt.Sprintf("add %d %s", index, f.file(t, kb)))
+	}
+	return out
+}
+
 func fileSHA(t *testing.T, path string) string {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -265,28 +305,32 @@ func checkWorkFolder(t *testing.T, drive string) {
 
 func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 	t.Parallel()
+	const ssu, cuSep, cuOct, dotnet, msrt, cuArm = "KB5045935", "KB5065431", "KB5066793", "KB5066131", "KB890830", "KB5066835"
 	tests := []struct {
 		name             string
 		removeSuperseded bool
-		wantSteps        []string
+		// wantCalls are the engine calls that service the image, from the
+		// fixture's updates (assigned in the order ssu, cuSep, cuOct, dotnet,
+		// msrt, cuArm).
+		wantCalls func(f *fixture, t *testing.T) []string
 		// wantLast is the KB whose result comes last.
 		wantLast string
 	}{
 		{
-			name: "without remove superseded the committed copy is the result",
-			wantSteps: []string{"DRIVE RUNNING", "DRIVE DONE", "STAGE RUNNING", "STAGE DONE", "COPY RUNNING", "COPY DONE",
-				"MOUNT RUNNING", "MOUNT DONE", "APPLY RUNNING", "APPLY DONE", "CLEANUP SKIPPED", "COMMIT RUNNING", "COMMIT DONE",
-				"EXPORT SKIPPED", "SWAP RUNNING", "SWAP DONE", "REPORT RUNNING", "REPORT DONE"},
-			wantLast: "KB5066835",
+			name: "without remove superseded the updates go in the order assigned and the committed copy is the result",
+			wantCalls: func(f *fixture, t *testing.T) []string {
+				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, dotnet, msrt, cuArm), []string{"unmount 1 commit"})
+			},
+			wantLast: cuArm,
 		},
 		{
-			name:             "with remove superseded cleanup and export run and .NET comes after cleanup",
+			name:             "with remove superseded cleanup runs before the commit, .NET after cleanup, and the copy is exported",
 			removeSuperseded: true,
-			wantSteps: []string{"DRIVE RUNNING", "DRIVE DONE", "STAGE RUNNING", "STAGE DONE", "COPY RUNNING", "COPY DONE",
-				"MOUNT RUNNING", "MOUNT DONE", "APPLY RUNNING", "APPLY DONE", "CLEANUP RUNNING", "CLEANUP DONE",
-				"APPLY RUNNING", "APPLY DONE", "COMMIT RUNNING", "COMMIT DONE",
-				"EXPORT RUNNING", "EXPORT DONE", "SWAP RUNNING", "SWAP DONE", "REPORT RUNNING", "REPORT DONE"},
-			wantLast: "KB5066131",
+			wantCalls: func(f *fixture, t *testing.T) []string {
+				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, msrt, cuArm),
+					[]string{"cleanup 1"}, f.adds(t, 1, dotnet), []string{"unmount 1 commit", "export 1"})
+			},
+			wantLast: dotnet,
 		},
 	}
 	for _, tt := range tests {
@@ -294,13 +338,14 @@ func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 			t.Parallel()
 			f := newFixture(t)
 			cfg := newConfig(t, f)
+			eng := recordCalls(&cfg)
 			rec := &recorder{}
 			if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{RemoveSuperseded: tt.removeSuperseded}), rec); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			t.Logf("reports: %s", strings.Join(rec.events, " | "))
-			if got := rec.stepStates(); strings.Join(got, ", ") != strings.Join(tt.wantSteps, ", ") {
-				t.Errorf("steps:\n got %s\nwant %s", strings.Join(got, ", "), strings.Join(tt.wantSteps, ", "))
+			if got, want := eng.servicing(), tt.wantCalls(f, t); !slices.Equal(got, want) {
+				t.Errorf("engine calls:\n got %q\nwant %q", got, want)
 			}
 			if len(rec.results) != len(f.updates) {
 				t.Fatalf("%d update results, want %d", len(rec.results), len(f.updates))
@@ -358,7 +403,9 @@ func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 func TestACanceledRunDiscardsItsWorkAndReportsCanceled(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	cfg := newConfig(t, f)
+	content := &countingContent{ContentServiceClient: f.client}
+	cfg := configOver(t, content)
+	eng := recordCalls(&cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	rec := &recorder{fail: func(event string) error {
@@ -374,10 +421,12 @@ func TestACanceledRunDiscardsItsWorkAndReportsCanceled(t *testing.T) {
 	if rec.result.GetState() != osvcv1.RunState_RUN_STATE_CANCELED || rec.nResult != 1 {
 		t.Fatalf("result = %v, want one CANCELED", rec.result)
 	}
-	for _, s := range rec.stepStates() {
-		if strings.HasPrefix(s, "COMMIT") || strings.HasPrefix(s, "SWAP") {
-			t.Errorf("a canceled run reported %s", s)
-		}
+	calls := eng.servicing()
+	if slices.Contains(calls, "unmount 1 commit") || calls[len(calls)-1] != "unmount 1 discard" {
+		t.Errorf("engine calls %q, want the mounted index discarded, never committed", calls)
+	}
+	if n := content.writes.Load(); n != 0 {
+		t.Errorf("%d uploads, want none", n)
 	}
 	if got := fileSHA(t, f.lib.Path(f.source.GetSha256())); got != f.source.GetSha256() {
 		t.Error("the source image in the library was modified")
@@ -484,9 +533,14 @@ func TestAFailedUpdateStopsTheRunUnlessContinueOnError(t *testing.T) {
 		continueOnError bool
 		wantRun         osvcv1.RunState
 		wantAfter       osvcv1.UpdateState
+		// wantUnmount is the last engine call; wantUploads how many uploads.
+		wantUnmount string
+		wantUploads int32
 	}{
-		{"without continue on error the rest is skipped and the run fails", false, osvcv1.RunState_RUN_STATE_FAILED, osvcv1.UpdateState_UPDATE_STATE_SKIPPED},
-		{"with continue on error the rest is applied and the run succeeds", true, osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.UpdateState_UPDATE_STATE_APPLIED},
+		{"without continue on error the rest is skipped, the index discarded and the run fails", false,
+			osvcv1.RunState_RUN_STATE_FAILED, osvcv1.UpdateState_UPDATE_STATE_SKIPPED, "unmount 1 discard", 0},
+		{"with continue on error the rest is applied and committed and the run succeeds", true,
+			osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.UpdateState_UPDATE_STATE_APPLIED, "unmount 1 commit", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -507,7 +561,9 @@ func TestAFailedUpdateStopsTheRunUnlessContinueOnError(t *testing.T) {
 			broken := &osvcv1.Update{Name: "updates/kb9999999", Kb: "KB9999999",
 				Files: []*osvcv1.UpdateFile{{FileName: filepath.Base(bad), Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}}}
 			f.updates = append([]*osvcv1.Update{f.updates[0], broken}, f.updates[1:]...)
-			cfg := newConfig(t, f)
+			content := &countingContent{ContentServiceClient: f.client}
+			cfg := configOver(t, content)
+			eng := recordCalls(&cfg)
 			rec := &recorder{}
 			if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{ContinueOnError: tt.continueOnError}), rec); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -523,6 +579,12 @@ func TestAFailedUpdateStopsTheRunUnlessContinueOnError(t *testing.T) {
 			}
 			if got := rec.results[2]; got.GetState() != tt.wantAfter {
 				t.Errorf("%s after the failure = %s, want %s", got.GetKb(), got.GetState(), tt.wantAfter)
+			}
+			if calls := eng.servicing(); calls[len(calls)-1] != tt.wantUnmount || slices.Contains(calls[:len(calls)-1], tt.wantUnmount) {
+				t.Errorf("engine calls %q, want one %q, last", calls, tt.wantUnmount)
+			}
+			if n := content.writes.Load(); n != tt.wantUploads {
+				t.Errorf("%d uploads, want %d", n, tt.wantUploads)
 			}
 			if got := fileSHA(t, f.lib.Path(f.source.GetSha256())); got != f.source.GetSha256() {
 				t.Error("the source image in the library was modified")
@@ -565,6 +627,7 @@ func TestAMultiIndexImageIsServicedIndexByIndexWithoutCleanup(t *testing.T) {
 	c := f.put(t, two, MediaTypeWIM)
 	f.source = &osvcv1.ImageVersion{Version: 1, Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}
 	cfg := newConfig(t, f)
+	eng := recordCalls(&cfg)
 	rec := &recorder{}
 	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{RemoveSuperseded: true}), rec); err != nil {
 		t.Fatalf("Run: %v", err)
@@ -572,10 +635,16 @@ func TestAMultiIndexImageIsServicedIndexByIndexWithoutCleanup(t *testing.T) {
 	if rec.result.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		t.Fatalf("result = %v", rec.result)
 	}
-	steps := strings.Join(rec.stepStates(), ", ")
-	if strings.Count(steps, "MOUNT DONE") != 2 || strings.Count(steps, "COMMIT DONE") != 2 ||
-		strings.Count(steps, "CLEANUP SKIPPED") != 2 || strings.Contains(steps, "CLEANUP RUNNING") || !strings.Contains(steps, "EXPORT DONE") {
-		t.Errorf("steps = %s, want two mounts and commits, cleanup skipped, one export", steps)
+	var kbs []string
+	for _, u := range f.updates {
+		kbs = append(kbs, u.GetKb())
+	}
+	// Index by index, in the order assigned (.NET too: with no cleanup
+	// there is nothing for it to come after), then both exported.
+	want := slices.Concat([]string{"mount 1"}, f.adds(t, 1, kbs...), []string{"unmount 1 commit", "mount 2"},
+		f.adds(t, 2, kbs...), []string{"unmount 2 commit", "export 1", "export 2"})
+	if got := eng.servicing(); !slices.Equal(got, want) {
+		t.Errorf("engine calls:\n got %q\nwant %q", got, want)
 	}
 	perIndex := map[int32]int{}
 	for _, r := range rec.results {
