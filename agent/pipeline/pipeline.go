@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/names"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -109,8 +109,6 @@ const (
 // progressEvery throttles Progress reports: every one is a server write.
 const progressEvery = time.Second
 
-var idPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-
 // Run services the assigned run and reports through rep. It returns nil when
 // the run ended with a reported result (succeeded, failed or canceled), an
 // error wrapping ErrLost or ErrDiscard when its work was discarded without a
@@ -136,7 +134,7 @@ func Run(ctx context.Context, cfg Config, a *osvcv1.Assign, rep Reporter) error 
 	}
 	runName := a.GetRun().GetName()
 	runID, ok := strings.CutPrefix(runName, "runs/")
-	if !ok || !idPattern.MatchString(runID) {
+	if !ok || names.ValidateID(runID) != nil {
 		// Nothing can be reported for a run without a valid name.
 		return fmt.Errorf("pipeline: assignment names run %q: want runs/{id}", runName)
 	}

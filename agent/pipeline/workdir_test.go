@@ -107,8 +107,8 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
-// names lists a folder's entries.
-func names(t *testing.T, dir string) []string {
+// entryNames lists a folder's entries.
+func entryNames(t *testing.T, dir string) []string {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -177,13 +177,13 @@ func TestRecoverDiscardsTheMountAndCopiesACrashedRunLeftAndKeepsItsLogs(t *testi
 			if got := fileSHA(t, sample.WIM); got != before {
 				t.Errorf("the mounted WIM changed (sha256 %s, was %s): the mount was committed", got, before)
 			}
-			if got := names(t, work); !slices.Equal(got, []string{LogFile, EngineLogFile}) && !slices.Equal(got, []string{EngineLogFile, LogFile}) {
+			if got := entryNames(t, work); !slices.Equal(got, []string{LogFile, EngineLogFile}) && !slices.Equal(got, []string{EngineLogFile, LogFile}) {
 				t.Errorf("the work folder holds %v, want the two logs only", got)
 			}
 			if data, err := os.ReadFile(filepath.Join(work, LogFile)); err != nil || string(data) != "the run's story\n" {
 				t.Errorf("the run log = %q, %v: want it kept as it was", data, err)
 			}
-			if got := names(t, ended); !slices.Equal(got, []string{LogFile}) {
+			if got := entryNames(t, ended); !slices.Equal(got, []string{LogFile}) {
 				t.Errorf("the ended run's folder holds %v, want its log untouched", got)
 			}
 			if !strings.Contains(logs.String(), "unmounting it without commit") || !strings.Contains(logs.String(), "dir="+mount) {
@@ -241,7 +241,7 @@ func TestRecoverOnADriveWithoutWorkFoldersDoesNothing(t *testing.T) {
 	if err := Recover(context.Background(), eng, drive, nil); err != nil {
 		t.Fatalf("Recover: %v", err)
 	}
-	if got := names(t, drive); len(got) != 0 {
+	if got := entryNames(t, drive); len(got) != 0 {
 		t.Errorf("Recover created %v on an unused drive", got)
 	}
 }

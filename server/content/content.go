@@ -19,6 +19,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -93,19 +94,8 @@ func (l *Library) removeStaleTemps() {
 }
 
 // ValidSHA256 reports whether s is a sha256 as the library names blobs: 64
-// lower-case hex digits.
-func ValidSHA256(s string) bool {
-	if len(s) != sha256.Size*2 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+// lower-case hex digits, the rule of package transfer that clients use too.
+func ValidSHA256(s string) bool { return transfer.ValidSHA256(s) }
 
 func checkSHA256(s string) error {
 	if !ValidSHA256(s) {
