@@ -43,6 +43,7 @@ bench:
 	$(GO) run ./cmd/osvc-bench -run startup
 	$(GO) run ./cmd/osvc-bench -run lease
 	$(GO) run ./cmd/osvc-bench -run report
+	$(GO) run ./cmd/osvc-bench -run catalog
 
 demo: deps build
 	deploy/demo.sh

@@ -49,6 +49,23 @@ func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
 	}
 }
 
+func TestCatalogBenchReportsPagesOfBothListsWithTheirFloors(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "catalog", "-n", "300", "-fast")
+	if res.Bench != "catalog" || res.N != 300 {
+		t.Errorf("bench, n = %q, %d; want catalog, 300", res.Bench, res.N)
+	}
+	if !(res.Ratio > 0) || len(res.Extra) != 1 || !(res.Extra[0].Ratio > 0) {
+		t.Fatalf("ratio %v, extra %+v: want a positive ratio for each list", res.Ratio, res.Extra)
+	}
+	// Every image has at least one page of each list.
+	for _, f := range []Figure{res.Osvc, res.Floor, res.Extra[0]} {
+		if len(f.Samples) < 50 || !(f.P50Ms > 0) || f.P99Ms < f.P50Ms {
+			t.Errorf("figure %q: %d samples, p50 %v ms, p99 %v ms; want a page per image at least", f.Name, len(f.Samples), f.P50Ms, f.P99Ms)
+		}
+	}
+}
+
 func TestThroughputBenchesEndWithAParsableResultLine(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -91,7 +108,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run lease|report|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run catalog|lease|report|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -105,7 +122,7 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: lease, report, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: catalog, lease, report, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},

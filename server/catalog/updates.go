@@ -442,3 +442,38 @@ func (c *Catalog) Reindex(ctx context.Context) (int, error) {
 		token = next
 	}
 }
+
+// LinkInstalled names the catalog update of every installed package of
+// indexes that the catalog knows by its identity, whichever run installed
+// it: an agent links only the updates of its own run, so without this an
+// image would lose the links of what earlier runs installed.
+func (c *Catalog) LinkInstalled(ctx context.Context, indexes []*osvcv1.ImageIndex) error {
+	var keys []string
+	for _, idx := range indexes {
+		for _, inst := range idx.GetInstalledUpdates() {
+			if inst.GetPackageIdentity() != "" {
+				keys = append(keys, c.store.UpdateIdentityKey(inst.GetPackageIdentity()))
+			}
+		}
+	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	kvs, err := store.GetManyRaw(ctx, c.store, keys)
+	if err != nil {
+		return fmt.Errorf("link installed updates: %w", err)
+	}
+	ids := make(map[string]string, len(keys))
+	for i, kv := range kvs {
+		if kv != nil {
+			ids[keys[i]] = string(kv.Value)
+		}
+	}
+	for _, idx := range indexes {
+		for _, inst := range idx.GetInstalledUpdates() {
+			if id, ok := ids[c.store.UpdateIdentityKey(inst.GetPackageIdentity())]; ok && inst.GetPackageIdentity() != "" {
+				inst.Update = UpdateName(id)
+			}
+		}
+	}
+	return nil
+}

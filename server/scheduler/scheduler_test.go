@@ -97,7 +97,7 @@ func TestPassWaitsForTheStartTime(t *testing.T) {
 	ctx := context.Background()
 	img := env.Image(t, "a", "PS1", 1)
 	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
-	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	clk := &clock{now: time.Now().Add(24 * time.Hour).Truncate(time.Second)}
 	start := clk.Now().Add(time.Hour)
 	run := schedule(t, env, img.Name, start)
 	s := newScheduler(t, env, clk.Now)
@@ -218,7 +218,7 @@ func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
 
 func TestPassFlagsARunWithoutProgressAsStalledAndAReportClearsIt(t *testing.T) {
 	t.Parallel()
-	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	clk := &clock{now: time.Now().Add(24 * time.Hour).Truncate(time.Second)}
 	env := servicingtest.New(t, servicingtest.Options{Now: clk.Now})
 	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	ctx := context.Background()
@@ -281,7 +281,7 @@ func TestPassFlagsARunWithoutProgressAsStalledAndAReportClearsIt(t *testing.T) {
 
 func TestPassLeasesARequeuedRunOnlyAfterItsBackoff(t *testing.T) {
 	t.Parallel()
-	clk := &clock{now: time.Date(2030, 1, 1, 8, 0, 0, 0, time.UTC)}
+	clk := &clock{now: time.Now().Add(24 * time.Hour).Truncate(time.Second)}
 	env := servicingtest.New(t, servicingtest.Options{Now: clk.Now, RetryBackoff: time.Minute})
 	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	ctx := context.Background()

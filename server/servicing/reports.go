@@ -266,6 +266,12 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	default:
 		return errdefs.InvalidArgument("run_result.state", "end a run with RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED")
 	}
+	if len(m.GetIndexes()) > 0 {
+		m = proto.Clone(m).(*osvcv1.RunResult)
+		if err := s.catalog.LinkInstalled(ctx, m.GetIndexes()); err != nil {
+			return err
+		}
+	}
 	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		if m.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 			msg := clipText(m.GetError())

@@ -589,3 +589,26 @@ func TestLongAgentMessagesAreCutSoTheRunStaysWritable(t *testing.T) {
 		}
 	}
 }
+
+func TestInstalledUpdatesOfEarlierRunsKeepTheirCatalogLink(t *testing.T) {
+	t.Parallel()
+	env, img := newEnv(t, servicingtest.Options{})
+	older := env.Update(t, "older", osvcv1.Classification_CLASSIFICATION_SECURITY_UPDATE, month(8))
+	ctx := context.Background()
+	run, _ := leasedRun(t, env, img)
+	v2 := env.Blob(t, "wim of win11 version 2")
+	// The agent links only its own run's update; the one an earlier run
+	// installed comes without its catalog name, in another letter case.
+	indexes := []*osvcv1.ImageIndex{{Index: 1, Build: 22631, InstalledUpdates: []*osvcv1.InstalledUpdate{
+		{PackageIdentity: strings.ToLower(older.GetPackageIdentity()), State: "Installed"},
+		{PackageIdentity: "Package_for_KB1~31bf3856ad364e35~amd64~~1.0.0.0", State: "Installed"},
+	}}}
+	if err := env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: v2.GetSha256(), ResultSizeBytes: v2.GetSizeBytes(), Indexes: indexes}); err != nil {
+		t.Fatal(err)
+	}
+	got := env.GetImage(t, img.Name).GetIndexes()[0].GetInstalledUpdates()
+	if len(got) != 2 || got[0].GetUpdate() != older.GetName() || got[1].GetUpdate() != "" {
+		t.Errorf("installed updates = %v, want the first linked to %s and the unknown one unlinked", got, older.GetName())
+	}
+}

@@ -264,6 +264,9 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 			return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
 				parent, name.GetValue(), errdefs.ErrFailedPrecondition)
 		}
+		if err := checkStartTime(sched.GetStartTime(), img, s.now()); err != nil {
+			return err
+		}
 		source := currentVersion(img)
 		if source == nil {
 			return fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
@@ -329,6 +332,30 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 	}
 	s.logger.Info("run scheduled", "run", run.Name, "image", parent, "updates", len(run.Updates), "not_before", run.GetNotBefore().AsTime())
 	return outSched, run, nil
+}
+
+// maxScheduleAhead is how far ahead a run may be scheduled: further is
+// almost always a typo in the year, and the run would hold the image.
+const maxScheduleAhead = 366 * 24 * time.Hour
+
+// checkStartTime refuses a start time before the image existed (a typo, or
+// a clock far off) or more than a year ahead.
+func checkStartTime(start *timestamppb.Timestamp, img *osvcv1.Image, now time.Time) error {
+	if start == nil {
+		return nil
+	}
+	if !start.IsValid() {
+		return errdefs.InvalidArgument("schedule.start_time", "not a valid time; send an RFC 3339 time such as 2026-11-24T22:00:00Z")
+	}
+	t := start.AsTime()
+	if created := img.GetCreateTime(); created != nil && t.Before(created.AsTime()) {
+		return errdefs.InvalidArgument("schedule.start_time", fmt.Sprintf("%s is before %s was imported (%s); leave it out to service as soon as possible",
+			t.Format(time.RFC3339), img.GetName(), created.AsTime().Format(time.RFC3339)))
+	}
+	if t.After(now.Add(maxScheduleAhead)) {
+		return errdefs.InvalidArgument("schedule.start_time", fmt.Sprintf("%s is more than a year ahead; check the year", t.Format(time.RFC3339)))
+	}
+	return nil
 }
 
 func (s *Service) selectUpdates(ctx context.Context, img *osvcv1.Image, sched *osvcv1.Schedule, allApplicable bool) ([]*osvcv1.Update, error) {

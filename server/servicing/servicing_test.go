@@ -36,7 +36,7 @@ func TestCreateScheduleQueuesAPendingRunWithUpdatesInServicingOrder(t *testing.T
 	env.Update(t, "sec-aug", osvcv1.Classification_CLASSIFICATION_SECURITY_UPDATE, month(8))
 	env.Update(t, "ssu", osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, month(11))
 	env.Update(t, "upd-sep", osvcv1.Classification_CLASSIFICATION_UPDATE, month(9))
-	start := timestamppb.New(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	start := timestamppb.New(time.Now().Add(30 * 24 * time.Hour).Truncate(time.Second))
 
 	sched, run, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{
 		Updates:          []string{"updates/cu-oct", "updates/dotnet", "updates/cu-sep", "updates/sec-aug", "updates/ssu", "updates/upd-sep"},
@@ -278,5 +278,32 @@ func TestSortForServicingPutsTheServicingStackFirstAndDotNetLast(t *testing.T) {
 	}
 	if want := "ssu,sec,other,cu-early,cu-late,dotnet"; strings.Join(got, ",") != want {
 		t.Errorf("order = %v, want %s", got, want)
+	}
+}
+
+func TestAStartTimeBeforeTheImageOrOverAYearAheadIsRefused(t *testing.T) {
+	t.Parallel()
+	env := servicingtest.New(t, servicingtest.Options{})
+	ctx := context.Background()
+	img := env.Image(t, "win11", "PS1", 1)
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, month(10))
+	for _, tt := range []struct {
+		name  string
+		start time.Time
+	}{
+		{"before the image was imported", img.GetCreateTime().AsTime().Add(-time.Hour)},
+		{"more than a year ahead", time.Now().Add(400 * 24 * time.Hour)},
+	} {
+		_, _, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}, StartTime: timestamppb.New(tt.start)}, false)
+		var fv *errdefs.FieldViolation
+		if !errors.As(err, &fv) || fv.Field != "schedule.start_time" {
+			t.Errorf("%s: CreateSchedule = %v, want a field violation on schedule.start_time", tt.name, err)
+		}
+	}
+	if _, _, err := env.Service.ListRuns(ctx, img.Name, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if runs, _, _ := env.Service.ListRuns(ctx, img.Name, 0, ""); len(runs) != 0 {
+		t.Errorf("refused schedules left %d runs", len(runs))
 	}
 }

@@ -34,9 +34,10 @@ func (s *Store) UpdateKey(id string) string { return s.UpdatesPrefix() + id }
 func (s *Store) UpdatesPrefix() string { return s.prefix + "updates/" }
 
 // UpdateIdentityKey indexes a package identity to its update id, so importing
-// the same package twice is found by one Get.
+// the same package twice is found by one Get. Windows compares identities
+// without regard to case, and so does the index.
 func (s *Store) UpdateIdentityKey(identity string) string {
-	return s.prefix + "update-identities/" + identity
+	return s.prefix + "update-identities/" + strings.ToLower(identity)
 }
 
 // RunKey is <prefix>runs/<id>.
