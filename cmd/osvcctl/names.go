@@ -15,7 +15,6 @@ const (
 	collRuns    = "runs"
 )
 
-
 // resourceName turns "ID" or "collection/ID" into "collection/ID". The server
 // validates the ID itself; this only catches a name of the wrong kind, which
 // would otherwise come back as a puzzling NotFound.
