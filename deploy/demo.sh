@@ -43,10 +43,6 @@ pids+=($!)
 step "creating a sample WIM and sample update packages"
 "$bin/osvc-sample" -out "$work/sample"
 
-step "importing the image and the updates"
-"$bin/osvcctl" image import "$work/sample/install.wim" --site PS1 --id win11-enterprise --name "Windows 11 Enterprise"
-"$bin/osvcctl" update import "$work/sample/updates"
-
 step "agents"
 for _ in $(seq 1 100); do
   "$bin/osvcctl" agent list | grep -q CONNECTED && break
@@ -54,11 +50,21 @@ for _ in $(seq 1 100); do
 done
 "$bin/osvcctl" agent list
 
+step "importing the image: the server reads its header and indexes, the agent inspects it (verifies the whole file)"
+"$bin/osvcctl" image import "$work/sample/install.wim" --site PS1 --id win11-enterprise --name "Windows 11 Enterprise" --watch
+
+step "importing the update packages"
+"$bin/osvcctl" update import "$work/sample/updates"
+
 step "updates applicable to images/win11-enterprise"
 "$bin/osvcctl" update list --applicable-to win11-enterprise
 
 step "scheduling all applicable updates (remove superseded, export)"
 "$bin/osvcctl" schedule create win11-enterprise --all-applicable --remove-superseded --continue-on-error --watch
+
+step "inspection of the new version"
+inspection=$("$bin/osvcctl" image get win11-enterprise -o json | grep -o '"inspectionRun": *"runs/[^"]*"' | tail -n 1 | grep -o 'runs/[^"]*')
+"$bin/osvcctl" run watch "$inspection"
 
 step "the serviced image"
 "$bin/osvcctl" image get win11-enterprise

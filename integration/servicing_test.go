@@ -119,7 +119,19 @@ func (c *cluster) importSample(t *testing.T, s *sampledata.Sample) (*osvcv1.Imag
 	if len(ups.GetUpdates()) != len(s.Updates) {
 		t.Fatalf("imported %d updates, want %d", len(ups.GetUpdates()), len(s.Updates))
 	}
-	return img.GetImage(), ups.GetUpdates()
+	// The image is serviced once an agent inspected it.
+	inspection, _ := c.watch(t, img.GetInspectionRun())
+	if inspection.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED || inspection.GetKind() != osvcv1.RunKind_RUN_KIND_INSPECTION {
+		t.Fatalf("inspection %s ended %s: %s", inspection.GetName(), inspection.GetState(), inspection.GetError())
+	}
+	got, err := c.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: img.GetImage().GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := got.GetImage().GetVersions()[0]; v.GetInspection() != osvcv1.InspectionState_INSPECTION_STATE_INSPECTED {
+		t.Fatalf("version 1 inspection %s after its run succeeded", v.GetInspection())
+	}
+	return got.GetImage(), ups.GetUpdates()
 }
 
 // watch follows a run until it ends and returns its last snapshot and all log lines.

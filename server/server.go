@@ -242,7 +242,6 @@ func (s *Server) Run(ctx context.Context) error {
 	g, runCtx := errgroup.WithContext(ctx)
 	gs := grpc.NewServer(s.serverOptions(runCtx)...)
 	healthSrv := health.NewServer()
-	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, s.logger))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
 	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
 	parts.register(gs)

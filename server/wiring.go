@@ -59,6 +59,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	}
 	return servicingParts{
 		register: func(gs *grpc.Server) {
+			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, s.logger))
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
 			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, s.logger))
 		},

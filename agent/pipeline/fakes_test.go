@@ -105,6 +105,13 @@ func (e *recordingEngine) Inspect(ctx context.Context, wim string) ([]engine.Ind
 	return e.Engine.Inspect(ctx, wim)
 }
 
+func (e *recordingEngine) Verify(ctx context.Context, wim string) error {
+	if err := e.record(ctx, "verify "+filepath.Base(wim)); err != nil {
+		return err
+	}
+	return e.Engine.Verify(ctx, wim)
+}
+
 // fileImage is the plain-file engine's image: JSON listing the indexes and
 // the packages installed in each.
 type fileImage struct {

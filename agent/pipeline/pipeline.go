@@ -187,11 +187,17 @@ func (e *stepError) Error() string { return e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }
 
 func (r *run) run(ctx context.Context) error {
-	r.log.Info("servicing run", "run", r.a.GetRun().GetName(), "image", r.a.GetImage().GetName(),
+	r.log.Info("run assigned", "run", r.a.GetRun().GetName(), "kind", r.a.GetRun().GetKind().String(), "image", r.a.GetImage().GetName(),
 		"source_version", r.a.GetSource().GetVersion(), "source_sha256", r.a.GetSource().GetSha256(),
 		"updates", len(r.a.GetUpdates()), "fencing_token", r.a.GetRun().GetFencingToken())
 
-	res, runErr := r.service(ctx)
+	var res *osvcv1.RunResult
+	var runErr error
+	if r.a.GetRun().GetKind() == osvcv1.RunKind_RUN_KIND_INSPECTION {
+		res, runErr = r.inspect(ctx)
+	} else {
+		res, runErr = r.service(ctx)
+	}
 
 	// Whatever happened, never leave the copy mounted.
 	r.discardMount(ctx)
@@ -316,28 +322,7 @@ func (r *run) skip(ctx context.Context, step osvcv1.Step, why string) error {
 // service runs the steps; it returns the result to report on success.
 func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	removeSuperseded := r.a.GetRun().GetRemoveSuperseded()
-	var source string // the working copy
-	var indexes []engine.Index
-
-	if err := r.step(ctx, osvcv1.Step_STEP_DRIVE, r.work, func() (string, error) {
-		detail, err := r.drive()
-		if err != nil {
-			return "", err
-		}
-		// The engine logs into the run log from here on.
-		if err := r.startEngine(); err != nil {
-			return "", err
-		}
-		// An earlier attempt of this run on this agent may have crashed
-		// and left its mount and copies: discard them before starting over.
-		if err := discardMounts(ctx, r.eng, r.work, r.log); err != nil {
-			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
-		}
-		if _, err := tidyWork(r.work, r.log); err != nil {
-			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
-		}
-		return detail, nil
-	}); err != nil {
+	if err := r.driveStep(ctx, servicingSpace); err != nil {
 		return nil, err
 	}
 	if err := r.step(ctx, osvcv1.Step_STEP_STAGE, "", func() (string, error) {
@@ -352,19 +337,11 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := r.step(ctx, osvcv1.Step_STEP_COPY, r.a.GetSource().GetSha256(), func() (string, error) {
-		var err error
-		if source, err = r.copySource(ctx); err != nil {
-			return "", err
-		}
-		if indexes, err = r.eng.Inspect(ctx, source); err != nil {
-			return "", fmt.Errorf("read the indexes of the copy: %w", err)
-		}
-		if len(indexes) == 0 {
-			return "", fmt.Errorf("the image %s has no index: import a WIM with at least one image", r.a.GetImage().GetName())
-		}
-		return fmt.Sprintf("%s: %d indexes", source, len(indexes)), nil
-	}); err != nil {
+	source, indexes, err := r.copyStep(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.verifyStep(ctx, osvcv1.Step_STEP_VERIFY, source, r.sourceName()); err != nil {
 		return nil, err
 	}
 	cleanup := removeSuperseded && len(indexes) == 1
@@ -424,6 +401,11 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 		return nil, err
 	}
 
+	// A damaged result never leaves the agent: it would become a version.
+	if err := r.verifyStep(ctx, osvcv1.Step_STEP_VERIFY_RESULT, result,
+		fmt.Sprintf("the serviced image (%s), nothing uploaded,", r.sourceName())); err != nil {
+		return nil, err
+	}
 	var uploaded *osvcv1.Content
 	if err := r.step(ctx, osvcv1.Step_STEP_SWAP, "", func() (string, error) {
 		var err error
@@ -493,17 +475,126 @@ func (r *run) unchanged(ctx context.Context, source string) (*osvcv1.RunResult, 
 	}, nil
 }
 
-// drive checks the drive's free space and creates the work folder.
-func (r *run) drive() (string, error) {
-	need := 3 * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
+// How many times the image's size a run needs on its drive: servicing a
+// copy, its mount and its export; inspecting a copy.
+const (
+	servicingSpace  = 3
+	inspectionSpace = 1
+)
+
+// driveStep checks the drive, opens the run log and starts the engine; an
+// earlier attempt's leftovers in the work folder are discarded.
+func (r *run) driveStep(ctx context.Context, space int64) error {
+	return r.step(ctx, osvcv1.Step_STEP_DRIVE, r.work, func() (string, error) {
+		detail, err := r.drive(space)
+		if err != nil {
+			return "", err
+		}
+		// The engine logs into the run log from here on.
+		if err := r.startEngine(); err != nil {
+			return "", err
+		}
+		// An earlier attempt of this run on this agent may have crashed
+		// and left its mount and copies: discard them before starting over.
+		if err := discardMounts(ctx, r.eng, r.work, r.log); err != nil {
+			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
+		}
+		if _, err := tidyWork(r.work, r.log); err != nil {
+			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
+		}
+		return detail, nil
+	})
+}
+
+// copyStep downloads the source version and reads its indexes.
+func (r *run) copyStep(ctx context.Context) (string, []engine.Index, error) {
+	var source string
+	var indexes []engine.Index
+	err := r.step(ctx, osvcv1.Step_STEP_COPY, r.a.GetSource().GetSha256(), func() (string, error) {
+		var err error
+		if source, err = r.copySource(ctx); err != nil {
+			return "", err
+		}
+		if indexes, err = r.eng.Inspect(ctx, source); err != nil {
+			return "", fmt.Errorf("read the indexes of %s: %w", r.sourceName(), err)
+		}
+		if len(indexes) == 0 {
+			return "", fmt.Errorf("%s has no index: import a WIM with at least one image", r.sourceName())
+		}
+		return fmt.Sprintf("%s: %d indexes", source, len(indexes)), nil
+	})
+	return source, indexes, err
+}
+
+// sourceName names the source version in messages: image images/x version 2.
+func (r *run) sourceName() string {
+	return fmt.Sprintf("image %s version %d", r.a.GetImage().GetName(), r.a.GetSource().GetVersion())
+}
+
+// verifyStep checks the integrity of the WIM at path (what names it) as
+// step: every resource read and compared with the hash the file records.
+func (r *run) verifyStep(ctx context.Context, step osvcv1.Step, path, what string) error {
+	return r.step(ctx, step, path, func() (string, error) {
+		start := time.Now()
+		if err := r.eng.Verify(ctx, path); err != nil {
+			if errors.Is(err, engine.ErrDamaged) {
+				return "", fmt.Errorf("%s is damaged: %w", what, err)
+			}
+			return "", fmt.Errorf("verify %s: %w", what, err)
+		}
+		return fmt.Sprintf("verified in %s", time.Since(start).Round(time.Millisecond)), nil
+	})
+}
+
+// inspect verifies the source version and reads its indexes and the
+// packages installed in each: DRIVE, COPY, VERIFY, REPORT. Its result names
+// the source version itself: an inspection changes no file.
+func (r *run) inspect(ctx context.Context) (*osvcv1.RunResult, error) {
+	if err := r.driveStep(ctx, inspectionSpace); err != nil {
+		return nil, err
+	}
+	source, _, err := r.copyStep(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.verifyStep(ctx, osvcv1.Step_STEP_VERIFY, source, r.sourceName()); err != nil {
+		return nil, err
+	}
+	var indexes []*osvcv1.ImageIndex
+	if err := r.step(ctx, osvcv1.Step_STEP_REPORT, "", func() (string, error) {
+		var err error
+		if indexes, err = r.describe(ctx, source); err != nil {
+			return "", err
+		}
+		installed := 0
+		for _, ix := range indexes {
+			installed += len(ix.GetInstalledUpdates())
+		}
+		return fmt.Sprintf("%d indexes, %d installed packages", len(indexes), installed), nil
+	}); err != nil {
+		return nil, err
+	}
+	src := r.a.GetSource()
+	return &osvcv1.RunResult{
+		State:           osvcv1.RunState_RUN_STATE_SUCCEEDED,
+		ResultSha256:    src.GetSha256(),
+		ResultSizeBytes: src.GetSizeBytes(),
+		Indexes:         indexes,
+	}, nil
+}
+
+// drive checks the drive's free space (space times the image's size) and
+// creates the work folder.
+func (r *run) drive(space int64) (string, error) {
+	need := space * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(r.cfg.Drive, &st); err != nil {
 		return "", fmt.Errorf("drive %s: %w: set --drive to a folder on a volume with free space", r.cfg.Drive, err)
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if free < need {
-		return "", fmt.Errorf("drive %s has %s free, servicing %s needs %s (3 times the image's %s: copy, mount and export): free space or set --drive",
-			r.cfg.Drive, humanize.IBytes(uint64(free)), r.a.GetImage().GetName(), humanize.IBytes(uint64(need)), humanize.IBytes(uint64(need/3)))
+		return "", fmt.Errorf("drive %s has %s free, %s needs %s (%d times the image's %s): free space or set --drive",
+			r.cfg.Drive, humanize.IBytes(uint64(free)), r.sourceName(), humanize.IBytes(uint64(need)), space, humanize.IBytes(uint64(need/space)))
 	}
 	if err := os.MkdirAll(r.work, 0o750); err != nil {
 		return "", fmt.Errorf("create the work folder: %w: set --drive to a writable folder", err)

@@ -224,6 +224,16 @@ func (s *fakeImages) GetImage(_ context.Context, req *osvcv1.GetImageRequest) (*
 	return nil, status.Errorf(codes.NotFound, "image %s not found", req.GetName())
 }
 
+func (s *fakeImages) InspectImage(_ context.Context, req *osvcv1.InspectImageRequest) (*osvcv1.InspectImageResponse, error) {
+	s.f.record(req)
+	for _, img := range cannedImages {
+		if img.GetName() == req.GetName() {
+			return &osvcv1.InspectImageResponse{Image: img, InspectionRun: "runs/r-inspect"}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "image %s not found", req.GetName())
+}
+
 func (s *fakeImages) ListImages(_ context.Context, req *osvcv1.ListImagesRequest) (*osvcv1.ListImagesResponse, error) {
 	s.f.record(req)
 	var matching []*osvcv1.Image

@@ -27,17 +27,18 @@ const listPageSize = 100
 
 func (c *cli) imageCommand() *cobra.Command {
 	cmd := groupCommand("image", "Import and inspect WIM images")
-	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand())
+	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand())
 	return cmd
 }
 
 func (c *cli) imageImportCommand() *cobra.Command {
 	var id, displayName, site, kind string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "import FILE --site SITE",
 		Short: "Upload a WIM file and record it as a new image",
 		Example: `  osvcctl image import install.wim --site PS1
-  osvcctl image import install.wim --site PS1 --id win11-23h2 --name "Windows 11 23H2"`,
+  osvcctl image import install.wim --site PS1 --id win11-23h2 --name "Windows 11 23H2" --watch`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var k osvcv1.ImageKind
@@ -89,11 +90,17 @@ func (c *cli) imageImportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if c.output == outputJSON {
+			if c.output == outputJSON && !watch {
 				return printJSON(c.stdout, resp)
 			}
-			fmt.Fprintf(c.stdout, "imported %s\n", resp.GetImage().GetName())
-			c.printImage(resp.GetImage())
+			if c.output != outputJSON {
+				fmt.Fprintf(c.stdout, "imported %s; %s inspects it: an agent of site %s verifies the file and reads its installed updates, then the image can be serviced\n",
+					resp.GetImage().GetName(), resp.GetInspectionRun(), resp.GetImage().GetSite())
+				c.printImage(resp.GetImage())
+			}
+			if watch {
+				return c.watchRun(cmd.Context(), resp.GetInspectionRun())
+			}
 			return nil
 		},
 	}
@@ -102,6 +109,7 @@ func (c *cli) imageImportCommand() *cobra.Command {
 	f.StringVar(&id, "id", "", "image `ID`: lower-case letters, digits and '-', starting with a letter (default: derived from the file name)")
 	f.StringVar(&displayName, "name", "", "display `NAME` shown with the image (default: the ID)")
 	f.StringVar(&kind, "kind", kindOSImage, "image `KIND`: "+kindOSImage+" or "+kindOSUpgradePackage)
+	f.BoolVar(&watch, "watch", false, "then follow the image's inspection run like 'run watch'")
 	return cmd
 }
 
@@ -133,11 +141,11 @@ func (c *cli) imageListCommand() *cobra.Command {
 			if c.output == outputJSON {
 				return printJSON(c.stdout, all)
 			}
-			t := newTable(c.stdout, "NAME", "DISPLAY NAME", "KIND", "SITE", "VERSION", "SIZE", "INDEXES", "STATUS", "LAST RUN")
+			t := newTable(c.stdout, "NAME", "DISPLAY NAME", "KIND", "SITE", "VERSION", "SIZE", "INDEXES", "INSPECTION", "STATUS", "LAST RUN")
 			for _, img := range all.GetImages() {
 				cur := currentVersion(img)
 				t.AppendRow([]any{img.GetName(), orDash(img.GetDisplayName()), kindText(img.GetKind()), img.GetSite(),
-					img.GetCurrentVersion(), sizeText(cur.GetSizeBytes()), len(img.GetIndexes()),
+					img.GetCurrentVersion(), sizeText(cur.GetSizeBytes()), len(img.GetIndexes()), inspectionStateText(cur.GetInspection()),
 					servicingStatusText(img.GetServicingStatus()), orDash(img.GetLastRun())})
 			}
 			renderList(c.stdout, t, "no images")
@@ -210,6 +218,7 @@ func (c *cli) printImage(img *osvcv1.Image) {
 	fmt.Fprintf(w, "Kind:             %s\n", kindText(img.GetKind()))
 	fmt.Fprintf(w, "Site:             %s\n", img.GetSite())
 	fmt.Fprintf(w, "Current version:  %d\n", img.GetCurrentVersion())
+	fmt.Fprintf(w, "Inspection:       %s\n", inspectionText(currentVersion(img)))
 	fmt.Fprintf(w, "Servicing status: %s\n", servicingStatusText(img.GetServicingStatus()))
 	fmt.Fprintf(w, "Last run:         %s\n", orDash(img.GetLastRun()))
 
@@ -231,13 +240,13 @@ func (c *cli) printImage(img *osvcv1.Image) {
 	renderList(w, t, "none")
 
 	fmt.Fprintln(w, "\nVersions:")
-	t = newTable(w, "VERSION", "SHA256", "SIZE", "CREATED BY RUN", "CREATED")
+	t = newTable(w, "VERSION", "SHA256", "SIZE", "INSPECTION", "CREATED BY RUN", "CREATED")
 	for _, v := range img.GetVersions() {
 		version := fmt.Sprint(v.GetVersion())
 		if v.GetVersion() == img.GetCurrentVersion() {
 			version += " (current)"
 		}
-		t.AppendRow([]any{version, shortSHA(v.GetSha256()), sizeText(v.GetSizeBytes()),
+		t.AppendRow([]any{version, shortSHA(v.GetSha256()), sizeText(v.GetSizeBytes()), inspectionStateText(v.GetInspection()),
 			orDash(v.GetCreatedByRun()), timeText(v.GetCreateTime())})
 	}
 	t.Render()
@@ -253,4 +262,57 @@ func kbText(kb string) string {
 		return "KB" + kb[2:]
 	}
 	return "KB" + kb
+}
+
+// inspectionStateText names an inspection state for tables.
+func inspectionStateText(st osvcv1.InspectionState) string {
+	if st == osvcv1.InspectionState_INSPECTION_STATE_UNSPECIFIED {
+		return "-"
+	}
+	return strings.TrimPrefix(st.String(), "INSPECTION_STATE_")
+}
+
+// inspectionText describes the inspection of a version: its state, the run
+// and why it failed.
+func inspectionText(v *osvcv1.ImageVersion) string {
+	switch v.GetInspection() {
+	case osvcv1.InspectionState_INSPECTION_STATE_UNSPECIFIED:
+		return "- (recorded before inspections)"
+	case osvcv1.InspectionState_INSPECTION_STATE_FAILED:
+		return fmt.Sprintf("FAILED by %s: %s ('osvcctl image inspect' inspects it again)", v.GetInspectionRun(), v.GetInspectionError())
+	}
+	return fmt.Sprintf("%s by %s", inspectionStateText(v.GetInspection()), v.GetInspectionRun())
+}
+
+func (c *cli) imageInspectCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect IMAGE",
+		Short: "Inspect the image's current version again",
+		Long: `Queues an inspection run of the image's current version: an agent of the
+image's site verifies the file and reads its indexes and installed updates.
+Every import and every new version is inspected on its own; inspect again
+after an inspection failed for a reason other than a damaged file.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := resourceName(collImages, args[0])
+			if err != nil {
+				return err
+			}
+			images, err := c.images()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := images.InspectImage(ctx, &osvcv1.InspectImageRequest{Name: name})
+			if err != nil {
+				return withHint(err, errdefs.ErrNotFound, imageNotFoundHint)
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			fmt.Fprintf(c.stdout, "%s inspects %s version %d\n", resp.GetInspectionRun(), resp.GetImage().GetName(), resp.GetImage().GetCurrentVersion())
+			return nil
+		},
+	}
 }

@@ -934,3 +934,18 @@ func TestExitCodesTellTheKindOfFailureApart(t *testing.T) {
 		})
 	}
 }
+
+func TestImageInspectQueuesAnInspectionOfTheCurrentVersion(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	out := mustRun(t, f.addr, "image", "inspect", "win11-23h2")
+	if !strings.Contains(out, "runs/r-inspect inspects images/win11-23h2 version 2") {
+		t.Errorf("image inspect printed %q", out)
+	}
+	if reqs := requestsOf[*osvcv1.InspectImageRequest](f); len(reqs) != 1 || reqs[0].GetName() != "images/win11-23h2" {
+		t.Errorf("InspectImage requests %v", reqs)
+	}
+	if _, _, err := osvcctl(t, f.addr, "image", "inspect", "nope"); exitCode(err) != exitNotFound {
+		t.Errorf("image inspect of an unknown image: %v, want exit %d", err, exitNotFound)
+	}
+}

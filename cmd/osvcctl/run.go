@@ -53,9 +53,9 @@ func (c *cli) runListCommand() *cobra.Command {
 			if c.output == outputJSON {
 				return printJSON(c.stdout, all)
 			}
-			t := newTable(c.stdout, "NAME", "IMAGE", "STATE", "STEP", "PERCENT", "ATTEMPT", "AGENT", "CREATED")
+			t := newTable(c.stdout, "NAME", "KIND", "IMAGE", "STATE", "STEP", "PERCENT", "ATTEMPT", "AGENT", "CREATED")
 			for _, r := range all.GetRuns() {
-				t.AppendRow([]any{r.GetName(), r.GetImage(), runStateLabel(r), stepText(r.GetStep()),
+				t.AppendRow([]any{r.GetName(), runKindText(r.GetKind()), r.GetImage(), runStateLabel(r), stepText(r.GetStep()),
 					fmt.Sprintf("%d%%", r.GetPercent()), r.GetAttempt(), orDash(r.GetAgent()), timeText(r.GetCreateTime())})
 			}
 			renderList(c.stdout, t, "no runs")
@@ -151,6 +151,7 @@ func (c *cli) runCancelCommand() *cobra.Command {
 func (c *cli) printRun(r *osvcv1.Run) {
 	w := c.stdout
 	fmt.Fprintf(w, "Name:     %s\n", r.GetName())
+	fmt.Fprintf(w, "Kind:     %s\n", runKindText(r.GetKind()))
 	fmt.Fprintf(w, "Image:    %s (version %d)\n", r.GetImage(), r.GetSourceVersion())
 	fmt.Fprintf(w, "Schedule: %s\n", orDash(r.GetSchedule()))
 	fmt.Fprintf(w, "State:    %s\n", runStateLabel(r))
@@ -199,6 +200,10 @@ func (c *cli) printRun(r *osvcv1.Run) {
 // it produced an image, the size before and after.
 func (c *cli) printRunResults(r *osvcv1.Run) {
 	w := c.stdout
+	if r.GetKind() == osvcv1.RunKind_RUN_KIND_INSPECTION {
+		c.printInspected(r)
+		return
+	}
 	t := newTable(w, "UPDATE", "KB", "INDEX", "RESULT", "MESSAGE")
 	if len(r.GetUpdateResults()) == 0 {
 		for _, u := range r.GetUpdates() {
@@ -217,6 +222,23 @@ func (c *cli) printRunResults(r *osvcv1.Run) {
 	}
 }
 
+// printInspected writes what an inspection found: the indexes of the
+// version and the packages installed in each.
+func (c *cli) printInspected(r *osvcv1.Run) {
+	w := c.stdout
+	if r.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+		fmt.Fprintf(w, "Version %d was not inspected: %s\n", r.GetSourceVersion(), orDash(r.GetError()))
+		return
+	}
+	fmt.Fprintf(w, "Version %d verified (%s):\n", r.GetResultVersion(), sizeText(r.GetResultSizeBytes()))
+	t := newTable(w, "INDEX", "NAME", "EDITION", "ARCH", "VERSION", "INSTALLED PACKAGES")
+	for _, ix := range r.GetResultIndexes() {
+		t.AppendRow([]any{ix.GetIndex(), ix.GetName(), orDash(ix.GetEdition()), archText(ix.GetArchitecture()),
+			orDash(ix.GetVersion()), len(ix.GetInstalledUpdates())})
+	}
+	renderList(w, t, "none")
+}
+
 // sizeChangeText reads "4.0 GiB → 3.1 GiB (-22.5%)"; a run without a
 // result, or with one of the same size, keeps the size it started from.
 func sizeChangeText(before, after int64) string {
@@ -228,4 +250,12 @@ func sizeChangeText(before, after int64) string {
 		s += fmt.Sprintf(" (%+.1f%%)", float64(after-before)*100/float64(before))
 	}
 	return s
+}
+
+// runKindText names what a run does: servicing or inspection.
+func runKindText(k osvcv1.RunKind) string {
+	if k == osvcv1.RunKind_RUN_KIND_INSPECTION {
+		return "inspection"
+	}
+	return "servicing"
 }

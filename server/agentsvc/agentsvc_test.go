@@ -293,6 +293,19 @@ func (a *agent) assign(run string) *osvcv1.Assign {
 	return a.expect("Assign of "+run, func(m *osvcv1.ConnectResponse) bool { return m.GetAssign().GetRun().GetName() == run }).GetAssign()
 }
 
+// inspectNext waits for the Assign of an inspection run and reports it
+// succeeded with one index, as an agent that verified the file does.
+func (a *agent) inspectNext() *osvcv1.Assign {
+	a.t.Helper()
+	as := a.expect("an inspection Assign", func(m *osvcv1.ConnectResponse) bool {
+		return m.GetAssign().GetRun().GetKind() == osvcv1.RunKind_RUN_KIND_INSPECTION
+	}).GetAssign()
+	a.accepted(&osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_RunResult{RunResult: &osvcv1.RunResult{
+		Run: as.GetRun().GetName(), FencingToken: as.GetRun().GetFencingToken(), State: osvcv1.RunState_RUN_STATE_SUCCEEDED,
+		ResultSha256: as.GetSource().GetSha256(), Indexes: []*osvcv1.ImageIndex{{Index: 1, Name: "inspected", Build: 22631}}}}})
+	return as
+}
+
 func step(run string, token int64, s osvcv1.Step, st osvcv1.StepState) *osvcv1.ConnectRequest {
 	return &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_StepChanged{StepChanged: &osvcv1.StepChanged{
 		Run: run, FencingToken: token, Step: &osvcv1.StepRecord{Step: s, State: st}}}}
@@ -394,8 +407,16 @@ func TestAnAgentServicesRunsOverItsStream(t *testing.T) {
 		t.Errorf("WatchRun: last state %s, lines %v; want SUCCEEDED and 1..4", last.GetState(), seqs)
 	}
 
-	// A third version drops the first.
+	// Version 2 is serviced once an agent inspected it.
+	if v := img.GetVersions()[1]; v.GetInspection() != osvcv1.InspectionState_INSPECTION_STATE_PENDING || v.GetInspectionRun() == "" {
+		t.Errorf("version 2 inspection = %s by %q, want PENDING by a run", v.GetInspection(), v.GetInspectionRun())
+	}
 	run3 := h.schedule(t)
+	inspection := a.inspectNext()
+	if inspection.GetSource().GetVersion() != 2 || len(inspection.GetUpdates()) != 0 {
+		t.Errorf("inspection Assign = %v, want version 2 and no updates", inspection)
+	}
+	// A third version drops the first.
 	as3 := a.assign(run3.GetName())
 	if as3.GetSource().GetVersion() != 2 {
 		t.Errorf("next Assign's source version = %d, want 2", as3.GetSource().GetVersion())
@@ -405,6 +426,11 @@ func TestAnAgentServicesRunsOverItsStream(t *testing.T) {
 	img = h.GetImage(t, h.image.GetName())
 	if img.GetCurrentVersion() != 3 || len(img.GetVersions()) != 2 || img.GetVersions()[0].GetVersion() != 2 {
 		t.Errorf("image versions %v current %d, want 2 and 3", img.GetVersions(), img.GetCurrentVersion())
+	}
+
+	a.inspectNext()
+	if v := h.GetImage(t, h.image.GetName()).GetVersions()[1]; v.GetInspection() != osvcv1.InspectionState_INSPECTION_STATE_INSPECTED {
+		t.Errorf("version 3 inspection = %s, want INSPECTED", v.GetInspection())
 	}
 
 	list, err := h.agents.ListAgents(ctx, &osvcv1.ListAgentsRequest{})

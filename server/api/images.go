@@ -7,24 +7,27 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/servicing"
 )
 
 type imageServer struct {
 	osvcv1.UnimplementedImageServiceServer
-	catalog *catalog.Catalog
-	logger  hclog.Logger
+	catalog   *catalog.Catalog
+	servicing *servicing.Service
+	logger    hclog.Logger
 }
 
-// NewImageServer serves the image catalog over ImageService.
-func NewImageServer(c *catalog.Catalog, logger hclog.Logger) osvcv1.ImageServiceServer {
+// NewImageServer serves the image catalog over ImageService; servicing
+// queues the inspection runs of imported images.
+func NewImageServer(c *catalog.Catalog, svc *servicing.Service, logger hclog.Logger) osvcv1.ImageServiceServer {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &imageServer{catalog: c, logger: logger.Named("images")}
+	return &imageServer{catalog: c, servicing: svc, logger: logger.Named("images")}
 }
 
 func (s *imageServer) ImportImage(ctx context.Context, req *osvcv1.ImportImageRequest) (*osvcv1.ImportImageResponse, error) {
-	img, err := s.catalog.ImportImage(ctx, catalog.ImportImage{
+	img, run, err := s.servicing.ImportImage(ctx, catalog.ImportImage{
 		ID:            req.GetImageId(),
 		DisplayName:   req.GetDisplayName(),
 		Site:          req.GetSite(),
@@ -34,7 +37,15 @@ func (s *imageServer) ImportImage(ctx context.Context, req *osvcv1.ImportImageRe
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &osvcv1.ImportImageResponse{Image: img}, nil
+	return &osvcv1.ImportImageResponse{Image: img, InspectionRun: run.GetName()}, nil
+}
+
+func (s *imageServer) InspectImage(ctx context.Context, req *osvcv1.InspectImageRequest) (*osvcv1.InspectImageResponse, error) {
+	img, run, err := s.servicing.Inspect(ctx, req.GetName())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.InspectImageResponse{Image: img, InspectionRun: run.GetName()}, nil
 }
 
 func (s *imageServer) GetImage(ctx context.Context, req *osvcv1.GetImageRequest) (*osvcv1.GetImageResponse, error) {

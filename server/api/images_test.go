@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -18,9 +15,8 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/api"
-	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
-	"github.com/osvc/osvc/server/store/storetest"
+	"github.com/osvc/osvc/server/servicing/servicingtest"
 )
 
 // catalogAPI is the image and update services on a bufconn, over a real
@@ -33,18 +29,11 @@ type catalogAPI struct {
 
 func newCatalogAPI(t *testing.T) *catalogAPI {
 	t.Helper()
-	st := storetest.New(t)
-	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cat, err := catalog.New(catalog.Config{Store: st, Library: lib})
-	if err != nil {
-		t.Fatal(err)
-	}
+	env := servicingtest.New(t, servicingtest.Options{})
+	lib, cat := env.Library, env.Catalog
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
-	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, nil))
+	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, env.Service, nil))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, nil))
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
@@ -68,27 +57,7 @@ func (a *catalogAPI) put(t *testing.T, data []byte) string {
 }
 
 // catalogTestWIM captures a real one-index x64 WIM with wimlib-imagex.
-func catalogTestWIM(t *testing.T) []byte {
-	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src", "Windows")
-	if err := os.MkdirAll(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(src, "win.ini"), []byte("[fonts]\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	wim := filepath.Join(dir, "install.wim")
-	if out, err := exec.Command("wimlib-imagex", "capture", filepath.Join(dir, "src"), wim, "Windows 11 Pro",
-		"--image-property", "WINDOWS/ARCH=9", "--image-property", "WINDOWS/VERSION/BUILD=22631").CombinedOutput(); err != nil {
-		t.Fatalf("wimlib-imagex capture: %v\n%s", err, out)
-	}
-	data, err := os.ReadFile(wim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
+func catalogTestWIM(t *testing.T) []byte { return servicingtest.CaptureWIM(t) }
 
 // violatedField returns the field of the BadRequest detail of err, if any.
 func violatedField(err error) string {
@@ -132,8 +101,12 @@ func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
 	ctx := context.Background()
 	a := newCatalogAPI(t)
 	sha := a.put(t, catalogTestWIM(t))
-	if _, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "taken", Site: "PS1", ContentSha256: sha}); err != nil {
+	imported, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "taken", Site: "PS1", ContentSha256: sha})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if imported.GetInspectionRun() == "" || imported.GetImage().GetVersions()[0].GetInspectionRun() != imported.GetInspectionRun() {
+		t.Errorf("ImportImage = %v, want the inspection run of version 1", imported)
 	}
 	tests := []struct {
 		name      string
@@ -156,6 +129,14 @@ func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
 		}, codes.AlreadyExists, ""},
 		{"an unknown image", func() error {
 			_, err := a.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: "images/nope"})
+			return err
+		}, codes.NotFound, ""},
+		{"inspecting an image whose inspection is in progress", func() error {
+			_, err := a.images.InspectImage(ctx, &osvcv1.InspectImageRequest{Name: "images/taken"})
+			return err
+		}, codes.FailedPrecondition, ""},
+		{"inspecting an unknown image", func() error {
+			_, err := a.images.InspectImage(ctx, &osvcv1.InspectImageRequest{Name: "images/nope"})
 			return err
 		}, codes.NotFound, ""},
 		{"a malformed name", func() error {

@@ -61,11 +61,17 @@ type ImportImage struct {
 	ID, DisplayName, Site, ContentSHA256 string
 	// Kind defaults to IMAGE_KIND_OS_IMAGE.
 	Kind osvcv1.ImageKind
+	// Within, when set, adds its writes to the transaction that records the
+	// image, which it may still change: servicing queues the inspection run
+	// of version 1 so, and an image is never recorded without one.
+	Within func(tx *store.Tx, img *osvcv1.Image) error
 }
 
 // ImportImage records a new image from a WIM in the content library: the
-// WIM's indexes are read from the file itself, and it becomes version 1,
-// current. An image id already taken is ErrConflict.
+// WIM's header and XML info are read from the file itself (its indexes), and
+// it becomes version 1, current, its inspection PENDING. What only reading
+// the whole file can tell (a damaged resource, the installed packages) an
+// agent's inspection run finds. An image id already taken is ErrConflict.
 func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Image, error) {
 	if err := ValidateID(req.ID); err != nil {
 		return nil, errdefs.InvalidArgument("image_id", err.Error())
@@ -88,10 +94,9 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err != nil {
 		return nil, err
 	}
-	images, err := wiminfo.ReadFile(c.lib.Path(blob.GetSha256()))
+	images, err := c.readWIMInfo(blob)
 	if err != nil {
-		return nil, errdefs.InvalidArgument("content_sha256",
-			fmt.Sprintf("content %s is not a WIM file (%v); upload the .wim file itself", blob.GetSha256(), err))
+		return nil, err
 	}
 	indexes := make([]*osvcv1.ImageIndex, 0, len(images))
 	for _, im := range images {
@@ -116,6 +121,7 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 			Sha256:     blob.GetSha256(),
 			SizeBytes:  blob.GetSizeBytes(),
 			CreateTime: now,
+			Inspection: osvcv1.InspectionState_INSPECTION_STATE_PENDING,
 		}},
 		CurrentVersion:  1,
 		Indexes:         indexes,
@@ -123,14 +129,43 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 		CreateTime:      now,
 		UpdateTime:      now,
 	}
-	if _, err := c.store.Create(ctx, c.store.ImageKey(req.ID), img); err != nil {
-		if errors.Is(err, errdefs.ErrConflict) {
-			return nil, fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, errdefs.ErrConflict)
+	key := c.store.ImageKey(req.ID)
+	_, err = c.store.Txn(ctx, "import "+img.Name, func(tx *store.Tx) error {
+		if _, exists, err := tx.Raw(key); err != nil {
+			return err
+		} else if exists {
+			return fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, errdefs.ErrConflict)
 		}
+		stored := proto.Clone(img).(*osvcv1.Image)
+		if req.Within != nil {
+			if err := req.Within(tx, stored); err != nil {
+				return err
+			}
+		}
+		img = stored
+		return tx.Put(key, stored)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("import image %s: %w", img.Name, err)
 	}
 	c.logger.Info("image imported", "image", img.Name, "site", img.Site, "sha256", blob.GetSha256(), "indexes", len(indexes))
 	return img, nil
+}
+
+// readWIMInfo reads the indexes of a WIM of the library from its header and
+// XML info. Errors name the content, never where the library keeps it.
+func (c *Catalog) readWIMInfo(blob *osvcv1.Content) ([]wiminfo.Image, error) {
+	f, err := c.lib.Open(blob.GetSha256())
+	if err != nil {
+		return nil, fmt.Errorf("open content %s: %w", blob.GetSha256(), err)
+	}
+	defer f.Close()
+	images, err := wiminfo.Read(f, blob.GetSizeBytes())
+	if err != nil {
+		return nil, errdefs.InvalidArgument("content_sha256",
+			fmt.Sprintf("content %s is not a WIM file osvc can read (%v); upload the .wim file itself", blob.GetSha256(), err))
+	}
+	return images, nil
 }
 
 // content returns the library's record of sha; a blob it does not hold is

@@ -251,7 +251,7 @@ func (s *Scheduler) loop(ctx context.Context) error {
 }
 
 // relevantRunEvent keeps the run changes a pass acts on: runs waiting for a
-// lease and runs leased without their token yet. Progress of running runs,
+// lease, runs leased without their token yet, and inspections that ended. Progress of running runs,
 // the bulk of the traffic, is not.
 func relevantRunEvent(ev *clientv3.Event) bool {
 	if ev.Type == clientv3.EventTypeDelete {
@@ -267,7 +267,8 @@ func relevantRunEvent(ev *clientv3.Event) bool {
 	case osvcv1.RunState_RUN_STATE_LEASED:
 		return run.GetFencingToken() == 0
 	}
-	return false
+	// An inspection that ended lets the servicing runs that waited for it go.
+	return servicing.IsInspection(run) && servicing.IsFinal(run.GetState())
 }
 
 // watch pokes on relevant events under prefix after revision rev, resuming
@@ -409,6 +410,18 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 	img, _, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
 	if err != nil {
 		return fmt.Errorf("image of %s: %w", run.GetName(), err)
+	}
+	// A servicing run waits for its source version's inspection, and fails
+	// when that inspection did.
+	if !servicing.IsInspection(run) {
+		if pending, err := servicing.ServiceableVersion(img, run.GetSourceVersion()); err != nil {
+			if pending {
+				s.logger.Trace("run waits for the inspection of its source version", "run", run.GetName(), "reason", err)
+				return nil
+			}
+			_, err := s.servicing.FailPending(ctx, run.GetName(), err.Error())
+			return err
+		}
 	}
 	var candidates []*agentSlot
 	for _, a := range agents {

@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -335,5 +336,64 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 				t.Error("New accepted it")
 			}
 		})
+	}
+}
+
+func TestAServicingRunWaitsForTheInspectionOfItsSourceAndFailsWhenItFailed(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	s := newScheduler(t, env, nil)
+	// Two agents: the inspection takes one, the servicing run could take the other.
+	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	env.Connect(t, "ps1-b", "PS1", 1, 30*time.Second)
+	img, inspection := env.ImportWIM(t, "win11", "PS1")
+	run := schedule(t, env, img.Name, time.Time{})
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insp := env.Run(t, inspection.GetName())
+	if insp.GetState() != osvcv1.RunState_RUN_STATE_LEASED {
+		t.Fatalf("inspection %s, want LEASED", insp.GetState())
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
+		t.Fatalf("servicing run %s before the inspection ended, want PENDING", r.GetState())
+	}
+	// The inspection finds the file damaged: the waiting run fails with why.
+	if err := env.Service.ReportRunResult(ctx, insp.GetAgent(), &osvcv1.RunResult{Run: insp.GetName(), FencingToken: insp.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_FAILED, Error: "image images/win11 version 1 is damaged"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := env.Run(t, run.GetName())
+	if r.GetState() != osvcv1.RunState_RUN_STATE_FAILED || !strings.Contains(r.GetError(), "failed its inspection") || r.GetAttempt() != 0 {
+		t.Fatalf("servicing run = %s (%q) attempt %d, want FAILED before any lease because its source failed inspection", r.GetState(), r.GetError(), r.GetAttempt())
+	}
+}
+
+func TestAServicingRunIsLeasedOnceItsSourceIsInspected(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	s := newScheduler(t, env, nil)
+	env.Connect(t, "ps1-a", "PS1", 2, 30*time.Second)
+	img, inspection := env.ImportWIM(t, "win11", "PS1")
+	run := schedule(t, env, img.Name, time.Time{})
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	insp := env.Run(t, inspection.GetName())
+	if err := env.Service.ReportRunResult(ctx, insp.GetAgent(), &osvcv1.RunResult{Run: insp.GetName(), FencingToken: insp.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: img.GetVersions()[0].GetSha256(),
+		Indexes: []*osvcv1.ImageIndex{{Index: 1, Architecture: osvcv1.Architecture_ARCHITECTURE_X64, Build: 22631}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED {
+		t.Fatalf("servicing run %s after the inspection succeeded, want LEASED", r.GetState())
 	}
 }

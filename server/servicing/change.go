@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
@@ -99,9 +100,26 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 		run.Error = message
 	}
 	ch.tx.Delete(s.store.AssignmentKey(runID))
-	ch.tx.Delete(s.store.ActiveRunKey(imageID))
 	ch.tx.Delete(s.store.LogBaseKey(runID))
 	ch.tx.PutRaw(s.store.EndedRunKey(run.EndTime.AsTime(), runID), nil)
+	activeKey := s.store.ActiveRunKey(imageID)
+	if IsInspection(run) {
+		activeKey = s.store.ActiveInspectionKey(imageID)
+	}
+	// The image is freed only of this run: the key may name a newer one.
+	if active, ok, err := ch.tx.Raw(activeKey); err != nil {
+		return err
+	} else if ok {
+		if name, err := store.Unmarshal[*wrapperspb.StringValue](active); err == nil && name.GetValue() == run.GetName() {
+			ch.tx.Delete(activeKey)
+		}
+	}
+	if IsInspection(run) {
+		if state == osvcv1.RunState_RUN_STATE_SUCCEEDED {
+			run.Percent = 100
+		}
+		return s.endInspection(ctx, ch, state)
+	}
 	if state != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		skipUnfinished(run, "not applied: the run ended "+stateName(state))
 	}

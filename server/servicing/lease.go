@@ -24,15 +24,19 @@ type ActiveRun struct {
 }
 
 // ActiveRuns returns every run that has not ended, found through the images'
-// active-run keys and read a hundred per round trip, so the cost follows the
+// active-run and active-inspection keys and read a hundred per round trip, so the cost follows the
 // images in servicing, not history.
 func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
-	resp, err := s.client.Get(ctx, s.store.ActiveRunsPrefix(), clientv3.WithPrefix())
+	resp, err := s.client.Txn(ctx).Then(
+		clientv3.OpGet(s.store.ActiveRunsPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.store.ActiveInspectionsPrefix(), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("list active runs: %w", err)
 	}
-	keys := make([]string, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
+	kvs := append(resp.Responses[0].GetResponseRange().GetKvs(), resp.Responses[1].GetResponseRange().GetKvs()...)
+	keys := make([]string, 0, len(kvs))
+	for _, kv := range kvs {
 		name, err := store.Unmarshal[*wrapperspb.StringValue](kv.Value)
 		if err != nil {
 			return nil, fmt.Errorf("active run %s: %w", kv.Key, err)
@@ -227,7 +231,9 @@ func (s *Service) Requeue(ctx context.Context, runName, reason string) (*osvcv1.
 			resetForRetry(run)
 			retryAfter = s.RetryDelay(run.GetAttempt())
 			run.NotBefore = timestamppb.New(s.now().Add(retryAfter))
-			err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
+			if !IsInspection(run) {
+				err = s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED, false)
+			}
 		}
 		if err != nil {
 			return err
@@ -344,4 +350,33 @@ func (s *Service) Assignment(ctx context.Context, runName string, token int64) (
 		a.Updates = append(a.Updates, u)
 	}
 	return a, nil
+}
+
+// FailPending ends a PENDING run FAILED with reason before any agent took
+// it: the scheduler's verdict on a run that cannot start (its source
+// version failed inspection). A run that is no longer PENDING is returned
+// unchanged.
+func (s *Service) FailPending(ctx context.Context, runName, reason string) (*osvcv1.Run, error) {
+	var out *osvcv1.Run
+	rev, err := s.store.Txn(ctx, "fail "+runName, func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
+		if err != nil {
+			return err
+		}
+		out = ch.run
+		if ch.run.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
+			return nil
+		}
+		if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_FAILED, clipText(reason)); err != nil {
+			return err
+		}
+		return s.write(ch)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fail %s: %w", runName, err)
+	}
+	if rev != 0 {
+		s.logger.Warn("run failed before it started", "run", runName, "reason", reason)
+	}
+	return out, nil
 }

@@ -280,6 +280,9 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 			}
 			return s.end(ctx, ch, m.GetState(), msg)
 		}
+		if IsInspection(ch.run) {
+			return s.inspected(ctx, ch, m)
+		}
 		return s.swap(ctx, ch, m, content)
 	})
 	if err != nil {
@@ -329,6 +332,11 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	img.CurrentVersion = next
 	if len(m.GetIndexes()) > 0 {
 		img.Indexes = m.GetIndexes()
+	}
+	// The new version is serviced once an agent inspected the file as the
+	// library holds it.
+	if _, err := s.queueInspection(ch.tx, img, next); err != nil {
+		return err
 	}
 	if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_SUCCEEDED, ""); err != nil {
 		return err
@@ -450,8 +458,10 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 		if run.GetState() == osvcv1.RunState_RUN_STATE_LEASED {
 			dirty = true
 			run.State = osvcv1.RunState_RUN_STATE_IN_PROCESS
-			if err := s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_IN_PROCESS, false); err != nil {
-				return err
+			if !IsInspection(run) {
+				if err := s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_IN_PROCESS, false); err != nil {
+					return err
+				}
 			}
 		}
 		if run.GetFencingToken() == 0 {

@@ -271,6 +271,11 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		if source == nil {
 			return fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
 		}
+		// A version whose inspection is still to come is scheduled: the run
+		// waits for it. One that failed its inspection is never serviced.
+		if pending, err := ServiceableVersion(img, source.GetVersion()); err != nil && !pending {
+			return err
+		}
 		updates, err := s.selectUpdates(ctx, img, sched, allApplicable)
 		if err != nil {
 			return err
@@ -291,6 +296,7 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		run = &osvcv1.Run{
 			Name:                     RunName(runID),
 			Image:                    parent,
+			Kind:                     osvcv1.RunKind_RUN_KIND_SERVICING,
 			Schedule:                 outSched.Name,
 			State:                    osvcv1.RunState_RUN_STATE_PENDING,
 			ContinueOnError:          outSched.ContinueOnError,

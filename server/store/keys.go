@@ -94,6 +94,13 @@ func IDFromKey(key string) string {
 // ActiveRunsPrefix holds the active-run key of every image in servicing.
 func (s *Store) ActiveRunsPrefix() string { return s.prefix + "active-runs/" }
 
+// ActiveInspectionKey holds the id of the image's inspection run in
+// progress: one inspection at a time per image, beside its servicing run.
+func (s *Store) ActiveInspectionKey(imageID string) string { return s.ActiveInspectionsPrefix() + imageID }
+
+// ActiveInspectionsPrefix holds the active-inspection key of every image.
+func (s *Store) ActiveInspectionsPrefix() string { return s.prefix + "active-inspections/" }
+
 // LogBaseKey holds the number of log lines a run had when its current attempt
 // was leased: agents number each attempt's lines from 1, and the server stores
 // them after the earlier attempts' lines.

@@ -131,6 +131,68 @@ func (ServicingStatus) EnumDescriptor() ([]byte, []int) {
 	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
 }
 
+// InspectionState is where the inspection of an image version stands. An
+// agent of the image's site inspects every version: it verifies the file's
+// integrity (every resource against its recorded hash) and records its
+// indexes and the packages installed in each. A version is serviced only
+// once inspected.
+type InspectionState int32
+
+const (
+	// INSPECTION_STATE_UNSPECIFIED: a version recorded before inspections
+	// existed; it is serviced as before.
+	InspectionState_INSPECTION_STATE_UNSPECIFIED InspectionState = 0
+	// INSPECTION_STATE_PENDING: its inspection run waits for, or is with, an agent.
+	InspectionState_INSPECTION_STATE_PENDING   InspectionState = 1
+	InspectionState_INSPECTION_STATE_INSPECTED InspectionState = 2
+	// INSPECTION_STATE_FAILED: the file is damaged or unreadable; see
+	// inspection_error. The version is never serviced.
+	InspectionState_INSPECTION_STATE_FAILED InspectionState = 3
+)
+
+// Enum value maps for InspectionState.
+var (
+	InspectionState_name = map[int32]string{
+		0: "INSPECTION_STATE_UNSPECIFIED",
+		1: "INSPECTION_STATE_PENDING",
+		2: "INSPECTION_STATE_INSPECTED",
+		3: "INSPECTION_STATE_FAILED",
+	}
+	InspectionState_value = map[string]int32{
+		"INSPECTION_STATE_UNSPECIFIED": 0,
+		"INSPECTION_STATE_PENDING":     1,
+		"INSPECTION_STATE_INSPECTED":   2,
+		"INSPECTION_STATE_FAILED":      3,
+	}
+)
+
+func (x InspectionState) Enum() *InspectionState {
+	p := new(InspectionState)
+	*p = x
+	return p
+}
+
+func (x InspectionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InspectionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_osvc_v1_image_proto_enumTypes[2].Descriptor()
+}
+
+func (InspectionState) Type() protoreflect.EnumType {
+	return &file_osvc_v1_image_proto_enumTypes[2]
+}
+
+func (x InspectionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InspectionState.Descriptor instead.
+func (InspectionState) EnumDescriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
+}
+
 // Image is one WIM file kept in the content library: `images/{id}`.
 type Image struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -268,10 +330,15 @@ type ImageVersion struct {
 	Sha256    string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	SizeBytes int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// created_by_run is the run that produced this version; empty for the import.
-	CreatedByRun  string                 `protobuf:"bytes,4,opt,name=created_by_run,json=createdByRun,proto3" json:"created_by_run,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreatedByRun string                 `protobuf:"bytes,4,opt,name=created_by_run,json=createdByRun,proto3" json:"created_by_run,omitempty"`
+	CreateTime   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Inspection   InspectionState        `protobuf:"varint,6,opt,name=inspection,proto3,enum=osvc.v1.InspectionState" json:"inspection,omitempty"`
+	// inspection_run is the run that inspects (or inspected) this version.
+	InspectionRun string `protobuf:"bytes,7,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
+	// inspection_error says why the inspection failed.
+	InspectionError string `protobuf:"bytes,8,opt,name=inspection_error,json=inspectionError,proto3" json:"inspection_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ImageVersion) Reset() {
@@ -337,6 +404,27 @@ func (x *ImageVersion) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *ImageVersion) GetInspection() InspectionState {
+	if x != nil {
+		return x.Inspection
+	}
+	return InspectionState_INSPECTION_STATE_UNSPECIFIED
+}
+
+func (x *ImageVersion) GetInspectionRun() string {
+	if x != nil {
+		return x.InspectionRun
+	}
+	return ""
+}
+
+func (x *ImageVersion) GetInspectionError() string {
+	if x != nil {
+		return x.InspectionError
+	}
+	return ""
 }
 
 // ImageIndex is one image inside a WIM file.
@@ -618,8 +706,10 @@ func (x *ImportImageRequest) GetContentSha256() string {
 }
 
 type ImportImageResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Image         *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Image *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// inspection_run is the run that inspects version 1 (runs/{id}).
+	InspectionRun string `protobuf:"bytes,2,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -661,6 +751,111 @@ func (x *ImportImageResponse) GetImage() *Image {
 	return nil
 }
 
+func (x *ImportImageResponse) GetInspectionRun() string {
+	if x != nil {
+		return x.InspectionRun
+	}
+	return ""
+}
+
+type InspectImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the image, images/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectImageRequest) Reset() {
+	*x = InspectImageRequest{}
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectImageRequest) ProtoMessage() {}
+
+func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectImageRequest.ProtoReflect.Descriptor instead.
+func (*InspectImageRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *InspectImageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type InspectImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Image *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// inspection_run is the queued inspection (runs/{id}).
+	InspectionRun string `protobuf:"bytes,2,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectImageResponse) Reset() {
+	*x = InspectImageResponse{}
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectImageResponse) ProtoMessage() {}
+
+func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectImageResponse.ProtoReflect.Descriptor instead.
+func (*InspectImageResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *InspectImageResponse) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+func (x *InspectImageResponse) GetInspectionRun() string {
+	if x != nil {
+		return x.InspectionRun
+	}
+	return ""
+}
+
 type GetImageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -670,7 +865,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +877,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +890,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetImageRequest) GetName() string {
@@ -714,7 +909,7 @@ type GetImageResponse struct {
 
 func (x *GetImageResponse) Reset() {
 	*x = GetImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +921,7 @@ func (x *GetImageResponse) String() string {
 func (*GetImageResponse) ProtoMessage() {}
 
 func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +934,7 @@ func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageResponse.ProtoReflect.Descriptor instead.
 func (*GetImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetImageResponse) GetImage() *Image {
@@ -761,7 +956,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +968,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +981,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListImagesRequest) GetPageSize() int32 {
@@ -820,7 +1015,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1027,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1040,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -881,7 +1076,7 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xc2\x01\n" +
+	"updateTime\"\xce\x02\n" +
 	"\fImageVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -889,7 +1084,12 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12$\n" +
 	"\x0ecreated_by_run\x18\x04 \x01(\tR\fcreatedByRun\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xe3\x02\n" +
+	"createTime\x128\n" +
+	"\n" +
+	"inspection\x18\x06 \x01(\x0e2\x18.osvc.v1.InspectionStateR\n" +
+	"inspection\x12%\n" +
+	"\x0einspection_run\x18\a \x01(\tR\rinspectionRun\x12)\n" +
+	"\x10inspection_error\x18\b \x01(\tR\x0finspectionError\"\xe3\x02\n" +
 	"\n" +
 	"ImageIndex\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
@@ -915,9 +1115,15 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x12.osvc.v1.ImageKindR\x04kind\x12\x12\n" +
 	"\x04site\x18\x04 \x01(\tR\x04site\x12%\n" +
-	"\x0econtent_sha256\x18\x05 \x01(\tR\rcontentSha256\";\n" +
+	"\x0econtent_sha256\x18\x05 \x01(\tR\rcontentSha256\"b\n" +
 	"\x13ImportImageResponse\x12$\n" +
-	"\x05image\x18\x01 \x01(\v2\x0e.osvc.v1.ImageR\x05image\"%\n" +
+	"\x05image\x18\x01 \x01(\v2\x0e.osvc.v1.ImageR\x05image\x12%\n" +
+	"\x0einspection_run\x18\x02 \x01(\tR\rinspectionRun\")\n" +
+	"\x13InspectImageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"c\n" +
+	"\x14InspectImageResponse\x12$\n" +
+	"\x05image\x18\x01 \x01(\v2\x0e.osvc.v1.ImageR\x05image\x12%\n" +
+	"\x0einspection_run\x18\x02 \x01(\tR\rinspectionRun\"%\n" +
 	"\x0fGetImageRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"8\n" +
 	"\x10GetImageResponse\x12$\n" +
@@ -940,12 +1146,18 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x1aSERVICING_STATUS_SCHEDULED\x10\x02\x12\x1f\n" +
 	"\x1bSERVICING_STATUS_IN_PROCESS\x10\x03\x12\x1e\n" +
 	"\x1aSERVICING_STATUS_SUCCEEDED\x10\x04\x12\x1b\n" +
-	"\x17SERVICING_STATUS_FAILED\x10\x052\xe0\x01\n" +
+	"\x17SERVICING_STATUS_FAILED\x10\x05*\x8e\x01\n" +
+	"\x0fInspectionState\x12 \n" +
+	"\x1cINSPECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18INSPECTION_STATE_PENDING\x10\x01\x12\x1e\n" +
+	"\x1aINSPECTION_STATE_INSPECTED\x10\x02\x12\x1b\n" +
+	"\x17INSPECTION_STATE_FAILED\x10\x032\xad\x02\n" +
 	"\fImageService\x12H\n" +
 	"\vImportImage\x12\x1b.osvc.v1.ImportImageRequest\x1a\x1c.osvc.v1.ImportImageResponse\x12?\n" +
 	"\bGetImage\x12\x18.osvc.v1.GetImageRequest\x1a\x19.osvc.v1.GetImageResponse\x12E\n" +
 	"\n" +
-	"ListImages\x12\x1a.osvc.v1.ListImagesRequest\x1a\x1b.osvc.v1.ListImagesResponseB\x7f\n" +
+	"ListImages\x12\x1a.osvc.v1.ListImagesRequest\x1a\x1b.osvc.v1.ListImagesResponse\x12K\n" +
+	"\fInspectImage\x12\x1c.osvc.v1.InspectImageRequest\x1a\x1d.osvc.v1.InspectImageResponseB\x7f\n" +
 	"\vcom.osvc.v1B\n" +
 	"ImageProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
@@ -961,50 +1173,57 @@ func file_osvc_v1_image_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_image_proto_rawDescData
 }
 
-var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_osvc_v1_image_proto_goTypes = []any{
 	(ImageKind)(0),                // 0: osvc.v1.ImageKind
 	(ServicingStatus)(0),          // 1: osvc.v1.ServicingStatus
-	(*Image)(nil),                 // 2: osvc.v1.Image
-	(*ImageVersion)(nil),          // 3: osvc.v1.ImageVersion
-	(*ImageIndex)(nil),            // 4: osvc.v1.ImageIndex
-	(*InstalledUpdate)(nil),       // 5: osvc.v1.InstalledUpdate
-	(*ImportImageRequest)(nil),    // 6: osvc.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),   // 7: osvc.v1.ImportImageResponse
-	(*GetImageRequest)(nil),       // 8: osvc.v1.GetImageRequest
-	(*GetImageResponse)(nil),      // 9: osvc.v1.GetImageResponse
-	(*ListImagesRequest)(nil),     // 10: osvc.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 11: osvc.v1.ListImagesResponse
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(Architecture)(0),             // 13: osvc.v1.Architecture
+	(InspectionState)(0),          // 2: osvc.v1.InspectionState
+	(*Image)(nil),                 // 3: osvc.v1.Image
+	(*ImageVersion)(nil),          // 4: osvc.v1.ImageVersion
+	(*ImageIndex)(nil),            // 5: osvc.v1.ImageIndex
+	(*InstalledUpdate)(nil),       // 6: osvc.v1.InstalledUpdate
+	(*ImportImageRequest)(nil),    // 7: osvc.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),   // 8: osvc.v1.ImportImageResponse
+	(*InspectImageRequest)(nil),   // 9: osvc.v1.InspectImageRequest
+	(*InspectImageResponse)(nil),  // 10: osvc.v1.InspectImageResponse
+	(*GetImageRequest)(nil),       // 11: osvc.v1.GetImageRequest
+	(*GetImageResponse)(nil),      // 12: osvc.v1.GetImageResponse
+	(*ListImagesRequest)(nil),     // 13: osvc.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),    // 14: osvc.v1.ListImagesResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(Architecture)(0),             // 16: osvc.v1.Architecture
 }
 var file_osvc_v1_image_proto_depIdxs = []int32{
 	0,  // 0: osvc.v1.Image.kind:type_name -> osvc.v1.ImageKind
-	3,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
-	4,  // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
+	4,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
+	5,  // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
 	1,  // 3: osvc.v1.Image.servicing_status:type_name -> osvc.v1.ServicingStatus
-	12, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
-	12, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
-	12, // 6: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
-	13, // 7: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	5,  // 8: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	12, // 9: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 10: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	2,  // 11: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	2,  // 12: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	2,  // 13: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	6,  // 14: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	8,  // 15: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	10, // 16: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	7,  // 17: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	9,  // 18: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	11, // 19: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	17, // [17:20] is the sub-list for method output_type
-	14, // [14:17] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
+	15, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
+	15, // 6: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	2,  // 7: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
+	16, // 8: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	6,  // 9: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	15, // 10: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 11: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	3,  // 12: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	3,  // 13: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	3,  // 14: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	3,  // 15: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	7,  // 16: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	11, // 17: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	13, // 18: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	9,  // 19: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	8,  // 20: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	12, // 21: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	14, // 22: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	10, // 23: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	20, // [20:24] is the sub-list for method output_type
+	16, // [16:20] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }
@@ -1018,8 +1237,8 @@ func file_osvc_v1_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_image_proto_rawDesc), len(file_osvc_v1_image_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   10,
+			NumEnums:      3,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ImageService_ImportImage_FullMethodName = "/osvc.v1.ImageService/ImportImage"
-	ImageService_GetImage_FullMethodName    = "/osvc.v1.ImageService/GetImage"
-	ImageService_ListImages_FullMethodName  = "/osvc.v1.ImageService/ListImages"
+	ImageService_ImportImage_FullMethodName  = "/osvc.v1.ImageService/ImportImage"
+	ImageService_GetImage_FullMethodName     = "/osvc.v1.ImageService/GetImage"
+	ImageService_ListImages_FullMethodName   = "/osvc.v1.ImageService/ListImages"
+	ImageService_InspectImage_FullMethodName = "/osvc.v1.ImageService/InspectImage"
 )
 
 // ImageServiceClient is the client API for ImageService service.
@@ -32,12 +33,19 @@ const (
 // OS upgrade packages, each with its versions in the content library.
 type ImageServiceClient interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
-	// version 1 of a new image. The server reads the WIM's indexes itself.
+	// version 1 of a new image. The server reads the WIM's header and XML info
+	// itself (its indexes), and queues an inspection run: an agent of the
+	// image's site verifies the whole file and records the packages installed
+	// in each index. The image is serviced once inspected.
 	ImportImage(ctx context.Context, in *ImportImageRequest, opts ...grpc.CallOption) (*ImportImageResponse, error)
 	// GetImage returns one image with its versions, indexes and installed updates.
 	GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*GetImageResponse, error)
 	// ListImages lists images in name order.
 	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
+	// InspectImage queues another inspection of the image's current version:
+	// after an inspection that failed because its agent was lost, say, or to
+	// check a version again. Refused while the image has a run in progress.
+	InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error)
 }
 
 type imageServiceClient struct {
@@ -78,6 +86,16 @@ func (c *imageServiceClient) ListImages(ctx context.Context, in *ListImagesReque
 	return out, nil
 }
 
+func (c *imageServiceClient) InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InspectImageResponse)
+	err := c.cc.Invoke(ctx, ImageService_InspectImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageServiceServer is the server API for ImageService service.
 // All implementations must embed UnimplementedImageServiceServer
 // for forward compatibility.
@@ -86,12 +104,19 @@ func (c *imageServiceClient) ListImages(ctx context.Context, in *ListImagesReque
 // OS upgrade packages, each with its versions in the content library.
 type ImageServiceServer interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
-	// version 1 of a new image. The server reads the WIM's indexes itself.
+	// version 1 of a new image. The server reads the WIM's header and XML info
+	// itself (its indexes), and queues an inspection run: an agent of the
+	// image's site verifies the whole file and records the packages installed
+	// in each index. The image is serviced once inspected.
 	ImportImage(context.Context, *ImportImageRequest) (*ImportImageResponse, error)
 	// GetImage returns one image with its versions, indexes and installed updates.
 	GetImage(context.Context, *GetImageRequest) (*GetImageResponse, error)
 	// ListImages lists images in name order.
 	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
+	// InspectImage queues another inspection of the image's current version:
+	// after an inspection that failed because its agent was lost, say, or to
+	// check a version again. Refused while the image has a run in progress.
+	InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -110,6 +135,9 @@ func (UnimplementedImageServiceServer) GetImage(context.Context, *GetImageReques
 }
 func (UnimplementedImageServiceServer) ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListImages not implemented")
+}
+func (UnimplementedImageServiceServer) InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InspectImage not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 func (UnimplementedImageServiceServer) testEmbeddedByValue()                      {}
@@ -186,6 +214,24 @@ func _ImageService_ListImages_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_InspectImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InspectImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).InspectImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ImageService_InspectImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).InspectImage(ctx, req.(*InspectImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ImageService_ServiceDesc is the grpc.ServiceDesc for ImageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -204,6 +250,10 @@ var ImageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListImages",
 			Handler:    _ImageService_ListImages_Handler,
+		},
+		{
+			MethodName: "InspectImage",
+			Handler:    _ImageService_InspectImage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -99,6 +99,12 @@ const (
 	Step_STEP_EXPORT      Step = 8
 	Step_STEP_SWAP        Step = 9
 	Step_STEP_REPORT      Step = 10
+	// STEP_VERIFY checks the integrity of the copy of the source version,
+	// right after COPY.
+	Step_STEP_VERIFY Step = 11
+	// STEP_VERIFY_RESULT checks the integrity of the serviced file before it
+	// is uploaded (before SWAP).
+	Step_STEP_VERIFY_RESULT Step = 12
 )
 
 // Enum value maps for Step.
@@ -115,19 +121,23 @@ var (
 		8:  "STEP_EXPORT",
 		9:  "STEP_SWAP",
 		10: "STEP_REPORT",
+		11: "STEP_VERIFY",
+		12: "STEP_VERIFY_RESULT",
 	}
 	Step_value = map[string]int32{
-		"STEP_UNSPECIFIED": 0,
-		"STEP_DRIVE":       1,
-		"STEP_STAGE":       2,
-		"STEP_COPY":        3,
-		"STEP_MOUNT":       4,
-		"STEP_APPLY":       5,
-		"STEP_CLEANUP":     6,
-		"STEP_COMMIT":      7,
-		"STEP_EXPORT":      8,
-		"STEP_SWAP":        9,
-		"STEP_REPORT":      10,
+		"STEP_UNSPECIFIED":   0,
+		"STEP_DRIVE":         1,
+		"STEP_STAGE":         2,
+		"STEP_COPY":          3,
+		"STEP_MOUNT":         4,
+		"STEP_APPLY":         5,
+		"STEP_CLEANUP":       6,
+		"STEP_COMMIT":        7,
+		"STEP_EXPORT":        8,
+		"STEP_SWAP":          9,
+		"STEP_REPORT":        10,
+		"STEP_VERIFY":        11,
+		"STEP_VERIFY_RESULT": 12,
 	}
 )
 
@@ -156,6 +166,60 @@ func (x Step) Number() protoreflect.EnumNumber {
 // Deprecated: Use Step.Descriptor instead.
 func (Step) EnumDescriptor() ([]byte, []int) {
 	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{1}
+}
+
+// RunKind says what a run does to its image.
+type RunKind int32
+
+const (
+	// RUN_KIND_UNSPECIFIED is read as RUN_KIND_SERVICING.
+	RunKind_RUN_KIND_UNSPECIFIED RunKind = 0
+	// RUN_KIND_SERVICING applies updates and produces a new version.
+	RunKind_RUN_KIND_SERVICING RunKind = 1
+	// RUN_KIND_INSPECTION verifies a version and records its indexes and
+	// installed packages; it changes no file.
+	RunKind_RUN_KIND_INSPECTION RunKind = 2
+)
+
+// Enum value maps for RunKind.
+var (
+	RunKind_name = map[int32]string{
+		0: "RUN_KIND_UNSPECIFIED",
+		1: "RUN_KIND_SERVICING",
+		2: "RUN_KIND_INSPECTION",
+	}
+	RunKind_value = map[string]int32{
+		"RUN_KIND_UNSPECIFIED": 0,
+		"RUN_KIND_SERVICING":   1,
+		"RUN_KIND_INSPECTION":  2,
+	}
+)
+
+func (x RunKind) Enum() *RunKind {
+	p := new(RunKind)
+	*p = x
+	return p
+}
+
+func (x RunKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RunKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_osvc_v1_servicing_proto_enumTypes[2].Descriptor()
+}
+
+func (RunKind) Type() protoreflect.EnumType {
+	return &file_osvc_v1_servicing_proto_enumTypes[2]
+}
+
+func (x RunKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RunKind.Descriptor instead.
+func (RunKind) EnumDescriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{2}
 }
 
 // StepState is where a step stands.
@@ -198,11 +262,11 @@ func (x StepState) String() string {
 }
 
 func (StepState) Descriptor() protoreflect.EnumDescriptor {
-	return file_osvc_v1_servicing_proto_enumTypes[2].Descriptor()
+	return file_osvc_v1_servicing_proto_enumTypes[3].Descriptor()
 }
 
 func (StepState) Type() protoreflect.EnumType {
-	return &file_osvc_v1_servicing_proto_enumTypes[2]
+	return &file_osvc_v1_servicing_proto_enumTypes[3]
 }
 
 func (x StepState) Number() protoreflect.EnumNumber {
@@ -211,7 +275,7 @@ func (x StepState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StepState.Descriptor instead.
 func (StepState) EnumDescriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{3}
 }
 
 // UpdateState is the result of one update on one image index.
@@ -266,11 +330,11 @@ func (x UpdateState) String() string {
 }
 
 func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
-	return file_osvc_v1_servicing_proto_enumTypes[3].Descriptor()
+	return file_osvc_v1_servicing_proto_enumTypes[4].Descriptor()
 }
 
 func (UpdateState) Type() protoreflect.EnumType {
-	return &file_osvc_v1_servicing_proto_enumTypes[3]
+	return &file_osvc_v1_servicing_proto_enumTypes[4]
 }
 
 func (x UpdateState) Number() protoreflect.EnumNumber {
@@ -279,7 +343,7 @@ func (x UpdateState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use UpdateState.Descriptor instead.
 func (UpdateState) EnumDescriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{4}
 }
 
 // Schedule is a selection of updates for an image: `images/{id}/schedules/{id}`.
@@ -658,7 +722,8 @@ type Run struct {
 	// stalled flags an IN_PROCESS run without progress for the server's
 	// --stall-after, for administrators to look at; it is not a state, and the
 	// next report clears it.
-	Stalled       bool `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
+	Stalled       bool    `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
+	Kind          RunKind `protobuf:"varint,31,opt,name=kind,proto3,enum=osvc.v1.RunKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -901,6 +966,13 @@ func (x *Run) GetStalled() bool {
 		return x.Stalled
 	}
 	return false
+}
+
+func (x *Run) GetKind() RunKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RunKind_RUN_KIND_UNSPECIFIED
 }
 
 type CreateScheduleRequest struct {
@@ -1453,7 +1525,8 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05level\x18\x03 \x01(\tR\x05level\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\xdc\t\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\x82\n" +
+	"\n" +
 	"\x03Run\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x1a\n" +
@@ -1488,7 +1561,8 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x0elog_line_count\x18\x1b \x01(\x03R\flogLineCount\x12:\n" +
 	"\x0eresult_indexes\x18\x1c \x03(\v2\x13.osvc.v1.ImageIndexR\rresultIndexes\x12H\n" +
 	"\x12last_progress_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x10lastProgressTime\x12\x18\n" +
-	"\astalled\x18\x1e \x01(\bR\astalled\"\x85\x01\n" +
+	"\astalled\x18\x1e \x01(\bR\astalled\x12$\n" +
+	"\x04kind\x18\x1f \x01(\x0e2\x10.osvc.v1.RunKindR\x04kind\"\x85\x01\n" +
 	"\x15CreateScheduleRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12-\n" +
 	"\bschedule\x18\x02 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12%\n" +
@@ -1526,7 +1600,7 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x14RUN_STATE_IN_PROCESS\x10\x03\x12\x17\n" +
 	"\x13RUN_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10RUN_STATE_FAILED\x10\x05\x12\x16\n" +
-	"\x12RUN_STATE_CANCELED\x10\x06*\xbf\x01\n" +
+	"\x12RUN_STATE_CANCELED\x10\x06*\xe8\x01\n" +
 	"\x04Step\x12\x14\n" +
 	"\x10STEP_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
@@ -1543,7 +1617,13 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\vSTEP_EXPORT\x10\b\x12\r\n" +
 	"\tSTEP_SWAP\x10\t\x12\x0f\n" +
 	"\vSTEP_REPORT\x10\n" +
-	"*\x83\x01\n" +
+	"\x12\x0f\n" +
+	"\vSTEP_VERIFY\x10\v\x12\x16\n" +
+	"\x12STEP_VERIFY_RESULT\x10\f*T\n" +
+	"\aRunKind\x12\x18\n" +
+	"\x14RUN_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12RUN_KIND_SERVICING\x10\x01\x12\x17\n" +
+	"\x13RUN_KIND_INSPECTION\x10\x02*\x83\x01\n" +
 	"\tStepState\x12\x1a\n" +
 	"\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12STEP_STATE_RUNNING\x10\x01\x12\x13\n" +
@@ -1580,73 +1660,75 @@ func file_osvc_v1_servicing_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_servicing_proto_rawDescData
 }
 
-var file_osvc_v1_servicing_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_osvc_v1_servicing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_osvc_v1_servicing_proto_goTypes = []any{
 	(RunState)(0),                  // 0: osvc.v1.RunState
 	(Step)(0),                      // 1: osvc.v1.Step
-	(StepState)(0),                 // 2: osvc.v1.StepState
-	(UpdateState)(0),               // 3: osvc.v1.UpdateState
-	(*Schedule)(nil),               // 4: osvc.v1.Schedule
-	(*UpdateResult)(nil),           // 5: osvc.v1.UpdateResult
-	(*StepRecord)(nil),             // 6: osvc.v1.StepRecord
-	(*LogLine)(nil),                // 7: osvc.v1.LogLine
-	(*Run)(nil),                    // 8: osvc.v1.Run
-	(*CreateScheduleRequest)(nil),  // 9: osvc.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 10: osvc.v1.CreateScheduleResponse
-	(*GetRunRequest)(nil),          // 11: osvc.v1.GetRunRequest
-	(*GetRunResponse)(nil),         // 12: osvc.v1.GetRunResponse
-	(*ListRunsRequest)(nil),        // 13: osvc.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),       // 14: osvc.v1.ListRunsResponse
-	(*WatchRunRequest)(nil),        // 15: osvc.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),       // 16: osvc.v1.WatchRunResponse
-	(*CancelRunRequest)(nil),       // 17: osvc.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),      // 18: osvc.v1.CancelRunResponse
-	(*timestamppb.Timestamp)(nil),  // 19: google.protobuf.Timestamp
-	(*ImageIndex)(nil),             // 20: osvc.v1.ImageIndex
+	(RunKind)(0),                   // 2: osvc.v1.RunKind
+	(StepState)(0),                 // 3: osvc.v1.StepState
+	(UpdateState)(0),               // 4: osvc.v1.UpdateState
+	(*Schedule)(nil),               // 5: osvc.v1.Schedule
+	(*UpdateResult)(nil),           // 6: osvc.v1.UpdateResult
+	(*StepRecord)(nil),             // 7: osvc.v1.StepRecord
+	(*LogLine)(nil),                // 8: osvc.v1.LogLine
+	(*Run)(nil),                    // 9: osvc.v1.Run
+	(*CreateScheduleRequest)(nil),  // 10: osvc.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 11: osvc.v1.CreateScheduleResponse
+	(*GetRunRequest)(nil),          // 12: osvc.v1.GetRunRequest
+	(*GetRunResponse)(nil),         // 13: osvc.v1.GetRunResponse
+	(*ListRunsRequest)(nil),        // 14: osvc.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),       // 15: osvc.v1.ListRunsResponse
+	(*WatchRunRequest)(nil),        // 16: osvc.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),       // 17: osvc.v1.WatchRunResponse
+	(*CancelRunRequest)(nil),       // 18: osvc.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),      // 19: osvc.v1.CancelRunResponse
+	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
+	(*ImageIndex)(nil),             // 21: osvc.v1.ImageIndex
 }
 var file_osvc_v1_servicing_proto_depIdxs = []int32{
-	19, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	19, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 2: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
+	20, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	20, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	4,  // 2: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
 	1,  // 3: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
-	2,  // 4: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	19, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	19, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	19, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	3,  // 4: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
+	20, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	20, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	20, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	0,  // 8: osvc.v1.Run.state:type_name -> osvc.v1.RunState
-	5,  // 9: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
+	6,  // 9: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
 	1,  // 10: osvc.v1.Run.step:type_name -> osvc.v1.Step
-	6,  // 11: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	19, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	19, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	19, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	19, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	20, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	19, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
-	4,  // 18: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	4,  // 19: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	8,  // 20: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	8,  // 21: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	8,  // 22: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	8,  // 23: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	7,  // 24: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	8,  // 25: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	9,  // 26: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	11, // 27: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	13, // 28: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	15, // 29: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	17, // 30: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	10, // 31: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	12, // 32: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	14, // 33: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	16, // 34: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	18, // 35: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	31, // [31:36] is the sub-list for method output_type
-	26, // [26:31] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	7,  // 11: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
+	20, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	20, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	20, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	20, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	21, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	20, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	2,  // 18: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
+	5,  // 19: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 20: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	9,  // 21: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	9,  // 22: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	9,  // 23: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	9,  // 24: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	8,  // 25: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	9,  // 26: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	10, // 27: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	12, // 28: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	14, // 29: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	16, // 30: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	18, // 31: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	11, // 32: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	13, // 33: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	15, // 34: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	17, // 35: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	19, // 36: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	32, // [32:37] is the sub-list for method output_type
+	27, // [27:32] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
@@ -1660,7 +1742,7 @@ func file_osvc_v1_servicing_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_servicing_proto_rawDesc), len(file_osvc_v1_servicing_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,

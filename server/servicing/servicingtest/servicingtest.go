@@ -8,6 +8,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -258,4 +261,40 @@ func (e *Env) WaitRun(t testing.TB, name string, what string, ok func(*osvcv1.Ru
 	t.Fatalf("run %s: waited 20s for %s; last: state %s attempt %d agent %q token %d",
 		name, what, run.GetState(), run.GetAttempt(), run.GetAgent(), run.GetFencingToken())
 	return nil
+}
+
+// CaptureWIM makes a real one-index x64 Windows 11 (build 22631) WIM with
+// wimlib-imagex and returns its bytes.
+func CaptureWIM(t testing.TB) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src", "Windows")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "win.ini"), []byte("[fonts]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wim := filepath.Join(dir, "install.wim")
+	if out, err := exec.Command("wimlib-imagex", "capture", filepath.Join(dir, "src"), wim, "Windows 11 Pro",
+		"--image-property", "WINDOWS/ARCH=9", "--image-property", "WINDOWS/VERSION/BUILD=22631").CombinedOutput(); err != nil {
+		t.Fatalf("wimlib-imagex capture: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(wim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// ImportWIM imports a captured WIM as images/{id} of site through
+// servicing, as ImportImage does, and returns the image and its inspection run.
+func (e *Env) ImportWIM(t testing.TB, id, site string) (*osvcv1.Image, *osvcv1.Run) {
+	t.Helper()
+	blob := e.Blob(t, string(CaptureWIM(t)))
+	img, run, err := e.Service.ImportImage(context.Background(), catalog.ImportImage{ID: id, Site: site, ContentSHA256: blob.GetSha256()})
+	if err != nil {
+		t.Fatalf("import %s: %v", id, err)
+	}
+	return img, run
 }
