@@ -96,7 +96,9 @@ func (s *Store) ActiveRunsPrefix() string { return s.prefix + "active-runs/" }
 
 // ActiveInspectionKey holds the id of the image's inspection run in
 // progress: one inspection at a time per image, beside its servicing run.
-func (s *Store) ActiveInspectionKey(imageID string) string { return s.ActiveInspectionsPrefix() + imageID }
+func (s *Store) ActiveInspectionKey(imageID string) string {
+	return s.ActiveInspectionsPrefix() + imageID
+}
 
 // ActiveInspectionsPrefix holds the active-inspection key of every image.
 func (s *Store) ActiveInspectionsPrefix() string { return s.prefix + "active-inspections/" }
