@@ -16,17 +16,24 @@ package cab
 import (
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/osvc/osvc/pkg/winpath"
 )
 
 // ErrNotCabinet is returned for data that does not start with the MSCF signature.
 var ErrNotCabinet = errors.New("not a cabinet file (no MSCF signature)")
 
-// ErrUnsafePath is returned when a member path would escape the destination folder.
-var ErrUnsafePath = errors.New("cabinet member path escapes the destination folder")
+// ErrUnsafePath is wrapped by the error of an extraction that would write
+// outside its folder, or a member name Windows could not hold: it is
+// winpath.ErrUnsafe, the one name rule of osvc (see package winpath).
+var ErrUnsafePath = winpath.ErrUnsafe
+
+// ErrMultiPart is wrapped by the error about a cabinet that belongs to a
+// set spanning several files, which this package does not read.
+var ErrMultiPart = errors.New("cabinet is part of a multi-cabinet set, which osvc cannot read; repack it as one cabinet")
 
 // ErrUnsupportedCompression is wrapped by the error returned when a member is
 // stored with a compression this package cannot decompress (LZX, Quantum).
@@ -53,7 +60,7 @@ const (
 	folderEntrySize  = 8
 	fileEntrySize    = 16
 	dataHeaderSize   = 8
-	maxNameBytes     = 256
+	maxNameBytes     = 256   // CB_MAX_FILENAME: a name and its NUL
 	blockSize        = 32768 // uncompressed bytes in a full MSZIP block
 	maxBlocksPerFold = 0xFFFF
 
@@ -86,33 +93,6 @@ func compressionName(t uint16) string {
 
 // IsCabinet reports whether head starts with a cabinet signature.
 func IsCabinet(head []byte) bool { return len(head) >= 4 && string(head[:4]) == "MSCF" }
-
-// CleanPath checks a member name for extraction and returns it as a clean,
-// relative, '/'-separated path. It accepts '\\' as a separator. A name that is
-// empty, absolute, has a drive letter or any ':' (a Windows drive or an NTFS
-// stream), contains a ".." element or a NUL, returns an error wrapping
-// ErrUnsafePath.
-func CleanPath(name string) (string, error) {
-	n := strings.ReplaceAll(name, "\\", "/")
-	switch {
-	case n == "":
-		return "", fmt.Errorf("empty member name: %w", ErrUnsafePath)
-	case strings.ContainsAny(n, ":\x00"):
-		return "", fmt.Errorf("member %q has a drive letter, stream name or NUL: %w", name, ErrUnsafePath)
-	case strings.HasPrefix(n, "/"):
-		return "", fmt.Errorf("member %q is an absolute path: %w", name, ErrUnsafePath)
-	}
-	for _, elem := range strings.Split(n, "/") {
-		if elem == ".." {
-			return "", fmt.Errorf("member %q contains \"..\": %w", name, ErrUnsafePath)
-		}
-	}
-	c := path.Clean(n)
-	if c == "." || c == "" {
-		return "", fmt.Errorf("member %q names no file: %w", name, ErrUnsafePath)
-	}
-	return c, nil
-}
 
 // decodeName turns a stored name into a '/'-separated Go string. Names
 // without the UTF-8 attribute are in an unspecified code page; valid UTF-8 is

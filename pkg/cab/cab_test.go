@@ -428,7 +428,14 @@ func TestReaderRejectsDamage(t *testing.T) {
 		{"a multi-cabinet set", corrupt(func(b []byte) []byte {
 			le.PutUint16(b[30:], flagNextCabinet)
 			return b
-		}), false, nil, "multi-cabinet"},
+		}), false, ErrMultiPart, "multi-cabinet"},
+		{"an empty member name", corrupt(func(b []byte) []byte {
+			b[44+fileEntrySize] = 0 // first byte of the first name
+			return b
+		}), false, ErrDamaged, "empty name"},
+		{"a member name of 256 bytes", rawCab(t, rawOptions{},
+			[]rawFolder{{compression: compressNone, data: []byte("x"), blockSize: 1}},
+			[]rawFile{{name: strings.Repeat("n", 256), size: 1}}), false, ErrDamaged, "not terminated within 256 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/osvc/osvc/pkg/winpath"
 )
 
 // Reader reads the members of a cabinet. Its methods may be called from
@@ -79,7 +81,7 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 		return nil, damaged("cabinet format version %d.%d is not 1.x", versionMajor, h[24])
 	}
 	if flags&(flagPrevCabinet|flagNextCabinet) != 0 {
-		return nil, errors.New("cabinet is part of a multi-cabinet set, which osvc cannot read; repack it as one cabinet")
+		return nil, ErrMultiPart
 	}
 	if cbCabinet < headerSize {
 		return nil, damaged("header declares a cabinet of %d bytes", cbCabinet)
@@ -139,7 +141,7 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 	}
 	pos = coffFiles
 	var fh [fileEntrySize]byte
-	nameBuf := make([]byte, maxNameBytes+1)
+	nameBuf := make([]byte, maxNameBytes)
 	for i := range cFiles {
 		if err := readFull(r, size, fh[:], pos); err != nil {
 			return nil, damaged("file entry %d: %v", i, err)
@@ -152,9 +154,14 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 		if _, err := r.ReadAt(nameBuf[:n], pos); err != nil && !errors.Is(err, io.EOF) {
 			return nil, damaged("file entry %d name: %v", i, err)
 		}
+		// The format allows 255 bytes and the NUL; libmspack refuses longer
+		// and empty names too.
 		end := bytes.IndexByte(nameBuf[:n], 0)
 		if end < 0 {
 			return nil, damaged("file entry %d: name is not terminated within %d bytes", i, maxNameBytes)
+		}
+		if end == 0 {
+			return nil, damaged("file entry %d has an empty name", i)
 		}
 		rawName := nameBuf[:end]
 		pos += int64(end) + 1
@@ -165,7 +172,7 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 		attribs := le.Uint16(fh[14:])
 		name := decodeName(rawName, attribs&attrUTF8Name != 0)
 		if iFolder >= 0xFFFD {
-			return nil, fmt.Errorf("member %q continues into another cabinet of a multi-cabinet set, which osvc cannot read; repack it as one cabinet", name)
+			return nil, fmt.Errorf("member %q continues into another cabinet: %w", name, ErrMultiPart)
 		}
 		if iFolder >= len(cr.folders) {
 			return nil, damaged("member %q is in folder %d of %d", name, iFolder, len(cr.folders))
@@ -329,7 +336,7 @@ func (r *Reader) extract(dir string, selected func(int) bool) error {
 		if !selected(i) {
 			continue
 		}
-		c, err := CleanPath(f.Name)
+		c, err := winpath.Clean(f.Name)
 		if err != nil {
 			return err
 		}

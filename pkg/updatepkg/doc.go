@@ -19,10 +19,53 @@
 //	hash = first 8 bytes, in hex, of SHA-256(lower("<name>~<token>~<arch>~~<version>"))
 //
 // e.g. amd64_microsoft-windows-kernel_31bf3856ad364e35_10.0.22621.2715_none_389effbc80e79f41.
-// Members are matched ignoring case. Other members are extracted by Stage
-// and otherwise ignored. Build writes update.mum first, then every
-// component manifest, then the payload, so reading the manifests (Open)
-// decompresses only the start of the cabinet.
+// Members are matched as Windows compares names: ignoring case, '\' and
+// '/' alike. Other members are read (their data must be whole) but not
+// staged. Build writes update.mum first, then every component manifest,
+// then the payload.
+//
+// # What Open refuses
+//
+// Open (and OpenAs) is the one reading of a package: the catalog records
+// what it returns when a file is imported, and the engine installs what
+// Stage then writes from the same reading. So everything the engine would
+// refuse is refused at import, with an error wrapping ErrInvalid that names
+// the file, says what is wrong and what to do:
+//
+//   - a damaged cabinet: a header or a member that runs past the data, a
+//     block that fails its checksum or inflates to less than it declares
+//     (Open reads every member's data; nothing is allocated by what a header
+//     claims before the data backs it), a part of a multi-cabinet set;
+//   - a member name that package winpath refuses: absolute, with a drive letter,
+//     UNC or device prefix, "..", control characters, characters Windows
+//     forbids, a trailing dot or space, a reserved device name (CON, aux.txt);
+//   - two members that are one file on Windows (update.mum and UPDATE.MUM,
+//     a/B.dll and A\b.dll), or a member that is a file where another needs
+//     a folder;
+//   - manifests with a document type or entity declaration (<!DOCTYPE>,
+//     billion laughs, external entities), larger than 16 MiB, or not as
+//     described below; a component listed twice, a file listed twice, a
+//     listed file the package does not hold, a component manifest that does
+//     not match update.mum;
+//   - a component of an architecture the package's cannot carry (below);
+//   - names the engine cannot write into an image: the package's
+//     <identity>.mum or a component's WinSxS folder name refused by winpath.
+//
+// # Architectures
+//
+// A package of each architecture carries the component architectures
+// Windows itself installs on that platform, as the WinSxS folders of
+// Windows images show (x86_microsoft.windows.common-controls and
+// x86_microsoft-windows-servicingstack on x64, amd64_ side-by-side
+// assemblies on arm64 for x64 emulation):
+//
+//	amd64    amd64, wow64, x86, msil, neutral
+//	arm64    arm64, wow64, x86, amd64, msil, neutral
+//	x86      x86, msil, neutral
+//	neutral  msil, neutral (a neutral package applies to every image)
+//
+// Any other component makes the catalog's architecture for the package a
+// lie the engine would act on, so Open refuses it.
 //
 // # update.mum
 //
@@ -109,19 +152,26 @@
 //
 // An MSU is a cabinet whose members are package cabinets (*.cab), plus
 // optionally WSUSSCAN.cab and other files (e.g. *.xml, *.txt), which are
-// ignored. Its packages are applied in the MSU's stored order; BuildMSU
-// stores them sorted by name. Package.Manifest of an MSU is its first inner
-// package's.
+// read but not staged. Its packages are applied in the MSU's stored order;
+// BuildMSU stores them sorted by name. Package.Manifest of an MSU is its
+// first inner package's; Package.Manifests lists them all. Every member
+// name follows the rules above, every inner cabinet is read as a package
+// CAB is and must be one (a .cab that is not a cabinet, or holds no
+// update.mum, is refused), and the packages must agree: one architecture,
+// each package identity once.
 //
 // # Staging
 //
-// Stage extracts a CAB into the staging folder itself, and an MSU's inner
-// cabinets into <dir>/msu with their packages in <dir>/package-01, -02, ...
-// Nothing is ever written outside the staging folder: a member path that is
-// absolute, has a drive letter, contains "..", or passes through a symlink
-// fails the stage (cab.ErrUnsafePath).
+// Stage writes only what Open validated, under the names above:
+// update.mum, <SxSName>.manifest and <SxSName>/<file>, into the staging
+// folder itself for a CAB, and for an MSU its inner cabinets into <dir>/msu
+// and their packages into <dir>/package-01, -02, ... It writes through an
+// os.Root, so nothing is ever written outside the staging folder, and
+// checks every file it writes is byte for byte what Open read (a file
+// changed since is refused).
 //
 // Files that are not cabinets, cabinets holding neither update.mum nor
 // package cabinets, and cabinets compressed with LZX or Quantum return
-// errors wrapping ErrUnsupported.
+// errors wrapping ErrUnsupported: they are not packages osvc reads, which
+// the catalog records and the engine reports UNSUPPORTED.
 package updatepkg

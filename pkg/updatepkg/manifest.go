@@ -12,7 +12,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/applicability"
-	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/winpath"
 )
 
 // Namespace is the XML namespace of update.mum and component manifests.
@@ -269,7 +269,11 @@ func ParseManifest(data []byte) (*Manifest, error) {
 }
 
 // decodeXML decodes one document, accepting a UTF-8 byte-order mark and an
-// encoding="utf-8" declaration (Windows writes both).
+// encoding="utf-8" declaration (Windows writes both). A document type
+// declaration (<!DOCTYPE>, <!ENTITY>) is refused: Windows manifests have
+// none, and one is how XML is made to expand without bound (billion laughs)
+// or to read other files (external entities). Go's decoder expands neither,
+// but refusing them says plainly what is wrong.
 func decodeXML(data []byte, v any) error {
 	data = bytes.TrimPrefix(data, []byte{0xEF, 0xBB, 0xBF})
 	dec := xml.NewDecoder(bytes.NewReader(data))
@@ -279,7 +283,74 @@ func decodeXML(data []byte, v any) error {
 		}
 		return nil, fmt.Errorf("encoding %q is not supported; write the manifest in UTF-8", charset)
 	}
-	return dec.Decode(v)
+	root := false
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			if !root {
+				return errors.New("the document has no root element")
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch t := tok.(type) {
+		case xml.Directive:
+			word, _, _ := strings.Cut(strings.TrimSpace(string(t)), " ")
+			return fmt.Errorf("it declares <!%s ...>: manifests carry no document type or entity declarations, which can expand without bound or read other files; remove it", word)
+		case xml.StartElement:
+			if root {
+				return fmt.Errorf("a second root element <%s> follows the first", t.Name.Local)
+			}
+			root = true
+			if err := dec.DecodeElement(v, &t); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// componentArchsOf lists the component architectures a package of each
+// architecture may carry. They are those Windows itself installs on that
+// platform: an x64 image holds amd64 components, wow64 ones (the 32-bit
+// half of an OS component) and x86 ones (side-by-side assemblies for 32-bit
+// programs, such as common controls, and the x86 servicing stack); an arm64
+// image holds arm64, wow64 and x86 components, and amd64 ones for x64
+// emulation; an x86 image only x86 ones. msil (.NET) and neutral
+// components go anywhere. A neutral package applies to every image, so it
+// may carry only msil and neutral components.
+var componentArchsOf = map[string][]string{
+	"amd64":   {"amd64", "wow64", "x86", "msil", "neutral"},
+	"arm64":   {"arm64", "wow64", "x86", "amd64", "msil", "neutral"},
+	"x86":     {"x86", "msil", "neutral"},
+	"neutral": {"msil", "neutral"},
+}
+
+// checkInstallable checks what installing the package needs beyond the
+// manifest's syntax: each component once, of an architecture the package's
+// architecture allows (componentArchsOf), and names the engine can write
+// into an image (the package's .mum and each component's WinSxS folder).
+func (m *Manifest) checkInstallable() error {
+	if err := winpath.CheckName(m.Identity.String() + ".mum"); err != nil {
+		return fmt.Errorf("package %s cannot be recorded under Windows/servicing/Packages: %w", m.Identity, err)
+	}
+	seen := map[string]bool{}
+	for _, c := range m.Components {
+		if !slices.Contains(componentArchsOf[m.Identity.Arch], c.Arch) {
+			return fmt.Errorf("component %s is %s, which a package for %s cannot carry (it may carry %s); rebuild the package for one architecture",
+				c.Name, c.Arch, m.Identity.Arch, strings.Join(componentArchsOf[m.Identity.Arch], ", "))
+		}
+		sxs := c.SxSName()
+		if seen[sxs] {
+			return fmt.Errorf("component %s is listed twice in %s; list each component once", c.identity(), ManifestName)
+		}
+		seen[sxs] = true
+		if err := winpath.CheckName(sxs); err != nil {
+			return fmt.Errorf("component %s cannot have a WinSxS folder: %w", c.Name, err)
+		}
+	}
+	return nil
 }
 
 // validate checks what Marshal needs to write a manifest ParseManifest reads back.
@@ -299,22 +370,16 @@ func (m *Manifest) validate() error {
 			return fmt.Errorf("superseded package: %w", err)
 		}
 	}
-	seen := map[string]bool{}
 	for _, c := range m.Components {
 		if err := c.validate(); err != nil {
 			return fmt.Errorf("component %q: %w", c.Name, err)
 		}
-		if seen[c.SxSName()] {
-			return fmt.Errorf("component %s is listed twice", c.identity())
-		}
-		seen[c.SxSName()] = true
-		for _, f := range c.Files {
-			if _, err := cab.CleanPath(f); err != nil {
-				return fmt.Errorf("component %q file: %w", c.Name, err)
-			}
+		if _, err := c.cleanFiles(); err != nil {
+			return err
 		}
 	}
-	return nil
+	// Marshal writes only what Open accepts.
+	return m.checkInstallable()
 }
 
 // Marshal returns the update.mum XML.
@@ -404,11 +469,11 @@ func MarshalComponentManifest(c Component) ([]byte, error) {
 	}
 	x := componentXMLIdentity(c)
 	a := xmlAssembly{ManifestVersion: "1.0", Identity: &x}
-	for _, f := range c.Files {
-		clean, err := cab.CleanPath(f)
-		if err != nil {
-			return nil, fmt.Errorf("component manifest %q file: %w", c.Name, err)
-		}
+	files, err := c.cleanFiles()
+	if err != nil {
+		return nil, fmt.Errorf("component manifest: %w", err)
+	}
+	for _, clean := range files {
 		name := strings.ReplaceAll(clean, "/", `\`)
 		a.Files = append(a.Files, xmlFile{Name: name, SourceName: name})
 	}
@@ -435,11 +500,32 @@ func ParseComponentManifest(data []byte) (Component, error) {
 		return Component{}, fmt.Errorf("component manifest identity: %w", err)
 	}
 	for _, f := range a.Files {
-		clean, err := cab.CleanPath(f.Name)
-		if err != nil {
-			return Component{}, fmt.Errorf("component %s file: %w", c.Name, err)
-		}
-		c.Files = append(c.Files, clean)
+		c.Files = append(c.Files, f.Name)
 	}
+	files, err := c.cleanFiles()
+	if err != nil {
+		return Component{}, err
+	}
+	c.Files = files
 	return c, nil
+}
+
+// cleanFiles returns the component's file names clean (see package
+// winpath), refusing a name Windows cannot hold or two names that are one
+// file on Windows.
+func (c Component) cleanFiles() ([]string, error) {
+	var out []string
+	seen := map[string]string{}
+	for _, f := range c.Files {
+		clean, err := winpath.Clean(f)
+		if err != nil {
+			return nil, fmt.Errorf("component %s file: %w", c.Name, err)
+		}
+		if prev, ok := seen[winpath.Key(clean)]; ok {
+			return nil, fmt.Errorf("component %s lists %q and %q, which are one file on Windows; list each file once", c.Name, prev, f)
+		}
+		seen[winpath.Key(clean)] = f
+		out = append(out, clean)
+	}
+	return out, nil
 }

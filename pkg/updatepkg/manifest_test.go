@@ -173,7 +173,7 @@ func TestMarshalRefusesManifestsItCouldNotReadBack(t *testing.T) {
 		}, "does not follow"},
 		{"a superseded package that is not an identity", func(m *Manifest) { m.Supersedes = []string{"KB123"} }, "superseded"},
 		{"a component listed twice", func(m *Manifest) { m.Components = append(m.Components, m.Components[0]) }, "twice"},
-		{"a file escaping its folder", func(m *Manifest) { m.Components[0].Files = []string{"../x.dll"} }, "escapes"},
+		{"a file escaping its folder", func(m *Manifest) { m.Components[0].Files = []string{"../x.dll"} }, `contains ".."`},
 		{"a build that is not a build", func(m *Manifest) { m.ApplicableBuilds = []uint32{100000} }, "build"},
 		{"an empty name", func(m *Manifest) { m.Identity.Name = "" }, "name"},
 	} {

@@ -1,8 +1,10 @@
 package updatepkg
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
@@ -12,62 +14,174 @@ import (
 	"time"
 
 	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/winpath"
 )
 
 // ErrUnsupported is returned for a file that is not a CAB or MSU update
 // package osvc can read (e.g. an .exe, a driver cabinet, an LZX cabinet).
 var ErrUnsupported = errors.New("unsupported update file: not a CAB or MSU package osvc can read")
 
+// ErrInvalid is wrapped by the error about a file that is an update package
+// but one osvc refuses to install: damaged, or breaking a rule of the
+// package shape (see the package documentation). The message names the
+// file, says what is wrong and what to do.
+var ErrInvalid = errors.New("invalid update package")
+
 // ManifestName is the package manifest's member name.
 const ManifestName = "update.mum"
 
-// Package is an update file opened for inspection.
+// Package is an update file read and validated by Open: everything Stage
+// will write is known, checked and fingerprinted.
 type Package struct {
 	Path string
+	// Name is how errors name the file (its base name, or the name given
+	// to OpenAs).
+	Name string
 	// MSU is true for an MSU: a cabinet of package cabinets.
 	MSU bool
 	// Manifest is the package's update.mum; for an MSU, its first inner package's.
 	Manifest *Manifest
+	// Manifests are the manifests of the packages Stage returns, in order:
+	// one for a CAB, one per inner package for an MSU.
+	Manifests []*Manifest
+
+	parts []*part
 }
 
-func unsupported(path, format string, args ...any) error {
-	return fmt.Errorf("%s: %w: "+format, append([]any{path, ErrUnsupported}, args...)...)
+// part is one package of a file, as Open validated it.
+type part struct {
+	// label names it in errors: the file name, and for an MSU the inner cabinet's.
+	label string
+	// member is, in an MSU, the inner cabinet's member name; sum and size
+	// fingerprint it.
+	member string
+	sum    [sha256.Size]byte
+	size   int64
+
+	manifest *Manifest
+	// files are the members Stage writes, by stored member name.
+	files map[string]stagedFile
+}
+
+// stagedFile is one member Stage writes: where, and what it must hold.
+type stagedFile struct {
+	dest string // clean, '/'-separated, relative to the package's staging folder
+	size int64
+	sum  [sha256.Size]byte
+}
+
+func unsupported(name, format string, args ...any) error {
+	return fmt.Errorf("%s: %w: "+format, append([]any{name, ErrUnsupported}, args...)...)
+}
+
+func invalid(name, format string, args ...any) error {
+	return fmt.Errorf("%s: %w: "+format, append([]any{name, ErrInvalid}, args...)...)
+}
+
+// wrapCabErr classifies an error of the cabinet reader: a compression it
+// cannot read makes the file unsupported, damage makes it invalid.
+func wrapCabErr(name string, err error) error {
+	switch {
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrUnsupported):
+		return err
+	case errors.Is(err, cab.ErrUnsupportedCompression):
+		return fmt.Errorf("%s: %w: %w", name, ErrUnsupported, err)
+	case errors.Is(err, cab.ErrDamaged), errors.Is(err, cab.ErrMultiPart):
+		return fmt.Errorf("%s: %w: %w; download the file again, or rebuild it", name, ErrInvalid, err)
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 // openCab opens path as a cabinet; anything that is not one is ErrUnsupported.
-func openCab(path string) (*os.File, *cab.Reader, error) {
+func openCab(path, name string) (*os.File, *cab.Reader, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open update: %w", err)
+		return nil, nil, fmt.Errorf("open update %s: %w", name, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, nil, fmt.Errorf("open update: %w", err)
+		return nil, nil, fmt.Errorf("open update %s: %w", name, err)
 	}
 	r, err := cab.NewReader(f, st.Size())
 	if err != nil {
 		f.Close()
 		if errors.Is(err, cab.ErrNotCabinet) {
-			return nil, nil, unsupported(path, "the file is not a cabinet")
+			return nil, nil, unsupported(name, "the file is not a cabinet")
 		}
-		return nil, nil, fmt.Errorf("open update %s: %w", path, err)
+		return nil, nil, wrapCabErr(name, err)
 	}
 	return f, r, nil
 }
 
-// memberIndex maps lower-cased clean member paths to the stored names: names
-// in a package are matched ignoring case, as Windows does.
-func memberIndex(r *cab.Reader) map[string]string {
-	idx := map[string]string{}
+// members is a cabinet's member table as Windows sees it: by key
+// (winpath.Key of the clean path), the stored name.
+type members struct {
+	byKey map[string]string
+	// bad is the first member name winpath refuses, with why.
+	bad error
+	// dup is the first pair of stored names that are one file on Windows;
+	// mumDup tells they are update.mum.
+	dup    [2]string
+	mumDup bool
+	// clash is a member that is a file where another needs a folder.
+	clash [2]string
+}
+
+func indexMembers(r *cab.Reader) *members {
+	m := &members{byKey: map[string]string{}}
 	for _, f := range r.Files() {
-		if c, err := cab.CleanPath(f.Name); err == nil {
-			if _, dup := idx[strings.ToLower(c)]; !dup {
-				idx[strings.ToLower(c)] = c
+		c, err := winpath.Clean(f.Name)
+		if err != nil {
+			if m.bad == nil {
+				m.bad = err
+			}
+			continue
+		}
+		k := winpath.Key(c)
+		if prev, ok := m.byKey[k]; ok {
+			if m.dup[0] == "" {
+				m.dup = [2]string{prev, f.Name}
+				m.mumDup = k == winpath.Key(ManifestName)
+			}
+			continue
+		}
+		m.byKey[k] = f.Name
+	}
+	// A member that is a file where another member needs a folder would
+	// make extraction fail half-way.
+	for k, stored := range m.byKey {
+		for dir := path.Dir(k); dir != "."; dir = path.Dir(dir) {
+			if file, ok := m.byKey[dir]; ok && m.clash[0] == "" {
+				m.clash = [2]string{file, stored}
 			}
 		}
 	}
-	return idx
+	return m
+}
+
+// lookup returns the stored name of the member at clean path p.
+func (m *members) lookup(p string) (string, bool) {
+	s, ok := m.byKey[winpath.Key(p)]
+	return s, ok
+}
+
+// check refuses a table with a name Windows cannot hold, two members that
+// are one file on Windows, or a file where a folder is needed.
+func (m *members) check(name string) error {
+	switch {
+	case m.bad != nil:
+		return invalid(name, "a member has a name osvc refuses: %w; rebuild the package with plain relative names", m.bad)
+	case strings.EqualFold(path.Base(strings.ReplaceAll(m.dup[0], `\`, "/")), ManifestName) && m.dup[0] != "":
+		return invalid(name, "the cabinet holds %s twice (as %q and %q), so it would be read as one package here and another there; a package has one %s: rebuild it",
+			ManifestName, m.dup[0], m.dup[1], ManifestName)
+	case m.dup[0] != "":
+		return invalid(name, "members %q and %q are one file on Windows, which compares names ignoring case and reads '\\' and '/' alike; rebuild the package with each file once",
+			m.dup[0], m.dup[1])
+	case m.clash[0] != "":
+		return invalid(name, "member %q is a file, but member %q needs it to be a folder; rebuild the package", m.clash[0], m.clash[1])
+	}
+	return nil
 }
 
 // innerCabs lists an MSU's package cabinets in stored order, leaving out
@@ -83,135 +197,250 @@ func innerCabs(r *cab.Reader) []string {
 	return out
 }
 
-// Open reads the package's manifest without extracting payload. Returns
-// ErrUnsupported for files that are not CAB/MSU packages.
-func Open(path string) (*Package, error) {
-	f, r, err := openCab(path)
+// Open reads and validates the update file at path; errors name it by its
+// base name. See OpenAs.
+func Open(path string) (*Package, error) { return OpenAs(path, filepath.Base(path)) }
+
+// OpenAs reads and validates the update file at path, naming it name in
+// errors (the name it was uploaded as, say). It is the one reading of a
+// package: the catalog records what it returns and the engine installs
+// what Stage then writes, which Stage checks is byte for byte what OpenAs
+// read. It reads the whole file: every member's data must be whole and pass
+// its checksum, and every rule of the package documentation must hold, for
+// each inner package of an MSU too. Refusals wrap ErrInvalid; files that
+// are not packages osvc reads (an .exe, a driver cabinet, LZX compression)
+// return ErrUnsupported.
+func OpenAs(path, name string) (*Package, error) {
+	f, r, err := openCab(path, name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if _, ok := memberIndex(r)[ManifestName]; ok {
-		m, err := readManifest(path, r)
+	mt := indexMembers(r)
+	if _, ok := mt.lookup(ManifestName); ok {
+		if err := mt.check(name); err != nil {
+			return nil, err
+		}
+		pt, err := readPart(name, r, mt)
 		if err != nil {
 			return nil, err
 		}
-		return &Package{Path: path, Manifest: m}, nil
+		return newPackage(path, name, false, []*part{pt}), nil
 	}
 	inner := innerCabs(r)
 	if len(inner) == 0 {
-		return nil, unsupported(path, "the cabinet holds neither %s nor package cabinets", ManifestName)
+		return nil, unsupported(name, "the cabinet holds neither %s nor package cabinets", ManifestName)
 	}
-	m, err := readInnerManifest(path, r, inner[0])
+	if err := mt.check(name); err != nil {
+		return nil, err
+	}
+	parts, err := readMSU(name, r, inner)
 	if err != nil {
 		return nil, err
 	}
-	return &Package{Path: path, MSU: true, Manifest: m}, nil
+	return newPackage(path, name, true, parts), nil
 }
 
-// readInnerManifest copies one inner cabinet of an MSU to a temporary file
-// (the cabinet reader needs random access) and reads its manifest.
-func readInnerManifest(msuPath string, r *cab.Reader, name string) (*Manifest, error) {
-	src, err := r.Open(name)
-	if err != nil {
-		return nil, wrapCabErr(msuPath, err)
+func newPackage(path, name string, msu bool, parts []*part) *Package {
+	p := &Package{Path: path, Name: name, MSU: msu, parts: parts}
+	for _, pt := range parts {
+		p.Manifests = append(p.Manifests, pt.manifest)
 	}
-	defer src.Close()
-	tmp, err := os.CreateTemp("", "osvc-msu-*.cab")
-	if err != nil {
-		return nil, fmt.Errorf("read MSU %s: %w", msuPath, err)
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	if _, err := io.Copy(tmp, src); err != nil {
-		return nil, fmt.Errorf("read MSU %s member %s: %w", msuPath, name, wrapCabErr(msuPath, err))
-	}
-	innerPath := msuPath + "/" + name
-	f, ir, err := openCab(tmp.Name())
-	if err != nil {
-		return nil, fmt.Errorf("MSU %s member %s: %w", msuPath, name, err)
-	}
-	defer f.Close()
-	if _, ok := memberIndex(ir)[ManifestName]; !ok {
-		return nil, unsupported(innerPath, "the inner cabinet has no %s", ManifestName)
-	}
-	return readManifest(innerPath, ir)
+	p.Manifest = p.Manifests[0]
+	return p
 }
 
-// wrapCabErr marks compressions the cabinet reader cannot read as unsupported.
-func wrapCabErr(path string, err error) error {
-	if errors.Is(err, cab.ErrUnsupportedCompression) {
-		return fmt.Errorf("%s: %w: %w", path, ErrUnsupported, err)
-	}
-	return fmt.Errorf("%s: %w", path, err)
+// hashingReader sums what is read through it.
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n int64
 }
 
-func readMember(path string, r *cab.Reader, name string) ([]byte, error) {
-	rc, err := r.Open(name)
-	if err != nil {
-		return nil, wrapCabErr(path, err)
-	}
-	defer rc.Close()
-	data, err := io.ReadAll(io.LimitReader(rc, maxManifestBytes+1))
-	if err != nil {
-		return nil, wrapCabErr(path, err)
-	}
-	if len(data) > maxManifestBytes {
-		return nil, fmt.Errorf("%s: %s is larger than %d bytes", path, name, maxManifestBytes)
-	}
-	return data, nil
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	h.n += int64(n)
+	return n, err
 }
 
-// readManifest reads update.mum and the component manifests, which give
-// each component's files.
-func readManifest(path string, r *cab.Reader) (*Manifest, error) {
-	members := memberIndex(r)
-	data, err := readMember(path, r, members[ManifestName])
+// readPart reads and validates one package cabinet whose member table
+// passed check: its manifests, the rules on its components, and the data
+// of every member, fingerprinting what Stage will write.
+func readPart(label string, r *cab.Reader, mt *members) (*part, error) {
+	mumName, _ := mt.lookup(ManifestName)
+	data, err := readMember(label, r, mumName)
 	if err != nil {
 		return nil, err
 	}
 	m, err := ParseManifest(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, invalid(label, "%v", err)
 	}
-	// One pass over the cabinet for all component manifests, wherever the
-	// packer put them among the payload.
-	names := make([]string, len(m.Components))
+	if err := m.checkInstallable(); err != nil {
+		return nil, invalid(label, "%v", err)
+	}
+	// Which member is which component's manifest.
+	manifestOf := map[string]int{}
 	for i, c := range m.Components {
-		name, ok := members[strings.ToLower(c.SxSName()+".manifest")]
+		stored, ok := mt.lookup(c.SxSName() + ".manifest")
 		if !ok {
-			return nil, fmt.Errorf("%s: the package lacks the manifest of component %s (%s.manifest)", path, c.Name, c.SxSName())
+			return nil, invalid(label, "the package lacks the manifest of component %s (%s.manifest); rebuild it", c.Name, c.SxSName())
 		}
-		names[i] = name
+		manifestOf[stored] = i
 	}
-	if len(names) == 0 {
-		return m, nil
-	}
-	manifests := map[string][]byte{}
-	err = r.ForEach(names, func(f cab.File, content io.Reader) error {
-		data, err := io.ReadAll(io.LimitReader(content, maxManifestBytes+1))
-		if err != nil {
+	// One pass over every member: its data must be whole, what Stage
+	// writes is fingerprinted, and component manifests are parsed as they
+	// come, wherever the packer put them among the payload.
+	sums := map[string]stagedFile{}
+	err = r.ForEach(nil, func(f cab.File, content io.Reader) error {
+		h := &hashingReader{r: content, h: sha256.New()}
+		if i, ok := manifestOf[f.Name]; ok {
+			data, err := io.ReadAll(io.LimitReader(h, maxManifestBytes+1))
+			if err != nil {
+				return err
+			}
+			if len(data) > maxManifestBytes {
+				return invalid(label, "%s is larger than %d bytes; a component manifest is small: rebuild the package", f.Name, maxManifestBytes)
+			}
+			cm, err := parseComponentFor(m.Components[i], f.Name, data)
+			if err != nil {
+				return invalid(label, "%v", err)
+			}
+			m.Components[i].Files = cm.Files
+		} else if _, err := io.Copy(io.Discard, h); err != nil {
 			return err
 		}
-		if len(data) > maxManifestBytes {
-			return fmt.Errorf("%s is larger than %d bytes", f.Name, maxManifestBytes)
-		}
-		if c, err := cab.CleanPath(f.Name); err == nil {
-			manifests[c] = data
-		}
+		sf := stagedFile{size: h.n}
+		h.h.Sum(sf.sum[:0])
+		sums[f.Name] = sf
 		return nil
 	})
 	if err != nil {
-		return nil, wrapCabErr(path, err)
+		return nil, wrapCabErr(label, err)
 	}
-	for i, c := range m.Components {
-		cm, err := parseComponentFor(c, names[i], manifests[names[i]])
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+	pt := &part{label: label, manifest: m, files: map[string]stagedFile{}}
+	want := func(stored, dest string) {
+		sf := sums[stored]
+		sf.dest = dest
+		pt.files[stored] = sf
+	}
+	want(mumName, ManifestName)
+	for _, c := range m.Components {
+		sxs := c.SxSName()
+		manifestName, _ := mt.lookup(sxs + ".manifest")
+		want(manifestName, sxs+".manifest")
+		for _, file := range c.Files {
+			stored, ok := mt.lookup(sxs + "/" + file)
+			if !ok {
+				return nil, invalid(label, "component %s lists %s, which the package does not hold (as %s/%s); rebuild it", c.Name, file, sxs, file)
+			}
+			want(stored, sxs+"/"+file)
 		}
-		m.Components[i].Files = cm.Files
 	}
-	return m, nil
+	return pt, nil
+}
+
+func readMember(label string, r *cab.Reader, name string) ([]byte, error) {
+	rc, err := r.Open(name)
+	if err != nil {
+		return nil, wrapCabErr(label, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxManifestBytes+1))
+	if err != nil {
+		return nil, wrapCabErr(label, err)
+	}
+	if len(data) > maxManifestBytes {
+		return nil, invalid(label, "%s is larger than %d bytes; a package manifest is small: rebuild the package", name, maxManifestBytes)
+	}
+	return data, nil
+}
+
+// readMSU validates every member of an MSU and each inner package, and the
+// rules between them: one architecture, each package once.
+func readMSU(name string, r *cab.Reader, inner []string) ([]*part, error) {
+	isInner := map[string]bool{}
+	for _, n := range inner {
+		isInner[n] = true
+	}
+	var parts []*part
+	err := r.ForEach(nil, func(f cab.File, content io.Reader) error {
+		if !isInner[f.Name] {
+			_, err := io.Copy(io.Discard, content)
+			return err
+		}
+		pt, err := readInner(name, f.Name, content)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, pt)
+		return nil
+	})
+	if err != nil {
+		return nil, wrapCabErr(name, err)
+	}
+	// ForEach visits members in folder order; apply them in stored order.
+	order := map[string]int{}
+	for i, n := range inner {
+		order[n] = i
+	}
+	slices.SortStableFunc(parts, func(a, b *part) int { return order[a.member] - order[b.member] })
+	first := parts[0].manifest
+	seen := map[string]string{}
+	for _, pt := range parts {
+		m := pt.manifest
+		if m.Identity.Arch != first.Identity.Arch {
+			return nil, invalid(name, "its packages are for different architectures (%s is %s, %s is %s); an MSU is for one architecture: split it",
+				parts[0].member, first.Identity.Arch, pt.member, m.Identity.Arch)
+		}
+		id := strings.ToLower(m.Identity.String())
+		if prev, ok := seen[id]; ok {
+			return nil, invalid(name, "%s and %s are the same package %s; keep one", prev, pt.member, m.Identity)
+		}
+		seen[id] = pt.member
+	}
+	return parts, nil
+}
+
+// readInner copies one inner cabinet of an MSU to a temporary file (the
+// cabinet reader needs random access), fingerprinting it, and validates
+// the package it holds.
+func readInner(msu, member string, content io.Reader) (*part, error) {
+	label := msu + ": inner cabinet " + member
+	tmp, err := os.CreateTemp("", "osvc-msu-*.cab")
+	if err != nil {
+		return nil, fmt.Errorf("read MSU %s: %w", msu, err)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := &hashingReader{r: content, h: sha256.New()}
+	if _, err := io.Copy(tmp, h); err != nil {
+		return nil, err
+	}
+	f, r, err := openCab(tmp.Name(), label)
+	if errors.Is(err, ErrUnsupported) {
+		return nil, invalid(label, "it is not a cabinet; an MSU holds package cabinets: rebuild it")
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	mt := indexMembers(r)
+	if _, ok := mt.lookup(ManifestName); !ok {
+		return nil, invalid(label, "it holds no %s, so it is not an update package; an MSU holds package cabinets: rebuild it", ManifestName)
+	}
+	if err := mt.check(label); err != nil {
+		return nil, err
+	}
+	pt, err := readPart(label, r, mt)
+	if err != nil {
+		return nil, err
+	}
+	pt.member = member
+	pt.size = h.n
+	h.h.Sum(pt.sum[:0])
+	return pt, nil
 }
 
 // parseComponentFor parses a component manifest and checks it describes
@@ -243,46 +472,43 @@ type StagedComponent struct {
 	PayloadDir   string
 }
 
-// Stage extracts the package under dir (never writing outside it) and
-// returns the packages to apply in order: one for a CAB, each inner one for
-// an MSU, in the MSU's stored order. A CAB is extracted into dir itself; an
-// MSU's inner cabinets into dir/msu and their packages into
-// dir/package-01, dir/package-02, ...
+// Stage writes the package's files under dir, never outside it, and returns
+// the packages to apply in order: one for a CAB, each inner one for an MSU.
+// It writes exactly what Open validated, at the names the package
+// documentation gives (update.mum, <SxSName>.manifest, <SxSName>/<file>),
+// and checks each file is byte for byte what Open read: a file changed
+// since is refused. A CAB is staged into dir itself; an MSU's inner
+// cabinets into dir/msu and their packages into dir/package-01, -02, ...
 func (p *Package) Stage(dir string) ([]*Staged, error) {
-	f, r, err := openCab(p.Path)
+	if len(p.parts) == 0 {
+		return nil, fmt.Errorf("stage %s: the package was not read by Open", p.Name)
+	}
+	f, r, err := openCab(p.Path, p.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if _, ok := memberIndex(r)[ManifestName]; ok {
-		s, err := stageCab(p.Path, r, dir)
+	if !p.MSU {
+		s, err := stagePart(r, p.parts[0], dir)
 		if err != nil {
 			return nil, err
 		}
 		return []*Staged{s}, nil
 	}
-	inner := innerCabs(r)
-	if len(inner) == 0 {
-		return nil, unsupported(p.Path, "the cabinet holds neither %s nor package cabinets", ManifestName)
-	}
 	msuDir := filepath.Join(dir, "msu")
-	if err := r.ExtractFiles(msuDir, inner...); err != nil {
-		return nil, fmt.Errorf("stage MSU %s: %w", p.Path, wrapCabErr(p.Path, err))
-	}
-	var out []*Staged
-	for i, name := range inner {
-		clean, err := cab.CleanPath(name)
-		if err != nil {
-			return nil, err // ExtractFiles has refused it already
+	out := make([]*Staged, 0, len(p.parts))
+	for i, pt := range p.parts {
+		cabName := fmt.Sprintf("%02d.cab", i+1)
+		if err := writeMembers(r, p.Name, msuDir, map[string]stagedFile{pt.member: {dest: cabName, size: pt.size, sum: pt.sum}}); err != nil {
+			return nil, err
 		}
-		innerPath := filepath.Join(msuDir, filepath.FromSlash(clean))
 		s, err := func() (*Staged, error) {
-			f, ir, err := openCab(innerPath)
+			f, ir, err := openCab(filepath.Join(msuDir, cabName), pt.label)
 			if err != nil {
-				return nil, fmt.Errorf("MSU %s member %s: %w", p.Path, name, err)
+				return nil, err
 			}
 			defer f.Close()
-			return stageCab(p.Path+"/"+name, ir, filepath.Join(dir, fmt.Sprintf("package-%02d", i+1)))
+			return stagePart(ir, pt, filepath.Join(dir, fmt.Sprintf("package-%02d", i+1)))
 		}()
 		if err != nil {
 			return nil, err
@@ -292,75 +518,81 @@ func (p *Package) Stage(dir string) ([]*Staged, error) {
 	return out, nil
 }
 
-func stageCab(path string, r *cab.Reader, dir string) (*Staged, error) {
-	members := memberIndex(r)
-	if _, ok := members[ManifestName]; !ok {
-		return nil, unsupported(path, "the cabinet has no %s", ManifestName)
+// stagePart writes one package's files into dir.
+func stagePart(r *cab.Reader, pt *part, dir string) (*Staged, error) {
+	if err := writeMembers(r, pt.label, dir, pt.files); err != nil {
+		return nil, err
 	}
-	if err := r.ExtractAll(dir); err != nil {
-		return nil, fmt.Errorf("stage %s: %w", path, wrapCabErr(path, err))
-	}
-	data, err := readStaged(dir, members[ManifestName])
-	if err != nil {
-		return nil, fmt.Errorf("stage %s: %w", path, err)
-	}
-	m, err := ParseManifest(data)
-	if err != nil {
-		return nil, fmt.Errorf("stage %s: %w", path, err)
-	}
+	m := pt.manifest
 	s := &Staged{Manifest: m, Dir: dir}
-	for i, c := range m.Components {
+	for _, c := range m.Components {
 		sxs := c.SxSName()
-		name, ok := members[strings.ToLower(sxs+".manifest")]
-		if !ok {
-			return nil, fmt.Errorf("stage %s: the package lacks the manifest of component %s (%s.manifest)", path, c.Name, sxs)
-		}
-		data, err := readStaged(dir, name)
-		if err != nil {
-			return nil, fmt.Errorf("stage %s: %w", path, err)
-		}
-		cm, err := parseComponentFor(c, name, data)
-		if err != nil {
-			return nil, fmt.Errorf("stage %s: %w", path, err)
-		}
-		m.Components[i].Files = cm.Files
 		payloadDir := filepath.Join(dir, sxs)
-		for _, file := range cm.Files {
-			stored, ok := members[strings.ToLower(sxs+"/"+file)]
-			if !ok {
-				return nil, fmt.Errorf("stage %s: component %s lists %s, which the package does not hold", path, c.Name, file)
-			}
-			// The folder as stored, should its case differ from SxSName's.
-			payloadDir = filepath.Join(dir, strings.SplitN(stored, "/", 2)[0])
-		}
-		if len(cm.Files) == 0 {
-			if err := os.MkdirAll(payloadDir, 0o755); err != nil {
-				return nil, fmt.Errorf("stage %s: %w", path, err)
-			}
+		if err := os.MkdirAll(payloadDir, 0o755); err != nil {
+			return nil, fmt.Errorf("stage %s: %w", pt.label, err)
 		}
 		s.Components = append(s.Components, StagedComponent{
-			Component:    m.Components[i],
-			ManifestPath: filepath.Join(dir, filepath.FromSlash(name)),
+			Component:    c,
+			ManifestPath: filepath.Join(dir, sxs+".manifest"),
 			PayloadDir:   payloadDir,
 		})
 	}
 	return s, nil
 }
 
-func readStaged(dir, name string) ([]byte, error) {
-	f, err := os.Open(filepath.Join(dir, filepath.FromSlash(name)))
+// writeMembers writes the given members (by stored name) to their
+// destinations under dir, through an os.Root so nothing can leave dir, and
+// refuses any whose bytes are not the ones Open fingerprinted.
+func writeMembers(r *cab.Reader, label, dir string, files map[string]stagedFile) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("stage %s: %w", label, err)
+	}
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("stage %s: %w", label, err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxManifestBytes+1))
+	defer root.Close()
+	names := make([]string, 0, len(files))
+	for stored := range files {
+		names = append(names, stored)
+	}
+	written := 0
+	err = r.ForEach(names, func(f cab.File, content io.Reader) error {
+		want, ok := files[f.Name]
+		if !ok {
+			return nil
+		}
+		dest := filepath.FromSlash(want.dest)
+		if err := root.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+			return err
+		}
+		out, err := root.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		h := &hashingReader{r: content, h: sha256.New()}
+		_, err = io.Copy(out, h)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		var sum [sha256.Size]byte
+		h.h.Sum(sum[:0])
+		if h.n != want.size || sum != want.sum {
+			return invalid(label, "%s changed since the package was opened; open it again", f.Name)
+		}
+		written++
+		return nil
+	})
+	if err == nil && written != len(files) {
+		err = invalid(label, "the cabinet changed since the package was opened; open it again")
+	}
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("stage: %w", wrapCabErr(label, err))
 	}
-	if len(data) > maxManifestBytes {
-		return nil, fmt.Errorf("%s is larger than %d bytes", name, maxManifestBytes)
-	}
-	return data, nil
+	return nil
 }
 
 // Build writes a package CAB: update.mum from m, each component's manifest,
@@ -435,7 +667,7 @@ func componentFiles(c Component, payload map[string][]byte) ([]string, map[strin
 	sxs := c.SxSName()
 	data := map[string][]byte{}
 	for name, b := range payload {
-		clean, err := cab.CleanPath(name)
+		clean, err := winpath.Clean(name)
 		if err != nil {
 			return nil, nil, fmt.Errorf("component %s payload: %w", c.Name, err)
 		}
@@ -443,7 +675,7 @@ func componentFiles(c Component, payload map[string][]byte) ([]string, map[strin
 	}
 	list := make([]string, 0, len(c.Files))
 	for _, f := range c.Files {
-		clean, err := cab.CleanPath(f)
+		clean, err := winpath.Clean(f)
 		if err != nil {
 			return nil, nil, fmt.Errorf("component %s: %w", c.Name, err)
 		}

@@ -99,7 +99,9 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	file := &osvcv1.UpdateFile{FileName: name, Sha256: blob.GetSha256(), SizeBytes: blob.GetSizeBytes()}
 	now := timestamppb.New(c.now())
 
-	pkg, err := updatepkg.Open(c.lib.Path(file.Sha256))
+	// The same reading the engine installs from: a package it would refuse
+	// is refused here, before anything is recorded.
+	pkg, err := updatepkg.OpenAs(c.lib.Path(file.Sha256), name)
 	switch {
 	case errors.Is(err, updatepkg.ErrUnsupported):
 		if isPackageName(name) && !isCabinet(c.lib.Path(file.Sha256)) {
@@ -118,10 +120,10 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 			Files:          []*osvcv1.UpdateFile{file},
 			CreateTime:     now,
 		}, nil
+	case errors.Is(err, updatepkg.ErrInvalid):
+		return nil, errdefs.InvalidArgument(field, err.Error())
 	case err != nil:
-		return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is a damaged update package (%v); upload the CAB or MSU again", name, err))
-	case pkg.Manifest == nil:
-		return nil, errdefs.InvalidArgument(field, name+" holds no package manifest (update.mum)")
+		return nil, fmt.Errorf("read update %s: %w", name, err)
 	}
 	m := pkg.Manifest
 	identity := m.Identity.String()

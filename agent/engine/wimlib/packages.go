@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +15,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/pkg/applicability"
 	"github.com/osvc/osvc/pkg/updatepkg"
+	"github.com/osvc/osvc/pkg/winpath"
 )
 
 // AddPackage applies one update file to the mounted index: a CAB package, or
@@ -56,12 +57,20 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	if err != nil {
 		return 0, fmt.Errorf("add package %s: %w", path, err)
 	}
-	// Decide on the manifest alone first, so that a package that will not be
-	// installed is never extracted.
-	if !pkg.MSU && pkg.Manifest != nil {
-		if outcome := e.decide(log, m, img, doc, pkg.Manifest); outcome != engine.Applied {
-			return outcome, nil
+	// Decide on the manifests Open validated, so that a file none of whose
+	// packages will be installed is never extracted.
+	apply := make([]bool, len(pkg.Manifests))
+	outcome := engine.NotApplicable
+	for i, man := range pkg.Manifests {
+		switch e.decide(log, m, img, doc, man) {
+		case engine.Applied:
+			apply[i] = true
+		case engine.AlreadyInstalled:
+			outcome = engine.AlreadyInstalled
 		}
+	}
+	if !slices.Contains(apply, true) {
+		return outcome, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("add package %s: %w", path, err)
@@ -86,17 +95,10 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 		return 0, fmt.Errorf("add package %s: stage: %w", path, err)
 	}
 	var todo []*updatepkg.Staged
-	outcome := engine.NotApplicable
-	for _, s := range staged {
-		switch e.decide(log, m, img, doc, s.Manifest) {
-		case engine.Applied:
+	for i, s := range staged {
+		if apply[i] {
 			todo = append(todo, s)
-		case engine.AlreadyInstalled:
-			outcome = engine.AlreadyInstalled
 		}
-	}
-	if len(todo) == 0 {
-		return outcome, nil
 	}
 	if err := e.install(ctx, log, img, doc, todo, progress); err != nil {
 		return 0, fmt.Errorf("add package %s: %w", path, err)
@@ -145,7 +147,7 @@ var (
 )
 
 func readInstalledManifest(img *os.Root, identity string) (*updatepkg.Manifest, error) {
-	if err := checkName(identity); err != nil {
+	if err := winpath.CheckName(identity + ".mum"); err != nil {
 		return nil, err
 	}
 	data, err := img.ReadFile(filepath.Join(packagesDir, identity+".mum"))
@@ -153,15 +155,6 @@ func readInstalledManifest(img *os.Root, identity string) (*updatepkg.Manifest, 
 		return nil, err
 	}
 	return updatepkg.ParseManifest(data)
-}
-
-// checkName refuses a name from a package manifest that is not one plain
-// file name: it becomes a folder or file name inside the image.
-func checkName(name string) error {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\\:\x00") {
-		return fmt.Errorf("package names %q, which is not a plain file name: the package is malformed", name)
-	}
-	return nil
 }
 
 // copyOp is one file to write into the image (dst is relative to its root):
@@ -243,13 +236,15 @@ func (e *Engine) install(ctx context.Context, log hclog.Logger, img *os.Root, do
 func planCopies(s *updatepkg.Staged) ([]copyOp, error) {
 	var ops []copyOp
 	id := s.Manifest.Identity.String()
-	if err := checkName(id + ".mum"); err != nil {
-		return nil, err
+	// The names were checked by updatepkg.Open with the same rule; checked
+	// again here because they become names inside the image.
+	if err := winpath.CheckName(id + ".mum"); err != nil {
+		return nil, fmt.Errorf("package %s: %w", id, err)
 	}
 	for _, sc := range s.Components {
 		name := sc.Component.SxSName()
-		if err := checkName(name); err != nil {
-			return nil, err
+		if err := winpath.CheckName(name); err != nil {
+			return nil, fmt.Errorf("component %s: %w", sc.Component.Name, err)
 		}
 		dst := filepath.Join(winSxSDir, name)
 		files, err := payloadFiles(sc)
@@ -293,36 +288,16 @@ func planCopies(s *updatepkg.Staged) ([]copyOp, error) {
 	return ops, nil
 }
 
-// payloadFiles lists a component's payload, relative to its PayloadDir: the
-// files its manifest names, or, when it names none, every regular file found.
+// payloadFiles lists a component's payload, relative to its PayloadDir:
+// the files its manifest names, which Stage wrote there.
 func payloadFiles(sc updatepkg.StagedComponent) ([]string, error) {
-	if len(sc.Component.Files) > 0 {
-		out := make([]string, 0, len(sc.Component.Files))
-		for _, f := range sc.Component.Files {
-			rel := filepath.FromSlash(strings.ReplaceAll(f, `\`, "/"))
-			if !filepath.IsLocal(rel) {
-				return nil, fmt.Errorf("payload file %q escapes the component folder: the package is malformed", f)
-			}
-			out = append(out, rel)
-		}
-		return out, nil
-	}
-	if sc.PayloadDir == "" {
-		return nil, nil
-	}
-	var out []string
-	err := filepath.WalkDir(sc.PayloadDir, func(p string, d fs.DirEntry, err error) error {
+	out := make([]string, 0, len(sc.Component.Files))
+	for _, f := range sc.Component.Files {
+		rel, err := winpath.Clean(f)
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("payload file: %w", err)
 		}
-		if d.Type().IsRegular() {
-			rel, err := filepath.Rel(sc.PayloadDir, p)
-			if err != nil {
-				return err
-			}
-			out = append(out, rel)
-		}
-		return nil
-	})
-	return out, err
+		out = append(out, filepath.FromSlash(rel))
+	}
+	return out, nil
 }
