@@ -32,7 +32,7 @@ lint:
 test: deps
 	$(GOTEST) ./...
 
-unit:
+unit: deps
 	$(GOTEST) $$($(GO) list ./... | grep -v /integration)
 
 integration: deps

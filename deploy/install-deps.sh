@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages osvc needs on Debian when any is missing:
 # wimlib-imagex (wimtools) and FUSE for the wimlib engine, gcab and cabextract
-# that the tests check cabinets against, and etcd for the external-etcd tests.
+# that the tests check cabinets against, and etcd for the external-etcd tests;
+# then fetches the public test cabinets the cab tests read (see below).
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v gcab >/dev/null 2>&1 || need+=(gcab)
 command -v cabextract >/dev/null 2>&1 || need+=(cabextract)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -22,6 +24,43 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# Public test cabinets for pkg/cab's reader: libmspack's and cabextract's own
+# (valid MSZIP/LZX/Quantum cabinets, multi-part sets, the cabinets of past
+# CVEs). They are not in the repository: they are downloaded once from
+# Debian's archive, checked against pinned sha256 sums, and their cabinets
+# extracted under OSVC_TESTDATA (default ~/.cache/osvc/testdata), which the
+# cab tests read.
+testdata="${OSVC_TESTDATA:-${XDG_CACHE_HOME:-$HOME/.cache}/osvc/testdata}"
+fetch_cabinets() {
+  local url=$1 sha=$2 subdir=$3 dest=$4
+  local tarball="$testdata/${url##*/}"
+  if [ -f "$testdata/$dest/.complete" ]; then
+    return
+  fi
+  mkdir -p "$testdata"
+  if ! echo "$sha  $tarball" | sha256sum -c --status 2>/dev/null; then
+    echo "downloading ${url##*/} (test cabinets)"
+    curl -fsSL --retry 3 -o "$tarball.partial" "$url"
+    if ! echo "$sha  $tarball.partial" | sha256sum -c --status; then
+      echo "${url##*/} does not have the pinned sha256 $sha: not using it" >&2
+      rm -f "$tarball.partial"
+      exit 1
+    fi
+    mv "$tarball.partial" "$tarball"
+  fi
+  rm -rf "$testdata/$dest" "$testdata/$dest.partial"
+  mkdir -p "$testdata/$dest.partial"
+  tar -xzf "$tarball" -C "$testdata/$dest.partial" --strip-components="$(tr -cd / <<<"$subdir" | wc -c)" "$subdir"
+  touch "$testdata/$dest.partial/.complete"
+  mv "$testdata/$dest.partial" "$testdata/$dest"
+}
+fetch_cabinets http://deb.debian.org/debian/pool/main/libm/libmspack/libmspack_0.11.orig.tar.gz \
+  70dd1fb2f0aecc36791b71a1e1840e62173079eadaa081192d1c323a0eeea21b \
+  libmspack-0.11alpha/test/test_files/cabd/ libmspack-cabd
+fetch_cabinets http://deb.debian.org/debian/pool/main/c/cabextract/cabextract_1.11.orig.tar.gz \
+  b5546db1155e4c718ff3d4b278573604f30dd64c3c5bfd4657cd089b823a3ac6 \
+  cabextract-1.11/test/ cabextract-test
 
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: the wimlib engine mounts images through FUSE; load the fuse module (modprobe fuse) or run with FUSE access" >&2
