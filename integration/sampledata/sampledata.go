@@ -478,6 +478,23 @@ func (g *generator) updates() []updateSpec {
 		[]string{sepID.String()},
 		comps("amd64", g.version(4317), osKernel, kernelBase, ntdll, shell32, win32k))
 
+	// The same build on another architecture: it never applies to this x64
+	// image, for its architecture alone.
+	armSameBuild := updateSpec{
+		file:     "windows11.0-kb5067112-arm64.msu",
+		kb:       "KB5067112",
+		title:    fmt.Sprintf("2026-10 Cumulative Update Preview for %s for %s (KB5067112)", release, for1("arm64")),
+		class:    osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE,
+		want:     osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE,
+		released: day(2026, time.October, 27),
+		arch:     osvcv1.Architecture_ARCHITECTURE_ARM64,
+		msu:      true,
+	}
+	// Like Windows' arm64 updates it carries the 32-bit (wow64) half of
+	// a component too.
+	manifest(&armSameBuild, ident("Package_for_RollupFix", "arm64", pkgVersion(b, 4320)), "Update", []uint32{b}, nil,
+		append(comps("arm64", g.version(4320), osKernel, kernelBase, ntdll), comps("wow64", g.version(4320), ntdll)...))
+
 	dotnet := updateSpec{
 		file:     "windows11.0-kb5066131-x64-ndp481.cab",
 		kb:       "KB5066131",
@@ -514,7 +531,7 @@ func (g *generator) updates() []updateSpec {
 	manifest(&arm, ident("Package_for_RollupFix", "arm64", pkgVersion(26100, 6899)), "Security Update", []uint32{26100}, nil,
 		comps("arm64", armVersion(6899), osKernel, kernelBase, ntdll))
 
-	return []updateSpec{ssu, cuSep, cuOct, dotnet, mrt, arm}
+	return []updateSpec{ssu, cuSep, cuOct, armSameBuild, dotnet, mrt, arm}
 }
 
 // componentBytes is the payload of one updated component file.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,13 +126,45 @@ func TestEveryUpdateIsWhatItClaims(t *testing.T) {
 	}
 	want := map[osvcv1.UpdateState]int{
 		osvcv1.UpdateState_UPDATE_STATE_APPLIED:        4,
-		osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE: 1,
+		osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE: 2,
 		osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED:    1,
 	}
 	for state, n := range want {
 		if counts[state] != n {
 			t.Errorf("%d updates expected %s, want %d", counts[state], state, n)
 		}
+	}
+}
+
+func TestAnUpdateOfTheImagesBuildForArm64IsNotApplicableForItsArchitecture(t *testing.T) {
+	t.Parallel()
+	s := create(t, Options{})
+	idx, err := wiminfo.ReadFile(s.WIM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix := applicability.NewIndex(idx[0].Index, idx[0].Arch, idx[0].Build, nil)
+	found := 0
+	for _, u := range s.Updates {
+		if u.Architecture != osvcv1.Architecture_ARCHITECTURE_ARM64 {
+			continue
+		}
+		p, err := updatepkg.Open(u.File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(p.Manifest.ApplicableBuilds, idx[0].Build) {
+			continue
+		}
+		found++
+		verdict, reason := applicability.Check(p.Manifest.Applicability(), ix)
+		if u.Want != osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE || verdict != applicability.WrongArchitecture ||
+			!strings.Contains(reason, "arm64") || !strings.Contains(reason, "x64") {
+			t.Errorf("%s: want %s, verdict %s (%s); want NOT_APPLICABLE for its architecture", filepath.Base(u.File), u.Want, verdict, reason)
+		}
+	}
+	if found != 1 {
+		t.Errorf("%d arm64 updates for build %d, want 1", found, idx[0].Build)
 	}
 }
 

@@ -332,6 +332,11 @@ func TestAddPackageOutcomes(t *testing.T) {
 			t.Errorf("%s: got %s, want %s", s.name, got, s.want)
 		}
 	}
+	// The sample's arm64 update is for this image's build: only its
+	// architecture keeps it out.
+	if arm.Architecture != osvcv1.Architecture_ARCHITECTURE_ARM64 || !strings.Contains(logs.String(), "is for arm64; index 1 is x64") {
+		t.Errorf("%s: the log does not say it is not applicable for its architecture", filepath.Base(arm.File))
+	}
 	var unsupported []string
 	for _, line := range strings.Split(logs.String(), "\n") {
 		if strings.Contains(line, engine.UnsupportedMessage) {
