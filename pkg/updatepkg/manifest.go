@@ -329,12 +329,10 @@ var componentArchsOf = map[string][]string{
 
 // checkInstallable checks what installing the package needs beyond the
 // manifest's syntax: each component once, of an architecture the package's
-// architecture allows (componentArchsOf), and names the engine can write
-// into an image (the package's .mum and each component's WinSxS folder).
+// architecture allows (componentArchsOf), with a WinSxS folder name the
+// engine can write into an image. (The package's <identity>.mum always is
+// one: identities are validated to short plain names.)
 func (m *Manifest) checkInstallable() error {
-	if err := winpath.CheckName(m.Identity.String() + ".mum"); err != nil {
-		return fmt.Errorf("package %s cannot be recorded under Windows/servicing/Packages: %w", m.Identity, err)
-	}
 	seen := map[string]bool{}
 	for _, c := range m.Components {
 		if !slices.Contains(componentArchsOf[m.Identity.Arch], c.Arch) {

@@ -149,6 +149,10 @@ func TestParseManifestExplainsWhatIsWrong(t *testing.T) {
 		{"a bad parent version", edit(`version="10.0.22621.0"`, `version="10.0"`), "<parent>"},
 		{"a bad component", edit(`name="Microsoft-Windows-Kernel" version="10.0.22621.2715"`, `name="../evil" version="10.0.22621.2715"`), "component"},
 		{"a bad superseded package", edit(`version="22621.2428.1.10"`, `version="x"`), "superseded"},
+		{"an empty document", "", "no root element"},
+		{"only a declaration", `<?xml version="1.0" encoding="utf-8"?>`, "no root element"},
+		{"two root elements", string(good) + `<assembly xmlns="urn:schemas-microsoft-com:asm.v3"/>`, "second root element"},
+		{"a DOCTYPE after the root", string(good) + "<!DOCTYPE assembly>", "<!DOCTYPE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -172,7 +172,7 @@ func (m *members) check(name string) error {
 	switch {
 	case m.bad != nil:
 		return invalid(name, "a member has a name osvc refuses: %w; rebuild the package with plain relative names", m.bad)
-	case strings.EqualFold(path.Base(strings.ReplaceAll(m.dup[0], `\`, "/")), ManifestName) && m.dup[0] != "":
+	case m.mumDup:
 		return invalid(name, "the cabinet holds %s twice (as %q and %q), so it would be read as one package here and another there; a package has one %s: rebuild it",
 			ManifestName, m.dup[0], m.dup[1], ManifestName)
 	case m.dup[0] != "":
@@ -296,12 +296,13 @@ func readPart(label string, r *cab.Reader, mt *members) (*part, error) {
 	err = r.ForEach(nil, func(f cab.File, content io.Reader) error {
 		h := &hashingReader{r: content, h: sha256.New()}
 		if i, ok := manifestOf[f.Name]; ok {
+			// ParseComponentManifest refuses more than maxManifestBytes.
 			data, err := io.ReadAll(io.LimitReader(h, maxManifestBytes+1))
 			if err != nil {
 				return err
 			}
-			if len(data) > maxManifestBytes {
-				return invalid(label, "%s is larger than %d bytes; a component manifest is small: rebuild the package", f.Name, maxManifestBytes)
+			if _, err := io.Copy(io.Discard, h); err != nil {
+				return err
 			}
 			cm, err := parseComponentFor(m.Components[i], f.Name, data)
 			if err != nil {
@@ -556,12 +557,8 @@ func writeMembers(r *cab.Reader, label, dir string, files map[string]stagedFile)
 	for stored := range files {
 		names = append(names, stored)
 	}
-	written := 0
 	err = r.ForEach(names, func(f cab.File, content io.Reader) error {
-		want, ok := files[f.Name]
-		if !ok {
-			return nil
-		}
+		want := files[f.Name] // ForEach passes only the names asked for
 		dest := filepath.FromSlash(want.dest)
 		if err := root.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			return err
@@ -583,12 +580,8 @@ func writeMembers(r *cab.Reader, label, dir string, files map[string]stagedFile)
 		if h.n != want.size || sum != want.sum {
 			return invalid(label, "%s changed since the package was opened; open it again", f.Name)
 		}
-		written++
 		return nil
 	})
-	if err == nil && written != len(files) {
-		err = invalid(label, "the cabinet changed since the package was opened; open it again")
-	}
 	if err != nil {
 		return fmt.Errorf("stage: %w", wrapCabErr(label, err))
 	}

@@ -83,6 +83,25 @@ func TestClean(t *testing.T) {
 	}
 }
 
+func TestCleanSaysWhy(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ path, want string }{
+		{`\\host\share\x`, "UNC or device path"},
+		{`\\?\C:\x`, "UNC or device path"},
+		{`\x`, "absolute path"},
+		{`C:x`, "drive letter"},
+		{"a/../b", `contains ".."`},
+		{"x.dll:s", "NTFS stream"},
+		{"aux.txt", "Windows device (AUX)"},
+		{"a.dll.", "ends in a dot or a space"},
+		{"a\tb", "control character"},
+	} {
+		if _, err := Clean(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Clean(%q) = %v, want it to say %q", tc.path, err, tc.want)
+		}
+	}
+}
+
 func TestCheckNameRefusesPaths(t *testing.T) {
 	t.Parallel()
 	for _, name := range []string{"a/b", `a\b`, "..", ".", ""} {

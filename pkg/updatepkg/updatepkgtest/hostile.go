@@ -262,6 +262,8 @@ func Hostile(t testing.TB) []Case {
 		listing([]string{`C:\evil.dll`}, sxs+"/hostile.dll"), "drive letter")
 	add("a component file with a NUL is refused", cabFile,
 		listing([]string{"evil&#0;.dll"}, sxs+"/hostile.dll"), "U+0000")
+	add("a component file the package does not hold is refused", cabFile,
+		listing([]string{"hostile.dll", "missing.dll"}, sxs+"/hostile.dll"), "does not hold")
 	add("a component file named nul.dll is refused", cabFile,
 		listing([]string{"nul.dll"}, sxs+"/nul.dll"), "Windows device")
 
@@ -294,6 +296,11 @@ func Hostile(t testing.TB) []Case {
 		archs("x86", component{"Microsoft-Windows-Osvc-Hostile", "wow64"}), "cannot carry")
 	add("a neutral package carrying an amd64 component is refused", "windows11.0-kb5099001.cab",
 		archs("neutral", component{"Microsoft-Windows-Osvc-Hostile", "amd64"}), "cannot carry")
+
+	// Its manifest could not even be stored: cabinet names stop at 255 bytes.
+	add("a component whose WinSxS folder name is longer than Windows allows is refused", cabFile,
+		Cabinet(t, Member{updatepkg.ManifestName, mum(kb, "amd64", "", "Long",
+			component{"Microsoft-Windows-Osvc-" + strings.Repeat("Long", 44), "amd64"})}), "characters long")
 
 	// XML that expands without bound or reads other files.
 	add("billion laughs in update.mum is refused", cabFile,
