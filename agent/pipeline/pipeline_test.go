@@ -305,13 +305,13 @@ func checkWorkFolder(t *testing.T, drive string) {
 
 func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 	t.Parallel()
-	const ssu, cuSep, cuOct, dotnet, msrt, cuArm = "KB5045935", "KB5065431", "KB5066793", "KB5066131", "KB890830", "KB5066835"
+	const ssu, cuSep, cuOct, cuArmSameBuild, dotnet, msrt, cuArm = "KB5045935", "KB5065431", "KB5066793", "KB5067112", "KB5066131", "KB890830", "KB5066835"
 	tests := []struct {
 		name             string
 		removeSuperseded bool
 		// wantCalls are the engine calls that service the image, from the
-		// fixture's updates (assigned in the order ssu, cuSep, cuOct, dotnet,
-		// msrt, cuArm).
+		// fixture's updates (assigned in the order ssu, cuSep, cuOct,
+		// cuArmSameBuild, dotnet, msrt, cuArm).
 		wantCalls func(f *fixture, t *testing.T) []string
 		// wantLast is the KB whose result comes last.
 		wantLast string
@@ -319,7 +319,7 @@ func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 		{
 			name: "without remove superseded the updates go in the order assigned and the committed copy is the result",
 			wantCalls: func(f *fixture, t *testing.T) []string {
-				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, dotnet, msrt, cuArm), []string{"unmount 1 commit"})
+				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, cuArmSameBuild, dotnet, msrt, cuArm), []string{"unmount 1 commit"})
 			},
 			wantLast: cuArm,
 		},
@@ -327,7 +327,7 @@ func TestARunAppliesTheUpdatesAndUploadsTheServicedImage(t *testing.T) {
 			name:             "with remove superseded cleanup runs before the commit, .NET after cleanup, and the copy is exported",
 			removeSuperseded: true,
 			wantCalls: func(f *fixture, t *testing.T) []string {
-				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, msrt, cuArm),
+				return slices.Concat([]string{"mount 1"}, f.adds(t, 1, ssu, cuSep, cuOct, cuArmSameBuild, msrt, cuArm),
 					[]string{"cleanup 1"}, f.adds(t, 1, dotnet), []string{"unmount 1 commit", "export 1"})
 			},
 			wantLast: dotnet,
