@@ -258,7 +258,7 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 		args = append(args, "--commit")
 		revision = e.servicedRevision(runCtx, m)
 	}
-	_, err := e.run(runCtx, true, args...)
+	err := e.unmountRetrying(runCtx, args)
 	if err == nil {
 		// wimlib-imagex returns once the FUSE daemon is done with the WIM;
 		// the kernel drops the mount a moment later. Wait for it, so the
@@ -287,6 +287,39 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 		e.lazyUnmount(runCtx, m.Dir)
 	}
 	return fmt.Errorf("unmount %s (commit %t): %w", m.Dir, commit, err)
+}
+
+// exitFilesOpen is wimlib's WIMLIB_ERR_MOUNTED_IMAGE_IS_BUSY: files are
+// still open in the mounted image.
+const exitFilesOpen = 79
+
+// unmountAttempts bounds the unmounts tried while files are still open.
+const unmountAttempts = 6
+
+// unmountRetrying runs wimlib-imagex unmount, and runs it again, after a
+// pause, while it finds files still open in the image: a process forked by
+// this agent (another run's wimlib-imagex) holds the engine's descriptors
+// until it has exec'd, and a file indexer may look into the folder. The
+// engine itself has closed every file by then; a file that stays open fails
+// the unmount after the last attempt.
+func (e *Engine) unmountRetrying(ctx context.Context, args []string) error {
+	pause := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		_, err := e.run(ctx, true, args...)
+		var exit *exec.ExitError
+		if err == nil || attempt == unmountAttempts || !errors.As(err, &exit) || exit.ExitCode() != exitFilesOpen {
+			return err
+		}
+		e.logger.Warn("files are still open in the mounted image; unmounting again", "dir", args[1], "attempt", attempt, "retry_in", pause)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		pause *= 2
+	}
 }
 
 // servicedRevision returns the OS revision (4317 of 22631.4317) that the

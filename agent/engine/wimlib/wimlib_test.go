@@ -887,3 +887,40 @@ func TestVerifyFindsADamagedBodyThatInspectMisses(t *testing.T) {
 		t.Errorf("Verify of a missing file = %v, want an error that is not ErrDamaged", err)
 	}
 }
+
+// TestACommitWaitsForAFileOpenForAMoment holds a file open in the mount as
+// a process forked by the agent does until it execs: the first unmount
+// finds it open, and the commit goes through once it is closed.
+func TestACommitWaitsForAFileOpenForAMoment(t *testing.T) {
+	t.Parallel()
+	e, logs := newEngine(t)
+	wim := copyWIM(t)
+	before := fileSHA256(t, wim)
+	m := mount(t, e, wim)
+	if err := os.WriteFile(filepath.Join(m.Dir, "Windows", "changed.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(m.Dir, "Windows", "win.ini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.Unmount(context.Background(), m, true) }()
+	deadline := time.After(20 * time.Second)
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+	for !strings.Contains(logs.String(), "files are still open in the mounted image") {
+		select {
+		case <-deadline:
+			t.Fatal("the engine never found the open file")
+		case <-poll.C:
+		}
+	}
+	f.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Unmount(commit) after the file was closed = %v", err)
+	}
+	if after := fileSHA256(t, wim); after == before {
+		t.Error("the WIM did not change: the commit did not go through")
+	}
+}
