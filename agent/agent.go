@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/conn"
+	"github.com/osvc/osvc/agent/drive"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -315,24 +315,20 @@ func (a *Agent) Run(ctx context.Context) error {
 // lockDrive makes sure one agent at a time works on a drive: recovery at
 // start would otherwise discard another live agent's mounts. The lock is an
 // flock, so a crashed agent's lock goes with its process.
-func lockDrive(drive string) (unlock func(), err error) {
-	root := filepath.Join(drive, pipeline.WorkFolder)
+func lockDrive(dir string) (unlock func(), err error) {
+	root := filepath.Join(dir, pipeline.WorkFolder)
 	if err := os.MkdirAll(root, 0o750); err != nil {
-		return nil, fmt.Errorf("create the work folder on drive %s: %w: set --drive to a writable folder", drive, err)
+		return nil, fmt.Errorf("create the work folder on drive %s: %w: set --drive to a writable folder", dir, err)
 	}
 	path := filepath.Join(root, ".osvc-agent.lock")
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o640)
+	unlock, err = drive.Lock(path)
+	if errors.Is(err, drive.ErrLocked) {
+		return nil, fmt.Errorf("drive %s is in use by another osvc-agent on this server (%s is locked): give each agent its own --drive or --data-dir", dir, path)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("lock drive %s: %w", drive, err)
+		return nil, fmt.Errorf("lock drive %s: %w", dir, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("drive %s is in use by another osvc-agent on this server (%s is locked): give each agent its own --drive or --data-dir", drive, path)
-		}
-		return nil, fmt.Errorf("lock drive %s: %w", drive, err)
-	}
-	return func() { f.Close() }, nil
+	return unlock, nil
 }
 
 // keepRemovingExpired removes expired work folders on every tick until ctx ends.
@@ -397,16 +393,12 @@ func (a *Agent) heldRuns() []*osvcv1.HeldRun {
 
 // drives reports the servicing drive with its free and total bytes.
 func (a *Agent) drives() []*osvcv1.Drive {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(a.drive, &st); err != nil {
+	space, err := drive.SpaceOf(a.drive)
+	if err != nil {
 		a.logger.Warn("reading the drive's free space failed", "drive", a.drive, "error", err)
 		return []*osvcv1.Drive{{Path: a.drive}}
 	}
-	return []*osvcv1.Drive{{
-		Path:       a.drive,
-		FreeBytes:  int64(st.Bavail) * int64(st.Bsize),
-		TotalBytes: int64(st.Blocks) * int64(st.Bsize),
-	}}
+	return []*osvcv1.Drive{{Path: a.drive, FreeBytes: space.Free, TotalBytes: space.Total}}
 }
 
 // handler receives the server's messages; a named type keeps the Handler

@@ -11,13 +11,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/osvc/osvc/agent/drive"
 	"github.com/osvc/osvc/agent/engine"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
@@ -583,18 +583,18 @@ func (r *run) inspect(ctx context.Context) (*osvcv1.RunResult, error) {
 	}, nil
 }
 
-// drive checks the drive's free space (space times the image's size) and
+// drive checks the drive's free space (times the image's size) and
 // creates the work folder.
-func (r *run) drive(space int64) (string, error) {
-	need := space * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(r.cfg.Drive, &st); err != nil {
+func (r *run) drive(times int64) (string, error) {
+	need := times * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
+	space, err := drive.SpaceOf(r.cfg.Drive)
+	if err != nil {
 		return "", fmt.Errorf("drive %s: %w: set --drive to a folder on a volume with free space", r.cfg.Drive, err)
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
+	free := space.Free
 	if free < need {
 		return "", fmt.Errorf("drive %s has %s free, %s needs %s (%d times the image's %s): free space or set --drive",
-			r.cfg.Drive, humanize.IBytes(uint64(free)), r.sourceName(), humanize.IBytes(uint64(need)), space, humanize.IBytes(uint64(need/space)))
+			r.cfg.Drive, humanize.IBytes(uint64(free)), r.sourceName(), humanize.IBytes(uint64(need)), times, humanize.IBytes(uint64(need/times)))
 	}
 	if err := os.MkdirAll(r.work, 0o750); err != nil {
 		return "", fmt.Errorf("create the work folder: %w: set --drive to a writable folder", err)
