@@ -53,7 +53,7 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		defer e.client.Revoke(context.WithoutCancel(ctx), clientv3.LeaseID(a.leaseID))
+		defer e.client.Revoke(context.WithoutCancel(ctx), clientv3.LeaseID(a.session))
 		agents[w] = a
 	}
 
@@ -89,7 +89,7 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 	lease := perOp(func(ctx context.Context, w, _ int) error {
 		run := runs[w][next[w]]
 		next[w]++
-		if _, err := svc.Lease(ctx, run, 0, agents[w].name, agents[w].leaseID); err != nil {
+		if _, err := svc.Lease(ctx, run, 0, agents[w].name, agents[w].session); err != nil {
 			return fmt.Errorf("lease %s to %s: %w", run, agents[w].name, err)
 		}
 		return nil
@@ -114,9 +114,9 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 			clientv3.Compare(clientv3.CreateRevision(key+"run"), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(key+"assignment"), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(presence), "!=", 0),
-			clientv3.Compare(clientv3.LeaseValue(presence), "=", agents[w].leaseID),
+			clientv3.Compare(clientv3.LeaseValue(presence), "=", agents[w].session),
 		).Then(
-			clientv3.OpPut(key+"assignment", assignValue, clientv3.WithLease(clientv3.LeaseID(agents[w].leaseID))),
+			clientv3.OpPut(key+"assignment", assignValue, clientv3.WithLease(clientv3.LeaseID(agents[w].session))),
 			clientv3.OpPut(key+"run", runValue),
 			clientv3.OpPut(key+"log-base", baseValue),
 		).Commit()
@@ -170,11 +170,11 @@ func newServicing(e *benchEtcd, libDir string, logger hclog.Logger) (*store.Stor
 	return st, svc, nil
 }
 
-// benchAgent is an agent present on an etcd lease.
+// benchAgent is an agent present on its session (an etcd lease).
 type benchAgent struct {
 	id      string // the agent's name without "agents/"
 	name    string // agents/{id}, as runs and leases name it
-	leaseID int64
+	session int64  // the etcd lease of its session
 }
 
 // presentAgent records worker w's agent on its site and its presence on a
@@ -186,14 +186,14 @@ func presentAgent(ctx context.Context, st *store.Store, w int) (benchAgent, erro
 	if err != nil {
 		return a, fmt.Errorf("grant the lease of %s: %w", a.name, err)
 	}
-	a.leaseID = int64(g.ID)
+	a.session = int64(g.ID)
 	if _, err := st.Put(ctx, st.AgentKey(id), &osvcv1.Agent{
 		Name: a.name, Site: siteCode(w), Capacity: 1, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
 	}); err != nil {
 		return a, fmt.Errorf("record %s: %w", a.name, err)
 	}
 	if _, err := st.Put(ctx, st.PresenceKey(id), &storev1.AgentPresence{
-		Agent: a.name, LeaseId: a.leaseID, Server: "osvc-bench", ConnectTime: timestamppb.Now(),
+		Agent: a.name, SessionLease: a.session, Server: "osvc-bench", ConnectTime: timestamppb.Now(),
 	}, clientv3.WithLease(g.ID)); err != nil {
 		return a, fmt.Errorf("record the presence of %s: %w", a.name, err)
 	}

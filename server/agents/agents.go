@@ -143,7 +143,7 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		return nil, fmt.Errorf("session of %s: %w", s.Agent, err)
 	}
 	now := timestamppb.New(r.now())
-	presence, err := r.store.Marshal(&storev1.AgentPresence{Agent: s.Agent, LeaseId: int64(s.Lease), Server: r.serverID, ConnectTime: now})
+	presence, err := r.store.Marshal(&storev1.AgentPresence{Agent: s.Agent, SessionLease: int64(s.Lease), Server: r.serverID, ConnectTime: now})
 	if err != nil {
 		return nil, err
 	}
@@ -173,10 +173,10 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 func (r *Registry) lease(ctx context.Context, s *Session) error {
 	p, _, err := store.Get[*storev1.AgentPresence](ctx, r.store, r.store.PresenceKey(s.ID))
 	switch {
-	case err == nil && p.GetLeaseId() != 0:
-		ttl, err := r.client.TimeToLive(ctx, clientv3.LeaseID(p.GetLeaseId()))
+	case err == nil && p.GetSessionLease() != 0:
+		ttl, err := r.client.TimeToLive(ctx, clientv3.LeaseID(p.GetSessionLease()))
 		if err == nil && ttl.TTL > 0 {
-			s.Lease, s.Resumed = clientv3.LeaseID(p.GetLeaseId()), true
+			s.Lease, s.Resumed = clientv3.LeaseID(p.GetSessionLease()), true
 			return nil
 		}
 	case err != nil && !errors.Is(err, errdefs.ErrNotFound):
@@ -344,7 +344,7 @@ func (r *Registry) Scan(ctx context.Context, lost func(id string, rev int64)) ([
 		case agent.GetState() == osvcv1.AgentState_AGENT_STATE_CONNECTED:
 			// An agent whose stream dropped keeps its runs on its session,
 			// but new ones wait for an agent that can start them.
-			out = append(out, Connected{Agent: agent, Lease: p.GetLeaseId()})
+			out = append(out, Connected{Agent: agent, Lease: p.GetSessionLease()})
 		}
 	}
 	return out, nil

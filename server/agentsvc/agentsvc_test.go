@@ -330,7 +330,7 @@ func (h *harness) leaseOf(t *testing.T, agentID string) clientv3.LeaseID {
 	if err != nil {
 		t.Fatalf("presence of %s: %v", agentID, err)
 	}
-	return clientv3.LeaseID(p.GetLeaseId())
+	return clientv3.LeaseID(p.GetSessionLease())
 }
 
 func TestAnAgentServicesRunsOverItsStream(t *testing.T) {

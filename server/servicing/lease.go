@@ -107,7 +107,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		run.FencingToken = 0
 		run.StartTime = now
 		run.EndTime = nil
-		assignment := &storev1.Assignment{Run: runName, Agent: agent, LeaseId: agentLease, Attempt: run.Attempt, AssignTime: now}
+		assignment := &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
 		if err := tx.Put(assignKey, assignment, clientv3.WithLease(clientv3.LeaseID(agentLease))); err != nil {
 			return err
 		}

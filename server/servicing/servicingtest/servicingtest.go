@@ -179,7 +179,7 @@ func (e *Env) Connect(t testing.TB, name, site string, capacity int32, ttl time.
 	if err != nil {
 		t.Fatalf("marshal agent: %v", err)
 	}
-	presence, err := e.Store.Marshal(&storev1.AgentPresence{Agent: agentName, LeaseId: int64(g.ID), Server: "test"})
+	presence, err := e.Store.Marshal(&storev1.AgentPresence{Agent: agentName, SessionLease: int64(g.ID), Server: "test"})
 	if err != nil {
 		t.Fatalf("marshal presence: %v", err)
 	}

@@ -26,14 +26,15 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Assignment binds a run to an agent. Its key is attached to the agent's etcd
-// lease, so it disappears when the agent is lost; its mod revision is the
-// run's fencing token.
+// Assignment binds a run to an agent: it is the run's lease. Its key is
+// attached to the agent's session (an etcd lease), so it disappears when the
+// agent is lost; its mod revision is the run's fencing token.
 type Assignment struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	Agent         string                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
-	LeaseId       int64                  `protobuf:"varint,3,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Run   string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	Agent string                 `protobuf:"bytes,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// session_lease is the etcd lease of the agent's session.
+	SessionLease  int64                  `protobuf:"varint,3,opt,name=session_lease,json=sessionLease,proto3" json:"session_lease,omitempty"`
 	Attempt       int32                  `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	AssignTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=assign_time,json=assignTime,proto3" json:"assign_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -84,9 +85,9 @@ func (x *Assignment) GetAgent() string {
 	return ""
 }
 
-func (x *Assignment) GetLeaseId() int64 {
+func (x *Assignment) GetSessionLease() int64 {
 	if x != nil {
-		return x.LeaseId
+		return x.SessionLease
 	}
 	return 0
 }
@@ -105,11 +106,13 @@ func (x *Assignment) GetAssignTime() *timestamppb.Timestamp {
 	return nil
 }
 
-// AgentPresence marks a connected agent; its key lives on the agent's lease.
+// AgentPresence marks a connected agent; its key lives on the agent's
+// session, an etcd lease kept alive while its stream lives.
 type AgentPresence struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Agent   string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
-	LeaseId int64                  `protobuf:"varint,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Agent string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// session_lease is the etcd lease of the agent's session.
+	SessionLease int64 `protobuf:"varint,2,opt,name=session_lease,json=sessionLease,proto3" json:"session_lease,omitempty"`
 	// server is the replica that holds the agent's stream.
 	Server        string                 `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
 	ConnectTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
@@ -154,9 +157,9 @@ func (x *AgentPresence) GetAgent() string {
 	return ""
 }
 
-func (x *AgentPresence) GetLeaseId() int64 {
+func (x *AgentPresence) GetSessionLease() int64 {
 	if x != nil {
-		return x.LeaseId
+		return x.SessionLease
 	}
 	return 0
 }
@@ -235,18 +238,18 @@ var File_osvc_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\n" +
-	"\x19osvc/store/v1/store.proto\x12\rosvc.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17osvc/v1/servicing.proto\"\xa6\x01\n" +
+	"\x19osvc/store/v1/store.proto\x12\rosvc.store.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17osvc/v1/servicing.proto\"\xb0\x01\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12\x14\n" +
-	"\x05agent\x18\x02 \x01(\tR\x05agent\x12\x19\n" +
-	"\blease_id\x18\x03 \x01(\x03R\aleaseId\x12\x18\n" +
+	"\x05agent\x18\x02 \x01(\tR\x05agent\x12#\n" +
+	"\rsession_lease\x18\x03 \x01(\x03R\fsessionLease\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\x05R\aattempt\x12;\n" +
 	"\vassign_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"assignTime\"\x97\x01\n" +
+	"assignTime\"\xa1\x01\n" +
 	"\rAgentPresence\x12\x14\n" +
-	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\x03R\aleaseId\x12\x16\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12#\n" +
+	"\rsession_lease\x18\x02 \x01(\x03R\fsessionLease\x12\x16\n" +
 	"\x06server\x18\x03 \x01(\tR\x06server\x12=\n" +
 	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"]\n" +
 	"\bLogChunk\x12&\n" +
