@@ -12,8 +12,12 @@ package errdefs
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+
+	"google.golang.org/grpc/codes"
 )
 
 // Domain errors. Wrap them with %w and context; match them with errors.Is.
@@ -110,3 +114,18 @@ type native struct {
 
 func (e *native) Error() string { return e.msg }
 func (e *native) Unwrap() error { return e.kind }
+
+// Conceal hides the cause of an error of no known kind (or ErrInternal)
+// from the peer: such an error says what failed inside the server, with
+// its file paths and addresses, which is for the server's log. It returns
+// an ErrInternal that names an incident id, and that id for the log line;
+// any other error is returned as is with an empty id.
+func Conceal(err error) (error, string) {
+	if err == nil || Code(err) != codes.Internal {
+		return err, ""
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	return Newf(ErrInternal, "internal error %s: the server logged what went wrong; give its administrator this id", id), id
+}

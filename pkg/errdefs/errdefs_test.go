@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -106,4 +107,21 @@ func TestToGRPCCarriesBadRequestDetails(t *testing.T) {
 		}
 	}
 	t.Fatalf("no BadRequest field violation in %v", st.Details())
+}
+
+func TestConcealHidesTheCauseOfInternalErrorsOnly(t *testing.T) {
+	t.Parallel()
+	cause := fmt.Errorf("read /srv/osvc-data/content/ab/abcd: %w", errors.New("input/output error"))
+	public, id := errdefs.Conceal(cause)
+	if id == "" || !errors.Is(public, errdefs.ErrInternal) {
+		t.Fatalf("Conceal(%v) = %v, %q; want an ErrInternal with an incident id", cause, public, id)
+	}
+	if strings.Contains(public.Error(), "/srv/") || !strings.Contains(public.Error(), id) {
+		t.Errorf("public message %q shows the cause or lacks the id %s", public, id)
+	}
+	for _, err := range []error{nil, errdefs.ErrNotFound, errdefs.InvalidArgument("f", "bad"), fmt.Errorf("x: %w", errdefs.ErrStaleLease)} {
+		if got, id := errdefs.Conceal(err); got != err || id != "" {
+			t.Errorf("Conceal(%v) = %v, %q; want it unchanged", err, got, id)
+		}
+	}
 }

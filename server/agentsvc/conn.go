@@ -287,7 +287,11 @@ func (c *conn) handle(req *osvcv1.ConnectRequest) error {
 func (c *conn) ack(id uint64, err error) {
 	ack := &osvcv1.Ack{Id: id}
 	if err != nil {
-		ack.Code, ack.Reason, ack.Message = int32(errdefs.Code(err)), errdefs.Reason(err), err.Error()
+		public, incident := errdefs.Conceal(err)
+		if incident != "" {
+			c.s.logger.Error("internal error answering a report", "agent", c.name, "incident", incident, "error", err)
+		}
+		ack.Code, ack.Reason, ack.Message = int32(errdefs.Code(public)), errdefs.Reason(public), public.Error()
 	}
 	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: ack}})
 }

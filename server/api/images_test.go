@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -158,5 +161,23 @@ func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
 				t.Errorf("field violation on %q, want %q (%v)", violatedField(err), tt.wantField, err)
 			}
 		})
+	}
+}
+
+func TestServerErrorsDoNotShowWhereTheLibraryKeepsFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a := newCatalogAPI(t)
+	sha := a.put(t, []byte("a package whose file the disk lost"))
+	path := a.lib.Path(sha)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.updates.ImportUpdates(ctx, &osvcv1.ImportUpdatesRequest{Files: []*osvcv1.UpdateFile{{FileName: "kb1.cab", Sha256: sha}}})
+	if err == nil {
+		t.Fatal("importing a blob whose file is gone succeeded")
+	}
+	if libDir := filepath.Dir(filepath.Dir(path)); strings.Contains(err.Error(), libDir) {
+		t.Errorf("the error %q shows the library's folder %s", err, libDir)
 	}
 }
