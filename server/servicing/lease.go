@@ -76,6 +76,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 	runKey, assignKey := s.store.RunKey(id), s.store.AssignmentKey(id)
 	presenceKey := s.store.PresenceKey(AgentID(agent))
 	var run *osvcv1.Run
+	var assignment *storev1.Assignment
 	token, err := s.store.Txn(ctx, "lease "+runName, func(tx *store.Tx) error {
 		ch, err := s.loadRun(tx, runName)
 		if err != nil {
@@ -107,7 +108,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		run.FencingToken = 0
 		run.StartTime = now
 		run.EndTime = nil
-		assignment := &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
+		assignment = &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
 		if err := tx.Put(assignKey, assignment, clientv3.WithLease(clientv3.LeaseID(agentLease))); err != nil {
 			return err
 		}
@@ -120,7 +121,18 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		return nil, err
 	}
 	s.logger.Info("run leased", "run", runName, "agent", agent, "attempt", run.Attempt, "fencing_token", token)
-	leased, err := s.writeFencingToken(ctx, id, token, run)
+	// The lease's commit wrote both the run and the assignment at revision
+	// token: the second transaction starts from them, and only commits.
+	runData, err := s.store.Marshal(run)
+	if err != nil {
+		return nil, err
+	}
+	assignData, err := s.store.Marshal(assignment)
+	if err != nil {
+		return nil, err
+	}
+	leased, err := s.writeFencingToken(ctx, id, token,
+		store.Seed(runKey, runData, token, 0), store.Seed(assignKey, assignData, token, agentLease))
 	if err != nil {
 		// The scheduler repairs a LEASED run without token; the agent's
 		// reports carry the token anyway.
@@ -145,26 +157,15 @@ func (s *Service) RepairFencingToken(ctx context.Context, runName string) error 
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
-	_, err = s.writeFencingToken(ctx, id, resp.Kvs[0].ModRevision, nil)
+	_, err = s.writeFencingToken(ctx, id, resp.Kvs[0].ModRevision, store.Prefetch(s.store.RunKey(id), s.store.AssignmentKey(id)))
 	return err
 }
 
 // writeFencingToken writes token into the run, in a transaction that reads
-// the assignment still at that revision. leased, when set, is the run as the
-// lease wrote it at revision token: the transaction starts from it instead
-// of reading it again.
-func (s *Service) writeFencingToken(ctx context.Context, runID string, token int64, leased *osvcv1.Run) (*osvcv1.Run, error) {
-	runKey, assignKey := s.store.RunKey(runID), s.store.AssignmentKey(runID)
-	opts := []store.TxnOption{store.Prefetch(assignKey)}
-	if leased != nil {
-		data, err := s.store.Marshal(leased)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, store.Seed(runKey, data, token, 0))
-	} else {
-		opts = append(opts, store.Prefetch(runKey))
-	}
+// the assignment still at that revision; opts say how it comes by the run
+// and the assignment (read, or seeded by a caller that wrote them).
+func (s *Service) writeFencingToken(ctx context.Context, runID string, token int64, opts ...store.TxnOption) (*osvcv1.Run, error) {
+	assignKey := s.store.AssignmentKey(runID)
 	var out *osvcv1.Run
 	_, err := s.store.Txn(ctx, "fencing token of runs/"+runID, func(tx *store.Tx) error {
 		ch, err := s.loadRun(tx, RunName(runID))
