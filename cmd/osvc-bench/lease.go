@@ -12,6 +12,7 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/servicing"
@@ -181,7 +182,7 @@ type benchAgent struct {
 // fresh etcd lease, as agentsvc does when an agent connects.
 func presentAgent(ctx context.Context, st *store.Store, w int) (benchAgent, error) {
 	id := agentID(w)
-	a := benchAgent{id: id, name: servicing.AgentName(id)}
+	a := benchAgent{id: id, name: agents.Name(id)}
 	g, err := st.Client().Grant(ctx, int64(agentLeaseTTL/time.Second))
 	if err != nil {
 		return a, fmt.Errorf("grant the lease of %s: %w", a.name, err)

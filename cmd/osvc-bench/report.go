@@ -15,6 +15,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -217,7 +218,7 @@ type fakeAgent struct {
 // connectAgent opens worker w's stream, which lives until close or until
 // parent ends, and says Hello; it waits for Welcome under ctx.
 func connectAgent(parent, ctx context.Context, addr string, w int) (*fakeAgent, error) {
-	a := &fakeAgent{name: servicing.AgentName(agentID(w)), in: make(chan *osvcv1.ConnectResponse, pipelineWindow), done: make(chan struct{})}
+	a := &fakeAgent{name: agents.Name(agentID(w)), in: make(chan *osvcv1.ConnectResponse, pipelineWindow), done: make(chan struct{})}
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", a.name, err)

@@ -210,7 +210,7 @@ func (s *Service) onAssignment(ctx context.Context, ev *clientv3.Event) {
 		s.logger.Warn("bad assignment value", "key", string(ev.Kv.Key), "error", err)
 		return
 	}
-	if c := s.lookup(servicing.AgentID(a.GetAgent())); c != nil {
+	if c := s.lookup(agents.ID(a.GetAgent())); c != nil {
 		c.assign(a.GetRun(), ev.Kv.ModRevision)
 	}
 }
@@ -225,7 +225,7 @@ func (s *Service) onRun(ctx context.Context, ev *clientv3.Event) {
 	if err != nil || !run.GetCancelRequested() || !servicing.IsLeased(run.GetState()) {
 		return
 	}
-	if c := s.lookup(servicing.AgentID(run.GetAgent())); c != nil {
+	if c := s.lookup(agents.ID(run.GetAgent())); c != nil {
 		c.cancelRun(run.GetName(), run.GetError())
 	}
 }

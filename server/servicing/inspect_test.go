@@ -9,6 +9,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
 )
@@ -16,7 +17,7 @@ import (
 // leaseInspection leases an image's inspection run to agent.
 func leaseInspection(t *testing.T, env *servicingtest.Env, run *osvcv1.Run, site string) *osvcv1.Run {
 	t.Helper()
-	lease := env.Connect(t, servicing.AgentID(agent), site, 1, 30*time.Second)
+	lease := env.Connect(t, agents.ID(agent), site, 1, 30*time.Second)
 	leased, err := env.Service.Lease(context.Background(), run.GetName(), 0, agent, int64(lease))
 	if err != nil {
 		t.Fatalf("Lease: %v", err)

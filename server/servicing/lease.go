@@ -14,6 +14,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -74,7 +75,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		return nil, err
 	}
 	runKey, assignKey := s.store.RunKey(id), s.store.AssignmentKey(id)
-	presenceKey := s.store.PresenceKey(AgentID(agent))
+	presenceKey := s.store.PresenceKey(agents.ID(agent))
 	var run *osvcv1.Run
 	var assignment *storev1.Assignment
 	token, err := s.store.Txn(ctx, "lease "+runName, func(tx *store.Tx) error {

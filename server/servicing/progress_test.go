@@ -9,6 +9,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
 	"github.com/osvc/osvc/server/store"
@@ -164,7 +165,7 @@ func TestARequeuedRunWaitsABackoffThatDoublesWithEachAttemptUpToTheCap(t *testin
 		if r.GetState() != osvcv1.RunState_RUN_STATE_PENDING || !r.GetNotBefore().AsTime().Equal(now.Add(want)) {
 			t.Errorf("after attempt %d: %s not before %v, want PENDING not before now + %s", attempt+1, r.GetState(), r.GetNotBefore().AsTime().Sub(now), want)
 		}
-		lease = env.Connect(t, servicing.AgentID(agent), "PS1", 1, 30*time.Second)
+		lease = env.Connect(t, agents.ID(agent), "PS1", 1, 30*time.Second)
 		if _, err := env.Service.Lease(ctx, run.GetName(), 0, agent, int64(lease)); err != nil {
 			t.Fatalf("lease attempt %d: %v", attempt+2, err)
 		}

@@ -13,6 +13,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/servicing/servicingtest"
 )
@@ -27,7 +28,7 @@ func leasedRun(t *testing.T, env *servicingtest.Env, img *osvcv1.Image) (*osvcv1
 	if err != nil {
 		t.Fatalf("CreateSchedule: %v", err)
 	}
-	lease := env.Connect(t, servicing.AgentID(agent), img.GetSite(), 1, 30*time.Second)
+	lease := env.Connect(t, agents.ID(agent), img.GetSite(), 1, 30*time.Second)
 	leased, err := env.Service.Lease(ctx, run.GetName(), 0, agent, int64(lease))
 	if err != nil {
 		t.Fatalf("Lease: %v", err)

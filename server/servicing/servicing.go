@@ -44,7 +44,6 @@ const (
 	defaultMaxRetryBackoff = 5 * time.Minute
 	runsCollection         = "runs/"
 	schedulesCollection    = "schedules/"
-	agentsCollection       = "agents/"
 )
 
 // Config configures a Service.
@@ -175,12 +174,6 @@ func RunName(id string) string { return runsCollection + id }
 
 // RunID returns the id of runs/{id}; InvalidArgument(field) on a bad name.
 func RunID(name string) (string, error) { return idFromName("name", name, runsCollection) }
-
-// AgentName returns agents/{name}.
-func AgentName(name string) string { return agentsCollection + name }
-
-// AgentID returns the last segment of agents/{name}.
-func AgentID(name string) string { return strings.TrimPrefix(name, agentsCollection) }
 
 func idFromName(field, name, collection string) (string, error) {
 	id, ok := strings.CutPrefix(name, collection)

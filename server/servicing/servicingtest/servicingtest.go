@@ -172,7 +172,7 @@ func (e *Env) Connect(t testing.TB, name, site string, capacity int32, ttl time.
 		t.Fatalf("grant: %v", err)
 	}
 	t.Cleanup(func() { _, _ = e.Store.Client().Revoke(context.Background(), g.ID) })
-	agentName := servicing.AgentName(name)
+	agentName := agents.Name(name)
 	agent, err := e.Store.Marshal(&osvcv1.Agent{
 		Name: agentName, Site: site, Capacity: capacity, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
 	})
