@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/osvc/osvc/pkg/wiminfo"
 )
 
 func main() { os.Exit(realMain()) }
@@ -48,6 +50,13 @@ type benchConfig struct {
 	// Fast runs etcd with short ticks on both sides of the ratio.
 	Fast   bool
 	Logger hclog.Logger
+	// LogLevel is the log level of servers run as processes.
+	LogLevel string
+	// ServerBin is the osvc-server binary the process benchmarks run; empty
+	// builds one from this module.
+	ServerBin string
+	// XMLBytes is the size of the hostile XML info of import-memory's WIMs.
+	XMLBytes int
 	// Out receives the human summary, one line per measurement.
 	Out io.Writer
 }
@@ -106,6 +115,9 @@ var benches = map[string]benchEntry{
 	"report": {run: benchReport, defaultN: 6000, concurrent: true},
 	// catalog: -n updates in the catalog, with 50 images and 5,000 ended runs.
 	"catalog": {run: benchCatalog, defaultN: 20000},
+	// import-memory: -n concurrent imports of hostile WIMs into a real
+	// osvc-server process; its peak RSS is compared with its idle RSS.
+	"import-memory": {run: benchImportMemory, defaultN: 12},
 }
 
 func benchNames() []string {
@@ -121,10 +133,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant; catalog: updates); 0 takes the benchmark's default")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
+	serverBin := fs.String("server-bin", "", "osvc-server `binary` for import-memory; default: build it from this module")
+	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
 		fmt.Fprintln(fs.Output(), "Measures osvc against bare etcd in the same run; the last line is RESULT {json} with the ratio.")
@@ -161,7 +175,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-bench", Level: level, Output: stderr})
 
-	res, err := bench.run(ctx, benchConfig{N: *n, Workers: *workers, Fast: *fast, Logger: logger, Out: stdout})
+	if *xmlBytes < 1 {
+		return fmt.Errorf("-xml-bytes %d: give a positive size", *xmlBytes)
+	}
+	res, err := bench.run(ctx, benchConfig{
+		N: *n, Workers: *workers, Fast: *fast, Logger: logger, LogLevel: *logLevel,
+		ServerBin: *serverBin, XMLBytes: *xmlBytes, Out: stdout,
+	})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)
 	}

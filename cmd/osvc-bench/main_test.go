@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -66,6 +68,49 @@ func TestCatalogBenchReportsPagesOfBothListsWithTheirFloors(t *testing.T) {
 	}
 }
 
+func TestImportMemoryBenchMeasuresARealServerProcess(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "import-memory", "-n", "2", "-xml-bytes", "65536")
+	if res.Bench != "import-memory" || res.N != 2 {
+		t.Errorf("bench, n = %q, %d; want import-memory, 2", res.Bench, res.N)
+	}
+	if !(res.Ratio > 0) {
+		t.Errorf("ratio = %v, want > 0", res.Ratio)
+	}
+	for _, f := range []Figure{res.Osvc, res.Floor} {
+		if !(f.Value > 0) || f.Unit != "MB" || len(f.Samples) != importMemoryRounds {
+			t.Errorf("figure %+v: want a positive value in MB with %d samples", f, importMemoryRounds)
+		}
+	}
+}
+
+func TestHostileWIMsDeclareExactlyTheirXMLSize(t *testing.T) {
+	t.Parallel()
+	const xmlBytes = 4096
+	paths, err := writeHostileWIMs(t.TempDir(), xmlBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) != len(hostileShapes) {
+		t.Fatalf("%d WIMs, want one per shape (%d)", len(paths), len(hostileShapes))
+	}
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(data) - wimHeaderSize; got != xmlBytes {
+			t.Errorf("%s: %d bytes of XML info, want %d", p, got, xmlBytes)
+		}
+		if got := binary.LittleEndian.Uint64(data[88:]); got != xmlBytes {
+			t.Errorf("%s: the header declares %d bytes of XML info, want %d", p, got, xmlBytes)
+		}
+		if !bytes.HasPrefix(data, []byte("MSWIM\x00\x00\x00")) || !bytes.HasPrefix(data[wimHeaderSize:], []byte{0xFF, 0xFE}) {
+			t.Errorf("%s: want a WIM header and UTF-16LE XML info with a byte-order mark", p)
+		}
+	}
+}
+
 func TestThroughputBenchesEndWithAParsableResultLine(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -108,7 +153,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run catalog|lease|report|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run catalog|import-memory|lease|report|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -122,12 +167,13 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: catalog, lease, report, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: catalog, import-memory, lease, report, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},
 		{"more workers than sites are refused", []string{"-run", "report", "-c", "1001"}, "-c 1001"},
 		{"stray arguments are refused", []string{"-run", "startup", "extra"}, "unexpected arguments"},
+		{"an empty hostile XML info is refused", []string{"-run", "import-memory", "-xml-bytes", "0"}, "-xml-bytes 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
