@@ -19,7 +19,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf16"
+	"unicode/utf8"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -70,8 +72,11 @@ const (
 	// MaxXMLBytes bounds the XML info read into memory. Real XML info is a
 	// few kilobytes per image (Microsoft's eleven-edition install.wim holds
 	// about 40 KiB of it): 2 MiB is room for some 400 images, more than any
-	// real WIM holds, and a header claiming more is taken as damaged. Reading
-	// the XML costs about five times its size in memory while it is decoded.
+	// real WIM holds, and a header claiming more is taken as damaged. The
+	// XML is decoded one image at a time with its nesting, texts and image
+	// count bounded, so info of this size costs a few megabytes while it is
+	// read; the worst is a flood of attributes on one element, which the
+	// decoder gathers before osvc sees it: about 30 MB for 2 MiB of them.
 	MaxXMLBytes = 2 << 20
 
 	reshdrCompressed = 0x04
@@ -130,6 +135,9 @@ func Read(r io.ReaderAt, size int64) ([]Image, error) {
 		return nil, damaged("header size is %d, want %d", hs, headerSize)
 	}
 	imageCount := le.Uint32(hdr[44:])
+	if imageCount > MaxImages {
+		return nil, damaged("the header counts %d images, more than the %d osvc reads", imageCount, MaxImages)
+	}
 	xmlRes := hdr[72:96]
 	sizeInWIM := le.Uint64(xmlRes[0:]) & (1<<56 - 1)
 	flags := xmlRes[7]
@@ -151,7 +159,12 @@ func Read(r io.ReaderAt, size int64) ([]Image, error) {
 	if _, err := r.ReadAt(data, int64(offset)); err != nil && !(errors.Is(err, io.EOF)) {
 		return nil, fmt.Errorf("read WIM XML info: %w", err)
 	}
-	idx, err := ParseXML(data)
+	// An XML describing more images than the header counts is damaged as
+	// soon as it does.
+	idx, err := parseXML(data, int(imageCount))
+	if tooMany := (*tooManyImagesError)(nil); errors.As(err, &tooMany) {
+		return nil, damaged("the header counts %d images, the XML describes more", imageCount)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -159,11 +172,6 @@ func Read(r io.ReaderAt, size int64) ([]Image, error) {
 		return nil, damaged("the header counts %d images, the XML describes %d", imageCount, len(idx))
 	}
 	return idx, nil
-}
-
-type wimXML struct {
-	XMLName xml.Name   `xml:"WIM"`
-	Images  []imageXML `xml:"IMAGE"`
 }
 
 type imageXML struct {
@@ -191,8 +199,10 @@ type windowsXML struct {
 }
 
 // decodeText turns XML info bytes into UTF-8: UTF-16LE with or without a
-// byte-order mark (what WIM files hold), UTF-16BE with one, or UTF-8.
-func decodeText(data []byte) (string, error) {
+// byte-order mark (what WIM files hold), UTF-16BE with one, or UTF-8. It
+// writes the UTF-8 text straight from the bytes, with no UTF-16 or rune
+// slice in between: a few bytes of memory per character, not ten.
+func decodeText(data []byte) ([]byte, error) {
 	var be bool
 	switch {
 	case bytes.HasPrefix(data, []byte{0xFF, 0xFE}):
@@ -200,49 +210,148 @@ func decodeText(data []byte) (string, error) {
 	case bytes.HasPrefix(data, []byte{0xFE, 0xFF}):
 		data, be = data[2:], true
 	case bytes.HasPrefix(data, []byte{0xEF, 0xBB, 0xBF}):
-		return string(data[3:]), nil
+		return data[3:], nil
 	case len(data) >= 2 && data[0] != 0 && data[1] == 0:
 		// UTF-16LE without a mark: '<' followed by a zero byte.
 	default:
-		return string(data), nil
+		return data, nil
 	}
 	if len(data)%2 != 0 {
 		// Some writers leave one trailing zero byte; anything else is damage.
 		if data[len(data)-1] != 0 {
-			return "", damaged("UTF-16 text has an odd number of bytes")
+			return nil, damaged("UTF-16 text has an odd number of bytes")
 		}
 		data = data[:len(data)-1]
 	}
-	u := make([]uint16, len(data)/2)
-	for i := range u {
+	unit := func(i int) rune {
 		if be {
-			u[i] = binary.BigEndian.Uint16(data[2*i:])
-		} else {
-			u[i] = binary.LittleEndian.Uint16(data[2*i:])
+			return rune(binary.BigEndian.Uint16(data[i:]))
+		}
+		return rune(binary.LittleEndian.Uint16(data[i:]))
+	}
+	// WIM XML is ASCII but for names: one byte per character is the usual size.
+	out := make([]byte, 0, len(data)/2)
+	for i := 0; i < len(data); i += 2 {
+		r := unit(i)
+		if utf16.IsSurrogate(r) {
+			// A pair makes one character; a lone half is U+FFFD, as utf16.Decode has it.
+			pair := unicode.ReplacementChar
+			if i+2 < len(data) {
+				pair = utf16.DecodeRune(r, unit(i+2))
+			}
+			if pair != unicode.ReplacementChar {
+				i += 2
+			}
+			r = pair
+		}
+		out = utf8.AppendRune(out, r)
+	}
+	return out, nil
+}
+
+const (
+	// MaxImages bounds the images a WIM may describe. Windows install media
+	// hold about a dozen editions, and the catalog keeps every index of an
+	// image in one record; a header or XML info counting more is damaged.
+	MaxImages = 1000
+	// maxXMLDepth bounds how deeply XML info elements nest. Real info nests
+	// five deep (WIM/IMAGE/WINDOWS/VERSION/BUILD); the decoder keeps a stack
+	// entry per open element, so a flood of nested elements would cost
+	// memory for nothing.
+	maxXMLDepth = 32
+	// maxXMLTextBytes bounds one element's text: names and descriptions are
+	// a line long.
+	maxXMLTextBytes = 64 << 10
+)
+
+// boundedTokens passes the tokens of an XML decoder on, refusing elements
+// nested deeper than maxXMLDepth and texts longer than maxXMLTextBytes as
+// damage, so hostile XML info costs no more memory than real info of its size.
+type boundedTokens struct {
+	dec   *xml.Decoder
+	depth int
+}
+
+func (b *boundedTokens) Token() (xml.Token, error) {
+	tok, err := b.dec.Token()
+	if err != nil {
+		return tok, err
+	}
+	switch t := tok.(type) {
+	case xml.StartElement:
+		if b.depth++; b.depth > maxXMLDepth {
+			return nil, damaged("elements nest more than %d deep at <%s>", maxXMLDepth, t.Name.Local)
+		}
+	case xml.EndElement:
+		b.depth--
+	case xml.CharData:
+		if len(t) > maxXMLTextBytes {
+			return nil, damaged("an element's text is %d bytes long, more than %d", len(t), maxXMLTextBytes)
 		}
 	}
-	return string(utf16.Decode(u)), nil
+	return tok, nil
 }
 
 // ParseXML parses a WIM's XML info (UTF-16LE with BOM, or UTF-8) into its
 // indexes, in index order.
 func ParseXML(data []byte) ([]Image, error) {
+	return parseXML(data, MaxImages)
+}
+
+// tooManyImagesError is parseXML's damage when the XML describes more
+// images than allowed.
+type tooManyImagesError struct{ max int }
+
+func (e *tooManyImagesError) Error() string {
+	return fmt.Sprintf("%v: more than %d images", ErrDamaged, e.max)
+}
+
+func (e *tooManyImagesError) Unwrap() error { return ErrDamaged }
+
+// parseXML reads the IMAGE elements of the WIM element one at a time, so
+// that what the decoder holds at once is one image, and refuses more than
+// maxImages of them.
+func parseXML(data []byte, maxImages int) ([]Image, error) {
 	text, err := decodeText(data)
 	if err != nil {
 		return nil, err
 	}
-	text = strings.TrimRight(text, "\x00\r\n\t ")
-	dec := xml.NewDecoder(strings.NewReader(text))
+	text = bytes.TrimRight(text, "\x00\r\n\t ")
+	raw := xml.NewDecoder(bytes.NewReader(text))
 	// The text is already UTF-8 whatever the declaration says.
-	dec.CharsetReader = func(_ string, r io.Reader) (io.Reader, error) { return r, nil }
-	var w wimXML
-	if err := dec.Decode(&w); err != nil {
-		return nil, damaged("%v", err)
+	raw.CharsetReader = func(_ string, r io.Reader) (io.Reader, error) { return r, nil }
+	dec := xml.NewTokenDecoder(&boundedTokens{dec: raw})
+	if err := findRoot(dec); err != nil {
+		return nil, err
 	}
-	out := make([]Image, 0, len(w.Images))
+	var out []Image
 	seen := map[int]bool{}
-	for i, im := range w.Images {
-		idx, err := convertImage(i, im)
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, xmlDamage(err)
+		}
+		if _, ok := tok.(xml.EndElement); ok {
+			break // </WIM>: what follows it is not read, as xml.Unmarshal would not
+		}
+		start, ok := tok.(xml.StartElement)
+		if !ok {
+			continue
+		}
+		if start.Name.Local != "IMAGE" {
+			if err := dec.Skip(); err != nil {
+				return nil, xmlDamage(err)
+			}
+			continue
+		}
+		if len(out) == maxImages {
+			return nil, &tooManyImagesError{max: maxImages}
+		}
+		var im imageXML
+		if err := dec.DecodeElement(&im, &start); err != nil {
+			return nil, xmlDamage(err)
+		}
+		idx, err := convertImage(len(out), im)
 		if err != nil {
 			return nil, err
 		}
@@ -259,6 +368,33 @@ func ParseXML(data []byte) ([]Image, error) {
 		}
 	}
 	return out, nil
+}
+
+// findRoot reads up to the root element, which must be WIM.
+func findRoot(dec *xml.Decoder) error {
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return xmlDamage(err)
+		}
+		if start, ok := tok.(xml.StartElement); ok {
+			if start.Name.Local != "WIM" {
+				return damaged("the root element is <%s>, want <WIM>", start.Name.Local)
+			}
+			return nil
+		}
+	}
+}
+
+// xmlDamage marks a decoder error as damage; errors of boundedTokens already are.
+func xmlDamage(err error) error {
+	if errors.Is(err, ErrDamaged) {
+		return err
+	}
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return damaged("%v", err)
 }
 
 func convertImage(pos int, im imageXML) (Image, error) {

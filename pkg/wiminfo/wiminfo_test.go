@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf16"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -310,4 +311,102 @@ func FuzzRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseXMLRefusesWhatOnlyHostileInfoHolds(t *testing.T) {
+	t.Parallel()
+	image := func(body string) string { return `<WIM><IMAGE INDEX="1">` + body + `</IMAGE></WIM>` }
+	for _, tc := range []struct{ name, doc, contains string }{
+		{"elements nested deeper than real info", image(strings.Repeat("<a>", maxXMLDepth) + strings.Repeat("</a>", maxXMLDepth)), "nest more than"},
+		{"unclosed nested elements", image(strings.Repeat("<a>", 10*maxXMLDepth)), "nest more than"},
+		{"a name longer than a line", image("<NAME>" + strings.Repeat("A", maxXMLTextBytes+1) + "</NAME>"), "text is"},
+		{"more images than a WIM holds", "<WIM>" + strings.Repeat("<IMAGE/>", MaxImages+1) + "</WIM>", "more than 1000 images"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := ParseXML([]byte(tc.doc))
+			if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tc.contains) {
+				t.Errorf("ParseXML = %v, want a damage error mentioning %q", err, tc.contains)
+			}
+		})
+	}
+}
+
+func TestParseXMLAcceptsInfoUpToItsBounds(t *testing.T) {
+	t.Parallel()
+	// Unknown elements nested to the limit, a name of the longest text, and
+	// as many images as a WIM may hold.
+	nested := strings.Repeat("<a>", maxXMLDepth-2) + strings.Repeat("</a>", maxXMLDepth-2)
+	name := strings.Repeat("N", maxXMLTextBytes)
+	doc := `<WIM><IMAGE INDEX="1"><NAME>` + name + `</NAME>` + nested + `</IMAGE>` +
+		strings.Repeat("<IMAGE/>", MaxImages-1) + `</WIM>`
+	got, err := ParseXML([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != MaxImages || got[0].Name != name {
+		t.Errorf("got %d images, the first named %.10q…; want %d, the first named N…", len(got), got[0].Name, MaxImages)
+	}
+}
+
+func TestDecodeTextReadsUTF16AsUTF16Decode(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		units []uint16
+	}{
+		{"ASCII", utf16.Encode([]rune("<WIM/>"))},
+		{"letters beyond Latin-1", utf16.Encode([]rune("<WIM>Привет 日本</WIM>"))},
+		{"a surrogate pair", utf16.Encode([]rune("<WIM>😀</WIM>"))},
+		{"a lone high surrogate", []uint16{'<', 0xD83D, 'x', '>'}},
+		{"a lone low surrogate", []uint16{'<', 0xDE00, '>'}},
+		{"a high surrogate at the end", []uint16{'<', 0xD83D}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			le := []byte{0xFF, 0xFE}
+			be := []byte{0xFE, 0xFF}
+			for _, u := range tc.units {
+				le = binary.LittleEndian.AppendUint16(le, u)
+				be = binary.BigEndian.AppendUint16(be, u)
+			}
+			want := string(utf16.Decode(tc.units))
+			for _, data := range [][]byte{le, be} {
+				got, err := decodeText(data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(got) != want {
+					t.Errorf("decodeText(% x) = %q, want %q", data, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestReadRefusesImageCountsBeyondTheHeaderEarly(t *testing.T) {
+	t.Parallel()
+	wim, err := os.ReadFile(twoIndex(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	for _, tc := range []struct {
+		name     string
+		count    uint32
+		contains string
+	}{
+		{"a header counting more images than a WIM holds", MaxImages + 1, "more than the 1000 osvc reads"},
+		{"XML describing more images than the header counts", 1, "the header counts 1 images, the XML describes more"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := append([]byte(nil), wim...)
+			le.PutUint32(b[44:], tc.count)
+			_, err := Read(bytes.NewReader(b), int64(len(b)))
+			if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), tc.contains) {
+				t.Errorf("Read = %v, want a damage error mentioning %q", err, tc.contains)
+			}
+		})
+	}
 }
