@@ -43,10 +43,17 @@
 //     a/B.dll and A\b.dll), or a member that is a file where another needs
 //     a folder;
 //   - manifests with a document type or entity declaration (<!DOCTYPE>,
-//     billion laughs, external entities), larger than 16 MiB, or not as
+//     billion laughs, external entities), larger than 4 MiB, or not as
 //     described below; a component listed twice, a file listed twice, a
 //     listed file the package does not hold, a component manifest that does
 //     not match update.mum;
+//   - manifests adding up to more than 64 MiB in one file (every package of
+//     an MSU together), judged from the sizes the cabinet declares before
+//     they are decompressed; each manifest is parsed as it is read, so one
+//     is held in memory at a time;
+//   - an MSU inner cabinet that would decompress to more than twice the
+//     MSU (plus 1 MiB), refused before anything is written to a temporary
+//     file: cabinets do not compress, so only a decompression bomb does that;
 //   - a component of an architecture the package's cannot carry (below);
 //   - names the engine cannot write into an image: the package's
 //     <identity>.mum or a component's WinSxS folder name refused by winpath.

@@ -189,8 +189,21 @@ func (m *Manifest) Applicability() applicability.Package {
 	}
 }
 
-// maxManifestBytes bounds the update.mum and component manifests read.
-const maxManifestBytes = 16 << 20
+// maxManifestBytes bounds each update.mum and component manifest read into
+// memory. Windows' manifests are kilobytes (a component's) to some hundreds
+// of kilobytes (a cumulative update's update.mum, which lists every package
+// it updates): 4 MiB leaves them ample room, and keeps what one import of a
+// hostile package decodes at once to tens of megabytes (16 MiB allowed
+// about a hundred).
+const maxManifestBytes = 4 << 20
+
+// maxPackageManifestBytes bounds all the manifests of one update file
+// together (every package of an MSU included), judged from the sizes the
+// cabinet declares before they are decompressed: each is parsed and dropped
+// before the next, so this bounds the time an import spends, not its
+// memory. A package of ten thousand components of a few kilobytes each
+// stays under it.
+const maxPackageManifestBytes = 64 << 20
 
 // ParseManifest parses update.mum.
 func ParseManifest(data []byte) (*Manifest, error) {

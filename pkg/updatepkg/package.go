@@ -216,12 +216,13 @@ func OpenAs(path, name string) (*Package, error) {
 		return nil, err
 	}
 	defer f.Close()
+	budget := newManifestBudget(maxPackageManifestBytes)
 	mt := indexMembers(r)
 	if _, ok := mt.lookup(ManifestName); ok {
 		if err := mt.check(name); err != nil {
 			return nil, err
 		}
-		pt, err := readPart(name, r, mt)
+		pt, err := readPart(name, r, mt, budget)
 		if err != nil {
 			return nil, err
 		}
@@ -234,7 +235,11 @@ func OpenAs(path, name string) (*Package, error) {
 	if err := mt.check(name); err != nil {
 		return nil, err
 	}
-	parts, err := readMSU(name, r, inner)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("open update %s: %w", name, err)
+	}
+	parts, err := readMSU(name, r, inner, st.Size(), budget)
 	if err != nil {
 		return nil, err
 	}
@@ -264,11 +269,39 @@ func (h *hashingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// manifestBudget is what is left of maxPackageManifestBytes for one Open:
+// the manifests of every package of the file (each inner package of an MSU
+// too) draw on it, judged from the sizes the cabinet declares (the reader
+// yields exactly those) before they are decompressed.
+type manifestBudget struct{ limit, left int64 }
+
+func newManifestBudget(limit int64) *manifestBudget {
+	return &manifestBudget{limit: limit, left: limit}
+}
+
+// spend takes n bytes of manifests of the package label; what names them.
+func (b *manifestBudget) spend(label, what string, n int64) error {
+	if n > b.left {
+		return invalid(label, "%s would bring the manifests of the file to more than %d bytes; a package's manifests are a few megabytes at most: rebuild it",
+			what, b.limit)
+	}
+	b.left -= n
+	return nil
+}
+
 // readPart reads and validates one package cabinet whose member table
 // passed check: its manifests, the rules on its components, and the data
-// of every member, fingerprinting what Stage will write.
-func readPart(label string, r *cab.Reader, mt *members) (*part, error) {
+// of every member, fingerprinting what Stage will write. Its manifests'
+// declared sizes are spent from budget before each is decompressed.
+func readPart(label string, r *cab.Reader, mt *members, budget *manifestBudget) (*part, error) {
+	declared := map[string]int64{}
+	for _, f := range r.Files() {
+		declared[f.Name] = f.Size
+	}
 	mumName, _ := mt.lookup(ManifestName)
+	if err := budget.spend(label, mumName, declared[mumName]); err != nil {
+		return nil, err
+	}
 	data, err := readMember(label, r, mumName)
 	if err != nil {
 		return nil, err
@@ -288,6 +321,15 @@ func readPart(label string, r *cab.Reader, mt *members) (*part, error) {
 			return nil, invalid(label, "the package lacks the manifest of component %s (%s.manifest); rebuild it", c.Name, c.SxSName())
 		}
 		manifestOf[stored] = i
+	}
+	// All the component manifests are spent at once, before the pass that
+	// decompresses them.
+	var manifestBytes int64
+	for stored := range manifestOf {
+		manifestBytes += declared[stored]
+	}
+	if err := budget.spend(label, fmt.Sprintf("its %d component manifests (%d bytes)", len(manifestOf), manifestBytes), manifestBytes); err != nil {
+		return nil, err
 	}
 	// One pass over every member: its data must be whole, what Stage
 	// writes is fingerprinted, and component manifests are parsed as they
@@ -358,12 +400,24 @@ func readMember(label string, r *cab.Reader, name string) ([]byte, error) {
 	return data, nil
 }
 
-// readMSU validates every member of an MSU and each inner package, and the
-// rules between them: one architecture, each package once.
-func readMSU(name string, r *cab.Reader, inner []string) ([]*part, error) {
+// readMSU validates every member of an MSU of size bytes and each inner
+// package, and the rules between them: one architecture, each package once.
+func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *manifestBudget) ([]*part, error) {
 	isInner := map[string]bool{}
 	for _, n := range inner {
 		isInner[n] = true
+	}
+	// Every inner cabinet is copied to a temporary file to be read; one
+	// that would decompress to more than twice the MSU is refused before
+	// any is written. A cabinet is compressed already and compresses no
+	// further, so only a decompression bomb expands that much, and it
+	// would fill the temporary folder.
+	limit := 2*size + innerCabSlackBytes
+	for _, f := range r.Files() {
+		if isInner[f.Name] && f.Size > limit {
+			return nil, invalid(name, "inner cabinet %s decompresses to %d bytes, more than twice the MSU's %d; the file is damaged or hostile: download it again",
+				f.Name, f.Size, size)
+		}
 	}
 	var parts []*part
 	err := r.ForEach(nil, func(f cab.File, content io.Reader) error {
@@ -371,7 +425,7 @@ func readMSU(name string, r *cab.Reader, inner []string) ([]*part, error) {
 			_, err := io.Copy(io.Discard, content)
 			return err
 		}
-		pt, err := readInner(name, f.Name, content)
+		pt, err := readInner(name, f.Name, content, budget)
 		if err != nil {
 			return err
 		}
@@ -404,10 +458,14 @@ func readMSU(name string, r *cab.Reader, inner []string) ([]*part, error) {
 	return parts, nil
 }
 
+// innerCabSlackBytes lets a small MSU's inner cabinet grow a little when a
+// packer compressed it again.
+const innerCabSlackBytes = 1 << 20
+
 // readInner copies one inner cabinet of an MSU to a temporary file (the
 // cabinet reader needs random access), fingerprinting it, and validates
 // the package it holds.
-func readInner(msu, member string, content io.Reader) (*part, error) {
+func readInner(msu, member string, content io.Reader, budget *manifestBudget) (*part, error) {
 	label := msu + ": inner cabinet " + member
 	tmp, err := os.CreateTemp("", "osvc-msu-*.cab")
 	if err != nil {
@@ -434,7 +492,7 @@ func readInner(msu, member string, content io.Reader) (*part, error) {
 	if err := mt.check(label); err != nil {
 		return nil, err
 	}
-	pt, err := readPart(label, r, mt)
+	pt, err := readPart(label, r, mt, budget)
 	if err != nil {
 		return nil, err
 	}

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -505,6 +507,194 @@ func FuzzStage(f *testing.F) {
 			if p != "." && p != "pkg.cab" && p != "stage" && !strings.HasPrefix(p, "stage/") {
 				t.Fatalf("Stage wrote %s outside its folder", p)
 			}
+		}
+	})
+}
+
+// paddedPackage is a package cabinet whose update.mum lists n kernel
+// components, each with a component manifest padded to about pad bytes.
+func paddedPackage(t *testing.T, n, pad int) []byte {
+	t.Helper()
+	return paddedPackageOf(t, sampleManifest().Identity.Version, n, pad)
+}
+
+// paddedPackageOf is paddedPackage with the package identity's version.
+func paddedPackageOf(t *testing.T, version string, n, pad int) []byte {
+	t.Helper()
+	m := sampleManifest()
+	m.Identity.Version = version
+	m.Components = nil
+	for i := range n {
+		m.Components = append(m.Components, kernel(fmt.Sprintf("10.0.22621.%d", i+1)))
+	}
+	mum, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	w := cab.NewWriter(&out)
+	add := func(name string, data []byte) {
+		fw, err := w.Create(name, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(ManifestName, mum)
+	for _, c := range m.Components {
+		data, err := MarshalComponentManifest(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		end := bytes.LastIndex(data, []byte("</assembly>"))
+		padded := slices.Concat(data[:end], bytes.Repeat([]byte(" "), max(pad-len(data), 0)), data[end:])
+		add(c.SxSName()+".manifest", padded)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+func TestOpenBoundsTheManifestsItReads(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bomb := func() []byte {
+		var b bytes.Buffer
+		w := cab.NewWriter(&b)
+		fw, err := w.Create("Windows11.0-KB5032190-x64.cab", time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Write(make([]byte, 8<<20)); err != nil { // compresses to kilobytes
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}()
+	for _, tc := range []struct {
+		name, file string
+		data       []byte
+		contains   string
+	}{
+		{"a component manifest above the cap is refused", "big.cab", paddedPackage(t, 2, maxManifestBytes+1), "more than the 4194304 allowed"},
+		{"an MSU whose inner cabinet expands past twice its size is refused", "bomb.msu", bomb, "decompresses to 8388608 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Open(writeFile(t, dir, tc.file, tc.data))
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.contains) {
+				t.Fatalf("Open = %v, want ErrInvalid mentioning %q", err, tc.contains)
+			}
+		})
+	}
+	// The package cap is 64 MiB; manifests of 64 KiB against a budget of
+	// 300 KiB show the rule without building 64 MiB of cabinet.
+	const budget = 300 << 10
+	t.Run("manifests adding up to more than the file's cap are refused before they are decompressed", func(t *testing.T) {
+		t.Parallel()
+		// Five manifests of 64 KiB fill ten blocks; the last one's data is
+		// damaged, which only decompressing it can tell.
+		data := paddedPackage(t, 5, 64<<10)
+		data[len(data)-1] ^= 0xFF
+		path := writeFile(t, dir, "many.cab", data)
+		f, r, err := openCab(path, "many.cab")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		var total int64 // update.mum and the five manifests
+		for _, m := range r.Files() {
+			total += m.Size
+		}
+		_, err = readPart("many.cab", r, indexMembers(r), newManifestBudget(total-1))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "its 5 component manifests") ||
+			!strings.Contains(err.Error(), fmt.Sprintf("more than %d bytes", total-1)) {
+			t.Fatalf("readPart within %d bytes = %v, want the manifests' total refused before the damage is found", total-1, err)
+		}
+		_, err = readPart("many.cab", r, indexMembers(r), newManifestBudget(total))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "checksum") {
+			t.Fatalf("readPart within %d bytes = %v, want the manifests read and the damaged block found", total, err)
+		}
+	})
+	t.Run("the packages of an MSU draw on one budget", func(t *testing.T) {
+		t.Parallel()
+		// Each inner package is within the budget alone, not both together.
+		first, second := paddedPackageOf(t, "22621.2715.1.8", 3, 64<<10), paddedPackageOf(t, "22621.2716.1.1", 3, 64<<10)
+		readMSUWithin := func(name string, cabs map[string][]byte) error {
+			var b bytes.Buffer
+			if err := BuildMSU(&b, cabs); err != nil {
+				t.Fatal(err)
+			}
+			path := writeFile(t, dir, name, b.Bytes())
+			f, r, err := openCab(path, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			_, err = readMSU(name, r, innerCabs(r), int64(b.Len()), newManifestBudget(budget))
+			return err
+		}
+		if err := readMSUWithin("one.msu", map[string][]byte{"a.cab": first}); err != nil {
+			t.Fatalf("an MSU of one package within the budget: %v", err)
+		}
+		err := readMSUWithin("two.msu", map[string][]byte{"a.cab": first, "b.cab": second})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), fmt.Sprintf("more than %d bytes", budget)) {
+			t.Fatalf("readMSU = %v, want the second package's manifests refused", err)
+		}
+	})
+	t.Run("each manifest is parsed as it is read, before the members after it are decompressed", func(t *testing.T) {
+		t.Parallel()
+		// A component manifest describing another version, then payload
+		// whose last block is damaged: the manifest's refusal comes first
+		// when it is parsed as the pass reads it, not once all are held.
+		m := sampleManifest()
+		m.Components = []Component{kernel("10.0.22621.1")}
+		mum, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := MarshalComponentManifest(kernel("10.0.22621.2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := bytes.Repeat([]byte("payload "), 32<<10) // 256 KiB: eight blocks
+		var b bytes.Buffer
+		w := cab.NewWriter(&b)
+		for _, member := range []struct {
+			name string
+			data []byte
+		}{{ManifestName, mum}, {m.Components[0].SxSName() + ".manifest", other}, {"payload.bin", payload}} {
+			fw, err := w.Create(member.name, time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fw.Write(member.data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		data := b.Bytes()
+		data[len(data)-1] ^= 0xFF
+		_, err = Open(writeFile(t, dir, "mismatch.cab", data))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "describes") {
+			t.Fatalf("Open = %v, want the mismatched manifest refused before the damaged block is reached", err)
+		}
+	})
+	t.Run("padded manifests under both caps are read", func(t *testing.T) {
+		t.Parallel()
+		p, err := Open(writeFile(t, dir, "padded.cab", paddedPackage(t, 3, 1<<20)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(p.Manifest.Components) != 3 {
+			t.Errorf("%d components, want 3", len(p.Manifest.Components))
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -353,6 +354,18 @@ func Hostile(t testing.TB) []Case {
 		msu(t, inner("Windows11.0-KB5099001-x64.cab", archs("amd64", component{"Microsoft-Windows-Osvc-Hostile", "arm64"}))), "cannot carry")
 	add("an MSU whose inner cabinet is truncated is refused", msuFile,
 		msu(t, inner("Windows11.0-KB5099001-x64.cab", good[:len(good)-100])), "truncated")
+
+	// What one file may cost: a manifest past the 4 MiB each may hold, an
+	// inner cabinet inflating to far more than its MSU (2 MiB of zeros
+	// compress to kilobytes; the bound is twice the MSU and 1 MiB), refused
+	// before it is written to disk.
+	huge := componentManifest(base.comps[0], "", "hostile.dll")
+	end := bytes.LastIndex(huge, []byte("</assembly>"))
+	huge = slices.Concat(huge[:end], bytes.Repeat([]byte(" "), 4<<20+1-len(huge)), huge[end:])
+	add("a component manifest larger than 4 MiB is refused", cabFile,
+		withComponentManifest(huge), "more than the 4194304 allowed")
+	add("an MSU whose inner cabinet inflates to far more than the MSU is refused", msuFile,
+		msu(t, inner("Windows11.0-KB5099001-x64.cab", make([]byte, 2<<20))), "more than twice the MSU")
 	return cases
 }
 
