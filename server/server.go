@@ -44,6 +44,11 @@ const (
 	DefaultMaxAttempts       = 3
 	DefaultStallAfter        = 15 * time.Minute
 	DefaultRetryBackoff      = 10 * time.Second
+	// DefaultMaxConcurrentImports, DefaultMaxConcurrentUploads and
+	// DefaultMaxUploadBytes say why in their packages.
+	DefaultMaxConcurrentImports = catalog.DefaultMaxConcurrentImports
+	DefaultMaxConcurrentUploads = content.DefaultMaxConcurrentWrites
+	DefaultMaxUploadBytes       = content.DefaultMaxBlobBytes
 )
 
 // keepaliveMinTime lets agents ping every 10 s (their gRPC keepalive is 30 s);
@@ -87,6 +92,15 @@ type Config struct {
 	// RetryBackoff is how long a run that lost its agent's lease waits before
 	// it is leased again, doubled per attempt up to 5m; default 10s.
 	RetryBackoff time.Duration
+	// MaxConcurrentImports bounds the image and update imports reading
+	// files at once; default DefaultMaxConcurrentImports.
+	MaxConcurrentImports int
+	// MaxConcurrentUploads bounds the uploads (ContentService.Write)
+	// receiving data at once; default DefaultMaxConcurrentUploads.
+	MaxConcurrentUploads int
+	// MaxUploadBytes is the largest blob an upload may store; default
+	// DefaultMaxUploadBytes (64 GiB).
+	MaxUploadBytes int64
 	// FastEtcd runs the embedded etcd with short ticks, for tests and benchmarks.
 	FastEtcd bool
 }
@@ -156,6 +170,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxAttempts == 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
+	for _, n := range []struct {
+		name  string
+		value *int
+		def   int
+	}{
+		{"max concurrent imports", &cfg.MaxConcurrentImports, DefaultMaxConcurrentImports},
+		{"max concurrent uploads", &cfg.MaxConcurrentUploads, DefaultMaxConcurrentUploads},
+	} {
+		if *n.value < 0 {
+			return nil, fmt.Errorf("%s %d: must not be negative", n.name, *n.value)
+		}
+		if *n.value == 0 {
+			*n.value = n.def
+		}
+	}
+	if cfg.MaxUploadBytes < 0 {
+		return nil, fmt.Errorf("max upload bytes %d: must not be negative", cfg.MaxUploadBytes)
+	}
+	if cfg.MaxUploadBytes == 0 {
+		cfg.MaxUploadBytes = DefaultMaxUploadBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Output: os.Stderr})
 	}
@@ -223,11 +258,14 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	lib, err := content.New(content.Config{Dir: filepath.Join(s.cfg.DataDir, "content"), Store: st, Logger: s.logger})
+	lib, err := content.New(content.Config{
+		Dir: filepath.Join(s.cfg.DataDir, "content"), Store: st, Logger: s.logger,
+		MaxBlobBytes: s.cfg.MaxUploadBytes, MaxConcurrentWrites: s.cfg.MaxConcurrentUploads,
+	})
 	if err != nil {
 		return fmt.Errorf("content library: %w", err)
 	}
-	cat, err := catalog.New(catalog.Config{Store: st, Library: lib, Logger: s.logger})
+	cat, err := catalog.New(catalog.Config{Store: st, Library: lib, Logger: s.logger, MaxConcurrentImports: s.cfg.MaxConcurrentImports})
 	if err != nil {
 		return err
 	}

@@ -40,7 +40,7 @@ const (
 
 // benchImportMemory measures what concurrent imports of hostile WIMs cost a
 // real osvc-server process: its idle RSS (the floor), then the peak RSS
-// (VmHWM, reset after the idle reading) while -n imports run at once, each of
+// (VmHWM, reset once the WIMs are uploaded) while -n imports run at once, each of
 // a WIM whose XML info declares -xml-bytes (the server's cap by default)
 // filled with deeply nested elements, one huge element text, a flood of
 // images or of attributes. An import may be refused as invalid (what a
@@ -123,10 +123,6 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 	if err != nil {
 		return 0, 0, err
 	}
-	// The peak from here on is the imports', not the start-up's.
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
-		return 0, 0, fmt.Errorf("reset the server's peak RSS: %w", err)
-	}
 
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
 	conn, err := grpc.NewClient(addr, opts...)
@@ -141,6 +137,10 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 			return 0, 0, fmt.Errorf("upload %s: %w", wim, err)
 		}
 		shas[i] = c.GetSha256()
+	}
+	// The peak from here on is the imports', not the start-up's or the uploads'.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		return 0, 0, fmt.Errorf("reset the server's peak RSS: %w", err)
 	}
 	images := osvcv1.NewImageServiceClient(conn)
 	var wg sync.WaitGroup

@@ -53,6 +53,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long calls in flight may finish on shutdown")
 	fs.IntVar(&cfg.MaxAttempts, "max-attempts", server.DefaultMaxAttempts, "how often a run is leased before it fails")
 	fs.DurationVar(&cfg.StallAfter, "stall-after", server.DefaultStallAfter, "flag a run in process as stalled when its agent reports no progress this long")
+	fs.IntVar(&cfg.MaxConcurrentImports, "max-concurrent-imports", server.DefaultMaxConcurrentImports,
+		"image and update imports reading files at once; more wait for their turn while their deadline allows")
+	fs.IntVar(&cfg.MaxConcurrentUploads, "max-concurrent-uploads", server.DefaultMaxConcurrentUploads,
+		"uploads receiving data at once; more wait for their turn while their deadline allows")
+	fs.Int64Var(&cfg.MaxUploadBytes, "max-upload-bytes", server.DefaultMaxUploadBytes, "largest blob an upload may store, in bytes")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")

@@ -88,6 +88,9 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"a heartbeat slower than the lease", []string{"--lease-ttl", "5s", "--heartbeat-interval", "10s"}, "heartbeat interval"},
 		{"a negative stall time", []string{"--stall-after", "-1m"}, "stall after"},
 		{"a negative retry backoff", []string{"--retry-backoff", "-1s"}, "retry backoff"},
+		{"a negative import limit", []string{"--max-concurrent-imports", "-1"}, "max concurrent imports"},
+		{"a negative upload limit", []string{"--max-concurrent-uploads", "-2"}, "max concurrent uploads"},
+		{"a negative upload size", []string{"--max-upload-bytes", "-1"}, "max upload bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

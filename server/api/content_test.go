@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -35,8 +36,15 @@ type contentAPI struct {
 // startContentAPI serves a real Library on a storetest store over bufconn.
 func startContentAPI(t *testing.T) *contentAPI {
 	t.Helper()
+	return startContentAPIWith(t, content.Config{})
+}
+
+// startContentAPIWith is startContentAPI with cfg's limits.
+func startContentAPIWith(t *testing.T, cfg content.Config) *contentAPI {
+	t.Helper()
 	dir := t.TempDir()
-	lib, err := content.New(content.Config{Dir: dir, Store: storetest.New(t), Logger: hclog.NewNullLogger()})
+	cfg.Dir, cfg.Store, cfg.Logger = dir, storetest.New(t), hclog.NewNullLogger()
+	lib, err := content.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,6 +249,32 @@ func TestContentUploadRefusals(t *testing.T) {
 			_, err = a.client.GetContent(context.Background(), &osvcv1.GetContentRequest{Sha256: sha(data)})
 			if status.Code(err) != codes.NotFound {
 				t.Fatalf("GetContent after a refused upload: %v, want NotFound", err)
+			}
+		})
+	}
+}
+
+func TestContentUploadsPastTheMaximumSizeAreRefused(t *testing.T) {
+	t.Parallel()
+	data := blob(3000)
+	for _, tt := range []struct {
+		name string
+		msgs []*osvcv1.WriteRequest
+		says string
+	}{
+		{"announced in the header", []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{SizeBytes: 3000}), chunk(data)}, "announces 3000 bytes, more than the 2000"},
+		{"found in the data", []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{}), chunk(data[:1500]), chunk(data[1500:])}, "passed 2000 bytes"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			a := startContentAPIWith(t, content.Config{MaxBlobBytes: 2000})
+			_, err := a.upload(t, tt.msgs...)
+			if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), tt.says) ||
+				!strings.Contains(err.Error(), "osvc-server --max-upload-bytes") {
+				t.Fatalf("Write = %v; want ResourceExhausted saying %q and naming osvc-server --max-upload-bytes", err, tt.says)
+			}
+			if n := blobFiles(t, a.dir); n != 0 {
+				t.Fatalf("%d files left in the library", n)
 			}
 		})
 	}

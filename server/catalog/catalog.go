@@ -4,6 +4,7 @@
 package catalog
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/wiminfo"
+	"github.com/osvc/osvc/server/admission"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
 )
@@ -27,14 +29,26 @@ type Config struct {
 	Logger  hclog.Logger
 	// Now is the clock for create and update times; time.Now when nil.
 	Now func() time.Time
+	// MaxConcurrentImports bounds the ImportImage and ImportUpdates calls
+	// that read files at once; more wait for their turn while their context
+	// lives. Default DefaultMaxConcurrentImports.
+	MaxConcurrentImports int
 }
+
+// DefaultMaxConcurrentImports is Config.MaxConcurrentImports when zero. An
+// import reads a WIM's header and XML info or a package's manifests: a
+// short burst of disk and CPU whose memory a hostile file can push to tens
+// of megabytes, so a few at a time keep a small server responsive and its
+// memory bounded while honest imports hardly wait.
+const DefaultMaxConcurrentImports = 4
 
 // Catalog is the catalog of images and updates.
 type Catalog struct {
-	store  *store.Store
-	lib    *content.Library
-	logger hclog.Logger
-	now    func() time.Time
+	store   *store.Store
+	lib     *content.Library
+	logger  hclog.Logger
+	now     func() time.Time
+	imports *admission.Gate
 }
 
 // New validates cfg and returns a Catalog.
@@ -53,7 +67,15 @@ func New(cfg Config) (*Catalog, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Catalog{store: cfg.Store, lib: cfg.Library, logger: logger.Named("catalog"), now: now}, nil
+	imports, err := admission.New(admission.Config{
+		Limit:   cmp.Or(cfg.MaxConcurrentImports, DefaultMaxConcurrentImports),
+		What:    "imports",
+		Setting: "osvc-server --max-concurrent-imports",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("catalog: %w", err)
+	}
+	return &Catalog{store: cfg.Store, lib: cfg.Library, logger: logger.Named("catalog"), now: now, imports: imports}, nil
 }
 
 // ImportImage asks for a WIM already in the content library to become version 1 of a new image.
@@ -90,6 +112,11 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err := validateSHA256(req.ContentSHA256); err != nil {
 		return nil, errdefs.InvalidArgument("content_sha256", err.Error())
 	}
+	release, err := c.imports.Enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("import image %s: %w", ImageName(req.ID), err)
+	}
+	defer release()
 	blob, err := c.content(ctx, req.ContentSHA256, "upload the WIM first with ContentService.Write / osvcctl image import")
 	if err != nil {
 		return nil, err

@@ -59,6 +59,11 @@ func (c *Catalog) ImportUpdates(ctx context.Context, files []*osvcv1.UpdateFile)
 	if len(files) > maxImportFiles {
 		return nil, errdefs.InvalidArgument("files", fmt.Sprintf("%d files in one request; send at most %d at a time", len(files), maxImportFiles))
 	}
+	release, err := c.imports.Enter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("import updates: %w", err)
+	}
+	defer release()
 	candidates := make([]*osvcv1.Update, 0, len(files))
 	for i, f := range files {
 		u, err := c.readUpdateFile(ctx, fmt.Sprintf("files[%d]", i), f)

@@ -3,6 +3,7 @@
 package content
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,6 +21,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/transfer"
+	"github.com/osvc/osvc/server/admission"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -35,20 +37,43 @@ const tmpDir = "tmp"
 // as the leftover of a crash.
 const staleTempAge = 24 * time.Hour
 
+// Defaults of Config.
+const (
+	// DefaultMaxBlobBytes is 64 GiB: an install.wim of every edition is
+	// 5 to 10 GiB, a cumulative update 1 GiB at most.
+	DefaultMaxBlobBytes = 64 << 30
+	// DefaultMaxConcurrentWrites lets eight uploads receive at once. Each
+	// holds a gRPC flow-control window (8 MiB) and a message buffer, and
+	// writes to the library's disk: eight keep a few agents' results and
+	// an administrator's uploads moving without letting a crowd of clients
+	// take the server's memory or disk bandwidth.
+	DefaultMaxConcurrentWrites = 8
+)
+
 // Config configures a Library.
 type Config struct {
 	// Dir holds the blobs as <Dir>/<first two hex digits>/<sha256>; created when missing.
 	Dir    string
 	Store  *store.Store
 	Logger hclog.Logger
+	// MaxBlobBytes is the largest blob Write accepts: a header announcing
+	// more is refused before any data is read, and data passing it as soon
+	// as it does. Default DefaultMaxBlobBytes.
+	MaxBlobBytes int64
+	// MaxConcurrentWrites bounds the writes receiving data at once; more
+	// wait for their turn while their context lives. Default
+	// DefaultMaxConcurrentWrites.
+	MaxConcurrentWrites int
 }
 
 // Library stores blobs by sha256. The file is written before its etcd record and
 // removed after it, so a record always names a blob that is there.
 type Library struct {
-	dir    string
-	store  *store.Store
-	logger hclog.Logger
+	dir      string
+	store    *store.Store
+	logger   hclog.Logger
+	maxBytes int64
+	writes   *admission.Gate
 }
 
 // New validates cfg, creates Dir when missing and returns a Library.
@@ -63,6 +88,17 @@ func New(cfg Config) (*Library, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
+	if cfg.MaxBlobBytes < 0 {
+		return nil, fmt.Errorf("content: Config.MaxBlobBytes is %d; use a positive size", cfg.MaxBlobBytes)
+	}
+	writes, err := admission.New(admission.Config{
+		Limit:   cmp.Or(cfg.MaxConcurrentWrites, DefaultMaxConcurrentWrites),
+		What:    "uploads",
+		Setting: "osvc-server --max-concurrent-uploads",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("content: %w", err)
+	}
 	dir, err := filepath.Abs(cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("content library directory %s: %w", cfg.Dir, err)
@@ -70,7 +106,10 @@ func New(cfg Config) (*Library, error) {
 	if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o755); err != nil {
 		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
 	}
-	l := &Library{dir: dir, store: cfg.Store, logger: logger.Named("content")}
+	l := &Library{
+		dir: dir, store: cfg.Store, logger: logger.Named("content"),
+		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
+	}
 	l.removeStaleTemps()
 	return l, nil
 }
@@ -120,22 +159,41 @@ type WriteHeader struct {
 // Write stores a blob: data goes to a temp file in Dir, its sha256 and size are
 // checked against the header, then it is renamed into place and recorded in etcd.
 // A blob the library holds is not written again (existed=true); when h.SHA256
-// names one, r is not read at all. A mismatch leaves nothing behind.
+// names one, r is not read at all, and h.SizeBytes, when set, must be its
+// size. A blob larger than Config.MaxBlobBytes is refused with
+// errdefs.ErrResourceExhausted: at once when the header announces it, else
+// as soon as the data passes it. At most Config.MaxConcurrentWrites writes
+// receive data at once; the others wait for their turn. A refusal leaves
+// nothing behind.
 func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osvcv1.Content, existed bool, err error) {
+	if h.SizeBytes < 0 {
+		return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
+	}
+	if h.SizeBytes > l.maxBytes {
+		return nil, false, fmt.Errorf("%w: the upload announces %d bytes, more than the %d bytes the content library accepts (osvc-server --max-upload-bytes)",
+			errdefs.ErrResourceExhausted, h.SizeBytes, l.maxBytes)
+	}
 	if h.SHA256 != "" {
 		if err := checkSHA256(h.SHA256); err != nil {
 			return nil, false, err
 		}
-		if c, err := l.held(ctx, h.SHA256); err != nil || c != nil {
+		c, err := l.held(ctx, h.SHA256)
+		if err != nil || c != nil {
+			if c != nil && h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
+				return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf(
+					"the content library holds %s with %d bytes, not %d as the header says; send the file's real size", h.SHA256, c.GetSizeBytes(), h.SizeBytes))
+			}
 			return c, c != nil, err
 		}
-	}
-	if h.SizeBytes < 0 {
-		return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
 	}
 	if h.MediaType == "" {
 		h.MediaType = DefaultMediaType
 	}
+	release, err := l.writes.Enter(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("content library: %w", err)
+	}
+	defer release()
 
 	tmp, err := os.CreateTemp(filepath.Join(l.dir, tmpDir), "upload-*")
 	if err != nil {
@@ -151,14 +209,20 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 	}()
 
 	hash := sha256.New()
-	src := io.Reader(&ctxReader{ctx: ctx, r: r})
+	// One byte more than announced, or than the library accepts, is enough
+	// to tell the data is too long.
+	limit := l.maxBytes
 	if h.SizeBytes > 0 {
-		// One byte more than announced is enough to tell the data is too long.
-		src = io.LimitReader(src, h.SizeBytes+1)
+		limit = h.SizeBytes
 	}
+	src := io.LimitReader(&ctxReader{ctx: ctx, r: r}, limit+1)
 	n, err := io.Copy(io.MultiWriter(tmp, hash), src)
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: receive data: %w", err)
+	}
+	if n > l.maxBytes {
+		return nil, false, fmt.Errorf("%w: the upload passed %d bytes, the most the content library accepts (osvc-server --max-upload-bytes)",
+			errdefs.ErrResourceExhausted, l.maxBytes)
 	}
 	if h.SizeBytes > 0 && n != h.SizeBytes {
 		return nil, false, errdefs.InvalidArgument("size_bytes",
