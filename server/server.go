@@ -49,6 +49,8 @@ const (
 	DefaultMaxConcurrentImports = catalog.DefaultMaxConcurrentImports
 	DefaultMaxConcurrentUploads = content.DefaultMaxConcurrentWrites
 	DefaultMaxUploadBytes       = content.DefaultMaxBlobBytes
+	// DefaultContentGrace is how long a blob nothing references is kept.
+	DefaultContentGrace = content.DefaultGrace
 )
 
 // keepaliveMinTime lets agents ping every 10 s (their gRPC keepalive is 30 s);
@@ -101,6 +103,10 @@ type Config struct {
 	// MaxUploadBytes is the largest blob an upload may store; default
 	// DefaultMaxUploadBytes (64 GiB).
 	MaxUploadBytes int64
+	// ContentGrace is how long the content collector keeps a blob nothing
+	// references, after it was uploaded or last named; default
+	// DefaultContentGrace (24h).
+	ContentGrace time.Duration
 	// FastEtcd runs the embedded etcd with short ticks, for tests and benchmarks.
 	FastEtcd bool
 }
@@ -148,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 		{"shutdown timeout", &cfg.ShutdownTimeout, DefaultShutdownTimeout},
 		{"stall after", &cfg.StallAfter, DefaultStallAfter},
 		{"retry backoff", &cfg.RetryBackoff, DefaultRetryBackoff},
+		{"content grace", &cfg.ContentGrace, DefaultContentGrace},
 	} {
 		if *d.value < 0 {
 			return nil, fmt.Errorf("%s %s: must not be negative", d.name, *d.value)
@@ -274,6 +281,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	collector, err := content.NewCollector(content.CollectorConfig{
+		Store: st, Library: lib, Logger: s.logger, ServerID: serverID, Grace: s.cfg.ContentGrace,
+	})
+	if err != nil {
+		return err
+	}
+	loops := append(parts.loops, loop{name: "content collector", run: collector.Run})
 
 	// runCtx ends the background loops and the open watches; it ends with ctx
 	// or when any part fails (errgroup cancels it on the first error).
@@ -296,7 +310,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	for _, l := range parts.loops {
+	for _, l := range loops {
 		g.Go(func() error {
 			err := l.run(runCtx)
 			switch {

@@ -58,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxConcurrentUploads, "max-concurrent-uploads", server.DefaultMaxConcurrentUploads,
 		"uploads receiving data at once; more wait for their turn while their deadline allows")
 	fs.Int64Var(&cfg.MaxUploadBytes, "max-upload-bytes", server.DefaultMaxUploadBytes, "largest blob an upload may store, in bytes")
+	fs.DurationVar(&cfg.ContentGrace, "content-grace", server.DefaultContentGrace,
+		"how long a blob that no image version, update or run in progress references is kept after it was uploaded or last named")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")

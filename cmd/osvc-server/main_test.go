@@ -91,6 +91,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"a negative import limit", []string{"--max-concurrent-imports", "-1"}, "max concurrent imports"},
 		{"a negative upload limit", []string{"--max-concurrent-uploads", "-2"}, "max concurrent uploads"},
 		{"a negative upload size", []string{"--max-upload-bytes", "-1"}, "max upload bytes"},
+		{"a negative content grace", []string{"--content-grace", "-1h"}, "content grace"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

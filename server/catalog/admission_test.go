@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,4 +103,48 @@ func countImages(t *testing.T, cat *catalog.Catalog) int {
 		t.Fatal(err)
 	}
 	return len(imgs)
+}
+
+func TestImportsClaimTheContentTheyReference(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := newFixture(t).store
+	var mu sync.Mutex
+	now := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := catalog.New(catalog.Config{Store: st, Library: lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{cat: cat, lib: lib, store: st}
+	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
+	update := f.file(t, "windows11.0-kb5031455-x64.exe", []byte("MZ not a package"))
+
+	mu.Lock()
+	now = now.Add(72 * time.Hour)
+	mu.Unlock()
+	if _, err := cat.ImportImage(ctx, catalog.ImportImage{ID: "win11", Site: "PS1", ContentSHA256: wim.Sha256}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.ImportUpdates(ctx, []*osvcv1.UpdateFile{update}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sha := range []string{wim.Sha256, update.Sha256} {
+		rec, err := lib.Stat(ctx, sha)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rec.GetUpdateTime().AsTime().Equal(clock()) {
+			t.Errorf("content %s update time %v after an import, want the import's %v: the collector's grace period restarts when an import names a blob",
+				sha, rec.GetUpdateTime().AsTime(), clock())
+		}
+	}
 }

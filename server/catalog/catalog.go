@@ -195,10 +195,12 @@ func (c *Catalog) readWIMInfo(blob *osvcv1.Content) ([]wiminfo.Image, error) {
 	return images, nil
 }
 
-// content returns the library's record of sha; a blob it does not hold is
-// ErrFailedPrecondition with hint telling the user how to upload it.
+// content claims sha in the library (the content collector then leaves it
+// alone for its grace period, long enough for the import to reference it)
+// and returns its record; a blob it does not hold is ErrFailedPrecondition
+// with hint telling the user how to upload it.
 func (c *Catalog) content(ctx context.Context, sha, hint string) (*osvcv1.Content, error) {
-	blob, err := c.lib.Stat(ctx, sha)
+	blob, err := c.lib.Claim(ctx, sha)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, fmt.Errorf("content %s is not in the content library; %s: %w", sha, hint, errdefs.ErrFailedPrecondition)
 	}

@@ -8,13 +8,18 @@ import (
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/updatepkg/updatepkgtest"
+	"github.com/osvc/osvc/server/store"
 )
 
-// keys lists every key under the fixture's prefix with its revision.
+// keys lists every key under the fixture's prefix with its revision, but
+// content records with their value less the update time: an import claims
+// the blobs it reads (the content collector's grace period restarts), and
+// that alone is no change of the catalog.
 func (f *fixture) keys(t *testing.T) string {
 	t.Helper()
 	resp, err := f.store.Client().Get(context.Background(), f.store.Prefix(), clientv3.WithPrefix())
@@ -23,7 +28,20 @@ func (f *fixture) keys(t *testing.T) string {
 	}
 	var b strings.Builder
 	for _, kv := range resp.Kvs {
-		fmt.Fprintf(&b, "%s@%d\n", kv.Key, kv.ModRevision)
+		if !strings.HasPrefix(string(kv.Key), f.store.ContentsPrefix()) {
+			fmt.Fprintf(&b, "%s@%d\n", kv.Key, kv.ModRevision)
+			continue
+		}
+		c, err := store.Unmarshal[*osvcv1.Content](kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.UpdateTime = nil
+		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "%s %x\n", kv.Key, data)
 	}
 	return b.String()
 }

@@ -13,9 +13,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -64,6 +66,8 @@ type Config struct {
 	// wait for their turn while their context lives. Default
 	// DefaultMaxConcurrentWrites.
 	MaxConcurrentWrites int
+	// Now is the clock of records' create and update times; time.Now when nil.
+	Now func() time.Time
 }
 
 // Library stores blobs by sha256. The file is written before its etcd record and
@@ -74,6 +78,10 @@ type Library struct {
 	logger   hclog.Logger
 	maxBytes int64
 	writes   *admission.Gate
+	now      func() time.Time
+	// blobs serializes, per sha256, putting a blob in place and recording
+	// it (Write) with removing it (the collector).
+	blobs keyedMutex
 }
 
 // New validates cfg, creates Dir when missing and returns a Library.
@@ -109,6 +117,10 @@ func New(cfg Config) (*Library, error) {
 	l := &Library{
 		dir: dir, store: cfg.Store, logger: logger.Named("content"),
 		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
+		now: cfg.Now,
+	}
+	if l.now == nil {
+		l.now = time.Now
 	}
 	l.removeStaleTemps()
 	return l, nil
@@ -177,7 +189,7 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		if err := checkSHA256(h.SHA256); err != nil {
 			return nil, false, err
 		}
-		c, err := l.held(ctx, h.SHA256)
+		c, err := l.claim(ctx, h.SHA256)
 		if err != nil || c != nil {
 			if c != nil && h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
 				return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf(
@@ -233,44 +245,40 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		return nil, false, errdefs.InvalidArgument("sha256",
 			fmt.Sprintf("the data hashes to %s, not %s as the header says; the upload was damaged or the header is wrong", sum, h.SHA256))
 	}
-	if h.SHA256 == "" {
-		// The data named itself only now: it may be a blob the library holds.
-		if c, err := l.held(ctx, sum); err != nil || c != nil {
-			return c, c != nil, err
-		}
-	}
 	if err := tmp.Sync(); err != nil {
 		return nil, false, fmt.Errorf("content library: flush %s: %w", tmpPath, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return nil, false, fmt.Errorf("content library: close %s: %w", tmpPath, err)
 	}
+	// The collector removes a blob under the same lock: it never removes the
+	// file this write puts in place, nor drops the record made for it.
+	unlock := l.blobs.lock(sum)
+	defer unlock()
+	// The data named itself only now, or another writer stored it
+	// meanwhile: it may be a blob the library holds.
+	if c, err := l.claim(ctx, sum); err != nil || c != nil {
+		return c, c != nil, err
+	}
 	final := l.Path(sum)
 	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
 		return nil, false, fmt.Errorf("content library: %w", err)
 	}
-	// A concurrent writer of the same blob renames identical bytes: either wins.
 	if err := os.Rename(tmpPath, final); err != nil {
 		return nil, false, fmt.Errorf("content library: move blob into place: %w", err)
 	}
 	renamed = true
 
+	now := timestamppb.New(l.now())
 	c = &osvcv1.Content{
 		Name:       Name(sum),
 		Sha256:     sum,
 		SizeBytes:  n,
 		MediaType:  h.MediaType,
-		CreateTime: timestamppb.Now(),
+		CreateTime: now,
+		UpdateTime: now,
 	}
 	if _, err := l.store.Create(ctx, l.store.ContentKey(sum), c); err != nil {
-		if errors.Is(err, errdefs.ErrConflict) {
-			// Someone recorded the same blob meanwhile; theirs stands.
-			held, _, err := store.Get[*osvcv1.Content](ctx, l.store, l.store.ContentKey(sum))
-			if err != nil {
-				return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)
-			}
-			return held, true, nil
-		}
 		return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)
 	}
 	l.logger.Info("blob stored", "sha256", sum, "size", n, "media_type", h.MediaType)
@@ -284,24 +292,73 @@ func sizeDesc(n, want int64) string {
 	return fmt.Sprint(n)
 }
 
-// held returns the record of a blob the library holds, or nil. A record whose
-// file is missing counts as not held, so the next write repairs it.
-func (l *Library) held(ctx context.Context, sha string) (*osvcv1.Content, error) {
-	c, err := l.Stat(ctx, sha)
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return nil, nil
+// claimRetries bounds claim's compare-and-swap loop on a record that keeps
+// changing under it.
+const claimRetries = 8
+
+// Claim is Stat for a caller about to reference the blob (an import, a
+// run's result): it sets the record's update time to now, so the collector
+// leaves the blob alone for a grace period, and it checks the blob's file is
+// there. errdefs.ErrNotFound when the library does not hold it.
+func (l *Library) Claim(ctx context.Context, sha string) (*osvcv1.Content, error) {
+	if err := checkSHA256(sha); err != nil {
+		return nil, err
 	}
+	c, err := l.claim(ctx, sha)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := os.Stat(l.Path(sha)); err != nil {
-		l.logger.Warn("blob recorded but missing on disk; accepting it again", "sha256", sha, "error", err)
-		if _, err := l.store.Client().Delete(ctx, l.store.ContentKey(sha)); err != nil {
-			return nil, fmt.Errorf("content library: drop the record of missing blob %s: %w", sha, err)
-		}
-		return nil, nil
+	if c == nil {
+		return nil, fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
 	}
 	return c, nil
+}
+
+// claim returns the record of a blob the library holds with its update time
+// set to now, or nil. The update compares the record's revision, so it either
+// lands before the collector judges the blob (which then keeps it) or finds
+// the record gone. A record whose file is missing counts as not held and is
+// dropped, so the next write repairs it.
+func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error) {
+	key := l.store.ContentKey(sha)
+	for range claimRetries {
+		resp, err := l.store.Client().Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("content %s: %w", sha, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, nil
+		}
+		kv := resp.Kvs[0]
+		if _, err := os.Stat(l.Path(sha)); err != nil {
+			l.logger.Warn("blob recorded but missing on disk; accepting it again", "sha256", sha, "error", err)
+			if _, err := l.store.Client().Txn(ctx).
+				If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+				Then(clientv3.OpDelete(key)).Commit(); err != nil {
+				return nil, fmt.Errorf("content library: drop the record of missing blob %s: %w", sha, err)
+			}
+			return nil, nil
+		}
+		c, err := store.Unmarshal[*osvcv1.Content](kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("content %s: %w", sha, err)
+		}
+		c.UpdateTime = timestamppb.New(l.now())
+		data, err := l.store.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		txn, err := l.store.Client().Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+			Then(clientv3.OpPut(key, string(data))).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("content %s: %w", sha, err)
+		}
+		if txn.Succeeded {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("content %s kept changing while it was claimed: %w", sha, errdefs.ErrContended)
 }
 
 // Stat returns the record of a blob; errdefs.ErrNotFound when the library does not hold it.
@@ -371,4 +428,39 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// keyedMutex is a mutex per key, kept only while someone holds or waits for it.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks key and returns its unlock.
+func (k *keyedMutex) lock(key string) (unlock func()) {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
 }

@@ -22,7 +22,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -135,55 +134,7 @@ func New(cfg Config) (*Scheduler, error) {
 
 // Run campaigns for leadership and schedules while leader, until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
-	for {
-		err := s.lead(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		s.logger.Warn("scheduler lost leadership or etcd; campaigning again", "error", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(retryDelay):
-		}
-	}
-}
-
-// lead wins the election and schedules until the session or ctx ends.
-func (s *Scheduler) lead(ctx context.Context) error {
-	session, err := concurrency.NewSession(s.client, concurrency.WithTTL(int(s.ttl/time.Second)), concurrency.WithContext(ctx))
-	if err != nil {
-		return fmt.Errorf("election session: %w", err)
-	}
-	defer session.Close()
-	// Campaign does not return when its session expires: run it, and the
-	// leader's work, under a ctx canceled by session.Done().
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-session.Done():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	election := concurrency.NewElection(session, s.store.ElectionPrefix())
-	if err := election.Campaign(ctx, s.serverID); err != nil {
-		return fmt.Errorf("campaign: %w", err)
-	}
-	s.logger.Info("elected to schedule", "server", s.serverID)
-	defer func() {
-		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
-		defer rcancel()
-		_ = election.Resign(rctx)
-	}()
-	err = s.loop(ctx)
-	select {
-	case <-session.Done():
-		return errors.New("election session expired")
-	default:
-		return err
-	}
+	return s.store.RunElected(ctx, store.Election{Prefix: s.store.ElectionPrefix(), ID: s.serverID, TTL: s.ttl, Logger: s.logger}, s.loop)
 }
 
 // loop runs passes whenever a watch or the timer says so.

@@ -254,7 +254,8 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 		if m.GetResultSha256() == "" {
 			return errdefs.InvalidArgument("run_result.result_sha256", "upload the serviced WIM with ContentService.Write and send its sha256")
 		}
-		c, err := s.library.Stat(ctx, m.GetResultSha256())
+		// Claimed, so the content collector keeps it until the swap references it.
+		c, err := s.library.Claim(ctx, m.GetResultSha256())
 		if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument) {
 			return fmt.Errorf("result %s is not in the content library; upload it with ContentService.Write before reporting: %w",
 				truncate(m.GetResultSha256(), 80), errdefs.ErrFailedPrecondition)

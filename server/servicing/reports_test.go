@@ -613,3 +613,26 @@ func TestInstalledUpdatesOfEarlierRunsKeepTheirCatalogLink(t *testing.T) {
 		t.Errorf("installed updates = %v, want the first linked to %s and the unknown one unlinked", got, older.GetName())
 	}
 }
+
+func TestASucceededResultClaimsItsBlobBeforeTheSwapReferencesIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clk := newClock()
+	env, img := newEnv(t, servicingtest.Options{Now: clk.Now})
+	run, _ := leasedRun(t, env, img)
+	result := env.Blob(t, "wim of win11 version 2")
+	// The upload is a day old when the run reports it: the content
+	// collector's grace period must start again from the report.
+	reported := clk.Add(24 * time.Hour)
+	if err := env.Service.ReportRunResult(ctx, agent, &osvcv1.RunResult{Run: run.GetName(), FencingToken: run.GetFencingToken(),
+		State: osvcv1.RunState_RUN_STATE_SUCCEEDED, ResultSha256: result.GetSha256()}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := env.Library.Stat(ctx, result.GetSha256())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.GetUpdateTime().AsTime(); !got.Equal(reported) {
+		t.Errorf("result blob update time %v, want the report's %v", got, reported)
+	}
+}

@@ -84,6 +84,10 @@ func (s *Store) ContentsPrefix() string { return s.prefix + "contents/" }
 // ElectionPrefix is where scheduler replicas campaign.
 func (s *Store) ElectionPrefix() string { return s.prefix + "election/" }
 
+// CollectorElectionPrefix is where replicas campaign to run the content
+// collector; not under ElectionPrefix, whose candidates are every key below it.
+func (s *Store) CollectorElectionPrefix() string { return s.prefix + "collector-election/" }
+
 // IDFromKey returns the last segment of a key.
 func IDFromKey(key string) string {
 	return key[strings.LastIndexByte(key, '/')+1:]

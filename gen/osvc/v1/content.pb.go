@@ -24,12 +24,17 @@ const (
 
 // Content is one blob of the content library: `contents/{sha256}`.
 type Content struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	MediaType     string                 `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Sha256     string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes  int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	MediaType  string                 `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// update_time is when the record last changed: its creation, an upload
+	// that found the blob held, or an import or run result that named it. The
+	// content collector removes a blob nothing references only a grace period
+	// after it, so a blob about to be referenced is never collected.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -95,6 +100,13 @@ func (x *Content) GetMediaType() string {
 func (x *Content) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Content) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
 	}
 	return nil
 }
@@ -511,7 +523,7 @@ var File_osvc_v1_content_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_content_proto_rawDesc = "" +
 	"\n" +
-	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n" +
+	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n" +
 	"\aContent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -520,7 +532,9 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"\n" +
 	"media_type\x18\x04 \x01(\tR\tmediaType\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"S\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"S\n" +
 	"\vReadRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n" +
@@ -580,20 +594,21 @@ var file_osvc_v1_content_proto_goTypes = []any{
 }
 var file_osvc_v1_content_proto_depIdxs = []int32{
 	8, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
-	3, // 1: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
-	0, // 2: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
-	0, // 3: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
-	1, // 4: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
-	4, // 5: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
-	6, // 6: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
-	2, // 7: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
-	5, // 8: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
-	7, // 9: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
+	3, // 2: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
+	0, // 3: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
+	0, // 4: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
+	1, // 5: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
+	4, // 6: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
+	6, // 7: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
+	2, // 8: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
+	5, // 9: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
+	7, // 10: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_content_proto_init() }

@@ -48,7 +48,8 @@ type Options struct {
 	// tests that do not look at the backoff should not wait for it.
 	RetryBackoff    time.Duration
 	MaxRetryBackoff time.Duration
-	// Now is the Service's clock; time.Now when nil.
+	// Now is the clock of the Service and of the content library (its
+	// records' create and update times); time.Now when nil.
 	Now func() time.Time
 	// BeforeCommit is the store's hook between a transaction's reads and
 	// its commit (store.Config.BeforeCommit).
@@ -64,7 +65,7 @@ func New(t testing.TB, opts Options) *Env {
 		storeOpts = append(storeOpts, storetest.BeforeCommit(opts.BeforeCommit))
 	}
 	st := storetest.New(t, storeOpts...)
-	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st, Logger: logger})
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st, Logger: logger, Now: opts.Now})
 	if err != nil {
 		t.Fatalf("content library: %v", err)
 	}

@@ -1,0 +1,322 @@
+package content
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/server/store"
+)
+
+// Defaults of CollectorConfig.
+const (
+	// DefaultGrace keeps an unreferenced blob a day: long enough for an
+	// upload to be imported or reported, and for replicas' clocks to differ.
+	DefaultGrace = 24 * time.Hour
+	// DefaultCollectInterval spaces the collector's passes.
+	DefaultCollectInterval = time.Hour
+	// DefaultCollectorElectionTTL is how long a dead collector blocks another replica's.
+	DefaultCollectorElectionTTL = 10 * time.Second
+)
+
+// runClockSkew is how far the clock of the replica that recorded a blob may
+// be behind the one that leased a run: a blob recorded that much before a
+// run's lease still counts as the run's upload.
+const runClockSkew = 5 * time.Minute
+
+// collectPageSize is how many keys one read of a pass asks etcd for.
+const collectPageSize = 500
+
+// CollectorConfig configures a Collector.
+type CollectorConfig struct {
+	Store   *store.Store
+	Library *Library
+	Logger  hclog.Logger
+	// ServerID names this replica in the collector's election.
+	ServerID string
+	// Grace is how long a blob nothing references is kept after its
+	// record's create or update time (Content.update_time), whichever is
+	// later; default DefaultGrace.
+	Grace time.Duration
+	// Interval spaces the passes of the elected collector; default
+	// DefaultCollectInterval.
+	Interval time.Duration
+	// ElectionTTL is the TTL of the election session; default
+	// DefaultCollectorElectionTTL, at least 1s.
+	ElectionTTL time.Duration
+	// Now is the clock blobs' ages are measured with; time.Now when nil.
+	Now func() time.Time
+}
+
+// Collector removes the blobs of the content library that nothing references,
+// by mark and sweep: a pass marks every sha256 named by a version of an
+// image, a file of an update or the result of a run that has not ended, then
+// sweeps every blob unmarked, recorded or last claimed more than a grace
+// period ago, and not uploaded while a run in progress held its lease.
+//
+// Nothing about to be referenced is removed:
+//   - A blob written during the pass, or since its mark phase read its
+//     sources, has a young record: the grace period keeps it.
+//   - Whatever starts referencing a blob after the mark phase (an import, a
+//     run's result) claims it first (Library.Claim, or a Write answered
+//     existed), which sets the record's update time to now: young again. The
+//     sweep deletes a record only if it is still at the revision it judged,
+//     so a claim that lands between the judgement and the deletion keeps the
+//     blob, and one that comes after finds it gone and the caller is told to
+//     upload again, before any reference is written.
+//   - A run in progress may have uploaded its result (or artifacts) without
+//     reporting it yet: blobs recorded or claimed since the lease of a LEASED
+//     or IN_PROCESS run are kept until it ends. PENDING runs have uploaded
+//     nothing a report could still name: a new attempt uploads again.
+//
+// One replica collects at a time, elected through etcd like the scheduler,
+// but on its own election: a long sweep never delays scheduling, and the
+// library need not know the scheduler.
+type Collector struct {
+	store    *store.Store
+	lib      *Library
+	logger   hclog.Logger
+	serverID string
+	grace    time.Duration
+	interval time.Duration
+	ttl      time.Duration
+	now      func() time.Time
+}
+
+// NewCollector validates cfg and returns a Collector.
+func NewCollector(cfg CollectorConfig) (*Collector, error) {
+	if cfg.Store == nil || cfg.Library == nil {
+		return nil, errors.New("content collector: Config.Store and Config.Library are required")
+	}
+	if cfg.ServerID == "" {
+		return nil, errors.New("content collector: Config.ServerID is required; use the replica's host name")
+	}
+	for name, d := range map[string]time.Duration{"Grace": cfg.Grace, "Interval": cfg.Interval, "ElectionTTL": cfg.ElectionTTL} {
+		if d < 0 {
+			return nil, fmt.Errorf("content collector: Config.%s is %s; use a positive duration", name, d)
+		}
+	}
+	c := &Collector{
+		store:    cfg.Store,
+		lib:      cfg.Library,
+		logger:   cmp.Or(cfg.Logger, hclog.NewNullLogger()).Named("content-collector"),
+		serverID: cfg.ServerID,
+		grace:    cmp.Or(cfg.Grace, DefaultGrace),
+		interval: cmp.Or(cfg.Interval, DefaultCollectInterval),
+		ttl:      cmp.Or(cfg.ElectionTTL, DefaultCollectorElectionTTL),
+		now:      cfg.Now,
+	}
+	if c.ttl < time.Second {
+		return nil, fmt.Errorf("content collector: Config.ElectionTTL is %s; use at least 1s", c.ttl)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c, nil
+}
+
+// Run campaigns to be the replica that collects and, while it is, runs a
+// pass every Interval, until ctx ends.
+func (c *Collector) Run(ctx context.Context) error {
+	e := store.Election{Prefix: c.store.CollectorElectionPrefix(), ID: c.serverID, TTL: c.ttl, Logger: c.logger}
+	return c.store.RunElected(ctx, e, func(ctx context.Context) error {
+		for {
+			if _, err := c.Collect(ctx); err != nil && ctx.Err() == nil {
+				c.logger.Warn("content collection pass failed; trying at the next one", "error", err, "next_in", c.interval)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(c.interval):
+			}
+		}
+	})
+}
+
+// Collect runs one mark-and-sweep pass and returns the sha256 of the blobs
+// it removed.
+func (c *Collector) Collect(ctx context.Context) ([]string, error) {
+	m, err := c.mark(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("content collector: mark: %w", err)
+	}
+	now := c.now()
+	var removed []string
+	var kept, young int
+	err = c.eachContent(ctx, func(sha string, rec *osvcv1.Content, rev int64) error {
+		last := lastClaim(rec)
+		switch {
+		case m.shas[sha]:
+			kept++
+			return nil
+		case now.Sub(last) < c.grace:
+			young++
+			return nil
+		case m.uploadedDuringRun(last):
+			kept++
+			return nil
+		}
+		ok, err := c.lib.collect(ctx, sha, rev)
+		if err != nil {
+			return err
+		}
+		if ok {
+			removed = append(removed, sha)
+			c.logger.Info("unreferenced blob removed", "sha256", sha, "size", rec.GetSizeBytes(),
+				"media_type", rec.GetMediaType(), "last_claimed", last)
+		}
+		return nil
+	})
+	if err != nil {
+		return removed, fmt.Errorf("content collector: sweep: %w", err)
+	}
+	c.logger.Info("content collection pass done", "removed", len(removed), "referenced", kept, "in_grace", young, "grace", c.grace)
+	return removed, nil
+}
+
+// marks is what the mark phase found referenced.
+type marks struct {
+	shas map[string]bool
+	// leases are the lease times of the runs in progress.
+	leases []time.Time
+}
+
+// uploadedDuringRun tells whether a blob last claimed at t may be the upload
+// of a run in progress.
+func (m *marks) uploadedDuringRun(t time.Time) bool {
+	for _, start := range m.leases {
+		if !t.Before(start.Add(-runClockSkew)) {
+			return true
+		}
+	}
+	return false
+}
+
+// mark reads every image, update and run.
+func (c *Collector) mark(ctx context.Context) (*marks, error) {
+	m := &marks{shas: map[string]bool{}}
+	err := eachValue(ctx, c.store, c.store.ImagesPrefix(), func(img *osvcv1.Image) {
+		for _, v := range img.GetVersions() {
+			m.shas[v.GetSha256()] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = eachValue(ctx, c.store, c.store.UpdatesPrefix(), func(u *osvcv1.Update) {
+		for _, f := range u.GetFiles() {
+			m.shas[f.GetSha256()] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = eachValue(ctx, c.store, c.store.RunsPrefix(), func(r *osvcv1.Run) {
+		switch r.GetState() {
+		case osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED:
+			return
+		case osvcv1.RunState_RUN_STATE_LEASED, osvcv1.RunState_RUN_STATE_IN_PROCESS:
+			// A run without a start time protects everything: better late than lost.
+			m.leases = append(m.leases, r.GetStartTime().AsTime())
+		}
+		if sha := r.GetResultSha256(); sha != "" {
+			m.shas[sha] = true
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	delete(m.shas, "")
+	return m, nil
+}
+
+// lastClaim is when the blob's record was made or last claimed.
+func lastClaim(c *osvcv1.Content) time.Time {
+	created, updated := c.GetCreateTime().AsTime(), c.GetUpdateTime().AsTime()
+	if c.GetUpdateTime() != nil && updated.After(created) {
+		return updated
+	}
+	return created
+}
+
+// eachValue calls fn with every value under prefix, a page at a time.
+func eachValue[T proto.Message](ctx context.Context, s *store.Store, prefix string, fn func(T)) error {
+	return eachKey(ctx, s, prefix, func(key string, value []byte, _ int64) error {
+		v, err := store.Unmarshal[T](value)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		fn(v)
+		return nil
+	})
+}
+
+// eachContent calls fn with every content record and its revision.
+func (c *Collector) eachContent(ctx context.Context, fn func(sha string, rec *osvcv1.Content, rev int64) error) error {
+	return eachKey(ctx, c.store, c.store.ContentsPrefix(), func(key string, value []byte, rev int64) error {
+		rec, err := store.Unmarshal[*osvcv1.Content](value)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		sha := store.IDFromKey(key)
+		if !ValidSHA256(sha) {
+			return nil
+		}
+		return fn(sha, rec, rev)
+	})
+}
+
+// eachKey calls fn with every key under prefix, its value and revision, a
+// page at a time.
+func eachKey(ctx context.Context, s *store.Store, prefix string, fn func(key string, value []byte, rev int64) error) error {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	from := prefix
+	for {
+		resp, err := s.Client().Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(collectPageSize))
+		if err != nil {
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// collect removes a blob whose record is still at revision rev: its record
+// in a transaction comparing that revision, then its file. It reports false
+// when the record changed (a claim) or is gone. It holds the blob's lock, so
+// no Write puts the same blob in place meanwhile.
+func (l *Library) collect(ctx context.Context, sha string, rev int64) (bool, error) {
+	unlock := l.blobs.lock(sha)
+	defer unlock()
+	key := l.store.ContentKey(sha)
+	resp, err := l.store.Client().Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).Commit()
+	if err != nil {
+		return false, fmt.Errorf("remove the record of %s: %w", sha, err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	if err := os.Remove(l.Path(sha)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// The record is gone: the file is an orphan the next write of the
+		// same blob replaces.
+		return true, fmt.Errorf("remove blob %s: %w", sha, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,9 @@
+package content
+
+import "context"
+
+// CollectAt is the collector's removal of one blob whose record it judged at
+// revision rev, for tests of the revision guard.
+func (l *Library) CollectAt(ctx context.Context, sha string, rev int64) (bool, error) {
+	return l.collect(ctx, sha, rev)
+}
