@@ -242,7 +242,7 @@ func normalizeLine(l *osvcv1.LogLine, now func() time.Time) *osvcv1.LogLine {
 
 // ReportRunResult ends a run. SUCCEEDED swaps the image: the uploaded result
 // becomes the image's current version, the previous one is kept, older ones
-// are dropped (their blobs deleted unless still used), all in the transaction
+// are dropped (the content collector removes their blobs), all in the transaction
 // that compares the fencing token. A SUCCEEDED result that is the run's
 // source version itself (nothing changed the image) adds no version. FAILED
 // and CANCELED leave the image's content untouched.
@@ -321,12 +321,11 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	}
 	// Keep the version being replaced as the previous one, so rollback is a
 	// pointer move; drop the rest.
-	var kept, dropped []*osvcv1.ImageVersion
+	// The dropped versions' blobs are left to the content collector.
+	var kept []*osvcv1.ImageVersion
 	for _, v := range img.GetVersions() {
 		if v.GetVersion() == img.GetCurrentVersion() {
 			kept = append(kept, v)
-		} else {
-			dropped = append(dropped, v)
 		}
 	}
 	img.Versions = append(kept, newVersion)
@@ -348,9 +347,6 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	run.ResultSha256 = content.GetSha256()
 	run.ResultSizeBytes = content.GetSizeBytes()
 	run.ResultIndexes = m.GetIndexes()
-	if len(dropped) > 0 {
-		ch.tx.OnCommit(func(int64) { s.deleteBlobs(context.WithoutCancel(ch.ctx), dropped) })
-	}
 	return nil
 }
 
@@ -388,40 +384,6 @@ func (s *Service) keepVersion(ctx context.Context, ch *change, img *osvcv1.Image
 	run.ResultSizeBytes = content.GetSizeBytes()
 	run.ResultIndexes = m.GetIndexes()
 	return nil
-}
-
-// deleteBlobs removes the blobs of dropped image versions unless a version of
-// any image still uses them. Failing here leaves an orphan blob, never a
-// dangling version, so it is logged, not returned.
-func (s *Service) deleteBlobs(ctx context.Context, dropped []*osvcv1.ImageVersion) {
-	used := map[string]bool{}
-	token := ""
-	for {
-		page, next, err := store.List[*osvcv1.Image](ctx, s.store, s.store.ImagesPrefix(), 1000, token)
-		if err != nil {
-			s.logger.Warn("cannot list images to delete dropped versions; their blobs stay", "error", err)
-			return
-		}
-		for _, img := range page {
-			for _, v := range img.GetVersions() {
-				used[v.GetSha256()] = true
-			}
-		}
-		if next == "" {
-			break
-		}
-		token = next
-	}
-	for _, v := range dropped {
-		if used[v.GetSha256()] || v.GetSha256() == "" {
-			continue
-		}
-		if err := s.library.Delete(ctx, v.GetSha256()); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-			s.logger.Warn("cannot delete the blob of a dropped image version", "sha256", v.GetSha256(), "version", v.GetVersion(), "error", err)
-			continue
-		}
-		s.logger.Info("dropped image version deleted", "sha256", v.GetSha256(), "version", v.GetVersion())
-	}
 }
 
 // errNoChange tells fenced that the report is accepted but changes nothing.

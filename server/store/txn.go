@@ -48,7 +48,7 @@ func (s *Store) Txn(ctx context.Context, name string, apply func(tx *Tx) error, 
 		}
 	}
 	for attempt := 0; attempt < txnAttempts; attempt++ {
-		tx.writes, tx.order, tx.onCommit = map[string]clientv3.Op{}, nil, nil
+		tx.writes, tx.order = map[string]clientv3.Op{}, nil
 		if err := apply(tx); err != nil {
 			return 0, err
 		}
@@ -63,9 +63,6 @@ func (s *Store) Txn(ctx context.Context, name string, apply func(tx *Tx) error, 
 			return 0, fmt.Errorf("%s: %w", name, err)
 		}
 		if ok {
-			for _, f := range tx.onCommit {
-				f(rev)
-			}
 			return rev, nil
 		}
 		s.logger.Trace("concurrent change, retrying", "txn", name, "attempt", attempt+1)
@@ -102,7 +99,6 @@ type Tx struct {
 	reads    map[string]*read
 	writes   map[string]clientv3.Op
 	order    []string
-	onCommit []func(rev int64)
 }
 
 // read is a key as the transaction read it; modRev 0 means absent.
@@ -235,10 +231,6 @@ func (tx *Tx) write(key string, op clientv3.Op) {
 	}
 	tx.writes[key] = op
 }
-
-// OnCommit calls f with the commit's revision once the transaction
-// committed (not for an attempt that failed its compares).
-func (tx *Tx) OnCommit(f func(rev int64)) { tx.onCommit = append(tx.onCommit, f) }
 
 // commit writes the attempt's writes guarded by its read set; on a failed
 // compare it refreshes the read set from the same etcd transaction.
