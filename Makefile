@@ -27,6 +27,7 @@ check-generated: generate
 lint:
 	$(BUF) lint
 	$(GO) vet ./...
+	GOOS=windows GOARCH=amd64 $(GO) build ./...
 
 # The whole suite, unit and integration, with the race detector.
 test: deps

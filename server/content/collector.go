@@ -304,13 +304,17 @@ func (l *Library) collect(ctx context.Context, sha string, rev int64) (bool, err
 	unlock := l.blobs.lock(sha)
 	defer unlock()
 	key := l.store.ContentKey(sha)
-	resp, err := l.store.Client().Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpDelete(key)).Commit()
+	deleted, err := l.store.Txn(ctx, "collect content "+sha, func(tx *store.Tx) error {
+		if cur, err := tx.Revision(key); err != nil || cur != rev {
+			return err
+		}
+		tx.Delete(key)
+		return nil
+	})
 	if err != nil {
 		return false, fmt.Errorf("remove the record of %s: %w", sha, err)
 	}
-	if !resp.Succeeded {
+	if deleted == 0 {
 		return false, nil
 	}
 	if err := os.Remove(l.Path(sha)); err != nil && !errors.Is(err, os.ErrNotExist) {

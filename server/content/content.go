@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -292,10 +291,6 @@ func sizeDesc(n, want int64) string {
 	return fmt.Sprint(n)
 }
 
-// claimRetries bounds claim's compare-and-swap loop on a record that keeps
-// changing under it.
-const claimRetries = 8
-
 // Claim is Stat for a caller about to reference the blob (an import, a
 // run's result): it sets the record's update time to now, so the collector
 // leaves the blob alone for a grace period, and it checks the blob's file is
@@ -321,44 +316,29 @@ func (l *Library) Claim(ctx context.Context, sha string) (*osvcv1.Content, error
 // dropped, so the next write repairs it.
 func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	key := l.store.ContentKey(sha)
-	for range claimRetries {
-		resp, err := l.store.Client().Get(ctx, key)
+	var out *osvcv1.Content
+	_, err := l.store.Txn(ctx, "claim content "+sha, func(tx *store.Tx) error {
+		out = nil
+		c, err := store.Load[*osvcv1.Content](tx, key)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
 		if err != nil {
-			return nil, fmt.Errorf("content %s: %w", sha, err)
+			return err
 		}
-		if len(resp.Kvs) == 0 {
-			return nil, nil
-		}
-		kv := resp.Kvs[0]
 		if _, err := os.Stat(l.Path(sha)); err != nil {
 			l.logger.Warn("blob recorded but missing on disk; accepting it again", "sha256", sha, "error", err)
-			if _, err := l.store.Client().Txn(ctx).
-				If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-				Then(clientv3.OpDelete(key)).Commit(); err != nil {
-				return nil, fmt.Errorf("content library: drop the record of missing blob %s: %w", sha, err)
-			}
-			return nil, nil
-		}
-		c, err := store.Unmarshal[*osvcv1.Content](kv.Value)
-		if err != nil {
-			return nil, fmt.Errorf("content %s: %w", sha, err)
+			tx.Delete(key)
+			return nil
 		}
 		c.UpdateTime = timestamppb.New(l.now())
-		data, err := l.store.Marshal(c)
-		if err != nil {
-			return nil, err
-		}
-		txn, err := l.store.Client().Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
-			Then(clientv3.OpPut(key, string(data))).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("content %s: %w", sha, err)
-		}
-		if txn.Succeeded {
-			return c, nil
-		}
+		out = c
+		return tx.Put(key, c)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("content %s: %w", sha, err)
 	}
-	return nil, fmt.Errorf("content %s kept changing while it was claimed: %w", sha, errdefs.ErrContended)
+	return out, nil
 }
 
 // Stat returns the record of a blob; errdefs.ErrNotFound when the library does not hold it.
