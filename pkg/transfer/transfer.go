@@ -342,7 +342,10 @@ func ValidSHA256(s string) bool {
 	return true
 }
 
-// ctxReader stops a long local read (hashing gigabytes) when ctx ends.
+// ContextReader reads r until ctx ends: a long local read (hashing
+// gigabytes) or a stalled upload stops with ctx's error.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return &ctxReader{ctx: ctx, r: r} }
+
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader

@@ -226,7 +226,8 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 	if h.SizeBytes > 0 {
 		limit = h.SizeBytes
 	}
-	src := io.LimitReader(&ctxReader{ctx: ctx, r: r}, limit+1)
+	// A stalled upload ends with ctx rather than hold a temp file for ever.
+	src := io.LimitReader(transfer.ContextReader(ctx, r), limit+1)
 	n, err := io.Copy(io.MultiWriter(tmp, hash), src)
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: receive data: %w", err)
@@ -394,20 +395,6 @@ func (l *Library) Delete(ctx context.Context, sha string) error {
 	}
 	l.logger.Info("blob deleted", "sha256", sha)
 	return nil
-}
-
-// ctxReader stops reading when ctx ends, so a stalled upload does not hold a
-// temp file forever.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // keyedMutex is a mutex per key, kept only while someone holds or waits for it.
