@@ -52,7 +52,7 @@ type Config struct {
 	Engine engine.Engine
 	// NewEngine, when set, makes a run's engine with the run's logger, so the
 	// engine's output lands in the run log; Engine is used otherwise.
-	NewEngine func(logger hclog.Logger) (engine.Engine, error)
+	NewEngine engine.RunEngine
 	Logger    hclog.Logger
 	Version   string
 	// DialOptions are added to the connections' options (credentials; tests: bufconn).
@@ -358,7 +358,7 @@ func (a *Agent) removeExpired() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	held := func(id string) bool { _, ok := a.runs["runs/"+id]; return ok }
-	removed, err := pipeline.RemoveExpired(a.drive, a.cfg.WorkRetention, a.now(), held, a.logger)
+	removed, err := pipeline.RemoveExpired(context.Background(), a.cfg.Engine, a.drive, a.cfg.WorkRetention, a.now(), held, a.logger)
 	if err != nil {
 		a.logger.Warn("removing expired work folders failed", "error", err)
 	}

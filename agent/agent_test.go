@@ -202,7 +202,7 @@ func startSetup(t *testing.T, su setup) *harness {
 		Drive:          drive,
 		DataDir:        t.TempDir(),
 		Engine:         eng,
-		NewEngine:      func(l hclog.Logger) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
+		NewEngine:      func(l hclog.Logger, _ string) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
 		Logger:         hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 		Version:        "test",
 		InitialBackoff: 10 * time.Millisecond,

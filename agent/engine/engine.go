@@ -7,6 +7,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/osvc/osvc/pkg/wiminfo"
 )
 
@@ -72,6 +74,25 @@ type Installed struct {
 // ProgressFunc receives the percent done of the operation under way, 0 to 100.
 type ProgressFunc func(percent int)
 
+// PackageResult is what applying one update file to a mounted index did.
+type PackageResult struct {
+	Outcome Outcome
+	// Detail says why, when the file was not applied: the engine's reason,
+	// or the servicing tool's code and own message, e.g.
+	// "0x800f081e: The specified package is not applicable to this image."
+	Detail string
+}
+
+// MountPoint is an image mounted in a folder, as the engine finds it.
+type MountPoint struct {
+	Dir string
+	// Foreign marks a mount point in the folder that is not an image this
+	// engine mounted (another file system): never delete into it.
+	Foreign bool
+	// Detail describes it for logs: a file system type, a mount status.
+	Detail string
+}
+
 // Engine carries out servicing operations on WIM files. Every method logs what
 // it runs through the engine's logger, and honours ctx: a canceled operation
 // leaves the source file as it was.
@@ -87,8 +108,10 @@ type Engine interface {
 	// Mount mounts one index read-write in dir, which must exist and be empty.
 	Mount(ctx context.Context, wim string, index int, dir string) (*Mount, error)
 	// AddPackage applies one update file to the mounted index. A file the
-	// engine cannot apply returns Unsupported and a nil error.
-	AddPackage(ctx context.Context, m *Mount, path string, progress ProgressFunc) (Outcome, error)
+	// engine cannot apply returns Unsupported and a nil error; a package
+	// that does not apply NotApplicable with why. An error is a failure to
+	// apply it, its message the tool's code and words.
+	AddPackage(ctx context.Context, m *Mount, path string, progress ProgressFunc) (PackageResult, error)
 	// InstalledPackages lists the packages installed in the mounted index.
 	InstalledPackages(ctx context.Context, m *Mount) ([]Installed, error)
 	// Cleanup removes superseded components (DISM's /Cleanup-Image
@@ -105,4 +128,16 @@ type Engine interface {
 	// ReadInstalled lists the packages installed in one index of a WIM file
 	// without mounting it read-write.
 	ReadInstalled(ctx context.Context, wim string, index int) ([]Installed, error)
+	// Mounts lists the mount points at or below dir, deepest first: images
+	// this engine (or a crashed run of it) mounted there, and any other
+	// mount point there, marked Foreign.
+	Mounts(ctx context.Context, dir string) ([]MountPoint, error)
+	// Recover releases what a crashed agent left in the engine's own
+	// records (DISM's /Cleanup-Mountpoints), before the agent takes runs.
+	Recover(ctx context.Context) error
 }
+
+// RunEngine makes the engine of one run: its output goes to the run's
+// logger, and work is the run's work folder, where the engine keeps its own
+// log (dism.log) and scratch space.
+type RunEngine func(logger hclog.Logger, work string) (Engine, error)

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,9 +66,9 @@ func (e *recordingEngine) Mount(ctx context.Context, wim string, index int, dir 
 	return e.Engine.Mount(ctx, wim, index, dir)
 }
 
-func (e *recordingEngine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.Outcome, error) {
+func (e *recordingEngine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.PackageResult, error) {
 	if err := e.record(ctx, fmt.Sprintf("add %d %s", m.Index, filepath.Base(path))); err != nil {
-		return 0, err
+		return engine.PackageResult{}, err
 	}
 	return e.Engine.AddPackage(ctx, m, path, progress)
 }
@@ -203,14 +204,14 @@ func mounted(m *engine.Mount) ([]string, error) {
 	return strings.Fields(string(data)), nil
 }
 
-func (fileEngine) AddPackage(_ context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.Outcome, error) {
+func (fileEngine) AddPackage(_ context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.PackageResult, error) {
 	installed, err := mounted(m)
 	if err != nil {
-		return 0, err
+		return engine.PackageResult{}, err
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return 0, err
+		return engine.PackageResult{}, err
 	}
 	kb, outcome, _ := strings.Cut(string(data), " ")
 	if progress != nil {
@@ -219,16 +220,16 @@ func (fileEngine) AddPackage(_ context.Context, m *engine.Mount, path string, pr
 	switch outcome {
 	case "applied":
 		if slices.Contains(installed, kb) {
-			return engine.AlreadyInstalled, nil
+			return engine.PackageResult{Outcome: engine.AlreadyInstalled}, nil
 		}
 		installed = append(installed, kb)
-		return engine.Applied, os.WriteFile(filepath.Join(m.Dir, installedFile), []byte(strings.Join(installed, "\n")), 0o640)
+		return engine.PackageResult{Outcome: engine.Applied}, os.WriteFile(filepath.Join(m.Dir, installedFile), []byte(strings.Join(installed, "\n")), 0o640)
 	case "not-applicable":
-		return engine.NotApplicable, nil
+		return engine.PackageResult{Outcome: engine.NotApplicable, Detail: kb + " is not for this index"}, nil
 	case "unsupported":
-		return engine.Unsupported, nil
+		return engine.PackageResult{Outcome: engine.Unsupported}, nil
 	}
-	return 0, fmt.Errorf("%s: the package is damaged", filepath.Base(path))
+	return engine.PackageResult{}, fmt.Errorf("%s: the package is damaged", filepath.Base(path))
 }
 
 func (fileEngine) InstalledPackages(_ context.Context, m *engine.Mount) ([]engine.Installed, error) {
@@ -284,6 +285,28 @@ func (fileEngine) Export(_ context.Context, src string, index int, dst string) e
 	out.Indexes = append(out.Indexes, im.Indexes[index-1])
 	return out.write(dst)
 }
+
+// Mounts lists the folders at or below dir that hold a mounted index's
+// package list: the file engine's mounts.
+func (fileEngine) Mounts(_ context.Context, dir string) ([]engine.MountPoint, error) {
+	var out []engine.MountPoint
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && d.Name() == installedFile {
+			out = append(out, engine.MountPoint{Dir: filepath.Dir(path), Detail: "file engine"})
+		}
+		return nil
+	})
+	slices.Reverse(out)
+	return out, err
+}
+
+func (fileEngine) Recover(context.Context) error { return nil }
 
 func (fileEngine) ReadInstalled(_ context.Context, wim string, index int) ([]engine.Installed, error) {
 	im, err := readImage(wim)

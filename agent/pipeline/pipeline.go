@@ -3,6 +3,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,7 +64,7 @@ type Config struct {
 	Engine engine.Engine
 	// NewEngine, when set, makes an engine logging to the run's logger, so
 	// that the engine's output (wimlib-imagex's lines) lands in the run log.
-	NewEngine func(logger hclog.Logger) (engine.Engine, error)
+	NewEngine engine.RunEngine
 	// UpdateFiles serves the updates' files.
 	UpdateFiles UpdateFiles
 	// Images downloads the source version and uploads the result.
@@ -204,7 +205,7 @@ func (r *run) run(ctx context.Context) error {
 	// Deferred in this order, the update files are released after tidy
 	// removed the work folder's links to them.
 	defer r.releaseUpdateFiles()
-	defer r.tidy()
+	defer r.tidy(ctx)
 
 	if lost := r.lost(); lost != nil {
 		r.log.Warn("the server no longer gives this run to this agent: work discarded, no more reports", "error", lost)
@@ -499,7 +500,7 @@ func (r *run) driveStep(ctx context.Context, space int64) error {
 		if err := discardMounts(ctx, r.eng, r.work, r.log); err != nil {
 			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
 		}
-		if _, err := tidyWork(r.work, r.log); err != nil {
+		if _, err := tidyWork(ctx, r.eng, r.work, r.log); err != nil {
 			return "", fmt.Errorf("clean up an earlier attempt: %w", err)
 		}
 		return detail, nil
@@ -611,7 +612,7 @@ func (r *run) startEngine() error {
 		r.eng = r.cfg.Engine
 		return nil
 	}
-	eng, err := r.cfg.NewEngine(r.log)
+	eng, err := r.cfg.NewEngine(r.log, r.work)
 	if err != nil {
 		return fmt.Errorf("start the engine: %w", err)
 	}
@@ -941,27 +942,27 @@ func (r *run) applyFiles(ctx context.Context, ui int, u *osvcv1.Update, progress
 		return 0, "", fmt.Errorf("update %s has no files", u.GetName())
 	}
 	rank := map[engine.Outcome]int{engine.Unsupported: 1, engine.NotApplicable: 2, engine.AlreadyInstalled: 3, engine.Applied: 4}
-	var best engine.Outcome
+	var best engine.PackageResult
 	n := len(u.GetFiles())
 	for j, f := range u.GetFiles() {
 		path := r.linked(ui, j)
-		out, err := r.eng.AddPackage(ctx, r.mount, path, func(pct int) { progress((100*j + pct) / n) })
+		res, err := r.eng.AddPackage(ctx, r.mount, path, func(pct int) { progress((100*j + pct) / n) })
 		if err != nil {
 			return 0, "", fmt.Errorf("%s: %w", f.GetFileName(), err)
 		}
-		if rank[out] > rank[best] {
-			best = out
+		if rank[res.Outcome] > rank[best.Outcome] {
+			best = res
 		}
 	}
-	switch best {
+	switch best.Outcome {
 	case engine.Applied:
 		return osvcv1.UpdateState_UPDATE_STATE_APPLIED, "", nil
 	case engine.AlreadyInstalled:
-		return osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED, "", nil
+		return osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED, best.Detail, nil
 	case engine.NotApplicable:
-		return osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE, "", nil
+		return osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE, best.Detail, nil
 	default:
-		return osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED, engine.UnsupportedMessage, nil
+		return osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED, cmp.Or(best.Detail, engine.UnsupportedMessage), nil
 	}
 }
 
@@ -1071,11 +1072,21 @@ func (r *run) describe(ctx context.Context, wim string) ([]*osvcv1.ImageIndex, e
 // tidy removes the copies and the mount folder from the work folder, keeping
 // the logs, and marks when the run ended for the agent's retention. A work
 // folder that still holds a mount point is left alone.
-func (r *run) tidy() {
-	if _, err := tidyWork(r.work, r.log); err != nil {
+func (r *run) tidy(ctx context.Context) {
+	defer r.touchWork()
+	eng := r.eng
+	if eng == nil {
+		eng = r.cfg.Engine
+	}
+	if eng == nil {
+		return // the engine never started: the run made no copies
+	}
+	// A canceled run tidies too.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if _, err := tidyWork(tctx, eng, r.work, r.log); err != nil {
 		r.log.Warn("the work folder keeps leftovers: the agent removes them when it next starts", "dir", r.work, "error", err)
 	}
-	r.touchWork()
 }
 
 // touchWork sets the work folder's modification time to now: the retention

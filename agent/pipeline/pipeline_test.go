@@ -210,7 +210,7 @@ func configOver(t *testing.T, c osvcv1.ContentServiceClient) Config {
 	}
 	t.Cleanup(updates.Close)
 	return Config{
-		NewEngine:   func(l hclog.Logger) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
+		NewEngine:   func(l hclog.Logger, _ string) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
 		UpdateFiles: updates,
 		Images:      images,
 		Drive:       t.TempDir(),
@@ -222,8 +222,8 @@ func configOver(t *testing.T, c osvcv1.ContentServiceClient) Config {
 func recordCalls(cfg *Config) *recordingEngine {
 	rec := &recordingEngine{}
 	newEngine := cfg.NewEngine
-	cfg.NewEngine = func(l hclog.Logger) (engine.Engine, error) {
-		eng, err := newEngine(l)
+	cfg.NewEngine = func(l hclog.Logger, work string) (engine.Engine, error) {
+		eng, err := newEngine(l, work)
 		if err != nil {
 			return nil, err
 		}

@@ -13,31 +13,31 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
-	"github.com/osvc/osvc/agent/mountinfo"
 )
 
 // discardMounts unmounts, without committing, every mount at or below dir:
-// mounts a crashed agent (or a crashed attempt of a run) left behind. The
-// WIM they were mounted from is left as it was. A mount whose FUSE daemon
-// died with the agent cannot be unmounted by wimlib-imagex; the engine then
-// detaches it lazily, which is as good for a discard.
+// mounts a crashed agent (or a crashed attempt of a run) left behind, as the
+// engine lists them. The WIM they were mounted from is left as it was. A
+// wimlib mount whose FUSE daemon died with the agent cannot be unmounted by
+// wimlib-imagex; the engine then detaches it lazily, which is as good for a
+// discard.
 func discardMounts(ctx context.Context, eng engine.Engine, dir string, log hclog.Logger) error {
-	mounts, err := mountinfo.Under(dir)
+	mounts, err := eng.Mounts(ctx, dir)
 	if err != nil {
-		return err
+		return fmt.Errorf("list the mounts in %s: %w", dir, err)
 	}
 	var errs []error
 	for _, mp := range mounts {
-		if !strings.HasPrefix(mp.FSType, "fuse") {
-			// Not an engine's mount (wimlib's is fuse.wimfs): someone else's,
-			// and the engine's last resort, fusermount3, cannot detach it anyway.
-			errs = append(errs, fmt.Errorf("%s is a %s mount, not a WIM mounted by a run: left alone: unmount it or move it out of the work folder", mp.Dir, mp.FSType))
+		if mp.Foreign {
+			// Not an image the engine mounted: someone else's, and the
+			// engine's unmount cannot detach it anyway.
+			errs = append(errs, fmt.Errorf("%s is a %s mount, not a WIM mounted by a run: left alone: unmount it or move it out of the work folder", mp.Dir, mp.Detail))
 			continue
 		}
-		log.Warn("a mount left by an earlier run: unmounting it without commit", "dir", mp.Dir, "type", mp.FSType)
+		log.Warn("a mount left by an earlier run: unmounting it without commit", "dir", mp.Dir, "detail", mp.Detail)
 		// Discarding needs the folder only; Info and WIM serve a commit.
 		uerr := eng.Unmount(ctx, &engine.Mount{Dir: mp.Dir}, false)
-		still, err := mountinfo.Under(mp.Dir)
+		still, err := eng.Mounts(ctx, mp.Dir)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -50,7 +50,7 @@ func discardMounts(ctx context.Context, eng engine.Engine, dir string, log hclog
 			if uerr == nil {
 				uerr = errors.New("still listed as mounted after the unmount")
 			}
-			errs = append(errs, fmt.Errorf("discard the mount in %s: %w: unmount it by hand (wimlib-imagex unmount %s, or fusermount3 -u -z %s)", mp.Dir, uerr, mp.Dir, mp.Dir))
+			errs = append(errs, fmt.Errorf("discard the mount in %s: %w: unmount it by hand (with the %s engine's tool)", mp.Dir, uerr, eng.Name()))
 			continue
 		}
 		if uerr != nil {
@@ -70,7 +70,7 @@ func isLog(name string) bool { return name == LogFile || name == EngineLogFile }
 // folder that still holds a mount point is left whole: deleting into a
 // mounted image, or from under its FUSE daemon, is never safe. It returns the
 // names it removed.
-func tidyWork(work string, log hclog.Logger) ([]string, error) {
+func tidyWork(ctx context.Context, eng engine.Engine, work string, log hclog.Logger) ([]string, error) {
 	entries, err := os.ReadDir(work)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -78,7 +78,7 @@ func tidyWork(work string, log hclog.Logger) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tidy the work folder %s: %w", work, err)
 	}
-	mounts, err := mountinfo.Under(work)
+	mounts, err := eng.Mounts(ctx, work)
 	if err != nil {
 		return nil, fmt.Errorf("tidy the work folder: %w", err)
 	}
@@ -136,6 +136,11 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 		logger = hclog.NewNullLogger()
 	}
 	log := logger.Named("recovery")
+	// The engine's own records first: DISM forgets mounts whose folders
+	// are gone only when told to.
+	if err := eng.Recover(ctx); err != nil {
+		log.Warn("the engine could not release what a crashed agent left", "engine", eng.Name(), "error", err)
+	}
 	dirs, err := workFolders(drive)
 	if err != nil {
 		return fmt.Errorf("recover the work folders: %w", err)
@@ -153,7 +158,7 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 				leftovers++
 			}
 		}
-		mounts, err := mountinfo.Under(dir)
+		mounts, err := eng.Mounts(ctx, dir)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
 			continue
@@ -166,7 +171,7 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
 			continue
 		}
-		removed, err := tidyWork(dir, log)
+		removed, err := tidyWork(ctx, eng, dir, log)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("recover %s: %w", dir, err))
 			continue
@@ -182,7 +187,7 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 // run's logs. keep, when set, names run ids (the folder names) not to touch:
 // the runs the agent holds. A folder with anything but logs in it is left to
 // Recover or to its run. It returns the folders removed.
-func RemoveExpired(drive string, retention time.Duration, now time.Time, keep func(runID string) bool, logger hclog.Logger) ([]string, error) {
+func RemoveExpired(ctx context.Context, eng engine.Engine, drive string, retention time.Duration, now time.Time, keep func(runID string) bool, logger hclog.Logger) ([]string, error) {
 	if retention <= 0 {
 		return nil, fmt.Errorf("remove expired work folders: retention %s: want a positive duration", retention)
 	}
@@ -221,7 +226,7 @@ func RemoveExpired(drive string, retention time.Duration, now time.Time, keep fu
 		if !ended {
 			continue
 		}
-		if mounts, err := mountinfo.Under(dir); err != nil || len(mounts) > 0 {
+		if mounts, err := eng.Mounts(ctx, dir); err != nil || len(mounts) > 0 {
 			continue // the folder itself is a mount point: not ours to delete
 		}
 		// File by file, never RemoveAll: whatever appeared since the listing stays.

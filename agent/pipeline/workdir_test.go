@@ -288,7 +288,7 @@ func TestRemoveExpiredRemovesTheLogsOfRunsEndedLongerAgoThanTheRetention(t *test
 
 	var logs bytes.Buffer
 	logger := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})
-	removed, err := RemoveExpired(drive, retention, now, func(id string) bool { return id == "held" }, logger)
+	removed, err := RemoveExpired(context.Background(), fileEngine{}, drive, retention, now, func(id string) bool { return id == "held" }, logger)
 	if err != nil {
 		t.Fatalf("RemoveExpired: %v", err)
 	}
@@ -316,7 +316,7 @@ func TestRemoveExpiredRefusesANonPositiveRetention(t *testing.T) {
 	t.Parallel()
 	drive := t.TempDir()
 	writeFile(t, filepath.Join(drive, WorkFolder, "r1", LogFile), "x")
-	if _, err := RemoveExpired(drive, 0, time.Now().Add(time.Hour), nil, nil); err == nil {
+	if _, err := RemoveExpired(context.Background(), fileEngine{}, drive, 0, time.Now().Add(time.Hour), nil, nil); err == nil {
 		t.Fatal("RemoveExpired with retention 0 succeeded, want an error")
 	}
 	if _, err := os.Stat(filepath.Join(drive, WorkFolder, "r1", LogFile)); err != nil {

@@ -108,7 +108,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		cfg.Engine = eng
-		cfg.NewEngine = func(l hclog.Logger) (engine.Engine, error) {
+		cfg.NewEngine = func(l hclog.Logger, _ string) (engine.Engine, error) {
 			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin})
 		}
 	default:

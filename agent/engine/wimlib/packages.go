@@ -23,20 +23,20 @@ import (
 // Unsupported. The package is staged in a folder beside the mount folder and
 // installed by copying its components into Windows/WinSxS, its update.mum
 // into Windows/servicing/Packages and recording it in Sessions.xml.
-func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.Outcome, error) {
+func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.PackageResult, error) {
 	log := e.logger.With("file", path, "mount", m.Dir)
 	ext := strings.ToLower(filepath.Ext(path))
 	if ext != ".cab" && ext != ".msu" {
 		log.Warn(engine.UnsupportedMessage)
-		return engine.Unsupported, nil
+		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
 	}
 	pkg, err := updatepkg.Open(path)
 	if errors.Is(err, updatepkg.ErrUnsupported) {
 		log.Warn(engine.UnsupportedMessage, "error", err)
-		return engine.Unsupported, nil
+		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("add package %s: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
 	if progress == nil {
 		progress = func(int) {}
@@ -45,40 +45,47 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 		// Applicability needs the index's description; a Mount made
 		// elsewhere than Mount may lack it.
 		if m.Info, err = e.indexInfo(ctx, m.WIM, m.Index); err != nil {
-			return 0, fmt.Errorf("add package %s: %w", path, err)
+			return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 		}
 	}
 	img, err := openImage(m)
 	if err != nil {
-		return 0, fmt.Errorf("add package %s: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
 	defer img.Close()
 	doc, err := readSessions(img)
 	if err != nil {
-		return 0, fmt.Errorf("add package %s: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
 	// Decide on the manifests Open validated, so that a file none of whose
 	// packages will be installed is never extracted.
 	apply := make([]bool, len(pkg.Manifests))
-	outcome := engine.NotApplicable
+	result := engine.PackageResult{Outcome: engine.NotApplicable}
+	var reasons []string
 	for i, man := range pkg.Manifests {
-		switch e.decide(log, m, img, doc, man) {
+		decided := e.decide(log, m, img, doc, man)
+		switch decided.Outcome {
 		case engine.Applied:
 			apply[i] = true
 		case engine.AlreadyInstalled:
-			outcome = engine.AlreadyInstalled
+			result.Outcome = engine.AlreadyInstalled
+		default:
+			reasons = append(reasons, decided.Detail)
 		}
 	}
 	if !slices.Contains(apply, true) {
-		return outcome, nil
+		if result.Outcome == engine.NotApplicable {
+			result.Detail = strings.Join(reasons, "; ")
+		}
+		return result, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, fmt.Errorf("add package %s: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
 	progress(0)
 	stageDir, err := os.MkdirTemp(filepath.Dir(m.Dir), "stage-")
 	if err != nil {
-		return 0, fmt.Errorf("add package %s: create the staging folder: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: create the staging folder: %w", path, err)
 	}
 	defer func() {
 		if err := os.RemoveAll(stageDir); err != nil {
@@ -89,10 +96,10 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	if errors.Is(err, updatepkg.ErrUnsupported) {
 		// e.g. payload compressed with LZX, which the cabinet reader cannot expand.
 		log.Warn(engine.UnsupportedMessage, "error", err)
-		return engine.Unsupported, nil
+		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("add package %s: stage: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: stage: %w", path, err)
 	}
 	var todo []*updatepkg.Staged
 	for i, s := range staged {
@@ -101,16 +108,16 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 		}
 	}
 	if err := e.install(ctx, log, img, doc, todo, progress); err != nil {
-		return 0, fmt.Errorf("add package %s: %w", path, err)
+		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
-	return engine.Applied, nil
+	return engine.PackageResult{Outcome: engine.Applied}, nil
 }
 
 // decide returns Applied when the package should be installed, or why not,
 // by the applicability rule the catalog uses too. Packages recorded
 // Installed or Superseded count as installed; the supersedes lists of those
 // recorded Installed say what they replace.
-func (e *Engine) decide(log hclog.Logger, m *engine.Mount, img *os.Root, doc *sessionsDoc, man *updatepkg.Manifest) engine.Outcome {
+func (e *Engine) decide(log hclog.Logger, m *engine.Mount, img *os.Root, doc *sessionsDoc, man *updatepkg.Manifest) engine.PackageResult {
 	log = log.With("package", man.Identity.String(), "kb", man.KB)
 	var installed []applicability.Installed
 	for _, in := range doc.installed() {
@@ -130,13 +137,13 @@ func (e *Engine) decide(log hclog.Logger, m *engine.Mount, img *os.Root, doc *se
 	ix := applicability.NewIndex(m.Info.Index, m.Info.Arch, m.Info.Build, installed)
 	switch verdict, reason := applicability.Check(man.Applicability(), ix); verdict {
 	case applicability.Applies:
-		return engine.Applied
+		return engine.PackageResult{Outcome: engine.Applied}
 	case applicability.AlreadyInstalled:
 		log.Info("package already installed")
-		return engine.AlreadyInstalled
+		return engine.PackageResult{Outcome: engine.AlreadyInstalled, Detail: reason}
 	default:
 		log.Info("package not applicable", "reason", reason)
-		return engine.NotApplicable
+		return engine.PackageResult{Outcome: engine.NotApplicable, Detail: reason}
 	}
 }
 

@@ -148,6 +148,25 @@ func (e *Engine) Inspect(ctx context.Context, wim string) ([]engine.Index, error
 	return idx, nil
 }
 
+// Mounts lists the mount points at or below dir from the kernel's mount
+// table: wimlib-imagex mounts are FUSE file systems (fuse.wimfs); any other
+// mount there is Foreign.
+func (e *Engine) Mounts(_ context.Context, dir string) ([]engine.MountPoint, error) {
+	mounts, err := mountinfo.Under(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]engine.MountPoint, len(mounts))
+	for i, m := range mounts {
+		out[i] = engine.MountPoint{Dir: m.Dir, Foreign: !strings.HasPrefix(m.FSType, "fuse"), Detail: m.FSType}
+	}
+	return out, nil
+}
+
+// Recover has nothing to release: wimlib keeps no records of its mounts
+// beside the mount table, which Mounts reads.
+func (e *Engine) Recover(context.Context) error { return nil }
+
 // Verify runs wimlib-imagex verify: it reads every image's metadata and
 // every blob the images use, and checks each against the SHA-1 the file
 // records. A file that fails is ErrDamaged with wimlib's own message.

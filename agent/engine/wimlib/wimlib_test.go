@@ -224,8 +224,8 @@ func TestAppliedPackageIsCommittedAndReadBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != engine.Applied {
-		t.Fatalf("AddPackage = %s, want Applied", got)
+	if got.Outcome != engine.Applied {
+		t.Fatalf("AddPackage = %s, want Applied", got.Outcome)
 	}
 	if len(progress) < 2 || progress[0] != 0 || progress[len(progress)-1] != 100 || !slices.IsSorted(progress) ||
 		len(slices.Compact(slices.Clone(progress))) != len(progress) {
@@ -328,8 +328,8 @@ func TestAddPackageOutcomes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
-		if got != s.want {
-			t.Errorf("%s: got %s, want %s", s.name, got, s.want)
+		if got.Outcome != s.want {
+			t.Errorf("%s: got %s, want %s", s.name, got.Outcome, s.want)
 		}
 	}
 	// The sample's arm64 update is for this image's build: only its
@@ -363,8 +363,8 @@ func TestDiscardLeavesTheWIMByteIdentical(t *testing.T) {
 	before := fileSHA256(t, wim)
 	m := mount(t, e, wim)
 	u := update(t, osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.Classification_CLASSIFICATION_DOTNET)
-	if got, err := e.AddPackage(context.Background(), m, u.File, nil); err != nil || got != engine.Applied {
-		t.Fatalf("AddPackage = %s, %v; want Applied", got, err)
+	if got, err := e.AddPackage(context.Background(), m, u.File, nil); err != nil || got.Outcome != engine.Applied {
+		t.Fatalf("AddPackage = %s, %v; want Applied", got.Outcome, err)
 	}
 	if err := e.Cleanup(context.Background(), m); err != nil {
 		t.Fatal(err)
@@ -429,8 +429,11 @@ func TestCleanupAndExportDropSupersededComponents(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", filepath.Base(u.File), err)
 		}
-		if want := outcomeFor(u.Want); got != want {
-			t.Errorf("%s: got %s, want %s", filepath.Base(u.File), got, want)
+		if want := outcomeFor(u.Want); got.Outcome != want {
+			t.Errorf("%s: got %s, want %s", filepath.Base(u.File), got.Outcome, want)
+		}
+		if got.Outcome == engine.NotApplicable && got.Detail == "" {
+			t.Errorf("%s: not applicable without saying why", filepath.Base(u.File))
 		}
 		if u.Classification == osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE && u.Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
 			older, newer = newer, u
@@ -681,8 +684,8 @@ func TestAnMSUAppliesItsInnerPackagesInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := e.AddPackage(context.Background(), m, path, nil)
-	if err != nil || got != engine.Applied {
-		t.Fatalf("AddPackage(MSU) = %s, %v; want Applied", got, err)
+	if err != nil || got.Outcome != engine.Applied {
+		t.Fatalf("AddPackage(MSU) = %s, %v; want Applied", got.Outcome, err)
 	}
 	installed, err := e.InstalledPackages(context.Background(), m)
 	if err != nil {
@@ -695,8 +698,8 @@ func TestAnMSUAppliesItsInnerPackagesInOrder(t *testing.T) {
 	if want := []string{ssu.KB, dotnet.KB}; !slices.Equal(kbs, want) {
 		t.Errorf("installed %v, want %v in that order", kbs, want)
 	}
-	if got, err := e.AddPackage(context.Background(), m, path, nil); err != nil || got != engine.AlreadyInstalled {
-		t.Errorf("AddPackage(MSU) again = %s, %v; want AlreadyInstalled", got, err)
+	if got, err := e.AddPackage(context.Background(), m, path, nil); err != nil || got.Outcome != engine.AlreadyInstalled {
+		t.Errorf("AddPackage(MSU) again = %s, %v; want AlreadyInstalled", got.Outcome, err)
 	}
 }
 
@@ -715,11 +718,11 @@ func TestAnOlderPackageSupersededByAnInstalledOneIsNotApplicable(t *testing.T) {
 		t.Fatalf("the sample has %d applicable cumulative updates, want 2", len(cus))
 	}
 	older, newer := cus[0], cus[1]
-	if got, err := e.AddPackage(context.Background(), m, newer.File, nil); err != nil || got != engine.Applied {
-		t.Fatalf("AddPackage(newer) = %s, %v; want Applied", got, err)
+	if got, err := e.AddPackage(context.Background(), m, newer.File, nil); err != nil || got.Outcome != engine.Applied {
+		t.Fatalf("AddPackage(newer) = %s, %v; want Applied", got.Outcome, err)
 	}
-	if got, err := e.AddPackage(context.Background(), m, older.File, nil); err != nil || got != engine.NotApplicable {
-		t.Fatalf("AddPackage(older after newer) = %s, %v; want NotApplicable", got, err)
+	if got, err := e.AddPackage(context.Background(), m, older.File, nil); err != nil || got.Outcome != engine.NotApplicable {
+		t.Fatalf("AddPackage(older after newer) = %s, %v; want NotApplicable", got.Outcome, err)
 	}
 	if !strings.Contains(logs.String(), "superseded by installed package") {
 		t.Error("the log does not say why the older package is not applicable")
