@@ -17,6 +17,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -25,6 +26,7 @@ import (
 
 	"github.com/osvc/osvc/agent"
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/engine/dism"
 	"github.com/osvc/osvc/agent/engine/wimlib"
 )
 
@@ -55,6 +57,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		engineName string
 		logLevel   string
 		wimlibBin  string
+		dismBin    string
 	)
 	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
 	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1 (required)")
@@ -65,8 +68,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cacheMax := byteSize(agent.DefaultCacheMaxBytes)
 	fs.Var(&cacheMax, "cache-max-bytes", "size cap of the update cache in <data-dir>/cache: a `size` in bytes or with a unit, e.g. 50GiB; least recently used files no run holds are evicted past it; 0 means no cap")
 	fs.DurationVar(&cfg.WorkRetention, "work-retention", agent.DefaultWorkRetention, "how long the work folder of an ended run (its logs) is kept after the run, e.g. 72h; 0 keeps them for ever")
-	fs.StringVar(&engineName, "engine", "wimlib", "servicing engine: wimlib")
+	fs.StringVar(&engineName, "engine", defaultEngine(), "servicing engine: dism (Windows) or wimlib (Linux)")
 	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
+	fs.StringVar(&dismBin, "dism", "", "dism.exe to run (default: the system's); elsewhere than Windows only a stand-in, for tests")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-agent --site CODE [flags]")
@@ -101,19 +105,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.Logger = logger
 	cfg.Version = version
 
-	switch engineName {
-	case "wimlib":
-		eng, err := wimlib.New(wimlib.Config{Logger: logger, Binary: wimlibBin})
-		if err != nil {
-			return err
-		}
-		cfg.Engine = eng
-		cfg.NewEngine = func(l hclog.Logger, _ string) (engine.Engine, error) {
-			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin})
-		}
-	default:
-		return fmt.Errorf("--engine %q: this build has the wimlib engine only", engineName)
+	newEngine, err := engineFactory(runtime.GOOS, engineName, wimlibBin, dismBin)
+	if err != nil {
+		return err
 	}
+	eng, err := newEngine(logger, "")
+	if err != nil {
+		return err
+	}
+	cfg.Engine, cfg.NewEngine = eng, newEngine
 
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -136,4 +136,34 @@ func (b *byteSize) Set(s string) error {
 	}
 	*b = byteSize(n)
 	return nil
+}
+
+// defaultEngine is the engine of this platform: dism on Windows, wimlib elsewhere.
+func defaultEngine() string {
+	if runtime.GOOS == "windows" {
+		return dism.Name
+	}
+	return "wimlib"
+}
+
+// engineFactory returns how to make the named engine's instances, or why
+// the platform goos cannot run it.
+func engineFactory(goos, name, wimlibBin, dismBin string) (engine.RunEngine, error) {
+	switch name {
+	case "wimlib":
+		if goos == "windows" {
+			return nil, errors.New("--engine wimlib: the wimlib engine mounts images with FUSE, which Windows lacks: use --engine dism")
+		}
+		return func(l hclog.Logger, _ string) (engine.Engine, error) {
+			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin})
+		}, nil
+	case dism.Name:
+		if goos != "windows" && dismBin == "" {
+			return nil, fmt.Errorf("--engine dism: %w (or give --dism a stand-in, as the tests do)", dism.ErrNoDISM)
+		}
+		return func(l hclog.Logger, work string) (engine.Engine, error) {
+			return dism.New(dism.Config{Logger: l, Binary: dismBin, Work: work})
+		}, nil
+	}
+	return nil, fmt.Errorf("--engine %q: use dism (Windows) or wimlib (Linux)", name)
 }

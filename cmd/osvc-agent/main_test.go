@@ -16,7 +16,9 @@ func TestRunRefusesBadFlags(t *testing.T) {
 	}{
 		{"without a site", nil, "--site is required"},
 		{"with an unknown log level", []string{"--site", "PS1", "--log-level", "loud"}, "--log-level"},
-		{"with an unknown engine", []string{"--site", "PS1", "--engine", "dism"}, "wimlib engine only"},
+		{"with an unknown engine", []string{"--site", "PS1", "--engine", "nope"}, "use dism (Windows) or wimlib (Linux)"},
+		{"with the dism engine on Linux and no stand-in", []string{"--site", "PS1", "--engine", "dism"}, "use the wimlib engine here"},
+		{"with the dism engine and a stand-in that is not there", []string{"--site", "PS1", "--engine", "dism", "--dism", "/nonexistent/dism.exe"}, "not found"},
 		{"with stray arguments", []string{"--site", "PS1", "extra"}, "unexpected arguments"},
 		{"with a negative capacity", []string{"--site", "PS1", "--capacity", "-1", "--data-dir", "DATA"}, "capacity -1"},
 		{"with a work retention that is not a duration", []string{"--site", "PS1", "--work-retention", "7"}, "work-retention"},
@@ -76,5 +78,25 @@ func TestCacheMaxBytesTakesBytesOrASizeWithAUnit(t *testing.T) {
 				t.Errorf("Set(%q) = %d, %v; want %d", tt.in, int64(b), err, tt.want)
 			}
 		})
+	}
+}
+
+func TestEachPlatformRefusesTheEngineItLacks(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		goos, engine, dism string
+		ok                 bool
+		want               string
+	}{
+		{"windows", "dism", "", true, ""},
+		{"windows", "wimlib", "", false, "use --engine dism"},
+		{"linux", "wimlib", "", true, ""},
+		{"linux", "dism", "", false, "use the wimlib engine here"},
+		{"linux", "dism", "dism-replay", true, ""},
+	} {
+		_, err := engineFactory(tt.goos, tt.engine, "wimlib-imagex", tt.dism)
+		if (err == nil) != tt.ok || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s on %s (--dism %q): %v, want ok %t or an error mentioning %q", tt.engine, tt.goos, tt.dism, err, tt.ok, tt.want)
+		}
 	}
 }
