@@ -178,24 +178,25 @@ func exitStatus(code uint32, goos string) (int, error) {
 	return status, nil
 }
 
-// noRecording is the error for a command no transcript answers: it names
-// the command, the folder and what each transcript there answers, and says
-// what to record.
+// noRecording is the error for a command no transcript answers: it says
+// what each transcript of the folder answers and what to record, and ends
+// with the command and the folder, on the last line, because the dism
+// engine takes a failed command's last line as DISM's message.
 func noRecording(dir string, args []string, ts []*transcript) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "no transcript in %s answers this command:\n  dism.exe %s\n", dir, strings.Join(quoteArgs(args), " "))
 	if len(ts) == 0 {
-		b.WriteString("The folder holds no transcript (*.txt).\n")
+		fmt.Fprintf(&b, "the folder %s holds no transcript (*.txt).\n", dir)
 	} else {
-		b.WriteString("The folder's transcripts answer, in the order they are tried:\n")
+		b.WriteString("the folder's transcripts answer, in the order they are tried:\n")
 		for _, t := range ts {
 			fmt.Fprintf(&b, "  %s: %s\n", filepath.Base(t.file), t.command)
 		}
 	}
-	b.WriteString("To answer it, run the command on Windows, record what dism.exe prints and its exit code " +
+	b.WriteString("To answer the command below, run it on Windows, record what dism.exe prints and its exit code " +
 		"(echo %ERRORLEVEL%), and add the recording to the scenario as a transcript whose \"command:\" line " +
 		"matches it, or add a file that names an existing recording with \"use:\" " +
-		"(see agent/engine/dism/testdata/transcripts/README.md).")
+		"(see agent/engine/dism/testdata/transcripts/README.md).\n")
+	fmt.Fprintf(&b, "no transcript in %s answers: dism.exe %s", dir, strings.Join(quoteArgs(args), " "))
 	return errors.New(b.String())
 }
 

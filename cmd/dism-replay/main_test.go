@@ -235,7 +235,7 @@ func TestReplayFailsClearlyWithItsOwnCode(t *testing.T) {
 			name:    "an unanswered command is named with the folder, the transcripts tried and what to record",
 			files:   map[string]string{"10-list.txt": listing},
 			args:    []string{"/Image:/w/mount", "/Cleanup-Image", "/StartComponentCleanup", "/ResetBase"},
-			wantErr: []string{"no transcript in", "dism.exe /Image:/w/mount /Cleanup-Image /StartComponentCleanup /ResetBase", "10-list.txt: /Get-WimInfo /WimFile:* !/Index:*", "record what dism.exe prints", "command:"},
+			wantErr: []string{"no transcript in", "answers: dism.exe /Image:/w/mount /Cleanup-Image /StartComponentCleanup /ResetBase", "10-list.txt: /Get-WimInfo /WimFile:* !/Index:*", "record what dism.exe prints", "command:"},
 		},
 		{
 			name:    "an empty folder says it holds no transcript",
