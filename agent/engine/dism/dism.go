@@ -57,6 +57,10 @@ type Config struct {
 	// its scratch files to Work\scratch. Empty for the agent's own engine
 	// (recovery), which uses DISM's defaults.
 	Work string
+	// CodePage is the code page dism.exe writes its console in: 0 for the
+	// system's OEM code page on Windows (UTF-8 elsewhere), or a Windows code
+	// page number (850, 936, 65001 for UTF-8).
+	CodePage int
 }
 
 // Engine services WIM files with dism.exe.
@@ -65,6 +69,8 @@ type Engine struct {
 	binary  string
 	work    string
 	scratch string
+	// codePage is the code page of dism.exe's output.
+	codePage int
 	// pause waits between tries of a busy command; tests shorten it.
 	pause func(context.Context, time.Duration) error
 }
@@ -91,7 +97,11 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dism engine: %s not found: %w", bin, err)
 	}
-	e := &Engine{logger: logger.Named("dism"), binary: path, work: cfg.Work, pause: sleep}
+	cp := cfg.CodePage
+	if cp == 0 {
+		cp = systemCodePage()
+	}
+	e := &Engine{logger: logger.Named("dism"), binary: path, work: cfg.Work, codePage: cp, pause: sleep}
 	if cfg.Work != "" {
 		e.scratch = filepath.Join(cfg.Work, "scratch")
 	}
@@ -147,22 +157,23 @@ func (e *Engine) run(ctx context.Context, progress engine.ProgressFunc, args ...
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 10 * time.Second
 	err := cmd.Run()
-	for _, l := range lines(stdout.Bytes()) {
-		if !percentRE.MatchString(l) || !strings.HasPrefix(l, "[") {
+	outText, errText := decode(e.codePage, stdout.Bytes()), decode(e.codePage, stderr.Bytes())
+	for _, l := range lines(outText) {
+		if !boundary(l) || !strings.HasPrefix(l, "[") {
 			e.logger.Info("dism", "output", l)
 		}
 	}
-	for _, l := range lines(stderr.Bytes()) {
+	for _, l := range lines(errText) {
 		e.logger.Warn("dism", "output", l)
 	}
 	var exit *exec.ExitError
 	switch {
 	case err == nil:
-		return stdout.Bytes(), Result{}, nil
+		return outText, Result{}, nil
 	case ctx.Err() != nil:
 		return nil, Result{}, fmt.Errorf("dism %s: %w", verb(args), ctx.Err())
 	case errors.As(err, &exit):
-		out := append(stdout.Bytes(), stderr.Bytes()...)
+		out := append(outText, errText...)
 		return out, parseResult(exit.ExitCode(), out), nil
 	}
 	return nil, Result{}, fmt.Errorf("run dism %s: %w", verb(args), err)

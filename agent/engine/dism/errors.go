@@ -29,6 +29,12 @@ const (
 	// the drive ran out of space.
 	codeDiskFull = "0x80070070"
 	codeNoSpace  = "0x800f0828"
+	// win32DiskFull is ERROR_DISK_FULL as /Unmount-Image /Commit prints it,
+	// in decimal ("Error: 112").
+	win32DiskFull = "112"
+	// codeAccessDenied, in either form: dism.exe runs only elevated.
+	codeAccessDenied  = "0x80070005"
+	win32AccessDenied = "5"
 )
 
 // Error is a DISM command that failed: the operation, DISM's code and its
@@ -69,10 +75,12 @@ func hint(r Result) string {
 		return "files the package needs are missing: the package may be damaged or for another build; import it again"
 	case codePending:
 		return "the image has pending operations: service it without remove superseded, or from a version without pending operations"
-	case codeDiskFull, codeNoSpace:
+	case codeDiskFull, codeNoSpace, win32DiskFull:
 		return "the drive is full: free space on it or choose another drive"
 	case codeMountBusy, codeMountInUse:
 		return "the mount folder is still in use: close what holds files in it"
+	case codeAccessDenied, win32AccessDenied:
+		return "DISM needs administrator rights: run osvc-agent as its Windows service (LocalSystem) or from an elevated prompt"
 	}
 	return ""
 }

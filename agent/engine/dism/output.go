@@ -100,22 +100,46 @@ type Result struct {
 func (r Result) OK() bool { return r.ExitCode == 0 }
 
 // errorLineRE is "Error: 0x800f081e" or "Error: 50" in any language ("Fehler:
-// 0x…", "Erreur : 0x…"): a word, a colon, a code and nothing else.
-var errorLineRE = regexp.MustCompile(`^[\p{L}][\p{L} ]{0,30}?\s?:\s*(0x[0-9A-Fa-f]{1,8}|\d{1,10})\s*$`)
+// 0x…", "Erreur : 0x…"): a word, a colon, a code and nothing else. The
+// word may be U+FFFD, what is left of it when the code page was not known.
+var errorLineRE = regexp.MustCompile(`^[\p{L}\x{FFFD}][\p{L}\x{FFFD} ]{0,30}?\s?:\s*(0x[0-9A-Fa-f]{1,8}|\d{1,10})\s*$`)
 
 // inlineErrorRE is the code at the end of "An error occurred - <package>
 // Error: 0x800f081e", in any language.
 var inlineErrorRE = regexp.MustCompile(`\s[\p{L}]+\s?:\s*(0x[0-9A-Fa-f]{8})\s*$`)
 
-// logHint is DISM's pointer to its log, the last line of a failure.
+// logHint is DISM's pointer to its log, the last line of a failure: "The
+// DISM log file can be found at C:\Windows\Logs\DISM\dism.log", in any
+// language, the path perhaps missing.
 func logHint(line string) bool {
 	l := strings.ToLower(line)
-	return strings.Contains(l, "dism.log") || strings.HasSuffix(l, ".log") || strings.HasSuffix(l, ".log.")
+	return strings.Contains(l, "dism.log") || strings.HasSuffix(l, ".log") || strings.HasSuffix(l, ".log.") ||
+		(strings.Contains(l, "dism") && strings.Contains(l, " log"))
+}
+
+// boilerplate is what DISM prints after every failure whatever it was; the
+// engine runs it with /English, so the English words are the ones to know.
+var boilerplate = map[string]bool{
+	"DISM failed. No operation was performed.":     true,
+	"For more information, review the log file.":   true,
+	"For more information, refer to the log file.": true,
+	"The command completed with errors.":           true,
+	"The operation completed successfully.":        true,
+	"The operation completed with errors.":         true,
+}
+
+// boundary is a line a failure's message never reaches back over: the
+// banner, the image lines, a progress bar, "Processing 1 of 2 - …".
+func boundary(line string) bool {
+	return isBanner(line) || strings.HasPrefix(line, "Processing ") ||
+		(strings.HasPrefix(line, "[") && percentRE.MatchString(line))
 }
 
 // parseResult reads how a command ended from its exit code and output: the
-// last "Error: …" line gives the code (an inline one when there is none),
-// the lines after it DISM's message.
+// last "Error: …" line gives the code (an inline one when there is none);
+// DISM's message is the lines after it, or, when those say nothing but that
+// DISM failed, the lines before the code's first appearance (where
+// /Add-Package says what went wrong with the package).
 func parseResult(exitCode int, out []byte) Result {
 	r := Result{ExitCode: exitCode}
 	if exitCode == 0 {
@@ -142,23 +166,61 @@ func parseResult(exitCode int, out []byte) Result {
 	}
 	var msg []string
 	if at >= 0 {
-		for _, l := range ls[at+1:] {
-			if logHint(l) {
-				break
+		msg = message(ls[at+1:])
+		if len(msg) == 0 {
+			first := at
+			for i := at - 1; i >= 0 && !boundary(ls[i]); i-- {
+				if hasCode(ls[i], r.Code) {
+					first = i
+				}
 			}
-			msg = append(msg, l)
+			start := first
+			for start > 0 && !boundary(ls[start-1]) {
+				start--
+			}
+			msg = message(ls[start:first])
 		}
 	}
 	if len(msg) == 0 {
-		// No code line: the last words before the log hint are all there is.
+		// Nothing around a code: the last words before the log hint are all
+		// there is.
 		for i := len(ls) - 1; i >= 0 && len(msg) == 0; i-- {
-			if !logHint(ls[i]) && !percentRE.MatchString(ls[i]) {
+			if !logHint(ls[i]) && !boundary(ls[i]) && !boilerplate[ls[i]] {
 				msg = append(msg, ls[i])
 			}
 		}
 	}
 	r.Message = strings.Join(msg, " ")
 	return r
+}
+
+// message is the lines of a failure's message: up to the log hint, without
+// the code lines, the boilerplate and lines said twice (DISM repeats a
+// message once per package it applies to).
+func message(ls []string) []string {
+	var msg []string
+	seen := map[string]bool{}
+	for _, l := range ls {
+		if logHint(l) {
+			break
+		}
+		if errorLineRE.MatchString(l) || boilerplate[l] || seen[l] {
+			continue
+		}
+		seen[l] = true
+		msg = append(msg, l)
+	}
+	return msg
+}
+
+// hasCode tells a line that prints code, on its own or inline.
+func hasCode(line, code string) bool {
+	for _, re := range []*regexp.Regexp{errorLineRE, inlineErrorRE} {
+		if m := re.FindStringSubmatch(line); m != nil && normalizeCode(m[1]) == code {
+			return true
+		}
+	}
+	return false
 }
 
 // normalizeCode writes an HRESULT as 0x and eight lower-case digits, and a
@@ -196,7 +258,12 @@ func keyValue(line string) (string, string, bool) {
 	if !ok {
 		return "", "", false
 	}
-	return strings.TrimSpace(k), strings.TrimSpace(v), true
+	v = strings.TrimSpace(v)
+	if v == "<undefined>" {
+		// What DISM prints for a value the image does not record.
+		v = ""
+	}
+	return strings.TrimSpace(k), v, true
 }
 
 // parseWimInfo reads /Get-WimInfo: "Index : N" starts an image; the keys
@@ -326,7 +393,10 @@ func kbOf(identity string) string {
 	return ""
 }
 
-// parseInstallTime reads DISM's "6/17/2021 2:50 AM" (the /English format).
+// parseInstallTime reads DISM's "6/17/2021 2:50 AM". DISM writes it in
+// the system's date format even with /English: "06/09/2024 04:11" from a
+// server with a day-first locale reads as June 9, which may be September 6.
+// osvc shows it and decides nothing on it.
 func parseInstallTime(v string) time.Time {
 	for _, layout := range []string{"1/2/2006 3:04 PM", "1/2/2006 15:04", "2006-01-02 15:04"} {
 		if t, err := time.Parse(layout, v); err == nil {

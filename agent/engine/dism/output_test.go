@@ -88,8 +88,8 @@ func TestErrorsSayTheCodeFirstAndWhatToDo(t *testing.T) {
 	if got := err.Error(); !strings.HasPrefix(got, "dism /Add-Package: 0x800f0823: An error occurred applying the package.") || !strings.Contains(got, "servicing stack") {
 		t.Errorf("Error() = %q", got)
 	}
-	other := failure("/Export-Image", Result{ExitCode: 1, Code: "0x80070005", Message: "Access is denied."})
-	if got := other.Error(); got != "dism /Export-Image: 0x80070005: Access is denied." {
+	other := failure("/Export-Image", Result{ExitCode: 1, Code: "0x80070020", Message: "The process cannot access the file because it is being used by another process."})
+	if got := other.Error(); got != "dism /Export-Image: 0x80070020: The process cannot access the file because it is being used by another process." {
 		t.Errorf("an unknown code is kept verbatim: %q", got)
 	}
 }
