@@ -155,6 +155,18 @@ var corpusCases = map[string]func(t *testing.T, name string){
 			t.Fatal(err)
 		}
 	},
+	"cleanup-image-resetbase-offline-success-10.0.22621.2792.txt": func(t *testing.T, name string) {
+		if err := recordings(t, name).Cleanup(context.Background(), fakeMount(t)); err != nil {
+			t.Fatal(err)
+		}
+	},
+	"apply-image-verify-10.0.22621.2792.txt":  verifies,
+	"apply-image-success-10.0.26100.1150.txt": verifies,
+	"unmount-image-discard-10.0.19041.844.txt": func(t *testing.T, name string) {
+		if err := recordings(t, name).Unmount(context.Background(), fakeMount(t), false); err != nil {
+			t.Fatal(err)
+		}
+	},
 	"cleanup-image-resetbase-pending-0x800f0806-6.3.9600.txt": cleanupPending,
 	"cleanup-image-resetbase-pending-0x800f0806-partial.txt":  cleanupPending,
 	"export-image-success-10.0.19041.3636.txt": func(t *testing.T, name string) {
@@ -326,6 +338,21 @@ func addPackageFails(code, message, hint string) func(t *testing.T, name string)
 		if de := wantFailure(t, err, code, message); !strings.Contains(de.Error(), hint) {
 			t.Errorf("%v: want a hint about %q", de, hint)
 		}
+	}
+}
+
+// verifies runs Verify on a WIM of one index, which the recording applies.
+func verifies(t *testing.T, name string) {
+	e := recordings(t, "get-wiminfo-list-1-index-10.0.19041.329.txt", "get-wiminfo-index-details-10.0.17763.txt", name)
+	wim := filepath.Join(t.TempDir(), "install.wim")
+	if err := os.WriteFile(wim, []byte("MSWIM\x00\x00\x00"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Verify(context.Background(), wim); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.scratch, "verify-*")); len(left) != 0 {
+		t.Errorf("verification folders left behind: %v", left)
 	}
 }
 

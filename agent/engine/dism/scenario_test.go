@@ -84,6 +84,36 @@ func TestServicingTheSampleRunsEveryStep(t *testing.T) {
 	}
 }
 
+// An inspection: the WIM verified, its indexes read, the packages of
+// index 1 listed from a read-only mount that comes off again.
+func TestInspectingTheSampleVerifiesAndReadsIt(t *testing.T) {
+	e, log := scenarioEngine(t, "service-sample")
+	ctx := context.Background()
+	wim := filepath.Join(t.TempDir(), "install.wim")
+	if err := os.WriteFile(wim, []byte("MSWIM\x00\x00\x00"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Verify(ctx, wim); err != nil {
+		t.Fatal(err)
+	}
+	installed, err := e.ReadInstalled(ctx, wim, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(installed) != 2 {
+		t.Errorf("installed %+v", installed)
+	}
+	ran := ranCommands(log.String())
+	for _, want := range []string{"/Apply-Image /ImageFile:" + wim + " /Index:1 /ApplyDir:", "/CheckIntegrity /Verify", "/ReadOnly", "/Discard"} {
+		if !strings.Contains(ran, want) {
+			t.Errorf("no %q among the commands run:\n%s", want, ran)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(wim), "read-*")); len(left) != 0 {
+		t.Errorf("read-only mount folders left behind: %v", left)
+	}
+}
+
 func TestEachPackageFailsWithItsOwnCode(t *testing.T) {
 	e, _ := scenarioEngine(t, "add-package-failures")
 	m, err := mountSample(t, e)
