@@ -38,7 +38,8 @@ func buildAndRun(m *testing.M) int {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "github.com/osvc/osvc/cmd/osvc-server", "github.com/osvc/osvc/cmd/osvc-agent", "github.com/osvc/osvc/cmd/osvcctl")
+	args = append(args, "github.com/osvc/osvc/cmd/osvc-server", "github.com/osvc/osvc/cmd/osvc-agent", "github.com/osvc/osvc/cmd/osvcctl",
+		"github.com/osvc/osvc/cmd/dism-replay")
 	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -82,8 +83,17 @@ func (b *syncBuffer) String() string {
 // logs its output when the test failed.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, name, nil, args...)
+}
+
+// startEnv is start with variables added to the environment.
+func startEnv(t *testing.T, name string, env []string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: name, log: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(binDir, name), args...)
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
