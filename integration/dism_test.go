@@ -144,26 +144,45 @@ func TestPackageFailuresOnTheDISMEngine(t *testing.T) {
 	}
 }
 
-// A commit that runs out of disk fails the run with DISM's code and what to
-// do, and the image stays at its source version.
-func TestAFullDiskFailsTheRunOnTheDISMEngine(t *testing.T) {
-	c := newCluster(t)
-	c.agent = c.startDISMAgent(t, "agent-dism", "commit-disk-full")
-	img, updates := c.importSample(t, dismSample(t))
-	run, lines := c.scheduleAll(t, img, updates, false)
-	if run.GetState() != osvcv1.RunState_RUN_STATE_FAILED || !strings.Contains(run.GetError(), "112: There is not enough space on the disk.") ||
-		!strings.Contains(run.GetError(), "free space on it or choose another drive") {
-		t.Fatalf("run ended %v: %q; want failed with DISM's Error: 112 and what to do", run.GetState(), run.GetError())
-	}
-	if log := joinLog(lines); !strings.Contains(log, "/Discard") {
-		t.Errorf("no discard after the failed commit in the run log")
-	}
-	got, err := c.images.GetImage(context.Background(), &osvcv1.GetImageRequest{Name: img.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.GetImage().GetCurrentVersion() != 1 || len(got.GetImage().GetVersions()) != 1 {
-		t.Errorf("image at version %d with %d versions after a failed run, want version 1 alone",
-			got.GetImage().GetCurrentVersion(), len(got.GetImage().GetVersions()))
+// A run that fails on the dism engine says DISM's code and what to do,
+// discards the mount and leaves the image at its source version: a commit
+// that runs out of disk, and a failed /Cleanup-Image, which fails the run
+// even when it continues on error and commits nothing.
+func TestFailedRunsOnTheDISMEngineLeaveTheImageAsItWas(t *testing.T) {
+	for _, tt := range []struct {
+		scenario        string
+		continueOnError bool
+		words           []string
+		committed       bool
+	}{
+		{"commit-disk-full", false, []string{"112: There is not enough space on the disk.", "free space on it or choose another drive"}, true},
+		{"cleanup-pending", true, []string{"0x800f0806", "without remove superseded"}, false},
+	} {
+		t.Run(tt.scenario, func(t *testing.T) {
+			c := newCluster(t)
+			c.agent = c.startDISMAgent(t, "agent-dism", tt.scenario)
+			img, updates := c.importSample(t, dismSample(t))
+			run, lines := c.scheduleAll(t, img, updates, tt.continueOnError)
+			if run.GetState() != osvcv1.RunState_RUN_STATE_FAILED {
+				t.Fatalf("run ended %v: %q; want failed", run.GetState(), run.GetError())
+			}
+			for _, w := range tt.words {
+				if !strings.Contains(run.GetError(), w) {
+					t.Errorf("run error %q lacks %q", run.GetError(), w)
+				}
+			}
+			log := joinLog(lines)
+			if strings.Contains(log, "/Commit") != tt.committed || !strings.Contains(log, "/Discard") {
+				t.Errorf("a commit tried: %t, want %t; and a discard after it:\n%s", strings.Contains(log, "/Commit"), tt.committed, log)
+			}
+			got, err := c.images.GetImage(context.Background(), &osvcv1.GetImageRequest{Name: img.GetName()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.GetImage().GetCurrentVersion() != 1 || len(got.GetImage().GetVersions()) != 1 {
+				t.Errorf("image at version %d with %d versions after a failed run, want version 1 alone",
+					got.GetImage().GetCurrentVersion(), len(got.GetImage().GetVersions()))
+			}
+		})
 	}
 }

@@ -345,7 +345,13 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	if err := r.verifyStep(ctx, osvcv1.Step_STEP_VERIFY, source, r.sourceName()); err != nil {
 		return nil, err
 	}
-	cleanup := removeSuperseded && len(indexes) == 1
+	if removeSuperseded && len(indexes) > 1 {
+		// The server refuses such a schedule; a run queued before it did, or
+		// a catalog that counted the indexes wrong, fails here before
+		// anything is mounted rather than silently skip the cleanup.
+		return nil, fmt.Errorf("%s has %d indexes, and superseded updates are removed only from an image of one index: schedule it again without remove superseded", r.sourceName(), len(indexes))
+	}
+	cleanup := removeSuperseded
 
 	// Updates in the order assigned; with cleanup, .NET updates go after it.
 	var first, afterCleanup []*osvcv1.Update
@@ -366,7 +372,7 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 			r.skipUpdates(ctx, index, r.a.GetUpdates())
 			continue
 		}
-		changed, err := r.serviceIndex(ctx, source, index, ap, first, afterCleanup, cleanup, removeSuperseded, len(indexes))
+		changed, err := r.serviceIndex(ctx, source, index, ap, first, afterCleanup, cleanup)
 		if changed {
 			committed++
 		}
@@ -756,7 +762,7 @@ func (p *applyPlan) percent(within int) int32 {
 // version and the run uploads nothing (see unchanged); when some were
 // committed the result is a new version in which the discarded indexes are
 // as they were.
-func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *applyPlan, first, afterCleanup []*osvcv1.Update, cleanup, removeSuperseded bool, nIndexes int) (changed bool, err error) {
+func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *applyPlan, first, afterCleanup []*osvcv1.Update, cleanup bool) (changed bool, err error) {
 	detail := fmt.Sprintf("index %d", index)
 	mountDir := filepath.Join(r.work, "mount")
 	if err := r.step(ctx, osvcv1.Step_STEP_MOUNT, detail, func() (string, error) {
@@ -800,11 +806,7 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 			}
 		}
 	} else {
-		why := "remove superseded updates is off"
-		if removeSuperseded {
-			why = fmt.Sprintf("the image has %d indexes: cleanup runs on single-index images only", nIndexes)
-		}
-		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, why); err != nil {
+		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, "remove superseded updates is off"); err != nil {
 			return false, err
 		}
 	}

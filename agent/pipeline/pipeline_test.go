@@ -614,7 +614,7 @@ func TestTooLittleFreeSpaceFailsAtTheDriveStep(t *testing.T) {
 	}
 }
 
-func TestAMultiIndexImageIsServicedIndexByIndexWithoutCleanup(t *testing.T) {
+func TestAMultiIndexImageIsServicedIndexByIndex(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	// Two indexes: the sample's index 1 exported twice under two names.
@@ -628,8 +628,23 @@ func TestAMultiIndexImageIsServicedIndexByIndexWithoutCleanup(t *testing.T) {
 	f.source = &osvcv1.ImageVersion{Version: 1, Sha256: c.GetSha256(), SizeBytes: c.GetSizeBytes()}
 	cfg := newConfig(t, f)
 	eng := recordCalls(&cfg)
+
+	// Remove superseded on two indexes fails before anything is mounted
+	// (the server refuses such a schedule; this is the agent's own guard).
+	refused := &recorder{}
+	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{RemoveSuperseded: true}), refused); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res := refused.result; res.GetState() != osvcv1.RunState_RUN_STATE_FAILED || !strings.Contains(res.GetError(), "has 2 indexes") ||
+		!strings.Contains(res.GetError(), "without remove superseded") {
+		t.Errorf("remove superseded on 2 indexes: result = %v, want FAILED saying to schedule without it", res)
+	}
+	if got := eng.servicing(); len(got) != 0 {
+		t.Errorf("engine calls %q for a run that must not mount", got)
+	}
+
 	rec := &recorder{}
-	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{RemoveSuperseded: true}), rec); err != nil {
+	if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{}), rec); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	if rec.result.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
@@ -639,10 +654,10 @@ func TestAMultiIndexImageIsServicedIndexByIndexWithoutCleanup(t *testing.T) {
 	for _, u := range f.updates {
 		kbs = append(kbs, u.GetKb())
 	}
-	// Index by index, in the order assigned (.NET too: with no cleanup
-	// there is nothing for it to come after), then both exported.
+	// Index by index, in the order assigned; the committed copy is the
+	// result.
 	want := slices.Concat([]string{"mount 1"}, f.adds(t, 1, kbs...), []string{"unmount 1 commit", "mount 2"},
-		f.adds(t, 2, kbs...), []string{"unmount 2 commit", "export 1", "export 2"})
+		f.adds(t, 2, kbs...), []string{"unmount 2 commit"})
 	if got := eng.servicing(); !slices.Equal(got, want) {
 		t.Errorf("engine calls:\n got %q\nwant %q", got, want)
 	}

@@ -260,6 +260,15 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		if err := checkStartTime(sched.GetStartTime(), img, s.now()); err != nil {
 			return err
 		}
+		if n := len(img.GetIndexes()); sched.GetRemoveSuperseded() && n > 1 {
+			// DISM's /ResetBase and the export that makes the image smaller
+			// work on an image of one index; Configuration Manager refuses the
+			// option the same way ("If the image has more than one index, you
+			// can't use this option").
+			return errdefs.InvalidArgument("schedule.remove_superseded", fmt.Sprintf(
+				"image %s has %d indexes, and superseded updates are removed only from an image of one index: schedule without remove superseded, or import each index as an image of its own",
+				parent, n))
+		}
 		source := currentVersion(img)
 		if source == nil {
 			return fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)

@@ -39,9 +39,8 @@ func TestCreateScheduleQueuesAPendingRunWithUpdatesInServicingOrder(t *testing.T
 	start := timestamppb.New(time.Now().Add(30 * 24 * time.Hour).Truncate(time.Second))
 
 	sched, run, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{
-		Updates:          []string{"updates/cu-oct", "updates/dotnet", "updates/cu-sep", "updates/sec-aug", "updates/ssu", "updates/upd-sep"},
-		StartTime:        start,
-		RemoveSuperseded: true,
+		Updates:   []string{"updates/cu-oct", "updates/dotnet", "updates/cu-sep", "updates/sec-aug", "updates/ssu", "updates/upd-sep"},
+		StartTime: start,
 	}, false)
 	if err != nil {
 		t.Fatalf("CreateSchedule: %v", err)
@@ -57,7 +56,7 @@ func TestCreateScheduleQueuesAPendingRunWithUpdatesInServicingOrder(t *testing.T
 		t.Errorf("schedule name %q, run.schedule %q", sched.GetName(), run.GetSchedule())
 	}
 	if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetSourceVersion() != 1 ||
-		run.GetSourceSizeBytes() != img.GetVersions()[0].GetSizeBytes() || !run.GetRemoveSuperseded() ||
+		run.GetSourceSizeBytes() != img.GetVersions()[0].GetSizeBytes() || run.GetRemoveSuperseded() ||
 		!run.GetNotBefore().AsTime().Equal(start.AsTime()) {
 		t.Errorf("run = %v", run)
 	}
@@ -75,6 +74,29 @@ func TestCreateScheduleQueuesAPendingRunWithUpdatesInServicingOrder(t *testing.T
 	}
 	if got := env.GetImage(t, img.Name).GetServicingStatus(); got != osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED {
 		t.Errorf("image servicing status = %s, want SCHEDULED", got)
+	}
+}
+
+func TestRemoveSupersededIsRefusedForAnImageOfSeveralIndexes(t *testing.T) {
+	t.Parallel()
+	env := servicingtest.New(t, servicingtest.Options{})
+	ctx := context.Background()
+	two := env.Image(t, "win11", "PS1", 2)
+	one := env.Image(t, "win11-ent", "PS1", 1)
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, month(10))
+	_, _, err := env.Service.CreateSchedule(ctx, two.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}, RemoveSuperseded: true}, false)
+	var fv *errdefs.FieldViolation
+	if !errors.As(err, &fv) || fv.Field != "schedule.remove_superseded" || !strings.Contains(err.Error(), "2 indexes") {
+		t.Fatalf("remove superseded on 2 indexes: err = %v, want InvalidArgument on schedule.remove_superseded", err)
+	}
+	if got := env.GetImage(t, two.Name).GetServicingStatus(); got == osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED {
+		t.Errorf("a refused schedule left the image %s", got)
+	}
+	if _, _, err := env.Service.CreateSchedule(ctx, two.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}}, false); err != nil {
+		t.Errorf("the same schedule without remove superseded: %v", err)
+	}
+	if _, run, err := env.Service.CreateSchedule(ctx, one.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}, RemoveSuperseded: true}, false); err != nil || !run.GetRemoveSuperseded() {
+		t.Errorf("remove superseded on one index: %v, %v", run, err)
 	}
 }
 

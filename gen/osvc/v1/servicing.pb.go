@@ -358,7 +358,9 @@ type Schedule struct {
 	ContinueOnError bool `protobuf:"varint,4,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
 	// update_distribution_points refreshes the distribution points with the result.
 	UpdateDistributionPoints bool `protobuf:"varint,5,opt,name=update_distribution_points,json=updateDistributionPoints,proto3" json:"update_distribution_points,omitempty"`
-	// remove_superseded runs component cleanup and exports the image to a new file.
+	// remove_superseded runs component cleanup and exports the image to a new
+	// file. Only an image of one index may ask for it: CreateSchedule refuses
+	// it with InvalidArgument (field schedule.remove_superseded) for more.
 	RemoveSuperseded bool                   `protobuf:"varint,6,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
 	CreateTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	unknownFields    protoimpl.UnknownFields
