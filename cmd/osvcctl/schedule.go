@@ -99,7 +99,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 	f.StringArrayVar(&updateIDs, "update", nil, "an update to apply, `ID` or updates/ID (repeatable)")
 	f.BoolVar(&allApplicable, "all-applicable", false, "apply every update applicable to the image and not installed")
 	f.BoolVar(&continueOnError, "continue-on-error", false, "Continue on error: keep applying the other updates when one fails")
-	f.BoolVar(&removeSuperseded, "remove-superseded", false, "Remove superseded updates: clean up components and export the image to a smaller file")
+	f.BoolVar(&removeSuperseded, "remove-superseded", false, "Remove superseded updates: clean up components and export the image to a smaller file (an image of one index only)")
 	f.BoolVar(&updateDistribution, "update-distribution-points", false, "Update distribution points with the serviced image")
 	f.StringVar(&startTime, "start-time", "", "hold the run until this RFC 3339 `TIME`, e.g. 2026-11-24T22:00:00Z (default: as soon as possible)")
 	f.BoolVar(&watch, "watch", false, "then follow the run like 'run watch'")
