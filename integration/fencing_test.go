@@ -1,3 +1,5 @@
+//go:build unix
+
 package integration
 
 import (
@@ -18,7 +20,8 @@ import (
 // it was leased a run: the server stops hearing from it, its etcd lease
 // expires, the run goes back to PENDING and a second agent services it. When
 // the first agent thaws, nothing it does reaches the image: its reports carry
-// a stale fencing token, and it discards its work.
+// a stale fencing token, and it discards its work. SIGSTOP is Unix's alone,
+// hence the build constraint.
 func TestAFrozenAgentLosesItsRunToAnother(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, "--heartbeat-interval", "500ms", "--lease-ttl", "2s", "--retry-backoff", "100ms")
