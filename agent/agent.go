@@ -26,8 +26,10 @@ import (
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
-// DriveAutomatic picks the volume the agent's data folder is on.
-const DriveAutomatic = "Automatic"
+// DriveAutomatic is the drive setting that means the drive the agent is
+// installed on: on Windows the root of its executable's volume, elsewhere
+// its data folder.
+const DriveAutomatic = drive.Automatic
 
 // Config configures an Agent.
 type Config struct {
@@ -37,8 +39,9 @@ type Config struct {
 	Site string
 	// Name is the agent's name; default the host name.
 	Name string
-	// Drive is "Automatic" or a path; a path that does not exist means the
-	// volume holding DataDir, as Configuration Manager does.
+	// Drive is "Automatic", a drive (D: or D:\) or a folder; one that this
+	// server lacks means Automatic, as in Configuration Manager (see
+	// drive.Resolve), and the agent and each run's log say so.
 	Drive string
 	// DataDir holds the update cache (DataDir/cache).
 	DataDir string
@@ -106,6 +109,8 @@ type Agent struct {
 	drive  string
 	cache  string
 	conn   *conn.Conn
+	// driveFallback is why the drive setting gave way to Automatic, if it did.
+	driveFallback error
 
 	mu      sync.Mutex
 	runs    map[string]*heldRun
@@ -183,18 +188,22 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: create the data folder: %w: set --data-dir to a writable folder", err)
 	}
 	logger := cfg.Logger.Named("agent")
-	drive, err := ResolveDrive(cfg.Drive, dataDir)
+	resolved, err := drive.Resolve(cfg.Drive, drive.Local(dataDir))
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if drive != cfg.Drive {
-		logger.Info("offline servicing drive resolved", "setting", cfg.Drive, "drive", drive)
+	switch {
+	case resolved.Fallback != nil:
+		logger.Warn("the offline servicing drive is not on this server: runs work on the Automatic drive",
+			"setting", cfg.Drive, "drive", resolved.Dir, "reason", resolved.Fallback)
+	case resolved.Dir != cfg.Drive:
+		logger.Info("offline servicing drive resolved", "setting", cfg.Drive, "drive", resolved.Dir)
 	}
 	a := &Agent{
 		cfg:    cfg,
 		logger: logger,
 		host:   host,
-		drive:  drive,
+		drive:  resolved.Dir,
 		cache:  cache,
 		runs:   make(map[string]*heldRun),
 		now:    time.Now,
@@ -202,6 +211,7 @@ func New(cfg Config) (*Agent, error) {
 			t := time.NewTicker(retentionEvery)
 			return t.C, t.Stop
 		},
+		driveFallback: resolved.Fallback,
 	}
 	c, err := conn.New(conn.Config{
 		Server:         cfg.Server,
@@ -222,24 +232,6 @@ func New(cfg Config) (*Agent, error) {
 
 // Drive returns the resolved folder runs work under.
 func (a *Agent) Drive() string { return a.drive }
-
-// ResolveDrive turns the drive setting into a folder: a folder that exists
-// is used as is; "Automatic", or a path that does not exist on this server,
-// means the agent's data folder. That is the volume the agent is installed on,
-// as Configuration Manager's Automatic setting means, without writing to the
-// root of that volume, which a Linux service should not own.
-func ResolveDrive(setting, dataDir string) (string, error) {
-	if setting != "" && !strings.EqualFold(setting, DriveAutomatic) {
-		if st, err := os.Stat(setting); err == nil && st.IsDir() {
-			return filepath.Abs(setting)
-		}
-	}
-	dir, err := filepath.Abs(dataDir)
-	if err != nil {
-		return "", fmt.Errorf("resolve the drive: %w", err)
-	}
-	return dir, nil
-}
 
 // Run keeps the agent connected and servicing until ctx ends; running runs are
 // discarded (unmounted without commit) before it returns. Before it connects
@@ -462,12 +454,13 @@ func (a *Agent) release(name string, hr *heldRun) {
 func (a *Agent) service(ctx context.Context, asg *osvcv1.Assign, log hclog.Logger) {
 	rep := &reporter{conn: a.conn, run: asg.GetRun().GetName(), token: asg.GetRun().GetFencingToken()}
 	err := pipeline.Run(ctx, pipeline.Config{
-		Engine:      a.cfg.Engine,
-		NewEngine:   a.cfg.NewEngine,
-		UpdateFiles: a.updates,
-		Images:      a.images,
-		Drive:       a.drive,
-		Logger:      a.cfg.Logger,
+		Engine:        a.cfg.Engine,
+		NewEngine:     a.cfg.NewEngine,
+		UpdateFiles:   a.updates,
+		Images:        a.images,
+		Drive:         a.drive,
+		DriveFallback: a.driveFallback,
+		Logger:        a.cfg.Logger,
 	}, asg, rep)
 	switch {
 	case err == nil:

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -421,31 +422,71 @@ func TestShutdownDiscardsRunningRunsWithoutReportingThem(t *testing.T) {
 	}
 }
 
-func TestResolveDrive(t *testing.T) {
+func TestTheAgentWorksOnItsDriveOrSaysWhyItWorksOnTheAutomaticOne(t *testing.T) {
 	t.Parallel()
-	dataDir := t.TempDir()
+	eng, err := wimlib.New(wimlib.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	existing := t.TempDir()
 	tests := []struct {
-		name    string
-		setting string
-		want    string
+		name  string
+		drive string
+		// automatic: the data folder is the drive; warned: the agent's log says why.
+		automatic, warned bool
 	}{
-		{"an existing folder is used as is", existing, existing},
-		{"Automatic is the data folder", "Automatic", dataDir},
-		{"automatic is matched case-insensitively", "automatic", dataDir},
-		{"a folder missing on this server falls back to the data folder", filepath.Join(existing, "no-such-drive"), dataDir},
+		{"an existing folder is the drive", existing, false, false},
+		{"Automatic is the data folder, silently", "Automatic", true, false},
+		{"a folder this server lacks is the data folder, with a warning", filepath.Join(existing, "no-such-drive"), true, true},
+		{"a Windows drive on Linux is the data folder, with a warning", "D:", true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := ResolveDrive(tt.setting, dataDir)
+			dataDir := t.TempDir()
+			var logs bytes.Buffer // New logs before it returns, from this goroutine
+			a, err := New(Config{Server: "localhost:7300", Site: "PS1", Engine: eng, DataDir: dataDir, Drive: tt.drive,
+				Logger: hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info})})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
-				t.Errorf("ResolveDrive(%q) = %q, want %q", tt.setting, got, tt.want)
+			want := existing
+			if tt.automatic {
+				want = dataDir
+			}
+			if a.Drive() != want {
+				t.Errorf("drive %q = %q, want %q", tt.drive, a.Drive(), want)
+			}
+			warned := strings.Contains(logs.String(), "[WARN]  agent: the offline servicing drive is not on this server: runs work on the Automatic drive")
+			if warned != tt.warned || (warned && !strings.Contains(logs.String(), "setting="+tt.drive)) {
+				t.Errorf("warned %t naming the setting, want %t; the agent's log:\n%s", warned, tt.warned, logs.String())
 			}
 		})
+	}
+}
+
+func TestARunOnTheAutomaticDriveInPlaceOfAMissingOneSaysSoInItsLog(t *testing.T) {
+	t.Parallel()
+	h := startSetup(t, setup{drive: filepath.Join(t.TempDir(), "no-such-drive")})
+	const warning = "this run works on the Automatic drive"
+	fs := h.stream(t)
+	fs.out <- assign("runs/r1", 5)
+	h.waitFor(t, "the run's warning", func(r *osvcv1.ConnectRequest) bool {
+		for _, l := range r.GetLogBatch().GetLines() {
+			if strings.Contains(l.GetMessage(), warning) && strings.Contains(l.GetMessage(), "no-such-drive") && l.GetLevel() == "WARN" {
+				return true
+			}
+		}
+		return false
+	})
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	h.stop()
+	data, err := os.ReadFile(filepath.Join(h.agent.cfg.DataDir, pipeline.WorkFolder, "r1", pipeline.LogFile))
+	if err != nil {
+		t.Fatalf("the run log is not in the work folder on the data folder's drive: %v", err)
+	}
+	if !strings.Contains(string(data), warning) {
+		t.Errorf("the run log does not say the run works on the Automatic drive:\n%s", data)
 	}
 }
 

@@ -1,6 +1,7 @@
-// Package drive reads what the agent needs to know of the volume it services
-// images on (its free and total space) and locks a folder on it for one
-// agent, in the way each platform offers.
+// Package drive finds the volume the agent services images on (which folder
+// a drive setting means on this server), reads what the agent needs to know
+// of it (its free and total space) and locks a folder on it for one agent,
+// in the way each platform offers.
 package drive
 
 import "errors"

@@ -6,8 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 )
+
+// Local is this server's System: no drive letters, and Automatic is the
+// agent's data folder rather than the root of its volume, which a Linux
+// service does not own.
+func Local(dataDir string) System {
+	return System{
+		Automatic: func() (string, error) { return filepath.Abs(dataDir) },
+		Folder:    folder,
+	}
+}
 
 // SpaceOf returns the free and total space of the volume holding path.
 func SpaceOf(path string) (Space, error) {

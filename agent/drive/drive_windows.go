@@ -6,9 +6,31 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/windows"
 )
+
+// Local is this server's System: drive letters name volumes, and Automatic
+// is the root of the volume holding the agent's executable, the drive the
+// agent is installed on. dataDir does not count here.
+func Local(dataDir string) System {
+	return System{DriveLetters: true, Automatic: executableVolume, Folder: folder}
+}
+
+// executableVolume is the root of the volume holding the running
+// executable: C:\ for C:\osvc\osvc-agent.exe.
+func executableVolume() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the agent's executable: %w", err)
+	}
+	vol := filepath.VolumeName(exe)
+	if vol == "" {
+		return "", fmt.Errorf("the agent's executable %s is on no volume", exe)
+	}
+	return vol + `\`, nil
+}
 
 // SpaceOf returns the free and total space of the volume holding path, as
 // GetDiskFreeSpaceEx tells them for the agent's user (quotas included).

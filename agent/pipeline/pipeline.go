@@ -70,8 +70,12 @@ type Config struct {
 	// Images downloads the source version and uploads the result.
 	Images ImageTransfer
 	// Drive is the resolved folder runs work under: <Drive>/OfflineImageServicing/<run id>.
-	Drive  string
-	Logger hclog.Logger
+	Drive string
+	// DriveFallback, when not nil, is why the drive setting (a drive or a
+	// folder this server lacks) gave way to the Automatic drive: each run
+	// says so in its log, which the administrator reads.
+	DriveFallback error
+	Logger        hclog.Logger
 	// ReportTimeout bounds the final report sent after a cancel; default 30s.
 	ReportTimeout time.Duration
 }
@@ -593,6 +597,10 @@ func (r *run) inspect(ctx context.Context) (*osvcv1.RunResult, error) {
 // drive checks the drive's free space (times the image's size) and
 // creates the work folder.
 func (r *run) drive(times int64) (string, error) {
+	if r.cfg.DriveFallback != nil {
+		r.log.Warn("the offline servicing drive is not on this server: this run works on the Automatic drive",
+			"drive", r.cfg.Drive, "reason", r.cfg.DriveFallback)
+	}
 	need := times * max(r.a.GetSource().GetSizeBytes(), r.a.GetRun().GetSourceSizeBytes())
 	space, err := drive.SpaceOf(r.cfg.Drive)
 	if err != nil {

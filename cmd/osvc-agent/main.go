@@ -62,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
 	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1 (required)")
 	fs.StringVar(&cfg.Name, "name", "", "the agent's name, unique in the hierarchy (default: the host name)")
-	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the volume of --data-dir) or a folder; runs work in <drive>/OfflineImageServicing/<run>")
+	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the drive the agent is installed on; elsewhere than Windows, --data-dir), a drive such as D:, or a folder; one this server lacks means Automatic; runs work in <drive>/OfflineImageServicing/<run>")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
 	fs.IntVar(&cfg.Capacity, "capacity", 1, "how many runs the agent services at once")
 	cacheMax := byteSize(agent.DefaultCacheMaxBytes)
