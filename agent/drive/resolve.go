@@ -73,6 +73,19 @@ func Resolve(setting string, sys System) (Resolved, error) {
 // ErrNotAFolder is System.Folder's error for a path that is a file.
 var ErrNotAFolder = errors.New("is a file, not a folder")
 
+// Relative tells a setting that names a folder relative to the current
+// folder: not Automatic, not a drive (D:, D:\osvc) and not an absolute path.
+func Relative(setting string) bool {
+	s := strings.TrimSpace(setting)
+	if s == "" || strings.EqualFold(s, Automatic) {
+		return false
+	}
+	if _, _, ok := driveLetter(s); ok {
+		return false
+	}
+	return !filepath.IsAbs(s)
+}
+
 // automatic resolves to what Automatic means, for the reason given.
 func automatic(sys System, fallback error) (Resolved, error) {
 	dir, err := sys.Automatic()

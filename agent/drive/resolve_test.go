@@ -113,3 +113,17 @@ func TestAnAutomaticDriveThatCannotBeFoundIsAnError(t *testing.T) {
 		}
 	}
 }
+
+func TestOnlyAFolderNamedFromTheCurrentOneIsRelative(t *testing.T) {
+	t.Parallel()
+	for setting, want := range map[string]bool{
+		"work": true, "../work": true,
+		"Automatic": false, "automatic": false, "": false,
+		"D:": false, `d:\`: false, `D:\osvc`: false, "D:work": false,
+		t.TempDir(): false,
+	} {
+		if got := Relative(setting); got != want {
+			t.Errorf("Relative(%q) = %t, want %t", setting, got, want)
+		}
+	}
+}

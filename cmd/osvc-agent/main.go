@@ -6,6 +6,10 @@
 //
 // SIGINT or SIGTERM stops it: runs in progress are discarded (unmounted
 // without commit) before it exits, and the server re-queues them.
+//
+// On a Windows site server it also runs as the service osvc-agent, which
+// "osvc-agent service install [flags]" registers (service.go); the service's
+// Stop and Shutdown end it as SIGTERM does.
 package main
 
 import (
@@ -36,6 +40,10 @@ var version = "dev"
 func main() { os.Exit(realMain()) }
 
 func realMain() int {
+	// Started by the Windows Service Control Manager: run as its service.
+	if code, ok := runAsWindowsService(os.Args[1:]); ok {
+		return code
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -50,6 +58,9 @@ func realMain() int {
 
 // run parses args, starts the agent and services runs until ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "service" {
+		return serviceCommand(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("osvc-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -75,6 +86,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-agent --site CODE [flags]")
 		fmt.Fprintln(fs.Output(), "Services the images the osvc server assigns to this agent.")
+		fmt.Fprintln(fs.Output(), "On Windows, osvc-agent service install [flags] runs it as a service (see osvc-agent service -h).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
