@@ -712,6 +712,9 @@ func (x *LogBatch) GetLines() []*LogLine {
 // RunResult ends a run. With RUN_STATE_SUCCEEDED, result_sha256 names the
 // serviced WIM already uploaded to the content library; the server makes it
 // the image's current version only while the fencing token is still valid.
+// Whatever the state, artifacts name the run's log files, uploaded to the
+// content library before the result; the server records them with the
+// result, in the same fenced transaction.
 type RunResult struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Run             string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
@@ -721,8 +724,11 @@ type RunResult struct {
 	ResultSha256    string                 `protobuf:"bytes,5,opt,name=result_sha256,json=resultSha256,proto3" json:"result_sha256,omitempty"`
 	ResultSizeBytes int64                  `protobuf:"varint,6,opt,name=result_size_bytes,json=resultSizeBytes,proto3" json:"result_size_bytes,omitempty"`
 	Indexes         []*ImageIndex          `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// artifacts: at most one of each known name (OfflineServicingMgr.log,
+	// dism.log), each at most 64 MiB.
+	Artifacts     []*RunArtifact `protobuf:"bytes,8,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RunResult) Reset() {
@@ -800,6 +806,13 @@ func (x *RunResult) GetResultSizeBytes() int64 {
 func (x *RunResult) GetIndexes() []*ImageIndex {
 	if x != nil {
 		return x.Indexes
+	}
+	return nil
+}
+
+func (x *RunResult) GetArtifacts() []*RunArtifact {
+	if x != nil {
+		return x.Artifacts
 	}
 	return nil
 }
@@ -1523,7 +1536,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\bLogBatch\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12&\n" +
-	"\x05lines\x18\x03 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\"\x81\x02\n" +
+	"\x05lines\x18\x03 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\"\xb5\x02\n" +
 	"\tRunResult\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12'\n" +
@@ -1531,7 +1544,8 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12#\n" +
 	"\rresult_sha256\x18\x05 \x01(\tR\fresultSha256\x12*\n" +
 	"\x11result_size_bytes\x18\x06 \x01(\x03R\x0fresultSizeBytes\x12-\n" +
-	"\aindexes\x18\a \x03(\v2\x13.osvc.v1.ImageIndexR\aindexes\"\x9e\x03\n" +
+	"\aindexes\x18\a \x03(\v2\x13.osvc.v1.ImageIndexR\aindexes\x122\n" +
+	"\tartifacts\x18\b \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\"\x9e\x03\n" +
 	"\x0eConnectRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12&\n" +
 	"\x05hello\x18\x02 \x01(\v2\x0e.osvc.v1.HelloH\x00R\x05hello\x122\n" +
@@ -1629,11 +1643,12 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*LogLine)(nil),               // 22: osvc.v1.LogLine
 	(RunState)(0),                 // 23: osvc.v1.RunState
 	(*ImageIndex)(nil),            // 24: osvc.v1.ImageIndex
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
-	(*Run)(nil),                   // 26: osvc.v1.Run
-	(*Image)(nil),                 // 27: osvc.v1.Image
-	(*ImageVersion)(nil),          // 28: osvc.v1.ImageVersion
-	(*Update)(nil),                // 29: osvc.v1.Update
+	(*RunArtifact)(nil),           // 25: osvc.v1.RunArtifact
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*Run)(nil),                   // 27: osvc.v1.Run
+	(*Image)(nil),                 // 28: osvc.v1.Image
+	(*ImageVersion)(nil),          // 29: osvc.v1.ImageVersion
+	(*Update)(nil),                // 30: osvc.v1.Update
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
@@ -1648,32 +1663,33 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	22, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
 	23, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
 	24, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	4,  // 12: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
-	5,  // 13: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
-	6,  // 14: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
-	7,  // 15: osvc.v1.ConnectRequest.step_changed:type_name -> osvc.v1.StepChanged
-	8,  // 16: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
-	9,  // 17: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
-	10, // 18: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
-	25, // 19: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	26, // 20: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	27, // 21: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	28, // 22: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	29, // 23: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
-	12, // 24: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
-	13, // 25: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
-	14, // 26: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
-	15, // 27: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
-	2,  // 28: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	11, // 29: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	17, // 30: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	16, // 31: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	18, // 32: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	31, // [31:33] is the sub-list for method output_type
-	29, // [29:31] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	25, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
+	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
+	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
+	7,  // 16: osvc.v1.ConnectRequest.step_changed:type_name -> osvc.v1.StepChanged
+	8,  // 17: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
+	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
+	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
+	26, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	27, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	28, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	29, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	30, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	12, // 25: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
+	13, // 26: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
+	14, // 27: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
+	15, // 28: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
+	2,  // 29: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
+	11, // 30: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	17, // 31: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	16, // 32: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	18, // 33: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	32, // [32:34] is the sub-list for method output_type
+	30, // [30:32] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }

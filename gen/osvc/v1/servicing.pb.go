@@ -677,6 +677,94 @@ func (x *LogLine) GetMessage() string {
 	return ""
 }
 
+// RunArtifact is a file the run's agent kept in the run's work folder and
+// uploaded to the content library when the run ended: the run's log files.
+// Read it with ContentService.Read by sha256.
+type RunArtifact struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the file's name: OfflineServicingMgr.log (the agent's own log of
+	// the run) or dism.log (the engine's log: DISM's /LogPath on Windows,
+	// wimlib-imagex's commands and output on Linux). Never a path.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// sha256 names the blob in the content library.
+	Sha256    string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// media_type is text/plain.
+	MediaType string `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	// truncated_bytes is how much of the start of the file the agent left
+	// out to keep the artifact within the limit (64 MiB); 0 when the file is
+	// whole. The uploaded text then begins with a line saying so, and the
+	// whole file stays in the agent's work folder for its retention.
+	TruncatedBytes int64 `protobuf:"varint,5,opt,name=truncated_bytes,json=truncatedBytes,proto3" json:"truncated_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RunArtifact) Reset() {
+	*x = RunArtifact{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunArtifact) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunArtifact) ProtoMessage() {}
+
+func (x *RunArtifact) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunArtifact.ProtoReflect.Descriptor instead.
+func (*RunArtifact) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RunArtifact) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RunArtifact) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *RunArtifact) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *RunArtifact) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *RunArtifact) GetTruncatedBytes() int64 {
+	if x != nil {
+		return x.TruncatedBytes
+	}
+	return 0
+}
+
 // Run is one servicing of one image: `runs/{id}`.
 type Run struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -724,15 +812,19 @@ type Run struct {
 	// stalled flags an IN_PROCESS run without progress for the server's
 	// --stall-after, for administrators to look at; it is not a state, and the
 	// next report clears it.
-	Stalled       bool    `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
-	Kind          RunKind `protobuf:"varint,31,opt,name=kind,proto3,enum=osvc.v1.RunKind" json:"kind,omitempty"`
+	Stalled bool    `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
+	Kind    RunKind `protobuf:"varint,31,opt,name=kind,proto3,enum=osvc.v1.RunKind" json:"kind,omitempty"`
+	// artifacts are the run's log files, uploaded by its agent with the run's
+	// result (succeeded, failed or canceled). A run that ended without its
+	// agent (lost on its last attempt, canceled before it was leased) has none.
+	Artifacts     []*RunArtifact `protobuf:"bytes,32,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +836,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +849,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Run) GetName() string {
@@ -977,6 +1069,13 @@ func (x *Run) GetKind() RunKind {
 	return RunKind_RUN_KIND_UNSPECIFIED
 }
 
+func (x *Run) GetArtifacts() []*RunArtifact {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
 type CreateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// parent is the image, images/{id}.
@@ -990,7 +1089,7 @@ type CreateScheduleRequest struct {
 
 func (x *CreateScheduleRequest) Reset() {
 	*x = CreateScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1101,7 @@ func (x *CreateScheduleRequest) String() string {
 func (*CreateScheduleRequest) ProtoMessage() {}
 
 func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1114,7 @@ func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateScheduleRequest) GetParent() string {
@@ -1049,7 +1148,7 @@ type CreateScheduleResponse struct {
 
 func (x *CreateScheduleResponse) Reset() {
 	*x = CreateScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1160,7 @@ func (x *CreateScheduleResponse) String() string {
 func (*CreateScheduleResponse) ProtoMessage() {}
 
 func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1173,7 @@ func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateScheduleResponse) GetSchedule() *Schedule {
@@ -1100,7 +1199,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1112,7 +1211,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1125,7 +1224,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetRunRequest) GetName() string {
@@ -1144,7 +1243,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1255,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1268,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -1191,7 +1290,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1302,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1315,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListRunsRequest) GetPageSize() int32 {
@@ -1250,7 +1349,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1361,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1374,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -1297,13 +1396,16 @@ type WatchRunRequest struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// after_sequence skips log lines up to and including this sequence number.
 	AfterSequence int64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	// snapshot_only ends the stream once the run as it is now and its stored
+	// log lines have been sent, instead of following the run until it ends.
+	SnapshotOnly  bool `protobuf:"varint,3,opt,name=snapshot_only,json=snapshotOnly,proto3" json:"snapshot_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1417,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1430,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchRunRequest) GetName() string {
@@ -1345,6 +1447,13 @@ func (x *WatchRunRequest) GetAfterSequence() int64 {
 	return 0
 }
 
+func (x *WatchRunRequest) GetSnapshotOnly() bool {
+	if x != nil {
+		return x.SnapshotOnly
+	}
+	return false
+}
+
 type WatchRunResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Run           *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
@@ -1355,7 +1464,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1367,7 +1476,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1380,7 +1489,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchRunResponse) GetRun() *Run {
@@ -1407,7 +1516,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1528,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1541,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CancelRunRequest) GetName() string {
@@ -1458,7 +1567,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1579,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1592,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -1527,7 +1636,15 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
 	"\x05level\x18\x03 \x01(\tR\x05level\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\x82\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xa0\x01\n" +
+	"\vRunArtifact\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x04 \x01(\tR\tmediaType\x12'\n" +
+	"\x0ftruncated_bytes\x18\x05 \x01(\x03R\x0etruncatedBytes\"\xb6\n" +
 	"\n" +
 	"\x03Run\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -1564,7 +1681,8 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x0eresult_indexes\x18\x1c \x03(\v2\x13.osvc.v1.ImageIndexR\rresultIndexes\x12H\n" +
 	"\x12last_progress_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x10lastProgressTime\x12\x18\n" +
 	"\astalled\x18\x1e \x01(\bR\astalled\x12$\n" +
-	"\x04kind\x18\x1f \x01(\x0e2\x10.osvc.v1.RunKindR\x04kind\"\x85\x01\n" +
+	"\x04kind\x18\x1f \x01(\x0e2\x10.osvc.v1.RunKindR\x04kind\x122\n" +
+	"\tartifacts\x18  \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\"\x85\x01\n" +
 	"\x15CreateScheduleRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12-\n" +
 	"\bschedule\x18\x02 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12%\n" +
@@ -1583,10 +1701,11 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x05image\x18\x03 \x01(\tR\x05image\"\\\n" +
 	"\x10ListRunsResponse\x12 \n" +
 	"\x04runs\x18\x01 \x03(\v2\f.osvc.v1.RunR\x04runs\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"L\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"q\n" +
 	"\x0fWatchRunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12%\n" +
-	"\x0eafter_sequence\x18\x02 \x01(\x03R\rafterSequence\"a\n" +
+	"\x0eafter_sequence\x18\x02 \x01(\x03R\rafterSequence\x12#\n" +
+	"\rsnapshot_only\x18\x03 \x01(\bR\fsnapshotOnly\"a\n" +
 	"\x10WatchRunResponse\x12\x1e\n" +
 	"\x03run\x18\x01 \x01(\v2\f.osvc.v1.RunR\x03run\x12-\n" +
 	"\tlog_lines\x18\x02 \x03(\v2\x10.osvc.v1.LogLineR\blogLines\">\n" +
@@ -1663,7 +1782,7 @@ func file_osvc_v1_servicing_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_servicing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_osvc_v1_servicing_proto_goTypes = []any{
 	(RunState)(0),                  // 0: osvc.v1.RunState
 	(Step)(0),                      // 1: osvc.v1.Step
@@ -1674,63 +1793,65 @@ var file_osvc_v1_servicing_proto_goTypes = []any{
 	(*UpdateResult)(nil),           // 6: osvc.v1.UpdateResult
 	(*StepRecord)(nil),             // 7: osvc.v1.StepRecord
 	(*LogLine)(nil),                // 8: osvc.v1.LogLine
-	(*Run)(nil),                    // 9: osvc.v1.Run
-	(*CreateScheduleRequest)(nil),  // 10: osvc.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 11: osvc.v1.CreateScheduleResponse
-	(*GetRunRequest)(nil),          // 12: osvc.v1.GetRunRequest
-	(*GetRunResponse)(nil),         // 13: osvc.v1.GetRunResponse
-	(*ListRunsRequest)(nil),        // 14: osvc.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),       // 15: osvc.v1.ListRunsResponse
-	(*WatchRunRequest)(nil),        // 16: osvc.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),       // 17: osvc.v1.WatchRunResponse
-	(*CancelRunRequest)(nil),       // 18: osvc.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),      // 19: osvc.v1.CancelRunResponse
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
-	(*ImageIndex)(nil),             // 21: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),            // 9: osvc.v1.RunArtifact
+	(*Run)(nil),                    // 10: osvc.v1.Run
+	(*CreateScheduleRequest)(nil),  // 11: osvc.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 12: osvc.v1.CreateScheduleResponse
+	(*GetRunRequest)(nil),          // 13: osvc.v1.GetRunRequest
+	(*GetRunResponse)(nil),         // 14: osvc.v1.GetRunResponse
+	(*ListRunsRequest)(nil),        // 15: osvc.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),       // 16: osvc.v1.ListRunsResponse
+	(*WatchRunRequest)(nil),        // 17: osvc.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),       // 18: osvc.v1.WatchRunResponse
+	(*CancelRunRequest)(nil),       // 19: osvc.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),      // 20: osvc.v1.CancelRunResponse
+	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*ImageIndex)(nil),             // 22: osvc.v1.ImageIndex
 }
 var file_osvc_v1_servicing_proto_depIdxs = []int32{
-	20, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	20, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	21, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	21, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 2: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
 	1,  // 3: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
 	3,  // 4: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	20, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	20, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	20, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	21, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	21, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	21, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	0,  // 8: osvc.v1.Run.state:type_name -> osvc.v1.RunState
 	6,  // 9: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
 	1,  // 10: osvc.v1.Run.step:type_name -> osvc.v1.Step
 	7,  // 11: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	20, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	20, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	20, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	20, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	21, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	20, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	21, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	21, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	21, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	21, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	22, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	21, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
 	2,  // 18: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
-	5,  // 19: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	5,  // 20: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	9,  // 21: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	9,  // 22: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	9,  // 23: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	9,  // 24: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	8,  // 25: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	9,  // 26: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	10, // 27: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	12, // 28: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	14, // 29: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	16, // 30: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	18, // 31: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	11, // 32: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	13, // 33: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	15, // 34: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	17, // 35: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	19, // 36: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	32, // [32:37] is the sub-list for method output_type
-	27, // [27:32] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	9,  // 19: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
+	5,  // 20: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 21: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	10, // 22: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	10, // 23: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	10, // 24: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	10, // 25: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	8,  // 26: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	10, // 27: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	11, // 28: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	13, // 29: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	15, // 30: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	17, // 31: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	19, // 32: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	12, // 33: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	14, // 34: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	16, // 35: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	18, // 36: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	20, // 37: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	33, // [33:38] is the sub-list for method output_type
+	28, // [28:33] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
@@ -1745,7 +1866,7 @@ func file_osvc_v1_servicing_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_servicing_proto_rawDesc), len(file_osvc_v1_servicing_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
