@@ -58,7 +58,8 @@ type CollectorConfig struct {
 
 // Collector removes the blobs of the content library that nothing references,
 // by mark and sweep: a pass marks every sha256 named by a version of an
-// image, a file of an update or the result of a run that has not ended, then
+// image, a file of an update, a log file of a run (artifacts, whatever the
+// run's state) or the result of a run that has not ended, then
 // sweeps every blob unmarked, recorded or last claimed more than a grace
 // period ago, and not uploaded while a run in progress held its lease.
 //
@@ -220,6 +221,10 @@ func (c *Collector) mark(ctx context.Context) (*marks, error) {
 		return nil, err
 	}
 	err = eachValue(ctx, c.store, c.store.RunsPrefix(), func(r *osvcv1.Run) {
+		// A run's log files are kept as long as the run names them, ended or not.
+		for _, a := range r.GetArtifacts() {
+			m.shas[a.GetSha256()] = true
+		}
 		switch r.GetState() {
 		case osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED:
 			return

@@ -275,3 +275,29 @@ func TestAnUploadOfHeldBytesRestartsTheGracePeriod(t *testing.T) {
 		}
 	}
 }
+
+func TestCollectKeepsARunsLogFilesWhileTheRunNamesThem(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newCollectFixture(t)
+	servicingLog := f.write(t, "2026-03-01 08:00:00.000Z [INFO]  run: step started: step=DRIVE\n", t0)
+	engineLog := f.write(t, "wimlib-imagex mountrw source.wim 1 mount\n", t0)
+	for _, state := range []osvcv1.RunState{osvcv1.RunState_RUN_STATE_SUCCEEDED, osvcv1.RunState_RUN_STATE_FAILED, osvcv1.RunState_RUN_STATE_CANCELED} {
+		f.put(t, f.store.RunKey("ended"), &osvcv1.Run{Name: "runs/ended", State: state, Artifacts: []*osvcv1.RunArtifact{
+			{Name: "OfflineServicingMgr.log", Sha256: servicingLog},
+			{Name: "dism.log", Sha256: engineLog},
+		}})
+		if removed := f.collect(t, t0.Add(100*24*time.Hour)); len(removed) != 0 {
+			t.Errorf("a %s run's log files: removed %v long past the grace period, want them kept while the run names them", state, removed)
+		}
+	}
+	if _, err := f.store.Client().Delete(ctx, f.store.RunKey("ended")); err != nil {
+		t.Fatal(err)
+	}
+	removed := f.collect(t, t0.Add(101*24*time.Hour))
+	want := []string{servicingLog, engineLog}
+	slices.Sort(want)
+	if !slices.Equal(removed, want) {
+		t.Errorf("once no run names them removed %v, want the log files %v", removed, want)
+	}
+}

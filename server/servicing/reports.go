@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -15,6 +16,8 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/runlogs"
+	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -267,6 +270,10 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	default:
 		return errdefs.InvalidArgument("run_result.state", "end a run with RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED")
 	}
+	artifacts, err := s.claimArtifacts(ctx, m.GetArtifacts())
+	if err != nil {
+		return err
+	}
 	if len(m.GetIndexes()) > 0 {
 		m = proto.Clone(m).(*osvcv1.RunResult)
 		if err := s.catalog.LinkInstalled(ctx, m.GetIndexes()); err != nil {
@@ -274,6 +281,9 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 		}
 	}
 	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
+		// Recorded in the transaction that compares the fencing token: an
+		// agent that lost the run attaches no files to it.
+		ch.run.Artifacts = artifacts
 		if m.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 			msg := clipText(m.GetError())
 			if msg == "" && m.GetState() == osvcv1.RunState_RUN_STATE_CANCELED {
@@ -290,11 +300,69 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 		return err
 	}
 	s.logger.Info("run ended", "run", run.GetName(), "state", stateName(run.GetState()), "agent", agent,
-		"result_version", run.GetResultVersion(), "error", run.GetError())
+		"result_version", run.GetResultVersion(), "log_files", len(run.GetArtifacts()), "error", run.GetError())
 	if run.GetState() == osvcv1.RunState_RUN_STATE_SUCCEEDED && run.GetResultVersion() == run.GetSourceVersion() {
 		s.logger.Info("nothing changed the image: no version added", "run", run.GetName(), "image", run.GetImage(), "version", run.GetResultVersion())
 	}
 	return nil
+}
+
+// claimArtifacts checks the log files an agent reports with a run's result
+// and claims their blobs, so the content collector keeps them until the run
+// names them. What an agent reports is outside input: only the known file
+// names, each once, each a blob the library holds of at most the artifact
+// limit. The size and media type recorded are the library's, not the agent's.
+func (s *Service) claimArtifacts(ctx context.Context, in []*osvcv1.RunArtifact) ([]*osvcv1.RunArtifact, error) {
+	if len(in) > len(runlogs.Names) {
+		return nil, errdefs.InvalidArgument("run_result.artifacts", fmt.Sprintf("%d files: a run has at most %d, one of each of %s",
+			len(in), len(runlogs.Names), strings.Join(runlogs.Names, ", ")))
+	}
+	seen := map[string]bool{}
+	for i, a := range in {
+		field := fmt.Sprintf("run_result.artifacts[%d]", i)
+		if err := runlogs.CheckName(a.GetName()); err != nil {
+			return nil, errdefs.InvalidArgument(field+".name", err.Error())
+		}
+		if seen[a.GetName()] {
+			return nil, errdefs.InvalidArgument(field+".name", a.GetName()+" is reported twice: send each log file once")
+		}
+		seen[a.GetName()] = true
+		if !content.ValidSHA256(a.GetSha256()) {
+			return nil, errdefs.InvalidArgument(field+".sha256", fmt.Sprintf("%q is not a sha256: want 64 lower-case hex digits", truncate(a.GetSha256(), 80)))
+		}
+		if a.GetTruncatedBytes() < 0 {
+			return nil, errdefs.InvalidArgument(field+".truncated_bytes", fmt.Sprintf("%d is negative: send how many bytes of the file's start were left out, or 0", a.GetTruncatedBytes()))
+		}
+	}
+	out := make([]*osvcv1.RunArtifact, 0, len(in))
+	for i, a := range in {
+		field := fmt.Sprintf("run_result.artifacts[%d]", i)
+		c, err := s.library.Claim(ctx, a.GetSha256())
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil, fmt.Errorf("log file %s (%s) is not in the content library; upload it with ContentService.Write before reporting: %w",
+				a.GetName(), a.GetSha256(), errdefs.ErrFailedPrecondition)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up log file %s (%s): %w", a.GetName(), a.GetSha256(), err)
+		}
+		// The blob's real size counts, whatever the report says.
+		if c.GetSizeBytes() > s.maxArtifactBytes {
+			return nil, errdefs.InvalidArgument(field+".sha256", fmt.Sprintf("%s names a blob of %d bytes: a run log file has at most %d; upload the end of a longer file",
+				a.GetSha256(), c.GetSizeBytes(), s.maxArtifactBytes))
+		}
+		if a.GetSizeBytes() != 0 && a.GetSizeBytes() != c.GetSizeBytes() {
+			return nil, errdefs.InvalidArgument(field+".size_bytes", fmt.Sprintf("%d bytes, but the content library holds %s with %d: send the uploaded size",
+				a.GetSizeBytes(), a.GetSha256(), c.GetSizeBytes()))
+		}
+		out = append(out, &osvcv1.RunArtifact{
+			Name:           a.GetName(),
+			Sha256:         c.GetSha256(),
+			SizeBytes:      c.GetSizeBytes(),
+			MediaType:      runlogs.MediaType,
+			TruncatedBytes: a.GetTruncatedBytes(),
+		})
+	}
+	return out, nil
 }
 
 // swap makes the uploaded result the image's current version.

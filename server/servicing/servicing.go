@@ -28,6 +28,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -64,6 +65,9 @@ type Config struct {
 	// MaxRetryBackoff caps RetryBackoff's doubling; default 5m, and never
 	// below RetryBackoff.
 	MaxRetryBackoff time.Duration
+	// MaxArtifactBytes is the largest log file a run's result may name;
+	// default runlogs.MaxBytes, the limit agents keep to. Tests lower it.
+	MaxArtifactBytes int64
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -77,9 +81,11 @@ type Service struct {
 	logger      hclog.Logger
 	maxAttempts int
 	maxLogLines int64
-	backoff     time.Duration
-	maxBackoff  time.Duration
-	now         func() time.Time
+	// maxArtifactBytes bounds each log file a result names.
+	maxArtifactBytes int64
+	backoff          time.Duration
+	maxBackoff       time.Duration
+	now              func() time.Time
 
 	droppedLogLines atomic.Int64
 }
@@ -101,6 +107,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxLogLines < 0 {
 		return nil, fmt.Errorf("servicing: Config.MaxLogLines is %d; use 1 or more (0 for the default %d)", cfg.MaxLogLines, defaultMaxLogLines)
 	}
+	if cfg.MaxArtifactBytes < 0 {
+		return nil, fmt.Errorf("servicing: Config.MaxArtifactBytes is %d; use a positive size (0 for the default %d)", cfg.MaxArtifactBytes, runlogs.MaxBytes)
+	}
 	if cfg.RetryBackoff < 0 {
 		return nil, fmt.Errorf("servicing: Config.RetryBackoff is %s; use a positive duration (0 for the default %s)", cfg.RetryBackoff, defaultRetryBackoff)
 	}
@@ -108,16 +117,17 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("servicing: Config.MaxRetryBackoff is %s; use a positive duration (0 for the default %s)", cfg.MaxRetryBackoff, defaultMaxRetryBackoff)
 	}
 	s := &Service{
-		store:       cfg.Store,
-		client:      cfg.Store.Client(),
-		catalog:     cfg.Catalog,
-		library:     cfg.Library,
-		logger:      cfg.Logger,
-		maxAttempts: cfg.MaxAttempts,
-		maxLogLines: cfg.MaxLogLines,
-		backoff:     cmp.Or(cfg.RetryBackoff, defaultRetryBackoff),
-		maxBackoff:  cmp.Or(cfg.MaxRetryBackoff, defaultMaxRetryBackoff),
-		now:         cfg.Now,
+		store:            cfg.Store,
+		client:           cfg.Store.Client(),
+		catalog:          cfg.Catalog,
+		library:          cfg.Library,
+		logger:           cfg.Logger,
+		maxAttempts:      cfg.MaxAttempts,
+		maxLogLines:      cfg.MaxLogLines,
+		maxArtifactBytes: cmp.Or(cfg.MaxArtifactBytes, runlogs.MaxBytes),
+		backoff:          cmp.Or(cfg.RetryBackoff, defaultRetryBackoff),
+		maxBackoff:       cmp.Or(cfg.MaxRetryBackoff, defaultMaxRetryBackoff),
+		now:              cfg.Now,
 	}
 	s.maxBackoff = max(s.maxBackoff, s.backoff)
 	if s.logger == nil {

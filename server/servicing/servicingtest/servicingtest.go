@@ -44,6 +44,8 @@ type Env struct {
 type Options struct {
 	MaxAttempts int
 	MaxLogLines int64
+	// MaxArtifactBytes is the Service's limit on a run's log files.
+	MaxArtifactBytes int64
 	// RetryBackoff defaults to a millisecond here, not the Service's 10s:
 	// tests that do not look at the backoff should not wait for it.
 	RetryBackoff    time.Duration
@@ -75,7 +77,7 @@ func New(t testing.TB, opts Options) *Env {
 	}
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: logger,
-		MaxAttempts: opts.MaxAttempts, MaxLogLines: opts.MaxLogLines,
+		MaxAttempts: opts.MaxAttempts, MaxLogLines: opts.MaxLogLines, MaxArtifactBytes: opts.MaxArtifactBytes,
 		RetryBackoff: cmp.Or(opts.RetryBackoff, time.Millisecond), MaxRetryBackoff: opts.MaxRetryBackoff,
 		Now: opts.Now,
 	})
