@@ -62,7 +62,11 @@ func (a *servicingServer) WatchRun(req *osvcv1.WatchRunRequest, stream osvcv1.Se
 	if req.GetAfterSequence() < 0 {
 		return Status(errdefs.InvalidArgument("after_sequence", "send 0 for every line or the last sequence you have"))
 	}
-	err := a.svc.WatchRun(stream.Context(), req.GetName(), req.GetAfterSequence(), func(run *osvcv1.Run, lines []*osvcv1.LogLine) error {
+	watch := a.svc.WatchRun
+	if req.GetSnapshotOnly() {
+		watch = a.svc.SnapshotRun
+	}
+	err := watch(stream.Context(), req.GetName(), req.GetAfterSequence(), func(run *osvcv1.Run, lines []*osvcv1.LogLine) error {
 		return stream.Send(&osvcv1.WatchRunResponse{Run: run, LogLines: lines})
 	})
 	if err != nil && stream.Context().Err() != nil {

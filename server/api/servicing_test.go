@@ -52,6 +52,18 @@ func newServicingAPI(t *testing.T) *servicingAPI {
 	return &servicingAPI{Env: env, servicing: osvcv1.NewServicingServiceClient(conn), agents: osvcv1.NewAgentServiceClient(conn)}
 }
 
+// schedule records images/win11 and updates/cu and schedules cu for win11.
+func (s *servicingAPI) schedule(t *testing.T, ctx context.Context) *osvcv1.CreateScheduleResponse {
+	t.Helper()
+	img := s.Image(t, "win11", "PS1", 1)
+	s.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
+	resp, err := s.servicing.CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{Parent: img.GetName(), Schedule: &osvcv1.Schedule{Updates: []string{"updates/cu"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 func TestServicingAPIAnswersWithTheCodeOfTheDomainError(t *testing.T) {
 	t.Parallel()
 	s := newServicingAPI(t)
@@ -143,12 +155,7 @@ func TestWatchRunStreamsTheRunUntilItEnds(t *testing.T) {
 	s := newServicingAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	img := s.Image(t, "win11", "PS1", 1)
-	s.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
-	resp, err := s.servicing.CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{Parent: img.GetName(), Schedule: &osvcv1.Schedule{Updates: []string{"updates/cu"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := s.schedule(t, ctx)
 	w, err := s.servicing.WatchRun(ctx, &osvcv1.WatchRunRequest{Name: resp.GetRun().GetName()})
 	if err != nil {
 		t.Fatal(err)
@@ -166,6 +173,65 @@ func TestWatchRunStreamsTheRunUntilItEnds(t *testing.T) {
 	}
 	if _, err := w.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("after the final state: %v, want the end of the stream", err)
+	}
+}
+
+func TestWatchRunWithSnapshotOnlySendsTheRunAsItIsAndEnds(t *testing.T) {
+	t.Parallel()
+	s := newServicingAPI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	name := s.schedule(t, ctx).GetRun().GetName()
+	lease := s.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	run, err := s.Service.Lease(ctx, name, 0, "agents/ps1-a", int64(lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// More lines than one message carries: the snapshot comes in several.
+	const n = 1500
+	var lines []*osvcv1.LogLine
+	for i := int64(1); i <= n; i++ {
+		lines = append(lines, &osvcv1.LogLine{Sequence: i, Level: "INFO", Message: "line"})
+	}
+	if err := s.Service.ReportLogs(ctx, "agents/ps1-a", &osvcv1.LogBatch{Run: name, FencingToken: run.GetFencingToken(), Lines: lines}); err != nil {
+		t.Fatal(err)
+	}
+	for _, after := range []int64{0, 1200} {
+		w, err := s.servicing.WatchRun(ctx, &osvcv1.WatchRunRequest{Name: name, AfterSequence: after, SnapshotOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last int64
+		messages := 0
+		for {
+			m, err := w.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("after %d: Recv: %v (a snapshot of a run in process must end on its own)", after, err)
+			}
+			messages++
+			if m.GetRun().GetState() != osvcv1.RunState_RUN_STATE_IN_PROCESS {
+				t.Errorf("after %d: run %s, want IN_PROCESS", after, m.GetRun().GetState())
+			}
+			for _, l := range m.GetLogLines() {
+				if l.GetSequence() != last+1 && !(last == 0 && l.GetSequence() == after+1) {
+					t.Fatalf("after %d: line %d follows %d", after, l.GetSequence(), last)
+				}
+				last = l.GetSequence()
+			}
+		}
+		if last != n || messages == 0 {
+			t.Errorf("after %d: lines up to %d in %d messages, want every line up to %d", after, last, messages, n)
+		}
+	}
+	w, err := s.servicing.WatchRun(ctx, &osvcv1.WatchRunRequest{Name: "runs/r-unknown", SnapshotOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); status.Code(err) != codes.NotFound {
+		t.Errorf("snapshot of an unknown run: %v, want NotFound", err)
 	}
 }
 

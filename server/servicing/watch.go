@@ -73,6 +73,26 @@ func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, sen
 	}
 }
 
+// SnapshotRun calls send with the run as it is now and its stored log lines
+// after afterSeq, in as many calls as keep each message small, and returns:
+// WatchRun without the following, for a reader who wants what exists.
+func (s *Service) SnapshotRun(ctx context.Context, name string, afterSeq int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) error {
+	id, err := RunID(name)
+	if err != nil {
+		return err
+	}
+	resp, err := s.client.Get(clientv3.WithRequireLeader(ctx), s.store.RunKey(id))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
+	}
+	last := max(afterSeq, 0)
+	_, err = s.sendRun(ctx, id, resp.Kvs[0].Value, resp.Header.Revision, &last, send)
+	return err
+}
+
 // sendRun sends the run value read at rev with its log lines after *last.
 func (s *Service) sendRun(ctx context.Context, runID string, value []byte, rev int64, last *int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) (bool, error) {
 	run, err := store.Unmarshal[*osvcv1.Run](value)
