@@ -166,8 +166,8 @@ func engineFactory(goos, name, wimlibBin, dismBin string) (engine.RunEngine, err
 		if goos == "windows" {
 			return nil, errors.New("--engine wimlib: the wimlib engine mounts images with FUSE, which Windows lacks: use --engine dism")
 		}
-		return func(l hclog.Logger, _ string) (engine.Engine, error) {
-			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin})
+		return func(l hclog.Logger, work string) (engine.Engine, error) {
+			return wimlib.New(wimlib.Config{Logger: l, Binary: wimlibBin, Work: work})
 		}, nil
 	case dism.Name:
 		if goos != "windows" && dismBin == "" {

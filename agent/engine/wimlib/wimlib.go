@@ -21,6 +21,7 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/mountinfo"
+	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/pkg/updatepkg"
 	"github.com/osvc/osvc/pkg/wiminfo"
 )
@@ -39,6 +40,13 @@ type Config struct {
 	// Binary is the wimlib-imagex executable, a path or a name looked up in
 	// PATH; default "wimlib-imagex".
 	Binary string
+	// Work, when set, is the run's work folder: the engine keeps its own
+	// log there, Work/dism.log (the name DISM's /LogPath has on Windows, so
+	// a run's files read the same on both engines), with every command it
+	// runs, the command's output and how it ended, and what it does to the
+	// mounted image. Those lines go to Logger too. Empty for the agent's
+	// own engine (recovery), which keeps no such log.
+	Work string
 }
 
 // Engine services WIM files with wimlib-imagex.
@@ -63,7 +71,47 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("wimlib engine: %s not found: install wimtools (apt-get install wimtools): %w", bin, err)
 	}
+	if cfg.Work != "" {
+		logger = engineLog(logger, filepath.Join(cfg.Work, runlogs.EngineLog))
+	}
 	return &Engine{logger: logger.Named("wimlib"), binary: path}, nil
+}
+
+// engineLog is a logger writing to the engine's log file at path and
+// passing every line on to the run's logger.
+func engineLog(run hclog.Logger, path string) hclog.Logger {
+	l := hclog.NewInterceptLogger(&hclog.LoggerOptions{
+		Level:      hclog.Debug,
+		Output:     appendFile(path),
+		TimeFormat: "2006-01-02 15:04:05.000Z07:00",
+	})
+	l.RegisterSink(forward{to: run})
+	return l
+}
+
+// appendFile appends each write to the file at path, opened for that write
+// only: the engine has no Close, and the log must be whole on disk at any
+// moment the pipeline uploads it.
+type appendFile string
+
+func (p appendFile) Write(b []byte) (int, error) {
+	f, err := os.OpenFile(string(p), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return 0, err
+	}
+	n, err := f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}
+
+// forward passes the engine log's lines on to the run's logger, under the
+// same name, so the run's log keeps telling what the engine does.
+type forward struct{ to hclog.Logger }
+
+func (f forward) Accept(name string, level hclog.Level, msg string, args ...any) {
+	f.to.Named(name).Log(level, msg, args...)
 }
 
 // Name returns "wimlib".
@@ -80,11 +128,13 @@ func (e *Engine) run(ctx context.Context, logStdout bool, args ...string) ([]byt
 	// mountrw forks a FUSE daemon; should it keep our pipes open, Wait must
 	// not block on it.
 	cmd.WaitDelay = 10 * time.Second
+	start := time.Now()
 	err := cmd.Run()
 	if logStdout {
 		logLines(e.logger, hclog.Info, stdout.Bytes())
 	}
 	logLines(e.logger, hclog.Warn, stderr.Bytes())
+	e.logger.Debug("command ended", "command", args[0], "exit_code", cmd.ProcessState.ExitCode(), "duration", time.Since(start).Round(time.Millisecond).String())
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%s %s: %w", filepath.Base(e.binary), args[0], ctxErr)

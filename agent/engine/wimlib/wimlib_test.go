@@ -927,3 +927,62 @@ func TestACommitWaitsForAFileOpenForAMoment(t *testing.T) {
 		t.Error("the WIM did not change: the commit did not go through")
 	}
 }
+
+func TestAnEngineWithAWorkFolderKeepsDismLogThere(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	work := t.TempDir()
+	runLog := &syncBuffer{}
+	e, err := New(Config{Work: work, Logger: hclog.New(&hclog.LoggerOptions{Name: "run", Output: runLog, Level: hclog.Info})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wim := copyWIM(t)
+	if err := e.Verify(ctx, wim); err != nil {
+		t.Fatal(err)
+	}
+	m := mount(t, e, wim)
+	if _, err := e.AddPackage(ctx, m, update(t, osvcv1.UpdateState_UPDATE_STATE_APPLIED, osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE).File, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Unmount(ctx, m, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Mount(ctx, wim, 7, filepath.Join(work, "no-such-folder")); err == nil {
+		t.Fatal("mounting index 7 of a one-index WIM succeeded")
+	}
+
+	data, err := os.ReadFile(filepath.Join(work, "dism.log"))
+	if err != nil {
+		t.Fatalf("the engine's log: %v", err)
+	}
+	log := string(data)
+	for _, want := range []string{
+		"wimlib: running: command=\"" + e.binary + " verify " + wim,
+		"wimlib: running: command=\"" + e.binary + " mountrw " + wim + " 1 ",
+		"wimlib: command ended: command=verify exit_code=0",
+		"wimlib: command ended: command=unmount exit_code=0",
+		"wimlib: package installed",
+		"[INFO]  wimlib: wimlib-imagex: output=",
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("dism.log lacks %q:\n%s", want, log)
+		}
+	}
+	// The run's own log keeps telling the commands, at its own level.
+	if got := runLog.String(); !strings.Contains(got, "run.wimlib: running: command=\""+e.binary+" verify ") || strings.Contains(got, "command ended") {
+		t.Errorf("the run log should have the commands and no debug lines:\n%s", got)
+	}
+
+	// The agent's own engine (no work folder) keeps no such log.
+	plain, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Verify(ctx, wim); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(filepath.Dir(wim)); len(entries) != 1 {
+		t.Errorf("an engine without a work folder wrote beside the WIM: %v", entries)
+	}
+}
