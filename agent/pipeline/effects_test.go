@@ -84,10 +84,15 @@ func (fr *fileRun) ssuSecurityCU(outcome2 string) []*osvcv1.Update {
 	}
 }
 
+// assignment assigns run (runs/r1) of the source image with updates.
+func (fr *fileRun) assignment(run *osvcv1.Run, updates []*osvcv1.Update) *osvcv1.Assign {
+	run.Name, run.Image, run.FencingToken = "runs/r1", "images/win11", 7
+	return &osvcv1.Assign{Run: run, Image: &osvcv1.Image{Name: "images/win11"}, Source: fr.source, Updates: updates}
+}
+
 func (fr *fileRun) run(t *testing.T, ctx context.Context, run *osvcv1.Run, updates []*osvcv1.Update) *recorder {
 	t.Helper()
-	run.Name, run.Image, run.FencingToken = "runs/r1", "images/win11", 7
-	a := &osvcv1.Assign{Run: run, Image: &osvcv1.Image{Name: "images/win11"}, Source: fr.source, Updates: updates}
+	a := fr.assignment(run, updates)
 	rec := &recorder{}
 	if err := Run(ctx, fr.cfg, a, rec); err != nil {
 		t.Fatalf("Run: %v", err)

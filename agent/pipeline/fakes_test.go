@@ -17,6 +17,7 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -337,10 +338,14 @@ type memContent struct {
 	uploads  []string
 	held     map[string]int
 	acquired int
+	// logUploads are the uploads of the run's log files, by file name;
+	// logHook, when set, runs first and fails the upload with its error.
+	logUploads map[string]string
+	logHook    func(ctx context.Context, name string) error
 }
 
 func newMemContent(t *testing.T, drive string) *memContent {
-	return &memContent{t: t, dir: t.TempDir(), drive: drive, blobs: make(map[string][]byte), held: make(map[string]int)}
+	return &memContent{t: t, dir: t.TempDir(), drive: drive, blobs: make(map[string][]byte), held: make(map[string]int), logUploads: make(map[string]string)}
 }
 
 // put stores data and returns its sha256.
@@ -374,10 +379,34 @@ func (c *memContent) Download(_ context.Context, sha, dst string, progress trans
 	return os.WriteFile(dst, data, 0o640)
 }
 
-func (c *memContent) Upload(_ context.Context, path, mediaType string, _ transfer.ProgressFunc) (*osvcv1.Content, error) {
+func (c *memContent) Upload(ctx context.Context, path, mediaType string, _ transfer.ProgressFunc) (*osvcv1.Content, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if mediaType == runlogs.MediaType {
+		// The pipeline uploads a copy named after the file.
+		name := ""
+		for _, n := range runlogs.Names {
+			if strings.HasSuffix(path, n) {
+				name = n
+			}
+		}
+		c.mu.Lock()
+		hook := c.logHook
+		c.mu.Unlock()
+		if hook != nil {
+			if err := hook(ctx, name); err != nil {
+				return nil, err
+			}
+		}
+		sum := sha256.Sum256(data)
+		sha := hex.EncodeToString(sum[:])
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.blobs[sha] = data
+		c.logUploads[name] = sha
+		return &osvcv1.Content{Name: "contents/" + sha, Sha256: sha, SizeBytes: int64(len(data)), MediaType: mediaType}, nil
 	}
 	sha := c.put(data)
 	c.mu.Lock()
@@ -444,6 +473,18 @@ func (c *memContent) holding() (held []string, acquired int) {
 	return held, c.acquired
 }
 
+// logFile returns the uploaded log file name, "" when none was uploaded.
+func (c *memContent) logFile(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	sha, ok := c.logUploads[name]
+	if !ok {
+		return ""
+	}
+	return string(c.blobs[sha])
+}
+
+// uploaded lists the uploads of images, the run's log files aside.
 func (c *memContent) uploaded() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

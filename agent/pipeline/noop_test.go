@@ -15,17 +15,36 @@ import (
 
 	"github.com/osvc/osvc/agent/engine/wimlib"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/runlogs"
 )
 
-// countingContent counts uploads to the content server.
+// countingContent counts uploads of images to the content server; the
+// run's log files, which every run uploads, are not counted.
 type countingContent struct {
 	osvcv1.ContentServiceClient
 	writes atomic.Int32
 }
 
 func (c *countingContent) Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[osvcv1.WriteRequest, osvcv1.WriteResponse], error) {
-	c.writes.Add(1)
-	return c.ContentServiceClient.Write(ctx, opts...)
+	s, err := c.ContentServiceClient.Write(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &countingWrite{ClientStreamingClient: s, writes: &c.writes}, nil
+}
+
+// countingWrite counts the upload when its header names another media type
+// than the log files'.
+type countingWrite struct {
+	grpc.ClientStreamingClient[osvcv1.WriteRequest, osvcv1.WriteResponse]
+	writes *atomic.Int32
+}
+
+func (w *countingWrite) Send(m *osvcv1.WriteRequest) error {
+	if h := m.GetHeader(); h != nil && h.GetMediaType() != runlogs.MediaType {
+		w.writes.Add(1)
+	}
+	return w.ClientStreamingClient.Send(m)
 }
 
 // preinstall applies the update file to one index of wim and commits, with

@@ -23,6 +23,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/names"
+	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -78,16 +79,32 @@ type Config struct {
 	Logger        hclog.Logger
 	// ReportTimeout bounds the final report sent after a cancel; default 30s.
 	ReportTimeout time.Duration
+	// LogUploadTimeout bounds the upload of each of the run's log files
+	// when the run ends; default DefaultLogUploadTimeout.
+	LogUploadTimeout time.Duration
+	// MaxLogFileBytes bounds each uploaded log file; default
+	// runlogs.MaxBytes, the limit the server enforces. Tests lower it.
+	MaxLogFileBytes int64
 }
+
+// DefaultLogUploadTimeout is long enough for a log file at the limit over a
+// slow site link, short enough that a server that does not answer delays
+// the run's result by minutes, not for ever.
+const DefaultLogUploadTimeout = 2 * time.Minute
+
+// minLogFileBytes is the least MaxLogFileBytes may be.
+const minLogFileBytes = 1 << 10
 
 // Folder and file names inside the work folder.
 const (
 	// WorkFolder is the folder under the drive that holds one folder per run.
 	WorkFolder = "OfflineImageServicing"
-	// LogFile is the run's own log, kept in the work folder after the run.
-	LogFile = "OfflineServicingMgr.log"
-	// EngineLogFile is the engine's log (DISM writes it; kept when present).
-	EngineLogFile = "dism.log"
+	// LogFile is the run's own log, kept in the work folder after the run
+	// and uploaded as one of its artifacts.
+	LogFile = runlogs.ServicingLog
+	// EngineLogFile is the engine's log (DISM's /LogPath, the wimlib
+	// engine's own), kept and uploaded like LogFile when the engine wrote it.
+	EngineLogFile = runlogs.EngineLog
 	// MediaTypeWIM is the media type of uploaded images.
 	MediaTypeWIM = "application/x-ms-wim"
 )
@@ -136,6 +153,15 @@ func Run(ctx context.Context, cfg Config, a *osvcv1.Assign, rep Reporter) error 
 	}
 	if cfg.ReportTimeout <= 0 {
 		cfg.ReportTimeout = 30 * time.Second
+	}
+	if cfg.LogUploadTimeout <= 0 {
+		cfg.LogUploadTimeout = DefaultLogUploadTimeout
+	}
+	if cfg.MaxLogFileBytes <= 0 {
+		cfg.MaxLogFileBytes = runlogs.MaxBytes
+	}
+	if cfg.MaxLogFileBytes < minLogFileBytes {
+		return fmt.Errorf("pipeline: MaxLogFileBytes %d: want at least %d, room for the note a cut log file starts with", cfg.MaxLogFileBytes, minLogFileBytes)
 	}
 	runName := a.GetRun().GetName()
 	runID, ok := strings.CutPrefix(runName, "runs/")
@@ -212,40 +238,69 @@ func (r *run) run(ctx context.Context) error {
 	defer r.tidy(ctx)
 
 	if lost := r.lost(); lost != nil {
-		r.log.Warn("the server no longer gives this run to this agent: work discarded, no more reports", "error", lost)
-		return fmt.Errorf("%w: %w", ErrLost, lost)
+		return r.dropped(lost)
 	}
 	if runErr == nil && ctx.Err() != nil {
 		// A cancel that came after the work was done but before its result
 		// went out still wins: the result is never sent under an ended ctx.
 		runErr = context.Cause(ctx)
 	}
-	if runErr == nil {
-		// Logged before the result: once it is in, the server takes no more lines.
-		r.log.Info("run succeeded", "result_sha256", res.GetResultSha256(), "result_size", res.GetResultSizeBytes())
-		if err := r.rep.Result(ctx, res); err != nil {
-			return r.reportFailed(err)
-		}
-		return nil
+	res, err := r.outcome(ctx, res, runErr)
+	if err != nil {
+		return err
+	}
+	// The run's log files go with its result, whatever it is: uploaded
+	// once the outcome is in the run log, named in the result, and recorded
+	// by the server in the transaction that checks the fencing token.
+	res.Artifacts = r.uploadLogs(ctx)
+	if lost := r.lost(); lost != nil {
+		return r.dropped(lost)
 	}
 	if cause := context.Cause(ctx); ctx.Err() != nil {
 		if errors.Is(cause, ErrDiscard) {
 			r.log.Warn("run discarded", "reason", cause)
 			return cause
 		}
-		r.log.Warn("run canceled: changes discarded", "reason", cause)
+		if res.GetState() == osvcv1.RunState_RUN_STATE_SUCCEEDED {
+			r.log.Warn("run canceled while its log files were uploaded: changes discarded", "reason", cause)
+			res = &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_CANCELED, Error: causeText(cause), Artifacts: res.Artifacts}
+		}
+		// Canceled: the result still goes, within its own time.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ReportTimeout)
 		defer cancel()
-		if err := r.rep.Result(rctx, &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_CANCELED, Error: causeText(cause)}); err != nil {
-			return r.reportFailed(err)
-		}
-		return nil
+		ctx = rctx
 	}
-	r.log.Error("run failed: changes discarded", "error", runErr)
-	if err := r.rep.Result(ctx, &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_FAILED, Error: runErr.Error()}); err != nil {
+	if err := r.rep.Result(ctx, res); err != nil {
 		return r.reportFailed(err)
 	}
 	return nil
+}
+
+// dropped ends a run the server gave to another lease: nothing more is
+// reported.
+func (r *run) dropped(lost error) error {
+	r.log.Warn("the server no longer gives this run to this agent: work discarded, no more reports", "error", lost)
+	return fmt.Errorf("%w: %w", ErrLost, lost)
+}
+
+// outcome writes how the run ended to the run log and returns the result to
+// report, or the cause when the agent discards the run without a result.
+// Logged before the result: once it is in, the server takes no more lines.
+func (r *run) outcome(ctx context.Context, res *osvcv1.RunResult, runErr error) (*osvcv1.RunResult, error) {
+	if runErr == nil {
+		r.log.Info("run succeeded", "result_sha256", res.GetResultSha256(), "result_size", res.GetResultSizeBytes())
+		return res, nil
+	}
+	if cause := context.Cause(ctx); ctx.Err() != nil {
+		if errors.Is(cause, ErrDiscard) {
+			r.log.Warn("run discarded", "reason", cause)
+			return nil, cause
+		}
+		r.log.Warn("run canceled: changes discarded", "reason", cause)
+		return &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_CANCELED, Error: causeText(cause)}, nil
+	}
+	r.log.Error("run failed: changes discarded", "error", runErr)
+	return &osvcv1.RunResult{State: osvcv1.RunState_RUN_STATE_FAILED, Error: runErr.Error()}, nil
 }
 
 func causeText(cause error) string {

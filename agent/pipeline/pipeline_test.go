@@ -210,7 +210,9 @@ func configOver(t *testing.T, c osvcv1.ContentServiceClient) Config {
 	}
 	t.Cleanup(updates.Close)
 	return Config{
-		NewEngine:   func(l hclog.Logger, _ string) (engine.Engine, error) { return wimlib.New(wimlib.Config{Logger: l}) },
+		NewEngine: func(l hclog.Logger, work string) (engine.Engine, error) {
+			return wimlib.New(wimlib.Config{Logger: l, Work: work})
+		},
 		UpdateFiles: updates,
 		Images:      images,
 		Drive:       t.TempDir(),
@@ -277,7 +279,7 @@ func wimDir(t *testing.T, wim string) string {
 	return string(out)
 }
 
-// checkWorkFolder asserts that only the run log is left and nothing is mounted.
+// checkWorkFolder asserts that only the logs are left and nothing is mounted.
 func checkWorkFolder(t *testing.T, drive string) {
 	t.Helper()
 	work := filepath.Join(drive, WorkFolder, "r1")
@@ -286,7 +288,7 @@ func checkWorkFolder(t *testing.T, drive string) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != LogFile {
+		if !isLog(e.Name()) {
 			t.Errorf("the work folder still holds %s", e.Name())
 		}
 	}

@@ -135,6 +135,14 @@ func (l *lazyFile) Open(path string) error {
 	return nil
 }
 
+// opened tells whether the log file was opened: the run's work folder was
+// set up by this attempt.
+func (l *lazyFile) opened() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f != nil
+}
+
 func (l *lazyFile) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/pkg/updatepkg"
 )
 
@@ -129,8 +130,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 // Name returns "dism".
 func (e *Engine) Name() string { return Name }
 
-// LogFile is DISM's log in a run's work folder; the pipeline keeps it.
-const LogFile = "dism.log"
+// LogFile is DISM's log in a run's work folder; the pipeline keeps it and
+// uploads it when the run ends.
+const LogFile = runlogs.EngineLog
 
 // run runs dism.exe with args after the switches every command gets, logs
 // its output line by line (progress redraws aside), reports the percent of
