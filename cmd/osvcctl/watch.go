@@ -32,10 +32,6 @@ type runDisplay interface {
 // watchRun follows a run until it ends, then prints its results. It returns a
 // *runEndedError when the run failed or was canceled.
 func (c *cli) watchRun(ctx context.Context, name string) error {
-	servicing, err := c.servicing()
-	if err != nil {
-		return err
-	}
 	var display runDisplay
 	switch {
 	case c.output == outputJSON:
@@ -45,17 +41,46 @@ func (c *cli) watchRun(ctx context.Context, name string) error {
 	default:
 		display = &plainDisplay{w: c.stdout}
 	}
+	var lines []*osvcv1.LogLine
+	last, err := c.followRun(ctx, name, 0, "osvcctl run watch "+name, func(run *osvcv1.Run, fresh []*osvcv1.LogLine) {
+		lines = append(lines, fresh...)
+		display.show(run, fresh)
+	})
+	display.close()
+	if err != nil {
+		return err
+	}
 
+	if c.output == outputJSON {
+		if err := printJSON(c.stdout, &osvcv1.WatchRunResponse{Run: last, LogLines: lines}); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(c.stdout, "\n%s %s\n", last.GetName(), runStateText(last.GetState()))
+		c.printRunResults(last)
+	}
+	if last.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+		return &runEndedError{run: last.GetName(), state: last.GetState(), msg: last.GetError()}
+	}
+	return nil
+}
+
+// followRun follows a run from after its log line afterSeq until it ends,
+// calling show with each snapshot and the log lines new in it, each line
+// once. A stream that ends or breaks before the run does is reopened after
+// the last line seen; watchMaxReconnects in a row without a message gives
+// up, saying to run again to follow it again. It returns the run's last
+// snapshot, in a final state.
+func (c *cli) followRun(ctx context.Context, name string, afterSeq int64, again string, show func(*osvcv1.Run, []*osvcv1.LogLine)) (*osvcv1.Run, error) {
+	servicing, err := c.servicing()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		last      *osvcv1.Run
-		lines     []*osvcv1.LogLine
-		afterSeq  int64
 		reconnect int
 	)
 	for {
-		// A stream that ends or breaks before the run does is reopened after
-		// the last log line seen; watchMaxReconnects in a row without a
-		// message gives up.
 		err := func() error {
 			stream, err := servicing.WatchRun(ctx, &osvcv1.WatchRunRequest{Name: name, AfterSequence: afterSeq})
 			if err != nil {
@@ -78,30 +103,26 @@ func (c *cli) watchRun(ctx context.Context, name string) error {
 						fresh = append(fresh, l)
 					}
 				}
-				lines = append(lines, fresh...)
 				if resp.GetRun() != nil {
 					last = resp.GetRun()
 				}
-				display.show(last, fresh)
+				show(last, fresh)
 			}
 		}()
 		if last != nil && runEnded(last.GetState()) {
-			break
+			return last, nil
 		}
 		if ctx.Err() != nil {
-			display.close()
-			return fmt.Errorf("stopped watching %s; the run goes on ('osvcctl run cancel %s' stops it)", name, name)
+			return nil, fmt.Errorf("stopped watching %s; the run goes on ('osvcctl run cancel %s' stops it)", name, name)
 		}
 		if err != nil && (last == nil || !errors.Is(err, errdefs.ErrUnavailable)) {
-			display.close()
-			return err
+			return nil, err
 		}
 		if reconnect++; reconnect > watchMaxReconnects {
-			display.close()
 			if err == nil {
 				err = errors.New("the server ended the watch before the run ended")
 			}
-			return fmt.Errorf("watch %s: %w (follow it again with 'osvcctl run watch %s')", name, err, name)
+			return nil, fmt.Errorf("watch %s: %w (follow it again with '%s')", name, err, again)
 		}
 		// The first reconnect after a broken stream is at once: a replica
 		// that went away usually has a sibling ready. Later ones, and those
@@ -113,20 +134,6 @@ func (c *cli) watchRun(ctx context.Context, name string) error {
 			}
 		}
 	}
-	display.close()
-
-	if c.output == outputJSON {
-		if err := printJSON(c.stdout, &osvcv1.WatchRunResponse{Run: last, LogLines: lines}); err != nil {
-			return err
-		}
-	} else {
-		fmt.Fprintf(c.stdout, "\n%s %s\n", last.GetName(), runStateText(last.GetState()))
-		c.printRunResults(last)
-	}
-	if last.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
-		return &runEndedError{run: last.GetName(), state: last.GetState(), msg: last.GetError()}
-	}
-	return nil
 }
 
 // runEnded tells a final run state.
