@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -36,6 +37,10 @@ type fakeOsvc struct {
 	// breaks makes the first WatchRun of a run fail Unavailable after this
 	// many snapshots, as a restarting server would.
 	breaks map[string]int
+	// runs are served by GetRun beside the canned ones.
+	runs map[string]*osvcv1.Run
+	// damaged blobs are served with their last byte changed.
+	damaged map[string]bool
 }
 
 // startFake serves a fresh fake on 127.0.0.1 until the test ends.
@@ -45,7 +50,8 @@ func startFake(t *testing.T) *fakeOsvc {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	f := &fakeOsvc{addr: lis.Addr().String(), blobs: map[string][]byte{}, watches: map[string][]*osvcv1.WatchRunResponse{}, breaks: map[string]int{}}
+	f := &fakeOsvc{addr: lis.Addr().String(), blobs: map[string][]byte{}, watches: map[string][]*osvcv1.WatchRunResponse{}, breaks: map[string]int{},
+		runs: map[string]*osvcv1.Run{}, damaged: map[string]bool{}}
 	s := grpc.NewServer()
 	osvcv1.RegisterImageServiceServer(s, &fakeImages{f: f})
 	osvcv1.RegisterUpdateServiceServer(s, &fakeUpdates{f: f})
@@ -310,6 +316,12 @@ func (s *fakeServicing) GetRun(_ context.Context, req *osvcv1.GetRunRequest) (*o
 			return &osvcv1.GetRunResponse{Run: r}, nil
 		}
 	}
+	s.f.mu.Lock()
+	r, ok := s.f.runs[req.GetName()]
+	s.f.mu.Unlock()
+	if ok {
+		return &osvcv1.GetRunResponse{Run: r}, nil
+	}
 	return nil, status.Errorf(codes.NotFound, "run %s not found", req.GetName())
 }
 
@@ -339,6 +351,16 @@ func (s *fakeServicing) WatchRun(req *osvcv1.WatchRunRequest, stream grpc.Server
 	// A watch resumed after a log line starts at the snapshot that follows it.
 	for len(script) > 0 && req.GetAfterSequence() > 0 && !hasLinesAfter(script[0], req.GetAfterSequence()) {
 		script = script[1:]
+	}
+	// A snapshot is the run as it is now, the script's first message: the
+	// lines in it come in two messages, as a long log does.
+	if req.GetSnapshotOnly() && len(script) > 0 {
+		first := script[0]
+		half := len(first.GetLogLines()) / 2
+		script = []*osvcv1.WatchRunResponse{
+			{Run: first.GetRun(), LogLines: first.GetLogLines()[:half]},
+			{Run: first.GetRun(), LogLines: first.GetLogLines()[half:]},
+		}
 	}
 	for _, resp := range script {
 		if err := stream.Send(resp); err != nil {
@@ -390,6 +412,32 @@ func (s *fakeContent) GetContent(_ context.Context, req *osvcv1.GetContentReques
 	}
 	return &osvcv1.GetContentResponse{Content: &osvcv1.Content{
 		Name: "contents/" + req.GetSha256(), Sha256: req.GetSha256(), SizeBytes: int64(len(blob))}}, nil
+}
+
+// Read serves a blob in chunks of 4 bytes, so a file comes in several.
+func (s *fakeContent) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	s.f.mu.Lock()
+	blob, ok := s.f.blobs[req.GetSha256()]
+	if ok && s.f.damaged[req.GetSha256()] {
+		blob = append(slices.Clone(blob[:len(blob)-1]), blob[len(blob)-1]^1)
+	}
+	s.f.mu.Unlock()
+	if !ok {
+		return status.Errorf(codes.NotFound, "content %s not found", req.GetSha256())
+	}
+	for off := int(req.GetOffset()); off < len(blob) || off == 0; off += 4 {
+		resp := &osvcv1.ReadResponse{Offset: int64(off), Data: blob[off:min(off+4, len(blob))]}
+		if off == int(req.GetOffset()) {
+			resp.SizeBytes = int64(len(blob))
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		if len(blob) == 0 {
+			break
+		}
+	}
+	return nil
 }
 
 func (s *fakeContent) Write(stream grpc.ClientStreamingServer[osvcv1.WriteRequest, osvcv1.WriteResponse]) error {

@@ -14,7 +14,7 @@ const runNotFoundHint = "'osvcctl run list' lists the runs"
 
 func (c *cli) runCommand() *cobra.Command {
 	cmd := groupCommand("run", "Follow and cancel servicing runs")
-	cmd.AddCommand(c.runListCommand(), c.runGetCommand(), c.runWatchCommand(), c.runCancelCommand())
+	cmd.AddCommand(c.runListCommand(), c.runGetCommand(), c.runWatchCommand(), c.runLogsCommand(), c.runCancelCommand())
 	return cmd
 }
 
@@ -194,6 +194,18 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	}
 	fmt.Fprintln(w, "\nUpdates:")
 	c.printRunResults(r)
+	if len(r.GetArtifacts()) > 0 {
+		fmt.Fprintln(w, "\nLog files ('osvcctl run logs RUN --file NAME' prints one):")
+		t := newTable(w, "NAME", "SIZE", "SHA256")
+		for _, a := range r.GetArtifacts() {
+			size := sizeText(a.GetSizeBytes())
+			if a.GetTruncatedBytes() > 0 {
+				size += fmt.Sprintf(" (the first %s left out)", sizeText(a.GetTruncatedBytes()))
+			}
+			t.AppendRow([]any{a.GetName(), size, a.GetSha256()})
+		}
+		t.Render()
+	}
 }
 
 // printRunResults writes the per update per index results of a run and, once
