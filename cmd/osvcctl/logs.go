@@ -46,7 +46,7 @@ commands and output on Linux). With -f, wait for the run to end first.`,
 				if c.output == outputJSON {
 					return usageErrorf("--file prints the file as it is: leave out -o json")
 				}
-				return withHint(c.printLogFile(cmd.Context(), name, file, follow), errdefs.ErrNotFound, runNotFoundHint)
+				return c.printLogFile(cmd.Context(), name, file, follow)
 			}
 			return withHint(c.printLogLines(cmd.Context(), name, follow), errdefs.ErrNotFound, runNotFoundHint)
 		},
@@ -149,7 +149,7 @@ func (c *cli) printLogFile(ctx context.Context, name, file string, follow bool) 
 	resp, err := servicing.GetRun(cctx, &osvcv1.GetRunRequest{Name: name})
 	cancel()
 	if err != nil {
-		return err
+		return withHint(err, errdefs.ErrNotFound, runNotFoundHint)
 	}
 	run := resp.GetRun()
 	if !runEnded(run.GetState()) {
@@ -164,10 +164,7 @@ func (c *cli) printLogFile(ctx context.Context, name, file string, follow bool) 
 	}
 	i := slices.IndexFunc(run.GetArtifacts(), func(a *osvcv1.RunArtifact) bool { return a.GetName() == file })
 	if i < 0 {
-		return errdefs.Newf(errdefs.ErrNotFound, "%s ended %s without %s: its agent uploads the file with the run's result, and this run has %s "+
-			"(it ended before an agent worked on it, the upload failed, or its agent predates log files); the agent keeps the file in its "+
-			"work folder, <drive>/OfflineImageServicing/%s, for its --work-retention, and 'osvcctl run logs %s' prints the lines it streamed",
-			name, runStateText(run.GetState()), file, artifactsText(run), strings.TrimPrefix(name, "runs/"), name)
+		return noLogFileError(run, file)
 	}
 	a := run.GetArtifacts()[i]
 	if err := c.readContent(ctx, a.GetSha256(), a.GetSizeBytes(), c.stdout); err != nil {
@@ -179,16 +176,23 @@ func (c *cli) printLogFile(ctx context.Context, name, file string, follow bool) 
 	return nil
 }
 
-// artifactsText lists a run's log files for a message.
-func artifactsText(r *osvcv1.Run) string {
-	if len(r.GetArtifacts()) == 0 {
-		return "none"
+// noLogFileError says why an ended run has no log file named file.
+func noLogFileError(r *osvcv1.Run, file string) error {
+	name := r.GetName()
+	if len(r.GetArtifacts()) == 0 && r.GetLogLineCount() == 0 {
+		return errdefs.Newf(errdefs.ErrNotFound, "%s ended %s before an agent worked on it: it has no log files", name, runStateText(r.GetState()))
 	}
-	var names []string
-	for _, a := range r.GetArtifacts() {
-		names = append(names, a.GetName())
+	has := "no log file"
+	if len(r.GetArtifacts()) > 0 {
+		var names []string
+		for _, a := range r.GetArtifacts() {
+			names = append(names, a.GetName())
+		}
+		has = "only " + strings.Join(names, " and ")
 	}
-	return "only " + strings.Join(names, ", ")
+	return errdefs.Newf(errdefs.ErrNotFound, "%s ended %s with %s: its agent uploads %s with the run's result when it has written it, and the upload may "+
+		"have failed; the agent keeps its files in <drive>/OfflineImageServicing/%s for its --work-retention, and 'osvcctl run logs %s' prints the lines the run streamed",
+		name, runStateText(r.GetState()), has, file, strings.TrimPrefix(name, "runs/"), name)
 }
 
 // readContent writes the blob sha to w, checking it has size bytes that

@@ -155,6 +155,10 @@ func TestRunLogsRefusalsSayWhatToDo(t *testing.T) {
 	damaged.Name = "runs/r-damaged"
 	damaged.Artifacts = []*osvcv1.RunArtifact{f.putLogFile("dism.log", dismLogText)}
 	f.setRun(damaged)
+	partial := proto.Clone(cannedRun).(*osvcv1.Run)
+	partial.Name, partial.LogLineCount = "runs/r-partial", 12
+	partial.Artifacts = []*osvcv1.RunArtifact{f.putLogFile("OfflineServicingMgr.log", servicingLogText)}
+	f.setRun(partial)
 	f.mu.Lock()
 	f.damaged[damaged.Artifacts[0].GetSha256()] = true
 	f.mu.Unlock()
@@ -167,7 +171,8 @@ func TestRunLogsRefusalsSayWhatToDo(t *testing.T) {
 		{"a file that is not a run's log file", []string{"--file", "../../etc/passwd"}, exitUsage, "want dism.log or OfflineServicingMgr.log"},
 		{"a file with json output", []string{"--file", "dism.log", "-o", "json"}, exitUsage, "leave out -o json"},
 		{"the file of a run in progress", []string{"r-held", "--file", "dism.log"}, exitNotFound, "runs/r-held is PENDING: its agent uploads dism.log when the run ends"},
-		{"a file a run ended without", []string{"r-canceled", "--file", "OfflineServicingMgr.log"}, exitNotFound, "<drive>/OfflineImageServicing/r-canceled"},
+		{"the file of a run no agent worked on", []string{"r-canceled", "--file", "OfflineServicingMgr.log"}, exitNotFound, "runs/r-canceled ended CANCELED before an agent worked on it: it has no log files"},
+		{"a file a run ended without", []string{"r-partial", "--file", "dism.log"}, exitNotFound, "runs/r-partial ended SUCCEEDED with only OfflineServicingMgr.log: its agent uploads dism.log with the run's result when it has written it, and the upload may have failed; the agent keeps its files in <drive>/OfflineImageServicing/r-partial"},
 		{"the file of an unknown run", []string{"r-nope", "--file", "dism.log"}, exitNotFound, "'osvcctl run list' lists the runs"},
 		{"the lines of an unknown run", []string{"r-nope"}, exitNotFound, "'osvcctl run list' lists the runs"},
 		{"a file that arrives damaged", []string{"r-damaged", "--file", "dism.log"}, exitError, "run the command again"},
@@ -185,6 +190,10 @@ func TestRunLogsRefusalsSayWhatToDo(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tt.want) {
 				t.Errorf("stderr %q, want it to say %q", stderr, tt.want)
+			}
+			// The run list helps when the run is not there, not when a file is not.
+			if strings.Contains(stderr, "lists the runs") != strings.Contains(tt.name, "unknown run") {
+				t.Errorf("stderr %q: the hint to list the runs belongs to an unknown run only", stderr)
 			}
 		})
 	}
