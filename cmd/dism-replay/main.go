@@ -97,6 +97,9 @@ func run(args []string, stdout, _ io.Writer) error {
 			return fmt.Errorf("%s: %w", t.file, err)
 		}
 	}
+	if err := writeLog(args, t.exit); err != nil {
+		return err
+	}
 	if _, err := stdout.Write(out); err != nil {
 		return fmt.Errorf("write the output of %s: %w", t.file, err)
 	}

@@ -409,3 +409,32 @@ func FuzzParseTranscript(f *testing.F) {
 		tr.matches([]string{"/English", "/Add-Package", "/PackagePath:x"})
 	})
 }
+
+func TestReplayAppendsASessionToTheLogLogPathNames(t *testing.T) {
+	t.Parallel()
+	dir := scenario(t, map[string]string{
+		"info.txt":  "command: /Get-WimInfo\nexit: 0\n---\nIndex : 1\n",
+		"mount.txt": "command: /Mount-Image\nexit: 0xc1420127\n---\nError: 0xc1420127\n",
+	})
+	log := filepath.Join(t.TempDir(), "dism.log")
+	replay(t, dir, "", "/English", "/LogPath:"+log, "/Get-WimInfo", "/WimFile:install.wim")
+	replay(t, dir, "", "/English", "/logpath:"+log, "/Mount-Image", "/ImageFile:install.wim", "/Index:1", "/MountDir:mount")
+	data, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatalf("no log where /LogPath says: %v", err)
+	}
+	text := string(data)
+	for _, want := range []string{
+		"DISM.EXE: Executing command line: dism.exe /English /LogPath:" + log + " /Get-WimInfo /WimFile:install.wim\r\n",
+		"DISM.EXE: Exiting with code 0x00000000",
+		"DISM.EXE: Executing command line: dism.exe /English /logpath:" + log + " /Mount-Image",
+		"DISM.EXE: Exiting with code 0xc1420127",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the log lacks %q:\n%s", want, text)
+		}
+	}
+	if n := strings.Count(text, "<----- Starting Dism.exe session ----->"); n != 2 {
+		t.Errorf("%d sessions in the log, want one per command", n)
+	}
+}
