@@ -154,9 +154,18 @@ func TestFailedRunsOnTheDISMEngineLeaveTheImageAsItWas(t *testing.T) {
 		continueOnError bool
 		words           []string
 		committed       bool
+		// logFiles: what the failed run's log files hold, DISM's (/LogPath)
+		// and the agent's.
+		logFiles map[string][]string
 	}{
-		{"commit-disk-full", false, []string{"112: There is not enough space on the disk.", "free space on it or choose another drive"}, true},
-		{"cleanup-pending", true, []string{"0x800f0806", "without remove superseded"}, false},
+		{"commit-disk-full", false, []string{"112: There is not enough space on the disk.", "free space on it or choose another drive"}, true, map[string][]string{
+			"dism.log":                {"DISM.EXE: Executing command line: dism.exe /English /LogPath:", "/Unmount-Image", "/Commit", "/Discard", "Exiting with code 0x00000070"},
+			"OfflineServicingMgr.log": {"run: step failed: step=COMMIT", "run: run failed: changes discarded", "run: log file uploaded: file=dism.log"},
+		}},
+		{"cleanup-pending", true, []string{"0x800f0806", "without remove superseded"}, false, map[string][]string{
+			"dism.log":                {"/Cleanup-Image /StartComponentCleanup /ResetBase", "/Discard", "Exiting with code 0x800f0806"},
+			"OfflineServicingMgr.log": {"run: step failed: step=CLEANUP", "run: run failed: changes discarded", "run: log file uploaded: file=dism.log"},
+		}},
 	} {
 		t.Run(tt.scenario, func(t *testing.T) {
 			c := newCluster(t)
@@ -175,6 +184,7 @@ func TestFailedRunsOnTheDISMEngineLeaveTheImageAsItWas(t *testing.T) {
 			if strings.Contains(log, "/Commit") != tt.committed || !strings.Contains(log, "/Discard") {
 				t.Errorf("a commit tried: %t, want %t; and a discard after it:\n%s", strings.Contains(log, "/Commit"), tt.committed, log)
 			}
+			c.checkLogFiles(t, run, tt.logFiles)
 			got, err := c.images.GetImage(context.Background(), &osvcv1.GetImageRequest{Name: img.GetName()})
 			if err != nil {
 				t.Fatal(err)

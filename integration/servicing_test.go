@@ -162,6 +162,61 @@ func (c *cluster) watch(t *testing.T, run string) (*osvcv1.Run, []*osvcv1.LogLin
 	return last, lines
 }
 
+// logFiles reads a run's log files from the content library, as the run
+// names them (ContentService.Read), by name; it checks each is the blob and
+// size the run records.
+func (c *cluster) logFiles(t *testing.T, run *osvcv1.Run) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	for _, a := range run.GetArtifacts() {
+		dst := filepath.Join(t.TempDir(), a.GetName())
+		if err := transfer.Download(context.Background(), c.contents, a.GetSha256(), dst, nil); err != nil {
+			t.Fatalf("download %s of %s: %v", a.GetName(), run.GetName(), err)
+		}
+		data, err := os.ReadFile(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(data)) != a.GetSizeBytes() || a.GetMediaType() != "text/plain" {
+			t.Errorf("%s: %d bytes of %s, the run records %d bytes of %s", a.GetName(), len(data), a.GetMediaType(), a.GetSizeBytes(), a.GetMediaType())
+		}
+		files[a.GetName()] = string(data)
+	}
+	return files
+}
+
+// agentLogFile reads a log file the agent keeps in a run's work folder.
+func agentLogFile(t *testing.T, agent *proc, run, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(agent.dir, "OfflineImageServicing", strings.TrimPrefix(run, "runs/"), name))
+	if err != nil {
+		t.Fatalf("the agent's %s of %s: %v", name, run, err)
+	}
+	return string(data)
+}
+
+// checkLogFiles checks that the run has both log files, that each holds
+// what the agent wrote (the run's own log as it was at its upload: it goes
+// on a few lines after), and that each says what want lists for it.
+func (c *cluster) checkLogFiles(t *testing.T, run *osvcv1.Run, want map[string][]string) {
+	t.Helper()
+	files := c.logFiles(t, run)
+	if len(files) != 2 || len(run.GetArtifacts()) != 2 {
+		t.Fatalf("%s has log files %v, want dism.log and OfflineServicingMgr.log", run.GetName(), run.GetArtifacts())
+	}
+	for name, text := range files {
+		onAgent := agentLogFile(t, c.agent, run.GetName(), name)
+		if !strings.HasPrefix(onAgent, text) || text == "" {
+			t.Errorf("%s: the uploaded %d bytes are not the start of the agent's file (%d bytes)", name, len(text), len(onAgent))
+		}
+		for _, w := range want[name] {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s lacks %q:\n%s", name, w, text)
+			}
+		}
+	}
+}
+
 // wimlib runs wimlib-imagex and returns its output.
 func wimlib(t *testing.T, args ...string) string {
 	t.Helper()
@@ -332,6 +387,34 @@ func TestServicingEndToEnd(t *testing.T) {
 		for i, u := range updates {
 			if sample.Updates[i].Want == osvcv1.UpdateState_UPDATE_STATE_APPLIED && !installed[u.GetPackageIdentity()] {
 				t.Errorf("%s is not listed as installed in %s", u.GetKb(), image.GetName())
+			}
+		}
+	})
+
+	t.Run("the run's log files hold what the agent wrote", func(t *testing.T) {
+		c.checkLogFiles(t, run, map[string][]string{
+			"OfflineServicingMgr.log": {"run: step started: step=DRIVE", "run: step done: step=APPLY", "Not applying this update binary, it is not supported",
+				"run: run succeeded", "run: log file uploaded: file=dism.log"},
+			"dism.log": {"wimlib: running: command=", " verify ", " mountrw ", " unmount ", " export ", "wimlib: package installed", "wimlib: command ended: command=unmount exit_code=0"},
+		})
+	})
+
+	t.Run("osvcctl prints the run's log lines and log files", func(t *testing.T) {
+		osvcctl := func(args ...string) string {
+			t.Helper()
+			out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr}, args...)...).Output()
+			if err != nil {
+				t.Fatalf("osvcctl %s: %v", strings.Join(args, " "), err)
+			}
+			return string(out)
+		}
+		if got := strings.Count(osvcctl("run", "logs", run.GetName()), "\n"); got != len(lines) {
+			t.Errorf("osvcctl run logs printed %d lines, the run streamed %d", got, len(lines))
+		}
+		files := c.logFiles(t, run)
+		for _, name := range []string{"dism.log", "OfflineServicingMgr.log"} {
+			if got := osvcctl("run", "logs", run.GetName(), "--file", name); got != files[name] {
+				t.Errorf("osvcctl run logs --file %s printed %d bytes, the run's file has %d", name, len(got), len(files[name]))
 			}
 		}
 	})
