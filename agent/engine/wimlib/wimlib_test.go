@@ -982,7 +982,9 @@ func TestAnEngineWithAWorkFolderKeepsDismLogThere(t *testing.T) {
 	if err := plain.Verify(ctx, wim); err != nil {
 		t.Fatal(err)
 	}
-	if entries, _ := os.ReadDir(filepath.Dir(wim)); len(entries) != 1 {
-		t.Errorf("an engine without a work folder wrote beside the WIM: %v", entries)
+	// (wimlib-imagex's own staging folder beside the WIM may still be going
+	// away after the unmount above: only the log is the engine's.)
+	if _, err := os.Stat(filepath.Join(filepath.Dir(wim), "dism.log")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("an engine without a work folder wrote dism.log beside the WIM: %v", err)
 	}
 }
