@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/osvc/osvc/pkg/cab/cabtest"
 )
 
 // member is a test cabinet member.
@@ -240,6 +242,20 @@ type rawFolder struct {
 	compression uint16
 	data        []byte // the folder's uncompressed stream
 	blockSize   int
+	// An LZX folder's data is compressed with lzx (its window from
+	// compression); or, for hand-made streams, its CFDATA payloads are
+	// blocks as they are, declaring uncomp bytes each.
+	lzx    cabtest.LZXOptions
+	blocks [][]byte
+	uncomp []int
+}
+
+// lzxType is an LZX folder's typeCompress.
+func lzxType(windowBits int) uint16 { return compressLZX | uint16(windowBits)<<8 }
+
+// lzxFolder is an LZX folder of data compressed with o.
+func lzxFolder(data []byte, o cabtest.LZXOptions) rawFolder {
+	return rawFolder{compression: lzxType(o.WindowBits), data: data, lzx: o}
 }
 
 type rawOptions struct {
@@ -248,27 +264,49 @@ type rawOptions struct {
 }
 
 // rawCab assembles a cabinet byte by byte, to exercise what the Writer never
-// produces: several folders, stored folders, reserved areas.
+// produces: several folders, stored and LZX folders, reserved areas.
 func rawCab(t testing.TB, opt rawOptions, folders []rawFolder, files []rawFile) []byte {
 	t.Helper()
 	le := binary.LittleEndian
 	var datas [][]byte
+	var blockCounts []int
 	for _, f := range folders {
 		var d bytes.Buffer
 		var enc mszipEncoder
 		var prev []byte
-		for off := 0; off < len(f.data); off += f.blockSize {
-			chunk := f.data[off:min(off+f.blockSize, len(f.data))]
-			var comp []byte
-			if f.compression == compressMSZIP {
-				comp = enc.encode(nil, prev, chunk)
-			} else {
-				comp = chunk
+		// Each block: its payload and its uncompressed size.
+		var comps [][]byte
+		var sizes []int
+		switch {
+		case f.blocks != nil:
+			comps, sizes = f.blocks, f.uncomp
+		case f.compression&0x000F == compressLZX:
+			f.lzx.WindowBits = int(f.compression >> 8)
+			var err error
+			if comps, err = cabtest.CompressLZX(f.data, f.lzx); err != nil {
+				t.Fatal(err)
 			}
-			prev = chunk
+			for off := 0; off < len(f.data); off += blockSize {
+				sizes = append(sizes, min(blockSize, len(f.data)-off))
+			}
+		default:
+			for off := 0; off < len(f.data); off += f.blockSize {
+				chunk := f.data[off:min(off+f.blockSize, len(f.data))]
+				var comp []byte
+				if f.compression == compressMSZIP {
+					comp = enc.encode(nil, prev, chunk)
+				} else {
+					comp = chunk
+				}
+				prev = chunk
+				comps, sizes = append(comps, comp), append(sizes, len(chunk))
+			}
+		}
+		blockCounts = append(blockCounts, len(comps))
+		for i, comp := range comps {
 			var hdr [8]byte
 			le.PutUint16(hdr[4:], uint16(len(comp)))
-			le.PutUint16(hdr[6:], uint16(len(chunk)))
+			le.PutUint16(hdr[6:], uint16(sizes[i]))
 			if !opt.noChecksum {
 				le.PutUint32(hdr[0:], blockChecksum(comp, [4]byte(hdr[4:8])))
 			}
@@ -318,8 +356,7 @@ func rawCab(t testing.TB, opt rawOptions, folders []rawFolder, files []rawFile) 
 	off := dataStart
 	for i, f := range folders {
 		b = le.AppendUint32(b, uint32(off))
-		n := (len(f.data) + f.blockSize - 1) / f.blockSize
-		b = le.AppendUint16(b, uint16(n))
+		b = le.AppendUint16(b, uint16(blockCounts[i]))
 		b = le.AppendUint16(b, f.compression)
 		b = append(b, bytes.Repeat([]byte{0xCC}, opt.folderReserve)...)
 		off += len(datas[i])
@@ -467,7 +504,7 @@ func TestReaderNamesUnsupportedCompression(t *testing.T) {
 	for _, tc := range []struct {
 		compression uint16
 		name        string
-	}{{compressLZX | 0x1500, "LZX"}, {compressQuantum | 0x0400, "Quantum"}} {
+	}{{compressQuantum | 0x0400, "Quantum"}, {0x0007, "unknown type 7"}} {
 		t.Run(tc.name+" is refused with its name", func(t *testing.T) {
 			t.Parallel()
 			data := writeCab(t, []member{{"a.txt", []byte("hello")}})
@@ -483,7 +520,7 @@ func TestReaderNamesUnsupportedCompression(t *testing.T) {
 			if !errors.Is(err, ErrUnsupportedCompression) {
 				t.Fatalf("Open = %v, want ErrUnsupportedCompression", err)
 			}
-			want := "cabinet uses " + tc.name + " compression, which osvc cannot read; repack it with MSZIP"
+			want := "cabinet uses " + tc.name + " compression, which osvc cannot read; repack it with MSZIP or LZX"
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not say %q", err, want)
 			}

@@ -124,6 +124,11 @@ func NewReader(r io.ReaderAt, size int64) (*Reader, error) {
 			compression:  le.Uint16(fe[6:]),
 			reserveBytes: dataReserve,
 		}
+		if f.compression&0x000F == compressLZX {
+			if _, err := lzxWindowBits(f.compression); err != nil {
+				return nil, damaged("folder %d: %v", i, err)
+			}
+		}
 		start := int64(le.Uint32(fe[0:]))
 		n := int(le.Uint16(fe[4:]))
 		blockBudget -= int64(n)
@@ -218,9 +223,10 @@ func (cr *Reader) locateBlocks(f *folder, index int, start int64, n int) error {
 			if b.cbData != b.cbUncomp {
 				return damaged("folder %d block %d: stored block of %d bytes declares %d uncompressed", index, j, b.cbData, b.cbUncomp)
 			}
-		case compressMSZIP:
+		case compressMSZIP, compressLZX:
 			if b.cbUncomp > blockSize {
-				return damaged("folder %d block %d declares %d uncompressed bytes, more than MSZIP's %d", index, j, b.cbUncomp, blockSize)
+				return damaged("folder %d block %d declares %d uncompressed bytes, more than %s's %d",
+					index, j, b.cbUncomp, compressionName(f.compression), blockSize)
 			}
 		}
 		f.blocks = append(f.blocks, b)
@@ -487,23 +493,31 @@ type folderReader struct {
 	r        *Reader
 	f        *folder
 	next     int    // next block to decode
-	out      []byte // current block's output
+	out      []byte // current block's (for LZX: frame's) output
 	outPos   int
 	pos      int64 // uncompressed offset of the next byte Read returns
 	in       []byte
 	hist     []byte // last 32 KiB of output: the MSZIP window
 	inflater io.ReadCloser
+	lzx      *lzxDecoder
 }
 
 func (r *Reader) newFolderReader(i int) (*folderReader, error) {
 	f := r.folders[i]
+	fr := &folderReader{r: r, f: f}
 	switch f.compression & 0x000F {
 	case compressNone, compressMSZIP:
+	case compressLZX:
+		bits, err := lzxWindowBits(f.compression)
+		if err != nil {
+			return nil, damaged("%v", err) // NewReader refused it already
+		}
+		fr.lzx = newLZXDecoder(bits, f.uncompressed, fr.nextLZXInput)
 	default:
-		return nil, fmt.Errorf("cabinet uses %s compression, which osvc cannot read; repack it with MSZIP: %w",
+		return nil, fmt.Errorf("cabinet uses %s compression, which osvc cannot read; repack it with MSZIP or LZX: %w",
 			compressionName(f.compression), ErrUnsupportedCompression)
 	}
-	return &folderReader{r: r, f: f}, nil
+	return fr, nil
 }
 
 func (fr *folderReader) skip(to int64) error {
@@ -521,9 +535,6 @@ func (fr *folderReader) skip(to int64) error {
 
 func (fr *folderReader) Read(p []byte) (int, error) {
 	for fr.outPos == len(fr.out) {
-		if fr.next == len(fr.f.blocks) {
-			return 0, io.EOF
-		}
 		if err := fr.decode(); err != nil {
 			return 0, err
 		}
@@ -534,21 +545,49 @@ func (fr *folderReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (fr *folderReader) decode() error {
-	b := fr.f.blocks[fr.next]
-	idx := fr.next
+// readBlock reads the next CFDATA block's payload into fr.in and checks
+// it against its checksum; io.EOF after the last.
+func (fr *folderReader) readBlock() (idx int, b block, in []byte, err error) {
+	if fr.next == len(fr.f.blocks) {
+		return 0, block{}, nil, io.EOF
+	}
+	b = fr.f.blocks[fr.next]
+	idx = fr.next
 	fr.next++
 	if cap(fr.in) < b.cbData {
 		fr.in = make([]byte, b.cbData)
 	}
-	in := fr.in[:b.cbData]
+	in = fr.in[:b.cbData]
 	if err := readFull(fr.r.r, fr.r.size, in, b.offset); err != nil {
-		return damaged("block %d: %v", idx, err)
+		return idx, b, nil, damaged("block %d: %v", idx, err)
 	}
 	if b.checksum != 0 {
 		if got := blockChecksum(in, b.sizes); got != b.checksum {
-			return damaged("block %d fails its checksum (stored %08x, computed %08x)", idx, b.checksum, got)
+			return idx, b, nil, damaged("block %d fails its checksum (stored %08x, computed %08x)", idx, b.checksum, got)
 		}
+	}
+	return idx, b, in, nil
+}
+
+// nextLZXInput feeds the LZX decoder: its bitstream runs on across the
+// folder's blocks, so a block's payload is just the next stretch of it.
+func (fr *folderReader) nextLZXInput() ([]byte, error) {
+	_, _, in, err := fr.readBlock()
+	return in, err
+}
+
+func (fr *folderReader) decode() error {
+	if fr.lzx != nil {
+		out, err := fr.lzx.nextFrame()
+		if err != nil {
+			return err
+		}
+		fr.out, fr.outPos = out, 0
+		return nil
+	}
+	idx, b, in, err := fr.readBlock()
+	if err != nil {
+		return err
 	}
 	if fr.f.compression&0x000F == compressNone {
 		fr.out = in
