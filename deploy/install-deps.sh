@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages osvc needs on Debian when any is missing:
 # wimlib-imagex (wimtools) and FUSE for the wimlib engine, gcab and cabextract
-# that the tests check cabinets against, and etcd for the external-etcd tests;
-# then fetches the public test cabinets the cab tests read (see below).
+# that the tests check cabinets against, uudecode (sharutils) for test
+# cabinets stored uuencoded, and etcd for the external-etcd tests; then
+# fetches the public test cabinets the cab tests read (see below).
 set -euo pipefail
 
 need=()
@@ -10,6 +11,7 @@ command -v wimlib-imagex >/dev/null 2>&1 || need+=(wimtools)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v gcab >/dev/null 2>&1 || need+=(gcab)
 command -v cabextract >/dev/null 2>&1 || need+=(cabextract)
+command -v uudecode >/dev/null 2>&1 || need+=(sharutils)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 
@@ -27,13 +29,14 @@ fi
 
 # Public test cabinets for pkg/cab's reader: libmspack's and cabextract's own
 # (valid MSZIP/LZX/Quantum cabinets, multi-part sets, the cabinets of past
-# CVEs). They are not in the repository: they are downloaded once from
-# Debian's archive, checked against pinned sha256 sums, and their cabinets
-# extracted under OSVC_TESTDATA (default ~/.cache/osvc/testdata), which the
-# cab tests read.
+# CVEs) and libarchive's (cabinets Microsoft's makecab made, MSZIP and LZX,
+# stored uuencoded). They are not in the repository: they are downloaded
+# once from Debian's archive, checked against pinned sha256 sums, and their
+# cabinets extracted under OSVC_TESTDATA (default ~/.cache/osvc/testdata),
+# which the cab tests read; pkg/cab/testdata/README.md lists them.
 testdata="${OSVC_TESTDATA:-${XDG_CACHE_HOME:-$HOME/.cache}/osvc/testdata}"
 fetch_cabinets() {
-  local url=$1 sha=$2 subdir=$3 dest=$4
+  local url=$1 sha=$2 subdir=$3 dest=$4 pattern=${5:-}
   local tarball="$testdata/${url##*/}"
   if [ -f "$testdata/$dest/.complete" ]; then
     return
@@ -51,7 +54,17 @@ fetch_cabinets() {
   fi
   rm -rf "$testdata/$dest" "$testdata/$dest.partial"
   mkdir -p "$testdata/$dest.partial"
-  tar -xzf "$tarball" -C "$testdata/$dest.partial" --strip-components="$(tr -cd / <<<"$subdir" | wc -c)" "$subdir"
+  local strip
+  strip="$(tr -cd / <<<"$subdir" | wc -c)"
+  if [ -z "$pattern" ]; then
+    tar -xf "$tarball" -C "$testdata/$dest.partial" --strip-components="$strip" "$subdir"
+  else
+    # A pattern picks uuencoded cabinets out of a larger folder: decode them.
+    tar -xf "$tarball" -C "$testdata/$dest.partial" --strip-components="$strip" --wildcards "$subdir$pattern"
+    for uu in "$testdata/$dest.partial"/*.uu; do
+      (cd "$testdata/$dest.partial" && uudecode -o "$(basename "$uu" .uu)" "$(basename "$uu")" && rm "$(basename "$uu")")
+    done
+  fi
   touch "$testdata/$dest.partial/.complete"
   mv "$testdata/$dest.partial" "$testdata/$dest"
 }
@@ -61,6 +74,9 @@ fetch_cabinets http://deb.debian.org/debian/pool/main/libm/libmspack/libmspack_0
 fetch_cabinets http://deb.debian.org/debian/pool/main/c/cabextract/cabextract_1.11.orig.tar.gz \
   b5546db1155e4c718ff3d4b278573604f30dd64c3c5bfd4657cd089b823a3ac6 \
   cabextract-1.11/test/ cabextract-test
+fetch_cabinets http://deb.debian.org/debian/pool/main/liba/libarchive/libarchive_3.6.2.orig.tar.xz \
+  9e2c1b80d5fbe59b61308fdfab6c79b5021d7ff4ff2489fb12daf0a96a83551d \
+  libarchive-3.6.2/libarchive/test/ libarchive-cab 'test_*cab*.uu'
 
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: the wimlib engine mounts images through FUSE; load the fuse module (modprobe fuse) or run with FUSE access" >&2

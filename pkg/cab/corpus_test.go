@@ -13,15 +13,17 @@ import (
 	"time"
 )
 
-// The public test cabinets of libmspack and cabextract: valid MSZIP, LZX
-// and Quantum cabinets, multi-part sets and the cabinets of past CVEs.
+// The public test cabinets of libmspack, cabextract and libarchive: valid
+// MSZIP, LZX and Quantum cabinets (libarchive's made by Microsoft's
+// makecab), multi-part sets and the cabinets of past CVEs.
 // deploy/install-deps.sh downloads them from Debian's archive (checked
 // against pinned sha256 sums) into OSVC_TESTDATA, by default
-// ~/.cache/osvc/testdata; they are not in the repository.
-var corpusDirs = []string{"libmspack-cabd", "cabextract-test/bugs", "cabextract-test/cabs"}
+// ~/.cache/osvc/testdata; they are not in the repository (testdata/README.md
+// lists where each comes from).
+var corpusDirs = []string{"libmspack-cabd", "cabextract-test/bugs", "cabextract-test/cabs", "libarchive-cab"}
 
 // corpusSize is how many cabinets the pinned tarballs hold.
-const corpusSize = 84
+const corpusSize = 89
 
 // refusedWhereCabextractReads are the cabinets cabextract reads and this
 // reader refuses as a whole, on purpose, with the error it gives.

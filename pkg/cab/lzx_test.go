@@ -3,7 +3,9 @@ package cab
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -594,4 +596,76 @@ func mustReader(t *testing.T, cabinet []byte) *Reader {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// TestLZXCabinetsMatchCabextractSums reads the public LZX test cabinets
+// (testdata/README.md) and compares every member with the SHA-256 of what
+// cabextract extracts from it, recorded in testdata/lzx-sums.txt.
+func TestLZXCabinetsMatchCabextractSums(t *testing.T) {
+	t.Parallel()
+	sums, err := os.ReadFile(filepath.Join("testdata", "lzx-sums.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]string{} // cabinet → member → sha256
+	for _, line := range strings.Split(string(sums), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		sum, path, ok := strings.Cut(line, "  ")
+		cabinet, name, ok2 := strings.Cut(path, ".cab/")
+		if !ok || !ok2 {
+			t.Fatalf("testdata/lzx-sums.txt: bad line %q", line)
+		}
+		if want[cabinet+".cab"] == nil {
+			want[cabinet+".cab"] = map[string]string{}
+		}
+		want[cabinet+".cab"][name] = sum
+	}
+	if len(want) != 3 {
+		t.Fatalf("testdata/lzx-sums.txt lists %d cabinets, want 3", len(want))
+	}
+	root := corpusRoot(t)
+	for cabinet, members := range want {
+		t.Run(cabinet, func(t *testing.T) {
+			t.Parallel()
+			data, err := os.ReadFile(filepath.Join(root, cabinet))
+			if err != nil {
+				t.Fatalf("%v: run deploy/install-deps.sh, which downloads the test cabinets (or set OSVC_TESTDATA to where they are)", err)
+			}
+			r := mustReader(t, data)
+			var lzx int
+			for _, f := range r.Files() {
+				sum, ok := members[f.Name]
+				if !ok {
+					t.Errorf("member %q, which cabextract does not extract", f.Name)
+					continue
+				}
+				delete(members, f.Name)
+				rc, err := r.Open(f.Name)
+				if errors.Is(err, ErrUnsupportedCompression) && strings.Contains(err.Error(), "Quantum") {
+					continue
+				}
+				if err != nil {
+					t.Fatalf("Open(%q): %v", f.Name, err)
+				}
+				h := sha256.New()
+				if _, err := io.Copy(h, rc); err != nil {
+					t.Fatalf("read %q: %v", f.Name, err)
+				}
+				if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+					t.Errorf("%q: sha256 %s, cabextract's %s", f.Name, got, sum)
+				}
+				if r.folders[r.entries[r.find(f.Name)].folder].compression&0x000F == compressLZX {
+					lzx++
+				}
+			}
+			for name := range members {
+				t.Errorf("cabextract extracts %q, which the reader does not list", name)
+			}
+			if lzx == 0 {
+				t.Error("no member of this cabinet is in an LZX folder")
+			}
+		})
+	}
 }
