@@ -260,34 +260,15 @@ func TestE8TranslationStopsAfterTheFirstGigabyte(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	decode := func(firstFrame int) []byte {
-		next := 0
-		d := newLZXDecoder(16, int64(len(data)), func() ([]byte, error) {
-			if next == len(blocks) {
-				return nil, io.EOF
-			}
-			next++
-			return blocks[next-1], nil
-		})
-		d.frame = firstFrame
-		var out []byte
-		for {
-			frame, err := d.nextFrame()
-			if errors.Is(err, io.EOF) {
-				return out
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, frame...)
-		}
-	}
-	if got := decode(0); !bytes.Equal(got, data) {
-		t.Fatal("E8 translation is not undone in the first frames")
+	if got, err := decodeLZX(16, int64(len(data)), blocks, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("E8 translation is not undone in the first frames (%v)", err)
 	}
 	// The encoder translated, so frames past the limit come out as the
 	// encoder left them: the data as it was compressed, not the original.
-	late := decode(lzxE8Frames)
+	late, err := decodeLZX(16, int64(len(data)), blocks, lzxE8Frames)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if bytes.Equal(late, data) {
 		t.Error("frames past 32768 were translated")
 	}
@@ -668,4 +649,71 @@ func TestLZXCabinetsMatchCabextractSums(t *testing.T) {
 			}
 		})
 	}
+}
+
+// decodeLZX decodes a folder of total bytes whose CFDATA payloads are
+// blocks, as the Reader does, returning what it produced before any error.
+// Its frames are counted from firstFrame.
+func decodeLZX(windowBits int, total int64, blocks [][]byte, firstFrame int) ([]byte, error) {
+	next := 0
+	d := newLZXDecoder(windowBits, total, func() ([]byte, error) {
+		if next == len(blocks) {
+			return nil, io.EOF
+		}
+		next++
+		return blocks[next-1], nil
+	})
+	d.frame = firstFrame
+	var out []byte
+	for {
+		frame, err := d.nextFrame()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, frame...)
+	}
+}
+
+func FuzzLZX(f *testing.F) {
+	for _, seed := range []struct {
+		data []byte
+		o    cabtest.LZXOptions
+	}{
+		{textBytes(5_000), cabtest.LZXOptions{WindowBits: 15}},
+		{textBytes(40_000), cabtest.LZXOptions{WindowBits: 16, BlockSize: 9_999,
+			BlockTypes: []int{cabtest.BlockAligned, cabtest.BlockUncompressed, cabtest.BlockVerbatim}}},
+		{x86Bytes(7, 6_000), cabtest.LZXOptions{WindowBits: 17, E8Size: 12_000_000, BlockTypes: []int{cabtest.BlockAligned}}},
+		{make([]byte, 3_000), cabtest.LZXOptions{WindowBits: 21}},
+		{[]byte("abc"), cabtest.LZXOptions{WindowBits: 15, BlockTypes: []int{cabtest.BlockUncompressed}}},
+	} {
+		blocks, err := cabtest.CompressLZX(seed.data, seed.o)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(bytes.Join(blocks, nil), uint8(seed.o.WindowBits-lzxMinWindowBits), uint32(len(seed.data)), uint16(len(blocks[0])/2))
+	}
+	f.Add(ab(200), uint8(0), uint32(200), uint16(3))
+	f.Fuzz(func(t *testing.T, stream []byte, window uint8, total uint32, split uint16) {
+		bits := lzxMinWindowBits + int(window)%(lzxMaxWindowBits-lzxMinWindowBits+1)
+		size := int64(total % (4 * blockSize))
+		whole, err := decodeLZX(bits, size, [][]byte{stream}, 0)
+		if int64(len(whole)) > size {
+			t.Fatalf("decoded %d bytes of a folder of %d", len(whole), size)
+		}
+		if err == nil && int64(len(whole)) != size {
+			t.Fatalf("decoded %d bytes of a folder of %d without an error", len(whole), size)
+		}
+		if err != nil && !errors.Is(err, ErrDamaged) {
+			t.Fatalf("error %v is not ErrDamaged", err)
+		}
+		// The bitstream runs on across blocks: where it is cut changes nothing.
+		at := min(int(split), len(stream))
+		parts, err2 := decodeLZX(bits, size, [][]byte{stream[:at], {}, stream[at:]}, 0)
+		if (err == nil) != (err2 == nil) || !bytes.Equal(whole, parts) {
+			t.Fatalf("split at %d: %d bytes, %v; whole: %d bytes, %v", at, len(parts), err2, len(whole), err)
+		}
+	})
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/osvc/osvc/pkg/cab/cabtest"
 )
 
 // listTree returns every path under root, relative, '/'-separated.
@@ -105,6 +107,13 @@ func FuzzReader(f *testing.F) {
 		[]rawFolder{{compression: compressNone, data: []byte("stored data"), blockSize: 4}},
 		[]rawFile{{name: "s.txt", size: 11, folder: 0}}))
 	f.Add([]byte("MSCF"))
+	lzx, err := cabtest.LZXCabinet([]cabtest.Member{{Name: "update.mum", Data: textBytes(3_000)}, {Name: "x.dll", Data: x86Bytes(8, 2_000)}},
+		cabtest.LZXOptions{WindowBits: 16, E8Size: 12_000_000, BlockSize: 1_500,
+			BlockTypes: []int{cabtest.BlockAligned, cabtest.BlockUncompressed, cabtest.BlockVerbatim}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(lzx)
 	// And one packed by Debian's gcab, not by this package.
 	dir := f.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "update.mum"), textBytes(2_000), 0o644); err != nil {
