@@ -1,6 +1,7 @@
 package cab
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -368,6 +369,12 @@ func (h *huffman) decode(b *lzxBits) int {
 	if b.n < 16 {
 		b.refill()
 	}
+	return h.lookup(b)
+}
+
+// lookup is decode when the bit buffer is known to hold 16 bits; small
+// enough to be inlined in the decoding loop.
+func (h *huffman) lookup(b *lzxBits) int {
 	v := b.peek16()
 	e := h.primary[v>>(lzxMaxCodeBits-h.bits)]
 	if e&lzxLink != 0 {
@@ -495,6 +502,28 @@ func (d *lzxDecoder) inputError(err error) error {
 	return err // already describes its block
 }
 
+// lzCopy copies n bytes from w[src:] to w[dst:] as LZ77 does, a byte after
+// another: where the source runs into the destination, the copy repeats it.
+func lzCopy(w []byte, dst, src, n int) {
+	switch {
+	case n <= 16 && dst-src >= n:
+		// Most matches are short: a loop beats a call to memmove.
+		d, s := w[dst:dst+n], w[src:src+n]
+		for i := range d {
+			d[i] = s[i]
+		}
+	case src > dst || dst-src >= n:
+		// Apart, or the source ahead, where memmove's result is the same.
+		copy(w[dst:dst+n], w[src:src+n])
+	default:
+		// The source runs into the destination: copy what is there,
+		// then the copy so far, doubling each time.
+		for done := 0; done < n; {
+			done += copy(w[dst+done:dst+n], w[src:dst+done])
+		}
+	}
+}
+
 // e8Translate undoes the encoder's E8 preprocessing of one frame: the
 // 32-bit operand after each 0xE8 byte (an x86 CALL) was made absolute; it
 // is made relative to its position again. curpos is the frame's offset in
@@ -502,11 +531,12 @@ func (d *lzxDecoder) inputError(err error) error {
 // encoder leaves them.
 func e8Translate(b []byte, curpos, size int32) {
 	for i := 0; i < len(b)-10; {
-		if b[i] != 0xE8 {
-			i++
-			curpos++
-			continue
+		skip := bytes.IndexByte(b[i:len(b)-10], 0xE8)
+		if skip < 0 {
+			return
 		}
+		i += skip
+		curpos += int32(skip)
 		abs := int32(binary.LittleEndian.Uint32(b[i+1:]))
 		if abs >= -curpos && abs < size {
 			rel := abs + size
@@ -644,7 +674,9 @@ func (d *lzxDecoder) decodeSymbols(end int) error {
 		if in.n <= 48 {
 			in.refill()
 		}
-		sym := d.main.decode(in)
+		// 49 bits are enough for a main and a length symbol and 17 extra
+		// bits; only the aligned offset symbol needs a check.
+		sym := d.main.lookup(in)
 		if sym < lzxNumChars {
 			w[pos] = byte(sym)
 			pos++
@@ -657,7 +689,7 @@ func (d *lzxDecoder) decodeSymbols(end int) error {
 				d.pos = pos
 				return d.fail("a match needs the length tree, which this block left empty")
 			}
-			length += d.length.decode(in)
+			length += d.length.lookup(in)
 		}
 		length += lzxMinMatch
 		var offset uint32
@@ -698,26 +730,14 @@ func (d *lzxDecoder) decodeSymbols(end int) error {
 			d.pos = pos
 			return d.fail("a match refers %d bytes back, where the folder has %d bytes and the window is %d", offset, have, d.windowSize)
 		}
-		src := pos - int(offset)
-		switch {
-		case src < 0:
-			// The source wraps around the window's end.
+		if src := pos - int(offset); src >= 0 {
+			lzCopy(w, pos, src, length)
+		} else {
+			// The source starts before the window's end and may wrap.
 			src += len(w)
-			for i := range length {
-				w[pos+i] = w[src]
-				src++
-				if src == len(w) {
-					src = 0
-				}
-			}
-		case int(offset) >= length:
-			copy(w[pos:pos+length], w[src:src+length])
-		default:
-			// Overlapping: the copy repeats the last offset bytes, so it
-			// may copy what it has just written, doubling each time.
-			for done := 0; done < length; {
-				done += copy(w[pos+done:pos+length], w[src:pos+done])
-			}
+			n := min(length, len(w)-src)
+			lzCopy(w, pos, src, n)
+			lzCopy(w, pos+n, 0, length-n)
 		}
 		pos += length
 	}
