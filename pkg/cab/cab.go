@@ -1,16 +1,22 @@
 // Package cab reads and writes Microsoft Cabinet files, the container of
 // Windows update packages.
 //
-// Reading supports folders stored uncompressed or compressed with MSZIP, any
-// number of folders, reserved header areas and UTF-8 names. LZX and Quantum
-// folders are listed but not decompressed: opening one of their members
-// returns an error wrapping ErrUnsupportedCompression. Cabinets that span
-// several files are refused. Writing always produces MSZIP cabinets, using
-// only fixed-Huffman and stored DEFLATE blocks, which every MSZIP decoder
-// reads (the tests check Debian's cabextract).
+// Reading supports folders stored uncompressed or compressed with MSZIP or
+// LZX (windows of 32 KiB to 2 MiB, E8 translation: what Microsoft's update
+// packages use), any number of folders, reserved header areas and UTF-8
+// names. Quantum folders are listed but not decompressed: opening one of
+// their members returns an error wrapping ErrUnsupportedCompression.
+// Cabinets that span several files are refused. Damaged or hostile data is
+// an error wrapping ErrDamaged, never more output than the cabinet
+// declares: every Huffman table, length and offset is checked. Writing
+// always produces MSZIP cabinets, using only fixed-Huffman and stored
+// DEFLATE blocks, which every MSZIP decoder reads (the tests check Debian's
+// cabextract); package cabtest writes LZX ones for tests.
 //
-// Format reference: Microsoft's "Microsoft Cabinet Format" ([MS-CAB]) and
-// "MSZIP Data Compression Format" ([MS-MCI]).
+// Format reference: Microsoft's "Microsoft Cabinet Format" ([MS-CAB]),
+// "MSZIP Data Compression Format" ([MS-MCI]) and, for LZX, "LZX DELTA
+// Compression and Decompression" ([MS-PATCH]), of which cabinet LZX is the
+// older subset (see lzx.go).
 package cab
 
 import (
@@ -36,7 +42,8 @@ var ErrUnsafePath = winpath.ErrUnsafe
 var ErrMultiPart = errors.New("cabinet is part of a multi-cabinet set, which osvc cannot read; repack it as one cabinet")
 
 // ErrUnsupportedCompression is wrapped by the error returned when a member is
-// stored with a compression this package cannot decompress (LZX, Quantum).
+// stored with a compression this package cannot decompress (Quantum, or an
+// unknown type).
 var ErrUnsupportedCompression = errors.New("unsupported cabinet compression")
 
 // ErrDamaged is wrapped by errors about a cabinet whose structure is invalid

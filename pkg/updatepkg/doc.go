@@ -177,8 +177,9 @@
 // checks every file it writes is byte for byte what Open read (a file
 // changed since is refused).
 //
-// Files that are not cabinets, cabinets holding neither update.mum nor
-// package cabinets, and cabinets compressed with LZX or Quantum return
-// errors wrapping ErrUnsupported: they are not packages osvc reads, which
-// the catalog records and the engine reports UNSUPPORTED.
+// Cabinets may be compressed with MSZIP or LZX, as Microsoft's are. Files
+// that are not cabinets, cabinets holding neither update.mum nor package
+// cabinets, and cabinets compressed with Quantum return errors wrapping
+// ErrUnsupported: they are not packages osvc reads, which the catalog
+// records and the engine reports UNSUPPORTED.
 package updatepkg

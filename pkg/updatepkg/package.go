@@ -18,7 +18,7 @@ import (
 )
 
 // ErrUnsupported is returned for a file that is not a CAB or MSU update
-// package osvc can read (e.g. an .exe, a driver cabinet, an LZX cabinet).
+// package osvc can read (e.g. an .exe, a driver cabinet, a Quantum cabinet).
 var ErrUnsupported = errors.New("unsupported update file: not a CAB or MSU package osvc can read")
 
 // ErrInvalid is wrapped by the error about a file that is an update package
@@ -208,7 +208,7 @@ func Open(path string) (*Package, error) { return OpenAs(path, filepath.Base(pat
 // read. It reads the whole file: every member's data must be whole and pass
 // its checksum, and every rule of the package documentation must hold, for
 // each inner package of an MSU too. Refusals wrap ErrInvalid; files that
-// are not packages osvc reads (an .exe, a driver cabinet, LZX compression)
+// are not packages osvc reads (an .exe, a driver cabinet, Quantum compression)
 // return ErrUnsupported.
 func OpenAs(path, name string) (*Package, error) {
 	f, r, err := openCab(path, name)

@@ -18,6 +18,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/cab"
+	"github.com/osvc/osvc/pkg/cab/cabtest"
 )
 
 // samplePayload is payload for sampleManifest's components.
@@ -193,6 +194,57 @@ func TestOpenReadsPackagesMadeByGcab(t *testing.T) {
 	checkStaged(t, staged[0], m, map[string]map[string][]byte{c.SxSName(): {"ntoskrnl.exe": []byte("kernel")}})
 }
 
+func TestOpenReadsLZXPackages(t *testing.T) {
+	t.Parallel()
+	// The same package repacked with LZX, as Microsoft packs its updates:
+	// a 2 MiB window and E8 translation.
+	dir := t.TempDir()
+	m := sampleManifest()
+	payload := samplePayload(m)
+	var mszip bytes.Buffer
+	if err := Build(&mszip, m, payload); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cab.NewReader(bytes.NewReader(mszip.Bytes()), int64(mszip.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members []cabtest.Member
+	err = r.ForEach(nil, func(f cab.File, content io.Reader) error {
+		data, err := io.ReadAll(content)
+		members = append(members, cabtest.Member{Name: strings.ReplaceAll(f.Name, "/", `\`), Data: data})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lzx, err := cabtest.LZXCabinet(members, cabtest.LZXOptions{WindowBits: 21, E8Size: 12_000_000,
+		BlockTypes: []int{cabtest.BlockAligned}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Open(writeFile(t, dir, "windows11.0-kb5032190-x64.cab", lzx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wantFiles(m)
+	if !reflect.DeepEqual(p.Manifest, want) {
+		t.Errorf("manifest %+v, want %+v", p.Manifest, want)
+	}
+	staged, err := p.Stage(filepath.Join(dir, "stage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStaged(t, staged[0], want, payload)
+
+	// Damaged LZX data is a damaged package, not an unsupported one.
+	broken := append([]byte(nil), mszip.Bytes()...)
+	binary.LittleEndian.PutUint16(broken[42:], 0x1503) // the folder's compression: LZX, 21-bit window
+	if _, err := Open(writeFile(t, dir, "broken.cab", broken)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "LZX") {
+		t.Errorf("Open(MSZIP data labelled LZX) = %v, want ErrInvalid naming LZX", err)
+	}
+}
+
 func TestMSUStagesItsPackagesInOrder(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -294,13 +346,13 @@ func TestOpenRefusesWhatItCannotApply(t *testing.T) {
 		}
 		return b.Bytes()
 	}()
-	lzx := func() []byte {
+	quantum := func() []byte {
 		var b bytes.Buffer
 		if err := Build(&b, sampleManifest(), samplePayload(sampleManifest())); err != nil {
 			t.Fatal(err)
 		}
 		data := b.Bytes()
-		binary.LittleEndian.PutUint16(data[42:], 0x1503) // the folder's compression: LZX, 21-bit window
+		binary.LittleEndian.PutUint16(data[42:], 0x1472) // the folder's compression: Quantum, level 7, 20-bit window
 		return data
 	}()
 	for _, tc := range []struct {
@@ -311,7 +363,7 @@ func TestOpenRefusesWhatItCannotApply(t *testing.T) {
 		{"an executable", "windows-kb890830-x64.exe", []byte("MZ\x90\x00\x03\x00\x00\x00\x04\x00"), "not a cabinet"},
 		{"an empty file", "empty.cab", nil, "not a cabinet"},
 		{"a driver cabinet", "driver.cab", driverCab, "neither update.mum nor package cabinets"},
-		{"an LZX cabinet", "lzx.cab", lzx, "cabinet uses LZX compression, which osvc cannot read; repack it with MSZIP"},
+		{"a Quantum cabinet", "quantum.cab", quantum, "cabinet uses Quantum compression, which osvc cannot read; repack it with MSZIP or LZX"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

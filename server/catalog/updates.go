@@ -112,7 +112,7 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 		if isPackageName(name) && !isCabinet(c.lib.Path(file.Sha256)) {
 			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is named like an update package but is not a cabinet; upload the CAB or MSU again", name))
 		}
-		// Not a package the engines read (an .exe, a driver or LZX cabinet):
+		// Not a package the engines read (an .exe, a driver or Quantum cabinet):
 		// recorded so an administrator can select it, as Configuration
 		// Manager lists it, and the engine reports it UNSUPPORTED.
 		return &osvcv1.Update{

@@ -326,7 +326,7 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 
 // alreadyInstalled reads the package identities of a CAB or MSU osvc can
 // read and tells whether the mounted image has every one installed. A
-// package osvc cannot read (an LZX cabinet) is left to DISM.
+// package osvc cannot read (a Quantum cabinet) is left to DISM.
 func (e *Engine) alreadyInstalled(ctx context.Context, m *engine.Mount, path string) (bool, error) {
 	pkg, err := updatepkg.Open(path)
 	if err != nil {

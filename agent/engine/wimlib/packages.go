@@ -94,7 +94,7 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	}()
 	staged, err := pkg.Stage(stageDir)
 	if errors.Is(err, updatepkg.ErrUnsupported) {
-		// e.g. payload compressed with LZX, which the cabinet reader cannot expand.
+		// e.g. payload compressed with Quantum, which the cabinet reader cannot expand.
 		log.Warn(engine.UnsupportedMessage, "error", err)
 		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
 	}
