@@ -6,7 +6,8 @@
 // A package applies to an index when
 //   - its architecture is NEUTRAL (or not known: a file that is no package)
 //     or the index's,
-//   - its OS builds are empty or hold the index's build,
+//   - it names no OS build, or its builds hold the index's build, or the
+//     index's build is its minimum build or later,
 //   - it is not installed in the index, and
 //   - no package installed in the index supersedes it (by identity or KB).
 package applicability
@@ -36,8 +37,36 @@ type Package struct {
 	Update string
 	// Arch is the package's processor architecture.
 	Arch osvcv1.Architecture
-	// Builds lists the OS builds the package applies to; empty means any.
+	// Builds lists the OS builds the package applies to exactly; with
+	// MinBuild 0, empty means any.
 	Builds []uint32
+	// MinBuild, when not 0, makes the package apply to every OS build from
+	// it on, besides Builds.
+	MinBuild uint32
+}
+
+// appliesToBuild tells whether the package's OS builds take build.
+func (p Package) appliesToBuild(build uint32) bool {
+	if len(p.Builds) == 0 && p.MinBuild == 0 {
+		return true
+	}
+	return slices.Contains(p.Builds, build) || (p.MinBuild != 0 && build >= p.MinBuild)
+}
+
+// BuildsText says which OS builds the package applies to, for messages:
+// "22621, 22631", "19041 and later", "any".
+func (p Package) BuildsText() string {
+	parts := make([]string, 0, len(p.Builds)+1)
+	for _, b := range p.Builds {
+		parts = append(parts, strconv.FormatUint(uint64(b), 10))
+	}
+	if p.MinBuild != 0 {
+		parts = append(parts, strconv.FormatUint(uint64(p.MinBuild), 10)+" and later")
+	}
+	if len(parts) == 0 {
+		return "any"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Installed is a package installed in an index.
@@ -129,12 +158,8 @@ func Check(p Package, ix *Index) (Verdict, string) {
 	default:
 		return WrongArchitecture, fmt.Sprintf("%s is for %s; index %d is %s", name, ArchName(p.Arch), ix.Number, ArchName(ix.Arch))
 	}
-	if len(p.Builds) > 0 && !slices.Contains(p.Builds, ix.Build) {
-		builds := make([]string, len(p.Builds))
-		for i, b := range p.Builds {
-			builds[i] = strconv.FormatUint(uint64(b), 10)
-		}
-		return WrongBuild, fmt.Sprintf("%s applies to OS builds %s; index %d is build %d", name, strings.Join(builds, ", "), ix.Number, ix.Build)
+	if !p.appliesToBuild(ix.Build) {
+		return WrongBuild, fmt.Sprintf("%s applies to OS builds %s; index %d is build %d", name, p.BuildsText(), ix.Number, ix.Build)
 	}
 	if (p.Identity != "" && ix.installed[strings.ToLower(p.Identity)]) || (p.Update != "" && ix.installed[p.Update]) {
 		return AlreadyInstalled, fmt.Sprintf("%s is already installed in index %d", name, ix.Number)
