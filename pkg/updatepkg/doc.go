@@ -56,7 +56,17 @@
 //     file: cabinets do not compress, so only a decompression bomb does that;
 //   - a component of an architecture the package's cannot carry (below);
 //   - names the engine cannot write into an image: the package's
-//     <identity>.mum or a component's WinSxS folder name refused by winpath.
+//     <identity>.mum or a component's WinSxS folder name refused by winpath;
+//   - in update.mum, a <parent buildCompare> other than EQ or GE, a nested
+//     package whose identity is not one, an <update> name with control
+//     characters or over 200 bytes;
+//   - in an MSU, a properties file over 64 KiB, not Key="value" lines of
+//     UTF-8 or UTF-16 (with a byte-order mark), a key twice, a value over
+//     4 KiB or with control characters, two properties files; an unattend
+//     .xml over 1 MiB, with a document type, not an <unattend> of its
+//     namespace, or naming a package without a valid identity; metadata
+//     that names a cabinet the MSU does not hold or a package its cabinet
+//     does not hold, or a processor architecture other than its package's.
 //
 // # Architectures
 //
@@ -125,15 +135,20 @@
 //	ReleaseType       package/@releaseType
 //	Released          assembly/@creationTimeStamp, RFC 3339 (absent: zero time)
 //	Products          package/customInformation/product/@name, in order
-//	ApplicableBuilds  the third version part of each package/parent/assemblyIdentity;
+//	ApplicableBuilds  the third version part of each package/parent/assemblyIdentity
+//	                  whose <parent buildCompare> is EQ or absent;
 //	                  no <parent>: the package applies to every build
+//	MinBuild          the lowest such build of a <parent buildCompare="GE">: the
+//	                  package applies to it and every later build too
 //	Supersedes        package/supersededPackages/assemblyIdentity, as Identity.String()
 //	                  (Name~Token~Arch~Lang~Version, neutral language written empty)
 //	Components        package/update/component/assemblyIdentity, in order; their Files
 //	                  come from the component manifests, not from update.mum
 //	Classification    not stored: derived by Manifest.Classify, rules in order:
-//	                    releaseType contains "Servicing Stack"               SERVICING_STACK
-//	                    title or a product contains ".NET"                   DOTNET
+//	                    releaseType contains "Servicing Stack", or
+//	                    name starts Package_for_ServicingStack               SERVICING_STACK
+//	                    title or a product contains ".NET", or
+//	                    name starts Package_for_DotNetRollup                 DOTNET
 //	                    name starts Package_for_RollupFix, or
 //	                    releaseType contains "Cumulative"                    CUMULATIVE_UPDATE
 //	                    releaseType contains "Security"                      SECURITY_UPDATE
@@ -155,17 +170,60 @@
 // names a payload member <SxSName>/<name> relative to the component folder.
 // Component architectures may also be wow64 or msil.
 //
+// # Windows' own packages
+//
+// Windows' update cabinets (as Microsoft ships them, e.g.
+// Windows10.0-KB5005565-x64.cab) have the same update.mum, but install
+// more than osvc's engine does: their <update> elements name packages of
+// their own (<package integrate="hidden"><assemblyIdentity
+// name="Package_1_for_KB5005565" .../>, each a .mum beside update.mum),
+// drivers or applicability rules as well as components; they are signed
+// with catalogs (update.cat); their component manifests are named by
+// Windows' own WinSxS hash and, in current updates, compressed with DCM
+// (they start with "DCM\x01", a delta against a manifest inside Windows'
+// servicing stack); their payload may be in a PSF file beside the cabinet
+// (customInformation PackageFormat="PSFX", package/@psfName, a
+// <name>.psf.cix.xml member); they may hold cabinets. Open reads such a
+// package as it reads any: every member name, every member's data,
+// update.mum and what it names, by the same rules. It does not look for or
+// parse the component manifests, and the package comes back with
+// Package.NotInstallable saying, for each of these marks it bears, why the
+// wimlib engine cannot install it faithfully; Stage refuses it with
+// ErrUnsupported. The catalog records it all the same, for the dism
+// engine. updatepkgtest's windows.go builds such files and says where
+// each part of their structure comes from.
+//
 // # MSU
 //
 // An MSU is a cabinet whose members are package cabinets (*.cab), plus
-// optionally WSUSSCAN.cab and other files (e.g. *.xml, *.txt), which are
-// read but not staged. Its packages are applied in the MSU's stored order;
-// BuildMSU stores them sorted by name. Package.Manifest of an MSU is its
-// first inner package's; Package.Manifests lists them all. Every member
-// name follows the rules above, every inner cabinet is read as a package
-// CAB is and must be one (a .cab that is not a cabinet, or holds no
-// update.mum, is refused), and the packages must agree: one architecture,
-// each package identity once.
+// optionally cabinets that hold no package (WSUSSCAN.cab, Windows Update's
+// scan metadata; DesktopDeployment.cab, DesktopDeployment_x86.cab and
+// *.AggregatedMetadata*.cab in Windows 11's), a properties file
+// (<name>-pkgProperties.txt), an unattend file (*.xml) and other files,
+// which are read but not staged. Its packages are applied in the MSU's
+// stored order; BuildMSU stores them sorted by name. Package.Manifests
+// lists them all; Package.Manifest is the MSU's own package: the cabinet
+// its properties file is named for (<name>.cab), else the cabinet its
+// unattend file's <source location> names, else the last package that is
+// not a servicing stack (a combined MSU installs its servicing stack
+// first), else the first. Every member name follows the rules above, every
+// inner cabinet is read as a package CAB is and must be one (a .cab that
+// is not a cabinet, or holds no update.mum, is refused), and the packages
+// must agree: one architecture, each package identity once.
+//
+// The properties file's lines are Key="value"; Package.Properties holds
+// them. Package.KB, Title and Products complete the manifest with them:
+// the KB is update.mum's identifier when it is one (KB<number>), else
+// "KB Article Number", else the file name's KB<number>; the title is
+// update.mum's displayName unless Windows left it "default" (then the
+// description, "Fix for KB<number>", is read), in which case it is
+// "<Package Type> for <Product Name> (<KB>)", else the description.
+//
+// An MSU whose payload is a <name>.psf beside its cabinet is read, and
+// NotInstallable says so. An MSU carrying its update inside a WIM
+// (<name>.wim), or that is itself a WIM archive (Windows 11, version 24H2
+// and later), is ErrUnsupported: osvc does not read WIM resources, so the
+// catalog records it from its name and the dism engine applies it.
 //
 // # Staging
 //
@@ -179,7 +237,8 @@
 //
 // Cabinets may be compressed with MSZIP or LZX, as Microsoft's are. Files
 // that are not cabinets, cabinets holding neither update.mum nor package
-// cabinets, and cabinets compressed with Quantum return errors wrapping
-// ErrUnsupported: they are not packages osvc reads, which the catalog
-// records and the engine reports UNSUPPORTED.
+// cabinets, MSUs that are or carry WIMs, and cabinets compressed with
+// Quantum return errors wrapping ErrUnsupported: they are not packages osvc
+// reads, which the catalog records from their names and the wimlib engine
+// reports UNSUPPORTED.
 package updatepkg

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/applicability"
@@ -35,11 +36,33 @@ type Manifest struct {
 	Classification osvcv1.Classification
 	Released       time.Time
 	Products       []string
-	// ApplicableBuilds lists the OS builds the package applies to; empty means any.
+	// ApplicableBuilds lists the OS builds the package applies to exactly
+	// (<parent buildCompare="EQ">); with MinBuild unset, empty means any.
 	ApplicableBuilds []uint32
+	// MinBuild, when not 0, makes the package apply to every OS build from
+	// it on (<parent buildCompare="GE">), besides ApplicableBuilds.
+	MinBuild uint32
 	// Supersedes lists identities (Identity.String form) of packages this one replaces.
 	Supersedes []string
 	Components []Component
+
+	// What Windows' own packages carry and osvc's do not (see the package
+	// documentation, "Windows' own packages"): the engine reads them to
+	// tell why it does not install such a package.
+
+	// Packages are the packages update.mum's updates install
+	// (<update><package>), as a Windows cumulative update installs
+	// Package_1_for_KB..., Package_2_for_KB...; osvc does not install them.
+	Packages []Identity
+	// OtherUpdates names the <update> elements that install neither a
+	// component nor a package (drivers, applicability rules).
+	OtherUpdates []string
+	// PSFName is package/@psfName: the PSF file beside the cabinet that
+	// holds the payload.
+	PSFName string
+	// PackageFormat is customInformation/@PackageFormat, e.g. PSFX: the
+	// payload is in a PSF file beside the cabinet.
+	PackageFormat string
 }
 
 // XML shapes. Element and attribute names follow Windows' update.mum.
@@ -74,14 +97,16 @@ type xmlPackage struct {
 	ReleaseType string        `xml:"releaseType,attr"`
 	Restart     string        `xml:"restart,attr,omitempty"`
 	Permanence  string        `xml:"permanence,attr,omitempty"`
-	Custom      *xmlCustom    `xml:"customInformation"`
+	PSFName     string        `xml:"psfName,attr,omitempty"`
+	Custom      []xmlCustom   `xml:"customInformation"`
 	Parents     []xmlParent   `xml:"parent"`
 	Supersedes  *xmlSupersede `xml:"supersededPackages"`
 	Updates     []xmlUpdate   `xml:"update"`
 }
 
 type xmlCustom struct {
-	Products []xmlProduct `xml:"product"`
+	PackageFormat string       `xml:"PackageFormat,attr,omitempty"`
+	Products      []xmlProduct `xml:"product"`
 }
 
 type xmlProduct struct {
@@ -103,6 +128,8 @@ type xmlSupersede struct {
 type xmlUpdate struct {
 	Name      string        `xml:"name,attr"`
 	Component *xmlComponent `xml:"component"`
+	// Package is a package the update installs, in Windows' own packages.
+	Package *xmlComponent `xml:"package,omitempty"`
 }
 
 type xmlComponent struct {
@@ -133,22 +160,28 @@ func (x xmlIdentity) identity() Identity {
 
 // Classify derives a package's classification. The first rule that matches
 // wins:
-//  1. releaseType contains "Servicing Stack"              → SERVICING_STACK
-//  2. a product or the title contains ".NET"              → DOTNET
+//  1. releaseType contains "Servicing Stack", or the
+//     identity name starts with Package_for_ServicingStack → SERVICING_STACK
+//  2. a product or the title contains ".NET", or the
+//     identity name starts with Package_for_DotNetRollup   → DOTNET
 //  3. the identity name starts with Package_for_RollupFix,
 //     or releaseType contains "Cumulative"                → CUMULATIVE_UPDATE
 //  4. releaseType contains "Security"                     → SECURITY_UPDATE
 //  5. any other non-empty releaseType                     → UPDATE
 //  6. no releaseType                                      → UNSPECIFIED
 //
-// Comparisons ignore case.
+// Comparisons ignore case. The package names are those Windows gives its
+// servicing stack, .NET and cumulative updates (W10UI.cmd looks for
+// Package_for_ServicingStack, Package_for_DotNetRollup and
+// Package_for_RollupFix among an image's packages).
 func (m *Manifest) Classify() osvcv1.Classification {
 	has := func(s, sub string) bool { return strings.Contains(strings.ToLower(s), strings.ToLower(sub)) }
 	rt := strings.TrimSpace(m.ReleaseType)
 	switch {
-	case has(rt, "Servicing Stack"):
+	case has(rt, "Servicing Stack") || strings.HasPrefix(strings.ToLower(m.Identity.Name), "package_for_servicingstack"):
 		return osvcv1.Classification_CLASSIFICATION_SERVICING_STACK
-	case has(m.Title, ".NET") || slices.ContainsFunc(m.Products, func(p string) bool { return has(p, ".NET") }):
+	case has(m.Title, ".NET") || slices.ContainsFunc(m.Products, func(p string) bool { return has(p, ".NET") }) ||
+		strings.HasPrefix(strings.ToLower(m.Identity.Name), "package_for_dotnetrollup"):
 		return osvcv1.Classification_CLASSIFICATION_DOTNET
 	case strings.HasPrefix(strings.ToLower(m.Identity.Name), "package_for_rollupfix") || has(rt, "Cumulative"):
 		return osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE
@@ -186,6 +219,7 @@ func (m *Manifest) Applicability() applicability.Package {
 		Name:     m.Identity.Name,
 		Arch:     m.Architecture(),
 		Builds:   m.ApplicableBuilds,
+		MinBuild: m.MinBuild,
 	}
 }
 
@@ -209,6 +243,9 @@ const maxPackageManifestBytes = 64 << 20
 func ParseManifest(data []byte) (*Manifest, error) {
 	if len(data) > maxManifestBytes {
 		return nil, fmt.Errorf("update.mum is %d bytes, more than the %d allowed", len(data), maxManifestBytes)
+	}
+	if isDCM(data) {
+		return nil, errors.New("update.mum cannot be read: " + dcmError)
 	}
 	var a xmlAssembly
 	if err := decodeXML(data, &a); err != nil {
@@ -239,23 +276,19 @@ func ParseManifest(data []byte) (*Manifest, error) {
 		}
 		m.Released = t.UTC()
 	}
-	if a.Package.Custom != nil {
-		for _, p := range a.Package.Custom.Products {
+	for _, c := range a.Package.Custom {
+		for _, p := range c.Products {
 			if name := strings.TrimSpace(p.Name); name != "" {
 				m.Products = append(m.Products, name)
 			}
 		}
-	}
-	for _, p := range a.Package.Parents {
-		for _, x := range p.Identities {
-			v, err := parseVersion(x.Version)
-			if err != nil {
-				return nil, fmt.Errorf("update.mum <parent> %s: %w", x.Name, err)
-			}
-			if b := uint32(v[2]); !slices.Contains(m.ApplicableBuilds, b) {
-				m.ApplicableBuilds = append(m.ApplicableBuilds, b)
-			}
+		if f := strings.TrimSpace(c.PackageFormat); f != "" && m.PackageFormat == "" {
+			m.PackageFormat = f
 		}
+	}
+	m.PSFName = strings.TrimSpace(a.Package.PSFName)
+	if err := m.readParents(a.Package.Parents); err != nil {
+		return nil, err
 	}
 	if a.Package.Supersedes != nil {
 		for _, x := range a.Package.Supersedes.Identities {
@@ -267,18 +300,75 @@ func ParseManifest(data []byte) (*Manifest, error) {
 		}
 	}
 	for _, u := range a.Package.Updates {
-		if u.Component == nil || u.Component.Identity == nil {
-			continue // updates of other kinds (drivers, packages) carry nothing to stage
+		switch {
+		case u.Component != nil && u.Component.Identity != nil:
+			x := u.Component.Identity
+			c := Component{Name: x.Name, Version: x.Version, Arch: x.ProcessorArchitecture, PublicKeyToken: x.PublicKeyToken}
+			if err := c.validate(); err != nil {
+				return nil, fmt.Errorf("update.mum component %q: %w", x.Name, err)
+			}
+			m.Components = append(m.Components, c)
+		case u.Package != nil && u.Package.Identity != nil:
+			// Windows' cumulative updates install packages of their own,
+			// each a .mum beside update.mum in the cabinet.
+			id := u.Package.Identity.identity()
+			if err := id.validate(componentArchs); err != nil {
+				return nil, fmt.Errorf("update.mum package %q of update %q: %w", id.Name, u.Name, err)
+			}
+			m.Packages = append(m.Packages, id)
+		default:
+			// A driver, an applicability rule or a kind osvc does not know.
+			name := strings.TrimSpace(u.Name)
+			if len(name) > maxUpdateNameLen || strings.ContainsFunc(name, unicode.IsControl) {
+				return nil, fmt.Errorf("update.mum has an <update> whose name is not a name (%d bytes); rebuild the package", len(name))
+			}
+			m.OtherUpdates = append(m.OtherUpdates, name)
 		}
-		x := u.Component.Identity
-		c := Component{Name: x.Name, Version: x.Version, Arch: x.ProcessorArchitecture, PublicKeyToken: x.PublicKeyToken}
-		if err := c.validate(); err != nil {
-			return nil, fmt.Errorf("update.mum component %q: %w", x.Name, err)
-		}
-		m.Components = append(m.Components, c)
 	}
 	m.Classification = m.Classify()
 	return m, nil
+}
+
+// maxUpdateNameLen bounds the name of an <update> osvc keeps to tell what
+// it does not install; Windows names them by a KB and a number, or a hash.
+const maxUpdateNameLen = 200
+
+// readParents reads the OS builds the package applies to from its
+// <parent> elements: each names the packages (the OS foundation, an
+// edition) whose version's third part is the build. buildCompare says how
+// the build compares: EQ (or no buildCompare) for that build alone, GE for
+// it and every later one. Any parent that matches makes the package apply.
+func (m *Manifest) readParents(parents []xmlParent) error {
+	for _, p := range parents {
+		cmp := strings.ToUpper(strings.TrimSpace(p.BuildCompare))
+		if cmp != "" && cmp != "EQ" && cmp != "GE" {
+			return fmt.Errorf("update.mum <parent buildCompare=%q>: osvc reads EQ and GE, so it cannot tell which OS builds the package applies to", p.BuildCompare)
+		}
+		for _, x := range p.Identities {
+			v, err := parseVersion(x.Version)
+			if err != nil {
+				return fmt.Errorf("update.mum <parent> %s: %w", x.Name, err)
+			}
+			b := uint32(v[2])
+			switch {
+			case cmp == "GE":
+				if m.MinBuild == 0 || b < m.MinBuild {
+					m.MinBuild = b
+				}
+			case !slices.Contains(m.ApplicableBuilds, b):
+				m.ApplicableBuilds = append(m.ApplicableBuilds, b)
+			}
+		}
+	}
+	if m.MinBuild == 0 {
+		return nil
+	}
+	// A build the GE parent covers need not be listed.
+	m.ApplicableBuilds = slices.DeleteFunc(m.ApplicableBuilds, func(b uint32) bool { return b >= m.MinBuild })
+	if len(m.ApplicableBuilds) == 0 {
+		m.ApplicableBuilds = nil
+	}
+	return nil
 }
 
 // decodeXML decodes one document, accepting a UTF-8 byte-order mark and an
@@ -376,6 +466,9 @@ func (m *Manifest) validate() error {
 		return fmt.Errorf("classification %s does not follow from releaseType %q, name, title and products (they give %s); see Manifest.Classify",
 			m.Classification, m.ReleaseType, m.Classify())
 	}
+	if len(m.Packages) > 0 || len(m.OtherUpdates) > 0 || m.PSFName != "" || m.PackageFormat != "" {
+		return errors.New("nested packages, other updates and PSF payload are Windows' own package shape, which osvc reads but does not write")
+	}
 	for _, s := range m.Supersedes {
 		if _, err := ParseIdentity(s); err != nil {
 			return fmt.Errorf("superseded package: %w", err)
@@ -422,23 +515,37 @@ func (m *Manifest) Marshal() ([]byte, error) {
 		a.LastUpdateTimeStamp = a.CreationTimeStamp
 	}
 	if len(m.Products) > 0 {
-		a.Package.Custom = &xmlCustom{}
+		custom := xmlCustom{}
 		for _, p := range m.Products {
-			a.Package.Custom.Products = append(a.Package.Custom.Products, xmlProduct{Name: p})
+			custom.Products = append(custom.Products, xmlProduct{Name: p})
 		}
+		a.Package.Custom = []xmlCustom{custom}
 	}
-	for _, b := range m.ApplicableBuilds {
+	parent := func(compare string, b uint32) error {
 		if b > 65535 {
-			return nil, fmt.Errorf("update.mum: applicable build %d is not a Windows build number", b)
+			return fmt.Errorf("update.mum: applicable build %d is not a Windows build number", b)
 		}
-		parentArch := m.Identity.Arch
 		a.Package.Parents = append(a.Package.Parents, xmlParent{
-			BuildCompare: "EQ", RevisionCompare: "GE", Integrate: "separate", Disposition: "detect",
+			BuildCompare: compare, RevisionCompare: "GE", Integrate: "separate", Disposition: "detect",
 			Identities: []xmlIdentity{toXMLIdentity(Identity{
-				Name: ParentName, PublicKeyToken: m.Identity.PublicKeyToken, Arch: parentArch,
+				Name: ParentName, PublicKeyToken: m.Identity.PublicKeyToken, Arch: m.Identity.Arch,
 				Language: "neutral", Version: fmt.Sprintf("10.0.%d.0", b),
 			})},
 		})
+		return nil
+	}
+	for _, b := range m.ApplicableBuilds {
+		if m.MinBuild != 0 && b >= m.MinBuild {
+			return nil, fmt.Errorf("update.mum: applicable build %d is covered by MinBuild %d; list only earlier builds", b, m.MinBuild)
+		}
+		if err := parent("EQ", b); err != nil {
+			return nil, err
+		}
+	}
+	if m.MinBuild != 0 {
+		if err := parent("GE", m.MinBuild); err != nil {
+			return nil, err
+		}
 	}
 	if len(m.Supersedes) > 0 {
 		a.Package.Supersedes = &xmlSupersede{}
@@ -497,6 +604,9 @@ func MarshalComponentManifest(c Component) ([]byte, error) {
 func ParseComponentManifest(data []byte) (Component, error) {
 	if len(data) > maxManifestBytes {
 		return Component{}, fmt.Errorf("component manifest is %d bytes, more than the %d allowed", len(data), maxManifestBytes)
+	}
+	if isDCM(data) {
+		return Component{}, errors.New("the component manifest cannot be read: " + dcmError)
 	}
 	var a xmlAssembly
 	if err := decodeXML(data, &a); err != nil {

@@ -49,6 +49,9 @@ func TestManifestMarshalRoundTrips(t *testing.T) {
 			m.ReleaseType = "Update"
 			m.Classification = osvcv1.Classification_CLASSIFICATION_UPDATE
 		}},
+		{"a package for one build and every build from another on", func(m *Manifest) {
+			m.ApplicableBuilds, m.MinBuild = []uint32{19041}, 26100
+		}},
 		{"a servicing stack update for arm64", func(m *Manifest) {
 			m.Identity.Name, m.Identity.Arch = "Package_for_ServicingStack_2500", "arm64"
 			m.ReleaseType = "Servicing Stack Update"
@@ -114,6 +117,8 @@ func TestParseManifestReadsWindowsStyleManifests(t *testing.T) {
 		Released:         time.Date(2023, 10, 20, 3, 12, 45, 0, time.UTC),
 		ApplicableBuilds: []uint32{22621},
 		Components:       []Component{{Name: "Microsoft-Windows-Kernel", Version: "10.0.22621.2506", Arch: "x86", PublicKeyToken: token}},
+		Packages:         []Identity{{Name: "Package_1_for_KB5031455", PublicKeyToken: token, Arch: "x86", Language: "neutral", Version: "22621.2506.1.7"}},
+		PackageFormat:    "PSFX",
 	}
 	if !reflect.DeepEqual(m, want) {
 		t.Errorf("got  %+v\nwant %+v", m, want)
@@ -149,6 +154,7 @@ func TestParseManifestExplainsWhatIsWrong(t *testing.T) {
 		{"a bad parent version", edit(`version="10.0.22621.0"`, `version="10.0"`), "<parent>"},
 		{"a bad component", edit(`name="Microsoft-Windows-Kernel" version="10.0.22621.2715"`, `name="../evil" version="10.0.22621.2715"`), "component"},
 		{"a bad superseded package", edit(`version="22621.2428.1.10"`, `version="x"`), "superseded"},
+		{"a DCM-compressed update.mum", "DCM\x01PA30\x00\x01", "DCM delta format"},
 		{"an empty document", "", "no root element"},
 		{"only a declaration", `<?xml version="1.0" encoding="utf-8"?>`, "no root element"},
 		{"two root elements", string(good) + `<assembly xmlns="urn:schemas-microsoft-com:asm.v3"/>`, "second root element"},
@@ -161,6 +167,13 @@ func TestParseManifestExplainsWhatIsWrong(t *testing.T) {
 				t.Errorf("ParseManifest = %v, want an error mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseComponentManifestRefusesADCMCompressedOne(t *testing.T) {
+	t.Parallel()
+	if _, err := ParseComponentManifest([]byte("DCM\x01PA30\x00\x01")); err == nil || !strings.Contains(err.Error(), "DCM delta format") {
+		t.Errorf("ParseComponentManifest = %v, want it to say the manifest is DCM-compressed", err)
 	}
 }
 
@@ -180,6 +193,8 @@ func TestMarshalRefusesManifestsItCouldNotReadBack(t *testing.T) {
 		{"a file escaping its folder", func(m *Manifest) { m.Components[0].Files = []string{"../x.dll"} }, `contains ".."`},
 		{"a build that is not a build", func(m *Manifest) { m.ApplicableBuilds = []uint32{100000} }, "build"},
 		{"an empty name", func(m *Manifest) { m.Identity.Name = "" }, "name"},
+		{"a build MinBuild covers", func(m *Manifest) { m.MinBuild = 22621 }, "covered by MinBuild 22621"},
+		{"nested packages", func(m *Manifest) { m.Packages = []Identity{m.Identity} }, "osvc reads but does not write"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -203,6 +218,8 @@ func TestClassify(t *testing.T) {
 		want     osvcv1.Classification
 	}{
 		{"a servicing stack update", "Package_for_ServicingStack", "Servicing Stack Update", "", nil, C(osvcv1.Classification_CLASSIFICATION_SERVICING_STACK)},
+		{"Windows' servicing stack package, whatever its release type", "Package_for_ServicingStack_1161", "Update", "", nil, C(osvcv1.Classification_CLASSIFICATION_SERVICING_STACK)},
+		{"Windows' .NET rollup package, a security update", "Package_for_DotNetRollup_481", "Security Update", "", nil, C(osvcv1.Classification_CLASSIFICATION_DOTNET)},
 		{"a rollup fix is cumulative even when it is a security update", "Package_for_RollupFix", "Security Update", "", nil, C(osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE)},
 		{"a release type naming cumulative", "Package_for_KB1", "Cumulative Update", "", nil, C(osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE)},
 		{".NET in a product", "Package_for_DotNetRollup", "Security Update", "", []string{"Microsoft .NET Framework 4.8.1"}, C(osvcv1.Classification_CLASSIFICATION_DOTNET)},

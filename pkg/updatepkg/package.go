@@ -1,6 +1,7 @@
 package updatepkg
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/cab"
 	"github.com/osvc/osvc/pkg/winpath"
 )
@@ -44,6 +46,16 @@ type Package struct {
 	// Manifests are the manifests of the packages Stage returns, in order:
 	// one for a CAB, one per inner package for an MSU.
 	Manifests []*Manifest
+	// Properties is an MSU's properties file (<name>-pkgProperties.txt),
+	// key to value; nil without one.
+	Properties map[string]string
+	// NotInstallable says why the wimlib engine cannot apply the file
+	// faithfully, one reason each: a package Windows built (nested
+	// packages, DCM-compressed manifests, PSF payload, Windows' catalogs
+	// and WinSxS names), an MSU with PSF payload. osvc read it all the
+	// same, for the catalog and the dism engine; Stage refuses it. Empty
+	// for packages in osvc's shape.
+	NotInstallable []string
 
 	parts []*part
 }
@@ -61,6 +73,9 @@ type part struct {
 	manifest *Manifest
 	// files are the members Stage writes, by stored member name.
 	files map[string]stagedFile
+	// notInstallable says why the wimlib engine does not install the
+	// package (it is one Windows built); Stage writes nothing then.
+	notInstallable []string
 }
 
 // stagedFile is one member Stage writes: where, and what it must hold.
@@ -107,12 +122,30 @@ func openCab(path, name string) (*os.File, *cab.Reader, error) {
 	if err != nil {
 		f.Close()
 		if errors.Is(err, cab.ErrNotCabinet) {
+			if IsWIM(path) {
+				return nil, nil, unsupported(name, "the file is a WIM archive, as Microsoft packs some MSUs since Windows 11, version 24H2; osvc reads cabinets, the dism engine applies it")
+			}
 			return nil, nil, unsupported(name, "the file is not a cabinet")
 		}
 		return nil, nil, wrapCabErr(name, err)
 	}
 	return f, r, nil
 }
+
+// IsWIM tells whether the file at path starts as a WIM archive does
+// ("MSWIM\0\0\0"): W10UI.cmd opens MSUs of Windows 11 as WIMs.
+func IsWIM(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, len(wimMagic))
+	_, err = io.ReadFull(f, head)
+	return err == nil && bytes.Equal(head, wimMagic)
+}
+
+var wimMagic = []byte("MSWIM\x00\x00\x00")
 
 // members is a cabinet's member table as Windows sees it: by key
 // (winpath.Key of the clean path), the stored name.
@@ -185,12 +218,25 @@ func (m *members) check(name string) error {
 }
 
 // innerCabs lists an MSU's package cabinets in stored order, leaving out
-// WSUSSCAN.cab (Windows Update's scan metadata).
+// the cabinets that hold no package (isMetadataCab: WSUSSCAN.cab, Windows
+// Update's scan metadata, and the deployment and metadata cabinets of
+// Windows 11 MSUs).
 func innerCabs(r *cab.Reader) []string {
 	var out []string
 	for _, f := range r.Files() {
 		base := path.Base(f.Name)
-		if strings.EqualFold(path.Ext(base), ".cab") && !strings.EqualFold(base, "WSUSSCAN.cab") {
+		if strings.EqualFold(path.Ext(base), ".cab") && !isMetadataCab(base) {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}
+
+// membersEnding lists the members whose name ends in suffix, ignoring case.
+func membersEnding(r *cab.Reader, suffix string) []string {
+	var out []string
+	for _, f := range r.Files() {
+		if hasSuffixFold(f.Name, suffix) {
 			out = append(out, f.Name)
 		}
 	}
@@ -228,31 +274,108 @@ func OpenAs(path, name string) (*Package, error) {
 		}
 		return newPackage(path, name, false, []*part{pt}), nil
 	}
+	if err := mt.check(name); err != nil {
+		return nil, err
+	}
+	// Since Windows 11, version 24H2, an MSU may carry its update as a
+	// package inside a WIM (W10UI.cmd, see msu.go), which osvc does not
+	// read: the catalog records it from its name, the dism engine applies it.
+	if wims := membersEnding(r, ".wim"); len(wims) > 0 {
+		return nil, unsupported(name, "it carries its update inside %s, a WIM osvc does not read; the dism engine applies it", listed(wims))
+	}
 	inner := innerCabs(r)
 	if len(inner) == 0 {
 		return nil, unsupported(name, "the cabinet holds neither %s nor package cabinets", ManifestName)
-	}
-	if err := mt.check(name); err != nil {
-		return nil, err
 	}
 	st, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("open update %s: %w", name, err)
 	}
-	parts, err := readMSU(name, r, inner, st.Size(), budget)
+	msu, err := readMSU(name, r, inner, st.Size(), budget)
 	if err != nil {
 		return nil, err
 	}
-	return newPackage(path, name, true, parts), nil
+	p := newPackage(path, name, true, msu.parts)
+	p.Properties = msu.properties
+	if err := p.chooseMain(msu); err != nil {
+		return nil, err
+	}
+	if psf := membersEnding(r, ".psf"); len(psf) > 0 {
+		p.NotInstallable = append(p.NotInstallable, fmt.Sprintf("its payload is in %s (express), which the wimlib engine cannot expand", listed(psf)))
+	}
+	return p, nil
 }
 
 func newPackage(path, name string, msu bool, parts []*part) *Package {
 	p := &Package{Path: path, Name: name, MSU: msu, parts: parts}
 	for _, pt := range parts {
 		p.Manifests = append(p.Manifests, pt.manifest)
+		for _, reason := range pt.notInstallable {
+			if msu {
+				reason = pt.member + ": " + reason
+			}
+			p.NotInstallable = append(p.NotInstallable, reason)
+		}
 	}
 	p.Manifest = p.Manifests[0]
 	return p
+}
+
+// chooseMain makes Manifest the MSU's own package, the one its metadata
+// describes, and checks the metadata against its packages: the cabinet
+// its properties file is named for (<name>-pkgProperties.txt describes
+// <name>.cab, as both readers named in msu.go find them), else the one
+// its unattend file's source names, else the last that is not a servicing
+// stack (a combined MSU installs its servicing stack first), else the
+// first. The cabinets the metadata names must be in the MSU and hold the
+// packages it names, and the properties' processor architecture must be
+// the package's.
+func (p *Package) chooseMain(msu *msuRead) error {
+	byMember := map[string]int{}
+	for i, pt := range msu.parts {
+		byMember[strings.ToLower(path.Base(pt.member))] = i
+	}
+	main := -1
+	for _, u := range msu.unattend {
+		if u.Source == "" {
+			if !slices.ContainsFunc(msu.parts, func(pt *part) bool { return strings.EqualFold(pt.manifest.Identity.String(), u.Identity.String()) }) {
+				return invalid(p.Name, "its unattend file installs %s, which none of its cabinets holds; download it again", u.Identity)
+			}
+			continue
+		}
+		i, ok := byMember[strings.ToLower(u.Source)]
+		if !ok {
+			return invalid(p.Name, "its unattend file installs %s from %s, which the MSU does not hold; download it again", u.Identity, u.Source)
+		}
+		if got := msu.parts[i].manifest.Identity; !strings.EqualFold(got.String(), u.Identity.String()) {
+			return invalid(p.Name, "its unattend file says %s holds %s, but it holds %s; download it again", u.Source, u.Identity, got)
+		}
+		main = i
+	}
+	if msu.propertiesName != "" {
+		base := path.Base(msu.propertiesName)
+		cabName := base[:len(base)-len(propertiesSuffix)] + ".cab"
+		i, ok := byMember[strings.ToLower(cabName)]
+		if !ok {
+			return invalid(p.Name, "its properties file %s describes %s, which the MSU does not hold; download it again", base, cabName)
+		}
+		main = i
+	}
+	if main < 0 {
+		main = 0
+		for i, pt := range msu.parts {
+			if pt.manifest.Classification != osvcv1.Classification_CLASSIFICATION_SERVICING_STACK {
+				main = i
+			}
+		}
+	}
+	p.Manifest = msu.parts[main].manifest
+	if arch := architecture(p.Properties["Processor Architecture"]); arch != osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED &&
+		p.Manifest.Identity.Arch != "neutral" && arch != p.Manifest.Architecture() {
+		return invalid(p.Name, "its properties file says Processor Architecture %q, but its package %s is %s; download it again",
+			p.Properties["Processor Architecture"], p.Manifest.Identity, p.Manifest.Identity.Arch)
+	}
+	return nil
 }
 
 // hashingReader sums what is read through it.
@@ -293,6 +416,11 @@ func (b *manifestBudget) spend(label, what string, n int64) error {
 // passed check: its manifests, the rules on its components, and the data
 // of every member, fingerprinting what Stage will write. Its manifests'
 // declared sizes are spent from budget before each is decompressed.
+//
+// A package Windows built (see windowsShape; DCM-compressed manifests tell
+// too) is read for its update.mum and the data of every member, and comes
+// back with the reasons the wimlib engine does not install it: its
+// component manifests are neither looked for nor parsed.
 func readPart(label string, r *cab.Reader, mt *members, budget *manifestBudget) (*part, error) {
 	declared := map[string]int64{}
 	for _, f := range r.Files() {
@@ -310,17 +438,26 @@ func readPart(label string, r *cab.Reader, mt *members, budget *manifestBudget) 
 	if err != nil {
 		return nil, invalid(label, "%v", err)
 	}
-	if err := m.checkInstallable(); err != nil {
-		return nil, invalid(label, "%v", err)
-	}
-	// Which member is which component's manifest.
+	reasons := windowsShape(m, r)
+	// Which member is which component's manifest, in osvc's shape; a
+	// missing one is refused once the members show the package is not one
+	// Windows built.
 	manifestOf := map[string]int{}
-	for i, c := range m.Components {
-		stored, ok := mt.lookup(c.SxSName() + ".manifest")
-		if !ok {
-			return nil, invalid(label, "the package lacks the manifest of component %s (%s.manifest); rebuild it", c.Name, c.SxSName())
+	missing := -1
+	if len(reasons) == 0 {
+		if err := m.checkInstallable(); err != nil {
+			return nil, invalid(label, "%v", err)
 		}
-		manifestOf[stored] = i
+		for i, c := range m.Components {
+			stored, ok := mt.lookup(c.SxSName() + ".manifest")
+			if !ok {
+				if missing < 0 {
+					missing = i
+				}
+				continue
+			}
+			manifestOf[stored] = i
+		}
 	}
 	// All the component manifests are spent at once, before the pass that
 	// decompresses them.
@@ -332,26 +469,44 @@ func readPart(label string, r *cab.Reader, mt *members, budget *manifestBudget) 
 		return nil, err
 	}
 	// One pass over every member: its data must be whole, what Stage
-	// writes is fingerprinted, and component manifests are parsed as they
-	// come, wherever the packer put them among the payload.
+	// writes is fingerprinted, component manifests are parsed as they
+	// come, wherever the packer put them among the payload, and every
+	// manifest's first bytes tell whether Windows compressed it.
 	sums := map[string]stagedFile{}
+	var dcm []string
 	err = r.ForEach(nil, func(f cab.File, content io.Reader) error {
 		h := &hashingReader{r: content, h: sha256.New()}
-		if i, ok := manifestOf[f.Name]; ok {
+		i, component := manifestOf[f.Name]
+		switch {
+		case component:
 			// ParseComponentManifest refuses more than maxManifestBytes.
 			data, err := io.ReadAll(io.LimitReader(h, maxManifestBytes+1))
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(io.Discard, h); err != nil {
-				return err
+			if isDCM(data) {
+				dcm = append(dcm, path.Base(f.Name))
+				break
+			}
+			if len(dcm) > 0 {
+				break // Windows built the package: its manifests are not osvc's to read
 			}
 			cm, err := parseComponentFor(m.Components[i], f.Name, data)
 			if err != nil {
 				return invalid(label, "%v", err)
 			}
 			m.Components[i].Files = cm.Files
-		} else if _, err := io.Copy(io.Discard, h); err != nil {
+		case hasSuffixFold(f.Name, ".manifest"):
+			head := make([]byte, len(dcmMagic))
+			n, err := io.ReadFull(h, head)
+			if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+				return err
+			}
+			if isDCM(head[:n]) {
+				dcm = append(dcm, path.Base(f.Name))
+			}
+		}
+		if _, err := io.Copy(io.Discard, h); err != nil {
 			return err
 		}
 		sf := stagedFile{size: h.n}
@@ -362,7 +517,21 @@ func readPart(label string, r *cab.Reader, mt *members, budget *manifestBudget) 
 	if err != nil {
 		return nil, wrapCabErr(label, err)
 	}
-	pt := &part{label: label, manifest: m, files: map[string]stagedFile{}}
+	if len(dcm) > 0 {
+		reasons = append(reasons, dcmReason(dcm))
+	}
+	pt := &part{label: label, manifest: m, files: map[string]stagedFile{}, notInstallable: reasons}
+	if len(reasons) > 0 {
+		// Nothing is staged from a package Windows built.
+		for i := range m.Components {
+			m.Components[i].Files = nil
+		}
+		return pt, nil
+	}
+	if missing >= 0 {
+		c := m.Components[missing]
+		return nil, invalid(label, "the package lacks the manifest of component %s (%s.manifest); rebuild it", c.Name, c.SxSName())
+	}
 	want := func(stored, dest string) {
 		sf := sums[stored]
 		sf.dest = dest
@@ -400,9 +569,19 @@ func readMember(label string, r *cab.Reader, name string) ([]byte, error) {
 	return data, nil
 }
 
-// readMSU validates every member of an MSU of size bytes and each inner
-// package, and the rules between them: one architecture, each package once.
-func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *manifestBudget) ([]*part, error) {
+// msuRead is what readMSU read of an MSU: its packages in stored order,
+// its properties file and the packages its unattend files name.
+type msuRead struct {
+	parts          []*part
+	properties     map[string]string
+	propertiesName string
+	unattend       []unattendPackage
+}
+
+// readMSU validates every member of an MSU of size bytes, each inner
+// package, its properties file and unattend files, and the rules between
+// the packages: one architecture, each package once.
+func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *manifestBudget) (*msuRead, error) {
 	isInner := map[string]bool{}
 	for _, n := range inner {
 		isInner[n] = true
@@ -411,26 +590,60 @@ func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *man
 	// that would decompress to more than twice the MSU is refused before
 	// any is written. A cabinet is compressed already and compresses no
 	// further, so only a decompression bomb expands that much, and it
-	// would fill the temporary folder.
+	// would fill the temporary folder. The properties and unattend files
+	// are read into memory, judged by the sizes the cabinet declares.
 	limit := 2*size + innerCabSlackBytes
+	props := membersEnding(r, propertiesSuffix)
+	if len(props) > 1 {
+		return nil, invalid(name, "it holds %d properties files (%s); an MSU has one: download it again", len(props), listed(props))
+	}
 	for _, f := range r.Files() {
-		if isInner[f.Name] && f.Size > limit {
+		switch {
+		case isInner[f.Name] && f.Size > limit:
 			return nil, invalid(name, "inner cabinet %s decompresses to %d bytes, more than twice the MSU's %d; the file is damaged or hostile: download it again",
 				f.Name, f.Size, size)
+		case isPropertiesFile(f.Name) && f.Size > maxPropertiesBytes:
+			return nil, invalid(name, "its properties file %s is %d bytes, more than the %d allowed; a properties file is a few lines: download the MSU again",
+				f.Name, f.Size, maxPropertiesBytes)
+		case hasSuffixFold(f.Name, ".xml") && f.Size > maxUnattendBytes:
+			return nil, invalid(name, "%s is %d bytes, more than the %d an unattend file may hold; download the MSU again",
+				f.Name, f.Size, maxUnattendBytes)
 		}
 	}
-	var parts []*part
+	msu := &msuRead{}
 	err := r.ForEach(nil, func(f cab.File, content io.Reader) error {
-		if !isInner[f.Name] {
-			_, err := io.Copy(io.Discard, content)
-			return err
+		switch {
+		case isInner[f.Name]:
+			pt, err := readInner(name, f.Name, content, budget)
+			if err != nil {
+				return err
+			}
+			msu.parts = append(msu.parts, pt)
+			return nil
+		case isPropertiesFile(f.Name):
+			data, err := io.ReadAll(content)
+			if err != nil {
+				return err
+			}
+			if msu.properties, err = parseProperties(data); err != nil {
+				return invalid(name, "properties file %s: %v; download the MSU again", f.Name, err)
+			}
+			msu.propertiesName = f.Name
+			return nil
+		case hasSuffixFold(f.Name, ".xml"):
+			data, err := io.ReadAll(content)
+			if err != nil {
+				return err
+			}
+			pkgs, err := parseUnattend(data)
+			if err != nil {
+				return invalid(name, "%s: %v; download the MSU again", f.Name, err)
+			}
+			msu.unattend = append(msu.unattend, pkgs...)
+			return nil
 		}
-		pt, err := readInner(name, f.Name, content, budget)
-		if err != nil {
-			return err
-		}
-		parts = append(parts, pt)
-		return nil
+		_, err := io.Copy(io.Discard, content)
+		return err
 	})
 	if err != nil {
 		return nil, wrapCabErr(name, err)
@@ -440,6 +653,7 @@ func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *man
 	for i, n := range inner {
 		order[n] = i
 	}
+	parts := msu.parts
 	slices.SortStableFunc(parts, func(a, b *part) int { return order[a.member] - order[b.member] })
 	first := parts[0].manifest
 	seen := map[string]string{}
@@ -455,7 +669,7 @@ func readMSU(name string, r *cab.Reader, inner []string, size int64, budget *man
 		}
 		seen[id] = pt.member
 	}
-	return parts, nil
+	return msu, nil
 }
 
 // innerCabSlackBytes lets a small MSU's inner cabinet grow a little when a
@@ -541,6 +755,9 @@ type StagedComponent struct {
 func (p *Package) Stage(dir string) ([]*Staged, error) {
 	if len(p.parts) == 0 {
 		return nil, fmt.Errorf("stage %s: the package was not read by Open", p.Name)
+	}
+	if len(p.NotInstallable) > 0 {
+		return nil, unsupported(p.Name, "osvc does not install it: %s", strings.Join(p.NotInstallable, "; "))
 	}
 	f, r, err := openCab(p.Path, p.Name)
 	if err != nil {

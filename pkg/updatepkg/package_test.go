@@ -309,8 +309,9 @@ func TestMSUStagesItsPackagesInOrder(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !p.MSU || p.Manifest.KB != "KB5031592" {
-				t.Errorf("Open = MSU %v, first package %s; want an MSU whose first package is KB5031592", p.MSU, p.Manifest.KB)
+			// Its own package is the cumulative update; the servicing stack comes first.
+			if !p.MSU || p.Manifest.KB != "KB5032190" || len(p.Manifests) != 2 || p.Manifests[0].KB != "KB5031592" {
+				t.Errorf("Open = MSU %v, package %s, packages %d; want an MSU of KB5032190 whose first package is KB5031592", p.MSU, p.Manifest.KB, len(p.Manifests))
 			}
 			stage := filepath.Join(dir, "stage")
 			staged, err := p.Stage(stage)
@@ -552,7 +553,11 @@ func FuzzStage(f *testing.F) {
 			t.Fatal("Open returned a package without a manifest")
 		}
 		stage := filepath.Join(root, "stage")
-		if _, err := p.Stage(stage); err != nil {
+		if _, err := p.Stage(stage); len(p.NotInstallable) > 0 {
+			if !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("Stage of a package osvc does not install = %v, want ErrUnsupported", err)
+			}
+		} else if err != nil {
 			t.Fatalf("Stage of a package Open accepted: %v", err)
 		}
 		for _, p := range treeOf(t, root) {

@@ -355,6 +355,86 @@ func Hostile(t testing.TB) []Case {
 	add("an MSU whose inner cabinet is truncated is refused", msuFile,
 		msu(t, inner("Windows11.0-KB5099001-x64.cab", good[:len(good)-100])), "truncated")
 
+	// Windows' own packages and MSUs (see windows.go): what osvc reads of
+	// them is checked as everything else is.
+	lcu := KB5005565()
+	withWindowsMum := func(mum string) []byte {
+		ms := lcu.Members()
+		ms[0].Data = []byte(mum)
+		return Cabinet(t, ms...)
+	}
+	lcuMum := string(lcu.Mum())
+	add("a <parent buildCompare> osvc does not read is refused", cabFile,
+		withWindowsMum(strings.Replace(lcuMum, `buildCompare="EQ"`, `buildCompare="LT"`, 1)), "osvc reads EQ and GE")
+	add("a nested package whose identity is not one is refused", cabFile,
+		withWindowsMum(strings.Replace(lcuMum, `name="Package_1_for_KB5005565"`, `name="../Package_1"`, 1)), "package \"../Package_1\"")
+	add("an update whose name holds control characters is refused", cabFile,
+		withWindowsMum(strings.Replace(lcuMum, `<update name="5005565-1_neutral_PACKAGE">`, `<update name="evil&#10;name"><driver/></update><update name="x">`, 1)), "not a name")
+	// An MSU as Microsoft ships it, one member changed, added or left out.
+	windowsMSU := func(edit func(ms []Member) []Member) []byte {
+		return msu(t, edit(MSUMembers(t, WindowsMSU{Packages: []WindowsPackage{lcu}, Main: lcu, Properties: true, Unattend: true, WindowsUpdate: true}))...)
+	}
+	set := func(name string, data []byte) func([]Member) []Member {
+		return func(ms []Member) []Member {
+			for i := range ms {
+				if ms[i].Name == name {
+					ms[i].Data = data
+					return ms
+				}
+			}
+			return append(ms, Member{name, data})
+		}
+	}
+	props, unattend := lcu.FileName("-pkgProperties.txt"), lcu.FileName(".xml")
+	goodProps := string(PropertiesFile(lcu))
+	add("an MSU whose properties file is larger than 64 KiB is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"Padding=\""+strings.Repeat("x", 64<<10)+"\"\r\n"))), "more than the 65536 allowed")
+	add("an MSU whose properties file has a line that is not Key=value is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"<script>\r\n"))), `is not Key="value"`)
+	add("an MSU whose properties file has a key that is not a name is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"<img src=x>=\"x\"\r\n"))), `is not Key="value"`)
+	add("an MSU whose properties file sets a key twice is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"KB Article Number=\"5099666\"\r\n"))), "KB Article Number is set twice")
+	add("an MSU whose properties file has a value with unmatched quotes is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"Company=\"Microsoft\r\n"))), "quotes do not match")
+	add("an MSU whose properties file has a value longer than 4 KiB is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"Padding=\""+strings.Repeat("x", 4097)+"\"\r\n"))), "longer than 4096 bytes")
+	add("an MSU whose properties file has a control character in a value is refused", msuFile,
+		windowsMSU(set(props, []byte(goodProps+"Title=\"evil\x1b[2Jtitle\"\r\n"))), "control characters")
+	add("an MSU whose properties file is neither UTF-8 nor UTF-16 is refused", msuFile,
+		windowsMSU(set(props, []byte("KB Article Number=\"\xff\xfe5005565\"\r\n"))), "neither UTF-8")
+	add("an MSU whose properties file is UTF-16 of an odd length is refused", msuFile,
+		windowsMSU(set(props, []byte("\xff\xfeK\x00B\x00="))), "odd number of bytes")
+	add("an MSU whose properties file is UTF-16 with a lone surrogate is refused", msuFile,
+		windowsMSU(set(props, []byte("\xff\xfeK\x00=\x00\x00\xd8"))), "not valid UTF-16")
+	add("an MSU with two properties files is refused", msuFile,
+		windowsMSU(set("Other-pkgProperties.txt", []byte(goodProps))), "2 properties files")
+	add("an MSU whose properties file describes a cabinet it does not hold is refused", msuFile,
+		windowsMSU(func(ms []Member) []Member {
+			return set("Windows10.0-KB5099666-x64-pkgProperties.txt", []byte(goodProps))(slices.DeleteFunc(ms, func(m Member) bool { return m.Name == props || m.Name == unattend }))
+		}), "describes Windows10.0-KB5099666-x64.cab, which the MSU does not hold")
+	add("an MSU whose properties file says another architecture is refused", msuFile,
+		windowsMSU(set(props, []byte(strings.Replace(goodProps, `Processor Architecture="amd64"`, `Processor Architecture="arm64"`, 1)))), `Processor Architecture "arm64"`)
+	goodUnattend := string(UnattendFile(lcu))
+	add("an MSU whose unattend file declares a document type is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, "<unattend ", billionLaughs+"<unattend ", 1)))), "<!DOCTYPE")
+	add("an MSU whose unattend file is larger than 1 MiB is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, "<servicing>", "<servicing>"+strings.Repeat(" ", 1<<20), 1)))), "more than the 1048576 an unattend file may hold")
+	add("an MSU whose .xml is not an unattend file is refused", msuFile,
+		windowsMSU(set(unattend, []byte(`<?xml version="1.0"?><html><script>evil</script></html>`))), "not an unattend file")
+	add("an MSU whose unattend file is of another namespace is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, "urn:schemas-microsoft-com:unattend", "urn:evil", 1)))), `its namespace is "urn:evil"`)
+	add("an MSU whose unattend file names a package without its identity is refused", msuFile,
+		windowsMSU(set(unattend, []byte(`<unattend xmlns="urn:schemas-microsoft-com:unattend"><servicing><package><source location="x.cab"/></package></servicing></unattend>`))), "names no <assemblyIdentity>")
+	add("an MSU whose unattend file names a package that is not an identity is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, `name="Package_for_RollupFix"`, `name="..\..\evil"`, 1)))), "must be 1 to 200 letters")
+	add("an MSU whose unattend file installs from a cabinet it does not hold is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, lcu.FileName(".cab"), "Windows10.0-KB5099666-x64.cab", 1)))), "from Windows10.0-KB5099666-x64.cab, which the MSU does not hold")
+	add("an MSU whose unattend file names another package for its cabinet is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(goodUnattend, lcu.Version, "19041.9999.1.1", 1)))), "but it holds")
+	add("an MSU whose unattend file installs a package none of its cabinets holds is refused", msuFile,
+		windowsMSU(set(unattend, []byte(strings.Replace(strings.Replace(goodUnattend, lcu.Version, "19041.9999.1.1", 1), `<source location="%configsetroot%\`+lcu.FileName(".cab")+`"/>`, "", 1)))), "none of its cabinets holds")
+
 	// What one file may cost: a manifest past the 4 MiB each may hold, an
 	// inner cabinet inflating to far more than its MSU (2 MiB of zeros
 	// compress to kilobytes; the bound is twice the MSU and 1 MiB), refused
