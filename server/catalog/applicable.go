@@ -167,12 +167,15 @@ func targetArch(a osvcv1.Architecture) string {
 }
 
 // targetKeys are the update-target index keys of the update u stored as id.
+// An update for every build from a minimum on is indexed under any build,
+// as one for every build is: the applicability rule then drops the
+// earlier builds.
 func (c *Catalog) targetKeys(u *osvcv1.Update, id string) []string {
 	arch := targetArch(u.GetArchitecture())
-	if len(u.GetApplicableBuilds()) == 0 {
-		return []string{c.store.UpdateTargetKey(arch, 0, true, id)}
+	keys := make([]string, 0, len(u.GetApplicableBuilds())+1)
+	if len(u.GetApplicableBuilds()) == 0 || u.GetMinBuild() != 0 {
+		keys = append(keys, c.store.UpdateTargetKey(arch, 0, true, id))
 	}
-	keys := make([]string, 0, len(u.GetApplicableBuilds()))
 	for _, b := range u.GetApplicableBuilds() {
 		keys = append(keys, c.store.UpdateTargetKey(arch, b, false, id))
 	}
@@ -242,6 +245,7 @@ func applicabilityPackage(u *osvcv1.Update) applicability.Package {
 		Update:   u.GetName(),
 		Arch:     u.GetArchitecture(),
 		Builds:   u.GetApplicableBuilds(),
+		MinBuild: u.GetMinBuild(),
 	}
 }
 

@@ -45,9 +45,11 @@ const maxUpdateIDSuffix = 100
 
 // ImportUpdates records one update per file, in request order. Every file
 // must be in the content library. Each is opened as an update package and
-// described by its manifest; a file that is not a package the engines read
-// (an .exe, a driver cabinet) is recorded from its name (KB, architecture),
-// and the engines report it UNSUPPORTED. A damaged CAB or MSU is refused.
+// described by its manifest (an MSU's own package, completed by its
+// properties file); a file osvc does not read (an .exe, a driver or LZX
+// cabinet, an MSU that is a WIM) is recorded from its name (KB,
+// architecture). Either way the update says which engines apply it and
+// why the others report it UNSUPPORTED. A damaged CAB or MSU is refused.
 // Importing a package identity (or, for other files, a sha256) already known
 // returns the existing update. Files are checked before anything is written,
 // so a bad file leaves the catalog as it was; each update is written with its
@@ -106,24 +108,29 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 
 	// The same reading the engine installs from: a package it would refuse
 	// is refused here, before anything is recorded.
-	pkg, err := updatepkg.OpenAs(c.lib.Path(file.Sha256), name)
+	path := c.lib.Path(file.Sha256)
+	pkg, err := updatepkg.OpenAs(path, name)
 	switch {
 	case errors.Is(err, updatepkg.ErrUnsupported):
-		if isPackageName(name) && !isCabinet(c.lib.Path(file.Sha256)) {
+		if isPackageName(name) && !isCabinet(path) && !(isMSUName(name) && updatepkg.IsWIM(path)) {
 			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is named like an update package but is not a cabinet; upload the CAB or MSU again", name))
 		}
-		// Not a package the engines read (an .exe, a driver or Quantum cabinet):
-		// recorded so an administrator can select it, as Configuration
-		// Manager lists it, and the engine reports it UNSUPPORTED.
+		// Not a package osvc reads (an .exe, a driver or Quantum cabinet, an
+		// MSU that is a WIM): recorded from its name so an administrator
+		// can select it, as Configuration Manager lists it; the engines
+		// apply it or report it UNSUPPORTED.
+		engines, reason := enginesFor(name, nil, err)
 		return &osvcv1.Update{
-			UpdateId:       uuid.NewSHA1(updateNamespace, []byte(fileIdentity(file.Sha256))).String(),
-			Revision:       1,
-			Kb:             kbFromName(name),
-			Title:          name,
-			Classification: osvcv1.Classification_CLASSIFICATION_UPDATE,
-			Architecture:   archFromName(name),
-			Files:          []*osvcv1.UpdateFile{file},
-			CreateTime:     now,
+			UpdateId:          uuid.NewSHA1(updateNamespace, []byte(fileIdentity(file.Sha256))).String(),
+			Revision:          1,
+			Kb:                kbFromName(name),
+			Title:             name,
+			Classification:    osvcv1.Classification_CLASSIFICATION_UPDATE,
+			Architecture:      archFromName(name),
+			Files:             []*osvcv1.UpdateFile{file},
+			CreateTime:        now,
+			Engines:           engines,
+			UnsupportedReason: reason,
 		}, nil
 	case errors.Is(err, updatepkg.ErrInvalid):
 		return nil, errdefs.InvalidArgument(field, err.Error())
@@ -132,33 +139,30 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	}
 	m := pkg.Manifest
 	identity := m.Identity.String()
-	kb := normalizeKB(m.KB)
-	if kb == "" {
-		kb = kbFromName(name)
-	}
-	title := m.Title
-	if title == "" {
-		title = name
-	}
+	kb := normalizeKB(pkg.KB())
 	arch := m.Architecture()
 	if arch == osvcv1.Architecture_ARCHITECTURE_UNSPECIFIED {
 		// An architecture the manifest spells in a way osvc does not know
 		// (e.g. wow64) is left to the engine, like a neutral package.
 		arch = osvcv1.Architecture_ARCHITECTURE_NEUTRAL
 	}
+	engines, reason := enginesFor(name, pkg, nil)
 	u := &osvcv1.Update{
-		UpdateId:         uuid.NewSHA1(updateNamespace, []byte(identity)).String(),
-		Revision:         1,
-		Kb:               kb,
-		Title:            title,
-		Classification:   m.Classification,
-		Products:         slices.Clone(m.Products),
-		Architecture:     arch,
-		PackageIdentity:  identity,
-		Supersedes:       slices.Clone(m.Supersedes),
-		Files:            []*osvcv1.UpdateFile{file},
-		ApplicableBuilds: slices.Clone(m.ApplicableBuilds),
-		CreateTime:       now,
+		UpdateId:          uuid.NewSHA1(updateNamespace, []byte(identity)).String(),
+		Revision:          1,
+		Kb:                kb,
+		Title:             pkg.Title(),
+		Classification:    m.Classification,
+		Products:          pkg.Products(),
+		Architecture:      arch,
+		PackageIdentity:   identity,
+		Supersedes:        slices.Clone(m.Supersedes),
+		Files:             []*osvcv1.UpdateFile{file},
+		ApplicableBuilds:  slices.Clone(m.ApplicableBuilds),
+		MinBuild:          m.MinBuild,
+		CreateTime:        now,
+		Engines:           engines,
+		UnsupportedReason: reason,
 	}
 	if !m.Released.IsZero() {
 		u.ReleaseTime = timestamppb.New(m.Released)
@@ -166,10 +170,38 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	return u, nil
 }
 
+// The engines' names, as agents announce them (Agent.engines).
+const (
+	engineDISM   = "dism"
+	engineWimlib = "wimlib"
+)
+
+// enginesFor says which engines apply the update file name rather than
+// report it UNSUPPORTED, and why the others do not, from what reading it
+// gave: the package (pkg), or why osvc does not read it (unsupported). It
+// follows what the engines do: the dism engine hands every CAB and MSU to
+// dism.exe, which then decides; the wimlib engine installs the packages
+// updatepkg reads that are in osvc's shape, and reports the others
+// UNSUPPORTED with the same reasons.
+func enginesFor(name string, pkg *updatepkg.Package, unsupported error) ([]string, string) {
+	if !isPackageName(name) {
+		return nil, name + " is not a CAB or MSU package: the dism engine applies CAB and MSU packages, the wimlib engine the packages osvc reads"
+	}
+	switch {
+	case unsupported != nil:
+		return []string{engineDISM}, "the wimlib engine does not read it: " + unsupported.Error()
+	case len(pkg.NotInstallable) > 0:
+		return []string{engineDISM}, "the wimlib engine does not install it: " + strings.Join(pkg.NotInstallable, "; ")
+	}
+	return []string{engineDISM, engineWimlib}, ""
+}
+
 func isPackageName(name string) bool {
 	ext := strings.ToLower(filepath.Ext(name))
 	return ext == ".cab" || ext == ".msu"
 }
+
+func isMSUName(name string) bool { return strings.EqualFold(filepath.Ext(name), ".msu") }
 
 // isCabinet reports whether the file starts with a cabinet's signature.
 func isCabinet(path string) bool {

@@ -239,6 +239,7 @@ func TestImportUpdatesRefusesBadFilesAndWritesNothing(t *testing.T) {
 		{"a file name with a newline", &osvcv1.UpdateFile{FileName: "kb1\nforged log line.cab", Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
 		{"a file name of 300 characters", &osvcv1.UpdateFile{FileName: strings.Repeat("k", 296) + ".cab", Sha256: good.Sha256}, errdefs.ErrInvalidArgument, "files[1].file_name", ""},
 		{"a .cab that is not a cabinet", &osvcv1.UpdateFile{FileName: "kb5038888.cab", Sha256: f.put(t, []byte("MZ an exe named .cab")).Sha256}, errdefs.ErrInvalidArgument, "files[1]", "kb5038888.cab"},
+		{"an .msu that is neither a cabinet nor a WIM", &osvcv1.UpdateFile{FileName: "kb5038889.msu", Sha256: f.put(t, []byte("MZ an exe named .msu")).Sha256}, errdefs.ErrInvalidArgument, "files[1]", "kb5038889.msu"},
 		{"a malformed sha256", &osvcv1.UpdateFile{FileName: "a.cab", Sha256: "XYZ"}, errdefs.ErrInvalidArgument, "files[1].sha256", ""},
 		{"a file not uploaded", &osvcv1.UpdateFile{FileName: "kb1.cab", Sha256: missing}, errdefs.ErrFailedPrecondition, "", "kb1.cab"},
 		{"a wrong size", &osvcv1.UpdateFile{FileName: "kb5031000.cab", Sha256: good.Sha256, SizeBytes: 1}, errdefs.ErrInvalidArgument, "files[1].size_bytes", ""},

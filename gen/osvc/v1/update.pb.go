@@ -99,11 +99,25 @@ type Update struct {
 	// supersedes lists package identities this update replaces.
 	Supersedes []string      `protobuf:"bytes,11,rep,name=supersedes,proto3" json:"supersedes,omitempty"`
 	Files      []*UpdateFile `protobuf:"bytes,12,rep,name=files,proto3" json:"files,omitempty"`
-	// applicable_builds lists the OS builds the update applies to; empty means any.
+	// applicable_builds lists the OS builds the update applies to exactly;
+	// with no min_build, empty means any.
 	ApplicableBuilds []uint32               `protobuf:"varint,13,rep,packed,name=applicable_builds,json=applicableBuilds,proto3" json:"applicable_builds,omitempty"`
 	CreateTime       *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// min_build, when set, makes the update apply to every OS build from it
+	// on too (update.mum's <parent buildCompare="GE">).
+	MinBuild uint32 `protobuf:"varint,15,opt,name=min_build,json=minBuild,proto3" json:"min_build,omitempty"`
+	// engines names the servicing engines that apply the update rather than
+	// report it UNSUPPORTED, as agents name them in Agent.engines: "wimlib"
+	// for the packages osvc installs itself, "dism" for every CAB and MSU
+	// (dism.exe then decides). Empty for a file no engine applies (an .exe),
+	// and for updates imported before osvc recorded engines.
+	Engines []string `protobuf:"bytes,16,rep,name=engines,proto3" json:"engines,omitempty"`
+	// unsupported_reason says why the engines missing from engines report
+	// the update UNSUPPORTED, e.g. that its component manifests are
+	// DCM-compressed, which the wimlib engine cannot read.
+	UnsupportedReason string `protobuf:"bytes,17,opt,name=unsupported_reason,json=unsupportedReason,proto3" json:"unsupported_reason,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Update) Reset() {
@@ -232,6 +246,27 @@ func (x *Update) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Update) GetMinBuild() uint32 {
+	if x != nil {
+		return x.MinBuild
+	}
+	return 0
+}
+
+func (x *Update) GetEngines() []string {
+	if x != nil {
+		return x.Engines
+	}
+	return nil
+}
+
+func (x *Update) GetUnsupportedReason() string {
+	if x != nil {
+		return x.UnsupportedReason
+	}
+	return ""
 }
 
 // UpdateFile is one file of an update, kept in the content library.
@@ -765,7 +800,7 @@ var File_osvc_v1_update_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_update_proto_rawDesc = "" +
 	"\n" +
-	"\x14osvc/v1/update.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xb2\x04\n" +
+	"\x14osvc/v1/update.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\x98\x05\n" +
 	"\x06Update\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tupdate_id\x18\x02 \x01(\tR\bupdateId\x12\x1a\n" +
@@ -784,7 +819,10 @@ const file_osvc_v1_update_proto_rawDesc = "" +
 	"\x05files\x18\f \x03(\v2\x13.osvc.v1.UpdateFileR\x05files\x12+\n" +
 	"\x11applicable_builds\x18\r \x03(\rR\x10applicableBuilds\x12;\n" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"`\n" +
+	"createTime\x12\x1b\n" +
+	"\tmin_build\x18\x0f \x01(\rR\bminBuild\x12\x18\n" +
+	"\aengines\x18\x10 \x03(\tR\aengines\x12-\n" +
+	"\x12unsupported_reason\x18\x11 \x01(\tR\x11unsupportedReason\"`\n" +
 	"\n" +
 	"UpdateFile\x12\x1b\n" +
 	"\tfile_name\x18\x01 \x01(\tR\bfileName\x12\x16\n" +

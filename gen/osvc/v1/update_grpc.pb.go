@@ -33,8 +33,10 @@ const (
 // and the files that carry it.
 type UpdateServiceClient interface {
 	// ImportUpdates records update files already uploaded through
-	// ContentService.Write. Each CAB or MSU is read for its package manifest;
-	// any other file is recorded as an update the engines do not apply.
+	// ContentService.Write. Each CAB or MSU is read for its package manifest
+	// (and an MSU's properties file); one osvc cannot read (LZX, a WIM) is
+	// recorded from its name for the dism engine; any other file is recorded
+	// as an update the engines do not apply.
 	ImportUpdates(ctx context.Context, in *ImportUpdatesRequest, opts ...grpc.CallOption) (*ImportUpdatesResponse, error)
 	GetUpdate(ctx context.Context, in *GetUpdateRequest, opts ...grpc.CallOption) (*GetUpdateResponse, error)
 	ListUpdates(ctx context.Context, in *ListUpdatesRequest, opts ...grpc.CallOption) (*ListUpdatesResponse, error)
@@ -99,8 +101,10 @@ func (c *updateServiceClient) ListApplicableUpdates(ctx context.Context, in *Lis
 // and the files that carry it.
 type UpdateServiceServer interface {
 	// ImportUpdates records update files already uploaded through
-	// ContentService.Write. Each CAB or MSU is read for its package manifest;
-	// any other file is recorded as an update the engines do not apply.
+	// ContentService.Write. Each CAB or MSU is read for its package manifest
+	// (and an MSU's properties file); one osvc cannot read (LZX, a WIM) is
+	// recorded from its name for the dism engine; any other file is recorded
+	// as an update the engines do not apply.
 	ImportUpdates(context.Context, *ImportUpdatesRequest) (*ImportUpdatesResponse, error)
 	GetUpdate(context.Context, *GetUpdateRequest) (*GetUpdateResponse, error)
 	ListUpdates(context.Context, *ListUpdatesRequest) (*ListUpdatesResponse, error)
