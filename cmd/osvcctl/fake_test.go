@@ -130,9 +130,11 @@ var (
 	cannedUpdates = []*osvcv1.Update{
 		{Name: "updates/kb5031354", Kb: "KB5031354", Title: "2023-10 Cumulative Update for Windows 11 Version 23H2 for x64-based Systems",
 			Classification: osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, Architecture: osvcv1.Architecture_ARCHITECTURE_X64,
-			ApplicableBuilds: []uint32{22631, 22621}, ReleaseTime: created},
+			ApplicableBuilds: []uint32{22631, 22621}, ReleaseTime: created, Products: []string{"Windows 11"}, Engines: []string{"dism", "wimlib"}},
 		{Name: "updates/kb5031455", Kb: "KB5031455", Title: "Servicing Stack Update for Windows 11 Version 23H2",
-			Classification: osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, Architecture: osvcv1.Architecture_ARCHITECTURE_X64},
+			Classification: osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, Architecture: osvcv1.Architecture_ARCHITECTURE_X64,
+			ApplicableBuilds: []uint32{19041}, MinBuild: 22621, Engines: []string{"dism"},
+			UnsupportedReason: "the wimlib engine does not install it: update.mum installs 2 packages of its own"},
 	}
 
 	cannedRun = &osvcv1.Run{

@@ -318,7 +318,7 @@ func TestUpdateListApplicableToAnImageSendsImageAndFilter(t *testing.T) {
 	t.Parallel()
 	f := startFake(t)
 	out := mustRun(t, f.addr, "update", "list", "--applicable-to", "win11-23h2", "--arch", "x64", "--filter", "cumulative")
-	assertContainsInOrder(t, out, "updates/kb5031354", "KB5031354", "Cumulative Update", "x64", "2026-11-14", "22621,22631")
+	assertContainsInOrder(t, out, "updates/kb5031354", "KB5031354", "Cumulative Update", "x64", "2026-11-14", "22621,22631", "dism,wimlib")
 	reqs := requestsOf[*osvcv1.ListApplicableUpdatesRequest](f)
 	if len(reqs) != 1 {
 		t.Fatalf("ListApplicableUpdates called %d times, want 1", len(reqs))
@@ -820,7 +820,10 @@ func TestUpdateGetLowerCasesTheIDAndSaysHowToFindAMissingOne(t *testing.T) {
 	f := startFake(t)
 	out := mustRun(t, f.addr, "update", "get", "KB5031354")
 	assertContainsInOrder(t, out, "Name:             updates/kb5031354", "KB:               KB5031354",
-		"OS builds:        22621,22631")
+		"Products:         Windows 11", "OS builds:        22621,22631", "Engines:          dism,wimlib")
+	if strings.Contains(out, "Unsupported:") {
+		t.Errorf("update get of an update every engine applies says what is unsupported:\n%s", out)
+	}
 	_, stderr, err := osvcctl(t, f.addr, "update", "get", "kb5031354-x64")
 	want := "error: update updates/kb5031354-x64 not found ('osvcctl update list --filter KB5031354' finds its ID)\n"
 	if err == nil || stderr != want {
@@ -833,6 +836,17 @@ func TestUpdateGetLowerCasesTheIDAndSaysHowToFindAMissingOne(t *testing.T) {
 	if strings.Join(asked, " ") != "updates/kb5031354 updates/kb5031354-x64" {
 		t.Errorf("GetUpdate asked for %q, want lower-case names", asked)
 	}
+}
+
+func TestUpdateGetSaysWhichBuildsAndEnginesAndWhyAnEngineDoesNotApplyIt(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	// An update for a build and every build from another on, that only the dism engine applies.
+	out := mustRun(t, f.addr, "update", "get", "kb5031455")
+	assertContainsInOrder(t, out, "Products:         -", "OS builds:        19041,22621+", "Engines:          dism",
+		"Unsupported:      the wimlib engine does not install it: update.mum installs 2 packages of its own")
+	out = mustRun(t, f.addr, "update", "list")
+	assertContainsInOrder(t, out, "ENGINES", "updates/kb5031354", "dism,wimlib", "updates/kb5031455", "19041,22621+", "dism")
 }
 
 func TestRunGetSaysWhyARunWaitsAndWhyItWasCanceledAndWhatItDidNotApply(t *testing.T) {

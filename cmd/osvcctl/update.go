@@ -175,9 +175,14 @@ func (c *cli) updateGetCommand() *cobra.Command {
 			fmt.Fprintf(w, "Architecture:     %s\n", archText(u.GetArchitecture()))
 			fmt.Fprintf(w, "Released:         %s\n", timeText(u.GetReleaseTime()))
 			fmt.Fprintf(w, "Package identity: %s\n", orDash(u.GetPackageIdentity()))
-			fmt.Fprintf(w, "OS builds:        %s\n", buildsText(u.GetApplicableBuilds()))
+			fmt.Fprintf(w, "Products:         %s\n", orDash(strings.Join(u.GetProducts(), "; ")))
+			fmt.Fprintf(w, "OS builds:        %s\n", buildsText(u))
 			for _, s := range u.GetSupersedes() {
 				fmt.Fprintf(w, "Supersedes:       %s\n", s)
+			}
+			fmt.Fprintf(w, "Engines:          %s\n", enginesText(u))
+			if r := u.GetUnsupportedReason(); r != "" {
+				fmt.Fprintf(w, "Unsupported:      %s\n", r)
 			}
 			t := newTable(w, "FILE", "SHA256", "SIZE")
 			for _, f := range u.GetFiles() {
@@ -191,10 +196,10 @@ func (c *cli) updateGetCommand() *cobra.Command {
 
 // printUpdates writes one table row per update.
 func (c *cli) printUpdates(updates []*osvcv1.Update) {
-	t := newTable(c.stdout, "NAME", "KB", "TITLE", "CLASSIFICATION", "ARCH", "RELEASED", "BUILDS")
+	t := newTable(c.stdout, "NAME", "KB", "TITLE", "CLASSIFICATION", "ARCH", "RELEASED", "BUILDS", "ENGINES")
 	for _, u := range updates {
 		t.AppendRow([]any{u.GetName(), kbText(u.GetKb()), orDash(u.GetTitle()), classificationText(u.GetClassification()),
-			archText(u.GetArchitecture()), dateText(u), buildsText(u.GetApplicableBuilds())})
+			archText(u.GetArchitecture()), dateText(u), buildsText(u), enginesText(u)})
 	}
 	renderList(c.stdout, t, "no updates")
 }
@@ -206,15 +211,33 @@ func dateText(u *osvcv1.Update) string {
 	return u.GetReleaseTime().AsTime().UTC().Format("2006-01-02")
 }
 
-func buildsText(builds []uint32) string {
-	if len(builds) == 0 {
+// buildsText lists the OS builds an update applies to: "22621,22631",
+// "26100+" for a build and every later one, "any".
+func buildsText(u *osvcv1.Update) string {
+	sorted := append([]uint32(nil), u.GetApplicableBuilds()...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	parts := make([]string, 0, len(sorted)+1)
+	for _, b := range sorted {
+		parts = append(parts, fmt.Sprint(b))
+	}
+	if u.GetMinBuild() != 0 {
+		parts = append(parts, fmt.Sprintf("%d+", u.GetMinBuild()))
+	}
+	if len(parts) == 0 {
 		return "any"
 	}
-	sorted := append([]uint32(nil), builds...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-	parts := make([]string, len(sorted))
-	for i, b := range sorted {
-		parts[i] = fmt.Sprint(b)
-	}
 	return strings.Join(parts, ",")
+}
+
+// enginesText lists the engines that apply an update: "dism,wimlib",
+// "none" when no engine does, "-" for an update imported before osvc
+// recorded them.
+func enginesText(u *osvcv1.Update) string {
+	switch {
+	case len(u.GetEngines()) > 0:
+		return strings.Join(u.GetEngines(), ",")
+	case u.GetUnsupportedReason() != "":
+		return "none"
+	}
+	return "-"
 }
