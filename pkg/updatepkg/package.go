@@ -832,6 +832,9 @@ func writeMembers(r *cab.Reader, label, dir string, files map[string]stagedFile)
 	for stored := range files {
 		names = append(names, stored)
 	}
+	if len(names) == 0 {
+		return nil // ForEach reads every member when it is given no names
+	}
 	err = r.ForEach(names, func(f cab.File, content io.Reader) error {
 		want := files[f.Name] // ForEach passes only the names asked for
 		dest := filepath.FromSlash(want.dest)

@@ -755,3 +755,25 @@ func TestOpenBoundsTheManifestsItReads(t *testing.T) {
 		}
 	})
 }
+
+// A package with nothing to stage (one Windows built) writes nothing, even
+// past Stage's refusal: the cabinet reader reads every member when asked
+// for none.
+func TestWriteMembersOfNoFilesWritesNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	m := sampleManifest()
+	path := buildFile(t, dir, "kb.cab", m, samplePayload(m))
+	f, r, err := openCab(path, "kb.cab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stage := filepath.Join(dir, "stage")
+	if err := writeMembers(r, "kb.cab", stage, map[string]stagedFile{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := treeOf(t, stage); !reflect.DeepEqual(got, []string{"."}) {
+		t.Errorf("writeMembers of no files wrote %v", got)
+	}
+}
