@@ -22,7 +22,9 @@ const (
 	AlreadyInstalled
 	// NotApplicable: the package's architecture or OS builds do not match the index.
 	NotApplicable
-	// Unsupported: the engine cannot apply this type of file (e.g. an .exe).
+	// Unsupported: the engine cannot apply this file faithfully: a type it
+	// does not apply (an .exe), or a package it cannot install as Windows
+	// would (for the wimlib engine, one Windows built). Detail says why.
 	Unsupported
 )
 

@@ -19,21 +19,27 @@ import (
 )
 
 // AddPackage applies one update file to the mounted index: a CAB package, or
-// an MSU whose inner packages are applied in order. Any other file is
-// Unsupported. The package is staged in a folder beside the mount folder and
-// installed by copying its components into Windows/WinSxS, its update.mum
-// into Windows/servicing/Packages and recording it in Sessions.xml.
+// an MSU whose inner packages are applied in order. The package is staged
+// in a folder beside the mount folder and installed by copying its
+// components into Windows/WinSxS, its update.mum into
+// Windows/servicing/Packages and recording it in Sessions.xml.
+//
+// Any other file is Unsupported, and so is a package the engine cannot
+// install faithfully, which it never reports Applied: one osvc does not
+// read (LZX, an MSU that is or carries a WIM) and one Windows built
+// (updatepkg.Package.NotInstallable: nested packages, DCM-compressed
+// manifests, PSF payload, Windows' catalogs and WinSxS names), once it is
+// known to apply (one already installed or not applicable says so). The
+// result's Detail says why.
 func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, progress engine.ProgressFunc) (engine.PackageResult, error) {
 	log := e.logger.With("file", path, "mount", m.Dir)
 	ext := strings.ToLower(filepath.Ext(path))
 	if ext != ".cab" && ext != ".msu" {
-		log.Warn(engine.UnsupportedMessage)
-		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
+		return unsupported(log, filepath.Base(path)+" is not a CAB or MSU package"), nil
 	}
 	pkg, err := updatepkg.Open(path)
 	if errors.Is(err, updatepkg.ErrUnsupported) {
-		log.Warn(engine.UnsupportedMessage, "error", err)
-		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
+		return unsupported(log, err.Error()), nil
 	}
 	if err != nil {
 		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
@@ -79,6 +85,11 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 		}
 		return result, nil
 	}
+	if len(pkg.NotInstallable) > 0 {
+		// Installing what osvc can of it would record a package installed
+		// that is not: report it, for the dism engine to apply.
+		return unsupported(log, "the wimlib engine does not install it: "+strings.Join(pkg.NotInstallable, "; ")), nil
+	}
 	if err := ctx.Err(); err != nil {
 		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
@@ -95,8 +106,7 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 	staged, err := pkg.Stage(stageDir)
 	if errors.Is(err, updatepkg.ErrUnsupported) {
 		// e.g. payload compressed with Quantum, which the cabinet reader cannot expand.
-		log.Warn(engine.UnsupportedMessage, "error", err)
-		return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage}, nil
+		return unsupported(log, err.Error()), nil
 	}
 	if err != nil {
 		return engine.PackageResult{}, fmt.Errorf("add package %s: stage: %w", path, err)
@@ -111,6 +121,13 @@ func (e *Engine) AddPackage(ctx context.Context, m *engine.Mount, path string, p
 		return engine.PackageResult{}, fmt.Errorf("add package %s: %w", path, err)
 	}
 	return engine.PackageResult{Outcome: engine.Applied}, nil
+}
+
+// unsupported logs and returns the result of a file the engine does not
+// apply, saying why after the message administrators know.
+func unsupported(log hclog.Logger, reason string) engine.PackageResult {
+	log.Warn(engine.UnsupportedMessage, "reason", reason)
+	return engine.PackageResult{Outcome: engine.Unsupported, Detail: engine.UnsupportedMessage + ": " + reason}
 }
 
 // decide returns Applied when the package should be installed, or why not,
