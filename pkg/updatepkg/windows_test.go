@@ -92,12 +92,10 @@ func TestOpenTellsWhyTheEngineDoesNotInstallAPackageWindowsBuilt(t *testing.T) {
 		Components: []string{"Microsoft-Windows-Osvc-Test"},
 	}
 	with := func(edit func(p *updatepkgtest.WindowsPackage)) []byte {
-		p := bare
-		edit(&p)
-		return updatepkgtest.WindowsCab(t, p)
+		return updatepkgtest.WindowsCab(t, bare.Edited(edit))
 	}
 	withMember := func(name string, data []byte) []byte {
-		return updatepkgtest.Cabinet(t, append(bare.Members(), updatepkgtest.Member{Name: name, Data: data})...)
+		return updatepkgtest.WindowsCab(t, bare, updatepkgtest.Member{Name: name, Data: data})
 	}
 	withMum := func(old, new string) []byte {
 		ms := bare.Members()

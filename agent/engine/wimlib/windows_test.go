@@ -30,21 +30,13 @@ func TestAPackageWindowsBuiltIsUnsupportedWithWhyAndNeverApplied(t *testing.T) {
 		Nested: 2, Catalogs: true, DCM: true,
 	}
 	// Each mark alone, on a package of components of its own.
-	bare := lcu
-	bare.KB, bare.Name, bare.Nested, bare.Catalogs, bare.DCM = "KB5099501", "Package_for_KB5099501", 0, false, false
-	bare.Components = []string{"Microsoft-Windows-Osvc-Test"}
-	with := func(edit func(p *updatepkgtest.WindowsPackage)) []byte {
-		p := bare
-		edit(&p)
-		return updatepkgtest.WindowsCab(t, p)
-	}
-	withMember := func(name string, data []byte) []byte {
-		return updatepkgtest.Cabinet(t, append(bare.Members(), updatepkgtest.Member{Name: name, Data: data})...)
-	}
+	bare := lcu.Edited(func(p *updatepkgtest.WindowsPackage) {
+		p.KB, p.Name, p.Nested, p.Catalogs, p.DCM = "KB5099501", "Package_for_KB5099501", 0, false, false
+		p.Components = []string{"Microsoft-Windows-Osvc-Test"}
+	})
 	// Windows 11, version 24H2 MSUs: the payload in a PSF beside the
 	// cabinet; the update inside a WIM; the MSU itself a WIM archive.
-	psf := lcu
-	psf.PSF = true
+	psf := lcu.Edited(func(p *updatepkgtest.WindowsPackage) { p.PSF = true })
 	psfMSU := updatepkgtest.WindowsMSUFile(t, updatepkgtest.WindowsMSU{Packages: []updatepkgtest.WindowsPackage{psf}, Main: psf, Deployment: true,
 		Extra: []updatepkgtest.Member{{Name: psf.FileName(".psf"), Data: []byte("PSTREAM test payload")}}})
 	wimMSU := updatepkgtest.WindowsMSUFile(t, updatepkgtest.WindowsMSU{Main: lcu, Deployment: true,
@@ -57,11 +49,12 @@ func TestAPackageWindowsBuiltIsUnsupportedWithWhyAndNeverApplied(t *testing.T) {
 	}{
 		{"a cumulative update as Windows ships it", "windows11.0-kb5099500-x64.cab", updatepkgtest.WindowsCab(t, lcu),
 			[]string{"the wimlib engine does not install it", "installs 2 packages of its own", "DCM delta format", "Windows' catalogs"}},
-		{"a package installing packages of its own", "kb5099501-nested.cab", with(func(p *updatepkgtest.WindowsPackage) { p.Nested = 1 }),
+		{"a package installing packages of its own", "kb5099501-nested.cab", updatepkgtest.WindowsCab(t, bare.Edited(func(p *updatepkgtest.WindowsPackage) { p.Nested = 1 })),
 			[]string{"installs 1 packages of its own (Package_1_for_KB5099501)"}},
-		{"a package with DCM-compressed manifests", "kb5099501-dcm.cab", with(func(p *updatepkgtest.WindowsPackage) { p.DCM = true }),
+		{"a package with DCM-compressed manifests", "kb5099501-dcm.cab", updatepkgtest.WindowsCab(t, bare.Edited(func(p *updatepkgtest.WindowsPackage) { p.DCM = true })),
 			[]string{"DCM delta format"}},
-		{"a package holding a cabinet", "kb5099501-cab.cab", withMember("Cab_1_for_KB5099501.cab", updatepkgtest.Cabinet(t, updatepkgtest.Member{Name: "a.txt", Data: []byte("a")})),
+		{"a package holding a cabinet", "kb5099501-cab.cab",
+			updatepkgtest.WindowsCab(t, bare, updatepkgtest.Member{Name: "Cab_1_for_KB5099501.cab", Data: updatepkgtest.Cabinet(t, updatepkgtest.Member{Name: "a.txt", Data: []byte("a")})}),
 			[]string{"it holds cabinets (Cab_1_for_KB5099501.cab)"}},
 		{"an MSU with its payload in a PSF", "windows11.0-kb5099500-x64.msu", psfMSU,
 			[]string{"PackageFormat PSFX", "its payload is in Windows11.0-KB5099500-x64.psf"}},

@@ -208,10 +208,16 @@ func (p WindowsPackage) FileName(ext string) string {
 	return fmt.Sprintf("%s-%s-%s%s", windows, p.KB, arch, ext)
 }
 
-// WindowsCab is the package's cabinet (MSZIP).
-func WindowsCab(t testing.TB, p WindowsPackage) []byte {
+// WindowsCab is the package's cabinet (MSZIP), with extra members after its own.
+func WindowsCab(t testing.TB, p WindowsPackage, extra ...Member) []byte {
 	t.Helper()
-	return Cabinet(t, p.Members()...)
+	return Cabinet(t, append(p.Members(), extra...)...)
+}
+
+// Edited is a copy of p changed by edit.
+func (p WindowsPackage) Edited(edit func(*WindowsPackage)) WindowsPackage {
+	edit(&p)
+	return p
 }
 
 // WindowsMSU describes an MSU as Microsoft ships it: per KB934307
