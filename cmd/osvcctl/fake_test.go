@@ -134,7 +134,7 @@ var (
 		{Name: "updates/kb5031455", Kb: "KB5031455", Title: "Servicing Stack Update for Windows 11 Version 23H2",
 			Classification: osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, Architecture: osvcv1.Architecture_ARCHITECTURE_X64,
 			ApplicableBuilds: []uint32{19041}, MinBuild: 22621, Engines: []string{"dism"},
-			UnsupportedReason: "the wimlib engine does not install it: update.mum installs 2 packages of its own"},
+			UnsupportedReason: "the wimlib engine does not install it: update.mum installs packages of its own (2: Package_1_for_KB5005565, Package_2_for_KB5005565)"},
 	}
 
 	cannedRun = &osvcv1.Run{

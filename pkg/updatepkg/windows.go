@@ -65,10 +65,10 @@ func windowsShape(m *Manifest, r *cab.Reader) []string {
 		for i, id := range m.Packages {
 			names[i] = id.Name
 		}
-		reasons = append(reasons, fmt.Sprintf("update.mum installs %d packages of its own (%s), which the wimlib engine does not install", len(m.Packages), listedUpTo(names, 2)))
+		reasons = append(reasons, fmt.Sprintf("update.mum installs packages of its own (%d: %s), which the wimlib engine does not install", len(m.Packages), listedUpTo(names, 2)))
 	}
 	if len(m.OtherUpdates) > 0 {
-		reasons = append(reasons, fmt.Sprintf("update.mum has %d updates that install no component (drivers or applicability rules: %s), which the wimlib engine does not install", len(m.OtherUpdates), listed(m.OtherUpdates)))
+		reasons = append(reasons, fmt.Sprintf("update.mum has updates that install no component (drivers or applicability rules, %d: %s), which the wimlib engine does not install", len(m.OtherUpdates), listed(m.OtherUpdates)))
 	}
 	var psf []string
 	if m.PSFName != "" {
@@ -89,5 +89,5 @@ func windowsShape(m *Manifest, r *cab.Reader) []string {
 
 // dcmReason says why a package whose manifests are DCM-compressed is not installed.
 func dcmReason(names []string) string {
-	return fmt.Sprintf("its %d component manifests (%s) are compressed with Windows' DCM delta format, which only Windows' servicing stack (wcp.dll) expands", len(names), listedUpTo(names, 1))
+	return fmt.Sprintf("its component manifests are compressed with Windows' DCM delta format (%d of them), which only Windows' servicing stack (wcp.dll) expands", len(names))
 }
