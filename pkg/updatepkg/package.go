@@ -41,7 +41,9 @@ type Package struct {
 	Name string
 	// MSU is true for an MSU: a cabinet of package cabinets.
 	MSU bool
-	// Manifest is the package's update.mum; for an MSU, its first inner package's.
+	// Manifest is the package's update.mum; for an MSU, its own package's (the one
+	// its properties or unattend file names, else the last that is not a
+	// servicing stack: see the package documentation).
 	Manifest *Manifest
 	// Manifests are the manifests of the packages Stage returns, in order:
 	// one for a CAB, one per inner package for an MSU.
