@@ -46,7 +46,7 @@ const maxUpdateIDSuffix = 100
 // ImportUpdates records one update per file, in request order. Every file
 // must be in the content library. Each is opened as an update package and
 // described by its manifest (an MSU's own package, completed by its
-// properties file); a file osvc does not read (an .exe, a driver or LZX
+// properties file); a file osvc does not read (an .exe, a driver or Quantum
 // cabinet, an MSU that is a WIM) is recorded from its name (KB,
 // architecture). Either way the update says which engines apply it and
 // why the others report it UNSUPPORTED. A damaged CAB or MSU is refused.

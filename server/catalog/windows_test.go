@@ -101,7 +101,7 @@ func TestImportSaysWhichEnginesApplyAnUpdate(t *testing.T) {
 	f := newFixture(t)
 	osvcShaped := buildCAB(t, manifest("Package_for_KB5031001", "amd64", "22621.2428.1.0", "KB5031001", securityUpdate, []uint32{22631}))
 	// Quantum, which osvc's cabinet reader lists but does not expand (LZX
-	// will be read: this row must not depend on it).
+	// is read, Quantum is not).
 	quantum := append([]byte(nil), osvcShaped...)
 	binary.LittleEndian.PutUint16(quantum[42:], 0x1472) // the folder's compression: Quantum, level 7, 20-bit window
 	for _, tc := range []struct {

@@ -26,7 +26,7 @@ import (
 //
 // Any other file is Unsupported, and so is a package the engine cannot
 // install faithfully, which it never reports Applied: one osvc does not
-// read (LZX, an MSU that is or carries a WIM) and one Windows built
+// read (Quantum, an MSU that is or carries a WIM) and one Windows built
 // (updatepkg.Package.NotInstallable: nested packages, DCM-compressed
 // manifests, PSF payload, Windows' catalogs and WinSxS names), once it is
 // known to apply (one already installed or not applicable says so). The

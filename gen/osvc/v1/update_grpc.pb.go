@@ -34,7 +34,7 @@ const (
 type UpdateServiceClient interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
-	// (and an MSU's properties file); one osvc cannot read (LZX, a WIM) is
+	// (and an MSU's properties file); one osvc cannot read (Quantum, a WIM) is
 	// recorded from its name for the dism engine; any other file is recorded
 	// as an update the engines do not apply.
 	ImportUpdates(ctx context.Context, in *ImportUpdatesRequest, opts ...grpc.CallOption) (*ImportUpdatesResponse, error)
@@ -102,7 +102,7 @@ func (c *updateServiceClient) ListApplicableUpdates(ctx context.Context, in *Lis
 type UpdateServiceServer interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
-	// (and an MSU's properties file); one osvc cannot read (LZX, a WIM) is
+	// (and an MSU's properties file); one osvc cannot read (Quantum, a WIM) is
 	// recorded from its name for the dism engine; any other file is recorded
 	// as an update the engines do not apply.
 	ImportUpdates(context.Context, *ImportUpdatesRequest) (*ImportUpdatesResponse, error)
