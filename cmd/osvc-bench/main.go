@@ -86,10 +86,14 @@ type Result struct {
 	Floor Figure  `json:"floor"`
 	// Extra are further osvc figures of the same run (variants), each
 	// comparable with Floor.
-	Extra   []Figure `json:"extra,omitempty"`
-	N       int      `json:"n"`
-	Workers int      `json:"workers,omitempty"`
-	Fast    bool     `json:"fast"`
+	Extra []Figure `json:"extra,omitempty"`
+	// Steps are the pipeline benchmark's time per step on each side.
+	Steps []StepFigure `json:"steps,omitempty"`
+	// ImageBytes is the size of the image the servicing benchmarks service.
+	ImageBytes int64 `json:"image_bytes,omitempty"`
+	N          int   `json:"n"`
+	Workers    int   `json:"workers,omitempty"`
+	Fast       bool  `json:"fast"`
 }
 
 // benchFunc runs one benchmark.
@@ -118,6 +122,12 @@ var benches = map[string]benchEntry{
 	// import-memory: -n concurrent imports of hostile WIMs into a real
 	// osvc-server process; its peak RSS is compared with its idle RSS.
 	"import-memory": {run: benchImportMemory, defaultN: 12},
+	// pipeline: a servicing run of an image of -n MiB of file data, end to
+	// end, against the same wimlib-imagex sequence by hand.
+	"pipeline": {run: benchPipeline, defaultN: 512},
+	// shrink: the size of the serviced image of -n MiB of file data (the
+	// demo's by default) with remove superseded, against its size before.
+	"shrink": {run: benchShrink, defaultN: defaultShrinkMiB},
 }
 
 func benchNames() []string {
@@ -133,7 +143,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports); 0 takes the benchmark's default")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")

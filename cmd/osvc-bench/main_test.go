@@ -7,12 +7,16 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"maps"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/catalog"
 )
 
@@ -81,6 +85,80 @@ func TestImportMemoryBenchMeasuresARealServerProcess(t *testing.T) {
 		if !(f.Value > 0) || f.Unit != "MB" || len(f.Samples) != importMemoryRounds {
 			t.Errorf("figure %+v: want a positive value in MB with %d samples", f, importMemoryRounds)
 		}
+	}
+}
+
+func TestPipelineBenchServicesATinyImageOnBothSidesStepByStep(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "pipeline", "-n", "1", "-fast")
+	if res.Bench != "pipeline" || res.N != 1 || !(res.Ratio > 0) || res.ImageBytes < 1<<20 {
+		t.Errorf("bench %q, n %d, ratio %v, image %d bytes; want pipeline, 1, a positive ratio, an image of 1 MiB of data at least",
+			res.Bench, res.N, res.Ratio, res.ImageBytes)
+	}
+	for _, f := range []Figure{res.Osvc, res.Floor} {
+		if !(f.Value > 0) || f.Unit != "s" || len(f.Samples) != pipelineRounds {
+			t.Errorf("figure %+v: want a positive value in s with %d samples", f, pipelineRounds)
+		}
+	}
+	steps := map[string]StepFigure{}
+	for _, s := range res.Steps {
+		steps[s.Step] = s
+	}
+	// The hand sequence has no drive, staging, upload nor report.
+	for _, name := range []string{"DRIVE", "STAGE", "COPY", "VERIFY", "MOUNT", "APPLY", "CLEANUP", "COMMIT", "EXPORT", "VERIFY_RESULT", "SWAP", "REPORT"} {
+		s, ok := steps[name]
+		if !ok || s.OsvcS == nil {
+			t.Errorf("step %s: no osvc figure in %+v", name, res.Steps)
+		}
+		byHand := name != "DRIVE" && name != "STAGE" && name != "SWAP" && name != "REPORT"
+		if (s.FloorS != nil) != byHand {
+			t.Errorf("step %s: by-hand figure %v, want one: %v", name, s.FloorS, byHand)
+		}
+	}
+}
+
+func TestShrinkBenchComparesTheDemoImageBeforeAndAfterServicing(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "shrink", "-fast")
+	if res.Bench != "shrink" || res.N != defaultShrinkMiB || len(res.Extra) != 1 {
+		t.Fatalf("bench %q, n %d, %d extra figures; want shrink, %d, 1", res.Bench, res.N, len(res.Extra), defaultShrinkMiB)
+	}
+	shrunk, before, kept := res.Osvc.Value, res.Floor.Value, res.Extra[0].Value
+	if !(shrunk > 0) || shrunk >= before || shrunk >= kept {
+		t.Errorf("serviced with remove superseded %v MiB, before %v MiB, without remove superseded %v MiB: want the first smallest", shrunk, before, kept)
+	}
+	if res.ImageBytes <= 0 || res.Floor.Unit != "MiB" {
+		t.Errorf("image %d bytes, floor in %q; want the image's size in MiB", res.ImageBytes, res.Floor.Unit)
+	}
+}
+
+func TestRunStepsCountsEachStepEveryTimeItRan(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2025, 10, 14, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) *timestamppb.Timestamp {
+		return timestamppb.New(start.Add(time.Duration(s * float64(time.Second))))
+	}
+	rec := func(step osvcv1.Step, from, to float64) *osvcv1.StepRecord {
+		return &osvcv1.StepRecord{Step: step, State: osvcv1.StepState_STEP_STATE_DONE, StartTime: at(from), EndTime: at(to)}
+	}
+	s := &serviced{start: start, elapsed: 20 * time.Second, steps: []*osvcv1.StepRecord{
+		rec(osvcv1.Step_STEP_DRIVE, 1, 2),
+		rec(osvcv1.Step_STEP_APPLY, 3, 7),
+		{Step: osvcv1.Step_STEP_CLEANUP, State: osvcv1.StepState_STEP_STATE_SKIPPED, StartTime: at(7), EndTime: at(7)},
+		rec(osvcv1.Step_STEP_APPLY, 8, 10),
+		rec(osvcv1.Step_STEP_REPORT, 10, 16),
+	}}
+	got := runSteps(s)
+	want := stepTimes{
+		stepQueue:               time.Second,
+		osvcv1.Step_STEP_DRIVE:  time.Second,
+		osvcv1.Step_STEP_APPLY:  6 * time.Second,
+		osvcv1.Step_STEP_REPORT: 6 * time.Second,
+		stepGaps:                2 * time.Second,
+		stepFinish:              4 * time.Second,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("runSteps = %v, want %v", got, want)
 	}
 }
 
@@ -153,7 +231,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run catalog|import-memory|lease|report|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run catalog|import-memory|lease|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -167,7 +245,7 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: catalog, import-memory, lease, report, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: catalog, import-memory, lease, pipeline, report, shrink, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},

@@ -51,7 +51,7 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, stop, err := startServer(ctx, cfg, e)
+	addr, stop, err := startServer(ctx, cfg, e.etcd.Endpoints())
 	if err != nil {
 		return nil, err
 	}
@@ -154,15 +154,16 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	return &Result{Osvc: syncS.figure(), Floor: floorS.figure(), Extra: []Figure{pipeS.figure()}}, nil
 }
 
-// startServer runs osvc-server on loopback with e as its etcd until stop is
-// called, and returns its address once it serves.
-func startServer(ctx context.Context, cfg benchConfig, e *benchEtcd) (addr string, stop func(), err error) {
+// startServer runs osvc-server on loopback with the etcd at endpoints (none:
+// embedded, with short ticks under -fast) until stop is called, and returns
+// its address once it serves.
+func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (addr string, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "osvc-bench-server-*")
 	if err != nil {
 		return "", nil, fmt.Errorf("server data directory: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		DataDir: dir, Listen: "127.0.0.1:0", EtcdEndpoints: e.etcd.Endpoints(), Logger: cfg.Logger,
+		DataDir: dir, Listen: "127.0.0.1:0", EtcdEndpoints: endpoints, Logger: cfg.Logger, FastEtcd: cfg.Fast,
 	})
 	if err != nil {
 		os.RemoveAll(dir)
