@@ -99,11 +99,13 @@ func (s *contentServer) Write(stream grpc.ClientStreamingServer[osvcv1.WriteRequ
 	}
 	// The library reads straight from the stream: no goroutine and no pipe, so
 	// nothing touches the stream after this handler returns.
+	data := &streamReader{stream: stream}
 	c, existed, err := s.lib.Write(ctx, content.WriteHeader{
 		SHA256:    h.GetSha256(),
 		SizeBytes: h.GetSizeBytes(),
 		MediaType: h.GetMediaType(),
-	}, &streamReader{stream: stream})
+		Trailer:   data.declared,
+	}, data)
 	if err != nil {
 		s.logger.Debug("upload refused", "sha256", h.GetSha256(), "error", err)
 		return Status(err)
@@ -120,11 +122,27 @@ func (s *contentServer) GetContent(ctx context.Context, req *osvcv1.GetContentRe
 	return &osvcv1.GetContentResponse{Content: c}, nil
 }
 
-// streamReader reads the data messages of an upload as one byte stream.
-type streamReader struct {
-	stream grpc.ClientStreamingServer[osvcv1.WriteRequest, osvcv1.WriteResponse]
-	buf    []byte
+// Locate tells where the library keeps a blob's file on this machine.
+func (s *contentServer) Locate(ctx context.Context, req *osvcv1.LocateRequest) (*osvcv1.LocateResponse, error) {
+	loc, err := s.lib.Locate(ctx, req.GetSha256())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.LocateResponse{
+		Path: loc.Path, SizeBytes: loc.SizeBytes, LibraryId: loc.LibraryID, LibraryIdPath: loc.LibraryIDPath,
+	}, nil
 }
+
+// streamReader reads the data messages of an upload as one byte stream,
+// keeping the trailer that may close it.
+type streamReader struct {
+	stream  grpc.ClientStreamingServer[osvcv1.WriteRequest, osvcv1.WriteResponse]
+	buf     []byte
+	trailer *osvcv1.WriteTrailer
+}
+
+// declared is the sha256 the trailer declared, "" without a trailer.
+func (r *streamReader) declared() string { return r.trailer.GetSha256() }
 
 func (r *streamReader) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
@@ -132,10 +150,17 @@ func (r *streamReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err // io.EOF at the end of the upload
 		}
-		if req.GetHeader() != nil {
-			return 0, errdefs.InvalidArgument("header", "only the first message carries the header")
+		if r.trailer != nil {
+			return 0, errdefs.InvalidArgument("trailer", "the trailer must be the upload's last message")
 		}
-		r.buf = req.GetData()
+		switch part := req.GetPart().(type) {
+		case *osvcv1.WriteRequest_Header:
+			return 0, errdefs.InvalidArgument("header", "only the first message carries the header")
+		case *osvcv1.WriteRequest_Trailer:
+			r.trailer = part.Trailer
+		default:
+			r.buf = req.GetData()
+		}
 	}
 	n := copy(p, r.buf)
 	r.buf = r.buf[n:]

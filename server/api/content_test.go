@@ -92,6 +92,10 @@ func chunk(b []byte) *osvcv1.WriteRequest {
 	return &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Data{Data: b}}
 }
 
+func trailer(sha256 string) *osvcv1.WriteRequest {
+	return &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Trailer{Trailer: &osvcv1.WriteTrailer{Sha256: sha256}}}
+}
+
 // upload sends the messages and returns the server's answer.
 func (a *contentAPI) upload(t *testing.T, msgs ...*osvcv1.WriteRequest) (*osvcv1.WriteResponse, error) {
 	t.Helper()
@@ -141,8 +145,8 @@ func badRequestField(err error) string {
 func blobFiles(t *testing.T, dir string) int {
 	t.Helper()
 	n := 0
-	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && path != filepath.Join(dir, content.LibraryIDFile) {
 			n++
 		}
 		return err
@@ -234,6 +238,21 @@ func TestContentUploadRefusals(t *testing.T) {
 			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{Sha256: "../../x"}), chunk(data)},
 			field: "sha256",
 		},
+		{
+			name:  "data damaged on the way, which no longer hashes to the trailer's sha256, is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{SizeBytes: int64(len(data))}), chunk(data[:1000]), chunk(blob(2000)), trailer(sha(data))},
+			field: "trailer.sha256",
+		},
+		{
+			name:  "data cut short of the announced size is refused though the trailer hashes what came",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{SizeBytes: int64(len(data))}), chunk(data[:1000]), trailer(sha(data[:1000]))},
+			field: "size_bytes",
+		},
+		{
+			name:  "a message after the trailer is refused",
+			msgs:  []*osvcv1.WriteRequest{header(&osvcv1.WriteHeader{}), chunk(data), trailer(sha(data)), chunk(data)},
+			field: "trailer",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" and nothing is stored", func(t *testing.T) {
@@ -251,6 +270,50 @@ func TestContentUploadRefusals(t *testing.T) {
 				t.Fatalf("GetContent after a refused upload: %v, want NotFound", err)
 			}
 		})
+	}
+}
+
+func TestContentUploadWithATrailerStoresTheBlobItNames(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	data := blob(2*(1<<20) + 1000)
+	resp, err := a.upload(t, header(&osvcv1.WriteHeader{SizeBytes: int64(len(data))}), chunk(data[:1<<20]), chunk(data[1<<20:]), trailer(sha(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetExisted() || resp.GetContent().GetSha256() != sha(data) || resp.GetContent().GetSizeBytes() != int64(len(data)) {
+		t.Fatalf("Write = %v, want the new blob %s of %d bytes", resp, sha(data), len(data))
+	}
+	got, _, err := a.readAll(t, &osvcv1.ReadRequest{Sha256: sha(data)})
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Read after the upload: %d bytes, %v; want the data", len(got), err)
+	}
+}
+
+func TestLocateNamesTheBlobsFileAndTheLibrarysIdentifier(t *testing.T) {
+	t.Parallel()
+	a := startContentAPI(t)
+	data := blob(5000)
+	if _, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	loc, err := a.client.Locate(context.Background(), &osvcv1.LocateRequest{Sha256: sha(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(loc.GetPath()); err != nil || !bytes.Equal(got, data) || loc.GetSizeBytes() != int64(len(data)) {
+		t.Errorf("Locate path %s (%d bytes, %v), size %d: want the blob's file", loc.GetPath(), len(got), err, loc.GetSizeBytes())
+	}
+	if id, err := os.ReadFile(loc.GetLibraryIdPath()); err != nil || strings.TrimSpace(string(id)) != loc.GetLibraryId() || len(loc.GetLibraryId()) != 32 {
+		t.Errorf("library id %q, its file %s holds %q (%v): want the same 32 hex digits", loc.GetLibraryId(), loc.GetLibraryIdPath(), id, err)
+	}
+	for _, tt := range []struct {
+		sha  string
+		code codes.Code
+	}{{sha([]byte("absent")), codes.NotFound}, {"../../etc/passwd", codes.InvalidArgument}} {
+		if _, err := a.client.Locate(context.Background(), &osvcv1.LocateRequest{Sha256: tt.sha}); status.Code(err) != tt.code {
+			t.Errorf("Locate(%q) = %v, want %s", tt.sha, err, tt.code)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ package content
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +35,15 @@ const DefaultMediaType = "application/octet-stream"
 // system as the blobs, so the final rename is atomic. Its name cannot collide
 // with the two-hex-digit blob folders.
 const tmpDir = "tmp"
+
+// LibraryIDFile is the file under Dir holding the library's identifier (see
+// Locate). Its name cannot collide with the blob folders either.
+const LibraryIDFile = "library-id"
+
+// writebackEvery is how much of an upload is written before the library asks
+// the kernel to start writing it to disk (see startWriteback), so the sync
+// before the blob is recorded waits for the last stretch only.
+const writebackEvery = 8 << 20
 
 // staleTempAge is how old an upload's temp file must be before New removes it
 // as the leftover of a crash.
@@ -81,6 +92,8 @@ type Library struct {
 	// blobs serializes, per sha256, putting a blob in place and recording
 	// it (Write) with removing it (the collector).
 	blobs keyedMutex
+	// id identifies the library's folder (see Locate).
+	id string
 }
 
 // New validates cfg, creates Dir when missing and returns a Library.
@@ -121,8 +134,51 @@ func New(cfg Config) (*Library, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
+	if l.id, err = loadID(dir); err != nil {
+		return nil, err
+	}
 	l.removeStaleTemps()
 	return l, nil
+}
+
+// loadID reads the library's identifier from Dir/LibraryIDFile, making it
+// (32 random hex digits) when the library is new. It is made in the temp
+// folder and linked into place, so replicas sharing Dir agree on one.
+func loadID(dir string) (string, error) {
+	path := filepath.Join(dir, LibraryIDFile)
+	for {
+		data, err := os.ReadFile(path)
+		if err == nil {
+			id := strings.TrimSpace(string(data))
+			if len(id) != 32 || strings.Trim(id, "0123456789abcdef") != "" {
+				return "", fmt.Errorf("content library: %s holds %q, not an identifier: remove the file, osvc-server makes a new one", path, data)
+			}
+			return id, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("content library: %w", err)
+		}
+		tmp, err := os.CreateTemp(filepath.Join(dir, tmpDir), "library-id-*")
+		if err != nil {
+			return "", fmt.Errorf("content library: %w", err)
+		}
+		id := make([]byte, 16)
+		rand.Read(id)
+		_, err = tmp.WriteString(hex.EncodeToString(id) + "\n")
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			// Link, unlike rename, never replaces another replica's.
+			if err = os.Link(tmp.Name(), path); errors.Is(err, fs.ErrExist) {
+				err = nil
+			}
+		}
+		os.Remove(tmp.Name())
+		if err != nil {
+			return "", fmt.Errorf("content library: make %s: %w", path, err)
+		}
+	}
 }
 
 // removeStaleTemps removes uploads a crash left behind.
@@ -165,6 +221,11 @@ type WriteHeader struct {
 	SizeBytes int64
 	// MediaType is recorded with the blob; DefaultMediaType when empty.
 	MediaType string
+	// Trailer, when set, is called once the data has ended and returns the
+	// sha256 the writer declared after the data ("" when it declared none):
+	// a writer that hashes while it sends knows it only then. The data must
+	// hash to it, as to SHA256.
+	Trailer func() string
 }
 
 // Write stores a blob: data goes to a temp file in Dir, its sha256 and size are
@@ -219,7 +280,6 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		}
 	}()
 
-	hash := sha256.New()
 	// One byte more than announced, or than the library accepts, is enough
 	// to tell the data is too long.
 	limit := l.maxBytes
@@ -227,8 +287,7 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		limit = h.SizeBytes
 	}
 	// A stalled upload ends with ctx rather than hold a temp file for ever.
-	src := io.LimitReader(transfer.ContextReader(ctx, r), limit+1)
-	n, err := io.Copy(io.MultiWriter(tmp, hash), src)
+	n, sum, err := receive(tmp, io.LimitReader(transfer.ContextReader(ctx, r), limit+1))
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: receive data: %w", err)
 	}
@@ -240,10 +299,15 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 		return nil, false, errdefs.InvalidArgument("size_bytes",
 			fmt.Sprintf("the header announced %d bytes but the data has %s", h.SizeBytes, sizeDesc(n, h.SizeBytes)))
 	}
-	sum := hex.EncodeToString(hash.Sum(nil))
 	if h.SHA256 != "" && sum != h.SHA256 {
 		return nil, false, errdefs.InvalidArgument("sha256",
 			fmt.Sprintf("the data hashes to %s, not %s as the header says; the upload was damaged or the header is wrong", sum, h.SHA256))
+	}
+	if h.Trailer != nil {
+		if declared := h.Trailer(); declared != "" && sum != declared {
+			return nil, false, errdefs.InvalidArgument("trailer.sha256",
+				fmt.Sprintf("the data hashes to %s (%d bytes), not %s as the writer hashed it while sending: the upload was damaged on the way; send it again", sum, n, declared))
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		return nil, false, fmt.Errorf("content library: flush %s: %w", tmpPath, err)
@@ -395,6 +459,66 @@ func (l *Library) Delete(ctx context.Context, sha string) error {
 	}
 	l.logger.Info("blob deleted", "sha256", sha)
 	return nil
+}
+
+// receive copies r into f, hashing it, and asks the kernel to write each
+// stretch of writebackEvery bytes to disk as soon as it is in f: the sync
+// that makes the blob durable then waits for the last stretch only, instead
+// of for the whole upload after it has arrived.
+func receive(f *os.File, r io.Reader) (n int64, sum string, err error) {
+	hash := sha256.New()
+	buf := make([]byte, transfer.ChunkSize)
+	var flushed int64
+	for {
+		m, rerr := r.Read(buf)
+		if m > 0 {
+			if _, err := f.Write(buf[:m]); err != nil {
+				return n, "", err
+			}
+			hash.Write(buf[:m])
+			n += int64(m)
+			if n-flushed >= writebackEvery {
+				startWriteback(f, flushed, n-flushed)
+				flushed = n
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			return n, hex.EncodeToString(hash.Sum(nil)), nil
+		}
+		if rerr != nil {
+			return n, "", rerr
+		}
+	}
+}
+
+// Location is where the library keeps a blob's file, for a client on the
+// server's machine (see Locate).
+type Location struct {
+	// Path is the blob's file; its base name is the sha256.
+	Path      string
+	SizeBytes int64
+	// LibraryID is the content of the file at LibraryIDPath: a client that
+	// reads it there sees this library, not another folder of the same name.
+	LibraryID     string
+	LibraryIDPath string
+}
+
+// Locate tells where the blob's file is, so that a client sharing the
+// library's volume can link or copy it rather than read it over the
+// network; errdefs.ErrNotFound when the library does not hold it.
+func (l *Library) Locate(ctx context.Context, sha string) (*Location, error) {
+	if _, err := l.Stat(ctx, sha); err != nil {
+		return nil, err
+	}
+	path := l.Path(sha)
+	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("content %s: %w", sha, err)
+	}
+	return &Location{Path: path, SizeBytes: info.Size(), LibraryID: l.id, LibraryIDPath: filepath.Join(l.dir, LibraryIDFile)}, nil
 }
 
 // keyedMutex is a mutex per key, kept only while someone holds or waits for it.

@@ -39,7 +39,8 @@ func sum(data []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// files lists the regular files under dir, relative to it.
+// files lists the regular files under dir, relative to it, but the
+// library's identifier.
 func files(t *testing.T, dir string) []string {
 	t.Helper()
 	var out []string
@@ -47,7 +48,7 @@ func files(t *testing.T, dir string) []string {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() {
+		if !d.IsDir() && path != filepath.Join(dir, content.LibraryIDFile) {
 			rel, _ := filepath.Rel(dir, path)
 			out = append(out, rel)
 		}
@@ -306,5 +307,44 @@ func TestNewValidatesItsConfig(t *testing.T) {
 				t.Fatal("New succeeded")
 			}
 		})
+	}
+}
+
+func TestTheLibraryKeepsItsIdentifierAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	st := storetest.New(t)
+	data := []byte("a blob to locate")
+	var ids []string
+	for range 2 {
+		lib, err := content.New(content.Config{Dir: dir, Store: st})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := lib.Write(ctx, content.WriteHeader{}, bytes.NewReader(data)); err != nil {
+			t.Fatal(err)
+		}
+		loc, err := lib.Locate(ctx, sum(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, loc.LibraryID)
+	}
+	if ids[0] == "" || ids[0] != ids[1] {
+		t.Fatalf("identifiers %q: want one, kept by the second start", ids)
+	}
+}
+
+func TestNewRefusesADamagedLibraryIdentifier(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, content.LibraryIDFile)
+	if err := os.WriteFile(path, []byte("not an id\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := content.New(content.Config{Dir: dir, Store: storetest.New(t)})
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "remove the file") {
+		t.Fatalf("New = %v, want an error naming %s and saying to remove it", err, path)
 	}
 }

@@ -302,6 +302,7 @@ type WriteRequest struct {
 	//
 	//	*WriteRequest_Header
 	//	*WriteRequest_Data
+	//	*WriteRequest_Trailer
 	Part          isWriteRequest_Part `protobuf_oneof:"part"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -362,6 +363,15 @@ func (x *WriteRequest) GetData() []byte {
 	return nil
 }
 
+func (x *WriteRequest) GetTrailer() *WriteTrailer {
+	if x != nil {
+		if x, ok := x.Part.(*WriteRequest_Trailer); ok {
+			return x.Trailer
+		}
+	}
+	return nil
+}
+
 type isWriteRequest_Part interface {
 	isWriteRequest_Part()
 }
@@ -374,9 +384,63 @@ type WriteRequest_Data struct {
 	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
 }
 
+type WriteRequest_Trailer struct {
+	// trailer, when sent, is the last message.
+	Trailer *WriteTrailer `protobuf:"bytes,3,opt,name=trailer,proto3,oneof"`
+}
+
 func (*WriteRequest_Header) isWriteRequest_Part() {}
 
 func (*WriteRequest_Data) isWriteRequest_Part() {}
+
+func (*WriteRequest_Trailer) isWriteRequest_Part() {}
+
+// WriteTrailer closes an upload whose writer hashed the data while sending
+// it, so could not name its sha256 in the header: the blob is stored only if
+// the data hashes to sha256 (and to the header's, when it named one).
+type WriteTrailer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteTrailer) Reset() {
+	*x = WriteTrailer{}
+	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteTrailer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteTrailer) ProtoMessage() {}
+
+func (x *WriteTrailer) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteTrailer.ProtoReflect.Descriptor instead.
+func (*WriteTrailer) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WriteTrailer) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
 
 type WriteResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -389,7 +453,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	mi := &file_osvc_v1_content_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +465,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	mi := &file_osvc_v1_content_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +478,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WriteResponse) GetContent() *Content {
@@ -440,7 +504,7 @@ type GetContentRequest struct {
 
 func (x *GetContentRequest) Reset() {
 	*x = GetContentRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	mi := &file_osvc_v1_content_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +516,7 @@ func (x *GetContentRequest) String() string {
 func (*GetContentRequest) ProtoMessage() {}
 
 func (x *GetContentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	mi := &file_osvc_v1_content_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +529,7 @@ func (x *GetContentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetContentRequest.ProtoReflect.Descriptor instead.
 func (*GetContentRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetContentRequest) GetSha256() string {
@@ -484,7 +548,7 @@ type GetContentResponse struct {
 
 func (x *GetContentResponse) Reset() {
 	*x = GetContentResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	mi := &file_osvc_v1_content_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -496,7 +560,7 @@ func (x *GetContentResponse) String() string {
 func (*GetContentResponse) ProtoMessage() {}
 
 func (x *GetContentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	mi := &file_osvc_v1_content_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -509,7 +573,7 @@ func (x *GetContentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetContentResponse.ProtoReflect.Descriptor instead.
 func (*GetContentResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetContentResponse) GetContent() *Content {
@@ -517,6 +581,121 @@ func (x *GetContentResponse) GetContent() *Content {
 		return x.Content
 	}
 	return nil
+}
+
+type LocateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateRequest) Reset() {
+	*x = LocateRequest{}
+	mi := &file_osvc_v1_content_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateRequest) ProtoMessage() {}
+
+func (x *LocateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateRequest.ProtoReflect.Descriptor instead.
+func (*LocateRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LocateRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+type LocateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the blob's file on the server's machine; its base name is the sha256.
+	Path      string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	SizeBytes int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// library_id is a random identifier made when the library was created,
+	// kept in the file at library_id_path.
+	LibraryId     string `protobuf:"bytes,3,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	LibraryIdPath string `protobuf:"bytes,4,opt,name=library_id_path,json=libraryIdPath,proto3" json:"library_id_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateResponse) Reset() {
+	*x = LocateResponse{}
+	mi := &file_osvc_v1_content_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateResponse) ProtoMessage() {}
+
+func (x *LocateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateResponse.ProtoReflect.Descriptor instead.
+func (*LocateResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LocateResponse) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *LocateResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *LocateResponse) GetLibraryId() string {
+	if x != nil {
+		return x.LibraryId
+	}
+	return ""
+}
+
+func (x *LocateResponse) GetLibraryIdPath() string {
+	if x != nil {
+		return x.LibraryIdPath
+	}
+	return ""
 }
 
 var File_osvc_v1_content_proto protoreflect.FileDescriptor
@@ -549,23 +728,36 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x1d\n" +
 	"\n" +
-	"media_type\x18\x03 \x01(\tR\tmediaType\"\\\n" +
+	"media_type\x18\x03 \x01(\tR\tmediaType\"\x8f\x01\n" +
 	"\fWriteRequest\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x14.osvc.v1.WriteHeaderH\x00R\x06header\x12\x14\n" +
-	"\x04data\x18\x02 \x01(\fH\x00R\x04dataB\x06\n" +
-	"\x04part\"U\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x121\n" +
+	"\atrailer\x18\x03 \x01(\v2\x15.osvc.v1.WriteTrailerH\x00R\atrailerB\x06\n" +
+	"\x04part\"&\n" +
+	"\fWriteTrailer\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"U\n" +
 	"\rWriteResponse\x12*\n" +
 	"\acontent\x18\x01 \x01(\v2\x10.osvc.v1.ContentR\acontent\x12\x18\n" +
 	"\aexisted\x18\x02 \x01(\bR\aexisted\"+\n" +
 	"\x11GetContentRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"@\n" +
 	"\x12GetContentResponse\x12*\n" +
-	"\acontent\x18\x01 \x01(\v2\x10.osvc.v1.ContentR\acontent2\xc8\x01\n" +
+	"\acontent\x18\x01 \x01(\v2\x10.osvc.v1.ContentR\acontent\"'\n" +
+	"\rLocateRequest\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"\x8a\x01\n" +
+	"\x0eLocateResponse\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"library_id\x18\x03 \x01(\tR\tlibraryId\x12&\n" +
+	"\x0flibrary_id_path\x18\x04 \x01(\tR\rlibraryIdPath2\x83\x02\n" +
 	"\x0eContentService\x125\n" +
 	"\x04Read\x12\x14.osvc.v1.ReadRequest\x1a\x15.osvc.v1.ReadResponse0\x01\x128\n" +
 	"\x05Write\x12\x15.osvc.v1.WriteRequest\x1a\x16.osvc.v1.WriteResponse(\x01\x12E\n" +
 	"\n" +
-	"GetContent\x12\x1a.osvc.v1.GetContentRequest\x1a\x1b.osvc.v1.GetContentResponseB\x81\x01\n" +
+	"GetContent\x12\x1a.osvc.v1.GetContentRequest\x1a\x1b.osvc.v1.GetContentResponse\x129\n" +
+	"\x06Locate\x12\x16.osvc.v1.LocateRequest\x1a\x17.osvc.v1.LocateResponseB\x81\x01\n" +
 	"\vcom.osvc.v1B\fContentProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
 var (
@@ -580,35 +772,41 @@ func file_osvc_v1_content_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_content_proto_rawDescData
 }
 
-var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_osvc_v1_content_proto_goTypes = []any{
 	(*Content)(nil),               // 0: osvc.v1.Content
 	(*ReadRequest)(nil),           // 1: osvc.v1.ReadRequest
 	(*ReadResponse)(nil),          // 2: osvc.v1.ReadResponse
 	(*WriteHeader)(nil),           // 3: osvc.v1.WriteHeader
 	(*WriteRequest)(nil),          // 4: osvc.v1.WriteRequest
-	(*WriteResponse)(nil),         // 5: osvc.v1.WriteResponse
-	(*GetContentRequest)(nil),     // 6: osvc.v1.GetContentRequest
-	(*GetContentResponse)(nil),    // 7: osvc.v1.GetContentResponse
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*WriteTrailer)(nil),          // 5: osvc.v1.WriteTrailer
+	(*WriteResponse)(nil),         // 6: osvc.v1.WriteResponse
+	(*GetContentRequest)(nil),     // 7: osvc.v1.GetContentRequest
+	(*GetContentResponse)(nil),    // 8: osvc.v1.GetContentResponse
+	(*LocateRequest)(nil),         // 9: osvc.v1.LocateRequest
+	(*LocateResponse)(nil),        // 10: osvc.v1.LocateResponse
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
 }
 var file_osvc_v1_content_proto_depIdxs = []int32{
-	8, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
-	8, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
-	3, // 2: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
-	0, // 3: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
-	0, // 4: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
-	1, // 5: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
-	4, // 6: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
-	6, // 7: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
-	2, // 8: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
-	5, // 9: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
-	7, // 10: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	11, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
+	11, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
+	3,  // 2: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
+	5,  // 3: osvc.v1.WriteRequest.trailer:type_name -> osvc.v1.WriteTrailer
+	0,  // 4: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
+	0,  // 5: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
+	1,  // 6: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
+	4,  // 7: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
+	7,  // 8: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
+	9,  // 9: osvc.v1.ContentService.Locate:input_type -> osvc.v1.LocateRequest
+	2,  // 10: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
+	6,  // 11: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
+	8,  // 12: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
+	10, // 13: osvc.v1.ContentService.Locate:output_type -> osvc.v1.LocateResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_content_proto_init() }
@@ -619,6 +817,7 @@ func file_osvc_v1_content_proto_init() {
 	file_osvc_v1_content_proto_msgTypes[4].OneofWrappers = []any{
 		(*WriteRequest_Header)(nil),
 		(*WriteRequest_Data)(nil),
+		(*WriteRequest_Trailer)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -626,7 +825,7 @@ func file_osvc_v1_content_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_content_proto_rawDesc), len(file_osvc_v1_content_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,6 +22,7 @@ const (
 	ContentService_Read_FullMethodName       = "/osvc.v1.ContentService/Read"
 	ContentService_Write_FullMethodName      = "/osvc.v1.ContentService/Write"
 	ContentService_GetContent_FullMethodName = "/osvc.v1.ContentService/GetContent"
+	ContentService_Locate_FullMethodName     = "/osvc.v1.ContentService/Locate"
 )
 
 // ContentServiceClient is the client API for ContentService service.
@@ -33,10 +34,17 @@ const (
 type ContentServiceClient interface {
 	// Read streams a blob from an offset, so an interrupted download resumes.
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
-	// Write uploads a blob: a header first, then data chunks. The server checks
-	// the sha256 and size before the blob becomes visible.
+	// Write uploads a blob: a header first, then data chunks, then (from a
+	// writer that hashed the data while sending it) a trailer. The server
+	// checks the sha256 and size before the blob becomes visible.
 	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error)
 	GetContent(ctx context.Context, in *GetContentRequest, opts ...grpc.CallOption) (*GetContentResponse, error)
+	// Locate says where the library keeps a blob's file on the server's
+	// machine, so that a client on the same machine (an agent beside the
+	// server) can link or copy the file instead of reading it over the
+	// network. The client uses the answer only when it finds library_id in
+	// the file at library_id_path: then it sees the library itself.
+	Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error)
 }
 
 type contentServiceClient struct {
@@ -89,6 +97,16 @@ func (c *contentServiceClient) GetContent(ctx context.Context, in *GetContentReq
 	return out, nil
 }
 
+func (c *contentServiceClient) Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocateResponse)
+	err := c.cc.Invoke(ctx, ContentService_Locate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContentServiceServer is the server API for ContentService service.
 // All implementations must embed UnimplementedContentServiceServer
 // for forward compatibility.
@@ -98,10 +116,17 @@ func (c *contentServiceClient) GetContent(ctx context.Context, in *GetContentReq
 type ContentServiceServer interface {
 	// Read streams a blob from an offset, so an interrupted download resumes.
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
-	// Write uploads a blob: a header first, then data chunks. The server checks
-	// the sha256 and size before the blob becomes visible.
+	// Write uploads a blob: a header first, then data chunks, then (from a
+	// writer that hashed the data while sending it) a trailer. The server
+	// checks the sha256 and size before the blob becomes visible.
 	Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error
 	GetContent(context.Context, *GetContentRequest) (*GetContentResponse, error)
+	// Locate says where the library keeps a blob's file on the server's
+	// machine, so that a client on the same machine (an agent beside the
+	// server) can link or copy the file instead of reading it over the
+	// network. The client uses the answer only when it finds library_id in
+	// the file at library_id_path: then it sees the library itself.
+	Locate(context.Context, *LocateRequest) (*LocateResponse, error)
 	mustEmbedUnimplementedContentServiceServer()
 }
 
@@ -120,6 +145,9 @@ func (UnimplementedContentServiceServer) Write(grpc.ClientStreamingServer[WriteR
 }
 func (UnimplementedContentServiceServer) GetContent(context.Context, *GetContentRequest) (*GetContentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetContent not implemented")
+}
+func (UnimplementedContentServiceServer) Locate(context.Context, *LocateRequest) (*LocateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Locate not implemented")
 }
 func (UnimplementedContentServiceServer) mustEmbedUnimplementedContentServiceServer() {}
 func (UnimplementedContentServiceServer) testEmbeddedByValue()                        {}
@@ -178,6 +206,24 @@ func _ContentService_GetContent_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ContentService_Locate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LocateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContentServiceServer).Locate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContentService_Locate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContentServiceServer).Locate(ctx, req.(*LocateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContentService_ServiceDesc is the grpc.ServiceDesc for ContentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -188,6 +234,10 @@ var ContentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetContent",
 			Handler:    _ContentService_GetContent_Handler,
+		},
+		{
+			MethodName: "Locate",
+			Handler:    _ContentService_Locate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
