@@ -15,7 +15,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/osvc/osvc/agent/cache"
@@ -38,7 +40,9 @@ const waitFor = 30 * time.Second
 
 // server is a real content server over bufconn. It tells each Read that
 // starts (with its offset) and each that ends because its client went away,
-// and holds Reads at a gate when the test closes one.
+// and holds Reads at a gate when the test closes one. It does not answer
+// Locate, as a server on another machine's volume would not be seen
+// through it, so every file the cache lacks is downloaded.
 type server struct {
 	lib    *content.Library
 	source *transfer.Client
@@ -91,6 +95,12 @@ func startServer(t *testing.T) *server {
 				ss = &readStream{ServerStream: ss, s: s}
 			}
 			return handler(srv, ss)
+		}), grpc.UnaryInterceptor(
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if info.FullMethod == osvcv1.ContentService_Locate_FullMethodName {
+				return nil, status.Error(codes.Unimplemented, "the library is on another machine")
+			}
+			return handler(ctx, req)
 		}))...)
 	osvcv1.RegisterContentServiceServer(srv, api.NewContentServer(lib, hclog.NewNullLogger()))
 	var wg sync.WaitGroup

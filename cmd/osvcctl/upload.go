@@ -36,8 +36,9 @@ func mediaTypeOf(path string) string {
 }
 
 // upload sends one file to the content library, showing its progress on w:
-// a redrawn bar on a terminal, a few plain lines otherwise. Uploads are not
-// bounded by --timeout: a large WIM takes as long as it takes.
+// a redrawn bar on a terminal, a few plain lines otherwise. A file the
+// library holds already is not sent again. Uploads are not bounded by
+// --timeout: a large WIM takes as long as it takes.
 func (c *cli) upload(ctx context.Context, w io.Writer, path, mediaType string) (*osvcv1.Content, error) {
 	client, err := c.contents()
 	if err != nil {
@@ -48,10 +49,10 @@ func (c *cli) upload(ctx context.Context, w io.Writer, path, mediaType string) (
 		return nil, err
 	}
 	show := newUploadProgress(w, filepath.Base(path), fi.Size(), isTerminal(w))
-	content, err := transfer.Upload(ctx, client, path, mediaType, show.update)
+	content, err := transfer.UploadUnlessHeld(ctx, client, path, mediaType, show.update)
 	show.finish(err)
 	if err != nil {
-		// transfer.Upload names the file in its errors already.
+		// transfer names the file in its errors already.
 		return nil, err
 	}
 	return content, nil

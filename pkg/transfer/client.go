@@ -3,13 +3,16 @@ package transfer
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
 
-// Client moves blobs over one ContentService connection. It carries Download
-// and Upload as methods, so that code needing only "fetch a blob" or "store
-// a file" can take a small interface and tests can hand it something else.
+// Client moves blobs over one ContentService connection. It carries Fetch,
+// Download and Upload as methods, so that code needing only "fetch a blob"
+// or "store a file" can take a small interface and tests can hand it
+// something else. On the library's own machine it takes blobs from the
+// library's volume instead of reading them over the connection.
 type Client struct {
 	content osvcv1.ContentServiceClient
 }
@@ -22,9 +25,69 @@ func NewClient(c osvcv1.ContentServiceClient) (*Client, error) {
 	return &Client{content: c}, nil
 }
 
-// Download is Download over the client's connection.
+// Use is what the caller does with a fetched file, which decides what a
+// client on the library's volume may hand it.
+type Use int
+
+const (
+	// Writable: the caller may write the file (a servicing run mounts its
+	// copy read-write and commits into it). Taken from the library's volume
+	// it is a copy of its own, whose blocks the kernel clones where the file
+	// system can (btrfs, XFS): writing it never touches the library's blob.
+	Writable Use = iota
+	// ReadOnly: the caller only ever reads the file (an inspection). Taken
+	// from the library's volume it may be a hard link to the library's
+	// blob: writing it, or changing its times or mode, would change the
+	// blob itself.
+	ReadOnly
+)
+
+// Source says where Fetch took a file from.
+type Source int
+
+const (
+	// Downloaded over ContentService.Read.
+	Downloaded Source = iota
+	// Copied from the library's file on this machine.
+	Copied
+	// Linked: a hard link to the library's file on this machine.
+	Linked
+)
+
+func (s Source) String() string {
+	switch s {
+	case Copied:
+		return "copied from the content library's volume"
+	case Linked:
+		return "linked to the content library's file"
+	default:
+		return "downloaded from the content library"
+	}
+}
+
+// Fetch makes dst a verified copy of the blob sha256 for use. When the
+// client sees the library's own folder (see Locate: the agent beside the
+// server, as in `make demo`), it links (ReadOnly) or copies the library's
+// file, hashing it as it goes; otherwise, or when that folder cannot be
+// read from here, it downloads the blob (see Download).
+func (c *Client) Fetch(ctx context.Context, sha256, dst string, use Use, progress ProgressFunc) (Source, error) {
+	if !ValidSHA256(sha256) {
+		return 0, fmt.Errorf("fetch %q: not a sha256 (want 64 lower-case hex digits)", sha256)
+	}
+	if progress == nil {
+		progress = func(int64, int64) {}
+	}
+	src, err := c.fetchLocal(ctx, sha256, dst, use, progress)
+	if !errors.Is(err, errNotLocal) {
+		return src, err
+	}
+	return Downloaded, Download(ctx, c.content, sha256, dst, progress)
+}
+
+// Download is Fetch of a Writable file, for the update cache.
 func (c *Client) Download(ctx context.Context, sha256, dst string, progress ProgressFunc) error {
-	return Download(ctx, c.content, sha256, dst, progress)
+	_, err := c.Fetch(ctx, sha256, dst, Writable, progress)
+	return err
 }
 
 // Upload is Upload over the client's connection.

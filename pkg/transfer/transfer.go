@@ -1,5 +1,7 @@
 // Package transfer moves blobs to and from the server's content library:
-// hashed uploads that skip what the server holds, and resumable, verified downloads.
+// uploads hashed while they stream and checked by the server before the blob
+// is stored, resumable, verified downloads, and, for a client on the
+// library's own machine, files taken from the library's volume.
 package transfer
 
 import (
@@ -69,83 +71,6 @@ func ServerOptions() []grpc.ServerOption {
 	}
 }
 
-// Upload hashes the file first, then sends header (with sha256) + chunks; a blob
-// the server already holds is not sent again.
-func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
-	if progress == nil {
-		progress = func(int64, int64) {}
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("upload: %w", err)
-	}
-	defer f.Close()
-	sum, size, err := hashFile(ctx, f)
-	if err != nil {
-		return nil, fmt.Errorf("upload %s: hash: %w", path, err)
-	}
-
-	// Ask first: a held blob costs one small call instead of a stream.
-	got, err := c.GetContent(ctx, &osvcv1.GetContentRequest{Sha256: sum})
-	switch err = errdefs.ToNative(err); {
-	case err == nil:
-		progress(size, size)
-		return got.GetContent(), nil
-	case errors.Is(err, errdefs.ErrNotFound):
-	default:
-		return nil, fmt.Errorf("upload %s: ask the server for %s: %w", path, sum, err)
-	}
-
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("upload %s: %w", path, err)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := c.Write(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("upload %s: %w", path, err)
-	}
-	header := &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Header{Header: &osvcv1.WriteHeader{
-		Sha256: sum, SizeBytes: size, MediaType: mediaType,
-	}}}
-	if err := stream.Send(header); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("upload %s: send header: %w", path, err)
-	}
-	buf := make([]byte, ChunkSize)
-	var done int64
-	for {
-		n, rerr := io.ReadFull(f, buf)
-		if n > 0 {
-			err := stream.Send(&osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Data{Data: buf[:n]}})
-			if errors.Is(err, io.EOF) {
-				// The server has answered already (it holds the blob, or refused
-				// the upload): CloseAndRecv tells which.
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("upload %s: send at %d: %w", path, done, err)
-			}
-			done += int64(n)
-			progress(done, size)
-		}
-		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
-			break
-		}
-		if rerr != nil {
-			return nil, fmt.Errorf("upload %s: read at %d: %w", path, done, rerr)
-		}
-	}
-	resp, err := stream.CloseAndRecv()
-	if err != nil {
-		return nil, fmt.Errorf("upload %s: %w", path, err)
-	}
-	if resp.GetContent().GetSha256() != sum {
-		return nil, fmt.Errorf("upload %s: the server stored %q, not %s", path, resp.GetContent().GetSha256(), sum)
-	}
-	progress(size, size)
-	return resp.GetContent(), nil
-}
-
 // HashFile returns the sha256 (lower-case hex) and size of the file at path;
 // it stops when ctx ends, since hashing gigabytes takes a while.
 func HashFile(ctx context.Context, path string) (sum string, size int64, err error) {
@@ -170,7 +95,9 @@ func hashFile(ctx context.Context, f *os.File) (string, int64, error) {
 // Download fetches sha256 into dst: it writes dst+".partial", resumes from its
 // size after an interruption, verifies the sha256 and renames into place. A hash
 // mismatch removes the partial file; when the bad bytes came from an earlier,
-// resumed attempt, the download starts again from zero once.
+// resumed attempt, the download starts again from zero once. dst is not
+// synced to disk: the agent's copies are scratch made again after a crash,
+// and its cache verifies a file again before it serves it.
 func Download(ctx context.Context, c osvcv1.ContentServiceClient, sha256, dst string, progress ProgressFunc) error {
 	if !ValidSHA256(sha256) {
 		return fmt.Errorf("download %q: not a sha256 (want 64 lower-case hex digits)", sha256)
@@ -244,9 +171,6 @@ func download(ctx context.Context, c osvcv1.ContentServiceClient, sum, dst strin
 		return resumed, fmt.Errorf("download %s: the data hashes to %s (%d bytes); the partial file was removed: %w",
 			sum, got, total, ErrHashMismatch)
 	}
-	if err := f.Sync(); err != nil {
-		return resumed, fmt.Errorf("download %s: flush %s: %w", sum, partial, err)
-	}
 	closed = true
 	if err := f.Close(); err != nil {
 		return resumed, fmt.Errorf("download %s: close %s: %w", sum, partial, err)
@@ -284,9 +208,28 @@ func (r *readStream) Recv() (*osvcv1.ReadResponse, error) {
 	return r.stream.Recv()
 }
 
-// receive appends the stream's data to f at offset, hashing it, until the end
-// of the blob; it returns the blob's size.
+// receive appends the stream's data to f at offset until the end of the
+// blob, and h hashes it in a goroutine of its own, a few chunks behind, so
+// hashing overlaps receiving; it returns the blob's size.
 func receive(ctx context.Context, stream *readStream, f *os.File, h hash.Hash, offset int64, progress ProgressFunc) (int64, error) {
+	// Each message's data is its own slice (unmarshaling allocates it), so
+	// the hasher can take it as it is.
+	toHash := make(chan []byte, 8)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for data := range toHash {
+			h.Write(data)
+		}
+	}()
+	total, err := receiveInto(ctx, stream, f, toHash, offset, progress)
+	close(toHash)
+	<-hashed
+	return total, err
+}
+
+// receiveInto is receive's loop: it writes each chunk and passes it on to be hashed.
+func receiveInto(ctx context.Context, stream *readStream, f *os.File, toHash chan<- []byte, offset int64, progress ProgressFunc) (int64, error) {
 	var total int64
 	for first := true; ; first = false {
 		// Chunks already buffered would still arrive after ctx ends: stop here.
@@ -310,7 +253,7 @@ func receive(ctx context.Context, stream *readStream, f *os.File, h hash.Hash, o
 		if _, err := f.WriteAt(data, offset); err != nil {
 			return 0, fmt.Errorf("write at %d: %w", offset, err)
 		}
-		h.Write(data)
+		toHash <- data
 		offset += int64(len(data))
 		progress(offset, total)
 	}

@@ -34,12 +34,19 @@ func TestMain(m *testing.M) {
 }
 
 // server is a real content server over bufconn that counts the data bytes it
-// serves and receives.
+// serves and receives. Its hooks, set before use, play a damaged network or
+// a server of another machine.
 type server struct {
 	client   osvcv1.ContentServiceClient
 	lib      *content.Library
 	served   atomic.Int64
 	received atomic.Int64
+
+	// onWrite sees each upload message as it arrives and may change it; the
+	// server never sees a message it returns false for.
+	onWrite func(*osvcv1.WriteRequest) (keep bool)
+	// onLocate may change Locate's answers, or refuse the call.
+	onLocate func(*osvcv1.LocateResponse) error
 
 	mu    sync.Mutex
 	reads []readCall // finished Read calls
@@ -85,6 +92,9 @@ func (c *countingStream) RecvMsg(m any) error {
 	}
 	switch r := m.(type) {
 	case *osvcv1.WriteRequest:
+		if c.s.onWrite != nil && !c.s.onWrite(r) {
+			return c.RecvMsg(m)
+		}
 		c.s.received.Add(int64(len(r.GetData())))
 	case *osvcv1.ReadRequest:
 		c.isRead, c.call.offset = true, r.GetOffset()
@@ -110,6 +120,15 @@ func startServer(t *testing.T) *server {
 				s.mu.Unlock()
 			}
 			return err
+		}), grpc.UnaryInterceptor(
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			resp, err := handler(ctx, req)
+			if loc, ok := resp.(*osvcv1.LocateResponse); ok && err == nil && s.onLocate != nil {
+				if err := s.onLocate(loc); err != nil {
+					return nil, err
+				}
+			}
+			return resp, err
 		}))
 	srv := grpc.NewServer(opts...)
 	osvcv1.RegisterContentServiceServer(srv, api.NewContentServer(lib, hclog.NewNullLogger()))
@@ -214,7 +233,7 @@ func TestUploadThenDownloadRoundTrips(t *testing.T) {
 	}
 }
 
-func TestUploadOfAHeldBlobSendsNoData(t *testing.T) {
+func TestUploadUnlessHeldOfAHeldBlobSendsNoData(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
 	data := blob(blobSize)
@@ -222,7 +241,7 @@ func TestUploadOfAHeldBlobSendsNoData(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "update.cab")
 	writeFile(t, src, data)
 
-	c, err := transfer.Upload(context.Background(), s.client, src, "", nil)
+	c, err := transfer.UploadUnlessHeld(context.Background(), s.client, src, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
