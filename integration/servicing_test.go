@@ -227,6 +227,16 @@ func wimlib(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// logged tells whether a log line contains text.
+func logged(lines []*osvcv1.LogLine, text string) bool {
+	for _, l := range lines {
+		if strings.Contains(l.GetMessage(), text) {
+			return true
+		}
+	}
+	return false
+}
+
 func fileSHA256(t *testing.T, path string) string {
 	t.Helper()
 	f, err := os.Open(path)
@@ -337,6 +347,14 @@ func TestServicingEndToEnd(t *testing.T) {
 		}
 		if sum := fileSHA256(t, dst); sum != sourceSHA {
 			t.Fatalf("version 1 now hashes to %s, want %s", sum, sourceSHA)
+		}
+		// The agent shares the library's volume here and took its copy from
+		// the library's file, which the commit into the copy must not touch.
+		if sum := fileSHA256(t, filepath.Join(c.dataDir, "content", sourceSHA[:2], sourceSHA)); sum != sourceSHA {
+			t.Fatalf("the library's file of version 1 now hashes to %s, want %s", sum, sourceSHA)
+		}
+		if !logged(lines, "copied from the content library's volume") {
+			t.Errorf("no log line says the agent copied the source from the library's volume: the test no longer covers that copy")
 		}
 	})
 

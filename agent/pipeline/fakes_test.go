@@ -368,15 +368,15 @@ func (c *memContent) get(sha string) ([]byte, error) {
 	return data, nil
 }
 
-func (c *memContent) Download(_ context.Context, sha, dst string, progress transfer.ProgressFunc) error {
+func (c *memContent) Fetch(_ context.Context, sha, dst string, _ transfer.Use, progress transfer.ProgressFunc) (transfer.Source, error) {
 	data, err := c.get(sha)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if progress != nil {
 		progress(int64(len(data)), int64(len(data)))
 	}
-	return os.WriteFile(dst, data, 0o640)
+	return transfer.Downloaded, os.WriteFile(dst, data, 0o640)
 }
 
 func (c *memContent) Upload(ctx context.Context, path, mediaType string, _ transfer.ProgressFunc) (*osvcv1.Content, error) {

@@ -53,8 +53,10 @@ type UpdateFiles interface {
 // folder: the source version in, the serviced result out. transfer.Client is
 // one, over the server's ContentService.
 type ImageTransfer interface {
-	// Download fetches the blob sha256 into dst, verified.
-	Download(ctx context.Context, sha256, dst string, progress transfer.ProgressFunc) error
+	// Fetch makes dst a verified copy of the blob sha256 for use: with
+	// transfer.ReadOnly it may be the library's own file (a hard link),
+	// which the run must then never write.
+	Fetch(ctx context.Context, sha256, dst string, use transfer.Use, progress transfer.ProgressFunc) (transfer.Source, error)
 	// Upload stores the file at path in the content library.
 	Upload(ctx context.Context, path, mediaType string, progress transfer.ProgressFunc) (*osvcv1.Content, error)
 }
@@ -748,17 +750,25 @@ func (r *run) releaseUpdateFiles() {
 	r.releases = nil
 }
 
-// copySource downloads the source version into the work folder.
+// copySource fetches the source version into the work folder. A servicing
+// run mounts its copy read-write and commits into it, so the copy must be
+// its own: on the library's volume a hard link would let the commit rewrite
+// the library's blob, the image's current version. An inspection only reads
+// its copy, which may be the library's file itself.
 func (r *run) copySource(ctx context.Context) (string, error) {
 	sha := r.a.GetSource().GetSha256()
 	if !transfer.ValidSHA256(sha) {
 		return "", fmt.Errorf("the assignment's source version has sha256 %q: want 64 lower-case hex digits", sha)
 	}
+	use := transfer.Writable
+	if r.a.GetRun().GetKind() == osvcv1.RunKind_RUN_KIND_INSPECTION {
+		use = transfer.ReadOnly
+	}
 	dst := filepath.Join(r.work, "source.wim")
 	size := r.a.GetSource().GetSizeBytes()
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	err := r.cfg.Images.Download(ctx, sha, dst, func(n, total int64) {
+	how, err := r.cfg.Images.Fetch(ctx, sha, dst, use, func(n, total int64) {
 		if total <= 0 {
 			total = size
 		}
@@ -769,6 +779,7 @@ func (r *run) copySource(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("copy %s version %d (%s): %w", r.a.GetImage().GetName(), r.a.GetSource().GetVersion(), sha, err)
 	}
+	r.log.Info("source version copied", "sha256", sha, "how", how.String())
 	pp.set(pctCopyEnd, nil)
 	return dst, nil
 }
