@@ -41,7 +41,8 @@ integration: deps
 	$(GOTEST) ./integration/...
 
 # Each prints a ratio against the raw floor measured in the same run (bare
-# etcd; for import-memory, the server's own idle RSS; for LZX, MSZIP's
+# etcd; for import-memory, the server's own idle RSS; for pipeline, the same
+# wimlib-imagex commands by hand; for shrink, the image before; for LZX, MSZIP's
 # inflating of the same data).
 bench:
 	$(GO) test -run '^$$' -bench LZXDecompression -benchtime 20x ./pkg/cab/
@@ -50,6 +51,8 @@ bench:
 	$(GO) run ./cmd/osvc-bench -run report
 	$(GO) run ./cmd/osvc-bench -run catalog
 	$(GO) run ./cmd/osvc-bench -run import-memory
+	$(GO) run ./cmd/osvc-bench -run pipeline
+	$(GO) run ./cmd/osvc-bench -run shrink
 
 demo: deps build
 	deploy/demo.sh

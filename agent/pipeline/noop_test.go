@@ -33,6 +33,15 @@ func (c *countingContent) Write(ctx context.Context, opts ...grpc.CallOption) (g
 	return &countingWrite{ClientStreamingClient: s, writes: &c.writes}, nil
 }
 
+// Adopt is the upload of an agent beside the library (see
+// transfer.Client.Upload).
+func (c *countingContent) Adopt(ctx context.Context, in *osvcv1.AdoptRequest, opts ...grpc.CallOption) (*osvcv1.AdoptResponse, error) {
+	if in.GetMediaType() != runlogs.MediaType {
+		c.writes.Add(1)
+	}
+	return c.ContentServiceClient.Adopt(ctx, in, opts...)
+}
+
 // countingWrite counts the upload when its header names another media type
 // than the log files'.
 type countingWrite struct {

@@ -90,7 +90,20 @@ func (c *Client) Download(ctx context.Context, sha256, dst string, progress Prog
 	return err
 }
 
-// Upload is Upload over the client's connection.
+// Upload stores the file at path in the content library. When the client
+// sees the library's own folder (see LocateLibrary: the agent beside the
+// server), it links the file into the library's incoming folder and has the
+// server Adopt it, which copies it on the volume instead of receiving it
+// over the connection; otherwise, or when that fails, it is Upload over the
+// client's connection. Either way the answer must name the sha256 the file
+// hashes to here.
 func (c *Client) Upload(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
+	if progress == nil {
+		progress = func(int64, int64) {}
+	}
+	content, err := c.uploadLocal(ctx, path, mediaType, progress)
+	if !errors.Is(err, errNotLocal) {
+		return content, err
+	}
 	return Upload(ctx, c.content, path, mediaType, progress)
 }

@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -40,9 +41,8 @@ func (c *Client) fetchLocal(ctx context.Context, sum, dst string, use Use, progr
 	if !filepath.IsAbs(path) || filepath.Base(path) != sum {
 		return 0, fmt.Errorf("%w: the server locates %s at %q", errNotLocal, sum, path)
 	}
-	id, err := os.ReadFile(loc.GetLibraryIdPath())
-	if err != nil || loc.GetLibraryId() == "" || strings.TrimSpace(string(id)) != loc.GetLibraryId() {
-		return 0, fmt.Errorf("%w: %s does not identify the server's library (%v)", errNotLocal, loc.GetLibraryIdPath(), err)
+	if err := seesLibrary(loc.GetLibraryIdPath(), loc.GetLibraryId()); err != nil {
+		return 0, err
 	}
 	src, err := os.Open(path)
 	if err != nil {
@@ -70,6 +70,85 @@ func (c *Client) fetchLocal(ctx context.Context, sum, dst string, use Use, progr
 		return 0, fmt.Errorf("fetch %s: %w", sum, err)
 	}
 	return how, nil
+}
+
+// seesLibrary returns nil when the file at idPath holds id: this machine
+// sees the server's library there, not another folder of the same name.
+func seesLibrary(idPath, id string) error {
+	got, err := os.ReadFile(idPath)
+	if err != nil || id == "" || strings.TrimSpace(string(got)) != id {
+		return fmt.Errorf("%w: %s does not identify the server's library (%v)", errNotLocal, idPath, err)
+	}
+	return nil
+}
+
+// uploadLocal links the file at path into the library's incoming folder
+// and asks the server to Adopt it, hashing the file meanwhile to check the
+// answer. errNotLocal when the library is not visible from here, or the
+// link or the adoption fails for a reason the stream upload may not have:
+// the caller uploads over the connection then.
+func (c *Client) uploadLocal(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
+	loc, err := c.content.LocateLibrary(ctx, &osvcv1.LocateLibraryRequest{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("upload %s: %w", path, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("%w: locate the library: %w", errNotLocal, err)
+	}
+	if !filepath.IsAbs(loc.GetIncomingPath()) {
+		return nil, fmt.Errorf("%w: the server's incoming folder is %q", errNotLocal, loc.GetIncomingPath())
+	}
+	if err := seesLibrary(loc.GetLibraryIdPath(), loc.GetLibraryId()); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("upload: %w", err)
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("upload %s: %w", path, err)
+	}
+	if !info.Mode().IsRegular() || info.Size() == 0 {
+		return nil, fmt.Errorf("%w: %s is not a regular file with data", errNotLocal, path)
+	}
+	name := make([]byte, 16)
+	rand.Read(name)
+	link := filepath.Join(loc.GetIncomingPath(), hex.EncodeToString(name))
+	if err := os.Link(path, link); err != nil {
+		// Another volume, another user's folder: send it over the connection.
+		return nil, fmt.Errorf("%w: %w", errNotLocal, err)
+	}
+	// The server removes the link once it has read it; this is for a call
+	// that never reached it.
+	defer os.Remove(link)
+
+	hashed := make(chan error, 1)
+	var sum string
+	go func() {
+		var err error
+		sum, err = hashSection(ctx, f, info.Size(), func(int64, int64) {})
+		hashed <- err
+	}()
+	resp, err := c.content.Adopt(ctx, &osvcv1.AdoptRequest{
+		Name: filepath.Base(link), SizeBytes: info.Size(), MediaType: mediaType,
+	})
+	if herr := <-hashed; herr != nil {
+		return nil, fmt.Errorf("upload %s: hash: %w", path, herr)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("upload %s: %w", path, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("%w: adopt: %w", errNotLocal, err)
+	}
+	if got := resp.GetContent(); got.GetSha256() != sum || got.GetSizeBytes() != info.Size() {
+		return nil, fmt.Errorf("upload %s: the server stored %q (%d bytes), but the file hashes to %s (%d bytes): the file changed while it was stored; upload it again once nothing writes it",
+			path, got.GetSha256(), got.GetSizeBytes(), sum, info.Size())
+	}
+	progress(info.Size(), info.Size())
+	return resp.GetContent(), nil
 }
 
 // takeLocal links (ReadOnly) or copies src to partial and hashes src.

@@ -229,3 +229,124 @@ func TestUploadOfDataDamagedOnTheWayIsNeverTakenForTheFile(t *testing.T) {
 		})
 	}
 }
+
+// incomingFiles lists what the library's incoming folder holds.
+func incomingFiles(t *testing.T, s *server) []string {
+	t.Helper()
+	entries, err := os.ReadDir(s.lib.LocateLibrary().IncomingPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestClientUploadBesideTheLibraryHasTheServerAdoptTheFile(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	data := blob(blobSize)
+	src := filepath.Join(t.TempDir(), "export.wim")
+	writeFile(t, src, data)
+	var last [2]int64
+	c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", func(done, total int64) { last = [2]int64{done, total} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GetSha256() != shaOf(data) || c.GetSizeBytes() != blobSize {
+		t.Fatalf("Upload = %v, want the file's blob", c)
+	}
+	if got := s.received.Load(); got != 0 {
+		t.Errorf("the server received %d bytes over Write, want none: the file was beside it", got)
+	}
+	if last != [2]int64{blobSize, blobSize} {
+		t.Errorf("last progress = %v, want done = total = %d", last, blobSize)
+	}
+	if got := incomingFiles(t, s); len(got) != 0 {
+		t.Errorf("the incoming folder holds %q after the upload", got)
+	}
+	checkDownloaded(t, src, data) // the client's file is left as it was
+}
+
+func TestClientUploadSendsWhatItCannotLeaveBesideTheLibrary(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, s *server)
+	}{
+		{
+			name: "a server whose library this machine does not see",
+			setup: func(t *testing.T, s *server) {
+				s.onLocateLibrary = func(loc *osvcv1.LocateLibraryResponse) error {
+					loc.LibraryId = strings.Repeat("0", 32)
+					return nil
+				}
+			},
+		},
+		{
+			name: "an incoming folder the client cannot link into",
+			setup: func(t *testing.T, s *server) {
+				s.onLocateLibrary = func(loc *osvcv1.LocateLibraryResponse) error {
+					loc.IncomingPath = filepath.Join(loc.IncomingPath, "missing")
+					return nil
+				}
+			},
+		},
+		{
+			name: "a server without LocateLibrary",
+			setup: func(t *testing.T, s *server) {
+				s.onLocateLibrary = func(*osvcv1.LocateLibraryResponse) error {
+					return status.Error(codes.Unimplemented, "unknown method LocateLibrary")
+				}
+			},
+		},
+		{
+			name: "a server that refuses the adoption",
+			setup: func(t *testing.T, s *server) {
+				s.onAdopt = func(*osvcv1.AdoptResponse) error {
+					return status.Error(codes.Unimplemented, "unknown method Adopt")
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t)
+			tt.setup(t, s)
+			data := blob(blobSize)
+			src := filepath.Join(t.TempDir(), "export.wim")
+			writeFile(t, src, data)
+			c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GetSha256() != shaOf(data) || s.received.Load() != blobSize {
+				t.Errorf("Upload = %v with %d bytes sent over Write, want the blob, all %d bytes sent", c, s.received.Load(), blobSize)
+			}
+			if got := incomingFiles(t, s); len(got) != 0 {
+				t.Errorf("the incoming folder holds %q after the upload", got)
+			}
+		})
+	}
+}
+
+func TestClientUploadRefusesAnAdoptionOfOtherData(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	s.onAdopt = func(r *osvcv1.AdoptResponse) error {
+		r.Content.Sha256 = shaOf([]byte("other data"))
+		return nil
+	}
+	src := filepath.Join(t.TempDir(), "export.wim")
+	writeFile(t, src, blob(blobSize))
+	c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", nil)
+	if err == nil || !strings.Contains(err.Error(), "the file changed while it was stored") {
+		t.Fatalf("Upload = %v, %v; want the answer refused", c, err)
+	}
+	if s.received.Load() != 0 {
+		t.Errorf("the refusal fell back to sending %d bytes over Write", s.received.Load())
+	}
+}

@@ -47,6 +47,9 @@ type server struct {
 	onWrite func(*osvcv1.WriteRequest) (keep bool)
 	// onLocate may change Locate's answers, or refuse the call.
 	onLocate func(*osvcv1.LocateResponse) error
+	// onLocateLibrary and onAdopt may change those answers, or refuse the call.
+	onLocateLibrary func(*osvcv1.LocateLibraryResponse) error
+	onAdopt         func(*osvcv1.AdoptResponse) error
 
 	mu    sync.Mutex
 	reads []readCall // finished Read calls
@@ -123,12 +126,27 @@ func startServer(t *testing.T) *server {
 		}), grpc.UnaryInterceptor(
 		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			resp, err := handler(ctx, req)
-			if loc, ok := resp.(*osvcv1.LocateResponse); ok && err == nil && s.onLocate != nil {
-				if err := s.onLocate(loc); err != nil {
-					return nil, err
+			if err != nil {
+				return resp, err
+			}
+			switch r := resp.(type) {
+			case *osvcv1.LocateResponse:
+				if s.onLocate != nil {
+					err = s.onLocate(r)
+				}
+			case *osvcv1.LocateLibraryResponse:
+				if s.onLocateLibrary != nil {
+					err = s.onLocateLibrary(r)
+				}
+			case *osvcv1.AdoptResponse:
+				if s.onAdopt != nil {
+					err = s.onAdopt(r)
 				}
 			}
-			return resp, err
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
 		}))
 	srv := grpc.NewServer(opts...)
 	osvcv1.RegisterContentServiceServer(srv, api.NewContentServer(lib, hclog.NewNullLogger()))

@@ -133,6 +133,28 @@ func (s *contentServer) Locate(ctx context.Context, req *osvcv1.LocateRequest) (
 	}, nil
 }
 
+// LocateLibrary tells where a client on this machine may leave a file for Adopt.
+func (s *contentServer) LocateLibrary(ctx context.Context, req *osvcv1.LocateLibraryRequest) (*osvcv1.LocateLibraryResponse, error) {
+	loc := s.lib.LocateLibrary()
+	return &osvcv1.LocateLibraryResponse{
+		IncomingPath: loc.IncomingPath, LibraryId: loc.LibraryID, LibraryIdPath: loc.LibraryIDPath,
+	}, nil
+}
+
+// Adopt stores a file a client on this machine left in the incoming folder.
+func (s *contentServer) Adopt(ctx context.Context, req *osvcv1.AdoptRequest) (*osvcv1.AdoptResponse, error) {
+	c, existed, err := s.lib.Adopt(ctx, req.GetName(), content.WriteHeader{
+		SHA256:    req.GetSha256(),
+		SizeBytes: req.GetSizeBytes(),
+		MediaType: req.GetMediaType(),
+	})
+	if err != nil {
+		s.logger.Debug("adoption refused", "name", req.GetName(), "error", err)
+		return nil, Status(err)
+	}
+	return &osvcv1.AdoptResponse{Content: c, Existed: existed}, nil
+}
+
 // streamReader reads the data messages of an upload as one byte stream,
 // keeping the trailer that may close it.
 type streamReader struct {

@@ -126,6 +126,9 @@ func New(cfg Config) (*Library, error) {
 	if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o755); err != nil {
 		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
 	}
+	if err := os.MkdirAll(filepath.Join(dir, incomingDir), 0o700); err != nil {
+		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
+	}
 	l := &Library{
 		dir: dir, store: cfg.Store, logger: logger.Named("content"),
 		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
@@ -181,20 +184,23 @@ func loadID(dir string) (string, error) {
 	}
 }
 
-// removeStaleTemps removes uploads a crash left behind.
+// removeStaleTemps removes uploads, and files left for Adopt, that a crash
+// left behind.
 func (l *Library) removeStaleTemps() {
-	entries, err := os.ReadDir(filepath.Join(l.dir, tmpDir))
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		info, err := e.Info()
-		if err != nil || time.Since(info.ModTime()) < staleTempAge {
+	for _, dir := range []string{tmpDir, incomingDir} {
+		entries, err := os.ReadDir(filepath.Join(l.dir, dir))
+		if err != nil {
 			continue
 		}
-		path := filepath.Join(l.dir, tmpDir, e.Name())
-		if err := os.Remove(path); err == nil {
-			l.logger.Info("removed a stale upload", "path", path)
+		for _, e := range entries {
+			info, err := e.Info()
+			if err != nil || time.Since(info.ModTime()) < staleTempAge {
+				continue
+			}
+			path := filepath.Join(l.dir, dir, e.Name())
+			if err := os.Remove(path); err == nil {
+				l.logger.Info("removed a stale upload", "path", path)
+			}
 		}
 	}
 }
@@ -238,59 +244,80 @@ type WriteHeader struct {
 // receive data at once; the others wait for their turn. A refusal leaves
 // nothing behind.
 func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osvcv1.Content, existed bool, err error) {
-	if h.SizeBytes < 0 {
-		return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
-	}
-	if h.SizeBytes > l.maxBytes {
-		return nil, false, fmt.Errorf("%w: the upload announces %d bytes, more than the %d bytes the content library accepts (osvc-server --max-upload-bytes)",
-			errdefs.ErrResourceExhausted, h.SizeBytes, l.maxBytes)
-	}
-	if h.SHA256 != "" {
-		if err := checkSHA256(h.SHA256); err != nil {
-			return nil, false, err
+	return l.put(ctx, h, func(tmp *os.File) (int64, string, error) {
+		// One byte more than announced, or than the library accepts, is
+		// enough to tell the data is too long.
+		limit := l.maxBytes
+		if h.SizeBytes > 0 {
+			limit = h.SizeBytes
 		}
-		c, err := l.claim(ctx, h.SHA256)
-		if err != nil || c != nil {
-			if c != nil && h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
-				return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf(
-					"the content library holds %s with %d bytes, not %d as the header says; send the file's real size", h.SHA256, c.GetSizeBytes(), h.SizeBytes))
-			}
-			return c, c != nil, err
+		// A stalled upload ends with ctx rather than hold a temp file for ever.
+		n, sum, err := receive(tmp, io.LimitReader(transfer.ContextReader(ctx, r), limit+1))
+		if err != nil {
+			return 0, "", fmt.Errorf("content library: receive data: %w", err)
 		}
-	}
-	if h.MediaType == "" {
-		h.MediaType = DefaultMediaType
+		return n, sum, nil
+	})
+}
+
+// put stores a blob whose data fill writes to a temp file, returning its
+// size and sha256: once h is checked and, when h names a blob the library
+// holds, not at all; within the bound of writes at once. A refusal leaves
+// nothing behind.
+func (l *Library) put(ctx context.Context, h WriteHeader, fill func(tmp *os.File) (int64, string, error)) (c *osvcv1.Content, existed bool, err error) {
+	if c, err := l.begin(ctx, &h); err != nil || c != nil {
+		return c, c != nil, err
 	}
 	release, err := l.writes.Enter(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: %w", err)
 	}
 	defer release()
-
 	tmp, err := os.CreateTemp(filepath.Join(l.dir, tmpDir), "upload-*")
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: temp file: %w", err)
 	}
-	tmpPath := tmp.Name()
-	renamed := false
 	defer func() {
-		if !renamed {
-			tmp.Close()
-			os.Remove(tmpPath)
-		}
+		tmp.Close()
+		os.Remove(tmp.Name()) // fails harmlessly once the file is in place
 	}()
-
-	// One byte more than announced, or than the library accepts, is enough
-	// to tell the data is too long.
-	limit := l.maxBytes
-	if h.SizeBytes > 0 {
-		limit = h.SizeBytes
-	}
-	// A stalled upload ends with ctx rather than hold a temp file for ever.
-	n, sum, err := receive(tmp, io.LimitReader(transfer.ContextReader(ctx, r), limit+1))
+	n, sum, err := fill(tmp)
 	if err != nil {
-		return nil, false, fmt.Errorf("content library: receive data: %w", err)
+		return nil, false, err
 	}
+	return l.finish(ctx, tmp, n, sum, h)
+}
+
+// begin checks h before any data is read, sets its defaults, and returns
+// the blob when h names one the library holds.
+func (l *Library) begin(ctx context.Context, h *WriteHeader) (*osvcv1.Content, error) {
+	if h.SizeBytes < 0 {
+		return nil, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("%d is negative", h.SizeBytes))
+	}
+	if h.SizeBytes > l.maxBytes {
+		return nil, fmt.Errorf("%w: the upload announces %d bytes, more than the %d bytes the content library accepts (osvc-server --max-upload-bytes)",
+			errdefs.ErrResourceExhausted, h.SizeBytes, l.maxBytes)
+	}
+	if h.MediaType == "" {
+		h.MediaType = DefaultMediaType
+	}
+	if h.SHA256 == "" {
+		return nil, nil
+	}
+	if err := checkSHA256(h.SHA256); err != nil {
+		return nil, err
+	}
+	c, err := l.claim(ctx, h.SHA256)
+	if c != nil && h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
+		return nil, errdefs.InvalidArgument("size_bytes", fmt.Sprintf(
+			"the content library holds %s with %d bytes, not %d as the header says; send the file's real size", h.SHA256, c.GetSizeBytes(), h.SizeBytes))
+	}
+	return c, err
+}
+
+// finish checks the n bytes written to tmp, hashing to sum, against h, makes
+// them durable, puts them in place as the blob sum and records it.
+func (l *Library) finish(ctx context.Context, tmp *os.File, n int64, sum string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
 	if n > l.maxBytes {
 		return nil, false, fmt.Errorf("%w: the upload passed %d bytes, the most the content library accepts (osvc-server --max-upload-bytes)",
 			errdefs.ErrResourceExhausted, l.maxBytes)
@@ -309,6 +336,7 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 				fmt.Sprintf("the data hashes to %s (%d bytes), not %s as the writer hashed it while sending: the upload was damaged on the way; send it again", sum, n, declared))
 		}
 	}
+	tmpPath := tmp.Name()
 	if err := tmp.Sync(); err != nil {
 		return nil, false, fmt.Errorf("content library: flush %s: %w", tmpPath, err)
 	}
@@ -331,7 +359,6 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 	if err := os.Rename(tmpPath, final); err != nil {
 		return nil, false, fmt.Errorf("content library: move blob into place: %w", err)
 	}
-	renamed = true
 
 	now := timestamppb.New(l.now())
 	c = &osvcv1.Content{

@@ -698,6 +698,229 @@ func (x *LocateResponse) GetLibraryIdPath() string {
 	return ""
 }
 
+type LocateLibraryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateLibraryRequest) Reset() {
+	*x = LocateLibraryRequest{}
+	mi := &file_osvc_v1_content_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateLibraryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateLibraryRequest) ProtoMessage() {}
+
+func (x *LocateLibraryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateLibraryRequest.ProtoReflect.Descriptor instead.
+func (*LocateLibraryRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{11}
+}
+
+type LocateLibraryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// incoming_path is the folder where Adopt finds the files it is named.
+	IncomingPath string `protobuf:"bytes,1,opt,name=incoming_path,json=incomingPath,proto3" json:"incoming_path,omitempty"`
+	// library_id and library_id_path identify the library as in LocateResponse.
+	LibraryId     string `protobuf:"bytes,2,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	LibraryIdPath string `protobuf:"bytes,3,opt,name=library_id_path,json=libraryIdPath,proto3" json:"library_id_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateLibraryResponse) Reset() {
+	*x = LocateLibraryResponse{}
+	mi := &file_osvc_v1_content_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateLibraryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateLibraryResponse) ProtoMessage() {}
+
+func (x *LocateLibraryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateLibraryResponse.ProtoReflect.Descriptor instead.
+func (*LocateLibraryResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *LocateLibraryResponse) GetIncomingPath() string {
+	if x != nil {
+		return x.IncomingPath
+	}
+	return ""
+}
+
+func (x *LocateLibraryResponse) GetLibraryId() string {
+	if x != nil {
+		return x.LibraryId
+	}
+	return ""
+}
+
+func (x *LocateLibraryResponse) GetLibraryIdPath() string {
+	if x != nil {
+		return x.LibraryIdPath
+	}
+	return ""
+}
+
+type AdoptRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the file's base name in the incoming folder: 32 lower-case hex
+	// digits.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// size_bytes must be the file's size.
+	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// sha256, when set, must be the file's digest.
+	Sha256        string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	MediaType     string `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptRequest) Reset() {
+	*x = AdoptRequest{}
+	mi := &file_osvc_v1_content_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptRequest) ProtoMessage() {}
+
+func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
+func (*AdoptRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AdoptRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AdoptRequest) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *AdoptRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *AdoptRequest) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+type AdoptResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Content *Content               `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	// existed is true when the library already held the blob.
+	Existed       bool `protobuf:"varint,2,opt,name=existed,proto3" json:"existed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptResponse) Reset() {
+	*x = AdoptResponse{}
+	mi := &file_osvc_v1_content_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptResponse) ProtoMessage() {}
+
+func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
+func (*AdoptResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AdoptResponse) GetContent() *Content {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *AdoptResponse) GetExisted() bool {
+	if x != nil {
+		return x.Existed
+	}
+	return false
+}
+
 var File_osvc_v1_content_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_content_proto_rawDesc = "" +
@@ -751,13 +974,31 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x1d\n" +
 	"\n" +
 	"library_id\x18\x03 \x01(\tR\tlibraryId\x12&\n" +
-	"\x0flibrary_id_path\x18\x04 \x01(\tR\rlibraryIdPath2\x83\x02\n" +
+	"\x0flibrary_id_path\x18\x04 \x01(\tR\rlibraryIdPath\"\x16\n" +
+	"\x14LocateLibraryRequest\"\x83\x01\n" +
+	"\x15LocateLibraryResponse\x12#\n" +
+	"\rincoming_path\x18\x01 \x01(\tR\fincomingPath\x12\x1d\n" +
+	"\n" +
+	"library_id\x18\x02 \x01(\tR\tlibraryId\x12&\n" +
+	"\x0flibrary_id_path\x18\x03 \x01(\tR\rlibraryIdPath\"x\n" +
+	"\fAdoptRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x04 \x01(\tR\tmediaType\"U\n" +
+	"\rAdoptResponse\x12*\n" +
+	"\acontent\x18\x01 \x01(\v2\x10.osvc.v1.ContentR\acontent\x12\x18\n" +
+	"\aexisted\x18\x02 \x01(\bR\aexisted2\x8b\x03\n" +
 	"\x0eContentService\x125\n" +
 	"\x04Read\x12\x14.osvc.v1.ReadRequest\x1a\x15.osvc.v1.ReadResponse0\x01\x128\n" +
 	"\x05Write\x12\x15.osvc.v1.WriteRequest\x1a\x16.osvc.v1.WriteResponse(\x01\x12E\n" +
 	"\n" +
 	"GetContent\x12\x1a.osvc.v1.GetContentRequest\x1a\x1b.osvc.v1.GetContentResponse\x129\n" +
-	"\x06Locate\x12\x16.osvc.v1.LocateRequest\x1a\x17.osvc.v1.LocateResponseB\x81\x01\n" +
+	"\x06Locate\x12\x16.osvc.v1.LocateRequest\x1a\x17.osvc.v1.LocateResponse\x12N\n" +
+	"\rLocateLibrary\x12\x1d.osvc.v1.LocateLibraryRequest\x1a\x1e.osvc.v1.LocateLibraryResponse\x126\n" +
+	"\x05Adopt\x12\x15.osvc.v1.AdoptRequest\x1a\x16.osvc.v1.AdoptResponseB\x81\x01\n" +
 	"\vcom.osvc.v1B\fContentProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
 var (
@@ -772,7 +1013,7 @@ func file_osvc_v1_content_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_content_proto_rawDescData
 }
 
-var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_osvc_v1_content_proto_goTypes = []any{
 	(*Content)(nil),               // 0: osvc.v1.Content
 	(*ReadRequest)(nil),           // 1: osvc.v1.ReadRequest
@@ -785,28 +1026,37 @@ var file_osvc_v1_content_proto_goTypes = []any{
 	(*GetContentResponse)(nil),    // 8: osvc.v1.GetContentResponse
 	(*LocateRequest)(nil),         // 9: osvc.v1.LocateRequest
 	(*LocateResponse)(nil),        // 10: osvc.v1.LocateResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*LocateLibraryRequest)(nil),  // 11: osvc.v1.LocateLibraryRequest
+	(*LocateLibraryResponse)(nil), // 12: osvc.v1.LocateLibraryResponse
+	(*AdoptRequest)(nil),          // 13: osvc.v1.AdoptRequest
+	(*AdoptResponse)(nil),         // 14: osvc.v1.AdoptResponse
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_osvc_v1_content_proto_depIdxs = []int32{
-	11, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
-	11, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
+	15, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
+	15, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
 	3,  // 2: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
 	5,  // 3: osvc.v1.WriteRequest.trailer:type_name -> osvc.v1.WriteTrailer
 	0,  // 4: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
 	0,  // 5: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
-	1,  // 6: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
-	4,  // 7: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
-	7,  // 8: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
-	9,  // 9: osvc.v1.ContentService.Locate:input_type -> osvc.v1.LocateRequest
-	2,  // 10: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
-	6,  // 11: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
-	8,  // 12: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
-	10, // 13: osvc.v1.ContentService.Locate:output_type -> osvc.v1.LocateResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	0,  // 6: osvc.v1.AdoptResponse.content:type_name -> osvc.v1.Content
+	1,  // 7: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
+	4,  // 8: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
+	7,  // 9: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
+	9,  // 10: osvc.v1.ContentService.Locate:input_type -> osvc.v1.LocateRequest
+	11, // 11: osvc.v1.ContentService.LocateLibrary:input_type -> osvc.v1.LocateLibraryRequest
+	13, // 12: osvc.v1.ContentService.Adopt:input_type -> osvc.v1.AdoptRequest
+	2,  // 13: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
+	6,  // 14: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
+	8,  // 15: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
+	10, // 16: osvc.v1.ContentService.Locate:output_type -> osvc.v1.LocateResponse
+	12, // 17: osvc.v1.ContentService.LocateLibrary:output_type -> osvc.v1.LocateLibraryResponse
+	14, // 18: osvc.v1.ContentService.Adopt:output_type -> osvc.v1.AdoptResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_content_proto_init() }
@@ -825,7 +1075,7 @@ func file_osvc_v1_content_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_content_proto_rawDesc), len(file_osvc_v1_content_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

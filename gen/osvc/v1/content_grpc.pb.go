@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ContentService_Read_FullMethodName       = "/osvc.v1.ContentService/Read"
-	ContentService_Write_FullMethodName      = "/osvc.v1.ContentService/Write"
-	ContentService_GetContent_FullMethodName = "/osvc.v1.ContentService/GetContent"
-	ContentService_Locate_FullMethodName     = "/osvc.v1.ContentService/Locate"
+	ContentService_Read_FullMethodName          = "/osvc.v1.ContentService/Read"
+	ContentService_Write_FullMethodName         = "/osvc.v1.ContentService/Write"
+	ContentService_GetContent_FullMethodName    = "/osvc.v1.ContentService/GetContent"
+	ContentService_Locate_FullMethodName        = "/osvc.v1.ContentService/Locate"
+	ContentService_LocateLibrary_FullMethodName = "/osvc.v1.ContentService/LocateLibrary"
+	ContentService_Adopt_FullMethodName         = "/osvc.v1.ContentService/Adopt"
 )
 
 // ContentServiceClient is the client API for ContentService service.
@@ -45,6 +47,16 @@ type ContentServiceClient interface {
 	// network. The client uses the answer only when it finds library_id in
 	// the file at library_id_path: then it sees the library itself.
 	Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error)
+	// LocateLibrary says where a client on the server's machine may leave a
+	// file for Adopt: the library's incoming folder, with the library's id
+	// (see Locate).
+	LocateLibrary(ctx context.Context, in *LocateLibraryRequest, opts ...grpc.CallOption) (*LocateLibraryResponse, error)
+	// Adopt stores, as Write would, the file a client on the server's machine
+	// linked into the library's incoming folder: the server copies it into a
+	// file of its own, hashing it itself, and removes the client's link. It
+	// names no other file: `name` is a base name that LocateLibrary's folder
+	// holds, and a symbolic link or anything but a regular file is refused.
+	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
 }
 
 type contentServiceClient struct {
@@ -107,6 +119,26 @@ func (c *contentServiceClient) Locate(ctx context.Context, in *LocateRequest, op
 	return out, nil
 }
 
+func (c *contentServiceClient) LocateLibrary(ctx context.Context, in *LocateLibraryRequest, opts ...grpc.CallOption) (*LocateLibraryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocateLibraryResponse)
+	err := c.cc.Invoke(ctx, ContentService_LocateLibrary_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *contentServiceClient) Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AdoptResponse)
+	err := c.cc.Invoke(ctx, ContentService_Adopt_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ContentServiceServer is the server API for ContentService service.
 // All implementations must embed UnimplementedContentServiceServer
 // for forward compatibility.
@@ -127,6 +159,16 @@ type ContentServiceServer interface {
 	// network. The client uses the answer only when it finds library_id in
 	// the file at library_id_path: then it sees the library itself.
 	Locate(context.Context, *LocateRequest) (*LocateResponse, error)
+	// LocateLibrary says where a client on the server's machine may leave a
+	// file for Adopt: the library's incoming folder, with the library's id
+	// (see Locate).
+	LocateLibrary(context.Context, *LocateLibraryRequest) (*LocateLibraryResponse, error)
+	// Adopt stores, as Write would, the file a client on the server's machine
+	// linked into the library's incoming folder: the server copies it into a
+	// file of its own, hashing it itself, and removes the client's link. It
+	// names no other file: `name` is a base name that LocateLibrary's folder
+	// holds, and a symbolic link or anything but a regular file is refused.
+	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
 	mustEmbedUnimplementedContentServiceServer()
 }
 
@@ -148,6 +190,12 @@ func (UnimplementedContentServiceServer) GetContent(context.Context, *GetContent
 }
 func (UnimplementedContentServiceServer) Locate(context.Context, *LocateRequest) (*LocateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Locate not implemented")
+}
+func (UnimplementedContentServiceServer) LocateLibrary(context.Context, *LocateLibraryRequest) (*LocateLibraryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LocateLibrary not implemented")
+}
+func (UnimplementedContentServiceServer) Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Adopt not implemented")
 }
 func (UnimplementedContentServiceServer) mustEmbedUnimplementedContentServiceServer() {}
 func (UnimplementedContentServiceServer) testEmbeddedByValue()                        {}
@@ -224,6 +272,42 @@ func _ContentService_Locate_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ContentService_LocateLibrary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LocateLibraryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContentServiceServer).LocateLibrary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContentService_LocateLibrary_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContentServiceServer).LocateLibrary(ctx, req.(*LocateLibraryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ContentService_Adopt_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AdoptRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ContentServiceServer).Adopt(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ContentService_Adopt_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ContentServiceServer).Adopt(ctx, req.(*AdoptRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ContentService_ServiceDesc is the grpc.ServiceDesc for ContentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -238,6 +322,14 @@ var ContentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Locate",
 			Handler:    _ContentService_Locate_Handler,
+		},
+		{
+			MethodName: "LocateLibrary",
+			Handler:    _ContentService_LocateLibrary_Handler,
+		},
+		{
+			MethodName: "Adopt",
+			Handler:    _ContentService_Adopt_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
