@@ -44,7 +44,7 @@ func newFileRun(t *testing.T, indexes ...string) *fileRun {
 	if err := im.write(path); err != nil {
 		t.Fatal(err)
 	}
-	c, err := content.Upload(context.Background(), path, MediaTypeWIM, nil)
+	c, err := content.Store(context.Background(), path, MediaTypeWIM, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

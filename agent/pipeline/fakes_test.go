@@ -379,11 +379,18 @@ func (c *memContent) Fetch(_ context.Context, sha, dst string, _ transfer.Use, p
 	return transfer.Downloaded, os.WriteFile(dst, data, 0o640)
 }
 
-func (c *memContent) Upload(ctx context.Context, path, mediaType string, _ transfer.ProgressFunc) (*osvcv1.Content, error) {
+// Store keeps the file's data and, as transfer.Client.Store does, takes the
+// file: a run that reads its result after storing it fails.
+func (c *memContent) Store(ctx context.Context, path, mediaType string, _ transfer.ProgressFunc) (_ *osvcv1.Content, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err == nil {
+			os.Remove(path)
+		}
+	}()
 	if mediaType == runlogs.MediaType {
 		// The pipeline uploads a copy named after the file.
 		name := ""

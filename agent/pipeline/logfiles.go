@@ -90,7 +90,7 @@ func (r *run) uploadLog(runCtx context.Context, name string) (*osvcv1.RunArtifac
 	if err != nil {
 		return nil, fmt.Errorf("copy %s for its upload: %w", name, err)
 	}
-	c, err := r.cfg.Images.Upload(ctx, snap.Name(), runlogs.MediaType, nil)
+	c, err := r.cfg.Images.Store(ctx, snap.Name(), runlogs.MediaType, nil)
 	if err != nil {
 		return nil, err
 	}

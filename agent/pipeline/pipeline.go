@@ -57,8 +57,9 @@ type ImageTransfer interface {
 	// transfer.ReadOnly it may be the library's own file (a hard link),
 	// which the run must then never write.
 	Fetch(ctx context.Context, sha256, dst string, use transfer.Use, progress transfer.ProgressFunc) (transfer.Source, error)
-	// Upload stores the file at path in the content library.
-	Upload(ctx context.Context, path, mediaType string, progress transfer.ProgressFunc) (*osvcv1.Content, error)
+	// Store stores the file at path in the content library and takes it:
+	// once stored, path is gone (see transfer.Client.Store).
+	Store(ctx context.Context, path, mediaType string, progress transfer.ProgressFunc) (*osvcv1.Content, error)
 }
 
 // Config is what a run needs from the agent.
@@ -475,8 +476,13 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 		return nil, err
 	}
 	var uploaded *osvcv1.Content
+	var resultIndexes []*osvcv1.ImageIndex
 	if err := r.step(ctx, osvcv1.Step_STEP_SWAP, "", func() (string, error) {
+		// Read before the upload, which takes the file (see ImageTransfer.Store).
 		var err error
+		if resultIndexes, err = r.describe(ctx, result); err != nil {
+			return "", err
+		}
 		uploaded, err = r.upload(ctx, result)
 		if err != nil {
 			return "", err
@@ -485,13 +491,7 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 	}); err != nil {
 		return nil, err
 	}
-	var resultIndexes []*osvcv1.ImageIndex
 	if err := r.step(ctx, osvcv1.Step_STEP_REPORT, "", func() (string, error) {
-		var err error
-		resultIndexes, err = r.describe(ctx, result)
-		if err != nil {
-			return "", err
-		}
 		return fmt.Sprintf("%d indexes, %s", len(resultIndexes), humanize.IBytes(uint64(uploaded.GetSizeBytes()))), nil
 	}); err != nil {
 		return nil, err
@@ -1098,7 +1098,7 @@ func (r *run) export(ctx context.Context, source string, indexes []engine.Index,
 func (r *run) upload(ctx context.Context, path string) (*osvcv1.Content, error) {
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	c, err := r.cfg.Images.Upload(ctx, path, MediaTypeWIM, func(n, total int64) {
+	c, err := r.cfg.Images.Store(ctx, path, MediaTypeWIM, func(n, total int64) {
 		if total > 0 {
 			pp.set(pctApplyEnd+int32(int64(pctSwapEnd-pctApplyEnd)*n/total), nil)
 		}

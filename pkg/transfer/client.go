@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
@@ -90,20 +91,26 @@ func (c *Client) Download(ctx context.Context, sha256, dst string, progress Prog
 	return err
 }
 
-// Upload stores the file at path in the content library. When the client
-// sees the library's own folder (see LocateLibrary: the agent beside the
-// server), it links the file into the library's incoming folder and has the
-// server Adopt it, which copies it on the volume instead of receiving it
-// over the connection; otherwise, or when that fails, it is Upload over the
-// client's connection. Either way the answer must name the sha256 the file
-// hashes to here.
-func (c *Client) Upload(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
+// Store stores the file at path in the content library and takes it: once
+// stored, path is gone. When the client sees the library's own folder (see
+// LocateLibrary: the agent beside the server), it moves the file into the
+// library's incoming folder and has the server Adopt it, which makes the
+// file itself the blob instead of receiving a copy over the connection;
+// otherwise, or when that is refused, the file is uploaded (Upload) and
+// then removed (a file that cannot be removed is left). Either way the answer must name the sha256 the file hashes
+// to here. On an error the file is left at path.
+func (c *Client) Store(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
 	if progress == nil {
 		progress = func(int64, int64) {}
 	}
-	content, err := c.uploadLocal(ctx, path, mediaType, progress)
+	content, err := c.storeLocal(ctx, path, mediaType, progress)
 	if !errors.Is(err, errNotLocal) {
 		return content, err
 	}
-	return Upload(ctx, c.content, path, mediaType, progress)
+	content, err = Upload(ctx, c.content, path, mediaType, progress)
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(path)
+	return content, nil
 }

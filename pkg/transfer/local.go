@@ -82,16 +82,16 @@ func seesLibrary(idPath, id string) error {
 	return nil
 }
 
-// uploadLocal links the file at path into the library's incoming folder
+// storeLocal moves the file at path into the library's incoming folder
 // and asks the server to Adopt it, hashing the file meanwhile to check the
-// answer. errNotLocal when the library is not visible from here, or the
-// link or the adoption fails for a reason the stream upload may not have:
-// the caller uploads over the connection then.
-func (c *Client) uploadLocal(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
+// answer. errNotLocal, with the file back at path, when the library is not
+// visible from here, or the move or the adoption fails for a reason the
+// stream upload may not have: the caller uploads over the connection then.
+func (c *Client) storeLocal(ctx context.Context, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
 	loc, err := c.content.LocateLibrary(ctx, &osvcv1.LocateLibraryRequest{})
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("upload %s: %w", path, context.Cause(ctx))
+			return nil, fmt.Errorf("store %s: %w", path, context.Cause(ctx))
 		}
 		return nil, fmt.Errorf("%w: locate the library: %w", errNotLocal, err)
 	}
@@ -103,26 +103,23 @@ func (c *Client) uploadLocal(ctx context.Context, path, mediaType string, progre
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("upload: %w", err)
+		return nil, fmt.Errorf("store: %w", err)
 	}
 	defer f.Close()
 	info, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("upload %s: %w", path, err)
+		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
 	if !info.Mode().IsRegular() || info.Size() == 0 {
 		return nil, fmt.Errorf("%w: %s is not a regular file with data", errNotLocal, path)
 	}
 	name := make([]byte, 16)
 	rand.Read(name)
-	link := filepath.Join(loc.GetIncomingPath(), hex.EncodeToString(name))
-	if err := os.Link(path, link); err != nil {
+	moved := filepath.Join(loc.GetIncomingPath(), hex.EncodeToString(name))
+	if err := os.Rename(path, moved); err != nil {
 		// Another volume, another user's folder: send it over the connection.
 		return nil, fmt.Errorf("%w: %w", errNotLocal, err)
 	}
-	// The server removes the link once it has read it; this is for a call
-	// that never reached it.
-	defer os.Remove(link)
 
 	hashed := make(chan error, 1)
 	var sum string
@@ -132,19 +129,24 @@ func (c *Client) uploadLocal(ctx context.Context, path, mediaType string, progre
 		hashed <- err
 	}()
 	resp, err := c.content.Adopt(ctx, &osvcv1.AdoptRequest{
-		Name: filepath.Base(link), SizeBytes: info.Size(), MediaType: mediaType,
+		Name: filepath.Base(moved), SizeBytes: info.Size(), MediaType: mediaType,
 	})
-	if herr := <-hashed; herr != nil {
-		return nil, fmt.Errorf("upload %s: hash: %w", path, herr)
-	}
+	herr := <-hashed
 	if err != nil {
+		// Refused, the file stays in the incoming folder: take it back.
+		if rerr := os.Rename(moved, path); rerr != nil {
+			return nil, fmt.Errorf("store %s: the server did not adopt it (%w), and taking it back failed: %w", path, err, rerr)
+		}
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("upload %s: %w", path, context.Cause(ctx))
+			return nil, fmt.Errorf("store %s: %w", path, context.Cause(ctx))
 		}
 		return nil, fmt.Errorf("%w: adopt: %w", errNotLocal, err)
 	}
+	if herr != nil {
+		return nil, fmt.Errorf("store %s: hash: %w", path, herr)
+	}
 	if got := resp.GetContent(); got.GetSha256() != sum || got.GetSizeBytes() != info.Size() {
-		return nil, fmt.Errorf("upload %s: the server stored %q (%d bytes), but the file hashes to %s (%d bytes): the file changed while it was stored; upload it again once nothing writes it",
+		return nil, fmt.Errorf("store %s: the server stored %q (%d bytes), but the file hashed to %s (%d bytes): the file changed while it was stored; store it again once nothing writes it",
 			path, got.GetSha256(), got.GetSizeBytes(), sum, info.Size())
 	}
 	progress(info.Size(), info.Size())

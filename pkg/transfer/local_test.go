@@ -244,19 +244,19 @@ func incomingFiles(t *testing.T, s *server) []string {
 	return names
 }
 
-func TestClientUploadBesideTheLibraryHasTheServerAdoptTheFile(t *testing.T) {
+func TestStoreBesideTheLibraryHasTheServerAdoptTheFile(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
 	data := blob(blobSize)
 	src := filepath.Join(t.TempDir(), "export.wim")
 	writeFile(t, src, data)
 	var last [2]int64
-	c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", func(done, total int64) { last = [2]int64{done, total} })
+	c, err := newClient(t, s).Store(context.Background(), src, "application/x-ms-wim", func(done, total int64) { last = [2]int64{done, total} })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.GetSha256() != shaOf(data) || c.GetSizeBytes() != blobSize {
-		t.Fatalf("Upload = %v, want the file's blob", c)
+		t.Fatalf("Store = %v, want the file's blob", c)
 	}
 	if got := s.received.Load(); got != 0 {
 		t.Errorf("the server received %d bytes over Write, want none: the file was beside it", got)
@@ -267,10 +267,13 @@ func TestClientUploadBesideTheLibraryHasTheServerAdoptTheFile(t *testing.T) {
 	if got := incomingFiles(t, s); len(got) != 0 {
 		t.Errorf("the incoming folder holds %q after the upload", got)
 	}
-	checkDownloaded(t, src, data) // the client's file is left as it was
+	checkDownloaded(t, s.lib.Path(c.GetSha256()), data)
+	if _, err := os.Stat(src); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stored file is still there (%v): Store takes it", err)
+	}
 }
 
-func TestClientUploadSendsWhatItCannotLeaveBesideTheLibrary(t *testing.T) {
+func TestStoreSendsWhatItCannotLeaveBesideTheLibrary(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name  string
@@ -303,11 +306,15 @@ func TestClientUploadSendsWhatItCannotLeaveBesideTheLibrary(t *testing.T) {
 			},
 		},
 		{
-			name: "a server that refuses the adoption",
+			name: "a server without Adopt",
 			setup: func(t *testing.T, s *server) {
-				s.onAdopt = func(*osvcv1.AdoptResponse) error {
-					return status.Error(codes.Unimplemented, "unknown method Adopt")
-				}
+				s.refuseAdopt = status.Error(codes.Unimplemented, "unknown method Adopt")
+			},
+		},
+		{
+			name: "a server that refuses the file",
+			setup: func(t *testing.T, s *server) {
+				s.refuseAdopt = status.Error(codes.InvalidArgument, "the incoming file has 2 names")
 			},
 		},
 	}
@@ -319,21 +326,24 @@ func TestClientUploadSendsWhatItCannotLeaveBesideTheLibrary(t *testing.T) {
 			data := blob(blobSize)
 			src := filepath.Join(t.TempDir(), "export.wim")
 			writeFile(t, src, data)
-			c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", nil)
+			c, err := newClient(t, s).Store(context.Background(), src, "application/x-ms-wim", nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if c.GetSha256() != shaOf(data) || s.received.Load() != blobSize {
-				t.Errorf("Upload = %v with %d bytes sent over Write, want the blob, all %d bytes sent", c, s.received.Load(), blobSize)
+				t.Errorf("Store = %v with %d bytes sent over Write, want the blob, all %d bytes sent", c, s.received.Load(), blobSize)
 			}
 			if got := incomingFiles(t, s); len(got) != 0 {
 				t.Errorf("the incoming folder holds %q after the upload", got)
+			}
+			if _, err := os.Stat(src); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the stored file is still there (%v): Store takes it", err)
 			}
 		})
 	}
 }
 
-func TestClientUploadRefusesAnAdoptionOfOtherData(t *testing.T) {
+func TestStoreRefusesAnAdoptionOfOtherData(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
 	s.onAdopt = func(r *osvcv1.AdoptResponse) error {
@@ -342,9 +352,9 @@ func TestClientUploadRefusesAnAdoptionOfOtherData(t *testing.T) {
 	}
 	src := filepath.Join(t.TempDir(), "export.wim")
 	writeFile(t, src, blob(blobSize))
-	c, err := newClient(t, s).Upload(context.Background(), src, "application/x-ms-wim", nil)
+	c, err := newClient(t, s).Store(context.Background(), src, "application/x-ms-wim", nil)
 	if err == nil || !strings.Contains(err.Error(), "the file changed while it was stored") {
-		t.Fatalf("Upload = %v, %v; want the answer refused", c, err)
+		t.Fatalf("Store = %v, %v; want the answer refused", c, err)
 	}
 	if s.received.Load() != 0 {
 		t.Errorf("the refusal fell back to sending %d bytes over Write", s.received.Load())

@@ -50,6 +50,8 @@ type server struct {
 	// onLocateLibrary and onAdopt may change those answers, or refuse the call.
 	onLocateLibrary func(*osvcv1.LocateLibraryResponse) error
 	onAdopt         func(*osvcv1.AdoptResponse) error
+	// refuseAdopt, when set, is Adopt's answer, before the library sees the call.
+	refuseAdopt error
 
 	mu    sync.Mutex
 	reads []readCall // finished Read calls
@@ -125,6 +127,9 @@ func startServer(t *testing.T) *server {
 			return err
 		}), grpc.UnaryInterceptor(
 		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			if _, ok := req.(*osvcv1.AdoptRequest); ok && s.refuseAdopt != nil {
+				return nil, s.refuseAdopt
+			}
 			resp, err := handler(ctx, req)
 			if err != nil {
 				return resp, err

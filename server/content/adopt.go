@@ -47,49 +47,64 @@ func ValidIncomingName(name string) bool {
 	return len(name) == 32 && strings.Trim(name, "0123456789abcdef") == ""
 }
 
-// Adopt stores the file the incoming folder holds under name as Write would
-// store its data, and removes that file whatever the outcome. h.SizeBytes
-// is required and must be the file's size; h.SHA256, when set, must be its
-// digest. The library copies the file into a temp file of its own (the
-// kernel copies; a clone where the file system can) and hashes that copy,
-// so the blob is never the client's inode, and data changed by the client
-// during the copy is never stored under another digest. Only a regular
-// file is taken: a symbolic link, or a file replaced between the check and
-// the open, is refused.
+// Adopt takes the file the incoming folder holds under name as the blob
+// of its data: it hashes the file, syncs it and renames it into place, as
+// Write stores received data; the data is not copied. h.SizeBytes is
+// required and must be the file's size; h.SHA256, when set, must be its
+// digest. Only a file nothing else names is taken: a regular file (not a
+// symbolic link, not a folder, the one checked being the one opened) with
+// one link, the client having moved it in rather than linked it, so no
+// path of the client's reaches the blob afterwards. A blob the library
+// holds already is kept and the file removed. On a refusal the file is
+// left where it is, for the client to take back.
 func (l *Library) Adopt(ctx context.Context, name string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
 	if !ValidIncomingName(name) {
 		return nil, false, errdefs.InvalidArgument("name", fmt.Sprintf("%q is not a name of the incoming folder: want 32 lower-case hex digits", name))
 	}
-	path := filepath.Join(l.dir, incomingDir, name)
-	defer os.Remove(path)
 	if h.SizeBytes <= 0 {
 		return nil, false, errdefs.InvalidArgument("size_bytes", "the file's size is required")
 	}
-	src, err := openRegular(path)
+	path := filepath.Join(l.dir, incomingDir, name)
+	f, err := openRegular(path)
 	if err != nil {
 		return nil, false, err
 	}
-	defer src.Close()
-	info, err := src.Stat()
+	defer f.Close()
+	info, err := f.Stat()
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: %w", err)
+	}
+	if n, ok := linkCount(info); !ok || n != 1 {
+		return nil, false, errdefs.InvalidArgument("name", fmt.Sprintf(
+			"the incoming %s has %d names: move the file into the incoming folder, do not link it", name, n))
 	}
 	if info.Size() != h.SizeBytes {
 		return nil, false, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("the incoming file %s has %d bytes, not %d", name, info.Size(), h.SizeBytes))
 	}
-	return l.put(ctx, h, func(tmp *os.File) (int64, string, error) {
-		// One byte more than announced is enough to tell the file grew.
-		n, err := copyFile(ctx, tmp, src, h.SizeBytes+1)
-		if err != nil {
-			return 0, "", fmt.Errorf("content library: copy the incoming file %s: %w", name, err)
+	if c, err := l.begin(ctx, &h); err != nil || c != nil {
+		if c != nil {
+			os.Remove(path)
 		}
-		startWriteback(tmp, 0, n)
-		sum, err := hashFile(ctx, tmp, n)
-		if err != nil {
-			return 0, "", fmt.Errorf("content library: hash the copy of %s: %w", name, err)
-		}
-		return n, sum, nil
-	})
+		return c, c != nil, err
+	}
+	release, err := l.writes.Enter(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("content library: %w", err)
+	}
+	defer release()
+	// A blob is never written: the mode says so to anyone but root.
+	if err := f.Chmod(0o444); err != nil {
+		return nil, false, fmt.Errorf("content library: %w", err)
+	}
+	sum, err := hashFile(ctx, f, info.Size())
+	if err != nil {
+		return nil, false, fmt.Errorf("content library: hash the incoming file %s: %w", name, err)
+	}
+	c, existed, err = l.finish(ctx, f, info.Size(), sum, h)
+	if existed {
+		os.Remove(path)
+	}
+	return c, existed, err
 }
 
 // openRegular opens path for reading when it is a regular file itself, not
@@ -115,28 +130,6 @@ func openRegular(path string) (*os.File, error) {
 		return nil, errdefs.InvalidArgument("name", fmt.Sprintf("the incoming %s changed while it was opened", filepath.Base(path)))
 	}
 	return f, nil
-}
-
-// copyFile copies at most limit bytes of src to dst; *os.File's ReadFrom
-// sees through the LimitedReader and lets the kernel copy
-// (copy_file_range). Ends with ctx between steps.
-func copyFile(ctx context.Context, dst, src *os.File, limit int64) (int64, error) {
-	const step = 64 << 20
-	var n int64
-	for n < limit {
-		if err := ctx.Err(); err != nil {
-			return n, err
-		}
-		m, err := io.CopyN(dst, src, min(step, limit-n))
-		n += m
-		if errors.Is(err, io.EOF) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // hashFile hashes the first n bytes of f.

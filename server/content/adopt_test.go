@@ -13,26 +13,26 @@ import (
 	"github.com/osvc/osvc/server/content"
 )
 
-// leave links a file holding data into the library's incoming folder, as an
-// agent beside the server does, and returns its name and its path outside.
-func leave(t *testing.T, lib *content.Library, data []byte) (name, outside string) {
+// leave moves a file holding data into the library's incoming folder, as
+// an agent beside the server does, and returns its name there.
+func leave(t *testing.T, lib *content.Library, data []byte) string {
 	t.Helper()
-	outside = filepath.Join(t.TempDir(), "result.wim")
+	outside := filepath.Join(t.TempDir(), "result.wim")
 	if err := os.WriteFile(outside, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	name = sum(data)[:32]
-	if err := os.Link(outside, filepath.Join(lib.LocateLibrary().IncomingPath, name)); err != nil {
+	name := sum(data)[:32]
+	if err := os.Rename(outside, filepath.Join(lib.LocateLibrary().IncomingPath, name)); err != nil {
 		t.Fatal(err)
 	}
-	return name, outside
+	return name
 }
 
-func TestAdoptStoresACopyOfItsOwnAndRemovesTheLink(t *testing.T) {
+func TestAdoptTakesTheFileItselfAsTheBlob(t *testing.T) {
 	t.Parallel()
 	lib, dir := newLibrary(t)
 	data := bytes.Repeat([]byte("serviced image "), 100_000)
-	name, outside := leave(t, lib, data)
+	name := leave(t, lib, data)
 	c, existed, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data)), MediaType: "application/x-ms-wim"})
 	if err != nil {
 		t.Fatal(err)
@@ -41,23 +41,49 @@ func TestAdoptStoresACopyOfItsOwnAndRemovesTheLink(t *testing.T) {
 		t.Fatalf("Adopt = %v (existed %v), want a new blob of the data", c, existed)
 	}
 	if got := files(t, dir); !slices.Equal(got, []string{filepath.Join(sum(data)[:2], sum(data))}) {
-		t.Errorf("library files = %q, want the blob alone (the incoming link removed)", got)
+		t.Errorf("library files = %q, want the blob alone (the incoming file moved into place)", got)
 	}
-	// The client may still write its own file: the blob is not that inode.
-	if err := os.WriteFile(outside, []byte("changed afterwards"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(lib.Path(c.GetSha256()))
+	info, err := os.Stat(lib.Path(c.GetSha256()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, data) {
-		t.Fatal("writing the client's file changed the library's blob")
+	if info.Mode().Perm()&0o222 != 0 {
+		t.Errorf("the blob's mode is %s: a blob is never written", info.Mode())
 	}
-	// Adopting it again finds the blob held.
-	name, _ = leave(t, lib, data)
+	if got, err := os.ReadFile(lib.Path(c.GetSha256())); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the blob does not hold the data (%v)", err)
+	}
+	// The same data again: the library holds it, the file is dropped.
+	name = leave(t, lib, data)
 	if _, existed, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data)), SHA256: sum(data)}); err != nil || !existed {
 		t.Fatalf("second Adopt: existed %v, %v; want the held blob", existed, err)
+	}
+	if got := files(t, dir); len(got) != 1 {
+		t.Errorf("library files = %q after adopting a held blob, want the blob alone", got)
+	}
+}
+
+func TestAdoptRefusesAFileWithOtherNames(t *testing.T) {
+	t.Parallel()
+	lib, _ := newLibrary(t)
+	// A file of the server's (or one the client keeps writing), linked in.
+	data := []byte("a file that stays reachable by another path")
+	elsewhere := filepath.Join(t.TempDir(), "elsewhere")
+	if err := os.WriteFile(elsewhere, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	name := sum(data)[:32]
+	if err := os.Link(elsewhere, filepath.Join(lib.LocateLibrary().IncomingPath, name)); err != nil {
+		t.Fatal(err)
+	}
+	if c, _, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data))}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("Adopt of a linked file = %v, %v; want InvalidArgument", c, err)
+	}
+	if _, err := lib.Stat(context.Background(), sum(data)); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the linked file became a blob: %v", err)
+	}
+	if info, err := os.Stat(elsewhere); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("the file elsewhere was changed: %v, %v", info, err)
 	}
 }
 
@@ -101,7 +127,7 @@ func TestAdoptTakesOnlyARegularFileOfTheIncomingFolder(t *testing.T) {
 	}
 }
 
-func TestAdoptRefusesAFileThatIsNotWhatTheClientSaysAndKeepsNothing(t *testing.T) {
+func TestAdoptRefusesAFileThatIsNotWhatTheClientSaysAndStoresNothing(t *testing.T) {
 	t.Parallel()
 	lib, dir := newLibrary(t)
 	data := []byte("serviced image")
@@ -114,12 +140,17 @@ func TestAdoptRefusesAFileThatIsNotWhatTheClientSaysAndKeepsNothing(t *testing.T
 		{name: "another sha256", h: content.WriteHeader{SizeBytes: int64(len(data)), SHA256: sum([]byte("other"))}},
 	}
 	for _, tt := range tests {
-		name, _ := leave(t, lib, data)
+		name := leave(t, lib, data)
 		if c, _, err := lib.Adopt(context.Background(), name, tt.h); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: Adopt = %v, %v; want InvalidArgument", tt.name, c, err)
 		}
-		if got := files(t, dir); len(got) != 0 {
-			t.Fatalf("%s: library files %q after a refusal, want none", tt.name, got)
+		// The file stays for the client to take back, and is no blob.
+		incoming := filepath.Join("incoming", name)
+		if got := files(t, dir); !slices.Equal(got, []string{incoming}) {
+			t.Fatalf("%s: library files %q after a refusal, want %s alone", tt.name, got, incoming)
+		}
+		if err := os.Remove(filepath.Join(dir, incoming)); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -52,10 +52,12 @@ type ContentServiceClient interface {
 	// (see Locate).
 	LocateLibrary(ctx context.Context, in *LocateLibraryRequest, opts ...grpc.CallOption) (*LocateLibraryResponse, error)
 	// Adopt stores, as Write would, the file a client on the server's machine
-	// linked into the library's incoming folder: the server copies it into a
-	// file of its own, hashing it itself, and removes the client's link. It
-	// names no other file: `name` is a base name that LocateLibrary's folder
-	// holds, and a symbolic link or anything but a regular file is refused.
+	// moved into the library's incoming folder: the server hashes and syncs
+	// the file and renames it into place, so the data is not copied. It takes
+	// no other file: `name` is a base name that LocateLibrary's folder holds,
+	// and a symbolic link, anything but a regular file, or a file with another
+	// name (linked in rather than moved) is refused and left for the client
+	// to take back.
 	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
 }
 
@@ -164,10 +166,12 @@ type ContentServiceServer interface {
 	// (see Locate).
 	LocateLibrary(context.Context, *LocateLibraryRequest) (*LocateLibraryResponse, error)
 	// Adopt stores, as Write would, the file a client on the server's machine
-	// linked into the library's incoming folder: the server copies it into a
-	// file of its own, hashing it itself, and removes the client's link. It
-	// names no other file: `name` is a base name that LocateLibrary's folder
-	// holds, and a symbolic link or anything but a regular file is refused.
+	// moved into the library's incoming folder: the server hashes and syncs
+	// the file and renames it into place, so the data is not copied. It takes
+	// no other file: `name` is a base name that LocateLibrary's folder holds,
+	// and a symbolic link, anything but a regular file, or a file with another
+	// name (linked in rather than moved) is refused and left for the client
+	// to take back.
 	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
 	mustEmbedUnimplementedContentServiceServer()
 }
