@@ -14,7 +14,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/conn"
@@ -23,6 +22,7 @@ import (
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/names"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -35,6 +35,9 @@ const DriveAutomatic = drive.Automatic
 type Config struct {
 	// Server is the server's address, host:port.
 	Server string
+	// TLS says which authority the agent trusts for the server's
+	// certificate, or that it dials a loopback server in plaintext.
+	TLS pki.ClientOptions
 	// Site is the code of the agent's site, e.g. PS1.
 	Site string
 	// Name is the agent's name; default the host name.
@@ -144,6 +147,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Site == "" {
 		return nil, errors.New("agent: the site code is required (--site, e.g. PS1)")
 	}
+	creds, err := pki.ClientCredentials(cfg.Server, cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	// Later options win: DialOptions may replace the credentials (tests).
+	cfg.DialOptions = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...)
 	if cfg.Engine == nil {
 		return nil, errors.New("agent: an engine is required (--engine wimlib)")
 	}
@@ -258,9 +267,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopRetention()
 	retention.Go(func() { a.keepRemovingExpired(rctx) })
 
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	opts = append(opts, transfer.DialOptions()...)
-	opts = append(opts, a.cfg.DialOptions...)
+	opts := append(transfer.DialOptions(), a.cfg.DialOptions...)
 	cc, err := grpc.NewClient(a.cfg.Server, opts...)
 	if err != nil {
 		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)

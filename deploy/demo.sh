@@ -9,6 +9,9 @@ bin="$root/bin"
 work="${OSVC_DEMO_DIR:-$root/demo-data}"
 addr="${OSVC_DEMO_ADDR:-127.0.0.1:7399}"
 export OSVC_SERVER="$addr"
+# The server makes a certificate authority in its data directory on first
+# start; osvcctl and the agent trust it (TLS, no --insecure).
+export OSVC_CA_FILE="$work/server/pki/ca.crt"
 
 pids=()
 cleanup() {

@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -144,10 +144,15 @@ func freeAddr(t *testing.T) string {
 	return addr
 }
 
-// dial connects to a server under test.
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+// dial connects to a server under test over TLS, trusting the authority
+// in caFile as osvcctl and the agents do.
+func dial(t *testing.T, addr, caFile string) *grpc.ClientConn {
 	t.Helper()
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
+	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, transfer.DialOptions()...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -45,7 +46,16 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 	dir := t.TempDir()
 	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server"), serverArgs: serverArgs}
 	c.startServer(t)
-	cc := dial(t, c.addr)
+	eventually(t, 60*time.Second, "osvc-server to make its certificate authority", func() bool {
+		select {
+		case <-c.server.done:
+			t.Fatalf("osvc-server exited: %v\n%s", c.server.err, c.server.log.String())
+		default:
+		}
+		_, err := os.Stat(c.caFile())
+		return err == nil
+	})
+	cc := dial(t, c.addr, c.caFile())
 	c.images = osvcv1.NewImageServiceClient(cc)
 	c.updates = osvcv1.NewUpdateServiceClient(cc)
 	c.svc = osvcv1.NewServicingServiceClient(cc)
@@ -54,6 +64,10 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 	waitServing(t, cc, c.server)
 	return c
 }
+
+// caFile is the authority the server makes in its data directory, which
+// its clients trust.
+func (c *cluster) caFile() string { return filepath.Join(c.dataDir, "pki", pki.CACertFile) }
 
 func (c *cluster) startServer(t *testing.T) {
 	t.Helper()
@@ -65,7 +79,7 @@ func (c *cluster) startServer(t *testing.T) {
 func (c *cluster) startAgent(t *testing.T, name string) *proc {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
-	p := start(t, "osvc-agent", "--server", c.addr, "--site", "PS1", "--name", name,
+	p := start(t, "osvc-agent", "--server", c.addr, "--ca-file", c.caFile(), "--site", "PS1", "--name", name,
 		"--data-dir", dir, "--log-level", "debug")
 	p.dir = dir
 	c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
@@ -420,7 +434,7 @@ func TestServicingEndToEnd(t *testing.T) {
 	t.Run("osvcctl prints the run's log lines and log files", func(t *testing.T) {
 		osvcctl := func(args ...string) string {
 			t.Helper()
-			out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr}, args...)...).Output()
+			out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr, "--ca-file", c.caFile()}, args...)...).Output()
 			if err != nil {
 				t.Fatalf("osvcctl %s: %v", strings.Join(args, " "), err)
 			}
@@ -438,7 +452,7 @@ func TestServicingEndToEnd(t *testing.T) {
 	})
 
 	t.Run("osvcctl lists the run as an administrator sees it", func(t *testing.T) {
-		out, err := exec.Command(filepath.Join(binDir, "osvcctl"), "--server", c.addr, "run", "list", "-o", "json").CombinedOutput()
+		out, err := exec.Command(filepath.Join(binDir, "osvcctl"), "--server", c.addr, "--ca-file", c.caFile(), "run", "list", "-o", "json").CombinedOutput()
 		if err != nil {
 			t.Fatalf("osvcctl run list: %v\n%s", err, out)
 		}

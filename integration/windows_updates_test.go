@@ -13,7 +13,7 @@ import (
 // osvcctl runs osvcctl against the cluster's server and returns its output.
 func (c *cluster) osvcctl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr}, args...)...).CombinedOutput()
+	out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr, "--ca-file", c.caFile()}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("osvcctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -27,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/catalog"
@@ -109,6 +113,16 @@ type Config struct {
 	ContentGrace time.Duration
 	// FastEtcd runs the embedded etcd with short ticks, for tests and benchmarks.
 	FastEtcd bool
+	// TLSCertFile and TLSKeyFile are the server's certificate and key (PEM).
+	// Without them the server issues itself a certificate from the
+	// certificate authority it keeps in DataDir/pki, made on first start
+	// (clients trust DataDir/pki/ca.crt); TLSHosts are names and addresses
+	// that certificate is valid for besides localhost, the loopback
+	// addresses, the host name and the Listen host.
+	TLSCertFile, TLSKeyFile string
+	TLSHosts                []string
+	// Insecure serves plaintext, which only a loopback Listen address allows.
+	Insecure bool
 }
 
 // Server is one osvc-server replica.
@@ -132,6 +146,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
 		return nil, fmt.Errorf("listen address %q: want host:port, e.g. localhost:7300: %w", cfg.Listen, err)
+	}
+	switch {
+	case cfg.Insecure && !pki.Loopback(cfg.Listen):
+		return nil, fmt.Errorf("--insecure serves plaintext, which is refused on %s: anyone on the network could act as any agent or administrator; listen on localhost, or drop --insecure to serve TLS", cfg.Listen)
+	case cfg.Insecure && (cfg.TLSCertFile != "" || cfg.TLSKeyFile != ""):
+		return nil, errors.New("--insecure and --tls-cert/--tls-key contradict each other: give one")
+	case (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == ""):
+		return nil, errors.New("--tls-cert and --tls-key go together: give both, or neither for a certificate from the server's own authority")
 	}
 	for _, ep := range cfg.EtcdEndpoints {
 		if strings.TrimSpace(ep) == "" {
@@ -214,6 +236,16 @@ func (s *Server) Addr() string {
 	return s.addr
 }
 
+// CAFile is the certificate of the authority the server issues its own
+// certificate from, which its clients trust: DataDir/pki/ca.crt; "" with
+// TLSCertFile or Insecure.
+func (s *Server) CAFile() string {
+	if s.cfg.Insecure || s.cfg.TLSCertFile != "" {
+		return ""
+	}
+	return filepath.Join(s.cfg.DataDir, "pki", pki.CACertFile)
+}
+
 // Run starts everything, serves until ctx ends, then stops gracefully within
 // ShutdownTimeout and forcefully after it. It returns nil after a shutdown
 // asked for by ctx, and the first error of any part otherwise. A Server runs
@@ -234,6 +266,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer lis.Close()
 	addr := lis.Addr().String()
+	creds, err := s.transportCredentials()
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	s.addr = addr
 	s.mu.Unlock()
@@ -292,7 +328,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// runCtx ends the background loops and the open watches; it ends with ctx
 	// or when any part fails (errgroup cancels it on the first error).
 	g, runCtx := errgroup.WithContext(ctx)
-	gs := grpc.NewServer(s.serverOptions(runCtx)...)
+	gs := grpc.NewServer(append(s.serverOptions(runCtx), grpc.Creds(creds))...)
 	healthSrv := health.NewServer()
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
 	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
@@ -386,6 +422,39 @@ func (s *Server) gracefulStop(gs *grpc.Server) {
 
 // errShuttingDown ends the watches and downloads still open when the server stops.
 var errShuttingDown = status.Error(codes.Unavailable, "osvc-server is shutting down; call again to resume")
+
+// transportCredentials are TLS with the configured certificate or one
+// issued from the server's own authority (made on first start), or
+// plaintext when Insecure.
+func (s *Server) transportCredentials() (credentials.TransportCredentials, error) {
+	if s.cfg.Insecure {
+		s.logger.Warn("serving plaintext (--insecure): only this machine can connect", "listen", s.cfg.Listen)
+		return insecure.NewCredentials(), nil
+	}
+	if s.cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS certificate --tls-cert %s, --tls-key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+		}
+		s.logger.Info("serving TLS with the given certificate", "cert", s.cfg.TLSCertFile)
+		return credentials.NewTLS(pki.ServerConfig(cert)), nil
+	}
+	now := time.Now()
+	ca, created, err := pki.EnsureCA(filepath.Join(s.cfg.DataDir, "pki"), now)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		s.logger.Info("made a certificate authority: clients trust its certificate", "ca", ca.CertPath, "fingerprint", ca.Fingerprint())
+	}
+	hosts := pki.ServerHosts(s.cfg.Listen, s.cfg.TLSHosts)
+	cert, err := ca.ServerCertificate(hosts, now)
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("serving TLS with a certificate from the server's authority", "ca", ca.CertPath, "fingerprint", ca.Fingerprint(), "hosts", strings.Join(hosts, ","))
+	return credentials.NewTLS(pki.ServerConfig(cert)), nil
+}
 
 func (s *Server) serverOptions(shutdown context.Context) []grpc.ServerOption {
 	opts := append([]grpc.ServerOption{}, transfer.ServerOptions()...)

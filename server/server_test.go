@@ -20,12 +20,12 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server"
 )
@@ -89,9 +89,15 @@ func startServer(t *testing.T, cfg server.Config) *running {
 	return r
 }
 
-func dial(t *testing.T, addr string) *grpc.ClientConn {
+// dial connects to srv over TLS, trusting the authority it made.
+func dial(t *testing.T, srv *server.Server) *grpc.ClientConn {
 	t.Helper()
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
+	addr := srv.Addr()
+	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: srv.CAFile()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, transfer.DialOptions()...)
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
@@ -140,7 +146,7 @@ func importImage(t *testing.T, conn *grpc.ClientConn, id string) *osvcv1.Image {
 func TestServerServesHealthReflectionAndTheCatalog(t *testing.T) {
 	t.Parallel()
 	r := startServer(t, testConfig(t, t.TempDir()))
-	conn := dial(t, r.srv.Addr())
+	conn := dial(t, r.srv)
 	ctx := context.Background()
 
 	health, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
@@ -208,7 +214,7 @@ func TestServerStopsOnCancelAndKeepsItsDataAcrossARestart(t *testing.T) {
 	t.Parallel()
 	dataDir := t.TempDir()
 	first := startServer(t, testConfig(t, dataDir))
-	conn := dial(t, first.srv.Addr())
+	conn := dial(t, first.srv)
 	img := importImage(t, conn, "win11")
 
 	// A health watcher sees the server go NOT_SERVING as it stops.
@@ -231,7 +237,7 @@ func TestServerStopsOnCancelAndKeepsItsDataAcrossARestart(t *testing.T) {
 	}
 
 	second := startServer(t, testConfig(t, dataDir))
-	got, err := osvcv1.NewImageServiceClient(dial(t, second.srv.Addr())).GetImage(context.Background(), &osvcv1.GetImageRequest{Name: "images/win11"})
+	got, err := osvcv1.NewImageServiceClient(dial(t, second.srv)).GetImage(context.Background(), &osvcv1.GetImageRequest{Name: "images/win11"})
 	if err != nil {
 		t.Fatalf("GetImage after a restart: %v", err)
 	}
@@ -250,7 +256,7 @@ func TestServerUsesAnExternalEtcd(t *testing.T) {
 	cfg.EtcdEndpoints = []string{endpoint}
 	cfg.Prefix = "/osvc-external/"
 	r := startServer(t, cfg)
-	importImage(t, dial(t, r.srv.Addr()), "win11")
+	importImage(t, dial(t, r.srv), "win11")
 
 	client := etcdClient(t, endpoint)
 	resp, err := client.Get(context.Background(), "/osvc-external/images/", clientv3.WithPrefix())
@@ -277,6 +283,10 @@ func TestNewRefusesABadConfig(t *testing.T) {
 		{"a negative max attempts", server.Config{MaxAttempts: -1}},
 		{"an empty etcd endpoint", server.Config{EtcdEndpoints: []string{""}}},
 		{"a prefix without a leading slash", server.Config{Prefix: "osvc/"}},
+		{"plaintext on every address", server.Config{Listen: ":7300", Insecure: true}},
+		{"plaintext on a network address", server.Config{Listen: "10.0.0.1:7300", Insecure: true}},
+		{"plaintext with a certificate", server.Config{Insecure: true, TLSCertFile: "c.pem", TLSKeyFile: "k.pem"}},
+		{"a certificate without its key", server.Config{TLSCertFile: "c.pem"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
@@ -374,7 +384,7 @@ func TestAnOpenRunWatchDoesNotHoldTheShutdown(t *testing.T) {
 	cfg := testConfig(t, t.TempDir())
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Warn, Output: logs})
 	r := startServer(t, cfg)
-	conn := dial(t, r.srv.Addr())
+	conn := dial(t, r.srv)
 	ctx := context.Background()
 	img := importImage(t, conn, "win11")
 

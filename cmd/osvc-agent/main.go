@@ -32,6 +32,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/dism"
 	"github.com/osvc/osvc/agent/engine/wimlib"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -71,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		dismBin    string
 	)
 	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
+	fs.StringVar(&cfg.TLS.CAFile, "ca-file", os.Getenv(pki.CAFileEnv), "PEM file of the authority that signed the server's certificate: the server's <data-dir>/pki/ca.crt; default: "+pki.DefaultCAFile+" when it exists, else the system's; $"+pki.CAFileEnv+" sets the default")
+	fs.BoolVar(&cfg.TLS.Insecure, "insecure", false, "plaintext, to a server started with --insecure on this machine")
 	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1 (required)")
 	fs.StringVar(&cfg.Name, "name", "", "the agent's name, unique in the hierarchy (default: the host name)")
 	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the drive the agent is installed on; elsewhere than Windows, --data-dir), a drive such as D:, or a folder; one this server lacks means Automatic; runs work in <drive>/OfflineImageServicing/<run>")

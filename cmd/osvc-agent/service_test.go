@@ -64,6 +64,8 @@ func TestServiceInstallGivesTheServiceTheAgentsFlagsWithAbsolutePaths(t *testing
 			[]string{"--site=PS1", "--server=osvc:7300", "--data-dir=" + data, "--capacity=2"}},
 		{"a relative data folder is made absolute", []string{"--site", "PS1", "--data-dir", "osvc-agent-data"},
 			[]string{"--site=PS1", "--data-dir=" + abs(t, "osvc-agent-data")}},
+		{"a relative authority file is made absolute", []string{"--site", "PS1", "--data-dir", data, "--ca-file", "ca.crt"},
+			[]string{"--site=PS1", "--data-dir=" + data, "--ca-file=" + abs(t, "ca.crt")}},
 		{"a drive stays a drive", []string{"--site", "PS1", "--data-dir", data, "--drive", "D:"},
 			[]string{"--site=PS1", "--data-dir=" + data, "--drive=D:"}},
 		{"a folder on a drive stays as it is", []string{"--site", "PS1", "--data-dir", data, "--drive", `d:\osvc`},

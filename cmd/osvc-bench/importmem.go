@@ -17,11 +17,9 @@ import (
 	"time"
 	"unicode/utf16"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -108,7 +106,8 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 
 	startCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
-	if err := waitServing(startCtx, addr); err != nil {
+	srv := target{addr: addr, caFile: filepath.Join(dataDir, "pki", pki.CACertFile)}
+	if err := waitServing(startCtx, srv); err != nil {
 		return 0, 0, err
 	}
 	select {
@@ -124,10 +123,9 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 		return 0, 0, err
 	}
 
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
-	conn, err := grpc.NewClient(addr, opts...)
+	conn, err := srv.dial(transfer.DialOptions()...)
 	if err != nil {
-		return 0, 0, fmt.Errorf("connect to %s: %w", addr, err)
+		return 0, 0, err
 	}
 	defer conn.Close()
 	shas := make([]string, len(wims))

@@ -11,7 +11,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server"
@@ -51,7 +50,7 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	addr, stop, err := startServer(ctx, cfg, e.etcd.Endpoints())
+	srv, stop, err := startServer(ctx, cfg, e.etcd.Endpoints())
 	if err != nil {
 		return nil, err
 	}
@@ -62,9 +61,9 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	if err := putUpdate(setupCtx, st); err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := srv.dial()
 	if err != nil {
-		return nil, fmt.Errorf("connect to osvc-server at %s: %w", addr, err)
+		return nil, err
 	}
 	defer conn.Close()
 	servicingClient := osvcv1.NewServicingServiceClient(conn)
@@ -72,7 +71,7 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	// Agents are closed (deferred below) before the server stops.
 	agents := make([]*fakeAgent, cfg.Workers)
 	for w := range agents {
-		a, err := connectAgent(ctx, setupCtx, addr, w)
+		a, err := connectAgent(ctx, setupCtx, srv, w)
 		if err != nil {
 			return nil, err
 		}
@@ -157,17 +156,17 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 // startServer runs osvc-server on loopback with the etcd at endpoints (none:
 // embedded, with short ticks under -fast) until stop is called, and returns
 // its address once it serves.
-func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (addr string, stop func(), err error) {
+func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (_ target, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "osvc-bench-server-*")
 	if err != nil {
-		return "", nil, fmt.Errorf("server data directory: %w", err)
+		return target{}, nil, fmt.Errorf("server data directory: %w", err)
 	}
 	srv, err := server.New(server.Config{
 		DataDir: dir, Listen: "127.0.0.1:0", EtcdEndpoints: endpoints, Logger: cfg.Logger, FastEtcd: cfg.Fast,
 	})
 	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("configure osvc-server: %w", err)
+		return target{}, nil, fmt.Errorf("configure osvc-server: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
@@ -183,14 +182,14 @@ func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (addr
 	defer cancelReady()
 	select {
 	case <-srv.Ready():
-		return srv.Addr(), stop, nil
+		return target{addr: srv.Addr(), caFile: srv.CAFile()}, stop, nil
 	case err := <-errc:
 		cancel()
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("osvc-server stopped before it was ready: %w", err)
+		return target{}, nil, fmt.Errorf("osvc-server stopped before it was ready: %w", err)
 	case <-readyCtx.Done():
 		stop()
-		return "", nil, fmt.Errorf("osvc-server not ready: %w", readyCtx.Err())
+		return target{}, nil, fmt.Errorf("osvc-server not ready: %w", readyCtx.Err())
 	}
 }
 
@@ -218,9 +217,9 @@ type fakeAgent struct {
 
 // connectAgent opens worker w's stream, which lives until close or until
 // parent ends, and says Hello; it waits for Welcome under ctx.
-func connectAgent(parent, ctx context.Context, addr string, w int) (*fakeAgent, error) {
+func connectAgent(parent, ctx context.Context, srv target, w int) (*fakeAgent, error) {
 	a := &fakeAgent{name: agents.Name(agentID(w)), in: make(chan *osvcv1.ConnectResponse, pipelineWindow), done: make(chan struct{})}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := srv.dial()
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", a.name, err)
 	}

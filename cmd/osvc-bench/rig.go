@@ -11,13 +11,13 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/osvc/osvc/agent"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -44,7 +44,7 @@ type rig struct {
 	// files are the sample's update files, by file name.
 	files map[string]string
 
-	addr       string
+	srv        target
 	stopServer func()
 	conn       *grpc.ClientConn
 	images     osvcv1.ImageServiceClient
@@ -67,12 +67,11 @@ func startRig(ctx context.Context, cfg benchConfig, payloadBytes int64) (_ *rig,
 	if r.sample, err = sampledata.Create(ctx, sampledata.Options{Dir: filepath.Join(dir, "sample"), PayloadBytes: payloadBytes}); err != nil {
 		return nil, err
 	}
-	if r.addr, r.stopServer, err = startServer(ctx, cfg, nil); err != nil {
+	if r.srv, r.stopServer, err = startServer(ctx, cfg, nil); err != nil {
 		return nil, err
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, transfer.DialOptions()...)
-	if r.conn, err = grpc.NewClient(r.addr, opts...); err != nil {
-		return nil, fmt.Errorf("connect to osvc-server at %s: %w", r.addr, err)
+	if r.conn, err = r.srv.dial(transfer.DialOptions()...); err != nil {
+		return nil, err
 	}
 	r.images = osvcv1.NewImageServiceClient(r.conn)
 	r.servicing = osvcv1.NewServicingServiceClient(r.conn)
@@ -193,7 +192,8 @@ func (r *rig) startAgent(ctx context.Context, round int) (stop func(), err error
 		return nil, err
 	}
 	a, err := agent.New(agent.Config{
-		Server:  r.addr,
+		Server:  r.srv.addr,
+		TLS:     pki.ClientOptions{CAFile: r.srv.caFile},
 		Site:    rigSite,
 		Name:    fmt.Sprintf("bench-agent-%d", round),
 		DataDir: filepath.Join(r.dir, fmt.Sprintf("agent-%d", round)),

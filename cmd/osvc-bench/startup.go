@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -107,7 +107,7 @@ func serverStartup(ctx context.Context, cfg benchConfig) (time.Duration, error) 
 	case <-ctx.Done():
 		return 0, fmt.Errorf("osvc-server not ready: %w", ctx.Err())
 	}
-	if err := waitServing(ctx, srv.Addr()); err != nil {
+	if err := waitServing(ctx, target{addr: srv.Addr(), caFile: srv.CAFile()}); err != nil {
 		return 0, err
 	}
 	elapsed := time.Since(start)
@@ -121,8 +121,25 @@ func serverStartup(ctx context.Context, cfg benchConfig) (time.Duration, error) 
 }
 
 // waitServing asks addr's grpc.health.v1 service until it answers SERVING.
-func waitServing(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// A server process makes its authority's file once it runs: the file is
+// waited for first.
+func waitServing(ctx context.Context, srv target) error {
+	addr := srv.addr
+	for {
+		_, err := os.Stat(srv.caFile)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("health check of %s: %w", addr, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("health check of %s: no %s yet: %w", addr, srv.caFile, ctx.Err())
+		case <-time.After(healthPollInterval):
+		}
+	}
+	conn, err := srv.dial()
 	if err != nil {
 		return fmt.Errorf("health check of %s: %w", addr, err)
 	}

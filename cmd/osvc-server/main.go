@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		cfg       server.Config
 		endpoints string
 		logLevel  string
+		tlsHosts  string
 	)
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "directory of the embedded etcd (etcd/) and the content library (content/)")
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "gRPC listen address, host:port")
@@ -61,6 +62,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ContentGrace, "content-grace", server.DefaultContentGrace,
 		"how long a blob that no image version, update or run in progress references is kept after it was uploaded or last named")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "the server's TLS certificate (PEM); empty: one issued from the authority the server keeps in --data-dir/pki, whose ca.crt clients trust")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "the key of --tls-cert (PEM)")
+	fs.StringVar(&tlsHosts, "tls-hosts", "", "comma-separated names and addresses the server's own certificate is valid for, besides localhost, the loopback addresses, the host name and the --listen host")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext instead of TLS; refused unless --listen is a loopback address")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")
 		fmt.Fprintln(fs.Output(), "Runs the osvc control plane. With no flags: embedded etcd and content library in ./osvc-data, gRPC on localhost:7300.")
@@ -79,6 +84,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, ep := range strings.Split(endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, ep)
+		}
+	}
+	for _, h := range strings.Split(tlsHosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			cfg.TLSHosts = append(cfg.TLSHosts, h)
 		}
 	}
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Level: level, Output: stderr})

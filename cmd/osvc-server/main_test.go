@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -13,7 +14,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 var servingLine = regexp.MustCompile(`osvc-server serving: addr=(\S+) etcd=embedded data_dir=(\S+)`)
@@ -53,7 +57,21 @@ func TestRunServesUntilItsContextEnds(t *testing.T) {
 		t.Fatal("no serving line within a minute")
 	}
 
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// TLS, with the authority the server made in its data directory; a
+	// plaintext client gets nothing.
+	plain, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if resp, err := healthpb.NewHealthClient(plain).Check(ctx, &healthpb.HealthCheckRequest{}); err == nil {
+		t.Fatalf("a plaintext health check = %v, want it refused", resp)
+	}
+	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: filepath.Join(dataDir, "pki", pki.CACertFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}

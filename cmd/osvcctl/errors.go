@@ -12,6 +12,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // Exit codes of osvcctl, listed in the README.
@@ -105,6 +106,11 @@ func renderError(err error, server string) string {
 	var b strings.Builder
 	switch {
 	case errors.Is(err, errdefs.ErrUnavailable):
+		if isTrustFailure(err.Error()) {
+			fmt.Fprintf(&b, "error: osvc-server at %s presented a certificate this client does not trust (%s): give the server's <data-dir>/pki/ca.crt with --ca-file or %s, after comparing its fingerprint with the one the server logs\n",
+				server, trustDetail(err.Error()), pki.CAFileEnv)
+			return b.String()
+		}
 		if isConnectFailure(err.Error()) {
 			fmt.Fprintf(&b, "error: cannot reach osvc-server at %s: is it running? (set --server or %s)\n", server, serverEnv)
 			return b.String()
@@ -147,6 +153,20 @@ func withHint(err error, kind error, hint string) error {
 
 // isConnectFailure tells a server that is not there (nothing listening, no
 // such host) from one that answered Unavailable itself.
+// isTrustFailure tells a TLS handshake that failed on the server's
+// certificate.
+func isTrustFailure(msg string) bool {
+	return strings.Contains(msg, "x509: ") || strings.Contains(msg, "tls: failed to verify")
+}
+
+// trustDetail is the x509 reason in msg.
+func trustDetail(msg string) string {
+	if i := strings.Index(msg, "x509: "); i >= 0 {
+		return strings.ReplaceAll(strings.TrimRight(msg[i:], `"`), `\"`, `"`)
+	}
+	return msg
+}
+
 func isConnectFailure(msg string) bool {
 	for _, s := range []string{"connection refused", "connection error", "no such host", "produced zero addresses", "connect: "} {
 		if strings.Contains(msg, s) {

@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -17,11 +20,13 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // fakeOsvc serves the osvc API from canned in-memory data on a real loopback
@@ -43,16 +48,60 @@ type fakeOsvc struct {
 	damaged map[string]bool
 }
 
-// startFake serves a fresh fake on 127.0.0.1 until the test ends.
+// testPKI is the authority the fakes' certificates come from, made once in
+// a folder TestMain removes; osvcctl trusts it through --ca-file.
+var testPKI struct {
+	once sync.Once
+	dir  string
+	ca   *pki.CA
+	cert tls.Certificate
+	err  error
+}
+
+// fakeCredentials are the fakes' TLS credentials, from testPKI.
+func fakeCredentials(t *testing.T) credentials.TransportCredentials {
+	t.Helper()
+	testPKI.once.Do(func() {
+		if testPKI.dir, testPKI.err = os.MkdirTemp("", "osvcctl-test-pki-"); testPKI.err != nil {
+			return
+		}
+		if testPKI.ca, _, testPKI.err = pki.EnsureCA(filepath.Join(testPKI.dir, "pki"), time.Now()); testPKI.err != nil {
+			return
+		}
+		testPKI.cert, testPKI.err = testPKI.ca.ServerCertificate(pki.ServerHosts("127.0.0.1:0", nil), time.Now())
+	})
+	if testPKI.err != nil {
+		t.Fatal(testPKI.err)
+	}
+	return credentials.NewTLS(pki.ServerConfig(testPKI.cert))
+}
+
+// testCAFile is the file osvcctl is given to trust the fakes.
+func testCAFile(t *testing.T) string {
+	t.Helper()
+	fakeCredentials(t)
+	return testPKI.ca.CertPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testPKI.dir != "" {
+		os.RemoveAll(testPKI.dir)
+	}
+	os.Exit(code)
+}
+
+// startFake serves a fresh fake on 127.0.0.1, over TLS, until the test ends.
 func startFake(t *testing.T) *fakeOsvc {
 	t.Helper()
+	creds := fakeCredentials(t)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
 	f := &fakeOsvc{addr: lis.Addr().String(), blobs: map[string][]byte{}, watches: map[string][]*osvcv1.WatchRunResponse{}, breaks: map[string]int{},
 		runs: map[string]*osvcv1.Run{}, damaged: map[string]bool{}}
-	s := grpc.NewServer()
+	s := grpc.NewServer(grpc.Creds(creds))
 	osvcv1.RegisterImageServiceServer(s, &fakeImages{f: f})
 	osvcv1.RegisterUpdateServiceServer(s, &fakeUpdates{f: f})
 	osvcv1.RegisterServicingServiceServer(s, &fakeServicing{f: f})

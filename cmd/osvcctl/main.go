@@ -15,9 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -60,9 +60,11 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 
-	server  string
-	output  string
-	timeout time.Duration
+	server   string
+	output   string
+	timeout  time.Duration
+	caFile   string
+	insecure bool
 
 	conn *grpc.ClientConn
 }
@@ -97,6 +99,8 @@ schedule updates for an image and watch the servicing run.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`; $"+serverEnv+" sets the default")
 	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
+	pf.StringVar(&c.caFile, "ca-file", c.getenv(pki.CAFileEnv), "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
+	pf.BoolVar(&c.insecure, "insecure", c.getenv(pki.InsecureEnv) != "", "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+" sets it")
 	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -112,8 +116,12 @@ func (c *cli) dial() (*grpc.ClientConn, error) {
 	if c.conn != nil {
 		return c.conn, nil
 	}
+	creds, err := pki.ClientCredentials(c.server, pki.ClientOptions{CAFile: c.caFile, Insecure: c.insecure})
+	if err != nil {
+		return nil, usageErrorf("%w", err)
+	}
 	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithChainUnaryInterceptor(nativeErrorsUnary),
 		grpc.WithChainStreamInterceptor(nativeErrorsStream),
 	}, transfer.DialOptions()...)

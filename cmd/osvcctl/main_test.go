@@ -20,13 +20,14 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // osvcctl runs the CLI against addr and returns what it printed.
 func osvcctl(t *testing.T, addr string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	full := append([]string{"--server", addr, "--timeout", "30s"}, args...)
+	full := append([]string{"--server", addr, "--timeout", "30s", "--ca-file", testCAFile(t)}, args...)
 	err = run(t.Context(), full, &out, &errOut)
 	return out.String(), errOut.String(), err
 }
@@ -243,11 +244,30 @@ func TestDefaultImageIDIsTheSanitizedFileName(t *testing.T) {
 func TestServerAddressComesFromOSVC_SERVER(t *testing.T) {
 	f := startFake(t)
 	t.Setenv(serverEnv, f.addr)
+	t.Setenv(pki.CAFileEnv, testCAFile(t))
 	var out, errOut bytes.Buffer
 	if err := run(t.Context(), []string{"agent", "list"}, &out, &errOut); err != nil {
 		t.Fatalf("agent list with %s=%s: %v\n%s", serverEnv, f.addr, err, errOut.String())
 	}
 	assertContainsInOrder(t, out.String(), "agents/ps1-a", "PS1", "CONNECTED", "wimlib", "/srv 100 GiB free of 200 GiB", "runs/r-2")
+}
+
+func TestAServerCertificateFromAnotherAuthoritySaysWhatToTrust(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	other, _, err := pki.EnsureCA(filepath.Join(t.TempDir(), "pki"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err := osvcctl(t, f.addr, "--ca-file", other.CertPath, "image", "list")
+	if err == nil {
+		t.Fatal("image list trusting another authority succeeded")
+	}
+	for _, want := range []string{"presented a certificate this client does not trust", "x509: certificate signed by unknown authority", "--ca-file"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr = %q, want it to say %q", stderr, want)
+		}
+	}
 }
 
 func TestBadRequestPrintsTheFieldViolations(t *testing.T) {
