@@ -19,6 +19,7 @@ import (
 	"github.com/osvc/osvc/agent/conn"
 	"github.com/osvc/osvc/agent/drive"
 	"github.com/osvc/osvc/agent/engine"
+	"github.com/osvc/osvc/agent/identity"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/names"
@@ -38,8 +39,12 @@ type Config struct {
 	// TLS says which authority the agent trusts for the server's
 	// certificate, or that it dials a loopback server in plaintext.
 	TLS pki.ClientOptions
-	// Site is the code of the agent's site, e.g. PS1.
+	// Site is the code of the agent's site, e.g. PS1; default the site its
+	// certificate names (the join token's).
 	Site string
+	// JoinToken enrolls the agent when its data folder holds no identity
+	// yet; see package identity.
+	JoinToken string
 	// Name is the agent's name; default the host name.
 	Name string
 	// Drive is "Automatic", a drive (D: or D:\) or a folder; one that this
@@ -106,6 +111,8 @@ func nameFromHost(host string) string {
 
 // Agent services the runs the server assigns to it.
 type Agent struct {
+	// ident is the agent's key and certificate.
+	ident  *identity.Identity
 	cfg    Config
 	logger hclog.Logger
 	host   string
@@ -144,15 +151,6 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Server == "" {
 		return nil, errors.New("agent: the server address is required (--server host:port)")
 	}
-	if cfg.Site == "" {
-		return nil, errors.New("agent: the site code is required (--site, e.g. PS1)")
-	}
-	creds, err := pki.ClientCredentials(cfg.Server, cfg.TLS)
-	if err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	// Later options win: DialOptions may replace the credentials (tests).
-	cfg.DialOptions = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...)
 	if cfg.Engine == nil {
 		return nil, errors.New("agent: an engine is required (--engine wimlib)")
 	}
@@ -177,6 +175,38 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.CacheMaxBytes == 0 {
 		cfg.CacheMaxBytes = DefaultCacheMaxBytes
 	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("agent: data folder %s: %w", cfg.DataDir, err)
+	}
+	cfg.DataDir = dataDir
+	ident, err := identity.New(filepath.Join(dataDir, "identity"))
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if ident.Enrolled() {
+		id := ident.ID()
+		if cfg.Name != "" && cfg.Name != id.Name || cfg.Site != "" && cfg.Site != id.Site {
+			return nil, fmt.Errorf("agent: --name %q --site %q, but this agent is enrolled as %s of site %s (%s): drop the flags, or enroll anew in another --data-dir",
+				cfg.Name, cfg.Site, id.Name, id.Site, filepath.Join(dataDir, "identity", identity.File))
+		}
+		cfg.Name, cfg.Site = id.Name, id.Site
+		if cfg.JoinToken != "" {
+			cfg.Logger.Named("agent").Info("the agent is enrolled already: the join token is not used", "agent", id.Name, "site", id.Site)
+		}
+	} else if cfg.Site != "" {
+		if err := names.ValidateSite(cfg.Site); err != nil {
+			return nil, fmt.Errorf("agent: --site: %v", err)
+		}
+	}
+	opts := cfg.TLS
+	opts.Certificate = ident.ClientCertificate
+	creds, err := pki.ClientCredentials(cfg.Server, opts)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	// Later options win: DialOptions may replace the credentials (tests).
+	cfg.DialOptions = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.DialOptions...)
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown"
@@ -187,11 +217,6 @@ func New(cfg Config) (*Agent, error) {
 	if err := names.ValidateID(cfg.Name); err != nil {
 		return nil, fmt.Errorf("agent: name %q: %v (--name)", cfg.Name, err)
 	}
-	dataDir, err := filepath.Abs(cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("agent: data folder %s: %w", cfg.DataDir, err)
-	}
-	cfg.DataDir = dataDir
 	cache := filepath.Join(dataDir, "cache")
 	if err := os.MkdirAll(cache, 0o750); err != nil {
 		return nil, fmt.Errorf("agent: create the data folder: %w: set --data-dir to a writable folder", err)
@@ -209,6 +234,7 @@ func New(cfg Config) (*Agent, error) {
 		logger.Info("offline servicing drive resolved", "setting", cfg.Drive, "drive", resolved.Dir)
 	}
 	a := &Agent{
+		ident:  ident,
 		cfg:    cfg,
 		logger: logger,
 		host:   host,
@@ -237,6 +263,51 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.conn = c
 	return a, nil
+}
+
+// enroll trades the join token for the agent's certificate when the agent
+// has none yet. Without either, the agent connects without a certificate,
+// which only a server that asks for none (a test's) accepts.
+func (a *Agent) enroll(ctx context.Context) error {
+	if a.ident.Enrolled() {
+		return nil
+	}
+	if a.cfg.JoinToken == "" {
+		a.logger.Warn("this agent is not enrolled and has no join token: the server will refuse it; create one with osvcctl agent token create --site SITE and start the agent with --join-token-file or $" + identity.JoinTokenEnv)
+		return nil
+	}
+	// A connection of its own: its handshake carried no certificate, and
+	// gRPC would keep using it for the calls that need one.
+	cc, err := grpc.NewClient(a.cfg.Server, a.cfg.DialOptions...)
+	if err != nil {
+		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
+	}
+	defer cc.Close()
+	ectx, cancel := context.WithTimeout(ctx, enrollTimeout)
+	defer cancel()
+	if err := a.ident.Enroll(ectx, osvcv1.NewAgentServiceClient(cc), a.cfg.Name, a.cfg.JoinToken); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	id := a.ident.ID()
+	if a.cfg.Site != "" && a.cfg.Site != id.Site {
+		return fmt.Errorf("agent: --site %s, but the join token is for site %s: the agent is enrolled in %s; start it without --site", a.cfg.Site, id.Site, id.Site)
+	}
+	a.mu.Lock()
+	a.cfg.Site = id.Site
+	a.mu.Unlock()
+	a.logger.Info("enrolled: the server issued the agent's certificate", "agent", id.Name, "site", id.Site, "expires", a.ident.NotAfter())
+	return nil
+}
+
+// enrollTimeout bounds enrollment, one call.
+const enrollTimeout = time.Minute
+
+// Site is the agent's site: its certificate's, else --site; "" before
+// enrollment without --site.
+func (a *Agent) Site() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg.Site
 }
 
 // Drive returns the resolved folder runs work under.
@@ -273,6 +344,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
 	}
 	defer cc.Close()
+	if err := a.enroll(ctx); err != nil {
+		return err
+	}
+	agents := osvcv1.NewAgentServiceClient(cc)
+	if a.ident.Enrolled() {
+		retention.Go(func() { a.ident.KeepRenewed(rctx, agents, a.logger) })
+	}
 	images, err := transfer.NewClient(osvcv1.NewContentServiceClient(cc))
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)

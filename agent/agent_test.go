@@ -26,6 +26,7 @@ import (
 
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/wimlib"
+	"github.com/osvc/osvc/agent/identity"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
@@ -504,7 +505,9 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 		change func(*Config)
 	}{
 		{"without a server", func(c *Config) { c.Server = "" }},
-		{"without a site", func(c *Config) { c.Site = "" }},
+		{"with a site that is not a site code", func(c *Config) { c.Site = "ps 1" }},
+		{"with a damaged identity file", func(c *Config) { c.DataDir = identityDir(t, []byte("not PEM"), 0o600) }},
+		{"with an identity file others may read", func(c *Config) { c.DataDir = identityDir(t, nil, 0o644) }},
 		{"without an engine", func(c *Config) { c.Engine = nil }},
 		{"without a data folder", func(c *Config) { c.DataDir = "" }},
 		{"with a negative capacity", func(c *Config) { c.Capacity = -1 }},
@@ -520,6 +523,18 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// identityDir is a data folder whose identity file holds data with perm.
+func identityDir(t *testing.T, data []byte, perm os.FileMode) string {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "identity"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "identity", identity.File), data, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 func TestMain(m *testing.M) {

@@ -12,6 +12,8 @@ export OSVC_SERVER="$addr"
 # The server makes a certificate authority in its data directory on first
 # start; osvcctl and the agent trust it (TLS, no --insecure).
 export OSVC_CA_FILE="$work/server/pki/ca.crt"
+# It also writes its first admin token there (0600); osvcctl calls with it.
+export OSVC_TOKEN_FILE="$work/server/admin.token"
 
 pids=()
 cleanup() {
@@ -22,7 +24,7 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-if "$bin/osvcctl" --timeout 2s agent list >/dev/null 2>&1; then
+if (exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}") 2>/dev/null; then
   echo "something already answers on $addr: stop it or set OSVC_DEMO_ADDR" >&2
   exit 1
 fi
@@ -34,13 +36,14 @@ step "starting osvc-server (embedded etcd in $work/server) on $addr"
 "$bin/osvc-server" --data-dir "$work/server" --listen "$addr" >"$work/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
-  "$bin/osvcctl" --timeout 2s image list >/dev/null 2>&1 && break
+  [ -f "$OSVC_TOKEN_FILE" ] && "$bin/osvcctl" --timeout 2s image list >/dev/null 2>&1 && break
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.2
 done
 
-step "starting osvc-agent for site PS1"
-"$bin/osvc-agent" --server "$addr" --site PS1 --name demo-agent --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
+step "enrolling osvc-agent for site PS1: a single-use join token, then the agent's own certificate"
+"$bin/osvcctl" agent token create --site PS1 --ttl 10m >"$work/join.token"
+"$bin/osvc-agent" --server "$addr" --join-token-file "$work/join.token" --name demo-agent --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
 pids+=($!)
 
 step "creating a sample WIM and sample update packages"

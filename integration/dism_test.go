@@ -26,8 +26,7 @@ func (c *cluster) startDISMAgent(t *testing.T, name, scenario string) *proc {
 		t.Fatal(err)
 	}
 	env := []string{"OSVC_DISM_REPLAY=" + folder, "OSVC_DISM_REPLAY_STATE=" + t.TempDir()}
-	p := startEnv(t, "osvc-agent", env, "--server", c.addr, "--ca-file", c.caFile(), "--site", "PS1", "--name", name,
-		"--data-dir", dir, "--log-level", "debug", "--engine", "dism", "--dism", filepath.Join(binDir, "dism-replay"))
+	p := startEnv(t, "osvc-agent", env, append(c.agentArgs(t, name, dir), "--engine", "dism", "--dism", filepath.Join(binDir, "dism-replay"))...)
 	p.dir = dir
 	c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
 	return p

@@ -145,14 +145,24 @@ func freeAddr(t *testing.T) string {
 }
 
 // dial connects to a server under test over TLS, trusting the authority
-// in caFile as osvcctl and the agents do.
+// in caFile as osvcctl and the agents do, with no credential.
 func dial(t *testing.T, addr, caFile string) *grpc.ClientConn {
+	t.Helper()
+	return dialToken(t, addr, caFile, "")
+}
+
+// dialToken is dial calling with a bearer token.
+func dialToken(t *testing.T, addr, caFile, token string, extra ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: caFile})
 	if err != nil {
 		t.Fatal(err)
 	}
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, transfer.DialOptions()...)
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(pki.Bearer(token, true)))
+	}
+	opts = append(opts, extra...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)

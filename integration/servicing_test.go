@@ -52,10 +52,11 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 			t.Fatalf("osvc-server exited: %v\n%s", c.server.err, c.server.log.String())
 		default:
 		}
-		_, err := os.Stat(c.caFile())
+		// The admin token is written after the authority, once etcd runs.
+		_, err := os.Stat(c.adminTokenFile())
 		return err == nil
 	})
-	cc := dial(t, c.addr, c.caFile())
+	cc := dialToken(t, c.addr, c.caFile(), c.adminToken(t))
 	c.images = osvcv1.NewImageServiceClient(cc)
 	c.updates = osvcv1.NewUpdateServiceClient(cc)
 	c.svc = osvcv1.NewServicingServiceClient(cc)
@@ -69,6 +70,38 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 // its clients trust.
 func (c *cluster) caFile() string { return filepath.Join(c.dataDir, "pki", pki.CACertFile) }
 
+// adminTokenFile is the first admin token the server writes at first start.
+func (c *cluster) adminTokenFile() string { return filepath.Join(c.dataDir, "admin.token") }
+
+func (c *cluster) adminToken(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(c.adminTokenFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(data))
+}
+
+// agentArgs are the flags of an agent of site PS1 named name keeping its
+// data in dir: with a new single-use join token while dir holds no
+// identity yet, as an administrator enrolls one.
+func (c *cluster) agentArgs(t *testing.T, name, dir string) []string {
+	t.Helper()
+	args := []string{"--server", c.addr, "--ca-file", c.caFile(), "--name", name, "--data-dir", dir, "--log-level", "debug"}
+	if _, err := os.Stat(filepath.Join(dir, "identity", "agent.pem")); err == nil {
+		return args
+	}
+	resp, err := c.agents.CreateJoinToken(context.Background(), &osvcv1.CreateJoinTokenRequest{Site: "PS1"})
+	if err != nil {
+		t.Fatalf("join token for %s: %v", name, err)
+	}
+	file := filepath.Join(t.TempDir(), "join.token")
+	if err := os.WriteFile(file, []byte(resp.GetToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return append(args, "--join-token-file", file)
+}
+
 func (c *cluster) startServer(t *testing.T) {
 	t.Helper()
 	args := append([]string{"--data-dir", c.dataDir, "--listen", c.addr, "--log-level", "debug"}, c.serverArgs...)
@@ -79,8 +112,7 @@ func (c *cluster) startServer(t *testing.T) {
 func (c *cluster) startAgent(t *testing.T, name string) *proc {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
-	p := start(t, "osvc-agent", "--server", c.addr, "--ca-file", c.caFile(), "--site", "PS1", "--name", name,
-		"--data-dir", dir, "--log-level", "debug")
+	p := start(t, "osvc-agent", c.agentArgs(t, name, dir)...)
 	p.dir = dir
 	c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
 	return p
@@ -434,7 +466,7 @@ func TestServicingEndToEnd(t *testing.T) {
 	t.Run("osvcctl prints the run's log lines and log files", func(t *testing.T) {
 		osvcctl := func(args ...string) string {
 			t.Helper()
-			out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr, "--ca-file", c.caFile()}, args...)...).Output()
+			out, err := c.osvcctlCmd(args...).Output()
 			if err != nil {
 				t.Fatalf("osvcctl %s: %v", strings.Join(args, " "), err)
 			}
@@ -452,7 +484,7 @@ func TestServicingEndToEnd(t *testing.T) {
 	})
 
 	t.Run("osvcctl lists the run as an administrator sees it", func(t *testing.T) {
-		out, err := exec.Command(filepath.Join(binDir, "osvcctl"), "--server", c.addr, "--ca-file", c.caFile(), "run", "list", "-o", "json").CombinedOutput()
+		out, err := c.osvcctlCmd("run", "list", "-o", "json").CombinedOutput()
 		if err != nil {
 			t.Fatalf("osvcctl run list: %v\n%s", err, out)
 		}

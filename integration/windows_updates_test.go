@@ -10,10 +10,17 @@ import (
 	"github.com/osvc/osvc/pkg/updatepkg/updatepkgtest"
 )
 
+// osvcctlCmd is osvcctl against the cluster's server, with its admin token.
+func (c *cluster) osvcctlCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr, "--ca-file", c.caFile()}, args...)...)
+	cmd.Env = append(os.Environ(), "OSVC_TOKEN_FILE="+c.adminTokenFile())
+	return cmd
+}
+
 // osvcctl runs osvcctl against the cluster's server and returns its output.
 func (c *cluster) osvcctl(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(binDir, "osvcctl"), append([]string{"--server", c.addr, "--ca-file", c.caFile()}, args...)...).CombinedOutput()
+	out, err := c.osvcctlCmd(args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("osvcctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

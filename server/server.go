@@ -33,6 +33,7 @@ import (
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/auth"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -68,6 +69,10 @@ const (
 	keepaliveTime    = 30 * time.Second
 	keepaliveTimeout = 10 * time.Second
 )
+
+// maxConnectionAge is how long a client connection takes new calls; well
+// under an agent certificate's renewal margin.
+const maxConnectionAge = time.Hour
 
 // etcdDialTimeout bounds the first contact with etcd, so a wrong
 // --etcd-endpoints fails at start instead of at the first request.
@@ -121,8 +126,15 @@ type Config struct {
 	// addresses, the host name and the Listen host.
 	TLSCertFile, TLSKeyFile string
 	TLSHosts                []string
-	// Insecure serves plaintext, which only a loopback Listen address allows.
+	// Insecure serves plaintext, which only a loopback Listen address
+	// allows; agents cannot connect then (they authenticate by certificate).
 	Insecure bool
+	// AgentCertValidity is how long an agent certificate is valid; default
+	// pki.DefaultAgentValidity (24h). Agents renew theirs when a third is left.
+	AgentCertValidity time.Duration
+	// AuditRetention is how long audit events are kept; default
+	// auth.DefaultAuditRetention (90 days).
+	AuditRetention time.Duration
 }
 
 // Server is one osvc-server replica.
@@ -177,6 +189,8 @@ func New(cfg Config) (*Server, error) {
 		{"stall after", &cfg.StallAfter, DefaultStallAfter},
 		{"retry backoff", &cfg.RetryBackoff, DefaultRetryBackoff},
 		{"content grace", &cfg.ContentGrace, DefaultContentGrace},
+		{"agent certificate validity", &cfg.AgentCertValidity, pki.DefaultAgentValidity},
+		{"audit retention", &cfg.AuditRetention, auth.DefaultAuditRetention},
 	} {
 		if *d.value < 0 {
 			return nil, fmt.Errorf("%s %s: must not be negative", d.name, *d.value)
@@ -246,6 +260,10 @@ func (s *Server) CAFile() string {
 	return filepath.Join(s.cfg.DataDir, "pki", pki.CACertFile)
 }
 
+// AdminTokenFile is where the server writes the first admin token of a
+// new installation: DataDir/admin.token.
+func (s *Server) AdminTokenFile() string { return filepath.Join(s.cfg.DataDir, auth.AdminTokenFile) }
+
 // Run starts everything, serves until ctx ends, then stops gracefully within
 // ShutdownTimeout and forcefully after it. It returns nil after a shutdown
 // asked for by ctx, and the first error of any part otherwise. A Server runs
@@ -266,7 +284,14 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer lis.Close()
 	addr := lis.Addr().String()
-	creds, err := s.transportCredentials()
+	ca, created, err := pki.EnsureCA(filepath.Join(s.cfg.DataDir, "pki"), time.Now())
+	if err != nil {
+		return err
+	}
+	if created {
+		s.logger.Info("made a certificate authority: clients trust its certificate, agents get theirs from it", "ca", ca.CertPath, "fingerprint", ca.Fingerprint())
+	}
+	creds, err := s.transportCredentials(ca)
 	if err != nil {
 		return err
 	}
@@ -312,24 +337,34 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	access := auth.NewAccess(st, ca, s.cfg.AgentCertValidity)
+	if path, err := access.Bootstrap(ctx, s.cfg.DataDir); err != nil {
+		return err
+	} else if path != "" {
+		s.logger.Info("wrote the first admin token: osvcctl here uses it; keep it secret, make others with osvcctl token create", "file", path)
+	}
+	audit := auth.NewAudit(st, s.cfg.AuditRetention, s.logger.Named("audit"))
 	serverID := serverID(addr)
-	parts, err := s.wireServicing(ctx, st, cat, lib, serverID)
+	parts, err := s.wireServicing(ctx, st, cat, lib, access, serverID)
 	if err != nil {
 		return err
 	}
+	authorizer := auth.NewAuthorizer(access, audit, parts.resolver, s.logger)
 	collector, err := content.NewCollector(content.CollectorConfig{
 		Store: st, Library: lib, Logger: s.logger, ServerID: serverID, Grace: s.cfg.ContentGrace,
 	})
 	if err != nil {
 		return err
 	}
-	loops := append(parts.loops, loop{name: "content collector", run: collector.Run})
+	loops := append(parts.loops, loop{name: "content collector", run: collector.Run},
+		loop{name: "agent revocations", run: authorizer.Run}, loop{name: "audit retention", run: audit.Run})
 
 	// runCtx ends the background loops and the open watches; it ends with ctx
 	// or when any part fails (errgroup cancels it on the first error).
 	g, runCtx := errgroup.WithContext(ctx)
-	gs := grpc.NewServer(append(s.serverOptions(runCtx), grpc.Creds(creds))...)
+	gs := grpc.NewServer(append(s.serverOptions(runCtx, authorizer), grpc.Creds(creds))...)
 	healthSrv := health.NewServer()
+	osvcv1.RegisterAccessServiceServer(gs, api.NewAccessServer(access, audit, s.logger))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
 	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
 	parts.register(gs)
@@ -426,7 +461,7 @@ var errShuttingDown = status.Error(codes.Unavailable, "osvc-server is shutting d
 // transportCredentials are TLS with the configured certificate or one
 // issued from the server's own authority (made on first start), or
 // plaintext when Insecure.
-func (s *Server) transportCredentials() (credentials.TransportCredentials, error) {
+func (s *Server) transportCredentials(ca *pki.CA) (credentials.TransportCredentials, error) {
 	if s.cfg.Insecure {
 		s.logger.Warn("serving plaintext (--insecure): only this machine can connect", "listen", s.cfg.Listen)
 		return insecure.NewCredentials(), nil
@@ -437,26 +472,19 @@ func (s *Server) transportCredentials() (credentials.TransportCredentials, error
 			return nil, fmt.Errorf("TLS certificate --tls-cert %s, --tls-key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
 		}
 		s.logger.Info("serving TLS with the given certificate", "cert", s.cfg.TLSCertFile)
-		return credentials.NewTLS(pki.ServerConfig(cert)), nil
+		return credentials.NewTLS(pki.ClientAuthConfig(pki.ServerConfig(cert), ca.Cert)), nil
 	}
 	now := time.Now()
-	ca, created, err := pki.EnsureCA(filepath.Join(s.cfg.DataDir, "pki"), now)
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		s.logger.Info("made a certificate authority: clients trust its certificate", "ca", ca.CertPath, "fingerprint", ca.Fingerprint())
-	}
 	hosts := pki.ServerHosts(s.cfg.Listen, s.cfg.TLSHosts)
 	cert, err := ca.ServerCertificate(hosts, now)
 	if err != nil {
 		return nil, err
 	}
 	s.logger.Info("serving TLS with a certificate from the server's authority", "ca", ca.CertPath, "fingerprint", ca.Fingerprint(), "hosts", strings.Join(hosts, ","))
-	return credentials.NewTLS(pki.ServerConfig(cert)), nil
+	return credentials.NewTLS(pki.ClientAuthConfig(pki.ServerConfig(cert), ca.Cert)), nil
 }
 
-func (s *Server) serverOptions(shutdown context.Context) []grpc.ServerOption {
+func (s *Server) serverOptions(shutdown context.Context, authorizer *auth.Authorizer) []grpc.ServerOption {
 	opts := append([]grpc.ServerOption{}, transfer.ServerOptions()...)
 	logger := s.logger.Named("grpc")
 	return append(opts,
@@ -464,19 +492,22 @@ func (s *Server) serverOptions(shutdown context.Context) []grpc.ServerOption {
 			MinTime:             keepaliveMinTime,
 			PermitWithoutStream: true,
 		}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		// MaxConnectionAge makes clients open a new connection (a new TLS
+		// handshake, with an agent's renewed certificate) for new calls;
+		// streams open on the old one go on.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionAge: maxConnectionAge}),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			resp, err := handler(ctx, req)
 			logCall(logger, info.FullMethod, start, err)
 			return resp, err
-		}),
+		}, authorizer.Unary),
 		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 			start := time.Now()
 			err := handler(srv, ss)
 			logCall(logger, info.FullMethod, start, err)
 			return err
-		}, endOnShutdown(shutdown)),
+		}, endOnShutdown(shutdown), authorizer.Stream),
 	)
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
 	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/auth"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/scheduler"
@@ -28,11 +29,13 @@ type loop struct {
 type servicingParts struct {
 	register func(*grpc.Server)
 	loops    []loop
+	// resolver answers the authorizer's scope questions.
+	resolver auth.Resolver
 }
 
 // wireServicing builds servicing, the scheduler and the agent service.
 // Data stored by an older server is migrated first.
-func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalog.Catalog, lib *content.Library, serverID string) (servicingParts, error) {
+func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalog.Catalog, lib *content.Library, access *auth.Access, serverID string) (servicingParts, error) {
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: s.logger, MaxAttempts: s.cfg.MaxAttempts,
 		RetryBackoff: s.cfg.RetryBackoff,
@@ -61,11 +64,45 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 		register: func(gs *grpc.Server) {
 			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, s.logger))
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
-			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, s.logger))
+			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, access, s.logger))
 		},
+		resolver: resolver{cat: cat, svc: svc},
 		loops: []loop{
 			{name: "scheduler", run: sched.Run},
 			{name: "agent service", run: agentService.Run},
 		},
 	}, nil
+}
+
+// resolver tells the authorizer the site of images and runs, and what an
+// agent's runs need.
+type resolver struct {
+	cat *catalog.Catalog
+	svc *servicing.Service
+}
+
+func (r resolver) ImageSite(ctx context.Context, image string) (string, error) {
+	img, err := r.cat.GetImage(ctx, image)
+	if err != nil {
+		return "", err
+	}
+	return img.GetSite(), nil
+}
+
+func (r resolver) RunSite(ctx context.Context, run string) (string, error) {
+	rn, err := r.svc.GetRun(ctx, run)
+	if err != nil {
+		return "", err
+	}
+	return r.ImageSite(ctx, rn.GetImage())
+}
+
+func (r resolver) AgentMayRead(ctx context.Context, agent, sha256 string) (bool, error) {
+	blobs, _, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
+	return blobs[sha256], err
+}
+
+func (r resolver) AgentHoldsRun(ctx context.Context, agent string) (bool, error) {
+	_, held, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
+	return held, err
 }

@@ -193,6 +193,11 @@ func (c *Conn) Run(ctx context.Context) error {
 		if !welcomed && errors.Is(errdefs.ToNative(err), errdefs.ErrInvalidArgument) {
 			return fmt.Errorf("conn: the server refused the agent's Hello: %w", err)
 		}
+		// Refused credentials do not mend by retrying: revoked, not enrolled,
+		// or a Hello naming another agent than the certificate.
+		if kind := errdefs.Kind(errdefs.ToNative(err)); !welcomed && (kind == errdefs.ErrUnauthenticated || kind == errdefs.ErrPermissionDenied) {
+			return fmt.Errorf("conn: the server refused the agent: %w", err)
+		}
 		if welcomed {
 			bo.Reset()
 		}

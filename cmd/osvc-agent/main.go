@@ -32,6 +32,7 @@ import (
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/engine/dism"
 	"github.com/osvc/osvc/agent/engine/wimlib"
+	"github.com/osvc/osvc/agent/identity"
 	"github.com/osvc/osvc/pkg/pki"
 )
 
@@ -70,11 +71,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		logLevel   string
 		wimlibBin  string
 		dismBin    string
+		joinFile   string
 	)
 	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
 	fs.StringVar(&cfg.TLS.CAFile, "ca-file", os.Getenv(pki.CAFileEnv), "PEM file of the authority that signed the server's certificate: the server's <data-dir>/pki/ca.crt; default: "+pki.DefaultCAFile+" when it exists, else the system's; $"+pki.CAFileEnv+" sets the default")
 	fs.BoolVar(&cfg.TLS.Insecure, "insecure", false, "plaintext, to a server started with --insecure on this machine")
-	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1 (required)")
+	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1; default: the site of its join token (checked against it when given)")
+	fs.StringVar(&joinFile, "join-token-file", "", "`FILE` holding the join token (osvcctl agent token create) the agent enrolls with on its first start; $"+identity.JoinTokenEnv+" may hold the token instead; never on the command line, where ps shows it")
 	fs.StringVar(&cfg.Name, "name", "", "the agent's name, unique in the hierarchy (default: the host name)")
 	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the drive the agent is installed on; elsewhere than Windows, --data-dir), a drive such as D:, or a folder; one this server lacks means Automatic; runs work in <drive>/OfflineImageServicing/<run>")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
@@ -87,7 +90,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&dismBin, "dism", "", "dism.exe to run (default: the system's); elsewhere than Windows only a stand-in, for tests")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: osvc-agent --site CODE [flags]")
+		fmt.Fprintln(fs.Output(), "Usage: osvc-agent [--join-token-file FILE] [flags]")
 		fmt.Fprintln(fs.Output(), "Services the images the osvc server assigns to this agent.")
 		fmt.Fprintln(fs.Output(), "On Windows, osvc-agent service install [flags] runs it as a service (see osvc-agent service -h).")
 		fs.PrintDefaults()
@@ -98,10 +101,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; osvc-agent takes flags only (see -h)", fs.Args())
 	}
-	if strings.TrimSpace(cfg.Site) == "" {
-		fs.Usage()
-		return errors.New("--site is required: the code of the site this agent services, e.g. PS1")
+	token, err := joinToken(joinFile, os.Getenv(identity.JoinTokenEnv))
+	if err != nil {
+		return err
 	}
+	cfg.JoinToken = token
 	switch {
 	case cfg.WorkRetention < 0:
 		return fmt.Errorf("--work-retention %s: want a duration of 0 or more, e.g. 168h (0 keeps the logs for ever)", cfg.WorkRetention)
@@ -134,7 +138,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, cfg.Site, cfg.Server, a.Drive())
+	site := a.Site()
+	if site == "" {
+		site = "from its join token"
+	}
+	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, site, cfg.Server, a.Drive())
 	return a.Run(ctx)
 }
 
@@ -181,4 +189,31 @@ func engineFactory(goos, name, wimlibBin, dismBin string) (engine.RunEngine, err
 		}, nil
 	}
 	return nil, fmt.Errorf("--engine %q: use dism (Windows) or wimlib (Linux)", name)
+}
+
+// maxJoinTokenFile bounds what is read of a join token file.
+const maxJoinTokenFile = 4 << 10
+
+// joinToken is the join token from file, else from the environment.
+func joinToken(file, env string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(env), nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxJoinTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	if len(data) > maxJoinTokenFile {
+		return "", fmt.Errorf("--join-token-file %s: over %d bytes; it should hold only the token osvcctl agent token create printed", file, maxJoinTokenFile)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("--join-token-file %s is empty; put the token osvcctl agent token create printed in it", file)
+	}
+	return token, nil
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,7 +16,9 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"without a site", nil, "--site is required"},
+		{"with a site that is not a site code", []string{"--site", "P$1", "--data-dir", "DATA"}, "want a site code"},
+		{"with an empty join token file", []string{"--join-token-file", "EMPTY"}, "is empty"},
+		{"with a join token file that is not there", []string{"--join-token-file", "/nonexistent/join.token"}, "--join-token-file"},
 		{"with an unknown log level", []string{"--site", "PS1", "--log-level", "loud"}, "--log-level"},
 		{"with an unknown engine", []string{"--site", "PS1", "--engine", "nope"}, "use dism (Windows) or wimlib (Linux)"},
 		{"with the dism engine on Linux and no stand-in", []string{"--site", "PS1", "--engine", "dism"}, "use the wimlib engine here"},
@@ -31,8 +35,14 @@ func TestRunRefusesBadFlags(t *testing.T) {
 			t.Parallel()
 			args := tt.args
 			for i, a := range args {
-				if a == "DATA" {
+				switch a {
+				case "DATA":
 					args[i] = t.TempDir()
+				case "EMPTY":
+					args[i] = filepath.Join(t.TempDir(), "join.token")
+					if err := os.WriteFile(args[i], []byte("\n"), 0o600); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			var stdout, stderr bytes.Buffer

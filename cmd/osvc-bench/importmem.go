@@ -106,8 +106,8 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 
 	startCtx, cancel := context.WithTimeout(ctx, startupTimeout)
 	defer cancel()
-	srv := target{addr: addr, caFile: filepath.Join(dataDir, "pki", pki.CACertFile)}
-	if err := waitServing(startCtx, srv); err != nil {
+	srv := target{addr: addr, caFile: filepath.Join(dataDir, "pki", pki.CACertFile), tokenFile: filepath.Join(dataDir, "admin.token")}
+	if err := waitServing(startCtx, target{addr: srv.addr, caFile: srv.caFile}); err != nil {
 		return 0, 0, err
 	}
 	select {

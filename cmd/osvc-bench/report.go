@@ -182,7 +182,7 @@ func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (_ ta
 	defer cancelReady()
 	select {
 	case <-srv.Ready():
-		return target{addr: srv.Addr(), caFile: srv.CAFile()}, stop, nil
+		return target{addr: srv.Addr(), caFile: srv.CAFile(), tokenFile: srv.AdminTokenFile()}, stop, nil
 	case err := <-errc:
 		cancel()
 		os.RemoveAll(dir)
@@ -219,7 +219,7 @@ type fakeAgent struct {
 // parent ends, and says Hello; it waits for Welcome under ctx.
 func connectAgent(parent, ctx context.Context, srv target, w int) (*fakeAgent, error) {
 	a := &fakeAgent{name: agents.Name(agentID(w)), in: make(chan *osvcv1.ConnectResponse, pipelineWindow), done: make(chan struct{})}
-	conn, err := srv.dial()
+	conn, err := srv.dialAgent(ctx, agentID(w), siteCode(w))
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", a.name, err)
 	}

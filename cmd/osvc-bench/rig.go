@@ -191,13 +191,18 @@ func (r *rig) startAgent(ctx context.Context, round int) (stop func(), err error
 	if err != nil {
 		return nil, err
 	}
+	joinToken, err := r.srv.joinToken(ctx, rigSite)
+	if err != nil {
+		return nil, err
+	}
 	a, err := agent.New(agent.Config{
-		Server:  r.srv.addr,
-		TLS:     pki.ClientOptions{CAFile: r.srv.caFile},
-		Site:    rigSite,
-		Name:    fmt.Sprintf("bench-agent-%d", round),
-		DataDir: filepath.Join(r.dir, fmt.Sprintf("agent-%d", round)),
-		Engine:  eng,
+		JoinToken: joinToken,
+		Server:    r.srv.addr,
+		TLS:       pki.ClientOptions{CAFile: r.srv.caFile},
+		Site:      rigSite,
+		Name:      fmt.Sprintf("bench-agent-%d", round),
+		DataDir:   filepath.Join(r.dir, fmt.Sprintf("agent-%d", round)),
+		Engine:    eng,
 		NewEngine: func(l hclog.Logger, _ string) (engine.Engine, error) {
 			return wimlib.New(wimlib.Config{Logger: l})
 		},

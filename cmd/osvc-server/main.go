@@ -16,7 +16,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server"
+	"github.com/osvc/osvc/server/auth"
 )
 
 func main() { os.Exit(realMain()) }
@@ -65,7 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "the server's TLS certificate (PEM); empty: one issued from the authority the server keeps in --data-dir/pki, whose ca.crt clients trust")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "the key of --tls-cert (PEM)")
 	fs.StringVar(&tlsHosts, "tls-hosts", "", "comma-separated names and addresses the server's own certificate is valid for, besides localhost, the loopback addresses, the host name and the --listen host")
-	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext instead of TLS; refused unless --listen is a loopback address")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext instead of TLS; refused unless --listen is a loopback address; agents cannot connect then (they authenticate by certificate)")
+	fs.DurationVar(&cfg.AgentCertValidity, "agent-cert-validity", pki.DefaultAgentValidity, "how long an agent's certificate is valid; agents renew theirs when a third is left, and one offline past its expiry enrolls anew")
+	fs.DurationVar(&cfg.AuditRetention, "audit-retention", auth.DefaultAuditRetention, "how long audit events are kept")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")
 		fmt.Fprintln(fs.Output(), "Runs the osvc control plane. With no flags: embedded etcd and content library in ./osvc-data, gRPC on localhost:7300.")

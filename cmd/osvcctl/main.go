@@ -60,16 +60,21 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 
-	server   string
-	output   string
-	timeout  time.Duration
-	caFile   string
-	insecure bool
+	server    string
+	output    string
+	timeout   time.Duration
+	caFile    string
+	insecure  bool
+	tokenFile string
+	// login is what osvcctl login saved, nil when it never ran.
+	login *loginConfig
 
 	conn *grpc.ClientConn
 }
 
 func (c *cli) rootCommand() *cobra.Command {
+	login, loginErr := c.loadConfig()
+	c.login = login
 	root := &cobra.Command{
 		Use:   "osvcctl",
 		Short: "Service Windows images offline with osvc",
@@ -89,24 +94,36 @@ schedule updates for an image and watch the servicing run.`,
 			if c.server == "" {
 				return usageErrorf("--server is empty: give host:port of osvc-server")
 			}
+			if loginErr != nil {
+				return loginErr
+			}
 			return nil
 		},
 	}
 	server := c.getenv(serverEnv)
+	if server == "" && login != nil {
+		server = login.Server
+	}
 	if server == "" {
 		server = defaultServer
+	}
+	caFile := c.getenv(pki.CAFileEnv)
+	if caFile == "" && login != nil && login.Server == server {
+		caFile = login.CAFile
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`; $"+serverEnv+" sets the default")
 	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
-	pf.StringVar(&c.caFile, "ca-file", c.getenv(pki.CAFileEnv), "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
+	pf.StringVar(&c.caFile, "ca-file", caFile, "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
 	pf.BoolVar(&c.insecure, "insecure", c.getenv(pki.InsecureEnv) != "", "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+" sets it")
+	pf.StringVar(&c.tokenFile, "token-file", "", "`FILE` holding the token to call with; default: $"+tokenEnv+", $"+tokenFileEnv+", the one osvcctl login saved, else "+defaultTokenFile+" (the first admin token of a server started here)")
 	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf("%w\nusage: %s", err, cmd.UseLine())
 	})
-	root.AddCommand(c.imageCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand())
+	root.AddCommand(c.imageCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand(),
+		c.tokenCommand(), c.auditCommand(), c.loginCommand(), c.logoutCommand(), c.whoamiCommand())
 	return root
 }
 
@@ -120,11 +137,18 @@ func (c *cli) dial() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}
+	token, err := c.resolveToken()
+	if err != nil {
+		return nil, err
+	}
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithChainUnaryInterceptor(nativeErrorsUnary),
 		grpc.WithChainStreamInterceptor(nativeErrorsStream),
 	}, transfer.DialOptions()...)
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(pki.Bearer(token, !c.insecure)))
+	}
 	conn, err := grpc.NewClient(c.server, opts...)
 	if err != nil {
 		return nil, usageErrorf("--server %q: %w", c.server, err)

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -33,6 +34,9 @@ type ClientOptions struct {
 	CAFile string
 	// Insecure dials in plaintext, which only a loopback address allows.
 	Insecure bool
+	// Certificate, when set, gives the client certificate of each
+	// handshake (an agent's, renewed meanwhile).
+	Certificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 }
 
 // ClientCredentials returns the transport credentials of a client dialing
@@ -66,7 +70,7 @@ func ClientConfig(serverName string, o ClientOptions) (*tls.Config, error) {
 	if serverName == "" {
 		return nil, errors.New("TLS: the server's name is required to verify its certificate")
 	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, GetClientCertificate: o.Certificate}
 	if o.CAFile != "" {
 		pool, err := readRoots(o.CAFile)
 		if err != nil {
@@ -123,3 +127,21 @@ func readRoots(file string) (*x509.CertPool, error) {
 	}
 	return pool, nil
 }
+
+// Bearer returns per-call credentials sending token as
+// "authorization: Bearer <token>". secure is false only for plaintext to a
+// loopback server (--insecure).
+func Bearer(token string, secure bool) credentials.PerRPCCredentials {
+	return bearer{token: token, secure: secure}
+}
+
+type bearer struct {
+	token  string
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }

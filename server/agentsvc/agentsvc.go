@@ -19,6 +19,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -75,6 +77,8 @@ type Service struct {
 
 	mu    sync.Mutex
 	conns map[string]*conn // by agent id (the name without "agents/")
+	// opening are the agent ids whose stream is opening (claim).
+	opening map[string]bool
 }
 
 // New validates cfg and returns a Service.
@@ -98,6 +102,7 @@ func New(cfg Config) (*Service, error) {
 		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
 		now:       cfg.Now,
 		conns:     map[string]*conn{},
+		opening:   map[string]bool{},
 	}
 	s.assignment = s.servicing.Assignment
 	if s.resync <= 0 {
@@ -249,6 +254,28 @@ func (s *Service) lookup(id string) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.conns[id]
+}
+
+// errAlreadyConnected refuses a second stream of an agent whose stream is
+// live: a stolen identity must not take over the stream (and its runs'
+// fencing tokens). The agent's own reconnect after its stream died works
+// once the server has seen it die.
+var errAlreadyConnected = status.Error(codes.AlreadyExists, "this agent already has a live stream to the server; a second one is refused (if the old one died, try again in a moment)")
+
+// claim reserves id's stream slot while its stream opens: refused while
+// another stream of id is live or opening. release frees the reservation.
+func (s *Service) claim(id string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.conns[id]; (old != nil && old.ctx.Err() == nil) || s.opening[id] {
+		return nil, errAlreadyConnected
+	}
+	s.opening[id] = true
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.opening, id)
+	}, nil
 }
 
 // register makes c the stream of its agent on this replica and ends the one it replaces.

@@ -92,7 +92,7 @@ func newHarnessWith(t *testing.T, opts servicingtest.Options, hc harnessConfig) 
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	osvcv1.RegisterAgentServiceServer(srv, api.NewAgentServer(agentSvc, env.Logger))
+	osvcv1.RegisterAgentServiceServer(srv, api.NewAgentServer(agentSvc, nil, env.Logger))
 	osvcv1.RegisterServicingServiceServer(srv, api.NewServicingServer(env.Service, env.Logger))
 	wg.Go(func() { _ = srv.Serve(lis) })
 	conn, err := grpc.NewClient("passthrough:///bufnet",
@@ -133,7 +133,7 @@ func (h *harness) replica(t *testing.T, serverID string) osvcv1.AgentServiceClie
 	wg.Go(func() { _ = svc.Run(ctx) })
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	osvcv1.RegisterAgentServiceServer(srv, api.NewAgentServer(svc, h.Logger))
+	osvcv1.RegisterAgentServiceServer(srv, api.NewAgentServer(svc, nil, h.Logger))
 	wg.Go(func() { _ = srv.Serve(lis) })
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),

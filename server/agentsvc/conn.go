@@ -66,6 +66,11 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	if err := agents.ValidateHello(hello); err != nil {
 		return errdefs.ToGRPC(err)
 	}
+	release, err := s.claim(hello.GetName())
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
 	c := &conn{

@@ -9,20 +9,73 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agentsvc"
+	"github.com/osvc/osvc/server/auth"
 )
 
 type agentServer struct {
 	osvcv1.UnimplementedAgentServiceServer
 	svc    *agentsvc.Service
+	access *auth.Access
 	logger hclog.Logger
 }
 
-// NewAgentServer serves AgentService from a: Connect is agentsvc's stream.
-func NewAgentServer(a *agentsvc.Service, logger hclog.Logger) osvcv1.AgentServiceServer {
+// NewAgentServer serves AgentService from a: Connect is agentsvc's stream;
+// enrollment, renewal and revocation are access's.
+func NewAgentServer(a *agentsvc.Service, access *auth.Access, logger hclog.Logger) osvcv1.AgentServiceServer {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &agentServer{svc: a, logger: logger.Named("api.agents")}
+	return &agentServer{svc: a, access: access, logger: logger.Named("api.agents")}
+}
+
+func (a *agentServer) CreateJoinToken(ctx context.Context, req *osvcv1.CreateJoinTokenRequest) (*osvcv1.CreateJoinTokenResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	text, jt, err := a.access.CreateJoinToken(ctx, p.ID, req)
+	if err != nil {
+		return nil, Status(err)
+	}
+	auth.SetAuditPrincipal(ctx, "", "join-tokens/"+jt.GetId())
+	a.logger.Info("join token created", "id", jt.GetId(), "site", jt.GetSite(), "uses", jt.GetUsesLeft(), "expires", jt.GetExpireTime().AsTime(), "by", p.ID)
+	return &osvcv1.CreateJoinTokenResponse{Token: text, Id: jt.GetId(), ExpireTime: jt.GetExpireTime()}, nil
+}
+
+func (a *agentServer) Enroll(ctx context.Context, req *osvcv1.EnrollRequest) (*osvcv1.EnrollResponse, error) {
+	resp, by, err := a.access.Enroll(ctx, req.GetJoinToken(), req.GetCsr())
+	if err != nil {
+		auth.SetAuditPrincipal(ctx, by, "")
+		return nil, Status(err)
+	}
+	auth.SetAuditPrincipal(ctx, by, "agents/"+resp.GetName())
+	a.logger.Info("agent enrolled", "agent", resp.GetName(), "site", resp.GetSite(), "join_token", by)
+	return resp, nil
+}
+
+func (a *agentServer) RenewCertificate(ctx context.Context, req *osvcv1.RenewCertificateRequest) (*osvcv1.RenewCertificateResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := a.access.Renew(ctx, p, req.GetCsr())
+	if err != nil {
+		return nil, Status(err)
+	}
+	a.logger.Info("agent certificate renewed", "agent", p.Agent)
+	return &osvcv1.RenewCertificateResponse{Certificate: cert}, nil
+}
+
+func (a *agentServer) RevokeAgent(ctx context.Context, req *osvcv1.RevokeAgentRequest) (*osvcv1.RevokeAgentResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.access.RevokeAgent(ctx, p.ID, req.GetName(), req.GetReason()); err != nil {
+		return nil, Status(err)
+	}
+	a.logger.Warn("agent revoked", "agent", req.GetName(), "reason", req.GetReason(), "by", p.ID)
+	return &osvcv1.RevokeAgentResponse{}, nil
 }
 
 func (a *agentServer) Connect(stream osvcv1.AgentService_ConnectServer) error {

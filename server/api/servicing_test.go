@@ -39,7 +39,7 @@ func newServicingAPI(t *testing.T) *servicingAPI {
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(env.Service, env.Logger))
-	osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agents, env.Logger))
+	osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agents, nil, env.Logger))
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

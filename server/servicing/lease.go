@@ -2,6 +2,7 @@ package servicing
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -381,4 +382,36 @@ func (s *Service) FailPending(ctx context.Context, runName, reason string) (*osv
 		s.logger.Warn("run failed before it started", "run", runName, "reason", reason)
 	}
 	return out, nil
+}
+
+// AgentBlobs are the blobs of the runs assigned to agent now (each run's
+// source version and update files): what the agent may read. held tells
+// whether it holds any run.
+func (s *Service) AgentBlobs(ctx context.Context, agent string) (blobs map[string]bool, held bool, err error) {
+	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, false, fmt.Errorf("the runs of agent %s: %w", agent, err)
+	}
+	blobs = make(map[string]bool)
+	for _, kv := range resp.Kvs {
+		as, err := store.Unmarshal[*storev1.Assignment](kv.Value)
+		if err != nil || as.GetAgent() != agent {
+			continue
+		}
+		held = true
+		a, err := s.Assignment(ctx, as.GetRun(), kv.ModRevision)
+		if errors.Is(err, errdefs.ErrStaleLease) || errors.Is(err, errdefs.ErrNotFound) {
+			continue // ended meanwhile
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		blobs[a.GetSource().GetSha256()] = true
+		for _, u := range a.GetUpdates() {
+			for _, f := range u.GetFiles() {
+				blobs[f.GetSha256()] = true
+			}
+		}
+	}
+	return blobs, held, nil
 }

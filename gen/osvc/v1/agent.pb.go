@@ -1483,6 +1483,439 @@ func (x *ListAgentsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// CreateJoinTokenRequest asks for a join token.
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site is the site the enrolled agent belongs to.
+	Site string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	// ttl: how long the token may be used; default 1h.
+	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// uses: how many agents may enroll with it; default 1.
+	Uses          int32 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CreateJoinTokenRequest) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CreateJoinTokenRequest) GetUses() int32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+// CreateJoinTokenResponse holds the only copy of the join token.
+type CreateJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// token is what the agent is given (--join-token-file, $OSVC_JOIN_TOKEN).
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// EnrollRequest is an agent's first contact.
+type EnrollRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JoinToken string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	// csr is a PEM certificate request for the agent's key, made by the
+	// agent; its subject's common name is the agent's name.
+	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollRequest) Reset() {
+	*x = EnrollRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollRequest) ProtoMessage() {}
+
+func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
+func (*EnrollRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *EnrollRequest) GetJoinToken() string {
+	if x != nil {
+		return x.JoinToken
+	}
+	return ""
+}
+
+func (x *EnrollRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+// EnrollResponse holds the agent's certificate.
+type EnrollResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the PEM client certificate; its URI SAN
+	// spiffe://osvc/site/{site}/agent/{name} is the agent's identity.
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// ca_certificate is the PEM authority that issued it.
+	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
+	Site          string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrollResponse) Reset() {
+	*x = EnrollResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrollResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrollResponse) ProtoMessage() {}
+
+func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
+func (*EnrollResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *EnrollResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetCaCertificate() []byte {
+	if x != nil {
+		return x.CaCertificate
+	}
+	return nil
+}
+
+func (x *EnrollResponse) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *EnrollResponse) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// RenewCertificateRequest carries a request for the caller's new key.
+type RenewCertificateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateRequest) Reset() {
+	*x = RenewCertificateRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateRequest) ProtoMessage() {}
+
+func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
+func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RenewCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+// RenewCertificateResponse holds the new certificate.
+type RenewCertificateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewCertificateResponse) Reset() {
+	*x = RenewCertificateResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewCertificateResponse) ProtoMessage() {}
+
+func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
+func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RenewCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+// RevokeAgentRequest names the agent to revoke.
+type RevokeAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentRequest) Reset() {
+	*x = RevokeAgentRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentRequest) ProtoMessage() {}
+
+func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RevokeAgentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RevokeAgentResponse is empty.
+type RevokeAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentResponse) Reset() {
+	*x = RevokeAgentResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentResponse) ProtoMessage() {}
+
+func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
 var File_osvc_v1_agent_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_agent_proto_rawDesc = "" +
@@ -1589,17 +2022,47 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"d\n" +
 	"\x12ListAgentsResponse\x12&\n" +
 	"\x06agents\x18\x01 \x03(\v2\x0e.osvc.v1.AgentR\x06agents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*x\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"m\n" +
+	"\x16CreateJoinTokenRequest\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12+\n" +
+	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x12\n" +
+	"\x04uses\x18\x03 \x01(\x05R\x04uses\"|\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"@\n" +
+	"\rEnrollRequest\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\"\x81\x01\n" +
+	"\x0eEnrollResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12%\n" +
+	"\x0eca_certificate\x18\x02 \x01(\fR\rcaCertificate\x12\x12\n" +
+	"\x04site\x18\x03 \x01(\tR\x04site\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"+\n" +
+	"\x17RenewCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"<\n" +
+	"\x18RenewCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\"@\n" +
+	"\x12RevokeAgentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x15\n" +
+	"\x13RevokeAgentResponse*x\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_STATE_DISCONNECTED\x10\x02\x12\x14\n" +
-	"\x10AGENT_STATE_LOST\x10\x032\x97\x01\n" +
+	"\x10AGENT_STATE_LOST\x10\x032\xcb\x03\n" +
 	"\fAgentService\x12@\n" +
 	"\aConnect\x12\x17.osvc.v1.ConnectRequest\x1a\x18.osvc.v1.ConnectResponse(\x010\x01\x12E\n" +
 	"\n" +
-	"ListAgents\x12\x1a.osvc.v1.ListAgentsRequest\x1a\x1b.osvc.v1.ListAgentsResponseB\x7f\n" +
+	"ListAgents\x12\x1a.osvc.v1.ListAgentsRequest\x1a\x1b.osvc.v1.ListAgentsResponse\x12T\n" +
+	"\x0fCreateJoinToken\x12\x1f.osvc.v1.CreateJoinTokenRequest\x1a .osvc.v1.CreateJoinTokenResponse\x129\n" +
+	"\x06Enroll\x12\x16.osvc.v1.EnrollRequest\x1a\x17.osvc.v1.EnrollResponse\x12W\n" +
+	"\x10RenewCertificate\x12 .osvc.v1.RenewCertificateRequest\x1a!.osvc.v1.RenewCertificateResponse\x12H\n" +
+	"\vRevokeAgent\x12\x1b.osvc.v1.RevokeAgentRequest\x1a\x1c.osvc.v1.RevokeAgentResponseB\x7f\n" +
 	"\vcom.osvc.v1B\n" +
 	"AgentProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
@@ -1616,54 +2079,62 @@ func file_osvc_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_osvc_v1_agent_proto_goTypes = []any{
-	(AgentState)(0),               // 0: osvc.v1.AgentState
-	(*Drive)(nil),                 // 1: osvc.v1.Drive
-	(*Agent)(nil),                 // 2: osvc.v1.Agent
-	(*HeldRun)(nil),               // 3: osvc.v1.HeldRun
-	(*Hello)(nil),                 // 4: osvc.v1.Hello
-	(*Heartbeat)(nil),             // 5: osvc.v1.Heartbeat
-	(*Progress)(nil),              // 6: osvc.v1.Progress
-	(*StepChanged)(nil),           // 7: osvc.v1.StepChanged
-	(*UpdateResultReport)(nil),    // 8: osvc.v1.UpdateResultReport
-	(*LogBatch)(nil),              // 9: osvc.v1.LogBatch
-	(*RunResult)(nil),             // 10: osvc.v1.RunResult
-	(*ConnectRequest)(nil),        // 11: osvc.v1.ConnectRequest
-	(*Welcome)(nil),               // 12: osvc.v1.Welcome
-	(*Assign)(nil),                // 13: osvc.v1.Assign
-	(*Cancel)(nil),                // 14: osvc.v1.Cancel
-	(*Ack)(nil),                   // 15: osvc.v1.Ack
-	(*ConnectResponse)(nil),       // 16: osvc.v1.ConnectResponse
-	(*ListAgentsRequest)(nil),     // 17: osvc.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 18: osvc.v1.ListAgentsResponse
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*UpdateResult)(nil),          // 20: osvc.v1.UpdateResult
-	(*StepRecord)(nil),            // 21: osvc.v1.StepRecord
-	(*LogLine)(nil),               // 22: osvc.v1.LogLine
-	(RunState)(0),                 // 23: osvc.v1.RunState
-	(*ImageIndex)(nil),            // 24: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),           // 25: osvc.v1.RunArtifact
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*Run)(nil),                   // 27: osvc.v1.Run
-	(*Image)(nil),                 // 28: osvc.v1.Image
-	(*ImageVersion)(nil),          // 29: osvc.v1.ImageVersion
-	(*Update)(nil),                // 30: osvc.v1.Update
+	(AgentState)(0),                  // 0: osvc.v1.AgentState
+	(*Drive)(nil),                    // 1: osvc.v1.Drive
+	(*Agent)(nil),                    // 2: osvc.v1.Agent
+	(*HeldRun)(nil),                  // 3: osvc.v1.HeldRun
+	(*Hello)(nil),                    // 4: osvc.v1.Hello
+	(*Heartbeat)(nil),                // 5: osvc.v1.Heartbeat
+	(*Progress)(nil),                 // 6: osvc.v1.Progress
+	(*StepChanged)(nil),              // 7: osvc.v1.StepChanged
+	(*UpdateResultReport)(nil),       // 8: osvc.v1.UpdateResultReport
+	(*LogBatch)(nil),                 // 9: osvc.v1.LogBatch
+	(*RunResult)(nil),                // 10: osvc.v1.RunResult
+	(*ConnectRequest)(nil),           // 11: osvc.v1.ConnectRequest
+	(*Welcome)(nil),                  // 12: osvc.v1.Welcome
+	(*Assign)(nil),                   // 13: osvc.v1.Assign
+	(*Cancel)(nil),                   // 14: osvc.v1.Cancel
+	(*Ack)(nil),                      // 15: osvc.v1.Ack
+	(*ConnectResponse)(nil),          // 16: osvc.v1.ConnectResponse
+	(*ListAgentsRequest)(nil),        // 17: osvc.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 18: osvc.v1.ListAgentsResponse
+	(*CreateJoinTokenRequest)(nil),   // 19: osvc.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 20: osvc.v1.CreateJoinTokenResponse
+	(*EnrollRequest)(nil),            // 21: osvc.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 22: osvc.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 23: osvc.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 24: osvc.v1.RenewCertificateResponse
+	(*RevokeAgentRequest)(nil),       // 25: osvc.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),      // 26: osvc.v1.RevokeAgentResponse
+	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
+	(*UpdateResult)(nil),             // 28: osvc.v1.UpdateResult
+	(*StepRecord)(nil),               // 29: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 30: osvc.v1.LogLine
+	(RunState)(0),                    // 31: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 32: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 33: osvc.v1.RunArtifact
+	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
+	(*Run)(nil),                      // 35: osvc.v1.Run
+	(*Image)(nil),                    // 36: osvc.v1.Image
+	(*ImageVersion)(nil),             // 37: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 38: osvc.v1.Update
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
 	0,  // 1: osvc.v1.Agent.state:type_name -> osvc.v1.AgentState
-	19, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	27, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: osvc.v1.Hello.drives:type_name -> osvc.v1.Drive
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
-	20, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	21, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	20, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	22, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	23, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	24, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	25, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	28, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
+	29, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	28, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	30, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	31, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	32, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	33, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
 	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
 	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
 	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
@@ -1671,25 +2142,35 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	8,  // 17: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
 	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
 	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
-	26, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	27, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	28, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	29, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	30, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	34, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	35, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	36, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	37, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	38, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
 	12, // 25: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
 	13, // 26: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
 	14, // 27: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
 	15, // 28: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
 	2,  // 29: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	11, // 30: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	17, // 31: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	16, // 32: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	18, // 33: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	32, // [32:34] is the sub-list for method output_type
-	30, // [30:32] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	34, // 30: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	27, // 31: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	11, // 32: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	17, // 33: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	19, // 34: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	21, // 35: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	23, // 36: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	25, // 37: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	16, // 38: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	18, // 39: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	20, // 40: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	22, // 41: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	24, // 42: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	26, // 43: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	38, // [38:44] is the sub-list for method output_type
+	32, // [32:38] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }
@@ -1721,7 +2202,7 @@ func file_osvc_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_agent_proto_rawDesc), len(file_osvc_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
