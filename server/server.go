@@ -87,6 +87,8 @@ type Config struct {
 	Listen string
 	// EtcdEndpoints points at an external etcd cluster; empty runs etcd embedded.
 	EtcdEndpoints []string
+	// EtcdAuth is how the server authenticates to an external etcd.
+	EtcdAuth EtcdAuth
 	// Prefix is the etcd key prefix; default /osvc/.
 	Prefix string
 	// Logger defaults to an hclog logger on stderr named osvc-server.
@@ -166,6 +168,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("--insecure and --tls-cert/--tls-key contradict each other: give one")
 	case (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == ""):
 		return nil, errors.New("--tls-cert and --tls-key go together: give both, or neither for a certificate from the server's own authority")
+	}
+	if err := cfg.EtcdAuth.check(len(cfg.EtcdEndpoints) > 0); err != nil {
+		return nil, err
 	}
 	for _, ep := range cfg.EtcdEndpoints {
 		if strings.TrimSpace(ep) == "" {
@@ -416,13 +421,19 @@ func (s *Server) Run(ctx context.Context) error {
 // connectEtcd dials etcd and checks it answers, so a wrong endpoint fails now,
 // with the endpoint named, rather than at the first request.
 func (s *Server) connectEtcd(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
-	client, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: etcdDialTimeout,
 		// The client's own zap logs repeat what our errors say.
 		Logger:  zap.NewNop(),
 		Context: ctx,
-	})
+	}
+	if len(s.cfg.EtcdEndpoints) > 0 {
+		if err := s.cfg.EtcdAuth.apply(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	client, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
 	}

@@ -3,6 +3,9 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -89,7 +92,7 @@ func startServer(t *testing.T, cfg server.Config) *running {
 	return r
 }
 
-// dial connects to srv over TLS, trusting the authority it made.
+// dial connects as the server's first admin to srv over TLS, trusting the authority it made.
 func dial(t *testing.T, srv *server.Server) *grpc.ClientConn {
 	t.Helper()
 	addr := srv.Addr()
@@ -97,7 +100,12 @@ func dial(t *testing.T, srv *server.Server) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, transfer.DialOptions()...)
+	token, err := os.ReadFile(srv.AdminTokenFile())
+	if err != nil {
+		t.Fatalf("the first admin token: %v", err)
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(pki.Bearer(strings.TrimSpace(string(token)), true))},
+		transfer.DialOptions()...)
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
@@ -287,6 +295,9 @@ func TestNewRefusesABadConfig(t *testing.T) {
 		{"plaintext on a network address", server.Config{Listen: "10.0.0.1:7300", Insecure: true}},
 		{"plaintext with a certificate", server.Config{Insecure: true, TLSCertFile: "c.pem", TLSKeyFile: "k.pem"}},
 		{"a certificate without its key", server.Config{TLSCertFile: "c.pem"}},
+		{"etcd TLS without an external etcd", server.Config{EtcdAuth: server.EtcdAuth{CAFile: "ca.pem"}}},
+		{"an etcd client certificate without its key", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{CertFile: "c.pem"}}},
+		{"an etcd password without a user", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{PasswordFile: "p"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
@@ -426,4 +437,81 @@ func TestAnOpenRunWatchDoesNotHoldTheShutdown(t *testing.T) {
 	if strings.Contains(logs.String(), "still running after the shutdown timeout") {
 		t.Errorf("the watch held the shutdown until its timeout:\n%s", logs.String())
 	}
+}
+
+func TestServerUsesAnExternalEtcdOverMutualTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca, _, err := pki.EnsureCA(filepath.Join(dir, "etcd-pki"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := writeKeyPair(t, dir, "etcd", serverCert)
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR("osvc-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.ParseCSR(csrPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, clientPEM, err := ca.IssueAgentCertificate(csr, pki.AgentID{Site: "PS1", Name: "osvc-server"}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, clientKey := filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
+	for f, data := range map[string][]byte{clientCert: clientPEM, clientKey: keyPEM} {
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client, peer := freeURL(t), freeURL(t)
+	client = strings.Replace(client, "http://", "https://", 1)
+	cmd := exec.Command("etcd", "--name", "tls", "--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls="+peer,
+		"--cert-file", certFile, "--key-file", keyFile, "--trusted-ca-file", ca.CertPath, "--client-cert-auth",
+		"--log-level", "error", "--logger", "zap")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start etcd: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); _ = cmd.Wait() })
+
+	auth := server.EtcdAuth{CAFile: ca.CertPath, CertFile: clientCert, KeyFile: clientKey}
+	cfg := testConfig(t, t.TempDir())
+	cfg.EtcdEndpoints, cfg.EtcdAuth = []string{client}, auth
+	r := startServer(t, cfg)
+	importImage(t, dial(t, r.srv), "win11")
+
+	// Without its client certificate etcd refuses the server, which says so at start.
+	cfg = testConfig(t, t.TempDir())
+	cfg.EtcdEndpoints, cfg.EtcdAuth = []string{client}, server.EtcdAuth{CAFile: ca.CertPath}
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "does not answer") {
+		t.Errorf("Run without the etcd client certificate = %v, want the etcd refusal", err)
+	}
+}
+
+// writeKeyPair writes cert and its key as PEM files in dir.
+func writeKeyPair(t *testing.T, dir, name string, cert tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
