@@ -11,11 +11,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -148,6 +150,9 @@ type Server struct {
 	mu      sync.Mutex
 	addr    string
 	started bool
+	// etcd are the endpoints the server uses: the embedded etcd's or
+	// EtcdEndpoints.
+	etcd []string
 }
 
 // New validates cfg and applies the defaults; nothing starts until Run.
@@ -265,6 +270,14 @@ func (s *Server) CAFile() string {
 	return filepath.Join(s.cfg.DataDir, "pki", pki.CACertFile)
 }
 
+// EtcdEndpoints are the etcd endpoints the server uses, valid once Ready
+// is closed: the embedded etcd's (mutual TLS on loopback) or EtcdEndpoints.
+func (s *Server) EtcdEndpoints() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.etcd)
+}
+
 // AdminTokenFile is where the server writes the first admin token of a
 // new installation: DataDir/admin.token.
 func (s *Server) AdminTokenFile() string { return filepath.Join(s.cfg.DataDir, auth.AdminTokenFile) }
@@ -305,11 +318,22 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	endpoints := s.cfg.EtcdEndpoints
+	etcdTLS := (*tls.Config)(nil)
 	if len(endpoints) == 0 {
+		// The embedded etcd serves mutual TLS on loopback: no other process
+		// on the machine reads or writes the store through its port.
+		info, err := embeddedEtcdTLS(ca, filepath.Join(s.cfg.DataDir, "pki", "etcd"))
+		if err != nil {
+			return err
+		}
+		if etcdTLS, err = info.ClientConfig(); err != nil {
+			return fmt.Errorf("embedded etcd TLS: %w", err)
+		}
 		emb, err := store.StartEmbedded(ctx, store.EmbeddedConfig{
 			Dir:       filepath.Join(s.cfg.DataDir, "etcd"),
 			Logger:    s.logger,
 			FastTicks: s.cfg.FastEtcd,
+			TLS:       info,
 		})
 		if err != nil {
 			return fmt.Errorf("start embedded etcd: %w", err)
@@ -321,7 +345,10 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 		endpoints = emb.Endpoints()
 	}
-	client, err := s.connectEtcd(ctx, endpoints)
+	s.mu.Lock()
+	s.etcd = endpoints
+	s.mu.Unlock()
+	client, err := s.connectEtcd(ctx, endpoints, etcdTLS)
 	if err != nil {
 		return err
 	}
@@ -418,15 +445,30 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// embeddedEtcdTLS issues the embedded etcd's certificate from ca, writes
+// it to dir (0600) and returns the TLS settings of etcd and of its client.
+func embeddedEtcdTLS(ca *pki.CA, dir string) (*transport.TLSInfo, error) {
+	certPEM, keyPEM, err := ca.EtcdCertificate(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile, err := pki.WriteKeyPair(dir, "etcd", certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd TLS: %w", err)
+	}
+	return &transport.TLSInfo{CertFile: certFile, KeyFile: keyFile, TrustedCAFile: ca.CertPath}, nil
+}
+
 // connectEtcd dials etcd and checks it answers, so a wrong endpoint fails now,
 // with the endpoint named, rather than at the first request.
-func (s *Server) connectEtcd(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+func (s *Server) connectEtcd(ctx context.Context, endpoints []string, embeddedTLS *tls.Config) (*clientv3.Client, error) {
 	cfg := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: etcdDialTimeout,
 		// The client's own zap logs repeat what our errors say.
 		Logger:  zap.NewNop(),
 		Context: ctx,
+		TLS:     embeddedTLS,
 	}
 	if len(s.cfg.EtcdEndpoints) > 0 {
 		if err := s.cfg.EtcdAuth.apply(&cfg); err != nil {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -514,4 +515,44 @@ func writeKeyPair(t *testing.T, dir, name string, cert tls.Certificate) (certFil
 		t.Fatal(err)
 	}
 	return certFile, keyFile
+}
+
+func TestTheEmbeddedEtcdServesOnlyClientsWithTheServersCertificate(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t, t.TempDir())
+	r := startServer(t, cfg)
+	endpoints := r.srv.EtcdEndpoints()
+	if len(endpoints) == 0 || !strings.HasPrefix(endpoints[0], "https://127.0.0.1:") {
+		t.Fatalf("embedded etcd endpoints %v, want https on loopback", endpoints)
+	}
+	pkiDir := filepath.Join(cfg.DataDir, "pki")
+	get := func(info *transport.TLSInfo, endpoint string) error {
+		c := clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()}
+		if info != nil {
+			tlsCfg, err := info.ClientConfig()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TLS = tlsCfg
+		}
+		client, err := clientv3.New(c)
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = client.Get(ctx, "/osvc/tokens/", clientv3.WithPrefix())
+		return err
+	}
+	if err := get(nil, strings.Replace(endpoints[0], "https://", "http://", 1)); err == nil {
+		t.Error("a plaintext client read the embedded etcd")
+	}
+	if err := get(&transport.TLSInfo{TrustedCAFile: filepath.Join(pkiDir, pki.CACertFile)}, endpoints[0]); err == nil {
+		t.Error("a TLS client without a certificate read the embedded etcd")
+	}
+	if err := get(&transport.TLSInfo{TrustedCAFile: filepath.Join(pkiDir, pki.CACertFile),
+		CertFile: filepath.Join(pkiDir, "etcd", "etcd.crt"), KeyFile: filepath.Join(pkiDir, "etcd", "etcd.key")}, endpoints[0]); err != nil {
+		t.Errorf("the server's own certificate cannot read the embedded etcd: %v", err)
+	}
 }

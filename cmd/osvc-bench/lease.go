@@ -31,20 +31,55 @@ const agentLeaseTTL = time.Hour
 // as servicing allows, made beforehand with CreateSchedule. A lease is a read
 // and two transactions (the second writes the fencing token into the run), so
 // a ratio near 1/3 means it costs what its etcd round trips cost.
+//
+// It runs twice in the same run: on etcd over mutual TLS (as osvc-server
+// runs its embedded etcd, and as a production cluster should be), which is
+// the main figure, and on plaintext etcd, an extra figure whose ratio is
+// mTLS ÷ plaintext leases/s: what TLS to etcd costs.
 func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
-	e, err := startBenchEtcd(ctx, cfg)
+	plainOsvc, plainFloor, err := leaseOn(ctx, cfg, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("on plaintext etcd: %w", err)
+	}
+	osvcS, floorS, err := leaseOn(ctx, cfg, true)
+	if err != nil {
+		return nil, fmt.Errorf("on etcd over mutual TLS: %w", err)
+	}
+	res := &Result{Osvc: osvcS.figure(), Floor: floorS.figure()}
+	return res, addPlaintext(res, plainOsvc, plainFloor)
+}
+
+// addPlaintext adds the plaintext run's figures to res, each with the
+// ratio of its mutual TLS counterpart to it.
+func addPlaintext(res *Result, osvc, floor series) error {
+	o, f := osvc.figure(), floor.figure()
+	if o.Value <= 0 || f.Value <= 0 {
+		return fmt.Errorf("the plaintext run measured nothing")
+	}
+	o.Name += " in plaintext (ratio: over mutual TLS ÷ in plaintext)"
+	o.Ratio = res.Osvc.Value / o.Value
+	f.Name += " in plaintext (ratio: over mutual TLS ÷ in plaintext)"
+	f.Ratio = res.Floor.Value / f.Value
+	res.Extra = append(res.Extra, o, f)
+	return nil
+}
+
+// leaseOn measures leases and their floor on a fresh etcd, over mutual TLS
+// when secure.
+func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS series, err error) {
+	e, err := startBenchEtcdTLS(ctx, cfg, secure)
+	if err != nil {
+		return series{}, series{}, err
 	}
 	defer e.close()
 	libDir, err := os.MkdirTemp("", "osvc-bench-content-*")
 	if err != nil {
-		return nil, fmt.Errorf("content directory: %w", err)
+		return series{}, series{}, fmt.Errorf("content directory: %w", err)
 	}
 	defer os.RemoveAll(libDir)
 	st, svc, err := newServicing(e, libDir, cfg.Logger)
 	if err != nil {
-		return nil, err
+		return series{}, series{}, err
 	}
 
 	// One agent per worker, present on an etcd lease as agentsvc makes it.
@@ -52,7 +87,7 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 	for w := range agents {
 		a, err := presentAgent(ctx, st, w)
 		if err != nil {
-			return nil, err
+			return series{}, series{}, err
 		}
 		defer e.client.Revoke(context.WithoutCancel(ctx), clientv3.LeaseID(a.session))
 		agents[w] = a
@@ -63,7 +98,7 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 	totals := workerTotals(cfg.N, cfg.Workers)
 	runs := make([][]string, cfg.Workers)
 	if err := putUpdate(ctx, st); err != nil {
-		return nil, err
+		return series{}, series{}, err
 	}
 	setupStart := time.Now()
 	if _, err := measure(ctx, cfg.Workers, cfg.Workers, func(ctx context.Context, w, _ int) ([]time.Duration, error) {
@@ -80,7 +115,7 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 		}
 		return nil, nil
 	}); err != nil {
-		return nil, fmt.Errorf("set up PENDING runs: %w", err)
+		return series{}, series{}, fmt.Errorf("set up PENDING runs: %w", err)
 	}
 	fmt.Fprintf(cfg.Out, "lease: %d PENDING runs on %d sites set up in %s\n", cfg.N+cfg.Workers, cfg.Workers,
 		time.Since(setupStart).Round(time.Millisecond))
@@ -96,11 +131,11 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 		return nil
 	})
 	if _, err := measure(ctx, cfg.Workers, cfg.Workers, lease); err != nil {
-		return nil, fmt.Errorf("warm up: %w", err)
+		return series{}, series{}, fmt.Errorf("warm up: %w", err)
 	}
 	sizes, err := leaseWriteSizes(ctx, st, runs[0][0])
 	if err != nil {
-		return nil, err
+		return series{}, series{}, err
 	}
 
 	// The floor: each worker's transactions create three fresh keys, guarded
@@ -130,23 +165,23 @@ func benchLease(ctx context.Context, cfg benchConfig) (*Result, error) {
 		return nil
 	})
 
-	osvcS := series{name: "osvc Service.Lease", unit: "leases/s"}
-	floorS := series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d+%d bytes)", sizes[0], sizes[1], sizes[2]), unit: "txn/s"}
+	osvcS = series{name: "osvc Service.Lease", unit: "leases/s"}
+	floorS = series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d+%d bytes)", sizes[0], sizes[1], sizes[2]), unit: "txn/s"}
 	rounds := roundSizes(cfg.N)
 	for r, ops := range rounds {
 		l, err := measure(ctx, cfg.Workers, ops, floor)
 		if err != nil {
-			return nil, fmt.Errorf("floor round %d: %w", r+1, err)
+			return series{}, series{}, fmt.Errorf("floor round %d: %w", r+1, err)
 		}
 		floorS.add(l)
 		roundLine(cfg, "lease", r, len(rounds), &floorS, l)
 		if l, err = measure(ctx, cfg.Workers, ops, lease); err != nil {
-			return nil, fmt.Errorf("lease round %d: %w", r+1, err)
+			return series{}, series{}, fmt.Errorf("lease round %d: %w", r+1, err)
 		}
 		osvcS.add(l)
 		roundLine(cfg, "lease", r, len(rounds), &osvcS, l)
 	}
-	return &Result{Osvc: osvcS.figure(), Floor: floorS.figure()}, nil
+	return osvcS, floorS, nil
 }
 
 // newServicing builds the servicing service as osvc-server does, on e under

@@ -40,30 +40,60 @@ const pipelineWindow = 32
 // server's FastEtcd would run its embedded one). A report is a read and a
 // fenced write plus the gRPC round trip; a ratio near 1/2 means it costs what
 // its etcd round trips cost.
+//
+// It runs twice in the same run: over mutual TLS (agents with the
+// certificates they enrolled for, etcd over TLS: osvc-server as deployed),
+// the main figures, and in plaintext, on a bare server (the same agent
+// service, servicing and scheduler, no TLS and no authorization), an extra
+// figure whose ratio is mTLS ÷ plaintext reports/s: what security costs.
 func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
-	e, err := startBenchEtcd(ctx, cfg)
+	plainSync, _, plainFloor, err := reportOn(ctx, cfg, false)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("in plaintext: %w", err)
+	}
+	syncS, pipeS, floorS, err := reportOn(ctx, cfg, true)
+	if err != nil {
+		return nil, fmt.Errorf("over mutual TLS: %w", err)
+	}
+	res := &Result{Osvc: syncS.figure(), Floor: floorS.figure(), Extra: []Figure{pipeS.figure()}}
+	return res, addPlaintext(res, plainSync, plainFloor)
+}
+
+// reportOn measures reports and their floor on a fresh etcd and server:
+// osvc-server over mutual TLS when secure, else the bare server in plaintext.
+func reportOn(ctx context.Context, cfg benchConfig, secure bool) (syncS, pipeS, floorS series, err error) {
+	fail := func(err error) (series, series, series, error) { return series{}, series{}, series{}, err }
+	e, err := startBenchEtcdTLS(ctx, cfg, secure)
+	if err != nil {
+		return fail(err)
 	}
 	defer e.close()
 	st, err := store.New(store.Config{Client: e.client, Logger: cfg.Logger})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
-	srv, stop, err := startServer(ctx, cfg, e.etcd.Endpoints())
+	var (
+		srv  target
+		stop func()
+	)
+	if secure {
+		srv, stop, err = startServer(ctx, cfg, e.etcd.Endpoints(), server.EtcdAuth{CAFile: e.tls.TrustedCAFile, CertFile: e.tls.CertFile, KeyFile: e.tls.KeyFile})
+	} else {
+		srv, stop, err = startBareServer(ctx, cfg, e)
+	}
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	defer stop()
 
 	setupCtx, cancel := context.WithTimeout(ctx, reportSetupTimeout)
 	defer cancel()
 	if err := putUpdate(setupCtx, st); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	conn, err := srv.dial()
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	defer conn.Close()
 	servicingClient := osvcv1.NewServicingServiceClient(conn)
@@ -73,34 +103,34 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	for w := range agents {
 		a, err := connectAgent(ctx, setupCtx, srv, w)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		defer a.close()
 		agents[w] = a
 		img, err := putImage(setupCtx, st, fmt.Sprintf("bench-%d", w), siteCode(w))
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if _, err := servicingClient.CreateSchedule(setupCtx, &osvcv1.CreateScheduleRequest{
 			Parent: img.GetName(), Schedule: &osvcv1.Schedule{Updates: []string{catalog.UpdateName(benchUpdate)}},
 		}); err != nil {
-			return nil, fmt.Errorf("schedule %s: %w", img.GetName(), err)
+			return fail(fmt.Errorf("schedule %s: %w", img.GetName(), err))
 		}
 	}
 	for _, a := range agents {
 		if err := a.awaitAssign(setupCtx); err != nil {
-			return nil, err
+			return fail(err)
 		}
 	}
 	// One report each moves the runs IN_PROCESS (which writes the image too)
 	// and warms the streams up.
 	syncReports := func(ctx context.Context, w, ops int) ([]time.Duration, error) { return agents[w].reportEach(ctx, ops) }
 	if _, err := measure(setupCtx, cfg.Workers, cfg.Workers, syncReports); err != nil {
-		return nil, fmt.Errorf("warm up: %w", err)
+		return fail(fmt.Errorf("warm up: %w", err))
 	}
 	runSize, err := storedRunSize(setupCtx, st, agents[0].run)
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 
 	// The floor: each worker compares its key's revision and puts a
@@ -110,7 +140,7 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 	for w := range floorRev {
 		resp, err := e.client.Put(ctx, fmt.Sprintf("%sbench-floor/%d", st.Prefix(), w), floorValue)
 		if err != nil {
-			return nil, fmt.Errorf("floor key: %w", err)
+			return fail(fmt.Errorf("floor key: %w", err))
 		}
 		floorRev[w] = resp.Header.Revision
 	}
@@ -133,9 +163,9 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 		return agents[w].reportPipelined(ctx, ops)
 	}
 
-	floorS := series{name: fmt.Sprintf("bare etcd Txn (1 compare, put of %d bytes)", runSize), unit: "txn/s"}
-	syncS := series{name: "osvc Progress reports, each awaiting its Ack", unit: "reports/s"}
-	pipeS := series{name: fmt.Sprintf("osvc Progress reports, %d in flight per agent", pipelineWindow), unit: "reports/s"}
+	floorS = series{name: fmt.Sprintf("bare etcd Txn (1 compare, put of %d bytes)", runSize), unit: "txn/s"}
+	syncS = series{name: "osvc Progress reports, each awaiting its Ack", unit: "reports/s"}
+	pipeS = series{name: fmt.Sprintf("osvc Progress reports, %d in flight per agent", pipelineWindow), unit: "reports/s"}
 	rounds := roundSizes(cfg.N)
 	for r, ops := range rounds {
 		for _, side := range []struct {
@@ -144,25 +174,25 @@ func benchReport(ctx context.Context, cfg benchConfig) (*Result, error) {
 		}{{&floorS, floor}, {&syncS, syncReports}, {&pipeS, pipelined}} {
 			l, err := measure(ctx, cfg.Workers, ops, side.work)
 			if err != nil {
-				return nil, fmt.Errorf("round %d of %s: %w", r+1, side.s.name, err)
+				return fail(fmt.Errorf("round %d of %s: %w", r+1, side.s.name, err))
 			}
 			side.s.add(l)
 			roundLine(cfg, "report", r, len(rounds), side.s, l)
 		}
 	}
-	return &Result{Osvc: syncS.figure(), Floor: floorS.figure(), Extra: []Figure{pipeS.figure()}}, nil
+	return syncS, pipeS, floorS, nil
 }
 
 // startServer runs osvc-server on loopback with the etcd at endpoints (none:
 // embedded, with short ticks under -fast) until stop is called, and returns
 // its address once it serves.
-func startServer(ctx context.Context, cfg benchConfig, endpoints []string) (_ target, stop func(), err error) {
+func startServer(ctx context.Context, cfg benchConfig, endpoints []string, etcdAuth server.EtcdAuth) (_ target, stop func(), err error) {
 	dir, err := os.MkdirTemp("", "osvc-bench-server-*")
 	if err != nil {
 		return target{}, nil, fmt.Errorf("server data directory: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		DataDir: dir, Listen: "127.0.0.1:0", EtcdEndpoints: endpoints, Logger: cfg.Logger, FastEtcd: cfg.Fast,
+		DataDir: dir, Listen: "127.0.0.1:0", EtcdEndpoints: endpoints, EtcdAuth: etcdAuth, Logger: cfg.Logger, FastEtcd: cfg.Fast,
 	})
 	if err != nil {
 		os.RemoveAll(dir)

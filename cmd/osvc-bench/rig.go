@@ -19,6 +19,7 @@ import (
 	"github.com/osvc/osvc/integration/sampledata"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
+	"github.com/osvc/osvc/server"
 )
 
 // rigSite is the site of the servicing benchmarks' images and agents.
@@ -67,7 +68,7 @@ func startRig(ctx context.Context, cfg benchConfig, payloadBytes int64) (_ *rig,
 	if r.sample, err = sampledata.Create(ctx, sampledata.Options{Dir: filepath.Join(dir, "sample"), PayloadBytes: payloadBytes}); err != nil {
 		return nil, err
 	}
-	if r.srv, r.stopServer, err = startServer(ctx, cfg, nil); err != nil {
+	if r.srv, r.stopServer, err = startServer(ctx, cfg, nil, server.EtcdAuth{}); err != nil {
 		return nil, err
 	}
 	if r.conn, err = r.srv.dial(transfer.DialOptions()...); err != nil {

@@ -2,17 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/store"
 )
@@ -33,16 +37,38 @@ type benchEtcd struct {
 	dir    string
 	etcd   *store.Embedded
 	client *clientv3.Client
+	// tls is the client side of its mutual TLS, nil in plaintext.
+	tls *transport.TLSInfo
 }
 
 // startBenchEtcd starts embedded etcd, with short ticks under -fast; both
 // sides of a ratio run on it.
 func startBenchEtcd(ctx context.Context, cfg benchConfig) (*benchEtcd, error) {
+	return startBenchEtcdTLS(ctx, cfg, false)
+}
+
+// startBenchEtcdTLS is startBenchEtcd serving mutual TLS when secure, as
+// osvc-server runs its embedded etcd, with an authority of its own.
+func startBenchEtcdTLS(ctx context.Context, cfg benchConfig, secure bool) (*benchEtcd, error) {
 	dir, err := os.MkdirTemp("", "osvc-bench-etcd-*")
 	if err != nil {
 		return nil, fmt.Errorf("etcd data directory: %w", err)
 	}
-	e, err := store.StartEmbedded(ctx, store.EmbeddedConfig{Dir: dir, Logger: cfg.Logger, FastTicks: cfg.Fast})
+	ecfg := store.EmbeddedConfig{Dir: filepath.Join(dir, "etcd"), Logger: cfg.Logger, FastTicks: cfg.Fast}
+	var clientTLS *tls.Config
+	if secure {
+		info, err := benchEtcdTLS(filepath.Join(dir, "pki"))
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		if clientTLS, err = info.ClientConfig(); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		ecfg.TLS = info
+	}
+	e, err := store.StartEmbedded(ctx, ecfg)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
@@ -51,13 +77,32 @@ func startBenchEtcd(ctx context.Context, cfg benchConfig) (*benchEtcd, error) {
 		Endpoints:   e.Endpoints(),
 		DialTimeout: etcdClientTimeout,
 		Logger:      zap.NewNop(),
+		TLS:         clientTLS,
 	})
 	if err != nil {
 		e.Close()
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
-	return &benchEtcd{dir: dir, etcd: e, client: client}, nil
+	return &benchEtcd{dir: dir, etcd: e, client: client, tls: ecfg.TLS}, nil
+}
+
+// benchEtcdTLS makes an authority in dir and the embedded etcd's
+// certificate from it, as osvc-server does.
+func benchEtcdTLS(dir string) (*transport.TLSInfo, error) {
+	ca, _, err := pki.EnsureCA(dir, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	certPEM, keyPEM, err := ca.EtcdCertificate(time.Now())
+	if err != nil {
+		return nil, err
+	}
+	certFile, keyFile, err := pki.WriteKeyPair(filepath.Join(dir, "etcd"), "etcd", certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &transport.TLSInfo{CertFile: certFile, KeyFile: keyFile, TrustedCAFile: ca.CertPath}, nil
 }
 
 // close stops etcd and removes its directory.

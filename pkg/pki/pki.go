@@ -270,6 +270,52 @@ func (ca *CA) ServerCertificate(hosts []string, now time.Time) (tls.Certificate,
 	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
+// EtcdCertificate issues the certificate of an embedded etcd on the
+// loopback address, for serving, peering and its one client (the server
+// in the same process): server and client auth, 127.0.0.1, PEM.
+func (ca *CA) EtcdCertificate(now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: "osvc embedded etcd", Organization: []string{"osvc"}},
+		NotBefore:    now.Add(-clockSkew),
+		NotAfter:     now.Add(ServerValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue the embedded etcd's certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// WriteKeyPair writes a certificate and its key as PEM files in dir (made
+// 0700), the key 0600, each through a temporary file.
+func WriteKeyPair(dir, name string, certPEM, keyPEM []byte) (certFile, keyFile string, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	if err := writeFile(keyFile, keyPEM, 0o600); err != nil {
+		return "", "", err
+	}
+	if err := writeFile(certFile, certPEM, 0o600); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, nil
+}
+
 // ServerHosts are the names a server listening on listen is reached by on
 // this machine and by its host name: localhost, the loopback addresses, the
 // host name, the listen host when it names one, and extra.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -32,6 +33,10 @@ type EmbeddedConfig struct {
 	// AutoCompactionRetention keeps this much history (periodic mode); default 1h.
 	// embed leaves compaction off, which would grow the backend until its quota.
 	AutoCompactionRetention time.Duration
+	// TLS, when set, serves clients and peers over https and refuses any
+	// client without a certificate from TLS.TrustedCAFile: another process on
+	// the machine cannot read or write the store through the loopback port.
+	TLS *transport.TLSInfo
 }
 
 // Embedded is an etcd server running in this process.
@@ -55,11 +60,15 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		logger = hclog.NewNullLogger()
 	}
 	logger = logger.Named("etcd")
+	scheme := "http"
+	if cfg.TLS != nil {
+		scheme = "https"
+	}
 	if cfg.ClientURL == "" {
-		cfg.ClientURL = "http://127.0.0.1:0"
+		cfg.ClientURL = scheme + "://127.0.0.1:0"
 	}
 	if cfg.PeerURL == "" {
-		cfg.PeerURL = "http://127.0.0.1:0"
+		cfg.PeerURL = scheme + "://127.0.0.1:0"
 	}
 	if cfg.AutoCompactionRetention <= 0 {
 		cfg.AutoCompactionRetention = time.Hour
@@ -94,6 +103,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 	ec.Logger = "zap"
 	ec.LogLevel = "error"
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zl)
+	if cfg.TLS != nil {
+		info := *cfg.TLS
+		info.ClientCertAuth = true
+		ec.ClientTLSInfo, ec.PeerTLSInfo = info, info
+	}
 	if cfg.FastTicks {
 		ec.TickMs = 10
 		ec.ElectionMs = 100
