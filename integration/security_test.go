@@ -391,3 +391,28 @@ func writeToken(t *testing.T, file, out string) {
 		t.Fatal(err)
 	}
 }
+
+func TestAnAgentRenewsItsCertificateBeforeItExpiresAndKeepsServicing(t *testing.T) {
+	// Certificates of 12 s: renewed about 9 s after issue, so the first one
+	// has expired by the second renewal.
+	c := newCluster(t, "--agent-cert-validity", "12s")
+	c.agent = c.startAgent(t, "agent-ps1")
+	eventually(t, 2*time.Minute, "two renewals of the agent's certificate", func() bool {
+		select {
+		case <-c.agent.done:
+			t.Fatalf("the agent exited: %v\n%s", c.agent.err, c.agent.log.String())
+		default:
+		}
+		return strings.Count(c.agent.log.String(), "renewed the agent's certificate") >= 2
+	})
+	c.waitAgent(t, "agent-ps1", osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Now())
+	sample, err := sampledata.Create(context.Background(), sampledata.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, updates := c.importSample(t, sample)
+	run, _ := c.scheduleAll(t, img, updates, true)
+	if run.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
+		t.Errorf("a run after the renewals ended %v: %s", run.GetState(), run.GetError())
+	}
+}

@@ -72,9 +72,22 @@ const (
 	keepaliveTimeout = 10 * time.Second
 )
 
-// maxConnectionAge is how long a client connection takes new calls; well
-// under an agent certificate's renewal margin.
+// maxConnectionAge is how long a client connection takes new calls at
+// most; see connectionAge.
 const maxConnectionAge = time.Hour
+
+// minAgentCertValidity keeps an agent's renewal margin (a third of the
+// validity) above the connection age: at the old certificate's expiry every
+// connection taking new calls was opened with the renewed one.
+const minAgentCertValidity = 10 * time.Second
+
+// connectionAge is how long a client connection takes new calls: an hour,
+// or a sixth of the agents' certificate validity when that is shorter, so
+// a connection opened before a renewal stops taking calls long before the
+// old certificate expires.
+func connectionAge(agentValidity time.Duration) time.Duration {
+	return min(maxConnectionAge, agentValidity/6)
+}
 
 // etcdDialTimeout bounds the first contact with etcd, so a wrong
 // --etcd-endpoints fails at start instead of at the first request.
@@ -208,6 +221,9 @@ func New(cfg Config) (*Server, error) {
 		if *d.value == 0 {
 			*d.value = d.def
 		}
+	}
+	if cfg.AgentCertValidity < minAgentCertValidity {
+		return nil, fmt.Errorf("agent certificate validity %s: must be at least %s", cfg.AgentCertValidity, minAgentCertValidity)
 	}
 	// etcd leases count whole seconds.
 	if cfg.LeaseTTL < time.Second {
@@ -548,7 +564,7 @@ func (s *Server) serverOptions(shutdown context.Context, authorizer *auth.Author
 		// MaxConnectionAge makes clients open a new connection (a new TLS
 		// handshake, with an agent's renewed certificate) for new calls;
 		// streams open on the old one go on.
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionAge: maxConnectionAge}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: keepaliveTime, Timeout: keepaliveTimeout, MaxConnectionAge: connectionAge(s.cfg.AgentCertValidity)}),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			start := time.Now()
 			resp, err := handler(ctx, req)

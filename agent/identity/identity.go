@@ -211,8 +211,10 @@ func (i *Identity) RenewBefore() time.Duration {
 func (i *Identity) KeepRenewed(ctx context.Context, client osvcv1.AgentServiceClient, logger hclog.Logger) {
 	const retry = time.Minute
 	for {
-		wait := time.Until(i.NotAfter().Add(-i.RenewBefore()))
-		timer := time.NewTimer(max(wait, 0))
+		// At least a tenth of the margin between renewals, so a certificate
+		// the server issues short never makes a busy loop.
+		wait := max(time.Until(i.NotAfter().Add(-i.RenewBefore())), i.RenewBefore()/10)
+		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			timer.Stop()

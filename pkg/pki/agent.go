@@ -131,11 +131,13 @@ func (ca *CA) IssueAgentCertificate(csr *x509.CertificateRequest, id AgentID, va
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: id.Name, Organization: []string{"osvc"}, OrganizationalUnit: []string{"site " + id.Site}},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URI()},
+		// Backdated a little, and by no more than a tenth of the validity:
+		// the agent renews when a third of NotAfter−NotBefore is left.
+		NotBefore:   now.Add(-min(clockSkew, validity/10)),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{id.URI()},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.key)
 	if err != nil {
