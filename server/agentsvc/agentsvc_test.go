@@ -550,17 +550,19 @@ func TestABadHelloEndsTheStreamWithInvalidArgument(t *testing.T) {
 	}
 }
 
-func TestASecondStreamOfTheSameAgentReplacesTheFirst(t *testing.T) {
+func TestASecondStreamOfALiveAgentIsRefusedAndTheFirstGoesOn(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, servicingtest.Options{})
 	first, _ := h.connect(t, hello("ps1-a"))
-	second, _ := h.connect(t, hello("ps1-a"))
-	if err := first.ended(); status.Code(err) != codes.Aborted {
-		t.Errorf("first stream ended with %v, want Aborted", err)
+	// Whoever holds the agent's identity cannot take over its stream (and
+	// the fencing tokens of its runs) while it lives.
+	second := h.open(t, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Hello{Hello: hello("ps1-a")}})
+	if err := second.ended(); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("second stream ended with %v, want AlreadyExists", err)
 	}
 	run := h.schedule(t)
-	token := second.assign(run.GetName()).GetRun().GetFencingToken()
-	second.accepted(step(run.GetName(), token, osvcv1.Step_STEP_DRIVE, osvcv1.StepState_STEP_STATE_RUNNING))
+	token := first.assign(run.GetName()).GetRun().GetFencingToken()
+	first.accepted(step(run.GetName(), token, osvcv1.Step_STEP_DRIVE, osvcv1.StepState_STEP_STATE_RUNNING))
 	agent, _, err := store.Get[*osvcv1.Agent](context.Background(), h.Store, h.Store.AgentKey("ps1-a"))
 	if err != nil || agent.GetState() != osvcv1.AgentState_AGENT_STATE_CONNECTED {
 		t.Errorf("agent = %v, %v; want CONNECTED", agent, err)
