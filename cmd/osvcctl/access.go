@@ -176,7 +176,51 @@ and the site. The token works --uses times within --ttl.`,
 	create.Flags().StringVar(&site, "site", "", "the site the agents enrolled with it belong to, e.g. PS1")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")
 	create.Flags().Int32Var(&uses, "uses", 1, "how many agents may enroll with it")
-	tokenCmd.AddCommand(create)
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the join tokens still usable (never their secrets)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			agents, err := c.agents()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			resp, err := agents.ListJoinTokens(ctx, &osvcv1.ListJoinTokensRequest{})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return printJSON(c.stdout, resp)
+			}
+			t := newTable(c.stdout, "ID", "SITE", "USES LEFT", "EXPIRES", "CREATED", "CREATED BY")
+			for _, jt := range resp.GetJoinTokens() {
+				t.AppendRow([]any{jt.GetId(), jt.GetSite(), jt.GetUsesLeft(), timeText(jt.GetExpireTime()), timeText(jt.GetCreateTime()), orDash(jt.GetCreatedBy())})
+			}
+			renderList(c.stdout, t, "no join tokens")
+			return nil
+		},
+	}
+	revokeJoin := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a join token: no agent enrolls with it any more",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			agents, err := c.agents()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := c.callContext(cmd.Context())
+			defer cancel()
+			if _, err := agents.RevokeJoinToken(ctx, &osvcv1.RevokeJoinTokenRequest{Id: args[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "join token %s revoked\n", args[0])
+			return nil
+		},
+	}
+	tokenCmd.AddCommand(create, list, revokeJoin)
 
 	var reason string
 	revoke := &cobra.Command{

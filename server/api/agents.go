@@ -42,6 +42,22 @@ func (a *agentServer) CreateJoinToken(ctx context.Context, req *osvcv1.CreateJoi
 	return &osvcv1.CreateJoinTokenResponse{Token: text, Id: jt.GetId(), ExpireTime: jt.GetExpireTime()}, nil
 }
 
+func (a *agentServer) ListJoinTokens(ctx context.Context, _ *osvcv1.ListJoinTokensRequest) (*osvcv1.ListJoinTokensResponse, error) {
+	jts, err := a.access.ListJoinTokens(ctx)
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.ListJoinTokensResponse{JoinTokens: jts}, nil
+}
+
+func (a *agentServer) RevokeJoinToken(ctx context.Context, req *osvcv1.RevokeJoinTokenRequest) (*osvcv1.RevokeJoinTokenResponse, error) {
+	if err := a.access.RevokeJoinToken(ctx, req.GetId()); err != nil {
+		return nil, Status(err)
+	}
+	a.logger.Info("join token revoked", "id", req.GetId())
+	return &osvcv1.RevokeJoinTokenResponse{}, nil
+}
+
 func (a *agentServer) Enroll(ctx context.Context, req *osvcv1.EnrollRequest) (*osvcv1.EnrollResponse, error) {
 	resp, by, err := a.access.Enroll(ctx, req.GetJoinToken(), req.GetCsr())
 	if err != nil {

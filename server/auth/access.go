@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -122,13 +123,18 @@ func (a *Access) CreateToken(ctx context.Context, by string, req *osvcv1.CreateT
 
 // ListTokens lists the tokens, oldest first, without their secrets.
 func (a *Access) ListTokens(ctx context.Context) ([]*osvcv1.Token, error) {
-	stored, _, err := store.List[*storev1.StoredToken](ctx, a.st, a.tokensPrefix(), MaxTokens, "")
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*osvcv1.Token, 0, len(stored))
-	for _, s := range stored {
-		out = append(out, s.GetToken())
+	var out []*osvcv1.Token
+	for page := ""; ; {
+		stored, next, err := store.List[*storev1.StoredToken](ctx, a.st, a.tokensPrefix(), MaxTokens, page)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range stored {
+			out = append(out, s.GetToken())
+		}
+		if page = next; page == "" {
+			break
+		}
 	}
 	slices.SortFunc(out, func(x, y *osvcv1.Token) int {
 		return x.GetCreateTime().AsTime().Compare(y.GetCreateTime().AsTime())
@@ -190,6 +196,15 @@ func (a *Access) Bootstrap(ctx context.Context, dir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("first admin token: %w", err)
 	}
+	// The secret is on disk (a private temporary file) before the token
+	// counts as the installation's first: a write that fails leaves no
+	// admin token nobody knows, and the next start tries again.
+	tmp, err := writePrivate(dir, text+"\n")
+	if err != nil {
+		_, _ = a.st.Delete(context.WithoutCancel(ctx), a.tokenKey(tok.GetId()))
+		return "", fmt.Errorf("first admin token: %w", err)
+	}
+	defer os.Remove(tmp)
 	// Only one replica's token survives: the others revoke theirs.
 	txn, err := a.st.Client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(a.bootstrapKey()), "=", 0)).
@@ -203,13 +218,42 @@ func (a *Access) Bootstrap(ctx context.Context, dir string) (string, error) {
 		return "", nil
 	}
 	path := filepath.Join(dir, AdminTokenFile)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("first admin token: %w", err)
-	}
-	if err := os.WriteFile(path, []byte(text+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("first admin token: %w", err)
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("first admin token: %w; the token is in etcd but not on disk: make another with osvc-server's data directory restored, or revoke it", err)
 	}
 	return path, nil
+}
+
+// writePrivate writes data to a new file in dir (made 0700) readable by
+// its owner only, synced, and returns its path.
+func writePrivate(dir, data string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(dir, "."+AdminTokenFile+"-*")
+	if err != nil {
+		return "", err
+	}
+	if err := f.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if _, err := f.WriteString(data); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // CreateJoinToken makes a join token for site.
@@ -246,6 +290,41 @@ func (a *Access) CreateJoinToken(ctx context.Context, by string, req *osvcv1.Cre
 		return "", nil, err
 	}
 	return text, jt, nil
+}
+
+// ListJoinTokens lists the join tokens still usable, oldest first,
+// without their secrets.
+func (a *Access) ListJoinTokens(ctx context.Context) ([]*osvcv1.JoinToken, error) {
+	var out []*osvcv1.JoinToken
+	for page := ""; ; {
+		stored, next, err := store.List[*storev1.JoinToken](ctx, a.st, a.st.Prefix()+"join-tokens/", 1000, page)
+		if err != nil {
+			return nil, err
+		}
+		for _, jt := range stored {
+			out = append(out, &osvcv1.JoinToken{Id: jt.GetId(), Site: jt.GetSite(), UsesLeft: jt.GetUsesLeft(),
+				ExpireTime: jt.GetExpireTime(), CreateTime: jt.GetCreateTime(), CreatedBy: jt.GetCreatedBy()})
+		}
+		if page = next; page == "" {
+			break
+		}
+	}
+	slices.SortFunc(out, func(x, y *osvcv1.JoinToken) int {
+		return x.GetCreateTime().AsTime().Compare(y.GetCreateTime().AsTime())
+	})
+	return out, nil
+}
+
+// RevokeJoinToken deletes the join token id: no agent enrolls with it any more.
+func (a *Access) RevokeJoinToken(ctx context.Context, id string) error {
+	if len(id) != idLen {
+		return errdefs.InvalidArgument("id", "want the join token's 16-character id as osvcctl agent token list shows it")
+	}
+	_, err := a.st.Delete(ctx, a.joinKey(id))
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return errdefs.Newf(errdefs.ErrNotFound, "join token %s does not exist (used up, expired or revoked)", names.Quote(id))
+	}
+	return err
 }
 
 // errBadJoinToken is what every failed enrollment by token says.

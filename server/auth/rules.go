@@ -81,6 +81,8 @@ var Rules = map[string]Rule{
 	osvcv1.AgentService_Connect_FullMethodName:          {Permission: Agent, scope: ownHello},
 	osvcv1.AgentService_ListAgents_FullMethodName:       {Permission: Read},
 	osvcv1.AgentService_CreateJoinToken_FullMethodName:  {Permission: Admin, Mutates: true, scope: named},
+	osvcv1.AgentService_ListJoinTokens_FullMethodName:   {Permission: Admin},
+	osvcv1.AgentService_RevokeJoinToken_FullMethodName:  {Permission: Admin, Mutates: true, scope: named},
 	osvcv1.AgentService_Enroll_FullMethodName:           {Permission: Public, Mutates: true},
 	osvcv1.AgentService_RenewCertificate_FullMethodName: {Permission: Agent, Mutates: true},
 	osvcv1.AgentService_RevokeAgent_FullMethodName:      {Permission: Admin, Mutates: true, scope: named},

@@ -1609,6 +1609,256 @@ func (x *CreateJoinTokenResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// JoinToken is a join token as listed: `join-tokens/{id}`.
+type JoinToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Site  string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// uses_left is how many more agents may enroll with it.
+	UsesLeft      int32                  `protobuf:"varint,3,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinToken) Reset() {
+	*x = JoinToken{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinToken) ProtoMessage() {}
+
+func (x *JoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
+func (*JoinToken) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *JoinToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinToken) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *JoinToken) GetUsesLeft() int32 {
+	if x != nil {
+		return x.UsesLeft
+	}
+	return 0
+}
+
+func (x *JoinToken) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *JoinToken) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *JoinToken) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+// ListJoinTokensRequest lists every usable join token.
+type ListJoinTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+// ListJoinTokensResponse holds the join tokens, oldest first.
+type ListJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JoinTokens    []*JoinToken           `protobuf:"bytes,1,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListJoinTokensResponse) GetJoinTokens() []*JoinToken {
+	if x != nil {
+		return x.JoinTokens
+	}
+	return nil
+}
+
+// RevokeJoinTokenRequest names the join token to revoke.
+type RevokeJoinTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenRequest) Reset() {
+	*x = RevokeJoinTokenRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenRequest) ProtoMessage() {}
+
+func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RevokeJoinTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeJoinTokenResponse is empty.
+type RevokeJoinTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenResponse) Reset() {
+	*x = RevokeJoinTokenResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenResponse) ProtoMessage() {}
+
+func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
 // EnrollRequest is an agent's first contact.
 type EnrollRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1622,7 +1872,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1634,7 +1884,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1647,7 +1897,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EnrollRequest) GetJoinToken() string {
@@ -1680,7 +1930,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1942,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1955,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EnrollResponse) GetCertificate() []byte {
@@ -1746,7 +1996,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +2008,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2021,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -1791,7 +2041,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1803,7 +2053,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1816,7 +2066,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenewCertificateResponse) GetCertificate() []byte {
@@ -1837,7 +2087,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +2099,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2112,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeAgentRequest) GetName() string {
@@ -1888,7 +2138,7 @@ type RevokeAgentResponse struct {
 
 func (x *RevokeAgentResponse) Reset() {
 	*x = RevokeAgentResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2150,7 @@ func (x *RevokeAgentResponse) String() string {
 func (*RevokeAgentResponse) ProtoMessage() {}
 
 func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2163,7 @@ func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 var File_osvc_v1_agent_proto protoreflect.FileDescriptor
@@ -2031,7 +2281,24 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"@\n" +
+	"expireTime\"\xe5\x01\n" +
+	"\tJoinToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1b\n" +
+	"\tuses_left\x18\x03 \x01(\x05R\busesLeft\x12;\n" +
+	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x06 \x01(\tR\tcreatedBy\"\x17\n" +
+	"\x15ListJoinTokensRequest\"M\n" +
+	"\x16ListJoinTokensResponse\x123\n" +
+	"\vjoin_tokens\x18\x01 \x03(\v2\x12.osvc.v1.JoinTokenR\n" +
+	"joinTokens\"(\n" +
+	"\x16RevokeJoinTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x19\n" +
+	"\x17RevokeJoinTokenResponse\"@\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x10\n" +
@@ -2054,12 +2321,14 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_STATE_DISCONNECTED\x10\x02\x12\x14\n" +
-	"\x10AGENT_STATE_LOST\x10\x032\xcb\x03\n" +
+	"\x10AGENT_STATE_LOST\x10\x032\xf4\x04\n" +
 	"\fAgentService\x12@\n" +
 	"\aConnect\x12\x17.osvc.v1.ConnectRequest\x1a\x18.osvc.v1.ConnectResponse(\x010\x01\x12E\n" +
 	"\n" +
 	"ListAgents\x12\x1a.osvc.v1.ListAgentsRequest\x1a\x1b.osvc.v1.ListAgentsResponse\x12T\n" +
-	"\x0fCreateJoinToken\x12\x1f.osvc.v1.CreateJoinTokenRequest\x1a .osvc.v1.CreateJoinTokenResponse\x129\n" +
+	"\x0fCreateJoinToken\x12\x1f.osvc.v1.CreateJoinTokenRequest\x1a .osvc.v1.CreateJoinTokenResponse\x12Q\n" +
+	"\x0eListJoinTokens\x12\x1e.osvc.v1.ListJoinTokensRequest\x1a\x1f.osvc.v1.ListJoinTokensResponse\x12T\n" +
+	"\x0fRevokeJoinToken\x12\x1f.osvc.v1.RevokeJoinTokenRequest\x1a .osvc.v1.RevokeJoinTokenResponse\x129\n" +
 	"\x06Enroll\x12\x16.osvc.v1.EnrollRequest\x1a\x17.osvc.v1.EnrollResponse\x12W\n" +
 	"\x10RenewCertificate\x12 .osvc.v1.RenewCertificateRequest\x1a!.osvc.v1.RenewCertificateResponse\x12H\n" +
 	"\vRevokeAgent\x12\x1b.osvc.v1.RevokeAgentRequest\x1a\x1c.osvc.v1.RevokeAgentResponseB\x7f\n" +
@@ -2079,7 +2348,7 @@ func file_osvc_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_osvc_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),                  // 0: osvc.v1.AgentState
 	(*Drive)(nil),                    // 1: osvc.v1.Drive
@@ -2102,39 +2371,44 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*ListAgentsResponse)(nil),       // 18: osvc.v1.ListAgentsResponse
 	(*CreateJoinTokenRequest)(nil),   // 19: osvc.v1.CreateJoinTokenRequest
 	(*CreateJoinTokenResponse)(nil),  // 20: osvc.v1.CreateJoinTokenResponse
-	(*EnrollRequest)(nil),            // 21: osvc.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 22: osvc.v1.EnrollResponse
-	(*RenewCertificateRequest)(nil),  // 23: osvc.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil), // 24: osvc.v1.RenewCertificateResponse
-	(*RevokeAgentRequest)(nil),       // 25: osvc.v1.RevokeAgentRequest
-	(*RevokeAgentResponse)(nil),      // 26: osvc.v1.RevokeAgentResponse
-	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
-	(*UpdateResult)(nil),             // 28: osvc.v1.UpdateResult
-	(*StepRecord)(nil),               // 29: osvc.v1.StepRecord
-	(*LogLine)(nil),                  // 30: osvc.v1.LogLine
-	(RunState)(0),                    // 31: osvc.v1.RunState
-	(*ImageIndex)(nil),               // 32: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),              // 33: osvc.v1.RunArtifact
-	(*durationpb.Duration)(nil),      // 34: google.protobuf.Duration
-	(*Run)(nil),                      // 35: osvc.v1.Run
-	(*Image)(nil),                    // 36: osvc.v1.Image
-	(*ImageVersion)(nil),             // 37: osvc.v1.ImageVersion
-	(*Update)(nil),                   // 38: osvc.v1.Update
+	(*JoinToken)(nil),                // 21: osvc.v1.JoinToken
+	(*ListJoinTokensRequest)(nil),    // 22: osvc.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 23: osvc.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 24: osvc.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 25: osvc.v1.RevokeJoinTokenResponse
+	(*EnrollRequest)(nil),            // 26: osvc.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 27: osvc.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 28: osvc.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 29: osvc.v1.RenewCertificateResponse
+	(*RevokeAgentRequest)(nil),       // 30: osvc.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),      // 31: osvc.v1.RevokeAgentResponse
+	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
+	(*UpdateResult)(nil),             // 33: osvc.v1.UpdateResult
+	(*StepRecord)(nil),               // 34: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 35: osvc.v1.LogLine
+	(RunState)(0),                    // 36: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 37: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 38: osvc.v1.RunArtifact
+	(*durationpb.Duration)(nil),      // 39: google.protobuf.Duration
+	(*Run)(nil),                      // 40: osvc.v1.Run
+	(*Image)(nil),                    // 41: osvc.v1.Image
+	(*ImageVersion)(nil),             // 42: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 43: osvc.v1.Update
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
 	0,  // 1: osvc.v1.Agent.state:type_name -> osvc.v1.AgentState
-	27, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	32, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: osvc.v1.Hello.drives:type_name -> osvc.v1.Drive
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
-	28, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	29, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	28, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	30, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	31, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	32, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	33, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	33, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
+	34, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	33, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	35, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	36, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	37, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	38, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
 	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
 	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
 	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
@@ -2142,35 +2416,42 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	8,  // 17: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
 	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
 	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
-	34, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	35, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	36, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	37, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	38, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	39, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	40, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	41, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	42, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	43, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
 	12, // 25: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
 	13, // 26: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
 	14, // 27: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
 	15, // 28: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
 	2,  // 29: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	34, // 30: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	27, // 31: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	11, // 32: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	17, // 33: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	19, // 34: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
-	21, // 35: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
-	23, // 36: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
-	25, // 37: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	16, // 38: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	18, // 39: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	20, // 40: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	22, // 41: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	24, // 42: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	26, // 43: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	38, // [38:44] is the sub-list for method output_type
-	32, // [32:38] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	39, // 30: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	32, // 31: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	32, // 32: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	32, // 33: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	21, // 34: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
+	11, // 35: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	17, // 36: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	19, // 37: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	22, // 38: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
+	24, // 39: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
+	26, // 40: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	28, // 41: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	30, // 42: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	16, // 43: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	18, // 44: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	20, // 45: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	23, // 46: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	25, // 47: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	27, // 48: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	29, // 49: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	31, // 50: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	43, // [43:51] is the sub-list for method output_type
+	35, // [35:43] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }
@@ -2202,7 +2483,7 @@ func file_osvc_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_agent_proto_rawDesc), len(file_osvc_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
