@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -85,5 +86,20 @@ func TestStartEmbeddedStopsWhenCtxIsDone(t *testing.T) {
 	}
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("StartEmbedded: got %v, want context.Canceled", err)
+	}
+}
+
+func TestTheEmbeddedEtcdsEndpointsServeGRPCOnly(t *testing.T) {
+	t.Parallel()
+	e, s := startEmbedded(t, t.TempDir())
+	// HTTP (health, metrics) has a port of its own, which is no endpoint:
+	// a client given it would get 404s for its gRPC calls.
+	if n := len(e.Endpoints()); n != 1 {
+		t.Fatalf("endpoints %v, want the one gRPC client URL", e.Endpoints())
+	}
+	for i := range 20 {
+		if _, err := s.Put(context.Background(), s.ImageKey("k"), wrapperspb.String(fmt.Sprint(i))); err != nil {
+			t.Fatalf("put %d through %v: %v", i, e.Endpoints(), err)
+		}
 	}
 }
