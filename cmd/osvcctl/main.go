@@ -66,6 +66,7 @@ type cli struct {
 	caFile    string
 	insecure  bool
 	tokenFile string
+	tokenArg  string
 	// login is what osvcctl login saved, nil when it never ran.
 	login *loginConfig
 
@@ -94,6 +95,9 @@ schedule updates for an image and watch the servicing run.`,
 			if c.server == "" {
 				return usageErrorf("--server is empty: give host:port of osvc-server")
 			}
+			if c.tokenArg != "" {
+				return usageErrorf("--token: a token on the command line is visible to every user of the machine (ps); give it with --token-file FILE, $%s or osvcctl login", tokenEnv)
+			}
 			if loginErr != nil {
 				return loginErr
 			}
@@ -116,6 +120,9 @@ schedule updates for an image and watch the servicing run.`,
 	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
 	pf.StringVar(&c.caFile, "ca-file", caFile, "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
 	pf.BoolVar(&c.insecure, "insecure", c.getenv(pki.InsecureEnv) != "", "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+" sets it")
+	// --token would put the secret where ps shows it: refused with the way.
+	pf.StringVar(&c.tokenArg, "token", "", "refused: a token on the command line is visible to every user of the machine")
+	_ = pf.MarkHidden("token")
 	pf.StringVar(&c.tokenFile, "token-file", "", "`FILE` holding the token to call with; default: $"+tokenEnv+", $"+tokenFileEnv+", the one osvcctl login saved, else "+defaultTokenFile+" (the first admin token of a server started here)")
 	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 

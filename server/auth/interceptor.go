@@ -41,6 +41,25 @@ type Authorizer struct {
 	mu sync.Mutex
 	// streams are the open streams of agents, by agent name.
 	streams map[string]map[*agentStream]struct{}
+	// unaudited counts the refusals not written since lastDropLog.
+	unaudited   int
+	lastDropLog time.Time
+}
+
+// dropLogEvery bounds how often the refusals left out of the audit are logged.
+const dropLogEvery = 10 * time.Second
+
+// dropped counts a refusal left out of the audit, logged once in a while
+// with the count: a flood of refusals must not flood the log either.
+func (z *Authorizer) dropped(ev *osvcv1.AuditEvent) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.unaudited++
+	if now := time.Now(); now.Sub(z.lastDropLog) >= dropLogEvery {
+		z.logger.Warn("refusals not audited: more than the audit's rate", "count", z.unaudited, "rate_per_s", refusalAuditRate,
+			"last_principal", ev.Principal, "last_method", ev.Method, "last_peer", ev.Peer)
+		z.unaudited, z.lastDropLog = 0, now
+	}
 }
 
 // agentStream is an agent's open stream, ended when its certificate is
@@ -313,8 +332,8 @@ func (z *Authorizer) record(ctx context.Context, c *call, err error) {
 	}
 	if err != nil {
 		ev.Message = status.Convert(err).Message()
-		if code := status.Code(err); (isRefusal(code)) && !z.refusals.Allow() {
-			z.logger.Warn("refusal not audited: too many refusals", "principal", ev.Principal, "method", c.method, "peer", c.peer)
+		if code := status.Code(err); isRefusal(code) && !z.refusals.Allow() {
+			z.dropped(ev)
 			return
 		}
 	}
