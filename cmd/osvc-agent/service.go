@@ -170,7 +170,7 @@ func serviceArgs(args []string, abs func(string) (string, error)) ([]string, err
 		value := f.value
 		var path bool
 		switch f.name {
-		case "data-dir", "ca-file":
+		case "data-dir", "ca-file", "join-token-file":
 			path = true
 		case "drive":
 			path = drive.Relative(value)

@@ -66,6 +66,8 @@ func TestServiceInstallGivesTheServiceTheAgentsFlagsWithAbsolutePaths(t *testing
 			[]string{"--site=PS1", "--data-dir=" + abs(t, "osvc-agent-data")}},
 		{"a relative authority file is made absolute", []string{"--site", "PS1", "--data-dir", data, "--ca-file", "ca.crt"},
 			[]string{"--site=PS1", "--data-dir=" + data, "--ca-file=" + abs(t, "ca.crt")}},
+		{"a relative join token file is made absolute", []string{"--site", "PS1", "--data-dir", data, "--join-token-file", "join.token"},
+			[]string{"--site=PS1", "--data-dir=" + data, "--join-token-file=" + abs(t, "join.token")}},
 		{"a drive stays a drive", []string{"--site", "PS1", "--data-dir", data, "--drive", "D:"},
 			[]string{"--site=PS1", "--data-dir=" + data, "--drive=D:"}},
 		{"a folder on a drive stays as it is", []string{"--site", "PS1", "--data-dir", data, "--drive", `d:\osvc`},
