@@ -338,7 +338,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if len(endpoints) == 0 {
 		// The embedded etcd serves mutual TLS on loopback: no other process
 		// on the machine reads or writes the store through its port.
-		info, err := embeddedEtcdTLS(ca, filepath.Join(s.cfg.DataDir, "pki", "etcd"))
+		info, err := embeddedEtcdTLS(filepath.Join(s.cfg.DataDir, "pki", "etcd"))
 		if err != nil {
 			return err
 		}
@@ -461,9 +461,16 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// embeddedEtcdTLS issues the embedded etcd's certificate from ca, writes
-// it to dir (0600) and returns the TLS settings of etcd and of its client.
-func embeddedEtcdTLS(ca *pki.CA, dir string) (*transport.TLSInfo, error) {
+// embeddedEtcdTLS issues the embedded etcd's certificate from an
+// authority of its own, kept in dir (not the one of agents: etcd trusts
+// every certificate of the authority it is given, and an agent's must not
+// open the store), writes it there (0600) and returns the TLS settings of
+// etcd and of its client.
+func embeddedEtcdTLS(dir string) (*transport.TLSInfo, error) {
+	ca, _, err := pki.EnsureCA(filepath.Join(dir, "ca"), time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd TLS: %w", err)
+	}
 	certPEM, keyPEM, err := ca.EtcdCertificate(time.Now())
 	if err != nil {
 		return nil, err

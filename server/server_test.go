@@ -551,7 +551,38 @@ func TestTheEmbeddedEtcdServesOnlyClientsWithTheServersCertificate(t *testing.T)
 	if err := get(&transport.TLSInfo{TrustedCAFile: filepath.Join(pkiDir, pki.CACertFile)}, endpoints[0]); err == nil {
 		t.Error("a TLS client without a certificate read the embedded etcd")
 	}
-	if err := get(&transport.TLSInfo{TrustedCAFile: filepath.Join(pkiDir, pki.CACertFile),
+	etcdCA := filepath.Join(pkiDir, "etcd", "ca", pki.CACertFile)
+	if err := get(&transport.TLSInfo{TrustedCAFile: etcdCA}, endpoints[0]); err == nil {
+		t.Error("a TLS client without a certificate read the embedded etcd")
+	}
+	// An agent's certificate, from the server's authority, must not open the store.
+	ca, _, err := pki.EnsureCA(pkiDir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, csrPEM, err := pki.NewKeyAndCSR("agent-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := pki.ParseCSR(csrPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, agentPEM, err := ca.IssueAgentCertificate(csr, pki.AgentID{Site: "PS1", Name: "agent-1"}, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	agentCert, agentKey := filepath.Join(dir, "agent.crt"), filepath.Join(dir, "agent.key")
+	for f, data := range map[string][]byte{agentCert: agentPEM, agentKey: keyPEM} {
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := get(&transport.TLSInfo{TrustedCAFile: etcdCA, CertFile: agentCert, KeyFile: agentKey}, endpoints[0]); err == nil {
+		t.Error("an agent's certificate read the embedded etcd")
+	}
+	if err := get(&transport.TLSInfo{TrustedCAFile: etcdCA,
 		CertFile: filepath.Join(pkiDir, "etcd", "etcd.crt"), KeyFile: filepath.Join(pkiDir, "etcd", "etcd.key")}, endpoints[0]); err != nil {
 		t.Errorf("the server's own certificate cannot read the embedded etcd: %v", err)
 	}
