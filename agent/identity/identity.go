@@ -207,7 +207,8 @@ func (i *Identity) RenewBefore() time.Duration {
 }
 
 // KeepRenewed renews the certificate when a third of its lifetime is left,
-// retrying every minute after a failure, until ctx ends.
+// retrying after a failure every minute (sooner for a short-lived
+// certificate), until ctx ends.
 func (i *Identity) KeepRenewed(ctx context.Context, client osvcv1.AgentServiceClient, logger hclog.Logger) {
 	const retry = time.Minute
 	for {
@@ -225,11 +226,14 @@ func (i *Identity) KeepRenewed(ctx context.Context, client osvcv1.AgentServiceCl
 			if ctx.Err() != nil {
 				return
 			}
-			logger.Warn("renewing the agent's certificate failed; trying again in a minute", "error", err, "expires", i.NotAfter())
+			// Again within a minute, and several times before the expiry
+			// even for a certificate issued short.
+			again := min(retry, i.RenewBefore()/4)
+			logger.Warn("renewing the agent's certificate failed; trying again", "error", err, "expires", i.NotAfter(), "retry_in", again)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(retry):
+			case <-time.After(again):
 			}
 			continue
 		}
