@@ -372,6 +372,14 @@ func TestTokensOfSmallRolesAreRefusedWhatTheirRoleLacks(t *testing.T) {
 	if out, err := as(operator, "schedule", "create", strings.TrimPrefix(img.GetName(), "images/"), "--all-applicable"); err == nil || !strings.Contains(out, "PS1") {
 		t.Errorf("an operator of PS2 schedules a PS1 image: %v\n%s\nwant it refused naming the site", err, out)
 	}
+	// Revoked, the viewer's token is refused at once.
+	id := strings.Split(strings.TrimSpace(readFile(t, viewer)), ".")[2]
+	if out := c.osvcctl(t, "token", "revoke", id); !strings.Contains(out, "token "+id+" revoked") {
+		t.Errorf("osvcctl token revoke printed %q", out)
+	}
+	if out, err := as(viewer, "image", "list"); err == nil || !strings.Contains(out, "not valid") {
+		t.Errorf("a revoked viewer lists images: %v\n%s\nwant it refused", err, out)
+	}
 	audit := c.osvcctl(t, "audit", "list", "-o", "json")
 	for _, want := range []string{"CancelRun", "CreateSchedule", "PermissionDenied"} {
 		if !strings.Contains(audit, want) {
@@ -415,4 +423,13 @@ func TestAnAgentRenewsItsCertificateBeforeItExpiresAndKeepsServicing(t *testing.
 	if run.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		t.Errorf("a run after the renewals ended %v: %s", run.GetState(), run.GetError())
 	}
+}
+
+func readFile(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

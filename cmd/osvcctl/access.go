@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -106,26 +108,36 @@ alone, so it can be redirected to a file; the server keeps only its hash.`,
 			return nil
 		},
 	}
-	revoke := &cobra.Command{
+	revoke := c.revokeCommand("Revoke a token: calls carrying it are refused at once", "token",
+		func(ctx context.Context, conn *grpc.ClientConn, id string) error {
+			_, err := osvcv1.NewAccessServiceClient(conn).RevokeToken(ctx, &osvcv1.RevokeTokenRequest{Id: id})
+			return err
+		})
+	cmd.AddCommand(create, list, revoke)
+	return cmd
+}
+
+// revokeCommand is a "revoke ID" command: revoke makes the call, what
+// names the thing revoked in the confirmation.
+func (c *cli) revokeCommand(short, what string, revoke func(ctx context.Context, conn *grpc.ClientConn, id string) error) *cobra.Command {
+	return &cobra.Command{
 		Use:   "revoke ID",
-		Short: "Revoke a token: calls carrying it are refused at once",
+		Short: short,
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			client, err := c.access()
+			conn, err := c.dial()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := c.callContext(cmd.Context())
 			defer cancel()
-			if _, err := client.RevokeToken(ctx, &osvcv1.RevokeTokenRequest{Id: args[0]}); err != nil {
+			if err := revoke(ctx, conn, args[0]); err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "token %s revoked\n", args[0])
+			fmt.Fprintf(c.stdout, "%s %s revoked\n", what, args[0])
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, revoke)
-	return cmd
 }
 
 func sitesText(sites []string) string {
@@ -202,24 +214,11 @@ and the site. The token works --uses times within --ttl.`,
 			return nil
 		},
 	}
-	revokeJoin := &cobra.Command{
-		Use:   "revoke ID",
-		Short: "Revoke a join token: no agent enrolls with it any more",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			agents, err := c.agents()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := c.callContext(cmd.Context())
-			defer cancel()
-			if _, err := agents.RevokeJoinToken(ctx, &osvcv1.RevokeJoinTokenRequest{Id: args[0]}); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.stdout, "join token %s revoked\n", args[0])
-			return nil
-		},
-	}
+	revokeJoin := c.revokeCommand("Revoke a join token: no agent enrolls with it any more", "join token",
+		func(ctx context.Context, conn *grpc.ClientConn, id string) error {
+			_, err := osvcv1.NewAgentServiceClient(conn).RevokeJoinToken(ctx, &osvcv1.RevokeJoinTokenRequest{Id: id})
+			return err
+		})
 	tokenCmd.AddCommand(create, list, revokeJoin)
 
 	var reason string
