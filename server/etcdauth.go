@@ -8,6 +8,8 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // EtcdAuth is how the server authenticates to an external etcd: TLS with
@@ -26,9 +28,6 @@ type EtcdAuth struct {
 
 // EtcdPasswordEnv holds the etcd user's password when no file is given.
 const EtcdPasswordEnv = "OSVC_ETCD_PASSWORD"
-
-// maxPasswordFile bounds what is read of a password file.
-const maxPasswordFile = 4 << 10
 
 func (a EtcdAuth) tls() bool { return a.CAFile != "" || a.CertFile != "" || a.KeyFile != "" }
 
@@ -80,19 +79,9 @@ func (a EtcdAuth) password() (string, error) {
 		}
 		return p, nil
 	}
-	f, err := os.Open(a.PasswordFile)
+	p, err := pki.ReadSecretFile(a.PasswordFile)
 	if err != nil {
 		return "", fmt.Errorf("--etcd-password-file: %w", err)
-	}
-	defer f.Close()
-	buf := make([]byte, maxPasswordFile+1)
-	n, _ := f.Read(buf)
-	if n > maxPasswordFile {
-		return "", fmt.Errorf("--etcd-password-file %s: over %d bytes", a.PasswordFile, maxPasswordFile)
-	}
-	p := strings.TrimRight(string(buf[:n]), "\r\n")
-	if p == "" {
-		return "", fmt.Errorf("--etcd-password-file %s is empty", a.PasswordFile)
 	}
 	return p, nil
 }

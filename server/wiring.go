@@ -98,11 +98,10 @@ func (r resolver) RunSite(ctx context.Context, run string) (string, error) {
 }
 
 func (r resolver) AgentMayRead(ctx context.Context, agent, sha256 string) (bool, error) {
-	blobs, _, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
+	blobs, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
 	return blobs[sha256], err
 }
 
 func (r resolver) AgentHoldsRun(ctx context.Context, agent string) (bool, error) {
-	_, held, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
-	return held, err
+	return r.svc.AgentHoldsRun(ctx, agents.Name(agent))
 }

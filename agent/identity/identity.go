@@ -54,9 +54,11 @@ func New(dir string) (*Identity, error) {
 	if err := checkPrivate(id.path()); err != nil {
 		return nil, err
 	}
-	if err := id.set(data); err != nil {
+	cert, agent, err := parse(data)
+	if err != nil {
 		return nil, fmt.Errorf("agent identity %s: %w; remove it and enroll again with a new join token", id.path(), err)
 	}
+	id.set(cert, agent)
 	return id, nil
 }
 
@@ -97,8 +99,9 @@ func (i *Identity) ClientCertificate(*tls.CertificateRequestInfo) (*tls.Certific
 	return i.cert, nil
 }
 
-// set parses a PEM bundle (certificate, then key) and makes it current.
-func (i *Identity) set(bundle []byte) error {
+// parse reads a PEM bundle (certificate, then key) into a key pair and
+// the agent it names.
+func parse(bundle []byte) (*tls.Certificate, pki.AgentID, error) {
 	var certPEM, keyPEM []byte
 	for rest := bundle; ; {
 		var block *pem.Block
@@ -116,55 +119,41 @@ func (i *Identity) set(bundle []byte) error {
 		}
 	}
 	if certPEM == nil || keyPEM == nil {
-		return errors.New("want a CERTIFICATE and a PRIVATE KEY")
+		return nil, pki.AgentID{}, errors.New("want a CERTIFICATE and a PRIVATE KEY")
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return err
+		return nil, pki.AgentID{}, err
 	}
 	id, err := pki.AgentFromCert(cert.Leaf)
 	if err != nil {
-		return err
+		return nil, pki.AgentID{}, err
 	}
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	i.cert, i.id = &cert, id
-	return nil
+	return &cert, id, nil
 }
 
-// store writes the bundle to the file (0600, through a temp file) and
-// makes it current.
+// set makes a parsed bundle current.
+func (i *Identity) set(cert *tls.Certificate, id pki.AgentID) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.cert, i.id = cert, id
+}
+
+// store checks the bundle, writes it to the file (0600, whole or not at
+// all) and makes it current.
 func (i *Identity) store(certPEM, keyPEM []byte) error {
 	bundle := append(append([]byte{}, certPEM...), keyPEM...)
+	cert, id, err := parse(bundle)
+	if err != nil {
+		return fmt.Errorf("agent identity: the server's certificate: %w", err)
+	}
 	if err := os.MkdirAll(i.dir, 0o700); err != nil {
 		return fmt.Errorf("agent identity: %w", err)
 	}
-	tmp, err := os.CreateTemp(i.dir, "."+File+"-*")
-	if err != nil {
+	if err := pki.WriteFile(i.path(), bundle, 0o600); err != nil {
 		return fmt.Errorf("agent identity: %w", err)
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
-		tmp.Close()
-		return fmt.Errorf("agent identity: %w", err)
-	}
-	if _, err := tmp.Write(bundle); err != nil {
-		tmp.Close()
-		return fmt.Errorf("agent identity: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("agent identity: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("agent identity: %w", err)
-	}
-	if err := i.set(bundle); err != nil {
-		return fmt.Errorf("agent identity: the server's certificate: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), i.path()); err != nil {
-		return fmt.Errorf("agent identity: %w", err)
-	}
+	i.set(cert, id)
 	return nil
 }
 

@@ -191,29 +191,14 @@ func engineFactory(goos, name, wimlibBin, dismBin string) (engine.RunEngine, err
 	return nil, fmt.Errorf("--engine %q: use dism (Windows) or wimlib (Linux)", name)
 }
 
-// maxJoinTokenFile bounds what is read of a join token file.
-const maxJoinTokenFile = 4 << 10
-
 // joinToken is the join token from file, else from the environment.
 func joinToken(file, env string) (string, error) {
 	if file == "" {
 		return strings.TrimSpace(env), nil
 	}
-	f, err := os.Open(file)
+	token, err := pki.ReadSecretFile(file)
 	if err != nil {
-		return "", fmt.Errorf("--join-token-file: %w", err)
+		return "", fmt.Errorf("--join-token-file: %w; it holds the token osvcctl agent token create printed", err)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxJoinTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("--join-token-file: %w", err)
-	}
-	if len(data) > maxJoinTokenFile {
-		return "", fmt.Errorf("--join-token-file %s: over %d bytes; it should hold only the token osvcctl agent token create printed", file, maxJoinTokenFile)
-	}
-	token := strings.TrimSpace(string(data))
-	if token == "" {
-		return "", fmt.Errorf("--join-token-file %s is empty; put the token osvcctl agent token create printed in it", file)
-	}
-	return token, nil
+	return strings.TrimSpace(token), nil
 }

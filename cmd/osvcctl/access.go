@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 func (c *cli) access() (osvcv1.AccessServiceClient, error) {
@@ -428,7 +429,7 @@ func readSecret(prompt io.Writer, label string) (string, error) {
 		fmt.Fprintln(prompt)
 		return strings.TrimSpace(string(b)), err
 	}
-	line, err := bufio.NewReader(io.LimitReader(os.Stdin, maxTokenFile)).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(os.Stdin, pki.MaxSecretFileBytes)).ReadString('\n')
 	if err != nil && err != io.EOF {
 		return "", err
 	}

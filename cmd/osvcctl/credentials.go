@@ -4,12 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // Where osvcctl finds its token, first found wins: --token-file,
@@ -25,9 +26,6 @@ const (
 // defaultTokenFile is the first admin token of an osvc-server started in
 // the same folder with its default --data-dir.
 var defaultTokenFile = filepath.Join("osvc-data", "admin.token")
-
-// maxTokenFile bounds what is read of a token file.
-const maxTokenFile = 4 << 10
 
 // loginConfig is what osvcctl login keeps (0600): the server, its
 // authority and the token to use there.
@@ -91,44 +89,13 @@ func (c *cli) saveConfig(cfg *loginConfig) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".osvcctl-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil && runtime.GOOS != "windows" {
-		tmp.Close()
-		return "", err
-	}
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return "", err
-	}
-	if err := tmp.Close(); err != nil {
-		return "", err
-	}
-	return path, os.Rename(tmp.Name(), path)
+	return path, pki.WriteFile(path, append(data, '\n'), 0o600)
 }
 
 // readTokenFile reads a token from a file holding only it.
 func readTokenFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", err
-	}
-	if len(data) > maxTokenFile {
-		return "", fmt.Errorf("%s is over %d bytes: it should hold only a token", path, maxTokenFile)
-	}
-	token := strings.TrimSpace(string(data))
-	if token == "" {
-		return "", fmt.Errorf("%s is empty: put the token osvcctl token create printed in it", path)
-	}
-	return token, nil
+	token, err := pki.ReadSecretFile(path)
+	return strings.TrimSpace(token), err
 }
 
 // resolveToken finds the token to send, "" for none.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // writeFile writes data to name in dir and returns its path.
@@ -63,7 +65,7 @@ func TestTheTokenComesFromTheFirstPlaceThatHasOne(t *testing.T) {
 func TestATokenFileThatIsEmptyOrHugeIsRefused(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	for name, data := range map[string]string{"empty": "\n", "huge": strings.Repeat("x", maxTokenFile+1)} {
+	for name, data := range map[string]string{"empty": "\n", "huge": strings.Repeat("x", pki.MaxSecretFileBytes+1)} {
 		c := &cli{getenv: func(string) string { return "" }, tokenFile: writeFile(t, dir, name, data)}
 		if _, err := c.resolveToken(); err == nil {
 			t.Errorf("a %s token file was accepted", name)

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"slices"
 	"strings"
@@ -97,23 +98,47 @@ type call struct {
 	claimed string
 }
 
-// claimed names who the credential of a refused call claims to be, for
-// the audit: the agent its certificate names, or the token's id.
-func claimed(ctx context.Context) string {
+// credential is what a call presents: the verified client certificate of
+// its connection, else the text of its bearer token ("" without one).
+type credential struct {
+	cert   *x509.Certificate
+	bearer string
+	// malformed is why the authorization header is unusable.
+	malformed error
+}
+
+func credentialOf(ctx context.Context) credential {
 	if pr, ok := peer.FromContext(ctx); ok {
 		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
-			if id, err := pki.AgentFromCert(ti.State.VerifiedChains[0][0]); err == nil {
-				return id.String()
-			}
+			return credential{cert: ti.State.VerifiedChains[0][0]}
 		}
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	if vals := md.Get("authorization"); len(vals) == 1 {
-		if text, ok := strings.CutPrefix(vals[0], "Bearer "); ok {
-			if id, _, err := parseSecret(kindToken, strings.TrimSpace(text)); err == nil {
-				return tokenPrincipal(id)
-			}
+	vals := md.Get("authorization")
+	switch {
+	case len(vals) == 0:
+		return credential{}
+	case len(vals) > 1:
+		return credential{malformed: errdefs.Newf(errdefs.ErrUnauthenticated, "more than one authorization header; send one: Bearer <token>")}
+	}
+	text, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok {
+		return credential{malformed: errdefs.Newf(errdefs.ErrUnauthenticated, "the authorization header must be \"Bearer <token>\"")}
+	}
+	return credential{bearer: strings.TrimSpace(text)}
+}
+
+// claimed names who the credential of a refused call claims to be, for
+// the audit: the agent its certificate names, or the token's id.
+func claimed(ctx context.Context) string {
+	c := credentialOf(ctx)
+	if c.cert != nil {
+		if id, err := pki.AgentFromCert(c.cert); err == nil {
+			return id.String()
 		}
+	}
+	if id, _, err := parseSecret(kindToken, c.bearer); err == nil {
+		return tokenPrincipal(id)
 	}
 	return ""
 }
@@ -121,24 +146,16 @@ func claimed(ctx context.Context) string {
 // authenticate finds the caller of ctx: an agent by its verified client
 // certificate, else a bearer token; nil without a credential.
 func (z *Authorizer) authenticate(ctx context.Context) (*Principal, error) {
-	if pr, ok := peer.FromContext(ctx); ok {
-		if ti, ok := pr.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
-			return z.access.AuthenticateAgent(ctx, ti.State.VerifiedChains[0][0])
-		}
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
+	c := credentialOf(ctx)
+	switch {
+	case c.cert != nil:
+		return z.access.AuthenticateAgent(ctx, c.cert)
+	case c.malformed != nil:
+		return nil, c.malformed
+	case c.bearer == "":
 		return nil, nil
 	}
-	if len(vals) > 1 {
-		return nil, errdefs.Newf(errdefs.ErrUnauthenticated, "more than one authorization header; send one: Bearer <token>")
-	}
-	text, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		return nil, errdefs.Newf(errdefs.ErrUnauthenticated, "the authorization header must be \"Bearer <token>\"")
-	}
-	return z.access.AuthenticateToken(ctx, strings.TrimSpace(text))
+	return z.access.AuthenticateToken(ctx, c.bearer)
 }
 
 // admit runs every check a call passes before its handler: the rule, the

@@ -384,27 +384,42 @@ func (s *Service) FailPending(ctx context.Context, runName, reason string) (*osv
 	return out, nil
 }
 
-// AgentBlobs are the blobs of the runs assigned to agent now (each run's
-// source version and update files): what the agent may read. held tells
-// whether it holds any run.
-func (s *Service) AgentBlobs(ctx context.Context, agent string) (blobs map[string]bool, held bool, err error) {
+// agentAssignments are the runs assigned to agent now, with their fencing tokens.
+func (s *Service) agentAssignments(ctx context.Context, agent string) (map[string]int64, error) {
 	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, false, fmt.Errorf("the runs of agent %s: %w", agent, err)
+		return nil, fmt.Errorf("the runs of agent %s: %w", agent, err)
 	}
-	blobs = make(map[string]bool)
+	runs := make(map[string]int64)
 	for _, kv := range resp.Kvs {
-		as, err := store.Unmarshal[*storev1.Assignment](kv.Value)
-		if err != nil || as.GetAgent() != agent {
-			continue
+		if as, err := store.Unmarshal[*storev1.Assignment](kv.Value); err == nil && as.GetAgent() == agent {
+			runs[as.GetRun()] = kv.ModRevision
 		}
-		held = true
-		a, err := s.Assignment(ctx, as.GetRun(), kv.ModRevision)
+	}
+	return runs, nil
+}
+
+// AgentHoldsRun reports whether a run is assigned to agent now.
+func (s *Service) AgentHoldsRun(ctx context.Context, agent string) (bool, error) {
+	runs, err := s.agentAssignments(ctx, agent)
+	return len(runs) > 0, err
+}
+
+// AgentBlobs are the blobs of the runs assigned to agent now (each run's
+// source version and update files): what the agent may read.
+func (s *Service) AgentBlobs(ctx context.Context, agent string) (map[string]bool, error) {
+	runs, err := s.agentAssignments(ctx, agent)
+	if err != nil {
+		return nil, err
+	}
+	blobs := make(map[string]bool)
+	for run, token := range runs {
+		a, err := s.Assignment(ctx, run, token)
 		if errors.Is(err, errdefs.ErrStaleLease) || errors.Is(err, errdefs.ErrNotFound) {
 			continue // ended meanwhile
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		blobs[a.GetSource().GetSha256()] = true
 		for _, u := range a.GetUpdates() {
@@ -413,5 +428,5 @@ func (s *Service) AgentBlobs(ctx context.Context, agent string) (blobs map[strin
 			}
 		}
 	}
-	return blobs, held, nil
+	return blobs, nil
 }
