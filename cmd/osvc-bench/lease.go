@@ -23,14 +23,15 @@ import (
 // run without keepalives; they are revoked at the end.
 const agentLeaseTTL = time.Hour
 
-// benchLease compares leases per second through servicing.Service.Lease, as
-// the scheduler calls it, with bare etcd transactions of the lease's shape:
-// four compares and three puts of the sizes a lease writes (assignment on
-// the agent's etcd lease, run, log base). Each of -c workers is an agent of
-// its own site leasing PENDING runs of its site's images, one run per image
-// as servicing allows, made beforehand with CreateSchedule. A lease is a read
-// and two transactions (the second writes the fencing token into the run), so
-// a ratio near 1/3 means it costs what its etcd round trips cost.
+// benchLease compares leases per second through servicing.Service.LeaseSeen,
+// as the scheduler calls it with the runs and agents its pass read, with bare
+// etcd transactions of the lease's shape: four compares and three puts of the
+// sizes a lease writes (assignment on the agent's etcd lease, run, log base).
+// Each of -c workers is an agent of its own site leasing PENDING runs of its
+// site's images, one run per image as servicing allows, made beforehand with
+// CreateSchedule and read once as a pass reads them. A lease is one
+// transaction and no read, so a ratio near 1 means it costs what its etcd
+// round trip costs.
 //
 // It runs twice in the same run: on etcd over mutual TLS (as osvc-server
 // runs its embedded etcd, and as a production cluster should be), which is
@@ -96,7 +97,7 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 	// A run per lease, plus one per worker to warm up and to take the sizes
 	// of what a lease writes from.
 	totals := workerTotals(cfg.N, cfg.Workers)
-	runs := make([][]string, cfg.Workers)
+	names := make([][]string, cfg.Workers)
 	if err := putUpdate(ctx, st); err != nil {
 		return series{}, series{}, err
 	}
@@ -111,11 +112,15 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 			if err != nil {
 				return nil, fmt.Errorf("schedule %s: %w", img.GetName(), err)
 			}
-			runs[w] = append(runs[w], run.GetName())
+			names[w] = append(names[w], run.GetName())
 		}
 		return nil, nil
 	}); err != nil {
 		return series{}, series{}, fmt.Errorf("set up PENDING runs: %w", err)
+	}
+	runs, err := seenRuns(ctx, svc, names)
+	if err != nil {
+		return series{}, series{}, err
 	}
 	fmt.Fprintf(cfg.Out, "lease: %d PENDING runs on %d sites set up in %s\n", cfg.N+cfg.Workers, cfg.Workers,
 		time.Since(setupStart).Round(time.Millisecond))
@@ -125,15 +130,15 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 	lease := perOp(func(ctx context.Context, w, _ int) error {
 		run := runs[w][next[w]]
 		next[w]++
-		if _, err := svc.Lease(ctx, run, 0, agents[w].name, agents[w].session); err != nil {
-			return fmt.Errorf("lease %s to %s: %w", run, agents[w].name, err)
+		if _, err := svc.LeaseSeen(ctx, run, agents[w].seen); err != nil {
+			return fmt.Errorf("lease %s to %s: %w", run.Run.GetName(), agents[w].name, err)
 		}
 		return nil
 	})
 	if _, err := measure(ctx, cfg.Workers, cfg.Workers, lease); err != nil {
 		return series{}, series{}, fmt.Errorf("warm up: %w", err)
 	}
-	sizes, err := leaseWriteSizes(ctx, st, runs[0][0])
+	sizes, err := leaseWriteSizes(ctx, st, names[0][0])
 	if err != nil {
 		return series{}, series{}, err
 	}
@@ -165,7 +170,7 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 		return nil
 	})
 
-	osvcS = series{name: "osvc Service.Lease", unit: "leases/s"}
+	osvcS = series{name: "osvc Service.LeaseSeen", unit: "leases/s"}
 	floorS = series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d+%d bytes)", sizes[0], sizes[1], sizes[2]), unit: "txn/s"}
 	rounds := roundSizes(cfg.N)
 	for r, ops := range rounds {
@@ -211,6 +216,32 @@ type benchAgent struct {
 	id      string // the agent's name without "agents/"
 	name    string // agents/{id}, as runs and leases name it
 	session int64  // the etcd lease of its session
+	// seen is the agent as a scheduling pass reads it.
+	seen agents.Connected
+}
+
+// seenRuns reads the PENDING runs once, as a scheduling pass does, and
+// returns each worker's in the order of names.
+func seenRuns(ctx context.Context, svc *servicing.Service, names [][]string) ([][]servicing.ActiveRun, error) {
+	active, err := svc.ActiveRuns(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the PENDING runs: %w", err)
+	}
+	byName := make(map[string]servicing.ActiveRun, len(active))
+	for _, ar := range active {
+		byName[ar.Run.GetName()] = ar
+	}
+	out := make([][]servicing.ActiveRun, len(names))
+	for w, ns := range names {
+		for _, n := range ns {
+			ar, ok := byName[n]
+			if !ok {
+				return nil, fmt.Errorf("run %s is not active after its schedule", n)
+			}
+			out[w] = append(out[w], ar)
+		}
+	}
+	return out, nil
 }
 
 // presentAgent records worker w's agent on its site and its presence on a
@@ -223,16 +254,19 @@ func presentAgent(ctx context.Context, st *store.Store, w int) (benchAgent, erro
 		return a, fmt.Errorf("grant the lease of %s: %w", a.name, err)
 	}
 	a.session = int64(g.ID)
-	if _, err := st.Put(ctx, st.AgentKey(id), &osvcv1.Agent{
-		Name: a.name, Site: siteCode(w), Capacity: 1, State: osvcv1.AgentState_AGENT_STATE_CONNECTED,
-	}); err != nil {
+	agent := &osvcv1.Agent{Name: a.name, Site: siteCode(w), Capacity: 1, State: osvcv1.AgentState_AGENT_STATE_CONNECTED}
+	if _, err := st.Put(ctx, st.AgentKey(id), agent); err != nil {
 		return a, fmt.Errorf("record %s: %w", a.name, err)
 	}
-	if _, err := st.Put(ctx, st.PresenceKey(id), &storev1.AgentPresence{
-		Agent: a.name, SessionLease: a.session, Server: "osvc-bench", ConnectTime: timestamppb.Now(),
-	}, clientv3.WithLease(g.ID)); err != nil {
+	presence, err := st.Marshal(&storev1.AgentPresence{Agent: a.name, SessionLease: a.session, Server: "osvc-bench", ConnectTime: timestamppb.Now()})
+	if err != nil {
+		return a, err
+	}
+	resp, err := st.Client().Put(ctx, st.PresenceKey(id), string(presence), clientv3.WithLease(g.ID))
+	if err != nil {
 		return a, fmt.Errorf("record the presence of %s: %w", a.name, err)
 	}
+	a.seen = agents.Connected{Agent: agent, Lease: a.session, Presence: presence, PresenceRevision: resp.Header.Revision}
 	return a, nil
 }
 

@@ -307,6 +307,10 @@ type Connected struct {
 	Agent *osvcv1.Agent
 	// Lease is the agent's session (etcd lease).
 	Lease int64
+	// Presence is the agent's presence key as read, at PresenceRevision: a
+	// lease transaction compares it instead of reading it again.
+	Presence         []byte
+	PresenceRevision int64
 }
 
 // Scan reads every agent and presence in one revision: it returns the
@@ -320,13 +324,13 @@ func (r *Registry) Scan(ctx context.Context, lost func(id string, rev int64)) ([
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
 	}
-	presence := map[string]*storev1.AgentPresence{}
+	presence := map[string]Connected{}
 	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
 		p, err := store.Unmarshal[*storev1.AgentPresence](kv.Value)
 		if err != nil {
 			return nil, err
 		}
-		presence[store.IDFromKey(string(kv.Key))] = p
+		presence[store.IDFromKey(string(kv.Key))] = Connected{Lease: p.GetSessionLease(), Presence: kv.Value, PresenceRevision: kv.ModRevision}
 	}
 	var out []Connected
 	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
@@ -344,7 +348,8 @@ func (r *Registry) Scan(ctx context.Context, lost func(id string, rev int64)) ([
 		case agent.GetState() == osvcv1.AgentState_AGENT_STATE_CONNECTED:
 			// An agent whose stream dropped keeps its runs on its session,
 			// but new ones wait for an agent that can start them.
-			out = append(out, Connected{Agent: agent, Lease: p.GetSessionLease()})
+			p.Agent = agent
+			out = append(out, p)
 		}
 	}
 	return out, nil

@@ -202,8 +202,8 @@ func (s *Scheduler) loop(ctx context.Context) error {
 }
 
 // relevantRunEvent keeps the run changes a pass acts on: runs waiting for a
-// lease, runs leased without their token yet, and inspections that ended. Progress of running runs,
-// the bulk of the traffic, is not.
+// lease and inspections that ended. Progress of running runs, the bulk of
+// the traffic, is not.
 func relevantRunEvent(ev *clientv3.Event) bool {
 	if ev.Type == clientv3.EventTypeDelete {
 		return false
@@ -215,8 +215,6 @@ func relevantRunEvent(ev *clientv3.Event) bool {
 	switch run.GetState() {
 	case osvcv1.RunState_RUN_STATE_PENDING:
 		return true
-	case osvcv1.RunState_RUN_STATE_LEASED:
-		return run.GetFencingToken() == 0
 	}
 	// An inspection that ended lets the servicing runs that waited for it go.
 	return servicing.IsInspection(run) && servicing.IsFinal(run.GetState())
@@ -255,16 +253,15 @@ func (s *Scheduler) watch(ctx context.Context, prefix string, rev int64, relevan
 
 // agentSlot is a connected agent as a pass sees it.
 type agentSlot struct {
-	name string
-	site string
-	// session is the agent's etcd lease; a run leased to it lives on it.
-	session  int64
+	agents.Connected
+	name     string
+	site     string
 	capacity int
 	held     int
 }
 
 // Pass looks at every run in progress once: re-queues runs whose assignment
-// is gone, repairs tokens, flags stalled runs, marks agents without presence
+// is gone, flags stalled runs, marks agents without presence
 // LOST and leases PENDING runs whose time has come. It returns when it should
 // look again: when the earliest waiting run may start or the earliest running
 // run would stall (zero when neither). Pass is exported for tests and tools; Run
@@ -295,11 +292,6 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 		run, rev := ar.Run, ar.Revision
 		if servicing.IsLeased(run.GetState()) {
 			if _, ok := assigned[run.GetName()]; ok {
-				if run.GetFencingToken() == 0 {
-					if err := s.servicing.RepairFencingToken(ctx, run.GetName()); err != nil {
-						s.logger.Warn("cannot repair the fencing token", "run", run.GetName(), "error", err)
-					}
-				}
 				if at := s.checkStall(ctx, run, rev, now); !at.IsZero() {
 					wakeAt(at)
 				}
@@ -384,7 +376,14 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 		return cmp.Or(cmp.Compare(a.held, b.held), cmp.Compare(b.capacity, a.capacity), cmp.Compare(a.name, b.name))
 	})
 	for _, a := range candidates {
-		_, err := s.servicing.Lease(ctx, run.GetName(), rev, a.name, a.session)
+		// The run and the agent as this pass read them make the lease one
+		// transaction; after a race, it reads the run again.
+		var err error
+		if rev != 0 {
+			_, err = s.servicing.LeaseSeen(ctx, servicing.ActiveRun{Run: run, Revision: rev}, a.Connected)
+		} else {
+			_, err = s.servicing.Lease(ctx, run.GetName(), 0, a.name, a.Lease)
+		}
 		if err == nil {
 			a.held++
 			return nil
@@ -441,11 +440,11 @@ func (s *Scheduler) agents(ctx context.Context, assigned map[string]*storev1.Ass
 	out := make([]*agentSlot, 0, len(connected))
 	for _, c := range connected {
 		out = append(out, &agentSlot{
-			name:     c.Agent.GetName(),
-			site:     c.Agent.GetSite(),
-			session:  c.Lease,
-			capacity: max(int(c.Agent.GetCapacity()), 1),
-			held:     held[c.Agent.GetName()],
+			Connected: c,
+			name:      c.Agent.GetName(),
+			site:      c.Agent.GetSite(),
+			capacity:  max(int(c.Agent.GetCapacity()), 1),
+			held:      held[c.Agent.GetName()],
 		})
 	}
 	return out, nil

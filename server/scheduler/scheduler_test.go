@@ -148,31 +148,6 @@ func TestPassRequeuesTheRunsOfALostAgentAndMarksItLost(t *testing.T) {
 	}
 }
 
-func TestPassRepairsAFencingTokenLeftAtZero(t *testing.T) {
-	t.Parallel()
-	env := newEnv(t)
-	ctx := context.Background()
-	img := env.Image(t, "a", "PS1", 1)
-	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
-	run := schedule(t, env, img.Name, time.Time{})
-	if _, err := env.Service.Lease(ctx, run.GetName(), 0, "agents/ps1-a", int64(lease)); err != nil {
-		t.Fatal(err)
-	}
-	// As if the lease's second write had been lost.
-	if _, _, err := store.Update(ctx, env.Store, env.Store.RunKey(run.GetName()[len("runs/"):]), func(r *osvcv1.Run) error {
-		r.FencingToken = 0
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := newScheduler(t, env, nil).Pass(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if r := env.Run(t, run.GetName()); r.GetFencingToken() == 0 || r.GetFencingToken() != env.AssignmentRevision(t, run.GetName()) {
-		t.Errorf("token after the pass = %d, want the assignment's revision %d", r.GetFencingToken(), env.AssignmentRevision(t, run.GetName()))
-	}
-}
-
 func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
 	t.Parallel()
 	env := newEnv(t)
@@ -195,10 +170,11 @@ func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
 	img := env.Image(t, "a", "PS1", 1)
 	lease := env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
 	run := schedule(t, env, img.Name, time.Time{})
-	leased := env.WaitRun(t, run.GetName(), "a lease with its token", func(r *osvcv1.Run) bool {
-		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED && r.GetFencingToken() != 0
+	env.WaitRun(t, run.GetName(), "a lease", func(r *osvcv1.Run) bool {
+		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED
 	})
-	if leased.GetAgent() != "agents/ps1-a" || leased.GetAttempt() != 1 {
+	leased := env.Run(t, run.GetName())
+	if leased.GetAgent() != "agents/ps1-a" || leased.GetAttempt() != 1 || leased.GetFencingToken() != env.AssignmentRevision(t, run.GetName()) {
 		t.Errorf("leased run = %v", leased)
 	}
 	if _, err := env.Store.Client().Revoke(ctx, lease); err != nil {
@@ -209,9 +185,10 @@ func TestRunLeasesOnEventsAndRequeuesWhenTheLeaseEnds(t *testing.T) {
 	})
 	// An agent showing up is an event too: the run is leased again.
 	env.Connect(t, "ps1-b", "PS1", 1, 30*time.Second)
-	again := env.WaitRun(t, run.GetName(), "a second lease", func(r *osvcv1.Run) bool {
-		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED && r.GetFencingToken() != 0
+	env.WaitRun(t, run.GetName(), "a second lease", func(r *osvcv1.Run) bool {
+		return r.GetState() == osvcv1.RunState_RUN_STATE_LEASED && r.GetAttempt() == 2
 	})
+	again := env.Run(t, run.GetName())
 	if again.GetAgent() != "agents/ps1-b" || again.GetAttempt() != 2 || again.GetFencingToken() == leased.GetFencingToken() {
 		t.Errorf("second lease = agent %s attempt %d token %d", again.GetAgent(), again.GetAttempt(), again.GetFencingToken())
 	}

@@ -63,14 +63,48 @@ func (s *Service) ActiveRuns(ctx context.Context) ([]ActiveRun, error) {
 	return out, nil
 }
 
-// Lease hands the PENDING run, read at runRevision, to agent: in one
-// transaction that reads the run unchanged, its assignment key absent and the
-// agent's presence bound to the etcd lease agentLease (the agent's session),
-// it writes the assignment on that etcd lease and the run LEASED with
-// attempt+1. The revision of that commit, which is the assignment key's
-// ModRevision, becomes the fencing token; a second transaction writes it
-// into the run. A run or agent that changed meanwhile is ErrContended.
+// Lease hands the PENDING run, read at runRevision (0: as it is now), to
+// agent, reading the run and the agent's presence first. The scheduler,
+// which has read both, calls LeaseSeen instead.
 func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, agent string, agentLease int64) (*osvcv1.Run, error) {
+	id, err := RunID(runName)
+	if err != nil {
+		return nil, err
+	}
+	return s.lease(ctx, runName, runRevision, agent, agentLease,
+		store.Prefetch(s.store.RunKey(id), s.store.AssignmentKey(id), s.store.PresenceKey(agents.ID(agent))))
+}
+
+// LeaseSeen hands the PENDING run, as the scheduler read it, to the
+// connected agent, as the scheduler read its presence, in one etcd
+// transaction and no read: what the scheduler read is the transaction's read
+// set, so a run or presence that changed since makes the commit fail, the
+// transaction read them again, and the lease ErrContended.
+func (s *Service) LeaseSeen(ctx context.Context, run ActiveRun, agent agents.Connected) (*osvcv1.Run, error) {
+	id, err := RunID(run.Run.GetName())
+	if err != nil {
+		return nil, err
+	}
+	runData, err := s.store.Marshal(run.Run)
+	if err != nil {
+		return nil, err
+	}
+	presenceKey := s.store.PresenceKey(agents.ID(agent.Agent.GetName()))
+	return s.lease(ctx, run.Run.GetName(), run.Revision, agent.Agent.GetName(), agent.Lease,
+		store.Seed(s.store.RunKey(id), runData, run.Revision, 0),
+		store.Seed(s.store.AssignmentKey(id), nil, 0, 0),
+		store.Seed(presenceKey, agent.Presence, agent.PresenceRevision, agent.Lease))
+}
+
+// lease is one transaction that reads the run unchanged since runRevision
+// and PENDING, its assignment key absent and the agent's presence bound to
+// the etcd lease agentLease (the agent's session), and writes the
+// assignment on that etcd lease and the run LEASED with attempt+1. The
+// revision of that commit, which is the assignment key's ModRevision, is the
+// fencing token: the agent's reports compare it with the assignment key
+// directly, and the first of them writes it into the run. A run or agent
+// that changed meanwhile is ErrContended.
+func (s *Service) lease(ctx context.Context, runName string, runRevision int64, agent string, agentLease int64, reads ...store.TxnOption) (*osvcv1.Run, error) {
 	id, err := RunID(runName)
 	if err != nil {
 		return nil, err
@@ -78,7 +112,6 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 	runKey, assignKey := s.store.RunKey(id), s.store.AssignmentKey(id)
 	presenceKey := s.store.PresenceKey(agents.ID(agent))
 	var run *osvcv1.Run
-	var assignment *storev1.Assignment
 	token, err := s.store.Txn(ctx, "lease "+runName, func(tx *store.Tx) error {
 		ch, err := s.loadRun(tx, runName)
 		if err != nil {
@@ -110,7 +143,7 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 		run.FencingToken = 0
 		run.StartTime = now
 		run.EndTime = nil
-		assignment = &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
+		assignment := &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
 		if err := tx.Put(assignKey, assignment, clientv3.WithLease(clientv3.LeaseID(agentLease))); err != nil {
 			return err
 		}
@@ -118,82 +151,13 @@ func (s *Service) Lease(ctx context.Context, runName string, runRevision int64, 
 			return err
 		}
 		return s.write(ch)
-	}, store.Prefetch(runKey, assignKey, presenceKey))
+	}, reads...)
 	if err != nil {
 		return nil, err
 	}
 	s.logger.Info("run leased", "run", runName, "agent", agent, "attempt", run.Attempt, "fencing_token", token)
-	// The lease's commit wrote both the run and the assignment at revision
-	// token: the second transaction starts from them, and only commits.
-	runData, err := s.store.Marshal(run)
-	if err != nil {
-		return nil, err
-	}
-	assignData, err := s.store.Marshal(assignment)
-	if err != nil {
-		return nil, err
-	}
-	leased, err := s.writeFencingToken(ctx, id, token,
-		store.Seed(runKey, runData, token, 0), store.Seed(assignKey, assignData, token, agentLease))
-	if err != nil {
-		// The scheduler repairs a LEASED run without token; the agent's
-		// reports carry the token anyway.
-		s.logger.Warn("cannot write the fencing token into the run yet", "run", runName, "error", err)
-		run.FencingToken = token
-		return run, nil
-	}
-	return leased, nil
-}
-
-// RepairFencingToken writes the token of a leased run whose token is still 0
-// (the lease's second write was lost). A run without assignment is left alone.
-func (s *Service) RepairFencingToken(ctx context.Context, runName string) error {
-	id, err := RunID(runName)
-	if err != nil {
-		return err
-	}
-	resp, err := s.client.Get(ctx, s.store.AssignmentKey(id))
-	if err != nil {
-		return fmt.Errorf("repair %s: %w", runName, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil
-	}
-	_, err = s.writeFencingToken(ctx, id, resp.Kvs[0].ModRevision, store.Prefetch(s.store.RunKey(id), s.store.AssignmentKey(id)))
-	return err
-}
-
-// writeFencingToken writes token into the run, in a transaction that reads
-// the assignment still at that revision; opts say how it comes by the run
-// and the assignment (read, or seeded by a caller that wrote them).
-func (s *Service) writeFencingToken(ctx context.Context, runID string, token int64, opts ...store.TxnOption) (*osvcv1.Run, error) {
-	assignKey := s.store.AssignmentKey(runID)
-	var out *osvcv1.Run
-	_, err := s.store.Txn(ctx, "fencing token of runs/"+runID, func(tx *store.Tx) error {
-		ch, err := s.loadRun(tx, RunName(runID))
-		if err != nil {
-			return err
-		}
-		run := ch.run
-		if rev, err := tx.Revision(assignKey); err != nil {
-			return err
-		} else if rev != token {
-			return fmt.Errorf("run %s lost its assignment: %w", run.GetName(), errdefs.ErrStaleLease)
-		}
-		out = run
-		if run.GetFencingToken() == token {
-			return nil
-		}
-		if !IsLeased(run.GetState()) || run.GetFencingToken() != 0 {
-			return fmt.Errorf("run %s is %s with token %d: %w", run.GetName(), stateName(run.GetState()), run.GetFencingToken(), errdefs.ErrStaleLease)
-		}
-		run.FencingToken = token
-		return s.write(ch)
-	}, opts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	run.FencingToken = token
+	return run, nil
 }
 
 // Requeue puts back a run whose lease was lost (its assignment key is gone):

@@ -496,8 +496,8 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 			}
 		}
 		if run.GetFencingToken() == 0 {
-			// The scheduler writes the token right after the lease; a
-			// report can beat it.
+			// The lease leaves the token to the first report: it is the
+			// lease's commit revision, unknown before it.
 			run.FencingToken = token
 			dirty = true
 		}

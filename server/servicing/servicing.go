@@ -474,12 +474,22 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 	if err != nil {
 		return nil, err
 	}
-	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return nil, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
-	}
+	// The lease does not write its token into the run (the agent's first
+	// report does): the assignment, read in the same revision, says it.
+	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(s.store.RunKey(id)), clientv3.OpGet(s.store.AssignmentKey(id))).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("get run %s: %w", name, err)
+	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
+	}
+	run, err := store.Unmarshal[*osvcv1.Run](kvs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("get run %s: %w", name, err)
+	}
+	if as := resp.Responses[1].GetResponseRange().GetKvs(); len(as) == 1 && IsLeased(run.GetState()) && run.GetFencingToken() == 0 {
+		run.FencingToken = as[0].ModRevision
 	}
 	return run, nil
 }

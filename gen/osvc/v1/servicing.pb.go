@@ -776,8 +776,9 @@ type Run struct {
 	Attempt int32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// agent holds the lease, agents/{name}, while the run is leased.
 	Agent string `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
-	// fencing_token is the etcd revision of the current assignment; every
-	// report from the agent carries it.
+	// fencing_token is the etcd revision of the current assignment (the
+	// lease's commit); every report from the agent carries it. GetRun shows it
+	// from the lease on; in lists it shows once the agent first reported.
 	FencingToken int64 `protobuf:"varint,7,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// updates is the apply order, servicing stack first and cumulative updates last.
 	Updates                  []string        `protobuf:"bytes,8,rep,name=updates,proto3" json:"updates,omitempty"`
