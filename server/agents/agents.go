@@ -15,11 +15,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
@@ -32,6 +35,16 @@ import (
 const (
 	collection        = "agents/"
 	defaultSessionTTL = 30 * time.Second
+	// defaultRefreshEvery is how stale a connected agent's record may grow:
+	// its last-seen time and drives are rewritten this often when nothing
+	// else brings a write. Liveness is the session, not the record.
+	defaultRefreshEvery = 5 * time.Minute
+	// defaultFlushEvery is how long record refreshes gather before one
+	// etcd transaction writes them.
+	defaultFlushEvery = time.Second
+	// flushBatch bounds the records one transaction writes, under etcd's
+	// default of 128 operations per transaction.
+	flushBatch = 100
 )
 
 // Name returns agents/{id}.
@@ -50,6 +63,12 @@ type Config struct {
 	SessionTTL time.Duration
 	// ServerID names this replica in presence records.
 	ServerID string
+	// RefreshEvery is how often a connected agent's record is rewritten
+	// when its drives did not move; default 5m.
+	RefreshEvery time.Duration
+	// FlushEvery is how long heartbeats gather before one transaction
+	// writes the records due; default 1s.
+	FlushEvery time.Duration
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
@@ -61,7 +80,21 @@ type Registry struct {
 	logger   hclog.Logger
 	ttl      time.Duration
 	serverID string
+	refresh  time.Duration
+	flush    time.Duration
 	now      func() time.Time
+
+	mu sync.Mutex
+	// due are the sessions whose record a heartbeat made due for a rewrite.
+	due map[*Session]beat
+	// flushed is signalled after each flush (tests wait on it).
+	flushed chan struct{}
+}
+
+// beat is what a heartbeat brought: when the agent was heard from and its drives.
+type beat struct {
+	seen   time.Time
+	drives []*osvcv1.Drive
 }
 
 // New validates cfg and returns a Registry.
@@ -78,7 +111,14 @@ func New(cfg Config) (*Registry, error) {
 		logger:   cfg.Logger,
 		ttl:      cmp.Or(cfg.SessionTTL, defaultSessionTTL),
 		serverID: cfg.ServerID,
+		refresh:  cmp.Or(cfg.RefreshEvery, defaultRefreshEvery),
+		flush:    cmp.Or(cfg.FlushEvery, defaultFlushEvery),
 		now:      cfg.Now,
+		due:      map[*Session]beat{},
+		flushed:  make(chan struct{}, 1),
+	}
+	if r.refresh <= 0 || r.flush <= 0 {
+		return nil, fmt.Errorf("agents: Config.RefreshEvery %s and FlushEvery %s must be positive", cfg.RefreshEvery, cfg.FlushEvery)
 	}
 	if r.ttl < time.Second {
 		return nil, fmt.Errorf("agents: Config.SessionTTL is %s; use at least 1s", cfg.SessionTTL)
@@ -127,6 +167,14 @@ type Session struct {
 	// presence; a later write is another stream's.
 	PresenceRevision int64
 	presence         []byte
+
+	// The agent record as this stream last wrote it, guarded by the
+	// registry's mu: a refresh compares recordRev, so a record someone else
+	// wrote since (the stream's close, a newer stream) is never overwritten.
+	record    *osvcv1.Agent
+	recordRev int64
+	// gone is set once the record is no longer this stream's to write.
+	gone bool
 }
 
 // Open starts an agent's session: it resumes the etcd lease its presence
@@ -166,6 +214,7 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		return nil, fmt.Errorf("record %s: %w", s.Agent, err)
 	}
 	s.presence, s.PresenceRevision = presence, rev
+	s.record, s.recordRev = agent, rev
 	return s, nil
 }
 
@@ -193,8 +242,14 @@ func (r *Registry) lease(ctx context.Context, s *Session) error {
 // Close records that the session's stream dropped, unless a newer stream of
 // the agent took over. The session's lease is left to expire: a reconnect
 // within the TTL resumes it and the agent keeps its runs. lastSeen is when
-// the agent was last heard from.
+// the agent was last heard from; the drives of a heartbeat not written yet
+// are written with it.
 func (r *Registry) Close(ctx context.Context, s *Session, lastSeen time.Time) error {
+	r.mu.Lock()
+	pending, hasPending := r.due[s]
+	delete(r.due, s)
+	s.gone = true
+	r.mu.Unlock()
 	presenceKey := r.store.PresenceKey(s.ID)
 	_, err := r.store.Txn(ctx, "disconnect "+s.Agent, func(tx *store.Tx) error {
 		if p, _, err := tx.Raw(presenceKey); err != nil || string(p) != string(s.presence) {
@@ -206,20 +261,143 @@ func (r *Registry) Close(ctx context.Context, s *Session, lastSeen time.Time) er
 		}
 		agent.State = osvcv1.AgentState_AGENT_STATE_DISCONNECTED
 		agent.LastSeenTime = timestamppb.New(lastSeen)
+		if hasPending {
+			agent.Drives = pending.drives
+		}
 		return tx.Put(r.store.AgentKey(s.ID), agent)
 	})
 	return err
 }
 
-// Heartbeat records when the agent was last heard from and the drives it reported.
-func (r *Registry) Heartbeat(ctx context.Context, s *Session, seen time.Time, drives []*osvcv1.Drive) error {
-	_, _, err := store.Update(ctx, r.store, r.store.AgentKey(s.ID), func(a *osvcv1.Agent) error {
-		a.LastSeenTime = timestamppb.New(seen)
-		a.Drives = drives
-		return nil
-	})
-	return err
+// Heartbeat notes that the agent was heard from at seen with drives. It
+// writes nothing itself: the record is due for a rewrite only when a drive
+// came, went or moved, or when it is RefreshEvery old, and Run writes the
+// records due in batches.
+func (r *Registry) Heartbeat(s *Session, seen time.Time, drives []*osvcv1.Drive) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.gone || s.record == nil {
+		return
+	}
+	if len(drives) == 0 {
+		drives = s.record.GetDrives()
+	}
+	if !drivesMoved(s.record.GetDrives(), drives) && seen.Sub(s.record.GetLastSeenTime().AsTime()) < r.refresh {
+		return
+	}
+	r.due[s] = beat{seen: seen, drives: drives}
 }
+
+// drivesMoved tells whether the drives an agent reports differ from those
+// recorded enough to rewrite the record: a drive came or went, changed size,
+// or its free space moved by a twentieth of its size.
+func drivesMoved(old, cur []*osvcv1.Drive) bool {
+	if len(old) != len(cur) {
+		return true
+	}
+	for i, d := range cur {
+		o := old[i]
+		if o.GetPath() != d.GetPath() || o.GetTotalBytes() != d.GetTotalBytes() {
+			return true
+		}
+		diff := o.GetFreeBytes() - d.GetFreeBytes()
+		if diff < 0 {
+			diff = -diff
+		}
+		if diff > 0 && diff >= d.GetTotalBytes()/20 {
+			return true
+		}
+	}
+	return false
+}
+
+// Run writes the records heartbeats made due, every FlushEvery, until ctx
+// ends.
+func (r *Registry) Run(ctx context.Context) {
+	t := time.NewTicker(r.flush)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.Flush(ctx); err != nil && ctx.Err() == nil {
+			r.logger.Warn("cannot refresh agent records; the next flush tries again", "error", err)
+		}
+	}
+}
+
+// Flush writes the records due now, up to flushBatch per etcd transaction.
+// Each record is written in a nested transaction of its own that compares
+// the record's revision with the one its stream last wrote: a record the
+// stream no longer owns (closed, replaced, marked lost) is left alone, and
+// its session writes no more.
+func (r *Registry) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	type item struct {
+		s    *Session
+		rec  *osvcv1.Agent
+		rev  int64
+		data []byte
+	}
+	var items []item
+	for s, b := range r.due {
+		rec := proto.Clone(s.record).(*osvcv1.Agent)
+		rec.LastSeenTime, rec.Drives = timestamppb.New(b.seen), b.drives
+		data, err := r.store.Marshal(rec)
+		if err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		items = append(items, item{s: s, rec: rec, rev: s.recordRev, data: data})
+	}
+	clear(r.due)
+	r.mu.Unlock()
+	defer func() {
+		select {
+		case r.flushed <- struct{}{}:
+		default:
+		}
+	}()
+	for batch := range slices.Chunk(items, flushBatch) {
+		ops := make([]clientv3.Op, len(batch))
+		for i, it := range batch {
+			key := r.store.AgentKey(it.s.ID)
+			ops[i] = clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", it.rev)},
+				[]clientv3.Op{clientv3.OpPut(key, string(it.data))}, nil)
+		}
+		resp, err := r.client.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			// Due again, unless a newer beat replaced it meanwhile.
+			r.mu.Lock()
+			for _, it := range batch {
+				if _, ok := r.due[it.s]; !ok && !it.s.gone {
+					r.due[it.s] = beat{seen: it.rec.GetLastSeenTime().AsTime(), drives: it.rec.GetDrives()}
+				}
+			}
+			r.mu.Unlock()
+			return fmt.Errorf("refresh %d agent records: %w", len(batch), err)
+		}
+		r.mu.Lock()
+		for i, it := range batch {
+			if !resp.Responses[i].GetResponseTxn().GetSucceeded() {
+				it.s.gone = true
+				delete(r.due, it.s)
+				continue
+			}
+			if it.s.recordRev == it.rev {
+				it.s.record, it.s.recordRev = it.rec, resp.Header.Revision
+			}
+		}
+		r.mu.Unlock()
+	}
+	return nil
+}
+
+// Flushed is signalled after each flush; for tests.
+func (r *Registry) Flushed() <-chan struct{} { return r.flushed }
 
 // MarkLost records that the agent's session ended (its presence is gone), as
 // the scheduler finds it: the agent record read at rev turns LOST unless the

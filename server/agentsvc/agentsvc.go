@@ -24,7 +24,6 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
-	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -136,6 +135,8 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Go(func() { s.watch(ctx, w.prefix, w.handle) })
 	}
 	wg.Go(func() { s.resyncEvery(ctx) })
+	wg.Go(func() { s.beatEvery(ctx) })
+	wg.Go(func() { s.agents.Run(ctx) })
 	wg.Wait()
 	// Agents reconnect to another replica, or to this one when it is back.
 	s.mu.Lock()
@@ -196,6 +197,23 @@ func (s *Service) resyncEvery(ctx context.Context) {
 	}
 }
 
+// beatEvery beats every local stream once per heartbeat interval: one
+// ticker for all of them, not one per stream.
+func (s *Service) beatEvery(ctx context.Context) {
+	t := time.NewTicker(s.heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, c := range s.local() {
+			c.beat()
+		}
+	}
+}
+
 func sleep(ctx context.Context, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -250,6 +268,17 @@ func (s *Service) onPresence(ctx context.Context, ev *clientv3.Event) {
 	}
 }
 
+// local returns the streams connected here.
+func (s *Service) local() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
 func (s *Service) lookup(id string) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -300,46 +329,56 @@ func (s *Service) unregister(c *conn) {
 
 // resyncAll pushes to every local stream what a missed event may have hidden.
 func (s *Service) resyncAll(ctx context.Context) {
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for _, c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		if err := s.pushAssigned(ctx, c); err != nil {
-			s.logger.Warn("cannot resynchronise the agent's runs", "agent", c.name, "error", err)
-		}
+	if err := s.push(ctx, s.local()); err != nil {
+		s.logger.Warn("cannot resynchronise the agents' runs; the next resync tries again", "error", err)
 	}
 }
 
-// pushAssigned queues an Assign for every run leased to c's agent that it
-// was not sent yet (nor resumed), and a Cancel for those whose cancel was
-// requested: after a missed event (a compacted watch) this is the only way
-// either reaches the agent.
+// pushAssigned queues for c what push queues.
 func (s *Service) pushAssigned(ctx context.Context, c *conn) error {
+	return s.push(ctx, []*conn{c})
+}
+
+// push queues, for each of conns, an Assign for every run leased to its
+// agent that it was not sent yet (nor resumed), and a Cancel for those whose
+// cancel was requested: after a missed event (a compacted watch) this is the
+// only way either reaches the agent. It reads the assignments once and the
+// runs of conns' assignments a hundred per round trip, whatever the number
+// of streams.
+func (s *Service) push(ctx context.Context, conns []*conn) error {
+	if len(conns) == 0 {
+		return nil
+	}
+	byName := make(map[string]*conn, len(conns))
+	for _, c := range conns {
+		byName[c.name] = c
+	}
 	resp, err := s.client.Get(ctx, s.store.AssignmentsPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("list assignments: %w", err)
 	}
+	var held []*conn
+	var runKeys []string
 	for _, kv := range resp.Kvs {
 		a, err := store.Unmarshal[*storev1.Assignment](kv.Value)
-		if err != nil || a.GetAgent() != c.name {
+		if err != nil {
+			continue
+		}
+		c := byName[a.GetAgent()]
+		id, idErr := servicing.RunID(a.GetRun())
+		if c == nil || idErr != nil {
 			continue
 		}
 		c.assign(a.GetRun(), kv.ModRevision)
-		id, err := servicing.RunID(a.GetRun())
-		if err != nil {
-			continue
-		}
-		run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(id))
-		if errors.Is(err, errdefs.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read run %s: %w", a.GetRun(), err)
-		}
-		if run.GetCancelRequested() && servicing.IsLeased(run.GetState()) && run.GetAgent() == c.name {
+		held = append(held, c)
+		runKeys = append(runKeys, s.store.RunKey(id))
+	}
+	runs, _, err := store.GetMany[*osvcv1.Run](ctx, s.store, runKeys)
+	if err != nil {
+		return fmt.Errorf("read the assigned runs: %w", err)
+	}
+	for i, run := range runs {
+		if c := held[i]; run != nil && run.GetCancelRequested() && servicing.IsLeased(run.GetState()) && run.GetAgent() == c.name {
 			c.cancelRun(run.GetName(), run.GetError())
 		}
 	}

@@ -140,7 +140,6 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	}
 	work := make(chan *osvcv1.ConnectRequest, workQueue)
 	wg.Go(func() { c.work(work) })
-	wg.Go(func() { c.beats() })
 	go func() {
 		err := c.read(stream, work)
 		if errors.Is(err, io.EOF) {
@@ -227,6 +226,7 @@ func (c *conn) read(stream osvcv1.AgentService_ConnectServer, work chan<- *osvcv
 			}
 			c.beatDirty = true
 			c.mu.Unlock()
+			c.ack(req.GetId(), nil)
 			continue
 		case nil:
 			c.ack(req.GetId(), errdefs.InvalidArgument("message", "empty message; send one of the agent messages"))
@@ -301,33 +301,21 @@ func (c *conn) ack(id uint64, err error) {
 	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Ack{Ack: ack}})
 }
 
-// beats writes heartbeats to the agent record at most once per interval, and
-// ends a stream that stayed silent too long.
-func (c *conn) beats() {
-	t := time.NewTicker(c.s.heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-t.C:
-		}
-		silent := c.s.now().Sub(time.Unix(0, c.lastRecv.Load()))
-		if silent > missedHeartbeats*c.s.heartbeat && !c.blocked.Load() {
-			c.end(errSilent)
-			return
-		}
-		c.mu.Lock()
-		dirty, drives := c.beatDirty, c.drives
-		c.beatDirty = false
-		c.mu.Unlock()
-		if !dirty {
-			continue
-		}
-		err := c.s.agents.Heartbeat(c.ctx, c.session, time.Unix(0, c.lastRecv.Load()), drives)
-		if err != nil && c.ctx.Err() == nil {
-			c.s.logger.Warn("cannot record the agent's heartbeat", "agent", c.name, "error", err)
-		}
+// beat ends a stream that stayed silent too long and otherwise hands the
+// registry what the agent's heartbeats said since the last beat. The
+// Service's beat loop calls it once per heartbeat interval.
+func (c *conn) beat() {
+	silent := c.s.now().Sub(time.Unix(0, c.lastRecv.Load()))
+	if silent > missedHeartbeats*c.s.heartbeat && !c.blocked.Load() {
+		c.end(errSilent)
+		return
+	}
+	c.mu.Lock()
+	dirty, drives := c.beatDirty, c.drives
+	c.beatDirty = false
+	c.mu.Unlock()
+	if dirty {
+		c.s.agents.Heartbeat(c.session, time.Unix(0, c.lastRecv.Load()), drives)
 	}
 }
 

@@ -141,15 +141,20 @@ func (x *Drive) GetTotalBytes() int64 {
 
 // Agent is a servicing agent on a site server: `agents/{name}`.
 type Agent struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Site         string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	Host         string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
-	Version      string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	Engines      []string               `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
-	Drives       []*Drive               `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
-	Capacity     int32                  `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	State        AgentState             `protobuf:"varint,8,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Site    string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	Host    string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	Version string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Engines []string               `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
+	// drives are as the agent last reported them: refreshed at once when a
+	// drive comes or goes or its free space moves by a twentieth of its size,
+	// else every few minutes.
+	Drives   []*Drive   `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
+	Capacity int32      `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	State    AgentState `protobuf:"varint,8,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
+	// last_seen_time is when the agent was last heard from: while it is
+	// CONNECTED, within the last few minutes.
 	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
 	// runs names the runs the agent holds now.
 	Runs          []string `protobuf:"bytes,10,rep,name=runs,proto3" json:"runs,omitempty"`
@@ -412,7 +417,10 @@ func (x *Hello) GetHeldRuns() []*HeldRun {
 	return nil
 }
 
-// Heartbeat keeps the agent's lease alive and refreshes its drives.
+// Heartbeat tells the server the agent is alive and how its drives stand.
+// The server acknowledges it at once. Liveness itself is the stream and the
+// agent's session: the agent's record (drives, last-seen time) is rewritten
+// only when the drives change and otherwise every few minutes, in batches.
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Drives        []*Drive               `protobuf:"bytes,1,rep,name=drives,proto3" json:"drives,omitempty"`
