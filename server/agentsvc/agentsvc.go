@@ -134,8 +134,11 @@ func (s *Service) Run(ctx context.Context) error {
 	} {
 		wg.Go(func() { s.watch(ctx, w.prefix, w.handle) })
 	}
-	wg.Go(func() { s.resyncEvery(ctx) })
-	wg.Go(func() { s.beatEvery(ctx) })
+	// The periodic resync sends again an Assign whose build failed (etcd
+	// unavailable, say): its assignment key is written once and brings no
+	// further event.
+	wg.Go(func() { every(ctx, s.resync, func() { s.resyncAll(ctx) }) })
+	wg.Go(func() { every(ctx, s.heartbeat, s.beatAll) })
 	wg.Go(func() { s.agents.Run(ctx) })
 	wg.Wait()
 	// Agents reconnect to another replica, or to this one when it is back.
@@ -181,36 +184,25 @@ func (s *Service) watch(ctx context.Context, prefix string, handle func(context.
 	}
 }
 
-// resyncEvery resynchronises the local streams periodically: an Assign whose
-// build failed (etcd unavailable, say) is sent again only this way, since its
-// assignment key is written once and brings no further event.
-func (s *Service) resyncEvery(ctx context.Context) {
-	t := time.NewTicker(s.resync)
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.resyncAll(ctx)
+			fn()
 		}
 	}
 }
 
-// beatEvery beats every local stream once per heartbeat interval: one
-// ticker for all of them, not one per stream.
-func (s *Service) beatEvery(ctx context.Context) {
-	t := time.NewTicker(s.heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		for _, c := range s.local() {
-			c.beat()
-		}
+// beatAll beats every local stream: one ticker for all of them, not one per
+// stream.
+func (s *Service) beatAll() {
+	for _, c := range s.local() {
+		c.beat()
 	}
 }
 
