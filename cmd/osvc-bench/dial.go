@@ -64,27 +64,42 @@ func (t target) dialAgent(ctx context.Context, name, site string, opts ...grpc.D
 	if t.insecure {
 		return t.dial(opts...)
 	}
-	token, err := t.joinToken(ctx, site)
+	cert, err := t.enroll(ctx, name, site)
 	if err != nil {
 		return nil, err
+	}
+	return t.dialCert(cert, opts...)
+}
+
+// enroll makes a join token for site and enrolls agent name with it, as
+// osvc-agent does, and returns the certificate the server issued with its key.
+func (t target) enroll(ctx context.Context, name, site string) (tls.Certificate, error) {
+	token, err := t.joinToken(ctx, site)
+	if err != nil {
+		return tls.Certificate{}, err
 	}
 	keyPEM, csrPEM, err := pki.NewKeyAndCSR(name)
 	if err != nil {
-		return nil, err
+		return tls.Certificate{}, err
 	}
 	anon, err := target{addr: t.addr, caFile: t.caFile}.dial()
 	if err != nil {
-		return nil, err
+		return tls.Certificate{}, err
 	}
 	resp, err := osvcv1.NewAgentServiceClient(anon).Enroll(ctx, &osvcv1.EnrollRequest{JoinToken: token, Csr: csrPEM})
 	anon.Close()
 	if err != nil {
-		return nil, fmt.Errorf("enroll %s: %w", name, err)
+		return tls.Certificate{}, fmt.Errorf("enroll %s: %w", name, err)
 	}
 	cert, err := tls.X509KeyPair(resp.GetCertificate(), keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("enroll %s: %w", name, err)
+		return tls.Certificate{}, fmt.Errorf("enroll %s: %w", name, err)
 	}
+	return cert, nil
+}
+
+// dialCert connects to t over mutual TLS with an agent's certificate.
+func (t target) dialCert(cert tls.Certificate, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds, err := pki.ClientCredentials(t.addr, pki.ClientOptions{CAFile: t.caFile,
 		Certificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }})
 	if err != nil {

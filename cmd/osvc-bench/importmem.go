@@ -45,19 +45,11 @@ const (
 // hostile WIM should get) or accepted; any other error fails the benchmark.
 // The ratio is peak ÷ idle.
 func benchImportMemory(ctx context.Context, cfg benchConfig) (*Result, error) {
-	bin := cfg.ServerBin
-	if bin == "" {
-		dir, err := os.MkdirTemp("", "osvc-bench-bin-*")
-		if err != nil {
-			return nil, fmt.Errorf("binary directory: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		bin = filepath.Join(dir, "osvc-server")
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/osvc/osvc/cmd/osvc-server")
-		if out, err := build.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("build osvc-server (give a built one with -server-bin): %w\n%s", err, out)
-		}
+	bin, cleanup, err := serverBinary(ctx, cfg)
+	if err != nil {
+		return nil, err
 	}
+	defer cleanup()
 	wimDir, err := os.MkdirTemp("", "osvc-bench-wims-*")
 	if err != nil {
 		return nil, fmt.Errorf("WIM directory: %w", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/osvc/osvc/pkg/wiminfo"
+	"github.com/osvc/osvc/server"
 )
 
 func main() { os.Exit(realMain()) }
@@ -29,6 +30,13 @@ func main() { os.Exit(realMain()) }
 func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if served, err := serveBareAgentsFromEnv(ctx); served {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "osvc-bench: bare agent server:", err)
+			return 1
+		}
+		return 0
+	}
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		// -h printed the usage, as asked: that is not a failure.
 		if errors.Is(err, flag.ErrHelp) {
@@ -57,6 +65,8 @@ type benchConfig struct {
 	ServerBin string
 	// XMLBytes is the size of the hostile XML info of import-memory's WIMs.
 	XMLBytes int
+	// Heartbeat is the agents' heartbeat interval in the agents benchmark.
+	Heartbeat time.Duration
 	// Out receives the human summary, one line per measurement.
 	Out io.Writer
 }
@@ -125,6 +135,9 @@ var benches = map[string]benchEntry{
 	// pipeline: a servicing run of an image of -n MiB of file data, end to
 	// end, against the same wimlib-imagex sequence by hand.
 	"pipeline": {run: benchPipeline, defaultN: 512},
+	// agents: -n agents (and -n/10, -n/2) connected to a real osvc-server
+	// process and to a bare AgentService process; RSS per agent compared.
+	"agents": {run: benchFleet, defaultN: 10000},
 	// shrink: the size of the serviced image of -n MiB of file data (the
 	// demo's by default) with remove superseded, against its size before.
 	"shrink": {run: benchShrink, defaultN: defaultShrinkMiB},
@@ -143,11 +156,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image); 0 takes the benchmark's default")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; agents: connected agents; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
 	serverBin := fs.String("server-bin", "", "osvc-server `binary` for import-memory; default: build it from this module")
+	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeatInterval, "heartbeat interval of the agents benchmark's agents, as servers tell them")
 	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
@@ -185,12 +199,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-bench", Level: level, Output: stderr})
 
+	if *heartbeat <= 0 {
+		return fmt.Errorf("-heartbeat %s: give a positive interval", *heartbeat)
+	}
 	if *xmlBytes < 1 {
 		return fmt.Errorf("-xml-bytes %d: give a positive size", *xmlBytes)
 	}
 	res, err := bench.run(ctx, benchConfig{
 		N: *n, Workers: *workers, Fast: *fast, Logger: logger, LogLevel: *logLevel,
-		ServerBin: *serverBin, XMLBytes: *xmlBytes, Out: stdout,
+		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, Out: stdout,
 	})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)

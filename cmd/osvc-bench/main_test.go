@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"maps"
 	"os"
 	"slices"
@@ -356,5 +357,46 @@ func TestSiteCodesAreValidAndDistinctForEveryWorker(t *testing.T) {
 			t.Fatalf("siteCode(%d) = siteCode(%d) = %q", w, prev, code)
 		}
 		seen[code] = w
+	}
+}
+
+// TestMain serves the agents benchmark's bare server when the benchmark
+// starts this binary again for it, as it starts osvc-bench.
+func TestMain(m *testing.M) {
+	if served, err := serveBareAgentsFromEnv(context.Background()); served {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bare agent server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestAgentsBenchMeasuresBothServerProcessesAtEachFleetSize(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "agents", "-n", "20", "-heartbeat", "300ms", "-fast")
+	if res.Bench != "agents" || res.N != 20 {
+		t.Errorf("bench, n = %q, %d; want agents, 20", res.Bench, res.N)
+	}
+	if !strings.Contains(res.Osvc.Name, "20 agents") || !strings.Contains(res.Floor.Name, "20 agents") {
+		t.Errorf("main figures %q and %q, want those of the largest fleet", res.Osvc.Name, res.Floor.Name)
+	}
+	// Steps 2, 10 and 20: heartbeat, connect, CPU and etcd writes each, and
+	// RSS for the two smaller ones.
+	if len(res.Extra) != 3*4+2 {
+		t.Errorf("%d extra figures, want 14: %+v", len(res.Extra), res.Extra)
+	}
+	for _, f := range res.Extra {
+		switch {
+		case strings.HasPrefix(f.Name, "etcd writes"):
+			if f.Value < 0 {
+				t.Errorf("%s = %v, want a rate", f.Name, f.Value)
+			}
+		case strings.HasPrefix(f.Name, "heartbeat p99"), strings.HasPrefix(f.Name, "time to connect"):
+			if !(f.Value > 0) || !(f.Ratio > 0) {
+				t.Errorf("%s = %v (ratio %v), want both sides measured", f.Name, f.Value, f.Ratio)
+			}
+		}
 	}
 }

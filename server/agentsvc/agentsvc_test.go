@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -861,5 +862,19 @@ func TestAResyncSendsARunCanceledBeforeItsAssignWithItsCancel(t *testing.T) {
 	a.accepted(logs(run.GetName(), token, 1, 1))
 	if len(a.pending) != 0 {
 		t.Errorf("after the Cancel the agent got %v, want nothing more", a.pending)
+	}
+}
+
+// Without the presence watch (Run not started), the session's keepalive
+// closing is what tells the stream that its session is gone.
+func TestAStreamEndsWhenItsSessionEndsEvenWithoutThePresenceWatch(t *testing.T) {
+	t.Parallel()
+	h := newHarnessWith(t, servicingtest.Options{}, harnessConfig{withoutRun: true})
+	a, _ := h.connect(t, hello("ps1-a"))
+	if _, err := h.Store.Client().Revoke(context.Background(), h.leaseOf(t, "ps1-a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ended(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "session ended") {
+		t.Errorf("stream ended with %v, want Unavailable: the agent's session ended", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -50,6 +51,14 @@ type conn struct {
 
 	lastRecv atomic.Int64 // unix nanos
 	blocked  atomic.Bool  // the reader waits for room in the work queue
+
+	// work holds the reports waiting for the worker, which runs only
+	// while there are some (workMu guards working, stopped and workers).
+	work    chan *osvcv1.ConnectRequest
+	workMu  sync.Mutex
+	working bool
+	stopped bool
+	workers sync.WaitGroup
 }
 
 func (c *conn) end(cause error) { c.cancel(cause) }
@@ -125,37 +134,27 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	s.register(c)
 	defer s.unregister(c)
 
-	// The reader is not waited for: Recv returns only once this handler has
-	// returned. Every other goroutine ends with ctx.
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Two goroutines serve a stream, whatever it does: this handler is its
+	// one sender and drains the session's keepalive responses, and the
+	// reader takes heartbeats inline. Reports start a worker that ends when
+	// they are handled, so an idle agent costs no third one. The reader is
+	// not waited for: Recv returns only once this handler has returned.
+	defer c.stopWorkers()
 	defer cancel(nil)
-	wg.Go(func() {
-		if err := c.write(stream); err != nil {
-			c.end(err)
-		}
-	})
 	if err := s.pushAssigned(ctx, c); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
-	work := make(chan *osvcv1.ConnectRequest, workQueue)
-	wg.Go(func() { c.work(work) })
+	c.work = make(chan *osvcv1.ConnectRequest, workQueue)
 	go func() {
-		err := c.read(stream, work)
+		err := c.read(stream)
 		if errors.Is(err, io.EOF) {
 			err = nil
 		}
 		c.end(err)
 	}()
-	wg.Go(func() {
-		for range keepalive {
-		}
-		// The channel closes when kaCtx ends or when the session is gone.
-		if kaCtx.Err() == nil {
-			c.end(errSessionEnded)
-		}
-	})
-
+	if err := c.write(stream, keepalive); err != nil {
+		c.end(err)
+	}
 	<-ctx.Done()
 	cause := context.Cause(ctx)
 	if errors.Is(cause, context.Canceled) || stream.Context().Err() != nil {
@@ -211,7 +210,7 @@ func (s *Service) closeSession(c *conn) {
 // read receives the agent's messages: heartbeats are taken inline and cheaply
 // (in memory), everything else goes to the worker, so a flood of log batches
 // never delays a heartbeat behind etcd.
-func (c *conn) read(stream osvcv1.AgentService_ConnectServer, work chan<- *osvcv1.ConnectRequest) error {
+func (c *conn) read(stream osvcv1.AgentService_ConnectServer) error {
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -234,27 +233,61 @@ func (c *conn) read(stream osvcv1.AgentService_ConnectServer, work chan<- *osvcv
 		}
 		c.blocked.Store(true)
 		select {
-		case work <- req:
+		case c.work <- req:
 		case <-c.ctx.Done():
 			return nil
 		}
 		c.blocked.Store(false)
 		c.lastRecv.Store(c.s.now().UnixNano())
+		c.startWorker()
 	}
 }
 
-// work hands reports to servicing in the order they came and acks each.
-func (c *conn) work(work <-chan *osvcv1.ConnectRequest) {
+// startWorker starts the worker unless it runs, or the stream ended.
+func (c *conn) startWorker() {
+	c.workMu.Lock()
+	defer c.workMu.Unlock()
+	if c.working || c.stopped {
+		return
+	}
+	c.working = true
+	c.workers.Add(1)
+	go func() {
+		defer c.workers.Done()
+		c.handleQueued()
+	}()
+}
+
+// stopWorkers lets no further worker start and waits for the running one.
+func (c *conn) stopWorkers() {
+	c.workMu.Lock()
+	c.stopped = true
+	c.workMu.Unlock()
+	c.workers.Wait()
+}
+
+// handleQueued hands the queued reports to servicing in the order they
+// came and acks each, and returns once the queue is empty: a report queued
+// after that starts a worker again (startWorker), so one runs at a time.
+func (c *conn) handleQueued() {
 	for {
 		var req *osvcv1.ConnectRequest
 		select {
 		case <-c.ctx.Done():
+			c.workMu.Lock()
+			c.working = false
+			c.workMu.Unlock()
 			return
-		case r, ok := <-work:
-			if !ok {
+		case req = <-c.work:
+		default:
+			c.workMu.Lock()
+			if len(c.work) == 0 {
+				c.working = false
+				c.workMu.Unlock()
 				return
 			}
-			req = r
+			c.workMu.Unlock()
+			continue
 		}
 		err := c.handle(req)
 		if err != nil {
@@ -354,12 +387,14 @@ func cancelMsg(run string, token int64, reason string) *osvcv1.ConnectResponse {
 }
 
 // write is the stream's one sender: it sends the outbox in order, building
-// Assigns (which read etcd) as their turn comes.
-func (c *conn) write(stream osvcv1.AgentService_ConnectServer) error {
+// Assigns (which read etcd) as their turn comes. While it waits it drains
+// the session's keepalive responses; their channel closing means the
+// session is gone.
+func (c *conn) write(stream osvcv1.AgentService_ConnectServer, keepalive <-chan *clientv3.LeaseKeepAliveResponse) error {
 	for {
-		items, ok := c.out.take(c.ctx)
-		if !ok {
-			return nil
+		items, err := c.out.take(c.ctx, keepalive)
+		if err != nil || items == nil {
+			return err
 		}
 		for _, it := range items {
 			var msgs []*osvcv1.ConnectResponse
@@ -465,20 +500,28 @@ func (o *outbox) add(it outItem) {
 	}
 }
 
-// take waits for items; false once ctx ended.
-func (o *outbox) take(ctx context.Context) ([]outItem, bool) {
+// take waits for items, draining keepalive meanwhile; nil once ctx ended,
+// errSessionEnded once keepalive closed.
+func (o *outbox) take(ctx context.Context, keepalive <-chan *clientv3.LeaseKeepAliveResponse) ([]outItem, error) {
 	for {
 		o.mu.Lock()
 		items := o.items
 		o.items = nil
 		o.mu.Unlock()
 		if len(items) > 0 {
-			return items, true
+			return items, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, false
+			return nil, nil
 		case <-o.notify:
+		case _, open := <-keepalive:
+			if !open {
+				if ctx.Err() != nil {
+					return nil, nil
+				}
+				return nil, errSessionEnded
+			}
 		}
 	}
 }
