@@ -278,7 +278,7 @@ func (a *Agent) enroll(ctx context.Context) error {
 	}
 	// A connection of its own: its handshake carried no certificate, and
 	// gRPC would keep using it for the calls that need one.
-	cc, err := grpc.NewClient(a.cfg.Server, a.cfg.DialOptions...)
+	cc, err := pki.NewClient(a.cfg.Server, a.cfg.DialOptions...)
 	if err != nil {
 		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
 	}
@@ -339,7 +339,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	retention.Go(func() { a.keepRemovingExpired(rctx) })
 
 	opts := append(transfer.DialOptions(), a.cfg.DialOptions...)
-	cc, err := grpc.NewClient(a.cfg.Server, opts...)
+	cc, err := pki.NewClient(a.cfg.Server, opts...)
 	if err != nil {
 		return fmt.Errorf("agent: server address %q: %w", a.cfg.Server, err)
 	}

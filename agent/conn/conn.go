@@ -21,6 +21,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/pki"
 )
 
 // Handler receives what the server sends.
@@ -165,7 +166,7 @@ func (c *Conn) Run(ctx context.Context) error {
 	}
 	// Later options win: the caller's credentials replace the insecure default.
 	opts = append(opts, c.cfg.DialOptions...)
-	cc, err := grpc.NewClient(c.cfg.Server, opts...)
+	cc, err := pki.NewClient(c.cfg.Server, opts...)
 	if err != nil {
 		return fmt.Errorf("conn: server address %q: %w", c.cfg.Server, err)
 	}

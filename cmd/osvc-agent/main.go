@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		dismBin    string
 		joinFile   string
 	)
-	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port")
+	fs.StringVar(&cfg.Server, "server", "localhost:7300", "osvc-server gRPC address, host:port; several replicas comma-separated (the agent moves to another when its own fails)")
 	fs.StringVar(&cfg.TLS.CAFile, "ca-file", os.Getenv(pki.CAFileEnv), "PEM file of the authority that signed the server's certificate: the server's <data-dir>/pki/ca.crt; default: "+pki.DefaultCAFile+" when it exists, else the system's; $"+pki.CAFileEnv+" sets the default")
 	fs.BoolVar(&cfg.TLS.Insecure, "insecure", false, "plaintext, to a server started with --insecure on this machine")
 	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1; default: the site of its join token (checked against it when given)")

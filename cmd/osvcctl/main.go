@@ -116,7 +116,7 @@ schedule updates for an image and watch the servicing run.`,
 		caFile = login.CAFile
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`; $"+serverEnv+" sets the default")
+	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`, or several replicas comma-separated; $"+serverEnv+" sets the default")
 	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
 	pf.StringVar(&c.caFile, "ca-file", caFile, "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
 	pf.BoolVar(&c.insecure, "insecure", c.getenv(pki.InsecureEnv) != "", "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+" sets it")
@@ -156,7 +156,7 @@ func (c *cli) dial() (*grpc.ClientConn, error) {
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(pki.Bearer(token, !c.insecure)))
 	}
-	conn, err := grpc.NewClient(c.server, opts...)
+	conn, err := pki.NewClient(c.server, opts...)
 	if err != nil {
 		return nil, usageErrorf("--server %q: %w", c.server, err)
 	}

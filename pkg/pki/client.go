@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -40,17 +41,26 @@ type ClientOptions struct {
 }
 
 // ClientCredentials returns the transport credentials of a client dialing
-// addr with o.
+// addr with o; addr may be a comma-separated list of servers (NewClient),
+// whose certificates are then each checked against its own address's host.
 func ClientCredentials(addr string, o ClientOptions) (credentials.TransportCredentials, error) {
+	addrs, err := SplitServers(addr)
+	if err != nil {
+		return nil, err
+	}
 	if o.Insecure {
-		if !Loopback(addr) {
-			return nil, fmt.Errorf("plaintext to %s is refused: it is not a loopback address; drop --insecure (the server speaks TLS unless started with --insecure)", addr)
+		for _, a := range addrs {
+			if !Loopback(a) {
+				return nil, fmt.Errorf("plaintext to %s is refused: it is not a loopback address; drop --insecure (the server speaks TLS unless started with --insecure)", a)
+			}
 		}
 		return insecure.NewCredentials(), nil
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		host = addr
+	host := ""
+	if len(addrs) == 1 {
+		if host, _, err = net.SplitHostPort(addrs[0]); err != nil {
+			host = addrs[0]
+		}
 	}
 	cfg, err := ClientConfig(host, o)
 	if err != nil {
@@ -60,16 +70,14 @@ func ClientCredentials(addr string, o ClientOptions) (credentials.TransportCrede
 }
 
 // ClientConfig is the TLS configuration ClientCredentials uses to reach
-// the server named serverName (a host name or an IP address). With
+// the server named serverName (a host name or an IP address); empty, the
+// name of each connection's address, which gRPC sets per handshake. With
 // o.CAFile the authority is read once, now. Without it the roots are
 // chosen at each handshake: DefaultCAFile once it exists (a server started
 // beside the client a moment earlier makes it only then), else the
 // system's; the chain and the server's name are verified as crypto/tls
 // would.
 func ClientConfig(serverName string, o ClientOptions) (*tls.Config, error) {
-	if serverName == "" {
-		return nil, errors.New("TLS: the server's name is required to verify its certificate")
-	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, GetClientCertificate: o.Certificate}
 	if o.CAFile != "" {
 		pool, err := readRoots(o.CAFile)
@@ -85,6 +93,10 @@ func ClientConfig(serverName string, o ClientOptions) (*tls.Config, error) {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("TLS: the server sent no certificate")
 		}
+		name := cmp.Or(serverName, cs.ServerName)
+		if name == "" {
+			return errors.New("TLS: the server's name is required to verify its certificate")
+		}
 		roots, err := defaultRoots()
 		if err != nil {
 			return err
@@ -94,7 +106,7 @@ func ClientConfig(serverName string, o ClientOptions) (*tls.Config, error) {
 			inter.AddCert(c)
 		}
 		_, err = cs.PeerCertificates[0].Verify(x509.VerifyOptions{
-			DNSName: serverName, Roots: roots, Intermediates: inter,
+			DNSName: name, Roots: roots, Intermediates: inter,
 		})
 		return err
 	}
