@@ -22,6 +22,7 @@ import (
 	"github.com/osvc/osvc/agent/identity"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/drivesetting"
 	"github.com/osvc/osvc/pkg/names"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
@@ -30,7 +31,7 @@ import (
 // DriveAutomatic is the drive setting that means the drive the agent is
 // installed on: on Windows the root of its executable's volume, elsewhere
 // its data folder.
-const DriveAutomatic = drive.Automatic
+const DriveAutomatic = drivesetting.Automatic
 
 // Config configures an Agent.
 type Config struct {
