@@ -240,7 +240,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	switch {
 	case cfg.Drive == "":
-		logger.Info("runs work on the offline servicing drive of their site's setting; --drive would override it on this server",
+		logger.Info("runs work on the offline servicing drive their site sets; --drive would override it on this server",
 			"automatic_drive", resolved.Dir)
 	case resolved.Fallback != nil:
 		logger.Warn("the offline servicing drive is not on this server: runs work on the Automatic drive",
