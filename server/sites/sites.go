@@ -90,7 +90,13 @@ func New(cfg Config) (*Registry, error) {
 	return r, nil
 }
 
-// missing is the error for a site named that does not exist.
+// notFound is the error for a site asked for that does not exist.
+func notFound(code string) error {
+	return errdefs.Newf(errdefs.ErrNotFound, "site %s does not exist; 'osvcctl site list' lists the sites", code)
+}
+
+// missing is the error for a site named that does not exist: what names it
+// cannot be written.
 func missing(code string) error {
 	return errdefs.Newf(errdefs.ErrFailedPrecondition, "site %s does not exist: create it with: osvcctl site create %s", code, code)
 }
@@ -126,7 +132,7 @@ func Reference(tx *store.Tx, code, resource string) error {
 func Lookup(ctx context.Context, st *store.Store, code string) (*osvcv1.Site, error) {
 	site, _, err := store.Get[*osvcv1.Site](ctx, st, st.SiteKey(code))
 	if errors.Is(err, errdefs.ErrNotFound) {
-		return nil, errdefs.Newf(errdefs.ErrNotFound, "site %s does not exist; 'osvcctl site list' lists the sites", code)
+		return nil, notFound(code)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get site %s: %w", code, err)
@@ -265,7 +271,7 @@ func (r *Registry) Update(ctx context.Context, in *osvcv1.Site, paths []string) 
 	_, err = r.store.Txn(ctx, "update "+Name(code), func(tx *store.Tx) error {
 		site, err := store.Load[*osvcv1.Site](tx, key)
 		if errors.Is(err, errdefs.ErrNotFound) {
-			return errdefs.Newf(errdefs.ErrNotFound, "site %s does not exist; 'osvcctl site list' lists the sites", code)
+			return notFound(code)
 		}
 		if err != nil {
 			return err
@@ -361,7 +367,7 @@ func (r *Registry) Delete(ctx context.Context, name string) error {
 		if _, exists, err := tx.Raw(key); err != nil {
 			return err
 		} else if !exists {
-			return errdefs.Newf(errdefs.ErrNotFound, "site %s does not exist; 'osvcctl site list' lists the sites", code)
+			return notFound(code)
 		}
 		if _, err := tx.Revision(refs); err != nil {
 			return err
