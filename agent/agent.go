@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/osvc/osvc/agent/identity"
 	"github.com/osvc/osvc/agent/pipeline"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/drivesetting"
 	"github.com/osvc/osvc/pkg/names"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
@@ -30,7 +32,7 @@ import (
 // DriveAutomatic is the drive setting that means the drive the agent is
 // installed on: on Windows the root of its executable's volume, elsewhere
 // its data folder.
-const DriveAutomatic = drive.Automatic
+const DriveAutomatic = drivesetting.Automatic
 
 // Config configures an Agent.
 type Config struct {
@@ -47,7 +49,10 @@ type Config struct {
 	JoinToken string
 	// Name is the agent's name; default the host name.
 	Name string
-	// Drive is "Automatic", a drive (D: or D:\) or a folder; one that this
+	// Drive, when set, is this agent's own offline servicing drive, which
+	// overrides the setting of its site on this server: "Automatic", a
+	// drive (D: or D:\) or a folder. Empty, each run works on the drive its
+	// site's setting names (the Assign carries it). A drive or folder this
 	// server lacks means Automatic, as in Configuration Manager (see
 	// drive.Resolve), and the agent and each run's log say so.
 	Drive string
@@ -116,11 +121,21 @@ type Agent struct {
 	cfg    Config
 	logger hclog.Logger
 	host   string
-	drive  string
-	cache  string
-	conn   *conn.Conn
+	// drive is where runs work when the site's setting does not apply:
+	// the agent's --drive resolved, else the Automatic drive. It is locked
+	// from the start.
+	drive string
+	// ownDrive tells that the agent was given its own drive (--drive).
+	ownDrive bool
+	cache    string
+	conn     *conn.Conn
 	// driveFallback is why the drive setting gave way to Automatic, if it did.
 	driveFallback error
+
+	// drivesMu guards locked: the drives the agent holds, by folder, with
+	// how to let each go: drive and those its sites' settings named.
+	drivesMu sync.Mutex
+	locked   map[string]func()
 
 	mu      sync.Mutex
 	runs    map[string]*heldRun
@@ -165,9 +180,6 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Capacity < 0 {
 		return nil, fmt.Errorf("agent: capacity %d: want 1 or more runs at once", cfg.Capacity)
-	}
-	if cfg.Drive == "" {
-		cfg.Drive = DriveAutomatic
 	}
 	if cfg.WorkRetention == 0 {
 		cfg.WorkRetention = DefaultWorkRetention
@@ -227,21 +239,28 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	switch {
+	case cfg.Drive == "":
+		logger.Info("runs work on the offline servicing drive their site sets; --drive would override it on this server",
+			"automatic_drive", resolved.Dir)
 	case resolved.Fallback != nil:
 		logger.Warn("the offline servicing drive is not on this server: runs work on the Automatic drive",
 			"setting", cfg.Drive, "drive", resolved.Dir, "reason", resolved.Fallback)
 	case resolved.Dir != cfg.Drive:
-		logger.Info("offline servicing drive resolved", "setting", cfg.Drive, "drive", resolved.Dir)
+		logger.Info("offline servicing drive resolved; it overrides the site's setting on this server", "setting", cfg.Drive, "drive", resolved.Dir)
+	default:
+		logger.Info("offline servicing drive; it overrides the site's setting on this server", "drive", resolved.Dir)
 	}
 	a := &Agent{
-		ident:  ident,
-		cfg:    cfg,
-		logger: logger,
-		host:   host,
-		drive:  resolved.Dir,
-		cache:  cache,
-		runs:   make(map[string]*heldRun),
-		now:    time.Now,
+		ident:    ident,
+		cfg:      cfg,
+		logger:   logger,
+		host:     host,
+		drive:    resolved.Dir,
+		ownDrive: cfg.Drive != "",
+		cache:    cache,
+		runs:     make(map[string]*heldRun),
+		locked:   map[string]func(){},
+		now:      time.Now,
 		retentionTicks: func() (<-chan time.Time, func()) {
 			t := time.NewTicker(retentionEvery)
 			return t.C, t.Stop
@@ -310,8 +329,13 @@ func (a *Agent) Site() string {
 	return a.cfg.Site
 }
 
-// Drive returns the resolved folder runs work under.
+// Drive returns the resolved folder runs work under when their site's
+// setting does not apply: the agent's own --drive, else the Automatic drive.
 func (a *Agent) Drive() string { return a.drive }
+
+// OwnDrive tells whether the agent was given its own drive (--drive),
+// which overrides its site's setting.
+func (a *Agent) OwnDrive() bool { return a.ownDrive }
 
 // Run keeps the agent connected and servicing until ctx ends; running runs are
 // discarded (unmounted without commit) before it returns. Before it connects
@@ -325,7 +349,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	defer unlock()
+	a.drivesMu.Lock()
+	a.locked[a.drive] = unlock
+	a.drivesMu.Unlock()
+	defer a.releaseDrives()
 	// Nothing runs yet: whatever is mounted in a work folder was left by an
 	// agent that crashed, and nothing in it is worth keeping.
 	if err := pipeline.Recover(ctx, a.cfg.Engine, a.drive, a.logger); err != nil {
@@ -408,6 +435,87 @@ func lockDrive(dir string) (unlock func(), err error) {
 	return unlock, nil
 }
 
+// releaseDrives lets go of every drive the agent holds, once its runs ended.
+func (a *Agent) releaseDrives() {
+	a.drivesMu.Lock()
+	defer a.drivesMu.Unlock()
+	for dir, unlock := range a.locked {
+		unlock()
+		delete(a.locked, dir)
+	}
+}
+
+// heldDrives returns the drives the agent holds, its own first.
+func (a *Agent) heldDrives() []string {
+	a.drivesMu.Lock()
+	defer a.drivesMu.Unlock()
+	dirs := []string{a.drive}
+	for dir := range a.locked {
+		if dir != a.drive {
+			dirs = append(dirs, dir)
+		}
+	}
+	slices.Sort(dirs[1:])
+	return dirs
+}
+
+// holdDrive locks dir for this agent when it does not hold it yet, and
+// cleans up what a crashed agent left there: no run of this agent has
+// worked on it since it started. Only the work folders are cleaned, not
+// the engine's records, which other runs of the agent may be using.
+func (a *Agent) holdDrive(ctx context.Context, dir string) error {
+	a.drivesMu.Lock()
+	defer a.drivesMu.Unlock()
+	if _, ok := a.locked[dir]; ok {
+		return nil
+	}
+	unlock, err := lockDrive(dir)
+	if err != nil {
+		return err
+	}
+	if err := pipeline.RecoverFolders(ctx, a.cfg.Engine, dir, a.logger); err != nil {
+		a.logger.Error("cleaning up after earlier runs left some behind: runs in those folders may fail until it is fixed", "drive", dir, "error", err)
+	}
+	a.locked[dir] = unlock
+	return nil
+}
+
+// runDrive is where one run works and why there.
+type runDrive struct {
+	dir string
+	// reason names whose setting dir is, for the logs.
+	reason string
+	// fallback, when not nil, is why the setting could not be used here:
+	// dir is then the Automatic drive.
+	fallback error
+}
+
+// runDrive picks the drive of a run: the agent's own --drive when it was
+// given one, which overrides the site's setting on this server; else the
+// site's setting the Assign carries. A setting this server lacks, or a
+// drive another agent here holds, means the Automatic drive.
+func (a *Agent) runDrive(ctx context.Context, asg *osvcv1.Assign) runDrive {
+	site := asg.GetOfflineServicingDrive()
+	if drivesetting.IsAutomatic(site) {
+		site = DriveAutomatic
+	}
+	if a.ownDrive {
+		return runDrive{dir: a.drive, fallback: a.driveFallback,
+			reason: fmt.Sprintf("the agent's --drive %s, which overrides the site's setting %s on this server", a.cfg.Drive, site)}
+	}
+	d := runDrive{reason: fmt.Sprintf("the site's offline servicing drive %s", site)}
+	resolved, err := drive.Resolve(site, drive.Local(a.cfg.DataDir))
+	if err != nil {
+		// Automatic itself did not resolve now; it did at start.
+		return runDrive{dir: a.drive, reason: d.reason, fallback: err}
+	}
+	d.dir, d.fallback = resolved.Dir, resolved.Fallback
+	if err := a.holdDrive(ctx, d.dir); err != nil {
+		d.dir, d.fallback = a.drive, err
+	}
+	return d
+}
+
 // keepRemovingExpired removes expired work folders on every tick until ctx ends.
 func (a *Agent) keepRemovingExpired(ctx context.Context) {
 	if a.cfg.WorkRetention < 0 {
@@ -435,12 +543,14 @@ func (a *Agent) removeExpired() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	held := func(id string) bool { _, ok := a.runs["runs/"+id]; return ok }
-	removed, err := pipeline.RemoveExpired(context.Background(), a.cfg.Engine, a.drive, a.cfg.WorkRetention, a.now(), held, a.logger)
-	if err != nil {
-		a.logger.Warn("removing expired work folders failed", "error", err)
-	}
-	if len(removed) > 0 {
-		a.logger.Info("expired work folders removed", "count", len(removed), "retention", a.cfg.WorkRetention.String())
+	for _, dir := range a.heldDrives() {
+		removed, err := pipeline.RemoveExpired(context.Background(), a.cfg.Engine, dir, a.cfg.WorkRetention, a.now(), held, a.logger)
+		if err != nil {
+			a.logger.Warn("removing expired work folders failed", "drive", dir, "error", err)
+		}
+		if len(removed) > 0 {
+			a.logger.Info("expired work folders removed", "drive", dir, "count", len(removed), "retention", a.cfg.WorkRetention.String())
+		}
 	}
 }
 
@@ -468,14 +578,20 @@ func (a *Agent) heldRuns() []*osvcv1.HeldRun {
 	return held
 }
 
-// drives reports the servicing drive with its free and total bytes.
+// drives reports the servicing drives the agent holds with their free and
+// total bytes.
 func (a *Agent) drives() []*osvcv1.Drive {
-	space, err := drive.SpaceOf(a.drive)
-	if err != nil {
-		a.logger.Warn("reading the drive's free space failed", "drive", a.drive, "error", err)
-		return []*osvcv1.Drive{{Path: a.drive}}
+	var out []*osvcv1.Drive
+	for _, dir := range a.heldDrives() {
+		space, err := drive.SpaceOf(dir)
+		if err != nil {
+			a.logger.Warn("reading the drive's free space failed", "drive", dir, "error", err)
+			out = append(out, &osvcv1.Drive{Path: dir})
+			continue
+		}
+		out = append(out, &osvcv1.Drive{Path: dir, FreeBytes: space.Free, TotalBytes: space.Total})
 	}
-	return []*osvcv1.Drive{{Path: a.drive, FreeBytes: space.Free, TotalBytes: space.Total}}
+	return out
 }
 
 // handler receives the server's messages; a named type keeps the Handler
@@ -538,13 +654,20 @@ func (a *Agent) release(name string, hr *heldRun) {
 
 func (a *Agent) service(ctx context.Context, asg *osvcv1.Assign, log hclog.Logger) {
 	rep := &reporter{conn: a.conn, run: asg.GetRun().GetName(), token: asg.GetRun().GetFencingToken()}
+	d := a.runDrive(ctx, asg)
+	if d.fallback != nil {
+		log.Warn("the offline servicing drive is not on this server: the run works on the Automatic drive", "drive", d.dir, "why", d.reason, "reason", d.fallback)
+	} else {
+		log.Info("offline servicing drive of the run", "drive", d.dir, "why", d.reason)
+	}
 	err := pipeline.Run(ctx, pipeline.Config{
 		Engine:        a.cfg.Engine,
 		NewEngine:     a.cfg.NewEngine,
 		UpdateFiles:   a.updates,
 		Images:        a.images,
-		Drive:         a.drive,
-		DriveFallback: a.driveFallback,
+		Drive:         d.dir,
+		DriveReason:   d.reason,
+		DriveFallback: d.fallback,
 		Logger:        a.cfg.Logger,
 	}, asg, rep)
 	switch {

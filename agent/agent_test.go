@@ -171,6 +171,9 @@ type setup struct {
 	content osvcv1.ContentServiceServer
 	// drive, when set, is the agent's drive instead of a new empty folder.
 	drive string
+	// followSite starts the agent without a drive of its own: its runs
+	// work on their site's drive.
+	followSite bool
 	// before, when set, changes the agent between New and Run.
 	before func(a *Agent)
 }
@@ -195,7 +198,7 @@ func startSetup(t *testing.T, su setup) *harness {
 		t.Fatal(err)
 	}
 	drive := su.drive
-	if drive == "" {
+	if drive == "" && !su.followSite {
 		drive = t.TempDir()
 	}
 	a, err := New(Config{
@@ -225,7 +228,7 @@ func startSetup(t *testing.T, su setup) *harness {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	var once sync.Once
-	h := &harness{srv: srv, agent: a, drive: drive}
+	h := &harness{srv: srv, agent: a, drive: a.Drive()}
 	h.stop = func() {
 		once.Do(func() {
 			cancel()
@@ -873,5 +876,93 @@ func TestTheUpdateCacheKeepsToTheAgentsCapFromTheStart(t *testing.T) {
 				t.Errorf("the recently used file: %v", err)
 			}
 		})
+	}
+}
+
+// TestARunWorksOnItsSitesDriveUnlessTheAgentHasItsOwn sends a run with its
+// site's drive and finds its work folder, and its log saying which drive
+// and why, where the agent's --drive (which wins) or the site's setting
+// puts it; a drive this server lacks, or one another agent here holds,
+// means the Automatic drive, with a warning.
+func TestARunWorksOnItsSitesDriveUnlessTheAgentHasItsOwn(t *testing.T) {
+	t.Parallel()
+	held := t.TempDir()
+	unlock, err := lockDrive(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
+	site := t.TempDir()
+	tests := []struct {
+		name string
+		// own is the agent's --drive, "" for none.
+		own, siteDrive string
+		// want is the drive the run works on, "" for the Automatic one.
+		want, why, warning string
+	}{
+		{"without --drive a run works on its site's drive", "", site, site, "the site's offline servicing drive " + site, ""},
+		{"a site without a setting is the Automatic drive", "", "", "", "the site's offline servicing drive Automatic", ""},
+		{"the agent's --drive overrides its site's", "own", site, "own",
+			"the agent's --drive own, which overrides the site's setting " + site + " on this server", ""},
+		{"a site drive this server lacks is the Automatic drive", "", filepath.Join(site, "missing"), "",
+			"the site's offline servicing drive " + filepath.Join(site, "missing"), "does not exist on this server"},
+		{"a site drive another agent here holds is the Automatic drive", "", held, "",
+			"the site's offline servicing drive " + held, "in use by another osvc-agent"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			su := setup{followSite: tt.own == ""}
+			own := t.TempDir()
+			if tt.own != "" {
+				su.drive = own
+				tt.why = strings.ReplaceAll(tt.why, "own", own)
+			}
+			h := startSetup(t, su)
+			want := map[string]string{"": h.agent.cfg.DataDir, "own": own}[tt.want]
+			if want == "" {
+				want = tt.want
+			}
+			fs := h.stream(t)
+			asg := assign("runs/r1", 5)
+			asg.GetAssign().OfflineServicingDrive = tt.siteDrive
+			fs.out <- asg
+			h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+			h.stop()
+			data, err := os.ReadFile(filepath.Join(want, pipeline.WorkFolder, "r1", pipeline.LogFile))
+			if err != nil {
+				t.Fatalf("the run's log is not in its work folder on %s: %v", want, err)
+			}
+			log := string(data)
+			if !strings.Contains(log, "offline servicing drive: drive="+want) || !strings.Contains(log, `why="`+tt.why+`"`) {
+				t.Errorf("the run's log does not say it works on %s because of %q:\n%s", want, tt.why, log)
+			}
+			if warned := strings.Contains(log, "this run works on the Automatic drive"); warned != (tt.warning != "") || !strings.Contains(log, tt.warning) {
+				t.Errorf("the run's log warns %t, want a warning saying %q:\n%s", warned, tt.warning, log)
+			}
+		})
+	}
+}
+
+// TestADriveFirstUsedForASiteIsCleanedOfWhatACrashedAgentLeft leaves a
+// crashed run's copy on the site's drive: the agent cleans it up when a
+// run first takes that drive, keeping its log, and reports the drive.
+func TestADriveFirstUsedForASiteIsCleanedOfWhatACrashedAgentLeft(t *testing.T) {
+	t.Parallel()
+	site := t.TempDir()
+	crashed := filepath.Join(site, pipeline.WorkFolder, "r-x")
+	writeFile(t, filepath.Join(crashed, pipeline.LogFile), "the crashed run's story\n")
+	writeFile(t, filepath.Join(crashed, "source.wim"), "copy")
+	h := startSetup(t, setup{followSite: true})
+	fs := h.stream(t)
+	asg := assign("runs/r1", 5)
+	asg.GetAssign().OfflineServicingDrive = site
+	fs.out <- asg
+	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
+	if exists(t, filepath.Join(crashed, "source.wim")) || !exists(t, filepath.Join(crashed, pipeline.LogFile)) {
+		t.Errorf("%s after the first run on the site's drive: want its copy removed and its log kept", crashed)
+	}
+	if got := h.agent.drives(); len(got) != 2 || got[0].GetPath() != h.agent.Drive() || got[1].GetPath() != site {
+		t.Errorf("the agent reports drives %v, want its Automatic drive and the site's %s", got, site)
 	}
 }

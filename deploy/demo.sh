@@ -41,6 +41,11 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+step "creating the sites: the central site CAS and the primary site PS1 under it (its agents service on the Automatic drive)"
+"$bin/osvcctl" site create CAS --description "central administration site"
+"$bin/osvcctl" site create PS1 --parent CAS --description "primary site" --drive Automatic
+"$bin/osvcctl" site list
+
 step "enrolling osvc-agent for site PS1: a single-use join token, then the agent's own certificate"
 "$bin/osvcctl" agent token create --site PS1 --ttl 10m >"$work/join.token"
 "$bin/osvc-agent" --server "$addr" --join-token-file "$work/join.token" --name demo-agent --data-dir "$work/agent" >"$work/agent.log" 2>&1 &

@@ -183,7 +183,7 @@ func TestFailedRunsOnTheDISMEngineLeaveTheImageAsItWas(t *testing.T) {
 			if strings.Contains(log, "/Commit") != tt.committed || !strings.Contains(log, "/Discard") {
 				t.Errorf("a commit tried: %t, want %t; and a discard after it:\n%s", strings.Contains(log, "/Commit"), tt.committed, log)
 			}
-			c.checkLogFiles(t, run, tt.logFiles)
+			c.checkLogFiles(t, run, c.agent.dir, tt.logFiles)
 			got, err := c.images.GetImage(context.Background(), &osvcv1.GetImageRequest{Name: img.GetName()})
 			if err != nil {
 				t.Fatal(err)

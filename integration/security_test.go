@@ -39,6 +39,7 @@ type enrolled struct {
 func (c *cluster) enroll(t *testing.T, name, site string) *enrolled {
 	t.Helper()
 	ctx := context.Background()
+	c.createSite(t, site)
 	resp, err := c.agents.CreateJoinToken(ctx, &osvcv1.CreateJoinTokenRequest{Site: site})
 	if err != nil {
 		t.Fatal(err)
@@ -372,6 +373,12 @@ func TestTokensOfSmallRolesAreRefusedWhatTheirRoleLacks(t *testing.T) {
 	if out, err := as(operator, "schedule", "create", strings.TrimPrefix(img.GetName(), "images/"), "--all-applicable"); err == nil || !strings.Contains(out, "PS1") {
 		t.Errorf("an operator of PS2 schedules a PS1 image: %v\n%s\nwant it refused naming the site", err, out)
 	}
+	if out, err := as(operator, "site", "update", "PS2", "--drive", "E:"); err == nil || !strings.Contains(out, "may not call") {
+		t.Errorf("an operator changes its site: %v\n%s\nwant it refused: only an admin changes sites", err, out)
+	}
+	if out, err := as(viewer, "site", "get", "PS1"); err != nil || !strings.Contains(out, "PS1") {
+		t.Errorf("a viewer reads a site: %v\n%s", err, out)
+	}
 	// Revoked, the viewer's token is refused at once.
 	id := strings.Split(strings.TrimSpace(readFile(t, viewer)), ".")[2]
 	if out := c.osvcctl(t, "token", "revoke", id); !strings.Contains(out, "token "+id+" revoked") {
@@ -381,7 +388,7 @@ func TestTokensOfSmallRolesAreRefusedWhatTheirRoleLacks(t *testing.T) {
 		t.Errorf("a revoked viewer lists images: %v\n%s\nwant it refused", err, out)
 	}
 	audit := c.osvcctl(t, "audit", "list", "-o", "json")
-	for _, want := range []string{"CancelRun", "CreateSchedule", "PermissionDenied"} {
+	for _, want := range []string{"CancelRun", "CreateSchedule", "PermissionDenied", "SiteService/CreateSite", "sites/PS1"} {
 		if !strings.Contains(audit, want) {
 			t.Errorf("the audit lacks %q:\n%s", want, audit)
 		}

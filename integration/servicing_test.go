@@ -26,6 +26,9 @@ type cluster struct {
 	server     *proc
 	agent      *proc
 
+	// sites are the sites created with osvcctl.
+	sites map[string]bool
+
 	images   osvcv1.ImageServiceClient
 	updates  osvcv1.UpdateServiceClient
 	svc      osvcv1.ServicingServiceClient
@@ -40,11 +43,12 @@ func startCluster(t *testing.T, serverArgs ...string) *cluster {
 	return c
 }
 
-// newCluster starts osvc-server alone, with extra flags.
+// newCluster starts osvc-server alone, with extra flags, and creates site
+// PS1 with osvcctl, as an administrator does before anything else.
 func newCluster(t *testing.T, serverArgs ...string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server"), serverArgs: serverArgs}
+	c := &cluster{addr: freeAddr(t), dataDir: filepath.Join(dir, "server"), serverArgs: serverArgs, sites: map[string]bool{}}
 	c.startServer(t)
 	eventually(t, 60*time.Second, "osvc-server to make its certificate authority", func() bool {
 		select {
@@ -63,7 +67,20 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 	c.agents = osvcv1.NewAgentServiceClient(cc)
 	c.contents = osvcv1.NewContentServiceClient(cc)
 	waitServing(t, cc, c.server)
+	c.createSite(t, "PS1")
 	return c
+}
+
+// createSite creates site code with osvcctl, once per cluster.
+func (c *cluster) createSite(t *testing.T, code string) {
+	t.Helper()
+	if c.sites[code] {
+		return
+	}
+	if out := c.osvcctl(t, "site", "create", code, "--description", "site "+code); !strings.Contains(out, "created sites/"+code) {
+		t.Fatalf("osvcctl site create %s printed %q", code, out)
+	}
+	c.sites[code] = true
 }
 
 // caFile is the authority the server makes in its data directory, which
@@ -231,10 +248,10 @@ func (c *cluster) logFiles(t *testing.T, run *osvcv1.Run) map[string]string {
 	return files
 }
 
-// agentLogFile reads a log file the agent keeps in a run's work folder.
-func agentLogFile(t *testing.T, agent *proc, run, name string) string {
+// agentLogFile reads a log file the agent keeps in a run's work folder on drive.
+func agentLogFile(t *testing.T, drive, run, name string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(agent.dir, "OfflineImageServicing", strings.TrimPrefix(run, "runs/"), name))
+	data, err := os.ReadFile(filepath.Join(drive, "OfflineImageServicing", strings.TrimPrefix(run, "runs/"), name))
 	if err != nil {
 		t.Fatalf("the agent's %s of %s: %v", name, run, err)
 	}
@@ -242,16 +259,17 @@ func agentLogFile(t *testing.T, agent *proc, run, name string) string {
 }
 
 // checkLogFiles checks that the run has both log files, that each holds
-// what the agent wrote (the run's own log as it was at its upload: it goes
-// on a few lines after), and that each says what want lists for it.
-func (c *cluster) checkLogFiles(t *testing.T, run *osvcv1.Run, want map[string][]string) {
+// what the agent wrote in the run's work folder on drive (the run's own log
+// as it was at its upload: it goes on a few lines after), and that each
+// says what want lists for it.
+func (c *cluster) checkLogFiles(t *testing.T, run *osvcv1.Run, drive string, want map[string][]string) {
 	t.Helper()
 	files := c.logFiles(t, run)
 	if len(files) != 2 || len(run.GetArtifacts()) != 2 {
 		t.Fatalf("%s has log files %v, want dism.log and OfflineServicingMgr.log", run.GetName(), run.GetArtifacts())
 	}
 	for name, text := range files {
-		onAgent := agentLogFile(t, c.agent, run.GetName(), name)
+		onAgent := agentLogFile(t, drive, run.GetName(), name)
 		if !strings.HasPrefix(onAgent, text) || text == "" {
 			t.Errorf("%s: the uploaded %d bytes are not the start of the agent's file (%d bytes)", name, len(text), len(onAgent))
 		}
@@ -309,6 +327,11 @@ func TestServicingEndToEnd(t *testing.T) {
 	}
 	sourceSHA := fileSHA256(t, sample.WIM)
 	img, updates := c.importSample(t, sample)
+
+	// The site's drive reaches the agent with the run: the agent, started
+	// without --drive, services there.
+	drive := t.TempDir()
+	c.osvcctl(t, "site", "update", "PS1", "--drive", drive)
 
 	wantByKB := map[string]osvcv1.UpdateState{}
 	var names []string
@@ -456,8 +479,9 @@ func TestServicingEndToEnd(t *testing.T) {
 	})
 
 	t.Run("the run's log files hold what the agent wrote", func(t *testing.T) {
-		c.checkLogFiles(t, run, map[string][]string{
-			"OfflineServicingMgr.log": {"run: step started: step=DRIVE", "run: step done: step=APPLY", "Not applying this update binary, it is not supported",
+		c.checkLogFiles(t, run, drive, map[string][]string{
+			"OfflineServicingMgr.log": {"run: offline servicing drive: drive=" + drive, `why="the site's offline servicing drive ` + drive + `"`,
+				"run: step started: step=DRIVE", "run: step done: step=APPLY", "Not applying this update binary, it is not supported",
 				"run: run succeeded", "run: log file uploaded: file=dism.log"},
 			"dism.log": {"wimlib: running: command=", " verify ", " mountrw ", " unmount ", " export ", "wimlib: package installed", "wimlib: command ended: command=unmount exit_code=0"},
 		})

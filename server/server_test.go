@@ -135,10 +135,15 @@ func captureWIM(t *testing.T) string {
 	return wim
 }
 
-// importImage uploads a fresh WIM and imports it as images/{id}.
+// importImage uploads a fresh WIM and imports it as images/{id} of site
+// PS1, which it creates first when it does not exist, as an admin would.
 func importImage(t *testing.T, conn *grpc.ClientConn, id string) *osvcv1.Image {
 	t.Helper()
 	ctx := context.Background()
+	_, err := osvcv1.NewSiteServiceClient(conn).CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: "PS1"}})
+	if err != nil && status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("CreateSite: %v", err)
+	}
 	c, err := transfer.Upload(ctx, osvcv1.NewContentServiceClient(conn), captureWIM(t), "application/x-ms-wim", nil)
 	if err != nil {
 		t.Fatalf("upload: %v", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/scheduler"
 	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -33,7 +34,7 @@ type servicingParts struct {
 	resolver auth.Resolver
 }
 
-// wireServicing builds servicing, the scheduler and the agent service.
+// wireServicing builds the sites, servicing, the scheduler and the agent service.
 // Data stored by an older server is migrated first.
 func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalog.Catalog, lib *content.Library, access *auth.Access, serverID string) (servicingParts, error) {
 	svc, err := servicing.New(servicing.Config{
@@ -43,7 +44,11 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("servicing: %w", err)
 	}
-	if err := migrate(ctx, st, cat, svc, s.logger); err != nil {
+	siteRegistry, err := sites.New(sites.Config{Store: st, Logger: s.logger})
+	if err != nil {
+		return servicingParts{}, fmt.Errorf("sites: %w", err)
+	}
+	if err := migrate(ctx, st, cat, svc, siteRegistry, s.logger); err != nil {
 		return servicingParts{}, err
 	}
 	registry, err := agents.New(agents.Config{Store: st, Logger: s.logger, SessionTTL: s.cfg.LeaseTTL, ServerID: serverID})
@@ -62,6 +67,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	}
 	return servicingParts{
 		register: func(gs *grpc.Server) {
+			osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(siteRegistry))
 			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, s.logger))
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
 			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, access, s.logger))

@@ -7,11 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-)
 
-// Automatic is the drive setting that means the drive the agent is
-// installed on, as Configuration Manager's offline servicing drive does.
-const Automatic = "Automatic"
+	"github.com/osvc/osvc/pkg/drivesetting"
+)
 
 // Resolved is where a drive setting puts the runs' work folders.
 type Resolved struct {
@@ -43,7 +41,7 @@ func Resolve(setting string, sys System) (Resolved, error) {
 	s := strings.TrimSpace(setting)
 	path := s
 	what := "folder " + s
-	if letter, rest, ok := driveLetter(s); ok {
+	if letter, rest, ok := drivesetting.DriveLetter(s); ok {
 		if !sys.DriveLetters {
 			return automatic(sys, fmt.Errorf("%s names a Windows drive, and this server has no drive letters", s))
 		}
@@ -55,7 +53,7 @@ func Resolve(setting string, sys System) (Resolved, error) {
 			what = "drive " + letter + ":"
 		}
 	}
-	if s == "" || strings.EqualFold(s, Automatic) {
+	if drivesetting.IsAutomatic(s) {
 		return automatic(sys, nil)
 	}
 	dir, err := sys.Folder(path)
@@ -73,19 +71,6 @@ func Resolve(setting string, sys System) (Resolved, error) {
 // ErrNotAFolder is System.Folder's error for a path that is a file.
 var ErrNotAFolder = errors.New("is a file, not a folder")
 
-// Relative tells a setting that names a folder relative to the current
-// folder: not Automatic, not a drive (D:, D:\osvc) and not an absolute path.
-func Relative(setting string) bool {
-	s := strings.TrimSpace(setting)
-	if s == "" || strings.EqualFold(s, Automatic) {
-		return false
-	}
-	if _, _, ok := driveLetter(s); ok {
-		return false
-	}
-	return !filepath.IsAbs(s)
-}
-
 // automatic resolves to what Automatic means, for the reason given.
 func automatic(sys System, fallback error) (Resolved, error) {
 	dir, err := sys.Automatic()
@@ -93,19 +78,6 @@ func automatic(sys System, fallback error) (Resolved, error) {
 		return Resolved{}, fmt.Errorf("resolve the Automatic drive: %w", err)
 	}
 	return Resolved{Dir: dir, Fallback: fallback}, nil
-}
-
-// driveLetter splits a setting that starts with a drive letter, "D:...",
-// into the upper-case letter and the rest.
-func driveLetter(s string) (letter, rest string, ok bool) {
-	if len(s) < 2 || s[1] != ':' {
-		return "", "", false
-	}
-	c := s[0] &^ 0x20 // upper case, for ASCII letters
-	if c < 'A' || c > 'Z' {
-		return "", "", false
-	}
-	return string(c), s[2:], true
 }
 
 // folder is System.Folder on every platform: os.Stat tells what is there.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/osvc/osvc/pkg/drivesetting"
 )
 
 // windowsServer is a Windows server's System laid out in real folders under
@@ -15,7 +17,7 @@ func windowsServer(root string) System {
 		DriveLetters: true,
 		Automatic:    func() (string, error) { return `C:\`, nil },
 		Folder: func(path string) (string, error) {
-			letter, rest, ok := driveLetter(path)
+			letter, rest, ok := drivesetting.DriveLetter(path)
 			if !ok || !strings.HasPrefix(rest, `\`) {
 				return "", errors.New("the test's server knows absolute paths only")
 			}
@@ -110,20 +112,6 @@ func TestAnAutomaticDriveThatCannotBeFoundIsAnError(t *testing.T) {
 	for _, setting := range []string{"Automatic", filepath.Join(t.TempDir(), "missing")} {
 		if got, err := Resolve(setting, sys); err == nil || !strings.Contains(err.Error(), "no executable") {
 			t.Errorf("Resolve(%q) = %+v, %v; want the Automatic drive's error", setting, got, err)
-		}
-	}
-}
-
-func TestOnlyAFolderNamedFromTheCurrentOneIsRelative(t *testing.T) {
-	t.Parallel()
-	for setting, want := range map[string]bool{
-		"work": true, "../work": true,
-		"Automatic": false, "automatic": false, "": false,
-		"D:": false, `d:\`: false, `D:\osvc`: false, "D:work": false,
-		t.TempDir(): false,
-	} {
-		if got := Relative(setting); got != want {
-			t.Errorf("Relative(%q) = %t, want %t", setting, got, want)
 		}
 	}
 }

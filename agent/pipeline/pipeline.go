@@ -75,6 +75,9 @@ type Config struct {
 	Images ImageTransfer
 	// Drive is the resolved folder runs work under: <Drive>/OfflineImageServicing/<run id>.
 	Drive string
+	// DriveReason says whose setting Drive is, for the run's log: the
+	// site's, or the agent's --drive overriding it.
+	DriveReason string
 	// DriveFallback, when not nil, is why the drive setting (a drive or a
 	// folder this server lacks) gave way to the Automatic drive: each run
 	// says so in its log, which the administrator reads.
@@ -654,6 +657,9 @@ func (r *run) inspect(ctx context.Context) (*osvcv1.RunResult, error) {
 // drive checks the drive's free space (times the image's size) and
 // creates the work folder.
 func (r *run) drive(times int64) (string, error) {
+	if r.cfg.DriveReason != "" {
+		r.log.Info("offline servicing drive", "drive", r.cfg.Drive, "why", r.cfg.DriveReason)
+	}
 	if r.cfg.DriveFallback != nil {
 		r.log.Warn("the offline servicing drive is not on this server: this run works on the Automatic drive",
 			"drive", r.cfg.Drive, "reason", r.cfg.DriveFallback)

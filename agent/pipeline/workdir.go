@@ -135,12 +135,26 @@ func Recover(ctx context.Context, eng engine.Engine, drive string, logger hclog.
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	log := logger.Named("recovery")
 	// The engine's own records first: DISM forgets mounts whose folders
 	// are gone only when told to.
 	if err := eng.Recover(ctx); err != nil {
-		log.Warn("the engine could not release what a crashed agent left", "engine", eng.Name(), "error", err)
+		logger.Named("recovery").Warn("the engine could not release what a crashed agent left", "engine", eng.Name(), "error", err)
 	}
+	return RecoverFolders(ctx, eng, drive, logger)
+}
+
+// RecoverFolders is Recover without the engine's own records: the work
+// folders of one drive only. The agent calls it for a drive it starts to
+// use while other runs may be under way elsewhere, where releasing every
+// mount the engine knows would hit theirs; no run of its own is on that drive.
+func RecoverFolders(ctx context.Context, eng engine.Engine, drive string, logger hclog.Logger) error {
+	if eng == nil {
+		return errors.New("recover the work folders: an engine is required")
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	log := logger.Named("recovery")
 	dirs, err := workFolders(drive)
 	if err != nil {
 		return fmt.Errorf("recover the work folders: %w", err)

@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Site, "site", "", "code of the agent's site, e.g. PS1; default: the site of its join token (checked against it when given)")
 	fs.StringVar(&joinFile, "join-token-file", "", "`FILE` holding the join token (osvcctl agent token create) the agent enrolls with on its first start; $"+identity.JoinTokenEnv+" may hold the token instead; never on the command line, where ps shows it")
 	fs.StringVar(&cfg.Name, "name", "", "the agent's name, unique in the hierarchy (default: the host name)")
-	fs.StringVar(&cfg.Drive, "drive", agent.DriveAutomatic, "offline servicing drive: Automatic (the drive the agent is installed on; elsewhere than Windows, --data-dir), a drive such as D:, or a folder; one this server lacks means Automatic; runs work in <drive>/OfflineImageServicing/<run>")
+	fs.StringVar(&cfg.Drive, "drive", "", "offline servicing drive of this server, overriding the site's setting (osvcctl site update --drive): "+agent.DriveAutomatic+" (the drive the agent is installed on; elsewhere than Windows, --data-dir), a drive such as D:, or a folder; one this server lacks means "+agent.DriveAutomatic+"; runs work in <drive>/OfflineImageServicing/<run> (default: the site's setting)")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./osvc-agent-data", "folder of the agent's update cache")
 	fs.IntVar(&cfg.Capacity, "capacity", 1, "how many runs the agent services at once")
 	cacheMax := byteSize(agent.DefaultCacheMaxBytes)
@@ -142,7 +142,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if site == "" {
 		site = "from its join token"
 	}
-	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, site, cfg.Server, a.Drive())
+	drive := a.Drive() + " (--drive, overriding the site's setting)"
+	if !a.OwnDrive() {
+		drive = "the site's setting (" + agent.DriveAutomatic + " here is " + a.Drive() + ")"
+	}
+	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, site, cfg.Server, drive)
 	return a.Run(ctx)
 }
 

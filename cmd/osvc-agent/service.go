@@ -13,7 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/osvc/osvc/agent/drive"
+	"github.com/osvc/osvc/pkg/drivesetting"
 )
 
 // serviceName names the Windows service and its event log source.
@@ -173,7 +173,7 @@ func serviceArgs(args []string, abs func(string) (string, error)) ([]string, err
 		case "data-dir", "ca-file", "join-token-file":
 			path = true
 		case "drive":
-			path = drive.Relative(value)
+			path = drivesetting.Relative(value)
 		case "dism", "wimlib-imagex":
 			// A bare name is looked up in PATH, not in a folder.
 			path = strings.ContainsAny(value, `/\`)

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/pki"
@@ -41,6 +43,19 @@ func (t target) dial(opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("connect to osvc-server at %s: %w", t.addr, err)
 	}
 	return conn, nil
+}
+
+// createSite creates site code through conn, as an administrator does
+// before its images and agents; a site that exists is left as it is.
+func createSite(ctx context.Context, conn *grpc.ClientConn, code string) error {
+	_, err := osvcv1.NewSiteServiceClient(conn).CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: code}})
+	if status.Code(err) == codes.AlreadyExists {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create site %s: %w", code, err)
+	}
+	return nil
 }
 
 // joinToken makes a single-use join token for site, as an admin does.

@@ -128,6 +128,9 @@ func importMemoryRound(ctx context.Context, cfg benchConfig, bin string, wims []
 		}
 		shas[i] = c.GetSha256()
 	}
+	if err := createSite(ctx, conn, "PS1"); err != nil {
+		return 0, 0, err
+	}
 	// The peak from here on is the imports', not the start-up's or the uploads'.
 	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
 		return 0, 0, fmt.Errorf("reset the server's peak RSS: %w", err)

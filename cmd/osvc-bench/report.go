@@ -101,6 +101,9 @@ func reportOn(ctx context.Context, cfg benchConfig, secure bool) (syncS, pipeS, 
 	// Agents are closed (deferred below) before the server stops.
 	agents := make([]*fakeAgent, cfg.Workers)
 	for w := range agents {
+		if err := putSite(setupCtx, st, siteCode(w)); err != nil {
+			return fail(err)
+		}
 		a, err := connectAgent(ctx, setupCtx, srv, w)
 		if err != nil {
 			return fail(err)

@@ -77,6 +77,9 @@ func startRig(ctx context.Context, cfg benchConfig, payloadBytes int64) (_ *rig,
 	r.images = osvcv1.NewImageServiceClient(r.conn)
 	r.servicing = osvcv1.NewServicingServiceClient(r.conn)
 	contents := osvcv1.NewContentServiceClient(r.conn)
+	if err = createSite(ctx, r.conn, rigSite); err != nil {
+		return nil, err
+	}
 
 	if r.wim, err = transfer.Upload(ctx, contents, r.sample.WIM, "application/x-ms-wim", nil); err != nil {
 		return nil, fmt.Errorf("upload %s: %w", r.sample.WIM, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -149,10 +152,26 @@ func putUpdate(ctx context.Context, st *store.Store) error {
 	return nil
 }
 
+// putSite records site code, as an administrator creates it before its
+// images and agents; a site recorded already is left as it is.
+func putSite(ctx context.Context, st *store.Store, code string) error {
+	r, err := sites.New(sites.Config{Store: st})
+	if err != nil {
+		return err
+	}
+	if _, err := r.Create(ctx, &osvcv1.Site{Code: code}); err != nil && !errors.Is(err, errdefs.ErrConflict) {
+		return err
+	}
+	return nil
+}
+
 // putImage records images/{id} on site with one version and one index, as an
 // import would, without its WIM in the library: leases and reports do not
-// read it.
+// read it. The site is recorded first when need be.
 func putImage(ctx context.Context, st *store.Store, id, site string) (*osvcv1.Image, error) {
+	if err := putSite(ctx, st, site); err != nil {
+		return nil, err
+	}
 	now := timestamppb.Now()
 	img := &osvcv1.Image{
 		Name:        catalog.ImageName(id),

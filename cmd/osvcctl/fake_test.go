@@ -102,6 +102,7 @@ func startFake(t *testing.T) *fakeOsvc {
 	f := &fakeOsvc{addr: lis.Addr().String(), blobs: map[string][]byte{}, watches: map[string][]*osvcv1.WatchRunResponse{}, breaks: map[string]int{},
 		runs: map[string]*osvcv1.Run{}, damaged: map[string]bool{}}
 	s := grpc.NewServer(grpc.Creds(creds))
+	osvcv1.RegisterSiteServiceServer(s, &fakeSites{f: f})
 	osvcv1.RegisterImageServiceServer(s, &fakeImages{f: f})
 	osvcv1.RegisterUpdateServiceServer(s, &fakeUpdates{f: f})
 	osvcv1.RegisterServicingServiceServer(s, &fakeServicing{f: f})
@@ -209,6 +210,13 @@ var (
 			State: osvcv1.UpdateState_UPDATE_STATE_SKIPPED, Message: "not applied: the run ended CANCELED"}},
 	}
 
+	cannedSites = []*osvcv1.Site{
+		{Name: "sites/CAS", Code: "CAS", Description: "central site", OfflineServicingDrive: "Automatic", CreateTime: created, UpdateTime: created},
+		{Name: "sites/PS1", Code: "PS1", ParentSite: "CAS", Description: "London primary site", OfflineServicingDrive: "D:",
+			DistributionPoints: []string{"dp-1", "dp-2"}, CreateTime: created, UpdateTime: created},
+		{Name: "sites/PS2", Code: "PS2", ParentSite: "CAS", OfflineServicingDrive: "Automatic", CreateTime: created, UpdateTime: created},
+	}
+
 	cannedAgents = []*osvcv1.Agent{
 		{Name: "agents/ps1-a", Site: "PS1", Host: "siteserver1", Version: "0.1.0", Engines: []string{"wimlib"}, Capacity: 1,
 			State: osvcv1.AgentState_AGENT_STATE_CONNECTED, Drives: []*osvcv1.Drive{{Path: "/srv", FreeBytes: 100 << 30, TotalBytes: 200 << 30}},
@@ -301,6 +309,80 @@ func (s *fakeImages) ListImages(_ context.Context, req *osvcv1.ListImagesRequest
 	}
 	images, next, err := page(matching, req.GetPageToken())
 	return &osvcv1.ListImagesResponse{Images: images, NextPageToken: next}, err
+}
+
+type fakeSites struct {
+	osvcv1.UnimplementedSiteServiceServer
+	f *fakeOsvc
+}
+
+func cannedSite(name string) *osvcv1.Site {
+	for _, s := range cannedSites {
+		if s.GetName() == name {
+			return s
+		}
+	}
+	return nil
+}
+
+func (s *fakeSites) CreateSite(_ context.Context, req *osvcv1.CreateSiteRequest) (*osvcv1.CreateSiteResponse, error) {
+	s.f.record(req)
+	site := proto.Clone(req.GetSite()).(*osvcv1.Site)
+	site.Name = "sites/" + site.GetCode()
+	if cannedSite(site.GetName()) != nil {
+		return nil, status.Errorf(codes.AlreadyExists, "site %s already exists", site.GetCode())
+	}
+	if site.GetOfflineServicingDrive() == "" {
+		site.OfflineServicingDrive = "Automatic"
+	}
+	return &osvcv1.CreateSiteResponse{Site: site}, nil
+}
+
+func (s *fakeSites) GetSite(_ context.Context, req *osvcv1.GetSiteRequest) (*osvcv1.GetSiteResponse, error) {
+	s.f.record(req)
+	if site := cannedSite(req.GetName()); site != nil {
+		return &osvcv1.GetSiteResponse{Site: site}, nil
+	}
+	return nil, status.Errorf(codes.NotFound, "site %s does not exist", req.GetName())
+}
+
+func (s *fakeSites) ListSites(_ context.Context, req *osvcv1.ListSitesRequest) (*osvcv1.ListSitesResponse, error) {
+	s.f.record(req)
+	sites, next, err := page(cannedSites, req.GetPageToken())
+	return &osvcv1.ListSitesResponse{Sites: sites, NextPageToken: next}, err
+}
+
+// UpdateSite applies the mask to the canned site.
+func (s *fakeSites) UpdateSite(_ context.Context, req *osvcv1.UpdateSiteRequest) (*osvcv1.UpdateSiteResponse, error) {
+	s.f.record(req)
+	old := cannedSite(req.GetSite().GetName())
+	if old == nil {
+		return nil, status.Errorf(codes.NotFound, "site %s does not exist", req.GetSite().GetName())
+	}
+	site := proto.Clone(old).(*osvcv1.Site)
+	in := req.GetSite()
+	for _, p := range req.GetUpdateMask().GetPaths() {
+		switch p {
+		case "parent_site":
+			site.ParentSite = in.GetParentSite()
+		case "description":
+			site.Description = in.GetDescription()
+		case "offline_servicing_drive":
+			site.OfflineServicingDrive = in.GetOfflineServicingDrive()
+		case "distribution_points":
+			site.DistributionPoints = in.GetDistributionPoints()
+		}
+	}
+	return &osvcv1.UpdateSiteResponse{Site: site}, nil
+}
+
+// DeleteSite refuses the canned sites, which images or children name.
+func (s *fakeSites) DeleteSite(_ context.Context, req *osvcv1.DeleteSiteRequest) (*osvcv1.DeleteSiteResponse, error) {
+	s.f.record(req)
+	if cannedSite(req.GetName()) != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "site %s cannot be deleted: 1 image (images/win11-23h2) name it", req.GetName())
+	}
+	return &osvcv1.DeleteSiteResponse{}, nil
 }
 
 type fakeUpdates struct {

@@ -74,6 +74,10 @@ func (c *cli) imageImportCommand() *cobra.Command {
 			if err := c.checkImageIDFree(cmd.Context(), images, id); err != nil {
 				return err
 			}
+			siteRecord, err := c.checkSiteExists(cmd.Context(), site)
+			if err != nil {
+				return err
+			}
 			content, err := c.upload(cmd.Context(), c.stderr, args[0], mediaTypeWIM)
 			if err != nil {
 				return err
@@ -96,7 +100,7 @@ func (c *cli) imageImportCommand() *cobra.Command {
 			if c.output != outputJSON {
 				fmt.Fprintf(c.stdout, "imported %s; %s inspects it: an agent of site %s verifies the file and reads its installed updates, then the image can be serviced\n",
 					resp.GetImage().GetName(), resp.GetInspectionRun(), resp.GetImage().GetSite())
-				c.printImage(resp.GetImage())
+				c.printImage(resp.GetImage(), siteRecord)
 			}
 			if watch {
 				return c.watchRun(cmd.Context(), resp.GetInspectionRun())
@@ -179,7 +183,12 @@ func (c *cli) imageGetCommand() *cobra.Command {
 			if c.output == outputJSON {
 				return printJSON(c.stdout, resp)
 			}
-			c.printImage(resp.GetImage())
+			// The site as it is now: its drive goes with the image's next run.
+			site, err := c.getSite(cmd.Context(), resp.GetImage().GetSite())
+			if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+				return err
+			}
+			c.printImage(resp.GetImage(), site)
 			return nil
 		},
 	}
@@ -209,14 +218,15 @@ func currentVersion(img *osvcv1.Image) *osvcv1.ImageVersion {
 	return nil
 }
 
-// printImage writes the detail view of one image: a summary, then its indexes,
-// the updates installed per index and its versions.
-func (c *cli) printImage(img *osvcv1.Image) {
+// printImage writes the detail view of one image: a summary (with its
+// site's record, when known), then its indexes, the updates installed per
+// index and its versions.
+func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 	w := c.stdout
 	fmt.Fprintf(w, "Name:             %s\n", img.GetName())
 	fmt.Fprintf(w, "Display name:     %s\n", orDash(img.GetDisplayName()))
 	fmt.Fprintf(w, "Kind:             %s\n", kindText(img.GetKind()))
-	fmt.Fprintf(w, "Site:             %s\n", img.GetSite())
+	fmt.Fprintf(w, "Site:             %s\n", siteText(img.GetSite(), site))
 	fmt.Fprintf(w, "Current version:  %d\n", img.GetCurrentVersion())
 	fmt.Fprintf(w, "Inspection:       %s\n", inspectionText(currentVersion(img)))
 	fmt.Fprintf(w, "Servicing status: %s\n", servicingStatusText(img.GetServicingStatus()))

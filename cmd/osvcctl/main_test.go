@@ -118,6 +118,26 @@ func TestJSONOutputIsOneStableDocumentOfTheResponse(t *testing.T) {
 			},
 		},
 		{
+			name: "site list gathers every page",
+			args: []string{"site", "list", "-o", "json"},
+			into: &osvcv1.ListSitesResponse{},
+			check: func(t *testing.T, m proto.Message) {
+				if !proto.Equal(m, &osvcv1.ListSitesResponse{Sites: cannedSites}) {
+					t.Errorf("sites = %v, want %v", m, cannedSites)
+				}
+			},
+		},
+		{
+			name: "site get prints the GetSiteResponse",
+			args: []string{"site", "get", "PS1", "-o", "json"},
+			into: &osvcv1.GetSiteResponse{},
+			check: func(t *testing.T, m proto.Message) {
+				if !proto.Equal(m.(*osvcv1.GetSiteResponse).GetSite(), cannedSites[1]) {
+					t.Errorf("site = %v, want %v", m, cannedSites[1])
+				}
+			},
+		},
+		{
 			name: "agent list prints the ListAgentsResponse",
 			args: []string{"agent", "list", "-o", "json"},
 			into: &osvcv1.ListAgentsResponse{},

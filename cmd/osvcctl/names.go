@@ -13,6 +13,7 @@ const (
 	collImages  = "images"
 	collUpdates = "updates"
 	collRuns    = "runs"
+	collSites   = "sites"
 )
 
 // resourceName turns "ID" or "collection/ID" into "collection/ID". The server

@@ -29,6 +29,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/names"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -181,7 +182,8 @@ type Session struct {
 // names when that lease is still alive (a reconnect within the TTL keeps its
 // runs), or grants a new one, and writes the presence on it with the agent
 // record CONNECTED, in one transaction. The caller keeps the lease alive
-// while the stream lives.
+// while the stream lives. An agent of a site that does not exist is
+// ErrFailedPrecondition, saying how to create the site.
 func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, error) {
 	if err := ValidateHello(hello); err != nil {
 		return nil, err
@@ -207,6 +209,9 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		LastSeenTime: now,
 	}
 	rev, err := r.store.Txn(ctx, "connect "+s.Agent, func(tx *store.Tx) error {
+		if _, err := sites.Require(tx, hello.GetSite()); err != nil {
+			return err
+		}
 		tx.PutRaw(r.store.PresenceKey(s.ID), presence, clientv3.WithLease(s.Lease))
 		return tx.Put(r.store.AgentKey(s.ID), agent)
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agents"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -23,14 +25,46 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// newRegistry returns a registry on a fresh store where site PS1, the
+// site of the tests' agents, exists.
 func newRegistry(t *testing.T) (*agents.Registry, *store.Store) {
 	t.Helper()
 	st := storetest.New(t)
+	createSite(t, st, "PS1")
 	r, err := agents.New(agents.Config{Store: st, ServerID: "test", SessionTTL: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r, st
+}
+
+// createSite creates site code, as an administrator does before its agents connect.
+func createSite(t *testing.T, st *store.Store, code string) {
+	t.Helper()
+	r, err := sites.New(sites.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create(context.Background(), &osvcv1.Site{Code: code}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAnAgentOfASiteThatDoesNotExistIsRefusedWithTheWayToCreateIt(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r, st := newRegistry(t)
+	_, err := r.Open(ctx, &osvcv1.Hello{Name: "ps2-a", Site: "PS2", Capacity: 1})
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "create it with: osvcctl site create PS2") {
+		t.Fatalf("Open of an agent of PS2, which does not exist = %v; want FailedPrecondition saying how to create PS2", err)
+	}
+	if _, _, err := store.Get[*osvcv1.Agent](ctx, st, st.AgentKey("ps2-a")); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the refused agent's record: %v, want none", err)
+	}
+	createSite(t, st, "PS2")
+	if _, err := r.Open(ctx, &osvcv1.Hello{Name: "ps2-a", Site: "PS2", Capacity: 1}); err != nil {
+		t.Errorf("Open once PS2 exists: %v", err)
+	}
 }
 
 func hello(name string) *osvcv1.Hello {

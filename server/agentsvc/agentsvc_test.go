@@ -551,6 +551,32 @@ func TestABadHelloEndsTheStreamWithInvalidArgument(t *testing.T) {
 	}
 }
 
+func TestAHelloOfASiteThatDoesNotExistEndsTheStreamSayingHowToCreateIt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, servicingtest.Options{})
+	hi := hello("ps2-a")
+	hi.Site = "PS2"
+	a := h.open(t, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Hello{Hello: hi}})
+	err := a.ended()
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "create it with: osvcctl site create PS2") {
+		t.Errorf("stream ended with %v, want FailedPrecondition saying how to create PS2", err)
+	}
+}
+
+func TestAnAssignCarriesTheSitesDriveAsItIsWhenSent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, servicingtest.Options{})
+	ctx := context.Background()
+	if _, err := h.Sites.Update(ctx, &osvcv1.Site{Name: "sites/PS1", OfflineServicingDrive: `D:\osvc`}, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := h.connect(t, hello("ps1-a"))
+	run := h.schedule(t)
+	if got := a.assign(run.GetName()).GetOfflineServicingDrive(); got != `D:\osvc` {
+		t.Errorf("the Assign's drive = %q, want the site's D:\\osvc", got)
+	}
+}
+
 func TestASecondStreamOfALiveAgentIsRefusedAndTheFirstGoesOn(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, servicingtest.Options{})

@@ -22,9 +22,11 @@ import (
 	"github.com/osvc/osvc/server/servicing/servicingtest"
 )
 
-// catalogAPI is the image and update services on a bufconn, over a real
-// catalog, store and content library.
+// catalogAPI is the site, image and update services on a bufconn, over a
+// real catalog, store and content library. Site PS1 exists: the tests
+// import images into it.
 type catalogAPI struct {
+	sites   osvcv1.SiteServiceClient
 	images  osvcv1.ImageServiceClient
 	updates osvcv1.UpdateServiceClient
 	lib     *content.Library
@@ -33,9 +35,11 @@ type catalogAPI struct {
 func newCatalogAPI(t *testing.T) *catalogAPI {
 	t.Helper()
 	env := servicingtest.New(t, servicingtest.Options{})
+	env.Site(t, "PS1")
 	lib, cat := env.Library, env.Catalog
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
+	osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(env.Sites))
 	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, env.Service, nil))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, nil))
 	go gs.Serve(lis)
@@ -47,7 +51,8 @@ func newCatalogAPI(t *testing.T) *catalogAPI {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &catalogAPI{images: osvcv1.NewImageServiceClient(conn), updates: osvcv1.NewUpdateServiceClient(conn), lib: lib}
+	return &catalogAPI{sites: osvcv1.NewSiteServiceClient(conn), images: osvcv1.NewImageServiceClient(conn),
+		updates: osvcv1.NewUpdateServiceClient(conn), lib: lib}
 }
 
 func (a *catalogAPI) put(t *testing.T, data []byte) string {
@@ -61,6 +66,18 @@ func (a *catalogAPI) put(t *testing.T, data []byte) string {
 
 // catalogTestWIM captures a real one-index x64 WIM with wimlib-imagex.
 func catalogTestWIM(t *testing.T) []byte { return servicingtest.CaptureWIM(t) }
+
+// wantStatus fails the test unless err has code and, when field is set, a
+// BadRequest violation of field.
+func wantStatus(t *testing.T, err error, code codes.Code, field string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("got %v, want %v", err, code)
+	}
+	if field != "" && violatedField(err) != field {
+		t.Errorf("field violation on %q, want %q (%v)", violatedField(err), field, err)
+	}
+}
 
 // violatedField returns the field of the BadRequest detail of err, if any.
 func violatedField(err error) string {
@@ -121,6 +138,10 @@ func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
 			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "Bad_ID", Site: "PS1", ContentSha256: sha})
 			return err
 		}, codes.InvalidArgument, "image_id"},
+		{"a site that does not exist", func() error {
+			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win", Site: "PS9", ContentSha256: sha})
+			return err
+		}, codes.FailedPrecondition, ""},
 		{"content not uploaded", func() error {
 			_, err := a.images.ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win", Site: "PS1",
 				ContentSha256: "2222222222222222222222222222222222222222222222222222222222222222"})
@@ -153,13 +174,7 @@ func TestImageServiceMapsCatalogErrorsToCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is "+tt.wantCode.String(), func(t *testing.T) {
-			err := tt.call()
-			if status.Code(err) != tt.wantCode {
-				t.Fatalf("got %v, want %v", err, tt.wantCode)
-			}
-			if tt.wantField != "" && violatedField(err) != tt.wantField {
-				t.Errorf("field violation on %q, want %q (%v)", violatedField(err), tt.wantField, err)
-			}
+			wantStatus(t, tt.call(), tt.wantCode, tt.wantField)
 		})
 	}
 }

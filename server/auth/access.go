@@ -20,6 +20,7 @@ import (
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/names"
 	"github.com/osvc/osvc/pkg/pki"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -59,9 +60,9 @@ func NewAccess(st *store.Store, ca *pki.CA, agentValidity time.Duration) *Access
 }
 
 func (a *Access) tokenKey(id string) string   { return a.st.Prefix() + "tokens/" + id }
-func (a *Access) joinKey(id string) string    { return a.st.Prefix() + "join-tokens/" + id }
-func (a *Access) identityKey(n string) string { return a.identitiesPrefix() + n }
-func (a *Access) identitiesPrefix() string    { return a.st.Prefix() + "agent-identities/" }
+func (a *Access) joinKey(id string) string    { return a.st.JoinTokenKey(id) }
+func (a *Access) identityKey(n string) string { return a.st.AgentIdentityKey(n) }
+func (a *Access) identitiesPrefix() string    { return a.st.AgentIdentitiesPrefix() }
 func (a *Access) bootstrapKey() string        { return a.st.Prefix() + "bootstrap/admin-token" }
 func tokenPrincipal(id string) string         { return "token:" + id }
 func joinPrincipal(id string) string          { return "join-token:" + id }
@@ -286,7 +287,20 @@ func (a *Access) CreateJoinToken(ctx context.Context, by string, req *osvcv1.Cre
 	if err != nil {
 		return "", nil, fmt.Errorf("join token: %w", err)
 	}
-	if _, err := a.st.Create(ctx, a.joinKey(id), jt, clientv3.WithLease(lease.ID)); err != nil {
+	key := a.joinKey(id)
+	_, err = a.st.Txn(ctx, "create join token", func(tx *store.Tx) error {
+		if err := sites.Reference(tx, jt.GetSite(), "join-tokens/"+id); err != nil {
+			return err
+		}
+		if _, exists, err := tx.Raw(key); err != nil {
+			return err
+		} else if exists {
+			return fmt.Errorf("join token %s: already exists: %w", id, errdefs.ErrConflict)
+		}
+		return tx.Put(key, jt, clientv3.WithLease(lease.ID))
+	})
+	if err != nil {
+		_, _ = a.st.Client().Revoke(context.WithoutCancel(ctx), lease.ID)
 		return "", nil, err
 	}
 	return text, jt, nil
@@ -297,7 +311,7 @@ func (a *Access) CreateJoinToken(ctx context.Context, by string, req *osvcv1.Cre
 func (a *Access) ListJoinTokens(ctx context.Context) ([]*osvcv1.JoinToken, error) {
 	var out []*osvcv1.JoinToken
 	for page := ""; ; {
-		stored, next, err := store.List[*storev1.JoinToken](ctx, a.st, a.st.Prefix()+"join-tokens/", 1000, page)
+		stored, next, err := store.List[*storev1.JoinToken](ctx, a.st, a.st.JoinTokensPrefix(), 1000, page)
 		if err != nil {
 			return nil, err
 		}
@@ -357,6 +371,9 @@ func (a *Access) Enroll(ctx context.Context, joinToken string, csrPEM []byte) (*
 		agentID := pki.AgentID{Site: jt.GetSite(), Name: csr.Subject.CommonName}
 		if err := agentID.Validate(); err != nil {
 			return errdefs.InvalidArgument("csr", "the request's common name is the agent's name: "+err.Error())
+		}
+		if err := sites.Reference(tx, agentID.Site, "agents/"+agentID.Name); err != nil {
+			return err
 		}
 		prev, err := store.Load[*storev1.AgentIdentity](tx, a.identityKey(agentID.Name))
 		switch {

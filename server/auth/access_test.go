@@ -23,6 +23,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/pki"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -103,8 +104,23 @@ func createToken(t *testing.T, a *Access, req *osvcv1.CreateTokenRequest) (*osvc
 	return tok, text
 }
 
+// createSite makes sure site code exists, as an administrator creates it
+// before making join tokens for it.
+func createSite(t *testing.T, st *store.Store, code string) {
+	t.Helper()
+	r, err := sites.New(sites.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Create(t.Context(), &osvcv1.Site{Code: code}); err != nil && !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("create site %s: %v", code, err)
+	}
+}
+
+// joinToken makes a join token as asked, for a site it creates if need be.
 func joinToken(t *testing.T, a *Access, req *osvcv1.CreateJoinTokenRequest) string {
 	t.Helper()
+	createSite(t, a.st, req.GetSite())
 	text, _, err := a.CreateJoinToken(t.Context(), "test", req)
 	if err != nil {
 		t.Fatalf("create join token %v: %v", req, err)
@@ -1162,3 +1178,36 @@ func TestARevokedJoinTokenEnrollsNoOneAndIsNoLongerListed(t *testing.T) {
 
 // joinID is the id in a join token's text.
 func joinID(join string) string { return strings.Split(join, ".")[2] }
+
+func TestAJoinTokenForASiteThatDoesNotExistIsRefusedWithTheWayToCreateIt(t *testing.T) {
+	t.Parallel()
+	a := newAccess(t)
+	_, _, err := a.CreateJoinToken(t.Context(), "test", &osvcv1.CreateJoinTokenRequest{Site: "PS7"})
+	wantKind(t, err, errdefs.ErrFailedPrecondition)
+	if !strings.Contains(err.Error(), "create it with: osvcctl site create PS7") {
+		t.Errorf("the refusal %q does not say how to create PS7", err)
+	}
+	if jts, err := a.ListJoinTokens(t.Context()); err != nil || len(jts) != 0 {
+		t.Errorf("join tokens after the refusal = %v, %v; want none", jts, err)
+	}
+}
+
+// TestAnEnrollmentIntoASiteThatIsGoneIsRefusedAndKeepsTheTokensUse holds a
+// join token of a site whose record is gone (data of an older server, say):
+// the enrollment is refused, saying how to create the site, and the token
+// can still enroll once the site exists.
+func TestAnEnrollmentIntoASiteThatIsGoneIsRefusedAndKeepsTheTokensUse(t *testing.T) {
+	t.Parallel()
+	a := newAccess(t)
+	join := joinToken(t, a, &osvcv1.CreateJoinTokenRequest{Site: "PS1"})
+	if _, err := a.st.Client().Delete(t.Context(), a.st.SiteKey("PS1")); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := a.Enroll(t.Context(), join, newCSR(t, "agent-1").csrPEM)
+	wantKind(t, err, errdefs.ErrFailedPrecondition)
+	if !strings.Contains(err.Error(), "create it with: osvcctl site create PS1") || identity(t, a, "agent-1") != nil {
+		t.Errorf("enrollment into a site that is gone = %v; want a refusal saying how to create PS1, and no identity", err)
+	}
+	createSite(t, a.st, "PS1")
+	enroll(t, a, join, "agent-1")
+}

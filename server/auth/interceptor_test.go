@@ -27,14 +27,15 @@ import (
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server/auth"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
-// sites is the resolver of the tests: images and runs of two sites, and
+// resolver is the resolver of the tests: images and runs of two sites, and
 // the one blob agent-ps1 holds a run for.
-type sites struct{}
+type resolver struct{}
 
-func (sites) ImageSite(_ context.Context, image string) (string, error) {
+func (resolver) ImageSite(_ context.Context, image string) (string, error) {
 	switch image {
 	case "images/ps1-image":
 		return "PS1", nil
@@ -44,17 +45,17 @@ func (sites) ImageSite(_ context.Context, image string) (string, error) {
 	return "", errdefs.Newf(errdefs.ErrNotFound, "%s not found", image)
 }
 
-func (s sites) RunSite(ctx context.Context, run string) (string, error) {
+func (s resolver) RunSite(ctx context.Context, run string) (string, error) {
 	return s.ImageSite(ctx, "images/"+strings.TrimPrefix(strings.TrimSuffix(run, "-run"), "runs/"))
 }
 
 const heldBlob = "1111111111111111111111111111111111111111111111111111111111111111"
 
-func (sites) AgentMayRead(_ context.Context, agent, sha string) (bool, error) {
+func (resolver) AgentMayRead(_ context.Context, agent, sha string) (bool, error) {
 	return agent == "agent-ps1" && sha == heldBlob, nil
 }
 
-func (sites) AgentHoldsRun(_ context.Context, agent string) (bool, error) {
+func (resolver) AgentHoldsRun(_ context.Context, agent string) (bool, error) {
 	return agent == "agent-ps1", nil
 }
 
@@ -105,6 +106,7 @@ type rig struct {
 	ca     *pki.CA
 	access *auth.Access
 	audit  *auth.Audit
+	sites  *sites.Registry
 	admin  string
 }
 
@@ -117,7 +119,7 @@ func newRig(t *testing.T) *rig {
 	}
 	access := auth.NewAccess(st, ca, time.Hour)
 	audit := auth.NewAudit(st, time.Hour, hclog.NewNullLogger())
-	z := auth.NewAuthorizer(access, audit, sites{}, hclog.NewNullLogger())
+	z := auth.NewAuthorizer(access, audit, resolver{}, hclog.NewNullLogger())
 	cert, err := ca.ServerCertificate([]string{"127.0.0.1"}, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +131,7 @@ func newRig(t *testing.T) *rig {
 	osvcv1.RegisterContentServiceServer(gs, osvcv1.UnimplementedContentServiceServer{})
 	osvcv1.RegisterImageServiceServer(gs, osvcv1.UnimplementedImageServiceServer{})
 	osvcv1.RegisterServicingServiceServer(gs, osvcv1.UnimplementedServicingServiceServer{})
+	osvcv1.RegisterSiteServiceServer(gs, osvcv1.UnimplementedSiteServiceServer{})
 	osvcv1.RegisterUpdateServiceServer(gs, osvcv1.UnimplementedUpdateServiceServer{})
 	healthpb.RegisterHealthServer(gs, health.NewServer())
 	reflection.Register(gs)
@@ -145,7 +148,11 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &rig{addr: lis.Addr().String(), ca: ca, access: access, audit: audit, admin: admin}
+	reg, err := sites.New(sites.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{addr: lis.Addr().String(), ca: ca, access: access, audit: audit, sites: reg, admin: admin}
 }
 
 // conn dials the rig with a token ("" for none) or an agent certificate.
@@ -180,10 +187,19 @@ func (r *rig) token(t *testing.T, role osvcv1.Role, sites ...string) string {
 	return secret
 }
 
+// createSite makes sure site exists, as an administrator creates it first.
+func (r *rig) createSite(t *testing.T, site string) {
+	t.Helper()
+	if _, err := r.sites.Create(context.Background(), &osvcv1.Site{Code: site}); err != nil && !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatal(err)
+	}
+}
+
 // enroll enrolls an agent of site as the agent does and returns its certificate.
 func (r *rig) enroll(t *testing.T, name, site string) *tls.Certificate {
 	t.Helper()
 	ctx := context.Background()
+	r.createSite(t, site)
 	join, _, err := r.access.CreateJoinToken(ctx, "test", &osvcv1.CreateJoinTokenRequest{Site: site})
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +259,7 @@ func servedMethods(t *testing.T) []protoreflect.MethodDescriptor {
 	t.Helper()
 	var out []protoreflect.MethodDescriptor
 	for _, svc := range []string{"osvc.v1.AccessService", "osvc.v1.AgentService", "osvc.v1.ContentService", "osvc.v1.ImageService",
-		"osvc.v1.ServicingService", "osvc.v1.UpdateService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} {
+		"osvc.v1.ServicingService", "osvc.v1.SiteService", "osvc.v1.UpdateService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} {
 		d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
 		if err != nil {
 			t.Fatalf("service %s: %v", svc, err)
@@ -399,6 +415,39 @@ func TestRolesAndSitesBoundWhatATokenMayDo(t *testing.T) {
 			_, err := osvcv1.NewAgentServiceClient(cc).CreateJoinToken(ctx, &osvcv1.CreateJoinTokenRequest{Site: "PS1"})
 			return err
 		}, codes.PermissionDenied},
+		{"a viewer reads sites", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewSiteServiceClient(cc).ListSites(ctx, &osvcv1.ListSitesRequest{})
+			return err
+		}, codes.Unimplemented},
+		{"an operator reads a site", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewSiteServiceClient(cc).GetSite(ctx, &osvcv1.GetSiteRequest{Name: "sites/PS1"})
+			return err
+		}, codes.Unimplemented},
+		{"a viewer cannot create a site", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewSiteServiceClient(cc).CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: "PS3"}})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator of PS1 cannot change PS1", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewSiteServiceClient(cc).UpdateSite(ctx, &osvcv1.UpdateSiteRequest{Site: &osvcv1.Site{Name: "sites/PS1", Description: "x"}})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator of PS1 cannot delete PS1", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewSiteServiceClient(cc).DeleteSite(ctx, &osvcv1.DeleteSiteRequest{Name: "sites/PS1"})
+			return err
+		}, codes.PermissionDenied},
+		{"an admin creates, updates and deletes sites", admin, func(cc *grpc.ClientConn) error {
+			client := osvcv1.NewSiteServiceClient(cc)
+			_, err := client.CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: "PS3"}})
+			if status.Code(err) != codes.Unimplemented {
+				return err
+			}
+			_, err = client.UpdateSite(ctx, &osvcv1.UpdateSiteRequest{Site: &osvcv1.Site{Name: "sites/PS3", Description: "x"}})
+			if status.Code(err) != codes.Unimplemented {
+				return err
+			}
+			_, err = client.DeleteSite(ctx, &osvcv1.DeleteSiteRequest{Name: "sites/PS3"})
+			return err
+		}, codes.Unimplemented},
 		{"an admin schedules any site's image", admin, func(cc *grpc.ClientConn) error {
 			_, err := osvcv1.NewServicingServiceClient(cc).CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{Parent: "images/ps2-image"})
 			return err
@@ -523,6 +572,10 @@ func TestRefusalsAndMutationsAreAudited(t *testing.T) {
 	_, _ = osvcv1.NewServicingServiceClient(r.conn(t, viewer, nil)).CancelRun(ctx, &osvcv1.CancelRunRequest{Name: "runs/ps1-image-run"})
 	_, _ = osvcv1.NewImageServiceClient(r.conn(t, r.admin, nil)).ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "x", Site: "PS1"})
 	_, _ = osvcv1.NewImageServiceClient(r.conn(t, r.admin, nil)).ListImages(ctx, &osvcv1.ListImagesRequest{})
+	_, _ = osvcv1.NewSiteServiceClient(r.conn(t, r.admin, nil)).UpdateSite(ctx, &osvcv1.UpdateSiteRequest{Site: &osvcv1.Site{Name: "sites/PS1"}})
+	_, _ = osvcv1.NewSiteServiceClient(r.conn(t, r.admin, nil)).CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: "PS2"}})
+	_, _ = osvcv1.NewSiteServiceClient(r.conn(t, viewer, nil)).DeleteSite(ctx, &osvcv1.DeleteSiteRequest{Name: "sites/PS2"})
+	_, _ = osvcv1.NewSiteServiceClient(r.conn(t, viewer, nil)).GetSite(ctx, &osvcv1.GetSiteRequest{Name: "sites/PS2"})
 	evs, _, err := r.audit.List(ctx, time.Time{}, "", 0, "")
 	if err != nil {
 		t.Fatal(err)
@@ -535,6 +588,9 @@ func TestRefusalsAndMutationsAreAudited(t *testing.T) {
 		}
 	}
 	want := []string{
+		osvcv1.SiteService_DeleteSite_FullMethodName + " PermissionDenied sites/PS2 viewer",
+		osvcv1.SiteService_CreateSite_FullMethodName + " Unimplemented sites/PS2 admin",
+		osvcv1.SiteService_UpdateSite_FullMethodName + " Unimplemented sites/PS1 admin",
 		osvcv1.ImageService_ImportImage_FullMethodName + " Unimplemented images/x admin",
 		osvcv1.ServicingService_CancelRun_FullMethodName + " PermissionDenied runs/ps1-image-run viewer",
 	}

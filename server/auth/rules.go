@@ -105,6 +105,13 @@ var Rules = map[string]Rule{
 	osvcv1.ServicingService_WatchRun_FullMethodName:       {Permission: Read},
 	osvcv1.ServicingService_CancelRun_FullMethodName:      {Permission: Operate, Mutates: true, scope: runSite},
 
+	// Sites are the hierarchy itself: only an admin changes it.
+	osvcv1.SiteService_CreateSite_FullMethodName: {Permission: Admin, Mutates: true, scope: siteNamed},
+	osvcv1.SiteService_GetSite_FullMethodName:    {Permission: Read},
+	osvcv1.SiteService_ListSites_FullMethodName:  {Permission: Read},
+	osvcv1.SiteService_UpdateSite_FullMethodName: {Permission: Admin, Mutates: true, scope: siteNamed},
+	osvcv1.SiteService_DeleteSite_FullMethodName: {Permission: Admin, Mutates: true, scope: named},
+
 	// Updates are one catalog for every site: any operator imports them.
 	osvcv1.UpdateService_ImportUpdates_FullMethodName:         {Permission: Operate, Mutates: true},
 	osvcv1.UpdateService_GetUpdate_FullMethodName:             {Permission: Read},

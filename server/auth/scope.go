@@ -10,6 +10,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/names"
+	"github.com/osvc/osvc/server/sites"
 )
 
 // Resource names what a request is about for the audit: its first set
@@ -46,6 +47,15 @@ func requireSite(p *Principal, site, resource string) error {
 		return nil
 	}
 	return denied("%s may not change %s of site %s: its sites are %v; ask an admin for a token of that site", p.ID, resource, names.Quote(site), p.Sites)
+}
+
+// siteNamed names the site a request carries for the audit: sites/{code}.
+func siteNamed(_ context.Context, _ Resolver, _ *Principal, req any) (string, error) {
+	site := req.(interface{ GetSite() *osvcv1.Site }).GetSite()
+	if site.GetName() != "" {
+		return site.GetName(), nil
+	}
+	return sites.Name(site.GetCode()), nil
 }
 
 // importSite checks the site an image is imported into.

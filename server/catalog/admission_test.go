@@ -29,6 +29,7 @@ func TestImportsPastTheLimitWaitForTheirTurn(t *testing.T) {
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
 	update := f.file(t, "windows11.0-kb5031455-x64.exe", []byte("MZ not a package"))
 
+	createSites(t, st, "PS1")
 	// Two imports in progress fill the catalog's slots.
 	var releases []func()
 	for range 2 {
@@ -128,6 +129,7 @@ func TestImportsClaimTheContentTheyReference(t *testing.T) {
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
 	update := f.file(t, "windows11.0-kb5031455-x64.exe", []byte("MZ not a package"))
 
+	createSites(t, st, "PS1")
 	mu.Lock()
 	now = now.Add(72 * time.Hour)
 	mu.Unlock()

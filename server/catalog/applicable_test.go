@@ -113,6 +113,7 @@ func TestListApplicableUpdatesPagesThroughAnImportedImage(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
+	createSites(t, f.store, "PS1")
 	if _, err := f.cat.ImportImage(ctx, catalog.ImportImage{ID: "win11", Site: "PS1", ContentSHA256: wim.Sha256}); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/osvc/osvc/pkg/wiminfo"
 	"github.com/osvc/osvc/server/admission"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -162,6 +163,9 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 			return err
 		} else if exists {
 			return fmt.Errorf("image %s already exists; choose another image_id: %w", img.Name, errdefs.ErrConflict)
+		}
+		if err := sites.Reference(tx, req.Site, img.Name); err != nil {
+			return err
 		}
 		stored := proto.Clone(img).(*osvcv1.Image)
 		if req.Within != nil {

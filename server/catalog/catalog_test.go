@@ -18,6 +18,7 @@ import (
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -49,6 +50,21 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatalf("catalog.New: %v", err)
 	}
 	return &fixture{cat: cat, lib: lib, store: st}
+}
+
+// createSites creates the sites images are imported into, as an
+// administrator does first.
+func createSites(t *testing.T, st *store.Store, codes ...string) {
+	t.Helper()
+	r, err := sites.New(sites.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range codes {
+		if _, err := r.Create(context.Background(), &osvcv1.Site{Code: code}); err != nil {
+			t.Fatalf("create site %s: %v", code, err)
+		}
+	}
 }
 
 // put stores data in the content library and returns its sha256.
@@ -125,6 +141,7 @@ func TestImportImageReadsTheIndexesOfTheWIM(t *testing.T) {
 		wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631},
 		wimIndex{name: "Windows 11 Pro ARM", arch: 12, build: 22621}))
 
+	createSites(t, f.store, "PS1")
 	img, err := f.cat.ImportImage(ctx, catalog.ImportImage{ID: "win11", DisplayName: "Windows 11 23H2", Site: "PS1", ContentSHA256: wim.Sha256})
 	if err != nil {
 		t.Fatalf("ImportImage: %v", err)
@@ -185,6 +202,7 @@ func TestImportImageRefusesBadRequests(t *testing.T) {
 		{"a malformed sha256", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: "../../etc/passwd"}, errdefs.ErrInvalidArgument, "content_sha256"},
 		{"content not in the library", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: missing}, errdefs.ErrFailedPrecondition, ""},
 		{"content that is not a WIM", catalog.ImportImage{ID: "win", Site: "PS1", ContentSHA256: notWIM.Sha256}, errdefs.ErrInvalidArgument, "content_sha256"},
+		{"a site that does not exist", catalog.ImportImage{ID: "win", Site: "PS9", ContentSHA256: wim.Sha256}, errdefs.ErrFailedPrecondition, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
@@ -211,6 +229,7 @@ func TestImportImageOfATakenIDIsAConflict(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows", arch: 9, build: 22631}))
+	createSites(t, f.store, "PS1")
 	req := catalog.ImportImage{ID: "win11", Site: "PS1", ContentSHA256: wim.Sha256}
 	if _, err := f.cat.ImportImage(ctx, req); err != nil {
 		t.Fatal(err)
@@ -255,8 +274,9 @@ func TestListImagesPagesAndFiltersBySite(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows", arch: 9, build: 22631}))
-	sites := map[string]string{"a1": "PS1", "a2": "PS2", "a3": "PS1", "a4": "PS2", "a5": "PS1"}
-	for id, site := range sites {
+	createSites(t, f.store, "PS1", "PS2")
+	imageSites := map[string]string{"a1": "PS1", "a2": "PS2", "a3": "PS1", "a4": "PS2", "a5": "PS1"}
+	for id, site := range imageSites {
 		if _, err := f.cat.ImportImage(ctx, catalog.ImportImage{ID: id, Site: site, ContentSHA256: wim.Sha256}); err != nil {
 			t.Fatal(err)
 		}

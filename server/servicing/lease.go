@@ -16,6 +16,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agents"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -308,7 +309,17 @@ func (s *Service) Assignment(ctx context.Context, runName string, token int64) (
 	if source == nil {
 		return nil, fmt.Errorf("assign %s: image %s no longer has version %d: %w", runName, img.GetName(), run.GetSourceVersion(), errdefs.ErrFailedPrecondition)
 	}
-	a := &osvcv1.Assign{Run: run, Image: img, Source: source}
+	// The site's drive as it is now: a change reaches the next run.
+	site, err := sites.Lookup(ctx, s.store, img.GetSite())
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		// An image's site cannot be deleted; the agent still services
+		// on its Automatic drive.
+		s.logger.Warn("the image's site has no record: the run goes to the Automatic drive", "run", runName, "image", img.GetName(), "site", img.GetSite())
+	case err != nil:
+		return nil, fmt.Errorf("assign %s: %w", runName, err)
+	}
+	a := &osvcv1.Assign{Run: run, Image: img, Source: source, OfflineServicingDrive: site.GetOfflineServicingDrive()}
 	for _, name := range run.GetUpdates() {
 		u, err := s.catalog.GetUpdate(ctx, name)
 		if err != nil {

@@ -153,3 +153,25 @@ func (s *Store) EndedRunsPrefix() string { return s.prefix + "ended-runs/" }
 
 // SchemaKey records which indexes the stored data has (see store.Migrate).
 func (s *Store) SchemaKey() string { return s.prefix + "schema" }
+
+// SiteKey is <prefix>sites/<code>.
+func (s *Store) SiteKey(code string) string { return s.SitesPrefix() + code }
+
+// SitesPrefix holds every site.
+func (s *Store) SitesPrefix() string { return s.prefix + "sites/" }
+
+// SiteReferencesKey changes with every write that makes something name the
+// site, so a delete of the site can tell one happened since it looked.
+func (s *Store) SiteReferencesKey(code string) string { return s.prefix + "site-references/" + code }
+
+// JoinTokenKey is <prefix>join-tokens/<id>.
+func (s *Store) JoinTokenKey(id string) string { return s.JoinTokensPrefix() + id }
+
+// JoinTokensPrefix holds every join token.
+func (s *Store) JoinTokensPrefix() string { return s.prefix + "join-tokens/" }
+
+// AgentIdentityKey is <prefix>agent-identities/<name>: an enrolled agent.
+func (s *Store) AgentIdentityKey(name string) string { return s.AgentIdentitiesPrefix() + name }
+
+// AgentIdentitiesPrefix holds every enrolled agent's identity.
+func (s *Store) AgentIdentitiesPrefix() string { return s.prefix + "agent-identities/" }

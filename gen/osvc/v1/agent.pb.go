@@ -1075,9 +1075,14 @@ type Assign struct {
 	// source is the image version to service.
 	Source *ImageVersion `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
 	// updates are the run's updates in apply order, with their files.
-	Updates       []*Update `protobuf:"bytes,4,rep,name=updates,proto3" json:"updates,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Updates []*Update `protobuf:"bytes,4,rep,name=updates,proto3" json:"updates,omitempty"`
+	// offline_servicing_drive is the image's site's setting (see
+	// Site.offline_servicing_drive), as it is when the run is sent: the agent
+	// services the run there unless it was started with its own --drive,
+	// which wins on its server. Empty means Automatic.
+	OfflineServicingDrive string `protobuf:"bytes,5,opt,name=offline_servicing_drive,json=offlineServicingDrive,proto3" json:"offline_servicing_drive,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *Assign) Reset() {
@@ -1136,6 +1141,13 @@ func (x *Assign) GetUpdates() []*Update {
 		return x.Updates
 	}
 	return nil
+}
+
+func (x *Assign) GetOfflineServicingDrive() string {
+	if x != nil {
+		return x.OfflineServicingDrive
+	}
+	return ""
 }
 
 // Cancel asks the agent to stop a run and discard its work.
@@ -2253,12 +2265,13 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1f\n" +
 	"\vresume_runs\x18\x03 \x03(\tR\n" +
 	"resumeRuns\x12!\n" +
-	"\fdiscard_runs\x18\x04 \x03(\tR\vdiscardRuns\"\xa8\x01\n" +
+	"\fdiscard_runs\x18\x04 \x03(\tR\vdiscardRuns\"\xe0\x01\n" +
 	"\x06Assign\x12\x1e\n" +
 	"\x03run\x18\x01 \x01(\v2\f.osvc.v1.RunR\x03run\x12$\n" +
 	"\x05image\x18\x02 \x01(\v2\x0e.osvc.v1.ImageR\x05image\x12-\n" +
 	"\x06source\x18\x03 \x01(\v2\x15.osvc.v1.ImageVersionR\x06source\x12)\n" +
-	"\aupdates\x18\x04 \x03(\v2\x0f.osvc.v1.UpdateR\aupdates\"W\n" +
+	"\aupdates\x18\x04 \x03(\v2\x0f.osvc.v1.UpdateR\aupdates\x126\n" +
+	"\x17offline_servicing_drive\x18\x05 \x01(\tR\x15offlineServicingDrive\"W\n" +
 	"\x06Cancel\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x16\n" +

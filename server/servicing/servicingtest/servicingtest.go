@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,10 +22,12 @@ import (
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/servicing"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -37,6 +40,7 @@ type Env struct {
 	Service *servicing.Service
 	// Agents is a registry of agent records for the replica "test".
 	Agents *agents.Registry
+	Sites  *sites.Registry
 	Logger hclog.Logger
 }
 
@@ -88,7 +92,22 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("agents: %v", err)
 	}
-	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Agents: reg, Logger: logger}
+	sr, err := sites.New(sites.Config{Store: st, Logger: logger, Now: opts.Now})
+	if err != nil {
+		t.Fatalf("sites: %v", err)
+	}
+	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Agents: reg, Sites: sr, Logger: logger}
+}
+
+// Site makes sure site code exists, as an administrator creates it before
+// importing images into it or enrolling its agents; a site that exists is
+// left as it is. Image, Connect and ImportWIM call it for their site.
+func (e *Env) Site(t testing.TB, code string) {
+	t.Helper()
+	_, err := e.Sites.Create(context.Background(), &osvcv1.Site{Code: code})
+	if err != nil && !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("create site %s: %v", code, err)
+	}
 }
 
 // testWriter sends logs to t.Log, so they show with the failing test only.
@@ -116,6 +135,7 @@ func (e *Env) Blob(t testing.TB, data string) *osvcv1.Content {
 // the given number of x64 indexes, as the catalog's import would.
 func (e *Env) Image(t testing.TB, id, site string, indexes int) *osvcv1.Image {
 	t.Helper()
+	e.Site(t, site)
 	blob := e.Blob(t, "wim of "+id+" version 1")
 	now := timestamppb.Now()
 	img := &osvcv1.Image{
@@ -169,6 +189,7 @@ func (e *Env) Update(t testing.TB, id string, class osvcv1.Classification, relea
 // LOST, and a LOST agent gets no runs.
 func (e *Env) Connect(t testing.TB, name, site string, capacity int32, ttl time.Duration) clientv3.LeaseID {
 	t.Helper()
+	e.Site(t, site)
 	ctx := context.Background()
 	g, err := e.Store.Client().Grant(ctx, int64(ttl/time.Second))
 	if err != nil {
@@ -294,6 +315,7 @@ func CaptureWIM(t testing.TB) []byte {
 // servicing, as ImportImage does, and returns the image and its inspection run.
 func (e *Env) ImportWIM(t testing.TB, id, site string) (*osvcv1.Image, *osvcv1.Run) {
 	t.Helper()
+	e.Site(t, site)
 	blob := e.Blob(t, string(CaptureWIM(t)))
 	img, run, err := e.Service.ImportImage(context.Background(), catalog.ImportImage{ID: id, Site: site, ContentSHA256: blob.GetSha256()})
 	if err != nil {

@@ -234,6 +234,56 @@ func (x *LogChunk) GetCompressedLines() []byte {
 	return nil
 }
 
+// SiteReferences is at `site-references/{code}`: every write that makes
+// something name a site (an image import, a join token, an enrollment, a
+// child site) puts it in the same transaction, so its revision changes.
+// DeleteSite compares that revision when it commits: a reference added
+// after it looked for references makes it look again.
+type SiteReferences struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// last is the resource whose write last put it, e.g. images/win11.
+	Last          string `protobuf:"bytes,1,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SiteReferences) Reset() {
+	*x = SiteReferences{}
+	mi := &file_osvc_store_v1_store_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SiteReferences) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SiteReferences) ProtoMessage() {}
+
+func (x *SiteReferences) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_store_v1_store_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SiteReferences.ProtoReflect.Descriptor instead.
+func (*SiteReferences) Descriptor() ([]byte, []int) {
+	return file_osvc_store_v1_store_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SiteReferences) GetLast() string {
+	if x != nil {
+		return x.Last
+	}
+	return ""
+}
+
 var File_osvc_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_store_proto_rawDesc = "" +
@@ -254,7 +304,9 @@ const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"]\n" +
 	"\bLogChunk\x12&\n" +
 	"\x05lines\x18\x01 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\x12)\n" +
-	"\x10compressed_lines\x18\x02 \x01(\fR\x0fcompressedLinesB\xa5\x01\n" +
+	"\x10compressed_lines\x18\x02 \x01(\fR\x0fcompressedLines\"$\n" +
+	"\x0eSiteReferences\x12\x12\n" +
+	"\x04last\x18\x01 \x01(\tR\x04lastB\xa5\x01\n" +
 	"\x11com.osvc.store.v1B\n" +
 	"StoreProtoP\x01Z.github.com/osvc/osvc/gen/osvc/store/v1;storev1\xa2\x02\x03OSX\xaa\x02\rOsvc.Store.V1\xca\x02\rOsvc\\Store\\V1\xe2\x02\x19Osvc\\Store\\V1\\GPBMetadata\xea\x02\x0fOsvc::Store::V1b\x06proto3"
 
@@ -270,18 +322,19 @@ func file_osvc_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_osvc_store_v1_store_proto_rawDescData
 }
 
-var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_osvc_store_v1_store_proto_goTypes = []any{
 	(*Assignment)(nil),            // 0: osvc.store.v1.Assignment
 	(*AgentPresence)(nil),         // 1: osvc.store.v1.AgentPresence
 	(*LogChunk)(nil),              // 2: osvc.store.v1.LogChunk
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
-	(*v1.LogLine)(nil),            // 4: osvc.v1.LogLine
+	(*SiteReferences)(nil),        // 3: osvc.store.v1.SiteReferences
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*v1.LogLine)(nil),            // 5: osvc.v1.LogLine
 }
 var file_osvc_store_v1_store_proto_depIdxs = []int32{
-	3, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
-	3, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
-	4, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
+	4, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
+	4, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
+	5, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
 	3, // [3:3] is the sub-list for method output_type
 	3, // [3:3] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
@@ -300,7 +353,7 @@ func file_osvc_store_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_store_v1_store_proto_rawDesc), len(file_osvc_store_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
