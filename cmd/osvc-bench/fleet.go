@@ -131,6 +131,15 @@ func enrollFleet(ctx context.Context, cfg benchConfig, osvc *fleetSide) ([]tls.C
 		return nil, err
 	}
 	defer p.stop()
+	conn, err := p.target.dial()
+	if err != nil {
+		return nil, err
+	}
+	err = createSite(ctx, conn, fleetSite)
+	conn.Close()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	certs := make([]tls.Certificate, cfg.N)
 	err = forEach(ctx, cfg.N, func(ctx context.Context, i int) error {
@@ -185,12 +194,12 @@ type fleetSide struct {
 
 // fleetMeasure is one side's figures with n agents.
 type fleetMeasure struct {
-	n              int
-	baseKB, rssKB  int64
-	connect        time.Duration
-	cores          float64
-	etcdWrites     float64
-	beats          []time.Duration
+	n             int
+	baseKB, rssKB int64
+	connect       time.Duration
+	cores         float64
+	etcdWrites    float64
+	beats         []time.Duration
 }
 
 func (m *fleetMeasure) perAgentKB() float64 { return float64(m.rssKB-m.baseKB) / float64(m.n) }

@@ -24,6 +24,7 @@ func newBeatRegistry(t *testing.T, clk *clock) (*agents.Registry, *store.Store) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	createSite(t, st, "PS1")
 	return r, st
 }
 

@@ -212,11 +212,15 @@ func TestCollectorRunsPassesWhileElected(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- f.col.Run(ctx) }()
 	deadline := time.Now().Add(time.Minute)
-	// Only the record is polled: the collector removes the file right after it.
+	// The collector removes the record, then the file: the pass is done
+	// once both are gone.
 	for {
 		_, err := f.lib.Stat(context.Background(), sha)
 		if errors.Is(err, errdefs.ErrNotFound) {
-			break
+			if _, ferr := os.Stat(f.lib.Path(sha)); errors.Is(ferr, os.ErrNotExist) {
+				break
+			}
+			err = nil
 		}
 		if err != nil {
 			t.Fatal(err)
