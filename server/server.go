@@ -318,17 +318,6 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer lis.Close()
 	addr := lis.Addr().String()
-	ca, created, err := pki.EnsureCA(filepath.Join(s.cfg.DataDir, "pki"), time.Now())
-	if err != nil {
-		return err
-	}
-	if created {
-		s.logger.Info("made a certificate authority: clients trust its certificate, agents get theirs from it", "ca", ca.CertPath, "fingerprint", ca.Fingerprint())
-	}
-	creds, err := s.transportCredentials(ca)
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	s.addr = addr
 	s.mu.Unlock()
@@ -371,6 +360,19 @@ func (s *Server) Run(ctx context.Context) error {
 	defer client.Close()
 
 	st, err := store.New(store.Config{Client: client, Prefix: s.cfg.Prefix, Logger: s.logger})
+	if err != nil {
+		return err
+	}
+	// The authority is shared through etcd: every replica issues and
+	// trusts the same agent certificates.
+	ca, created, err := sharedAuthority(ctx, st, filepath.Join(s.cfg.DataDir, "pki"))
+	if err != nil {
+		return err
+	}
+	if created {
+		s.logger.Info("made a certificate authority: clients trust its certificate, agents get theirs from it", "ca", ca.CertPath, "fingerprint", ca.Fingerprint())
+	}
+	creds, err := s.transportCredentials(ca)
 	if err != nil {
 		return err
 	}

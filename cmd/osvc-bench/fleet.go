@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -278,6 +280,11 @@ func (side *fleetSide) measure(ctx context.Context, cfg benchConfig, certs []tls
 	if m.rssKB, err = procStatusKB(p.pid(), "VmRSS"); err != nil {
 		return nil, err
 	}
+	if p.pprof != "" && cfg.ServerHeap != "" {
+		if err := saveHeap(ctx, p.pprof, fmt.Sprintf("%s.%d", cfg.ServerHeap, len(certs))); err != nil {
+			return nil, err
+		}
+	}
 	for _, a := range agents {
 		if err := a.failed(); err != nil {
 			return nil, fmt.Errorf("agent stream ended during the window: %w", err)
@@ -451,6 +458,8 @@ type serverProc struct {
 	cmd    *exec.Cmd
 	exited chan error
 	target target
+	// pprof is the address of its Go profiles, when it serves them.
+	pprof string
 }
 
 func (p *serverProc) pid() int { return p.cmd.Process.Pid }
@@ -481,11 +490,23 @@ func startServerProc(ctx context.Context, cfg benchConfig, bin, dataDir string, 
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--data-dir", dataDir, "--listen", addr, "--log-level", cfg.LogLevel,
+	args := []string{"--data-dir", dataDir, "--listen", addr, "--log-level", cfg.LogLevel,
 		"--etcd-endpoints", strings.Join(e.etcd.Endpoints(), ","),
 		"--etcd-ca-file", e.tls.TrustedCAFile, "--etcd-cert-file", e.tls.CertFile, "--etcd-key-file", e.tls.KeyFile,
-		"--heartbeat-interval", cfg.Heartbeat.String())
-	return startProc(ctx, cmd, target{addr: addr, caFile: filepath.Join(dataDir, "pki", pki.CACertFile), tokenFile: filepath.Join(dataDir, "admin.token")})
+		"--heartbeat-interval", cfg.Heartbeat.String()}
+	pprofAddr := ""
+	if cfg.ServerHeap != "" {
+		if pprofAddr, err = loopbackAddr(); err != nil {
+			return nil, err
+		}
+		args = append(args, "--pprof-listen", pprofAddr)
+	}
+	p, err := startProc(ctx, exec.Command(bin, args...), target{addr: addr, caFile: filepath.Join(dataDir, "pki", pki.CACertFile), tokenFile: filepath.Join(dataDir, "admin.token")})
+	if err != nil {
+		return nil, err
+	}
+	p.pprof = pprofAddr
+	return p, nil
 }
 
 // startBareAgents starts this program again as the bare AgentService
@@ -499,6 +520,27 @@ func startBareAgents(ctx context.Context, cfg benchConfig, self, dataDir string)
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), bareAgentsListenEnv+"="+addr, bareAgentsPKIEnv+"="+pkiDir, bareAgentsHeartbeatEnv+"="+cfg.Heartbeat.String())
 	return startProc(ctx, cmd, target{addr: addr, caFile: filepath.Join(pkiDir, pki.CACertFile)})
+}
+
+// saveHeap writes the heap profile the server at pprofAddr serves to file.
+func saveHeap(ctx context.Context, pprofAddr, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+pprofAddr+"/debug/pprof/heap", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("heap profile: %s", resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	return os.WriteFile(file, data, 0o644)
 }
 
 // serverBinary returns the osvc-server binary to run: -server-bin, or one

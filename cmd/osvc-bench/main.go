@@ -67,6 +67,9 @@ type benchConfig struct {
 	XMLBytes int
 	// Heartbeat is the agents' heartbeat interval in the agents benchmark.
 	Heartbeat time.Duration
+	// ServerHeap, when set, is where the agents benchmark writes
+	// osvc-server's heap profile at the end of each fleet's window.
+	ServerHeap string
 	// Out receives the human summary, one line per measurement.
 	Out io.Writer
 }
@@ -162,6 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")
 	serverBin := fs.String("server-bin", "", "osvc-server `binary` for import-memory; default: build it from this module")
 	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeatInterval, "heartbeat interval of the agents benchmark's agents, as servers tell them")
+	serverHeap := fs.String("server-heap", "", "agents: write osvc-server's heap profile at the end of each fleet's window to `FILE`.N (go tool pprof reads it)")
 	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
@@ -207,7 +211,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	res, err := bench.run(ctx, benchConfig{
 		N: *n, Workers: *workers, Fast: *fast, Logger: logger, LogLevel: *logLevel,
-		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, Out: stdout,
+		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, ServerHeap: *serverHeap, Out: stdout,
 	})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)

@@ -9,10 +9,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -45,6 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		endpoints string
 		logLevel  string
 		tlsHosts  string
+		pprofAddr string
 	)
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir, "directory of the embedded etcd (etcd/) and the content library (content/)")
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "gRPC listen address, host:port")
@@ -75,6 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext instead of TLS; refused unless --listen is a loopback address; agents cannot connect then (they authenticate by certificate)")
 	fs.DurationVar(&cfg.AgentCertValidity, "agent-cert-validity", pki.DefaultAgentValidity, "how long an agent's certificate is valid; agents renew theirs when a third is left, and one offline past its expiry enrolls anew")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", auth.DefaultAuditRetention, "how long audit events are kept")
+	fs.StringVar(&pprofAddr, "pprof-listen", "", "serve Go's profiles (net/http/pprof) on this loopback `HOST:PORT`, for diagnosing CPU and memory; off by default")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")
 		fmt.Fprintln(fs.Output(), "Runs the osvc control plane. With no flags: embedded etcd and content library in ./osvc-data, gRPC on localhost:7300.")
@@ -106,5 +112,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if pprofAddr != "" {
+		stop, err := servePprof(pprofAddr, cfg.Logger)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	return srv.Run(ctx)
+}
+
+// servePprof serves Go's profiles on addr, a loopback address only: they
+// show the server's memory, which holds secrets.
+func servePprof(addr string, logger hclog.Logger) (stop func(), err error) {
+	if !pki.Loopback(addr) {
+		return nil, fmt.Errorf("--pprof-listen %q: give a loopback address (127.0.0.1:PORT); profiles show the server's memory", addr)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof-listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Warn("pprof server stopped", "error", err)
+		}
+	}()
+	logger.Info("serving Go profiles", "addr", lis.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }

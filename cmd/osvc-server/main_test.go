@@ -133,3 +133,11 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		}
 	})
 }
+
+func TestProfilesAreServedOnLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"--data-dir", t.TempDir(), "--pprof-listen", "0.0.0.0:6060"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("--pprof-listen on all interfaces = %v, want refused asking for a loopback address", err)
+	}
+}

@@ -126,7 +126,16 @@ func EnsureCA(dir string, now time.Time) (ca *CA, created bool, err error) {
 		if _, statErr := os.Stat(filepath.Join(dir, CACertFile)); statErr == nil {
 			return EnsureCA(dir, now) // another server made it meanwhile
 		}
-		return nil, false, fmt.Errorf("certificate authority: %w", err)
+		// dir exists with other files (the embedded etcd's folder): the
+		// files go in one by one, the key first, each only if absent.
+		for _, name := range []string{CAKeyFile, CACertFile} {
+			if err := os.Link(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
+				if errors.Is(err, fs.ErrExist) && name == CAKeyFile {
+					return EnsureCA(dir, now) // another server made it meanwhile
+				}
+				return nil, false, fmt.Errorf("certificate authority: %w", err)
+			}
+		}
 	}
 	ca, err = parseCA(certPEM, keyPEM, certPath)
 	return ca, true, err

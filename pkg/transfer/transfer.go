@@ -59,12 +59,14 @@ func DialOptions() []grpc.DialOption {
 	}
 }
 
-// ServerOptions are the matching server options.
+// ServerOptions are the matching server options. The read buffer stays
+// gRPC's default (32 KiB): a server holds one per connection, and with
+// thousands of agents connected, a quarter chunk each would be most of its
+// memory. The write buffer is shared between connections while idle.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
-		grpc.ReadBufferSize(socketBufferBytes),
 		grpc.WriteBufferSize(socketBufferBytes),
 		grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.MaxSendMsgSize(maxMessageBytes),

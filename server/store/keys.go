@@ -175,3 +175,6 @@ func (s *Store) AgentIdentityKey(name string) string { return s.AgentIdentitiesP
 
 // AgentIdentitiesPrefix holds every enrolled agent's identity.
 func (s *Store) AgentIdentitiesPrefix() string { return s.prefix + "agent-identities/" }
+
+// AuthorityKey holds the certificate authority the replicas share.
+func (s *Store) AuthorityKey() string { return s.prefix + "pki/authority" }

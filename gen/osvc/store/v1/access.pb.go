@@ -278,6 +278,61 @@ func (x *AgentIdentity) GetEnrollTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// CertificateAuthority is the authority every replica issues agent and
+// server certificates from: the first replica to start stores its own, the
+// others take it, so an agent enrolled through one is trusted by all.
+type CertificateAuthority struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	CertPem       []byte                 `protobuf:"bytes,1,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	KeyPem        []byte                 `protobuf:"bytes,2,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertificateAuthority) Reset() {
+	*x = CertificateAuthority{}
+	mi := &file_osvc_store_v1_access_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateAuthority) ProtoMessage() {}
+
+func (x *CertificateAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_store_v1_access_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateAuthority.ProtoReflect.Descriptor instead.
+func (*CertificateAuthority) Descriptor() ([]byte, []int) {
+	return file_osvc_store_v1_access_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CertificateAuthority) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *CertificateAuthority) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
 var File_osvc_store_v1_access_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_access_proto_rawDesc = "" +
@@ -308,7 +363,10 @@ const file_osvc_store_v1_access_proto_rawDesc = "" +
 	"\n" +
 	"revoked_by\x18\a \x01(\tR\trevokedBy\x12;\n" +
 	"\venroll_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"enrollTimeB\xa6\x01\n" +
+	"enrollTime\"J\n" +
+	"\x14CertificateAuthority\x12\x19\n" +
+	"\bcert_pem\x18\x01 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x02 \x01(\fR\x06keyPemB\xa6\x01\n" +
 	"\x11com.osvc.store.v1B\vAccessProtoP\x01Z.github.com/osvc/osvc/gen/osvc/store/v1;storev1\xa2\x02\x03OSX\xaa\x02\rOsvc.Store.V1\xca\x02\rOsvc\\Store\\V1\xe2\x02\x19Osvc\\Store\\V1\\GPBMetadata\xea\x02\x0fOsvc::Store::V1b\x06proto3"
 
 var (
@@ -323,20 +381,21 @@ func file_osvc_store_v1_access_proto_rawDescGZIP() []byte {
 	return file_osvc_store_v1_access_proto_rawDescData
 }
 
-var file_osvc_store_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_osvc_store_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_osvc_store_v1_access_proto_goTypes = []any{
 	(*StoredToken)(nil),           // 0: osvc.store.v1.StoredToken
 	(*JoinToken)(nil),             // 1: osvc.store.v1.JoinToken
 	(*AgentIdentity)(nil),         // 2: osvc.store.v1.AgentIdentity
-	(*v1.Token)(nil),              // 3: osvc.v1.Token
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(*CertificateAuthority)(nil),  // 3: osvc.store.v1.CertificateAuthority
+	(*v1.Token)(nil),              // 4: osvc.v1.Token
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
 }
 var file_osvc_store_v1_access_proto_depIdxs = []int32{
-	3, // 0: osvc.store.v1.StoredToken.token:type_name -> osvc.v1.Token
-	4, // 1: osvc.store.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	4, // 2: osvc.store.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	4, // 3: osvc.store.v1.AgentIdentity.revoke_time:type_name -> google.protobuf.Timestamp
-	4, // 4: osvc.store.v1.AgentIdentity.enroll_time:type_name -> google.protobuf.Timestamp
+	4, // 0: osvc.store.v1.StoredToken.token:type_name -> osvc.v1.Token
+	5, // 1: osvc.store.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	5, // 2: osvc.store.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	5, // 3: osvc.store.v1.AgentIdentity.revoke_time:type_name -> google.protobuf.Timestamp
+	5, // 4: osvc.store.v1.AgentIdentity.enroll_time:type_name -> google.protobuf.Timestamp
 	5, // [5:5] is the sub-list for method output_type
 	5, // [5:5] is the sub-list for method input_type
 	5, // [5:5] is the sub-list for extension type_name
@@ -355,7 +414,7 @@ func file_osvc_store_v1_access_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_store_v1_access_proto_rawDesc), len(file_osvc_store_v1_access_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
