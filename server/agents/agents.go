@@ -46,6 +46,9 @@ const (
 	// flushBatch bounds the records one transaction writes, under etcd's
 	// default of 128 operations per transaction.
 	flushBatch = 100
+	// replicaTTL is how long a replica's liveness key outlives it: how
+	// long after a replica died its agents' streams may not move yet.
+	replicaTTL = 10 * time.Second
 )
 
 // Name returns agents/{id}.
@@ -212,6 +215,9 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		if _, err := sites.Require(tx, hello.GetSite()); err != nil {
 			return err
 		}
+		if err := r.refuseLiveElsewhere(tx, s.Agent); err != nil {
+			return err
+		}
 		tx.PutRaw(r.store.PresenceKey(s.ID), presence, clientv3.WithLease(s.Lease))
 		return tx.Put(r.store.AgentKey(s.ID), agent)
 	})
@@ -221,6 +227,28 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 	s.presence, s.PresenceRevision = presence, rev
 	s.record, s.recordRev = agent, rev
 	return s, nil
+}
+
+// refuseLiveElsewhere refuses, within tx, a stream of agent while another
+// replica holds an open one: its presence names a replica that is alive
+// and a stream not closed. A stolen identity must not take over a live
+// stream (and its runs' fencing tokens) through another replica. A dead
+// replica's streams are taken over once its liveness key expired.
+func (r *Registry) refuseLiveElsewhere(tx *store.Tx, agent string) error {
+	p, err := store.Load[*storev1.AgentPresence](tx, r.store.PresenceKey(ID(agent)))
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if p.GetServer() == r.serverID || p.GetStreamClosed() {
+		return nil
+	}
+	if alive, err := tx.Revision(r.store.ReplicaKey(p.GetServer())); err != nil || alive == 0 {
+		return err
+	}
+	return errdefs.Newf(errdefs.ErrConflict, "%s has a live stream on replica %s; a second one is refused (if the old one died, try again in a moment)", agent, p.GetServer())
 }
 
 // lease resumes the session its presence names when still alive, else grants one.
@@ -259,6 +287,15 @@ func (r *Registry) Close(ctx context.Context, s *Session, lastSeen time.Time) er
 	_, err := r.store.Txn(ctx, "disconnect "+s.Agent, func(tx *store.Tx) error {
 		if p, _, err := tx.Raw(presenceKey); err != nil || string(p) != string(s.presence) {
 			return err // replaced, or the lease already ended
+		}
+		// The session lives on for a reconnect, through any replica.
+		closed, err := store.Unmarshal[*storev1.AgentPresence](s.presence)
+		if err != nil {
+			return err
+		}
+		closed.StreamClosed = true
+		if err := tx.Put(presenceKey, closed); err != nil {
+			return err
 		}
 		agent, err := store.Load[*osvcv1.Agent](tx, r.store.AgentKey(s.ID))
 		if err != nil {
@@ -316,9 +353,24 @@ func drivesMoved(old, cur []*osvcv1.Drive) bool {
 	return false
 }
 
-// Run writes the records heartbeats made due, every FlushEvery, until ctx
-// ends.
+// Run keeps this replica's liveness key and writes the records heartbeats
+// made due, every FlushEvery, until ctx ends.
 func (r *Registry) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			if err := r.live(ctx); err != nil && ctx.Err() == nil {
+				r.logger.Warn("cannot keep this replica's liveness key; trying again", "error", err)
+				t := time.NewTimer(time.Second)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+			}
+		}
+	})
 	t := time.NewTicker(r.flush)
 	defer t.Stop()
 	for {
@@ -397,6 +449,34 @@ func (r *Registry) Flush(ctx context.Context) error {
 			}
 		}
 		r.mu.Unlock()
+	}
+	return nil
+}
+
+// live writes this replica's liveness key on an etcd lease of its own and
+// keeps it alive until ctx ends (then revokes it: the replica's agents may
+// move at once) or the lease is lost.
+func (r *Registry) live(ctx context.Context) error {
+	g, err := r.client.Grant(ctx, int64(replicaTTL/time.Second))
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_, _ = r.client.Revoke(ctx, g.ID)
+	}()
+	if _, err := r.client.Put(ctx, r.store.ReplicaKey(r.serverID), r.serverID, clientv3.WithLease(g.ID)); err != nil {
+		return err
+	}
+	ka, err := r.client.KeepAlive(ctx, g.ID)
+	if err != nil {
+		return err
+	}
+	for range ka {
+	}
+	if ctx.Err() == nil {
+		return errors.New("the liveness lease ended")
 	}
 	return nil
 }

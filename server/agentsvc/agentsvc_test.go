@@ -687,15 +687,19 @@ func TestHeartbeatsRefreshTheAgentAndASilentAgentIsDisconnected(t *testing.T) {
 	waitAgent(t, h, "ps1-a", osvcv1.AgentState_AGENT_STATE_DISCONNECTED)
 }
 
-func TestAStreamOnAnotherReplicaReplacesTheFirstAndGetsTheAssigns(t *testing.T) {
+func TestAStreamMovesToAnotherReplicaOnceTheFirstClosedAndGetsTheAssigns(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, servicingtest.Options{})
 	other := h.replica(t, "test-2")
 	first, _ := h.connect(t, hello("ps1-a"))
-	second, _ := connectOn(t, other, hello("ps1-a"))
-	if err := first.ended(); status.Code(err) != codes.Aborted {
-		t.Errorf("stream on the first replica ended with %v, want Aborted", err)
+	// While the first stream is open, another replica refuses a second.
+	refused := openOn(t, other, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Hello{Hello: hello("ps1-a")}})
+	if err := refused.ended(); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("a second stream on another replica ended with %v, want AlreadyExists", err)
 	}
+	first.cancel()
+	waitAgent(t, h, "ps1-a", osvcv1.AgentState_AGENT_STATE_DISCONNECTED)
+	second, _ := connectOn(t, other, hello("ps1-a"))
 	run := h.schedule(t)
 	as := second.assign(run.GetName())
 	if as.GetRun().GetFencingToken() != h.AssignmentRevision(t, run.GetName()) {

@@ -98,6 +98,9 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	logger := s.logger.With("agent", c.name)
 
 	session, err := s.agents.Open(ctx, hello)
+	if errors.Is(err, errdefs.ErrConflict) {
+		return errAlreadyConnected
+	}
 	if errors.Is(err, errdefs.ErrFailedPrecondition) {
 		return errdefs.ToGRPC(err)
 	}

@@ -178,3 +178,10 @@ func (s *Store) AgentIdentitiesPrefix() string { return s.prefix + "agent-identi
 
 // AuthorityKey holds the certificate authority the replicas share.
 func (s *Store) AuthorityKey() string { return s.prefix + "pki/authority" }
+
+// ReplicasPrefix holds a key per live server replica, on an etcd lease of
+// the replica's.
+func (s *Store) ReplicasPrefix() string { return s.prefix + "replicas/" }
+
+// ReplicaKey is replica id's liveness key.
+func (s *Store) ReplicaKey(id string) string { return s.ReplicasPrefix() + id }

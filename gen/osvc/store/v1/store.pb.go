@@ -114,8 +114,13 @@ type AgentPresence struct {
 	// session_lease is the etcd lease of the agent's session.
 	SessionLease int64 `protobuf:"varint,2,opt,name=session_lease,json=sessionLease,proto3" json:"session_lease,omitempty"`
 	// server is the replica that holds the agent's stream.
-	Server        string                 `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
-	ConnectTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
+	Server      string                 `protobuf:"bytes,3,opt,name=server,proto3" json:"server,omitempty"`
+	ConnectTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
+	// stream_closed tells that the stream ended while the session lives on
+	// (a reconnect within the TTL resumes it): another replica may take the
+	// agent's next stream. While it is open and its replica lives, a second
+	// stream on another replica is refused.
+	StreamClosed  bool `protobuf:"varint,5,opt,name=stream_closed,json=streamClosed,proto3" json:"stream_closed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -176,6 +181,13 @@ func (x *AgentPresence) GetConnectTime() *timestamppb.Timestamp {
 		return x.ConnectTime
 	}
 	return nil
+}
+
+func (x *AgentPresence) GetStreamClosed() bool {
+	if x != nil {
+		return x.StreamClosed
+	}
+	return false
 }
 
 // LogChunk is one stored batch of a run's log lines.
@@ -296,12 +308,13 @@ const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\rsession_lease\x18\x03 \x01(\x03R\fsessionLease\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\x05R\aattempt\x12;\n" +
 	"\vassign_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"assignTime\"\xa1\x01\n" +
+	"assignTime\"\xc6\x01\n" +
 	"\rAgentPresence\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12#\n" +
 	"\rsession_lease\x18\x02 \x01(\x03R\fsessionLease\x12\x16\n" +
 	"\x06server\x18\x03 \x01(\tR\x06server\x12=\n" +
-	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\"]\n" +
+	"\fconnect_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\x12#\n" +
+	"\rstream_closed\x18\x05 \x01(\bR\fstreamClosed\"]\n" +
 	"\bLogChunk\x12&\n" +
 	"\x05lines\x18\x01 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\x12)\n" +
 	"\x10compressed_lines\x18\x02 \x01(\fR\x0fcompressedLines\"$\n" +
