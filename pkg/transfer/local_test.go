@@ -233,7 +233,11 @@ func TestUploadOfDataDamagedOnTheWayIsNeverTakenForTheFile(t *testing.T) {
 // incomingFiles lists what the library's incoming folder holds.
 func incomingFiles(t *testing.T, s *server) []string {
 	t.Helper()
-	entries, err := os.ReadDir(s.lib.LocateLibrary().IncomingPath)
+	loc, err := s.lib.LocateLibrary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(loc.IncomingPath)
 	if err != nil {
 		t.Fatal(err)
 	}
