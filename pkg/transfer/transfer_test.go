@@ -24,12 +24,15 @@ import (
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	storetest.Close()
+	s3test.Close()
 	os.Exit(code)
 }
 
@@ -109,7 +112,36 @@ func (c *countingStream) RecvMsg(m any) error {
 
 func startServer(t *testing.T) *server {
 	t.Helper()
-	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: storetest.New(t), Logger: hclog.NewNullLogger()})
+	return startServerOn(t, nil)
+}
+
+// starter is a test case's way of starting its server.
+type starter struct {
+	// start, when set, starts the server instead of startServer.
+	start func(t *testing.T) *server
+}
+
+func (s starter) startServer(t *testing.T) *server {
+	t.Helper()
+	if s.start != nil {
+		return s.start(t)
+	}
+	return startServer(t)
+}
+
+// startServerOnAnObjectStore is startServer with the library's blobs on an
+// object store.
+func startServerOnAnObjectStore(t *testing.T) *server {
+	t.Helper()
+	st, _ := s3test.NewStore(t, s3store.Config{})
+	return startServerOn(t, st)
+}
+
+// startServerOn is startServer with the library's blobs in blobs; nil for
+// a folder of this machine.
+func startServerOn(t *testing.T, blobs content.Blobs) *server {
+	t.Helper()
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Blobs: blobs, Store: storetest.New(t), Logger: hclog.NewNullLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

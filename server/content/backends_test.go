@@ -1,17 +1,21 @@
 package content_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
-// testPartSize and multipartBytes size the data of tests that need
-// several megabytes.
+// testPartSize is the object store's part size in the tests: S3's
+// smallest, so that a few MiB make a multipart upload.
 const testPartSize = 5 << 20
 
 // multipartBytes is data of three parts, the last one short.
@@ -20,6 +24,8 @@ const multipartBytes = 2*testPartSize + 12345
 // backend is where a library under test keeps its blobs.
 type backend struct {
 	name string
+	// shared: several servers may use the blobs (see Blobs.Shared).
+	shared bool
 	// open sets cfg up for the backend: the blobs of share when given (a
 	// second server's library on the same blobs), else new ones.
 	open func(t *testing.T, cfg *content.Config, share *library) *library
@@ -34,6 +40,28 @@ var backends = []backend{
 		dir := cfg.Dir
 		return &library{contents: func(t *testing.T) []string { return dirContents(t, dir) }}
 	}},
+	{name: "an object store", shared: true, open: func(t *testing.T, cfg *content.Config, share *library) *library {
+		l := &library{}
+		if share == nil {
+			cfg.Blobs, l.bucket = s3test.NewStore(t, s3store.Config{PartSize: testPartSize, MaxBlobBytes: cfg.MaxBlobBytes})
+		} else if l.bucket = share.bucket; cfg.Blobs == nil {
+			c, err := s3test.Shared(t).StoreConfig(t.TempDir(), l.bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.PartSize, c.MaxBlobBytes = testPartSize, cfg.MaxBlobBytes
+			if cfg.Blobs, err = s3store.New(context.Background(), c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The server's own folder holds only temporary copies.
+		cfg.Dir = t.TempDir()
+		scratch := cfg.Dir
+		l.contents = func(t *testing.T) []string {
+			return append(bucketContents(t, l.bucket), dirContents(t, scratch)...)
+		}
+		return l
+	}},
 }
 
 // library is a library on one backend.
@@ -44,6 +72,8 @@ type library struct {
 	// blobEntry, anything else (an upload in progress, a temporary copy)
 	// by its name.
 	contents func(t *testing.T) []string
+	// bucket is the object store's.
+	bucket string
 }
 
 // newLibrary makes a library on backend b with cfg's settings, on a fresh
@@ -67,9 +97,21 @@ func (b backend) newLibraryOn(t *testing.T, cfg content.Config, share *library) 
 	return l
 }
 
-// replica is the library another server uses for the same blobs: a
+// replica is another server's library on the same blobs and records: a
 // directory is one server's, its replica is itself.
-func (l *library) replica(*testing.T, backend) *library { return l }
+func (l *library) replica(t *testing.T, b backend) *library {
+	t.Helper()
+	if !b.shared {
+		return l
+	}
+	return l.otherServer(t, b)
+}
+
+// otherServer is another server's library on the same blobs and records.
+func (l *library) otherServer(t *testing.T, b backend) *library {
+	t.Helper()
+	return b.newLibraryOn(t, content.Config{Store: l.cfg.Store, MaxBlobBytes: l.cfg.MaxBlobBytes, Now: l.cfg.Now}, l)
+}
 
 // eachBackend runs test on every backend, in parallel.
 func eachBackend(t *testing.T, test func(t *testing.T, b backend)) {
@@ -106,4 +148,21 @@ func dirContents(t *testing.T, dir string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// bucketContents lists the objects of bucket, a blob's as blobEntry, and
+// its uploads in progress as "upload <key>".
+func bucketContents(t *testing.T, bucket string) []string {
+	t.Helper()
+	keys, err := s3test.Shared(t).Keys(context.Background(), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if sha, ok := strings.CutPrefix(k, "blobs/"); ok {
+			keys[i] = blobEntry(sha)
+		}
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -7,7 +7,8 @@ import (
 )
 
 // Blobs is where the library keeps the data of its blobs, each under its
-// sha256: a directory of this server, by default. The Library keeps
+// sha256: a directory of this server (the default) or an S3-compatible
+// bucket that several servers share (package s3store). The Library keeps
 // the records in etcd, checks what it receives and decides what is
 // published; Blobs only moves bytes. Every sha256 a Blobs is given has
 // passed ValidSHA256, and an implementation checks it again before it
@@ -33,6 +34,9 @@ type Blobs interface {
 	// connection) left staged, once older than age; it logs what it
 	// removes and reports how many.
 	RemoveStale(ctx context.Context, age time.Duration) int
+	// Shared tells whether other servers use the same blobs: the library
+	// then excludes their writers and collectors per blob through etcd.
+	Shared() bool
 	// String names the store in logs: its directory or its bucket.
 	String() string
 }

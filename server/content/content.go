@@ -1,6 +1,6 @@
 // Package content is the content library: blobs (images, update files) addressed
 // by sha256, recorded in etcd, their data kept in a directory of the server
-// (see Blobs).
+// or, for several servers, in an S3-compatible bucket (see Blobs).
 package content
 
 import (
@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -65,13 +66,18 @@ const (
 	DefaultMaxConcurrentWrites = 8
 )
 
+// lockTTL is how long a blob's lock outlives a server that died holding
+// it, when the library's blobs are shared (see Blobs.Shared).
+const lockTTL = 10 // seconds, as etcd leases count
+
 // Config configures a Library.
 type Config struct {
 	// Dir holds the blobs as <Dir>/<first two hex digits>/<sha256>; created
 	// when missing. With Blobs, it holds only temporary copies of blobs
 	// that readers need as files.
 	Dir string
-	// Blobs, when set, keeps the blobs' data there instead of in Dir.
+	// Blobs, when set, keeps the blobs' data there (an object store, see
+	// package s3store) instead of in Dir.
 	Blobs  Blobs
 	Store  *store.Store
 	Logger hclog.Logger
@@ -102,7 +108,8 @@ type Library struct {
 	writes   *admission.Gate
 	now      func() time.Time
 	// locks serializes, per sha256, putting a blob in place and recording
-	// it (Write) with removing it (the collector).
+	// it (Write) with removing it (the collector), in this server; see
+	// lockBlob for several.
 	locks keyedMutex
 	// id identifies the library's folder (see Locate).
 	id string
@@ -373,10 +380,34 @@ func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string
 	return c, false, nil
 }
 
-// lockBlob locks sha against other writers and collectors of this server.
-// The unlock it returns does not fail.
-func (l *Library) lockBlob(_ context.Context, sha string) (unlock func(), err error) {
-	return l.locks.lock(sha), nil
+// lockBlob locks sha against other writers and collectors of this server
+// and, when the blobs are shared, of every server: through etcd, on a
+// lease that ends when the server does. The unlock it returns does not
+// fail.
+func (l *Library) lockBlob(ctx context.Context, sha string) (unlock func(), err error) {
+	unlockHere := l.locks.lock(sha)
+	if !l.blobs.Shared() {
+		return unlockHere, nil
+	}
+	session, err := concurrency.NewSession(l.store.Client(), concurrency.WithTTL(lockTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		unlockHere()
+		return nil, fmt.Errorf("content library: lock %s: %w", sha, err)
+	}
+	m := concurrency.NewMutex(session, l.store.ContentLockPrefix(sha))
+	if err := m.Lock(ctx); err != nil {
+		session.Close()
+		unlockHere()
+		return nil, fmt.Errorf("content library: lock %s: %w", sha, err)
+	}
+	return func() {
+		// Closing the session revokes its lease, which releases the lock;
+		// the session outlives ctx so that it can.
+		if err := session.Close(); err != nil {
+			l.logger.Warn("releasing a blob's lock failed; it ends with its lease", "sha256", sha, "error", err, "ttl_seconds", lockTTL)
+		}
+		unlockHere()
+	}, nil
 }
 
 // Claim is Stat for a caller about to reference the blob (an import, a

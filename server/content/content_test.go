@@ -14,14 +14,18 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/minio/minio-go/v7"
+
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	storetest.Close()
+	s3test.Close()
 	os.Exit(code)
 }
 
@@ -40,8 +44,9 @@ func pattern(n int, seed byte) []byte {
 	return b
 }
 
-// sizes are the data sizes the tests write: a few bytes and a few
-// megabytes.
+// sizes are the data sizes the tests write: within one part of the object
+// store (sent in one request once checked), and over several (a multipart
+// upload).
 var sizes = []struct {
 	name string
 	n    int
@@ -54,7 +59,13 @@ var sizes = []struct {
 // failing disk or an operator would.
 func (l *library) removeBehind(t *testing.T, sha string) {
 	t.Helper()
-	if err := os.Remove(l.Path(sha)); err != nil {
+	var err error
+	if l.bucket != "" {
+		err = s3test.Shared(t).Client().RemoveObject(context.Background(), l.bucket, "blobs/"+sha, minio.RemoveObjectOptions{})
+	} else {
+		err = os.Remove(l.Path(sha))
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -231,6 +242,7 @@ func TestWriteOfAHeldBlob(t *testing.T) {
 			t.Run("of "+size.name+" size by concurrent writers is stored once", func(t *testing.T) {
 				t.Parallel()
 				lib := b.newLibrary(t, content.Config{})
+				// Of two servers where several share the blobs.
 				libs := []*library{lib, lib.replica(t, b)}
 				d := pattern(size.n, 4)
 				var wg sync.WaitGroup
@@ -341,11 +353,43 @@ type failingReader struct{ err error }
 
 func (f *failingReader) Read([]byte) (int, error) { return 0, f.err }
 
+// guardedBlobs fails the test when the library hands its store a sha256
+// that is not one: the library checks every sha256 it is given before
+// anything reaches the store.
+type guardedBlobs struct {
+	content.Blobs
+	t *testing.T
+}
+
+func (g guardedBlobs) check(sha string) {
+	if !content.ValidSHA256(sha) {
+		g.t.Errorf("the store was given %q", sha)
+	}
+}
+
+func (g guardedBlobs) Open(ctx context.Context, sha string) (content.Blob, error) {
+	g.check(sha)
+	return g.Blobs.Open(ctx, sha)
+}
+
+func (g guardedBlobs) Stat(ctx context.Context, sha string) (content.BlobInfo, error) {
+	g.check(sha)
+	return g.Blobs.Stat(ctx, sha)
+}
+
+func (g guardedBlobs) Delete(ctx context.Context, sha string) error {
+	g.check(sha)
+	return g.Blobs.Delete(ctx, sha)
+}
+
 func TestBadSHA256IsInvalidArgumentEverywhere(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	eachBackend(t, func(t *testing.T, b backend) {
 		lib := b.newLibrary(t, content.Config{})
+		if lib.bucket != "" {
+			lib = b.newLibraryOn(t, content.Config{Blobs: guardedBlobs{Blobs: lib.cfg.Blobs, t: t}}, lib)
+		}
 		for _, bad := range []string{"", "abc", "../" + strings.Repeat("a", 61), strings.Repeat("g", 64), strings.Repeat("A", 64)} {
 			if _, err := lib.Stat(ctx, bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Errorf("Stat(%q) = %v, want ErrInvalidArgument", bad, err)
@@ -430,6 +474,66 @@ func TestLocalFileHoldsTheBlobUntilReleased(t *testing.T) {
 			t.Errorf("LocalFile of an absent blob = %v, want ErrNotFound", err)
 		}
 	})
+}
+
+func TestLocalFileRefusesABlobDamagedInTheStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lib := backends[1].newLibrary(t, content.Config{})
+	data := []byte("an update package")
+	sha := lib.put(t, data)
+	damaged := []byte("an update pACKAGE")
+	if _, err := s3test.Shared(t).Client().PutObject(ctx, lib.bucket, "blobs/"+sha, bytes.NewReader(damaged), int64(len(damaged)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := lib.LocalFile(ctx, sha); !errors.Is(err, errdefs.ErrDataLoss) {
+		t.Fatalf("LocalFile of a damaged blob = %v, want ErrDataLoss", err)
+	}
+	lib.wantContents(t, blobEntry(sha))
+}
+
+func TestContentWrittenThroughOneServerIsReadThroughAnother(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := backends[1]
+	first := b.newLibrary(t, content.Config{})
+	second := first.otherServer(t, b)
+	data := pattern(multipartBytes, 8)
+	sha := first.put(t, data)
+	if _, err := second.Claim(ctx, sha); err != nil {
+		t.Fatalf("the second server's Claim: %v", err)
+	}
+	if got := second.readAll(t, sha); !bytes.Equal(got, data) {
+		t.Fatalf("the second server reads %d other bytes", len(got))
+	}
+	if err := second.Delete(ctx, sha); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Open(ctx, sha); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("the first server opens a blob the second deleted: %v", err)
+	}
+}
+
+func TestAnObjectStoreLibraryHandsOutNoFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lib := backends[1].newLibrary(t, content.Config{})
+	data := []byte("an object")
+	if _, _, err := lib.Write(ctx, content.WriteHeader{}, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if p := lib.Path(sum(data)); p != "" {
+		t.Errorf("Path = %q, want none", p)
+	}
+	if _, err := lib.Locate(ctx, sum(data)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Locate = %v, want ErrFailedPrecondition", err)
+	}
+	if _, err := lib.LocateLibrary(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("LocateLibrary = %v, want ErrFailedPrecondition", err)
+	}
+	if _, _, err := lib.Adopt(ctx, strings.Repeat("0", 32), content.WriteHeader{SizeBytes: 1}); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Errorf("Adopt = %v, want ErrFailedPrecondition", err)
+	}
 }
 
 func TestNewValidatesItsConfig(t *testing.T) {

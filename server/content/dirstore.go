@@ -46,6 +46,7 @@ func (d *dirStore) path(sha string) string {
 	return filepath.Join(d.dir, sha[:2], sha)
 }
 
+func (d *dirStore) Shared() bool   { return false }
 func (d *dirStore) String() string { return "directory " + d.dir }
 
 // Stage writes r to a temp file and makes it durable.
