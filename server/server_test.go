@@ -32,6 +32,8 @@ import (
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 )
 
 // running is a Server started by startServer.
@@ -96,14 +98,20 @@ func startServer(t *testing.T, cfg server.Config) *running {
 // dial connects as the server's first admin to srv over TLS, trusting the authority it made.
 func dial(t *testing.T, srv *server.Server) *grpc.ClientConn {
 	t.Helper()
+	return dialWith(t, srv, srv.AdminTokenFile())
+}
+
+// dialWith is dial with the token in tokenFile.
+func dialWith(t *testing.T, srv *server.Server, tokenFile string) *grpc.ClientConn {
+	t.Helper()
 	addr := srv.Addr()
 	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: srv.CAFile()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := os.ReadFile(srv.AdminTokenFile())
+	token, err := os.ReadFile(tokenFile)
 	if err != nil {
-		t.Fatalf("the first admin token: %v", err)
+		t.Fatalf("the admin token: %v", err)
 	}
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(pki.Bearer(strings.TrimSpace(string(token)), true))},
 		transfer.DialOptions()...)
@@ -280,6 +288,51 @@ func TestServerUsesAnExternalEtcd(t *testing.T) {
 	}
 }
 
+// Two servers on one etcd and one bucket: content uploaded through one is
+// read, and imported, through the other; content deleted by one's collector
+// is gone for both.
+func TestTwoServersOnOneEtcdAndOneBucketShareTheContentLibrary(t *testing.T) {
+	t.Parallel()
+	endpoint := startEtcd(t)
+	bucket := s3test.NewBucket(t)
+	var servers []*running
+	for range 2 {
+		cfg := testConfig(t, t.TempDir())
+		cfg.EtcdEndpoints = []string{endpoint}
+		store, err := s3test.Shared(t).StoreConfig(t.TempDir(), bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ObjectStore = store
+		servers = append(servers, startServer(t, cfg))
+	}
+	// The first server made the first admin token; it is valid on both.
+	first := dial(t, servers[0].srv)
+	second := dialWith(t, servers[1].srv, servers[0].srv.AdminTokenFile())
+
+	ctx := context.Background()
+	wim := captureWIM(t)
+	c, err := transfer.Upload(ctx, osvcv1.NewContentServiceClient(first), wim, "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "install.wim")
+	if err := transfer.Download(ctx, osvcv1.NewContentServiceClient(second), c.GetSha256(), dst, nil); err != nil {
+		t.Fatalf("download through the second server: %v", err)
+	}
+	want, _ := os.ReadFile(wim)
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, want) {
+		t.Fatal("the second server serves other bytes")
+	}
+	resp, err := osvcv1.NewImageServiceClient(second).ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win11", Site: "PS1", ContentSha256: c.GetSha256()})
+	if err != nil {
+		t.Fatalf("import through the second server: %v", err)
+	}
+	if len(resp.GetImage().GetIndexes()) != 1 {
+		t.Errorf("the second server read indexes %v", resp.GetImage().GetIndexes())
+	}
+}
+
 func TestNewRefusesABadConfig(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -299,6 +352,9 @@ func TestNewRefusesABadConfig(t *testing.T) {
 		{"etcd TLS without an external etcd", server.Config{EtcdAuth: server.EtcdAuth{CAFile: "ca.pem"}}},
 		{"an etcd client certificate without its key", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{CertFile: "c.pem"}}},
 		{"an etcd password without a user", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{PasswordFile: "p"}}},
+		{"an object store bucket without its endpoint", server.Config{ObjectStore: s3store.Config{Bucket: "osvc"}}},
+		{"an object store without a bucket", server.Config{ObjectStore: s3store.Config{Endpoint: "https://s3.example.com"}}},
+		{"an object store prefix climbing out", server.Config{ObjectStore: s3store.Config{Endpoint: "https://s3.example.com", Bucket: "osvc", Prefix: "../"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {

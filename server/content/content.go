@@ -476,6 +476,9 @@ func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error)
 	return c, nil
 }
 
+// Blobs is where the library keeps its blobs' data.
+func (l *Library) Blobs() Blobs { return l.blobs }
+
 // Open opens a blob for reading; errdefs.ErrNotFound when it is not there.
 func (l *Library) Open(ctx context.Context, sha string) (Blob, error) {
 	if err := checkSHA256(sha); err != nil {

@@ -120,6 +120,7 @@ func Start(ctx context.Context, dir string, opts Options) (*Server, error) {
 		}
 		args := append([]string{"--access", AccessKeyID, "--secret", SecretAccessKey, "--port", addr, "--quiet"}, tlsArgs...)
 		cmd := exec.Command(bin, append(args, "posix", data)...)
+		dieWithParent(cmd)
 		var out strings.Builder
 		log := &syncWriter{w: &out}
 		cmd.Stdout, cmd.Stderr = log, log
