@@ -7,8 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +32,7 @@ import (
 	"github.com/osvc/osvc/server"
 	"github.com/osvc/osvc/server/content/s3store"
 	"github.com/osvc/osvc/server/content/s3store/s3test"
+	"github.com/osvc/osvc/server/store/storetest"
 )
 
 // running is a Server started by startServer.
@@ -268,14 +267,14 @@ func TestServerStopsOnCancelAndKeepsItsDataAcrossARestart(t *testing.T) {
 
 func TestServerUsesAnExternalEtcd(t *testing.T) {
 	t.Parallel()
-	endpoint := startEtcd(t)
+	endpoint := storetest.StartEtcdProcess(t)
 	cfg := testConfig(t, t.TempDir())
 	cfg.EtcdEndpoints = []string{endpoint}
 	cfg.Prefix = "/osvc-external/"
 	r := startServer(t, cfg)
 	importImage(t, dial(t, r.srv), "win11")
 
-	client := etcdClient(t, endpoint)
+	client := storetest.Client(t, endpoint)
 	resp, err := client.Get(context.Background(), "/osvc-external/images/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +292,7 @@ func TestServerUsesAnExternalEtcd(t *testing.T) {
 // is gone for both.
 func TestTwoServersOnOneEtcdAndOneBucketShareTheContentLibrary(t *testing.T) {
 	t.Parallel()
-	endpoint := startEtcd(t)
+	endpoint := storetest.StartEtcdProcess(t)
 	bucket := s3test.NewBucket(t)
 	var servers []*running
 	for range 2 {
@@ -363,69 +362,6 @@ func TestNewRefusesABadConfig(t *testing.T) {
 			}
 		})
 	}
-}
-
-// startEtcd runs Debian's etcd binary on free loopback ports until the test
-// ends and returns its client URL once it answers.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	client, peer := freeURL(t), freeURL(t)
-	cmd := exec.Command("etcd",
-		"--name", "external",
-		"--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "external="+peer,
-		"--heartbeat-interval", "10", "--election-timeout", "100",
-		"--log-level", "error", "--logger", "zap")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	c := etcdClient(t, client)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health-probe")
-		cancel()
-		if err == nil {
-			return client
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("etcd exited: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd at %s did not answer within 30s: %v", client, err)
-		}
-	}
-}
-
-func etcdClient(t *testing.T, endpoint string) *clientv3.Client {
-	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// freeURL returns a loopback URL on a port the OS just handed out.
-func freeURL(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return fmt.Sprintf("http://%s", l.Addr())
 }
 
 // syncBuffer is a log destination the server's goroutines may share.
@@ -526,7 +462,7 @@ func TestServerUsesAnExternalEtcdOverMutualTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	client, peer := freeURL(t), freeURL(t)
+	client, peer := storetest.FreeURL(t), storetest.FreeURL(t)
 	client = strings.Replace(client, "http://", "https://", 1)
 	cmd := exec.Command("etcd", "--name", "tls", "--data-dir", t.TempDir(),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
