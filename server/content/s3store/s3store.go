@@ -10,7 +10,7 @@
 // it is completed, and it is completed only after the check) or to a
 // temporary name, <prefix>tmp/<random>, completed and copied on the
 // object store's side to its final name once checked. Memory per upload is
-// bounded by two parts: one being received, one being sent.
+// bounded by a few parts: one being received, PartsInFlight being sent.
 package s3store
 
 import (
@@ -26,7 +26,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -45,6 +47,9 @@ const (
 	// size minio-go itself starts from, so a 64 GiB blob takes 4,096
 	// parts, within S3's 10,000.
 	DefaultPartSize = 16 << 20
+	// DefaultPartsInFlight sends two parts of an upload at once: with the
+	// part being received, an upload holds 48 MiB.
+	DefaultPartsInFlight = 2
 	// minPartSize is S3's smallest part but the last.
 	minPartSize = 5 << 20
 	// maxParts is S3's most parts of one upload.
@@ -91,6 +96,10 @@ type Config struct {
 	// DefaultPartSize, raised when needed so that MaxBlobBytes fits in
 	// S3's 10,000 parts.
 	PartSize int64
+	// PartsInFlight is how many parts of one upload are sent at once;
+	// default DefaultPartsInFlight. An upload holds one part more in
+	// memory, the one it is receiving.
+	PartsInFlight int
 	// MaxBlobBytes is the largest blob the library accepts.
 	MaxBlobBytes int64
 	Logger       hclog.Logger
@@ -103,8 +112,10 @@ type Store struct {
 	bucket   string
 	prefix   string
 	partSize int64
-	logger   hclog.Logger
-	desc     string
+	// partsInFlight bounds the parts of one upload sent at once.
+	partsInFlight int
+	logger        hclog.Logger
+	desc          string
 }
 
 var _ content.Blobs = (*Store)(nil)
@@ -136,6 +147,13 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxBlobBytes > partSize*maxParts {
 		// Whole MiB, so the parts stay aligned.
 		partSize = ((cfg.MaxBlobBytes+maxParts-1)/maxParts + 1<<20 - 1) &^ (1<<20 - 1)
+	}
+	inFlight := cfg.PartsInFlight
+	if inFlight == 0 {
+		inFlight = DefaultPartsInFlight
+	}
+	if inFlight < 1 || inFlight > 64 {
+		return nil, fmt.Errorf("object store parts in flight %d: want 1 to 64", inFlight)
 	}
 	creds, err := credentialsOf(cfg)
 	if err != nil {
@@ -175,7 +193,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{
 		client: client, core: minio.Core{Client: client}, bucket: cfg.Bucket, prefix: cfg.Prefix,
-		partSize: partSize, logger: logger.Named("s3store"),
+		partSize: partSize, partsInFlight: inFlight, logger: logger.Named("s3store"),
 		desc: fmt.Sprintf("bucket %s%s of %s", cfg.Bucket, cfg.Prefix, cfg.Endpoint),
 	}
 	if u.Scheme == "http" && !pki.Loopback(u.Host) {
@@ -340,45 +358,53 @@ func (s *Store) Stage(ctx context.Context, r io.Reader, expect string) (content.
 	return m, nil
 }
 
-// uploadParts sends first, then the rest of r, as the parts of an upload;
-// the next part is received while the previous one is being sent.
+// uploadParts sends first, then the rest of r, as the parts of an upload,
+// up to partsInFlight at once while the next part is received: at most
+// partsInFlight+1 parts in memory.
 func (s *Store) uploadParts(ctx context.Context, key, uploadID string, first []byte, r io.Reader) ([]minio.CompletePart, error) {
-	var parts []minio.CompletePart
+	var (
+		mu    sync.Mutex
+		parts []minio.CompletePart
+	)
 	g, gctx := errgroup.WithContext(ctx)
-	toSend := make(chan []byte)
-	spare := make(chan []byte, 1)
-	spare <- make([]byte, s.partSize)
-	// The sender only talks to the object store; the data is read here, in
+	g.SetLimit(s.partsInFlight)
+	free := make(chan []byte, s.partsInFlight+1)
+	made := 1
+	// The senders only talk to the object store; the data is read here, in
 	// the caller's goroutine, so that nothing reads r after Stage returns.
-	g.Go(func() error {
-		for data := range toSend {
-			number := len(parts) + 1
-			p, err := s.core.PutObjectPart(gctx, s.bucket, key, uploadID, number, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
-			if err != nil {
-				return s.wrap(fmt.Sprintf("send part %d of an upload", number), err)
-			}
-			parts = append(parts, minio.CompletePart{PartNumber: number, ETag: p.ETag})
-			spare <- data[:cap(data)]
-		}
-		return nil
-	})
 	readErr := func() error {
-		defer close(toSend)
 		data := first
-		for sent := 0; ; sent++ {
-			if sent == maxParts {
+		for number := 1; ; number++ {
+			if number > maxParts {
 				return fmt.Errorf("content library: the data does not fit in %d parts of %d bytes: %w", maxParts, s.partSize, errdefs.ErrResourceExhausted)
 			}
-			select {
-			case toSend <- data:
-			case <-gctx.Done():
+			part := data
+			g.Go(func() error {
+				p, err := s.core.PutObjectPart(gctx, s.bucket, key, uploadID, number, bytes.NewReader(part), int64(len(part)), minio.PutObjectPartOptions{})
+				if err != nil {
+					return s.wrap(fmt.Sprintf("send part %d of an upload", number), err)
+				}
+				mu.Lock()
+				parts = append(parts, minio.CompletePart{PartNumber: number, ETag: p.ETag})
+				mu.Unlock()
+				free <- part[:cap(part)]
 				return nil
-			}
+			})
 			var buf []byte
 			select {
-			case buf = <-spare:
+			case buf = <-free:
 			case <-gctx.Done():
-				return nil
+				return gctx.Err() // a sender's error, which Wait returns, or ctx's
+			default:
+				if made <= s.partsInFlight {
+					buf, made = make([]byte, s.partSize), made+1
+				} else {
+					select {
+					case buf = <-free:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+				}
 			}
 			n, err := io.ReadFull(r, buf)
 			switch {
@@ -396,6 +422,7 @@ func (s *Store) uploadParts(ctx context.Context, key, uploadID string, first []b
 	if readErr != nil {
 		return nil, readErr
 	}
+	slices.SortFunc(parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })
 	return parts, nil
 }
 

@@ -233,6 +233,7 @@ func TestNewChecksItsConfig(t *testing.T) {
 		{"a prefix climbing out", func(c *s3store.Config) { c.Prefix = "osvc/../" }, "prefix"},
 		{"a prefix from the root", func(c *s3store.Config) { c.Prefix = "/osvc/" }, "prefix"},
 		{"a part too small", func(c *s3store.Config) { c.PartSize = 1 << 20 }, "part size"},
+		{"no part in flight", func(c *s3store.Config) { c.PartsInFlight = -1 }, "parts in flight"},
 		{"a wrong secret key", func(c *s3store.Config) { c.SecretKeyFile = wrongSecret }, "credentials"},
 		{"a missing secret key file", func(c *s3store.Config) { c.SecretKeyFile = filepath.Join(t.TempDir(), "none") }, "--s3-secret-key-file"},
 		{"a secret key file without its id", func(c *s3store.Config) { c.AccessKeyID = "" }, "--s3-access-key-id"},
