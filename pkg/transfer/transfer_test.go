@@ -308,6 +308,29 @@ func TestUploadUnlessHeldOfAHeldBlobSendsNoData(t *testing.T) {
 	}
 }
 
+func TestUploadUnlessHeldAnnouncesTheSHA256ItHashed(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	data := blob(blobSize)
+	src := filepath.Join(t.TempDir(), "install.wim")
+	writeFile(t, src, data)
+	var announced string
+	s.onWrite = func(r *osvcv1.WriteRequest) bool {
+		if h := r.GetHeader(); h != nil {
+			announced = h.GetSha256()
+		}
+		return true
+	}
+	c, err := transfer.UploadUnlessHeld(context.Background(), s.client, src, "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GetSha256() != shaOf(data) || announced != shaOf(data) || s.received.Load() != blobSize {
+		t.Fatalf("Upload = %v with %q in its header and %d bytes sent; want %s announced and all %d bytes sent",
+			c, announced, s.received.Load(), shaOf(data), blobSize)
+	}
+}
+
 func TestDownloadResumes(t *testing.T) {
 	t.Parallel()
 	data := blob(blobSize)
