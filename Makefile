@@ -43,7 +43,8 @@ integration: deps
 # Each prints a ratio against the raw floor measured in the same run (bare
 # etcd; for import-memory, the server's own idle RSS; for pipeline, the same
 # wimlib-imagex commands by hand; for shrink, the image before; for LZX, MSZIP's
-# inflating of the same data).
+# inflating of the same data; for objstore, the bare S3 client on the same
+# server).
 bench:
 	$(GO) test -run '^$$' -bench LZXDecompression -benchtime 20x ./pkg/cab/
 	$(GO) run ./cmd/osvc-bench -run startup
@@ -53,6 +54,7 @@ bench:
 	$(GO) run ./cmd/osvc-bench -run import-memory
 	$(GO) run ./cmd/osvc-bench -run pipeline
 	$(GO) run ./cmd/osvc-bench -run shrink
+	$(GO) run ./cmd/osvc-bench -run objstore
 
 demo: deps build
 	deploy/demo.sh

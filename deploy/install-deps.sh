@@ -2,7 +2,8 @@
 # Installs the system packages osvc needs on Debian when any is missing:
 # wimlib-imagex (wimtools) and FUSE for the wimlib engine, gcab and cabextract
 # that the tests check cabinets against, uudecode (sharutils) for test
-# cabinets stored uuencoded, and etcd for the external-etcd tests; then
+# cabinets stored uuencoded, and etcd for the external-etcd tests; builds
+# versitygw, the S3-compatible server the object store tests run; then
 # fetches the public test cabinets the cab tests read (see below).
 set -euo pipefail
 
@@ -25,6 +26,20 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# versitygw (Apache-2.0), an S3-compatible server over a plain folder, for
+# the content library's object store tests: built from its Go module at the
+# version pinned here and in server/content/s3store/s3test (about a minute
+# and a half on two cores, once), into $GOBIN or $GOPATH/bin, where the
+# tests look first.
+versitygw_module=github.com/versity/versitygw/cmd/versitygw
+versitygw_version=v1.8.0
+gobin="$(go env GOBIN)"
+gobin="${gobin:-$(go env GOPATH | cut -d: -f1)/bin}"
+if [ "$(go version -m "$gobin/versitygw" 2>/dev/null | awk '$1 == "mod" {print $3}')" != "$versitygw_version" ]; then
+  echo "building versitygw $versitygw_version into $gobin"
+  GOBIN="$gobin" go install "$versitygw_module@$versitygw_version"
 fi
 
 # Public test cabinets for pkg/cab's reader: libmspack's and cabextract's own

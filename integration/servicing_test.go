@@ -60,15 +60,22 @@ func newCluster(t *testing.T, serverArgs ...string) *cluster {
 		_, err := os.Stat(c.adminTokenFile())
 		return err == nil
 	})
-	cc := dialToken(t, c.addr, c.caFile(), c.adminToken(t))
+	c.connect(t, c.adminToken(t))
+	c.createSite(t, "PS1")
+	return c
+}
+
+// connect makes the cluster's clients, calling with token, and waits until
+// the server serves.
+func (c *cluster) connect(t *testing.T, token string) {
+	t.Helper()
+	cc := dialToken(t, c.addr, c.caFile(), token)
 	c.images = osvcv1.NewImageServiceClient(cc)
 	c.updates = osvcv1.NewUpdateServiceClient(cc)
 	c.svc = osvcv1.NewServicingServiceClient(cc)
 	c.agents = osvcv1.NewAgentServiceClient(cc)
 	c.contents = osvcv1.NewContentServiceClient(cc)
 	waitServing(t, cc, c.server)
-	c.createSite(t, "PS1")
-	return c
 }
 
 // createSite creates site code with osvcctl, once per cluster.

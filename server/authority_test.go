@@ -11,6 +11,7 @@ import (
 
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server"
+	"github.com/osvc/osvc/server/store/storetest"
 )
 
 // Two replicas on one etcd issue from one authority: the second takes the
@@ -18,7 +19,7 @@ import (
 // an authority of its own is refused with what to do.
 func TestReplicasOnOneEtcdShareTheirAuthority(t *testing.T) {
 	t.Parallel()
-	endpoint := startEtcd(t)
+	endpoint := storetest.StartEtcdProcess(t)
 	replica := func(dataDir string) server.Config {
 		cfg := testConfig(t, dataDir)
 		cfg.EtcdEndpoints = []string{endpoint}

@@ -38,6 +38,7 @@ import (
 	"github.com/osvc/osvc/server/auth"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -98,6 +99,11 @@ type Config struct {
 	// DataDir holds the embedded etcd (DataDir/etcd) and the content library
 	// (DataDir/content); default ./osvc-data.
 	DataDir string
+	// ObjectStore, with an Endpoint, keeps the content library's blobs in a
+	// bucket of an S3-compatible object store instead of DataDir/content
+	// (which then holds only temporary copies), so that replicas on one
+	// etcd share them. Its MaxBlobBytes is MaxUploadBytes.
+	ObjectStore s3store.Config
 	// Listen is the gRPC address; default localhost:7300. Port 0 picks a free port.
 	Listen string
 	// EtcdEndpoints points at an external etcd cluster; empty runs etcd embedded.
@@ -188,6 +194,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("--tls-cert and --tls-key go together: give both, or neither for a certificate from the server's own authority")
 	}
 	if err := cfg.EtcdAuth.check(len(cfg.EtcdEndpoints) > 0); err != nil {
+		return nil, err
+	}
+	if err := checkObjectStore(cfg.ObjectStore); err != nil {
 		return nil, err
 	}
 	for _, ep := range cfg.EtcdEndpoints {
@@ -376,13 +385,22 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var blobs content.Blobs
+	if s.cfg.ObjectStore.Endpoint != "" {
+		oc := s.cfg.ObjectStore
+		oc.MaxBlobBytes, oc.Logger = s.cfg.MaxUploadBytes, s.logger
+		if blobs, err = s3store.New(ctx, oc); err != nil {
+			return fmt.Errorf("content library: %w", err)
+		}
+	}
 	lib, err := content.New(content.Config{
-		Dir: filepath.Join(s.cfg.DataDir, "content"), Store: st, Logger: s.logger,
+		Dir: filepath.Join(s.cfg.DataDir, "content"), Blobs: blobs, Store: st, Logger: s.logger,
 		MaxBlobBytes: s.cfg.MaxUploadBytes, MaxConcurrentWrites: s.cfg.MaxConcurrentUploads,
 	})
 	if err != nil {
 		return fmt.Errorf("content library: %w", err)
 	}
+	s.logger.Info("content library", "blobs", lib.Blobs())
 	cat, err := catalog.New(catalog.Config{Store: st, Library: lib, Logger: s.logger, MaxConcurrentImports: s.cfg.MaxConcurrentImports})
 	if err != nil {
 		return err
@@ -631,6 +649,21 @@ func logCall(logger hclog.Logger, method string, start time.Time, err error) {
 			logger.Debug("call", "method", method, "code", code, "duration", time.Since(start))
 		}
 	}
+}
+
+// checkObjectStore refuses object store settings that cannot work, before
+// anything starts; s3store.New checks the rest against the store itself.
+func checkObjectStore(c s3store.Config) error {
+	if c.Endpoint == "" {
+		if c != (s3store.Config{}) {
+			return errors.New("--s3-bucket, --s3-region, --s3-prefix, --s3-ca-file, --s3-path-style, --s3-access-key-id and --s3-secret-key-file are for an object store: give --s3-endpoint too")
+		}
+		return nil
+	}
+	if c.Bucket == "" {
+		return fmt.Errorf("object store %s: give the bucket that holds the content library with --s3-bucket", c.Endpoint)
+	}
+	return s3store.CheckPrefix(c.Prefix)
 }
 
 // serverID names this replica in agent presence records and elections.

@@ -7,8 +7,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +30,9 @@ import (
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
+	"github.com/osvc/osvc/server/store/storetest"
 )
 
 // running is a Server started by startServer.
@@ -96,14 +97,20 @@ func startServer(t *testing.T, cfg server.Config) *running {
 // dial connects as the server's first admin to srv over TLS, trusting the authority it made.
 func dial(t *testing.T, srv *server.Server) *grpc.ClientConn {
 	t.Helper()
+	return dialWith(t, srv, srv.AdminTokenFile())
+}
+
+// dialWith is dial with the token in tokenFile.
+func dialWith(t *testing.T, srv *server.Server, tokenFile string) *grpc.ClientConn {
+	t.Helper()
 	addr := srv.Addr()
 	creds, err := pki.ClientCredentials(addr, pki.ClientOptions{CAFile: srv.CAFile()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := os.ReadFile(srv.AdminTokenFile())
+	token, err := os.ReadFile(tokenFile)
 	if err != nil {
-		t.Fatalf("the first admin token: %v", err)
+		t.Fatalf("the admin token: %v", err)
 	}
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds), grpc.WithPerRPCCredentials(pki.Bearer(strings.TrimSpace(string(token)), true))},
 		transfer.DialOptions()...)
@@ -265,14 +272,14 @@ func TestServerStopsOnCancelAndKeepsItsDataAcrossARestart(t *testing.T) {
 
 func TestServerUsesAnExternalEtcd(t *testing.T) {
 	t.Parallel()
-	endpoint := startEtcd(t)
+	endpoint := storetest.StartEtcdProcess(t)
 	cfg := testConfig(t, t.TempDir())
 	cfg.EtcdEndpoints = []string{endpoint}
 	cfg.Prefix = "/osvc-external/"
 	r := startServer(t, cfg)
 	importImage(t, dial(t, r.srv), "win11")
 
-	client := etcdClient(t, endpoint)
+	client := storetest.Client(t, endpoint)
 	resp, err := client.Get(context.Background(), "/osvc-external/images/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -282,6 +289,51 @@ func TestServerUsesAnExternalEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, "etcd")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("an embedded etcd directory was made next to an external etcd: %v", err)
+	}
+}
+
+// Two servers on one etcd and one bucket: content uploaded through one is
+// read, and imported, through the other; content deleted by one's collector
+// is gone for both.
+func TestTwoServersOnOneEtcdAndOneBucketShareTheContentLibrary(t *testing.T) {
+	t.Parallel()
+	endpoint := storetest.StartEtcdProcess(t)
+	bucket := s3test.NewBucket(t)
+	var servers []*running
+	for range 2 {
+		cfg := testConfig(t, t.TempDir())
+		cfg.EtcdEndpoints = []string{endpoint}
+		store, err := s3test.Shared(t).StoreConfig(t.TempDir(), bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ObjectStore = store
+		servers = append(servers, startServer(t, cfg))
+	}
+	// The first server made the first admin token; it is valid on both.
+	first := dial(t, servers[0].srv)
+	second := dialWith(t, servers[1].srv, servers[0].srv.AdminTokenFile())
+
+	ctx := context.Background()
+	wim := captureWIM(t)
+	c, err := transfer.Upload(ctx, osvcv1.NewContentServiceClient(first), wim, "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "install.wim")
+	if err := transfer.Download(ctx, osvcv1.NewContentServiceClient(second), c.GetSha256(), dst, nil); err != nil {
+		t.Fatalf("download through the second server: %v", err)
+	}
+	want, _ := os.ReadFile(wim)
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, want) {
+		t.Fatal("the second server serves other bytes")
+	}
+	resp, err := osvcv1.NewImageServiceClient(second).ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win11", Site: "PS1", ContentSha256: c.GetSha256()})
+	if err != nil {
+		t.Fatalf("import through the second server: %v", err)
+	}
+	if len(resp.GetImage().GetIndexes()) != 1 {
+		t.Errorf("the second server read indexes %v", resp.GetImage().GetIndexes())
 	}
 }
 
@@ -304,6 +356,9 @@ func TestNewRefusesABadConfig(t *testing.T) {
 		{"etcd TLS without an external etcd", server.Config{EtcdAuth: server.EtcdAuth{CAFile: "ca.pem"}}},
 		{"an etcd client certificate without its key", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{CertFile: "c.pem"}}},
 		{"an etcd password without a user", server.Config{EtcdEndpoints: []string{"https://10.0.0.1:2379"}, EtcdAuth: server.EtcdAuth{PasswordFile: "p"}}},
+		{"an object store bucket without its endpoint", server.Config{ObjectStore: s3store.Config{Bucket: "osvc"}}},
+		{"an object store without a bucket", server.Config{ObjectStore: s3store.Config{Endpoint: "https://s3.example.com"}}},
+		{"an object store prefix climbing out", server.Config{ObjectStore: s3store.Config{Endpoint: "https://s3.example.com", Bucket: "osvc", Prefix: "../"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
@@ -312,69 +367,6 @@ func TestNewRefusesABadConfig(t *testing.T) {
 			}
 		})
 	}
-}
-
-// startEtcd runs Debian's etcd binary on free loopback ports until the test
-// ends and returns its client URL once it answers.
-func startEtcd(t *testing.T) string {
-	t.Helper()
-	client, peer := freeURL(t), freeURL(t)
-	cmd := exec.Command("etcd",
-		"--name", "external",
-		"--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "external="+peer,
-		"--heartbeat-interval", "10", "--election-timeout", "100",
-		"--log-level", "error", "--logger", "zap")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	c := etcdClient(t, client)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health-probe")
-		cancel()
-		if err == nil {
-			return client
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("etcd exited: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd at %s did not answer within 30s: %v", client, err)
-		}
-	}
-}
-
-func etcdClient(t *testing.T, endpoint string) *clientv3.Client {
-	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-// freeURL returns a loopback URL on a port the OS just handed out.
-func freeURL(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return fmt.Sprintf("http://%s", l.Addr())
 }
 
 // syncBuffer is a log destination the server's goroutines may share.
@@ -475,7 +467,7 @@ func TestServerUsesAnExternalEtcdOverMutualTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	client, peer := freeURL(t), freeURL(t)
+	client, peer := storetest.FreeURL(t), storetest.FreeURL(t)
 	client = strings.Replace(client, "http://", "https://", 1)
 	cmd := exec.Command("etcd", "--name", "tls", "--data-dir", t.TempDir(),
 		"--listen-client-urls", client, "--advertise-client-urls", client,

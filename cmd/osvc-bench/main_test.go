@@ -56,6 +56,22 @@ func TestStartupBenchEndsWithAParsableResultLine(t *testing.T) {
 	}
 }
 
+func TestObjstoreBenchComparesTheLibraryWithTheBareS3Client(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "objstore", "-n", "8", "-fast")
+	if res.Bench != "objstore" || !(res.Ratio > 0) || res.Osvc.Unit != "MiB/s" || len(res.Osvc.Samples) != 3 {
+		t.Errorf("result %+v: want a positive ratio of MiB/s over 3 rounds", res)
+	}
+	if len(res.Extra) != 3 {
+		t.Fatalf("extras %+v: want the write, the read and the named write", res.Extra)
+	}
+	for _, f := range res.Extra {
+		if !(f.Value > 0) || !(f.Ratio > 0) {
+			t.Errorf("extra %+v: want a positive value and ratio to its own floor", f)
+		}
+	}
+}
+
 func TestCatalogBenchReportsPagesOfBothListsWithTheirFloors(t *testing.T) {
 	t.Parallel()
 	res := runToResult(t, "-run", "catalog", "-n", "300", "-fast")
@@ -233,7 +249,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|import-memory|lease|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|import-memory|lease|objstore|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -247,7 +263,7 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, import-memory, lease, pipeline, report, shrink, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, import-memory, lease, objstore, pipeline, report, shrink, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},

@@ -23,6 +23,7 @@ import (
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server"
 	"github.com/osvc/osvc/server/auth"
+	"github.com/osvc/osvc/server/content/s3store"
 )
 
 func main() { os.Exit(realMain()) }
@@ -60,6 +61,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.EtcdAuth.Username, "etcd-username", "", "etcd user the server authenticates as")
 	fs.StringVar(&cfg.EtcdAuth.PasswordFile, "etcd-password-file", "", "`FILE` holding the etcd user's password; default $"+server.EtcdPasswordEnv+"; never on the command line")
 	fs.StringVar(&cfg.Prefix, "etcd-prefix", "/osvc/", "prefix of every etcd key")
+	fs.StringVar(&cfg.ObjectStore.Endpoint, "s3-endpoint", "", "`URL` of an S3-compatible object store (https://s3.example.com, http://10.0.0.5:9000) keeping the content library's blobs, for replicas sharing them; empty keeps them in --data-dir/content")
+	fs.StringVar(&cfg.ObjectStore.Bucket, "s3-bucket", "", "the object store's bucket holding the content library (made beforehand)")
+	fs.StringVar(&cfg.ObjectStore.Region, "s3-region", "", "the bucket's region; default "+s3store.DefaultRegion)
+	fs.StringVar(&cfg.ObjectStore.Prefix, "s3-prefix", "", "key prefix of the content library in the bucket, ending with '/', e.g. osvc/")
+	fs.StringVar(&cfg.ObjectStore.CAFile, "s3-ca-file", "", "PEM `FILE` of the authority of the object store's certificate, trusted instead of the system's roots")
+	fs.BoolVar(&cfg.ObjectStore.PathStyle, "s3-path-style", false, "name the bucket in the URL's path (https://host/bucket/key), as most stores but Amazon S3 want")
+	fs.StringVar(&cfg.ObjectStore.AccessKeyID, "s3-access-key-id", "", "the object store's access key id; default $"+s3store.AccessKeyIDEnv+" or the shared credentials file (~/.aws/credentials)")
+	fs.StringVar(&cfg.ObjectStore.SecretKeyFile, "s3-secret-key-file", "", "`FILE` holding the secret key of --s3-access-key-id; default $"+s3store.SecretAccessKeyEnv+"; never on the command line")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "agent lease TTL: an agent silent this long is LOST and its runs are re-queued")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", server.DefaultHeartbeatInterval, "how often agents send heartbeats")

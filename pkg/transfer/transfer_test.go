@@ -24,12 +24,15 @@ import (
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
 	storetest.Close()
+	s3test.Close()
 	os.Exit(code)
 }
 
@@ -109,7 +112,36 @@ func (c *countingStream) RecvMsg(m any) error {
 
 func startServer(t *testing.T) *server {
 	t.Helper()
-	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: storetest.New(t), Logger: hclog.NewNullLogger()})
+	return startServerOn(t, nil)
+}
+
+// starter is a test case's way of starting its server.
+type starter struct {
+	// start, when set, starts the server instead of startServer.
+	start func(t *testing.T) *server
+}
+
+func (s starter) startServer(t *testing.T) *server {
+	t.Helper()
+	if s.start != nil {
+		return s.start(t)
+	}
+	return startServer(t)
+}
+
+// startServerOnAnObjectStore is startServer with the library's blobs on an
+// object store.
+func startServerOnAnObjectStore(t *testing.T) *server {
+	t.Helper()
+	st, _ := s3test.NewStore(t, s3store.Config{})
+	return startServerOn(t, st)
+}
+
+// startServerOn is startServer with the library's blobs in blobs; nil for
+// a folder of this machine.
+func startServerOn(t *testing.T, blobs content.Blobs) *server {
+	t.Helper()
+	lib, err := content.New(content.Config{Dir: t.TempDir(), Blobs: blobs, Store: storetest.New(t), Logger: hclog.NewNullLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,6 +305,29 @@ func TestUploadUnlessHeldOfAHeldBlobSendsNoData(t *testing.T) {
 	}
 	if got := s.received.Load(); got != 0 {
 		t.Fatalf("server received %d bytes of a blob it held", got)
+	}
+}
+
+func TestUploadUnlessHeldAnnouncesTheSHA256ItHashed(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	data := blob(blobSize)
+	src := filepath.Join(t.TempDir(), "install.wim")
+	writeFile(t, src, data)
+	var announced string
+	s.onWrite = func(r *osvcv1.WriteRequest) bool {
+		if h := r.GetHeader(); h != nil {
+			announced = h.GetSha256()
+		}
+		return true
+	}
+	c, err := transfer.UploadUnlessHeld(context.Background(), s.client, src, "application/x-ms-wim", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GetSha256() != shaOf(data) || announced != shaOf(data) || s.received.Load() != blobSize {
+		t.Fatalf("Upload = %v with %q in its header and %d bytes sent; want %s announced and all %d bytes sent",
+			c, announced, s.received.Load(), shaOf(data), blobSize)
 	}
 }
 

@@ -26,6 +26,13 @@ const uploadBuffers = 4
 // even when the library holds the blob already (UploadUnlessHeld asks
 // first, at the price of reading the file twice).
 func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
+	return upload(ctx, c, path, mediaType, "", progress)
+}
+
+// upload is Upload announcing the sha256 the file had, when known, in the
+// header: a library on an object store then uploads the data straight to
+// the blob's name instead of to a temporary one it copies afterwards.
+func upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType, announced string, progress ProgressFunc) (*osvcv1.Content, error) {
 	if progress == nil {
 		progress = func(int64, int64) {}
 	}
@@ -47,7 +54,7 @@ func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType 
 	if err != nil {
 		return nil, fmt.Errorf("upload %s: %w", path, err)
 	}
-	header := &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Header{Header: &osvcv1.WriteHeader{SizeBytes: size, MediaType: mediaType}}}
+	header := &osvcv1.WriteRequest{Part: &osvcv1.WriteRequest_Header{Header: &osvcv1.WriteHeader{Sha256: announced, SizeBytes: size, MediaType: mediaType}}}
 	if err := stream.Send(header); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("upload %s: send header: %w", path, err)
 	}
@@ -155,9 +162,10 @@ func Upload(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType 
 
 // UploadUnlessHeld hashes the file first and asks the server for the blob: a
 // blob the library holds costs one small call instead of a stream; any
-// other is sent with Upload. For files the library may hold already (an
-// administrator importing an image again), at the price of reading the file
-// twice when it does not.
+// other is sent with Upload, its sha256 announced in the header (a file
+// changed since it was hashed is refused). For files the library may hold
+// already (an administrator importing an image again), at the price of
+// reading the file twice when it does not.
 func UploadUnlessHeld(ctx context.Context, c osvcv1.ContentServiceClient, path, mediaType string, progress ProgressFunc) (*osvcv1.Content, error) {
 	sum, size, err := HashFile(ctx, path)
 	if err != nil {
@@ -171,7 +179,7 @@ func UploadUnlessHeld(ctx context.Context, c osvcv1.ContentServiceClient, path, 
 		}
 		return got.GetContent(), nil
 	case errors.Is(err, errdefs.ErrNotFound):
-		return Upload(ctx, c, path, mediaType, progress)
+		return upload(ctx, c, path, mediaType, sum, progress)
 	default:
 		return nil, fmt.Errorf("upload %s: ask the server for %s: %w", path, sum, err)
 	}

@@ -42,16 +42,13 @@ func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamin
 	if req.GetLimit() < 0 {
 		return Status(errdefs.InvalidArgument("limit", fmt.Sprintf("%d is negative; send 0 to read to the end", req.GetLimit())))
 	}
-	f, err := s.lib.Open(req.GetSha256())
+	ctx := stream.Context()
+	blob, err := s.lib.Open(ctx, req.GetSha256())
 	if err != nil {
 		return Status(err)
 	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return Status(fmt.Errorf("content %s: %w", req.GetSha256(), err))
-	}
-	size := info.Size()
+	defer blob.Close()
+	size := blob.Size()
 	offset := req.GetOffset()
 	if offset > size {
 		return Status(errdefs.Newf(errdefs.ErrOutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size))
@@ -60,12 +57,17 @@ func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamin
 	if limit := req.GetLimit(); limit > 0 && offset+limit < size {
 		end = offset + limit
 	}
+	// One stream of the whole range: from an object store, one request.
+	r, err := blob.Stream(offset, end-offset)
+	if err != nil {
+		return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
+	}
 	buf := make([]byte, readChunkSize)
 	first := true
 	for first || offset < end {
 		n := min(int64(len(buf)), end-offset)
-		read, err := f.ReadAt(buf[:n], offset)
-		if err != nil && !(errors.Is(err, io.EOF) && int64(read) == n) {
+		read, err := io.ReadFull(r, buf[:n])
+		if err != nil {
 			return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
 		}
 		resp := &osvcv1.ReadResponse{Offset: offset, Data: buf[:read]}
@@ -135,7 +137,10 @@ func (s *contentServer) Locate(ctx context.Context, req *osvcv1.LocateRequest) (
 
 // LocateLibrary tells where a client on this machine may leave a file for Adopt.
 func (s *contentServer) LocateLibrary(ctx context.Context, req *osvcv1.LocateLibraryRequest) (*osvcv1.LocateLibraryResponse, error) {
-	loc := s.lib.LocateLibrary()
+	loc, err := s.lib.LocateLibrary()
+	if err != nil {
+		return nil, Status(err)
+	}
 	return &osvcv1.LocateLibraryResponse{
 		IncomingPath: loc.IncomingPath, LibraryId: loc.LibraryID, LibraryIdPath: loc.LibraryIDPath,
 	}, nil

@@ -24,6 +24,8 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
@@ -43,6 +45,7 @@ func startContentAPI(t *testing.T) *contentAPI {
 func startContentAPIWith(t *testing.T, cfg content.Config) *contentAPI {
 	t.Helper()
 	dir := t.TempDir()
+	// cfg.Blobs, when set, keeps the blobs; dir then holds temporary copies.
 	cfg.Dir, cfg.Store, cfg.Logger = dir, storetest.New(t), hclog.NewNullLogger()
 	lib, err := content.New(cfg)
 	if err != nil {
@@ -345,7 +348,16 @@ func TestContentUploadsPastTheMaximumSizeAreRefused(t *testing.T) {
 
 func TestContentRead(t *testing.T) {
 	t.Parallel()
-	a := startContentAPI(t)
+	st, _ := s3test.NewStore(t, s3store.Config{})
+	for name, blobs := range map[string]content.Blobs{"a directory": nil, "an object store": st} {
+		t.Run("from "+name, func(t *testing.T) {
+			t.Parallel()
+			testContentRead(t, startContentAPIWith(t, content.Config{Blobs: blobs}))
+		})
+	}
+}
+
+func testContentRead(t *testing.T, a *contentAPI) {
 	data := blob(2*(1<<20) + 123)
 	if _, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data)); err != nil {
 		t.Fatal(err)
@@ -412,6 +424,26 @@ func TestContentRead(t *testing.T) {
 				t.Fatalf("Read: got %v, want %s", err, tt.code)
 			}
 		})
+	}
+}
+
+func TestAnObjectStoreLibraryLocatesNoFiles(t *testing.T) {
+	t.Parallel()
+	st, _ := s3test.NewStore(t, s3store.Config{})
+	a := startContentAPIWith(t, content.Config{Blobs: st})
+	data := blob(100)
+	if _, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := a.client.Locate(ctx, &osvcv1.LocateRequest{Sha256: sha(data)}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Locate = %v, want FailedPrecondition", err)
+	}
+	if _, err := a.client.LocateLibrary(ctx, &osvcv1.LocateLibraryRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("LocateLibrary = %v, want FailedPrecondition", err)
+	}
+	if _, err := a.client.Adopt(ctx, &osvcv1.AdoptRequest{Name: strings.Repeat("0", 32), SizeBytes: 1}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("Adopt = %v, want FailedPrecondition", err)
 	}
 }
 

@@ -122,7 +122,7 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err != nil {
 		return nil, err
 	}
-	images, err := c.readWIMInfo(blob)
+	images, err := c.readWIMInfo(ctx, blob)
 	if err != nil {
 		return nil, err
 	}
@@ -185,8 +185,8 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 
 // readWIMInfo reads the indexes of a WIM of the library from its header and
 // XML info. Errors name the content, never where the library keeps it.
-func (c *Catalog) readWIMInfo(blob *osvcv1.Content) ([]wiminfo.Image, error) {
-	f, err := c.lib.Open(blob.GetSha256())
+func (c *Catalog) readWIMInfo(ctx context.Context, blob *osvcv1.Content) ([]wiminfo.Image, error) {
+	f, err := c.lib.Open(ctx, blob.GetSha256())
 	if err != nil {
 		return nil, fmt.Errorf("open content %s: %w", blob.GetSha256(), err)
 	}

@@ -19,6 +19,8 @@ import (
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/sites"
+	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/content/s3store/s3test"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -26,6 +28,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	storetest.Close()
+	s3test.Close()
 	os.Exit(code)
 }
 
@@ -40,8 +43,15 @@ var fixedNow = time.Date(2026, 11, 14, 9, 0, 0, 0, time.UTC)
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureOn(t, nil, t.TempDir())
+}
+
+// newFixtureOn is newFixture with the library's blobs in blobs (nil: in
+// dir), dir holding its temporary files.
+func newFixtureOn(t *testing.T, blobs content.Blobs, dir string) *fixture {
+	t.Helper()
 	st := storetest.New(t)
-	lib, err := content.New(content.Config{Dir: t.TempDir(), Store: st})
+	lib, err := content.New(content.Config{Dir: dir, Blobs: blobs, Store: st})
 	if err != nil {
 		t.Fatalf("content.New: %v", err)
 	}
@@ -173,6 +183,38 @@ func TestImportImageReadsTheIndexesOfTheWIM(t *testing.T) {
 	}
 	if !proto.Equal(got, img) {
 		t.Errorf("GetImage = %v, want what ImportImage returned: %v", got, img)
+	}
+}
+
+// On an object store the WIM's header is read by ranged requests, and an
+// update package from a temporary copy, removed once read.
+func TestImportFromALibraryOnAnObjectStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, _ := s3test.NewStore(t, s3store.Config{})
+	dir := t.TempDir()
+	f := newFixtureOn(t, st, dir)
+	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
+	img, err := f.cat.ImportImage(ctx, catalog.ImportImage{ID: "win11", Site: "PS1", ContentSHA256: wim.Sha256})
+	if err != nil {
+		t.Fatalf("ImportImage: %v", err)
+	}
+	if len(img.Indexes) != 1 || img.Indexes[0].Build != 22631 {
+		t.Errorf("indexes = %v", img.Indexes)
+	}
+	m := manifest("Package_for_RollupFix", "amd64", "22621.2428.1.0", "KB5031354", securityUpdate, []uint32{22621, 22631})
+	u := f.importOne(t, f.file(t, "windows11.0-kb5031354-x64.cab", buildCAB(t, m)))
+	if u.PackageIdentity != m.Identity.String() {
+		t.Errorf("package_identity = %q, want %q", u.PackageIdentity, m.Identity.String())
+	}
+	err = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			t.Errorf("%s is left in the server's folder", path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -107,8 +107,13 @@ func (c *Catalog) readUpdateFile(ctx context.Context, field string, f *osvcv1.Up
 	now := timestamppb.New(c.now())
 
 	// The same reading the engine installs from: a package it would refuse
-	// is refused here, before anything is recorded.
-	path := c.lib.Path(file.Sha256)
+	// is refused here, before anything is recorded. The reader needs a
+	// file: on an object store, a temporary copy.
+	path, done, err := c.lib.LocalFile(ctx, file.Sha256)
+	if err != nil {
+		return nil, fmt.Errorf("read update %s: %w", name, err)
+	}
+	defer done()
 	pkg, err := updatepkg.OpenAs(path, name)
 	switch {
 	case errors.Is(err, updatepkg.ErrUnsupported):

@@ -32,13 +32,18 @@ type LibraryLocation struct {
 }
 
 // LocateLibrary tells where a client sharing the library's volume may leave
-// a file for Adopt.
-func (l *Library) LocateLibrary() *LibraryLocation {
+// a file for Adopt; errdefs.ErrFailedPrecondition when the blobs are on an
+// object store, where a file of this server cannot become a blob without
+// being copied.
+func (l *Library) LocateLibrary() (*LibraryLocation, error) {
+	if l.files == nil {
+		return nil, l.errNotFiles("a file cannot be adopted")
+	}
 	return &LibraryLocation{
 		IncomingPath:  filepath.Join(l.dir, incomingDir),
 		LibraryID:     l.id,
 		LibraryIDPath: filepath.Join(l.dir, LibraryIDFile),
-	}
+	}, nil
 }
 
 // ValidIncomingName reports whether name may name a file of the incoming
@@ -56,8 +61,12 @@ func ValidIncomingName(name string) bool {
 // one link, the client having moved it in rather than linked it, so no
 // path of the client's reaches the blob afterwards. A blob the library
 // holds already is kept and the file removed. On a refusal the file is
-// left where it is, for the client to take back.
+// left where it is, for the client to take back. Only a library whose
+// blobs are files of this server adopts (errdefs.ErrFailedPrecondition).
 func (l *Library) Adopt(ctx context.Context, name string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
+	if l.files == nil {
+		return nil, false, l.errNotFiles("a file cannot be adopted")
+	}
 	if !ValidIncomingName(name) {
 		return nil, false, errdefs.InvalidArgument("name", fmt.Sprintf("%q is not a name of the incoming folder: want 32 lower-case hex digits", name))
 	}
@@ -100,7 +109,9 @@ func (l *Library) Adopt(ctx context.Context, name string, h WriteHeader) (c *osv
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: hash the incoming file %s: %w", name, err)
 	}
-	c, existed, err = l.finish(ctx, f, info.Size(), sum, h)
+	staged := l.files.stageFile(f)
+	defer staged.Discard()
+	c, existed, err = l.finish(ctx, staged, info.Size(), sum, h)
 	if existed {
 		os.Remove(path)
 	}

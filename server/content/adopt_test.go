@@ -13,6 +13,23 @@ import (
 	"github.com/osvc/osvc/server/content"
 )
 
+// newDirLibrary is a library on a directory, and the directory.
+func newDirLibrary(t *testing.T) (*content.Library, string) {
+	t.Helper()
+	l := backends[0].newLibrary(t, content.Config{})
+	return l.Library, l.cfg.Dir
+}
+
+// incomingPath is the library's incoming folder.
+func incomingPath(t *testing.T, lib *content.Library) string {
+	t.Helper()
+	loc, err := lib.LocateLibrary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc.IncomingPath
+}
+
 // leave moves a file holding data into the library's incoming folder, as
 // an agent beside the server does, and returns its name there.
 func leave(t *testing.T, lib *content.Library, data []byte) string {
@@ -22,7 +39,7 @@ func leave(t *testing.T, lib *content.Library, data []byte) string {
 		t.Fatal(err)
 	}
 	name := sum(data)[:32]
-	if err := os.Rename(outside, filepath.Join(lib.LocateLibrary().IncomingPath, name)); err != nil {
+	if err := os.Rename(outside, filepath.Join(incomingPath(t, lib), name)); err != nil {
 		t.Fatal(err)
 	}
 	return name
@@ -30,7 +47,7 @@ func leave(t *testing.T, lib *content.Library, data []byte) string {
 
 func TestAdoptTakesTheFileItselfAsTheBlob(t *testing.T) {
 	t.Parallel()
-	lib, dir := newLibrary(t)
+	lib, dir := newDirLibrary(t)
 	data := bytes.Repeat([]byte("serviced image "), 100_000)
 	name := leave(t, lib, data)
 	c, existed, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data)), MediaType: "application/x-ms-wim"})
@@ -40,7 +57,7 @@ func TestAdoptTakesTheFileItselfAsTheBlob(t *testing.T) {
 	if existed || c.GetSha256() != sum(data) || c.GetSizeBytes() != int64(len(data)) || c.GetMediaType() != "application/x-ms-wim" {
 		t.Fatalf("Adopt = %v (existed %v), want a new blob of the data", c, existed)
 	}
-	if got := files(t, dir); !slices.Equal(got, []string{filepath.Join(sum(data)[:2], sum(data))}) {
+	if got := dirContents(t, dir); !slices.Equal(got, []string{blobEntry(sum(data))}) {
 		t.Errorf("library files = %q, want the blob alone (the incoming file moved into place)", got)
 	}
 	info, err := os.Stat(lib.Path(c.GetSha256()))
@@ -58,14 +75,14 @@ func TestAdoptTakesTheFileItselfAsTheBlob(t *testing.T) {
 	if _, existed, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data)), SHA256: sum(data)}); err != nil || !existed {
 		t.Fatalf("second Adopt: existed %v, %v; want the held blob", existed, err)
 	}
-	if got := files(t, dir); len(got) != 1 {
+	if got := dirContents(t, dir); len(got) != 1 {
 		t.Errorf("library files = %q after adopting a held blob, want the blob alone", got)
 	}
 }
 
 func TestAdoptRefusesAFileWithOtherNames(t *testing.T) {
 	t.Parallel()
-	lib, _ := newLibrary(t)
+	lib, _ := newDirLibrary(t)
 	// A file of the server's (or one the client keeps writing), linked in.
 	data := []byte("a file that stays reachable by another path")
 	elsewhere := filepath.Join(t.TempDir(), "elsewhere")
@@ -73,7 +90,7 @@ func TestAdoptRefusesAFileWithOtherNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := sum(data)[:32]
-	if err := os.Link(elsewhere, filepath.Join(lib.LocateLibrary().IncomingPath, name)); err != nil {
+	if err := os.Link(elsewhere, filepath.Join(incomingPath(t, lib), name)); err != nil {
 		t.Fatal(err)
 	}
 	if c, _, err := lib.Adopt(context.Background(), name, content.WriteHeader{SizeBytes: int64(len(data))}); !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -89,13 +106,13 @@ func TestAdoptRefusesAFileWithOtherNames(t *testing.T) {
 
 func TestAdoptTakesOnlyARegularFileOfTheIncomingFolder(t *testing.T) {
 	t.Parallel()
-	lib, dir := newLibrary(t)
+	lib, dir := newDirLibrary(t)
 	secret := []byte("a file of the server's the client must not read")
 	secretPath := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secretPath, secret, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	incoming := lib.LocateLibrary().IncomingPath
+	incoming := incomingPath(t, lib)
 	symlink := "0123456789abcdef0123456789abcdef"
 	if err := os.Symlink(secretPath, filepath.Join(incoming, symlink)); err != nil {
 		t.Fatal(err)
@@ -129,7 +146,7 @@ func TestAdoptTakesOnlyARegularFileOfTheIncomingFolder(t *testing.T) {
 
 func TestAdoptRefusesAFileThatIsNotWhatTheClientSaysAndStoresNothing(t *testing.T) {
 	t.Parallel()
-	lib, dir := newLibrary(t)
+	lib, dir := newDirLibrary(t)
 	data := []byte("serviced image")
 	tests := []struct {
 		name string
@@ -146,7 +163,7 @@ func TestAdoptRefusesAFileThatIsNotWhatTheClientSaysAndStoresNothing(t *testing.
 		}
 		// The file stays for the client to take back, and is no blob.
 		incoming := filepath.Join("incoming", name)
-		if got := files(t, dir); !slices.Equal(got, []string{incoming}) {
+		if got := dirContents(t, dir); !slices.Equal(got, []string{incoming}) {
 			t.Fatalf("%s: library files %q after a refusal, want %s alone", tt.name, got, incoming)
 		}
 		if err := os.Remove(filepath.Join(dir, incoming)); err != nil {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -77,6 +76,10 @@ type CollectorConfig struct {
 //     reporting it yet: blobs recorded or claimed since the lease of a LEASED
 //     or IN_PROCESS run are kept until it ends. PENDING runs have uploaded
 //     nothing a report could still name: a new attempt uploads again.
+//
+// A pass then removes what the store holds without a record, stored more
+// than a grace period ago (data whose removal failed after its record's, a
+// write cut short between the two), and what uploads that never ended left.
 //
 // One replica collects at a time, elected through etcd like the scheduler,
 // but on its own election: a long sweep never delays scheduling, and the
@@ -152,7 +155,9 @@ func (c *Collector) Collect(ctx context.Context) ([]string, error) {
 	now := c.now()
 	var removed []string
 	var kept, young int
+	recorded := map[string]bool{}
 	err = c.eachContent(ctx, func(sha string, rec *osvcv1.Content, rev int64) error {
+		recorded[sha] = true
 		last := lastClaim(rec)
 		switch {
 		case m.shas[sha]:
@@ -179,8 +184,37 @@ func (c *Collector) Collect(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return removed, fmt.Errorf("content collector: sweep: %w", err)
 	}
-	c.logger.Info("content collection pass done", "removed", len(removed), "referenced", kept, "in_grace", young, "grace", c.grace)
+	orphans, err := c.sweepOrphans(ctx, recorded, now)
+	removed = append(removed, orphans...)
+	if err != nil {
+		return removed, fmt.Errorf("content collector: sweep the store: %w", err)
+	}
+	stale := c.lib.blobs.RemoveStale(ctx, staleTempAge)
+	c.logger.Info("content collection pass done", "removed", len(removed), "orphans", len(orphans), "stale_uploads", stale,
+		"referenced", kept, "in_grace", young, "grace", c.grace)
 	return removed, nil
+}
+
+// sweepOrphans removes the blobs of the store that have no record, neither
+// when the pass read the records nor now, and that were stored more than
+// a grace period ago.
+func (c *Collector) sweepOrphans(ctx context.Context, recorded map[string]bool, now time.Time) ([]string, error) {
+	var removed []string
+	err := c.lib.blobs.List(ctx, func(b BlobInfo) error {
+		if recorded[b.SHA256] || now.Sub(b.ModTime) < c.grace {
+			return nil
+		}
+		ok, err := c.lib.collectOrphan(ctx, b.SHA256)
+		if err != nil {
+			return err
+		}
+		if ok {
+			removed = append(removed, b.SHA256)
+			c.logger.Info("blob without a record removed", "sha256", b.SHA256, "size", b.SizeBytes, "stored", b.ModTime)
+		}
+		return nil
+	})
+	return removed, err
 }
 
 // marks is what the mark phase found referenced.
@@ -302,11 +336,14 @@ func eachKey(ctx context.Context, s *store.Store, prefix string, fn func(key str
 }
 
 // collect removes a blob whose record is still at revision rev: its record
-// in a transaction comparing that revision, then its file. It reports false
+// in a transaction comparing that revision, then its data. It reports false
 // when the record changed (a claim) or is gone. It holds the blob's lock, so
 // no Write puts the same blob in place meanwhile.
 func (l *Library) collect(ctx context.Context, sha string, rev int64) (bool, error) {
-	unlock := l.blobs.lock(sha)
+	unlock, err := l.lockBlob(ctx, sha)
+	if err != nil {
+		return false, err
+	}
 	defer unlock()
 	key := l.store.ContentKey(sha)
 	deleted, err := l.store.Txn(ctx, "collect content "+sha, func(tx *store.Tx) error {
@@ -322,10 +359,33 @@ func (l *Library) collect(ctx context.Context, sha string, rev int64) (bool, err
 	if deleted == 0 {
 		return false, nil
 	}
-	if err := os.Remove(l.Path(sha)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		// The record is gone: the file is an orphan the next write of the
-		// same blob replaces.
+	if err := l.blobs.Delete(ctx, sha); err != nil {
+		// The record is gone: the data is an orphan that the next write of
+		// the same blob replaces, or a later pass removes.
 		return true, fmt.Errorf("remove blob %s: %w", sha, err)
+	}
+	return true, nil
+}
+
+// collectOrphan removes a blob the store holds without a record (a record
+// whose data could not be removed, a write cut short between the two),
+// unless a record appeared since the pass read them. It holds the blob's
+// lock, so no Write is between putting the blob in place and recording it.
+func (l *Library) collectOrphan(ctx context.Context, sha string) (bool, error) {
+	unlock, err := l.lockBlob(ctx, sha)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	resp, err := l.store.Client().Get(ctx, l.store.ContentKey(sha), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("look up the record of %s: %w", sha, err)
+	}
+	if resp.Count > 0 {
+		return false, nil
+	}
+	if err := l.blobs.Delete(ctx, sha); err != nil {
+		return false, fmt.Errorf("remove blob %s: %w", sha, err)
 	}
 	return true, nil
 }

@@ -1,5 +1,6 @@
 // Package content is the content library: blobs (images, update files) addressed
-// by sha256, kept in a directory and recorded in etcd.
+// by sha256, recorded in etcd, their data kept in a directory of the server
+// or, for several servers, in an S3-compatible bucket (see Blobs).
 package content
 
 import (
@@ -10,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -33,7 +36,8 @@ const DefaultMediaType = "application/octet-stream"
 
 // tmpDir is the folder under Dir for uploads in progress: on the same file
 // system as the blobs, so the final rename is atomic. Its name cannot collide
-// with the two-hex-digit blob folders.
+// with the two-hex-digit blob folders. With an object store, it holds the
+// temporary copies of blobs that readers need as files (see LocalFile).
 const tmpDir = "tmp"
 
 // LibraryIDFile is the file under Dir holding the library's identifier (see
@@ -62,10 +66,19 @@ const (
 	DefaultMaxConcurrentWrites = 8
 )
 
+// lockTTL is how long a blob's lock outlives a server that died holding
+// it, when the library's blobs are shared (see Blobs.Shared).
+const lockTTL = 10 // seconds, as etcd leases count
+
 // Config configures a Library.
 type Config struct {
-	// Dir holds the blobs as <Dir>/<first two hex digits>/<sha256>; created when missing.
-	Dir    string
+	// Dir holds the blobs as <Dir>/<first two hex digits>/<sha256>; created
+	// when missing. With Blobs, it holds only temporary copies of blobs
+	// that readers need as files.
+	Dir string
+	// Blobs, when set, keeps the blobs' data there (an object store, see
+	// package s3store) instead of in Dir.
+	Blobs  Blobs
 	Store  *store.Store
 	Logger hclog.Logger
 	// MaxBlobBytes is the largest blob Write accepts: a header announcing
@@ -80,18 +93,24 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Library stores blobs by sha256. The file is written before its etcd record and
+// Library stores blobs by sha256. The blob is stored before its etcd record and
 // removed after it, so a record always names a blob that is there.
 type Library struct {
-	dir      string
+	dir   string
+	blobs Blobs
+	// files is blobs when the blobs are files of this server's directory,
+	// which clients on the same volume may take (Locate, Adopt) and
+	// readers may open by path; nil for an object store.
+	files    *dirStore
 	store    *store.Store
 	logger   hclog.Logger
 	maxBytes int64
 	writes   *admission.Gate
 	now      func() time.Time
-	// blobs serializes, per sha256, putting a blob in place and recording
-	// it (Write) with removing it (the collector).
-	blobs keyedMutex
+	// locks serializes, per sha256, putting a blob in place and recording
+	// it (Write) with removing it (the collector), in this server; see
+	// lockBlob for several.
+	locks keyedMutex
 	// id identifies the library's folder (see Locate).
 	id string
 }
@@ -123,26 +142,37 @@ func New(cfg Config) (*Library, error) {
 	if err != nil {
 		return nil, fmt.Errorf("content library directory %s: %w", cfg.Dir, err)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o755); err != nil {
-		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
-	}
-	if err := os.MkdirAll(filepath.Join(dir, incomingDir), 0o700); err != nil {
-		return nil, fmt.Errorf("content library directory %s: %w", dir, err)
-	}
 	l := &Library{
-		dir: dir, store: cfg.Store, logger: logger.Named("content"),
+		dir: dir, blobs: cfg.Blobs, store: cfg.Store, logger: logger.Named("content"),
 		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
 		now: cfg.Now,
 	}
 	if l.now == nil {
 		l.now = time.Now
 	}
-	if l.id, err = loadID(dir); err != nil {
-		return nil, err
+	ctx, cancel := context.WithTimeout(context.Background(), staleSweepTimeout)
+	defer cancel()
+	if l.blobs == nil {
+		if l.files, err = newDirStore(dir, l.logger); err != nil {
+			return nil, err
+		}
+		l.blobs = l.files
+		if l.id, err = loadID(dir); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Join(dir, tmpDir), 0o700); err != nil {
+			return nil, fmt.Errorf("content library directory %s: %w", dir, err)
+		}
+		removeStaleFiles(l.logger, staleTempAge, filepath.Join(dir, tmpDir))
 	}
-	l.removeStaleTemps()
+	l.blobs.RemoveStale(ctx, staleTempAge)
 	return l, nil
 }
+
+// staleSweepTimeout bounds New's removal of stale uploads: an object store
+// that does not answer fails the first write instead of the start.
+const staleSweepTimeout = time.Minute
 
 // loadID reads the library's identifier from Dir/LibraryIDFile, making it
 // (32 random hex digits) when the library is new. It is made in the temp
@@ -184,27 +214,6 @@ func loadID(dir string) (string, error) {
 	}
 }
 
-// removeStaleTemps removes uploads, and files left for Adopt, that a crash
-// left behind.
-func (l *Library) removeStaleTemps() {
-	for _, dir := range []string{tmpDir, incomingDir} {
-		entries, err := os.ReadDir(filepath.Join(l.dir, dir))
-		if err != nil {
-			continue
-		}
-		for _, e := range entries {
-			info, err := e.Info()
-			if err != nil || time.Since(info.ModTime()) < staleTempAge {
-				continue
-			}
-			path := filepath.Join(l.dir, dir, e.Name())
-			if err := os.Remove(path); err == nil {
-				l.logger.Info("removed a stale upload", "path", path)
-			}
-		}
-	}
-}
-
 // ValidSHA256 reports whether s is a sha256 as the library names blobs: 64
 // lower-case hex digits, the rule of package transfer that clients use too.
 func ValidSHA256(s string) bool { return transfer.ValidSHA256(s) }
@@ -234,8 +243,9 @@ type WriteHeader struct {
 	Trailer func() string
 }
 
-// Write stores a blob: data goes to a temp file in Dir, its sha256 and size are
-// checked against the header, then it is renamed into place and recorded in etcd.
+// Write stores a blob: data is staged where no reader sees it (a temp file
+// of Dir, a temporary upload to the object store), its sha256 and size are
+// checked against the header, then it is put in place and recorded in etcd.
 // A blob the library holds is not written again (existed=true); when h.SHA256
 // names one, r is not read at all, and h.SizeBytes, when set, must be its
 // size. A blob larger than Config.MaxBlobBytes is refused with
@@ -244,27 +254,6 @@ type WriteHeader struct {
 // receive data at once; the others wait for their turn. A refusal leaves
 // nothing behind.
 func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osvcv1.Content, existed bool, err error) {
-	return l.put(ctx, h, func(tmp *os.File) (int64, string, error) {
-		// One byte more than announced, or than the library accepts, is
-		// enough to tell the data is too long.
-		limit := l.maxBytes
-		if h.SizeBytes > 0 {
-			limit = h.SizeBytes
-		}
-		// A stalled upload ends with ctx rather than hold a temp file for ever.
-		n, sum, err := receive(tmp, io.LimitReader(transfer.ContextReader(ctx, r), limit+1))
-		if err != nil {
-			return 0, "", fmt.Errorf("content library: receive data: %w", err)
-		}
-		return n, sum, nil
-	})
-}
-
-// put stores a blob whose data fill writes to a temp file, returning its
-// size and sha256: once h is checked and, when h names a blob the library
-// holds, not at all; within the bound of writes at once. A refusal leaves
-// nothing behind.
-func (l *Library) put(ctx context.Context, h WriteHeader, fill func(tmp *os.File) (int64, string, error)) (c *osvcv1.Content, existed bool, err error) {
 	if c, err := l.begin(ctx, &h); err != nil || c != nil {
 		return c, c != nil, err
 	}
@@ -273,19 +262,45 @@ func (l *Library) put(ctx context.Context, h WriteHeader, fill func(tmp *os.File
 		return nil, false, fmt.Errorf("content library: %w", err)
 	}
 	defer release()
-	tmp, err := os.CreateTemp(filepath.Join(l.dir, tmpDir), "upload-*")
-	if err != nil {
-		return nil, false, fmt.Errorf("content library: temp file: %w", err)
+	limit := l.maxBytes
+	if h.SizeBytes > 0 {
+		limit = h.SizeBytes
 	}
-	defer func() {
-		tmp.Close()
-		os.Remove(tmp.Name()) // fails harmlessly once the file is in place
-	}()
-	n, sum, err := fill(tmp)
+	// One byte more than the limit is enough to tell the data is too long.
+	// A stalled upload ends with ctx rather than hold what it staged for ever.
+	m := &meter{r: io.LimitReader(transfer.ContextReader(ctx, r), limit+1), hash: sha256.New(), limit: limit, announced: h.SizeBytes}
+	staged, err := l.blobs.Stage(ctx, m, h.SHA256)
 	if err != nil {
 		return nil, false, err
 	}
-	return l.finish(ctx, tmp, n, sum, h)
+	defer staged.Discard()
+	return l.finish(ctx, staged, m.n, hex.EncodeToString(m.hash.Sum(nil)), h)
+}
+
+// meter hashes and counts what a write receives, and fails the write as
+// soon as the data passes what it may hold: the size its header announced,
+// else the library's maximum.
+type meter struct {
+	r         io.Reader
+	hash      hash.Hash
+	n         int64
+	limit     int64
+	announced int64
+}
+
+func (m *meter) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.hash.Write(p[:n])
+	m.n += int64(n)
+	switch {
+	case m.n <= m.limit:
+		return n, err
+	case m.announced > 0:
+		return n, errdefs.InvalidArgument("size_bytes", fmt.Sprintf("the header announced %d bytes but the data has more", m.announced))
+	default:
+		return n, fmt.Errorf("%w: the upload passed %d bytes, the most the content library accepts (osvc-server --max-upload-bytes)",
+			errdefs.ErrResourceExhausted, m.limit)
+	}
 }
 
 // begin checks h before any data is read, sets its defaults, and returns
@@ -315,16 +330,13 @@ func (l *Library) begin(ctx context.Context, h *WriteHeader) (*osvcv1.Content, e
 	return c, err
 }
 
-// finish checks the n bytes written to tmp, hashing to sum, against h, makes
-// them durable, puts them in place as the blob sum and records it.
-func (l *Library) finish(ctx context.Context, tmp *os.File, n int64, sum string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
-	if n > l.maxBytes {
-		return nil, false, fmt.Errorf("%w: the upload passed %d bytes, the most the content library accepts (osvc-server --max-upload-bytes)",
-			errdefs.ErrResourceExhausted, l.maxBytes)
-	}
+// finish checks the n staged bytes, hashing to sum, against h, then, unless
+// the library holds the blob sum already, publishes them as that blob and
+// records it. Nothing is published before every check has passed.
+func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
 	if h.SizeBytes > 0 && n != h.SizeBytes {
 		return nil, false, errdefs.InvalidArgument("size_bytes",
-			fmt.Sprintf("the header announced %d bytes but the data has %s", h.SizeBytes, sizeDesc(n, h.SizeBytes)))
+			fmt.Sprintf("the header announced %d bytes but the data has %d", h.SizeBytes, n))
 	}
 	if h.SHA256 != "" && sum != h.SHA256 {
 		return nil, false, errdefs.InvalidArgument("sha256",
@@ -336,28 +348,20 @@ func (l *Library) finish(ctx context.Context, tmp *os.File, n int64, sum string,
 				fmt.Sprintf("the data hashes to %s (%d bytes), not %s as the writer hashed it while sending: the upload was damaged on the way; send it again", sum, n, declared))
 		}
 	}
-	tmpPath := tmp.Name()
-	if err := tmp.Sync(); err != nil {
-		return nil, false, fmt.Errorf("content library: flush %s: %w", tmpPath, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, false, fmt.Errorf("content library: close %s: %w", tmpPath, err)
-	}
 	// The collector removes a blob under the same lock: it never removes the
-	// file this write puts in place, nor drops the record made for it.
-	unlock := l.blobs.lock(sum)
+	// blob this write puts in place, nor drops the record made for it.
+	unlock, err := l.lockBlob(ctx, sum)
+	if err != nil {
+		return nil, false, err
+	}
 	defer unlock()
 	// The data named itself only now, or another writer stored it
 	// meanwhile: it may be a blob the library holds.
 	if c, err := l.claim(ctx, sum); err != nil || c != nil {
 		return c, c != nil, err
 	}
-	final := l.Path(sum)
-	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
-		return nil, false, fmt.Errorf("content library: %w", err)
-	}
-	if err := os.Rename(tmpPath, final); err != nil {
-		return nil, false, fmt.Errorf("content library: move blob into place: %w", err)
+	if err := staged.Publish(ctx, sum); err != nil {
+		return nil, false, err
 	}
 
 	now := timestamppb.New(l.now())
@@ -376,16 +380,39 @@ func (l *Library) finish(ctx context.Context, tmp *os.File, n int64, sum string,
 	return c, false, nil
 }
 
-func sizeDesc(n, want int64) string {
-	if n > want {
-		return "more"
+// lockBlob locks sha against other writers and collectors of this server
+// and, when the blobs are shared, of every server: through etcd, on a
+// lease that ends when the server does. The unlock it returns does not
+// fail.
+func (l *Library) lockBlob(ctx context.Context, sha string) (unlock func(), err error) {
+	unlockHere := l.locks.lock(sha)
+	if !l.blobs.Shared() {
+		return unlockHere, nil
 	}
-	return fmt.Sprint(n)
+	session, err := concurrency.NewSession(l.store.Client(), concurrency.WithTTL(lockTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		unlockHere()
+		return nil, fmt.Errorf("content library: lock %s: %w", sha, err)
+	}
+	m := concurrency.NewMutex(session, l.store.ContentLockPrefix(sha))
+	if err := m.Lock(ctx); err != nil {
+		session.Close()
+		unlockHere()
+		return nil, fmt.Errorf("content library: lock %s: %w", sha, err)
+	}
+	return func() {
+		// Closing the session revokes its lease, which releases the lock;
+		// the session outlives ctx so that it can.
+		if err := session.Close(); err != nil {
+			l.logger.Warn("releasing a blob's lock failed; it ends with its lease", "sha256", sha, "error", err, "ttl_seconds", lockTTL)
+		}
+		unlockHere()
+	}, nil
 }
 
 // Claim is Stat for a caller about to reference the blob (an import, a
 // run's result): it sets the record's update time to now, so the collector
-// leaves the blob alone for a grace period, and it checks the blob's file is
+// leaves the blob alone for a grace period, and it checks the blob's data is
 // there. errdefs.ErrNotFound when the library does not hold it.
 func (l *Library) Claim(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	if err := checkSHA256(sha); err != nil {
@@ -404,7 +431,7 @@ func (l *Library) Claim(ctx context.Context, sha string) (*osvcv1.Content, error
 // claim returns the record of a blob the library holds with its update time
 // set to now, or nil. The update compares the record's revision, so it either
 // lands before the collector judges the blob (which then keeps it) or finds
-// the record gone. A record whose file is missing counts as not held and is
+// the record gone. A record whose data is missing counts as not held and is
 // dropped, so the next write repairs it.
 func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	key := l.store.ContentKey(sha)
@@ -418,10 +445,14 @@ func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error
 		if err != nil {
 			return err
 		}
-		if _, err := os.Stat(l.Path(sha)); err != nil {
-			l.logger.Warn("blob recorded but missing on disk; accepting it again", "sha256", sha, "error", err)
+		_, err = l.blobs.Stat(ctx, sha)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			l.logger.Warn("blob recorded but missing from the store; accepting it again", "sha256", sha, "store", l.blobs)
 			tx.Delete(key)
 			return nil
+		}
+		if err != nil {
+			return err
 		}
 		c.UpdateTime = timestamppb.New(l.now())
 		out = c
@@ -445,40 +476,97 @@ func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error)
 	return c, nil
 }
 
+// Blobs is where the library keeps its blobs' data.
+func (l *Library) Blobs() Blobs { return l.blobs }
+
 // Open opens a blob for reading; errdefs.ErrNotFound when it is not there.
-func (l *Library) Open(sha string) (*os.File, error) {
+func (l *Library) Open(ctx context.Context, sha string) (Blob, error) {
 	if err := checkSHA256(sha); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(l.Path(sha))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("content %s: %w", sha, err)
-	}
-	return f, nil
+	return l.blobs.Open(ctx, sha)
 }
 
-// Path returns where the blob lives, for readers that need a file (WIM headers,
-// CABs). It returns "" for a malformed sha256, so bad input never becomes a path.
+// Path returns where the blob lives, for readers that need a file, when the
+// blobs are files of this server. It returns "" for a malformed sha256, so
+// bad input never becomes a path, and "" when the blobs are on an object
+// store (see LocalFile).
 func (l *Library) Path(sha string) string {
-	if !ValidSHA256(sha) {
+	if l.files == nil {
 		return ""
 	}
-	return filepath.Join(l.dir, sha[:2], sha)
+	return l.files.path(sha)
 }
 
-// Delete removes a blob's record, then its file; errdefs.ErrNotFound when not held.
+// LocalFile returns a file holding the blob, for readers that need one (the
+// update packages' reader), and its release, which the caller calls once
+// done with the file. When the blobs are files of this server, it is the
+// blob's own file, which the reader must not write; on an object store, a
+// temporary copy under Dir, checked against the sha256 as it is made, that
+// release removes. errdefs.ErrNotFound when the library does not hold it.
+func (l *Library) LocalFile(ctx context.Context, sha string) (path string, release func(), err error) {
+	if err := checkSHA256(sha); err != nil {
+		return "", nil, err
+	}
+	if l.files != nil {
+		if _, err := l.files.Stat(ctx, sha); err != nil {
+			return "", nil, err
+		}
+		return l.files.path(sha), func() {}, nil
+	}
+	blob, err := l.blobs.Open(ctx, sha)
+	if err != nil {
+		return "", nil, err
+	}
+	defer blob.Close()
+	tmp, err := os.CreateTemp(filepath.Join(l.dir, tmpDir), "copy-*")
+	if err != nil {
+		return "", nil, fmt.Errorf("content library: temporary copy of %s: %w", sha, err)
+	}
+	release = func() { os.Remove(tmp.Name()) }
+	err = copyVerified(ctx, tmp, blob, sha)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		release()
+		return "", nil, fmt.Errorf("content library: temporary copy of %s: %w", sha, err)
+	}
+	return tmp.Name(), release, nil
+}
+
+// copyVerified copies the whole blob to w and checks it hashes to sha.
+func copyVerified(ctx context.Context, w io.Writer, blob Blob, sha string) error {
+	r, err := blob.Stream(0, blob.Size())
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), transfer.ContextReader(ctx, r))
+	if err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha || n != blob.Size() {
+		return fmt.Errorf("the store holds %d bytes hashing to %s under %s: %w", n, got, sha, errdefs.ErrDataLoss)
+	}
+	return nil
+}
+
+// Delete removes a blob's record, then its data; errdefs.ErrNotFound when not held.
 func (l *Library) Delete(ctx context.Context, sha string) error {
 	if err := checkSHA256(sha); err != nil {
 		return err
 	}
+	unlock, err := l.lockBlob(ctx, sha)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	resp, err := l.store.Client().Delete(ctx, l.store.ContentKey(sha))
 	if err != nil {
 		return fmt.Errorf("delete content %s: %w", sha, err)
 	}
-	if err := os.Remove(l.Path(sha)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := l.blobs.Delete(ctx, sha); err != nil {
 		return fmt.Errorf("delete content %s: %w", sha, err)
 	}
 	if resp.Deleted == 0 {
@@ -488,34 +576,10 @@ func (l *Library) Delete(ctx context.Context, sha string) error {
 	return nil
 }
 
-// receive copies r into f, hashing it, and asks the kernel to write each
-// stretch of writebackEvery bytes to disk as soon as it is in f: the sync
-// that makes the blob durable then waits for the last stretch only, instead
-// of for the whole upload after it has arrived.
-func receive(f *os.File, r io.Reader) (n int64, sum string, err error) {
-	hash := sha256.New()
-	buf := make([]byte, transfer.ChunkSize)
-	var flushed int64
-	for {
-		m, rerr := r.Read(buf)
-		if m > 0 {
-			if _, err := f.Write(buf[:m]); err != nil {
-				return n, "", err
-			}
-			hash.Write(buf[:m])
-			n += int64(m)
-			if n-flushed >= writebackEvery {
-				startWriteback(f, flushed, n-flushed)
-				flushed = n
-			}
-		}
-		if errors.Is(rerr, io.EOF) {
-			return n, hex.EncodeToString(hash.Sum(nil)), nil
-		}
-		if rerr != nil {
-			return n, "", rerr
-		}
-	}
+// errNotFiles refuses what needs the blobs as files of this server.
+func (l *Library) errNotFiles(what string) error {
+	return fmt.Errorf("%w: the content library keeps its blobs in %s, not in files of this server, so %s; use ContentService.Read and Write",
+		errdefs.ErrFailedPrecondition, l.blobs, what)
 }
 
 // Location is where the library keeps a blob's file, for a client on the
@@ -532,20 +596,20 @@ type Location struct {
 
 // Locate tells where the blob's file is, so that a client sharing the
 // library's volume can link or copy it rather than read it over the
-// network; errdefs.ErrNotFound when the library does not hold it.
+// network; errdefs.ErrNotFound when the library does not hold it, and
+// errdefs.ErrFailedPrecondition when its blobs are on an object store.
 func (l *Library) Locate(ctx context.Context, sha string) (*Location, error) {
 	if _, err := l.Stat(ctx, sha); err != nil {
 		return nil, err
 	}
-	path := l.Path(sha)
-	info, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
+	if l.files == nil {
+		return nil, l.errNotFiles("no blob has a file to locate")
 	}
+	info, err := l.files.Stat(ctx, sha)
 	if err != nil {
-		return nil, fmt.Errorf("content %s: %w", sha, err)
+		return nil, err
 	}
-	return &Location{Path: path, SizeBytes: info.Size(), LibraryID: l.id, LibraryIDPath: filepath.Join(l.dir, LibraryIDFile)}, nil
+	return &Location{Path: l.files.path(sha), SizeBytes: info.SizeBytes, LibraryID: l.id, LibraryIDPath: filepath.Join(l.dir, LibraryIDFile)}, nil
 }
 
 // keyedMutex is a mutex per key, kept only while someone holds or waits for it.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -26,15 +27,6 @@ func (e *endless) Read(p []byte) (int, error) {
 func TestWriteRefusesBlobsPastTheMaximumSize(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	const maxBytes = 1000
-	newLimited := func(t *testing.T) (*content.Library, string) {
-		dir := t.TempDir()
-		lib, err := content.New(content.Config{Dir: dir, Store: storetest.New(t), MaxBlobBytes: maxBytes})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return lib, dir
-	}
 	refused := func(t *testing.T, err error, says string) {
 		t.Helper()
 		if !errors.Is(err, errdefs.ErrResourceExhausted) || !strings.Contains(err.Error(), says) ||
@@ -42,42 +34,46 @@ func TestWriteRefusesBlobsPastTheMaximumSize(t *testing.T) {
 			t.Fatalf("Write = %v; want ErrResourceExhausted saying %q and naming --max-upload-bytes", err, says)
 		}
 	}
-
-	t.Run("a header announcing more is refused before any data is read", func(t *testing.T) {
-		t.Parallel()
-		lib, dir := newLimited(t)
-		r := &endless{}
-		_, _, err := lib.Write(ctx, content.WriteHeader{SizeBytes: maxBytes + 1}, r)
-		refused(t, err, "announces 1001 bytes, more than the 1000")
-		if r.n != 0 {
-			t.Errorf("read %d bytes of a refused upload, want 0", r.n)
-		}
-		if got := files(t, dir); len(got) != 0 {
-			t.Errorf("files %v after a refusal, want none", got)
-		}
-	})
-	t.Run("data of no announced size is refused as soon as it passes the maximum", func(t *testing.T) {
-		t.Parallel()
-		lib, dir := newLimited(t)
-		r := &endless{}
-		_, _, err := lib.Write(ctx, content.WriteHeader{}, io.LimitReader(r, 1<<30))
-		refused(t, err, "passed 1000 bytes")
-		if r.n > maxBytes+64<<10 {
-			t.Errorf("read %d bytes, want the upload stopped right after %d", r.n, maxBytes)
-		}
-		if got := files(t, dir); len(got) != 0 {
-			t.Errorf("files %v after a refusal, want none", got)
-		}
-	})
-	t.Run("a blob of exactly the maximum is stored", func(t *testing.T) {
-		t.Parallel()
-		lib, _ := newLimited(t)
-		data := bytes.Repeat([]byte("x"), maxBytes)
-		if _, _, err := lib.Write(ctx, content.WriteHeader{SizeBytes: maxBytes}, bytes.NewReader(data)); err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := lib.Write(ctx, content.WriteHeader{}, bytes.NewReader(append(data, 'y'))); !errors.Is(err, errdefs.ErrResourceExhausted) {
-			t.Fatalf("one byte more = %v, want ErrResourceExhausted", err)
+	eachBackend(t, func(t *testing.T, b backend) {
+		// Within one part of the object store, and past several.
+		for _, maxBytes := range []int64{1000, multipartBytes} {
+			t.Run(fmt.Sprintf("of %d bytes", maxBytes), func(t *testing.T) {
+				t.Parallel()
+				t.Run("a header announcing more is refused before any data is read", func(t *testing.T) {
+					t.Parallel()
+					lib := b.newLibrary(t, content.Config{MaxBlobBytes: maxBytes})
+					r := &endless{}
+					_, _, err := lib.Write(ctx, content.WriteHeader{SizeBytes: maxBytes + 1}, r)
+					refused(t, err, fmt.Sprintf("announces %d bytes, more than the %d", maxBytes+1, maxBytes))
+					if r.n != 0 {
+						t.Errorf("read %d bytes of a refused upload, want 0", r.n)
+					}
+					lib.wantContents(t)
+				})
+				t.Run("data of no announced size is refused as soon as it passes the maximum", func(t *testing.T) {
+					t.Parallel()
+					lib := b.newLibrary(t, content.Config{MaxBlobBytes: maxBytes})
+					r := &endless{}
+					_, _, err := lib.Write(ctx, content.WriteHeader{}, io.LimitReader(r, 1<<30))
+					refused(t, err, fmt.Sprintf("passed %d bytes", maxBytes))
+					if r.n > maxBytes+64<<10 {
+						t.Errorf("read %d bytes, want the upload stopped right after %d", r.n, maxBytes)
+					}
+					lib.wantContents(t)
+				})
+				t.Run("a blob of exactly the maximum is stored", func(t *testing.T) {
+					t.Parallel()
+					lib := b.newLibrary(t, content.Config{MaxBlobBytes: maxBytes})
+					data := bytes.Repeat([]byte("x"), int(maxBytes))
+					if _, _, err := lib.Write(ctx, content.WriteHeader{SizeBytes: maxBytes}, bytes.NewReader(data)); err != nil {
+						t.Fatal(err)
+					}
+					if _, _, err := lib.Write(ctx, content.WriteHeader{}, bytes.NewReader(append(data, 'y'))); !errors.Is(err, errdefs.ErrResourceExhausted) {
+						t.Fatalf("one byte more = %v, want ErrResourceExhausted", err)
+					}
+					lib.wantContents(t, blobEntry(sum(data)))
+				})
+			})
 		}
 	})
 }
@@ -85,7 +81,7 @@ func TestWriteRefusesBlobsPastTheMaximumSize(t *testing.T) {
 func TestWriteOfAHeldBlobChecksTheAnnouncedSize(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	lib, _ := newLibrary(t)
+	lib := backends[0].newLibrary(t, content.Config{})
 	data := []byte("held blob")
 	if _, _, err := lib.Write(ctx, content.WriteHeader{}, bytes.NewReader(data)); err != nil {
 		t.Fatal(err)

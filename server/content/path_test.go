@@ -14,9 +14,9 @@ func FuzzPath(f *testing.F) {
 	f.Add(strings.Repeat("A", 64))
 	f.Add("")
 	dir := filepath.Join(f.TempDir(), "library")
-	l := &Library{dir: dir}
+	d := &dirStore{dir: dir}
 	f.Fuzz(func(t *testing.T, sha string) {
-		p := l.Path(sha)
+		p := d.path(sha)
 		if p == "" {
 			if ValidSHA256(sha) {
 				t.Fatalf("Path(%q) is empty for a valid sha256", sha)

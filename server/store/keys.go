@@ -81,6 +81,12 @@ func (s *Store) ContentKey(sha256 string) string { return s.ContentsPrefix() + s
 // ContentsPrefix holds every content record.
 func (s *Store) ContentsPrefix() string { return s.prefix + "contents/" }
 
+// ContentLockPrefix is where replicas sharing the content library's blobs
+// lock one blob while they put it in place or remove it.
+func (s *Store) ContentLockPrefix(sha256 string) string {
+	return s.prefix + "content-locks/" + sha256 + "/"
+}
+
 // ElectionPrefix is where scheduler replicas campaign.
 func (s *Store) ElectionPrefix() string { return s.prefix + "election/" }
 

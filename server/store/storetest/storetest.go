@@ -4,7 +4,9 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -162,4 +164,69 @@ func Endpoints(t testing.TB) []string {
 		t.Fatalf("storetest: start embedded etcd: %v", startErr)
 	}
 	return shared.Endpoints()
+}
+
+// StartEtcdProcess runs Debian's etcd binary (deploy/install-deps.sh
+// installs it) on free loopback ports until the test ends, as an external
+// etcd cluster of one, and returns its client URL once it answers.
+func StartEtcdProcess(t testing.TB) string {
+	t.Helper()
+	client, peer := FreeURL(t), FreeURL(t)
+	cmd := exec.Command("etcd",
+		"--name", "external",
+		"--data-dir", t.TempDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "external="+peer,
+		"--heartbeat-interval", "10", "--election-timeout", "100",
+		"--log-level", "error", "--logger", "zap")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start etcd (deploy/install-deps.sh installs it): %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	c := Client(t, client)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Get(ctx, "health-probe")
+		cancel()
+		if err == nil {
+			return client
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("etcd exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd at %s did not answer within 30s: %v", client, err)
+		}
+	}
+}
+
+// Client is a client of the etcd at endpoint, closed when the test ends.
+func Client(t testing.TB, endpoint string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// FreeURL returns a loopback URL on a port the OS just handed out.
+func FreeURL(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprintf("http://%s", l.Addr())
 }

@@ -1,0 +1,74 @@
+package content
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Blobs is where the library keeps the data of its blobs, each under its
+// sha256: a directory of this server (the default) or an S3-compatible
+// bucket that several servers share (package s3store). The Library keeps
+// the records in etcd, checks what it receives and decides what is
+// published; Blobs only moves bytes. Every sha256 a Blobs is given has
+// passed ValidSHA256, and an implementation checks it again before it
+// makes a path or key of it.
+type Blobs interface {
+	// Stage stores what r yields where no reader of blobs sees it, until
+	// Publish names it. expect, when not empty, is the sha256 the caller
+	// expects the data to have: a store may stage straight under that
+	// name as long as nothing is visible there before Publish. An error of
+	// r ends Stage with that error (wrapped) and leaves nothing staged.
+	Stage(ctx context.Context, r io.Reader, expect string) (Staged, error)
+	// Open opens the blob for reading; errdefs.ErrNotFound when absent.
+	Open(ctx context.Context, sha string) (Blob, error)
+	// Stat returns the blob's size and when it was stored;
+	// errdefs.ErrNotFound when absent.
+	Stat(ctx context.Context, sha string) (BlobInfo, error)
+	// Delete removes the blob; a blob already gone is no error.
+	Delete(ctx context.Context, sha string) error
+	// List calls fn with every blob, in no particular order, until fn
+	// returns an error.
+	List(ctx context.Context, fn func(BlobInfo) error) error
+	// RemoveStale removes what uploads that never ended (a crash, a lost
+	// connection) left staged, once older than age; it logs what it
+	// removes and reports how many.
+	RemoveStale(ctx context.Context, age time.Duration) int
+	// Shared tells whether other servers use the same blobs: the library
+	// then excludes their writers and collectors per blob through etcd.
+	Shared() bool
+	// String names the store in logs: its directory or its bucket.
+	String() string
+}
+
+// Staged is data Blobs.Stage received, not yet a blob.
+type Staged interface {
+	// Publish makes the staged data the blob sha, which the caller checked
+	// it is: from then on readers see it whole, never before.
+	Publish(ctx context.Context, sha string) error
+	// Discard removes what is left of the staged data (after Publish, only
+	// temporary copies); it is called once, whatever happened.
+	Discard()
+}
+
+// Blob is an open blob.
+type Blob interface {
+	// ReadAt reads at any offset; for an object store each call is a
+	// request of its own, so it suits a few small reads (a header).
+	io.ReaderAt
+	io.Closer
+	// Size is the blob's size in bytes.
+	Size() int64
+	// Stream reads n bytes from off in order, as one request to an object
+	// store: for downloads. Closing the blob ends it.
+	Stream(off, n int64) (io.Reader, error)
+}
+
+// BlobInfo describes a stored blob.
+type BlobInfo struct {
+	SHA256    string
+	SizeBytes int64
+	// ModTime is when the blob was stored (a directory's file time, an
+	// object's last modification).
+	ModTime time.Time
+}
