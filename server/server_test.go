@@ -328,6 +328,9 @@ func TestTwoServersOnOneEtcdAndOneBucketShareTheContentLibrary(t *testing.T) {
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, want) {
 		t.Fatal("the second server serves other bytes")
 	}
+	if _, err := osvcv1.NewSiteServiceClient(first).CreateSite(ctx, &osvcv1.CreateSiteRequest{Site: &osvcv1.Site{Code: "PS1"}}); err != nil {
+		t.Fatal(err)
+	}
 	resp, err := osvcv1.NewImageServiceClient(second).ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "win11", Site: "PS1", ContentSha256: c.GetSha256()})
 	if err != nil {
 		t.Fatalf("import through the second server: %v", err)

@@ -18,9 +18,9 @@ import (
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
-	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/content/s3store"
 	"github.com/osvc/osvc/server/content/s3store/s3test"
+	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
@@ -194,6 +194,7 @@ func TestImportFromALibraryOnAnObjectStore(t *testing.T) {
 	st, _ := s3test.NewStore(t, s3store.Config{})
 	dir := t.TempDir()
 	f := newFixtureOn(t, st, dir)
+	createSites(t, f.store, "PS1")
 	wim := f.put(t, captureWIM(t, wimIndex{name: "Windows 11 Pro", arch: 9, build: 22631}))
 	img, err := f.cat.ImportImage(ctx, catalog.ImportImage{ID: "win11", Site: "PS1", ContentSHA256: wim.Sha256})
 	if err != nil {
