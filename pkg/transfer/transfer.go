@@ -59,14 +59,15 @@ func DialOptions() []grpc.DialOption {
 	}
 }
 
-// ServerOptions are the matching server options. The read buffer stays
-// gRPC's default (32 KiB): a server holds one per connection, and with
-// thousands of agents connected, a quarter chunk each would be most of its
-// memory. The write buffer is shared between connections while idle.
+// ServerOptions are the matching server options. gRPC's read buffer is
+// off: a server would hold one per connection, most of its memory with
+// thousands of agents connected, and TLS buffers a whole record anyway.
+// The write buffer is shared between connections while idle.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.InitialWindowSize(streamWindowBytes),
 		grpc.InitialConnWindowSize(connWindowBytes),
+		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(socketBufferBytes),
 		grpc.MaxRecvMsgSize(maxMessageBytes),
 		grpc.MaxSendMsgSize(maxMessageBytes),
