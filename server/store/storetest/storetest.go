@@ -166,47 +166,81 @@ func Endpoints(t testing.TB) []string {
 	return shared.Endpoints()
 }
 
-// StartEtcdProcess runs Debian's etcd binary (deploy/install-deps.sh
-// installs it) on free loopback ports until the test ends, as an external
-// etcd cluster of one, and returns its client URL once it answers.
+// StartEtcdProcess starts a one-member etcd (the etcd binary) with short
+// ticks, stopped when the test ends, and returns its client URL.
 func StartEtcdProcess(t testing.TB) string {
 	t.Helper()
-	client, peer := FreeURL(t), FreeURL(t)
-	cmd := exec.Command("etcd",
-		"--name", "external",
-		"--data-dir", t.TempDir(),
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "external="+peer,
-		"--heartbeat-interval", "10", "--election-timeout", "100",
-		"--log-level", "error", "--logger", "zap")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start etcd (deploy/install-deps.sh installs it): %v", err)
+	return StartEtcdCluster(t, 1).Endpoints[0]
+}
+
+// EtcdCluster is a cluster of real etcd member processes.
+type EtcdCluster struct {
+	// Endpoints are the members' client URLs, in member order.
+	Endpoints []string
+	members   []*exec.Cmd
+	exited    []chan error
+}
+
+// Kill kills member i (SIGKILL) and waits for it to exit.
+func (c *EtcdCluster) Kill(i int) {
+	_ = c.members[i].Process.Kill()
+	<-c.exited[i]
+	c.exited[i] <- nil // for the cleanup's wait
+}
+
+// StartEtcdCluster starts an n-member etcd cluster (the etcd binary) with
+// short ticks, stopped when the test ends, and waits until every member
+// answers.
+func StartEtcdCluster(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	c := &EtcdCluster{}
+	var peers, initial []string
+	for i := range n {
+		c.Endpoints = append(c.Endpoints, FreeURL(t))
+		peers = append(peers, FreeURL(t))
+		initial = append(initial, fmt.Sprintf("m%d=%s", i, peers[i]))
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	c := Client(t, client)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health-probe")
-		cancel()
-		if err == nil {
-			return client
+	for i := range n {
+		cmd := exec.Command("etcd",
+			"--name", fmt.Sprintf("m%d", i),
+			"--data-dir", t.TempDir(),
+			"--listen-client-urls", c.Endpoints[i], "--advertise-client-urls", c.Endpoints[i],
+			"--listen-peer-urls", peers[i], "--initial-advertise-peer-urls", peers[i],
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--heartbeat-interval", "10", "--election-timeout", "100",
+			"--log-level", "error", "--logger", "zap")
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start etcd (deploy/install-deps.sh installs it): %v", err)
 		}
-		select {
-		case err := <-exited:
-			t.Fatalf("etcd exited: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd at %s did not answer within 30s: %v", client, err)
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		c.members, c.exited = append(c.members, cmd), append(c.exited, exited)
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		})
+	}
+	for i, ep := range c.Endpoints {
+		client := Client(t, ep)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := client.Get(ctx, "health-probe")
+			cancel()
+			if err == nil {
+				break
+			}
+			select {
+			case err := <-c.exited[i]:
+				t.Fatalf("etcd member %d exited: %v", i, err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("etcd at %s did not answer within 30s: %v", ep, err)
+			}
 		}
 	}
+	return c
 }
 
 // Client is a client of the etcd at endpoint, closed when the test ends.
