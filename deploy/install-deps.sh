@@ -2,7 +2,8 @@
 # Installs the system packages osvc needs on Debian when any is missing:
 # wimlib-imagex (wimtools) and FUSE for the wimlib engine, gcab and cabextract
 # that the tests check cabinets against, uudecode (sharutils) for test
-# cabinets stored uuencoded, and etcd for the external-etcd tests; builds
+# cabinets stored uuencoded, etcd for the external-etcd tests and etcdctl for
+# the three-node example's backup; builds
 # versitygw, the S3-compatible server the object store tests run; then
 # fetches the public test cabinets the cab tests read (see below).
 set -euo pipefail
@@ -14,6 +15,7 @@ command -v gcab >/dev/null 2>&1 || need+=(gcab)
 command -v cabextract >/dev/null 2>&1 || need+=(cabextract)
 command -v uudecode >/dev/null 2>&1 || need+=(sharutils)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then

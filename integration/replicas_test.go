@@ -2,6 +2,9 @@ package integration
 
 import (
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -198,5 +201,21 @@ func TestAnEtcdMemberKilledDuringARunLosesNothing(t *testing.T) {
 	}
 	if n := len(got.GetImage().GetVersions()); n != 2 {
 		t.Errorf("the image has %d versions after one run, want 2", n)
+	}
+}
+
+// TestTheThreeNodeExampleChecksFailoverAndABackup runs the README's
+// three-node example in its check mode with the binaries under test.
+func TestTheThreeNodeExampleChecksFailoverAndABackup(t *testing.T) {
+	cmd := exec.Command(filepath.Join("..", "deploy", "three-node", "local.sh"), "check")
+	cmd.Env = append(os.Environ(), "OSVC_THREE_NODE_DIR="+t.TempDir(), "OSVC_BIN_DIR="+binDir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("local.sh check: %v\n%s", err, out)
+	}
+	for _, want := range []string{"replica 1 killed; osvcctl answered through another replica", "restored into a new etcd holds sites/PS1"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("local.sh check printed no %q:\n%s", want, out)
+		}
 	}
 }
