@@ -64,6 +64,21 @@ func (t target) dialAgent(ctx context.Context, name, site string, opts ...grpc.D
 	if t.insecure {
 		return t.dial(opts...)
 	}
+	creds, err := t.agentCredentials(ctx, name, site)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(t.addr, append([]grpc.DialOption{creds}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to osvc-server at %s: %w", t.addr, err)
+	}
+	return conn, nil
+}
+
+// agentCredentials enrolls agent name of site as osvc-agent does and
+// returns the transport credentials it connects with: mutual TLS with the
+// certificate the server issued.
+func (t target) agentCredentials(ctx context.Context, name, site string) (grpc.DialOption, error) {
 	token, err := t.joinToken(ctx, site)
 	if err != nil {
 		return nil, err
@@ -90,9 +105,5 @@ func (t target) dialAgent(ctx context.Context, name, site string, opts ...grpc.D
 	if err != nil {
 		return nil, err
 	}
-	conn, err := grpc.NewClient(t.addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to osvc-server at %s: %w", t.addr, err)
-	}
-	return conn, nil
+	return grpc.WithTransportCredentials(creds), nil
 }
