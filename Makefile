@@ -41,7 +41,7 @@ integration: deps
 	$(GOTEST) ./integration/...
 
 # Each prints a ratio against the raw floor measured in the same run (bare
-# etcd; for import-memory, the server's own idle RSS; for pipeline, the same
+# etcd; for logs, the stored chunks written straight to etcd; for import-memory, the server's own idle RSS; for pipeline, the same
 # wimlib-imagex commands by hand; for shrink, the image before; for LZX, MSZIP's
 # inflating of the same data; for objstore, the bare S3 client on the same
 # server).
@@ -50,6 +50,7 @@ bench:
 	$(GO) run ./cmd/osvc-bench -run startup
 	$(GO) run ./cmd/osvc-bench -run lease
 	$(GO) run ./cmd/osvc-bench -run report
+	$(GO) run ./cmd/osvc-bench -run logs
 	$(GO) run ./cmd/osvc-bench -run catalog
 	$(GO) run ./cmd/osvc-bench -run import-memory
 	$(GO) run ./cmd/osvc-bench -run pipeline

@@ -477,15 +477,18 @@ func TestARunOnTheAutomaticDriveInPlaceOfAMissingOneSaysSoInItsLog(t *testing.T)
 	const warning = "this run works on the Automatic drive"
 	fs := h.stream(t)
 	fs.out <- assign("runs/r1", 5)
-	h.waitFor(t, "the run's warning", func(r *osvcv1.ConnectRequest) bool {
+	// Log lines linger a moment before they go: the warning may come after
+	// the next step's report.
+	warned, copying, isCopy := false, false, isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING)
+	h.waitFor(t, "the run's warning and the COPY step", func(r *osvcv1.ConnectRequest) bool {
 		for _, l := range r.GetLogBatch().GetLines() {
 			if strings.Contains(l.GetMessage(), warning) && strings.Contains(l.GetMessage(), "no-such-drive") && l.GetLevel() == "WARN" {
-				return true
+				warned = true
 			}
 		}
-		return false
+		copying = copying || isCopy(r)
+		return warned && copying
 	})
-	h.waitFor(t, "the COPY step", isStep(osvcv1.Step_STEP_COPY, osvcv1.StepState_STEP_STATE_RUNNING))
 	h.stop()
 	data, err := os.ReadFile(filepath.Join(h.agent.cfg.DataDir, pipeline.WorkFolder, "r1", pipeline.LogFile))
 	if err != nil {

@@ -41,16 +41,24 @@ const (
 	DefaultMaxBackoff        = 30 * time.Second
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultLogQueueLines     = 10000
+	// DefaultLogLinger is how long a log batch waits for more lines before
+	// it goes less than full.
+	DefaultLogLinger = 100 * time.Millisecond
 	// DefaultWelcomeTimeout bounds the wait for the server's answer to Hello.
 	DefaultWelcomeTimeout = 30 * time.Second
 )
 
 // Bounds of one LogBatch: well under gRPC's 4 MiB message limit, and small
-// enough that a batch never holds up a report or a heartbeat for long.
+// enough that a batch never holds up a report or a heartbeat for long, yet
+// thousands of lines, which the server stores in one etcd write.
 const (
-	maxBatchLines = 500
+	maxBatchLines = 4096
 	maxBatchBytes = 512 << 10
 )
+
+// logBatchesInFlight is how many log batches go out before the first is
+// acknowledged, so that a busy run's lines do not wait for each round trip.
+const logBatchesInFlight = 4
 
 // keepaliveTime is the client's gRPC keepalive; the server allows pings every 10s.
 const keepaliveTime = 30 * time.Second
@@ -75,9 +83,12 @@ type Config struct {
 	// InitialBackoff and MaxBackoff bound the jittered reconnect delay; default 1s and 30s.
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
-	// LogQueueLines bounds the log lines waiting to be sent; the oldest are
-	// dropped beyond it. Default 10000.
+	// LogQueueLines bounds the log lines waiting to be sent or acknowledged;
+	// the oldest are dropped beyond it. Default 10000.
 	LogQueueLines int
+	// LogLinger is how long a log batch waits for more lines before it goes
+	// less than full; FlushLogs sends at once. Default 100ms.
+	LogLinger time.Duration
 	// WelcomeTimeout bounds the wait for Welcome after Hello; default 30s.
 	WelcomeTimeout time.Duration
 }
@@ -89,6 +100,11 @@ type Conn struct {
 	logger hclog.Logger
 	nextID atomic.Uint64
 	logs   *logQueue
+	// after is the log flusher's timer: tests drive the linger with it.
+	after func(time.Duration) <-chan time.Time
+	// logWindowFull, when set, is called each time the log flusher waits
+	// with logBatchesInFlight batches unacknowledged: tests see it bounded.
+	logWindowFull func()
 
 	mu  sync.Mutex
 	cur *session
@@ -134,6 +150,9 @@ func New(cfg Config) (*Conn, error) {
 	if cfg.LogQueueLines <= 0 {
 		cfg.LogQueueLines = DefaultLogQueueLines
 	}
+	if cfg.LogLinger <= 0 {
+		cfg.LogLinger = DefaultLogLinger
+	}
 	if cfg.WelcomeTimeout <= 0 {
 		cfg.WelcomeTimeout = DefaultWelcomeTimeout
 	}
@@ -141,7 +160,8 @@ func New(cfg Config) (*Conn, error) {
 	return &Conn{
 		cfg:     cfg,
 		logger:  logger,
-		logs:    newLogQueue(cfg.LogQueueLines, logger),
+		logs:    newLogQueue(cfg.LogQueueLines, cfg.LogLinger, time.Now, logger),
+		after:   time.After,
 		up:      make(chan struct{}),
 		stopped: make(chan struct{}),
 	}, nil
@@ -415,21 +435,16 @@ func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("send %T: %w", r.GetMessage(), context.Cause(ctx))
 		}
-		id := c.nextID.Add(1)
-		r.Id = id
-		ackc := s.register(id)
-		select {
-		case s.out <- r:
-		case <-s.done:
-			s.forget(id)
+		ackc, err := c.post(ctx, s, r)
+		if errors.Is(err, errSessionEnded) {
 			continue
-		case <-ctx.Done():
-			s.forget(id)
-			return fmt.Errorf("send %T: %w", r.GetMessage(), context.Cause(ctx))
+		}
+		if err != nil {
+			return err
 		}
 		select {
 		case a := <-ackc:
-			err := errdefs.FromCode(codes.Code(a.GetCode()), a.GetReason(), a.GetMessage())
+			err := ackError(a)
 			if errors.Is(err, errdefs.ErrContended) && contended < maxContendedResends {
 				contended++
 				if werr := c.pause(ctx, contended); werr != nil {
@@ -439,13 +454,40 @@ func (c *Conn) Send(ctx context.Context, r *osvcv1.ConnectRequest) error {
 			}
 			return err
 		case <-s.done:
-			s.forget(id)
+			s.forget(r.GetId())
 			continue
 		case <-ctx.Done():
-			s.forget(id)
+			s.forget(r.GetId())
 			return fmt.Errorf("wait for ack of %T: %w", r.GetMessage(), context.Cause(ctx))
 		}
 	}
+}
+
+// errSessionEnded is post's answer when the stream ended first.
+var errSessionEnded = errors.New("the stream to the server ended")
+
+// post numbers r and hands it to the session's sender; its Ack comes on
+// the returned channel, unless the session ends first (s.done).
+func (c *Conn) post(ctx context.Context, s *session, r *osvcv1.ConnectRequest) (<-chan *osvcv1.Ack, error) {
+	id := c.nextID.Add(1)
+	r.Id = id
+	ackc := s.register(id)
+	select {
+	case s.out <- r:
+		return ackc, nil
+	case <-s.done:
+		s.forget(id)
+		return nil, errSessionEnded
+	case <-ctx.Done():
+		s.forget(id)
+		return nil, fmt.Errorf("send %T: %w", r.GetMessage(), context.Cause(ctx))
+	}
+}
+
+// ackError is the domain error errdefs makes of an Ack's code, reason and
+// message; nil for code 0.
+func ackError(a *osvcv1.Ack) error {
+	return errdefs.FromCode(codes.Code(a.GetCode()), a.GetReason(), a.GetMessage())
 }
 
 // SendLogs queues log lines of a run; a background flusher sends them in
@@ -454,24 +496,17 @@ func (c *Conn) SendLogs(run string, token int64, lines []*osvcv1.LogLine) {
 	c.logs.add(run, token, lines)
 }
 
-// FlushLogs waits until the run's queued log lines are acknowledged (or
-// dropped), so that a run's last lines reach the server before its result.
-// ctx bounds the wait.
+// FlushLogs sends the run's queued log lines without lingering and waits
+// until they are acknowledged (or dropped), so that a run's last lines reach
+// the server before its result. ctx bounds the wait.
 func (c *Conn) FlushLogs(ctx context.Context, run string, token int64) error {
 	k := runKey{run, token}
-	for {
+	c.logs.flushing(k, 1)
+	defer c.logs.flushing(k, -1)
+	return c.awaitLogs(ctx, func() (bool, <-chan struct{}) {
 		pending, changed := c.logs.pending(k)
-		if !pending {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-c.stopped:
-			return ErrClosed
-		case <-ctx.Done():
-			return fmt.Errorf("flush the log lines of %s: %w", run, context.Cause(ctx))
-		}
-	}
+		return !pending, changed
+	}, "flush the log lines of "+run)
 }
 
 // maxContendedResends bounds how often Send sends a report again that the
@@ -500,41 +535,4 @@ func (c *Conn) Connected() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.up
-}
-
-// flushLogs sends queued log lines until ctx ends. Lines leave the queue only
-// once acknowledged, so a batch cut by a disconnection is sent again.
-func (c *Conn) flushLogs(ctx context.Context) {
-	for {
-		b := c.logs.next()
-		if b == nil {
-			select {
-			case <-ctx.Done():
-				return
-			case <-c.logs.wake:
-				continue
-			}
-		}
-		err := c.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_LogBatch{LogBatch: b}})
-		switch {
-		case err == nil:
-			c.logs.acked(b)
-		case ctx.Err() != nil || errors.Is(err, ErrClosed):
-			return
-		case errors.Is(err, errdefs.ErrStaleLease) || errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrInvalidArgument):
-			// The run is not ours any more (or the server will never take
-			// these lines): drop its lines instead of retrying forever.
-			c.logger.Warn("server refused log lines, dropping the run's queued lines", "run", b.GetRun(), "error", err)
-			c.logs.drop(b.GetRun(), b.GetFencingToken())
-		default:
-			c.logger.Warn("sending log lines failed, will retry", "run", b.GetRun(), "error", err)
-			t := time.NewTimer(c.cfg.InitialBackoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-		}
-	}
 }

@@ -151,6 +151,12 @@ type harness struct {
 // start runs a Conn against a fake server; the Conn stops at test cleanup.
 func start(t *testing.T, tweak func(*fakeServer, *Config)) *harness {
 	t.Helper()
+	return startConn(t, tweak, nil)
+}
+
+// startConn is start with tweakConn applied to the Conn before it runs.
+func startConn(t *testing.T, tweak func(*fakeServer, *Config), tweakConn func(*Conn)) *harness {
+	t.Helper()
 	srv, addr, dial := newFakeServer(t)
 	h := &harness{srv: srv, handler: newRecordingHandler(), hellos: make(chan struct{}, 16), done: make(chan error, 1)}
 	cfg := Config{
@@ -173,6 +179,9 @@ func start(t *testing.T, tweak func(*fakeServer, *Config)) *harness {
 		t.Fatal(err)
 	}
 	h.conn = c
+	if tweakConn != nil {
+		tweakConn(c)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { h.done <- c.Run(ctx) }()
 	t.Cleanup(func() {
@@ -551,19 +560,24 @@ func TestLogLinesArriveInBatchesNumberedOnceEach(t *testing.T) {
 
 func TestTheLogQueueDropsTheOldestLinesBeyondItsBound(t *testing.T) {
 	t.Parallel()
-	q := newLogQueue(10, hclog.NewNullLogger())
+	q := newLogQueue(10, time.Hour, time.Now, hclog.NewNullLogger())
 	for i := 1; i <= 25; i++ {
 		q.add("runs/r1", 1, []*osvcv1.LogLine{{Sequence: int64(i)}})
 	}
 	if q.len() != 10 {
 		t.Fatalf("queued %d lines, want 10", q.len())
 	}
-	b := q.next()
-	if first := b.GetLines()[0].GetSequence(); first != 16 {
-		t.Errorf("first queued line = %d, want 16 (the newest 10 kept)", first)
+	var got []int64
+	for b, _ := q.next(); b != nil; b, _ = q.next() {
+		for _, l := range b.GetLines() {
+			got = append(got, l.GetSequence())
+		}
+		q.acked(b)
 	}
-	q.acked(b)
+	if fmt.Sprint(got) != "[16 17 18 19 20 21 22 23 24 25]" {
+		t.Errorf("batches hold %v, want the newest 10 lines, 16..25", got)
+	}
 	if q.len() != 0 {
-		t.Errorf("after the ack %d lines are queued, want 0", q.len())
+		t.Errorf("after the acks %d lines are queued, want 0", q.len())
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -86,6 +87,21 @@ func (t target) dialAgent(ctx context.Context, name, site string, opts ...grpc.D
 	return t.dialCert(cert, opts...)
 }
 
+// agentCredentials enrolls agent name of site as osvc-agent does and
+// returns the transport credentials it connects with: mutual TLS with the
+// certificate the server issued.
+func (t target) agentCredentials(ctx context.Context, name, site string) (grpc.DialOption, error) {
+	cert, err := t.enroll(ctx, name, site)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := t.certCredentials(cert)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.WithTransportCredentials(creds), nil
+}
+
 // enroll makes a join token for site and enrolls agent name with it, as
 // osvc-agent does, and returns the certificate the server issued with its key.
 func (t target) enroll(ctx context.Context, name, site string) (tls.Certificate, error) {
@@ -113,10 +129,15 @@ func (t target) enroll(ctx context.Context, name, site string) (tls.Certificate,
 	return cert, nil
 }
 
+// certCredentials are mutual TLS to t with an agent's certificate.
+func (t target) certCredentials(cert tls.Certificate) (credentials.TransportCredentials, error) {
+	return pki.ClientCredentials(t.addr, pki.ClientOptions{CAFile: t.caFile,
+		Certificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }})
+}
+
 // dialCert connects to t over mutual TLS with an agent's certificate.
 func (t target) dialCert(cert tls.Certificate, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	creds, err := pki.ClientCredentials(t.addr, pki.ClientOptions{CAFile: t.caFile,
-		Certificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }})
+	creds, err := t.certCredentials(cert)
 	if err != nil {
 		return nil, err
 	}

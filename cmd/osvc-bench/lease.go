@@ -25,8 +25,8 @@ const agentLeaseTTL = time.Hour
 
 // benchLease compares leases per second through servicing.Service.LeaseSeen,
 // as the scheduler calls it with the runs and agents its pass read, with bare
-// etcd transactions of the lease's shape: four compares and three puts of the
-// sizes a lease writes (assignment on the agent's etcd lease, run, log base).
+// etcd transactions of the lease's shape: four compares and two puts of the
+// sizes a lease writes (assignment on the agent's etcd lease, run).
 // Each of -c workers is an agent of its own site leasing PENDING runs of its
 // site's images, one run per image as servicing allows, made beforehand with
 // CreateSchedule and read once as a pass reads them. A lease is one
@@ -143,9 +143,9 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 		return series{}, series{}, err
 	}
 
-	// The floor: each worker's transactions create three fresh keys, guarded
+	// The floor: each worker's transactions create two fresh keys, guarded
 	// by compares that hold, and bind the first to its agent's etcd lease.
-	assignValue, runValue, baseValue := string(make([]byte, sizes[0])), string(make([]byte, sizes[1])), string(make([]byte, sizes[2]))
+	assignValue, runValue := string(make([]byte, sizes[0])), string(make([]byte, sizes[1]))
 	floorSeq := make([]int, cfg.Workers)
 	floor := perOp(func(ctx context.Context, w, _ int) error {
 		key := fmt.Sprintf("%sbench-floor/%d/%d/", st.Prefix(), w, floorSeq[w])
@@ -159,7 +159,6 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 		).Then(
 			clientv3.OpPut(key+"assignment", assignValue, clientv3.WithLease(clientv3.LeaseID(agents[w].session))),
 			clientv3.OpPut(key+"run", runValue),
-			clientv3.OpPut(key+"log-base", baseValue),
 		).Commit()
 		if err != nil {
 			return fmt.Errorf("floor txn: %w", err)
@@ -171,7 +170,7 @@ func leaseOn(ctx context.Context, cfg benchConfig, secure bool) (osvcS, floorS s
 	})
 
 	osvcS = series{name: "osvc Service.LeaseSeen", unit: "leases/s"}
-	floorS = series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d+%d bytes)", sizes[0], sizes[1], sizes[2]), unit: "txn/s"}
+	floorS = series{name: fmt.Sprintf("bare etcd Txn (4 compares, puts of %d+%d bytes)", sizes[0], sizes[1]), unit: "txn/s"}
 	rounds := roundSizes(cfg.N)
 	for r, ops := range rounds {
 		l, err := measure(ctx, cfg.Workers, ops, floor)
@@ -271,14 +270,14 @@ func presentAgent(ctx context.Context, st *store.Store, w int) (benchAgent, erro
 }
 
 // leaseWriteSizes returns the sizes of the values a lease of run wrote:
-// its assignment, the run and its log base.
-func leaseWriteSizes(ctx context.Context, st *store.Store, run string) ([3]int, error) {
-	var sizes [3]int
+// its assignment and the run.
+func leaseWriteSizes(ctx context.Context, st *store.Store, run string) ([2]int, error) {
+	var sizes [2]int
 	id, err := servicing.RunID(run)
 	if err != nil {
 		return sizes, err
 	}
-	for i, key := range []string{st.AssignmentKey(id), st.RunKey(id), st.LogBaseKey(id)} {
+	for i, key := range []string{st.AssignmentKey(id), st.RunKey(id)} {
 		resp, err := st.Client().Get(ctx, key)
 		if err != nil {
 			return sizes, fmt.Errorf("read %s: %w", key, err)

@@ -130,6 +130,9 @@ var benches = map[string]benchEntry{
 	"lease": {run: benchLease, defaultN: 5000, concurrent: true},
 	// report: -n progress reports per variant and as many floor transactions.
 	"report": {run: benchReport, defaultN: 6000, concurrent: true},
+	// logs: -n log lines from one busy agent, over three runs (the server
+	// stores at most 100,000 lines per run).
+	"logs": {run: benchLogs, defaultN: 3 * maxLinesPerRound},
 	// catalog: -n updates in the catalog, with 50 images and 5,000 ended runs.
 	"catalog": {run: benchCatalog, defaultN: 20000},
 	// import-memory: -n concurrent imports of hostile WIMs into a real
@@ -162,7 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; agents: connected agents; lease: leases; report: reports per variant; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image; objstore: MiB of the blob); 0 takes the benchmark's default")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; agents: connected agents; lease: leases; report: reports per variant; logs: log lines, at most 300000; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image; objstore: MiB of the blob); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")

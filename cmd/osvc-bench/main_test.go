@@ -242,6 +242,30 @@ func TestThroughputBenchesEndWithAParsableResultLine(t *testing.T) {
 	}
 }
 
+func TestTheLogsBenchStoresEveryLineAndCountsItsWrites(t *testing.T) {
+	t.Parallel()
+	// Three runs of 3,000 lines.
+	res := runToResult(t, "-run", "logs", "-n", "9000", "-fast")
+	if res.Bench != "logs" || res.N != 9000 || !(res.Ratio > 0) {
+		t.Errorf("bench, n, ratio = %q, %d, %v; want logs, 9000 and a positive ratio", res.Bench, res.N, res.Ratio)
+	}
+	for _, f := range []Figure{res.Osvc, res.Floor} {
+		if !(f.Value > 0) || f.Unit != "lines/s" || len(f.Samples) != throughputRounds {
+			t.Errorf("figure %+v: want lines/s over %d rounds", f, throughputRounds)
+		}
+	}
+	if len(res.Extra) != 2 {
+		t.Fatalf("%d extra figures, want the writes per 1,000 lines of osvc and of the floor: %+v", len(res.Extra), res.Extra)
+	}
+	// osvc's revisions are its log transactions, which the floor replays
+	// one for one, and whatever the run and the agent wrote besides: a
+	// write or two in a round.
+	if osvc, floor := res.Extra[0], res.Extra[1]; !(floor.Value > 0) || osvc.Value < floor.Value || osvc.Value > floor.Value+2*1000.0/3000 || !(osvc.Ratio >= 1) {
+		t.Errorf("writes per 1,000 lines: osvc %v (ratio %v), floor %v; want osvc from the floor's to two writes per round more",
+			osvc.Value, osvc.Ratio, floor.Value)
+	}
+}
+
 func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	t.Parallel()
 	var stdout, stderr bytes.Buffer
@@ -249,7 +273,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|import-memory|lease|objstore|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|import-memory|lease|logs|objstore|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -263,7 +287,7 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, import-memory, lease, objstore, pipeline, report, shrink, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, import-memory, lease, logs, objstore, pipeline, report, shrink, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},

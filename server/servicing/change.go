@@ -100,7 +100,11 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 		run.Error = message
 	}
 	ch.tx.Delete(s.store.AssignmentKey(runID))
+	// Written by the leases of older servers.
 	ch.tx.Delete(s.store.LogBaseKey(runID))
+	if err := s.moveLogCount(ch, runID); err != nil {
+		return err
+	}
 	ch.tx.PutRaw(s.store.EndedRunKey(run.EndTime.AsTime(), runID), nil)
 	activeKey := s.store.ActiveRunKey(imageID)
 	if IsInspection(run) {

@@ -103,8 +103,9 @@ func (s *Service) LeaseSeen(ctx context.Context, run ActiveRun, agent agents.Con
 // assignment on that etcd lease and the run LEASED with attempt+1. The
 // revision of that commit, which is the assignment key's ModRevision, is the
 // fencing token: the agent's reports compare it with the assignment key
-// directly, and the first of them writes it into the run. A run or agent
-// that changed meanwhile is ErrContended.
+// directly, and the first of them writes it into the run. The attempt's log
+// base is fixed by its first log batch, not here. A run or agent that
+// changed meanwhile is ErrContended.
 func (s *Service) lease(ctx context.Context, runName string, runRevision int64, agent string, agentLease int64, reads ...store.TxnOption) (*osvcv1.Run, error) {
 	id, err := RunID(runName)
 	if err != nil {
@@ -146,9 +147,6 @@ func (s *Service) lease(ctx context.Context, runName string, runRevision int64, 
 		run.EndTime = nil
 		assignment := &storev1.Assignment{Run: runName, Agent: agent, SessionLease: agentLease, Attempt: run.Attempt, AssignTime: now}
 		if err := tx.Put(assignKey, assignment, clientv3.WithLease(clientv3.LeaseID(agentLease))); err != nil {
-			return err
-		}
-		if err := tx.Put(s.store.LogBaseKey(id), wrapperspb.Int64(run.GetLogLineCount())); err != nil {
 			return err
 		}
 		return s.write(ch)

@@ -21,8 +21,15 @@ import (
 const maxLogChunkInflated = 16 * maxLogChunkBytes
 
 // gzipWriters reuses compressors: each holds about a megabyte of state, and
-// every log batch writes at least one chunk.
-var gzipWriters = sync.Pool{New: func() any { return gzip.NewWriter(io.Discard) }}
+// every log batch writes at least one chunk. Chunks are compressed for
+// speed: on agent-like lines gzip's fastest level stores about 8 times less
+// than the lines, its default level about 10 times, at three and a half
+// times the time, which made compression half of what a busy agent's lines
+// cost the server.
+var gzipWriters = sync.Pool{New: func() any {
+	zw, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed) // a valid level: no error
+	return zw
+}}
 
 // encodeLogChunk returns the stored value of a chunk of lines: a LogChunk
 // whose compressed_lines is the gzip of a LogChunk holding the lines. Agents'

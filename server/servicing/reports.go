@@ -1,17 +1,14 @@
 package servicing
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -22,11 +19,6 @@ import (
 )
 
 const (
-	// maxLogChunkBytes keeps every stored log chunk well under the store's
-	// value limit; a big batch becomes several chunks.
-	maxLogChunkBytes = 256 << 10
-	// maxLogLineBytes truncates a single runaway line.
-	maxLogLineBytes = 16 << 10
 	// maxReportTextBytes cuts the free text an agent reports into the run
 	// (an update's message, a step's detail, the run's error): a run holds
 	// one per update and index, and a run past the store's value limit could
@@ -120,129 +112,6 @@ func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv
 	return err
 }
 
-// ReportLogs stores a batch of log lines. The agent numbers the lines of its
-// attempt from 1; they are stored after the lines of the run's earlier
-// attempts (the run's log base, written when the attempt was leased). A line
-// whose sequence is already stored (a resent batch) is skipped, so every line
-// is stored once. Lines past MaxLogLines are counted and dropped. Each chunk
-// is written with the run in one fenced transaction.
-func (s *Service) ReportLogs(ctx context.Context, agent string, m *osvcv1.LogBatch) error {
-	for _, l := range m.GetLines() {
-		if l.GetSequence() <= 0 {
-			return errdefs.InvalidArgument("log_batch.lines.sequence", "number the log lines of a run from 1")
-		}
-	}
-	runID, err := idFromName("run", m.GetRun(), runsCollection)
-	if err != nil {
-		return err
-	}
-	// stored is the sequence (after the base) up to which lines are in.
-	stored := int64(-1)
-	for {
-		done := true
-		_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
-			base, err := s.logBase(ch.tx, runID)
-			if err != nil {
-				return err
-			}
-			lines := sequenced(m.GetLines(), base, max(stored, ch.run.GetLogLineCount()))
-			chunk, dropped, last := s.nextChunk(lines)
-			if last == 0 {
-				return errNoChange
-			}
-			ch.run.LogLineCount = last
-			stored = last
-			done = last == lines[len(lines)-1].GetSequence()
-			if dropped > 0 && s.droppedLogLines.Add(dropped) == dropped {
-				s.logger.Warn("run reached the log line cap, dropping further lines", "run", ch.run.GetName(), "cap", s.maxLogLines)
-			}
-			if len(chunk) == 0 {
-				return nil
-			}
-			key := s.store.LogKey(runID, chunk[0].GetSequence())
-			if _, exists, err := ch.tx.Raw(key); err != nil {
-				return err
-			} else if exists {
-				return fmt.Errorf("log chunk %s is stored already although the run counts %d lines: %w", key, ch.run.GetLogLineCount(), errdefs.ErrInternal)
-			}
-			data, err := s.encodeLogChunk(chunk)
-			if err != nil {
-				return err
-			}
-			ch.tx.PutRaw(key, data)
-			return nil
-		})
-		if err != nil || done {
-			return err
-		}
-	}
-}
-
-// sequenced returns lines renumbered after base, sorted, each sequence once,
-// keeping only those after stored.
-func sequenced(in []*osvcv1.LogLine, base, stored int64) []*osvcv1.LogLine {
-	lines := make([]*osvcv1.LogLine, 0, len(in))
-	for _, l := range in {
-		if base > 0 {
-			l = proto.Clone(l).(*osvcv1.LogLine)
-			l.Sequence += base
-		}
-		if l.GetSequence() > stored {
-			lines = append(lines, l)
-		}
-	}
-	slices.SortStableFunc(lines, func(a, b *osvcv1.LogLine) int { return cmp.Compare(a.GetSequence(), b.GetSequence()) })
-	return slices.CompactFunc(lines, func(a, b *osvcv1.LogLine) bool { return a.GetSequence() == b.GetSequence() })
-}
-
-// nextChunk takes the lines that fit in one stored chunk: the chunk, how
-// many lines past MaxLogLines it dropped, and the last sequence it covers
-// (0 when lines is empty).
-func (s *Service) nextChunk(lines []*osvcv1.LogLine) (chunk []*osvcv1.LogLine, dropped, last int64) {
-	size := 0
-	for _, l := range lines {
-		if l.GetSequence() > s.maxLogLines {
-			dropped++
-			last = l.GetSequence()
-			continue
-		}
-		l = normalizeLine(l, s.now)
-		sz := proto.Size(l) + 8
-		if size > 0 && size+sz > maxLogChunkBytes {
-			break
-		}
-		size += sz
-		chunk = append(chunk, l)
-		last = l.GetSequence()
-	}
-	return chunk, dropped, last
-}
-
-// logBase is the number of lines the run's earlier attempts stored (0 for
-// its first), read within the report's transaction.
-func (s *Service) logBase(tx *store.Tx, runID string) (int64, error) {
-	base, err := store.Load[*wrapperspb.Int64Value](tx, s.store.LogBaseKey(runID))
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("log lines of runs/%s: %w", runID, err)
-	}
-	return base.GetValue(), nil
-}
-
-func normalizeLine(l *osvcv1.LogLine, now func() time.Time) *osvcv1.LogLine {
-	if l.Time != nil && len(l.GetMessage()) <= maxLogLineBytes {
-		return l
-	}
-	l = proto.Clone(l).(*osvcv1.LogLine)
-	if l.Time == nil {
-		l.Time = timestamppb.New(now())
-	}
-	l.Message = truncateWith(l.Message, maxLogLineBytes, "…")
-	return l
-}
-
 // ReportRunResult ends a run. SUCCEEDED swaps the image: the uploaded result
 // becomes the image's current version, the previous one is kept, older ones
 // are dropped (the content collector removes their blobs), all in the transaction
@@ -280,6 +149,10 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 			return err
 		}
 	}
+	runID, err := idFromName("run", m.GetRun(), runsCollection)
+	if err != nil {
+		return err
+	}
 	run, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		// Recorded in the transaction that compares the fencing token: an
 		// agent that lost the run attaches no files to it.
@@ -295,7 +168,7 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 			return s.inspected(ctx, ch, m)
 		}
 		return s.swap(ctx, ch, m, content)
-	})
+	}, s.store.LogCountKey(runID)) // the run's end moves its log count into it
 	if err != nil {
 		return err
 	}
@@ -454,7 +327,8 @@ func (s *Service) keepVersion(ctx context.Context, ch *change, img *osvcv1.Image
 	return nil
 }
 
-// errNoChange tells fenced that the report is accepted but changes nothing.
+// errNoChange tells fenced that the report is accepted but leaves the run
+// as it is; what else it asked the transaction to write is still written.
 var errNoChange = errors.New("no change")
 
 // fenced applies mutate to the run named runName when token is the current
@@ -463,9 +337,10 @@ var errNoChange = errors.New("no change")
 // the assignment's ModRevision with the token and the run's with what was
 // read. A lease that ends (or a new one given) between the read and the
 // commit fails the commit, and the next attempt sees the token stale. The
-// first report of a LEASED run moves it IN_PROCESS. Returns the run as
-// written (or as read, when nothing changed).
-func (s *Service) fenced(ctx context.Context, agent, runName string, token int64, mutate func(*change) error) (*osvcv1.Run, error) {
+// first report of a LEASED run moves it IN_PROCESS. alsoRead are further
+// keys mutate reads, fetched in the same round trip as the run and its
+// assignment. Returns the run as written (or as read, when nothing changed).
+func (s *Service) fenced(ctx context.Context, agent, runName string, token int64, mutate func(*change) error, alsoRead ...string) (*osvcv1.Run, error) {
 	runID, err := idFromName("run", runName, runsCollection)
 	if err != nil {
 		return nil, err
@@ -513,7 +388,7 @@ func (s *Service) fenced(ctx context.Context, agent, runName string, token int64
 		run.LastProgressTime = timestamppb.New(s.now())
 		run.Stalled = false
 		return s.write(ch)
-	}, store.Prefetch(runKey, assignKey))
+	}, store.Prefetch(append([]string{runKey, assignKey}, alsoRead...)...))
 	if err != nil {
 		return nil, err
 	}

@@ -476,7 +476,9 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 	}
 	// The lease does not write its token into the run (the agent's first
 	// report does): the assignment, read in the same revision, says it.
-	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(s.store.RunKey(id)), clientv3.OpGet(s.store.AssignmentKey(id))).Commit()
+	// Nor do log lines write their count into it: the run's log count does.
+	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(s.store.RunKey(id)), clientv3.OpGet(s.store.AssignmentKey(id)),
+		clientv3.OpGet(s.store.LogCountKey(id))).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("get run %s: %w", name, err)
 	}
@@ -491,12 +493,24 @@ func (s *Service) GetRun(ctx context.Context, name string) (*osvcv1.Run, error) 
 	if as := resp.Responses[1].GetResponseRange().GetKvs(); len(as) == 1 && IsLeased(run.GetState()) && run.GetFencingToken() == 0 {
 		run.FencingToken = as[0].ModRevision
 	}
+	if counts := resp.Responses[2].GetResponseRange().GetKvs(); len(counts) == 1 {
+		return withLogCount(run, counts[0].Value)
+	}
 	return run, nil
 }
 
 // ListRuns lists runs in creation order; image, when set, lists that image's
 // runs through its run index (an image that does not exist is NotFound).
+// Runs that have not ended show their log count.
 func (s *Service) ListRuns(ctx context.Context, image string, pageSize int, token string) ([]*osvcv1.Run, string, error) {
+	runs, next, err := s.listRuns(ctx, image, pageSize, token)
+	if err != nil {
+		return nil, "", err
+	}
+	return runs, next, s.fillLogCounts(ctx, runs)
+}
+
+func (s *Service) listRuns(ctx context.Context, image string, pageSize int, token string) ([]*osvcv1.Run, string, error) {
 	if image == "" {
 		return store.List[*osvcv1.Run](ctx, s.store, s.store.RunsPrefix(), pageSize, token)
 	}
@@ -565,7 +579,11 @@ func (s *Service) CancelRun(ctx context.Context, name, reason string) (*osvcv1.R
 	if rev != 0 {
 		s.logger.Info("run cancel", "run", name, "state", stateName(out.GetState()), "reason", reason)
 	}
-	return out, nil
+	runs := []*osvcv1.Run{out}
+	if err := s.fillLogCounts(ctx, runs); err != nil {
+		return nil, err
+	}
+	return runs[0], nil
 }
 
 func stateName(st osvcv1.RunState) string {

@@ -25,9 +25,9 @@ const (
 
 // WatchRun calls send with the run and its stored log lines after afterSeq,
 // then with each change of the run and the lines added since, and returns nil
-// once it has sent the run in a final state. Each log batch is written in the
-// same transaction as the run's log_line_count, so watching the run key sees
-// every new line.
+// once it has sent the run in a final state. Log lines do not rewrite the
+// run: each batch is written in the same transaction as the run's log
+// count, so watching the run and its log count sees every new line.
 func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) error {
 	id, err := RunID(name)
 	if err != nil {
@@ -35,40 +35,65 @@ func (s *Service) WatchRun(ctx context.Context, name string, afterSeq int64, sen
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	runKey := s.store.RunKey(id)
 	last := max(afterSeq, 0)
 	for {
-		resp, err := s.client.Get(ctx, runKey)
+		run, count, rev, err := s.readRun(ctx, name, id)
 		if err != nil {
-			return fmt.Errorf("watch %s: %w", name, err)
+			return err
 		}
-		if len(resp.Kvs) == 0 {
-			return fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
-		}
-		rev := resp.Header.Revision
-		done, err := s.sendRun(ctx, id, resp.Kvs[0].Value, rev, &last, send)
+		done, err := s.sendRun(ctx, id, run, count, rev, &last, send)
 		if err != nil || done {
 			return err
 		}
-		// Follow the run from the snapshot on; a compacted history or a
-		// broken watch starts again from a fresh snapshot.
-		for wresp := range s.client.Watch(ctx, runKey, clientv3.WithRev(rev+1)) {
-			if wresp.CompactRevision != 0 || wresp.Err() != nil {
-				s.logger.Debug("run watch restarts from a fresh snapshot", "run", name, "error", wresp.Err())
-				break
-			}
-			for _, ev := range wresp.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					return fmt.Errorf("run %s was deleted: %w", name, errdefs.ErrNotFound)
-				}
-				done, err := s.sendRun(ctx, id, ev.Kv.Value, ev.Kv.ModRevision, &last, send)
-				if err != nil || done {
-					return err
-				}
-			}
+		done, err = s.followRun(ctx, name, id, run, count, rev, &last, send)
+		if err != nil || done {
+			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+	}
+}
+
+// followRun sends the run again at each change of the run or of its log
+// count after rev, and returns true once it has sent the run in a final
+// state, false when the watch broke (a compacted history, a lost
+// connection): the caller starts again from a fresh snapshot.
+func (s *Service) followRun(ctx context.Context, name, id string, run *osvcv1.Run, count, rev int64, last *int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) (bool, error) {
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	runKey := s.store.RunKey(id)
+	runs := s.client.Watch(ctx, runKey, clientv3.WithRev(rev+1))
+	// The count's key is deleted when the run ends, which the run says.
+	counts := s.client.Watch(ctx, s.store.LogCountKey(id), clientv3.WithRev(rev+1), clientv3.WithFilterDelete())
+	for {
+		var wresp clientv3.WatchResponse
+		var ok bool
+		select {
+		case wresp, ok = <-runs:
+		case wresp, ok = <-counts:
+		}
+		if !ok || wresp.CompactRevision != 0 || wresp.Err() != nil {
+			s.logger.Debug("run watch restarts from a fresh snapshot", "run", name, "error", wresp.Err())
+			return false, nil
+		}
+		for _, ev := range wresp.Events {
+			var err error
+			switch {
+			case string(ev.Kv.Key) != runKey:
+				count, err = logCountOf(ev.Kv.Value)
+			case ev.Type == clientv3.EventTypeDelete:
+				return false, fmt.Errorf("run %s was deleted: %w", name, errdefs.ErrNotFound)
+			default:
+				run, err = store.Unmarshal[*osvcv1.Run](ev.Kv.Value)
+			}
+			if err != nil {
+				return false, err
+			}
+			done, err := s.sendRun(ctx, id, run, count, ev.Kv.ModRevision, last, send)
+			if err != nil || done {
+				return done, err
+			}
 		}
 	}
 }
@@ -81,26 +106,45 @@ func (s *Service) SnapshotRun(ctx context.Context, name string, afterSeq int64, 
 	if err != nil {
 		return err
 	}
-	resp, err := s.client.Get(clientv3.WithRequireLeader(ctx), s.store.RunKey(id))
+	ctx = clientv3.WithRequireLeader(ctx)
+	run, count, rev, err := s.readRun(ctx, name, id)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
+		return err
 	}
 	last := max(afterSeq, 0)
-	_, err = s.sendRun(ctx, id, resp.Kvs[0].Value, resp.Header.Revision, &last, send)
+	_, err = s.sendRun(ctx, id, run, count, rev, &last, send)
 	return err
 }
 
-// sendRun sends the run value read at rev with its log lines after *last.
-func (s *Service) sendRun(ctx context.Context, runID string, value []byte, rev int64, last *int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) (bool, error) {
-	run, err := store.Unmarshal[*osvcv1.Run](value)
+// readRun reads the run and its log count (0 when it has no key) at one
+// revision, which it returns.
+func (s *Service) readRun(ctx context.Context, name, id string) (run *osvcv1.Run, count, rev int64, err error) {
+	resp, err := s.client.Txn(ctx).Then(clientv3.OpGet(s.store.RunKey(id)), clientv3.OpGet(s.store.LogCountKey(id))).Commit()
 	if err != nil {
-		return false, err
+		return nil, 0, 0, fmt.Errorf("read %s: %w", name, err)
 	}
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil, 0, 0, fmt.Errorf("run %s: %w", name, errdefs.ErrNotFound)
+	}
+	if run, err = store.Unmarshal[*osvcv1.Run](kvs[0].Value); err != nil {
+		return nil, 0, 0, fmt.Errorf("read %s: %w", name, err)
+	}
+	if counts := resp.Responses[1].GetResponseRange().GetKvs(); len(counts) == 1 {
+		if count, err = logCountOf(counts[0].Value); err != nil {
+			return nil, 0, 0, fmt.Errorf("log count of %s: %w", name, err)
+		}
+	}
+	return run, count, resp.Header.Revision, nil
+}
+
+// sendRun sends the run as of rev, counting count log lines unless it
+// counts more itself, with its log lines after *last.
+func (s *Service) sendRun(ctx context.Context, runID string, run *osvcv1.Run, count, rev int64, last *int64, send func(*osvcv1.Run, []*osvcv1.LogLine) error) (bool, error) {
+	run = countingLines(run, count)
 	var lines []*osvcv1.LogLine
 	if run.GetLogLineCount() > *last {
+		var err error
 		lines, err = s.readLogs(ctx, runID, *last, rev)
 		if errors.Is(err, rpctypes.ErrCompacted) {
 			lines, err = s.readLogs(ctx, runID, *last, 0)

@@ -113,10 +113,14 @@ func (s *Store) ActiveInspectionKey(imageID string) string {
 // ActiveInspectionsPrefix holds the active-inspection key of every image.
 func (s *Store) ActiveInspectionsPrefix() string { return s.prefix + "active-inspections/" }
 
-// LogBaseKey holds the number of log lines a run had when its current attempt
-// was leased: agents number each attempt's lines from 1, and the server stores
-// them after the earlier attempts' lines.
+// LogBaseKey held the number of log lines a run had when its current attempt
+// was leased, written by the lease of servers before LogCountKey; still read
+// for an attempt such a server leased, and deleted when the run ends.
 func (s *Store) LogBaseKey(runID string) string { return s.prefix + "log-bases/" + runID }
+
+// LogCountKey holds the log line count of a run that has not ended, with the
+// base of its current attempt, so that storing lines never rewrites the run.
+func (s *Store) LogCountKey(runID string) string { return s.prefix + "log-counts/" + runID }
 
 // Index keys: each names one thing a list reads by it, so lists that would
 // otherwise scan every run or update read only the keys that concern them.

@@ -167,6 +167,22 @@ func (tx *Tx) Raw(key string) ([]byte, bool, error) {
 	return r.value, r.modRev != 0, nil
 }
 
+// AssumeAbsent tells whether key is absent without a round trip when the
+// transaction has not read it yet: the key then joins the read set as
+// absent. For keys the caller has every reason to believe new (a log chunk
+// past the lines a run counts): the commit compares them absent, so one
+// that exists after all fails the commit, the read set is refreshed, and the
+// next attempt is told the truth. A wrong guess costs an attempt, never an
+// overwrite.
+func (tx *Tx) AssumeAbsent(key string) bool {
+	r, ok := tx.reads[key]
+	if !ok {
+		r = &read{}
+		tx.reads[key] = r
+	}
+	return r.modRev == 0
+}
+
 // LeaseOf returns the etcd lease key is attached to (0 for none or absent).
 // The key joins the read set: the commit fails if it was rewritten since.
 func (tx *Tx) LeaseOf(key string) (int64, error) {

@@ -205,3 +205,29 @@ func TestPutKeepsTheLeaseOfALeasedKey(t *testing.T) {
 		t.Fatalf("after the rewrite: %v (%v), want value b on lease %d", resp.Kvs, err, g.ID)
 	}
 }
+
+func TestAKeyAssumedAbsentIsNeverOverwritten(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := storetest.New(t)
+	slot := s.Prefix() + "slot"
+	if _, err := s.Client().Put(ctx, slot, "taken"); err != nil {
+		t.Fatal(err)
+	}
+	attempts := 0
+	_, err := s.Txn(ctx, "claim", func(tx *store.Tx) error {
+		attempts++
+		if !tx.AssumeAbsent(slot) {
+			return errdefs.ErrConflict
+		}
+		tx.PutRaw(slot, []byte("mine"))
+		return nil
+	})
+	if !errors.Is(err, errdefs.ErrConflict) || attempts != 2 {
+		t.Fatalf("Txn = %v after %d attempts, want the ErrConflict of its second attempt", err, attempts)
+	}
+	resp, err := s.Client().Get(ctx, slot)
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "taken" {
+		t.Fatalf("slot = %v (%v), want it untouched", resp.Kvs, err)
+	}
+}

@@ -658,12 +658,20 @@ func (x *UpdateResultReport) GetResult() *UpdateResult {
 
 // LogBatch carries log lines of a run; sequence numbers make resending safe.
 type LogBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Lines         []*LogLine             `protobuf:"bytes,3,rep,name=lines,proto3" json:"lines,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Run          string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	FencingToken int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	Lines        []*LogLine             `protobuf:"bytes,3,rep,name=lines,proto3" json:"lines,omitempty"`
+	// follows_sequence is the last line of the run the agent sent before this
+	// batch in a batch it has no Ack for yet (0: none, every earlier line was
+	// acknowledged or dropped by the agent). The server stores the batch only
+	// when it holds that line, and refuses it with OUT_OF_RANGE otherwise, so
+	// an agent that keeps several batches in flight never has a later batch
+	// stored past the lines of an earlier one that failed: it sends them
+	// again, in order, from the oldest it has no Ack for.
+	FollowsSequence int64 `protobuf:"varint,4,opt,name=follows_sequence,json=followsSequence,proto3" json:"follows_sequence,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LogBatch) Reset() {
@@ -715,6 +723,13 @@ func (x *LogBatch) GetLines() []*LogLine {
 		return x.Lines
 	}
 	return nil
+}
+
+func (x *LogBatch) GetFollowsSequence() int64 {
+	if x != nil {
+		return x.FollowsSequence
+	}
+	return 0
 }
 
 // RunResult ends a run. With RUN_STATE_SUCCEEDED, result_sha256 names the
@@ -2235,11 +2250,12 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x12UpdateResultReport\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12-\n" +
-	"\x06result\x18\x03 \x01(\v2\x15.osvc.v1.UpdateResultR\x06result\"i\n" +
+	"\x06result\x18\x03 \x01(\v2\x15.osvc.v1.UpdateResultR\x06result\"\x94\x01\n" +
 	"\bLogBatch\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12&\n" +
-	"\x05lines\x18\x03 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\"\xb5\x02\n" +
+	"\x05lines\x18\x03 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\x12)\n" +
+	"\x10follows_sequence\x18\x04 \x01(\x03R\x0ffollowsSequence\"\xb5\x02\n" +
 	"\tRunResult\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12'\n" +

@@ -802,7 +802,10 @@ type Run struct {
 	CreateTime      *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	StartTime       *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime         *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	// log_line_count is the number of log lines stored for the run.
+	// log_line_count is the number of log lines of the run: stored, or
+	// counted and dropped past the server's cap per run. While the run goes
+	// the server keeps the count beside the run and fills it in whenever it
+	// serves the run; from the run's end on it is in the run itself.
 	LogLineCount int64 `protobuf:"varint,27,opt,name=log_line_count,json=logLineCount,proto3" json:"log_line_count,omitempty"`
 	// result_indexes describes the serviced image, index by index, with what
 	// each has installed.

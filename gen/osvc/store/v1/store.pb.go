@@ -296,6 +296,75 @@ func (x *SiteReferences) GetLast() string {
 	return ""
 }
 
+// LogCount counts a run's log lines at `log-counts/{run id}` while the run
+// has not ended, so that storing lines never rewrites the run; the run's end
+// moves the count into the run's log_line_count and deletes the key.
+type LogCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// lines is the sequence up to which the run's lines are in: stored, or
+	// counted and dropped past the run's cap. Lines of every attempt count.
+	Lines int64 `protobuf:"varint,1,opt,name=lines,proto3" json:"lines,omitempty"`
+	// fencing_token is the lease whose attempt's lines are numbered after
+	// base; base is fixed at that attempt's first log batch.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// base is how many lines the earlier attempts counted: the agent numbers
+	// each attempt's lines from 1, stored as base + sequence.
+	Base          int64 `protobuf:"varint,3,opt,name=base,proto3" json:"base,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogCount) Reset() {
+	*x = LogCount{}
+	mi := &file_osvc_store_v1_store_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogCount) ProtoMessage() {}
+
+func (x *LogCount) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_store_v1_store_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogCount.ProtoReflect.Descriptor instead.
+func (*LogCount) Descriptor() ([]byte, []int) {
+	return file_osvc_store_v1_store_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LogCount) GetLines() int64 {
+	if x != nil {
+		return x.Lines
+	}
+	return 0
+}
+
+func (x *LogCount) GetFencingToken() int64 {
+	if x != nil {
+		return x.FencingToken
+	}
+	return 0
+}
+
+func (x *LogCount) GetBase() int64 {
+	if x != nil {
+		return x.Base
+	}
+	return 0
+}
+
 var File_osvc_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_store_proto_rawDesc = "" +
@@ -319,7 +388,11 @@ const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\x05lines\x18\x01 \x03(\v2\x10.osvc.v1.LogLineR\x05lines\x12)\n" +
 	"\x10compressed_lines\x18\x02 \x01(\fR\x0fcompressedLines\"$\n" +
 	"\x0eSiteReferences\x12\x12\n" +
-	"\x04last\x18\x01 \x01(\tR\x04lastB\xa5\x01\n" +
+	"\x04last\x18\x01 \x01(\tR\x04last\"Y\n" +
+	"\bLogCount\x12\x14\n" +
+	"\x05lines\x18\x01 \x01(\x03R\x05lines\x12#\n" +
+	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x12\n" +
+	"\x04base\x18\x03 \x01(\x03R\x04baseB\xa5\x01\n" +
 	"\x11com.osvc.store.v1B\n" +
 	"StoreProtoP\x01Z.github.com/osvc/osvc/gen/osvc/store/v1;storev1\xa2\x02\x03OSX\xaa\x02\rOsvc.Store.V1\xca\x02\rOsvc\\Store\\V1\xe2\x02\x19Osvc\\Store\\V1\\GPBMetadata\xea\x02\x0fOsvc::Store::V1b\x06proto3"
 
@@ -335,19 +408,20 @@ func file_osvc_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_osvc_store_v1_store_proto_rawDescData
 }
 
-var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_osvc_store_v1_store_proto_goTypes = []any{
 	(*Assignment)(nil),            // 0: osvc.store.v1.Assignment
 	(*AgentPresence)(nil),         // 1: osvc.store.v1.AgentPresence
 	(*LogChunk)(nil),              // 2: osvc.store.v1.LogChunk
 	(*SiteReferences)(nil),        // 3: osvc.store.v1.SiteReferences
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*v1.LogLine)(nil),            // 5: osvc.v1.LogLine
+	(*LogCount)(nil),              // 4: osvc.store.v1.LogCount
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*v1.LogLine)(nil),            // 6: osvc.v1.LogLine
 }
 var file_osvc_store_v1_store_proto_depIdxs = []int32{
-	4, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
-	4, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
-	5, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
+	5, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
+	5, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
+	6, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
 	3, // [3:3] is the sub-list for method output_type
 	3, // [3:3] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
@@ -366,7 +440,7 @@ func file_osvc_store_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_store_v1_store_proto_rawDesc), len(file_osvc_store_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
