@@ -74,6 +74,9 @@ func benchLogs(ctx context.Context, cfg benchConfig) (*Result, error) {
 	if err := putUpdate(setupCtx, st); err != nil {
 		return nil, err
 	}
+	if err := putSite(setupCtx, st, siteCode(0)); err != nil {
+		return nil, err
+	}
 	admin, err := srv.dial()
 	if err != nil {
 		return nil, err

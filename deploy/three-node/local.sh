@@ -93,7 +93,7 @@ if [ "$mode" = check ]; then
   # Replica 1 dies: osvcctl with the list goes on through another.
   kill -9 "${server_pids[1]}"
   wait "${server_pids[1]}" 2>/dev/null || true
-  "$bin/osvcctl" site get PS1 | grep -q PS1
+  "$bin/osvcctl" site get PS1 | grep PS1 >/dev/null
   echo "three-node: replica 1 killed; osvcctl answered through another replica"
   # A snapshot is taken from one member.
   etcdctl --endpoints http://127.0.0.1:23792 snapshot save "$dir/backup.db" >/dev/null 2>&1
@@ -108,10 +108,10 @@ if [ "$mode" = check ]; then
     --log-level error >"$dir/restored.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    etcdctl --endpoints http://127.0.0.1:23799 get /osvc/sites/PS1 --keys-only 2>/dev/null | grep -q PS1 && break
+    etcdctl --endpoints http://127.0.0.1:23799 get /osvc/sites/PS1 --keys-only 2>/dev/null | grep PS1 >/dev/null && break
     sleep 0.2
   done
-  etcdctl --endpoints http://127.0.0.1:23799 get /osvc/sites/PS1 --keys-only | grep -q PS1
+  etcdctl --endpoints http://127.0.0.1:23799 get /osvc/sites/PS1 --keys-only | grep PS1 >/dev/null
   echo "three-node: the snapshot restored into a new etcd holds sites/PS1"
   exit 0
 fi
