@@ -294,6 +294,24 @@ func Locate(list []Chunk) (offsets []int64, size int64) {
 	return offsets, size
 }
 
+// Lacking is how many bytes of the chunks of want none of have holds: what
+// a delta download of want sends to a client holding have.
+func Lacking(want []Chunk, have ...[]Chunk) int64 {
+	held := make(map[[DigestSize]byte]bool)
+	for _, list := range have {
+		for _, c := range list {
+			held[c.Digest] = true
+		}
+	}
+	var n int64
+	for _, c := range want {
+		if !held[c.Digest] {
+			n += c.Size
+		}
+	}
+	return n
+}
+
 // Verify tells whether data is the chunk c.
 func Verify(c Chunk, data []byte) bool {
 	if int64(len(data)) != c.Size {

@@ -48,16 +48,7 @@ func TestAnEditLeavesTheChunksAwayFromItAlone(t *testing.T) {
 			}
 		}
 	}
-	held := map[[32]byte]bool{}
-	for _, c := range a {
-		held[c.Digest] = true
-	}
-	var missing int64
-	for _, c := range b {
-		if !held[c.Digest] {
-			missing += c.Size
-		}
-	}
+	missing := chunks.Lacking(b, a)
 	// Two edits cost a few chunks each, never most of the file.
 	if missing > 6*chunks.MaxSize {
 		t.Errorf("after two small edits %d of %d bytes are in chunks version 1 lacks", missing, len(v2))

@@ -60,17 +60,7 @@ func lacking(t *testing.T, data []byte, have transfer.LocalBlob) int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	held := map[[32]byte]bool{}
-	for _, c := range have.Chunks {
-		held[c.Digest] = true
-	}
-	var n int64
-	for _, c := range list {
-		if !held[c.Digest] {
-			n += c.Size
-		}
-	}
-	return n
+	return chunks.Lacking(list, have.Chunks)
 }
 
 func TestADeltaDownloadSendsOnlyTheChunksTheClientLacks(t *testing.T) {
