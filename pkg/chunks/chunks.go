@@ -146,7 +146,17 @@ func ToProto(list []Chunk) []*osvcv1.Chunk {
 
 // Of cuts what r yields until EOF.
 func Of(ctx context.Context, r io.Reader) ([]Chunk, error) {
-	ix := NewIndexer()
+	return OfSizes(ctx, r, Sizes{MinSize, AverageSize, MaxSize})
+}
+
+// Sizes are a chunker's minimum, average and maximum chunk sizes.
+type Sizes struct{ Min, Average, Max int }
+
+// OfSizes cuts what r yields with other sizes than this package's, to
+// measure what they would do (osvc-bench -run distribute); an index the
+// server keeps is always cut with Of's.
+func OfSizes(ctx context.Context, r io.Reader, sizes Sizes) ([]Chunk, error) {
+	ix := newIndexer(sizes)
 	buf := make([]byte, pieceSize)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -194,6 +204,7 @@ var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 2*MaxSize); retu
 // returns the chunks; it must be called once, whatever happened, to end
 // the goroutine.
 type Indexer struct {
+	sizes  Sizes
 	queue  chan *[]byte
 	done   chan struct{}
 	chunks []Chunk
@@ -202,8 +213,10 @@ type Indexer struct {
 }
 
 // NewIndexer starts an Indexer.
-func NewIndexer() *Indexer {
-	ix := &Indexer{queue: make(chan *[]byte, queuedPieces), done: make(chan struct{})}
+func NewIndexer() *Indexer { return newIndexer(Sizes{MinSize, AverageSize, MaxSize}) }
+
+func newIndexer(sizes Sizes) *Indexer {
+	ix := &Indexer{sizes: sizes, queue: make(chan *[]byte, queuedPieces), done: make(chan struct{})}
 	go ix.run()
 	return ix
 }
@@ -239,7 +252,12 @@ func (ix *Indexer) run() {
 	defer io.Copy(io.Discard, r)
 	buf := scanBuffers.Get().(*[]byte)
 	defer scanBuffers.Put(buf)
-	c, err := cdc.NewChunkerBuffer(Algorithm, r, &cdc.ChunkerOpts{MinSize: MinSize, NormalSize: AverageSize, MaxSize: MaxSize}, *buf)
+	scan := *buf
+	if len(scan) < 2*ix.sizes.Max {
+		scan = make([]byte, 2*ix.sizes.Max)
+	}
+	opts := &cdc.ChunkerOpts{MinSize: ix.sizes.Min, NormalSize: ix.sizes.Average, MaxSize: ix.sizes.Max}
+	c, err := cdc.NewChunkerBuffer(Algorithm, r, opts, scan)
 	if err != nil {
 		ix.err = fmt.Errorf("chunker %s: %w", Algorithm, err)
 		return
