@@ -44,7 +44,7 @@ integration: deps
 # etcd; for logs, the stored chunks written straight to etcd; for import-memory, the server's own idle RSS; for pipeline, the same
 # wimlib-imagex commands by hand; for shrink, the image before; for LZX, MSZIP's
 # inflating of the same data; for objstore, the bare S3 client on the same
-# server).
+# server; for distribute, a bare gRPC stream of the bytes the delta fetch sent).
 bench:
 	$(GO) test -run '^$$' -bench LZXDecompression -benchtime 20x ./pkg/cab/
 	$(GO) run ./cmd/osvc-bench -run startup
@@ -56,6 +56,7 @@ bench:
 	$(GO) run ./cmd/osvc-bench -run pipeline
 	$(GO) run ./cmd/osvc-bench -run shrink
 	$(GO) run ./cmd/osvc-bench -run objstore
+	$(GO) run ./cmd/osvc-bench -run distribute
 
 demo: deps build
 	deploy/demo.sh

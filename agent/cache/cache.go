@@ -11,6 +11,10 @@
 //   - Restartable: the files found in the folder at start are reused (and
 //     verified when first served); a partial download left by a stopped agent
 //     is resumed by the Downloader (pkg/transfer keeps it as <sha256>.partial).
+//   - Delta: with a Source that can (DeltaSource), a file is fetched as the
+//     chunks the cache's other files lack (an earlier version of an image
+//     shares most of its chunks). Each file's chunk index is kept beside it
+//     as <sha256>.chunks, made when the file is first a candidate.
 package cache
 
 import (
@@ -40,10 +44,22 @@ type Downloader interface {
 	Download(ctx context.Context, sha256, dst string, progress transfer.ProgressFunc) error
 }
 
+// DeltaSource is a Downloader that can fetch only the chunks of a blob
+// that the files it is given lack (see transfer.DownloadDelta).
+// transfer.Client is one.
+type DeltaSource interface {
+	Downloader
+	DownloadDelta(ctx context.Context, sha256, dst string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (transfer.Delta, error)
+}
+
+// IndexSuffix names the file beside a cached file that holds its chunk
+// index (a serialized osvcv1.ChunkIndex).
+const IndexSuffix = ".chunks"
+
 // Config configures a Cache.
 type Config struct {
 	// Dir is the cache's folder; it is created when missing. Everything in it
-	// named <sha256> or <sha256>.partial belongs to the cache.
+	// named <sha256>, <sha256>.partial or <sha256>.chunks belongs to the cache.
 	Dir string
 	// MaxBytes caps the bytes the cache keeps on disk (files and partial
 	// downloads); 0 means no cap. Files runs hold are never evicted, so the
@@ -161,7 +177,7 @@ func (c *Cache) scan() error {
 		return fmt.Errorf("cache: read the cache folder %s: %w", c.cfg.Dir, err)
 	}
 	for _, de := range des {
-		sha := strings.TrimSuffix(de.Name(), transfer.PartialSuffix)
+		sha := strings.TrimSuffix(strings.TrimSuffix(de.Name(), transfer.PartialSuffix), IndexSuffix)
 		if !de.Type().IsRegular() || !transfer.ValidSHA256(sha) {
 			c.log.Debug("not a cache file: left alone", "name", de.Name())
 			continue
@@ -189,6 +205,13 @@ func (c *Cache) scan() error {
 
 // Path is where the cache keeps the file with that sha256.
 func (c *Cache) Path(sha256 string) string { return filepath.Join(c.cfg.Dir, sha256) }
+
+// files are the files the cache may keep for sha256: the file itself, its
+// partial download and its chunk index (and one being written).
+func (c *Cache) files(sha256 string) []string {
+	p := c.Path(sha256)
+	return []string{p, p + transfer.PartialSuffix, p + IndexSuffix, p + IndexSuffix + transfer.PartialSuffix}
+}
 
 // Acquire returns the path of the file with that sha256, verified, fetching
 // it when the cache lacks it or holds a damaged copy. Callers asking for the
@@ -386,8 +409,10 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 	case err == nil:
 		// Never served: a damaged file would fail (or worse, pass) a run.
 		c.log.Warn("damaged cached file: fetching it again", "sha256", sha256, "hashes_to", sum, "size", size)
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove the damaged cached file %s: %w", path, err)
+		for _, p := range []string{path, path + IndexSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("remove the damaged cached file %s: %w", p, err)
+			}
 		}
 	case errors.Is(err, fs.ErrNotExist):
 	case ctx.Err() != nil:
@@ -395,7 +420,13 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 	default:
 		return fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
-	c.log.Info("downloading update file", "sha256", sha256)
+	if src, ok := c.cfg.Source.(DeltaSource); ok {
+		if have, release := c.candidates(ctx, sha256); len(have) > 0 {
+			defer release()
+			return c.fetchDelta(ctx, src, sha256, have, progress)
+		}
+	}
+	c.log.Info("downloading file", "sha256", sha256)
 	if err := c.cfg.Source.Download(ctx, sha256, path, progress); err != nil {
 		return fmt.Errorf("download into the cache: %w", err)
 	}
@@ -406,7 +437,7 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 func (c *Cache) restat(sha256 string) {
 	e := c.entry(sha256)
 	var size int64
-	for _, p := range []string{c.Path(sha256), c.Path(sha256) + transfer.PartialSuffix} {
+	for _, p := range c.files(sha256) {
 		if info, err := os.Stat(p); err == nil {
 			size += info.Size()
 		}
@@ -439,7 +470,7 @@ func (c *Cache) trim() {
 		}
 		e := c.entries[sha]
 		var errs []error
-		for _, p := range []string{c.Path(sha), c.Path(sha) + transfer.PartialSuffix} {
+		for _, p := range c.files(sha) {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +52,8 @@ type server struct {
 	// value per Read whose client gave up while it waited at the gate.
 	reads     chan int64
 	abandoned chan struct{}
+	// served counts the data bytes Reads sent.
+	served atomic.Int64
 
 	mu   sync.Mutex
 	gate chan struct{}
@@ -60,6 +63,13 @@ type server struct {
 type readStream struct {
 	grpc.ServerStream
 	s *server
+}
+
+func (r *readStream) SendMsg(m any) error {
+	if resp, ok := m.(*osvcv1.ReadResponse); ok {
+		r.s.served.Add(int64(len(resp.GetData())))
+	}
+	return r.ServerStream.SendMsg(m)
 }
 
 func (r *readStream) RecvMsg(m any) error {

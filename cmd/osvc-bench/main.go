@@ -150,6 +150,10 @@ var benches = map[string]benchEntry{
 	// objstore: a blob of -n MiB written to and read from the content
 	// library on an S3-compatible store, against the bare S3 client.
 	"objstore": {run: benchObjstore, defaultN: 256},
+	// distribute: the sample image of -n MiB of file data, serviced into a
+	// new version, fetched by a receiver holding the first: bytes sent ÷
+	// its size, and the fetch's rate against a bare gRPC stream.
+	"distribute": {run: benchDistribute, defaultN: 512},
 }
 
 func benchNames() []string {
@@ -165,7 +169,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("osvc-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	name := fs.String("run", "", "`benchmark` to run: "+strings.Join(benchNames(), ", "))
-	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; agents: connected agents; lease: leases; report: reports per variant; logs: log lines, at most 300000; catalog: updates; import-memory: concurrent imports; pipeline, shrink: MiB of file data in the image; objstore: MiB of the blob); 0 takes the benchmark's default")
+	n := fs.Int("n", 0, "size of the benchmark (startup: starts per side; agents: connected agents; lease: leases; report: reports per variant; logs: log lines, at most 300000; catalog: updates; import-memory: concurrent imports; pipeline, shrink, distribute: MiB of file data in the image; objstore: MiB of the blob); 0 takes the benchmark's default")
 	workers := fs.Int("c", 8, "concurrent workers of the throughput benchmarks (lease, report), on both sides of the ratio")
 	fast := fs.Bool("fast", false, "run etcd with short ticks (tests); default: production ticks on both sides")
 	logLevel := fs.String("log-level", "error", "log level of the servers under test: trace, debug, info, warn, error")

@@ -149,6 +149,18 @@ func TestShrinkBenchComparesTheDemoImageBeforeAndAfterServicing(t *testing.T) {
 	}
 }
 
+func TestDistributeBenchFetchesTheServicedVersionAsTheChunksTheFirstLacks(t *testing.T) {
+	t.Parallel()
+	res := runToResult(t, "-run", "distribute", "-n", "48", "-fast")
+	if res.Bench != "distribute" || !(res.Ratio > 0) || len(res.Osvc.Samples) != 3 || len(res.Extra) < 2 {
+		t.Fatalf("bench %q, ratio %v, %d samples, %d extra figures", res.Bench, res.Ratio, len(res.Osvc.Samples), len(res.Extra))
+	}
+	// Servicing leaves most of the image alone: some of it is never sent.
+	if sent := res.Extra[0]; !(sent.Value > 0 && sent.Value < 1) {
+		t.Errorf("%s = %v, want part of version 2", sent.Name, sent.Value)
+	}
+}
+
 func TestRunStepsCountsEachStepEveryTimeItRan(t *testing.T) {
 	t.Parallel()
 	start := time.Date(2025, 10, 14, 12, 0, 0, 0, time.UTC)
@@ -273,7 +285,7 @@ func TestHelpPrintsTheUsageAndIsNoError(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("run(-h) = %v, want flag.ErrHelp, which main turns into exit 0", err)
 	}
-	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|import-memory|lease|logs|objstore|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
+	for _, want := range []string{"Usage: osvc-bench -run agents|catalog|distribute|import-memory|lease|logs|objstore|pipeline|report|shrink|startup [flags]", "-run benchmark", "-fast"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, stderr.String())
 		}
@@ -287,7 +299,7 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, import-memory, lease, logs, objstore, pipeline, report, shrink, startup`},
+		{"an unknown benchmark is named with the known ones", []string{"-run", "nope"}, `unknown benchmark "nope"; known: agents, catalog, distribute, import-memory, lease, logs, objstore, pipeline, report, shrink, startup`},
 		{"no benchmark asks for -run", nil, "give a benchmark with -run NAME"},
 		{"a negative size is refused", []string{"-run", "startup", "-n", "-1"}, "-n -1"},
 		{"zero workers are refused", []string{"-run", "lease", "-c", "0"}, "-c 0"},

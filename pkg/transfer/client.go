@@ -85,6 +85,19 @@ func (c *Client) Fetch(ctx context.Context, sha256, dst string, use Use, progres
 	return Downloaded, Download(ctx, c.content, sha256, dst, progress)
 }
 
+// DownloadDelta is DownloadDelta over the client's connection, for the
+// agent's cache: have are the files it holds. On the library's own machine
+// it copies the library's file instead (see Fetch).
+func (c *Client) DownloadDelta(ctx context.Context, sha256, dst string, have []LocalBlob, progress ProgressFunc) (Delta, error) {
+	if progress == nil {
+		progress = func(int64, int64) {}
+	}
+	if _, err := c.fetchLocal(ctx, sha256, dst, Writable, progress); !errors.Is(err, errNotLocal) {
+		return Delta{}, err
+	}
+	return DownloadDelta(ctx, c.content, sha256, dst, have, progress)
+}
+
 // Download is Fetch of a Writable file, for the update cache.
 func (c *Client) Download(ctx context.Context, sha256, dst string, progress ProgressFunc) error {
 	_, err := c.Fetch(ctx, sha256, dst, Writable, progress)

@@ -32,15 +32,30 @@ func NewContentServer(lib *content.Library, logger hclog.Logger) osvcv1.ContentS
 	return &contentServer{lib: lib, logger: logger.Named("content")}
 }
 
-// Read streams a blob from an offset in chunks; the first chunk carries the
-// blob's size. An offset at the end answers one empty chunk, so a client whose
-// partial download is complete learns the size.
+// maxReadRanges bounds the ranges of one Read, so a request cannot make
+// the server plan more than a chunk index's worth of reads.
+const maxReadRanges = 4096
+
+// chunkIndexPage is how many chunks one GetChunkIndexResponse carries:
+// about 400 KB, well under gRPC's default 4 MiB message limit.
+const chunkIndexPage = 8192
+
+// Read streams a blob from an offset in chunks, or the ranges the request
+// lists; the first chunk carries the blob's size. An offset at the end
+// answers one empty chunk, so a client whose partial download is complete
+// learns the size.
 func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
 	if req.GetOffset() < 0 {
 		return Status(errdefs.InvalidArgument("offset", fmt.Sprintf("%d is negative", req.GetOffset())))
 	}
 	if req.GetLimit() < 0 {
 		return Status(errdefs.InvalidArgument("limit", fmt.Sprintf("%d is negative; send 0 to read to the end", req.GetLimit())))
+	}
+	if len(req.GetRanges()) > 0 && (req.GetOffset() != 0 || req.GetLimit() != 0) {
+		return Status(errdefs.InvalidArgument("ranges", "give either ranges or an offset and limit, not both"))
+	}
+	if len(req.GetRanges()) > maxReadRanges {
+		return Status(errdefs.InvalidArgument("ranges", fmt.Sprintf("%d ranges, more than the %d one request may list: ask for the rest in another", len(req.GetRanges()), maxReadRanges)))
 	}
 	ctx := stream.Context()
 	blob, err := s.lib.Open(ctx, req.GetSha256())
@@ -49,37 +64,73 @@ func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamin
 	}
 	defer blob.Close()
 	size := blob.Size()
-	offset := req.GetOffset()
-	if offset > size {
-		return Status(errdefs.Newf(errdefs.ErrOutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size))
+	ranges := req.GetRanges()
+	if len(ranges) == 0 {
+		offset := req.GetOffset()
+		if offset > size {
+			return Status(errdefs.Newf(errdefs.ErrOutOfRange, "offset %d is past the end of content %s (%d bytes)", offset, req.GetSha256(), size))
+		}
+		end := size
+		if limit := req.GetLimit(); limit > 0 && offset+limit < size {
+			end = offset + limit
+		}
+		ranges = []*osvcv1.ByteRange{{Offset: offset, Length: end - offset}}
 	}
-	end := size
-	if limit := req.GetLimit(); limit > 0 && offset+limit < size {
-		end = offset + limit
-	}
-	// One stream of the whole range: from an object store, one request.
-	r, err := blob.Stream(offset, end-offset)
-	if err != nil {
-		return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
+	var prev int64
+	for i, r := range ranges {
+		if r.GetOffset() < prev || r.GetLength() < 0 || r.GetOffset()+r.GetLength() > size || (len(req.GetRanges()) > 0 && r.GetLength() == 0) {
+			return Status(errdefs.InvalidArgument(fmt.Sprintf("ranges[%d]", i), fmt.Sprintf(
+				"%d bytes from %d: a range has bytes, within the blob's %d, after the range before it", r.GetLength(), r.GetOffset(), size)))
+		}
+		prev = r.GetOffset() + r.GetLength()
 	}
 	buf := make([]byte, readChunkSize)
 	first := true
-	for first || offset < end {
-		n := min(int64(len(buf)), end-offset)
-		read, err := io.ReadFull(r, buf[:n])
+	for _, rg := range ranges {
+		offset, end := rg.GetOffset(), rg.GetOffset()+rg.GetLength()
+		// One stream of the whole range: from an object store, one request.
+		r, err := blob.Stream(offset, end-offset)
 		if err != nil {
 			return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
 		}
-		resp := &osvcv1.ReadResponse{Offset: offset, Data: buf[:read]}
-		if first {
-			resp.SizeBytes = size
-			first = false
+		for first || offset < end {
+			n := min(int64(len(buf)), end-offset)
+			read, err := io.ReadFull(r, buf[:n])
+			if err != nil {
+				return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
+			}
+			resp := &osvcv1.ReadResponse{Offset: offset, Data: buf[:read]}
+			if first {
+				resp.SizeBytes = size
+				first = false
+			}
+			// Send marshals before it returns, so buf can be reused.
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+			offset += int64(read)
 		}
-		// Send marshals before it returns, so buf can be reused.
+	}
+	return nil
+}
+
+// GetChunkIndex streams a blob's chunk index in pages.
+func (s *contentServer) GetChunkIndex(req *osvcv1.GetChunkIndexRequest, stream grpc.ServerStreamingServer[osvcv1.GetChunkIndexResponse]) error {
+	idx, err := s.lib.ChunkIndex(stream.Context(), req.GetSha256())
+	if err != nil {
+		return Status(err)
+	}
+	all := idx.GetChunks()
+	resp := &osvcv1.GetChunkIndexResponse{
+		Sha256: idx.GetSha256(), SizeBytes: idx.GetSizeBytes(), Chunking: idx.GetChunking(), ChunkCount: int64(len(all)),
+	}
+	for first := true; first || len(all) > 0; first = false {
+		n := min(len(all), chunkIndexPage)
+		resp.Chunks, all = all[:n], all[n:]
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
-		offset += int64(read)
+		resp = &osvcv1.GetChunkIndexResponse{}
 	}
 	return nil
 }

@@ -517,6 +517,20 @@ func TestAnAgentCertificateDoesOnlyItsOwnAgentsWork(t *testing.T) {
 	if got := read(strings.Repeat("2", 64)); got != codes.PermissionDenied {
 		t.Errorf("Read of a blob of no run of its = %v, want PermissionDenied", got)
 	}
+	chunkIndex := func(sha string) codes.Code {
+		s, err := osvcv1.NewContentServiceClient(cc).GetChunkIndex(ctx, &osvcv1.GetChunkIndexRequest{Sha256: sha})
+		if err != nil {
+			return status.Code(err)
+		}
+		_, err = s.Recv()
+		return status.Code(err)
+	}
+	if got := chunkIndex(heldBlob); got != codes.Unimplemented {
+		t.Errorf("GetChunkIndex of a blob of its run = %v, want it let through (Unimplemented here)", got)
+	}
+	if got := chunkIndex(strings.Repeat("2", 64)); got != codes.PermissionDenied {
+		t.Errorf("GetChunkIndex of a blob of no run of its = %v, want PermissionDenied", got)
+	}
 	if _, err := osvcv1.NewContentServiceClient(cc).GetContent(ctx, &osvcv1.GetContentRequest{Sha256: strings.Repeat("2", 64)}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("GetContent of a blob of no run of its = %v, want PermissionDenied", err)
 	}

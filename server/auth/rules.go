@@ -90,6 +90,7 @@ var Rules = map[string]Rule{
 	osvcv1.ContentService_Read_FullMethodName:          {Permission: ReadContent, scope: agentBlob},
 	osvcv1.ContentService_Write_FullMethodName:         {Permission: Upload, Mutates: true, precheck: agentHoldsRun},
 	osvcv1.ContentService_GetContent_FullMethodName:    {Permission: ReadContent, scope: agentBlob},
+	osvcv1.ContentService_GetChunkIndex_FullMethodName: {Permission: ReadContent, scope: agentBlob},
 	osvcv1.ContentService_Locate_FullMethodName:        {Permission: Agent, scope: agentBlob},
 	osvcv1.ContentService_LocateLibrary_FullMethodName: {Permission: Agent},
 	osvcv1.ContentService_Adopt_FullMethodName:         {Permission: Agent, Mutates: true, precheck: agentHoldsRun},

@@ -2,11 +2,8 @@ package content
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,7 +11,6 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
-	"github.com/osvc/osvc/pkg/transfer"
 )
 
 // incomingDir is the folder under Dir where a client on the server's
@@ -105,13 +101,13 @@ func (l *Library) Adopt(ctx context.Context, name string, h WriteHeader) (c *osv
 	if err := f.Chmod(0o444); err != nil {
 		return nil, false, fmt.Errorf("content library: %w", err)
 	}
-	sum, err := hashFile(ctx, f, info.Size())
+	sum, list, err := hashAndIndex(ctx, f, info.Size())
 	if err != nil {
 		return nil, false, fmt.Errorf("content library: hash the incoming file %s: %w", name, err)
 	}
 	staged := l.files.stageFile(f)
 	defer staged.Discard()
-	c, existed, err = l.finish(ctx, staged, info.Size(), sum, h)
+	c, existed, err = l.finish(ctx, staged, info.Size(), sum, h, list)
 	if existed {
 		os.Remove(path)
 	}
@@ -141,13 +137,4 @@ func openRegular(path string) (*os.File, error) {
 		return nil, errdefs.InvalidArgument("name", fmt.Sprintf("the incoming %s changed while it was opened", filepath.Base(path)))
 	}
 	return f, nil
-}
-
-// hashFile hashes the first n bytes of f.
-func hashFile(ctx context.Context, f *os.File, n int64) (string, error) {
-	h := sha256.New()
-	if _, err := io.Copy(h, transfer.ContextReader(ctx, io.NewSectionReader(f, 0, n))); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -58,7 +58,8 @@ type CollectorConfig struct {
 // Collector removes the blobs of the content library that nothing references,
 // by mark and sweep: a pass marks every sha256 named by a version of an
 // image, a file of an update, a log file of a run (artifacts, whatever the
-// run's state) or the result of a run that has not ended, then
+// run's state), the result of a run that has not ended or the record of a
+// blob (its chunk index), then
 // sweeps every blob unmarked, recorded or last claimed more than a grace
 // period ago, and not uploaded while a run in progress held its lease.
 //
@@ -269,6 +270,17 @@ func (c *Collector) mark(ctx context.Context) (*marks, error) {
 		if sha := r.GetResultSha256(); sha != "" {
 			m.shas[sha] = true
 		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	// A blob's chunk index is kept as long as the blob's record: the
+	// index of a blob this pass removes goes at the next one.
+	err = c.eachContent(ctx, func(_ string, rec *osvcv1.Content, _ int64) error {
+		if ref := rec.GetChunkIndex(); ref != nil {
+			m.shas[ref.GetSha256()] = true
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err

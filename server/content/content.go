@@ -22,9 +22,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/singleflight"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/chunks"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/admission"
@@ -111,6 +113,9 @@ type Library struct {
 	// it (Write) with removing it (the collector), in this server; see
 	// lockBlob for several.
 	locks keyedMutex
+	// indexing makes the chunk index of a blob stored without one once
+	// for every caller asking for it at the same time.
+	indexing singleflight.Group
 	// id identifies the library's folder (see Locate).
 	id string
 }
@@ -245,7 +250,8 @@ type WriteHeader struct {
 
 // Write stores a blob: data is staged where no reader sees it (a temp file
 // of Dir, a temporary upload to the object store), its sha256 and size are
-// checked against the header, then it is put in place and recorded in etcd.
+// checked against the header, then it is put in place and recorded in etcd,
+// with its chunk index (see ChunkIndex), cut while the data was received.
 // A blob the library holds is not written again (existed=true); when h.SHA256
 // names one, r is not read at all, and h.SizeBytes, when set, must be its
 // size. A blob larger than Config.MaxBlobBytes is refused with
@@ -268,21 +274,29 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 	}
 	// One byte more than the limit is enough to tell the data is too long.
 	// A stalled upload ends with ctx rather than hold what it staged for ever.
-	m := &meter{r: io.LimitReader(transfer.ContextReader(ctx, r), limit+1), hash: sha256.New(), limit: limit, announced: h.SizeBytes}
+	ix := chunks.NewIndexer()
+	m := &meter{r: io.LimitReader(transfer.ContextReader(ctx, r), limit+1), hash: sha256.New(), index: ix, limit: limit, announced: h.SizeBytes}
 	staged, err := l.blobs.Stage(ctx, m, h.SHA256)
+	list, ierr := ix.Close()
 	if err != nil {
 		return nil, false, err
 	}
 	defer staged.Discard()
-	return l.finish(ctx, staged, m.n, hex.EncodeToString(m.hash.Sum(nil)), h)
+	if ierr != nil {
+		// The blob is sound; its index is made when a client asks for it.
+		l.logger.Warn("cutting an upload into chunks failed", "error", ierr)
+		list = nil
+	}
+	return l.finish(ctx, staged, m.n, hex.EncodeToString(m.hash.Sum(nil)), h, list)
 }
 
-// meter hashes and counts what a write receives, and fails the write as
-// soon as the data passes what it may hold: the size its header announced,
-// else the library's maximum.
+// meter hashes, cuts into chunks and counts what a write receives, and
+// fails the write as soon as the data passes what it may hold: the size its
+// header announced, else the library's maximum.
 type meter struct {
 	r         io.Reader
 	hash      hash.Hash
+	index     io.Writer
 	n         int64
 	limit     int64
 	announced int64
@@ -291,6 +305,7 @@ type meter struct {
 func (m *meter) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
 	m.hash.Write(p[:n])
+	m.index.Write(p[:n])
 	m.n += int64(n)
 	switch {
 	case m.n <= m.limit:
@@ -332,8 +347,9 @@ func (l *Library) begin(ctx context.Context, h *WriteHeader) (*osvcv1.Content, e
 
 // finish checks the n staged bytes, hashing to sum, against h, then, unless
 // the library holds the blob sum already, publishes them as that blob and
-// records it. Nothing is published before every check has passed.
-func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string, h WriteHeader) (c *osvcv1.Content, existed bool, err error) {
+// records it, with list, its chunks, stored as its chunk index. Nothing is
+// published before every check has passed.
+func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string, h WriteHeader, list []chunks.Chunk) (c *osvcv1.Content, existed bool, err error) {
 	if h.SizeBytes > 0 && n != h.SizeBytes {
 		return nil, false, errdefs.InvalidArgument("size_bytes",
 			fmt.Sprintf("the header announced %d bytes but the data has %d", h.SizeBytes, n))
@@ -372,6 +388,7 @@ func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string
 		MediaType:  h.MediaType,
 		CreateTime: now,
 		UpdateTime: now,
+		ChunkIndex: l.storeIndex(ctx, sum, n, list),
 	}
 	if _, err := l.store.Create(ctx, l.store.ContentKey(sum), c); err != nil {
 		return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)

@@ -34,7 +34,10 @@ type Content struct {
 	// that found the blob held, or an import or run result that named it. The
 	// content collector removes a blob nothing references only a grace period
 	// after it, so a blob about to be referenced is never collected.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// chunk_index, when set, names the blob's chunk index, kept in the
+	// library as a blob of its own (see GetChunkIndex).
+	ChunkIndex    *ChunkIndexRef `protobuf:"bytes,7,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -111,19 +114,280 @@ func (x *Content) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Content) GetChunkIndex() *ChunkIndexRef {
+	if x != nil {
+		return x.ChunkIndex
+	}
+	return nil
+}
+
+// ChunkIndexRef names the blob holding a blob's chunk index.
+type ChunkIndexRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 of the index's blob (a serialized ChunkIndex).
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	ChunkCount    int64  `protobuf:"varint,2,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChunkIndexRef) Reset() {
+	*x = ChunkIndexRef{}
+	mi := &file_osvc_v1_content_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChunkIndexRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChunkIndexRef) ProtoMessage() {}
+
+func (x *ChunkIndexRef) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChunkIndexRef.ProtoReflect.Descriptor instead.
+func (*ChunkIndexRef) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ChunkIndexRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ChunkIndexRef) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+// Chunking says how a blob was cut into chunks, so that a client cuts its
+// own files the same way and finds the chunks it holds.
+type Chunking struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// algorithm names the chunker and its version, e.g. "fastcdc-v1.0.0":
+	// the same name and sizes always cut the same data at the same places.
+	Algorithm        string `protobuf:"bytes,1,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	MinSizeBytes     int64  `protobuf:"varint,2,opt,name=min_size_bytes,json=minSizeBytes,proto3" json:"min_size_bytes,omitempty"`
+	AverageSizeBytes int64  `protobuf:"varint,3,opt,name=average_size_bytes,json=averageSizeBytes,proto3" json:"average_size_bytes,omitempty"`
+	MaxSizeBytes     int64  `protobuf:"varint,4,opt,name=max_size_bytes,json=maxSizeBytes,proto3" json:"max_size_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Chunking) Reset() {
+	*x = Chunking{}
+	mi := &file_osvc_v1_content_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chunking) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chunking) ProtoMessage() {}
+
+func (x *Chunking) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chunking.ProtoReflect.Descriptor instead.
+func (*Chunking) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Chunking) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *Chunking) GetMinSizeBytes() int64 {
+	if x != nil {
+		return x.MinSizeBytes
+	}
+	return 0
+}
+
+func (x *Chunking) GetAverageSizeBytes() int64 {
+	if x != nil {
+		return x.AverageSizeBytes
+	}
+	return 0
+}
+
+func (x *Chunking) GetMaxSizeBytes() int64 {
+	if x != nil {
+		return x.MaxSizeBytes
+	}
+	return 0
+}
+
+// Chunk is one chunk of a blob; its offset is the sum of the sizes before it.
+type Chunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// digest is the sha256 of the chunk's data, 32 bytes.
+	Digest        []byte `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	SizeBytes     int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Chunk) Reset() {
+	*x = Chunk{}
+	mi := &file_osvc_v1_content_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Chunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Chunk) ProtoMessage() {}
+
+func (x *Chunk) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Chunk.ProtoReflect.Descriptor instead.
+func (*Chunk) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Chunk) GetDigest() []byte {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+func (x *Chunk) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+// ChunkIndex is a blob's chunk index, as the library keeps it.
+type ChunkIndex struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 and size_bytes are the blob's.
+	Sha256        string    `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes     int64     `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Chunking      *Chunking `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
+	Chunks        []*Chunk  `protobuf:"bytes,4,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChunkIndex) Reset() {
+	*x = ChunkIndex{}
+	mi := &file_osvc_v1_content_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChunkIndex) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChunkIndex) ProtoMessage() {}
+
+func (x *ChunkIndex) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChunkIndex.ProtoReflect.Descriptor instead.
+func (*ChunkIndex) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ChunkIndex) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ChunkIndex) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ChunkIndex) GetChunking() *Chunking {
+	if x != nil {
+		return x.Chunking
+	}
+	return nil
+}
+
+func (x *ChunkIndex) GetChunks() []*Chunk {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
 type ReadRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Sha256 string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	Offset int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	// limit, when above zero, stops after that many bytes.
-	Limit         int64 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int64 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// ranges, when set (offset and limit then zero), are the only bytes sent:
+	// each range in turn, in increasing order of offset, none overlapping the
+	// one before, at most 4096 of them.
+	Ranges        []*ByteRange `protobuf:"bytes,4,rep,name=ranges,proto3" json:"ranges,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[1]
+	mi := &file_osvc_v1_content_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -135,7 +399,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[1]
+	mi := &file_osvc_v1_content_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -148,7 +412,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{1}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReadRequest) GetSha256() string {
@@ -172,6 +436,189 @@ func (x *ReadRequest) GetLimit() int64 {
 	return 0
 }
 
+func (x *ReadRequest) GetRanges() []*ByteRange {
+	if x != nil {
+		return x.Ranges
+	}
+	return nil
+}
+
+// ByteRange is length bytes of a blob from offset.
+type ByteRange struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ByteRange) Reset() {
+	*x = ByteRange{}
+	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ByteRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ByteRange) ProtoMessage() {}
+
+func (x *ByteRange) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ByteRange.ProtoReflect.Descriptor instead.
+func (*ByteRange) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ByteRange) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ByteRange) GetLength() int64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type GetChunkIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChunkIndexRequest) Reset() {
+	*x = GetChunkIndexRequest{}
+	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChunkIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChunkIndexRequest) ProtoMessage() {}
+
+func (x *GetChunkIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChunkIndexRequest.ProtoReflect.Descriptor instead.
+func (*GetChunkIndexRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GetChunkIndexRequest) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+// GetChunkIndexResponse is one page of a chunk index: the first carries the
+// blob's sha256, size, chunking and chunk count, every page the chunks that
+// follow the previous page's, up to chunk_count in all.
+type GetChunkIndexResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes     int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Chunking      *Chunking              `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
+	ChunkCount    int64                  `protobuf:"varint,4,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	Chunks        []*Chunk               `protobuf:"bytes,5,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetChunkIndexResponse) Reset() {
+	*x = GetChunkIndexResponse{}
+	mi := &file_osvc_v1_content_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetChunkIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetChunkIndexResponse) ProtoMessage() {}
+
+func (x *GetChunkIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_content_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetChunkIndexResponse.ProtoReflect.Descriptor instead.
+func (*GetChunkIndexResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GetChunkIndexResponse) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *GetChunkIndexResponse) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *GetChunkIndexResponse) GetChunking() *Chunking {
+	if x != nil {
+		return x.Chunking
+	}
+	return nil
+}
+
+func (x *GetChunkIndexResponse) GetChunkCount() int64 {
+	if x != nil {
+		return x.ChunkCount
+	}
+	return 0
+}
+
+func (x *GetChunkIndexResponse) GetChunks() []*Chunk {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
 type ReadResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Offset int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
@@ -184,7 +631,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[2]
+	mi := &file_osvc_v1_content_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -196,7 +643,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[2]
+	mi := &file_osvc_v1_content_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -209,7 +656,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReadResponse) GetOffset() int64 {
@@ -247,7 +694,7 @@ type WriteHeader struct {
 
 func (x *WriteHeader) Reset() {
 	*x = WriteHeader{}
-	mi := &file_osvc_v1_content_proto_msgTypes[3]
+	mi := &file_osvc_v1_content_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -259,7 +706,7 @@ func (x *WriteHeader) String() string {
 func (*WriteHeader) ProtoMessage() {}
 
 func (x *WriteHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[3]
+	mi := &file_osvc_v1_content_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -272,7 +719,7 @@ func (x *WriteHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteHeader.ProtoReflect.Descriptor instead.
 func (*WriteHeader) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WriteHeader) GetSha256() string {
@@ -310,7 +757,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[4]
+	mi := &file_osvc_v1_content_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +769,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[4]
+	mi := &file_osvc_v1_content_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +782,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WriteRequest) GetPart() isWriteRequest_Part {
@@ -407,7 +854,7 @@ type WriteTrailer struct {
 
 func (x *WriteTrailer) Reset() {
 	*x = WriteTrailer{}
-	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	mi := &file_osvc_v1_content_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +866,7 @@ func (x *WriteTrailer) String() string {
 func (*WriteTrailer) ProtoMessage() {}
 
 func (x *WriteTrailer) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[5]
+	mi := &file_osvc_v1_content_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +879,7 @@ func (x *WriteTrailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteTrailer.ProtoReflect.Descriptor instead.
 func (*WriteTrailer) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WriteTrailer) GetSha256() string {
@@ -453,7 +900,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	mi := &file_osvc_v1_content_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +912,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[6]
+	mi := &file_osvc_v1_content_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +925,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WriteResponse) GetContent() *Content {
@@ -504,7 +951,7 @@ type GetContentRequest struct {
 
 func (x *GetContentRequest) Reset() {
 	*x = GetContentRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	mi := &file_osvc_v1_content_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +963,7 @@ func (x *GetContentRequest) String() string {
 func (*GetContentRequest) ProtoMessage() {}
 
 func (x *GetContentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[7]
+	mi := &file_osvc_v1_content_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +976,7 @@ func (x *GetContentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetContentRequest.ProtoReflect.Descriptor instead.
 func (*GetContentRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetContentRequest) GetSha256() string {
@@ -548,7 +995,7 @@ type GetContentResponse struct {
 
 func (x *GetContentResponse) Reset() {
 	*x = GetContentResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[8]
+	mi := &file_osvc_v1_content_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +1007,7 @@ func (x *GetContentResponse) String() string {
 func (*GetContentResponse) ProtoMessage() {}
 
 func (x *GetContentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[8]
+	mi := &file_osvc_v1_content_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +1020,7 @@ func (x *GetContentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetContentResponse.ProtoReflect.Descriptor instead.
 func (*GetContentResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetContentResponse) GetContent() *Content {
@@ -592,7 +1039,7 @@ type LocateRequest struct {
 
 func (x *LocateRequest) Reset() {
 	*x = LocateRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[9]
+	mi := &file_osvc_v1_content_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +1051,7 @@ func (x *LocateRequest) String() string {
 func (*LocateRequest) ProtoMessage() {}
 
 func (x *LocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[9]
+	mi := &file_osvc_v1_content_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +1064,7 @@ func (x *LocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocateRequest.ProtoReflect.Descriptor instead.
 func (*LocateRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LocateRequest) GetSha256() string {
@@ -642,7 +1089,7 @@ type LocateResponse struct {
 
 func (x *LocateResponse) Reset() {
 	*x = LocateResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[10]
+	mi := &file_osvc_v1_content_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +1101,7 @@ func (x *LocateResponse) String() string {
 func (*LocateResponse) ProtoMessage() {}
 
 func (x *LocateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[10]
+	mi := &file_osvc_v1_content_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +1114,7 @@ func (x *LocateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocateResponse.ProtoReflect.Descriptor instead.
 func (*LocateResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LocateResponse) GetPath() string {
@@ -706,7 +1153,7 @@ type LocateLibraryRequest struct {
 
 func (x *LocateLibraryRequest) Reset() {
 	*x = LocateLibraryRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[11]
+	mi := &file_osvc_v1_content_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1165,7 @@ func (x *LocateLibraryRequest) String() string {
 func (*LocateLibraryRequest) ProtoMessage() {}
 
 func (x *LocateLibraryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[11]
+	mi := &file_osvc_v1_content_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1178,7 @@ func (x *LocateLibraryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocateLibraryRequest.ProtoReflect.Descriptor instead.
 func (*LocateLibraryRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{18}
 }
 
 type LocateLibraryResponse struct {
@@ -747,7 +1194,7 @@ type LocateLibraryResponse struct {
 
 func (x *LocateLibraryResponse) Reset() {
 	*x = LocateLibraryResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[12]
+	mi := &file_osvc_v1_content_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1206,7 @@ func (x *LocateLibraryResponse) String() string {
 func (*LocateLibraryResponse) ProtoMessage() {}
 
 func (x *LocateLibraryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[12]
+	mi := &file_osvc_v1_content_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1219,7 @@ func (x *LocateLibraryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocateLibraryResponse.ProtoReflect.Descriptor instead.
 func (*LocateLibraryResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LocateLibraryResponse) GetIncomingPath() string {
@@ -812,7 +1259,7 @@ type AdoptRequest struct {
 
 func (x *AdoptRequest) Reset() {
 	*x = AdoptRequest{}
-	mi := &file_osvc_v1_content_proto_msgTypes[13]
+	mi := &file_osvc_v1_content_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1271,7 @@ func (x *AdoptRequest) String() string {
 func (*AdoptRequest) ProtoMessage() {}
 
 func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[13]
+	mi := &file_osvc_v1_content_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1284,7 @@ func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
 func (*AdoptRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AdoptRequest) GetName() string {
@@ -879,7 +1326,7 @@ type AdoptResponse struct {
 
 func (x *AdoptResponse) Reset() {
 	*x = AdoptResponse{}
-	mi := &file_osvc_v1_content_proto_msgTypes[14]
+	mi := &file_osvc_v1_content_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1338,7 @@ func (x *AdoptResponse) String() string {
 func (*AdoptResponse) ProtoMessage() {}
 
 func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_content_proto_msgTypes[14]
+	mi := &file_osvc_v1_content_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1351,7 @@ func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
 func (*AdoptResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_content_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_content_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AdoptResponse) GetContent() *Content {
@@ -925,7 +1372,7 @@ var File_osvc_v1_content_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_content_proto_rawDesc = "" +
 	"\n" +
-	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xed\x01\n" +
+	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n" +
 	"\aContent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -936,11 +1383,47 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"S\n" +
+	"updateTime\x127\n" +
+	"\vchunk_index\x18\a \x01(\v2\x16.osvc.v1.ChunkIndexRefR\n" +
+	"chunkIndex\"H\n" +
+	"\rChunkIndexRef\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1f\n" +
+	"\vchunk_count\x18\x02 \x01(\x03R\n" +
+	"chunkCount\"\xa2\x01\n" +
+	"\bChunking\x12\x1c\n" +
+	"\talgorithm\x18\x01 \x01(\tR\talgorithm\x12$\n" +
+	"\x0emin_size_bytes\x18\x02 \x01(\x03R\fminSizeBytes\x12,\n" +
+	"\x12average_size_bytes\x18\x03 \x01(\x03R\x10averageSizeBytes\x12$\n" +
+	"\x0emax_size_bytes\x18\x04 \x01(\x03R\fmaxSizeBytes\">\n" +
+	"\x05Chunk\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\fR\x06digest\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\"\x9a\x01\n" +
+	"\n" +
+	"ChunkIndex\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12-\n" +
+	"\bchunking\x18\x03 \x01(\v2\x11.osvc.v1.ChunkingR\bchunking\x12&\n" +
+	"\x06chunks\x18\x04 \x03(\v2\x0e.osvc.v1.ChunkR\x06chunks\"\x7f\n" +
 	"\vReadRequest\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x03R\x05limit\"Y\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\x12*\n" +
+	"\x06ranges\x18\x04 \x03(\v2\x12.osvc.v1.ByteRangeR\x06ranges\";\n" +
+	"\tByteRange\x12\x16\n" +
+	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x03R\x06length\".\n" +
+	"\x14GetChunkIndexRequest\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\"\xc6\x01\n" +
+	"\x15GetChunkIndexResponse\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12-\n" +
+	"\bchunking\x18\x03 \x01(\v2\x11.osvc.v1.ChunkingR\bchunking\x12\x1f\n" +
+	"\vchunk_count\x18\x04 \x01(\x03R\n" +
+	"chunkCount\x12&\n" +
+	"\x06chunks\x18\x05 \x03(\v2\x0e.osvc.v1.ChunkR\x06chunks\"Y\n" +
 	"\fReadResponse\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1d\n" +
@@ -990,9 +1473,10 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"media_type\x18\x04 \x01(\tR\tmediaType\"U\n" +
 	"\rAdoptResponse\x12*\n" +
 	"\acontent\x18\x01 \x01(\v2\x10.osvc.v1.ContentR\acontent\x12\x18\n" +
-	"\aexisted\x18\x02 \x01(\bR\aexisted2\x8b\x03\n" +
+	"\aexisted\x18\x02 \x01(\bR\aexisted2\xdd\x03\n" +
 	"\x0eContentService\x125\n" +
-	"\x04Read\x12\x14.osvc.v1.ReadRequest\x1a\x15.osvc.v1.ReadResponse0\x01\x128\n" +
+	"\x04Read\x12\x14.osvc.v1.ReadRequest\x1a\x15.osvc.v1.ReadResponse0\x01\x12P\n" +
+	"\rGetChunkIndex\x12\x1d.osvc.v1.GetChunkIndexRequest\x1a\x1e.osvc.v1.GetChunkIndexResponse0\x01\x128\n" +
 	"\x05Write\x12\x15.osvc.v1.WriteRequest\x1a\x16.osvc.v1.WriteResponse(\x01\x12E\n" +
 	"\n" +
 	"GetContent\x12\x1a.osvc.v1.GetContentRequest\x1a\x1b.osvc.v1.GetContentResponse\x129\n" +
@@ -1013,50 +1497,65 @@ func file_osvc_v1_content_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_content_proto_rawDescData
 }
 
-var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_osvc_v1_content_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_osvc_v1_content_proto_goTypes = []any{
 	(*Content)(nil),               // 0: osvc.v1.Content
-	(*ReadRequest)(nil),           // 1: osvc.v1.ReadRequest
-	(*ReadResponse)(nil),          // 2: osvc.v1.ReadResponse
-	(*WriteHeader)(nil),           // 3: osvc.v1.WriteHeader
-	(*WriteRequest)(nil),          // 4: osvc.v1.WriteRequest
-	(*WriteTrailer)(nil),          // 5: osvc.v1.WriteTrailer
-	(*WriteResponse)(nil),         // 6: osvc.v1.WriteResponse
-	(*GetContentRequest)(nil),     // 7: osvc.v1.GetContentRequest
-	(*GetContentResponse)(nil),    // 8: osvc.v1.GetContentResponse
-	(*LocateRequest)(nil),         // 9: osvc.v1.LocateRequest
-	(*LocateResponse)(nil),        // 10: osvc.v1.LocateResponse
-	(*LocateLibraryRequest)(nil),  // 11: osvc.v1.LocateLibraryRequest
-	(*LocateLibraryResponse)(nil), // 12: osvc.v1.LocateLibraryResponse
-	(*AdoptRequest)(nil),          // 13: osvc.v1.AdoptRequest
-	(*AdoptResponse)(nil),         // 14: osvc.v1.AdoptResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
+	(*ChunkIndexRef)(nil),         // 1: osvc.v1.ChunkIndexRef
+	(*Chunking)(nil),              // 2: osvc.v1.Chunking
+	(*Chunk)(nil),                 // 3: osvc.v1.Chunk
+	(*ChunkIndex)(nil),            // 4: osvc.v1.ChunkIndex
+	(*ReadRequest)(nil),           // 5: osvc.v1.ReadRequest
+	(*ByteRange)(nil),             // 6: osvc.v1.ByteRange
+	(*GetChunkIndexRequest)(nil),  // 7: osvc.v1.GetChunkIndexRequest
+	(*GetChunkIndexResponse)(nil), // 8: osvc.v1.GetChunkIndexResponse
+	(*ReadResponse)(nil),          // 9: osvc.v1.ReadResponse
+	(*WriteHeader)(nil),           // 10: osvc.v1.WriteHeader
+	(*WriteRequest)(nil),          // 11: osvc.v1.WriteRequest
+	(*WriteTrailer)(nil),          // 12: osvc.v1.WriteTrailer
+	(*WriteResponse)(nil),         // 13: osvc.v1.WriteResponse
+	(*GetContentRequest)(nil),     // 14: osvc.v1.GetContentRequest
+	(*GetContentResponse)(nil),    // 15: osvc.v1.GetContentResponse
+	(*LocateRequest)(nil),         // 16: osvc.v1.LocateRequest
+	(*LocateResponse)(nil),        // 17: osvc.v1.LocateResponse
+	(*LocateLibraryRequest)(nil),  // 18: osvc.v1.LocateLibraryRequest
+	(*LocateLibraryResponse)(nil), // 19: osvc.v1.LocateLibraryResponse
+	(*AdoptRequest)(nil),          // 20: osvc.v1.AdoptRequest
+	(*AdoptResponse)(nil),         // 21: osvc.v1.AdoptResponse
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_osvc_v1_content_proto_depIdxs = []int32{
-	15, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
-	15, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
-	3,  // 2: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
-	5,  // 3: osvc.v1.WriteRequest.trailer:type_name -> osvc.v1.WriteTrailer
-	0,  // 4: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
-	0,  // 5: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
-	0,  // 6: osvc.v1.AdoptResponse.content:type_name -> osvc.v1.Content
-	1,  // 7: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
-	4,  // 8: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
-	7,  // 9: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
-	9,  // 10: osvc.v1.ContentService.Locate:input_type -> osvc.v1.LocateRequest
-	11, // 11: osvc.v1.ContentService.LocateLibrary:input_type -> osvc.v1.LocateLibraryRequest
-	13, // 12: osvc.v1.ContentService.Adopt:input_type -> osvc.v1.AdoptRequest
-	2,  // 13: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
-	6,  // 14: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
-	8,  // 15: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
-	10, // 16: osvc.v1.ContentService.Locate:output_type -> osvc.v1.LocateResponse
-	12, // 17: osvc.v1.ContentService.LocateLibrary:output_type -> osvc.v1.LocateLibraryResponse
-	14, // 18: osvc.v1.ContentService.Adopt:output_type -> osvc.v1.AdoptResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	22, // 0: osvc.v1.Content.create_time:type_name -> google.protobuf.Timestamp
+	22, // 1: osvc.v1.Content.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 2: osvc.v1.Content.chunk_index:type_name -> osvc.v1.ChunkIndexRef
+	2,  // 3: osvc.v1.ChunkIndex.chunking:type_name -> osvc.v1.Chunking
+	3,  // 4: osvc.v1.ChunkIndex.chunks:type_name -> osvc.v1.Chunk
+	6,  // 5: osvc.v1.ReadRequest.ranges:type_name -> osvc.v1.ByteRange
+	2,  // 6: osvc.v1.GetChunkIndexResponse.chunking:type_name -> osvc.v1.Chunking
+	3,  // 7: osvc.v1.GetChunkIndexResponse.chunks:type_name -> osvc.v1.Chunk
+	10, // 8: osvc.v1.WriteRequest.header:type_name -> osvc.v1.WriteHeader
+	12, // 9: osvc.v1.WriteRequest.trailer:type_name -> osvc.v1.WriteTrailer
+	0,  // 10: osvc.v1.WriteResponse.content:type_name -> osvc.v1.Content
+	0,  // 11: osvc.v1.GetContentResponse.content:type_name -> osvc.v1.Content
+	0,  // 12: osvc.v1.AdoptResponse.content:type_name -> osvc.v1.Content
+	5,  // 13: osvc.v1.ContentService.Read:input_type -> osvc.v1.ReadRequest
+	7,  // 14: osvc.v1.ContentService.GetChunkIndex:input_type -> osvc.v1.GetChunkIndexRequest
+	11, // 15: osvc.v1.ContentService.Write:input_type -> osvc.v1.WriteRequest
+	14, // 16: osvc.v1.ContentService.GetContent:input_type -> osvc.v1.GetContentRequest
+	16, // 17: osvc.v1.ContentService.Locate:input_type -> osvc.v1.LocateRequest
+	18, // 18: osvc.v1.ContentService.LocateLibrary:input_type -> osvc.v1.LocateLibraryRequest
+	20, // 19: osvc.v1.ContentService.Adopt:input_type -> osvc.v1.AdoptRequest
+	9,  // 20: osvc.v1.ContentService.Read:output_type -> osvc.v1.ReadResponse
+	8,  // 21: osvc.v1.ContentService.GetChunkIndex:output_type -> osvc.v1.GetChunkIndexResponse
+	13, // 22: osvc.v1.ContentService.Write:output_type -> osvc.v1.WriteResponse
+	15, // 23: osvc.v1.ContentService.GetContent:output_type -> osvc.v1.GetContentResponse
+	17, // 24: osvc.v1.ContentService.Locate:output_type -> osvc.v1.LocateResponse
+	19, // 25: osvc.v1.ContentService.LocateLibrary:output_type -> osvc.v1.LocateLibraryResponse
+	21, // 26: osvc.v1.ContentService.Adopt:output_type -> osvc.v1.AdoptResponse
+	20, // [20:27] is the sub-list for method output_type
+	13, // [13:20] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_content_proto_init() }
@@ -1064,7 +1563,7 @@ func file_osvc_v1_content_proto_init() {
 	if File_osvc_v1_content_proto != nil {
 		return
 	}
-	file_osvc_v1_content_proto_msgTypes[4].OneofWrappers = []any{
+	file_osvc_v1_content_proto_msgTypes[11].OneofWrappers = []any{
 		(*WriteRequest_Header)(nil),
 		(*WriteRequest_Data)(nil),
 		(*WriteRequest_Trailer)(nil),
@@ -1075,7 +1574,7 @@ func file_osvc_v1_content_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_content_proto_rawDesc), len(file_osvc_v1_content_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

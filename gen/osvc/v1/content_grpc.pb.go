@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ContentService_Read_FullMethodName          = "/osvc.v1.ContentService/Read"
+	ContentService_GetChunkIndex_FullMethodName = "/osvc.v1.ContentService/GetChunkIndex"
 	ContentService_Write_FullMethodName         = "/osvc.v1.ContentService/Write"
 	ContentService_GetContent_FullMethodName    = "/osvc.v1.ContentService/GetContent"
 	ContentService_Locate_FullMethodName        = "/osvc.v1.ContentService/Locate"
@@ -34,8 +35,16 @@ const (
 // ContentService moves blobs of the content library: images and update files,
 // addressed by sha256, in chunks.
 type ContentServiceClient interface {
-	// Read streams a blob from an offset, so an interrupted download resumes.
+	// Read streams a blob from an offset, so an interrupted download resumes,
+	// or the byte ranges a request lists (the chunks a client lacks).
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
+	// GetChunkIndex streams a blob's chunk index: the blob cut by
+	// content-defined chunking, each chunk's sha256 and size in order. A
+	// client holding an earlier version of the blob reads only the chunks it
+	// lacks (Read with ranges). The server makes the index when it receives
+	// the blob, or at the first request for a blob stored before; a blob
+	// smaller than a few chunks has none (FAILED_PRECONDITION: read it whole).
+	GetChunkIndex(ctx context.Context, in *GetChunkIndexRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetChunkIndexResponse], error)
 	// Write uploads a blob: a header first, then data chunks, then (from a
 	// writer that hashed the data while sending it) a trailer. The server
 	// checks the sha256 and size before the blob becomes visible.
@@ -88,9 +97,28 @@ func (c *contentServiceClient) Read(ctx context.Context, in *ReadRequest, opts .
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ContentService_ReadClient = grpc.ServerStreamingClient[ReadResponse]
 
+func (c *contentServiceClient) GetChunkIndex(ctx context.Context, in *GetChunkIndexRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetChunkIndexResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ContentService_ServiceDesc.Streams[1], ContentService_GetChunkIndex_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GetChunkIndexRequest, GetChunkIndexResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ContentService_GetChunkIndexClient = grpc.ServerStreamingClient[GetChunkIndexResponse]
+
 func (c *contentServiceClient) Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &ContentService_ServiceDesc.Streams[1], ContentService_Write_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &ContentService_ServiceDesc.Streams[2], ContentService_Write_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -148,8 +176,16 @@ func (c *contentServiceClient) Adopt(ctx context.Context, in *AdoptRequest, opts
 // ContentService moves blobs of the content library: images and update files,
 // addressed by sha256, in chunks.
 type ContentServiceServer interface {
-	// Read streams a blob from an offset, so an interrupted download resumes.
+	// Read streams a blob from an offset, so an interrupted download resumes,
+	// or the byte ranges a request lists (the chunks a client lacks).
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
+	// GetChunkIndex streams a blob's chunk index: the blob cut by
+	// content-defined chunking, each chunk's sha256 and size in order. A
+	// client holding an earlier version of the blob reads only the chunks it
+	// lacks (Read with ranges). The server makes the index when it receives
+	// the blob, or at the first request for a blob stored before; a blob
+	// smaller than a few chunks has none (FAILED_PRECONDITION: read it whole).
+	GetChunkIndex(*GetChunkIndexRequest, grpc.ServerStreamingServer[GetChunkIndexResponse]) error
 	// Write uploads a blob: a header first, then data chunks, then (from a
 	// writer that hashed the data while sending it) a trailer. The server
 	// checks the sha256 and size before the blob becomes visible.
@@ -185,6 +221,9 @@ type UnimplementedContentServiceServer struct{}
 
 func (UnimplementedContentServiceServer) Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error {
 	return status.Error(codes.Unimplemented, "method Read not implemented")
+}
+func (UnimplementedContentServiceServer) GetChunkIndex(*GetChunkIndexRequest, grpc.ServerStreamingServer[GetChunkIndexResponse]) error {
+	return status.Error(codes.Unimplemented, "method GetChunkIndex not implemented")
 }
 func (UnimplementedContentServiceServer) Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error {
 	return status.Error(codes.Unimplemented, "method Write not implemented")
@@ -232,6 +271,17 @@ func _ContentService_Read_Handler(srv interface{}, stream grpc.ServerStream) err
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ContentService_ReadServer = grpc.ServerStreamingServer[ReadResponse]
+
+func _ContentService_GetChunkIndex_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GetChunkIndexRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ContentServiceServer).GetChunkIndex(m, &grpc.GenericServerStream[GetChunkIndexRequest, GetChunkIndexResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ContentService_GetChunkIndexServer = grpc.ServerStreamingServer[GetChunkIndexResponse]
 
 func _ContentService_Write_Handler(srv interface{}, stream grpc.ServerStream) error {
 	return srv.(ContentServiceServer).Write(&grpc.GenericServerStream[WriteRequest, WriteResponse]{ServerStream: stream})
@@ -340,6 +390,11 @@ var ContentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Read",
 			Handler:       _ContentService_Read_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "GetChunkIndex",
+			Handler:       _ContentService_GetChunkIndex_Handler,
 			ServerStreams: true,
 		},
 		{

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dustin/go-humanize"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
+
+	"github.com/osvc/osvc/agent/cache"
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/chunks"
+	"github.com/osvc/osvc/pkg/pki"
+	"github.com/osvc/osvc/pkg/transfer"
+)
+
+// benchDistribute measures what a new version of an image costs to move to
+// a receiver that holds the previous one. The rig's sample image (-n MiB
+// of file data) is serviced for real (every applicable update, remove
+// superseded, export: the wimlib engine's sequence) into version 2; a
+// fresh agent cache, over the network (no file of the library's volume
+// taken), fetches version 1 whole, then version 2, which it fetches as the
+// chunks version 1 lacks. Figures: the bytes that crossed the connection
+// for version 2 ÷ its size, and the rate of that fetch (those bytes ÷ its
+// time) ÷ a bare gRPC stream over TLS (one Read of as many bytes, in the
+// same 1 MiB messages, received and dropped) in the same run. Extras: how
+// fast version 2 is in place against the bare stream of all of it; the
+// same bytes ratio for the two versions exported solid (LZMS), as an
+// administrator's own export might make them, and at other average chunk
+// sizes, measured by cutting the two files here.
+func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
+	r, err := startRig(ctx, cfg, int64(cfg.N)<<20)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	serviced, err := r.service(ctx, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	v1, v2 := r.wim.GetSha256(), serviced.run.GetResultSha256()
+	v2Size := serviced.run.GetResultSizeBytes()
+	fmt.Fprintf(cfg.Out, "distribute: version 1 %s, serviced into version 2 %s\n",
+		humanize.IBytes(uint64(r.wim.GetSizeBytes())), humanize.IBytes(uint64(v2Size)))
+
+	wire := &wireCounter{}
+	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire))...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	receiver := filepath.Join(r.dir, "receiver")
+	c, err := cache.New(cache.Config{Dir: receiver, Source: overNetwork{osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := acquire(ctx, c, v1); err != nil {
+		return nil, err
+	}
+
+	floor, stopFloor, err := startBareStream(ctx, r.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer stopFloor()
+
+	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
+	var sent, osvcRate, floorRate, whole []float64
+	for round := range throughputRounds {
+		// The receiver has version 1 and its chunk index, not version 2.
+		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+		syncDisks()
+		wire.n.Store(0)
+		start := time.Now()
+		if err := acquire(ctx, c, v2); err != nil {
+			return nil, err
+		}
+		elapsed := time.Since(start)
+		n := wire.n.Load()
+		bare, err := floor.stream(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		bareWhole, err := floor.stream(ctx, v2Size)
+		if err != nil {
+			return nil, err
+		}
+		whole = append(whole, mib(v2Size, elapsed)/mib(v2Size, bareWhole))
+		sent = append(sent, float64(n)/float64(v2Size))
+		osvcRate, floorRate = append(osvcRate, mib(n, elapsed)), append(floorRate, mib(n, bare))
+		fmt.Fprintf(cfg.Out, "distribute %d/%d: version 2 fetched in %s, %s over the connection (%.3g of its size), %.3g MiB/s; the bare stream of as many bytes %s, %.3g MiB/s\n",
+			round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)), float64(n)/float64(v2Size),
+			mib(n, elapsed), bare.Round(time.Millisecond), mib(n, bare))
+	}
+	res := &Result{
+		Osvc:       Figure{Name: "delta fetch of version 2, bytes sent per second", Unit: "MiB/s", Value: median(osvcRate), Samples: osvcRate},
+		Floor:      Figure{Name: "bare gRPC stream of the same bytes", Unit: "MiB/s", Value: median(floorRate), Samples: floorRate},
+		ImageBytes: v2Size,
+	}
+	ratio := func(name string, samples ...float64) Figure {
+		return Figure{Name: name, Unit: "ratio", Value: median(samples), Samples: samples, Ratio: median(samples)}
+	}
+	res.Extra = append(res.Extra, ratio("bytes sent for version 2 ÷ its size", sent...),
+		ratio("version 2's size ÷ the delta fetch's time, against the bare stream of the whole version 2", whole...))
+
+	// What the same update would cost with other settings, cut here.
+	other, err := otherSettings(ctx, cfg, r.dir, c.Path(v1), c.Path(v2))
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range other {
+		res.Extra = append(res.Extra, ratio(o.name, o.ratio))
+	}
+	return res, nil
+}
+
+// acquire fetches sha into the cache and releases it.
+func acquire(ctx context.Context, c *cache.Cache, sha string) error {
+	_, release, err := c.Acquire(ctx, sha, nil)
+	if err != nil {
+		return fmt.Errorf("fetch %s: %w", sha, err)
+	}
+	release()
+	return nil
+}
+
+// overNetwork is a cache source that reads over the connection only, as an
+// agent on another machine than the library does.
+type overNetwork struct{ c osvcv1.ContentServiceClient }
+
+func (o overNetwork) Download(ctx context.Context, sha, dst string, progress transfer.ProgressFunc) error {
+	return transfer.Download(ctx, o.c, sha, dst, progress)
+}
+
+func (o overNetwork) DownloadDelta(ctx context.Context, sha, dst string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (transfer.Delta, error) {
+	return transfer.DownloadDelta(ctx, o.c, sha, dst, have, progress)
+}
+
+// wireCounter counts the bytes of every message a connection receives.
+type wireCounter struct{ n atomic.Int64 }
+
+func (w *wireCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (w *wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return ctx
+}
+func (w *wireCounter) HandleConn(context.Context, stats.ConnStats) {}
+func (w *wireCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if in, ok := s.(*stats.InPayload); ok {
+		w.n.Add(int64(in.WireLength))
+	}
+}
+
+// bareStream is a gRPC server over TLS whose Read sends as many bytes as
+// asked, in 1 MiB messages, from memory: the floor of a download.
+type bareStream struct {
+	osvcv1.UnimplementedContentServiceServer
+	client osvcv1.ContentServiceClient
+	data   []byte
+}
+
+func (b *bareStream) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	for off := int64(0); off < req.GetLimit(); off += transfer.ChunkSize {
+		n := min(transfer.ChunkSize, req.GetLimit()-off)
+		if err := stream.Send(&osvcv1.ReadResponse{Offset: off, Data: b.data[:n]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stream receives n bytes from the bare server and returns how long it took.
+func (b *bareStream) stream(ctx context.Context, n int64) (time.Duration, error) {
+	start := time.Now()
+	s, err := b.client.Read(ctx, &osvcv1.ReadRequest{Limit: n})
+	if err != nil {
+		return 0, err
+	}
+	var got int64
+	for {
+		resp, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("bare stream: %w", err)
+		}
+		got += int64(len(resp.GetData()))
+	}
+	if got != n {
+		return 0, fmt.Errorf("bare stream: %d of %d bytes", got, n)
+	}
+	return time.Since(start), nil
+}
+
+// startBareStream serves a bareStream on loopback with a certificate of an
+// authority of its own, under dir.
+func startBareStream(ctx context.Context, dir string) (*bareStream, func(), error) {
+	pkiDir := filepath.Join(dir, "bare-pki")
+	ca, _, err := pki.EnsureCA(pkiDir, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	addr := lis.Addr().String()
+	cert, err := ca.ServerCertificate(pki.ServerHosts(addr, nil), time.Now())
+	if err != nil {
+		lis.Close()
+		return nil, nil, err
+	}
+	b := &bareStream{data: bytes.Repeat([]byte{0x5a}, transfer.ChunkSize)}
+	gs := grpc.NewServer(append(transfer.ServerOptions(), grpc.Creds(credentials.NewTLS(pki.ServerConfig(cert))))...)
+	osvcv1.RegisterContentServiceServer(gs, b)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = gs.Serve(lis) })
+	t := target{addr: addr, caFile: filepath.Join(pkiDir, pki.CACertFile)}
+	conn, err := t.dial(transfer.DialOptions()...)
+	if err != nil {
+		gs.Stop()
+		wg.Wait()
+		return nil, nil, err
+	}
+	b.client = osvcv1.NewContentServiceClient(conn)
+	return b, func() {
+		conn.Close()
+		gs.Stop()
+		wg.Wait()
+	}, nil
+}
+
+// setting is the bytes ratio of another setting.
+type setting struct {
+	name  string
+	ratio float64
+}
+
+// otherSettings cuts the two versions at other average chunk sizes, and
+// exports both solid and cuts those, and tells what version 2 would cost.
+func otherSettings(ctx context.Context, cfg benchConfig, dir, v1, v2 string) ([]setting, error) {
+	var out []setting
+	lacking := func(a, b string, sizes chunks.Sizes) (float64, int, error) {
+		var lists [2][]chunks.Chunk
+		var size int64
+		for i, p := range []string{a, b} {
+			f, err := os.Open(p)
+			if err != nil {
+				return 0, 0, err
+			}
+			lists[i], err = chunks.OfSizes(ctx, f, sizes)
+			f.Close()
+			if err != nil {
+				return 0, 0, err
+			}
+		}
+		for _, c := range lists[1] {
+			size += c.Size
+		}
+		return float64(chunks.Lacking(lists[1], lists[0])) / float64(size), len(lists[1]), nil
+	}
+	for _, avg := range []int{256 << 10, 512 << 10, chunks.AverageSize, 2 << 20, 4 << 20} {
+		sizes := chunks.Sizes{Min: avg / 4, Average: avg, Max: avg * 4}
+		r, n, err := lacking(v1, v2, sizes)
+		if err != nil {
+			return nil, err
+		}
+		name := fmt.Sprintf("bytes to send at %s average chunks (%d chunks, an index of %s)", humanize.IBytes(uint64(avg)), n, humanize.IBytes(uint64(n*40)))
+		out = append(out, setting{name, r})
+		fmt.Fprintf(cfg.Out, "distribute: %s: %.3g of version 2\n", name, r)
+	}
+	var solid [2]string
+	for i, src := range []string{v1, v2} {
+		solid[i] = filepath.Join(dir, fmt.Sprintf("solid-%d.wim", i+1))
+		cmd := exec.CommandContext(ctx, "wimlib-imagex", "export", src, "1", solid[i], "--solid")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("wimlib-imagex export --solid: %w: %s", err, out)
+		}
+	}
+	r, _, err := lacking(solid[0], solid[1], chunks.Sizes{Min: chunks.MinSize, Average: chunks.AverageSize, Max: chunks.MaxSize})
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, setting{"bytes to send, both versions exported solid (LZMS)", r})
+	fmt.Fprintf(cfg.Out, "distribute: both versions exported --solid: %.3g of version 2 to send\n", r)
+	return out, nil
+}

@@ -1,0 +1,343 @@
+package transfer_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/chunks"
+	"github.com/osvc/osvc/pkg/transfer"
+)
+
+// versions returns an image and its next version: the same bytes with a
+// few stretches rewritten and some bytes inserted, as an update leaves
+// most of a file alone.
+func versions(size int) (v1, v2 []byte) {
+	v1 = make([]byte, size)
+	rand.NewChaCha8([32]byte{1}).Read(v1)
+	v2 = bytes.Clone(v1)
+	rng := rand.NewChaCha8([32]byte{2})
+	rng.Read(v2[size/3 : size/3+64<<10])
+	rng.Read(v2[2*size/3 : 2*size/3+200<<10])
+	ins := make([]byte, 777)
+	rng.Read(ins)
+	v2 = append(v2[:size/5:size/5], append(ins, v2[size/5:]...)...)
+	return v1, v2
+}
+
+// holding writes data to a file of the client's and returns it as a
+// LocalBlob.
+func holding(t *testing.T, data []byte) transfer.LocalBlob {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "v1.wim")
+	writeFile(t, path, data)
+	list, err := chunks.OfFile(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return transfer.LocalBlob{Path: path, Chunks: list}
+}
+
+// lacking is how many bytes of data are in chunks have lacks.
+func lacking(t *testing.T, data []byte, have transfer.LocalBlob) int64 {
+	t.Helper()
+	list, err := chunks.Of(context.Background(), bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chunks.Lacking(list, have.Chunks)
+}
+
+func TestADeltaDownloadSendsOnlyTheChunksTheClientLacks(t *testing.T) {
+	t.Parallel()
+	for name, st := range map[string]starter{"directory": {}, "object store": {start: startServerOnAnObjectStore}} {
+		t.Run("from a library in a "+name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := st.startServer(t)
+			v1, v2 := versions(40 << 20)
+			s.held(t, v1)
+			sum := s.held(t, v2)
+			have := holding(t, v1)
+
+			// The server's index is the one the client would cut.
+			index, size, err := transfer.GetChunkIndex(ctx, s.client, sum)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := chunks.Of(ctx, bytes.NewReader(v2))
+			if size != int64(len(v2)) || len(index) != len(want) {
+				t.Fatalf("the server's index: %d chunks of %d bytes, the data cuts into %d of %d", len(index), size, len(want), len(v2))
+			}
+			for i := range want {
+				if index[i] != want[i] {
+					t.Fatalf("chunk %d of the server's index differs from the data's", i)
+				}
+			}
+
+			dst := filepath.Join(t.TempDir(), "v2.wim")
+			d, err := transfer.DownloadDelta(ctx, s.client, sum, dst, []transfer.LocalBlob{have}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDownloaded(t, dst, v2)
+			missing := lacking(t, v2, have)
+			if d.Downloaded != missing || d.Local != int64(len(v2))-missing || s.served.Load() != missing {
+				t.Errorf("downloaded %d, copied %d, the server sent %d; want %d downloaded (the chunks version 1 lacks), the rest copied",
+					d.Downloaded, d.Local, s.served.Load(), missing)
+			}
+			if missing > int64(len(v2))/4 {
+				t.Errorf("%d of %d bytes sent for three small edits", missing, len(v2))
+			}
+		})
+	}
+}
+
+func TestADeltaDownloadOfASmallBlobReadsItWhole(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	data := blob(blobSize)
+	sum := s.held(t, data)
+	dst := filepath.Join(t.TempDir(), "small")
+	d, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{holding(t, data[:chunks.MinSize])}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDownloaded(t, dst, data)
+	if d.Chunks != nil || s.served.Load() != blobSize {
+		t.Errorf("a blob below %d bytes: index %v, %d bytes sent; want it read whole", chunks.MinBlobBytes, d.Chunks, s.served.Load())
+	}
+}
+
+func TestAnInterruptedDeltaDownloadResumesSendingAtMostOneChunkAgain(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	v1, v2 := versions(40 << 20)
+	// Version 1's second half only: plenty of chunks to send.
+	have := holding(t, v1[len(v1)/2:])
+	sum := s.held(t, v2)
+	missing := lacking(t, v2, have)
+	dst := filepath.Join(t.TempDir(), "v2.wim")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first, err := transfer.DownloadDelta(ctx, s.client, sum, dst, []transfer.LocalBlob{have}, func(done, _ int64) {
+		if done >= int64(len(v2))/3 {
+			cancel() // the connection drops a third of the way
+		}
+	})
+	if !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
+		t.Fatalf("interrupted: got %v, want canceled", err)
+	}
+	info, err := os.Stat(dst + transfer.PartialSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	index, _ := chunks.Of(context.Background(), bytes.NewReader(v2))
+	offsets, _ := chunks.Locate(index)
+	if _, whole := slices.BinarySearch(offsets, info.Size()); !whole || info.Size() == 0 {
+		t.Fatalf("the partial file holds %d bytes, not whole chunks", info.Size())
+	}
+	second, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDownloaded(t, dst, v2)
+	// Every chunk written stays written: the second attempt downloads what
+	// the first did not write, so only the chunk it was receiving when cut
+	// is sent again.
+	if second.Resumed != info.Size() || first.Downloaded+second.Downloaded != missing {
+		t.Errorf("resumed %d bytes of a partial file of %d; downloaded %d then %d bytes of the %d version 1 lacks",
+			second.Resumed, info.Size(), first.Downloaded, second.Downloaded, missing)
+	}
+}
+
+func TestACorruptedChunkIsRefusedAndNothingIsWrittenOutsideTheDestinationFolder(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	v1, v2 := versions(40 << 20)
+	have := holding(t, v1)
+	sum := s.held(t, v2)
+	index, _, err := transfer.GetChunkIndex(context.Background(), s.client, sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Damage, in the library's file, a chunk the client lacks.
+	held := map[[32]byte]bool{}
+	for _, c := range have.Chunks {
+		held[c.Digest] = true
+	}
+	offsets, _ := chunks.Locate(index)
+	bad := -1
+	for i, c := range index {
+		if !held[c.Digest] && i > 0 {
+			bad = i
+			break
+		}
+	}
+	if bad < 0 {
+		t.Fatal("version 2 has no chunk version 1 lacks")
+	}
+	f, err := os.OpenFile(s.lib.Path(sum), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("damage"), offsets[bad]+100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	root := t.TempDir()
+	dir := filepath.Join(root, "cache")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, sum)
+	_, err = transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
+	if !errors.Is(err, transfer.ErrChunkMismatch) || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("a damaged chunk: got %v, want it refused", err)
+	}
+	if entries, _ := os.ReadDir(root); len(entries) != 1 {
+		t.Errorf("beside the destination folder: %v, want nothing", entries)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 || entries[0].Name() != sum+transfer.PartialSuffix {
+		t.Fatalf("in the destination folder: %v, want the partial file alone", entries)
+	}
+	partial, err := os.ReadFile(dst + transfer.PartialSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the chunks before the damaged one, each checked, were written.
+	if int64(len(partial)) != offsets[bad] || !bytes.Equal(partial, v2[:offsets[bad]]) {
+		t.Errorf("the partial file holds %d bytes, want the %d before the damaged chunk", len(partial), offsets[bad])
+	}
+}
+
+func TestReadRefusesRangesThatAreNotInOrderWithinTheBlob(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	sum := s.held(t, blob(blobSize))
+	r := func(off, n int64) *osvcv1.ByteRange { return &osvcv1.ByteRange{Offset: off, Length: n} }
+	tests := []struct {
+		name   string
+		req    *osvcv1.ReadRequest
+		reason string
+	}{
+		{"a range past the blob's end", &osvcv1.ReadRequest{Sha256: sum, Ranges: []*osvcv1.ByteRange{r(blobSize-10, 11)}}, "ranges[0]"},
+		{"a range before the one it follows", &osvcv1.ReadRequest{Sha256: sum, Ranges: []*osvcv1.ByteRange{r(100, 10), r(50, 10)}}, "ranges[1]"},
+		{"an overlapping range", &osvcv1.ReadRequest{Sha256: sum, Ranges: []*osvcv1.ByteRange{r(100, 10), r(105, 10)}}, "ranges[1]"},
+		{"an empty range", &osvcv1.ReadRequest{Sha256: sum, Ranges: []*osvcv1.ByteRange{r(100, 0)}}, "ranges[0]"},
+		{"a negative range", &osvcv1.ReadRequest{Sha256: sum, Ranges: []*osvcv1.ByteRange{r(100, -1)}}, "ranges[0]"},
+		{"ranges with an offset", &osvcv1.ReadRequest{Sha256: sum, Offset: 5, Ranges: []*osvcv1.ByteRange{r(100, 1)}}, "not both"},
+		{"too many ranges", &osvcv1.ReadRequest{Sha256: sum, Ranges: make([]*osvcv1.ByteRange, 4097)}, "more than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" is refused", func(t *testing.T) {
+			t.Parallel()
+			stream, err := s.client.Read(context.Background(), tt.req)
+			if err == nil {
+				_, err = stream.Recv()
+			}
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.reason) {
+				t.Fatalf("Read: %v, want InvalidArgument naming %q", err, tt.reason)
+			}
+		})
+	}
+}
+
+// hostileIndex serves chunk indexes of its own making and counts the Reads.
+type hostileIndex struct {
+	osvcv1.UnimplementedContentServiceServer
+	pages []*osvcv1.GetChunkIndexResponse
+	reads int
+}
+
+func (h *hostileIndex) GetChunkIndex(_ *osvcv1.GetChunkIndexRequest, stream grpc.ServerStreamingServer[osvcv1.GetChunkIndexResponse]) error {
+	for _, p := range h.pages {
+		if err := stream.Send(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *hostileIndex) Read(*osvcv1.ReadRequest, grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	h.reads++
+	return status.Error(codes.Unavailable, "no data here")
+}
+
+func serveHostile(t *testing.T, h *hostileIndex) osvcv1.ContentServiceClient {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer(transfer.ServerOptions()...)
+	osvcv1.RegisterContentServiceServer(srv, h)
+	go srv.Serve(lis)
+	conn, err := grpc.NewClient("passthrough:///bufnet", append(transfer.DialOptions(),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Stop()
+	})
+	return osvcv1.NewContentServiceClient(conn)
+}
+
+func TestHostileChunkIndexesAreRefusedBeforeAnyDataIsAskedFor(t *testing.T) {
+	t.Parallel()
+	sum := shaOf([]byte("v2"))
+	digest := sha256.Sum256(nil)
+	chunk := func(size int64) *osvcv1.Chunk { return &osvcv1.Chunk{Digest: digest[:], SizeBytes: size} }
+	page := func(size, count int64, cs ...*osvcv1.Chunk) *osvcv1.GetChunkIndexResponse {
+		return &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: size, Chunking: chunks.Chunking(), ChunkCount: count, Chunks: cs}
+	}
+	const mib = 1 << 20
+	tests := []struct {
+		name  string
+		pages []*osvcv1.GetChunkIndexResponse
+		want  string
+	}{
+		{"sizes that add up to less than the blob", []*osvcv1.GetChunkIndexResponse{page(10*mib, 2, chunk(mib), chunk(mib))}, "add up to"},
+		{"sizes that pass the blob's end", []*osvcv1.GetChunkIndexResponse{page(10*mib, 3, chunk(4*mib), chunk(4*mib), chunk(4*mib))}, "past the blob"},
+		{"a chunk over the largest size", []*osvcv1.GetChunkIndexResponse{page(10*mib, 2, chunk(9*mib), chunk(mib))}, "a chunk has 1 to"},
+		{"a huge chunk count", []*osvcv1.GetChunkIndexResponse{page(10*mib, 1<<40)}, "chunks for"},
+		{"more chunks than a blob of its size has", []*osvcv1.GetChunkIndexResponse{page(10*mib, 1000)}, "chunks for"},
+		{"more chunks than it announced", []*osvcv1.GetChunkIndexResponse{page(10*mib, 2, chunk(5*mib)), {Chunks: []*osvcv1.Chunk{chunk(mib), chunk(mib)}}}, "more chunks than"},
+		{"fewer chunks than it announced", []*osvcv1.GetChunkIndexResponse{page(10*mib, 3, chunk(4*mib), chunk(4*mib))}, "not the 3"},
+		{"a digest that is not a sha256", []*osvcv1.GetChunkIndexResponse{page(10*mib, 1, &osvcv1.Chunk{Digest: []byte("short"), SizeBytes: 10 * mib})}, "digest of 5 bytes"},
+		{"the index of another blob", []*osvcv1.GetChunkIndexResponse{{Sha256: shaOf([]byte("other")), SizeBytes: 10 * mib, Chunking: chunks.Chunking(), ChunkCount: 1}}, "not of"},
+		{"another chunking", []*osvcv1.GetChunkIndexResponse{{Sha256: sum, SizeBytes: 10 * mib, Chunking: &osvcv1.Chunking{Algorithm: "rabin"}, ChunkCount: 1}}, "not as this client cuts"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" are refused", func(t *testing.T) {
+			t.Parallel()
+			h := &hostileIndex{pages: tt.pages}
+			client := serveHostile(t, h)
+			dir := t.TempDir()
+			_, err := transfer.DownloadDelta(context.Background(), client, sum, filepath.Join(dir, sum), nil, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DownloadDelta: %v, want an error saying %q", err, tt.want)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 || h.reads != 0 {
+				t.Errorf("files %v and %d reads after a refused index, want none", entries, h.reads)
+			}
+		})
+	}
+}
