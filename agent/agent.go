@@ -80,6 +80,8 @@ type Config struct {
 	// is kept after the run, by the folder's modification time; default
 	// DefaultWorkRetention, negative keeps them for ever.
 	WorkRetention time.Duration
+	// Distribution configures the distribution point role.
+	Distribution DistributionConfig
 }
 
 // DefaultCacheMaxBytes is the update cache's default size cap: a few months
@@ -148,6 +150,8 @@ type Agent struct {
 	// images and updates serve the runs' downloads and uploads; set by Run.
 	images  *transfer.Client
 	updates *cache.Cache
+	// point is the distribution point role, once the agent has it.
+	point *distributionPoint
 
 	// now and retentionTicks drive the retention; tests replace them.
 	now            func() time.Time
@@ -394,6 +398,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Runs survive a dropped stream, so they do not hang off ctx directly.
 	a.runsCtx, a.cancelRuns = context.WithCancelCause(context.WithoutCancel(ctx))
 	a.mu.Unlock()
+	defer a.stopDistributionPoint()
+	if a.cfg.Distribution.Role {
+		if _, err := a.distributionPoint(); err != nil {
+			return err
+		}
+	}
 
 	connErr := make(chan error, 1)
 	go func() { connErr <- a.conn.Run(ctx) }()
@@ -565,6 +575,9 @@ func (a *Agent) hello() *osvcv1.Hello {
 		Drives:   a.drives(),
 		Capacity: int32(a.cfg.Capacity),
 		HeldRuns: a.heldRuns(),
+
+		DistributionPoint: a.cfg.Distribution.Role,
+		DistributionUrl:   a.distributionURL(),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/osvc/osvc/server/auth"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/scheduler"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/sites"
@@ -59,8 +60,12 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("scheduler: %w", err)
 	}
+	dist, err := distribution.New(distribution.Config{Store: st, Logger: s.logger, ServerID: serverID})
+	if err != nil {
+		return servicingParts{}, fmt.Errorf("distribution: %w", err)
+	}
 	agentService, err := agentsvc.New(agentsvc.Config{
-		Store: st, Servicing: svc, Agents: registry, Logger: s.logger, HeartbeatInterval: s.cfg.HeartbeatInterval,
+		Store: st, Servicing: svc, Agents: registry, Distribution: dist, Logger: s.logger, HeartbeatInterval: s.cfg.HeartbeatInterval,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("agent service: %w", err)
@@ -68,13 +73,15 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	return servicingParts{
 		register: func(gs *grpc.Server) {
 			osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(siteRegistry))
-			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, s.logger))
+			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, dist, s.logger))
+			osvcv1.RegisterDistributionServiceServer(gs, api.NewDistributionServer(dist))
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
 			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, access, s.logger))
 		},
-		resolver: resolver{cat: cat, svc: svc},
+		resolver: resolver{cat: cat, svc: svc, dist: dist},
 		loops: []loop{
 			{name: "scheduler", run: sched.Run},
+			{name: "distribution", run: dist.Run},
 			{name: "agent service", run: agentService.Run},
 		},
 	}, nil
@@ -83,8 +90,9 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 // resolver tells the authorizer the site of images and runs, and what an
 // agent's runs need.
 type resolver struct {
-	cat *catalog.Catalog
-	svc *servicing.Service
+	cat  *catalog.Catalog
+	svc  *servicing.Service
+	dist *distribution.Service
 }
 
 func (r resolver) ImageSite(ctx context.Context, image string) (string, error) {
@@ -105,7 +113,10 @@ func (r resolver) RunSite(ctx context.Context, run string) (string, error) {
 
 func (r resolver) AgentMayRead(ctx context.Context, agent, sha256 string) (bool, error) {
 	blobs, err := r.svc.AgentBlobs(ctx, agents.Name(agent))
-	return blobs[sha256], err
+	if err != nil || blobs[sha256] {
+		return blobs[sha256], err
+	}
+	return r.dist.MayRead(ctx, agent, sha256)
 }
 
 func (r resolver) AgentHoldsRun(ctx context.Context, agent string) (bool, error) {

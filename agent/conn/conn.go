@@ -33,6 +33,9 @@ type Handler interface {
 	Cancel(c *osvcv1.Cancel)
 	// Welcome answers each Hello: it names the held runs to resume or discard.
 	Welcome(w *osvcv1.Welcome)
+	// Distribute asks the agent, as a distribution point, to fetch a
+	// version of an image; it must return quickly. ctx is Run's context.
+	Distribute(ctx context.Context, d *osvcv1.Distribute)
 }
 
 // Defaults for the zero values of Config.
@@ -317,6 +320,9 @@ func (c *Conn) session(ctx context.Context, client osvcv1.AgentServiceClient) (w
 			c.cfg.Handler.Cancel(m.Cancel)
 		case *osvcv1.ConnectResponse_Welcome:
 			c.cfg.Handler.Welcome(m.Welcome)
+		case *osvcv1.ConnectResponse_Distribute:
+			c.logger.Info("distribute", "image", m.Distribute.GetImage(), "version", m.Distribute.GetVersion())
+			c.cfg.Handler.Distribute(ctx, m.Distribute)
 		default:
 			c.logger.Warn("ignoring an unknown message from the server", "type", fmt.Sprintf("%T", m))
 		}

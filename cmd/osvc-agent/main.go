@@ -89,6 +89,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
 	fs.StringVar(&dismBin, "dism", "", "dism.exe to run (default: the system's); elsewhere than Windows only a stand-in, for tests")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	fs.BoolVar(&cfg.Distribution.Role, "distribution-point", false, "hold the distribution point role for the agent's site: keep the images of the site and of the sites above it in <data-dir>/distribution and serve them over HTTP(S) (a site's setting, osvcctl site update --distribution-points, gives the role too)")
+	fs.StringVar(&cfg.Distribution.Listen, "dp-listen", agent.DefaultDistributionListen, "`host:port` the distribution point serves images on")
+	fs.StringVar(&cfg.Distribution.URL, "dp-url", "", "address of the distribution point that clients use, e.g. https://dp1.example:8090/ (default: from --dp-listen and the host name)")
+	fs.StringVar(&cfg.Distribution.CertFile, "dp-tls-cert", "", "PEM certificate `file` to serve HTTPS with (with --dp-tls-key); default plain HTTP")
+	fs.StringVar(&cfg.Distribution.KeyFile, "dp-tls-key", "", "PEM key `file` of --dp-tls-cert")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-agent [--join-token-file FILE] [flags]")
 		fmt.Fprintln(fs.Output(), "Services the images the osvc server assigns to this agent.")
@@ -97,6 +102,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if (cfg.Distribution.CertFile == "") != (cfg.Distribution.KeyFile == "") {
+		return errors.New("--dp-tls-cert and --dp-tls-key go together: give both to serve HTTPS, or neither")
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; osvc-agent takes flags only (see -h)", fs.Args())

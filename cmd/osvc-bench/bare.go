@@ -14,6 +14,7 @@ import (
 	"github.com/osvc/osvc/server"
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/api"
 	"github.com/osvc/osvc/server/scheduler"
 )
@@ -45,7 +46,11 @@ func startBareServer(ctx context.Context, cfg benchConfig, e *benchEtcd) (_ targ
 	if err != nil {
 		return target{}, nil, err
 	}
-	agentService, err := agentsvc.New(agentsvc.Config{Store: st, Servicing: svc, Agents: registry, Logger: cfg.Logger, HeartbeatInterval: server.DefaultHeartbeatInterval})
+	dist, err := distribution.New(distribution.Config{Store: st, Logger: cfg.Logger, ServerID: serverID})
+	if err != nil {
+		return target{}, nil, err
+	}
+	agentService, err := agentsvc.New(agentsvc.Config{Store: st, Servicing: svc, Agents: registry, Distribution: dist, Logger: cfg.Logger, HeartbeatInterval: server.DefaultHeartbeatInterval})
 	if err != nil {
 		return target{}, nil, err
 	}

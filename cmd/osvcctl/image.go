@@ -27,7 +27,7 @@ const listPageSize = 100
 
 func (c *cli) imageCommand() *cobra.Command {
 	cmd := groupCommand("image", "Import and inspect WIM images")
-	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand())
+	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand(), c.imageDistributeCommand())
 	return cmd
 }
 
@@ -260,6 +260,7 @@ func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 			orDash(v.GetCreatedByRun()), timeText(v.GetCreateTime())})
 	}
 	t.Render()
+	printDistributions(w, img)
 }
 
 // kbText spells a KB number the way Microsoft does, whether or not the server

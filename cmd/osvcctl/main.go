@@ -129,7 +129,7 @@ schedule updates for an image and watch the servicing run.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageErrorf("%w\nusage: %s", err, cmd.UseLine())
 	})
-	root.AddCommand(c.siteCommand(), c.imageCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand(),
+	root.AddCommand(c.siteCommand(), c.imageCommand(), c.dpCommand(), c.updateCommand(), c.scheduleCommand(), c.runCommand(), c.agentCommand(),
 		c.tokenCommand(), c.auditCommand(), c.loginCommand(), c.logoutCommand(), c.whoamiCommand())
 	return root
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -154,6 +155,31 @@ func ValidateHello(h *osvcv1.Hello) error {
 	if h.GetCapacity() < 0 {
 		return errdefs.InvalidArgument("hello.capacity", fmt.Sprintf("%d; send how many runs the agent services at once (0 means 1)", h.GetCapacity()))
 	}
+	if err := ValidateDistributionURL(h.GetDistributionUrl()); err != nil {
+		return errdefs.InvalidArgument("hello.distribution_url", err.Error())
+	}
+	return nil
+}
+
+// maxURLLen bounds the distribution URL an agent announces.
+const maxURLLen = 2048
+
+// ValidateDistributionURL checks the address a distribution point announces:
+// empty, or an absolute http or https URL.
+func ValidateDistributionURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	if len(raw) > maxURLLen {
+		return fmt.Errorf("%d bytes: at most %d", len(raw), maxURLLen)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %v", names.Quote(raw), err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%s: want an http:// or https:// URL with a host, e.g. http://dp1.example:8090/", names.Quote(raw))
+	}
 	return nil
 }
 
@@ -210,6 +236,13 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		Capacity:     max(hello.GetCapacity(), 1),
 		State:        osvcv1.AgentState_AGENT_STATE_CONNECTED,
 		LastSeenTime: now,
+
+		DistributionPoint: hello.GetDistributionPoint(),
+		DistributionUrl:   hello.GetDistributionUrl(),
+	}
+	role, err := r.store.Marshal(&storev1.DistributionPointRole{Agent: s.Agent, Site: hello.GetSite()})
+	if err != nil {
+		return nil, err
 	}
 	rev, err := r.store.Txn(ctx, "connect "+s.Agent, func(tx *store.Tx) error {
 		if _, err := sites.Require(tx, hello.GetSite()); err != nil {
@@ -219,6 +252,11 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 			return err
 		}
 		tx.PutRaw(r.store.PresenceKey(s.ID), presence, clientv3.WithLease(s.Lease))
+		if hello.GetDistributionPoint() {
+			tx.PutRaw(r.store.DistributionPointKey(s.ID), role)
+		} else {
+			tx.Delete(r.store.DistributionPointKey(s.ID))
+		}
 		return tx.Put(r.store.AgentKey(s.ID), agent)
 	})
 	if err != nil {

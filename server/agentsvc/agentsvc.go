@@ -25,6 +25,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/agents"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
 )
@@ -50,7 +51,9 @@ type Config struct {
 	Servicing *servicing.Service
 	// Agents keeps the agent records and sessions.
 	Agents *agents.Registry
-	Logger hclog.Logger
+	// Distribution keeps what the distribution points are to hold.
+	Distribution *distribution.Service
+	Logger       hclog.Logger
 	// HeartbeatInterval is what agents are told to heartbeat at; default 10s.
 	HeartbeatInterval time.Duration
 	// ResyncInterval is how often the streams connected here are checked
@@ -67,6 +70,7 @@ type Service struct {
 	client    *clientv3.Client
 	servicing *servicing.Service
 	agents    *agents.Registry
+	dist      *distribution.Service
 	logger    hclog.Logger
 	heartbeat time.Duration
 	resync    time.Duration
@@ -91,11 +95,15 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Agents == nil {
 		return nil, errors.New("agentsvc: Config.Agents is required")
 	}
+	if cfg.Distribution == nil {
+		return nil, errors.New("agentsvc: Config.Distribution is required")
+	}
 	s := &Service{
 		store:     cfg.Store,
 		client:    cfg.Store.Client(),
 		servicing: cfg.Servicing,
 		agents:    cfg.Agents,
+		dist:      cfg.Distribution,
 		logger:    cfg.Logger,
 		heartbeat: cmp.Or(cfg.HeartbeatInterval, defaultHeartbeatInterval),
 		resync:    cmp.Or(cfg.ResyncInterval, defaultResyncInterval),
@@ -131,6 +139,7 @@ func (s *Service) Run(ctx context.Context) error {
 		{s.store.AssignmentsPrefix(), s.onAssignment},
 		{s.store.RunsPrefix(), s.onRun},
 		{s.store.PresencePrefix(), s.onPresence},
+		{s.store.DistributionsPrefix(""), s.onDistribution},
 	} {
 		wg.Go(func() { s.watch(ctx, w.prefix, w.handle) })
 	}
@@ -242,6 +251,21 @@ func (s *Service) onRun(ctx context.Context, ev *clientv3.Event) {
 	}
 	if c := s.lookup(agents.ID(run.GetAgent())); c != nil {
 		c.cancelRun(run.GetName(), run.GetError())
+	}
+}
+
+// onDistribution sends a distribution point connected here the Distribute
+// of a record made PENDING: a new version for it, or one to try again.
+func (s *Service) onDistribution(ctx context.Context, ev *clientv3.Event) {
+	if ev.Type != clientv3.EventTypePut {
+		return
+	}
+	d, err := store.Unmarshal[*osvcv1.Distribution](ev.Kv.Value)
+	if err != nil || d.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_PENDING {
+		return
+	}
+	if c := s.lookup(agents.ID(d.GetDistributionPoint())); c != nil {
+		c.distribute(distribution.Message(d), true)
 	}
 }
 
@@ -372,6 +396,26 @@ func (s *Service) push(ctx context.Context, conns []*conn) error {
 	for i, run := range runs {
 		if c := held[i]; run != nil && run.GetCancelRequested() && servicing.IsLeased(run.GetState()) && run.GetAgent() == c.name {
 			c.cancelRun(run.GetName(), run.GetError())
+		}
+	}
+	return s.pushDistributions(ctx, byName)
+}
+
+// pushDistributions queues, for each stream of byName, the Distribute of
+// every record of its agent not finished yet and not sent on the stream: it
+// reads every distribution once, whatever the number of streams.
+func (s *Service) pushDistributions(ctx context.Context, byName map[string]*conn) error {
+	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(""), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list distributions: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
+		if err != nil {
+			continue
+		}
+		if c, m := byName[d.GetDistributionPoint()], distribution.Message(d); c != nil && m != nil {
+			c.distribute(m, false)
 		}
 	}
 	return nil

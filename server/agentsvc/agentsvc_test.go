@@ -72,7 +72,7 @@ func newHarnessWith(t *testing.T, opts servicingtest.Options, hc harnessConfig) 
 	env := servicingtest.New(t, opts)
 	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
 	env.Update(t, "ssu", osvcv1.Classification_CLASSIFICATION_SERVICING_STACK, time.Date(2024, 10, 8, 0, 0, 0, 0, time.UTC))
-	agentSvc, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger,
+	agentSvc, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Distribution: env.Distribution, Logger: env.Logger,
 		HeartbeatInterval: hc.heartbeat, ResyncInterval: hc.resync})
 	if err != nil {
 		t.Fatalf("agentsvc.New: %v", err)
@@ -125,7 +125,7 @@ func (h *harness) replica(t *testing.T, serverID string) osvcv1.AgentServiceClie
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := agentsvc.New(agentsvc.Config{Store: h.Store, Servicing: h.Service, Agents: reg, Logger: h.Logger})
+	svc, err := agentsvc.New(agentsvc.Config{Store: h.Store, Servicing: h.Service, Agents: reg, Distribution: h.Distribution, Logger: h.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}

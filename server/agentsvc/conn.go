@@ -48,6 +48,8 @@ type conn struct {
 	sentCancel map[string]int64 // run → fencing token a Cancel was sent for
 	drives     []*osvcv1.Drive
 	beatDirty  bool
+	// distributing: image → file whose Distribute was queued on this stream.
+	distributing map[string]string
 
 	lastRecv atomic.Int64 // unix nanos
 	blocked  atomic.Bool  // the reader waits for room in the work queue
@@ -92,6 +94,8 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 		delivered:  map[string]int64{},
 		sentCancel: map[string]int64{},
 		drives:     hello.GetDrives(),
+
+		distributing: map[string]string{},
 	}
 	c.out.init()
 	c.lastRecv.Store(s.now().UnixNano())
@@ -320,6 +324,8 @@ func (c *conn) handle(req *osvcv1.ConnectRequest) error {
 		return sv.ReportLogs(c.ctx, c.name, m.LogBatch)
 	case *osvcv1.ConnectRequest_RunResult:
 		return sv.ReportRunResult(c.ctx, c.name, m.RunResult)
+	case *osvcv1.ConnectRequest_DistributionReport:
+		return c.s.dist.Report(c.ctx, c.id, m.DistributionReport)
 	case *osvcv1.ConnectRequest_Hello:
 		return fmt.Errorf("hello was already received on this stream; reconnect to say hello again: %w", errdefs.ErrFailedPrecondition)
 	}
@@ -368,6 +374,19 @@ func (c *conn) assign(run string, token int64) {
 	c.queued[run] = token
 	c.mu.Unlock()
 	c.out.add(outItem{assign: run, token: token})
+}
+
+// distribute queues a Distribute, once per file and stream unless again
+// (a record made PENDING anew: a retry).
+func (c *conn) distribute(m *osvcv1.Distribute, again bool) {
+	c.mu.Lock()
+	if !again && c.distributing[m.GetImage()] == m.GetSha256() {
+		c.mu.Unlock()
+		return
+	}
+	c.distributing[m.GetImage()] = m.GetSha256()
+	c.mu.Unlock()
+	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Distribute{Distribute: m}})
 }
 
 // cancelRun queues a Cancel of run. It is sent at its turn once per token,

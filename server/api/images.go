@@ -7,6 +7,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/servicing"
 )
 
@@ -14,16 +15,17 @@ type imageServer struct {
 	osvcv1.UnimplementedImageServiceServer
 	catalog   *catalog.Catalog
 	servicing *servicing.Service
+	dist      *distribution.Service
 	logger    hclog.Logger
 }
 
 // NewImageServer serves the image catalog over ImageService; servicing
 // queues the inspection runs of imported images.
-func NewImageServer(c *catalog.Catalog, svc *servicing.Service, logger hclog.Logger) osvcv1.ImageServiceServer {
+func NewImageServer(c *catalog.Catalog, svc *servicing.Service, dist *distribution.Service, logger hclog.Logger) osvcv1.ImageServiceServer {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &imageServer{catalog: c, servicing: svc, logger: logger.Named("images")}
+	return &imageServer{catalog: c, servicing: svc, dist: dist, logger: logger.Named("images")}
 }
 
 func (s *imageServer) ImportImage(ctx context.Context, req *osvcv1.ImportImageRequest) (*osvcv1.ImportImageResponse, error) {
@@ -51,6 +53,9 @@ func (s *imageServer) InspectImage(ctx context.Context, req *osvcv1.InspectImage
 func (s *imageServer) GetImage(ctx context.Context, req *osvcv1.GetImageRequest) (*osvcv1.GetImageResponse, error) {
 	img, err := s.catalog.GetImage(ctx, req.GetName())
 	if err != nil {
+		return nil, Status(err)
+	}
+	if img.Distributions, err = s.dist.OfImage(ctx, img.GetName()); err != nil {
 		return nil, Status(err)
 	}
 	return &osvcv1.GetImageResponse{Image: img}, nil

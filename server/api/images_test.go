@@ -40,7 +40,7 @@ func newCatalogAPI(t *testing.T) *catalogAPI {
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(env.Sites))
-	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, env.Service, nil))
+	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, env.Service, env.Distribution, nil))
 	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, nil))
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)

@@ -32,7 +32,7 @@ type servicingAPI struct {
 func newServicingAPI(t *testing.T) *servicingAPI {
 	t.Helper()
 	env := servicingtest.New(t, servicingtest.Options{})
-	agents, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Logger: env.Logger})
+	agents, err := agentsvc.New(agentsvc.Config{Store: env.Store, Servicing: env.Service, Agents: env.Agents, Distribution: env.Distribution, Logger: env.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}

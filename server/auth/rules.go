@@ -57,7 +57,7 @@ type Resolver interface {
 	RunSite(ctx context.Context, run string) (string, error)
 	// AgentMayRead reports whether a blob belongs to a run assigned to agent
 	// (its id, the name without agents/): its image version or one of its
-	// update files.
+	// update files; or is a file the agent is to hold as a distribution point.
 	AgentMayRead(ctx context.Context, agent, sha256 string) (bool, error)
 	// AgentHoldsRun reports whether agent holds a run now.
 	AgentHoldsRun(ctx context.Context, agent string) (bool, error)
@@ -99,6 +99,11 @@ var Rules = map[string]Rule{
 	osvcv1.ImageService_GetImage_FullMethodName:     {Permission: Read},
 	osvcv1.ImageService_ListImages_FullMethodName:   {Permission: Read},
 	osvcv1.ImageService_InspectImage_FullMethodName: {Permission: Operate, Mutates: true, scope: imageSite},
+
+	// An operator of the image's site distributes it; any reader follows
+	// the distribution points.
+	osvcv1.DistributionService_DistributeImage_FullMethodName:        {Permission: Operate, Mutates: true, scope: imageSite},
+	osvcv1.DistributionService_ListDistributionPoints_FullMethodName: {Permission: Read},
 
 	osvcv1.ServicingService_CreateSchedule_FullMethodName: {Permission: Operate, Mutates: true, scope: imageSite},
 	osvcv1.ServicingService_GetRun_FullMethodName:         {Permission: Read},

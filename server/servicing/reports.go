@@ -271,6 +271,10 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	}
 	img.Versions = append(kept, newVersion)
 	img.CurrentVersion = next
+	if ch.run.GetUpdateDistributionPoints() {
+		// The distribution points get the new version once it is inspected.
+		img.DistributionVersion = next
+	}
 	if len(m.GetIndexes()) > 0 {
 		img.Indexes = m.GetIndexes()
 	}
@@ -314,7 +318,12 @@ func (s *Service) keepVersion(ctx context.Context, ch *change, img *osvcv1.Image
 		s.logger.Warn("run reports its source version unchanged but the image's current version moved; versions left as they are",
 			"run", ch.run.GetName(), "image", img.GetName(), "source_version", src.GetVersion(), "current_version", img.GetCurrentVersion())
 	}
-	// The image's indexes already describe this very file: they stay.
+	// The image's indexes already describe this very file: they stay. Asked
+	// to, the distribution points get the version (those holding it already
+	// have nothing to fetch).
+	if ch.run.GetUpdateDistributionPoints() && img.GetDistributionVersion() != img.GetCurrentVersion() {
+		img.DistributionVersion = img.GetCurrentVersion()
+	}
 	if err := s.end(ctx, ch, osvcv1.RunState_RUN_STATE_SUCCEEDED, ""); err != nil {
 		return err
 	}

@@ -195,3 +195,30 @@ func (s *Store) ReplicasPrefix() string { return s.prefix + "replicas/" }
 
 // ReplicaKey is replica id's liveness key.
 func (s *Store) ReplicaKey(id string) string { return s.ReplicasPrefix() + id }
+
+// DistributionKey is <prefix>distributions/<agent>/<imageID>: where one
+// distribution point stands with one image. Keyed by agent first, so what an
+// agent is to fetch and may read is one short range.
+func (s *Store) DistributionKey(agent, imageID string) string {
+	return s.DistributionsPrefix(agent) + imageID
+}
+
+// DistributionsPrefix holds the distributions of one distribution point;
+// with agent "" every distribution.
+func (s *Store) DistributionsPrefix(agent string) string {
+	if agent == "" {
+		return s.prefix + "distributions/"
+	}
+	return s.prefix + "distributions/" + agent + "/"
+}
+
+// DistributionPointKey is <prefix>distribution-points/<agent>: an agent that
+// asked for the distribution point role itself, valued with its site.
+func (s *Store) DistributionPointKey(agent string) string { return s.DistributionPointsPrefix() + agent }
+
+// DistributionPointsPrefix holds every agent that asked for the role.
+func (s *Store) DistributionPointsPrefix() string { return s.prefix + "distribution-points/" }
+
+// DistributionElectionPrefix is where replicas campaign to run the
+// distribution reconciler.
+func (s *Store) DistributionElectionPrefix() string { return s.prefix + "distribution-election/" }

@@ -157,9 +157,16 @@ type Agent struct {
 	// CONNECTED, within the last few minutes.
 	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
 	// runs names the runs the agent holds now.
-	Runs          []string `protobuf:"bytes,10,rep,name=runs,proto3" json:"runs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Runs []string `protobuf:"bytes,10,rep,name=runs,proto3" json:"runs,omitempty"`
+	// distribution_point tells that the agent asked for the distribution
+	// point role itself (osvc-agent --distribution-point); a site's
+	// distribution_points setting gives the role too.
+	DistributionPoint bool `protobuf:"varint,11,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
+	// distribution_url is where the agent serves the images it keeps as a
+	// distribution point, e.g. http://dp1.example:8090/.
+	DistributionUrl string `protobuf:"bytes,12,opt,name=distribution_url,json=distributionUrl,proto3" json:"distribution_url,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -262,6 +269,20 @@ func (x *Agent) GetRuns() []string {
 	return nil
 }
 
+func (x *Agent) GetDistributionPoint() bool {
+	if x != nil {
+		return x.DistributionPoint
+	}
+	return false
+}
+
+func (x *Agent) GetDistributionUrl() string {
+	if x != nil {
+		return x.DistributionUrl
+	}
+	return ""
+}
+
 // HeldRun is a run an agent still holds locally when it (re)connects.
 type HeldRun struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -319,16 +340,20 @@ func (x *HeldRun) GetFencingToken() int64 {
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the agent's name, unique in the hierarchy; the host name by default.
-	Name          string     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Site          string     `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	Host          string     `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
-	Version       string     `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	Engines       []string   `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
-	Drives        []*Drive   `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
-	Capacity      int32      `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	HeldRuns      []*HeldRun `protobuf:"bytes,8,rep,name=held_runs,json=heldRuns,proto3" json:"held_runs,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Name     string     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Site     string     `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	Host     string     `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	Version  string     `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	Engines  []string   `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
+	Drives   []*Drive   `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
+	Capacity int32      `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	HeldRuns []*HeldRun `protobuf:"bytes,8,rep,name=held_runs,json=heldRuns,proto3" json:"held_runs,omitempty"`
+	// distribution_point asks for the distribution point role (see Agent).
+	DistributionPoint bool `protobuf:"varint,9,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
+	// distribution_url is where the agent serves its images, when it does.
+	DistributionUrl string `protobuf:"bytes,10,opt,name=distribution_url,json=distributionUrl,proto3" json:"distribution_url,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -415,6 +440,20 @@ func (x *Hello) GetHeldRuns() []*HeldRun {
 		return x.HeldRuns
 	}
 	return nil
+}
+
+func (x *Hello) GetDistributionPoint() bool {
+	if x != nil {
+		return x.DistributionPoint
+	}
+	return false
+}
+
+func (x *Hello) GetDistributionUrl() string {
+	if x != nil {
+		return x.DistributionUrl
+	}
+	return ""
 }
 
 // Heartbeat tells the server the agent is alive and how its drives stand.
@@ -853,6 +892,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_UpdateResult
 	//	*ConnectRequest_LogBatch
 	//	*ConnectRequest_RunResult
+	//	*ConnectRequest_DistributionReport
 	Message       isConnectRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -965,6 +1005,15 @@ func (x *ConnectRequest) GetRunResult() *RunResult {
 	return nil
 }
 
+func (x *ConnectRequest) GetDistributionReport() *DistributionReport {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectRequest_DistributionReport); ok {
+			return x.DistributionReport
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Message interface {
 	isConnectRequest_Message()
 }
@@ -997,6 +1046,10 @@ type ConnectRequest_RunResult struct {
 	RunResult *RunResult `protobuf:"bytes,8,opt,name=run_result,json=runResult,proto3,oneof"`
 }
 
+type ConnectRequest_DistributionReport struct {
+	DistributionReport *DistributionReport `protobuf:"bytes,9,opt,name=distribution_report,json=distributionReport,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Message() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Message() {}
@@ -1010,6 +1063,114 @@ func (*ConnectRequest_UpdateResult) isConnectRequest_Message() {}
 func (*ConnectRequest_LogBatch) isConnectRequest_Message() {}
 
 func (*ConnectRequest_RunResult) isConnectRequest_Message() {}
+
+func (*ConnectRequest_DistributionReport) isConnectRequest_Message() {}
+
+// DistributionReport tells how a Distribute stands on the distribution
+// point. The server records it only while the image's distribution to this
+// agent still targets sha256 (ABORTED, reason STALE_DISTRIBUTION, otherwise:
+// drop the transfer).
+type DistributionReport struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Image   string                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	Version int32                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Sha256  string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// state is TRANSFERRING (with the byte counts), DISTRIBUTED or FAILED.
+	State            DistributionState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.DistributionState" json:"state,omitempty"`
+	BytesTransferred int64             `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	BytesReceived    int64             `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	Error            string            `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// retries is how many attempts failed so far.
+	Retries       int32 `protobuf:"varint,8,opt,name=retries,proto3" json:"retries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DistributionReport) Reset() {
+	*x = DistributionReport{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DistributionReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DistributionReport) ProtoMessage() {}
+
+func (x *DistributionReport) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DistributionReport.ProtoReflect.Descriptor instead.
+func (*DistributionReport) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DistributionReport) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *DistributionReport) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DistributionReport) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *DistributionReport) GetState() DistributionState {
+	if x != nil {
+		return x.State
+	}
+	return DistributionState_DISTRIBUTION_STATE_UNSPECIFIED
+}
+
+func (x *DistributionReport) GetBytesTransferred() int64 {
+	if x != nil {
+		return x.BytesTransferred
+	}
+	return 0
+}
+
+func (x *DistributionReport) GetBytesReceived() int64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *DistributionReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DistributionReport) GetRetries() int32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
 
 // Welcome answers Hello.
 type Welcome struct {
@@ -1026,7 +1187,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[11]
+	mi := &file_osvc_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1038,7 +1199,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[11]
+	mi := &file_osvc_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1051,7 +1212,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Welcome) GetAgent() string {
@@ -1102,7 +1263,7 @@ type Assign struct {
 
 func (x *Assign) Reset() {
 	*x = Assign{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[12]
+	mi := &file_osvc_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1275,7 @@ func (x *Assign) String() string {
 func (*Assign) ProtoMessage() {}
 
 func (x *Assign) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[12]
+	mi := &file_osvc_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1288,7 @@ func (x *Assign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assign.ProtoReflect.Descriptor instead.
 func (*Assign) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Assign) GetRun() *Run {
@@ -1177,7 +1338,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[13]
+	mi := &file_osvc_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1350,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[13]
+	mi := &file_osvc_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1363,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Cancel) GetRun() string {
@@ -1244,7 +1405,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[14]
+	mi := &file_osvc_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1417,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[14]
+	mi := &file_osvc_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1430,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Ack) GetId() uint64 {
@@ -1308,6 +1469,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Assign
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Ack
+	//	*ConnectResponse_Distribute
 	Message       isConnectResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1315,7 +1477,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[15]
+	mi := &file_osvc_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1489,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[15]
+	mi := &file_osvc_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1502,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConnectResponse) GetMessage() isConnectResponse_Message {
@@ -1386,6 +1548,15 @@ func (x *ConnectResponse) GetAck() *Ack {
 	return nil
 }
 
+func (x *ConnectResponse) GetDistribute() *Distribute {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectResponse_Distribute); ok {
+			return x.Distribute
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Message interface {
 	isConnectResponse_Message()
 }
@@ -1406,6 +1577,10 @@ type ConnectResponse_Ack struct {
 	Ack *Ack `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
+type ConnectResponse_Distribute struct {
+	Distribute *Distribute `protobuf:"bytes,5,opt,name=distribute,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Assign) isConnectResponse_Message() {}
@@ -1413,6 +1588,91 @@ func (*ConnectResponse_Assign) isConnectResponse_Message() {}
 func (*ConnectResponse_Cancel) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Ack) isConnectResponse_Message() {}
+
+func (*ConnectResponse_Distribute) isConnectResponse_Message() {}
+
+// Distribute asks a distribution point to fetch a version of an image and
+// serve it in place of the one it has. It comes again after a reconnect
+// until the agent reports the version DISTRIBUTED or FAILED; a later one for
+// the same image replaces it.
+type Distribute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is images/{id}.
+	Image   string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	Version int32  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// sha256 and size_bytes name the version's file in the content library.
+	Sha256    string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes int64  `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// site is the image's site.
+	Site          string `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Distribute) Reset() {
+	*x = Distribute{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Distribute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Distribute) ProtoMessage() {}
+
+func (x *Distribute) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Distribute.ProtoReflect.Descriptor instead.
+func (*Distribute) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Distribute) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *Distribute) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Distribute) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Distribute) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *Distribute) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
 
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1424,7 +1684,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[16]
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1696,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[16]
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1709,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -1476,7 +1736,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1748,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1761,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1533,7 +1793,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1805,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1818,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateJoinTokenRequest) GetSite() string {
@@ -1595,7 +1855,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1867,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1880,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1660,7 +1920,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1932,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1945,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JoinToken) GetId() string {
@@ -1739,7 +1999,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +2011,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +2024,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 // ListJoinTokensResponse holds the join tokens, oldest first.
@@ -1777,7 +2037,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +2049,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +2062,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListJoinTokensResponse) GetJoinTokens() []*JoinToken {
@@ -1822,7 +2082,7 @@ type RevokeJoinTokenRequest struct {
 
 func (x *RevokeJoinTokenRequest) Reset() {
 	*x = RevokeJoinTokenRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1834,7 +2094,7 @@ func (x *RevokeJoinTokenRequest) String() string {
 func (*RevokeJoinTokenRequest) ProtoMessage() {}
 
 func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1847,7 +2107,7 @@ func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RevokeJoinTokenRequest) GetId() string {
@@ -1866,7 +2126,7 @@ type RevokeJoinTokenResponse struct {
 
 func (x *RevokeJoinTokenResponse) Reset() {
 	*x = RevokeJoinTokenResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2138,7 @@ func (x *RevokeJoinTokenResponse) String() string {
 func (*RevokeJoinTokenResponse) ProtoMessage() {}
 
 func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2151,7 @@ func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 // EnrollRequest is an agent's first contact.
@@ -1907,7 +2167,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2179,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2192,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *EnrollRequest) GetJoinToken() string {
@@ -1965,7 +2225,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[26]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2237,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[26]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2250,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnrollResponse) GetCertificate() []byte {
@@ -2031,7 +2291,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[27]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2303,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[27]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2316,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -2076,7 +2336,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[28]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2348,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[28]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2361,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewCertificateResponse) GetCertificate() []byte {
@@ -2122,7 +2382,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[29]
+	mi := &file_osvc_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2394,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[29]
+	mi := &file_osvc_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2407,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokeAgentRequest) GetName() string {
@@ -2173,7 +2433,7 @@ type RevokeAgentResponse struct {
 
 func (x *RevokeAgentResponse) Reset() {
 	*x = RevokeAgentResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[30]
+	mi := &file_osvc_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2445,7 @@ func (x *RevokeAgentResponse) String() string {
 func (*RevokeAgentResponse) ProtoMessage() {}
 
 func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[30]
+	mi := &file_osvc_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2458,7 @@ func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 var File_osvc_v1_agent_proto protoreflect.FileDescriptor
@@ -2211,7 +2471,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\x02 \x01(\x03R\tfreeBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x03 \x01(\x03R\n" +
-	"totalBytes\"\xbc\x02\n" +
+	"totalBytes\"\x96\x03\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x12\n" +
@@ -2223,10 +2483,12 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x05state\x18\b \x01(\x0e2\x13.osvc.v1.AgentStateR\x05state\x12@\n" +
 	"\x0elast_seen_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12\x12\n" +
 	"\x04runs\x18\n" +
-	" \x03(\tR\x04runs\"@\n" +
+	" \x03(\tR\x04runs\x12-\n" +
+	"\x12distribution_point\x18\v \x01(\bR\x11distributionPoint\x12)\n" +
+	"\x10distribution_url\x18\f \x01(\tR\x0fdistributionUrl\"@\n" +
 	"\aHeldRun\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
-	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"\xea\x01\n" +
+	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"\xc4\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x12\n" +
@@ -2235,7 +2497,10 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\aengines\x18\x05 \x03(\tR\aengines\x12&\n" +
 	"\x06drives\x18\x06 \x03(\v2\x0e.osvc.v1.DriveR\x06drives\x12\x1a\n" +
 	"\bcapacity\x18\a \x01(\x05R\bcapacity\x12-\n" +
-	"\theld_runs\x18\b \x03(\v2\x10.osvc.v1.HeldRunR\bheldRuns\"3\n" +
+	"\theld_runs\x18\b \x03(\v2\x10.osvc.v1.HeldRunR\bheldRuns\x12-\n" +
+	"\x12distribution_point\x18\t \x01(\bR\x11distributionPoint\x12)\n" +
+	"\x10distribution_url\x18\n" +
+	" \x01(\tR\x0fdistributionUrl\"3\n" +
 	"\tHeartbeat\x12&\n" +
 	"\x06drives\x18\x01 \x03(\v2\x0e.osvc.v1.DriveR\x06drives\"\x8a\x01\n" +
 	"\bProgress\x12\x10\n" +
@@ -2264,7 +2529,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\rresult_sha256\x18\x05 \x01(\tR\fresultSha256\x12*\n" +
 	"\x11result_size_bytes\x18\x06 \x01(\x03R\x0fresultSizeBytes\x12-\n" +
 	"\aindexes\x18\a \x03(\v2\x13.osvc.v1.ImageIndexR\aindexes\x122\n" +
-	"\tartifacts\x18\b \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\"\x9e\x03\n" +
+	"\tartifacts\x18\b \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\"\xee\x03\n" +
 	"\x0eConnectRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12&\n" +
 	"\x05hello\x18\x02 \x01(\v2\x0e.osvc.v1.HelloH\x00R\x05hello\x122\n" +
@@ -2274,8 +2539,18 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\rupdate_result\x18\x06 \x01(\v2\x1b.osvc.v1.UpdateResultReportH\x00R\fupdateResult\x120\n" +
 	"\tlog_batch\x18\a \x01(\v2\x11.osvc.v1.LogBatchH\x00R\blogBatch\x123\n" +
 	"\n" +
-	"run_result\x18\b \x01(\v2\x12.osvc.v1.RunResultH\x00R\trunResultB\t\n" +
-	"\amessage\"\xad\x01\n" +
+	"run_result\x18\b \x01(\v2\x12.osvc.v1.RunResultH\x00R\trunResult\x12N\n" +
+	"\x13distribution_report\x18\t \x01(\v2\x1b.osvc.v1.DistributionReportH\x00R\x12distributionReportB\t\n" +
+	"\amessage\"\x92\x02\n" +
+	"\x12DistributionReport\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x05R\aversion\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x120\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1a.osvc.v1.DistributionStateR\x05state\x12+\n" +
+	"\x11bytes_transferred\x18\x05 \x01(\x03R\x10bytesTransferred\x12%\n" +
+	"\x0ebytes_received\x18\x06 \x01(\x03R\rbytesReceived\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x18\n" +
+	"\aretries\x18\b \x01(\x05R\aretries\"\xad\x01\n" +
 	"\aWelcome\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1f\n" +
@@ -2296,13 +2571,24 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xc2\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xf9\x01\n" +
 	"\x0fConnectResponse\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x10.osvc.v1.WelcomeH\x00R\awelcome\x12)\n" +
 	"\x06assign\x18\x02 \x01(\v2\x0f.osvc.v1.AssignH\x00R\x06assign\x12)\n" +
 	"\x06cancel\x18\x03 \x01(\v2\x0f.osvc.v1.CancelH\x00R\x06cancel\x12 \n" +
-	"\x03ack\x18\x04 \x01(\v2\f.osvc.v1.AckH\x00R\x03ackB\t\n" +
-	"\amessage\"O\n" +
+	"\x03ack\x18\x04 \x01(\v2\f.osvc.v1.AckH\x00R\x03ack\x125\n" +
+	"\n" +
+	"distribute\x18\x05 \x01(\v2\x13.osvc.v1.DistributeH\x00R\n" +
+	"distributeB\t\n" +
+	"\amessage\"\x87\x01\n" +
+	"\n" +
+	"Distribute\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x05R\aversion\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12\x12\n" +
+	"\x04site\x18\x05 \x01(\tR\x04site\"O\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2385,7 +2671,7 @@ func file_osvc_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_osvc_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),                  // 0: osvc.v1.AgentState
 	(*Drive)(nil),                    // 1: osvc.v1.Drive
@@ -2399,53 +2685,56 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*LogBatch)(nil),                 // 9: osvc.v1.LogBatch
 	(*RunResult)(nil),                // 10: osvc.v1.RunResult
 	(*ConnectRequest)(nil),           // 11: osvc.v1.ConnectRequest
-	(*Welcome)(nil),                  // 12: osvc.v1.Welcome
-	(*Assign)(nil),                   // 13: osvc.v1.Assign
-	(*Cancel)(nil),                   // 14: osvc.v1.Cancel
-	(*Ack)(nil),                      // 15: osvc.v1.Ack
-	(*ConnectResponse)(nil),          // 16: osvc.v1.ConnectResponse
-	(*ListAgentsRequest)(nil),        // 17: osvc.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 18: osvc.v1.ListAgentsResponse
-	(*CreateJoinTokenRequest)(nil),   // 19: osvc.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 20: osvc.v1.CreateJoinTokenResponse
-	(*JoinToken)(nil),                // 21: osvc.v1.JoinToken
-	(*ListJoinTokensRequest)(nil),    // 22: osvc.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 23: osvc.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 24: osvc.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 25: osvc.v1.RevokeJoinTokenResponse
-	(*EnrollRequest)(nil),            // 26: osvc.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 27: osvc.v1.EnrollResponse
-	(*RenewCertificateRequest)(nil),  // 28: osvc.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil), // 29: osvc.v1.RenewCertificateResponse
-	(*RevokeAgentRequest)(nil),       // 30: osvc.v1.RevokeAgentRequest
-	(*RevokeAgentResponse)(nil),      // 31: osvc.v1.RevokeAgentResponse
-	(*timestamppb.Timestamp)(nil),    // 32: google.protobuf.Timestamp
-	(*UpdateResult)(nil),             // 33: osvc.v1.UpdateResult
-	(*StepRecord)(nil),               // 34: osvc.v1.StepRecord
-	(*LogLine)(nil),                  // 35: osvc.v1.LogLine
-	(RunState)(0),                    // 36: osvc.v1.RunState
-	(*ImageIndex)(nil),               // 37: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),              // 38: osvc.v1.RunArtifact
-	(*durationpb.Duration)(nil),      // 39: google.protobuf.Duration
-	(*Run)(nil),                      // 40: osvc.v1.Run
-	(*Image)(nil),                    // 41: osvc.v1.Image
-	(*ImageVersion)(nil),             // 42: osvc.v1.ImageVersion
-	(*Update)(nil),                   // 43: osvc.v1.Update
+	(*DistributionReport)(nil),       // 12: osvc.v1.DistributionReport
+	(*Welcome)(nil),                  // 13: osvc.v1.Welcome
+	(*Assign)(nil),                   // 14: osvc.v1.Assign
+	(*Cancel)(nil),                   // 15: osvc.v1.Cancel
+	(*Ack)(nil),                      // 16: osvc.v1.Ack
+	(*ConnectResponse)(nil),          // 17: osvc.v1.ConnectResponse
+	(*Distribute)(nil),               // 18: osvc.v1.Distribute
+	(*ListAgentsRequest)(nil),        // 19: osvc.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 20: osvc.v1.ListAgentsResponse
+	(*CreateJoinTokenRequest)(nil),   // 21: osvc.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 22: osvc.v1.CreateJoinTokenResponse
+	(*JoinToken)(nil),                // 23: osvc.v1.JoinToken
+	(*ListJoinTokensRequest)(nil),    // 24: osvc.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 25: osvc.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 26: osvc.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 27: osvc.v1.RevokeJoinTokenResponse
+	(*EnrollRequest)(nil),            // 28: osvc.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 29: osvc.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 30: osvc.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 31: osvc.v1.RenewCertificateResponse
+	(*RevokeAgentRequest)(nil),       // 32: osvc.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),      // 33: osvc.v1.RevokeAgentResponse
+	(*timestamppb.Timestamp)(nil),    // 34: google.protobuf.Timestamp
+	(*UpdateResult)(nil),             // 35: osvc.v1.UpdateResult
+	(*StepRecord)(nil),               // 36: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 37: osvc.v1.LogLine
+	(RunState)(0),                    // 38: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 39: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 40: osvc.v1.RunArtifact
+	(DistributionState)(0),           // 41: osvc.v1.DistributionState
+	(*durationpb.Duration)(nil),      // 42: google.protobuf.Duration
+	(*Run)(nil),                      // 43: osvc.v1.Run
+	(*Image)(nil),                    // 44: osvc.v1.Image
+	(*ImageVersion)(nil),             // 45: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 46: osvc.v1.Update
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
 	0,  // 1: osvc.v1.Agent.state:type_name -> osvc.v1.AgentState
-	32, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	34, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: osvc.v1.Hello.drives:type_name -> osvc.v1.Drive
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
-	33, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	34, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	33, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	35, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	36, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	37, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	38, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	35, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
+	36, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	35, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	37, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	38, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	39, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	40, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
 	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
 	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
 	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
@@ -2453,42 +2742,45 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	8,  // 17: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
 	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
 	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
-	39, // 20: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	40, // 21: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	41, // 22: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	42, // 23: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	43, // 24: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
-	12, // 25: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
-	13, // 26: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
-	14, // 27: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
-	15, // 28: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
-	2,  // 29: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	39, // 30: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	32, // 31: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	32, // 32: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	32, // 33: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	21, // 34: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
-	11, // 35: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	17, // 36: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	19, // 37: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
-	22, // 38: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
-	24, // 39: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
-	26, // 40: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
-	28, // 41: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
-	30, // 42: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	16, // 43: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	18, // 44: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	20, // 45: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	23, // 46: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
-	25, // 47: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
-	27, // 48: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	29, // 49: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	31, // 50: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	43, // [43:51] is the sub-list for method output_type
-	35, // [35:43] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	12, // 20: osvc.v1.ConnectRequest.distribution_report:type_name -> osvc.v1.DistributionReport
+	41, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
+	42, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	43, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	44, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	45, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	46, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	13, // 27: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
+	14, // 28: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
+	15, // 29: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
+	16, // 30: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
+	18, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
+	2,  // 32: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
+	42, // 33: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	34, // 34: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	34, // 35: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	34, // 36: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	23, // 37: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
+	11, // 38: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	19, // 39: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	21, // 40: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	24, // 41: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
+	26, // 42: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
+	28, // 43: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	30, // 44: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	32, // 45: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	17, // 46: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	20, // 47: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	22, // 48: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	25, // 49: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	27, // 50: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	29, // 51: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	31, // 52: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	33, // 53: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	46, // [46:54] is the sub-list for method output_type
+	38, // [38:46] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }
@@ -2507,12 +2799,14 @@ func file_osvc_v1_agent_proto_init() {
 		(*ConnectRequest_UpdateResult)(nil),
 		(*ConnectRequest_LogBatch)(nil),
 		(*ConnectRequest_RunResult)(nil),
+		(*ConnectRequest_DistributionReport)(nil),
 	}
-	file_osvc_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
+	file_osvc_v1_agent_proto_msgTypes[16].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Assign)(nil),
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Ack)(nil),
+		(*ConnectResponse_Distribute)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2520,7 +2814,7 @@ func file_osvc_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_agent_proto_rawDesc), len(file_osvc_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -131,6 +131,69 @@ func (ServicingStatus) EnumDescriptor() ([]byte, []int) {
 	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
 }
 
+// DistributionState is where one distribution point stands with one image.
+type DistributionState int32
+
+const (
+	DistributionState_DISTRIBUTION_STATE_UNSPECIFIED DistributionState = 0
+	// DISTRIBUTION_STATE_PENDING: the version waits for the distribution
+	// point's agent (not connected, or not started yet).
+	DistributionState_DISTRIBUTION_STATE_PENDING DistributionState = 1
+	// DISTRIBUTION_STATE_TRANSFERRING: the agent fetches the version; see
+	// bytes_transferred. It serves the version it had until it is in place.
+	DistributionState_DISTRIBUTION_STATE_TRANSFERRING DistributionState = 2
+	// DISTRIBUTION_STATE_DISTRIBUTED: the distribution point serves version.
+	DistributionState_DISTRIBUTION_STATE_DISTRIBUTED DistributionState = 3
+	// DISTRIBUTION_STATE_FAILED: the agent gave up after retries; see error.
+	// DistributeImage tries again.
+	DistributionState_DISTRIBUTION_STATE_FAILED DistributionState = 4
+)
+
+// Enum value maps for DistributionState.
+var (
+	DistributionState_name = map[int32]string{
+		0: "DISTRIBUTION_STATE_UNSPECIFIED",
+		1: "DISTRIBUTION_STATE_PENDING",
+		2: "DISTRIBUTION_STATE_TRANSFERRING",
+		3: "DISTRIBUTION_STATE_DISTRIBUTED",
+		4: "DISTRIBUTION_STATE_FAILED",
+	}
+	DistributionState_value = map[string]int32{
+		"DISTRIBUTION_STATE_UNSPECIFIED":  0,
+		"DISTRIBUTION_STATE_PENDING":      1,
+		"DISTRIBUTION_STATE_TRANSFERRING": 2,
+		"DISTRIBUTION_STATE_DISTRIBUTED":  3,
+		"DISTRIBUTION_STATE_FAILED":       4,
+	}
+)
+
+func (x DistributionState) Enum() *DistributionState {
+	p := new(DistributionState)
+	*p = x
+	return p
+}
+
+func (x DistributionState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DistributionState) Descriptor() protoreflect.EnumDescriptor {
+	return file_osvc_v1_image_proto_enumTypes[2].Descriptor()
+}
+
+func (DistributionState) Type() protoreflect.EnumType {
+	return &file_osvc_v1_image_proto_enumTypes[2]
+}
+
+func (x DistributionState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DistributionState.Descriptor instead.
+func (DistributionState) EnumDescriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
+}
+
 // InspectionState is where the inspection of an image version stands. An
 // agent of the image's site inspects every version: it verifies the file's
 // integrity (every resource against its recorded hash) and records its
@@ -177,11 +240,11 @@ func (x InspectionState) String() string {
 }
 
 func (InspectionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_osvc_v1_image_proto_enumTypes[2].Descriptor()
+	return file_osvc_v1_image_proto_enumTypes[3].Descriptor()
 }
 
 func (InspectionState) Type() protoreflect.EnumType {
-	return &file_osvc_v1_image_proto_enumTypes[2]
+	return &file_osvc_v1_image_proto_enumTypes[3]
 }
 
 func (x InspectionState) Number() protoreflect.EnumNumber {
@@ -190,7 +253,7 @@ func (x InspectionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InspectionState.Descriptor instead.
 func (InspectionState) EnumDescriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
 }
 
 // Image is one WIM file kept in the content library: `images/{id}`.
@@ -209,9 +272,18 @@ type Image struct {
 	Indexes         []*ImageIndex   `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
 	ServicingStatus ServicingStatus `protobuf:"varint,8,opt,name=servicing_status,json=servicingStatus,proto3,enum=osvc.v1.ServicingStatus" json:"servicing_status,omitempty"`
 	// last_run is the name of the last run that serviced this image, if any.
-	LastRun       string                 `protobuf:"bytes,9,opt,name=last_run,json=lastRun,proto3" json:"last_run,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	LastRun    string                 `protobuf:"bytes,9,opt,name=last_run,json=lastRun,proto3" json:"last_run,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// distribution_version is the version the distribution points of the
+	// image's site and of the sites below it are to hold: set by
+	// DistributionService.DistributeImage, and by a successful run of a
+	// schedule with update_distribution_points. 0: the image is not
+	// distributed. A version is distributed once inspected.
+	DistributionVersion int32 `protobuf:"varint,12,opt,name=distribution_version,json=distributionVersion,proto3" json:"distribution_version,omitempty"`
+	// distributions is where each distribution point stands with the image;
+	// GetImage fills it, ListImages leaves it empty.
+	Distributions []*Distribution `protobuf:"bytes,13,rep,name=distributions,proto3" json:"distributions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -323,6 +395,173 @@ func (x *Image) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Image) GetDistributionVersion() int32 {
+	if x != nil {
+		return x.DistributionVersion
+	}
+	return 0
+}
+
+func (x *Image) GetDistributions() []*Distribution {
+	if x != nil {
+		return x.Distributions
+	}
+	return nil
+}
+
+// Distribution is one image on one distribution point:
+// `images/{id}/distributions/{agent}`.
+type Distribution struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is images/{id}.
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// distribution_point is the agent holding the role, agents/{name}.
+	DistributionPoint string `protobuf:"bytes,2,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
+	// site is the distribution point's site.
+	Site  string            `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	State DistributionState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.DistributionState" json:"state,omitempty"`
+	// version is the version being (or last) distributed, with its file.
+	Version   int32  `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Sha256    string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes int64  `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// bytes_transferred is how much of version is in place on the
+	// distribution point; bytes_received is how much of that crossed the
+	// network (the rest came from the files it already holds).
+	BytesTransferred int64 `protobuf:"varint,8,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	BytesReceived    int64 `protobuf:"varint,9,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// distributed_version is the version the distribution point serves now;
+	// 0 before the first one is in place.
+	DistributedVersion int32 `protobuf:"varint,10,opt,name=distributed_version,json=distributedVersion,proto3" json:"distributed_version,omitempty"`
+	// error says why the last attempt failed.
+	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	// retries counts the attempts that failed for this version.
+	Retries       int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Distribution) Reset() {
+	*x = Distribution{}
+	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Distribution) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Distribution) ProtoMessage() {}
+
+func (x *Distribution) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Distribution.ProtoReflect.Descriptor instead.
+func (*Distribution) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Distribution) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *Distribution) GetDistributionPoint() string {
+	if x != nil {
+		return x.DistributionPoint
+	}
+	return ""
+}
+
+func (x *Distribution) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *Distribution) GetState() DistributionState {
+	if x != nil {
+		return x.State
+	}
+	return DistributionState_DISTRIBUTION_STATE_UNSPECIFIED
+}
+
+func (x *Distribution) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Distribution) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *Distribution) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *Distribution) GetBytesTransferred() int64 {
+	if x != nil {
+		return x.BytesTransferred
+	}
+	return 0
+}
+
+func (x *Distribution) GetBytesReceived() int64 {
+	if x != nil {
+		return x.BytesReceived
+	}
+	return 0
+}
+
+func (x *Distribution) GetDistributedVersion() int32 {
+	if x != nil {
+		return x.DistributedVersion
+	}
+	return 0
+}
+
+func (x *Distribution) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Distribution) GetRetries() int32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Distribution) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
 // ImageVersion is one WIM file of an image, addressed by its sha256.
 type ImageVersion struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -343,7 +582,7 @@ type ImageVersion struct {
 
 func (x *ImageVersion) Reset() {
 	*x = ImageVersion{}
-	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	mi := &file_osvc_v1_image_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +594,7 @@ func (x *ImageVersion) String() string {
 func (*ImageVersion) ProtoMessage() {}
 
 func (x *ImageVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	mi := &file_osvc_v1_image_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +607,7 @@ func (x *ImageVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageVersion.ProtoReflect.Descriptor instead.
 func (*ImageVersion) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ImageVersion) GetVersion() int32 {
@@ -448,7 +687,7 @@ type ImageIndex struct {
 
 func (x *ImageIndex) Reset() {
 	*x = ImageIndex{}
-	mi := &file_osvc_v1_image_proto_msgTypes[2]
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +699,7 @@ func (x *ImageIndex) String() string {
 func (*ImageIndex) ProtoMessage() {}
 
 func (x *ImageIndex) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[2]
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +712,7 @@ func (x *ImageIndex) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageIndex.ProtoReflect.Descriptor instead.
 func (*ImageIndex) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ImageIndex) GetIndex() int32 {
@@ -563,7 +802,7 @@ type InstalledUpdate struct {
 
 func (x *InstalledUpdate) Reset() {
 	*x = InstalledUpdate{}
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -575,7 +814,7 @@ func (x *InstalledUpdate) String() string {
 func (*InstalledUpdate) ProtoMessage() {}
 
 func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -588,7 +827,7 @@ func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstalledUpdate.ProtoReflect.Descriptor instead.
 func (*InstalledUpdate) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InstalledUpdate) GetPackageIdentity() string {
@@ -642,7 +881,7 @@ type ImportImageRequest struct {
 
 func (x *ImportImageRequest) Reset() {
 	*x = ImportImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +893,7 @@ func (x *ImportImageRequest) String() string {
 func (*ImportImageRequest) ProtoMessage() {}
 
 func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +906,7 @@ func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
 func (*ImportImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ImportImageRequest) GetImageId() string {
@@ -716,7 +955,7 @@ type ImportImageResponse struct {
 
 func (x *ImportImageResponse) Reset() {
 	*x = ImportImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +967,7 @@ func (x *ImportImageResponse) String() string {
 func (*ImportImageResponse) ProtoMessage() {}
 
 func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +980,7 @@ func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
 func (*ImportImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ImportImageResponse) GetImage() *Image {
@@ -768,7 +1007,7 @@ type InspectImageRequest struct {
 
 func (x *InspectImageRequest) Reset() {
 	*x = InspectImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +1019,7 @@ func (x *InspectImageRequest) String() string {
 func (*InspectImageRequest) ProtoMessage() {}
 
 func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +1032,7 @@ func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageRequest.ProtoReflect.Descriptor instead.
 func (*InspectImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InspectImageRequest) GetName() string {
@@ -814,7 +1053,7 @@ type InspectImageResponse struct {
 
 func (x *InspectImageResponse) Reset() {
 	*x = InspectImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +1065,7 @@ func (x *InspectImageResponse) String() string {
 func (*InspectImageResponse) ProtoMessage() {}
 
 func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +1078,7 @@ func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageResponse.ProtoReflect.Descriptor instead.
 func (*InspectImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InspectImageResponse) GetImage() *Image {
@@ -865,7 +1104,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1116,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1129,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetImageRequest) GetName() string {
@@ -909,7 +1148,7 @@ type GetImageResponse struct {
 
 func (x *GetImageResponse) Reset() {
 	*x = GetImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1160,7 @@ func (x *GetImageResponse) String() string {
 func (*GetImageResponse) ProtoMessage() {}
 
 func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1173,7 @@ func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageResponse.ProtoReflect.Descriptor instead.
 func (*GetImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetImageResponse) GetImage() *Image {
@@ -956,7 +1195,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1207,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1220,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListImagesRequest) GetPageSize() int32 {
@@ -1015,7 +1254,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1266,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1279,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -1061,7 +1300,7 @@ var File_osvc_v1_image_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xdf\x03\n" +
+	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xcf\x04\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1076,6 +1315,25 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x121\n" +
+	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
+	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\xdc\x03\n" +
+	"\fDistribution\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
+	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +
+	"\x04site\x18\x03 \x01(\tR\x04site\x120\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1a.osvc.v1.DistributionStateR\x05state\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x05R\aversion\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\a \x01(\x03R\tsizeBytes\x12+\n" +
+	"\x11bytes_transferred\x18\b \x01(\x03R\x10bytesTransferred\x12%\n" +
+	"\x0ebytes_received\x18\t \x01(\x03R\rbytesReceived\x12/\n" +
+	"\x13distributed_version\x18\n" +
+	" \x01(\x05R\x12distributedVersion\x12\x14\n" +
+	"\x05error\x18\v \x01(\tR\x05error\x12\x18\n" +
+	"\aretries\x18\f \x01(\x05R\aretries\x12;\n" +
+	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\"\xce\x02\n" +
 	"\fImageVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x16\n" +
@@ -1146,7 +1404,13 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x1aSERVICING_STATUS_SCHEDULED\x10\x02\x12\x1f\n" +
 	"\x1bSERVICING_STATUS_IN_PROCESS\x10\x03\x12\x1e\n" +
 	"\x1aSERVICING_STATUS_SUCCEEDED\x10\x04\x12\x1b\n" +
-	"\x17SERVICING_STATUS_FAILED\x10\x05*\x8e\x01\n" +
+	"\x17SERVICING_STATUS_FAILED\x10\x05*\xbf\x01\n" +
+	"\x11DistributionState\x12\"\n" +
+	"\x1eDISTRIBUTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aDISTRIBUTION_STATE_PENDING\x10\x01\x12#\n" +
+	"\x1fDISTRIBUTION_STATE_TRANSFERRING\x10\x02\x12\"\n" +
+	"\x1eDISTRIBUTION_STATE_DISTRIBUTED\x10\x03\x12\x1d\n" +
+	"\x19DISTRIBUTION_STATE_FAILED\x10\x04*\x8e\x01\n" +
 	"\x0fInspectionState\x12 \n" +
 	"\x1cINSPECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18INSPECTION_STATE_PENDING\x10\x01\x12\x1e\n" +
@@ -1173,57 +1437,62 @@ func file_osvc_v1_image_proto_rawDescGZIP() []byte {
 	return file_osvc_v1_image_proto_rawDescData
 }
 
-var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_osvc_v1_image_proto_goTypes = []any{
 	(ImageKind)(0),                // 0: osvc.v1.ImageKind
 	(ServicingStatus)(0),          // 1: osvc.v1.ServicingStatus
-	(InspectionState)(0),          // 2: osvc.v1.InspectionState
-	(*Image)(nil),                 // 3: osvc.v1.Image
-	(*ImageVersion)(nil),          // 4: osvc.v1.ImageVersion
-	(*ImageIndex)(nil),            // 5: osvc.v1.ImageIndex
-	(*InstalledUpdate)(nil),       // 6: osvc.v1.InstalledUpdate
-	(*ImportImageRequest)(nil),    // 7: osvc.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),   // 8: osvc.v1.ImportImageResponse
-	(*InspectImageRequest)(nil),   // 9: osvc.v1.InspectImageRequest
-	(*InspectImageResponse)(nil),  // 10: osvc.v1.InspectImageResponse
-	(*GetImageRequest)(nil),       // 11: osvc.v1.GetImageRequest
-	(*GetImageResponse)(nil),      // 12: osvc.v1.GetImageResponse
-	(*ListImagesRequest)(nil),     // 13: osvc.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 14: osvc.v1.ListImagesResponse
-	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
-	(Architecture)(0),             // 16: osvc.v1.Architecture
+	(DistributionState)(0),        // 2: osvc.v1.DistributionState
+	(InspectionState)(0),          // 3: osvc.v1.InspectionState
+	(*Image)(nil),                 // 4: osvc.v1.Image
+	(*Distribution)(nil),          // 5: osvc.v1.Distribution
+	(*ImageVersion)(nil),          // 6: osvc.v1.ImageVersion
+	(*ImageIndex)(nil),            // 7: osvc.v1.ImageIndex
+	(*InstalledUpdate)(nil),       // 8: osvc.v1.InstalledUpdate
+	(*ImportImageRequest)(nil),    // 9: osvc.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),   // 10: osvc.v1.ImportImageResponse
+	(*InspectImageRequest)(nil),   // 11: osvc.v1.InspectImageRequest
+	(*InspectImageResponse)(nil),  // 12: osvc.v1.InspectImageResponse
+	(*GetImageRequest)(nil),       // 13: osvc.v1.GetImageRequest
+	(*GetImageResponse)(nil),      // 14: osvc.v1.GetImageResponse
+	(*ListImagesRequest)(nil),     // 15: osvc.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),    // 16: osvc.v1.ListImagesResponse
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(Architecture)(0),             // 18: osvc.v1.Architecture
 }
 var file_osvc_v1_image_proto_depIdxs = []int32{
 	0,  // 0: osvc.v1.Image.kind:type_name -> osvc.v1.ImageKind
-	4,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
-	5,  // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
+	6,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
+	7,  // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
 	1,  // 3: osvc.v1.Image.servicing_status:type_name -> osvc.v1.ServicingStatus
-	15, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
-	15, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
-	15, // 6: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 7: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
-	16, // 8: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	6,  // 9: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	15, // 10: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 11: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	3,  // 12: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	3,  // 13: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
-	3,  // 14: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	3,  // 15: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	7,  // 16: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	11, // 17: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	13, // 18: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	9,  // 19: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
-	8,  // 20: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	12, // 21: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	14, // 22: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	10, // 23: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
-	20, // [20:24] is the sub-list for method output_type
-	16, // [16:20] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	17, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
+	17, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
+	2,  // 7: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
+	17, // 8: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
+	17, // 9: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 10: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
+	18, // 11: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	8,  // 12: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	17, // 13: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 14: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	4,  // 15: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 16: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 17: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 18: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	9,  // 19: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	13, // 20: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	15, // 21: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	11, // 22: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	10, // 23: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	14, // 24: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	16, // 25: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	12, // 26: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }
@@ -1237,8 +1506,8 @@ func file_osvc_v1_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_image_proto_rawDesc), len(file_osvc_v1_image_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   12,
+			NumEnums:      4,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ import (
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/sites"
 	"github.com/osvc/osvc/server/store"
@@ -41,7 +42,9 @@ type Env struct {
 	// Agents is a registry of agent records for the replica "test".
 	Agents *agents.Registry
 	Sites  *sites.Registry
-	Logger hclog.Logger
+	// Distribution follows the distribution points.
+	Distribution *distribution.Service
+	Logger       hclog.Logger
 }
 
 // Options tune the Service.
@@ -96,7 +99,11 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("sites: %v", err)
 	}
-	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Agents: reg, Sites: sr, Logger: logger}
+	dist, err := distribution.New(distribution.Config{Store: st, Logger: logger, ServerID: "test", Now: opts.Now})
+	if err != nil {
+		t.Fatalf("distribution: %v", err)
+	}
+	return &Env{Store: st, Library: lib, Catalog: cat, Service: svc, Agents: reg, Sites: sr, Distribution: dist, Logger: logger}
 }
 
 // Site makes sure site code exists, as an administrator creates it before

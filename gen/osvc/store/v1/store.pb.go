@@ -365,6 +365,61 @@ func (x *LogCount) GetBase() int64 {
 	return 0
 }
 
+// DistributionPointRole records that an agent asked for the distribution
+// point role itself (its Hello), with its site: the reconciler reads these
+// instead of every agent record.
+type DistributionPointRole struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Site          string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DistributionPointRole) Reset() {
+	*x = DistributionPointRole{}
+	mi := &file_osvc_store_v1_store_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DistributionPointRole) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DistributionPointRole) ProtoMessage() {}
+
+func (x *DistributionPointRole) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_store_v1_store_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DistributionPointRole.ProtoReflect.Descriptor instead.
+func (*DistributionPointRole) Descriptor() ([]byte, []int) {
+	return file_osvc_store_v1_store_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DistributionPointRole) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *DistributionPointRole) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
 var File_osvc_store_v1_store_proto protoreflect.FileDescriptor
 
 const file_osvc_store_v1_store_proto_rawDesc = "" +
@@ -392,7 +447,10 @@ const file_osvc_store_v1_store_proto_rawDesc = "" +
 	"\bLogCount\x12\x14\n" +
 	"\x05lines\x18\x01 \x01(\x03R\x05lines\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x12\n" +
-	"\x04base\x18\x03 \x01(\x03R\x04baseB\xa5\x01\n" +
+	"\x04base\x18\x03 \x01(\x03R\x04base\"A\n" +
+	"\x15DistributionPointRole\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04siteB\xa5\x01\n" +
 	"\x11com.osvc.store.v1B\n" +
 	"StoreProtoP\x01Z.github.com/osvc/osvc/gen/osvc/store/v1;storev1\xa2\x02\x03OSX\xaa\x02\rOsvc.Store.V1\xca\x02\rOsvc\\Store\\V1\xe2\x02\x19Osvc\\Store\\V1\\GPBMetadata\xea\x02\x0fOsvc::Store::V1b\x06proto3"
 
@@ -408,20 +466,21 @@ func file_osvc_store_v1_store_proto_rawDescGZIP() []byte {
 	return file_osvc_store_v1_store_proto_rawDescData
 }
 
-var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_osvc_store_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_osvc_store_v1_store_proto_goTypes = []any{
 	(*Assignment)(nil),            // 0: osvc.store.v1.Assignment
 	(*AgentPresence)(nil),         // 1: osvc.store.v1.AgentPresence
 	(*LogChunk)(nil),              // 2: osvc.store.v1.LogChunk
 	(*SiteReferences)(nil),        // 3: osvc.store.v1.SiteReferences
 	(*LogCount)(nil),              // 4: osvc.store.v1.LogCount
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*v1.LogLine)(nil),            // 6: osvc.v1.LogLine
+	(*DistributionPointRole)(nil), // 5: osvc.store.v1.DistributionPointRole
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*v1.LogLine)(nil),            // 7: osvc.v1.LogLine
 }
 var file_osvc_store_v1_store_proto_depIdxs = []int32{
-	5, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
-	5, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
-	6, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
+	6, // 0: osvc.store.v1.Assignment.assign_time:type_name -> google.protobuf.Timestamp
+	6, // 1: osvc.store.v1.AgentPresence.connect_time:type_name -> google.protobuf.Timestamp
+	7, // 2: osvc.store.v1.LogChunk.lines:type_name -> osvc.v1.LogLine
 	3, // [3:3] is the sub-list for method output_type
 	3, // [3:3] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
@@ -440,7 +499,7 @@ func file_osvc_store_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_store_v1_store_proto_rawDesc), len(file_osvc_store_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

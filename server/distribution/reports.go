@@ -1,0 +1,178 @@
+package distribution
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
+	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/store"
+)
+
+// ErrStale refuses a report about a file the distribution no longer
+// targets: the agent drops that transfer.
+var ErrStale = fmt.Errorf("the distribution no longer targets this file: %w", errdefs.ErrStaleLease)
+
+// Report records what agent (its id) says of a Distribute: only while its
+// record of the image still targets the reported file, and never back from
+// DISTRIBUTED for that file.
+func (s *Service) Report(ctx context.Context, agent string, m *osvcv1.DistributionReport) error {
+	imageID, err := catalog.ImageID(m.GetImage())
+	if err != nil {
+		return err
+	}
+	switch m.GetState() {
+	case osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING, osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED,
+		osvcv1.DistributionState_DISTRIBUTION_STATE_FAILED:
+	default:
+		return errdefs.InvalidArgument("distribution_report.state", "report TRANSFERRING, DISTRIBUTED or FAILED")
+	}
+	if m.GetBytesTransferred() < 0 || m.GetBytesReceived() < 0 || m.GetRetries() < 0 {
+		return errdefs.InvalidArgument("distribution_report", "byte counts and retries are never negative")
+	}
+	key := s.store.DistributionKey(agent, imageID)
+	_, err = s.store.Txn(ctx, "distribution report", func(tx *store.Tx) error {
+		d, err := store.Load[*osvcv1.Distribution](tx, key)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return fmt.Errorf("no distribution of %s to %s: %w", m.GetImage(), agent, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if d.GetSha256() != m.GetSha256() || d.GetVersion() != m.GetVersion() {
+			return fmt.Errorf("report of version %d (%s), the distribution targets version %d (%s): %w",
+				m.GetVersion(), m.GetSha256(), d.GetVersion(), d.GetSha256(), ErrStale)
+		}
+		if d.GetState() == osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED {
+			return nil // a late progress report of a finished transfer
+		}
+		d.State = m.GetState()
+		d.BytesTransferred = min(m.GetBytesTransferred(), d.GetSizeBytes())
+		d.BytesReceived = min(m.GetBytesReceived(), d.GetSizeBytes())
+		d.Retries = m.GetRetries()
+		d.Error = clip(m.GetError())
+		if d.State == osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED {
+			d.DistributedVersion, d.BytesTransferred, d.Error = d.GetVersion(), d.GetSizeBytes(), ""
+		}
+		d.UpdateTime = timestamppb.New(s.now())
+		return tx.Put(key, d)
+	})
+	if err == nil && m.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING {
+		s.logger.Info("distribution "+strings.ToLower(strings.TrimPrefix(m.GetState().String(), "DISTRIBUTION_STATE_")),
+			"image", m.GetImage(), "version", m.GetVersion(), "distribution_point", agent, "error", m.GetError())
+	}
+	return err
+}
+
+func clip(s string) string {
+	if len(s) <= maxErrorLen {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxErrorLen], "") + "…"
+}
+
+// Unfinished returns the Distributes agent (its id) has not finished:
+// PENDING and TRANSFERRING records, for its stream to send.
+func (s *Service) Unfinished(ctx context.Context, agent string) ([]*osvcv1.Distribute, error) {
+	list, err := s.ofAgent(ctx, agent)
+	if err != nil {
+		return nil, err
+	}
+	var out []*osvcv1.Distribute
+	for _, d := range list {
+		if m := Message(d); m != nil {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// Message is the Distribute of an unfinished record; nil for a finished one.
+func Message(d *osvcv1.Distribution) *osvcv1.Distribute {
+	switch d.GetState() {
+	case osvcv1.DistributionState_DISTRIBUTION_STATE_PENDING, osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING:
+		return &osvcv1.Distribute{Image: d.GetImage(), Version: d.GetVersion(), Sha256: d.GetSha256(), SizeBytes: d.GetSizeBytes()}
+	}
+	return nil
+}
+
+func (s *Service) ofAgent(ctx context.Context, agent string) ([]*osvcv1.Distribution, error) {
+	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(agent), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read the distributions of %s: %w", agent, err)
+	}
+	out := make([]*osvcv1.Distribution, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("distribution %s: %w", kv.Key, err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// MayRead tells whether agent (its id) is to hold blob sha256 as a
+// distribution point: the file a record of it targets, or holds now.
+func (s *Service) MayRead(ctx context.Context, agent, sha256 string) (bool, error) {
+	list, err := s.ofAgent(ctx, agent)
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(list, func(d *osvcv1.Distribution) bool { return d.GetSha256() == sha256 }), nil
+}
+
+// OfImage returns where every distribution point stands with image, in
+// agent order.
+func (s *Service) OfImage(ctx context.Context, image string) ([]*osvcv1.Distribution, error) {
+	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(""), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read the distributions: %w", err)
+	}
+	var out []*osvcv1.Distribution
+	for _, kv := range resp.Kvs {
+		if d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value); err == nil && d.GetImage() == image {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// Points lists the distribution points (of site, when set), each with its
+// records, its announced URL and its link state.
+func (s *Service) Points(ctx context.Context, site string) ([]*osvcv1.DistributionPoint, error) {
+	w, err := s.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*osvcv1.DistributionPoint
+	for _, id := range slices.Sorted(maps.Keys(w.points)) {
+		p := w.points[id]
+		if site != "" && p.site != site {
+			continue
+		}
+		dp := &osvcv1.DistributionPoint{Name: agents.Name(id), Site: p.site, RoleFrom: p.roleFrom,
+			State: osvcv1.AgentState_AGENT_STATE_UNSPECIFIED}
+		a, _, err := store.Get[*osvcv1.Agent](ctx, s.store, s.store.AgentKey(id))
+		switch {
+		case err == nil:
+			dp.Url, dp.State = a.GetDistributionUrl(), a.GetState()
+		case !errors.Is(err, errdefs.ErrNotFound):
+			return nil, fmt.Errorf("agent %s: %w", id, err)
+		}
+		for _, image := range slices.Sorted(maps.Keys(w.records[id])) {
+			dp.Distributions = append(dp.Distributions, w.records[id][image].d)
+		}
+		out = append(out, dp)
+	}
+	return out, nil
+}
