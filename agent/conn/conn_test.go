@@ -136,9 +136,9 @@ func newRecordingHandler() *recordingHandler {
 	}
 }
 
-func (h *recordingHandler) Assign(_ context.Context, a *osvcv1.Assign) { h.assigns <- a }
-func (h *recordingHandler) Cancel(c *osvcv1.Cancel)                    { h.cancels <- c }
-func (h *recordingHandler) Welcome(w *osvcv1.Welcome)                  { h.welcomes <- w }
+func (h *recordingHandler) Assign(_ context.Context, a *osvcv1.Assign)     { h.assigns <- a }
+func (h *recordingHandler) Cancel(c *osvcv1.Cancel)                        { h.cancels <- c }
+func (h *recordingHandler) Welcome(w *osvcv1.Welcome)                      { h.welcomes <- w }
 func (h *recordingHandler) Distribute(context.Context, *osvcv1.Distribute) {}
 
 type harness struct {

@@ -14,8 +14,8 @@ import (
 	"github.com/osvc/osvc/server"
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
-	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/scheduler"
 )
 

@@ -167,9 +167,9 @@ type logAgent struct {
 	cancel  context.CancelFunc
 }
 
-func (a *logAgent) Assign(_ context.Context, as *osvcv1.Assign) { a.assigns <- as }
-func (a *logAgent) Cancel(*osvcv1.Cancel)                       {}
-func (a *logAgent) Welcome(*osvcv1.Welcome)                     {}
+func (a *logAgent) Assign(_ context.Context, as *osvcv1.Assign)    { a.assigns <- as }
+func (a *logAgent) Cancel(*osvcv1.Cancel)                          {}
+func (a *logAgent) Welcome(*osvcv1.Welcome)                        {}
 func (a *logAgent) Distribute(context.Context, *osvcv1.Distribute) {}
 
 // startLogAgent enrolls agent 0 of its site and runs its Conn until stop,

@@ -214,7 +214,9 @@ func (s *Store) DistributionsPrefix(agent string) string {
 
 // DistributionPointKey is <prefix>distribution-points/<agent>: an agent that
 // asked for the distribution point role itself, valued with its site.
-func (s *Store) DistributionPointKey(agent string) string { return s.DistributionPointsPrefix() + agent }
+func (s *Store) DistributionPointKey(agent string) string {
+	return s.DistributionPointsPrefix() + agent
+}
 
 // DistributionPointsPrefix holds every agent that asked for the role.
 func (s *Store) DistributionPointsPrefix() string { return s.prefix + "distribution-points/" }
