@@ -93,6 +93,7 @@ func (a *Agent) distributionPoint() (*dp.Point, error) {
 		Report: func(ctx context.Context, r *osvcv1.DistributionReport) error {
 			return a.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_DistributionReport{DistributionReport: r}})
 		},
+		URL:           a.distributionURL,
 		Logger:        a.cfg.Logger,
 		RetryBackoff:  d.RetryBackoff,
 		ProgressEvery: d.ProgressEvery,

@@ -111,11 +111,17 @@ func (c *cluster) adminToken(t *testing.T) string {
 // identity yet, as an administrator enrolls one.
 func (c *cluster) agentArgs(t *testing.T, name, dir string) []string {
 	t.Helper()
+	return c.agentArgsAt(t, name, dir, "PS1")
+}
+
+// agentArgsAt are agentArgs for an agent of site.
+func (c *cluster) agentArgsAt(t *testing.T, name, dir, site string) []string {
+	t.Helper()
 	args := []string{"--server", c.addr, "--ca-file", c.caFile(), "--name", name, "--data-dir", dir, "--log-level", "debug"}
 	if _, err := os.Stat(filepath.Join(dir, "identity", "agent.pem")); err == nil {
 		return args
 	}
-	resp, err := c.agents.CreateJoinToken(context.Background(), &osvcv1.CreateJoinTokenRequest{Site: "PS1"})
+	resp, err := c.agents.CreateJoinToken(context.Background(), &osvcv1.CreateJoinTokenRequest{Site: site})
 	if err != nil {
 		t.Fatalf("join token for %s: %v", name, err)
 	}

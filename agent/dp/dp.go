@@ -68,6 +68,9 @@ type Config struct {
 	RetryBackoff time.Duration
 	// ProgressEvery spaces the TRANSFERRING reports; default 2s.
 	ProgressEvery time.Duration
+	// URL returns where the point serves, e.g. http://dp1.example:8090/;
+	// each report names the image's address under it. Nil: none.
+	URL func() string
 }
 
 // Served is an image version the point serves.
@@ -355,7 +358,7 @@ func (p *Point) serving(sha256 string) bool {
 func (p *Point) report(ctx context.Context, f *fetch, m *osvcv1.Distribute, state osvcv1.DistributionState, bytes int64, retries int32, errText string) {
 	err := p.cfg.Report(ctx, &osvcv1.DistributionReport{
 		Image: m.GetImage(), Version: m.GetVersion(), Sha256: m.GetSha256(), State: state,
-		BytesTransferred: bytes, Retries: retries, Error: errText,
+		BytesTransferred: bytes, Retries: retries, Error: errText, Url: p.imageURL(m.GetImage()),
 	})
 	switch {
 	case err == nil, ctx.Err() != nil:
@@ -365,6 +368,18 @@ func (p *Point) report(ctx context.Context, f *fetch, m *osvcv1.Distribute, stat
 	default:
 		p.log.Warn("cannot report the distribution", "image", m.GetImage(), "state", state.String(), "error", err)
 	}
+}
+
+// imageURL is where the point serves image; "" when its address is unknown.
+func (p *Point) imageURL(image string) string {
+	if p.cfg.URL == nil {
+		return ""
+	}
+	base := p.cfg.URL()
+	if base == "" {
+		return ""
+	}
+	return strings.TrimSuffix(base, "/") + "/" + image
 }
 
 // Close stops the fetches under way (their partial files stay, for the

@@ -39,6 +39,9 @@ func (s *Service) Report(ctx context.Context, agent string, m *osvcv1.Distributi
 	if m.GetBytesTransferred() < 0 || m.GetBytesReceived() < 0 || m.GetRetries() < 0 {
 		return errdefs.InvalidArgument("distribution_report", "byte counts and retries are never negative")
 	}
+	if err := agents.ValidateDistributionURL(m.GetUrl()); err != nil {
+		return errdefs.InvalidArgument("distribution_report.url", err.Error())
+	}
 	key := s.store.DistributionKey(agent, imageID)
 	_, err = s.store.Txn(ctx, "distribution report", func(tx *store.Tx) error {
 		d, err := store.Load[*osvcv1.Distribution](tx, key)
@@ -60,6 +63,9 @@ func (s *Service) Report(ctx context.Context, agent string, m *osvcv1.Distributi
 		d.BytesReceived = min(m.GetBytesReceived(), d.GetSizeBytes())
 		d.Retries = m.GetRetries()
 		d.Error = clip(m.GetError())
+		if m.GetUrl() != "" {
+			d.Url = m.GetUrl()
+		}
 		if d.State == osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED {
 			d.DistributedVersion, d.BytesTransferred, d.Error = d.GetVersion(), d.GetSizeBytes(), ""
 		}
@@ -170,7 +176,11 @@ func (s *Service) Points(ctx context.Context, site string) ([]*osvcv1.Distributi
 			return nil, fmt.Errorf("agent %s: %w", id, err)
 		}
 		for _, image := range slices.Sorted(maps.Keys(w.records[id])) {
-			dp.Distributions = append(dp.Distributions, w.records[id][image].d)
+			d := w.records[id][image].d
+			dp.Distributions = append(dp.Distributions, d)
+			if base, ok := strings.CutSuffix(d.GetUrl(), d.GetImage()); ok && dp.Url == "" {
+				dp.Url = base
+			}
 		}
 		out = append(out, dp)
 	}

@@ -174,7 +174,7 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	}
 	s.logger.Info("run ended", "run", run.GetName(), "state", stateName(run.GetState()), "agent", agent,
 		"result_version", run.GetResultVersion(), "log_files", len(run.GetArtifacts()), "error", run.GetError())
-	if run.GetState() == osvcv1.RunState_RUN_STATE_SUCCEEDED && run.GetResultVersion() == run.GetSourceVersion() {
+	if run.GetState() == osvcv1.RunState_RUN_STATE_SUCCEEDED && run.GetResultVersion() == run.GetSourceVersion() && !IsInspection(run) {
 		s.logger.Info("nothing changed the image: no version added", "run", run.GetName(), "image", run.GetImage(), "version", run.GetResultVersion())
 	}
 	return nil

@@ -1081,7 +1081,10 @@ type DistributionReport struct {
 	BytesReceived    int64             `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	Error            string            `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	// retries is how many attempts failed so far.
-	Retries       int32 `protobuf:"varint,8,opt,name=retries,proto3" json:"retries,omitempty"`
+	Retries int32 `protobuf:"varint,8,opt,name=retries,proto3" json:"retries,omitempty"`
+	// url is where the distribution point serves the image, e.g.
+	// http://dp1.example:8090/images/win11.
+	Url           string `protobuf:"bytes,9,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1170,6 +1173,13 @@ func (x *DistributionReport) GetRetries() int32 {
 		return x.Retries
 	}
 	return 0
+}
+
+func (x *DistributionReport) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
 }
 
 // Welcome answers Hello.
@@ -2541,7 +2551,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"run_result\x18\b \x01(\v2\x12.osvc.v1.RunResultH\x00R\trunResult\x12N\n" +
 	"\x13distribution_report\x18\t \x01(\v2\x1b.osvc.v1.DistributionReportH\x00R\x12distributionReportB\t\n" +
-	"\amessage\"\x92\x02\n" +
+	"\amessage\"\xa4\x02\n" +
 	"\x12DistributionReport\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x05R\aversion\x12\x16\n" +
@@ -2550,7 +2560,8 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x11bytes_transferred\x18\x05 \x01(\x03R\x10bytesTransferred\x12%\n" +
 	"\x0ebytes_received\x18\x06 \x01(\x03R\rbytesReceived\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12\x18\n" +
-	"\aretries\x18\b \x01(\x05R\aretries\"\xad\x01\n" +
+	"\aretries\x18\b \x01(\x05R\aretries\x12\x10\n" +
+	"\x03url\x18\t \x01(\tR\x03url\"\xad\x01\n" +
 	"\aWelcome\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1f\n" +

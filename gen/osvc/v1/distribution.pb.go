@@ -27,7 +27,9 @@ type DistributionPoint struct {
 	// name is agents/{name}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Site string `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	// url is where it serves images (as the agent announced it).
+	// url is where it serves images, as the agent announced it (or, for an
+	// agent that took the role from its site's setting since it connected,
+	// as it reported it with an image).
 	Url   string     `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
 	State AgentState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
 	// role_from says who gave the role: "site" (the site's

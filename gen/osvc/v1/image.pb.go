@@ -435,8 +435,10 @@ type Distribution struct {
 	// error says why the last attempt failed.
 	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
 	// retries counts the attempts that failed for this version.
-	Retries       int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	Retries    int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// url is where the distribution point serves the image, as it reported.
+	Url           string `protobuf:"bytes,14,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +562,13 @@ func (x *Distribution) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Distribution) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
 }
 
 // ImageVersion is one WIM file of an image, addressed by its sha256.
@@ -1317,7 +1326,7 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x121\n" +
 	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
-	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\xdc\x03\n" +
+	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\xee\x03\n" +
 	"\fDistribution\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
 	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +
@@ -1334,7 +1343,8 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x05error\x18\v \x01(\tR\x05error\x12\x18\n" +
 	"\aretries\x18\f \x01(\x05R\aretries\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xce\x02\n" +
+	"updateTime\x12\x10\n" +
+	"\x03url\x18\x0e \x01(\tR\x03url\"\xce\x02\n" +
 	"\fImageVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
