@@ -129,17 +129,6 @@ func (a *Agent) distributionPoint() (*dp.Point, error) {
 	return point, nil
 }
 
-// DistributionAddr is where the distribution point serves; nil before the
-// agent has the role.
-func (a *Agent) DistributionAddr() net.Addr {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.point == nil {
-		return nil
-	}
-	return a.point.addr
-}
-
 // stopDistributionPoint stops serving and the fetches under way.
 func (a *Agent) stopDistributionPoint() {
 	a.mu.Lock()

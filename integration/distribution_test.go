@@ -2,10 +2,20 @@ package integration
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +45,9 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 		c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
 	}
 	startDP("dp-ps1", "PS1", "--distribution-point")
-	startDP("dp-ss1", "SS1")
+	// dp-ss1 serves HTTPS with a certificate of the site's own PKI.
+	certFile, keyFile, roots := selfSigned(t)
+	startDP("dp-ss1", "SS1", "--dp-tls-cert", certFile, "--dp-tls-key", keyFile)
 
 	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 512 << 10})
 	if err != nil {
@@ -85,13 +97,17 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 		t.Fatalf("image: distribution version %d, %d distributions; want 2 and 2", got.GetDistributionVersion(), len(got.GetDistributions()))
 	}
 	want := run.GetResultSha256()
-	for _, p := range points {
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	for i, p := range points {
 		url := strings.TrimSuffix(p.GetUrl(), "/") + "/" + img.GetName()
-		whole := httpGet(t, url, "")
+		if scheme := []string{"http://", "https://"}[i]; !strings.HasPrefix(url, scheme) {
+			t.Fatalf("%s serves at %s, want %s", p.GetName(), url, scheme)
+		}
+		whole := httpGet(t, client, url, "")
 		if sum := sha256.Sum256(whole); hex.EncodeToString(sum[:]) != want {
 			t.Fatalf("GET %s: %d bytes that are not version 2", url, len(whole))
 		}
-		if part := httpGet(t, url, "bytes=100-4195"); string(part) != string(whole[100:4196]) {
+		if part := httpGet(t, client, url, "bytes=100-4195"); string(part) != string(whole[100:4196]) {
 			t.Fatalf("ranged GET %s: %d bytes, not the range asked", url, len(part))
 		}
 	}
@@ -104,7 +120,7 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 }
 
 // httpGet GETs url, with a Range header when rng is set, and returns the body.
-func httpGet(t *testing.T, url, rng string) []byte {
+func httpGet(t *testing.T, client *http.Client, url, rng string) []byte {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
@@ -115,7 +131,7 @@ func httpGet(t *testing.T, url, rng string) []byte {
 		req.Header.Set("Range", rng)
 		want = http.StatusPartialContent
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,4 +144,43 @@ func httpGet(t *testing.T, url, rng string) []byte {
 		t.Fatalf("GET %s (%s): %s %s", url, rng, resp.Status, body)
 	}
 	return body
+}
+
+// selfSigned writes a self-signed certificate for 127.0.0.1 and its key,
+// and returns them with a pool trusting the certificate.
+func selfSigned(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "dp-ss1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "dp.crt"), filepath.Join(dir, "dp.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots = x509.NewCertPool()
+	roots.AddCert(cert)
+	return certFile, keyFile, roots
 }
