@@ -95,7 +95,8 @@ func printDistributions(w io.Writer, img *osvcv1.Image) {
 	for _, d := range img.GetDistributions() {
 		t.AppendRow(append([]any{d.GetDistributionPoint(), d.GetSite()}, distributionCells(d)[1:]...))
 	}
-	renderList(w, t, fmt.Sprintf("version %d is to be distributed, once inspected; no distribution point serves the image's site yet", img.GetDistributionVersion()))
+	renderList(w, t, fmt.Sprintf("version %d goes to the distribution points of site %s and the sites below once inspected; none has it in hand yet ('osvcctl dp list' lists them)",
+		img.GetDistributionVersion(), img.GetSite()))
 }
 
 func (c *cli) imageDistributeCommand() *cobra.Command {
