@@ -18,6 +18,7 @@ import (
 
 	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/conn"
+	"github.com/osvc/osvc/agent/dp"
 	"github.com/osvc/osvc/agent/drive"
 	"github.com/osvc/osvc/agent/engine"
 	"github.com/osvc/osvc/agent/identity"
@@ -399,7 +400,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.runsCtx, a.cancelRuns = context.WithCancelCause(context.WithoutCancel(ctx))
 	a.mu.Unlock()
 	defer a.stopDistributionPoint()
-	if a.cfg.Distribution.Role {
+	// An agent that was a distribution point serves again what it served.
+	if a.cfg.Distribution.Role || dp.Has(a.distributionDir()) {
 		if _, err := a.distributionPoint(); err != nil {
 			return err
 		}
@@ -578,6 +580,7 @@ func (a *Agent) hello() *osvcv1.Hello {
 
 		DistributionPoint: a.cfg.Distribution.Role,
 		DistributionUrl:   a.distributionURL(),
+		DistributedImages: a.distributedImages(),
 	}
 }
 

@@ -37,6 +37,9 @@ type DistributionConfig struct {
 	ProgressEvery time.Duration
 }
 
+// distributionDir holds the distribution point's store and state.
+func (a *Agent) distributionDir() string { return filepath.Join(a.cfg.DataDir, "distribution") }
+
 // distributionPoint is the role once taken: the store and its server.
 type distributionPoint struct {
 	point  *dp.Point
@@ -88,7 +91,7 @@ func (a *Agent) distributionPoint() (*dp.Point, error) {
 	}
 	d := a.cfg.Distribution
 	point, err := dp.New(dp.Config{
-		Dir:    filepath.Join(a.cfg.DataDir, "distribution"),
+		Dir:    a.distributionDir(),
 		Source: a.images,
 		Report: func(ctx context.Context, r *osvcv1.DistributionReport) error {
 			return a.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_DistributionReport{DistributionReport: r}})
@@ -143,6 +146,27 @@ func (a *Agent) stopDistributionPoint() {
 	_ = p.server.Shutdown(ctx)
 	<-p.served
 	p.point.Close()
+}
+
+func (h *handler) Withdraw(m *osvcv1.Withdraw) {
+	a := (*Agent)(h)
+	a.mu.Lock()
+	p := a.point
+	a.mu.Unlock()
+	if p != nil {
+		p.point.Withdraw(m.GetImage())
+	}
+}
+
+// distributedImages are the images the agent serves as a distribution point.
+func (a *Agent) distributedImages() []string {
+	a.mu.Lock()
+	p := a.point
+	a.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return p.point.Images()
 }
 
 func (h *handler) Distribute(ctx context.Context, m *osvcv1.Distribute) {

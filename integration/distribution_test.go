@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -38,16 +39,20 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 		t.Fatalf("osvcctl site create SS1 printed %q", out)
 	}
 	c.sites["SS1"] = true
-	startDP := func(name, site string, flag ...string) {
-		dir := filepath.Join(t.TempDir(), name)
-		args := append(c.agentArgsAt(t, name, dir, site), append([]string{"--dp-listen", freeAddr(t)}, flag...)...)
-		start(t, "osvc-agent", args...)
-		c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Time{})
+	dirs := map[string]string{}
+	startDP := func(name, site string, flag ...string) *proc {
+		if dirs[name] == "" {
+			dirs[name] = filepath.Join(t.TempDir(), name)
+		}
+		args := append(c.agentArgsAt(t, name, dirs[name], site), append([]string{"--dp-listen", freeAddr(t)}, flag...)...)
+		p := start(t, "osvc-agent", args...)
+		c.waitAgent(t, name, osvcv1.AgentState_AGENT_STATE_CONNECTED, time.Now())
+		return p
 	}
 	startDP("dp-ps1", "PS1", "--distribution-point")
 	// dp-ss1 serves HTTPS with a certificate of the site's own PKI.
 	certFile, keyFile, roots := selfSigned(t)
-	startDP("dp-ss1", "SS1", "--dp-tls-cert", certFile, "--dp-tls-key", keyFile)
+	dpSS1 := startDP("dp-ss1", "SS1", "--dp-tls-cert", certFile, "--dp-tls-key", keyFile)
 
 	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 512 << 10})
 	if err != nil {
@@ -117,6 +122,25 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 	if out := c.osvcctl(t, "image", "get", img.GetName()); !lineWith(out, "agents/dp-ps1", "PS1", "DISTRIBUTED", "version 2") {
 		t.Fatalf("osvcctl image get:\n%s", out)
 	}
+
+	// SS1 drops its distribution point while the agent is down: started
+	// again, it serves what it kept until the server withdraws the image,
+	// and then drops its file.
+	dpSS1.stop(t)
+	c.osvcctl(t, "site", "update", "SS1", "--distribution-point", "")
+	eventually(t, time.Minute, "dp-ss1 to lose the role", func() bool {
+		resp, err := dist.ListDistributionPoints(ctx, &osvcv1.ListDistributionPointsRequest{})
+		return err == nil && len(resp.GetDistributionPoints()) == 1
+	})
+	stored := filepath.Join(dirs["dp-ss1"], "distribution", "store", want)
+	if _, err := os.Stat(stored); err != nil {
+		t.Fatalf("dp-ss1's copy of version 2 before it restarts: %v", err)
+	}
+	startDP("dp-ss1", "SS1", "--dp-tls-cert", certFile, "--dp-tls-key", keyFile)
+	eventually(t, time.Minute, "dp-ss1 to drop the withdrawn image", func() bool {
+		_, err := os.Stat(stored)
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
 
 // httpGet GETs url, with a Range header when rng is set, and returns the body.

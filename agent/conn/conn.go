@@ -36,6 +36,8 @@ type Handler interface {
 	// Distribute asks the agent, as a distribution point, to fetch a
 	// version of an image; it must return quickly. ctx is Run's context.
 	Distribute(ctx context.Context, d *osvcv1.Distribute)
+	// Withdraw tells the distribution point to drop an image.
+	Withdraw(w *osvcv1.Withdraw)
 }
 
 // Defaults for the zero values of Config.
@@ -323,6 +325,9 @@ func (c *Conn) session(ctx context.Context, client osvcv1.AgentServiceClient) (w
 		case *osvcv1.ConnectResponse_Distribute:
 			c.logger.Info("distribute", "image", m.Distribute.GetImage(), "version", m.Distribute.GetVersion())
 			c.cfg.Handler.Distribute(ctx, m.Distribute)
+		case *osvcv1.ConnectResponse_Withdraw:
+			c.logger.Info("withdraw", "image", m.Withdraw.GetImage())
+			c.cfg.Handler.Withdraw(m.Withdraw)
 		default:
 			c.logger.Warn("ignoring an unknown message from the server", "type", fmt.Sprintf("%T", m))
 		}

@@ -22,7 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,6 +187,46 @@ func (p *Point) Served(image string) (Served, bool) {
 	defer p.mu.Unlock()
 	s, ok := p.served[image]
 	return s, ok
+}
+
+// Images returns the images the point serves, in name order.
+func (p *Point) Images() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Sorted(maps.Keys(p.served))
+}
+
+// Withdraw stops serving image: its fetch under way stops and its file is
+// removed unless another image serves it.
+func (p *Point) Withdraw(image string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if f := p.transfers[image]; f != nil {
+		f.cancel(errors.New("withdrawn from this distribution point"))
+	}
+	old, ok := p.served[image]
+	if !ok {
+		return
+	}
+	delete(p.served, image)
+	if err := p.save(); err != nil {
+		p.served[image] = old
+		p.log.Error("cannot record the withdrawal; the image is still served", "image", image, "error", err)
+		return
+	}
+	p.log.Info("image withdrawn", "image", image, "version", old.Version)
+	if !p.serving(old.SHA256) {
+		if err := p.store.Remove(old.SHA256); err != nil {
+			p.log.Warn("cannot remove the withdrawn image's file", "image", image, "error", err)
+		}
+	}
+}
+
+// Has tells whether dir holds a distribution point's state: an agent that
+// was one serves again at start what it served.
+func Has(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, stateFile))
+	return err == nil
 }
 
 // Path is where the point keeps a served file.

@@ -316,3 +316,39 @@ func TestABadDistributeIsIgnored(t *testing.T) {
 		t.Fatalf("bad Distributes led to %d reports and %d downloads", len(rep.list), src.downloads)
 	}
 }
+
+func TestAWithdrawnImageIsNoLongerServedAndItsFileIsRemoved(t *testing.T) {
+	src, rep := &folder{dir: t.TempDir()}, newReports()
+	dir := t.TempDir()
+	p := newPoint(t, src, rep, dir)
+	data := []byte("version one")
+	sha := src.put(t, data)
+	for _, image := range []string{"images/a", "images/b"} {
+		p.Distribute(context.Background(), distribute(image, 1, sha, len(data)))
+		rep.until(t, osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED, 1)
+	}
+	s, _ := p.Served("images/a")
+	file := p.Path(s)
+	p.Withdraw("images/a")
+	if _, err := os.Stat(file); err != nil {
+		t.Fatalf("the file images/b still serves: %v", err)
+	}
+	p.Withdraw("images/b")
+	if _, err := os.Stat(file); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the file no image serves: %v, want removed", err)
+	}
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	if resp, _ := get(t, srv, "/images/a", nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET a withdrawn image: %s", resp.Status)
+	}
+	p.Close()
+	if !dp.Has(dir) {
+		t.Fatal("the point's state is gone")
+	}
+	again := newPoint(t, src, rep, dir)
+	defer again.Close()
+	if images := again.Images(); len(images) != 0 {
+		t.Fatalf("after a restart the point serves %v, want nothing", images)
+	}
+}

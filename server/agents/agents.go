@@ -158,8 +158,14 @@ func ValidateHello(h *osvcv1.Hello) error {
 	if err := ValidateDistributionURL(h.GetDistributionUrl()); err != nil {
 		return errdefs.InvalidArgument("hello.distribution_url", err.Error())
 	}
+	if n := len(h.GetDistributedImages()); n > MaxDistributedImages {
+		return errdefs.InvalidArgument("hello.distributed_images", fmt.Sprintf("%d images: at most %d", n, MaxDistributedImages))
+	}
 	return nil
 }
+
+// MaxDistributedImages bounds the images a distribution point lists in its Hello.
+const MaxDistributedImages = 10000
 
 // maxURLLen bounds the distribution URL an agent announces.
 const maxURLLen = 2048

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/agents"
+	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/distribution"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
@@ -257,7 +259,13 @@ func (s *Service) onRun(ctx context.Context, ev *clientv3.Event) {
 // onDistribution sends a distribution point connected here the Distribute
 // of a record made PENDING: a new version for it, or one to try again.
 func (s *Service) onDistribution(ctx context.Context, ev *clientv3.Event) {
-	if ev.Type != clientv3.EventTypePut {
+	if ev.Type == clientv3.EventTypeDelete {
+		// distributions/{agent}/{image}: the image is withdrawn from the agent.
+		rest := strings.TrimPrefix(string(ev.Kv.Key), s.store.DistributionsPrefix(""))
+		agent, image, ok := strings.Cut(rest, "/")
+		if c := s.lookup(agent); ok && c != nil {
+			c.withdraw(catalog.ImageName(image))
+		}
 		return
 	}
 	d, err := store.Unmarshal[*osvcv1.Distribution](ev.Kv.Value)

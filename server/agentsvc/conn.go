@@ -154,6 +154,14 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 	if err := s.pushAssigned(ctx, c); err != nil {
 		return status.Error(codes.Unavailable, err.Error())
 	}
+	// What it serves and is no longer to hold: withdrawn while it was away.
+	stale, err := s.dist.Stale(ctx, c.id, hello.GetDistributedImages())
+	if err != nil {
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	for _, image := range stale {
+		c.withdraw(image)
+	}
 	c.work = make(chan *osvcv1.ConnectRequest, workQueue)
 	go func() {
 		err := c.read(stream)
@@ -387,6 +395,14 @@ func (c *conn) distribute(m *osvcv1.Distribute, again bool) {
 	c.distributing[m.GetImage()] = m.GetSha256()
 	c.mu.Unlock()
 	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Distribute{Distribute: m}})
+}
+
+// withdraw queues a Withdraw of image.
+func (c *conn) withdraw(image string) {
+	c.mu.Lock()
+	delete(c.distributing, image)
+	c.mu.Unlock()
+	c.out.push(&osvcv1.ConnectResponse{Message: &osvcv1.ConnectResponse_Withdraw{Withdraw: &osvcv1.Withdraw{Image: image}}})
 }
 
 // cancelRun queues a Cancel of run. It is sent at its turn once per token,

@@ -235,13 +235,19 @@ func Target(img *osvcv1.Image) *osvcv1.ImageVersion {
 
 // Reconcile makes one pass: every distribution point of every distributed
 // image gets a record targeting the image's version, PENDING when it is
-// new to it. It returns how many records it wrote.
+// new to it, and the records of points that are no longer to hold their
+// image (the point lost the role, the image is gone or no longer in the
+// point's sites) are deleted, which withdraws the image from the point. It
+// returns how many records it wrote or deleted.
 func (s *Service) Reconcile(ctx context.Context) (int, error) {
 	w, err := s.read(ctx)
 	if err != nil {
 		return 0, err
 	}
-	written := 0
+	written, err := s.prune(ctx, w)
+	if err != nil {
+		return written, err
+	}
 	for _, img := range w.images {
 		v := Target(img)
 		if v == nil {
@@ -263,6 +269,35 @@ func (s *Service) Reconcile(ctx context.Context) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// prune deletes the records no distribution point is to hold any more.
+func (s *Service) prune(ctx context.Context, w *world) (int, error) {
+	images := map[string]*osvcv1.Image{}
+	for _, img := range w.images {
+		images[store.IDFromKey(img.GetName())] = img
+	}
+	deleted := 0
+	for _, agent := range slices.Sorted(maps.Keys(w.records)) {
+		p := w.points[agent]
+		for _, imageID := range slices.Sorted(maps.Keys(w.records[agent])) {
+			img := images[imageID]
+			if p != nil && img != nil && img.GetDistributionVersion() != 0 && w.below(p.site, img.GetSite()) {
+				continue
+			}
+			key := s.store.DistributionKey(agent, imageID)
+			resp, err := s.client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", w.records[agent][imageID].rev)).
+				Then(clientv3.OpDelete(key)).Commit()
+			if err != nil {
+				return deleted, fmt.Errorf("withdraw %s from %s: %w", imageID, agent, err)
+			}
+			if resp.Succeeded {
+				deleted++
+				s.logger.Info("distribution withdrawn", "image", catalog.ImageName(imageID), "distribution_point", agent)
+			}
+		}
+	}
+	return deleted, nil
 }
 
 // target points p's record of img at v, PENDING, unless the record changed

@@ -304,3 +304,38 @@ func TestListDistributionPointsNamesEachWithItsRoleAndRecords(t *testing.T) {
 		t.Fatalf("points of PS2: %v, %v", only, err)
 	}
 }
+
+func TestARecordNoPointIsToHoldIsDeletedAndReportedStale(t *testing.T) {
+	env := hierarchy(t)
+	ctx := context.Background()
+	img := distributed(t, env, "win11", "PS1", osvcv1.InspectionState_INSPECTION_STATE_INSPECTED)
+	reconcile(t, env)
+	if got := keys(records(t, env, img.GetName())); !slices.Equal(got, []string{"agents/dp-ps1", "agents/dp-ss1"}) {
+		t.Fatalf("records: %v", got)
+	}
+	// SS1 drops its distribution point.
+	if _, err := env.Sites.Update(ctx, &osvcv1.Site{Name: "sites/SS1", Code: "SS1"}, []string{"distribution_points"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := reconcile(t, env); n != 1 {
+		t.Fatalf("reconcile changed %d records, want 1 deleted", n)
+	}
+	if got := keys(records(t, env, img.GetName())); !slices.Equal(got, []string{"agents/dp-ps1"}) {
+		t.Fatalf("records after SS1 dropped its point: %v", got)
+	}
+	stale, err := env.Distribution.Stale(ctx, "dp-ss1", []string{img.GetName()})
+	if err != nil || !slices.Equal(stale, []string{img.GetName()}) {
+		t.Fatalf("Stale(dp-ss1): %v, %v; want the image", stale, err)
+	}
+	if stale, err := env.Distribution.Stale(ctx, "dp-ps1", []string{img.GetName()}); err != nil || len(stale) != 0 {
+		t.Fatalf("Stale(dp-ps1): %v, %v; want none", stale, err)
+	}
+	// The image moves out of reach: its site's point loses it too.
+	img = env.GetImage(t, img.GetName())
+	img.Site = "PS2"
+	putImage(t, env, img)
+	reconcile(t, env)
+	if got := keys(records(t, env, img.GetName())); !slices.Equal(got, []string{"agents/dp-ps2"}) {
+		t.Fatalf("records after the image moved to PS2: %v", got)
+	}
+}

@@ -127,6 +127,29 @@ func (s *Service) ofAgent(ctx context.Context, agent string) ([]*osvcv1.Distribu
 	return out, nil
 }
 
+// Stale returns those of images (images/{id}) agent (its id) has no record
+// of: what it serves and is no longer to hold.
+func (s *Service) Stale(ctx context.Context, agent string, images []string) ([]string, error) {
+	if len(images) == 0 {
+		return nil, nil
+	}
+	list, err := s.ofAgent(ctx, agent)
+	if err != nil {
+		return nil, err
+	}
+	held := map[string]bool{}
+	for _, d := range list {
+		held[d.GetImage()] = true
+	}
+	var out []string
+	for _, image := range images {
+		if !held[image] {
+			out = append(out, image)
+		}
+	}
+	return out, nil
+}
+
 // MayRead tells whether agent (its id) is to hold blob sha256 as a
 // distribution point: the file a record of it targets, or holds now.
 func (s *Service) MayRead(ctx context.Context, agent, sha256 string) (bool, error) {

@@ -352,8 +352,11 @@ type Hello struct {
 	DistributionPoint bool `protobuf:"varint,9,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
 	// distribution_url is where the agent serves its images, when it does.
 	DistributionUrl string `protobuf:"bytes,10,opt,name=distribution_url,json=distributionUrl,proto3" json:"distribution_url,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// distributed_images are the images (images/{id}) the agent serves as a
+	// distribution point; the server withdraws those it is no longer to hold.
+	DistributedImages []string `protobuf:"bytes,11,rep,name=distributed_images,json=distributedImages,proto3" json:"distributed_images,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -454,6 +457,13 @@ func (x *Hello) GetDistributionUrl() string {
 		return x.DistributionUrl
 	}
 	return ""
+}
+
+func (x *Hello) GetDistributedImages() []string {
+	if x != nil {
+		return x.DistributedImages
+	}
+	return nil
 }
 
 // Heartbeat tells the server the agent is alive and how its drives stand.
@@ -1480,6 +1490,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Cancel
 	//	*ConnectResponse_Ack
 	//	*ConnectResponse_Distribute
+	//	*ConnectResponse_Withdraw
 	Message       isConnectResponse_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1567,6 +1578,15 @@ func (x *ConnectResponse) GetDistribute() *Distribute {
 	return nil
 }
 
+func (x *ConnectResponse) GetWithdraw() *Withdraw {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectResponse_Withdraw); ok {
+			return x.Withdraw
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Message interface {
 	isConnectResponse_Message()
 }
@@ -1591,6 +1611,10 @@ type ConnectResponse_Distribute struct {
 	Distribute *Distribute `protobuf:"bytes,5,opt,name=distribute,proto3,oneof"`
 }
 
+type ConnectResponse_Withdraw struct {
+	Withdraw *Withdraw `protobuf:"bytes,6,opt,name=withdraw,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Assign) isConnectResponse_Message() {}
@@ -1600,6 +1624,56 @@ func (*ConnectResponse_Cancel) isConnectResponse_Message() {}
 func (*ConnectResponse_Ack) isConnectResponse_Message() {}
 
 func (*ConnectResponse_Distribute) isConnectResponse_Message() {}
+
+func (*ConnectResponse_Withdraw) isConnectResponse_Message() {}
+
+// Withdraw tells a distribution point to stop serving an image and drop its
+// files: the point lost the role, or the image its place in the point's
+// sites.
+type Withdraw struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is images/{id}.
+	Image         string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Withdraw) Reset() {
+	*x = Withdraw{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Withdraw) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Withdraw) ProtoMessage() {}
+
+func (x *Withdraw) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Withdraw.ProtoReflect.Descriptor instead.
+func (*Withdraw) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Withdraw) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
 
 // Distribute asks a distribution point to fetch a version of an image and
 // serve it in place of the one it has. It comes again after a reconnect
@@ -1621,7 +1695,7 @@ type Distribute struct {
 
 func (x *Distribute) Reset() {
 	*x = Distribute{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1707,7 @@ func (x *Distribute) String() string {
 func (*Distribute) ProtoMessage() {}
 
 func (x *Distribute) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[17]
+	mi := &file_osvc_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1720,7 @@ func (x *Distribute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Distribute.ProtoReflect.Descriptor instead.
 func (*Distribute) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Distribute) GetImage() string {
@@ -1694,7 +1768,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1780,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[18]
+	mi := &file_osvc_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1793,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -1746,7 +1820,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1832,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[19]
+	mi := &file_osvc_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1845,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1803,7 +1877,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +1889,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[20]
+	mi := &file_osvc_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +1902,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateJoinTokenRequest) GetSite() string {
@@ -1865,7 +1939,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1951,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[21]
+	mi := &file_osvc_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1964,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1930,7 +2004,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2016,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[22]
+	mi := &file_osvc_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2029,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JoinToken) GetId() string {
@@ -2009,7 +2083,7 @@ type ListJoinTokensRequest struct {
 
 func (x *ListJoinTokensRequest) Reset() {
 	*x = ListJoinTokensRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2095,7 @@ func (x *ListJoinTokensRequest) String() string {
 func (*ListJoinTokensRequest) ProtoMessage() {}
 
 func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[23]
+	mi := &file_osvc_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2108,7 @@ func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 // ListJoinTokensResponse holds the join tokens, oldest first.
@@ -2047,7 +2121,7 @@ type ListJoinTokensResponse struct {
 
 func (x *ListJoinTokensResponse) Reset() {
 	*x = ListJoinTokensResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2133,7 @@ func (x *ListJoinTokensResponse) String() string {
 func (*ListJoinTokensResponse) ProtoMessage() {}
 
 func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[24]
+	mi := &file_osvc_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2146,7 @@ func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
 func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListJoinTokensResponse) GetJoinTokens() []*JoinToken {
@@ -2092,7 +2166,7 @@ type RevokeJoinTokenRequest struct {
 
 func (x *RevokeJoinTokenRequest) Reset() {
 	*x = RevokeJoinTokenRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2178,7 @@ func (x *RevokeJoinTokenRequest) String() string {
 func (*RevokeJoinTokenRequest) ProtoMessage() {}
 
 func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[25]
+	mi := &file_osvc_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2191,7 @@ func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeJoinTokenRequest) GetId() string {
@@ -2136,7 +2210,7 @@ type RevokeJoinTokenResponse struct {
 
 func (x *RevokeJoinTokenResponse) Reset() {
 	*x = RevokeJoinTokenResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[26]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2222,7 @@ func (x *RevokeJoinTokenResponse) String() string {
 func (*RevokeJoinTokenResponse) ProtoMessage() {}
 
 func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[26]
+	mi := &file_osvc_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2235,7 @@ func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 // EnrollRequest is an agent's first contact.
@@ -2177,7 +2251,7 @@ type EnrollRequest struct {
 
 func (x *EnrollRequest) Reset() {
 	*x = EnrollRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[27]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2263,7 @@ func (x *EnrollRequest) String() string {
 func (*EnrollRequest) ProtoMessage() {}
 
 func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[27]
+	mi := &file_osvc_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2276,7 @@ func (x *EnrollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollRequest.ProtoReflect.Descriptor instead.
 func (*EnrollRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EnrollRequest) GetJoinToken() string {
@@ -2235,7 +2309,7 @@ type EnrollResponse struct {
 
 func (x *EnrollResponse) Reset() {
 	*x = EnrollResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[28]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2247,7 +2321,7 @@ func (x *EnrollResponse) String() string {
 func (*EnrollResponse) ProtoMessage() {}
 
 func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[28]
+	mi := &file_osvc_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2260,7 +2334,7 @@ func (x *EnrollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnrollResponse.ProtoReflect.Descriptor instead.
 func (*EnrollResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EnrollResponse) GetCertificate() []byte {
@@ -2301,7 +2375,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[29]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2387,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[29]
+	mi := &file_osvc_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2400,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewCertificateRequest) GetCsr() []byte {
@@ -2346,7 +2420,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[30]
+	mi := &file_osvc_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2432,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[30]
+	mi := &file_osvc_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2445,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewCertificateResponse) GetCertificate() []byte {
@@ -2392,7 +2466,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[31]
+	mi := &file_osvc_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2478,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[31]
+	mi := &file_osvc_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2491,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeAgentRequest) GetName() string {
@@ -2443,7 +2517,7 @@ type RevokeAgentResponse struct {
 
 func (x *RevokeAgentResponse) Reset() {
 	*x = RevokeAgentResponse{}
-	mi := &file_osvc_v1_agent_proto_msgTypes[32]
+	mi := &file_osvc_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2529,7 @@ func (x *RevokeAgentResponse) String() string {
 func (*RevokeAgentResponse) ProtoMessage() {}
 
 func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_agent_proto_msgTypes[32]
+	mi := &file_osvc_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2542,7 @@ func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 var File_osvc_v1_agent_proto protoreflect.FileDescriptor
@@ -2498,7 +2572,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x10distribution_url\x18\f \x01(\tR\x0fdistributionUrl\"@\n" +
 	"\aHeldRun\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
-	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"\xc4\x02\n" +
+	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"\xf3\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x12\n" +
@@ -2510,7 +2584,8 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\theld_runs\x18\b \x03(\v2\x10.osvc.v1.HeldRunR\bheldRuns\x12-\n" +
 	"\x12distribution_point\x18\t \x01(\bR\x11distributionPoint\x12)\n" +
 	"\x10distribution_url\x18\n" +
-	" \x01(\tR\x0fdistributionUrl\"3\n" +
+	" \x01(\tR\x0fdistributionUrl\x12-\n" +
+	"\x12distributed_images\x18\v \x03(\tR\x11distributedImages\"3\n" +
 	"\tHeartbeat\x12&\n" +
 	"\x06drives\x18\x01 \x03(\v2\x0e.osvc.v1.DriveR\x06drives\"\x8a\x01\n" +
 	"\bProgress\x12\x10\n" +
@@ -2582,7 +2657,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xf9\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xaa\x02\n" +
 	"\x0fConnectResponse\x12,\n" +
 	"\awelcome\x18\x01 \x01(\v2\x10.osvc.v1.WelcomeH\x00R\awelcome\x12)\n" +
 	"\x06assign\x18\x02 \x01(\v2\x0f.osvc.v1.AssignH\x00R\x06assign\x12)\n" +
@@ -2590,8 +2665,11 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x03ack\x18\x04 \x01(\v2\f.osvc.v1.AckH\x00R\x03ack\x125\n" +
 	"\n" +
 	"distribute\x18\x05 \x01(\v2\x13.osvc.v1.DistributeH\x00R\n" +
-	"distributeB\t\n" +
-	"\amessage\"\x87\x01\n" +
+	"distribute\x12/\n" +
+	"\bwithdraw\x18\x06 \x01(\v2\x11.osvc.v1.WithdrawH\x00R\bwithdrawB\t\n" +
+	"\amessage\" \n" +
+	"\bWithdraw\x12\x14\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\"\x87\x01\n" +
 	"\n" +
 	"Distribute\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
@@ -2682,7 +2760,7 @@ func file_osvc_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_osvc_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),                  // 0: osvc.v1.AgentState
 	(*Drive)(nil),                    // 1: osvc.v1.Drive
@@ -2702,50 +2780,51 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*Cancel)(nil),                   // 15: osvc.v1.Cancel
 	(*Ack)(nil),                      // 16: osvc.v1.Ack
 	(*ConnectResponse)(nil),          // 17: osvc.v1.ConnectResponse
-	(*Distribute)(nil),               // 18: osvc.v1.Distribute
-	(*ListAgentsRequest)(nil),        // 19: osvc.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 20: osvc.v1.ListAgentsResponse
-	(*CreateJoinTokenRequest)(nil),   // 21: osvc.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),  // 22: osvc.v1.CreateJoinTokenResponse
-	(*JoinToken)(nil),                // 23: osvc.v1.JoinToken
-	(*ListJoinTokensRequest)(nil),    // 24: osvc.v1.ListJoinTokensRequest
-	(*ListJoinTokensResponse)(nil),   // 25: osvc.v1.ListJoinTokensResponse
-	(*RevokeJoinTokenRequest)(nil),   // 26: osvc.v1.RevokeJoinTokenRequest
-	(*RevokeJoinTokenResponse)(nil),  // 27: osvc.v1.RevokeJoinTokenResponse
-	(*EnrollRequest)(nil),            // 28: osvc.v1.EnrollRequest
-	(*EnrollResponse)(nil),           // 29: osvc.v1.EnrollResponse
-	(*RenewCertificateRequest)(nil),  // 30: osvc.v1.RenewCertificateRequest
-	(*RenewCertificateResponse)(nil), // 31: osvc.v1.RenewCertificateResponse
-	(*RevokeAgentRequest)(nil),       // 32: osvc.v1.RevokeAgentRequest
-	(*RevokeAgentResponse)(nil),      // 33: osvc.v1.RevokeAgentResponse
-	(*timestamppb.Timestamp)(nil),    // 34: google.protobuf.Timestamp
-	(*UpdateResult)(nil),             // 35: osvc.v1.UpdateResult
-	(*StepRecord)(nil),               // 36: osvc.v1.StepRecord
-	(*LogLine)(nil),                  // 37: osvc.v1.LogLine
-	(RunState)(0),                    // 38: osvc.v1.RunState
-	(*ImageIndex)(nil),               // 39: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),              // 40: osvc.v1.RunArtifact
-	(DistributionState)(0),           // 41: osvc.v1.DistributionState
-	(*durationpb.Duration)(nil),      // 42: google.protobuf.Duration
-	(*Run)(nil),                      // 43: osvc.v1.Run
-	(*Image)(nil),                    // 44: osvc.v1.Image
-	(*ImageVersion)(nil),             // 45: osvc.v1.ImageVersion
-	(*Update)(nil),                   // 46: osvc.v1.Update
+	(*Withdraw)(nil),                 // 18: osvc.v1.Withdraw
+	(*Distribute)(nil),               // 19: osvc.v1.Distribute
+	(*ListAgentsRequest)(nil),        // 20: osvc.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 21: osvc.v1.ListAgentsResponse
+	(*CreateJoinTokenRequest)(nil),   // 22: osvc.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),  // 23: osvc.v1.CreateJoinTokenResponse
+	(*JoinToken)(nil),                // 24: osvc.v1.JoinToken
+	(*ListJoinTokensRequest)(nil),    // 25: osvc.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),   // 26: osvc.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),   // 27: osvc.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil),  // 28: osvc.v1.RevokeJoinTokenResponse
+	(*EnrollRequest)(nil),            // 29: osvc.v1.EnrollRequest
+	(*EnrollResponse)(nil),           // 30: osvc.v1.EnrollResponse
+	(*RenewCertificateRequest)(nil),  // 31: osvc.v1.RenewCertificateRequest
+	(*RenewCertificateResponse)(nil), // 32: osvc.v1.RenewCertificateResponse
+	(*RevokeAgentRequest)(nil),       // 33: osvc.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),      // 34: osvc.v1.RevokeAgentResponse
+	(*timestamppb.Timestamp)(nil),    // 35: google.protobuf.Timestamp
+	(*UpdateResult)(nil),             // 36: osvc.v1.UpdateResult
+	(*StepRecord)(nil),               // 37: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 38: osvc.v1.LogLine
+	(RunState)(0),                    // 39: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 40: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 41: osvc.v1.RunArtifact
+	(DistributionState)(0),           // 42: osvc.v1.DistributionState
+	(*durationpb.Duration)(nil),      // 43: google.protobuf.Duration
+	(*Run)(nil),                      // 44: osvc.v1.Run
+	(*Image)(nil),                    // 45: osvc.v1.Image
+	(*ImageVersion)(nil),             // 46: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 47: osvc.v1.Update
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
 	0,  // 1: osvc.v1.Agent.state:type_name -> osvc.v1.AgentState
-	34, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	35, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: osvc.v1.Hello.drives:type_name -> osvc.v1.Drive
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
-	35, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	36, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	35, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	37, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	38, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	39, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	40, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	36, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
+	37, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	36, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	38, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	39, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	40, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	41, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
 	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
 	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
 	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
@@ -2754,44 +2833,45 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
 	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
 	12, // 20: osvc.v1.ConnectRequest.distribution_report:type_name -> osvc.v1.DistributionReport
-	41, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
-	42, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	43, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	44, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	45, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	46, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	42, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
+	43, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	44, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	45, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	46, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	47, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
 	13, // 27: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
 	14, // 28: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
 	15, // 29: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
 	16, // 30: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
-	18, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
-	2,  // 32: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	42, // 33: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	34, // 34: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	34, // 35: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	34, // 36: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	23, // 37: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
-	11, // 38: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	19, // 39: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	21, // 40: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
-	24, // 41: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
-	26, // 42: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
-	28, // 43: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
-	30, // 44: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
-	32, // 45: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	17, // 46: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	20, // 47: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	22, // 48: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	25, // 49: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
-	27, // 50: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
-	29, // 51: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	31, // 52: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	33, // 53: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	46, // [46:54] is the sub-list for method output_type
-	38, // [38:46] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	19, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
+	18, // 32: osvc.v1.ConnectResponse.withdraw:type_name -> osvc.v1.Withdraw
+	2,  // 33: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
+	43, // 34: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	35, // 35: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	35, // 36: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	35, // 37: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	24, // 38: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
+	11, // 39: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	20, // 40: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	22, // 41: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	25, // 42: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
+	27, // 43: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
+	29, // 44: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	31, // 45: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	33, // 46: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	17, // 47: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	21, // 48: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	23, // 49: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	26, // 50: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	28, // 51: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	30, // 52: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	32, // 53: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	34, // 54: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	47, // [47:55] is the sub-list for method output_type
+	39, // [39:47] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }
@@ -2818,6 +2898,7 @@ func file_osvc_v1_agent_proto_init() {
 		(*ConnectResponse_Cancel)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_Distribute)(nil),
+		(*ConnectResponse_Withdraw)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2825,7 +2906,7 @@ func file_osvc_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_agent_proto_rawDesc), len(file_osvc_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
