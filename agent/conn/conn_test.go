@@ -140,7 +140,7 @@ func (h *recordingHandler) Assign(_ context.Context, a *osvcv1.Assign)     { h.a
 func (h *recordingHandler) Cancel(c *osvcv1.Cancel)                        { h.cancels <- c }
 func (h *recordingHandler) Welcome(w *osvcv1.Welcome)                      { h.welcomes <- w }
 func (h *recordingHandler) Distribute(context.Context, *osvcv1.Distribute) {}
-func (h *recordingHandler) Withdraw(*osvcv1.Withdraw)                     {}
+func (h *recordingHandler) Withdraw(*osvcv1.Withdraw)                      {}
 
 type harness struct {
 	srv     *fakeServer

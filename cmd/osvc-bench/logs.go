@@ -171,7 +171,7 @@ func (a *logAgent) Assign(_ context.Context, as *osvcv1.Assign)    { a.assigns <
 func (a *logAgent) Cancel(*osvcv1.Cancel)                          {}
 func (a *logAgent) Welcome(*osvcv1.Welcome)                        {}
 func (a *logAgent) Distribute(context.Context, *osvcv1.Distribute) {}
-func (a *logAgent) Withdraw(*osvcv1.Withdraw)                     {}
+func (a *logAgent) Withdraw(*osvcv1.Withdraw)                      {}
 
 // startLogAgent enrolls agent 0 of its site and runs its Conn until stop,
 // or until parent ends; it waits for the connection under ctx.
