@@ -411,9 +411,16 @@ func (s *Service) push(ctx context.Context, conns []*conn) error {
 
 // pushDistributions queues, for each stream of byName, the Distribute of
 // every record of its agent not finished yet and not sent on the stream: it
-// reads every distribution once, whatever the number of streams.
+// reads every distribution once, whatever the number of streams, or only
+// the agent's own for one stream (a connect).
 func (s *Service) pushDistributions(ctx context.Context, byName map[string]*conn) error {
-	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(""), clientv3.WithPrefix())
+	prefix := s.store.DistributionsPrefix("")
+	if len(byName) == 1 {
+		for _, c := range byName {
+			prefix = s.store.DistributionsPrefix(c.id)
+		}
+	}
+	resp, err := s.client.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("list distributions: %w", err)
 	}
