@@ -65,12 +65,15 @@ func FromDir(ctx context.Context, dir string) (*osvcv1.PackageTree, error) {
 		t.Files = append(t.Files, &osvcv1.PackageFile{Path: rel, Sha256: sum, SizeBytes: size})
 		return nil
 	})
+	if errors.Is(err, ErrInvalid) {
+		return nil, err // it names the file, relative to dir
+	}
 	if err != nil {
 		return nil, fmt.Errorf("package tree %s: %w", dir, err)
 	}
 	Sort(t)
 	if err := Check(t); err != nil {
-		return nil, fmt.Errorf("package tree %s: %w", dir, err)
+		return nil, err
 	}
 	return t, nil
 }
