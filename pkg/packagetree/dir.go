@@ -19,13 +19,14 @@ import (
 // every file. The tree holds files and folders only: a symbolic link or any
 // other kind of file is refused, naming it (a link's target could be
 // anywhere, and Windows' media have none). Empty folders are not kept.
+// The manifest is checked once the folder is read (Check); only the count
+// of files is checked while reading, so that hashing stops at the limit.
 func FromDir(ctx context.Context, dir string) (*osvcv1.PackageTree, error) {
 	root, err := filepath.EvalSymlinks(dir)
 	if err != nil {
 		return nil, fmt.Errorf("package tree %s: %w", dir, err)
 	}
 	t := &osvcv1.PackageTree{}
-	var total int64
 	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -52,15 +53,9 @@ func FromDir(ctx context.Context, dir string) (*osvcv1.PackageTree, error) {
 		if len(t.Files) == MaxFiles {
 			return invalidf("the folder has more than %d files, the most a package tree has", MaxFiles)
 		}
-		if _, err := CleanPath(rel); err != nil {
-			return err
-		}
 		sum, size, err := hashFile(ctx, path)
 		if err != nil {
 			return err
-		}
-		if total += size; size > MaxFileBytes || total > MaxTotalBytes {
-			return invalidf("%s: the tree passes the limits of a package tree (%d bytes a file, %d in all)", rel, int64(MaxFileBytes), int64(MaxTotalBytes))
 		}
 		t.Files = append(t.Files, &osvcv1.PackageFile{Path: rel, Sha256: sum, SizeBytes: size})
 		return nil

@@ -121,6 +121,14 @@ func TestFromDirRefusesWhatIsNoFileOrFolder(t *testing.T) {
 		{"a name with a backslash", func(dir string) error { return os.WriteFile(filepath.Join(dir, `a\..\b`), nil, 0o644) }, "backslash"},
 		{"two names one on Windows", func(dir string) error { return os.WriteFile(filepath.Join(dir, "SETUP.exe"), nil, 0o644) }, "one file on Windows"},
 		{"no install.wim", func(dir string) error { return os.Remove(filepath.Join(dir, "sources", "install.wim")) }, "no sources/install.wim"},
+		{"more files than the limit, before hashing them all", func(dir string) error {
+			for i := range packagetree.MaxFiles {
+				if err := os.WriteFile(filepath.Join(dir, "f"+itoa(i)), nil, 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, "the folder has more than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -279,6 +287,14 @@ func TestExtractTarRefusesTooManyFilesAndANonEmptyFolder(t *testing.T) {
 		writeTree(t, dir, map[string]string{"x": "x"})
 		err := packagetree.ExtractTar(context.Background(), bytes.NewReader(tarOf(t, mediaEntries()...)), dir)
 		if err == nil || !strings.Contains(err.Error(), "not empty") {
+			t.Fatalf("ExtractTar = %v", err)
+		}
+	})
+	t.Run("a tar of folders alone", func(t *testing.T) {
+		t.Parallel()
+		data := tarOf(t, entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "sources/", Mode: 0o755}})
+		err := packagetree.ExtractTar(context.Background(), bytes.NewReader(data), filepath.Join(t.TempDir(), "s"))
+		if !errors.Is(err, packagetree.ErrInvalid) || !strings.Contains(err.Error(), "holds no file") {
 			t.Fatalf("ExtractTar = %v", err)
 		}
 	})
