@@ -88,11 +88,8 @@ func (c *cli) uploadTree(ctx context.Context, path, source, staging string) (*os
 	if err != nil {
 		return nil, "", err
 	}
-	uploaded := map[string]*osvcv1.Content{}
-	for _, f := range tree.GetFiles() {
-		if f.GetSizeBytes() == 0 || uploaded[f.GetSha256()] != nil {
-			continue // empty files have no blob
-		}
+	var install *osvcv1.Content
+	for _, f := range packagetree.Blobs(tree) {
 		local := packagetree.LocalPath(dir, f)
 		var got *osvcv1.Content
 		if f.GetSizeBytes() >= bigFile {
@@ -106,14 +103,16 @@ func (c *cli) uploadTree(ctx context.Context, path, source, staging string) (*os
 		if got.GetSha256() != f.GetSha256() {
 			return nil, "", fmt.Errorf("%s changed while it was imported: import the package again once nothing writes to it", f.GetPath())
 		}
-		uploaded[f.GetSha256()] = got
+		if f.GetSha256() == packagetree.Install(tree).GetSha256() {
+			install = got
+		}
 	}
 	manifest, err := c.uploadManifest(ctx, client, tree)
 	if err != nil {
 		return nil, "", err
 	}
 	fmt.Fprintf(c.stderr, "  package tree uploaded: %d files\n", ref.GetFileCount())
-	return uploaded[packagetree.Install(tree).GetSha256()], manifest, nil
+	return install, manifest, nil
 }
 
 // uploadManifest stores a tree's manifest in the content library and

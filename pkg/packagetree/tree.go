@@ -233,6 +233,22 @@ func WithInstallImage(t *osvcv1.PackageTree, sha256 string, size int64) (*osvcv1
 	return out, nil
 }
 
+// Blobs returns the files of t with distinct contents, the first of each,
+// in path order: the blobs a copy of the tree needs. Empty files have no
+// blob and are left out.
+func Blobs(t *osvcv1.PackageTree) []*osvcv1.PackageFile {
+	seen := map[string]bool{}
+	var out []*osvcv1.PackageFile
+	for _, f := range t.GetFiles() {
+		if f.GetSizeBytes() == 0 || seen[f.GetSha256()] {
+			continue
+		}
+		seen[f.GetSha256()] = true
+		out = append(out, f)
+	}
+	return out
+}
+
 // Ref describes the manifest whose blob is sha256 for an image version.
 func Ref(sha256 string, t *osvcv1.PackageTree) *osvcv1.PackageTreeRef {
 	var total int64

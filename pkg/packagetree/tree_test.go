@@ -44,6 +44,13 @@ func TestAWellFormedTreeIsAccepted(t *testing.T) {
 	if got := packagetree.Install(tree).GetSha256(); got != sum("MSWIM image") {
 		t.Errorf("install image %s, want the tree's sources/install.wim", got)
 	}
+	var blobs []string
+	for _, f := range packagetree.Blobs(tree) {
+		blobs = append(blobs, f.GetPath())
+	}
+	if fmt.Sprint(blobs) != "[boot/bcd setup.exe sources/install.wim sources/setup.exe]" {
+		t.Errorf("blobs of %v, want one per content but the empty file's", blobs)
+	}
 	ref := packagetree.Ref("ab", tree)
 	if ref.GetFileCount() != 6 || ref.GetSizeBytes() != int64(3+3+8+0+11+14) {
 		t.Errorf("ref %v", ref)

@@ -223,10 +223,9 @@ func (c *Catalog) claimTree(ctx context.Context, sha string, wim *osvcv1.Content
 		return nil, errdefs.InvalidArgument("tree_sha256", fmt.Sprintf("the tree's %s is %s, not the WIM content_sha256 names (%s); send the sha256 of the tree's own install.wim",
 			f.GetPath(), f.GetSha256(), wim.GetSha256()))
 	}
-	claimed := map[string]bool{wim.GetSha256(): true} // by ImportImage
-	for _, f := range tree.GetFiles() {
-		if f.GetSizeBytes() == 0 || claimed[f.GetSha256()] {
-			continue
+	for _, f := range packagetree.Blobs(tree) {
+		if f.GetSha256() == wim.GetSha256() {
+			continue // claimed by ImportImage
 		}
 		blob, err := c.content(ctx, f.GetSha256(), fmt.Sprintf("upload the tree's file %s first with ContentService.Write / osvcctl image import", f.GetPath()))
 		if err != nil {
@@ -236,7 +235,6 @@ func (c *Catalog) claimTree(ctx context.Context, sha string, wim *osvcv1.Content
 			return nil, errdefs.InvalidArgument("tree_sha256", fmt.Sprintf("the tree lists %s with %d bytes, but the content library holds %s with %d",
 				f.GetPath(), f.GetSizeBytes(), f.GetSha256(), blob.GetSizeBytes()))
 		}
-		claimed[f.GetSha256()] = true
 	}
 	return packagetree.Ref(sha, tree), nil
 }
