@@ -162,6 +162,15 @@ func TestAnUpgradePackageTreeIsServicedAndKeepsEveryOtherFile(t *testing.T) {
 		}
 	})
 
+	t.Run("an image without a tree is exported as its WIM", func(t *testing.T) {
+		c.osvcctl(t, "image", "import", sample.WIM, "--site", "PS1", "--id", "win11-plain")
+		dir := filepath.Join(t.TempDir(), "plain")
+		c.osvcctl(t, "image", "export", "win11-plain", "--to", dir)
+		if sha := fileSHA256(t, filepath.Join(dir, "install.wim")); sha != sourceSHA {
+			t.Errorf("exported %s, want the imported WIM %s", sha, sourceSHA)
+		}
+	})
+
 	var names []string
 	for _, u := range updates {
 		names = append(names, u.GetName())
