@@ -425,3 +425,24 @@ func FuzzExtractTar(f *testing.F) {
 		}
 	})
 }
+
+// A distribution point's cache lends its files by hard link: the tree is
+// laid out and the cache keeps its files.
+func TestMaterializeTakesHardLinksFromACache(t *testing.T) {
+	t.Parallel()
+	cache := t.TempDir()
+	for _, data := range mediaFiles {
+		if err := os.WriteFile(filepath.Join(cache, sum(data)), []byte(data), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link := func(_ context.Context, sha, dst string) error { return os.Link(filepath.Join(cache, sha), dst) }
+	dir := filepath.Join(cache, "tree")
+	if err := packagetree.Materialize(context.Background(), media(), dir, link); err != nil {
+		t.Fatal(err)
+	}
+	equalTrees(t, readTree(t, dir), mediaFiles)
+	if _, err := os.Stat(filepath.Join(cache, sum("MSWIM image"))); err != nil {
+		t.Errorf("the cache lost its file: %v", err)
+	}
+}

@@ -15,10 +15,12 @@ import (
 	"github.com/osvc/osvc/pkg/winpath"
 )
 
-// Fetch writes the blob sha256 into the file dst, which does not exist yet
-// and which Materialize creates the folder of: a download from the content
-// library (transfer.Download), a copy or link from a cache. Materialize
-// checks what it wrote, so a Fetch need not.
+// Fetch writes the blob sha256 into the file dst, which does not exist yet,
+// in a folder Materialize made: a download from the content library
+// (transfer.Download), a copy from a cache, or a hard link to a cached file
+// on the same volume (it is then moved into the tree, sharing the cache's
+// data: keep both read-only). Materialize checks what it wrote, so a Fetch
+// need not.
 type Fetch func(ctx context.Context, sha256, dst string) error
 
 // Materialize lays the tree t out under dir, a new or empty folder: every
