@@ -180,6 +180,15 @@ func (c *cluster) importSample(t *testing.T, s *sampledata.Sample) (*osvcv1.Imag
 	if err != nil {
 		t.Fatalf("import image: %v", err)
 	}
+	updates := c.importUpdates(t, s)
+	// The image is serviced once an agent inspected it.
+	return c.inspected(t, img.GetImage().GetName(), img.GetInspectionRun()), updates
+}
+
+// importUpdates uploads the sample's updates and records them in the catalog.
+func (c *cluster) importUpdates(t *testing.T, s *sampledata.Sample) []*osvcv1.Update {
+	t.Helper()
+	ctx := context.Background()
 	var files []*osvcv1.UpdateFile
 	for _, u := range s.Updates {
 		content, err := transfer.Upload(ctx, c.contents, u.File, "application/vnd.ms-cab-compressed", nil)
@@ -195,19 +204,22 @@ func (c *cluster) importSample(t *testing.T, s *sampledata.Sample) (*osvcv1.Imag
 	if len(ups.GetUpdates()) != len(s.Updates) {
 		t.Fatalf("imported %d updates, want %d", len(ups.GetUpdates()), len(s.Updates))
 	}
-	// The image is serviced once an agent inspected it.
-	inspection, _ := c.watch(t, img.GetInspectionRun())
+	return ups.GetUpdates()
+}
+
+// inspected waits for the inspection run of an image's version 1 to end,
+// checks it succeeded, and returns the image.
+func (c *cluster) inspected(t *testing.T, image, run string) *osvcv1.Image {
+	t.Helper()
+	inspection, _ := c.watch(t, run)
 	if inspection.GetState() != osvcv1.RunState_RUN_STATE_SUCCEEDED || inspection.GetKind() != osvcv1.RunKind_RUN_KIND_INSPECTION {
 		t.Fatalf("inspection %s ended %s: %s", inspection.GetName(), inspection.GetState(), inspection.GetError())
 	}
-	got, err := c.images.GetImage(ctx, &osvcv1.GetImageRequest{Name: img.GetImage().GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := got.GetImage().GetVersions()[0]; v.GetInspection() != osvcv1.InspectionState_INSPECTION_STATE_INSPECTED {
+	got := c.image(t, image)
+	if v := got.GetVersions()[0]; v.GetInspection() != osvcv1.InspectionState_INSPECTION_STATE_INSPECTED {
 		t.Fatalf("version 1 inspection %s after its run succeeded", v.GetInspection())
 	}
-	return got.GetImage(), ups.GetUpdates()
+	return got
 }
 
 // watch follows a run until it ends and returns its last snapshot and all log lines.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -27,20 +28,40 @@ const listPageSize = 100
 
 func (c *cli) imageCommand() *cobra.Command {
 	cmd := groupCommand("image", "Import and inspect WIM images")
-	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand(), c.imageDistributeCommand())
+	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand(), c.imageExportCommand(),
+		c.imageDistributeCommand())
 	return cmd
 }
 
 func (c *cli) imageImportCommand() *cobra.Command {
-	var id, displayName, site, kind string
+	var id, displayName, site, kind, staging string
 	var watch bool
 	cmd := &cobra.Command{
-		Use:   "import FILE --site SITE",
-		Short: "Upload a WIM file and record it as a new image",
+		Use:   "import FILE|FOLDER|TAR --site SITE",
+		Short: "Upload a WIM file, or an OS upgrade package's folder tree, and record it as a new image",
+		Long: `Uploads a WIM file and records it as a new image. A folder, or a tar file
+(.tar, .tar.gz, .tgz) of one, is an OS upgrade package as Configuration
+Manager keeps it: a tree holding sources/install.wim, which is serviced,
+and every other file of the package (setup.exe, boot/, efi/ …), kept as it
+is in every version. Each file is uploaded once, unless the content library
+holds it already; 'osvcctl image export' writes the tree back out.`,
 		Example: `  osvcctl image import install.wim --site PS1
-  osvcctl image import install.wim --site PS1 --id win11-23h2 --name "Windows 11 23H2" --watch`,
+  osvcctl image import install.wim --site PS1 --id win11-23h2 --name "Windows 11 23H2" --watch
+  osvcctl image import ./Win11_23H2_upgrade --site PS1 --kind os-upgrade-package
+  osvcctl image import win11-upgrade.tar.gz --site PS1`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			source, err := treeSource(args[0])
+			if err != nil {
+				return err
+			}
+			if source != "" {
+				if cmd.Flags().Changed("kind") && kind != kindOSUpgradePackage {
+					return usageErrorf("%s is a %s: only an OS upgrade package is imported as a folder tree; use --kind %s, or give the WIM file alone",
+						args[0], source, kindOSUpgradePackage)
+				}
+				kind = kindOSUpgradePackage
+			}
 			var k osvcv1.ImageKind
 			switch kind {
 			case kindOSImage:
@@ -54,15 +75,20 @@ func (c *cli) imageImportCommand() *cobra.Command {
 				return usageErrorf("--site is required: the code of the site whose agents service the image, e.g. PS1")
 			}
 			if id == "" {
-				var err error
-				if id, err = defaultImageID(args[0]); err != nil {
+				from := args[0]
+				if source == "tar" {
+					from = tarName(from)
+				}
+				if id, err = defaultImageID(from); err != nil {
 					return err
 				}
 			} else if err := validateID(id); err != nil {
 				return usageErrorf("--id: %w", err)
 			}
-			if _, err := statRegularFile(args[0]); err != nil {
-				return err
+			if source == "" {
+				if _, err := statRegularFile(args[0]); err != nil {
+					return err
+				}
 			}
 			images, err := c.images()
 			if err != nil {
@@ -78,7 +104,13 @@ func (c *cli) imageImportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			content, err := c.upload(cmd.Context(), c.stderr, args[0], mediaTypeWIM)
+			var content *osvcv1.Content
+			var tree string
+			if source == "" {
+				content, err = c.upload(cmd.Context(), c.stderr, args[0], mediaTypeWIM)
+			} else {
+				content, tree, err = c.uploadTree(cmd.Context(), args[0], source, staging)
+			}
 			if err != nil {
 				return err
 			}
@@ -90,6 +122,7 @@ func (c *cli) imageImportCommand() *cobra.Command {
 				Kind:          k,
 				Site:          site,
 				ContentSha256: content.GetSha256(),
+				TreeSha256:    tree,
 			})
 			if err != nil {
 				return err
@@ -114,6 +147,7 @@ func (c *cli) imageImportCommand() *cobra.Command {
 	f.StringVar(&displayName, "name", "", "display `NAME` shown with the image (default: the ID)")
 	f.StringVar(&kind, "kind", kindOSImage, "image `KIND`: "+kindOSImage+" or "+kindOSUpgradePackage)
 	f.BoolVar(&watch, "watch", false, "then follow the image's inspection run like 'run watch'")
+	f.StringVar(&staging, "staging-dir", "", "the `DIR` a tar file is extracted into while it is imported (default: the system's temporary folder)")
 	return cmd
 }
 
@@ -229,6 +263,10 @@ func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 	fmt.Fprintf(w, "Site:             %s\n", siteText(img.GetSite(), site))
 	fmt.Fprintf(w, "Current version:  %d\n", img.GetCurrentVersion())
 	fmt.Fprintf(w, "Inspection:       %s\n", inspectionText(currentVersion(img)))
+	if tree := currentVersion(img).GetTree(); tree != nil {
+		fmt.Fprintf(w, "Package tree:     %d files, %s (sources/install.wim and the rest of the package; 'osvcctl image export' writes it out)\n",
+			tree.GetFileCount(), sizeText(tree.GetSizeBytes()))
+	}
 	fmt.Fprintf(w, "Servicing status: %s\n", servicingStatusText(img.GetServicingStatus()))
 	fmt.Fprintf(w, "Last run:         %s\n", orDash(img.GetLastRun()))
 
@@ -250,17 +288,35 @@ func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 	renderList(w, t, "none")
 
 	fmt.Fprintln(w, "\nVersions:")
-	t = newTable(w, "VERSION", "SHA256", "SIZE", "INSPECTION", "CREATED BY RUN", "CREATED")
+	// A package tree's versions show the tree beside its install.wim.
+	trees := slices.ContainsFunc(img.GetVersions(), func(v *osvcv1.ImageVersion) bool { return v.GetTree() != nil })
+	header := []any{"VERSION", "SHA256", "SIZE", "INSPECTION", "CREATED BY RUN", "CREATED"}
+	if trees {
+		header = slices.Insert(header, 3, any("TREE"))
+	}
+	t = newTable(w, header...)
 	for _, v := range img.GetVersions() {
 		version := fmt.Sprint(v.GetVersion())
 		if v.GetVersion() == img.GetCurrentVersion() {
 			version += " (current)"
 		}
-		t.AppendRow([]any{version, shortSHA(v.GetSha256()), sizeText(v.GetSizeBytes()), inspectionStateText(v.GetInspection()),
-			orDash(v.GetCreatedByRun()), timeText(v.GetCreateTime())})
+		row := []any{version, shortSHA(v.GetSha256()), sizeText(v.GetSizeBytes()), inspectionStateText(v.GetInspection()),
+			orDash(v.GetCreatedByRun()), timeText(v.GetCreateTime())}
+		if trees {
+			row = slices.Insert(row, 3, any(treeText(v.GetTree())))
+		}
+		t.AppendRow(row)
 	}
 	t.Render()
 	printDistributions(w, img)
+}
+
+// treeText describes a version's package tree for tables.
+func treeText(tree *osvcv1.PackageTreeRef) string {
+	if tree == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d files, %s", tree.GetFileCount(), sizeText(tree.GetSizeBytes()))
 }
 
 // kbText spells a KB number the way Microsoft does, whether or not the server

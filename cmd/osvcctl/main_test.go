@@ -321,7 +321,10 @@ func TestStatusMessagesAndLocalMistakesAreRendered(t *testing.T) {
 		{"a missing argument shows the usage line", []string{"image", "get"}, "error: osvcctl image get takes 1 argument(s), got 0\nusage: osvcctl image get IMAGE [flags]\n"},
 		{"an unknown flag shows the usage line", []string{"run", "list", "--bogus"}, "usage: osvcctl run list [flags]\n"},
 		{"a missing image file is named before any upload", []string{"image", "import", "missing.wim", "--site", "PS1"}, "error: file missing.wim does not exist\n"},
-		{"a folder is not an image file", []string{"image", "import", ".", "--site", "PS1", "--id", "here"}, "error: . is not a regular file: give the path of a file\n"},
+		{"a folder without sources/install.wim is no upgrade package", []string{"image", "import", ".", "--site", "PS1", "--id", "here"},
+			"error: . is no OS upgrade package osvc can import: the tree has no sources/install.wim (the image it upgrades to); an OS upgrade package holds it: invalid package tree\n"},
+		{"a folder is not an OS image", []string{"image", "import", ".", "--site", "PS1", "--id", "here", "--kind", "os-image"},
+			"error: . is a folder: only an OS upgrade package is imported as a folder tree; use --kind os-upgrade-package, or give the WIM file alone\n"},
 		{"a bad architecture lists the choices", []string{"update", "list", "--arch", "mips"}, `--arch "mips": use x86, x64, arm64 or all`},
 	}
 	for _, tt := range tests {

@@ -34,6 +34,7 @@ func (s *imageServer) ImportImage(ctx context.Context, req *osvcv1.ImportImageRe
 		DisplayName:   req.GetDisplayName(),
 		Site:          req.GetSite(),
 		ContentSHA256: req.GetContentSha256(),
+		TreeSHA256:    req.GetTreeSha256(),
 		Kind:          req.GetKind(),
 	})
 	if err != nil {

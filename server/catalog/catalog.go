@@ -16,6 +16,7 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/packagetree"
 	"github.com/osvc/osvc/pkg/wiminfo"
 	"github.com/osvc/osvc/server/admission"
 	"github.com/osvc/osvc/server/content"
@@ -82,6 +83,9 @@ func New(cfg Config) (*Catalog, error) {
 // ImportImage asks for a WIM already in the content library to become version 1 of a new image.
 type ImportImage struct {
 	ID, DisplayName, Site, ContentSHA256 string
+	// TreeSHA256, for an OS upgrade package kept as a folder tree, names
+	// the tree's manifest; ContentSHA256 is then its sources/install.wim.
+	TreeSHA256 string
 	// Kind defaults to IMAGE_KIND_OS_IMAGE.
 	Kind osvcv1.ImageKind
 	// Within, when set, adds its writes to the transaction that records the
@@ -113,6 +117,14 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err := validateSHA256(req.ContentSHA256); err != nil {
 		return nil, errdefs.InvalidArgument("content_sha256", err.Error())
 	}
+	if req.TreeSHA256 != "" {
+		if kind != osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE {
+			return nil, errdefs.InvalidArgument("tree_sha256", "only an OS upgrade package (IMAGE_KIND_OS_UPGRADE_PACKAGE) is kept as a folder tree; import an OS image as its WIM alone")
+		}
+		if err := validateSHA256(req.TreeSHA256); err != nil {
+			return nil, errdefs.InvalidArgument("tree_sha256", err.Error())
+		}
+	}
 	release, err := c.imports.Enter(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("import image %s: %w", ImageName(req.ID), err)
@@ -134,6 +146,12 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 		return nil, errdefs.InvalidArgument("content_sha256",
 			fmt.Sprintf("WIM %s holds no image index; upload a WIM with at least one image", blob.GetSha256()))
 	}
+	var tree *osvcv1.PackageTreeRef
+	if req.TreeSHA256 != "" {
+		if tree, err = c.claimTree(ctx, req.TreeSHA256, blob); err != nil {
+			return nil, err
+		}
+	}
 	displayName := req.DisplayName
 	if displayName == "" {
 		displayName = req.ID
@@ -150,6 +168,7 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 			SizeBytes:  blob.GetSizeBytes(),
 			CreateTime: now,
 			Inspection: osvcv1.InspectionState_INSPECTION_STATE_PENDING,
+			Tree:       tree,
 		}},
 		CurrentVersion:  1,
 		Indexes:         indexes,
@@ -179,8 +198,45 @@ func (c *Catalog) ImportImage(ctx context.Context, req ImportImage) (*osvcv1.Ima
 	if err != nil {
 		return nil, fmt.Errorf("import image %s: %w", img.Name, err)
 	}
-	c.logger.Info("image imported", "image", img.Name, "site", img.Site, "sha256", blob.GetSha256(), "indexes", len(indexes))
+	c.logger.Info("image imported", "image", img.Name, "site", img.Site, "sha256", blob.GetSha256(), "indexes", len(indexes),
+		"tree", tree.GetSha256(), "tree_files", tree.GetFileCount())
 	return img, nil
+}
+
+// claimTree reads the package tree manifest sha from the library, checks
+// it (packagetree.Check), that its sources/install.wim is the WIM wim, and
+// that the library holds every file it lists with the size it says, and
+// claims the manifest and the files, so the content collector keeps them
+// until the import references them. Empty files have no blob.
+func (c *Catalog) claimTree(ctx context.Context, sha string, wim *osvcv1.Content) (*osvcv1.PackageTreeRef, error) {
+	if _, err := c.content(ctx, sha, "upload the tree's manifest first with ContentService.Write / osvcctl image import"); err != nil {
+		return nil, err
+	}
+	tree, err := c.lib.ReadTree(ctx, sha)
+	if errors.Is(err, packagetree.ErrInvalid) {
+		return nil, errdefs.InvalidArgument("tree_sha256", err.Error())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read package tree %s: %w", sha, err)
+	}
+	if f := packagetree.Install(tree); f.GetSha256() != wim.GetSha256() {
+		return nil, errdefs.InvalidArgument("tree_sha256", fmt.Sprintf("the tree's %s is %s, not the WIM content_sha256 names (%s); send the sha256 of the tree's own install.wim",
+			f.GetPath(), f.GetSha256(), wim.GetSha256()))
+	}
+	for _, f := range packagetree.Blobs(tree) {
+		if f.GetSha256() == wim.GetSha256() {
+			continue // claimed by ImportImage
+		}
+		blob, err := c.content(ctx, f.GetSha256(), fmt.Sprintf("upload the tree's file %s first with ContentService.Write / osvcctl image import", f.GetPath()))
+		if err != nil {
+			return nil, err
+		}
+		if blob.GetSizeBytes() != f.GetSizeBytes() {
+			return nil, errdefs.InvalidArgument("tree_sha256", fmt.Sprintf("the tree lists %s with %d bytes, but the content library holds %s with %d",
+				f.GetPath(), f.GetSizeBytes(), f.GetSha256(), blob.GetSizeBytes()))
+		}
+	}
+	return packagetree.Ref(sha, tree), nil
 }
 
 // readWIMInfo reads the indexes of a WIM of the library from its header and

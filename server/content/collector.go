@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/packagetree"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -57,7 +59,8 @@ type CollectorConfig struct {
 
 // Collector removes the blobs of the content library that nothing references,
 // by mark and sweep: a pass marks every sha256 named by a version of an
-// image, a file of an update, a log file of a run (artifacts, whatever the
+// image (for an OS upgrade package kept as a folder tree, its manifest and
+// every file the manifest lists), a file of an update, a log file of a run (artifacts, whatever the
 // run's state), the result of a run that has not ended or the record of a
 // blob (its chunk index), then
 // sweeps every blob unmarked, recorded or last claimed more than a grace
@@ -239,12 +242,19 @@ func (m *marks) uploadedDuringRun(t time.Time) bool {
 // mark reads every image, update and run.
 func (c *Collector) mark(ctx context.Context) (*marks, error) {
 	m := &marks{shas: map[string]bool{}}
+	trees := map[string]bool{}
 	err := eachValue(ctx, c.store, c.store.ImagesPrefix(), func(img *osvcv1.Image) {
 		for _, v := range img.GetVersions() {
 			m.shas[v.GetSha256()] = true
+			if tree := v.GetTree().GetSha256(); tree != "" {
+				trees[tree] = true
+			}
 		}
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := c.markTrees(ctx, m, trees); err != nil {
 		return nil, err
 	}
 	err = eachValue(ctx, c.store, c.store.UpdatesPrefix(), func(u *osvcv1.Update) {
@@ -287,6 +297,29 @@ func (c *Collector) mark(ctx context.Context) (*marks, error) {
 	}
 	delete(m.shas, "")
 	return m, nil
+}
+
+// markTrees marks the manifests of package trees and every file they list.
+// A manifest that cannot be read fails the pass, so no file of a tree is
+// ever removed for want of reading its list; one the library no longer
+// holds, or that is no manifest (its tree is lost either way), is logged
+// and passed over, so one broken version does not stop collection for good.
+func (c *Collector) markTrees(ctx context.Context, m *marks, trees map[string]bool) error {
+	for sha := range trees {
+		m.shas[sha] = true
+		t, err := c.lib.ReadTree(ctx, sha)
+		if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, packagetree.ErrInvalid) {
+			c.logger.Error("an image version names a package tree that cannot be read; its files are not kept for it", "tree", sha, "error", err)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read package tree %s: %w", sha, err)
+		}
+		for _, f := range t.GetFiles() {
+			m.shas[f.GetSha256()] = true
+		}
+	}
+	return nil
 }
 
 // lastClaim is when the blob's record was made or last claimed.

@@ -338,3 +338,39 @@ func TestCollectRemovesDataWithoutARecordOnceOld(t *testing.T) {
 		f.lib.wantContents(t, blobEntry(version))
 	})
 }
+
+// A version kept as a package tree keeps its manifest and every file the
+// manifest lists; once no version names the tree, they go.
+func TestCollectKeepsTheFilesOfAPackageTreeWhileAVersionNamesIt(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		f := newCollectFixture(t, b)
+		install := f.write(t, "MSWIM install image", t0)
+		setup := f.write(t, "MZ setup", t0)
+		boot := f.write(t, "boot configuration", t0)
+		tree := &osvcv1.PackageTree{Files: []*osvcv1.PackageFile{
+			{Path: "boot/bcd", Sha256: boot, SizeBytes: 18},
+			{Path: "setup.exe", Sha256: setup, SizeBytes: 8},
+			{Path: "sources/install.wim", Sha256: install, SizeBytes: 19},
+		}}
+		f.clock.Set(t0)
+		ref, err := f.lib.PutTree(ctx, tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.put(t, f.store.ImageKey("upgrade"), &osvcv1.Image{Name: "images/upgrade", Versions: []*osvcv1.ImageVersion{{Version: 1, Sha256: install, Tree: ref}}})
+		if removed := f.collect(t, t0.Add(100*24*time.Hour)); len(removed) != 0 {
+			t.Errorf("removed %v while a version names their tree", removed)
+		}
+		if _, err := f.store.Client().Delete(ctx, f.store.ImageKey("upgrade")); err != nil {
+			t.Fatal(err)
+		}
+		removed := f.collect(t, t0.Add(101*24*time.Hour))
+		want := []string{install, setup, boot, ref.GetSha256()}
+		slices.Sort(want)
+		if !slices.Equal(removed, want) {
+			t.Errorf("once no version names the tree removed %v, want its files and manifest %v", removed, want)
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/packagetree"
 	"github.com/osvc/osvc/pkg/runlogs"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/store"
@@ -143,6 +144,12 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 	if err != nil {
 		return err
 	}
+	var tree *servicedTree
+	if content != nil {
+		if tree, err = s.serviceTree(ctx, agent, m.GetRun(), content); err != nil {
+			return err
+		}
+	}
 	if len(m.GetIndexes()) > 0 {
 		m = proto.Clone(m).(*osvcv1.RunResult)
 		if err := s.catalog.LinkInstalled(ctx, m.GetIndexes()); err != nil {
@@ -167,7 +174,7 @@ func (s *Service) ReportRunResult(ctx context.Context, agent string, m *osvcv1.R
 		if IsInspection(ch.run) {
 			return s.inspected(ctx, ch, m)
 		}
-		return s.swap(ctx, ch, m, content)
+		return s.swap(ctx, ch, m, content, tree)
 	}, s.store.LogCountKey(runID)) // the run's end moves its log count into it
 	if err != nil {
 		return err
@@ -239,13 +246,24 @@ func (s *Service) claimArtifacts(ctx context.Context, in []*osvcv1.RunArtifact) 
 }
 
 // swap makes the uploaded result the image's current version.
-func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, content *osvcv1.Content) error {
+func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, content *osvcv1.Content, tree *servicedTree) error {
 	img, err := s.loadImage(ctx, ch)
 	if err != nil {
 		return err
 	}
-	if src := sourceVersion(img, ch.run); src != nil && src.GetSha256() == content.GetSha256() {
+	src := sourceVersion(img, ch.run)
+	if src != nil && src.GetSha256() == content.GetSha256() {
 		return s.keepVersion(ctx, ch, img, src, m, content)
+	}
+	var treeRef *osvcv1.PackageTreeRef
+	if src.GetTree() != nil {
+		// Versions do not change, so this holds unless the image was
+		// removed and imported again while the result was reported.
+		if tree == nil || tree.source != src.GetTree().GetSha256() {
+			return fmt.Errorf("version %d of %s is now another package tree than the run serviced; report the result again: %w",
+				src.GetVersion(), img.GetName(), errdefs.ErrConflict)
+		}
+		treeRef = tree.ref
 	}
 	now := timestamppb.New(s.now())
 	next := int32(0)
@@ -259,6 +277,7 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 		SizeBytes:    content.GetSizeBytes(),
 		CreatedByRun: ch.run.GetName(),
 		CreateTime:   now,
+		Tree:         treeRef,
 	}
 	// Keep the version being replaced as the previous one, so rollback is a
 	// pointer move; drop the rest.
@@ -293,6 +312,63 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	run.ResultSizeBytes = content.GetSizeBytes()
 	run.ResultIndexes = m.GetIndexes()
 	return nil
+}
+
+// servicedTree is the package tree of the version a run makes of a version
+// kept as a tree: its tree with sources/install.wim replaced by the result.
+type servicedTree struct {
+	// source is the manifest of the serviced version.
+	source string
+	ref    *osvcv1.PackageTreeRef
+}
+
+// serviceTree returns the tree of the version the successful result of
+// runName makes, when the version it serviced is a package tree, else nil:
+// the serviced version's manifest with its sources/install.wim replaced by
+// result, every other file as it was, stored in the content library
+// (claimed, so the collector keeps it until the swap names it). It is made
+// before the fenced transaction, which cannot write the library; swap checks
+// it is still the tree of the serviced version. Only for the agent the run
+// is leased to: anyone else's report is refused by the fence anyway.
+func (s *Service) serviceTree(ctx context.Context, agent, runName string, result *osvcv1.Content) (*servicedTree, error) {
+	runID, err := idFromName("run_result.run", runName, runsCollection)
+	if err != nil {
+		return nil, err
+	}
+	run, _, err := store.Get[*osvcv1.Run](ctx, s.store, s.store.RunKey(runID))
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, nil // the fence says so
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read run %s: %w", runName, err)
+	}
+	if IsInspection(run) || run.GetAgent() != agent {
+		return nil, nil
+	}
+	img, err := s.catalog.GetImage(ctx, run.GetImage())
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	src := sourceVersion(img, run)
+	if src.GetTree() == nil || src.GetSha256() == result.GetSha256() {
+		return nil, nil
+	}
+	old, err := s.library.ReadTree(ctx, src.GetTree().GetSha256())
+	if err != nil {
+		return nil, fmt.Errorf("read the package tree of %s version %d: %w", img.GetName(), src.GetVersion(), err)
+	}
+	tree, err := packagetree.WithInstallImage(old, result.GetSha256(), result.GetSizeBytes())
+	if err != nil {
+		return nil, fmt.Errorf("package tree of %s version %d with the serviced %s: %w", img.GetName(), src.GetVersion(), packagetree.InstallImage, err)
+	}
+	ref, err := s.library.PutTree(ctx, tree)
+	if err != nil {
+		return nil, err
+	}
+	return &servicedTree{source: src.GetTree().GetSha256(), ref: ref}, nil
 }
 
 // sourceVersion is the version of img that run services, nil when the image

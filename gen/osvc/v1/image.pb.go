@@ -585,8 +585,15 @@ type ImageVersion struct {
 	InspectionRun string `protobuf:"bytes,7,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
 	// inspection_error says why the inspection failed.
 	InspectionError string `protobuf:"bytes,8,opt,name=inspection_error,json=inspectionError,proto3" json:"inspection_error,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// tree, set only for an OS upgrade package imported as a folder tree,
+	// names the manifest of the whole tree (a PackageTree in the content
+	// library). sha256 and size_bytes above stay those of the tree's
+	// sources/install.wim, which is what servicing and inspection work on; a
+	// version a run makes has the tree of the version it serviced with
+	// sources/install.wim replaced by the result, every other file as it was.
+	Tree          *PackageTreeRef `protobuf:"bytes,9,opt,name=tree,proto3" json:"tree,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImageVersion) Reset() {
@@ -675,6 +682,194 @@ func (x *ImageVersion) GetInspectionError() string {
 	return ""
 }
 
+func (x *ImageVersion) GetTree() *PackageTreeRef {
+	if x != nil {
+		return x.Tree
+	}
+	return nil
+}
+
+// PackageTreeRef names the manifest of a version's folder tree.
+type PackageTreeRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 is the PackageTree's blob in the content library.
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// file_count is how many files the tree has, sources/install.wim included.
+	FileCount int32 `protobuf:"varint,2,opt,name=file_count,json=fileCount,proto3" json:"file_count,omitempty"`
+	// size_bytes is the size of all the tree's files together.
+	SizeBytes     int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageTreeRef) Reset() {
+	*x = PackageTreeRef{}
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageTreeRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageTreeRef) ProtoMessage() {}
+
+func (x *PackageTreeRef) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageTreeRef.ProtoReflect.Descriptor instead.
+func (*PackageTreeRef) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PackageTreeRef) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *PackageTreeRef) GetFileCount() int32 {
+	if x != nil {
+		return x.FileCount
+	}
+	return 0
+}
+
+func (x *PackageTreeRef) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+// PackageTree is the manifest of an OS upgrade package kept as Configuration
+// Manager keeps one: a folder tree (setup.exe, boot/, efi/, sources/ …) whose
+// sources/install.wim is the image serviced. Every file is a blob of the
+// content library of its own, so versions share every file but the one
+// servicing changes. Stored as a blob, serialized deterministically, its
+// files in path order. The server refuses a manifest that names a path that
+// is absolute, holds "..", a backslash or a name Windows cannot hold, or
+// that two files share once case is ignored, as on Windows (see the
+// packagetree package for every rule and limit).
+type PackageTree struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Files         []*PackageFile         `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageTree) Reset() {
+	*x = PackageTree{}
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageTree) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageTree) ProtoMessage() {}
+
+func (x *PackageTree) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageTree.ProtoReflect.Descriptor instead.
+func (*PackageTree) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PackageTree) GetFiles() []*PackageFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+// PackageFile is one file of a PackageTree.
+type PackageFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is relative to the tree's root, its names separated by '/', e.g.
+	// sources/install.wim.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// sha256 names the file's blob in the content library.
+	Sha256        string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	SizeBytes     int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PackageFile) Reset() {
+	*x = PackageFile{}
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PackageFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PackageFile) ProtoMessage() {}
+
+func (x *PackageFile) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PackageFile.ProtoReflect.Descriptor instead.
+func (*PackageFile) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PackageFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PackageFile) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *PackageFile) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
 // ImageIndex is one image inside a WIM file.
 type ImageIndex struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -696,7 +891,7 @@ type ImageIndex struct {
 
 func (x *ImageIndex) Reset() {
 	*x = ImageIndex{}
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +903,7 @@ func (x *ImageIndex) String() string {
 func (*ImageIndex) ProtoMessage() {}
 
 func (x *ImageIndex) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +916,7 @@ func (x *ImageIndex) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageIndex.ProtoReflect.Descriptor instead.
 func (*ImageIndex) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ImageIndex) GetIndex() int32 {
@@ -811,7 +1006,7 @@ type InstalledUpdate struct {
 
 func (x *InstalledUpdate) Reset() {
 	*x = InstalledUpdate{}
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +1018,7 @@ func (x *InstalledUpdate) String() string {
 func (*InstalledUpdate) ProtoMessage() {}
 
 func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +1031,7 @@ func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstalledUpdate.ProtoReflect.Descriptor instead.
 func (*InstalledUpdate) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InstalledUpdate) GetPackageIdentity() string {
@@ -884,13 +1079,17 @@ type ImportImageRequest struct {
 	Site        string    `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
 	// content_sha256 names the WIM uploaded through ContentService.Write.
 	ContentSha256 string `protobuf:"bytes,5,opt,name=content_sha256,json=contentSha256,proto3" json:"content_sha256,omitempty"`
+	// tree_sha256, for an IMAGE_KIND_OS_UPGRADE_PACKAGE kept as a folder
+	// tree, names its PackageTree uploaded through ContentService.Write after
+	// every file it lists. Its sources/install.wim must be content_sha256.
+	TreeSha256    string `protobuf:"bytes,6,opt,name=tree_sha256,json=treeSha256,proto3" json:"tree_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ImportImageRequest) Reset() {
 	*x = ImportImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -902,7 +1101,7 @@ func (x *ImportImageRequest) String() string {
 func (*ImportImageRequest) ProtoMessage() {}
 
 func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -915,7 +1114,7 @@ func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
 func (*ImportImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ImportImageRequest) GetImageId() string {
@@ -953,6 +1152,13 @@ func (x *ImportImageRequest) GetContentSha256() string {
 	return ""
 }
 
+func (x *ImportImageRequest) GetTreeSha256() string {
+	if x != nil {
+		return x.TreeSha256
+	}
+	return ""
+}
+
 type ImportImageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Image *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
@@ -964,7 +1170,7 @@ type ImportImageResponse struct {
 
 func (x *ImportImageResponse) Reset() {
 	*x = ImportImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1182,7 @@ func (x *ImportImageResponse) String() string {
 func (*ImportImageResponse) ProtoMessage() {}
 
 func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1195,7 @@ func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
 func (*ImportImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImportImageResponse) GetImage() *Image {
@@ -1016,7 +1222,7 @@ type InspectImageRequest struct {
 
 func (x *InspectImageRequest) Reset() {
 	*x = InspectImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1234,7 @@ func (x *InspectImageRequest) String() string {
 func (*InspectImageRequest) ProtoMessage() {}
 
 func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1247,7 @@ func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageRequest.ProtoReflect.Descriptor instead.
 func (*InspectImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InspectImageRequest) GetName() string {
@@ -1062,7 +1268,7 @@ type InspectImageResponse struct {
 
 func (x *InspectImageResponse) Reset() {
 	*x = InspectImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1280,7 @@ func (x *InspectImageResponse) String() string {
 func (*InspectImageResponse) ProtoMessage() {}
 
 func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1293,7 @@ func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageResponse.ProtoReflect.Descriptor instead.
 func (*InspectImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InspectImageResponse) GetImage() *Image {
@@ -1113,7 +1319,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1331,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1344,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetImageRequest) GetName() string {
@@ -1157,7 +1363,7 @@ type GetImageResponse struct {
 
 func (x *GetImageResponse) Reset() {
 	*x = GetImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1375,7 @@ func (x *GetImageResponse) String() string {
 func (*GetImageResponse) ProtoMessage() {}
 
 func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1388,7 @@ func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageResponse.ProtoReflect.Descriptor instead.
 func (*GetImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetImageResponse) GetImage() *Image {
@@ -1204,7 +1410,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1422,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1435,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListImagesRequest) GetPageSize() int32 {
@@ -1263,7 +1469,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[12]
+	mi := &file_osvc_v1_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1481,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[12]
+	mi := &file_osvc_v1_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1494,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -1344,7 +1550,7 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\aretries\x18\f \x01(\x05R\aretries\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x10\n" +
-	"\x03url\x18\x0e \x01(\tR\x03url\"\xce\x02\n" +
+	"\x03url\x18\x0e \x01(\tR\x03url\"\xfb\x02\n" +
 	"\fImageVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -1357,7 +1563,21 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"inspection\x18\x06 \x01(\x0e2\x18.osvc.v1.InspectionStateR\n" +
 	"inspection\x12%\n" +
 	"\x0einspection_run\x18\a \x01(\tR\rinspectionRun\x12)\n" +
-	"\x10inspection_error\x18\b \x01(\tR\x0finspectionError\"\xe3\x02\n" +
+	"\x10inspection_error\x18\b \x01(\tR\x0finspectionError\x12+\n" +
+	"\x04tree\x18\t \x01(\v2\x17.osvc.v1.PackageTreeRefR\x04tree\"f\n" +
+	"\x0ePackageTreeRef\x12\x16\n" +
+	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"file_count\x18\x02 \x01(\x05R\tfileCount\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\"9\n" +
+	"\vPackageTree\x12*\n" +
+	"\x05files\x18\x01 \x03(\v2\x14.osvc.v1.PackageFileR\x05files\"X\n" +
+	"\vPackageFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\"\xe3\x02\n" +
 	"\n" +
 	"ImageIndex\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
@@ -1377,13 +1597,15 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x02kb\x18\x02 \x01(\tR\x02kb\x12\x16\n" +
 	"\x06update\x18\x03 \x01(\tR\x06update\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12=\n" +
-	"\finstall_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vinstallTime\"\xb5\x01\n" +
+	"\finstall_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vinstallTime\"\xd6\x01\n" +
 	"\x12ImportImageRequest\x12\x19\n" +
 	"\bimage_id\x18\x01 \x01(\tR\aimageId\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x12.osvc.v1.ImageKindR\x04kind\x12\x12\n" +
 	"\x04site\x18\x04 \x01(\tR\x04site\x12%\n" +
-	"\x0econtent_sha256\x18\x05 \x01(\tR\rcontentSha256\"b\n" +
+	"\x0econtent_sha256\x18\x05 \x01(\tR\rcontentSha256\x12\x1f\n" +
+	"\vtree_sha256\x18\x06 \x01(\tR\n" +
+	"treeSha256\"b\n" +
 	"\x13ImportImageResponse\x12$\n" +
 	"\x05image\x18\x01 \x01(\v2\x0e.osvc.v1.ImageR\x05image\x12%\n" +
 	"\x0einspection_run\x18\x02 \x01(\tR\rinspectionRun\")\n" +
@@ -1448,7 +1670,7 @@ func file_osvc_v1_image_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_osvc_v1_image_proto_goTypes = []any{
 	(ImageKind)(0),                // 0: osvc.v1.ImageKind
 	(ServicingStatus)(0),          // 1: osvc.v1.ServicingStatus
@@ -1457,52 +1679,57 @@ var file_osvc_v1_image_proto_goTypes = []any{
 	(*Image)(nil),                 // 4: osvc.v1.Image
 	(*Distribution)(nil),          // 5: osvc.v1.Distribution
 	(*ImageVersion)(nil),          // 6: osvc.v1.ImageVersion
-	(*ImageIndex)(nil),            // 7: osvc.v1.ImageIndex
-	(*InstalledUpdate)(nil),       // 8: osvc.v1.InstalledUpdate
-	(*ImportImageRequest)(nil),    // 9: osvc.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),   // 10: osvc.v1.ImportImageResponse
-	(*InspectImageRequest)(nil),   // 11: osvc.v1.InspectImageRequest
-	(*InspectImageResponse)(nil),  // 12: osvc.v1.InspectImageResponse
-	(*GetImageRequest)(nil),       // 13: osvc.v1.GetImageRequest
-	(*GetImageResponse)(nil),      // 14: osvc.v1.GetImageResponse
-	(*ListImagesRequest)(nil),     // 15: osvc.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 16: osvc.v1.ListImagesResponse
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
-	(Architecture)(0),             // 18: osvc.v1.Architecture
+	(*PackageTreeRef)(nil),        // 7: osvc.v1.PackageTreeRef
+	(*PackageTree)(nil),           // 8: osvc.v1.PackageTree
+	(*PackageFile)(nil),           // 9: osvc.v1.PackageFile
+	(*ImageIndex)(nil),            // 10: osvc.v1.ImageIndex
+	(*InstalledUpdate)(nil),       // 11: osvc.v1.InstalledUpdate
+	(*ImportImageRequest)(nil),    // 12: osvc.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),   // 13: osvc.v1.ImportImageResponse
+	(*InspectImageRequest)(nil),   // 14: osvc.v1.InspectImageRequest
+	(*InspectImageResponse)(nil),  // 15: osvc.v1.InspectImageResponse
+	(*GetImageRequest)(nil),       // 16: osvc.v1.GetImageRequest
+	(*GetImageResponse)(nil),      // 17: osvc.v1.GetImageResponse
+	(*ListImagesRequest)(nil),     // 18: osvc.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),    // 19: osvc.v1.ListImagesResponse
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(Architecture)(0),             // 21: osvc.v1.Architecture
 }
 var file_osvc_v1_image_proto_depIdxs = []int32{
 	0,  // 0: osvc.v1.Image.kind:type_name -> osvc.v1.ImageKind
 	6,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
-	7,  // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
+	10, // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
 	1,  // 3: osvc.v1.Image.servicing_status:type_name -> osvc.v1.ServicingStatus
-	17, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
-	17, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
+	20, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
+	20, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
 	2,  // 7: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
-	17, // 8: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
-	17, // 9: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	20, // 8: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
+	20, // 9: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
 	3,  // 10: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
-	18, // 11: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	8,  // 12: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	17, // 13: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 14: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	4,  // 15: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 16: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 17: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 18: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	9,  // 19: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	13, // 20: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	15, // 21: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	11, // 22: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
-	10, // 23: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	14, // 24: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	16, // 25: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	12, // 26: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	7,  // 11: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
+	9,  // 12: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
+	21, // 13: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	11, // 14: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	20, // 15: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 16: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	4,  // 17: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 18: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 19: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 20: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	12, // 21: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	16, // 22: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	18, // 23: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	14, // 24: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	13, // 25: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	17, // 26: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	19, // 27: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	15, // 28: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }
@@ -1517,7 +1744,7 @@ func file_osvc_v1_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_image_proto_rawDesc), len(file_osvc_v1_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
