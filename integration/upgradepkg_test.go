@@ -4,10 +4,14 @@ import (
 	"archive/tar"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/integration/sampledata"
@@ -123,6 +127,8 @@ func readFiles(t *testing.T, dir string) map[string]string {
 func TestAnUpgradePackageTreeIsServicedAndKeepsEveryOtherFile(t *testing.T) {
 	ctx := context.Background()
 	c := startCluster(t)
+	dpAddr := freeAddr(t)
+	start(t, "osvc-agent", append(c.agentArgs(t, "dp-ps1", filepath.Join(t.TempDir(), "dp-ps1")), "--distribution-point", "--dp-listen", dpAddr)...)
 	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 512 << 10})
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +182,7 @@ func TestAnUpgradePackageTreeIsServicedAndKeepsEveryOtherFile(t *testing.T) {
 		names = append(names, u.GetName())
 	}
 	created, err := c.svc.CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{Parent: img.GetName(),
-		Schedule: &osvcv1.Schedule{Updates: names, ContinueOnError: true, RemoveSuperseded: true}})
+		Schedule: &osvcv1.Schedule{Updates: names, ContinueOnError: true, RemoveSuperseded: true, UpdateDistributionPoints: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,6 +228,23 @@ func TestAnUpgradePackageTreeIsServicedAndKeepsEveryOtherFile(t *testing.T) {
 			if got[p] != data {
 				t.Errorf("%s differs from the imported package's", p)
 			}
+		}
+	})
+
+	t.Run("the distribution point serves version 2's whole tree", func(t *testing.T) {
+		eventually(t, 2*time.Minute, "version 2 to be distributed", func() bool {
+			ds := c.image(t, img.GetName()).GetDistributions()
+			return len(ds) == 1 && ds[0].GetState() == osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED && ds[0].GetDistributedVersion() == 2
+		})
+		base := "http://" + dpAddr + "/images/win11-upgrade/"
+		for p, data := range others {
+			if got := httpGet(t, http.DefaultClient, base+p, ""); string(got) != data {
+				t.Errorf("GET %s: %d bytes, not the package's", base+p, len(got))
+			}
+		}
+		wim := httpGet(t, http.DefaultClient, base+"Sources/Install.wim", "")
+		if sum := sha256.Sum256(wim); hex.EncodeToString(sum[:]) != run.GetResultSha256() {
+			t.Errorf("GET %sSources/Install.wim: not the serviced install.wim", base)
 		}
 	})
 

@@ -60,7 +60,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("scheduler: %w", err)
 	}
-	dist, err := distribution.New(distribution.Config{Store: st, Logger: s.logger, ServerID: serverID})
+	dist, err := distribution.New(distribution.Config{Store: st, Trees: lib, Logger: s.logger, ServerID: serverID})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("distribution: %w", err)
 	}

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -36,6 +37,7 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/pkg/names"
+	"github.com/osvc/osvc/pkg/packagetree"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -81,6 +83,9 @@ type Served struct {
 	Version   int32  `json:"version"`
 	SHA256    string `json:"sha256"`
 	SizeBytes int64  `json:"size_bytes"`
+	// Tree is the sha256 of the version's package tree manifest, for an OS
+	// upgrade package kept as a folder tree; every file it lists is held.
+	Tree string `json:"tree,omitempty"`
 }
 
 // Point is a distribution point. It is safe for concurrent use.
@@ -89,8 +94,11 @@ type Point struct {
 	log   hclog.Logger
 	store *cache.Cache
 
-	mu        sync.Mutex
-	served    map[string]Served // by image name
+	mu     sync.Mutex
+	served map[string]Served // by image name
+	// trees are the package trees of the images served with one, by image
+	// name, then by path lower-cased (Windows paths ignore case).
+	trees     map[string]map[string]*osvcv1.PackageFile
 	transfers map[string]*fetch // by image name
 	closed    bool
 	wg        sync.WaitGroup
@@ -124,7 +132,8 @@ func New(cfg Config) (*Point, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dp: %w", err)
 	}
-	p := &Point{cfg: cfg, log: cfg.Logger.Named("dp"), store: store, served: map[string]Served{}, transfers: map[string]*fetch{}}
+	p := &Point{cfg: cfg, log: cfg.Logger.Named("dp"), store: store, served: map[string]Served{},
+		trees: map[string]map[string]*osvcv1.PackageFile{}, transfers: map[string]*fetch{}}
 	if err := p.load(); err != nil {
 		store.Close()
 		return nil, err
@@ -145,13 +154,68 @@ func (p *Point) load() error {
 		return fmt.Errorf("dp: %s is damaged (%v): move it away and distribute the images again", filepath.Join(p.cfg.Dir, stateFile), err)
 	}
 	for _, s := range list {
-		if _, err := imageID(s.Image); err != nil || !transfer.ValidSHA256(s.SHA256) {
+		if _, err := imageID(s.Image); err != nil || !transfer.ValidSHA256(s.SHA256) || (s.Tree != "" && !transfer.ValidSHA256(s.Tree)) {
 			return fmt.Errorf("dp: %s names a bad image or file (%q, %q): move it away and distribute the images again",
 				filepath.Join(p.cfg.Dir, stateFile), s.Image, s.SHA256)
+		}
+		if s.Tree != "" {
+			t, err := p.readTree(s.Tree)
+			if err != nil {
+				// Served without its tree: the next Distribute fetches it again.
+				p.log.Warn("the package tree of a served image cannot be read; its files are not served", "image", s.Image, "error", err)
+			} else {
+				p.trees[s.Image] = byPath(t)
+			}
 		}
 		p.served[s.Image] = s
 	}
 	return nil
+}
+
+// readTree reads and checks the manifest sha256 from the store.
+func (p *Point) readTree(sha256 string) (*osvcv1.PackageTree, error) {
+	data, err := readCapped(p.store.Path(sha256), packagetree.MaxManifestBytes)
+	if err != nil {
+		return nil, err
+	}
+	return packagetree.Parse(data)
+}
+
+func readCapped(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is over %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+// byPath indexes a tree's files by their path lower-cased.
+func byPath(t *osvcv1.PackageTree) map[string]*osvcv1.PackageFile {
+	m := make(map[string]*osvcv1.PackageFile, len(t.GetFiles()))
+	for _, f := range t.GetFiles() {
+		m[strings.ToLower(f.GetPath())] = f
+	}
+	return m
+}
+
+// File returns the file at path of image's package tree, matched
+// ignoring case, and where the point keeps it.
+func (p *Point) File(image, path string) (*osvcv1.PackageFile, string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f, ok := p.trees[image][strings.ToLower(path)]
+	if !ok {
+		return nil, "", false
+	}
+	return f, p.store.Path(f.GetSha256()), true
 }
 
 // save writes what the point serves; p.mu is held.
@@ -208,18 +272,16 @@ func (p *Point) Withdraw(image string) {
 	if !ok {
 		return
 	}
+	files := p.blobsOf(image)
 	delete(p.served, image)
 	if err := p.save(); err != nil {
 		p.served[image] = old
 		p.log.Error("cannot record the withdrawal; the image is still served", "image", image, "error", err)
 		return
 	}
+	delete(p.trees, image)
 	p.log.Info("image withdrawn", "image", image, "version", old.Version)
-	if !p.serving(old.SHA256) {
-		if err := p.store.Remove(old.SHA256); err != nil {
-			p.log.Warn("cannot remove the withdrawn image's file", "image", image, "error", err)
-		}
-	}
+	p.removeUnused(files, image+" (withdrawn)")
 }
 
 // Has tells whether dir holds a distribution point's state: an agent that
@@ -256,7 +318,7 @@ func (p *Point) Distribute(ctx context.Context, m *osvcv1.Distribute) {
 	fctx, cancel := context.WithCancelCause(ctx)
 	f := &fetch{sha256: m.GetSha256(), cancel: cancel}
 	p.transfers[image] = f
-	served := p.served[image].SHA256 == m.GetSha256()
+	served := p.served[image].SHA256 == m.GetSha256() && p.served[image].Tree == m.GetTree().GetSha256()
 	p.wg.Go(func() {
 		defer cancel(nil)
 		defer p.forget(image, f)
@@ -277,6 +339,9 @@ func validate(m *osvcv1.Distribute) error {
 	}
 	if m.GetVersion() <= 0 || m.GetSizeBytes() < 0 {
 		return errdefs.InvalidArgument("distribute.version", "want a positive version and a size")
+	}
+	if t := m.GetTree(); t != nil && !transfer.ValidSHA256(t.GetSha256()) {
+		return errdefs.InvalidArgument("distribute.tree.sha256", "not a sha256")
 	}
 	return nil
 }
@@ -343,57 +408,130 @@ func (p *Point) attempt(ctx context.Context, f *fetch, m *osvcv1.Distribute, ret
 			}
 		}
 	}()
-	path, release, err := p.store.Acquire(ctx, m.GetSha256(), func(n, _ int64) { done.Store(n) })
+	tree, err := p.fetchAll(ctx, m, &done)
 	close(stop)
 	<-reported
 	if err != nil {
 		return err
 	}
-	defer release()
-	info, err := os.Stat(path)
+	return p.serve(ctx, m, tree)
+}
+
+// fetchAll fetches the version's file, and for a package tree its manifest
+// and every file it lists, counting the bytes in place in done.
+func (p *Point) fetchAll(ctx context.Context, m *osvcv1.Distribute, done *atomic.Int64) (*osvcv1.PackageTree, error) {
+	var placed int64
+	get := func(sha string, size int64) error {
+		path, release, err := p.store.Acquire(ctx, sha, func(n, _ int64) { done.Store(placed + n) })
+		if err != nil {
+			return err
+		}
+		defer release()
+		info, err := os.Stat(path)
+		if err != nil {
+			return err
+		}
+		if size != 0 && info.Size() != size {
+			return fmt.Errorf("%s has %d bytes, the server said %d", sha, info.Size(), size)
+		}
+		placed += info.Size()
+		done.Store(placed)
+		return nil
+	}
+	if err := get(m.GetSha256(), m.GetSizeBytes()); err != nil {
+		return nil, err
+	}
+	if m.GetTree() == nil {
+		return nil, nil
+	}
+	if err := get(m.GetTree().GetSha256(), 0); err != nil {
+		return nil, fmt.Errorf("package tree manifest: %w", err)
+	}
+	tree, err := p.readTree(m.GetTree().GetSha256())
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("package tree manifest %s: %w", m.GetTree().GetSha256(), err)
 	}
-	if m.GetSizeBytes() != 0 && info.Size() != m.GetSizeBytes() {
-		return fmt.Errorf("the fetched file has %d bytes, the server said %d", info.Size(), m.GetSizeBytes())
+	if in := packagetree.Install(tree); in == nil || in.GetSha256() != m.GetSha256() {
+		return nil, fmt.Errorf("package tree manifest %s does not hold the version's install.wim %s", m.GetTree().GetSha256(), m.GetSha256())
 	}
-	return p.serve(ctx, m)
+	for _, f := range packagetree.Blobs(tree) {
+		if f.GetSha256() == m.GetSha256() {
+			continue
+		}
+		if err := get(f.GetSha256(), f.GetSizeBytes()); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.GetPath(), err)
+		}
+	}
+	return tree, nil
 }
 
 // serve makes m's version the one served for its image and removes the
 // file it replaces when no other image serves it.
-func (p *Point) serve(ctx context.Context, m *osvcv1.Distribute) error {
+func (p *Point) serve(ctx context.Context, m *osvcv1.Distribute, tree *osvcv1.PackageTree) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	old, had := p.served[m.GetImage()]
-	p.served[m.GetImage()] = Served{Image: m.GetImage(), Version: m.GetVersion(), SHA256: m.GetSha256(), SizeBytes: m.GetSizeBytes()}
+	image := m.GetImage()
+	old, had := p.served[image]
+	oldFiles := p.blobsOf(image)
+	p.served[image] = Served{Image: image, Version: m.GetVersion(), SHA256: m.GetSha256(), SizeBytes: m.GetSizeBytes(), Tree: m.GetTree().GetSha256()}
 	if err := p.save(); err != nil {
 		if had {
-			p.served[m.GetImage()] = old
+			p.served[image] = old
 		} else {
-			delete(p.served, m.GetImage())
+			delete(p.served, image)
 		}
 		return fmt.Errorf("record the version served: %w", err)
 	}
-	if had && old.SHA256 != m.GetSha256() && !p.serving(old.SHA256) {
-		if err := p.store.Remove(old.SHA256); err != nil {
-			p.log.Warn("cannot remove the replaced version", "image", old.Image, "version", old.Version, "error", err)
-		}
+	if tree != nil {
+		p.trees[image] = byPath(tree)
+	} else {
+		delete(p.trees, image)
+	}
+	if had {
+		p.removeUnused(oldFiles, fmt.Sprintf("%s version %d", old.Image, old.Version))
 	}
 	return nil
 }
 
-// serving tells whether an image is served from sha256; p.mu is held.
-func (p *Point) serving(sha256 string) bool {
-	for _, s := range p.served {
-		if s.SHA256 == sha256 {
-			return true
+// blobsOf returns every file image is served from: its WIM, and its
+// tree's manifest and files; p.mu is held.
+func (p *Point) blobsOf(image string) []string {
+	s, ok := p.served[image]
+	if !ok {
+		return nil
+	}
+	out := []string{s.SHA256}
+	if s.Tree != "" {
+		out = append(out, s.Tree)
+	}
+	for _, f := range p.trees[image] {
+		if f.GetSizeBytes() > 0 {
+			out = append(out, f.GetSha256())
 		}
 	}
-	return false
+	return out
+}
+
+// removeUnused removes those of files no image is served from; p.mu is held.
+func (p *Point) removeUnused(files []string, what string) {
+	used := map[string]bool{}
+	for image := range p.served {
+		for _, sha := range p.blobsOf(image) {
+			used[sha] = true
+		}
+	}
+	for _, sha := range files {
+		if used[sha] {
+			continue
+		}
+		used[sha] = true // once
+		if err := p.store.Remove(sha); err != nil {
+			p.log.Warn("cannot remove a file no image serves any more", "of", what, "sha256", sha, "error", err)
+		}
+	}
 }
 
 // report sends one report; a stale answer stops the fetch.

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/osvc/osvc/agent/dp"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/pkg/packagetree"
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
@@ -350,5 +352,83 @@ func TestAWithdrawnImageIsNoLongerServedAndItsFileIsRemoved(t *testing.T) {
 	defer again.Close()
 	if images := again.Images(); len(images) != 0 {
 		t.Fatalf("after a restart the point serves %v, want nothing", images)
+	}
+}
+
+// tree puts the files of a package tree and its manifest in src and returns
+// the Distribute of it as version v.
+func tree(t *testing.T, src *folder, v int32, files map[string][]byte) *osvcv1.Distribute {
+	t.Helper()
+	m := &osvcv1.PackageTree{}
+	for path, data := range files {
+		m.Files = append(m.Files, &osvcv1.PackageFile{Path: path, Sha256: src.put(t, data), SizeBytes: int64(len(data))})
+	}
+	packagetree.Sort(m)
+	data, err := packagetree.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wim := packagetree.Install(m)
+	return &osvcv1.Distribute{Image: "images/upgrade", Version: v, Sha256: wim.GetSha256(), SizeBytes: wim.GetSizeBytes(),
+		Tree: &osvcv1.PackageTreeRef{Sha256: src.put(t, data), FileCount: int32(len(m.GetFiles()))}}
+}
+
+func TestAPackageTreeIsHeldWholeAndServedByPath(t *testing.T) {
+	src, rep := &folder{dir: t.TempDir()}, newReports()
+	dir := t.TempDir()
+	p := newPoint(t, src, rep, dir)
+	setup, wim1, wim2 := []byte("setup.exe bytes"), []byte("install.wim version 1"), []byte("install.wim version 2")
+	v1 := tree(t, src, 1, map[string][]byte{"setup.exe": setup, "sources/install.wim": wim1, "sources/empty.txt": nil})
+	p.Distribute(context.Background(), v1)
+	rep.until(t, osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED, 1)
+
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	for path, want := range map[string][]byte{"/images/upgrade/setup.exe": setup, "/images/upgrade/SOURCES/Install.wim": wim1,
+		"/images/upgrade": wim1, "/images/upgrade/sources/empty.txt": {}} {
+		if resp, body := get(t, srv, path, nil); resp.StatusCode != http.StatusOK || !bytes.Equal(body, want) {
+			t.Fatalf("GET %s: %s %q, want %q", path, resp.Status, body, want)
+		}
+	}
+	for _, path := range []string{"/images/upgrade/sources", "/images/upgrade/missing.txt", "/images/upgrade/../upgrade/setup.exe/x"} {
+		if resp, _ := get(t, srv, path, nil); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %s, want 404", path, resp.Status)
+		}
+	}
+	_, oldWIM, _ := p.File("images/upgrade", "sources/install.wim")
+
+	// Version 2 changes install.wim only: setup.exe stays, the old WIM goes.
+	p.Distribute(context.Background(), tree(t, src, 2, map[string][]byte{"setup.exe": setup, "sources/install.wim": wim2, "sources/empty.txt": nil}))
+	rep.until(t, osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED, 2)
+	if _, body := get(t, srv, "/images/upgrade/sources/install.wim", nil); !bytes.Equal(body, wim2) {
+		t.Fatalf("install.wim after version 2: %q", body)
+	}
+	if _, body := get(t, srv, "/images/upgrade/setup.exe", nil); !bytes.Equal(body, setup) {
+		t.Fatalf("setup.exe after version 2: %q", body)
+	}
+	if _, err := os.Stat(oldWIM); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("version 1's install.wim: %v, want removed", err)
+	}
+	p.Close()
+	again := newPoint(t, src, rep, dir)
+	defer again.Close()
+	if _, _, ok := again.File("images/upgrade", "Setup.exe"); !ok {
+		t.Fatal("after a restart the tree's files are not served")
+	}
+}
+
+func TestATreeWhoseManifestLacksTheVersionsWIMFails(t *testing.T) {
+	src, rep := &folder{dir: t.TempDir()}, newReports()
+	p := newPoint(t, src, rep, t.TempDir())
+	defer p.Close()
+	m := tree(t, src, 1, map[string][]byte{"setup.exe": []byte("x"), "sources/install.wim": []byte("wim")})
+	m.Sha256, m.SizeBytes = src.put(t, []byte("another wim")), int64(len("another wim"))
+	p.Distribute(context.Background(), m)
+	failed := rep.until(t, osvcv1.DistributionState_DISTRIBUTION_STATE_FAILED, 1)
+	if !strings.Contains(failed.GetError(), "does not hold the version's install.wim") {
+		t.Fatalf("FAILED: %q", failed.GetError())
+	}
+	if _, ok := p.Served("images/upgrade"); ok {
+		t.Fatal("a tree that does not hold the version's WIM is served")
 	}
 }

@@ -54,9 +54,18 @@ const (
 	FromAgent = "agent"
 )
 
+// Trees reads package tree manifests from the content library
+// (content.Library is one).
+type Trees interface {
+	ReadTree(ctx context.Context, sha256 string) (*osvcv1.PackageTree, error)
+}
+
 // Config configures a Service.
 type Config struct {
-	Store  *store.Store
+	Store *store.Store
+	// Trees reads the manifests of the package trees a point may read the
+	// files of; without it a point reads only a version's own file.
+	Trees  Trees
 	Logger hclog.Logger
 	// ServerID names this replica in the reconciler's election.
 	ServerID string
@@ -69,6 +78,8 @@ type Config struct {
 
 // Service reads and writes the distributions.
 type Service struct {
+	trees    Trees
+	manifest manifests
 	store    *store.Store
 	client   *clientv3.Client
 	logger   hclog.Logger
@@ -86,6 +97,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("distribution: Config.Interval is %s; use a positive duration", cfg.Interval)
 	}
 	s := &Service{
+		trees:    cfg.Trees,
 		store:    cfg.Store,
 		client:   cfg.Store.Client(),
 		logger:   cfg.Logger,
@@ -256,7 +268,7 @@ func (s *Service) Reconcile(ctx context.Context) (int, error) {
 		imageID := store.IDFromKey(img.GetName())
 		for _, p := range w.pointsOf(img) {
 			old := w.records[p.id][imageID]
-			if old != nil && old.d.GetSha256() == v.GetSha256() {
+			if old != nil && old.d.GetSha256() == v.GetSha256() && old.d.GetTree().GetSha256() == v.GetTree().GetSha256() {
 				continue
 			}
 			ok, err := s.target(ctx, p, img, v, old)
@@ -311,6 +323,7 @@ func (s *Service) target(ctx context.Context, p *point, img *osvcv1.Image, v *os
 		Version:           v.GetVersion(),
 		Sha256:            v.GetSha256(),
 		SizeBytes:         v.GetSizeBytes(),
+		Tree:              v.GetTree(),
 		UpdateTime:        timestamppb.New(s.now()),
 	}
 	rev := int64(0)

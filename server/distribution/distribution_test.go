@@ -339,3 +339,41 @@ func TestARecordNoPointIsToHoldIsDeletedAndReportedStale(t *testing.T) {
 		t.Fatalf("records after the image moved to PS2: %v", got)
 	}
 }
+
+func TestAPointReadsEveryFileOfAPackageTreeItIsToHold(t *testing.T) {
+	env := hierarchy(t)
+	ctx := context.Background()
+	img := env.Image(t, "upgrade", "SS1", 1)
+	setup, other := env.Blob(t, "setup.exe"), env.Blob(t, "a file of no tree")
+	wim := img.GetVersions()[0]
+	ref, err := env.Library.PutTree(ctx, &osvcv1.PackageTree{Files: []*osvcv1.PackageFile{
+		{Path: "setup.exe", Sha256: setup.GetSha256(), SizeBytes: setup.GetSizeBytes()},
+		{Path: "sources/install.wim", Sha256: wim.GetSha256(), SizeBytes: wim.GetSizeBytes()},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Kind = osvcv1.ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE
+	img.Versions[0].Tree, img.Versions[0].Inspection, img.DistributionVersion = ref, osvcv1.InspectionState_INSPECTION_STATE_INSPECTED, 1
+	putImage(t, env, img)
+	reconcile(t, env)
+	un, err := env.Distribution.Unfinished(ctx, "dp-ss1")
+	if err != nil || len(un) != 1 || un[0].GetTree().GetSha256() != ref.GetSha256() {
+		t.Fatalf("Unfinished: %v, %v; want the Distribute with the tree", un, err)
+	}
+	for _, c := range []struct {
+		agent, sha string
+		want       bool
+	}{
+		{"dp-ss1", setup.GetSha256(), true},
+		{"dp-ss1", ref.GetSha256(), true},
+		{"dp-ss1", wim.GetSha256(), true},
+		{"dp-ss1", other.GetSha256(), false},
+		{"dp-ps2", setup.GetSha256(), false},
+	} {
+		got, err := env.Distribution.MayRead(ctx, c.agent, c.sha)
+		if err != nil || got != c.want {
+			t.Errorf("MayRead(%s, %.8s): %v, %v; want %v", c.agent, c.sha, got, err, c.want)
+		}
+	}
+}

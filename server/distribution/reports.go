@@ -106,7 +106,7 @@ func (s *Service) Unfinished(ctx context.Context, agent string) ([]*osvcv1.Distr
 func Message(d *osvcv1.Distribution) *osvcv1.Distribute {
 	switch d.GetState() {
 	case osvcv1.DistributionState_DISTRIBUTION_STATE_PENDING, osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING:
-		return &osvcv1.Distribute{Image: d.GetImage(), Version: d.GetVersion(), Sha256: d.GetSha256(), SizeBytes: d.GetSizeBytes()}
+		return &osvcv1.Distribute{Image: d.GetImage(), Version: d.GetVersion(), Sha256: d.GetSha256(), SizeBytes: d.GetSizeBytes(), Tree: d.GetTree()}
 	}
 	return nil
 }
@@ -151,13 +151,30 @@ func (s *Service) Stale(ctx context.Context, agent string, images []string) ([]s
 }
 
 // MayRead tells whether agent (its id) is to hold blob sha256 as a
-// distribution point: the file a record of it targets, or holds now.
+// distribution point: the file a record of it targets, or the manifest of
+// its package tree or one of the tree's files.
 func (s *Service) MayRead(ctx context.Context, agent, sha256 string) (bool, error) {
 	list, err := s.ofAgent(ctx, agent)
 	if err != nil {
 		return false, err
 	}
-	return slices.ContainsFunc(list, func(d *osvcv1.Distribution) bool { return d.GetSha256() == sha256 }), nil
+	for _, d := range list {
+		if d.GetSha256() == sha256 || d.GetTree().GetSha256() == sha256 {
+			return true, nil
+		}
+	}
+	for _, d := range list {
+		if tree := d.GetTree().GetSha256(); tree != "" && s.trees != nil {
+			files, err := s.manifest.files(ctx, s.trees, tree)
+			if err != nil {
+				return false, err
+			}
+			if files[sha256] {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // OfImage returns where every distribution point stands with image, in

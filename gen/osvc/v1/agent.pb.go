@@ -1688,7 +1688,11 @@ type Distribute struct {
 	Sha256    string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	SizeBytes int64  `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// site is the image's site.
-	Site          string `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
+	Site string `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
+	// tree, for an OS upgrade package kept as a folder tree, names the
+	// version's manifest: the point fetches every file it lists and serves
+	// each at its path.
+	Tree          *PackageTreeRef `protobuf:"bytes,6,opt,name=tree,proto3" json:"tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1756,6 +1760,13 @@ func (x *Distribute) GetSite() string {
 		return x.Site
 	}
 	return ""
+}
+
+func (x *Distribute) GetTree() *PackageTreeRef {
+	if x != nil {
+		return x.Tree
+	}
+	return nil
 }
 
 type ListAgentsRequest struct {
@@ -2669,7 +2680,7 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\bwithdraw\x18\x06 \x01(\v2\x11.osvc.v1.WithdrawH\x00R\bwithdrawB\t\n" +
 	"\amessage\" \n" +
 	"\bWithdraw\x12\x14\n" +
-	"\x05image\x18\x01 \x01(\tR\x05image\"\x87\x01\n" +
+	"\x05image\x18\x01 \x01(\tR\x05image\"\xb4\x01\n" +
 	"\n" +
 	"Distribute\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x18\n" +
@@ -2677,7 +2688,8 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\x12\x12\n" +
-	"\x04site\x18\x05 \x01(\tR\x04site\"O\n" +
+	"\x04site\x18\x05 \x01(\tR\x04site\x12+\n" +
+	"\x04tree\x18\x06 \x01(\v2\x17.osvc.v1.PackageTreeRefR\x04tree\"O\n" +
 	"\x11ListAgentsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2810,6 +2822,7 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*Image)(nil),                    // 45: osvc.v1.Image
 	(*ImageVersion)(nil),             // 46: osvc.v1.ImageVersion
 	(*Update)(nil),                   // 47: osvc.v1.Update
+	(*PackageTreeRef)(nil),           // 48: osvc.v1.PackageTreeRef
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
@@ -2845,33 +2858,34 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	16, // 30: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
 	19, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
 	18, // 32: osvc.v1.ConnectResponse.withdraw:type_name -> osvc.v1.Withdraw
-	2,  // 33: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	43, // 34: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	35, // 35: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 36: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 37: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	24, // 38: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
-	11, // 39: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	20, // 40: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	22, // 41: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
-	25, // 42: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
-	27, // 43: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
-	29, // 44: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
-	31, // 45: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
-	33, // 46: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	17, // 47: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	21, // 48: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	23, // 49: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	26, // 50: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
-	28, // 51: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
-	30, // 52: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	32, // 53: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	34, // 54: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	47, // [47:55] is the sub-list for method output_type
-	39, // [39:47] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	48, // 33: osvc.v1.Distribute.tree:type_name -> osvc.v1.PackageTreeRef
+	2,  // 34: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
+	43, // 35: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	35, // 36: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	35, // 37: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	35, // 38: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	24, // 39: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
+	11, // 40: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	20, // 41: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	22, // 42: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	25, // 43: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
+	27, // 44: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
+	29, // 45: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	31, // 46: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	33, // 47: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	17, // 48: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	21, // 49: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	23, // 50: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	26, // 51: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	28, // 52: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	30, // 53: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	32, // 54: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	34, // 55: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	48, // [48:56] is the sub-list for method output_type
+	40, // [40:48] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }

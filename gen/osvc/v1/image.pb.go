@@ -438,7 +438,10 @@ type Distribution struct {
 	Retries    int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// url is where the distribution point serves the image, as it reported.
-	Url           string `protobuf:"bytes,14,opt,name=url,proto3" json:"url,omitempty"`
+	Url string `protobuf:"bytes,14,opt,name=url,proto3" json:"url,omitempty"`
+	// tree is the version's package tree, for an OS upgrade package kept as
+	// a folder tree: the distribution point holds every file of it.
+	Tree          *PackageTreeRef `protobuf:"bytes,15,opt,name=tree,proto3" json:"tree,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -569,6 +572,13 @@ func (x *Distribution) GetUrl() string {
 		return x.Url
 	}
 	return ""
+}
+
+func (x *Distribution) GetTree() *PackageTreeRef {
+	if x != nil {
+		return x.Tree
+	}
+	return nil
 }
 
 // ImageVersion is one WIM file of an image, addressed by its sha256.
@@ -1532,7 +1542,7 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x121\n" +
 	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
-	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\xee\x03\n" +
+	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\x9b\x04\n" +
 	"\fDistribution\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
 	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +
@@ -1550,7 +1560,8 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\aretries\x18\f \x01(\x05R\aretries\x12;\n" +
 	"\vupdate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x10\n" +
-	"\x03url\x18\x0e \x01(\tR\x03url\"\xfb\x02\n" +
+	"\x03url\x18\x0e \x01(\tR\x03url\x12+\n" +
+	"\x04tree\x18\x0f \x01(\v2\x17.osvc.v1.PackageTreeRefR\x04tree\"\xfb\x02\n" +
 	"\fImageVersion\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x05R\aversion\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -1705,31 +1716,32 @@ var file_osvc_v1_image_proto_depIdxs = []int32{
 	5,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
 	2,  // 7: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
 	20, // 8: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
-	20, // 9: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 10: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
-	7,  // 11: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
-	9,  // 12: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
-	21, // 13: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	11, // 14: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	20, // 15: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 16: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	4,  // 17: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 18: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 19: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 20: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	12, // 21: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	16, // 22: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	18, // 23: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	14, // 24: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
-	13, // 25: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	17, // 26: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	19, // 27: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	15, // 28: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
-	25, // [25:29] is the sub-list for method output_type
-	21, // [21:25] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	7,  // 9: osvc.v1.Distribution.tree:type_name -> osvc.v1.PackageTreeRef
+	20, // 10: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 11: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
+	7,  // 12: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
+	9,  // 13: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
+	21, // 14: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	11, // 15: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	20, // 16: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 17: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	4,  // 18: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 19: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 20: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 21: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	12, // 22: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	16, // 23: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	18, // 24: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	14, // 25: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	13, // 26: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	17, // 27: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	19, // 28: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	15, // 29: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	26, // [26:30] is the sub-list for method output_type
+	22, // [22:26] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }

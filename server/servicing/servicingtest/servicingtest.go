@@ -99,7 +99,7 @@ func New(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("sites: %v", err)
 	}
-	dist, err := distribution.New(distribution.Config{Store: st, Logger: logger, ServerID: "test", Now: opts.Now})
+	dist, err := distribution.New(distribution.Config{Store: st, Trees: lib, Logger: logger, ServerID: "test", Now: opts.Now})
 	if err != nil {
 		t.Fatalf("distribution: %v", err)
 	}
