@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +81,11 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 
 	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
 	var sent, osvcRate, floorRate, whole []float64
+	profile, err := startProfile(cfg.CPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	defer profile.stop()
 	for round := range throughputRounds {
 		// The receiver has version 1 and its chunk index, not version 2.
 		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
@@ -88,11 +95,13 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		}
 		syncDisks()
 		wire.n.Store(0)
+		profile.resume()
 		start := time.Now()
 		if err := acquire(ctx, c, v2); err != nil {
 			return nil, err
 		}
 		elapsed := time.Since(start)
+		profile.pause()
 		n := wire.n.Load()
 		bare, err := floor.stream(ctx, n)
 		if err != nil {
@@ -257,6 +266,14 @@ type setting struct {
 // exports both solid and cuts those, and tells what version 2 would cost.
 func otherSettings(ctx context.Context, cfg benchConfig, dir, v1, v2 string) ([]setting, error) {
 	var out []setting
+	// The floor: what version 2 holds that version 1 does not, whatever
+	// the chunking (its resources, as stored, that version 1 lacks).
+	floor, err := newResources(ctx, v1, v2)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, setting{"the floor: version 2's resources version 1 lacks ÷ its size", floor})
+	fmt.Fprintf(cfg.Out, "distribute: version 2's resources (as stored) that version 1 lacks: %.3g of version 2\n", floor)
 	lacking := func(a, b string, sizes chunks.Sizes) (float64, int, error) {
 		var lists [2][]chunks.Chunk
 		var size int64
@@ -301,4 +318,47 @@ func otherSettings(ctx context.Context, cfg benchConfig, dir, v1, v2 string) ([]
 	out = append(out, setting{"bytes to send, both versions exported solid (LZMS)", r})
 	fmt.Fprintf(cfg.Out, "distribute: both versions exported --solid: %.3g of version 2 to send\n", r)
 	return out, nil
+}
+
+// newResources is the share of the WIM v2's bytes in resources (file data
+// and metadata, as stored: compressed or not) that the WIM v1 lacks, by
+// their SHA-1 as wimlib-imagex info --blobs lists them.
+func newResources(ctx context.Context, v1, v2 string) (float64, error) {
+	var lists [2]map[string]int64
+	for i, p := range []string{v1, v2} {
+		out, err := exec.CommandContext(ctx, "wimlib-imagex", "info", p, "--blobs").Output()
+		if err != nil {
+			return 0, fmt.Errorf("wimlib-imagex info --blobs %s: %w", p, err)
+		}
+		lists[i] = make(map[string]int64)
+		var hash string
+		for line := range strings.Lines(string(out)) {
+			key, value, ok := strings.Cut(line, "=")
+			if !ok {
+				continue
+			}
+			value = strings.TrimSpace(value)
+			switch strings.TrimSpace(key) {
+			case "Hash":
+				hash = value
+			case "Compressed size":
+				n, err := strconv.ParseInt(strings.TrimSuffix(value, " bytes"), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("wimlib-imagex info --blobs %s: %q: %w", p, line, err)
+				}
+				lists[i][hash] = n
+			}
+		}
+	}
+	info, err := os.Stat(v2)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for hash, size := range lists[1] {
+		if _, ok := lists[0][hash]; !ok {
+			n += size
+		}
+	}
+	return float64(n) / float64(info.Size()), nil
 }
