@@ -421,10 +421,11 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 		return fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
 	if src, ok := c.cfg.Source.(DeltaSource); ok {
-		if have, release := c.candidates(ctx, sha256); len(have) > 0 {
-			defer release()
-			return c.fetchDelta(ctx, src, sha256, have, progress)
-		}
+		// With no candidates too: the file then comes whole, and its chunk
+		// index with it, kept for the next version's delta.
+		have, release := c.candidates(ctx, sha256)
+		defer release()
+		return c.fetchDelta(ctx, src, sha256, have, progress)
 	}
 	c.log.Info("downloading file", "sha256", sha256)
 	if err := c.cfg.Source.Download(ctx, sha256, path, progress); err != nil {
