@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -124,7 +123,7 @@ func TestADeltaDownloadOfASmallBlobReadsItWhole(t *testing.T) {
 	}
 }
 
-func TestAnInterruptedDeltaDownloadResumesSendingAtMostOneChunkAgain(t *testing.T) {
+func TestAnInterruptedDeltaDownloadResumesSendingOnlyTheChunksItHadNotWritten(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
 	v1, v2 := versions(40 << 20)
@@ -143,26 +142,39 @@ func TestAnInterruptedDeltaDownloadResumesSendingAtMostOneChunkAgain(t *testing.
 	if !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
 		t.Fatalf("interrupted: got %v, want canceled", err)
 	}
-	info, err := os.Stat(dst + transfer.PartialSuffix)
+	// What the partial file holds of the chunks the server sends.
+	partial, err := os.ReadFile(dst + transfer.PartialSuffix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	index, _ := chunks.Of(context.Background(), bytes.NewReader(v2))
 	offsets, _ := chunks.Locate(index)
-	if _, whole := slices.BinarySearch(offsets, info.Size()); !whole || info.Size() == 0 {
-		t.Fatalf("the partial file holds %d bytes, not whole chunks", info.Size())
+	held := map[[32]byte]bool{}
+	for _, c := range have.Chunks {
+		held[c.Digest] = true
 	}
+	var kept int64
+	for i, c := range index {
+		end := offsets[i] + c.Size
+		if !held[c.Digest] && end <= int64(len(partial)) && bytes.Equal(partial[offsets[i]:end], v2[offsets[i]:end]) {
+			kept += c.Size
+		}
+	}
+	// Every chunk the first attempt received whole is kept: only the one
+	// it was receiving when cut is lost.
+	if kept == 0 || kept != first.Downloaded {
+		t.Fatalf("the partial file keeps %d bytes of the server's chunks; the first attempt received %d whole", kept, first.Downloaded)
+	}
+
+	before := s.served.Load()
 	second, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkDownloaded(t, dst, v2)
-	// Every chunk written stays written: the second attempt downloads what
-	// the first did not write, so only the chunk it was receiving when cut
-	// is sent again.
-	if second.Resumed != info.Size() || first.Downloaded+second.Downloaded != missing {
-		t.Errorf("resumed %d bytes of a partial file of %d; downloaded %d then %d bytes of the %d version 1 lacks",
-			second.Resumed, info.Size(), first.Downloaded, second.Downloaded, missing)
+	if sent := s.served.Load() - before; sent != missing-kept || second.Resumed != kept || second.Downloaded != sent {
+		t.Errorf("the second attempt: %d bytes sent, %d resumed, %d downloaded; want the %d bytes of the %d version 1 lacks that the first did not keep",
+			sent, second.Resumed, second.Downloaded, missing-kept, missing)
 	}
 }
 
@@ -222,9 +234,17 @@ func TestACorruptedChunkIsRefusedAndNothingIsWrittenOutsideTheDestinationFolder(
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Only the chunks before the damaged one, each checked, were written.
-	if int64(len(partial)) != offsets[bad] || !bytes.Equal(partial, v2[:offsets[bad]]) {
-		t.Errorf("the partial file holds %d bytes, want the %d before the damaged chunk", len(partial), offsets[bad])
+	// Nothing of the damaged chunk was written; the chunks written are
+	// the blob's.
+	end := offsets[bad] + index[bad].Size
+	if int64(len(partial)) >= end && !bytes.Equal(partial[offsets[bad]:end], make([]byte, index[bad].Size)) {
+		t.Errorf("the partial file holds bytes of the damaged chunk")
+	}
+	for i, c := range index {
+		if e := offsets[i] + c.Size; i != bad && e <= int64(len(partial)) &&
+			!bytes.Equal(partial[offsets[i]:e], v2[offsets[i]:e]) && !bytes.Equal(partial[offsets[i]:e], make([]byte, c.Size)) {
+			t.Errorf("chunk %d in the partial file is neither the blob's nor unwritten", i)
+		}
 	}
 }
 
