@@ -14,7 +14,11 @@
 //   - Delta: with a Source that can (DeltaSource), a file is fetched as the
 //     chunks the cache's other files lack (an earlier version of an image
 //     shares most of its chunks). Each file's chunk index is kept beside it
-//     as <sha256>.chunks, made when the file is first a candidate.
+//     as <sha256>.chunks, from the server when the file came whole, else
+//     made when the file is first a candidate.
+//   - Images too: a servicing run fetches its source version through the
+//     cache (and copies it out: the cached file is never written), so that
+//     next month's version comes as the chunks this month's lacks.
 package cache
 
 import (
