@@ -301,11 +301,15 @@ func (h *hostileIndex) Read(*osvcv1.ReadRequest, grpc.ServerStreamingServer[osvc
 	return status.Error(codes.Unavailable, "no data here")
 }
 
-func serveHostile(t *testing.T, h *hostileIndex) osvcv1.ContentServiceClient {
+func serveHostile(t *testing.T, h *hostileIndex, other ...osvcv1.ContentServiceServer) osvcv1.ContentServiceClient {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(transfer.ServerOptions()...)
-	osvcv1.RegisterContentServiceServer(srv, h)
+	if h != nil {
+		osvcv1.RegisterContentServiceServer(srv, h)
+	} else {
+		osvcv1.RegisterContentServiceServer(srv, other[0])
+	}
 	go srv.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet", append(transfer.DialOptions(),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
@@ -359,5 +363,139 @@ func TestHostileChunkIndexesAreRefusedBeforeAnyDataIsAskedFor(t *testing.T) {
 				t.Errorf("files %v and %d reads after a refused index, want none", entries, h.reads)
 			}
 		})
+	}
+}
+
+// misreader serves a true chunk index of data and answers Read with what
+// answer makes of the ranges asked for (a nil message ends the read).
+type misreader struct {
+	osvcv1.UnimplementedContentServiceServer
+	index  *osvcv1.GetChunkIndexResponse
+	data   []byte
+	answer func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse
+}
+
+func (m *misreader) GetChunkIndex(_ *osvcv1.GetChunkIndexRequest, stream grpc.ServerStreamingServer[osvcv1.GetChunkIndexResponse]) error {
+	return stream.Send(m.index)
+}
+
+func (m *misreader) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	for _, r := range req.GetRanges() {
+		for _, resp := range m.answer(m.data, r) {
+			if resp == nil {
+				return nil // the read ends here
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
+	t.Parallel()
+	v1, v2 := versions(40 << 20)
+	have := holding(t, v1)
+	list, err := chunks.Of(context.Background(), bytes.NewReader(v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := shaOf(v2)
+	index := &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(v2)), Chunking: chunks.Chunking(),
+		ChunkCount: int64(len(list)), Chunks: chunks.ToProto(list)}
+	at := func(data []byte, off, n int64) *osvcv1.ReadResponse {
+		return &osvcv1.ReadResponse{Offset: off, Data: data[off : off+n]}
+	}
+	tests := []struct {
+		name   string
+		answer func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse
+		want   string
+	}{
+		{"bytes at another offset than asked", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset+1, r.Length-1)}
+		}, "expected up to"},
+		{"more bytes than the range has", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset, min(r.Length+1, int64(len(data))-r.Offset))}
+		}, "expected up to"},
+		{"a read ended before the range's end", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset, r.Length/2), nil}
+		}, "ended the read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" are refused", func(t *testing.T) {
+			t.Parallel()
+			client := serveHostile(t, nil, &misreader{index: index, data: v2, answer: tt.answer})
+			dst := filepath.Join(t.TempDir(), sum)
+			_, err := transfer.DownloadDelta(context.Background(), client, sum, dst, []transfer.LocalBlob{have}, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DownloadDelta: %v, want an error saying %q", err, tt.want)
+			}
+			// Nothing the server sent was written: what the partial file
+			// holds of the chunks version 1 lacks is unwritten.
+			partial, err := os.ReadFile(dst + transfer.PartialSuffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held := map[[32]byte]bool{}
+			for _, c := range have.Chunks {
+				held[c.Digest] = true
+			}
+			offsets, _ := chunks.Locate(list)
+			for i, c := range list {
+				end := offsets[i] + c.Size
+				if !held[c.Digest] && end <= int64(len(partial)) && !bytes.Equal(partial[offsets[i]:end], make([]byte, c.Size)) {
+					t.Errorf("chunk %d, which version 1 lacks, was written", i)
+				}
+			}
+		})
+	}
+}
+
+func TestAPartialFileIsCheckedNotTrusted(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	v1, v2 := versions(40 << 20)
+	have := holding(t, v1[len(v1)/2:])
+	sum := s.held(t, v2)
+	missing := lacking(t, v2, have)
+	dst := filepath.Join(t.TempDir(), "v2.wim")
+	// A partial file of the right size that holds something else.
+	junk := make([]byte, len(v2))
+	rand.NewChaCha8([32]byte{9}).Read(junk)
+	writeFile(t, dst+transfer.PartialSuffix, junk)
+
+	d, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDownloaded(t, dst, v2)
+	if d.Resumed != 0 || s.served.Load() != missing {
+		t.Errorf("kept %d bytes of a partial file of junk and read %d bytes, want none kept and the %d version 1 lacks read", d.Resumed, s.served.Load(), missing)
+	}
+}
+
+func TestChunksThatMatchTheirIndexButNotTheBlobsSHA256AreNotKept(t *testing.T) {
+	t.Parallel()
+	v1, v2 := versions(40 << 20)
+	have := holding(t, v1)
+	list, err := chunks.Of(context.Background(), bytes.NewReader(v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The index and the data agree, but they are not the blob asked for.
+	sum := shaOf(append(bytes.Clone(v2), 0))
+	index := &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(v2)), Chunking: chunks.Chunking(),
+		ChunkCount: int64(len(list)), Chunks: chunks.ToProto(list)}
+	client := serveHostile(t, nil, &misreader{index: index, data: v2, answer: func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+		return []*osvcv1.ReadResponse{{Offset: r.Offset, Data: data[r.Offset : r.Offset+r.Length]}}
+	}})
+	dir := t.TempDir()
+	_, err = transfer.DownloadDelta(context.Background(), client, sum, filepath.Join(dir, sum), []transfer.LocalBlob{have}, nil)
+	if !errors.Is(err, transfer.ErrHashMismatch) {
+		t.Fatalf("DownloadDelta: %v, want a hash mismatch", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("files %v after a download that hashes to another blob, want none", entries)
 	}
 }
