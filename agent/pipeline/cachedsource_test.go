@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/stats"
 
 	"github.com/osvc/osvc/agent/cache"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/transfer"
+	"github.com/osvc/osvc/pkg/transfer/transfertest"
 )
 
 // TestNextMonthsSourceComesThroughTheCacheAsTheChunksLastMonthsVersionLacks
@@ -27,8 +26,8 @@ func TestNextMonthsSourceComesThroughTheCacheAsTheChunksLastMonthsVersionLacks(t
 	ctx := context.Background()
 	// Large enough to be cut into chunks (several times chunks.MinBlobBytes).
 	f := newFixtureOf(t, 32<<20)
-	wire := &wireCounter{}
-	agentCache, err := cache.New(cache.Config{Dir: t.TempDir(), Source: overNetwork{f.dial(t, grpc.WithStatsHandler(wire))}})
+	wire := &transfertest.WireCounter{}
+	agentCache, err := cache.New(cache.Config{Dir: t.TempDir(), Source: transfertest.OverNetwork{C: f.dial(t, grpc.WithStatsHandler(wire))}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +74,7 @@ func TestNextMonthsSourceComesThroughTheCacheAsTheChunksLastMonthsVersionLacks(t
 
 	// Next month: version 2 is the source.
 	f.source = &osvcv1.ImageVersion{Version: 2, Sha256: res.GetResultSha256(), SizeBytes: res.GetResultSizeBytes()}
-	wire.n.Store(0)
+	wire.N.Store(0)
 	next := &recorder{}
 	if err := Run(ctx, cfg, f.assign(&osvcv1.Run{RemoveSuperseded: true}), next); err != nil {
 		t.Fatal(err)
@@ -83,7 +82,7 @@ func TestNextMonthsSourceComesThroughTheCacheAsTheChunksLastMonthsVersionLacks(t
 	if got := next.result.GetState(); got != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		t.Fatalf("servicing version 2 ended %s: %s", got, next.result.GetError())
 	}
-	sent, size := wire.n.Load(), res.GetResultSizeBytes()
+	sent, size := wire.N.Load(), res.GetResultSizeBytes()
 	t.Logf("version 2 (%d bytes) came as %d bytes over the connection (%.2f)", size, sent, float64(sent)/float64(size))
 	if sent >= size {
 		t.Errorf("version 2 came as %d bytes over the connection, not fewer than its %d", sent, size)
@@ -116,28 +115,4 @@ func loggedText(rec *recorder, texts ...string) bool {
 		}
 	}
 	return false
-}
-
-// overNetwork is a cache source that reads over its connection only, as an
-// agent on another machine than the library does.
-type overNetwork struct{ c osvcv1.ContentServiceClient }
-
-func (o overNetwork) Download(ctx context.Context, sha, dst string, progress transfer.ProgressFunc) error {
-	return transfer.Download(ctx, o.c, sha, dst, progress)
-}
-
-func (o overNetwork) DownloadDelta(ctx context.Context, sha, dst string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (transfer.Delta, error) {
-	return transfer.DownloadDelta(ctx, o.c, sha, dst, have, progress)
-}
-
-// wireCounter counts the bytes of every message a connection receives.
-type wireCounter struct{ n atomic.Int64 }
-
-func (w *wireCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context   { return ctx }
-func (w *wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (w *wireCounter) HandleConn(context.Context, stats.ConnStats)                       {}
-func (w *wireCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
-	if in, ok := s.(*stats.InPayload); ok {
-		w.n.Add(int64(in.WireLength))
-	}
 }

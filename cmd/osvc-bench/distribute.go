@@ -13,19 +13,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/stats"
 
 	"github.com/osvc/osvc/agent/cache"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/chunks"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
+	"github.com/osvc/osvc/pkg/transfer/transfertest"
 )
 
 // benchDistribute measures what a new version of an image costs to move to
@@ -57,14 +56,14 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	fmt.Fprintf(cfg.Out, "distribute: version 1 %s, serviced into version 2 %s\n",
 		humanize.IBytes(uint64(r.wim.GetSizeBytes())), humanize.IBytes(uint64(v2Size)))
 
-	wire := &wireCounter{}
+	wire := &transfertest.WireCounter{}
 	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire))...)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	receiver := filepath.Join(r.dir, "receiver")
-	c, err := cache.New(cache.Config{Dir: receiver, Source: overNetwork{osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	c, err := cache.New(cache.Config{Dir: receiver, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +93,7 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 			}
 		}
 		syncDisks()
-		wire.n.Store(0)
+		wire.N.Store(0)
 		profile.resume()
 		start := time.Now()
 		if err := acquire(ctx, c, v2); err != nil {
@@ -102,7 +101,7 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		}
 		elapsed := time.Since(start)
 		profile.pause()
-		n := wire.n.Load()
+		n := wire.N.Load()
 		bare, err := floor.stream(ctx, n)
 		if err != nil {
 			return nil, err
@@ -148,32 +147,6 @@ func acquire(ctx context.Context, c *cache.Cache, sha string) error {
 	}
 	release()
 	return nil
-}
-
-// overNetwork is a cache source that reads over the connection only, as an
-// agent on another machine than the library does.
-type overNetwork struct{ c osvcv1.ContentServiceClient }
-
-func (o overNetwork) Download(ctx context.Context, sha, dst string, progress transfer.ProgressFunc) error {
-	return transfer.Download(ctx, o.c, sha, dst, progress)
-}
-
-func (o overNetwork) DownloadDelta(ctx context.Context, sha, dst string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (transfer.Delta, error) {
-	return transfer.DownloadDelta(ctx, o.c, sha, dst, have, progress)
-}
-
-// wireCounter counts the bytes of every message a connection receives.
-type wireCounter struct{ n atomic.Int64 }
-
-func (w *wireCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (w *wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (w *wireCounter) HandleConn(context.Context, stats.ConnStats) {}
-func (w *wireCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
-	if in, ok := s.(*stats.InPayload); ok {
-		w.n.Add(int64(in.WireLength))
-	}
 }
 
 // bareStream is a gRPC server over TLS whose Read sends as many bytes as

@@ -52,6 +52,27 @@ func holding(t *testing.T, data []byte) transfer.LocalBlob {
 	return transfer.LocalBlob{Path: path, Chunks: list}
 }
 
+// halfHeld starts a server holding version 2 of an image and returns it
+// with a client's file holding the second half of version 1 (plenty of
+// chunks to send), version 2's sha256 and the bytes the client lacks.
+func halfHeld(t *testing.T) (s *server, v2 []byte, have transfer.LocalBlob, sum string, missing int64) {
+	t.Helper()
+	s = startServer(t)
+	v1, v2 := versions(40 << 20)
+	have = holding(t, v1[len(v1)/2:])
+	sum = s.held(t, v2)
+	return s, v2, have, sum, lacking(t, v2, have)
+}
+
+// digests are the chunk digests b holds.
+func digests(b transfer.LocalBlob) map[[32]byte]bool {
+	held := map[[32]byte]bool{}
+	for _, c := range b.Chunks {
+		held[c.Digest] = true
+	}
+	return held
+}
+
 // lacking is how many bytes of data are in chunks have lacks.
 func lacking(t *testing.T, data []byte, have transfer.LocalBlob) int64 {
 	t.Helper()
@@ -125,12 +146,7 @@ func TestADeltaDownloadOfASmallBlobReadsItWhole(t *testing.T) {
 
 func TestAnInterruptedDeltaDownloadResumesSendingOnlyTheChunksItHadNotWritten(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	v1, v2 := versions(40 << 20)
-	// Version 1's second half only: plenty of chunks to send.
-	have := holding(t, v1[len(v1)/2:])
-	sum := s.held(t, v2)
-	missing := lacking(t, v2, have)
+	s, v2, have, sum, missing := halfHeld(t)
 	dst := filepath.Join(t.TempDir(), "v2.wim")
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -149,10 +165,7 @@ func TestAnInterruptedDeltaDownloadResumesSendingOnlyTheChunksItHadNotWritten(t 
 	}
 	index, _ := chunks.Of(context.Background(), bytes.NewReader(v2))
 	offsets, _ := chunks.Locate(index)
-	held := map[[32]byte]bool{}
-	for _, c := range have.Chunks {
-		held[c.Digest] = true
-	}
+	held := digests(have)
 	var kept int64
 	for i, c := range index {
 		end := offsets[i] + c.Size
@@ -189,10 +202,7 @@ func TestACorruptedChunkIsRefusedAndNothingIsWrittenOutsideTheDestinationFolder(
 		t.Fatal(err)
 	}
 	// Damage, in the library's file, a chunk the client lacks.
-	held := map[[32]byte]bool{}
-	for _, c := range have.Chunks {
-		held[c.Digest] = true
-	}
+	held := digests(have)
 	offsets, _ := chunks.Locate(index)
 	bad := -1
 	for i, c := range index {
@@ -393,17 +403,30 @@ func (m *misreader) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingSer
 	return nil
 }
 
-func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
-	t.Parallel()
+// indexed returns version 2 of an image, a client's file holding version 1
+// and version 2's chunks.
+func indexed(t *testing.T) (v2 []byte, have transfer.LocalBlob, list []chunks.Chunk) {
+	t.Helper()
 	v1, v2 := versions(40 << 20)
-	have := holding(t, v1)
 	list, err := chunks.Of(context.Background(), bytes.NewReader(v2))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := shaOf(v2)
-	index := &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(v2)), Chunking: chunks.Chunking(),
+	return v2, holding(t, v1), list
+}
+
+// indexPage is the one page of a chunk index of data, the chunks list, as
+// the index of the blob sum.
+func indexPage(sum string, data []byte, list []chunks.Chunk) *osvcv1.GetChunkIndexResponse {
+	return &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(data)), Chunking: chunks.Chunking(),
 		ChunkCount: int64(len(list)), Chunks: chunks.ToProto(list)}
+}
+
+func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
+	t.Parallel()
+	v2, have, list := indexed(t)
+	sum := shaOf(v2)
+	index := indexPage(sum, v2, list)
 	at := func(data []byte, off, n int64) *osvcv1.ReadResponse {
 		return &osvcv1.ReadResponse{Offset: off, Data: data[off : off+n]}
 	}
@@ -437,10 +460,7 @@ func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			held := map[[32]byte]bool{}
-			for _, c := range have.Chunks {
-				held[c.Digest] = true
-			}
+			held := digests(have)
 			offsets, _ := chunks.Locate(list)
 			for i, c := range list {
 				end := offsets[i] + c.Size
@@ -454,11 +474,7 @@ func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
 
 func TestAPartialFileIsCheckedNotTrusted(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	v1, v2 := versions(40 << 20)
-	have := holding(t, v1[len(v1)/2:])
-	sum := s.held(t, v2)
-	missing := lacking(t, v2, have)
+	s, v2, have, sum, missing := halfHeld(t)
 	dst := filepath.Join(t.TempDir(), "v2.wim")
 	// A partial file of the right size that holds something else.
 	junk := make([]byte, len(v2))
@@ -477,21 +493,15 @@ func TestAPartialFileIsCheckedNotTrusted(t *testing.T) {
 
 func TestChunksThatMatchTheirIndexButNotTheBlobsSHA256AreNotKept(t *testing.T) {
 	t.Parallel()
-	v1, v2 := versions(40 << 20)
-	have := holding(t, v1)
-	list, err := chunks.Of(context.Background(), bytes.NewReader(v2))
-	if err != nil {
-		t.Fatal(err)
-	}
+	v2, have, list := indexed(t)
 	// The index and the data agree, but they are not the blob asked for.
 	sum := shaOf(append(bytes.Clone(v2), 0))
-	index := &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(v2)), Chunking: chunks.Chunking(),
-		ChunkCount: int64(len(list)), Chunks: chunks.ToProto(list)}
+	index := indexPage(sum, v2, list)
 	client := serveHostile(t, nil, &misreader{index: index, data: v2, answer: func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
 		return []*osvcv1.ReadResponse{{Offset: r.Offset, Data: data[r.Offset : r.Offset+r.Length]}}
 	}})
 	dir := t.TempDir()
-	_, err = transfer.DownloadDelta(context.Background(), client, sum, filepath.Join(dir, sum), []transfer.LocalBlob{have}, nil)
+	_, err := transfer.DownloadDelta(context.Background(), client, sum, filepath.Join(dir, sum), []transfer.LocalBlob{have}, nil)
 	if !errors.Is(err, transfer.ErrHashMismatch) {
 		t.Fatalf("DownloadDelta: %v, want a hash mismatch", err)
 	}
