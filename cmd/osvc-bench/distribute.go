@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"golang.org/x/time/rate"
+
 	"github.com/osvc/osvc/agent/cache"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/chunks"
@@ -128,6 +130,14 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	res.Extra = append(res.Extra, ratio("bytes sent for version 2 ÷ its size", sent...),
 		ratio("version 2's size ÷ the delta fetch's time, against the bare stream of the whole version 2", whole...))
 
+	// The same over a site link: both sides read through a connection
+	// throttled to siteLinkBytes a second.
+	linkRate, err := overSiteLink(ctx, cfg, r, c.Path(v1), v1, v2, floor)
+	if err != nil {
+		return nil, err
+	}
+	res.Extra = append(res.Extra, ratio(fmt.Sprintf("over a %s/s site link: the delta fetch's rate of bytes sent ÷ the bare stream's", humanize.IBytes(siteLinkBytes)), linkRate...))
+
 	// What the same update would cost with other settings, cut here.
 	other, err := otherSettings(ctx, cfg, r.dir, c.Path(v1), c.Path(v2))
 	if err != nil {
@@ -149,12 +159,114 @@ func acquire(ctx context.Context, c *cache.Cache, sha string) error {
 	return nil
 }
 
+// siteLinkBytes is the rate of the site link the distribute benchmark
+// also fetches over: 1 Gbit/s.
+const siteLinkBytes = 1e9 / 8
+
+// overSiteLink fetches version 2 into a fresh cache holding version 1 (a
+// copy of the file at v1Path) over a connection whose reads are throttled
+// to siteLinkBytes a second, and streams as many bytes bare over a
+// connection throttled alike: the ratio of their rates, per round. On such
+// a link the receiver's hashing and writing hide behind the transfer.
+func overSiteLink(ctx context.Context, cfg benchConfig, r *rig, v1Path, v1, v2 string, floor *bareStream) ([]float64, error) {
+	dir := filepath.Join(r.dir, "receiver-site-link")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
+	}
+	for _, suffix := range []string{"", cache.IndexSuffix} {
+		if _, err := transfer.CopyLocal(ctx, v1Path+suffix, filepath.Join(dir, v1+suffix), transfer.Writable); err != nil {
+			return nil, err
+		}
+	}
+	wire := &transfertest.WireCounter{}
+	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire), throttled(siteLinkBytes))...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	c, err := cache.New(cache.Config{Dir: dir, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	bare, stopBare, err := floor.dial(throttled(siteLinkBytes))
+	if err != nil {
+		return nil, err
+	}
+	defer stopBare()
+	var out []float64
+	for round := range throughputRounds {
+		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+		syncDisks()
+		wire.N.Store(0)
+		start := time.Now()
+		if err := acquire(ctx, c, v2); err != nil {
+			return nil, err
+		}
+		elapsed := time.Since(start)
+		n := wire.N.Load()
+		bareTime, err := bare.stream(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, bareTime.Seconds()/elapsed.Seconds())
+		fmt.Fprintf(cfg.Out, "distribute over a %s/s link %d/%d: version 2 fetched in %s, %s over the connection; the bare stream of as many bytes %s: %.3g\n",
+			humanize.IBytes(siteLinkBytes), round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)),
+			bareTime.Round(time.Millisecond), out[len(out)-1])
+	}
+	return out, nil
+}
+
+// throttled makes a connection's reads take at most perSecond bytes a
+// second, as the far end of a link of that rate would receive them.
+func throttled(perSecond float64) grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return &slowConn{Conn: conn, lim: rate.NewLimiter(rate.Limit(perSecond), 256<<10)}, nil
+	})
+}
+
+// slowConn is a connection whose reads wait for a rate limiter.
+type slowConn struct {
+	net.Conn
+	lim *rate.Limiter
+}
+
+func (c *slowConn) Read(p []byte) (int, error) {
+	p = p[:min(len(p), c.lim.Burst())]
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if werr := c.lim.WaitN(context.Background(), n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
 // bareStream is a gRPC server over TLS whose Read sends as many bytes as
 // asked, in 1 MiB messages, from memory: the floor of a download.
 type bareStream struct {
 	osvcv1.UnimplementedContentServiceServer
 	client osvcv1.ContentServiceClient
 	data   []byte
+	target target
+}
+
+// dial returns a bare stream client over a connection of its own.
+func (b *bareStream) dial(opts ...grpc.DialOption) (*bareStream, func(), error) {
+	conn, err := b.target.dial(append(transfer.DialOptions(), opts...)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &bareStream{client: osvcv1.NewContentServiceClient(conn)}, func() { conn.Close() }, nil
 }
 
 func (b *bareStream) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
@@ -221,7 +333,7 @@ func startBareStream(ctx context.Context, dir string) (*bareStream, func(), erro
 		wg.Wait()
 		return nil, nil, err
 	}
-	b.client = osvcv1.NewContentServiceClient(conn)
+	b.client, b.target = osvcv1.NewContentServiceClient(conn), t
 	return b, func() {
 		conn.Close()
 		gs.Stop()
