@@ -681,6 +681,7 @@ func (a *Agent) service(ctx context.Context, asg *osvcv1.Assign, log hclog.Logge
 		NewEngine:     a.cfg.NewEngine,
 		UpdateFiles:   a.updates,
 		Images:        a.images,
+		Sources:       a.updates,
 		Drive:         d.dir,
 		DriveReason:   d.reason,
 		DriveFallback: d.fallback,

@@ -14,7 +14,11 @@
 //   - Delta: with a Source that can (DeltaSource), a file is fetched as the
 //     chunks the cache's other files lack (an earlier version of an image
 //     shares most of its chunks). Each file's chunk index is kept beside it
-//     as <sha256>.chunks, made when the file is first a candidate.
+//     as <sha256>.chunks, from the server when the file came whole, else
+//     made when the file is first a candidate.
+//   - Images too: a servicing run fetches its source version through the
+//     cache (and copies it out: the cached file is never written), so that
+//     next month's version comes as the chunks this month's lacks.
 package cache
 
 import (
@@ -421,10 +425,11 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 		return fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
 	if src, ok := c.cfg.Source.(DeltaSource); ok {
-		if have, release := c.candidates(ctx, sha256); len(have) > 0 {
-			defer release()
-			return c.fetchDelta(ctx, src, sha256, have, progress)
-		}
+		// With no candidates too: the file then comes whole, and its chunk
+		// index with it, kept for the next version's delta.
+		have, release := c.candidates(ctx, sha256)
+		defer release()
+		return c.fetchDelta(ctx, src, sha256, have, progress)
 	}
 	c.log.Info("downloading file", "sha256", sha256)
 	if err := c.cfg.Source.Download(ctx, sha256, path, progress); err != nil {

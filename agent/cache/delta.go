@@ -18,7 +18,11 @@ import (
 // fetchDelta downloads sha256 as the chunks that have lack, and keeps its
 // chunk index beside it.
 func (c *Cache) fetchDelta(ctx context.Context, src DeltaSource, sha256 string, have []transfer.LocalBlob, progress transfer.ProgressFunc) error {
-	c.log.Info("downloading file, reusing the chunks of cached files", "sha256", sha256, "candidates", len(have))
+	if len(have) > 0 {
+		c.log.Info("downloading file, reusing the chunks of cached files", "sha256", sha256, "candidates", len(have))
+	} else {
+		c.log.Info("downloading file", "sha256", sha256)
+	}
 	d, err := src.DownloadDelta(ctx, sha256, c.Path(sha256), have, progress)
 	if err != nil {
 		return fmt.Errorf("download into the cache: %w", err)

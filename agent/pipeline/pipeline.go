@@ -73,6 +73,13 @@ type Config struct {
 	UpdateFiles UpdateFiles
 	// Images downloads the source version and uploads the result.
 	Images ImageTransfer
+	// Sources, when set, is the cache the source version is fetched
+	// through (the agent's cache, which holds images as well as update
+	// files): there it is fetched as the chunks the versions it holds lack
+	// (last month's version), then copied into the work folder, so that
+	// nothing a run does writes the cached file. nil fetches the source
+	// with Images.Fetch.
+	Sources UpdateFiles
 	// Drive is the resolved folder runs work under: <Drive>/OfflineImageServicing/<run id>.
 	Drive string
 	// DriveReason says whose setting Drive is, for the run's log: the
@@ -774,20 +781,50 @@ func (r *run) copySource(ctx context.Context) (string, error) {
 	size := r.a.GetSource().GetSizeBytes()
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	how, err := r.cfg.Images.Fetch(ctx, sha, dst, use, func(n, total int64) {
+	progress := func(n, total int64) {
 		if total <= 0 {
 			total = size
 		}
 		if total > 0 {
 			pp.set(pctStageEnd+int32(int64(pctCopyEnd-pctStageEnd)*n/total), nil)
 		}
-	})
+	}
+	var how string
+	var err error
+	if r.cfg.Sources != nil {
+		how, err = r.copyCached(ctx, sha, dst, use, progress)
+	} else {
+		var src transfer.Source
+		src, err = r.cfg.Images.Fetch(ctx, sha, dst, use, progress)
+		how = src.String()
+	}
 	if err != nil {
 		return "", fmt.Errorf("copy %s version %d (%s): %w", r.a.GetImage().GetName(), r.a.GetSource().GetVersion(), sha, err)
 	}
-	r.log.Info("source version copied", "sha256", sha, "how", how.String())
+	r.log.Info("source version copied", "sha256", sha, "how", how)
 	pp.set(pctCopyEnd, nil)
 	return dst, nil
+}
+
+// copyCached fetches the source version sha into the cache (verified there,
+// hashed once) and copies it to dst: a copy of its own for a servicing run,
+// which commits into it; for an inspection, which only reads, a hard link
+// where the volume allows. The cached file itself is never handed to the
+// engine, so a failed or canceled run leaves it as it was.
+func (r *run) copyCached(ctx context.Context, sha, dst string, use transfer.Use, progress transfer.ProgressFunc) (string, error) {
+	path, release, err := r.cfg.Sources.Acquire(ctx, sha, progress)
+	if err != nil {
+		return "", err
+	}
+	defer release()
+	how, err := transfer.CopyLocal(ctx, path, dst, use)
+	if err != nil {
+		return "", err
+	}
+	if how == transfer.Linked {
+		return "fetched through the agent's cache, linked from there", nil
+	}
+	return "fetched through the agent's cache, copied from there", nil
 }
 
 // linkUpdateFiles gives each update file its own name again (engines decide

@@ -46,12 +46,34 @@ type fixture struct {
 	sample  *sampledata.Sample
 	source  *osvcv1.ImageVersion
 	updates []*osvcv1.Update
+	lis     *bufconn.Listener
+}
+
+// dial opens a connection of its own to the fixture's server.
+func (f *fixture) dial(t *testing.T, extra ...grpc.DialOption) osvcv1.ContentServiceClient {
+	t.Helper()
+	opts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return f.lis.DialContext(ctx) }),
+	}, transfer.DialOptions()...)
+	cc, err := grpc.NewClient("passthrough:///bufnet", append(opts, extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return osvcv1.NewContentServiceClient(cc)
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
+	return newFixtureOf(t, 256<<10)
+}
+
+// newFixtureOf is newFixture with a sample image of payload bytes of file data.
+func newFixtureOf(t *testing.T, payload int64) *fixture {
+	t.Helper()
 	ctx := context.Background()
-	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 256 << 10})
+	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: payload})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,17 +87,8 @@ func newFixture(t *testing.T) *fixture {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = srv.Serve(lis) })
 	t.Cleanup(func() { srv.Stop(); wg.Wait() })
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-	}, transfer.DialOptions()...)
-	cc, err := grpc.NewClient("passthrough:///bufnet", opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-
-	f := &fixture{lib: lib, client: osvcv1.NewContentServiceClient(cc), sample: sample}
+	f := &fixture{lib: lib, lis: lis, sample: sample}
+	f.client = f.dial(t)
 	wim := f.put(t, sample.WIM, MediaTypeWIM)
 	f.source = &osvcv1.ImageVersion{Version: 1, Sha256: wim.GetSha256(), SizeBytes: wim.GetSizeBytes()}
 	for _, u := range sample.Updates {

@@ -10,20 +10,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/stats"
+
+	"golang.org/x/time/rate"
 
 	"github.com/osvc/osvc/agent/cache"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/chunks"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
+	"github.com/osvc/osvc/pkg/transfer/transfertest"
 )
 
 // benchDistribute measures what a new version of an image costs to move to
@@ -55,14 +58,14 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	fmt.Fprintf(cfg.Out, "distribute: version 1 %s, serviced into version 2 %s\n",
 		humanize.IBytes(uint64(r.wim.GetSizeBytes())), humanize.IBytes(uint64(v2Size)))
 
-	wire := &wireCounter{}
+	wire := &transfertest.WireCounter{}
 	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire))...)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
 	receiver := filepath.Join(r.dir, "receiver")
-	c, err := cache.New(cache.Config{Dir: receiver, Source: overNetwork{osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	c, err := cache.New(cache.Config{Dir: receiver, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +82,11 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 
 	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
 	var sent, osvcRate, floorRate, whole []float64
+	profile, err := startProfile(cfg.CPUProfile)
+	if err != nil {
+		return nil, err
+	}
+	defer profile.stop()
 	for round := range throughputRounds {
 		// The receiver has version 1 and its chunk index, not version 2.
 		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
@@ -87,13 +95,15 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 			}
 		}
 		syncDisks()
-		wire.n.Store(0)
+		wire.N.Store(0)
+		profile.resume()
 		start := time.Now()
 		if err := acquire(ctx, c, v2); err != nil {
 			return nil, err
 		}
 		elapsed := time.Since(start)
-		n := wire.n.Load()
+		profile.pause()
+		n := wire.N.Load()
 		bare, err := floor.stream(ctx, n)
 		if err != nil {
 			return nil, err
@@ -120,6 +130,14 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	res.Extra = append(res.Extra, ratio("bytes sent for version 2 ÷ its size", sent...),
 		ratio("version 2's size ÷ the delta fetch's time, against the bare stream of the whole version 2", whole...))
 
+	// The same over a site link: both sides read through a connection
+	// throttled to siteLinkBytes a second.
+	linkRate, err := overSiteLink(ctx, cfg, r, c.Path(v1), v1, v2, floor)
+	if err != nil {
+		return nil, err
+	}
+	res.Extra = append(res.Extra, ratio(fmt.Sprintf("over a %s/s site link: the delta fetch's rate of bytes sent ÷ the bare stream's", humanize.IBytes(siteLinkBytes)), linkRate...))
+
 	// What the same update would cost with other settings, cut here.
 	other, err := otherSettings(ctx, cfg, r.dir, c.Path(v1), c.Path(v2))
 	if err != nil {
@@ -141,30 +159,96 @@ func acquire(ctx context.Context, c *cache.Cache, sha string) error {
 	return nil
 }
 
-// overNetwork is a cache source that reads over the connection only, as an
-// agent on another machine than the library does.
-type overNetwork struct{ c osvcv1.ContentServiceClient }
+// siteLinkBytes is the rate of the site link the distribute benchmark
+// also fetches over: 1 Gbit/s.
+const siteLinkBytes = 1e9 / 8
 
-func (o overNetwork) Download(ctx context.Context, sha, dst string, progress transfer.ProgressFunc) error {
-	return transfer.Download(ctx, o.c, sha, dst, progress)
-}
-
-func (o overNetwork) DownloadDelta(ctx context.Context, sha, dst string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (transfer.Delta, error) {
-	return transfer.DownloadDelta(ctx, o.c, sha, dst, have, progress)
-}
-
-// wireCounter counts the bytes of every message a connection receives.
-type wireCounter struct{ n atomic.Int64 }
-
-func (w *wireCounter) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (w *wireCounter) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return ctx
-}
-func (w *wireCounter) HandleConn(context.Context, stats.ConnStats) {}
-func (w *wireCounter) HandleRPC(_ context.Context, s stats.RPCStats) {
-	if in, ok := s.(*stats.InPayload); ok {
-		w.n.Add(int64(in.WireLength))
+// overSiteLink fetches version 2 into a fresh cache holding version 1 (a
+// copy of the file at v1Path) over a connection whose reads are throttled
+// to siteLinkBytes a second, and streams as many bytes bare over a
+// connection throttled alike: the ratio of their rates, per round. On such
+// a link the receiver's hashing and writing hide behind the transfer.
+func overSiteLink(ctx context.Context, cfg benchConfig, r *rig, v1Path, v1, v2 string, floor *bareStream) ([]float64, error) {
+	dir := filepath.Join(r.dir, "receiver-site-link")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
 	}
+	for _, suffix := range []string{"", cache.IndexSuffix} {
+		if _, err := transfer.CopyLocal(ctx, v1Path+suffix, filepath.Join(dir, v1+suffix), transfer.Writable); err != nil {
+			return nil, err
+		}
+	}
+	wire := &transfertest.WireCounter{}
+	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire), throttled(siteLinkBytes))...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	c, err := cache.New(cache.Config{Dir: dir, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	bare, stopBare, err := floor.dial(throttled(siteLinkBytes))
+	if err != nil {
+		return nil, err
+	}
+	defer stopBare()
+	var out []float64
+	for round := range throughputRounds {
+		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
+		syncDisks()
+		wire.N.Store(0)
+		start := time.Now()
+		if err := acquire(ctx, c, v2); err != nil {
+			return nil, err
+		}
+		elapsed := time.Since(start)
+		n := wire.N.Load()
+		bareTime, err := bare.stream(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, bareTime.Seconds()/elapsed.Seconds())
+		fmt.Fprintf(cfg.Out, "distribute over a %s/s link %d/%d: version 2 fetched in %s, %s over the connection; the bare stream of as many bytes %s: %.3g\n",
+			humanize.IBytes(siteLinkBytes), round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)),
+			bareTime.Round(time.Millisecond), out[len(out)-1])
+	}
+	return out, nil
+}
+
+// throttled makes a connection's reads take at most perSecond bytes a
+// second, as the far end of a link of that rate would receive them.
+func throttled(perSecond float64) grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		return &slowConn{Conn: conn, lim: rate.NewLimiter(rate.Limit(perSecond), 256<<10)}, nil
+	})
+}
+
+// slowConn is a connection whose reads wait for a rate limiter.
+type slowConn struct {
+	net.Conn
+	lim *rate.Limiter
+}
+
+func (c *slowConn) Read(p []byte) (int, error) {
+	p = p[:min(len(p), c.lim.Burst())]
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if werr := c.lim.WaitN(context.Background(), n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
 }
 
 // bareStream is a gRPC server over TLS whose Read sends as many bytes as
@@ -173,6 +257,16 @@ type bareStream struct {
 	osvcv1.UnimplementedContentServiceServer
 	client osvcv1.ContentServiceClient
 	data   []byte
+	target target
+}
+
+// dial returns a bare stream client over a connection of its own.
+func (b *bareStream) dial(opts ...grpc.DialOption) (*bareStream, func(), error) {
+	conn, err := b.target.dial(append(transfer.DialOptions(), opts...)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &bareStream{client: osvcv1.NewContentServiceClient(conn)}, func() { conn.Close() }, nil
 }
 
 func (b *bareStream) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
@@ -239,7 +333,7 @@ func startBareStream(ctx context.Context, dir string) (*bareStream, func(), erro
 		wg.Wait()
 		return nil, nil, err
 	}
-	b.client = osvcv1.NewContentServiceClient(conn)
+	b.client, b.target = osvcv1.NewContentServiceClient(conn), t
 	return b, func() {
 		conn.Close()
 		gs.Stop()
@@ -257,6 +351,14 @@ type setting struct {
 // exports both solid and cuts those, and tells what version 2 would cost.
 func otherSettings(ctx context.Context, cfg benchConfig, dir, v1, v2 string) ([]setting, error) {
 	var out []setting
+	// The floor: what version 2 holds that version 1 does not, whatever
+	// the chunking (its resources, as stored, that version 1 lacks).
+	floor, err := newResources(ctx, v1, v2)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, setting{"the floor: version 2's resources version 1 lacks ÷ its size", floor})
+	fmt.Fprintf(cfg.Out, "distribute: version 2's resources (as stored) that version 1 lacks: %.3g of version 2\n", floor)
 	lacking := func(a, b string, sizes chunks.Sizes) (float64, int, error) {
 		var lists [2][]chunks.Chunk
 		var size int64
@@ -301,4 +403,47 @@ func otherSettings(ctx context.Context, cfg benchConfig, dir, v1, v2 string) ([]
 	out = append(out, setting{"bytes to send, both versions exported solid (LZMS)", r})
 	fmt.Fprintf(cfg.Out, "distribute: both versions exported --solid: %.3g of version 2 to send\n", r)
 	return out, nil
+}
+
+// newResources is the share of the WIM v2's bytes in resources (file data
+// and metadata, as stored: compressed or not) that the WIM v1 lacks, by
+// their SHA-1 as wimlib-imagex info --blobs lists them.
+func newResources(ctx context.Context, v1, v2 string) (float64, error) {
+	var lists [2]map[string]int64
+	for i, p := range []string{v1, v2} {
+		out, err := exec.CommandContext(ctx, "wimlib-imagex", "info", p, "--blobs").Output()
+		if err != nil {
+			return 0, fmt.Errorf("wimlib-imagex info --blobs %s: %w", p, err)
+		}
+		lists[i] = make(map[string]int64)
+		var hash string
+		for line := range strings.Lines(string(out)) {
+			key, value, ok := strings.Cut(line, "=")
+			if !ok {
+				continue
+			}
+			value = strings.TrimSpace(value)
+			switch strings.TrimSpace(key) {
+			case "Hash":
+				hash = value
+			case "Compressed size":
+				n, err := strconv.ParseInt(strings.TrimSuffix(value, " bytes"), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("wimlib-imagex info --blobs %s: %q: %w", p, line, err)
+				}
+				lists[i][hash] = n
+			}
+		}
+	}
+	info, err := os.Stat(v2)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for hash, size := range lists[1] {
+		if _, ok := lists[0][hash]; !ok {
+			n += size
+		}
+	}
+	return float64(n) / float64(info.Size()), nil
 }

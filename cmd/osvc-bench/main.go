@@ -70,6 +70,10 @@ type benchConfig struct {
 	// ServerHeap, when set, is where the agents benchmark writes
 	// osvc-server's heap profile at the end of each fleet's window.
 	ServerHeap string
+	// CPUProfile, when set, is where the distribute benchmark writes the
+	// CPU profile of its timed fetches (the server runs in this process,
+	// so both sides are in it).
+	CPUProfile string
 	// Out receives the human summary, one line per measurement.
 	Out io.Writer
 }
@@ -176,6 +180,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	serverBin := fs.String("server-bin", "", "osvc-server `binary` for import-memory; default: build it from this module")
 	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeatInterval, "heartbeat interval of the agents benchmark's agents, as servers tell them")
 	serverHeap := fs.String("server-heap", "", "agents: write osvc-server's heap profile at the end of each fleet's window to `FILE`.N (go tool pprof reads it)")
+	cpuProfile := fs.String("cpuprofile", "", "distribute: write the CPU profile of the timed fetches (both sides: the server runs in this process) to `FILE`")
 	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
@@ -221,7 +226,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	res, err := bench.run(ctx, benchConfig{
 		N: *n, Workers: *workers, Fast: *fast, Logger: logger, LogLevel: *logLevel,
-		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, ServerHeap: *serverHeap, Out: stdout,
+		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, ServerHeap: *serverHeap, CPUProfile: *cpuProfile, Out: stdout,
 	})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)

@@ -9,7 +9,10 @@ import (
 	"hash"
 	"io"
 	"os"
+	"slices"
+	"sync/atomic"
 
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -34,9 +37,9 @@ type LocalBlob struct {
 
 // Delta says what a delta download did.
 type Delta struct {
-	// Chunks is the index of the blob fetched; nil when it was fetched
-	// whole (too small to have an index, or taken from the library's
-	// volume).
+	// Chunks is the index of the blob fetched, for the client to keep
+	// beside it; nil when the blob has none (too small) or was taken from
+	// the library's volume.
 	Chunks []chunks.Chunk
 	// Local are the bytes copied from the client's own files, Downloaded
 	// those read from the server, Resumed those an interrupted attempt had
@@ -94,13 +97,25 @@ func GetChunkIndex(ctx context.Context, c osvcv1.ContentServiceClient, sum strin
 
 // DownloadDelta is Download for a client that holds files sharing chunks
 // with the blob (an earlier version of an image): it reads the blob's chunk
-// index, copies the chunks found in have from there, each checked against
-// its digest, and reads only the others from the server, in one Read of
-// their ranges. Every chunk is checked before it is written, in order, to
-// dst+".partial", and the whole file against sum before it is renamed to
-// dst. An interrupted download resumes after the last whole chunk written,
-// so at most one chunk is sent again. A blob too small to have an index is
-// downloaded whole.
+// index and writes dst+".partial" from two sides at once, each chunk at its
+// offset: the chunks found in have are copied from there, the others read
+// from the server in one Read of their ranges, each checked against its
+// digest before it is written. Meanwhile the chunks are hashed in order as
+// they land, so the whole file is checked against sum once, with no second
+// pass, before it is renamed to dst.
+//
+// A chunk copied from have is not hashed on its own: the whole file's hash
+// covers it. Should that fail (a file of have changed since it was cut),
+// the download is made again with every local chunk checked first, and a
+// local chunk that no longer matches is read from the server.
+//
+// An interrupted download resumes: the next call finds, in the partial
+// file, every chunk the server had sent whose bytes still hash to its
+// digest, and reads only the others, so at most the chunk being received
+// when it stopped is sent again. A blob too small to have an index is
+// downloaded whole (see Download), and so is one for a client holding
+// nothing (have empty): then the index is only read, and returned, for the
+// client to keep beside the file.
 func DownloadDelta(ctx context.Context, c osvcv1.ContentServiceClient, sum, dst string, have []LocalBlob, progress ProgressFunc) (Delta, error) {
 	if !ValidSHA256(sum) {
 		return Delta{}, fmt.Errorf("download %q: not a sha256 (want 64 lower-case hex digits)", sum)
@@ -116,16 +131,26 @@ func DownloadDelta(ctx context.Context, c osvcv1.ContentServiceClient, sum, dst 
 	case err != nil:
 		return Delta{}, fmt.Errorf("download %s: %w", sum, err)
 	}
-	d := &deltaDownload{c: c, sum: sum, dst: dst, list: list, size: size, progress: progress}
+	d := &deltaDownload{c: c, sum: sum, dst: dst, list: list, size: size, progress: progress, stats: &deltaStats{}}
+	d.offsets, _ = chunks.Locate(list)
 	d.index(have)
-	resumed, err := d.attempt(ctx)
-	if errors.Is(err, ErrHashMismatch) && resumed {
-		// The bytes kept from before were wrong: they are gone now.
-		d.stats = Delta{}
-		_, err = d.attempt(ctx)
+	if len(d.local) == 0 {
+		// Nothing to reuse: a plain download hashes each byte once, where
+		// checking chunks would hash it twice. Its partial file is a prefix
+		// of the blob, which a later delta attempt checks chunk by chunk.
+		if err := Download(ctx, c, sum, dst, progress); err != nil {
+			return Delta{}, err
+		}
+		return Delta{Chunks: list, Downloaded: size}, nil
 	}
-	d.stats.Chunks = list
-	return d.stats, err
+	err = d.attempt(ctx, false)
+	if errors.Is(err, ErrHashMismatch) {
+		// A local chunk was not what its index said, or a resumed one was
+		// damaged: check every one this time.
+		d.stats = &deltaStats{}
+		err = d.attempt(ctx, true)
+	}
+	return Delta{Chunks: list, Local: d.stats.local.Load(), Downloaded: d.stats.downloaded.Load(), Resumed: d.stats.resumed.Load()}, err
 }
 
 // deltaDownload is one delta download.
@@ -133,12 +158,16 @@ type deltaDownload struct {
 	c        osvcv1.ContentServiceClient
 	sum, dst string
 	list     []chunks.Chunk
+	offsets  []int64
 	size     int64
 	progress ProgressFunc
 	// local is where each digest is found among the client's files.
 	local map[[chunks.DigestSize]byte]localChunk
-	stats Delta
+	stats *deltaStats
 }
+
+// deltaStats counts an attempt's bytes by where they came from.
+type deltaStats struct{ local, downloaded, resumed atomic.Int64 }
 
 // localChunk is a chunk of one of the client's files.
 type localChunk struct {
@@ -159,133 +188,280 @@ func (d *deltaDownload) index(have []LocalBlob) {
 	}
 }
 
-// attempt makes one attempt; resumed reports whether it kept chunks of a
-// partial file.
-func (d *deltaDownload) attempt(ctx context.Context) (resumed bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// attempt makes one attempt; checkLocal checks every local chunk before it
+// is written. A hash mismatch of the whole removes the partial file only
+// when checkLocal is set (otherwise the next attempt checks and keeps it).
+func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 	partial := d.dst + PartialSuffix
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return false, fmt.Errorf("download %s: %w", d.sum, err)
+		return fmt.Errorf("download %s: %w", d.sum, err)
 	}
 	defer f.Close()
-	info, err := f.Stat()
+	held, err := d.resume(ctx, f)
 	if err != nil {
-		return false, fmt.Errorf("download %s: %w", d.sum, err)
+		return fmt.Errorf("download %s: resume %s: %w", d.sum, partial, err)
 	}
-	// Keep the whole chunks an earlier attempt wrote, nothing after them.
-	offsets, _ := chunks.Locate(d.list)
-	next := 0
-	for next < len(d.list) && offsets[next]+d.list[next].Size <= info.Size() {
-		next++
+	if err := f.Truncate(d.size); err != nil {
+		return fmt.Errorf("download %s: %w", d.sum, err)
 	}
-	kept := d.size
-	if next < len(d.list) {
-		kept = offsets[next]
-	}
-	if err := f.Truncate(kept); err != nil {
-		return false, fmt.Errorf("download %s: %w", d.sum, err)
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, ContextReader(ctx, io.NewSectionReader(f, 0, kept))); err != nil {
-		return false, fmt.Errorf("download %s: read %s: %w", d.sum, partial, err)
-	}
-	d.stats.Resumed = kept
-	resumed = kept > 0
 
-	remote := d.plan(next, offsets)
-	defer remote.close()
-	w := newChunkWriter(f, h)
-	err = d.assemble(ctx, next, offsets, kept, remote, w)
-	if werr := w.close(); err == nil {
-		err = werr
+	// The server's chunks and the local ones are written at their offsets
+	// as they come, neither side waiting for the other, and the hasher
+	// follows, hashing the chunks in order as soon as each is written
+	// (read back from the page cache): the file is hashed once, while the
+	// transfer goes on.
+	var remote, local []int
+	for i, c := range d.list {
+		switch _, ok := d.local[c.Digest]; {
+		case held[i]:
+		case ok:
+			local = append(local, i)
+		default:
+			remote = append(remote, i)
+		}
 	}
-	if err != nil {
-		// Keep the chunks written: the next attempt resumes after them.
-		return resumed, fmt.Errorf("download %s: %w", d.sum, err)
+	written := make(chan int, 64)
+	received := make(chan filled, receiveBuffers)
+	h := sha256.New()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.receive(gctx, remote, received) })
+	g.Go(func() error { return d.check(gctx, f, received, written) })
+	g.Go(func() error { return d.copyLocal(gctx, f, local, checkLocal, written) })
+	g.Go(func() error { return d.hash(gctx, f, held, written, h) })
+	if err := g.Wait(); err != nil {
+		// Keep the chunks written: the next attempt resumes with them.
+		return fmt.Errorf("download %s: %w", d.sum, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != d.sum {
-		f.Close()
-		os.Remove(partial)
-		return resumed, fmt.Errorf("download %s: the chunks assembled hash to %s; the partial file was removed: %w", d.sum, got, ErrHashMismatch)
+		if checkLocal {
+			f.Close()
+			os.Remove(partial)
+			return fmt.Errorf("download %s: the chunks assembled hash to %s; the partial file was removed: %w", d.sum, got, ErrHashMismatch)
+		}
+		return fmt.Errorf("download %s: the chunks assembled hash to %s: %w", d.sum, got, ErrHashMismatch)
 	}
 	if err := f.Close(); err != nil {
-		return resumed, fmt.Errorf("download %s: close %s: %w", d.sum, partial, err)
+		return fmt.Errorf("download %s: close %s: %w", d.sum, partial, err)
 	}
 	if err := os.Rename(partial, d.dst); err != nil {
-		return resumed, fmt.Errorf("download %s: %w", d.sum, err)
-	}
-	return resumed, nil
-}
-
-// plan lists the ranges of the chunks from next on that the client lacks,
-// adjacent ones merged.
-func (d *deltaDownload) plan(next int, offsets []int64) *rangeReader {
-	var ranges []*osvcv1.ByteRange
-	for i := next; i < len(d.list); i++ {
-		if _, ok := d.local[d.list[i].Digest]; ok {
-			continue
-		}
-		if n := len(ranges); n > 0 && ranges[n-1].Offset+ranges[n-1].Length == offsets[i] {
-			ranges[n-1].Length += d.list[i].Size
-			continue
-		}
-		ranges = append(ranges, &osvcv1.ByteRange{Offset: offsets[i], Length: d.list[i].Size})
-	}
-	return &rangeReader{c: d.c, sum: d.sum, ranges: ranges}
-}
-
-// assemble writes the chunks from next on, in order, each from the
-// client's files or from remote, checked against its digest first.
-func (d *deltaDownload) assemble(ctx context.Context, next int, offsets []int64, done int64, remote *rangeReader, w *chunkWriter) error {
-	for i := next; i < len(d.list); i++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		c, off := d.list[i], offsets[i]
-		buf := w.buffer()[:c.Size]
-		if src, ok := d.local[c.Digest]; ok {
-			if !d.readLocal(src, buf, c) {
-				// The file changed since it was cut: ask the server for
-				// this chunk alone.
-				if err := readRange(ctx, d.c, d.sum, off, buf); err != nil {
-					return fmt.Errorf("chunk %d at %d: %w", i, off, err)
-				}
-				d.stats.Downloaded += c.Size
-			} else {
-				d.stats.Local += c.Size
-			}
-		} else {
-			if err := remote.read(ctx, off, buf); err != nil {
-				return fmt.Errorf("chunk %d at %d: %w", i, off, err)
-			}
-			d.stats.Downloaded += c.Size
-		}
-		if !chunks.Verify(c, buf) {
-			got := sha256.Sum256(buf)
-			return fmt.Errorf("chunk %d (%d bytes at %d) hashes to %x, not %x as the chunk index says: refused: %w",
-				i, c.Size, off, got, c.Digest, ErrChunkMismatch)
-		}
-		w.write(buf, off)
-		done += c.Size
-		d.progress(done, d.size)
+		return fmt.Errorf("download %s: %w", d.sum, err)
 	}
 	return nil
 }
 
-// readLocal reads the chunk c from src into buf and tells whether it is
-// the chunk.
-func (d *deltaDownload) readLocal(src localChunk, buf []byte, c chunks.Chunk) bool {
-	f, err := os.Open(src.path)
-	if err != nil {
-		return false
+// receiveBuffers is how many chunk buffers the server's chunks go
+// through: one being received while the others are checked and written.
+const receiveBuffers = 3
+
+// filled is the chunk i in a buffer of free, which takes it back once the
+// chunk is written.
+type filled struct {
+	i    int
+	data []byte
+	free chan []byte
+}
+
+// take returns a free buffer, or nil when ctx ends first.
+func take(ctx context.Context, free chan []byte) []byte {
+	select {
+	case b := <-free:
+		return b
+	case <-ctx.Done():
+		return nil
 	}
-	defer f.Close()
-	if _, err := f.ReadAt(buf, src.offset); err != nil {
-		return false
+}
+
+// resume tells which chunks the server would send that the partial file f
+// already holds: those whose bytes there hash to their digest. The bytes
+// are checked, not trusted, so a file left by a crash, or by an attempt of
+// Download (a prefix), serves as well. Local chunks are copied again, which
+// costs no transfer.
+func (d *deltaDownload) resume(ctx context.Context, f *os.File) ([]bool, error) {
+	held := make([]bool, len(d.list))
+	info, err := f.Stat()
+	if err != nil || info.Size() == 0 {
+		return held, err
 	}
-	return chunks.Verify(c, buf)
+	buf := make([]byte, chunks.MaxSize)
+	for i, c := range d.list {
+		if _, ok := d.local[c.Digest]; ok || d.offsets[i]+c.Size > info.Size() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if _, err := f.ReadAt(buf[:c.Size], d.offsets[i]); err != nil {
+			return nil, err
+		}
+		if chunks.Verify(c, buf[:c.Size]) {
+			held[i] = true
+			d.stats.resumed.Add(c.Size)
+		}
+	}
+	return held, nil
+}
+
+// receive reads the chunks todo (in order) from the server, in one Read of
+// their ranges (adjacent ones merged), and hands each to check.
+func (d *deltaDownload) receive(ctx context.Context, todo []int, received chan<- filled) error {
+	defer close(received)
+	remote := d.plan(todo)
+	defer remote.close()
+	free := make(chan []byte, receiveBuffers)
+	for range receiveBuffers {
+		free <- make([]byte, chunks.MaxSize)
+	}
+	for _, i := range todo {
+		c, off := d.list[i], d.offsets[i]
+		buf := take(ctx, free)
+		if buf == nil {
+			return ctx.Err()
+		}
+		if err := remote.read(ctx, off, buf[:c.Size]); err != nil {
+			return fmt.Errorf("chunk %d at %d: %w", i, off, err)
+		}
+		select {
+		case received <- filled{i: i, data: buf[:c.Size], free: free}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// check checks each chunk received against its digest and writes it. A
+// chunk received whole is written even when the download is being
+// stopped, so that an interrupted download sends again only the chunk it
+// was receiving.
+func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan filled, written chan<- int) error {
+	for b := range received {
+		if err := d.put(f, b.i, b.data); err != nil {
+			return err
+		}
+		b.free <- b.data[:cap(b.data)]
+		select {
+		case written <- b.i:
+		case <-ctx.Done():
+		}
+	}
+	return ctx.Err()
+}
+
+// copyLocal copies the chunks todo from the client's files to their
+// offsets. With check, each is checked against its digest first, and one
+// that no longer matches is read from the server with a Read of its own.
+func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, check bool, written chan<- int) error {
+	files := make(map[string]*os.File)
+	defer func() {
+		for _, lf := range files {
+			lf.Close()
+		}
+	}()
+	buf := make([]byte, chunks.MaxSize)
+	for _, i := range todo {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		c, off := d.list[i], d.offsets[i]
+		data := buf[:c.Size]
+		if readLocal(files, d.local[c.Digest], data) && (!check || chunks.Verify(c, data)) {
+			if _, err := f.WriteAt(data, off); err != nil {
+				return fmt.Errorf("write chunk %d at %d: %w", i, off, err)
+			}
+			d.stats.local.Add(c.Size)
+		} else {
+			// Unreadable, or (checked) changed since it was cut: the server
+			// sends it. Unchecked, a changed chunk shows in the whole hash,
+			// and the next attempt checks.
+			if err := readRange(ctx, d.c, d.sum, off, data); err != nil {
+				return fmt.Errorf("chunk %d at %d: %w", i, off, err)
+			}
+			if err := d.put(f, i, data); err != nil {
+				return err
+			}
+		}
+		select {
+		case written <- i:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// put checks the chunk i the server sent against its digest, writes it and
+// counts it.
+func (d *deltaDownload) put(f *os.File, i int, data []byte) error {
+	c, off := d.list[i], d.offsets[i]
+	if !chunks.Verify(c, data) {
+		got := sha256.Sum256(data)
+		return fmt.Errorf("chunk %d (%d bytes at %d) hashes to %x, not %x as the chunk index says: refused: %w",
+			i, c.Size, off, got, c.Digest, ErrChunkMismatch)
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		return fmt.Errorf("write chunk %d at %d: %w", i, off, err)
+	}
+	d.stats.downloaded.Add(c.Size)
+	return nil
+}
+
+// hash hashes the chunks into h in order, each once it is written (held:
+// those the partial file held already), read back from the file, telling
+// progress as the hashed prefix grows.
+func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, written <-chan int, h hash.Hash) error {
+	ready := slices.Clone(held)
+	buf := make([]byte, chunks.MaxSize)
+	var done int64
+	for next := 0; next < len(d.list); {
+		if !ready[next] {
+			select {
+			case i := <-written:
+				ready[i] = true
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		c := d.list[next]
+		if _, err := f.ReadAt(buf[:c.Size], d.offsets[next]); err != nil {
+			return fmt.Errorf("read back chunk %d: %w", next, err)
+		}
+		h.Write(buf[:c.Size])
+		done += c.Size
+		d.progress(done, d.size)
+		next++
+	}
+	return nil
+}
+
+// plan lists the ranges of the chunks todo, adjacent ones merged.
+func (d *deltaDownload) plan(todo []int) *rangeReader {
+	var ranges []*osvcv1.ByteRange
+	for _, i := range todo {
+		off, size := d.offsets[i], d.list[i].Size
+		if n := len(ranges); n > 0 && ranges[n-1].Offset+ranges[n-1].Length == off {
+			ranges[n-1].Length += size
+			continue
+		}
+		ranges = append(ranges, &osvcv1.ByteRange{Offset: off, Length: size})
+	}
+	return &rangeReader{c: d.c, sum: d.sum, ranges: ranges}
+}
+
+// readLocal reads the chunk at src into buf, keeping the files it opens in
+// files; false when it cannot.
+func readLocal(files map[string]*os.File, src localChunk, buf []byte) bool {
+	f, ok := files[src.path]
+	if !ok {
+		var err error
+		if f, err = os.Open(src.path); err != nil {
+			return false
+		}
+		files[src.path] = f
+	}
+	_, err := f.ReadAt(buf, src.offset)
+	return err == nil
 }
 
 // readRange reads len(buf) bytes of the blob sum at off with a Read of its own.
@@ -390,57 +566,4 @@ func (r *rangeReader) close() {
 		r.cancel()
 		r.cancel, r.stream = nil, nil
 	}
-}
-
-// writeBuffers is how many chunk buffers a delta download cycles through:
-// one being filled, the others written and hashed meanwhile.
-const writeBuffers = 3
-
-// chunkWriter writes checked chunks to the partial file and hashes them
-// into the whole file's sha256, in a goroutine of its own, so that the next
-// chunk is read (from the network or a local file) meanwhile.
-type chunkWriter struct {
-	free chan []byte
-	work chan chunkAt
-	done chan error
-}
-
-type chunkAt struct {
-	data []byte
-	off  int64
-}
-
-func newChunkWriter(f *os.File, h hash.Hash) *chunkWriter {
-	w := &chunkWriter{free: make(chan []byte, writeBuffers), work: make(chan chunkAt, writeBuffers), done: make(chan error, 1)}
-	for range writeBuffers {
-		w.free <- make([]byte, chunks.MaxSize)
-	}
-	go func() {
-		var err error
-		for c := range w.work {
-			if err == nil {
-				if _, err = f.WriteAt(c.data, c.off); err != nil {
-					err = fmt.Errorf("write at %d: %w", c.off, err)
-				} else {
-					h.Write(c.data)
-				}
-			}
-			w.free <- c.data[:cap(c.data)]
-		}
-		w.done <- err
-	}()
-	return w
-}
-
-// buffer returns a free buffer of chunks.MaxSize bytes.
-func (w *chunkWriter) buffer() []byte { return <-w.free }
-
-// write queues buf, a buffer from buffer, to be written at off. A write
-// error is told by close; the chunks after it are not written.
-func (w *chunkWriter) write(buf []byte, off int64) { w.work <- chunkAt{data: buf, off: off} }
-
-// close waits for the queued chunks and returns the first write error.
-func (w *chunkWriter) close() error {
-	close(w.work)
-	return <-w.done
 }

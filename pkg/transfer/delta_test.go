@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -51,6 +50,27 @@ func holding(t *testing.T, data []byte) transfer.LocalBlob {
 		t.Fatal(err)
 	}
 	return transfer.LocalBlob{Path: path, Chunks: list}
+}
+
+// halfHeld starts a server holding version 2 of an image and returns it
+// with a client's file holding the second half of version 1 (plenty of
+// chunks to send), version 2's sha256 and the bytes the client lacks.
+func halfHeld(t *testing.T) (s *server, v2 []byte, have transfer.LocalBlob, sum string, missing int64) {
+	t.Helper()
+	s = startServer(t)
+	v1, v2 := versions(40 << 20)
+	have = holding(t, v1[len(v1)/2:])
+	sum = s.held(t, v2)
+	return s, v2, have, sum, lacking(t, v2, have)
+}
+
+// digests are the chunk digests b holds.
+func digests(b transfer.LocalBlob) map[[32]byte]bool {
+	held := map[[32]byte]bool{}
+	for _, c := range b.Chunks {
+		held[c.Digest] = true
+	}
+	return held
 }
 
 // lacking is how many bytes of data are in chunks have lacks.
@@ -124,14 +144,9 @@ func TestADeltaDownloadOfASmallBlobReadsItWhole(t *testing.T) {
 	}
 }
 
-func TestAnInterruptedDeltaDownloadResumesSendingAtMostOneChunkAgain(t *testing.T) {
+func TestAnInterruptedDeltaDownloadResumesSendingOnlyTheChunksItHadNotWritten(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	v1, v2 := versions(40 << 20)
-	// Version 1's second half only: plenty of chunks to send.
-	have := holding(t, v1[len(v1)/2:])
-	sum := s.held(t, v2)
-	missing := lacking(t, v2, have)
+	s, v2, have, sum, missing := halfHeld(t)
 	dst := filepath.Join(t.TempDir(), "v2.wim")
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -143,26 +158,36 @@ func TestAnInterruptedDeltaDownloadResumesSendingAtMostOneChunkAgain(t *testing.
 	if !errors.Is(err, context.Canceled) && status.Code(err) != codes.Canceled {
 		t.Fatalf("interrupted: got %v, want canceled", err)
 	}
-	info, err := os.Stat(dst + transfer.PartialSuffix)
+	// What the partial file holds of the chunks the server sends.
+	partial, err := os.ReadFile(dst + transfer.PartialSuffix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	index, _ := chunks.Of(context.Background(), bytes.NewReader(v2))
 	offsets, _ := chunks.Locate(index)
-	if _, whole := slices.BinarySearch(offsets, info.Size()); !whole || info.Size() == 0 {
-		t.Fatalf("the partial file holds %d bytes, not whole chunks", info.Size())
+	held := digests(have)
+	var kept int64
+	for i, c := range index {
+		end := offsets[i] + c.Size
+		if !held[c.Digest] && end <= int64(len(partial)) && bytes.Equal(partial[offsets[i]:end], v2[offsets[i]:end]) {
+			kept += c.Size
+		}
 	}
+	// Every chunk the first attempt received whole is kept: only the one
+	// it was receiving when cut is lost.
+	if kept == 0 || kept != first.Downloaded {
+		t.Fatalf("the partial file keeps %d bytes of the server's chunks; the first attempt received %d whole", kept, first.Downloaded)
+	}
+
+	before := s.served.Load()
 	second, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkDownloaded(t, dst, v2)
-	// Every chunk written stays written: the second attempt downloads what
-	// the first did not write, so only the chunk it was receiving when cut
-	// is sent again.
-	if second.Resumed != info.Size() || first.Downloaded+second.Downloaded != missing {
-		t.Errorf("resumed %d bytes of a partial file of %d; downloaded %d then %d bytes of the %d version 1 lacks",
-			second.Resumed, info.Size(), first.Downloaded, second.Downloaded, missing)
+	if sent := s.served.Load() - before; sent != missing-kept || second.Resumed != kept || second.Downloaded != sent {
+		t.Errorf("the second attempt: %d bytes sent, %d resumed, %d downloaded; want the %d bytes of the %d version 1 lacks that the first did not keep",
+			sent, second.Resumed, second.Downloaded, missing-kept, missing)
 	}
 }
 
@@ -177,10 +202,7 @@ func TestACorruptedChunkIsRefusedAndNothingIsWrittenOutsideTheDestinationFolder(
 		t.Fatal(err)
 	}
 	// Damage, in the library's file, a chunk the client lacks.
-	held := map[[32]byte]bool{}
-	for _, c := range have.Chunks {
-		held[c.Digest] = true
-	}
+	held := digests(have)
 	offsets, _ := chunks.Locate(index)
 	bad := -1
 	for i, c := range index {
@@ -222,9 +244,17 @@ func TestACorruptedChunkIsRefusedAndNothingIsWrittenOutsideTheDestinationFolder(
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Only the chunks before the damaged one, each checked, were written.
-	if int64(len(partial)) != offsets[bad] || !bytes.Equal(partial, v2[:offsets[bad]]) {
-		t.Errorf("the partial file holds %d bytes, want the %d before the damaged chunk", len(partial), offsets[bad])
+	// Nothing of the damaged chunk was written; the chunks written are
+	// the blob's.
+	end := offsets[bad] + index[bad].Size
+	if int64(len(partial)) >= end && !bytes.Equal(partial[offsets[bad]:end], make([]byte, index[bad].Size)) {
+		t.Errorf("the partial file holds bytes of the damaged chunk")
+	}
+	for i, c := range index {
+		if e := offsets[i] + c.Size; i != bad && e <= int64(len(partial)) &&
+			!bytes.Equal(partial[offsets[i]:e], v2[offsets[i]:e]) && !bytes.Equal(partial[offsets[i]:e], make([]byte, c.Size)) {
+			t.Errorf("chunk %d in the partial file is neither the blob's nor unwritten", i)
+		}
 	}
 }
 
@@ -281,11 +311,15 @@ func (h *hostileIndex) Read(*osvcv1.ReadRequest, grpc.ServerStreamingServer[osvc
 	return status.Error(codes.Unavailable, "no data here")
 }
 
-func serveHostile(t *testing.T, h *hostileIndex) osvcv1.ContentServiceClient {
+func serveHostile(t *testing.T, h *hostileIndex, other ...osvcv1.ContentServiceServer) osvcv1.ContentServiceClient {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(transfer.ServerOptions()...)
-	osvcv1.RegisterContentServiceServer(srv, h)
+	if h != nil {
+		osvcv1.RegisterContentServiceServer(srv, h)
+	} else {
+		osvcv1.RegisterContentServiceServer(srv, other[0])
+	}
 	go srv.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet", append(transfer.DialOptions(),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
@@ -339,5 +373,139 @@ func TestHostileChunkIndexesAreRefusedBeforeAnyDataIsAskedFor(t *testing.T) {
 				t.Errorf("files %v and %d reads after a refused index, want none", entries, h.reads)
 			}
 		})
+	}
+}
+
+// misreader serves a true chunk index of data and answers Read with what
+// answer makes of the ranges asked for (a nil message ends the read).
+type misreader struct {
+	osvcv1.UnimplementedContentServiceServer
+	index  *osvcv1.GetChunkIndexResponse
+	data   []byte
+	answer func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse
+}
+
+func (m *misreader) GetChunkIndex(_ *osvcv1.GetChunkIndexRequest, stream grpc.ServerStreamingServer[osvcv1.GetChunkIndexResponse]) error {
+	return stream.Send(m.index)
+}
+
+func (m *misreader) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamingServer[osvcv1.ReadResponse]) error {
+	for _, r := range req.GetRanges() {
+		for _, resp := range m.answer(m.data, r) {
+			if resp == nil {
+				return nil // the read ends here
+			}
+			if err := stream.Send(resp); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// indexed returns version 2 of an image, a client's file holding version 1
+// and version 2's chunks.
+func indexed(t *testing.T) (v2 []byte, have transfer.LocalBlob, list []chunks.Chunk) {
+	t.Helper()
+	v1, v2 := versions(40 << 20)
+	list, err := chunks.Of(context.Background(), bytes.NewReader(v2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v2, holding(t, v1), list
+}
+
+// indexPage is the one page of a chunk index of data, the chunks list, as
+// the index of the blob sum.
+func indexPage(sum string, data []byte, list []chunks.Chunk) *osvcv1.GetChunkIndexResponse {
+	return &osvcv1.GetChunkIndexResponse{Sha256: sum, SizeBytes: int64(len(data)), Chunking: chunks.Chunking(),
+		ChunkCount: int64(len(list)), Chunks: chunks.ToProto(list)}
+}
+
+func TestBytesAServerSendsOutsideTheRangesAskedForAreRefused(t *testing.T) {
+	t.Parallel()
+	v2, have, list := indexed(t)
+	sum := shaOf(v2)
+	index := indexPage(sum, v2, list)
+	at := func(data []byte, off, n int64) *osvcv1.ReadResponse {
+		return &osvcv1.ReadResponse{Offset: off, Data: data[off : off+n]}
+	}
+	tests := []struct {
+		name   string
+		answer func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse
+		want   string
+	}{
+		{"bytes at another offset than asked", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset+1, r.Length-1)}
+		}, "expected up to"},
+		{"more bytes than the range has", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset, min(r.Length+1, int64(len(data))-r.Offset))}
+		}, "expected up to"},
+		{"a read ended before the range's end", func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+			return []*osvcv1.ReadResponse{at(data, r.Offset, r.Length/2), nil}
+		}, "ended the read"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+" are refused", func(t *testing.T) {
+			t.Parallel()
+			client := serveHostile(t, nil, &misreader{index: index, data: v2, answer: tt.answer})
+			dst := filepath.Join(t.TempDir(), sum)
+			_, err := transfer.DownloadDelta(context.Background(), client, sum, dst, []transfer.LocalBlob{have}, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("DownloadDelta: %v, want an error saying %q", err, tt.want)
+			}
+			// Nothing the server sent was written: what the partial file
+			// holds of the chunks version 1 lacks is unwritten.
+			partial, err := os.ReadFile(dst + transfer.PartialSuffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held := digests(have)
+			offsets, _ := chunks.Locate(list)
+			for i, c := range list {
+				end := offsets[i] + c.Size
+				if !held[c.Digest] && end <= int64(len(partial)) && !bytes.Equal(partial[offsets[i]:end], make([]byte, c.Size)) {
+					t.Errorf("chunk %d, which version 1 lacks, was written", i)
+				}
+			}
+		})
+	}
+}
+
+func TestAPartialFileIsCheckedNotTrusted(t *testing.T) {
+	t.Parallel()
+	s, v2, have, sum, missing := halfHeld(t)
+	dst := filepath.Join(t.TempDir(), "v2.wim")
+	// A partial file of the right size that holds something else.
+	junk := make([]byte, len(v2))
+	rand.NewChaCha8([32]byte{9}).Read(junk)
+	writeFile(t, dst+transfer.PartialSuffix, junk)
+
+	d, err := transfer.DownloadDelta(context.Background(), s.client, sum, dst, []transfer.LocalBlob{have}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDownloaded(t, dst, v2)
+	if d.Resumed != 0 || s.served.Load() != missing {
+		t.Errorf("kept %d bytes of a partial file of junk and read %d bytes, want none kept and the %d version 1 lacks read", d.Resumed, s.served.Load(), missing)
+	}
+}
+
+func TestChunksThatMatchTheirIndexButNotTheBlobsSHA256AreNotKept(t *testing.T) {
+	t.Parallel()
+	v2, have, list := indexed(t)
+	// The index and the data agree, but they are not the blob asked for.
+	sum := shaOf(append(bytes.Clone(v2), 0))
+	index := indexPage(sum, v2, list)
+	client := serveHostile(t, nil, &misreader{index: index, data: v2, answer: func(data []byte, r *osvcv1.ByteRange) []*osvcv1.ReadResponse {
+		return []*osvcv1.ReadResponse{{Offset: r.Offset, Data: data[r.Offset : r.Offset+r.Length]}}
+	}})
+	dir := t.TempDir()
+	_, err := transfer.DownloadDelta(context.Background(), client, sum, filepath.Join(dir, sum), []transfer.LocalBlob{have}, nil)
+	if !errors.Is(err, transfer.ErrHashMismatch) {
+		t.Fatalf("DownloadDelta: %v, want a hash mismatch", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("files %v after a download that hashes to another blob, want none", entries)
 	}
 }

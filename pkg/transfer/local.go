@@ -232,3 +232,55 @@ func hashSection(ctx context.Context, f *os.File, size int64, progress ProgressF
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// CopyLocal makes dst a copy of the verified file src, for use, without
+// hashing it again: for ReadOnly a hard link where the volume allows (the
+// caller then never writes dst: src changes with it), else a copy of its
+// own, which the kernel makes (copy_file_range, a clone where the file
+// system can). dst appears whole or not at all: it is written as
+// dst+PartialSuffix and renamed.
+func CopyLocal(ctx context.Context, src, dst string, use Use) (Source, error) {
+	partial := dst + PartialSuffix
+	if err := os.Remove(partial); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	how := Linked
+	err := errors.New("not linked")
+	if use == ReadOnly {
+		err = os.Link(src, partial)
+	}
+	if err != nil {
+		how = Copied
+		err = copyLocal(ctx, src, partial)
+	}
+	if err == nil {
+		err = os.Rename(partial, dst)
+	}
+	if err != nil {
+		os.Remove(partial)
+		return 0, fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return how, nil
+}
+
+// copyLocal copies the file src to a new file dst.
+func copyLocal(ctx context.Context, src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	info, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	err = copyFile(ctx, out, in, info.Size())
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
