@@ -442,13 +442,17 @@ func TestServicingEndToEnd(t *testing.T) {
 		if sum := fileSHA256(t, dst); sum != sourceSHA {
 			t.Fatalf("version 1 now hashes to %s, want %s", sum, sourceSHA)
 		}
-		// The agent shares the library's volume here and took its copy from
-		// the library's file, which the commit into the copy must not touch.
+		// The agent shares the library's volume here: its cache took the
+		// library's file, and the run a copy of the cached one; the commit
+		// into the copy must touch neither.
 		if sum := fileSHA256(t, filepath.Join(c.dataDir, "content", sourceSHA[:2], sourceSHA)); sum != sourceSHA {
 			t.Fatalf("the library's file of version 1 now hashes to %s, want %s", sum, sourceSHA)
 		}
-		if !logged(lines, "copied from the content library's volume") {
-			t.Errorf("no log line says the agent copied the source from the library's volume: the test no longer covers that copy")
+		if sum := fileSHA256(t, filepath.Join(c.agent.dir, "cache", sourceSHA)); sum != sourceSHA {
+			t.Fatalf("the agent's cached file of version 1 now hashes to %s, want %s", sum, sourceSHA)
+		}
+		if !logged(lines, "fetched through the agent's cache, copied from there") {
+			t.Errorf("no log line says the run copied the source out of the agent's cache: the test no longer covers that copy")
 		}
 	})
 

@@ -34,9 +34,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/dustin/go-humanize"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/osvc/osvc/pkg/transfer"
 )
@@ -74,7 +77,17 @@ type Config struct {
 	Logger hclog.Logger
 	// Now is the clock of last uses; default time.Now.
 	Now func() time.Time
+	// RetryFor bounds how long a download the server broke off
+	// (UNAVAILABLE) is tried again; default DefaultRetryFor.
+	RetryFor time.Duration
+	// RetryBackoff is the first wait before trying again, doubling up to
+	// ten times it; default one second.
+	RetryBackoff time.Duration
 }
+
+// DefaultRetryFor covers a server replica's failover: the agent's
+// connection moves to another replica meanwhile.
+const DefaultRetryFor = 2 * time.Minute
 
 // ErrClosed is returned by Acquire once the cache is closed.
 var ErrClosed = errors.New("the update cache is closed")
@@ -155,6 +168,11 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.RetryFor < 0 || cfg.RetryBackoff < 0 {
+		return nil, errors.New("cache: RetryFor and RetryBackoff must not be negative")
+	}
+	cfg.RetryFor = cmp.Or(cfg.RetryFor, DefaultRetryFor)
+	cfg.RetryBackoff = cmp.Or(cfg.RetryBackoff, time.Second)
 	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
 		return nil, fmt.Errorf("cache: create the cache folder %s: %w: set --data-dir to a writable folder", cfg.Dir, err)
 	}
@@ -424,6 +442,28 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 	default:
 		return fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
+	return c.download(ctx, sha256, progress)
+}
+
+// download fetches sha256 into the cache. A failure a new attempt may not
+// meet (the server, or the replica the agent reached, went away: the next
+// attempt reaches another) is tried again, resuming from what the last
+// attempt wrote, until RetryFor has passed.
+func (c *Cache) download(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+	bo := &backoff.ExponentialBackOff{InitialInterval: c.cfg.RetryBackoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 10 * c.cfg.RetryBackoff}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := c.downloadOnce(ctx, sha256, progress)
+		if err != nil && status.Code(err) != codes.Unavailable {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(c.cfg.RetryFor), backoff.WithNotify(func(err error, next time.Duration) {
+		c.log.Warn("download interrupted; resuming", "sha256", sha256, "retry_in", next.Round(time.Millisecond), "error", err)
+	}))
+	return err
+}
+
+func (c *Cache) downloadOnce(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
 	if src, ok := c.cfg.Source.(DeltaSource); ok {
 		// With no candidates too: the file then comes whole, and its chunk
 		// index with it, kept for the next version's delta.
@@ -432,7 +472,7 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 		return c.fetchDelta(ctx, src, sha256, have, progress)
 	}
 	c.log.Info("downloading file", "sha256", sha256)
-	if err := c.cfg.Source.Download(ctx, sha256, path, progress); err != nil {
+	if err := c.cfg.Source.Download(ctx, sha256, c.Path(sha256), progress); err != nil {
 		return fmt.Errorf("download into the cache: %w", err)
 	}
 	return nil

@@ -54,6 +54,9 @@ type server struct {
 	abandoned chan struct{}
 	// served counts the data bytes Reads sent.
 	served atomic.Int64
+	// failReads makes this many Reads fail UNAVAILABLE, as a replica that
+	// goes away does.
+	failReads atomic.Int32
 
 	mu   sync.Mutex
 	gate chan struct{}
@@ -76,6 +79,9 @@ func (r *readStream) RecvMsg(m any) error {
 	err := r.ServerStream.RecvMsg(m)
 	if req, ok := m.(*osvcv1.ReadRequest); ok && err == nil {
 		r.s.reads <- req.GetOffset()
+		if r.s.failReads.Add(-1) >= 0 {
+			return status.Error(codes.Unavailable, "the server replica is going away")
+		}
 		r.s.mu.Lock()
 		gate := r.s.gate
 		r.s.mu.Unlock()
@@ -224,7 +230,7 @@ func newCache(t *testing.T, s *server, o opts) *cache.Cache {
 	if o.watch != nil {
 		logger.RegisterSink(o.watch)
 	}
-	c, err := cache.New(cache.Config{Dir: o.dir, MaxBytes: o.maxBytes, Source: s.source, Logger: logger, Now: o.clock.Now})
+	c, err := cache.New(cache.Config{Dir: o.dir, MaxBytes: o.maxBytes, Source: s.source, Logger: logger, Now: o.clock.Now, RetryBackoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -661,5 +667,23 @@ func TestADownloadUnderWayIsNeverEvictedEvenWhenNobodyWaitsForIt(t *testing.T) {
 	}
 	if exists(c.Path(o)) {
 		t.Error("o, the least recently used file no one holds, is still cached")
+	}
+}
+
+func TestADownloadTheServerBrokeOffIsTriedAgain(t *testing.T) {
+	s := startServer(t)
+	data, sha := s.put(t, 3<<20, 7)
+	c := newCache(t, s, opts{})
+	s.failReads.Store(2)
+	got := wait(t, acquire(context.Background(), c, sha), "the download")
+	if got.err != nil {
+		t.Fatalf("Acquire after two broken Reads: %v", got.err)
+	}
+	defer got.release()
+	if b, err := os.ReadFile(got.path); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("the file: %v", err)
+	}
+	if n := len(s.reads); n < 3 {
+		t.Fatalf("%d Reads, want the two broken ones and one more", n)
 	}
 }

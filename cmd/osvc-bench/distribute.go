@@ -22,6 +22,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/osvc/osvc/agent/cache"
+	"github.com/osvc/osvc/agent/dp"
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/chunks"
 	"github.com/osvc/osvc/pkg/pki"
@@ -33,9 +34,11 @@ import (
 // a receiver that holds the previous one. The rig's sample image (-n MiB
 // of file data) is serviced for real (every applicable update, remove
 // superseded, export: the wimlib engine's sequence) into version 2; a
-// fresh agent cache, over the network (no file of the library's volume
-// taken), fetches version 1 whole, then version 2, which it fetches as the
-// chunks version 1 lacks. Figures: the bytes that crossed the connection
+// fresh distribution point (an agent's dp.Point, its store the agent's
+// cache code), over the network (no file of the library's volume taken),
+// is sent version 1, which it fetches whole, then version 2, which it
+// fetches as the chunks version 1 lacks, timed until it reports version 2
+// DISTRIBUTED. Figures: the bytes that crossed the connection
 // for version 2 ÷ its size, and the rate of that fetch (those bytes ÷ its
 // time) ÷ a bare gRPC stream over TLS (one Read of as many bytes, in the
 // same 1 MiB messages, received and dropped) in the same run. Extras: how
@@ -64,13 +67,41 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	receiver := filepath.Join(r.dir, "receiver")
-	c, err := cache.New(cache.Config{Dir: receiver, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
+	reports := make(chan *osvcv1.DistributionReport, 16)
+	point, err := dp.New(dp.Config{
+		Dir: filepath.Join(r.dir, "receiver"), Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger,
+		ProgressEvery: time.Hour,
+		Report: func(_ context.Context, m *osvcv1.DistributionReport) error {
+			if m.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING {
+				reports <- m
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	if err := acquire(ctx, c, v1); err != nil {
+	defer point.Close()
+	// The point keeps version 1 as one image's and is sent version 2 as
+	// another's, withdrawn between rounds.
+	versions := map[string]*osvcv1.Distribute{
+		v1: {Image: "images/bench-v1", Version: 1, Sha256: v1, SizeBytes: r.wim.GetSizeBytes()},
+		v2: {Image: "images/bench", Version: 2, Sha256: v2, SizeBytes: v2Size},
+	}
+	// distribute sends the point a version and waits for it to be in place.
+	distribute := func(sha string) error {
+		point.Distribute(ctx, versions[sha])
+		select {
+		case m := <-reports:
+			if m.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED {
+				return fmt.Errorf("distribute version %d: %s: %s", m.GetVersion(), m.GetState(), m.GetError())
+			}
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := distribute(v1); err != nil {
 		return nil, err
 	}
 
@@ -88,17 +119,13 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	}
 	defer profile.stop()
 	for round := range throughputRounds {
-		// The receiver has version 1 and its chunk index, not version 2.
-		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, err
-			}
-		}
+		// The point holds version 1 (and its chunk index), not version 2.
+		point.Withdraw(versions[v2].GetImage())
 		syncDisks()
 		wire.N.Store(0)
 		profile.resume()
 		start := time.Now()
-		if err := acquire(ctx, c, v2); err != nil {
+		if err := distribute(v2); err != nil {
 			return nil, err
 		}
 		elapsed := time.Since(start)
@@ -132,14 +159,15 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 
 	// The same over a site link: both sides read through a connection
 	// throttled to siteLinkBytes a second.
-	linkRate, err := overSiteLink(ctx, cfg, r, c.Path(v1), v1, v2, floor)
+	v1Path, v2Path := point.Path(dp.Served{SHA256: v1}), point.Path(dp.Served{SHA256: v2})
+	linkRate, err := overSiteLink(ctx, cfg, r, v1Path, v1, v2, floor)
 	if err != nil {
 		return nil, err
 	}
 	res.Extra = append(res.Extra, ratio(fmt.Sprintf("over a %s/s site link: the delta fetch's rate of bytes sent ÷ the bare stream's", humanize.IBytes(siteLinkBytes)), linkRate...))
 
 	// What the same update would cost with other settings, cut here.
-	other, err := otherSettings(ctx, cfg, r.dir, c.Path(v1), c.Path(v2))
+	other, err := otherSettings(ctx, cfg, r.dir, v1Path, v2Path)
 	if err != nil {
 		return nil, err
 	}
