@@ -38,8 +38,10 @@ const (
 	// the agent is gone even if TCP has not noticed.
 	missedHeartbeats = 3
 	// workQueue bounds the reports waiting for etcd per stream; past it the
-	// stream's flow control slows the agent down.
-	workQueue = 256
+	// stream's flow control slows the agent down. An agent keeps a few log
+	// batches and one report per run in flight, so 32 is room enough; each
+	// slot costs every stream 8 bytes, idle or not.
+	workQueue = 32
 	// teardownTimeout bounds the writes made after a stream ended.
 	teardownTimeout = 5 * time.Second
 	// defaultResyncInterval bounds how long a missed push (an Assign that

@@ -48,7 +48,8 @@ type conn struct {
 	sentCancel map[string]int64 // run → fencing token a Cancel was sent for
 	drives     []*osvcv1.Drive
 	beatDirty  bool
-	// distributing: image → file whose Distribute was queued on this stream.
+	// distributing: image → file whose Distribute was queued on this
+	// stream; made at the first (most agents are no distribution point).
 	distributing map[string]string
 
 	lastRecv atomic.Int64 // unix nanos
@@ -94,8 +95,6 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 		delivered:  map[string]int64{},
 		sentCancel: map[string]int64{},
 		drives:     hello.GetDrives(),
-
-		distributing: map[string]string{},
 	}
 	c.out.init()
 	c.lastRecv.Store(s.now().UnixNano())
@@ -391,6 +390,9 @@ func (c *conn) distribute(m *osvcv1.Distribute, again bool) {
 	if !again && c.distributing[m.GetImage()] == m.GetSha256() {
 		c.mu.Unlock()
 		return
+	}
+	if c.distributing == nil {
+		c.distributing = map[string]string{}
 	}
 	c.distributing[m.GetImage()] = m.GetSha256()
 	c.mu.Unlock()
