@@ -401,9 +401,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	defer a.stopDistributionPoint()
 	// An agent that was a distribution point serves again what it served.
-	if a.cfg.Distribution.Role || dp.Has(a.distributionDir()) {
+	// An agent that was a point serves again what it served; one that
+	// asked for the role fails to start without it, one its site named
+	// services runs all the same, and its point reports the failure.
+	switch {
+	case a.cfg.Distribution.Role:
 		if _, err := a.distributionPoint(); err != nil {
 			return err
+		}
+	case dp.Has(a.distributionDir()):
+		if _, err := a.distributionPoint(); err != nil {
+			a.logger.Error("cannot serve the images this distribution point kept", "error", err)
 		}
 	}
 
