@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -188,6 +189,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.WorkRetention == 0 {
 		cfg.WorkRetention = DefaultWorkRetention
+	}
+	if u := cfg.Distribution.URL; u != "" {
+		parsed, err := url.Parse(u)
+		if err != nil || (parsed.Scheme != "http" && parsed.Scheme != "https") || parsed.Host == "" || len(u) > 2048 {
+			return nil, fmt.Errorf("agent: --dp-url %q: want an http:// or https:// URL with a host, e.g. https://dp1.example:8090/", u)
+		}
 	}
 	if cfg.CacheMaxBytes == 0 {
 		cfg.CacheMaxBytes = DefaultCacheMaxBytes

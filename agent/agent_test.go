@@ -518,6 +518,8 @@ func TestNewRefusesAnIncompleteConfig(t *testing.T) {
 		{"without a data folder", func(c *Config) { c.DataDir = "" }},
 		{"with a negative capacity", func(c *Config) { c.Capacity = -1 }},
 		{"with a name the server would refuse", func(c *Config) { c.Name = "PS1 Agent" }},
+		{"with a distribution point address that is no URL", func(c *Config) { c.Distribution.URL = "dp1.example:8090" }},
+		{"with a distribution point address of another scheme", func(c *Config) { c.Distribution.URL = "ftp://dp1.example/" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
