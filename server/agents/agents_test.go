@@ -93,6 +93,9 @@ func TestValidateHello(t *testing.T) {
 		{"a name starting with a digit", hello("1agent"), "hello.name"},
 		{"a bad site", &osvcv1.Hello{Name: "ps1-a", Site: "ps1"}, "hello.site"},
 		{"a negative capacity", &osvcv1.Hello{Name: "ps1-a", Site: "PS1", Capacity: -1}, "hello.capacity"},
+		{"a distribution URL that is no URL", &osvcv1.Hello{Name: "ps1-a", Site: "PS1", DistributionUrl: "dp1:8090"}, "hello.distribution_url"},
+		{"a distribution URL of another scheme", &osvcv1.Hello{Name: "ps1-a", Site: "PS1", DistributionUrl: "file:///etc/passwd"}, "hello.distribution_url"},
+		{"too many distributed images", &osvcv1.Hello{Name: "ps1-a", Site: "PS1", DistributedImages: make([]string, agents.MaxDistributedImages+1)}, "hello.distributed_images"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
