@@ -34,6 +34,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/osvc/osvc/pkg/transfer"
+
 	"google.golang.org/protobuf/proto"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
@@ -149,7 +151,7 @@ func next(key string, i int) int {
 
 func checkBlob(f *osvcv1.PackageFile) error {
 	sha, size := f.GetSha256(), f.GetSizeBytes()
-	if !validSHA256(sha) {
+	if !transfer.ValidSHA256(sha) {
 		return invalidf("sha256 %.80q is not 64 lower-case hex digits", sha)
 	}
 	switch {
@@ -163,18 +165,6 @@ func checkBlob(f *osvcv1.PackageFile) error {
 		return invalidf("%d bytes whose sha256 is that of no bytes", size)
 	}
 	return nil
-}
-
-func validSHA256(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // Install returns the tree's sources/install.wim, nil when it has none.
