@@ -56,7 +56,7 @@ func (s *imageServer) GetImage(ctx context.Context, req *osvcv1.GetImageRequest)
 	if err != nil {
 		return nil, Status(err)
 	}
-	if img.Distributions, err = s.dist.OfImage(ctx, img.GetName()); err != nil {
+	if img.Distributions, err = s.dist.OfImage(ctx, img); err != nil {
 		return nil, Status(err)
 	}
 	return &osvcv1.GetImageResponse{Image: img}, nil

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -137,28 +138,64 @@ type record struct {
 }
 
 // read reads images, sites, roles and records in one revision.
-func (s *Service) read(ctx context.Context) (*world, error) {
-	resp, err := s.client.Txn(ctx).Then(
-		clientv3.OpGet(s.store.ImagesPrefix(), clientv3.WithPrefix()),
+func (s *Service) read(ctx context.Context) (*world, error) { return s.readWorld(ctx, true) }
+
+// topology reads only the sites and roles: where the points are.
+func (s *Service) topology(ctx context.Context) (*world, error) { return s.readWorld(ctx, false) }
+
+func (s *Service) readWorld(ctx context.Context, all bool) (*world, error) {
+	ops := []clientv3.Op{
 		clientv3.OpGet(s.store.SitesPrefix(), clientv3.WithPrefix()),
 		clientv3.OpGet(s.store.DistributionPointsPrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.store.DistributionsPrefix(""), clientv3.WithPrefix()),
-	).Commit()
+	}
+	if all {
+		ops = append(ops,
+			clientv3.OpGet(s.store.ImagesPrefix(), clientv3.WithPrefix()),
+			clientv3.OpGet(s.store.DistributionsPrefix(""), clientv3.WithPrefix()))
+	}
+	resp, err := s.client.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, fmt.Errorf("read images, sites and distributions: %w", err)
+		return nil, fmt.Errorf("read sites and distribution points: %w", err)
 	}
 	w := &world{sites: map[string]*osvcv1.Site{}, points: map[string]*point{}, records: map[string]map[string]*record{}}
-	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+	if all {
+		if err := w.readImagesAndRecords(resp.Responses[2].GetResponseRange().GetKvs(), resp.Responses[3].GetResponseRange().GetKvs()); err != nil {
+			return nil, err
+		}
+	}
+	return w, w.readPoints(resp.Responses[0].GetResponseRange().GetKvs(), resp.Responses[1].GetResponseRange().GetKvs())
+}
+
+// readImagesAndRecords fills w's images and records from their keys.
+func (w *world) readImagesAndRecords(images, records []*mvccpb.KeyValue) error {
+	for _, kv := range images {
 		img, err := store.Unmarshal[*osvcv1.Image](kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", kv.Key, err)
+			return fmt.Errorf("image %s: %w", kv.Key, err)
 		}
 		w.images = append(w.images, img)
 	}
-	for _, kv := range resp.Responses[1].GetResponseRange().GetKvs() {
+	for _, kv := range records {
+		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
+		if err != nil {
+			return fmt.Errorf("distribution %s: %w", kv.Key, err)
+		}
+		agent, image := agents.ID(d.GetDistributionPoint()), store.IDFromKey(string(kv.Key))
+		if w.records[agent] == nil {
+			w.records[agent] = map[string]*record{}
+		}
+		w.records[agent][image] = &record{d: d, rev: kv.ModRevision}
+	}
+	return nil
+}
+
+// readPoints fills w's sites and points: the agents a site's setting
+// names, placed at that site, and those that asked for the role.
+func (w *world) readPoints(sites, roles []*mvccpb.KeyValue) error {
+	for _, kv := range sites {
 		site, err := store.Unmarshal[*osvcv1.Site](kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("site %s: %w", kv.Key, err)
+			return fmt.Errorf("site %s: %w", kv.Key, err)
 		}
 		w.sites[site.GetCode()] = site
 	}
@@ -172,31 +209,39 @@ func (s *Service) read(ctx context.Context) (*world, error) {
 			p.roleFrom = append(p.roleFrom, from)
 		}
 	}
-	// A site's setting places the agent at that site.
 	for _, code := range slices.Sorted(maps.Keys(w.sites)) {
 		for _, dp := range w.sites[code].GetDistributionPoints() {
 			add(agents.ID(dp), code, FromSite)
 		}
 	}
-	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
+	for _, kv := range roles {
 		role, err := store.Unmarshal[*storev1.DistributionPointRole](kv.Value)
 		if err != nil {
-			return nil, fmt.Errorf("distribution point role %s: %w", kv.Key, err)
+			return fmt.Errorf("distribution point role %s: %w", kv.Key, err)
 		}
 		add(store.IDFromKey(string(kv.Key)), role.GetSite(), FromAgent)
 	}
-	for _, kv := range resp.Responses[3].GetResponseRange().GetKvs() {
-		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
-		if err != nil {
-			return nil, fmt.Errorf("distribution %s: %w", kv.Key, err)
-		}
-		agent, image := agents.ID(d.GetDistributionPoint()), store.IDFromKey(string(kv.Key))
-		if w.records[agent] == nil {
-			w.records[agent] = map[string]*record{}
-		}
-		w.records[agent][image] = &record{d: d, rev: kv.ModRevision}
+	return nil
+}
+
+// recordsOf reads the records of img on the points that are to hold it
+// (those of its site and the sites below): what one image's view needs,
+// without reading every point's records.
+func (s *Service) recordsOf(ctx context.Context, img *osvcv1.Image) ([]*mvccpb.KeyValue, error) {
+	w, err := s.topology(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return w, nil
+	imageID := store.IDFromKey(img.GetName())
+	var keys []string
+	for _, p := range w.pointsOf(img) {
+		keys = append(keys, s.store.DistributionKey(p.id, imageID))
+	}
+	kvs, err := store.GetManyRaw(ctx, s.store, keys)
+	if err != nil {
+		return nil, fmt.Errorf("read the distributions of %s: %w", img.GetName(), err)
+	}
+	return slices.DeleteFunc(kvs, func(kv *mvccpb.KeyValue) bool { return kv == nil }), nil
 }
 
 // below tells whether site is ancestor or ancestor's descendant (or itself).
@@ -433,25 +478,24 @@ func (s *Service) Distribute(ctx context.Context, name string) (*osvcv1.Image, e
 		return nil, err
 	}
 	// Those that gave up on this version start again.
-	if err := s.retryFailed(ctx, name, Target(out)); err != nil {
+	if err := s.retryFailed(ctx, out, Target(out)); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// retryFailed moves the FAILED records of image's version v back to PENDING.
-func (s *Service) retryFailed(ctx context.Context, image string, v *osvcv1.ImageVersion) error {
+// retryFailed moves the FAILED records of img's version v back to PENDING.
+func (s *Service) retryFailed(ctx context.Context, img *osvcv1.Image, v *osvcv1.ImageVersion) error {
 	if v == nil {
 		return nil
 	}
-	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(""), clientv3.WithPrefix())
+	kvs, err := s.recordsOf(ctx, img)
 	if err != nil {
-		return fmt.Errorf("read the distributions: %w", err)
+		return err
 	}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
-		if err != nil || d.GetImage() != image || d.GetSha256() != v.GetSha256() ||
-			d.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_FAILED {
+		if err != nil || d.GetSha256() != v.GetSha256() || d.GetState() != osvcv1.DistributionState_DISTRIBUTION_STATE_FAILED {
 			continue
 		}
 		d.State, d.Retries, d.Error = osvcv1.DistributionState_DISTRIBUTION_STATE_PENDING, 0, ""
@@ -463,7 +507,7 @@ func (s *Service) retryFailed(ctx context.Context, image string, v *osvcv1.Image
 		key := string(kv.Key)
 		if _, err := s.client.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
 			Then(clientv3.OpPut(key, string(data))).Commit(); err != nil {
-			return fmt.Errorf("retry %s on %s: %w", image, d.GetDistributionPoint(), err)
+			return fmt.Errorf("retry %s on %s: %w", img.GetName(), d.GetDistributionPoint(), err)
 		}
 	}
 	return nil

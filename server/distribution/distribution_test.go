@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"google.golang.org/protobuf/proto"
 
 	storev1 "github.com/osvc/osvc/gen/osvc/store/v1"
@@ -65,16 +67,23 @@ func reconcile(t *testing.T, env *servicingtest.Env) int {
 	return n
 }
 
-// records returns the distributions of image by distribution point.
+// records returns every stored distribution of image by distribution
+// point, read from etcd itself.
 func records(t *testing.T, env *servicingtest.Env, image string) map[string]*osvcv1.Distribution {
 	t.Helper()
-	list, err := env.Distribution.OfImage(context.Background(), image)
+	resp, err := env.Store.Client().Get(context.Background(), env.Store.DistributionsPrefix(""), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]*osvcv1.Distribution{}
-	for _, d := range list {
-		out[d.GetDistributionPoint()] = d
+	for _, kv := range resp.Kvs {
+		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.GetImage() == image {
+			out[d.GetDistributionPoint()] = d
+		}
 	}
 	return out
 }
@@ -103,6 +112,10 @@ func TestAnImageGoesToTheDistributionPointsOfItsSiteAndTheSitesBelow(t *testing.
 			d.GetSha256() != img.GetVersions()[0].GetSha256() || d.GetSizeBytes() != img.GetVersions()[0].GetSizeBytes() {
 			t.Errorf("record %v: want PENDING version 1 of the image's file", d)
 		}
+	}
+	view, err := env.Distribution.OfImage(context.Background(), img)
+	if err != nil || len(view) != 2 || view[0].GetDistributionPoint() != "agents/dp-ps1" || view[1].GetDistributionPoint() != "agents/dp-ss1" {
+		t.Fatalf("OfImage: %v, %v; want the records of dp-ps1 and dp-ss1", view, err)
 	}
 	if got["agents/dp-ps1"].GetSite() != "PS1" || got["agents/dp-ss1"].GetSite() != "SS1" {
 		t.Errorf("sites: %q, %q; want each distribution point's own", got["agents/dp-ps1"].GetSite(), got["agents/dp-ss1"].GetSite())

@@ -177,18 +177,20 @@ func (s *Service) MayRead(ctx context.Context, agent, sha256 string) (bool, erro
 	return false, nil
 }
 
-// OfImage returns where every distribution point stands with image, in
-// agent order.
-func (s *Service) OfImage(ctx context.Context, image string) ([]*osvcv1.Distribution, error) {
-	resp, err := s.client.Get(ctx, s.store.DistributionsPrefix(""), clientv3.WithPrefix())
+// OfImage returns where the distribution points of img's site and the
+// sites below it stand with img, in agent order.
+func (s *Service) OfImage(ctx context.Context, img *osvcv1.Image) ([]*osvcv1.Distribution, error) {
+	kvs, err := s.recordsOf(ctx, img)
 	if err != nil {
-		return nil, fmt.Errorf("read the distributions: %w", err)
+		return nil, err
 	}
-	var out []*osvcv1.Distribution
-	for _, kv := range resp.Kvs {
-		if d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value); err == nil && d.GetImage() == image {
-			out = append(out, d)
+	out := make([]*osvcv1.Distribution, 0, len(kvs))
+	for _, kv := range kvs {
+		d, err := store.Unmarshal[*osvcv1.Distribution](kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("distribution %s: %w", kv.Key, err)
 		}
+		out = append(out, d)
 	}
 	return out, nil
 }
@@ -196,28 +198,30 @@ func (s *Service) OfImage(ctx context.Context, image string) ([]*osvcv1.Distribu
 // Points lists the distribution points (of site, when set), each with its
 // records, its announced URL and its link state.
 func (s *Service) Points(ctx context.Context, site string) ([]*osvcv1.DistributionPoint, error) {
-	w, err := s.read(ctx)
+	w, err := s.topology(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var out []*osvcv1.DistributionPoint
+	var ids, keys []string
 	for _, id := range slices.Sorted(maps.Keys(w.points)) {
+		if site == "" || w.points[id].site == site {
+			ids, keys = append(ids, id), append(keys, s.store.AgentKey(id))
+		}
+	}
+	records, _, err := store.GetMany[*osvcv1.Agent](ctx, s.store, keys)
+	if err != nil {
+		return nil, fmt.Errorf("read the distribution points' agents: %w", err)
+	}
+	out := make([]*osvcv1.DistributionPoint, 0, len(ids))
+	for i, id := range ids {
 		p := w.points[id]
-		if site != "" && p.site != site {
-			continue
-		}
+		// An agent never connected has no record: its link state stays unspecified.
 		dp := &osvcv1.DistributionPoint{Name: agents.Name(id), Site: p.site, RoleFrom: p.roleFrom,
-			State: osvcv1.AgentState_AGENT_STATE_UNSPECIFIED}
-		a, _, err := store.Get[*osvcv1.Agent](ctx, s.store, s.store.AgentKey(id))
-		switch {
-		case err == nil:
-			dp.Url, dp.State = a.GetDistributionUrl(), a.GetState()
-		case !errors.Is(err, errdefs.ErrNotFound):
-			return nil, fmt.Errorf("agent %s: %w", id, err)
+			Url: records[i].GetDistributionUrl(), State: records[i].GetState()}
+		if dp.Distributions, err = s.ofAgent(ctx, id); err != nil {
+			return nil, err
 		}
-		for _, image := range slices.Sorted(maps.Keys(w.records[id])) {
-			d := w.records[id][image].d
-			dp.Distributions = append(dp.Distributions, d)
+		for _, d := range dp.Distributions {
 			if base, ok := strings.CutSuffix(d.GetUrl(), d.GetImage()); ok && dp.Url == "" {
 				dp.Url = base
 			}
