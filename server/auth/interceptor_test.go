@@ -129,6 +129,7 @@ func newRig(t *testing.T) *rig {
 	osvcv1.RegisterAccessServiceServer(gs, osvcv1.UnimplementedAccessServiceServer{})
 	osvcv1.RegisterAgentServiceServer(gs, agentStub{access: access})
 	osvcv1.RegisterContentServiceServer(gs, osvcv1.UnimplementedContentServiceServer{})
+	osvcv1.RegisterDistributionServiceServer(gs, osvcv1.UnimplementedDistributionServiceServer{})
 	osvcv1.RegisterImageServiceServer(gs, osvcv1.UnimplementedImageServiceServer{})
 	osvcv1.RegisterServicingServiceServer(gs, osvcv1.UnimplementedServicingServiceServer{})
 	osvcv1.RegisterSiteServiceServer(gs, osvcv1.UnimplementedSiteServiceServer{})
@@ -397,6 +398,22 @@ func TestRolesAndSitesBoundWhatATokenMayDo(t *testing.T) {
 		}, codes.PermissionDenied},
 		{"an operator of PS1 cannot inspect a PS2 image", operator, func(cc *grpc.ClientConn) error {
 			_, err := osvcv1.NewImageServiceClient(cc).InspectImage(ctx, &osvcv1.InspectImageRequest{Name: "images/ps2-image"})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator of PS1 distributes a PS1 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewDistributionServiceClient(cc).DistributeImage(ctx, &osvcv1.DistributeImageRequest{Name: "images/ps1-image"})
+			return err
+		}, codes.Unimplemented},
+		{"an operator of PS1 cannot distribute a PS2 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewDistributionServiceClient(cc).DistributeImage(ctx, &osvcv1.DistributeImageRequest{Name: "images/ps2-image"})
+			return err
+		}, codes.PermissionDenied},
+		{"a viewer lists the distribution points", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewDistributionServiceClient(cc).ListDistributionPoints(ctx, &osvcv1.ListDistributionPointsRequest{})
+			return err
+		}, codes.Unimplemented},
+		{"a viewer cannot distribute", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewDistributionServiceClient(cc).DistributeImage(ctx, &osvcv1.DistributeImageRequest{Name: "images/ps1-image"})
 			return err
 		}, codes.PermissionDenied},
 		{"an operator of PS1 cannot import an image into PS2", operator, func(cc *grpc.ClientConn) error {
