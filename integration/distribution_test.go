@@ -54,7 +54,8 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 	certFile, keyFile, roots := selfSigned(t)
 	dpSS1 := startDP("dp-ss1", "SS1", "--dp-tls-cert", certFile, "--dp-tls-key", keyFile)
 
-	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 512 << 10})
+	// Large enough to be stored and sent as chunks.
+	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir(), PayloadBytes: 12 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +96,15 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 	if len(points) != 2 || points[0].GetName() != "agents/dp-ps1" || points[0].GetRoleFrom()[0] != "agent" ||
 		points[1].GetName() != "agents/dp-ss1" || points[1].GetRoleFrom()[0] != "site" {
 		t.Fatalf("distribution points: %v", points)
+	}
+
+	// The server keeps both versions as chunks, those they share once.
+	contents := osvcv1.NewContentServiceClient(dialToken(t, c.addr, c.caFile(), c.adminToken(t)))
+	for _, v := range []string{img.GetVersions()[0].GetSha256(), run.GetResultSha256()} {
+		resp, err := contents.GetContent(ctx, &osvcv1.GetContentRequest{Sha256: v})
+		if err != nil || !resp.GetContent().GetStoredAsChunks() {
+			t.Fatalf("the library's record of %s: %v, %v; want it stored as chunks", v, resp.GetContent(), err)
+		}
 	}
 
 	got := c.image(t, img.GetName())

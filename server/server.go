@@ -135,6 +135,9 @@ type Config struct {
 	// MaxUploadBytes is the largest blob an upload may store; default
 	// DefaultMaxUploadBytes (64 GiB).
 	MaxUploadBytes int64
+	// WholeBlobs keeps new blobs whole instead of as chunks stored once
+	// (content.Config.WholeBlobs).
+	WholeBlobs bool
 	// ContentGrace is how long the content collector keeps a blob nothing
 	// references, after it was uploaded or last named; default
 	// DefaultContentGrace (24h).
@@ -385,16 +388,21 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var blobs content.Blobs
+	var blobs, chunkStore content.Blobs
 	if s.cfg.ObjectStore.Endpoint != "" {
 		oc := s.cfg.ObjectStore
 		oc.MaxBlobBytes, oc.Logger = s.cfg.MaxUploadBytes, s.logger
 		if blobs, err = s3store.New(ctx, oc); err != nil {
 			return fmt.Errorf("content library: %w", err)
 		}
+		// The chunks go to the same bucket, under a prefix of their own.
+		oc.Prefix += s3store.ChunksPrefix
+		if chunkStore, err = s3store.New(ctx, oc); err != nil {
+			return fmt.Errorf("content library: chunks: %w", err)
+		}
 	}
 	lib, err := content.New(content.Config{
-		Dir: filepath.Join(s.cfg.DataDir, "content"), Blobs: blobs, Store: st, Logger: s.logger,
+		Dir: filepath.Join(s.cfg.DataDir, "content"), Blobs: blobs, Chunks: chunkStore, WholeBlobs: s.cfg.WholeBlobs, Store: st, Logger: s.logger,
 		MaxBlobBytes: s.cfg.MaxUploadBytes, MaxConcurrentWrites: s.cfg.MaxConcurrentUploads,
 	})
 	if err != nil {

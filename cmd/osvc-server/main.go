@@ -80,6 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.MaxConcurrentUploads, "max-concurrent-uploads", server.DefaultMaxConcurrentUploads,
 		"uploads receiving data at once; more wait for their turn while their deadline allows")
 	fs.Int64Var(&cfg.MaxUploadBytes, "max-upload-bytes", server.DefaultMaxUploadBytes, "largest blob an upload may store, in bytes")
+	contentChunks := fs.Bool("content-chunks", true, "store blobs of 8 MiB or more as their chunks, each chunk once for every blob holding it, so the versions of an image share what they have in common; false keeps new blobs whole, as files a client on the library's volume may link")
 	fs.DurationVar(&cfg.ContentGrace, "content-grace", server.DefaultContentGrace,
 		"how long a blob that no image version, update or run in progress references is kept after it was uploaded or last named")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
@@ -101,6 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; osvc-server takes flags only (see -h)", fs.Args())
 	}
+	cfg.WholeBlobs = !*contentChunks
 	level := hclog.LevelFromString(logLevel)
 	if level == hclog.NoLevel {
 		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)

@@ -50,7 +50,9 @@ func ValidIncomingName(name string) bool {
 
 // Adopt takes the file the incoming folder holds under name as the blob
 // of its data: it hashes the file, syncs it and renames it into place, as
-// Write stores received data; the data is not copied. h.SizeBytes is
+// Write stores received data; the data is not copied, unless the library
+// stores a blob of its size as chunks: then the file is cut into them and
+// removed. h.SizeBytes is
 // required and must be the file's size; h.SHA256, when set, must be its
 // digest. Only a file nothing else names is taken: a regular file (not a
 // symbolic link, not a folder, the one checked being the one opened) with
@@ -108,7 +110,8 @@ func (l *Library) Adopt(ctx context.Context, name string, h WriteHeader) (c *osv
 	staged := l.files.stageFile(f)
 	defer staged.Discard()
 	c, existed, err = l.finish(ctx, staged, info.Size(), sum, h, list)
-	if existed {
+	if existed || c.GetStoredAsChunks() {
+		// The library holds the data elsewhere: the file is not the blob.
 		os.Remove(path)
 	}
 	return c, existed, err

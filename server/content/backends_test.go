@@ -2,15 +2,21 @@ package content_test
 
 import (
 	"context"
+	"encoding/hex"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/content/s3store"
 	"github.com/osvc/osvc/server/content/s3store/s3test"
+	"github.com/osvc/osvc/server/store"
 	"github.com/osvc/osvc/server/store/storetest"
 )
 
@@ -45,14 +51,10 @@ var backends = []backend{
 		if share == nil {
 			cfg.Blobs, l.bucket = s3test.NewStore(t, s3store.Config{PartSize: testPartSize, MaxBlobBytes: cfg.MaxBlobBytes})
 		} else if l.bucket = share.bucket; cfg.Blobs == nil {
-			c, err := s3test.Shared(t).StoreConfig(t.TempDir(), l.bucket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c.PartSize, c.MaxBlobBytes = testPartSize, cfg.MaxBlobBytes
-			if cfg.Blobs, err = s3store.New(context.Background(), c); err != nil {
-				t.Fatal(err)
-			}
+			cfg.Blobs = bucketStore(t, l.bucket, "", cfg.MaxBlobBytes)
+		}
+		if cfg.Chunks == nil {
+			cfg.Chunks = bucketStore(t, l.bucket, s3store.ChunksPrefix, cfg.MaxBlobBytes)
 		}
 		// The server's own folder holds only temporary copies.
 		cfg.Dir = t.TempDir()
@@ -64,6 +66,21 @@ var backends = []backend{
 	}},
 }
 
+// bucketStore is a store of bucket under prefix.
+func bucketStore(t *testing.T, bucket, prefix string, maxBytes int64) *s3store.Store {
+	t.Helper()
+	c, err := s3test.Shared(t).StoreConfig(t.TempDir(), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.PartSize, c.MaxBlobBytes, c.Prefix = testPartSize, maxBytes, prefix
+	st, err := s3store.New(context.Background(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // library is a library on one backend.
 type library struct {
 	*content.Library
@@ -72,6 +89,8 @@ type library struct {
 	// blobEntry, anything else (an upload in progress, a temporary copy)
 	// by its name.
 	contents func(t *testing.T) []string
+	// raw lists what the backend holds, chunks as files or objects.
+	raw func(t *testing.T) []string
 	// bucket is the object store's.
 	bucket string
 }
@@ -94,7 +113,73 @@ func (b backend) newLibraryOn(t *testing.T, cfg content.Config, share *library) 
 		t.Fatal(err)
 	}
 	l.Library, l.cfg = lib, cfg
+	l.raw = l.contents
+	l.contents = func(t *testing.T) []string { return l.assemble(t, l.raw(t)) }
 	return l
+}
+
+// assemble lists a blob stored as chunks as blobEntry when the backend
+// holds all its chunks, in place of them; a chunk no such blob lists as
+// chunkEntry.
+func (l *library) assemble(t *testing.T, entries []string) []string {
+	t.Helper()
+	ctx := context.Background()
+	held := map[string]bool{}
+	var out []string
+	for _, e := range entries {
+		if sha, ok := chunkFile(e); ok {
+			held[sha] = true
+			continue
+		}
+		out = append(out, e)
+	}
+	resp, err := l.cfg.Store.Client().Get(ctx, l.cfg.Store.ContentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		rec, err := store.Unmarshal[*osvcv1.Content](kv.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rec.GetStoredAsChunks() {
+			continue
+		}
+		idx, err := l.ChunkIndex(ctx, rec.GetSha256())
+		if err != nil {
+			t.Fatalf("the chunk index of %s: %v", rec.GetSha256(), err)
+		}
+		whole := true
+		for _, c := range idx.GetChunks() {
+			sha := hex.EncodeToString(c.GetDigest())
+			listed[sha] = true
+			whole = whole && held[sha]
+		}
+		if whole {
+			out = append(out, blobEntry(rec.GetSha256()))
+		}
+	}
+	for sha := range held {
+		if !listed[sha] {
+			out = append(out, chunkEntry(sha))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// chunkEntry is how contents lists a chunk no blob stored as chunks lists.
+func chunkEntry(sha string) string { return "chunk " + sha }
+
+// chunkFile tells whether a directory's or a bucket's entry is a chunk.
+func chunkFile(entry string) (string, bool) {
+	rest, ok := strings.CutPrefix(filepath.ToSlash(entry), "chunks/")
+	if !ok {
+		return "", false
+	}
+	sha := path.Base(rest)
+	return sha, content.ValidSHA256(sha) && (rest == sha[:2]+"/"+sha || rest == "blobs/"+sha)
 }
 
 // replica is another server's library on the same blobs and records: a

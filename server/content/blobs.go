@@ -25,6 +25,11 @@ type Blobs interface {
 	// Stat returns the blob's size and when it was stored;
 	// errdefs.ErrNotFound when absent.
 	Stat(ctx context.Context, sha string) (BlobInfo, error)
+	// Touch sets the blob's modification time (BlobInfo.ModTime) to now:
+	// a writer reusing a stored chunk tells the collector it is wanted.
+	// errdefs.ErrNotFound when absent. Meant for chunks: an object store
+	// may copy the object onto itself to do it.
+	Touch(ctx context.Context, sha string) error
 	// Delete removes the blob; a blob already gone is no error.
 	Delete(ctx context.Context, sha string) error
 	// List calls fn with every blob, in no particular order, until fn

@@ -114,7 +114,7 @@ func (l *Library) loadIndex(ctx context.Context, c *osvcv1.Content) (*osvcv1.Chu
 		return nil, err
 	}
 	if ref.GetChunkCount() < 1 || ref.GetChunkCount() > chunks.MaxChunks {
-		return nil, fmt.Errorf("the record says the index has %d chunks", ref.GetChunkCount())
+		return nil, fmt.Errorf("the record says the index has %d chunks: %w", ref.GetChunkCount(), errdefs.ErrDataLoss)
 	}
 	blob, err := l.blobs.Open(ctx, ref.GetSha256())
 	if err != nil {
@@ -122,7 +122,7 @@ func (l *Library) loadIndex(ctx context.Context, c *osvcv1.Content) (*osvcv1.Chu
 	}
 	defer blob.Close()
 	if blob.Size() > maxIndexBytes(ref.GetChunkCount()) {
-		return nil, fmt.Errorf("the index of %d chunks has %d bytes", ref.GetChunkCount(), blob.Size())
+		return nil, fmt.Errorf("the index of %d chunks has %d bytes: %w", ref.GetChunkCount(), blob.Size(), errdefs.ErrDataLoss)
 	}
 	r, err := blob.Stream(0, blob.Size())
 	if err != nil {
@@ -137,10 +137,10 @@ func (l *Library) loadIndex(ctx context.Context, c *osvcv1.Content) (*osvcv1.Chu
 	}
 	idx := &osvcv1.ChunkIndex{}
 	if err := proto.Unmarshal(data, idx); err != nil {
-		return nil, fmt.Errorf("the index's blob %s: %w", ref.GetSha256(), err)
+		return nil, fmt.Errorf("the index's blob %s: %w: %w", ref.GetSha256(), err, errdefs.ErrDataLoss)
 	}
 	if _, err := chunks.FromIndex(idx, c.GetSha256(), c.GetSizeBytes()); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrDataLoss)
 	}
 	return idx, nil
 }

@@ -95,7 +95,8 @@ func TestABlobStoredWithoutAnIndexGetsOneAtTheFirstRequest(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		lib := b.newLibrary(t, content.Config{})
+		// Whole, as a server before chunk indexes stored every blob.
+		lib := b.newLibrary(t, content.Config{WholeBlobs: true})
 		data := noise(2*chunks.MinBlobBytes, 3)
 		sha := lib.put(t, data)
 		// As a server before chunk indexes left it: no index, no reference.
@@ -121,7 +122,9 @@ func TestAnIndexWhoseBlobIsLostIsMadeAgain(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
 		ctx := context.Background()
-		lib := b.newLibrary(t, content.Config{})
+		// A blob stored as chunks has no data but them: see
+		// TestABlobStoredAsChunksWhoseIndexIsLostIsAcceptedAgain.
+		lib := b.newLibrary(t, content.Config{WholeBlobs: true})
 		data := noise(2*chunks.MinBlobBytes, 4)
 		sha := lib.put(t, data)
 		c, _ := lib.Stat(ctx, sha)

@@ -3,6 +3,7 @@ package content
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -97,6 +98,9 @@ type Collector struct {
 	interval time.Duration
 	ttl      time.Duration
 	now      func() time.Time
+	// afterChunkList, for tests, runs between a pass's choice of the
+	// chunks to remove and their removal.
+	afterChunkList func()
 }
 
 // NewCollector validates cfg and returns a Collector.
@@ -194,9 +198,52 @@ func (c *Collector) Collect(ctx context.Context) ([]string, error) {
 		return removed, fmt.Errorf("content collector: sweep the store: %w", err)
 	}
 	stale := c.lib.blobs.RemoveStale(ctx, staleTempAge)
+	var chunksRemoved int
+	var chunkBytes int64
+	if c.lib.chunks != nil {
+		if chunksRemoved, chunkBytes, err = c.sweepChunks(ctx, m.chunks, now); err != nil {
+			return removed, fmt.Errorf("content collector: sweep the chunks: %w", err)
+		}
+		stale += c.lib.chunks.RemoveStale(ctx, staleTempAge)
+	}
 	c.logger.Info("content collection pass done", "removed", len(removed), "orphans", len(orphans), "stale_uploads", stale,
-		"referenced", kept, "in_grace", young, "grace", c.grace)
+		"referenced", kept, "in_grace", young, "grace", c.grace, "chunks_removed", chunksRemoved, "chunk_bytes_removed", chunkBytes)
 	return removed, nil
+}
+
+// sweepChunks removes the chunks that no blob recorded at the mark lists
+// (live) and that were stored or last touched more than a grace period
+// ago, judged again under the chunk's lock (see storeChunks).
+func (c *Collector) sweepChunks(ctx context.Context, live map[string]bool, now time.Time) (removed int, bytes int64, err error) {
+	locks, done, err := c.lib.chunkLocks(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer done()
+	var old []BlobInfo
+	err = c.lib.chunks.List(ctx, func(b BlobInfo) error {
+		if !live[b.SHA256] && now.Sub(b.ModTime) >= c.grace {
+			old = append(old, b)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if c.afterChunkList != nil {
+		c.afterChunkList()
+	}
+	for _, b := range old {
+		ok, err := c.lib.collectChunk(ctx, locks, b.SHA256, now.Add(-c.grace))
+		if err != nil {
+			return removed, bytes, err
+		}
+		if ok {
+			removed++
+			bytes += b.SizeBytes
+		}
+	}
+	return removed, bytes, nil
 }
 
 // sweepOrphans removes the blobs of the store that have no record, neither
@@ -224,6 +271,8 @@ func (c *Collector) sweepOrphans(ctx context.Context, recorded map[string]bool, 
 // marks is what the mark phase found referenced.
 type marks struct {
 	shas map[string]bool
+	// chunks are the chunks of the blobs recorded as stored as chunks.
+	chunks map[string]bool
 	// leases are the lease times of the runs in progress.
 	leases []time.Time
 }
@@ -241,7 +290,7 @@ func (m *marks) uploadedDuringRun(t time.Time) bool {
 
 // mark reads every image, update and run.
 func (c *Collector) mark(ctx context.Context) (*marks, error) {
-	m := &marks{shas: map[string]bool{}}
+	m := &marks{shas: map[string]bool{}, chunks: map[string]bool{}}
 	trees := map[string]bool{}
 	err := eachValue(ctx, c.store, c.store.ImagesPrefix(), func(img *osvcv1.Image) {
 		for _, v := range img.GetVersions() {
@@ -290,6 +339,9 @@ func (c *Collector) mark(ctx context.Context) (*marks, error) {
 		if ref := rec.GetChunkIndex(); ref != nil {
 			m.shas[ref.GetSha256()] = true
 		}
+		if rec.GetStoredAsChunks() {
+			return c.markChunks(ctx, m, rec)
+		}
 		return nil
 	})
 	if err != nil {
@@ -318,6 +370,25 @@ func (c *Collector) markTrees(ctx context.Context, m *marks, trees map[string]bo
 		for _, f := range t.GetFiles() {
 			m.shas[f.GetSha256()] = true
 		}
+	}
+	return nil
+}
+
+// markChunks marks the chunks of a blob stored as chunks. An index that
+// cannot be read fails the pass, so no chunk is ever removed for want of
+// reading the list; one the library no longer holds, or that is damaged
+// (the blob is lost either way), is logged and passed over.
+func (c *Collector) markChunks(ctx context.Context, m *marks, rec *osvcv1.Content) error {
+	list, err := c.lib.chunkList(ctx, rec)
+	if errors.Is(err, errdefs.ErrNotFound) || errors.Is(err, errdefs.ErrDataLoss) {
+		c.logger.Error("a blob stored as chunks has an index that cannot be read; its chunks are not kept for it", "sha256", rec.GetSha256(), "error", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the chunk index of %s: %w", rec.GetSha256(), err)
+	}
+	for _, ch := range list {
+		m.chunks[hex.EncodeToString(ch.Digest[:])] = true
 	}
 	return nil
 }
@@ -431,6 +502,30 @@ func (l *Library) collectOrphan(ctx context.Context, sha string) (bool, error) {
 	}
 	if err := l.blobs.Delete(ctx, sha); err != nil {
 		return false, fmt.Errorf("remove blob %s: %w", sha, err)
+	}
+	return true, nil
+}
+
+// collectChunk removes a chunk unless, under its lock, it was stored or
+// touched after cutoff: a write reusing it since the mark.
+func (l *Library) collectChunk(ctx context.Context, locks *chunkLocks, sha string, cutoff time.Time) (bool, error) {
+	unlock, err := locks.lock(ctx, sha)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	info, err := l.chunks.Stat(ctx, sha)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if info.ModTime.After(cutoff) {
+		return false, nil
+	}
+	if err := l.chunks.Delete(ctx, sha); err != nil {
+		return false, fmt.Errorf("remove chunk %s: %w", sha, err)
 	}
 	return true, nil
 }

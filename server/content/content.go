@@ -80,9 +80,18 @@ type Config struct {
 	Dir string
 	// Blobs, when set, keeps the blobs' data there (an object store, see
 	// package s3store) instead of in Dir.
-	Blobs  Blobs
-	Store  *store.Store
-	Logger hclog.Logger
+	Blobs Blobs
+	// Chunks is where the blobs stored as chunks keep their chunks (see
+	// storeChunks): with Blobs on an object store, the same bucket under a
+	// prefix of its own; nil there keeps every new blob whole. With the
+	// blobs in Dir, the chunks are in Dir/chunks.
+	Chunks Blobs
+	// WholeBlobs keeps every new blob whole, as one file or object, as
+	// clients on the library's volume can then link (Locate, Adopt); the
+	// blobs stored as chunks before stay so, and readable.
+	WholeBlobs bool
+	Store      *store.Store
+	Logger     hclog.Logger
 	// MaxBlobBytes is the largest blob Write accepts: a header announcing
 	// more is refused before any data is read, and data passing it as soon
 	// as it does. Default DefaultMaxBlobBytes.
@@ -103,7 +112,19 @@ type Library struct {
 	// files is blobs when the blobs are files of this server's directory,
 	// which clients on the same volume may take (Locate, Adopt) and
 	// readers may open by path; nil for an object store.
-	files    *dirStore
+	files *dirStore
+	// chunks holds the chunks of the blobs stored as chunks; nil when the
+	// library has no chunk store (an object store without Config.Chunks).
+	chunks Blobs
+	// asChunks stores new blobs of chunks.MinBlobBytes or more as chunks.
+	asChunks bool
+	// local stages writes in a file of Dir's when they may be stored as
+	// chunks, which are then read back from it: files when the blobs are
+	// files of this server.
+	local *dirStore
+	// chunkMu serializes, per chunk, a write touching or storing it with
+	// the collector removing it, in this server; see chunkLocks for several.
+	chunkMu  keyedMutex
 	store    *store.Store
 	logger   hclog.Logger
 	maxBytes int64
@@ -161,8 +182,11 @@ func New(cfg Config) (*Library, error) {
 		if l.files, err = newDirStore(dir, l.logger); err != nil {
 			return nil, err
 		}
-		l.blobs = l.files
+		l.blobs, l.local = l.files, l.files
 		if l.id, err = loadID(dir); err != nil {
+			return nil, err
+		}
+		if l.chunks, err = newDirStore(filepath.Join(dir, chunksDir), l.logger); err != nil {
 			return nil, err
 		}
 	} else {
@@ -170,8 +194,14 @@ func New(cfg Config) (*Library, error) {
 			return nil, fmt.Errorf("content library directory %s: %w", dir, err)
 		}
 		removeStaleFiles(l.logger, staleTempAge, filepath.Join(dir, tmpDir))
+		l.local = &dirStore{dir: dir, logger: l.logger}
+		l.chunks = cfg.Chunks
 	}
+	l.asChunks = l.chunks != nil && !cfg.WholeBlobs
 	l.blobs.RemoveStale(ctx, staleTempAge)
+	if l.chunks != nil {
+		l.chunks.RemoveStale(ctx, staleTempAge)
+	}
 	return l, nil
 }
 
@@ -276,7 +306,12 @@ func (l *Library) Write(ctx context.Context, h WriteHeader, r io.Reader) (c *osv
 	// A stalled upload ends with ctx rather than hold what it staged for ever.
 	ix := chunks.NewIndexer()
 	m := &meter{r: io.LimitReader(transfer.ContextReader(ctx, r), limit+1), hash: sha256.New(), index: ix, limit: limit, announced: h.SizeBytes}
-	staged, err := l.blobs.Stage(ctx, m, h.SHA256)
+	// What may be stored as chunks is staged in a file, to be read back.
+	stage := l.blobs.Stage
+	if l.asChunks && (h.SizeBytes == 0 || h.SizeBytes >= chunks.MinBlobBytes) {
+		stage = l.local.Stage
+	}
+	staged, err := stage(ctx, m, h.SHA256)
 	list, ierr := ix.Close()
 	if err != nil {
 		return nil, false, err
@@ -376,25 +411,59 @@ func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string
 	if c, err := l.claim(ctx, sum); err != nil || c != nil {
 		return c, c != nil, err
 	}
-	if err := staged.Publish(ctx, sum); err != nil {
+	index, asChunks, err := l.publish(ctx, staged, n, sum, list)
+	if err != nil {
 		return nil, false, err
 	}
 
 	now := timestamppb.New(l.now())
 	c = &osvcv1.Content{
-		Name:       Name(sum),
-		Sha256:     sum,
-		SizeBytes:  n,
-		MediaType:  h.MediaType,
-		CreateTime: now,
-		UpdateTime: now,
-		ChunkIndex: l.storeIndex(ctx, sum, n, list),
+		Name:           Name(sum),
+		Sha256:         sum,
+		SizeBytes:      n,
+		MediaType:      h.MediaType,
+		CreateTime:     now,
+		UpdateTime:     now,
+		ChunkIndex:     index,
+		StoredAsChunks: asChunks,
 	}
 	if _, err := l.store.Create(ctx, l.store.ContentKey(sum), c); err != nil {
 		return nil, false, fmt.Errorf("content library: record %s: %w", sum, err)
 	}
-	l.logger.Info("blob stored", "sha256", sum, "size", n, "media_type", h.MediaType)
+	l.logger.Info("blob stored", "sha256", sum, "size", n, "media_type", h.MediaType, "as_chunks", asChunks)
 	return c, false, nil
+}
+
+// publish puts the n staged bytes hashing to sum in place: as their chunks
+// (list) when the library stores such a blob so, the index first, else
+// whole, with the index when it can be stored. It returns the index's
+// reference for the blob's record.
+func (l *Library) publish(ctx context.Context, staged Staged, n int64, sum string, list []chunks.Chunk) (*osvcv1.ChunkIndexRef, bool, error) {
+	file, local := staged.(*fileStaged)
+	if l.asChunks && local && n >= chunks.MinBlobBytes && len(list) > 0 {
+		ref, err := l.putIndex(ctx, sum, n, list)
+		if err != nil {
+			return nil, false, fmt.Errorf("content library: store the chunk index of %s: %w", sum, err)
+		}
+		if err := l.storeChunks(ctx, file.f, list); err != nil {
+			return nil, false, err
+		}
+		return ref, true, nil
+	}
+	if local && file.d != l.files {
+		// Staged here to be stored as chunks, but stored whole after all:
+		// to the object store.
+		whole, err := l.blobs.Stage(ctx, io.NewSectionReader(file.f, 0, n), sum)
+		if err != nil {
+			return nil, false, err
+		}
+		defer whole.Discard()
+		staged = whole
+	}
+	if err := staged.Publish(ctx, sum); err != nil {
+		return nil, false, err
+	}
+	return l.storeIndex(ctx, sum, n, list), false, nil
 }
 
 // lockBlob locks sha against other writers and collectors of this server
@@ -462,7 +531,7 @@ func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error
 		if err != nil {
 			return err
 		}
-		_, err = l.blobs.Stat(ctx, sha)
+		_, err = l.blobs.Stat(ctx, dataOf(c))
 		if errors.Is(err, errdefs.ErrNotFound) {
 			l.logger.Warn("blob recorded but missing from the store; accepting it again", "sha256", sha, "store", l.blobs)
 			tx.Delete(key)
@@ -481,6 +550,15 @@ func (l *Library) claim(ctx context.Context, sha string) (*osvcv1.Content, error
 	return out, nil
 }
 
+// dataOf is the blob of the store that holds c's data: c's own, or for a
+// blob stored as chunks its chunk index, which lists them.
+func dataOf(c *osvcv1.Content) string {
+	if c.GetStoredAsChunks() {
+		return c.GetChunkIndex().GetSha256()
+	}
+	return c.GetSha256()
+}
+
 // Stat returns the record of a blob; errdefs.ErrNotFound when the library does not hold it.
 func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error) {
 	if err := checkSHA256(sha); err != nil {
@@ -497,8 +575,17 @@ func (l *Library) Stat(ctx context.Context, sha string) (*osvcv1.Content, error)
 func (l *Library) Blobs() Blobs { return l.blobs }
 
 // Open opens a blob for reading; errdefs.ErrNotFound when it is not there.
+// A blob stored as chunks reads them in order, each checked against its
+// sha256 (errdefs.ErrDataLoss when one is missing or damaged).
 func (l *Library) Open(ctx context.Context, sha string) (Blob, error) {
 	if err := checkSHA256(sha); err != nil {
+		return nil, err
+	}
+	c, err := l.Stat(ctx, sha)
+	if err == nil && c.GetStoredAsChunks() {
+		return l.openChunks(ctx, c)
+	}
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return nil, err
 	}
 	return l.blobs.Open(ctx, sha)
@@ -507,7 +594,7 @@ func (l *Library) Open(ctx context.Context, sha string) (Blob, error) {
 // Path returns where the blob lives, for readers that need a file, when the
 // blobs are files of this server. It returns "" for a malformed sha256, so
 // bad input never becomes a path, and "" when the blobs are on an object
-// store (see LocalFile).
+// store (see LocalFile). A blob stored as chunks has no file there.
 func (l *Library) Path(sha string) string {
 	if l.files == nil {
 		return ""
@@ -517,21 +604,25 @@ func (l *Library) Path(sha string) string {
 
 // LocalFile returns a file holding the blob, for readers that need one (the
 // update packages' reader), and its release, which the caller calls once
-// done with the file. When the blobs are files of this server, it is the
-// blob's own file, which the reader must not write; on an object store, a
-// temporary copy under Dir, checked against the sha256 as it is made, that
-// release removes. errdefs.ErrNotFound when the library does not hold it.
+// done with the file. When the blob is a file of this server, it is the
+// blob's own file, which the reader must not write; on an object store or
+// stored as chunks, a temporary copy under Dir, checked against the sha256
+// as it is made, that release removes. errdefs.ErrNotFound when the
+// library does not hold it.
 func (l *Library) LocalFile(ctx context.Context, sha string) (path string, release func(), err error) {
 	if err := checkSHA256(sha); err != nil {
 		return "", nil, err
 	}
 	if l.files != nil {
-		if _, err := l.files.Stat(ctx, sha); err != nil {
+		_, err := l.files.Stat(ctx, sha)
+		if err == nil {
+			return l.files.path(sha), func() {}, nil
+		}
+		if !errors.Is(err, errdefs.ErrNotFound) {
 			return "", nil, err
 		}
-		return l.files.path(sha), func() {}, nil
 	}
-	blob, err := l.blobs.Open(ctx, sha)
+	blob, err := l.Open(ctx, sha)
 	if err != nil {
 		return "", nil, err
 	}
@@ -616,11 +707,16 @@ type Location struct {
 // network; errdefs.ErrNotFound when the library does not hold it, and
 // errdefs.ErrFailedPrecondition when its blobs are on an object store.
 func (l *Library) Locate(ctx context.Context, sha string) (*Location, error) {
-	if _, err := l.Stat(ctx, sha); err != nil {
+	c, err := l.Stat(ctx, sha)
+	if err != nil {
 		return nil, err
 	}
 	if l.files == nil {
 		return nil, l.errNotFiles("no blob has a file to locate")
+	}
+	if c.GetStoredAsChunks() {
+		return nil, fmt.Errorf("%w: content %s is stored as chunks, not as a file: read it with ContentService.Read (osvc-server --content-chunks=false keeps new blobs whole)",
+			errdefs.ErrFailedPrecondition, sha)
 	}
 	info, err := l.files.Stat(ctx, sha)
 	if err != nil {

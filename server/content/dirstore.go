@@ -153,6 +153,22 @@ func (d *dirStore) Stat(_ context.Context, sha string) (BlobInfo, error) {
 	return BlobInfo{SHA256: sha, SizeBytes: info.Size(), ModTime: info.ModTime()}, nil
 }
 
+func (d *dirStore) Touch(_ context.Context, sha string) error {
+	path := d.path(sha)
+	if path == "" {
+		return checkSHA256(sha)
+	}
+	now := time.Now()
+	err := os.Chtimes(path, now, now)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("content %s: %w", sha, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("content %s: %w", sha, err)
+	}
+	return nil
+}
+
 func (d *dirStore) Delete(_ context.Context, sha string) error {
 	path := d.path(sha)
 	if path == "" {

@@ -7,3 +7,7 @@ import "context"
 func (l *Library) CollectAt(ctx context.Context, sha string, rev int64) (bool, error) {
 	return l.collect(ctx, sha, rev)
 }
+
+// AfterChunkList makes fn run between a pass's choice of the chunks to
+// remove and their removal, for tests of a write reusing one meanwhile.
+func (c *Collector) AfterChunkList(fn func()) { c.afterChunkList = fn }

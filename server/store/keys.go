@@ -87,6 +87,13 @@ func (s *Store) ContentLockPrefix(sha256 string) string {
 	return s.prefix + "content-locks/" + sha256 + "/"
 }
 
+// ChunkLockPrefix is where replicas sharing the content library's chunks
+// lock one chunk while a write reuses or stores it, or the collector
+// removes it.
+func (s *Store) ChunkLockPrefix(sha256 string) string {
+	return s.prefix + "chunk-locks/" + sha256 + "/"
+}
+
 // ElectionPrefix is where scheduler replicas campaign.
 func (s *Store) ElectionPrefix() string { return s.prefix + "election/" }
 

@@ -37,9 +37,15 @@ type Content struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// chunk_index, when set, names the blob's chunk index, kept in the
 	// library as a blob of its own (see GetChunkIndex).
-	ChunkIndex    *ChunkIndexRef `protobuf:"bytes,7,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ChunkIndex *ChunkIndexRef `protobuf:"bytes,7,opt,name=chunk_index,json=chunkIndex,proto3" json:"chunk_index,omitempty"`
+	// stored_as_chunks tells that the library keeps the blob as the chunks
+	// its chunk index lists, each chunk once for every blob holding it (two
+	// versions of an image share what they have in common), not as one file
+	// or object. Blobs cut into chunks (see chunk_index) are kept so unless
+	// the server stores whole blobs (osvc-server --content-chunks=false).
+	StoredAsChunks bool `protobuf:"varint,8,opt,name=stored_as_chunks,json=storedAsChunks,proto3" json:"stored_as_chunks,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Content) Reset() {
@@ -119,6 +125,13 @@ func (x *Content) GetChunkIndex() *ChunkIndexRef {
 		return x.ChunkIndex
 	}
 	return nil
+}
+
+func (x *Content) GetStoredAsChunks() bool {
+	if x != nil {
+		return x.StoredAsChunks
+	}
+	return false
 }
 
 // ChunkIndexRef names the blob holding a blob's chunk index.
@@ -1372,7 +1385,7 @@ var File_osvc_v1_content_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_content_proto_rawDesc = "" +
 	"\n" +
-	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x02\n" +
+	"\x15osvc/v1/content.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x02\n" +
 	"\aContent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\x12\x1d\n" +
@@ -1385,7 +1398,8 @@ const file_osvc_v1_content_proto_rawDesc = "" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x127\n" +
 	"\vchunk_index\x18\a \x01(\v2\x16.osvc.v1.ChunkIndexRefR\n" +
-	"chunkIndex\"H\n" +
+	"chunkIndex\x12(\n" +
+	"\x10stored_as_chunks\x18\b \x01(\bR\x0estoredAsChunks\"H\n" +
 	"\rChunkIndexRef\x12\x16\n" +
 	"\x06sha256\x18\x01 \x01(\tR\x06sha256\x12\x1f\n" +
 	"\vchunk_count\x18\x02 \x01(\x03R\n" +

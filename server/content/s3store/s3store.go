@@ -283,6 +283,11 @@ func (s *Store) String() string { return s.desc }
 // Shared is true: every replica pointed at the bucket uses the same blobs.
 func (s *Store) Shared() bool { return true }
 
+// ChunksPrefix is put after a library's prefix for its chunk store: the
+// chunks of the blobs stored as chunks are a store of their own in the
+// same bucket, <prefix>chunks/blobs/<sha256>.
+const ChunksPrefix = "chunks/"
+
 // blobsFolder holds the blobs, tmpFolder the uploads not yet checked.
 const (
 	blobsFolder = "blobs/"
@@ -616,6 +621,25 @@ func (s *Store) Stat(ctx context.Context, sha string) (content.BlobInfo, error) 
 		return content.BlobInfo{}, s.wrap("blob "+sha, err)
 	}
 	return content.BlobInfo{SHA256: sha, SizeBytes: info.Size, ModTime: info.LastModified}, nil
+}
+
+// Touch copies the object onto itself with a new metadata value, which
+// S3 requires of a copy to the same key, so its last modification becomes
+// now. Objects of more than 5 GiB cannot be copied in one request: Touch
+// is for chunks.
+func (s *Store) Touch(ctx context.Context, sha string) error {
+	key, err := s.key(sha)
+	if err != nil {
+		return err
+	}
+	_, err = s.client.CopyObject(ctx,
+		minio.CopyDestOptions{Bucket: s.bucket, Object: key, ReplaceMetadata: true,
+			UserMetadata: map[string]string{"Osvc-Touched": time.Now().UTC().Format(time.RFC3339Nano)}},
+		minio.CopySrcOptions{Bucket: s.bucket, Object: key})
+	if err != nil {
+		return s.wrap("touch blob "+sha, err)
+	}
+	return nil
 }
 
 func (s *Store) Delete(ctx context.Context, sha string) error {
