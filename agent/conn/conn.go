@@ -227,7 +227,7 @@ func (c *Conn) Run(ctx context.Context) error {
 		if welcomed {
 			bo.Reset()
 		}
-		delay := bo.NextBackOff()
+		delay := retryIn(err, bo, c.cfg.MaxBackoff)
 		c.logger.Warn("stream to the server ended, reconnecting", "server", c.cfg.Server, "error", err, "retry_in", delay)
 		t := time.NewTimer(delay)
 		select {
@@ -237,6 +237,19 @@ func (c *Conn) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// retryIn is how long to wait before the next stream: when the server's
+// refusal says when it ends (a dead replica's hold on the agent's stream
+// lasts until its liveness expires), that, at most maxDelay, spread by up
+// to a quarter of it (a second at most) so that the agents of a dead
+// replica do not all come back at once; else the backoff's next delay.
+func retryIn(err error, bo backoff.BackOff, maxDelay time.Duration) time.Duration {
+	if d, ok := errdefs.RetryDelay(err); ok && d > 0 {
+		d = min(d, maxDelay)
+		return d + rand.N(min(d/4, time.Second)+1)
+	}
+	return bo.NextBackOff()
 }
 
 // session runs one stream from Hello to its end. welcomed tells whether the

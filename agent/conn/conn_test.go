@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -581,5 +583,34 @@ func TestTheLogQueueDropsTheOldestLinesBeyondItsBound(t *testing.T) {
 	}
 	if q.len() != 0 {
 		t.Errorf("after the acks %d lines are queued, want 0", q.len())
+	}
+}
+
+func TestAServersRetryDelayReplacesTheBackoff(t *testing.T) {
+	t.Parallel()
+	bo := backoff.NewConstantBackOff(7 * time.Millisecond)
+	refusal := func(d time.Duration) error {
+		st, err := status.New(codes.AlreadyExists, "live on replica a").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Errorf("stream: %w", st.Err())
+	}
+	for _, c := range []struct {
+		name     string
+		err      error
+		min, max time.Duration
+	}{
+		{"a refusal that says when it ends", refusal(4 * time.Second), 4 * time.Second, 5 * time.Second},
+		{"one past the longest wait", refusal(time.Hour), 30 * time.Second, 31 * time.Second},
+		{"a short one, spread by a quarter", refusal(400 * time.Millisecond), 400 * time.Millisecond, 500 * time.Millisecond},
+		{"an error that does not", status.Error(codes.Unavailable, "down"), 7 * time.Millisecond, 7 * time.Millisecond},
+	} {
+		for range 20 {
+			if d := retryIn(c.err, bo, 30*time.Second); d < c.min || d > c.max {
+				t.Errorf("%s: retry in %s, want %s to %s", c.name, d, c.min, c.max)
+				break
+			}
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -123,5 +124,19 @@ func TestConcealHidesTheCauseOfInternalErrorsOnly(t *testing.T) {
 		if got, id := errdefs.Conceal(err); got != err || id != "" {
 			t.Errorf("Conceal(%v) = %v, %q; want it unchanged", err, got, id)
 		}
+	}
+}
+
+func TestARetryDelayCrossesTheWire(t *testing.T) {
+	err := errdefs.RetryAfter(errdefs.Newf(errdefs.ErrConflict, "live on replica a"), 3*time.Second)
+	back := errdefs.ToNative(errdefs.ToGRPC(err))
+	if d, ok := errdefs.RetryDelay(back); !ok || d != 3*time.Second {
+		t.Errorf("RetryDelay after the wire = %s, %v; want 3s", d, ok)
+	}
+	if !errors.Is(back, errdefs.ErrConflict) || status.Code(errdefs.ToGRPC(err)) != codes.AlreadyExists {
+		t.Errorf("the error lost its kind: %v", back)
+	}
+	if _, ok := errdefs.RetryDelay(errdefs.ToGRPC(errdefs.Newf(errdefs.ErrConflict, "x"))); ok {
+		t.Error("a refusal without a delay has one")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // ErrorDomain is the errdetails.ErrorInfo domain of osvc's statuses.
@@ -71,8 +72,9 @@ func Reason(err error) string {
 }
 
 // ToGRPC turns err into a gRPC status error carrying its whole message: the
-// code of its kind, a BadRequest field violation for a *FieldViolation, and
-// an ErrorInfo reason for kinds that share a code. An error that already is
+// code of its kind, a BadRequest field violation for a *FieldViolation, an
+// ErrorInfo reason for kinds that share a code, and a RetryInfo for an
+// error of RetryAfter. An error that already is
 // a status of its own (from etcd, or made in an adapter) keeps its code. An
 // error of no kind is Internal. nil stays nil.
 func ToGRPC(err error) error {
@@ -89,6 +91,10 @@ func ToGRPC(err error) error {
 	}
 	if r := Reason(err); r != "" {
 		details = append(details, &errdetails.ErrorInfo{Reason: r, Domain: ErrorDomain})
+	}
+	var retry *retryAfter
+	if errors.As(err, &retry) {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(retry.delay)})
 	}
 	for _, d := range details {
 		if withDetail, derr := st.WithDetails(d); derr == nil {

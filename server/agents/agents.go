@@ -49,7 +49,7 @@ const (
 	flushBatch = 100
 	// replicaTTL is how long a replica's liveness key outlives it: how
 	// long after a replica died its agents' streams may not move yet.
-	replicaTTL = 10 * time.Second
+	replicaTTL = 5 * time.Second
 )
 
 // Name returns agents/{id}.
@@ -265,6 +265,11 @@ func (r *Registry) Open(ctx context.Context, hello *osvcv1.Hello) (*Session, err
 		}
 		return tx.Put(r.store.AgentKey(s.ID), agent)
 	})
+	var elsewhere *liveElsewhere
+	if errors.As(err, &elsewhere) {
+		// The refusal ends with the other replica's liveness: tell when.
+		return nil, errdefs.RetryAfter(err, r.replicaLeft(ctx, elsewhere.server))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", s.Agent, err)
 	}
@@ -292,7 +297,34 @@ func (r *Registry) refuseLiveElsewhere(tx *store.Tx, agent string) error {
 	if alive, err := tx.Revision(r.store.ReplicaKey(p.GetServer())); err != nil || alive == 0 {
 		return err
 	}
-	return errdefs.Newf(errdefs.ErrConflict, "%s has a live stream on replica %s; a second one is refused (if the old one died, try again in a moment)", agent, p.GetServer())
+	return &liveElsewhere{server: p.GetServer(), err: errdefs.Newf(errdefs.ErrConflict,
+		"%s has a live stream on replica %s; a second one is refused (if the old one died, try again once the replica's liveness expired, at most %s after it died)",
+		agent, p.GetServer(), replicaTTL)}
+}
+
+// liveElsewhere is the refusal of a stream an alive replica holds.
+type liveElsewhere struct {
+	server string
+	err    error
+}
+
+func (e *liveElsewhere) Error() string { return e.err.Error() }
+func (e *liveElsewhere) Unwrap() error { return e.err }
+
+// replicaLeft is how long the liveness of replica server may still last:
+// its lease's time to live, rounded up, or replicaTTL when it cannot be
+// read.
+func (r *Registry) replicaLeft(ctx context.Context, server string) time.Duration {
+	resp, err := r.client.Get(ctx, r.store.ReplicaKey(server))
+	if err != nil || len(resp.Kvs) == 0 {
+		return replicaTTL
+	}
+	ttl, err := r.client.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	if err != nil || ttl.TTL < 0 {
+		return replicaTTL
+	}
+	// etcd counts whole seconds: the lease may last up to one more.
+	return time.Duration(ttl.TTL+1) * time.Second
 }
 
 // lease resumes the session its presence names when still alive, else grants one.

@@ -65,8 +65,14 @@ func TestASecondStreamOnAnotherReplicaIsRefusedWhileTheFirstIsOpen(t *testing.T)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Open(ctx, hello("ps1-a")); !errors.Is(err, errdefs.ErrConflict) {
+	_, err = b.Open(ctx, hello("ps1-a"))
+	if !errors.Is(err, errdefs.ErrConflict) {
 		t.Fatalf("a second stream through another replica = %v, want ErrConflict", err)
+	}
+	// The refusal says when the first replica's hold may end, so the agent
+	// comes back then rather than after a backoff grown meanwhile.
+	if d, ok := errdefs.RetryDelay(errdefs.ToNative(errdefs.ToGRPC(err))); !ok || d <= 0 || d > 6*time.Second {
+		t.Errorf("the refusal's retry delay = %s, %v; want one within the replica's liveness (5s) and a second", d, ok)
 	}
 	// Once the first stream closed, its session moves to the other replica.
 	if err := a.Close(ctx, first, time.Now()); err != nil {

@@ -102,7 +102,7 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 
 	session, err := s.agents.Open(ctx, hello)
 	if errors.Is(err, errdefs.ErrConflict) {
-		return errAlreadyConnected
+		return errdefs.ToGRPC(err)
 	}
 	if errors.Is(err, errdefs.ErrFailedPrecondition) {
 		return errdefs.ToGRPC(err)
