@@ -247,25 +247,35 @@ func (c *Cache) files(sha256 string) []string {
 // MaxBytes is served all the same: it stays while it is held and is evicted
 // when released.
 func (c *Cache) Acquire(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (path string, release func(), err error) {
+	path, _, release, err = c.AcquireCounted(ctx, sha256, progress)
+	return path, release, err
+}
+
+// AcquireCounted is Acquire that also tells how many bytes of the file
+// crossed the network for it: those the fetch it waited for read from the
+// server (an interrupted attempt's included), 0 when the cache held the
+// file.
+func (c *Cache) AcquireCounted(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (path string, received int64, release func(), err error) {
 	if !transfer.ValidSHA256(sha256) {
-		return "", nil, fmt.Errorf("update file %q: not a sha256 (want 64 lower-case hex digits)", sha256)
+		return "", 0, nil, fmt.Errorf("update file %q: not a sha256 (want 64 lower-case hex digits)", sha256)
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return "", nil, ErrClosed
+		return "", 0, nil, ErrClosed
 	}
 	// Held from here: nothing evicts the file between its check and its use.
 	c.entry(sha256).refs++
 	c.mu.Unlock()
 
-	if err := c.await(ctx, sha256, progress); err != nil {
+	received, err = c.await(ctx, sha256, progress)
+	if err != nil {
 		c.unref(sha256, false)
-		return "", nil, fmt.Errorf("update file %s: %w", sha256, err)
+		return "", 0, nil, fmt.Errorf("update file %s: %w", sha256, err)
 	}
 	// The flight recorded this use (see fly); the release records the last.
 	var once sync.Once
-	return c.Path(sha256), func() { once.Do(func() { c.unref(sha256, true) }) }, nil
+	return c.Path(sha256), received, func() { once.Do(func() { c.unref(sha256, true) }) }, nil
 }
 
 // entry returns the entry of sha256, made when missing; c.mu is held.
@@ -309,13 +319,13 @@ func (c *Cache) touch(sha256 string) {
 }
 
 // await joins the flight of sha256, starting one when none is under way,
-// and waits for it or for ctx.
-func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+// and waits for it or for ctx; it returns the bytes the flight received.
+func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (int64, error) {
 	for {
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
-			return ErrClosed
+			return 0, ErrClosed
 		}
 		f := c.flights[sha256]
 		if f != nil && f.ctx.Err() != nil {
@@ -326,7 +336,7 @@ func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.Prog
 			case <-f.done:
 				continue
 			case <-ctx.Done():
-				return context.Cause(ctx)
+				return 0, context.Cause(ctx)
 			}
 		}
 		joined := f != nil
@@ -344,7 +354,7 @@ func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.Prog
 		f.watch(w, true)
 		// Under mu, so the call is the flight's: a new key starts f's fetch,
 		// an existing one is f's (see flights).
-		ch := c.group.DoChan(sha256, func() (any, error) { return nil, c.fly(sha256, f) })
+		ch := c.group.DoChan(sha256, func() (any, error) { return c.fly(sha256, f) })
 		c.mu.Unlock()
 		if joined {
 			c.log.Info("the update file is being fetched for another run: waiting for it", "sha256", sha256)
@@ -352,10 +362,11 @@ func (c *Cache) await(ctx context.Context, sha256 string, progress transfer.Prog
 		select {
 		case res := <-ch:
 			c.leave(f, w)
-			return res.Err
+			received, _ := res.Val.(int64)
+			return received, res.Err
 		case <-ctx.Done():
 			c.leave(f, w)
-			return context.Cause(ctx)
+			return 0, context.Cause(ctx)
 		}
 	}
 }
@@ -400,10 +411,10 @@ func (c *Cache) leave(f *flight, w *waiter) {
 }
 
 // fly is the shared fetch of sha256: it verifies the cached file and
-// downloads it when missing or damaged.
-func (c *Cache) fly(sha256 string, f *flight) error {
+// downloads it when missing or damaged, and returns the bytes it received.
+func (c *Cache) fly(sha256 string, f *flight) (int64, error) {
 	defer c.wg.Done()
-	err := c.fetch(f.ctx, sha256, f.report)
+	received, err := c.fetch(f.ctx, sha256, f.report)
 
 	c.mu.Lock()
 	delete(c.flights, sha256)
@@ -417,30 +428,31 @@ func (c *Cache) fly(sha256 string, f *flight) error {
 	c.mu.Unlock()
 	f.cancel()
 	close(f.done)
-	return err
+	return received, err
 }
 
-// fetch makes sure the cache holds a verified copy of sha256.
-func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+// fetch makes sure the cache holds a verified copy of sha256, and returns
+// the bytes it received from the server for it.
+func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (int64, error) {
 	path := c.Path(sha256)
 	sum, size, err := transfer.HashFile(ctx, path)
 	switch {
 	case err == nil && sum == sha256:
 		c.log.Debug("update file served from the cache", "sha256", sha256, "size", size)
-		return nil
+		return 0, nil
 	case err == nil:
 		// Never served: a damaged file would fail (or worse, pass) a run.
 		c.log.Warn("damaged cached file: fetching it again", "sha256", sha256, "hashes_to", sum, "size", size)
 		for _, p := range []string{path, path + IndexSuffix} {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("remove the damaged cached file %s: %w", p, err)
+				return 0, fmt.Errorf("remove the damaged cached file %s: %w", p, err)
 			}
 		}
 	case errors.Is(err, fs.ErrNotExist):
 	case ctx.Err() != nil:
-		return context.Cause(ctx)
+		return 0, context.Cause(ctx)
 	default:
-		return fmt.Errorf("verify the cached file %s: %w", path, err)
+		return 0, fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
 	return c.download(ctx, sha256, progress)
 }
@@ -449,21 +461,23 @@ func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.Prog
 // meet (the server, or the replica the agent reached, went away: the next
 // attempt reaches another) is tried again, resuming from what the last
 // attempt wrote, until RetryFor has passed.
-func (c *Cache) download(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+func (c *Cache) download(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (int64, error) {
 	bo := &backoff.ExponentialBackOff{InitialInterval: c.cfg.RetryBackoff, RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 10 * c.cfg.RetryBackoff}
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		err := c.downloadOnce(ctx, sha256, progress)
+	return backoff.Retry(ctx, func() (int64, error) {
+		received, err := c.downloadOnce(ctx, sha256, progress)
 		if err != nil && status.Code(err) != codes.Unavailable {
-			return struct{}{}, backoff.Permanent(err)
+			return 0, backoff.Permanent(err)
 		}
-		return struct{}{}, err
+		return received, err
 	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(c.cfg.RetryFor), backoff.WithNotify(func(err error, next time.Duration) {
 		c.log.Warn("download interrupted; resuming", "sha256", sha256, "retry_in", next.Round(time.Millisecond), "error", err)
 	}))
-	return err
 }
 
-func (c *Cache) downloadOnce(ctx context.Context, sha256 string, progress transfer.ProgressFunc) error {
+// downloadOnce makes one attempt at the download, and returns the bytes of
+// the file that came from the server (by this attempt or, resumed, by the
+// ones before).
+func (c *Cache) downloadOnce(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (int64, error) {
 	if src, ok := c.cfg.Source.(DeltaSource); ok {
 		// With no candidates too: the file then comes whole, and its chunk
 		// index with it, kept for the next version's delta.
@@ -473,9 +487,14 @@ func (c *Cache) downloadOnce(ctx context.Context, sha256 string, progress transf
 	}
 	c.log.Info("downloading file", "sha256", sha256)
 	if err := c.cfg.Source.Download(ctx, sha256, c.Path(sha256), progress); err != nil {
-		return fmt.Errorf("download into the cache: %w", err)
+		return 0, fmt.Errorf("download into the cache: %w", err)
 	}
-	return nil
+	// All of it came from the server, if over several attempts.
+	info, err := os.Stat(c.Path(sha256))
+	if err != nil {
+		return 0, err
+	}
+	return info.Size(), nil
 }
 
 // restat updates the size of sha256 from what is on disk; c.mu is held.

@@ -15,9 +15,9 @@ import (
 	"github.com/osvc/osvc/pkg/transfer"
 )
 
-// fetchDelta downloads sha256 as the chunks that have lack, and keeps its
-// chunk index beside it.
-func (c *Cache) fetchDelta(ctx context.Context, src DeltaSource, sha256 string, have []transfer.LocalBlob, progress transfer.ProgressFunc) error {
+// fetchDelta downloads sha256 as the chunks that have lack, keeps its
+// chunk index beside it, and returns the bytes that came from the server.
+func (c *Cache) fetchDelta(ctx context.Context, src DeltaSource, sha256 string, have []transfer.LocalBlob, progress transfer.ProgressFunc) (int64, error) {
 	if len(have) > 0 {
 		c.log.Info("downloading file, reusing the chunks of cached files", "sha256", sha256, "candidates", len(have))
 	} else {
@@ -25,7 +25,7 @@ func (c *Cache) fetchDelta(ctx context.Context, src DeltaSource, sha256 string, 
 	}
 	d, err := src.DownloadDelta(ctx, sha256, c.Path(sha256), have, progress)
 	if err != nil {
-		return fmt.Errorf("download into the cache: %w", err)
+		return 0, fmt.Errorf("download into the cache: %w", err)
 	}
 	total := d.Local + d.Downloaded + d.Resumed
 	c.log.Info("file downloaded", "sha256", sha256, "size", humanize.IBytes(uint64(total)),
@@ -36,7 +36,7 @@ func (c *Cache) fetchDelta(ctx context.Context, src DeltaSource, sha256 string, 
 			c.log.Warn("keeping the chunk index of a cached file failed; it is made again when needed", "sha256", sha256, "error", err)
 		}
 	}
-	return nil
+	return d.Downloaded + d.Resumed, nil
 }
 
 // candidates holds the cached files whose chunks a download of sha256 may

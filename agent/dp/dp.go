@@ -108,6 +108,9 @@ type Point struct {
 type fetch struct {
 	sha256 string
 	cancel context.CancelCauseFunc
+	// received counts the bytes of the version's files that crossed the
+	// network, over every attempt.
+	received atomic.Int64
 }
 
 // New opens the point's folder, creating it when missing, and reads what it
@@ -408,7 +411,7 @@ func (p *Point) attempt(ctx context.Context, f *fetch, m *osvcv1.Distribute, ret
 			}
 		}
 	}()
-	tree, err := p.fetchAll(ctx, m, &done)
+	tree, err := p.fetchAll(ctx, f, m, &done)
 	close(stop)
 	<-reported
 	if err != nil {
@@ -418,14 +421,16 @@ func (p *Point) attempt(ctx context.Context, f *fetch, m *osvcv1.Distribute, ret
 }
 
 // fetchAll fetches the version's file, and for a package tree its manifest
-// and every file it lists, counting the bytes in place in done.
-func (p *Point) fetchAll(ctx context.Context, m *osvcv1.Distribute, done *atomic.Int64) (*osvcv1.PackageTree, error) {
+// and every file it lists, counting the bytes in place in done and those
+// received in f.
+func (p *Point) fetchAll(ctx context.Context, f *fetch, m *osvcv1.Distribute, done *atomic.Int64) (*osvcv1.PackageTree, error) {
 	var placed int64
 	get := func(sha string, size int64) error {
-		path, release, err := p.store.Acquire(ctx, sha, func(n, _ int64) { done.Store(placed + n) })
+		path, received, release, err := p.store.AcquireCounted(ctx, sha, func(n, _ int64) { done.Store(placed + n) })
 		if err != nil {
 			return err
 		}
+		f.received.Add(received)
 		defer release()
 		info, err := os.Stat(path)
 		if err != nil {
@@ -538,7 +543,7 @@ func (p *Point) removeUnused(files []string, what string) {
 func (p *Point) report(ctx context.Context, f *fetch, m *osvcv1.Distribute, state osvcv1.DistributionState, bytes int64, retries int32, errText string) {
 	err := p.cfg.Report(ctx, &osvcv1.DistributionReport{
 		Image: m.GetImage(), Version: m.GetVersion(), Sha256: m.GetSha256(), State: state,
-		BytesTransferred: bytes, Retries: retries, Error: errText, Url: p.imageURL(m.GetImage()),
+		BytesTransferred: bytes, BytesReceived: f.received.Load(), Retries: retries, Error: errText, Url: p.imageURL(m.GetImage()),
 	})
 	switch {
 	case err == nil, ctx.Err() != nil:
