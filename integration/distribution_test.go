@@ -126,7 +126,7 @@ func TestAServicedVersionReachesTheDistributionPointsOfTheSiteAndTheSitesBelow(t
 			t.Fatalf("ranged GET %s: %d bytes, not the range asked", url, len(part))
 		}
 	}
-	if out := c.osvcctl(t, "dp", "list"); !lineWith(out, "agents/dp-ss1", "SS1", "DISTRIBUTED", "version 2") {
+	if out := c.osvcctl(t, "dp", "list"); !lineWith(out, "agents/dp-ss1", "SS1", "DISTRIBUTED", "version 2", "received") {
 		t.Fatalf("osvcctl dp list:\n%s", out)
 	}
 	if out := c.osvcctl(t, "image", "get", img.GetName()); !lineWith(out, "agents/dp-ps1", "PS1", "DISTRIBUTED", "version 2") {

@@ -74,8 +74,12 @@ func distributionCells(d *osvcv1.Distribution) []any {
 		serves = fmt.Sprintf("version %d", v)
 	}
 	progress := fmt.Sprintf("version %d", d.GetVersion())
-	if d.GetState() == osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING {
+	switch d.GetState() {
+	case osvcv1.DistributionState_DISTRIBUTION_STATE_TRANSFERRING:
 		progress += fmt.Sprintf(": %s of %s", sizeText(d.GetBytesTransferred()), sizeText(d.GetSizeBytes()))
+	case osvcv1.DistributionState_DISTRIBUTION_STATE_DISTRIBUTED:
+		// What crossed the network; the rest came from the versions it held.
+		progress += fmt.Sprintf(": %s of %s received", sizeText(d.GetBytesReceived()), sizeText(d.GetSizeBytes()))
 	}
 	return []any{d.GetImage(), distributionStateText(d.GetState()), serves, progress, d.GetRetries(), orDash(d.GetError())}
 }
