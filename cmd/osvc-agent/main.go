@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+
 	"errors"
 	"flag"
 	"fmt"
@@ -33,11 +34,10 @@ import (
 	"github.com/osvc/osvc/agent/engine/dism"
 	"github.com/osvc/osvc/agent/engine/wimlib"
 	"github.com/osvc/osvc/agent/identity"
+	"github.com/osvc/osvc/pkg/buildinfo"
+	"github.com/osvc/osvc/pkg/cmdline"
 	"github.com/osvc/osvc/pkg/pki"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() { os.Exit(realMain()) }
 
@@ -68,7 +68,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		cfg        agent.Config
 		engineName string
-		logLevel   string
 		wimlibBin  string
 		dismBin    string
 		joinFile   string
@@ -88,7 +87,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&engineName, "engine", defaultEngine(), "servicing engine: dism (Windows) or wimlib (Linux)")
 	fs.StringVar(&wimlibBin, "wimlib-imagex", wimlib.DefaultBinary, "wimlib-imagex executable, a path or a name looked up in PATH")
 	fs.StringVar(&dismBin, "dism", "", "dism.exe to run (default: the system's); elsewhere than Windows only a stand-in, for tests")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	var logging cmdline.Logging
+	logging.Register(fs)
+	configFile := fs.String(cmdline.ConfigFlag, "", "YAML `FILE` of settings, the flags' names as keys (e.g. data-dir: /var/lib/osvc); the command line and OSVC_<FLAG> environment variables (OSVC_DATA_DIR) win over it")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.BoolVar(&cfg.Distribution.Role, "distribution-point", false, "hold the distribution point role for the agent's site: keep the images of the site and of the sites above it in <data-dir>/distribution and serve them over HTTP(S) (a site's setting, osvcctl site update --distribution-points, gives the role too)")
 	fs.StringVar(&cfg.Distribution.Listen, "dp-listen", agent.DefaultDistributionListen, "`host:port` the distribution point serves images on")
 	fs.StringVar(&cfg.Distribution.URL, "dp-url", "", "address of the distribution point that clients use, e.g. https://dp1.example:8090/ (default: from --dp-listen and the host name)")
@@ -101,6 +103,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "osvc-agent "+buildinfo.Read().String())
+		return nil
+	}
+	if err := cmdline.Apply(cmdline.Std(fs), *configFile, os.Getenv); err != nil {
 		return err
 	}
 	if (cfg.Distribution.CertFile == "") != (cfg.Distribution.KeyFile == "") {
@@ -124,13 +133,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.CacheMaxBytes == 0 {
 		cfg.CacheMaxBytes = -1 // agent.Config's "no cap"
 	}
-	level := hclog.LevelFromString(logLevel)
-	if level == hclog.NoLevel {
-		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)
+	logger, err := logging.Logger("osvc-agent", stderr)
+	if err != nil {
+		return err
 	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "osvc-agent", Level: level, Output: stderr})
 	cfg.Logger = logger
-	cfg.Version = version
+	cfg.Version = buildinfo.Read().Short()
 
 	newEngine, err := engineFactory(runtime.GOOS, engineName, wimlibBin, dismBin)
 	if err != nil {
@@ -154,7 +162,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !a.OwnDrive() {
 		drive = "the site's setting (" + agent.DriveAutomatic + " here is " + a.Drive() + ")"
 	}
-	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", version, site, cfg.Server, drive)
+	fmt.Fprintf(stdout, "osvc-agent %s: site %s, server %s, drive %s\n", cfg.Version, site, cfg.Server, drive)
 	return a.Run(ctx)
 }
 

@@ -29,6 +29,11 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"with a negative cache cap", []string{"--site", "PS1", "--cache-max-bytes", "-1"}, "want a size of 0 or more"},
 		{"with a cache cap that is not a size", []string{"--site", "PS1", "--cache-max-bytes", "lots"}, "-cache-max-bytes"},
 		{"with a negative work retention", []string{"--site", "PS1", "--work-retention", "-1h"}, "--work-retention -1h0m0s: want a duration of 0 or more"},
+		{"with an unknown log format", []string{"--site", "PS1", "--log-format", "xml"}, "--log-format"},
+		// The example is read whole, then the retention refused.
+		{"with the example config and a negative work retention", []string{"--config", filepath.Join("..", "..", "deploy", "config", "osvc-agent.yaml"),
+			"--site", "PS1", "--work-retention", "-1h"}, "--work-retention -1h0m0s"},
+		{"with a config file naming no flag of the agent", []string{"--config", "SERVERCONFIG"}, `"listen" names no flag`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -38,6 +43,11 @@ func TestRunRefusesBadFlags(t *testing.T) {
 				switch a {
 				case "DATA":
 					args[i] = t.TempDir()
+				case "SERVERCONFIG":
+					args[i] = filepath.Join(t.TempDir(), "osvc.yaml")
+					if err := os.WriteFile(args[i], []byte("listen: 0.0.0.0:7300\n"), 0o600); err != nil {
+						t.Fatal(err)
+					}
 				case "EMPTY":
 					args[i] = filepath.Join(t.TempDir(), "join.token")
 					if err := os.WriteFile(args[i], []byte("\n"), 0o600); err != nil {
@@ -108,5 +118,16 @@ func TestEachPlatformRefusesTheEngineItLacks(t *testing.T) {
 		if (err == nil) != tt.ok || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%s on %s (--dism %q): %v, want ok %t or an error mentioning %q", tt.engine, tt.goos, tt.dism, err, tt.ok, tt.want)
 		}
+	}
+}
+
+func TestVersionPrintsTheBuild(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--version"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "osvc-agent ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("--version printed %q", out.String())
 	}
 }

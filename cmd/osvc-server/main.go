@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/osvc/osvc/pkg/buildinfo"
+	"github.com/osvc/osvc/pkg/cmdline"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/server"
 	"github.com/osvc/osvc/server/auth"
@@ -48,7 +51,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		cfg       server.Config
 		endpoints string
-		logLevel  string
 		tlsHosts  string
 		pprofAddr string
 	)
@@ -69,7 +71,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.ObjectStore.PathStyle, "s3-path-style", false, "name the bucket in the URL's path (https://host/bucket/key), as most stores but Amazon S3 want")
 	fs.StringVar(&cfg.ObjectStore.AccessKeyID, "s3-access-key-id", "", "the object store's access key id; default $"+s3store.AccessKeyIDEnv+" or the shared credentials file (~/.aws/credentials)")
 	fs.StringVar(&cfg.ObjectStore.SecretKeyFile, "s3-secret-key-file", "", "`FILE` holding the secret key of --s3-access-key-id; default $"+s3store.SecretAccessKeyEnv+"; never on the command line")
-	fs.StringVar(&logLevel, "log-level", "info", "log level: trace, debug, info, warn or error")
+	var logging cmdline.Logging
+	logging.Register(fs)
+	configFile := fs.String(cmdline.ConfigFlag, "", "YAML `FILE` of settings, the flags' names as keys (e.g. data-dir: /var/lib/osvc); the command line and OSVC_<FLAG> environment variables (OSVC_DATA_DIR) win over it")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "agent lease TTL: an agent silent this long is LOST and its runs are re-queued")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", server.DefaultHeartbeatInterval, "how often agents send heartbeats")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout, "how long calls in flight may finish on shutdown")
@@ -99,14 +104,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "osvc-server "+buildinfo.Read().String())
+		return nil
+	}
+	if err := cmdline.Apply(cmdline.Std(fs), *configFile, os.Getenv); err != nil {
+		return err
+	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; osvc-server takes flags only (see -h)", fs.Args())
 	}
 	cfg.WholeBlobs = !*contentChunks
-	level := hclog.LevelFromString(logLevel)
-	if level == hclog.NoLevel {
-		return fmt.Errorf("--log-level %q: want trace, debug, info, warn or error", logLevel)
-	}
 	for _, ep := range strings.Split(endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			cfg.EtcdEndpoints = append(cfg.EtcdEndpoints, ep)
@@ -117,7 +125,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			cfg.TLSHosts = append(cfg.TLSHosts, h)
 		}
 	}
-	cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Level: level, Output: stderr})
+	logger, err := logging.Logger("osvc-server", stderr)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = logger
+	logger.Info("osvc-server starting", "version", buildinfo.Read().Short())
 
 	srv, err := server.New(cfg)
 	if err != nil {

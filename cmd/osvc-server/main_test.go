@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -101,6 +102,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 	}{
 		{"an unknown flag", []string{"--no-such-flag"}, "no-such-flag"},
 		{"an unknown log level", []string{"--log-level", "loud"}, "--log-level"},
+		{"an unknown log format", []string{"--log-format", "xml"}, "--log-format"},
+		{"a missing config file", []string{"--config", "no-such-osvc.yaml"}, "no-such-osvc.yaml"},
 		{"a stray argument", []string{"serve"}, "unexpected arguments"},
 		{"a bad duration", []string{"--lease-ttl", "soon"}, "lease-ttl"},
 		{"a heartbeat slower than the lease", []string{"--lease-ttl", "5s", "--heartbeat-interval", "10s"}, "heartbeat interval"},
@@ -142,5 +145,35 @@ func TestProfilesAreServedOnLoopbackOnly(t *testing.T) {
 	err := run(context.Background(), []string{"--data-dir", t.TempDir(), "--pprof-listen", "0.0.0.0:6060"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Errorf("--pprof-listen on all interfaces = %v, want refused asking for a loopback address", err)
+	}
+}
+
+func TestVersionAndTheConfigFile(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	if err := run(context.Background(), []string{"--version"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "osvc-server ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("--version printed %q", out.String())
+	}
+	// A setting of the file is checked as the flag would be.
+	config := filepath.Join(t.TempDir(), "osvc-server.yaml")
+	if err := os.WriteFile(config, []byte("lease-ttl: soon\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"--config", config}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "lease-ttl") || !strings.Contains(err.Error(), config) {
+		t.Errorf("a bad lease-ttl in the file: %v, want an error naming the file and the setting", err)
+	}
+}
+
+func TestTheExampleConfigHoldsOnlySettingsOfTheServer(t *testing.T) {
+	t.Parallel()
+	// Refused after the file is read: a heartbeat slower than the lease.
+	err := run(context.Background(), []string{"--config", filepath.Join("..", "..", "deploy", "config", "osvc-server.yaml"),
+		"--lease-ttl", "5s", "--heartbeat-interval", "10s"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "heartbeat interval") {
+		t.Fatalf("run with the example config = %v; want it read, then the heartbeat refused", err)
 	}
 }

@@ -18,9 +18,8 @@ import (
 // first admin token of a server started here with its default --data-dir.
 // Never a command-line argument: ps would show it.
 const (
-	tokenEnv     = "OSVC_TOKEN"
-	tokenFileEnv = "OSVC_TOKEN_FILE"
-	configEnv    = "OSVC_CONFIG"
+	tokenEnv  = "OSVC_TOKEN"
+	configEnv = "OSVC_CONFIG"
 )
 
 // defaultTokenFile is the first admin token of an osvc-server started in
@@ -108,13 +107,6 @@ func (c *cli) resolveToken() (string, error) {
 		return t, nil
 	}
 	if t := strings.TrimSpace(c.getenv(tokenEnv)); t != "" {
-		return t, nil
-	}
-	if f := c.getenv(tokenFileEnv); f != "" {
-		t, err := readTokenFile(f)
-		if err != nil {
-			return "", usageErrorf("$%s: %w", tokenFileEnv, err)
-		}
 		return t, nil
 	}
 	if c.login != nil && c.login.Token != "" && c.login.Server == c.server {

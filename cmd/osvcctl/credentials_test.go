@@ -40,8 +40,9 @@ func TestTheTokenComesFromTheFirstPlaceThatHasOne(t *testing.T) {
 		want      string
 	}{
 		{"--token-file first", flagFile, map[string]string{tokenEnv: "from-env"}, login, "localhost:7300", "from-flag"},
-		{"then $OSVC_TOKEN", "", map[string]string{tokenEnv: "from-env", tokenFileEnv: envFile}, login, "localhost:7300", "from-env"},
-		{"then $OSVC_TOKEN_FILE", "", map[string]string{tokenFileEnv: envFile}, login, "localhost:7300", "from-env-file"},
+		// $OSVC_TOKEN_FILE is --token-file's variable (cmdline.Apply).
+		{"--token-file from the environment before $OSVC_TOKEN", envFile, map[string]string{tokenEnv: "from-env"}, login, "localhost:7300", "from-env-file"},
+		{"then $OSVC_TOKEN", "", map[string]string{tokenEnv: "from-env"}, login, "localhost:7300", "from-env"},
 		{"then the login of this server", "", nil, login, "localhost:7300", "from-login"},
 		{"not the login of another server", "", nil, login, "osvc.example.com:7300", "from-admin-file"},
 		{"then the first admin token here", "", nil, nil, "localhost:7300", "from-admin-file"},

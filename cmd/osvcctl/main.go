@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
+	"github.com/osvc/osvc/pkg/buildinfo"
+	"github.com/osvc/osvc/pkg/cmdline"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 )
@@ -60,13 +63,14 @@ type cli struct {
 	stdout, stderr io.Writer
 	getenv         func(string) string
 
-	server    string
-	output    string
-	timeout   time.Duration
-	caFile    string
-	insecure  bool
-	tokenFile string
-	tokenArg  string
+	configFile string
+	server     string
+	output     string
+	timeout    time.Duration
+	caFile     string
+	insecure   bool
+	tokenFile  string
+	tokenArg   string
 	// login is what osvcctl login saved, nil when it never ran.
 	login *loginConfig
 
@@ -87,6 +91,13 @@ schedule updates for an image and watch the servicing run.`,
 		RunE:                  groupRunE,
 		DisableFlagsInUseLine: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := cmdline.Apply(cmdline.Pflag(cmd.Root().PersistentFlags()), c.configFile, c.getenv); err != nil {
+				return usageErrorf("%w", err)
+			}
+			// The authority osvcctl login saved goes with its server.
+			if c.caFile == "" && login != nil && login.Server == c.server {
+				c.caFile = login.CAFile
+			}
 			switch c.output {
 			case outputTable, outputJSON:
 			default:
@@ -104,26 +115,25 @@ schedule updates for an image and watch the servicing run.`,
 			return nil
 		},
 	}
-	server := c.getenv(serverEnv)
-	if server == "" && login != nil {
+	root.Version = buildinfo.Read().String()
+	root.SetVersionTemplate("osvcctl {{.Version}}\n")
+	// The environment (OSVC_SERVER, OSVC_CA_FILE, …) and --config set the
+	// flags the command line leaves unset (cmdline.Apply), before the
+	// command runs; the server osvcctl login saved is the default.
+	server := defaultServer
+	if login != nil && login.Server != "" {
 		server = login.Server
 	}
-	if server == "" {
-		server = defaultServer
-	}
-	caFile := c.getenv(pki.CAFileEnv)
-	if caFile == "" && login != nil && login.Server == server {
-		caFile = login.CAFile
-	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`, or several replicas comma-separated; $"+serverEnv+" sets the default")
+	pf.StringVar(&c.configFile, cmdline.ConfigFlag, "", "YAML `FILE` of settings, these flags' names as keys (server: osvc1:7300); the command line and OSVC_<FLAG> environment variables win over it")
+	pf.StringVar(&c.server, "server", server, "osvc-server address `HOST:PORT`, or several replicas comma-separated; $"+serverEnv+" sets it")
 	pf.StringVarP(&c.output, "output", "o", outputTable, "output `FORMAT`: table or json")
-	pf.StringVar(&c.caFile, "ca-file", caFile, "PEM `FILE` of the authority that signed the server's certificate; default: "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets the default")
-	pf.BoolVar(&c.insecure, "insecure", c.getenv(pki.InsecureEnv) != "", "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+" sets it")
+	pf.StringVar(&c.caFile, "ca-file", "", "PEM `FILE` of the authority that signed the server's certificate; default: the one osvcctl login saved for the server, else "+pki.DefaultCAFile+" when it exists (the server's own, started here), else the system's; $"+pki.CAFileEnv+" sets it")
+	pf.BoolVar(&c.insecure, "insecure", false, "plaintext, to a server started with --insecure on this machine; $"+pki.InsecureEnv+"=true sets it")
 	// --token would put the secret where ps shows it: refused with the way.
 	pf.StringVar(&c.tokenArg, "token", "", "refused: a token on the command line is visible to every user of the machine")
 	_ = pf.MarkHidden("token")
-	pf.StringVar(&c.tokenFile, "token-file", "", "`FILE` holding the token to call with; default: $"+tokenEnv+", $"+tokenFileEnv+", the one osvcctl login saved, else "+defaultTokenFile+" (the first admin token of a server started here)")
+	pf.StringVar(&c.tokenFile, "token-file", "", "`FILE` holding the token to call with; $OSVC_TOKEN_FILE sets it; default: $"+tokenEnv+", the one osvcctl login saved, else "+defaultTokenFile+" (the first admin token of a server started here)")
 	pf.DurationVar(&c.timeout, "timeout", 30*time.Second, "time limit of each request, e.g. 2m; uploads and watches are not limited by it")
 
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {

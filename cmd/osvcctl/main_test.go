@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -1004,5 +1005,53 @@ func TestImageInspectQueuesAnInspectionOfTheCurrentVersion(t *testing.T) {
 	}
 	if _, _, err := osvcctl(t, f.addr, "image", "inspect", "nope"); exitCode(err) != exitNotFound {
 		t.Errorf("image inspect of an unknown image: %v, want exit %d", err, exitNotFound)
+	}
+}
+
+// TestAConfigFileSetsWhatTheEnvironmentDoesNot cannot be parallel: it sets
+// the environment.
+func TestAConfigFileSetsWhatTheEnvironmentDoesNot(t *testing.T) {
+	f := startFake(t)
+	config := filepath.Join(t.TempDir(), "osvcctl.yaml")
+	settings := "server: 127.0.0.1:1\nca-file: " + testCAFile(t) + "\noutput: json\n"
+	if err := os.WriteFile(config, []byte(settings), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The file names a server that is down; the environment, the fake.
+	t.Setenv(serverEnv, f.addr)
+	var out, errOut bytes.Buffer
+	if err := run(t.Context(), []string{"--config", config, "agent", "list"}, &out, &errOut); err != nil {
+		t.Fatalf("agent list with --config %s and %s=%s: %v\n%s", config, serverEnv, f.addr, err, errOut.String())
+	}
+	if !strings.HasPrefix(strings.TrimSpace(out.String()), "{") || !strings.Contains(out.String(), "agents/ps1-a") {
+		t.Errorf("want the agents as JSON (output: json from the file):\n%s", out.String())
+	}
+	if err := os.WriteFile(config, []byte("token: secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errOut.Reset()
+	if err := run(t.Context(), []string{"--config", config, "agent", "list"}, &out, &errOut); err == nil || !strings.Contains(errOut.String(), `"token" names no flag`) {
+		t.Errorf("a token in the config file: %v\n%s; want it refused (use token-file)", err, errOut.String())
+	}
+}
+
+func TestVersionPrintsTheBuild(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"--version"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "osvcctl ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("--version printed %q", out.String())
+	}
+}
+
+func TestTheExampleConfigHoldsOnlyGlobalFlags(t *testing.T) {
+	t.Parallel()
+	var errOut bytes.Buffer
+	// Refused after the file is read: an output format osvcctl lacks.
+	err := run(t.Context(), []string{"--config", filepath.Join("..", "..", "deploy", "config", "osvcctl.yaml"), "--output", "xml", "agent", "list"}, io.Discard, &errOut)
+	if err == nil || !strings.Contains(errOut.String(), `--output "xml"`) {
+		t.Fatalf("osvcctl with the example config = %v\n%s; want it read, then the output refused", err, errOut.String())
 	}
 }
