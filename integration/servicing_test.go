@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -345,7 +347,8 @@ func fileSHA256(t *testing.T, path string) string {
 // the image, and check the result in the serviced WIM itself.
 func TestServicingEndToEnd(t *testing.T) {
 	ctx := context.Background()
-	c := startCluster(t)
+	metricsAddr := freeAddr(t)
+	c := startCluster(t, "--metrics-listen", metricsAddr)
 	sample, err := sampledata.Create(ctx, sampledata.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -390,6 +393,38 @@ func TestServicingEndToEnd(t *testing.T) {
 			if want := wantByKB[r.GetKb()]; r.GetState() != want {
 				t.Errorf("%s: got %v, want %v (%s)", r.GetKb(), r.GetState(), want, r.GetMessage())
 			}
+		}
+	})
+
+	t.Run("the metrics count the run, its updates and what crossed", func(t *testing.T) {
+		want := []string{
+			`osvc_agents_connected{site="PS1"} 1`,
+			`osvc_runs{kind="SERVICING",state="SUCCEEDED"} 1`,
+			`osvc_updates_total{result="APPLIED"} 4`,
+			`osvc_updates_total{result="UNSUPPORTED"} 1`,
+			`osvc_step_duration_seconds_count{step="APPLY"} 1`,
+			`osvc_run_duration_seconds_count{kind="SERVICING",result="SUCCEEDED"} 1`,
+		}
+		var body string
+		// The elected replica follows the runs through a watch.
+		eventually(t, 30*time.Second, "the metrics to show the run", func() bool {
+			body = scrape(t, "http://"+metricsAddr+"/metrics")
+			return strings.Contains(body, want[1])
+		})
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				t.Errorf("/metrics lacks %s", w)
+			}
+		}
+		// The uploads came over gRPC; the agent beside the server took
+		// the blobs by link, so nothing may have gone out.
+		for _, prefix := range []string{`osvc_content_bytes_total{direction="in"} `, `osvc_etcd_request_duration_seconds_count{method="Txn",outcome="ok"} `} {
+			if v := metricValue(body, prefix); v <= 0 {
+				t.Errorf("%s= %v, want more than 0", prefix, v)
+			}
+		}
+		if v := metricValue(body, `osvc_content_bytes_total{direction="out"} `); v < 0 {
+			t.Error("/metrics lacks the content bytes sent")
 		}
 	})
 
@@ -559,4 +594,33 @@ func TestServicingEndToEnd(t *testing.T) {
 			t.Fatalf("after a restart the image is at version %d, want 2", again.GetImage().GetCurrentVersion())
 		}
 	})
+}
+
+// scrape reads a Prometheus text page.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// metricValue is the value of the sample line starting with prefix, -1
+// when there is none.
+func metricValue(body, prefix string) float64 {
+	for line := range strings.Lines(body) {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err == nil {
+				return v
+			}
+		}
+	}
+	return -1
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/content/s3store"
+	"github.com/osvc/osvc/server/metrics"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -135,6 +136,9 @@ type Config struct {
 	// MaxUploadBytes is the largest blob an upload may store; default
 	// DefaultMaxUploadBytes (64 GiB).
 	MaxUploadBytes int64
+	// MetricsListen, when set, is the host:port serving the Prometheus
+	// metrics at /metrics (plain HTTP, apart from the API).
+	MetricsListen string
 	// WholeBlobs keeps new blobs whole instead of as chunks stored once
 	// (content.Config.WholeBlobs).
 	WholeBlobs bool
@@ -165,9 +169,10 @@ type Config struct {
 
 // Server is one osvc-server replica.
 type Server struct {
-	cfg    Config
-	logger hclog.Logger
-	ready  chan struct{}
+	cfg     Config
+	logger  hclog.Logger
+	ready   chan struct{}
+	metrics *metrics.Metrics
 
 	mu      sync.Mutex
 	addr    string
@@ -275,7 +280,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.New(&hclog.LoggerOptions{Name: "osvc-server", Output: os.Stderr})
 	}
-	return &Server{cfg: cfg, logger: cfg.Logger, ready: make(chan struct{})}, nil
+	return &Server{cfg: cfg, logger: cfg.Logger, ready: make(chan struct{}), metrics: metrics.New()}, nil
 }
 
 // Ready is closed once the server listens and serves.
@@ -333,6 +338,13 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.addr = addr
 	s.mu.Unlock()
+	var metricsLis net.Listener
+	if s.cfg.MetricsListen != "" {
+		if metricsLis, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
+			return fmt.Errorf("listen on %s: %w; choose another address with --metrics-listen", s.cfg.MetricsListen, err)
+		}
+		defer metricsLis.Close()
+	}
 
 	endpoints := s.cfg.EtcdEndpoints
 	etcdTLS := (*tls.Config)(nil)
@@ -433,7 +445,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	loops := append(parts.loops, loop{name: "content collector", run: collector.Run},
-		loop{name: "agent revocations", run: authorizer.Run}, loop{name: "audit retention", run: audit.Run})
+		loop{name: "agent revocations", run: authorizer.Run}, loop{name: "audit retention", run: audit.Run},
+		loop{name: "run metrics", run: func(ctx context.Context) error {
+			return s.metrics.FollowRuns(ctx, st, serverID, s.logger.Named("metrics"))
+		}})
+	if metricsLis != nil {
+		loops = append(loops, loop{name: "metrics listener", run: func(ctx context.Context) error { return s.metrics.Serve(ctx, metricsLis) }})
+		s.logger.Info("serving metrics", "addr", "http://"+metricsLis.Addr().String()+"/metrics")
+	}
 
 	// runCtx ends the background loops and the open watches; it ends with ctx
 	// or when any part fails (errgroup cancels it on the first error).
@@ -517,9 +536,10 @@ func (s *Server) connectEtcd(ctx context.Context, endpoints []string, embeddedTL
 		Endpoints:   endpoints,
 		DialTimeout: etcdDialTimeout,
 		// The client's own zap logs repeat what our errors say.
-		Logger:  zap.NewNop(),
-		Context: ctx,
-		TLS:     embeddedTLS,
+		Logger:      zap.NewNop(),
+		Context:     ctx,
+		TLS:         embeddedTLS,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(s.metrics.EtcdInterceptor())},
 	}
 	if len(s.cfg.EtcdEndpoints) > 0 {
 		if err := s.cfg.EtcdAuth.apply(&cfg); err != nil {
@@ -611,7 +631,7 @@ func (s *Server) serverOptions(shutdown context.Context, authorizer *auth.Author
 			err := handler(srv, ss)
 			logCall(logger, info.FullMethod, start, err)
 			return err
-		}, endOnShutdown(shutdown), authorizer.Stream),
+		}, endOnShutdown(shutdown), authorizer.Stream, s.metrics.ContentInterceptor()),
 	)
 }
 

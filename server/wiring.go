@@ -56,7 +56,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("agents: %w", err)
 	}
-	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Agents: registry, Logger: s.logger, ServerID: serverID, StallAfter: s.cfg.StallAfter})
+	sched, err := scheduler.New(scheduler.Config{Store: st, Servicing: svc, Agents: registry, Logger: s.logger, ServerID: serverID, StallAfter: s.cfg.StallAfter, Metrics: s.metrics})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("scheduler: %w", err)
 	}
@@ -66,6 +66,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 	}
 	agentService, err := agentsvc.New(agentsvc.Config{
 		Store: st, Servicing: svc, Agents: registry, Distribution: dist, Logger: s.logger, HeartbeatInterval: s.cfg.HeartbeatInterval,
+		Metrics: s.metrics,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("agent service: %w", err)

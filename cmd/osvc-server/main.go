@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "serve plaintext instead of TLS; refused unless --listen is a loopback address; agents cannot connect then (they authenticate by certificate)")
 	fs.DurationVar(&cfg.AgentCertValidity, "agent-cert-validity", pki.DefaultAgentValidity, "how long an agent's certificate is valid; agents renew theirs when a third is left, and one offline past its expiry enrolls anew")
 	fs.DurationVar(&cfg.AuditRetention, "audit-retention", auth.DefaultAuditRetention, "how long audit events are kept")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`HOST:PORT`/metrics (plain HTTP, no secrets; see the README for the names); off by default")
 	fs.StringVar(&pprofAddr, "pprof-listen", "", "serve Go's profiles (net/http/pprof) on this loopback `HOST:PORT`, for diagnosing CPU and memory; off by default")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-server [flags]")

@@ -28,6 +28,7 @@ import (
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/distribution"
+	"github.com/osvc/osvc/server/metrics"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
 )
@@ -57,7 +58,10 @@ type Config struct {
 	Agents *agents.Registry
 	// Distribution keeps what the distribution points are to hold.
 	Distribution *distribution.Service
-	Logger       hclog.Logger
+	// Metrics, when set, counts the reports fenced out and exports the
+	// agents connected by site.
+	Metrics *metrics.Metrics
+	Logger  hclog.Logger
 	// HeartbeatInterval is what agents are told to heartbeat at; default 10s.
 	HeartbeatInterval time.Duration
 	// ResyncInterval is how often the streams connected here are checked
@@ -70,6 +74,7 @@ type Config struct {
 
 // Service serves agent streams.
 type Service struct {
+	metrics   *metrics.Metrics
 	store     *store.Store
 	client    *clientv3.Client
 	servicing *servicing.Service
@@ -103,6 +108,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("agentsvc: Config.Distribution is required")
 	}
 	s := &Service{
+		metrics:   cfg.Metrics,
 		store:     cfg.Store,
 		client:    cfg.Store.Client(),
 		servicing: cfg.Servicing,
@@ -129,7 +135,22 @@ func New(cfg Config) (*Service, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if s.metrics != nil {
+		s.metrics.AgentsConnected(s.ConnectedBySite)
+	}
 	return s, nil
+}
+
+// ConnectedBySite counts the agents whose stream this replica holds, by
+// site.
+func (s *Service) ConnectedBySite() map[string]int {
+	out := map[string]int{}
+	for _, c := range s.local() {
+		if c.ctx.Err() == nil {
+			out[c.site]++
+		}
+	}
+	return out
 }
 
 // Run follows assignments, runs and presence in etcd and pushes what

@@ -32,6 +32,7 @@ type conn struct {
 	s      *Service
 	id     string // agent name without "agents/"
 	name   string // agents/{id}
+	site   string // the site its Hello named
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
@@ -89,6 +90,7 @@ func (s *Service) Connect(stream osvcv1.AgentService_ConnectServer) error {
 		s:          s,
 		id:         hello.GetName(),
 		name:       agents.Name(hello.GetName()),
+		site:       hello.GetSite(),
 		ctx:        ctx,
 		cancel:     cancel,
 		queued:     map[string]int64{},
@@ -343,6 +345,9 @@ func (c *conn) handle(req *osvcv1.ConnectRequest) error {
 // reason when the code is shared, and its message.
 func (c *conn) ack(id uint64, err error) {
 	ack := &osvcv1.Ack{Id: id}
+	if errors.Is(err, errdefs.ErrStaleLease) {
+		c.s.metrics.FencedReport()
+	}
 	if err != nil {
 		public, incident := errdefs.Conceal(err)
 		if incident != "" {

@@ -28,6 +28,7 @@ import (
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/metrics"
 	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
 )
@@ -51,6 +52,8 @@ type Config struct {
 	// Agents is the registry of agent records and sessions.
 	Agents *agents.Registry
 	Logger hclog.Logger
+	// Metrics, when set, counts the leases lost.
+	Metrics *metrics.Metrics
 	// ServerID names this replica in the election.
 	ServerID string
 	// ElectionTTL is the TTL of the election session: how long a dead
@@ -70,6 +73,7 @@ type Config struct {
 
 // Scheduler leases runs to agents.
 type Scheduler struct {
+	metrics   *metrics.Metrics
 	store     *store.Store
 	client    *clientv3.Client
 	servicing *servicing.Service
@@ -98,6 +102,7 @@ func New(cfg Config) (*Scheduler, error) {
 		return nil, errors.New("scheduler: Config.ServerID is required; use the replica's host name")
 	}
 	s := &Scheduler{
+		metrics:   cfg.Metrics,
 		store:     cfg.Store,
 		client:    cfg.Store.Client(),
 		servicing: cfg.Servicing,
@@ -302,6 +307,7 @@ func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
 				s.logger.Warn("cannot requeue", "run", run.GetName(), "error", err)
 				continue
 			}
+			s.metrics.LeaseLost()
 			run, rev = requeued, 0
 		}
 		if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || run.GetCancelRequested() {

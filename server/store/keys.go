@@ -101,6 +101,10 @@ func (s *Store) ElectionPrefix() string { return s.prefix + "election/" }
 // collector; not under ElectionPrefix, whose candidates are every key below it.
 func (s *Store) CollectorElectionPrefix() string { return s.prefix + "collector-election/" }
 
+// MetricsElectionPrefix is where replicas campaign to follow the runs for
+// the run metrics.
+func (s *Store) MetricsElectionPrefix() string { return s.prefix + "metrics-election/" }
+
 // IDFromKey returns the last segment of a key.
 func IDFromKey(key string) string {
 	return key[strings.LastIndexByte(key, '/')+1:]
