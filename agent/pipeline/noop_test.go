@@ -133,6 +133,9 @@ func TestARunThatChangesNothingUploadsNothingAndReportsTheSourceVersion(t *testi
 		preinstalled string
 		kbs          []string
 		want         map[string]osvcv1.UpdateState
+		// removeSuperseded asks for cleanup and export, which a run
+		// that applied nothing does not do.
+		removeSuperseded bool
 	}{
 		{
 			name: "updates that do not apply or cannot be applied",
@@ -144,6 +147,13 @@ func TestARunThatChangesNothingUploadsNothingAndReportsTheSourceVersion(t *testi
 			preinstalled: ssu,
 			kbs:          []string{ssu, "KB5066835"},
 			want:         map[string]osvcv1.UpdateState{ssu: osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED, "KB5066835": osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE},
+		},
+		{
+			name:             "an update already installed, with remove superseded",
+			preinstalled:     ssu,
+			kbs:              []string{ssu, "KB5066835"},
+			want:             map[string]osvcv1.UpdateState{ssu: osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED, "KB5066835": osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE},
+			removeSuperseded: true,
 		},
 	}
 	for _, tt := range tests {
@@ -170,7 +180,7 @@ func TestARunThatChangesNothingUploadsNothingAndReportsTheSourceVersion(t *testi
 				}
 				return nil
 			}
-			if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{}), rec); err != nil {
+			if err := Run(context.Background(), cfg, f.assign(&osvcv1.Run{RemoveSuperseded: tt.removeSuperseded}), rec); err != nil {
 				t.Fatalf("Run: %v", err)
 			}
 			t.Logf("reports: %s", strings.Join(rec.events, " | "))

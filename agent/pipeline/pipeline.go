@@ -463,10 +463,11 @@ func (r *run) service(ctx context.Context) (*osvcv1.RunResult, error) {
 		}
 		return nil, failed
 	}
-	if committed == 0 && !removeSuperseded {
+	if committed == 0 {
 		// Every index was discarded: the copy is still the source version,
-		// byte for byte. Uploading it would make a new version equal to the
-		// current one and push the real rollback point out of the image.
+		// byte for byte. Uploading it (or an export of it) would make a new
+		// version equal to the current one and push the real rollback point
+		// out of the image.
 		return r.unchanged(ctx, source)
 	}
 
@@ -907,7 +908,8 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 		r.skipUpdates(ctx, index, afterCleanup)
 		return false, err
 	}
-	if cleanup {
+	switch {
+	case cleanup && applied > 0:
 		if err := r.step(ctx, osvcv1.Step_STEP_CLEANUP, detail, func() (string, error) {
 			if err := r.eng.Cleanup(ctx, r.mount); err != nil {
 				return "", err
@@ -917,18 +919,25 @@ func (r *run) serviceIndex(ctx context.Context, source string, index int, ap *ap
 			r.skipUpdates(ctx, index, afterCleanup)
 			return false, err
 		}
-		if len(afterCleanup) > 0 {
-			if _, err := r.applyAll(ctx, index, ap, afterCleanup, detail+": .NET updates after cleanup"); err != nil {
-				return false, err
-			}
+	case cleanup:
+		// What nothing superseded has nothing to remove, and a run whose
+		// updates all were installed or not applicable adds no version.
+		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, detail+": no update applied, nothing superseded to remove"); err != nil {
+			return false, err
 		}
-	} else {
+	default:
 		if err := r.skip(ctx, osvcv1.Step_STEP_CLEANUP, "remove superseded updates is off"); err != nil {
 			return false, err
 		}
 	}
-	// Cleanup changes the index even when no update applied.
-	commit := applied > 0 || cleanup
+	if len(afterCleanup) > 0 {
+		more, err := r.applyAll(ctx, index, ap, afterCleanup, detail+": .NET updates after cleanup")
+		if err != nil {
+			return false, err
+		}
+		applied += more
+	}
+	commit := applied > 0
 	err = r.step(ctx, osvcv1.Step_STEP_COMMIT, detail, func() (string, error) {
 		m := r.mount
 		r.mount = nil // committed or discarded by Unmount, whatever it returns
