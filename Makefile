@@ -1,10 +1,10 @@
-# osvc — see README.md. Targets: build, generate, lint, test, integration, bench, demo.
+# osvc — see README.md. Targets: build, generate, lint, breaking, test, integration, bench, demo.
 GO      ?= go
 BUF     := $(GO) tool -modfile=tools/go.mod buf
 BIN     := bin
 GOTEST  := $(GO) test -race -shuffle=on -count=1 -timeout 20m
 
-.PHONY: all deps build generate check-generated lint test unit integration bench demo clean
+.PHONY: all deps build generate check-generated lint breaking test unit integration bench demo clean
 
 all: build
 
@@ -14,7 +14,8 @@ deps:
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
 
-# gen/ is committed; this rebuilds it from proto/ with the pinned buf and plugins.
+# gen/ is committed; this rebuilds it from proto/ (the workspace of buf.yaml)
+# with the pinned buf and plugins.
 generate:
 	rm -rf gen/osvc
 	$(BUF) generate
@@ -29,6 +30,12 @@ lint:
 	$(GO) vet ./...
 	GOOS=windows GOARCH=amd64 $(GO) build ./...
 	GOOS=windows GOARCH=amd64 $(GO) vet ./...
+
+# buf breaking: the API (FILE rules) and the store's records (WIRE) against
+# the last release tag, or the previous commit until there is one; a clone
+# too shallow for either is skipped with a message (see .ci/breaking).
+breaking:
+	GO=$(GO) .ci/breaking
 
 # The whole suite, unit and integration, with the race detector.
 test: deps

@@ -27,11 +27,13 @@ const (
 type Role int32
 
 const (
+	// ROLE_UNSPECIFIED: no credential (an anonymous call in the audit).
 	Role_ROLE_UNSPECIFIED Role = 0
 	// ROLE_ADMIN may do everything.
 	Role_ROLE_ADMIN Role = 1
-	// ROLE_OPERATOR may read everything, import updates and, for the images
-	// of its sites, import, schedule and cancel.
+	// ROLE_OPERATOR may read everything, upload content, import updates and,
+	// for the images of its sites, import, inspect, schedule, cancel and
+	// distribute.
 	Role_ROLE_OPERATOR Role = 2
 	// ROLE_VIEWER may only read.
 	Role_ROLE_VIEWER Role = 3
@@ -87,13 +89,17 @@ func (Role) EnumDescriptor() ([]byte, []int) {
 // Token is a bearer token as listed: `tokens/{id}`; its secret is never shown again.
 type Token struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// id is the token's public half, the part before its secret.
-	Id   string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Role Role   `protobuf:"varint,2,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
-	// sites scope an operator.
-	Sites       []string               `protobuf:"bytes,3,rep,name=sites,proto3" json:"sites,omitempty"`
-	Description string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
-	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// id is the token's public half, the part before its secret: 16 hex digits.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// role is what the token may do: admin, operator or viewer.
+	Role Role `protobuf:"varint,2,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
+	// sites scope an operator: the codes of the sites whose images it may
+	// change, sorted; empty for the other roles.
+	Sites []string `protobuf:"bytes,3,rep,name=sites,proto3" json:"sites,omitempty"`
+	// description says what the token is for, as its maker wrote it.
+	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// create_time is when the token was made.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// expire_time is unset for a token that does not expire.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// created_by names the credential that made it.
@@ -184,10 +190,12 @@ func (x *Token) GetCreatedBy() string {
 // CreateTokenRequest asks for a token.
 type CreateTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Role  Role                   `protobuf:"varint,1,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
+	// role is ROLE_ADMIN, ROLE_OPERATOR or ROLE_VIEWER; agents enroll instead.
+	Role Role `protobuf:"varint,1,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
 	// sites: required for an operator, refused for the other roles.
-	Sites       []string `protobuf:"bytes,2,rep,name=sites,proto3" json:"sites,omitempty"`
-	Description string   `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Sites []string `protobuf:"bytes,2,rep,name=sites,proto3" json:"sites,omitempty"`
+	// description says what the token is for; at most 200 bytes.
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// ttl: unset or zero for a token that does not expire.
 	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -255,7 +263,8 @@ func (x *CreateTokenRequest) GetTtl() *durationpb.Duration {
 // CreateTokenResponse holds the only copy of the secret.
 type CreateTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Token *Token                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// token is the token as listed from now on.
+	Token *Token `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	// secret is the whole bearer token: `Authorization: Bearer <secret>`.
 	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -345,8 +354,9 @@ func (*ListTokensRequest) Descriptor() ([]byte, []int) {
 
 // ListTokensResponse holds the tokens, oldest first.
 type ListTokensResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tokens        []*Token               `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tokens are every token, without secrets.
+	Tokens        []*Token `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -390,8 +400,9 @@ func (x *ListTokensResponse) GetTokens() []*Token {
 
 // RevokeTokenRequest names the token to revoke.
 type RevokeTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the token's id (Token.id).
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,8 +523,10 @@ type WhoAmIResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// principal names the caller as the audit does: `token:{id}` or
 	// `agent:{site}/{name}`.
-	Principal     string   `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
-	Role          Role     `protobuf:"varint,2,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
+	Principal string `protobuf:"bytes,1,opt,name=principal,proto3" json:"principal,omitempty"`
+	// role is the caller's role.
+	Role Role `protobuf:"varint,2,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
+	// sites are an operator's sites, or an agent's one site.
 	Sites         []string `protobuf:"bytes,3,rep,name=sites,proto3" json:"sites,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -570,18 +583,25 @@ func (x *WhoAmIResponse) GetSites() []string {
 	return nil
 }
 
-// AuditEvent is one recorded call: a mutation or a refusal.
+// AuditEvent is one recorded call: a mutation (whatever its result) or a
+// refusal (UNAUTHENTICATED, PERMISSION_DENIED). Refusals past a rate are
+// counted in the server's log rather than each recorded. Events are kept
+// for 90 days by default.
 type AuditEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
-	// principal is who called (see WhoAmIResponse), "anonymous" without a credential.
+	// time is when the call was recorded.
+	Time *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// principal is who called (see WhoAmIResponse), "anonymous" without a
+	// credential, `join-token:{id}` for an enrollment.
 	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
-	Role      Role   `protobuf:"varint,3,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
+	// role is the caller's role; unset without a valid credential.
+	Role Role `protobuf:"varint,3,opt,name=role,proto3,enum=osvc.v1.Role" json:"role,omitempty"`
 	// method is the gRPC method, e.g. /osvc.v1.ServicingService/CancelRun.
 	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
 	// resource names what the call was about, when it names one.
 	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
-	// code is the call's gRPC status code name, "OK" when it succeeded.
+	// code is the call's gRPC status code name as Go spells it, e.g. OK or
+	// PermissionDenied.
 	Code string `protobuf:"bytes,6,opt,name=code,proto3" json:"code,omitempty"`
 	// message is the error of a failed call.
 	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
@@ -683,8 +703,11 @@ type ListAuditEventsRequest struct {
 	// since: only events at or after it.
 	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
 	// principal: only this caller's events.
-	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
-	PageSize      int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	// page_size is the most events to return: 0 (or above 1000) for 100.
+	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
 	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -750,9 +773,12 @@ func (x *ListAuditEventsRequest) GetPageToken() string {
 
 // ListAuditEventsResponse holds a page of events, newest first.
 type ListAuditEventsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*AuditEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// events are the page's events. With a principal filter a page may hold
+	// fewer than page_size, even none, while more are to come.
+	Events []*AuditEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

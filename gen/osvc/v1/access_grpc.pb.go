@@ -35,15 +35,20 @@ const (
 // tokens and read the audit; anyone with a credential may ask WhoAmI.
 type AccessServiceClient interface {
 	// CreateToken makes a bearer token. Its secret is in the response only:
-	// the server keeps its SHA-256.
+	// the server keeps its SHA-256. INVALID_ARGUMENT naming the field (role
+	// other than admin, operator or viewer; sites missing for an operator,
+	// given for another role, malformed or more than 100; description over
+	// 200 bytes; a negative ttl); RESOURCE_EXHAUSTED when 1000 tokens exist.
 	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
 	// ListTokens lists the tokens, without their secrets.
 	ListTokens(ctx context.Context, in *ListTokensRequest, opts ...grpc.CallOption) (*ListTokensResponse, error)
 	// RevokeToken deletes a token; calls carrying it are refused at once.
+	// INVALID_ARGUMENT (id) for a malformed id; NOT_FOUND.
 	RevokeToken(ctx context.Context, in *RevokeTokenRequest, opts ...grpc.CallOption) (*RevokeTokenResponse, error)
 	// WhoAmI describes the caller's credential.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
-	// ListAuditEvents lists the audit trail, newest first.
+	// ListAuditEvents lists the audit trail, newest first. INVALID_ARGUMENT
+	// for a negative page_size or a bad page_token.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
 
@@ -114,15 +119,20 @@ func (c *accessServiceClient) ListAuditEvents(ctx context.Context, in *ListAudit
 // tokens and read the audit; anyone with a credential may ask WhoAmI.
 type AccessServiceServer interface {
 	// CreateToken makes a bearer token. Its secret is in the response only:
-	// the server keeps its SHA-256.
+	// the server keeps its SHA-256. INVALID_ARGUMENT naming the field (role
+	// other than admin, operator or viewer; sites missing for an operator,
+	// given for another role, malformed or more than 100; description over
+	// 200 bytes; a negative ttl); RESOURCE_EXHAUSTED when 1000 tokens exist.
 	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
 	// ListTokens lists the tokens, without their secrets.
 	ListTokens(context.Context, *ListTokensRequest) (*ListTokensResponse, error)
 	// RevokeToken deletes a token; calls carrying it are refused at once.
+	// INVALID_ARGUMENT (id) for a malformed id; NOT_FOUND.
 	RevokeToken(context.Context, *RevokeTokenRequest) (*RevokeTokenResponse, error)
 	// WhoAmI describes the caller's credential.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
-	// ListAuditEvents lists the audit trail, newest first.
+	// ListAuditEvents lists the audit trail, newest first. INVALID_ARGUMENT
+	// for a negative page_size or a bad page_token.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedAccessServiceServer()
 }

@@ -27,8 +27,11 @@ const (
 type AgentState int32
 
 const (
+	// AGENT_STATE_UNSPECIFIED: the server has no record of the agent (a
+	// distribution point named by a site setting that never connected).
 	AgentState_AGENT_STATE_UNSPECIFIED AgentState = 0
-	AgentState_AGENT_STATE_CONNECTED   AgentState = 1
+	// AGENT_STATE_CONNECTED: the agent's stream is open.
+	AgentState_AGENT_STATE_CONNECTED AgentState = 1
 	// AGENT_STATE_DISCONNECTED: the stream dropped, the lease is still alive.
 	AgentState_AGENT_STATE_DISCONNECTED AgentState = 2
 	// AGENT_STATE_LOST: the lease expired; the agent's runs were re-queued.
@@ -80,10 +83,15 @@ func (AgentState) EnumDescriptor() ([]byte, []int) {
 
 // Drive is a volume the agent may service images on.
 type Drive struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	FreeBytes     int64                  `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
-	TotalBytes    int64                  `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the folder the agent works in on that volume: its own drive
+	// (osvc-agent --drive, or the one it is installed on) first, then those
+	// its site's offline servicing drive made it use.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// free_bytes is the volume's free space; 0 when the agent could not read it.
+	FreeBytes int64 `protobuf:"varint,2,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
+	// total_bytes is the volume's size; 0 when the agent could not read it.
+	TotalBytes    int64 `protobuf:"varint,3,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,18 +149,27 @@ func (x *Drive) GetTotalBytes() int64 {
 
 // Agent is a servicing agent on a site server: `agents/{name}`.
 type Agent struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Site    string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	Host    string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
-	Version string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	Engines []string               `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is agents/{name}; {name} is the agent's --name, its host name by
+	// default.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// site is the code of the agent's site, as its certificate names it.
+	Site string `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// host is the host name of the agent's machine.
+	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	// version is the osvc-agent version.
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// engines names the servicing engines the agent runs: "wimlib" or "dism"
+	// (see Update.engines).
+	Engines []string `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
 	// drives are as the agent last reported them: refreshed at once when a
 	// drive comes or goes or its free space moves by a twentieth of its size,
 	// else every few minutes.
-	Drives   []*Drive   `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
-	Capacity int32      `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	State    AgentState `protobuf:"varint,8,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
+	Drives []*Drive `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
+	// capacity is how many runs the agent services at once; at least 1.
+	Capacity int32 `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// state is the agent's link state.
+	State AgentState `protobuf:"varint,8,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
 	// last_seen_time is when the agent was last heard from: while it is
 	// CONNECTED, within the last few minutes.
 	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
@@ -285,9 +302,11 @@ func (x *Agent) GetDistributionUrl() string {
 
 // HeldRun is a run an agent still holds locally when it (re)connects.
 type HeldRun struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the lease the agent holds the run under.
+	FencingToken  int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -339,21 +358,32 @@ func (x *HeldRun) GetFencingToken() int64 {
 // Hello opens the stream.
 type Hello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name is the agent's name, unique in the hierarchy; the host name by default.
-	Name     string     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Site     string     `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
-	Host     string     `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
-	Version  string     `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	Engines  []string   `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
-	Drives   []*Drive   `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
-	Capacity int32      `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// name is the agent's name, unique in the hierarchy; the host name by
+	// default. It must be the name its certificate carries.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// site is the agent's site code; it must be its certificate's site.
+	Site string `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// host is the host name of the agent's machine.
+	Host string `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`
+	// version is the osvc-agent version.
+	Version string `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	// engines names the servicing engines the agent runs, e.g. "wimlib".
+	Engines []string `protobuf:"bytes,5,rep,name=engines,proto3" json:"engines,omitempty"`
+	// drives are the agent's drives as Heartbeat reports them.
+	Drives []*Drive `protobuf:"bytes,6,rep,name=drives,proto3" json:"drives,omitempty"`
+	// capacity is how many runs the agent services at once; 0 means 1.
+	Capacity int32 `protobuf:"varint,7,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// held_runs are the runs the agent still works on from an earlier
+	// stream; Welcome says which to resume and which to discard.
 	HeldRuns []*HeldRun `protobuf:"bytes,8,rep,name=held_runs,json=heldRuns,proto3" json:"held_runs,omitempty"`
 	// distribution_point asks for the distribution point role (see Agent).
 	DistributionPoint bool `protobuf:"varint,9,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
-	// distribution_url is where the agent serves its images, when it does.
+	// distribution_url is where the agent serves its images, when it does:
+	// an http or https URL with a host, at most 2048 bytes.
 	DistributionUrl string `protobuf:"bytes,10,opt,name=distribution_url,json=distributionUrl,proto3" json:"distribution_url,omitempty"`
 	// distributed_images are the images (images/{id}) the agent serves as a
 	// distribution point; the server withdraws those it is no longer to hold.
+	// At most 10000.
 	DistributedImages []string `protobuf:"bytes,11,rep,name=distributed_images,json=distributedImages,proto3" json:"distributed_images,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -471,8 +501,9 @@ func (x *Hello) GetDistributedImages() []string {
 // agent's session: the agent's record (drives, last-seen time) is rewritten
 // only when the drives change and otherwise every few minutes, in batches.
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Drives        []*Drive               `protobuf:"bytes,1,rep,name=drives,proto3" json:"drives,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// drives are the agent's drives now; empty keeps those last reported.
+	Drives        []*Drive `protobuf:"bytes,1,rep,name=drives,proto3" json:"drives,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,11 +547,17 @@ func (x *Heartbeat) GetDrives() []*Drive {
 
 // Progress reports how far a run is, overall and for the update being applied.
 type Progress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Percent       int32                  `protobuf:"varint,3,opt,name=percent,proto3" json:"percent,omitempty"`
-	Update        *UpdateResult          `protobuf:"bytes,4,opt,name=update,proto3" json:"update,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the run's lease, from Assign.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// percent is how far the run is overall, 0 to 100.
+	Percent int32 `protobuf:"varint,3,opt,name=percent,proto3" json:"percent,omitempty"`
+	// update, when set, is the update being applied: update and index name
+	// it, percent and message say how far it is. An update already in a
+	// final state is left as it is.
+	Update        *UpdateResult `protobuf:"bytes,4,opt,name=update,proto3" json:"update,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,10 +622,13 @@ func (x *Progress) GetUpdate() *UpdateResult {
 
 // StepChanged reports that a pipeline step started or ended.
 type StepChanged struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Step          *StepRecord            `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the run's lease, from Assign.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// step is the step's record; a step reported again replaces its record.
+	Step          *StepRecord `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -646,10 +686,14 @@ func (x *StepChanged) GetStep() *StepRecord {
 
 // UpdateResultReport reports the final state of one update on one index.
 type UpdateResultReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Result        *UpdateResult          `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the run's lease, from Assign.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// result names the update and index and gives a final state: APPLIED,
+	// ALREADY_INSTALLED, NOT_APPLICABLE, UNSUPPORTED, FAILED or SKIPPED.
+	Result        *UpdateResult `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -707,10 +751,15 @@ func (x *UpdateResultReport) GetResult() *UpdateResult {
 
 // LogBatch carries log lines of a run; sequence numbers make resending safe.
 type LogBatch struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Run          string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Lines        []*LogLine             `protobuf:"bytes,3,rep,name=lines,proto3" json:"lines,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the run's lease, from Assign.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// lines are numbered from 1 for each attempt; a line already stored is
+	// skipped, and lines past the server's cap per run are counted and
+	// dropped.
+	Lines []*LogLine `protobuf:"bytes,3,rep,name=lines,proto3" json:"lines,omitempty"`
 	// follows_sequence is the last line of the run the agent sent before this
 	// batch in a batch it has no Ack for yet (0: none, every earlier line was
 	// acknowledged or dropped by the agent). The server stores the batch only
@@ -788,14 +837,25 @@ func (x *LogBatch) GetFollowsSequence() int64 {
 // content library before the result; the server records them with the
 // result, in the same fenced transaction.
 type RunResult struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Run             string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken    int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	State           RunState               `protobuf:"varint,3,opt,name=state,proto3,enum=osvc.v1.RunState" json:"state,omitempty"`
-	Error           string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	ResultSha256    string                 `protobuf:"bytes,5,opt,name=result_sha256,json=resultSha256,proto3" json:"result_sha256,omitempty"`
-	ResultSizeBytes int64                  `protobuf:"varint,6,opt,name=result_size_bytes,json=resultSizeBytes,proto3" json:"result_size_bytes,omitempty"`
-	Indexes         []*ImageIndex          `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the run's lease, from Assign.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// state is RUN_STATE_SUCCEEDED, RUN_STATE_FAILED or RUN_STATE_CANCELED.
+	State RunState `protobuf:"varint,3,opt,name=state,proto3,enum=osvc.v1.RunState" json:"state,omitempty"`
+	// error says why the run failed or was canceled; for a cancel, empty
+	// keeps the reason the cancel gave.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// result_sha256 names the result's file: the uploaded serviced WIM, or
+	// the source version's own sha256 for an inspection and for a run that
+	// changed nothing. Required with RUN_STATE_SUCCEEDED.
+	ResultSha256 string `protobuf:"bytes,5,opt,name=result_sha256,json=resultSha256,proto3" json:"result_sha256,omitempty"`
+	// result_size_bytes is the result's size.
+	ResultSizeBytes int64 `protobuf:"varint,6,opt,name=result_size_bytes,json=resultSizeBytes,proto3" json:"result_size_bytes,omitempty"`
+	// indexes describes the result index by index, with what each has
+	// installed; required for an inspection.
+	Indexes []*ImageIndex `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
 	// artifacts: at most one of each known name (OfflineServicingMgr.log,
 	// dism.log), each at most 64 MiB.
 	Artifacts     []*RunArtifact `protobuf:"bytes,8,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
@@ -889,10 +949,13 @@ func (x *RunResult) GetArtifacts() []*RunArtifact {
 	return nil
 }
 
+// ConnectRequest is one message from the agent on its stream.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id numbers the agent's messages; the server acknowledges each by id.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// message is what the agent says; Hello first, once.
+	//
 	// Types that are valid to be assigned to Message:
 	//
 	//	*ConnectRequest_Hello
@@ -1029,34 +1092,42 @@ type isConnectRequest_Message interface {
 }
 
 type ConnectRequest_Hello struct {
+	// hello opens the stream; a second one is refused (FAILED_PRECONDITION).
 	Hello *Hello `protobuf:"bytes,2,opt,name=hello,proto3,oneof"`
 }
 
 type ConnectRequest_Heartbeat struct {
+	// heartbeat keeps the stream alive.
 	Heartbeat *Heartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
 }
 
 type ConnectRequest_Progress struct {
+	// progress reports how far a run is.
 	Progress *Progress `protobuf:"bytes,4,opt,name=progress,proto3,oneof"`
 }
 
 type ConnectRequest_StepChanged struct {
+	// step_changed reports a pipeline step.
 	StepChanged *StepChanged `protobuf:"bytes,5,opt,name=step_changed,json=stepChanged,proto3,oneof"`
 }
 
 type ConnectRequest_UpdateResult struct {
+	// update_result reports the final state of one update on one index.
 	UpdateResult *UpdateResultReport `protobuf:"bytes,6,opt,name=update_result,json=updateResult,proto3,oneof"`
 }
 
 type ConnectRequest_LogBatch struct {
+	// log_batch carries log lines of a run.
 	LogBatch *LogBatch `protobuf:"bytes,7,opt,name=log_batch,json=logBatch,proto3,oneof"`
 }
 
 type ConnectRequest_RunResult struct {
+	// run_result ends a run.
 	RunResult *RunResult `protobuf:"bytes,8,opt,name=run_result,json=runResult,proto3,oneof"`
 }
 
 type ConnectRequest_DistributionReport struct {
+	// distribution_report tells how a Distribute stands.
 	DistributionReport *DistributionReport `protobuf:"bytes,9,opt,name=distribution_report,json=distributionReport,proto3,oneof"`
 }
 
@@ -1078,18 +1149,26 @@ func (*ConnectRequest_DistributionReport) isConnectRequest_Message() {}
 
 // DistributionReport tells how a Distribute stands on the distribution
 // point. The server records it only while the image's distribution to this
-// agent still targets sha256 (ABORTED, reason STALE_DISTRIBUTION, otherwise:
-// drop the transfer).
+// agent still targets sha256 (otherwise ABORTED, reason STALE_FENCING_TOKEN:
+// drop the transfer), and never moves a DISTRIBUTED record back. NOT_FOUND
+// when the agent is not to hold the image at all; INVALID_ARGUMENT for
+// another state, a negative count or a bad url.
 type DistributionReport struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Image   string                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
-	Version int32                  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Sha256  string                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is images/{id}, from the Distribute.
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// version is the version from the Distribute.
+	Version int32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// sha256 is the file from the Distribute.
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// state is TRANSFERRING (with the byte counts), DISTRIBUTED or FAILED.
-	State            DistributionState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.DistributionState" json:"state,omitempty"`
-	BytesTransferred int64             `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
-	BytesReceived    int64             `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
-	Error            string            `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	State DistributionState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.DistributionState" json:"state,omitempty"`
+	// bytes_transferred is how much of the version is in place.
+	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	// bytes_received is how much of bytes_transferred crossed the network.
+	BytesReceived int64 `protobuf:"varint,6,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// error says why the transfer failed.
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	// retries is how many attempts failed so far.
 	Retries int32 `protobuf:"varint,8,opt,name=retries,proto3" json:"retries,omitempty"`
 	// url is where the distribution point serves the image, e.g.
@@ -1194,9 +1273,12 @@ func (x *DistributionReport) GetUrl() string {
 
 // Welcome answers Hello.
 type Welcome struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Agent             string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
-	HeartbeatInterval *durationpb.Duration   `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent is the agent's name, agents/{name}.
+	Agent string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// heartbeat_interval is how often the agent sends Heartbeat; a stream
+	// silent for three intervals is ended.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// resume_runs are held runs whose lease is still the agent's own.
 	ResumeRuns []string `protobuf:"bytes,3,rep,name=resume_runs,json=resumeRuns,proto3" json:"resume_runs,omitempty"`
 	// discard_runs are held runs the agent must drop without reporting.
@@ -1266,8 +1348,11 @@ func (x *Welcome) GetDiscardRuns() []string {
 // Assign hands a leased run to the agent with all it needs to service it.
 type Assign struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Run   *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	Image *Image                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// run is the run as leased, its fencing_token set: every report about
+	// it carries that token.
+	Run *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// image is the run's image as stored.
+	Image *Image `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
 	// source is the image version to service.
 	Source *ImageVersion `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
 	// updates are the run's updates in apply order, with their files.
@@ -1348,10 +1433,13 @@ func (x *Assign) GetOfflineServicingDrive() string {
 
 // Cancel asks the agent to stop a run and discard its work.
 type Cancel struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           string                 `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	FencingToken  int64                  `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run, runs/{id}.
+	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// fencing_token is the token of the lease the cancel is for.
+	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
+	// reason is why the run was canceled (CancelRunRequest.reason).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1412,10 +1500,17 @@ func (x *Cancel) GetReason() string {
 // token is stale (drop the run's work), 10 with reason CONTENDED for a report
 // to send again, 5 (NOT_FOUND) for a run that no longer exists.
 type Ack struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Id      uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Code    int32                  `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
-	Message string                 `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the ConnectRequest.id answered.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// code is the outcome; besides those above, 3 (INVALID_ARGUMENT) for a
+	// malformed report, 11 (OUT_OF_RANGE) for a LogBatch that follows a line
+	// the server lacks, 9 (FAILED_PRECONDITION) for a report that cannot be
+	// taken as it is (a second Hello, a result whose file the content library
+	// lacks), 13 (INTERNAL) or 14 (UNAVAILABLE) for a server fault.
+	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	// message is the error's text; empty when accepted.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	// reason tells apart errors that share a code, as google.rpc.ErrorInfo's
 	// reason does in a status (domain osvc.v1).
 	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -1481,8 +1576,11 @@ func (x *Ack) GetReason() string {
 	return ""
 }
 
+// ConnectResponse is one message from the server on an agent's stream.
 type ConnectResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// message is what the server says; Welcome first.
+	//
 	// Types that are valid to be assigned to Message:
 	//
 	//	*ConnectResponse_Welcome
@@ -1592,26 +1690,32 @@ type isConnectResponse_Message interface {
 }
 
 type ConnectResponse_Welcome struct {
+	// welcome answers Hello.
 	Welcome *Welcome `protobuf:"bytes,1,opt,name=welcome,proto3,oneof"`
 }
 
 type ConnectResponse_Assign struct {
+	// assign hands the agent a leased run.
 	Assign *Assign `protobuf:"bytes,2,opt,name=assign,proto3,oneof"`
 }
 
 type ConnectResponse_Cancel struct {
+	// cancel asks the agent to stop a run.
 	Cancel *Cancel `protobuf:"bytes,3,opt,name=cancel,proto3,oneof"`
 }
 
 type ConnectResponse_Ack struct {
+	// ack answers one agent message.
 	Ack *Ack `protobuf:"bytes,4,opt,name=ack,proto3,oneof"`
 }
 
 type ConnectResponse_Distribute struct {
+	// distribute asks a distribution point to fetch an image version.
 	Distribute *Distribute `protobuf:"bytes,5,opt,name=distribute,proto3,oneof"`
 }
 
 type ConnectResponse_Withdraw struct {
+	// withdraw asks a distribution point to drop an image.
 	Withdraw *Withdraw `protobuf:"bytes,6,opt,name=withdraw,proto3,oneof"`
 }
 
@@ -1682,11 +1786,13 @@ func (x *Withdraw) GetImage() string {
 type Distribute struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// image is images/{id}.
-	Image   string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
-	Version int32  `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// version is the image version to hold; reports name it back.
+	Version int32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
 	// sha256 and size_bytes name the version's file in the content library.
-	Sha256    string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes int64  `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes: see sha256.
+	SizeBytes int64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// site is the image's site.
 	Site string `protobuf:"bytes,5,opt,name=site,proto3" json:"site,omitempty"`
 	// tree, for an OS upgrade package kept as a folder tree, names the
@@ -1769,10 +1875,14 @@ func (x *Distribute) GetTree() *PackageTreeRef {
 	return nil
 }
 
+// ListAgentsRequest asks for a page of agents.
 type ListAgentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most agents to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1821,10 +1931,13 @@ func (x *ListAgentsRequest) GetPageToken() string {
 	return ""
 }
 
+// ListAgentsResponse holds a page of agents in name order.
 type ListAgentsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agents are the page's agents, each with the runs it holds now.
+	Agents []*Agent `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1878,9 +1991,9 @@ type CreateJoinTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// site is the site the enrolled agent belongs to.
 	Site string `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
-	// ttl: how long the token may be used; default 1h.
+	// ttl: how long the token may be used; default 1h, at most 720h.
 	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	// uses: how many agents may enroll with it; default 1.
+	// uses: how many agents may enroll with it; default 1, at most 10000.
 	Uses          int32 `protobuf:"varint,3,opt,name=uses,proto3" json:"uses,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1941,8 +2054,11 @@ func (x *CreateJoinTokenRequest) GetUses() int32 {
 type CreateJoinTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// token is what the agent is given (--join-token-file, $OSVC_JOIN_TOKEN).
-	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Token string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	// id is the token's public half (16 hex digits), as ListJoinTokens and
+	// RevokeJoinToken name it.
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// expire_time is when the token stops working.
 	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2002,13 +2118,18 @@ func (x *CreateJoinTokenResponse) GetExpireTime() *timestamppb.Timestamp {
 // JoinToken is a join token as listed: `join-tokens/{id}`.
 type JoinToken struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Site  string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// id is the token's public half (16 hex digits).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// site is the site the agents enrolled with it belong to.
+	Site string `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
 	// uses_left is how many more agents may enroll with it.
-	UsesLeft      int32                  `protobuf:"varint,3,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	CreatedBy     string                 `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	UsesLeft int32 `protobuf:"varint,3,opt,name=uses_left,json=usesLeft,proto3" json:"uses_left,omitempty"`
+	// expire_time is when the token stops working.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// create_time is when the token was made.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// created_by names the admin who made it, as the audit does (token:{id}).
+	CreatedBy     string `protobuf:"bytes,6,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2124,8 +2245,9 @@ func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
 
 // ListJoinTokensResponse holds the join tokens, oldest first.
 type ListJoinTokensResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JoinTokens    []*JoinToken           `protobuf:"bytes,1,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// join_tokens are the usable join tokens.
+	JoinTokens    []*JoinToken `protobuf:"bytes,1,rep,name=join_tokens,json=joinTokens,proto3" json:"join_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2169,8 +2291,9 @@ func (x *ListJoinTokensResponse) GetJoinTokens() []*JoinToken {
 
 // RevokeJoinTokenRequest names the join token to revoke.
 type RevokeJoinTokenRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the join token's id (16 hex digits).
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2251,8 +2374,9 @@ func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
 
 // EnrollRequest is an agent's first contact.
 type EnrollRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	JoinToken string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// join_token is the token's whole text, as CreateJoinToken returned it.
+	JoinToken string `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
 	// csr is a PEM certificate request for the agent's key, made by the
 	// agent; its subject's common name is the agent's name.
 	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -2312,7 +2436,9 @@ type EnrollResponse struct {
 	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	// ca_certificate is the PEM authority that issued it.
 	CaCertificate []byte `protobuf:"bytes,2,opt,name=ca_certificate,json=caCertificate,proto3" json:"ca_certificate,omitempty"`
-	Site          string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	// site is the agent's site code, from the join token.
+	Site string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	// name is the agent's name (without agents/), from the request's common name.
 	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2378,8 +2504,10 @@ func (x *EnrollResponse) GetName() string {
 
 // RenewCertificateRequest carries a request for the caller's new key.
 type RenewCertificateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// csr is a PEM certificate request for the new key; its common name is
+	// the calling agent's name.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2423,8 +2551,9 @@ func (x *RenewCertificateRequest) GetCsr() []byte {
 
 // RenewCertificateResponse holds the new certificate.
 type RenewCertificateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// certificate is the new PEM client certificate.
+	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2468,9 +2597,11 @@ func (x *RenewCertificateResponse) GetCertificate() []byte {
 
 // RevokeAgentRequest names the agent to revoke.
 type RevokeAgentRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the agent's name without agents/, e.g. dp-1.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// reason is recorded with the revocation.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -34,28 +34,55 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // AgentService is the agents' side of the control plane: one bidirectional
-// stream per agent carries assignments, cancels and every report.
+// stream per agent carries assignments, cancels and every report. It also
+// enrolls agents and manages their join tokens and certificates.
 type AgentServiceClient interface {
 	// Connect opens the agent's stream. The agent sends Hello first and the
-	// server answers Welcome; after that either side sends as below.
+	// server answers Welcome; after that either side sends as below. Only an
+	// enrolled agent may connect, as itself: a Hello naming another agent or
+	// site is PERMISSION_DENIED.
+	//
+	// The stream ends with INVALID_ARGUMENT for a bad Hello (or none before
+	// the agent closed its side), DEADLINE_EXCEEDED when no Hello came in
+	// time, FAILED_PRECONDITION when the agent's site does not exist,
+	// ALREADY_EXISTS while the agent has a live stream already (from another
+	// replica, with a RetryInfo saying when to try again), ABORTED when a
+	// newer stream of the agent replaced it, and UNAVAILABLE when the agent
+	// stayed silent for three heartbeat intervals, its session ended or the
+	// server is shutting down: reconnect, and Hello with the held runs.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
-	// ListAgents lists the agents the server knows, connected or not.
+	// ListAgents lists the agents the server knows, connected or not, in name
+	// order, a page at a time. Admins, operators and viewers may call it.
+	// INVALID_ARGUMENT for a negative page_size or a bad page_token.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// CreateJoinToken makes a join token for one site: an agent presents it
-	// once to Enroll.
+	// once to Enroll. Admins only. INVALID_ARGUMENT for a bad site, ttl or
+	// uses; FAILED_PRECONDITION when the site does not exist.
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
-	// ListJoinTokens lists the join tokens still usable, without their secrets.
+	// ListJoinTokens lists the join tokens still usable, without their
+	// secrets. Admins only.
 	ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error)
 	// RevokeJoinToken deletes a join token before it is used up or expires.
+	// Admins only. INVALID_ARGUMENT for a malformed id; NOT_FOUND for a token
+	// that is used up, expired, revoked or never was.
 	RevokeJoinToken(ctx context.Context, in *RevokeJoinTokenRequest, opts ...grpc.CallOption) (*RevokeJoinTokenResponse, error)
 	// Enroll trades a join token and a certificate request for the agent's
 	// client certificate. It is the only call an agent makes without one.
+	// UNAUTHENTICATED for a join token that is malformed, used up, expired
+	// or revoked; INVALID_ARGUMENT (csr) for a request that is not PEM or
+	// whose common name is not a valid agent name; FAILED_PRECONDITION when
+	// the token's site no longer exists; ALREADY_EXISTS when an agent of that
+	// name is enrolled and not revoked.
 	Enroll(ctx context.Context, in *EnrollRequest, opts ...grpc.CallOption) (*EnrollResponse, error)
 	// RenewCertificate issues the calling agent a new certificate for a new
-	// key before its own expires.
+	// key before its own expires. The current certificate stays valid beside
+	// the new one until it expires. Agents only; INVALID_ARGUMENT (csr) for a
+	// request naming another agent; UNAUTHENTICATED for a certificate no
+	// longer accepted.
 	RenewCertificate(ctx context.Context, in *RenewCertificateRequest, opts ...grpc.CallOption) (*RenewCertificateResponse, error)
 	// RevokeAgent refuses the agent's certificates from now on and ends its
-	// stream; the agent may enroll again with a new join token.
+	// stream; the agent may enroll again with a new join token. Admins only.
+	// INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent never enrolled.
 	RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error)
 }
 
@@ -155,28 +182,55 @@ func (c *agentServiceClient) RevokeAgent(ctx context.Context, in *RevokeAgentReq
 // for forward compatibility.
 //
 // AgentService is the agents' side of the control plane: one bidirectional
-// stream per agent carries assignments, cancels and every report.
+// stream per agent carries assignments, cancels and every report. It also
+// enrolls agents and manages their join tokens and certificates.
 type AgentServiceServer interface {
 	// Connect opens the agent's stream. The agent sends Hello first and the
-	// server answers Welcome; after that either side sends as below.
+	// server answers Welcome; after that either side sends as below. Only an
+	// enrolled agent may connect, as itself: a Hello naming another agent or
+	// site is PERMISSION_DENIED.
+	//
+	// The stream ends with INVALID_ARGUMENT for a bad Hello (or none before
+	// the agent closed its side), DEADLINE_EXCEEDED when no Hello came in
+	// time, FAILED_PRECONDITION when the agent's site does not exist,
+	// ALREADY_EXISTS while the agent has a live stream already (from another
+	// replica, with a RetryInfo saying when to try again), ABORTED when a
+	// newer stream of the agent replaced it, and UNAVAILABLE when the agent
+	// stayed silent for three heartbeat intervals, its session ended or the
+	// server is shutting down: reconnect, and Hello with the held runs.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
-	// ListAgents lists the agents the server knows, connected or not.
+	// ListAgents lists the agents the server knows, connected or not, in name
+	// order, a page at a time. Admins, operators and viewers may call it.
+	// INVALID_ARGUMENT for a negative page_size or a bad page_token.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// CreateJoinToken makes a join token for one site: an agent presents it
-	// once to Enroll.
+	// once to Enroll. Admins only. INVALID_ARGUMENT for a bad site, ttl or
+	// uses; FAILED_PRECONDITION when the site does not exist.
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
-	// ListJoinTokens lists the join tokens still usable, without their secrets.
+	// ListJoinTokens lists the join tokens still usable, without their
+	// secrets. Admins only.
 	ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error)
 	// RevokeJoinToken deletes a join token before it is used up or expires.
+	// Admins only. INVALID_ARGUMENT for a malformed id; NOT_FOUND for a token
+	// that is used up, expired, revoked or never was.
 	RevokeJoinToken(context.Context, *RevokeJoinTokenRequest) (*RevokeJoinTokenResponse, error)
 	// Enroll trades a join token and a certificate request for the agent's
 	// client certificate. It is the only call an agent makes without one.
+	// UNAUTHENTICATED for a join token that is malformed, used up, expired
+	// or revoked; INVALID_ARGUMENT (csr) for a request that is not PEM or
+	// whose common name is not a valid agent name; FAILED_PRECONDITION when
+	// the token's site no longer exists; ALREADY_EXISTS when an agent of that
+	// name is enrolled and not revoked.
 	Enroll(context.Context, *EnrollRequest) (*EnrollResponse, error)
 	// RenewCertificate issues the calling agent a new certificate for a new
-	// key before its own expires.
+	// key before its own expires. The current certificate stays valid beside
+	// the new one until it expires. Agents only; INVALID_ARGUMENT (csr) for a
+	// request naming another agent; UNAUTHENTICATED for a certificate no
+	// longer accepted.
 	RenewCertificate(context.Context, *RenewCertificateRequest) (*RenewCertificateResponse, error)
 	// RevokeAgent refuses the agent's certificates from now on and ends its
-	// stream; the agent may enroll again with a new join token.
+	// stream; the agent may enroll again with a new join token. Admins only.
+	// INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent never enrolled.
 	RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }

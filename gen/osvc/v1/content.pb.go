@@ -24,11 +24,17 @@ const (
 
 // Content is one blob of the content library: `contents/{sha256}`.
 type Content struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Sha256     string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes  int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	MediaType  string                 `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is contents/{sha256}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// sha256 is the blob's digest, 64 lower-case hex digits: its address.
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the blob's size.
+	SizeBytes int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// media_type is what its first writer said the blob is;
+	// application/octet-stream when it said nothing.
+	MediaType string `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	// create_time is when the blob was first stored.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// update_time is when the record last changed: its creation, an upload
 	// that found the blob held, or an import or run result that named it. The
@@ -138,8 +144,9 @@ func (x *Content) GetStoredAsChunks() bool {
 type ChunkIndexRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sha256 of the index's blob (a serialized ChunkIndex).
-	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	ChunkCount    int64  `protobuf:"varint,2,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// chunk_count is how many chunks the index lists.
+	ChunkCount    int64 `protobuf:"varint,2,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -194,12 +201,15 @@ type Chunking struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// algorithm names the chunker and its version, e.g. "fastcdc-v1.0.0":
 	// the same name and sizes always cut the same data at the same places.
-	Algorithm        string `protobuf:"bytes,1,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
-	MinSizeBytes     int64  `protobuf:"varint,2,opt,name=min_size_bytes,json=minSizeBytes,proto3" json:"min_size_bytes,omitempty"`
-	AverageSizeBytes int64  `protobuf:"varint,3,opt,name=average_size_bytes,json=averageSizeBytes,proto3" json:"average_size_bytes,omitempty"`
-	MaxSizeBytes     int64  `protobuf:"varint,4,opt,name=max_size_bytes,json=maxSizeBytes,proto3" json:"max_size_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	Algorithm string `protobuf:"bytes,1,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// min_size_bytes is the smallest chunk but the last.
+	MinSizeBytes int64 `protobuf:"varint,2,opt,name=min_size_bytes,json=minSizeBytes,proto3" json:"min_size_bytes,omitempty"`
+	// average_size_bytes is the size the chunker aims at.
+	AverageSizeBytes int64 `protobuf:"varint,3,opt,name=average_size_bytes,json=averageSizeBytes,proto3" json:"average_size_bytes,omitempty"`
+	// max_size_bytes is the largest chunk.
+	MaxSizeBytes  int64 `protobuf:"varint,4,opt,name=max_size_bytes,json=maxSizeBytes,proto3" json:"max_size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Chunking) Reset() {
@@ -264,8 +274,9 @@ func (x *Chunking) GetMaxSizeBytes() int64 {
 type Chunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// digest is the sha256 of the chunk's data, 32 bytes.
-	Digest        []byte `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
-	SizeBytes     int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Digest []byte `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	// size_bytes is the chunk's size.
+	SizeBytes     int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,10 +329,13 @@ func (x *Chunk) GetSizeBytes() int64 {
 type ChunkIndex struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sha256 and size_bytes are the blob's.
-	Sha256        string    `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64     `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	Chunking      *Chunking `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
-	Chunks        []*Chunk  `protobuf:"bytes,4,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes: see sha256.
+	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// chunking is how the blob was cut.
+	Chunking *Chunking `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
+	// chunks are the blob's chunks in order.
+	Chunks        []*Chunk `protobuf:"bytes,4,rep,name=chunks,proto3" json:"chunks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -384,10 +398,13 @@ func (x *ChunkIndex) GetChunks() []*Chunk {
 	return nil
 }
 
+// ReadRequest names a blob and what of it to send.
 type ReadRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Sha256 string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	Offset int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 names the blob.
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// offset is where to start; 0 with ranges.
+	Offset int64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	// limit, when above zero, stops after that many bytes.
 	Limit int64 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// ranges, when set (offset and limit then zero), are the only bytes sent:
@@ -458,9 +475,11 @@ func (x *ReadRequest) GetRanges() []*ByteRange {
 
 // ByteRange is length bytes of a blob from offset.
 type ByteRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
-	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// offset is where the range starts in the blob.
+	Offset int64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// length is how many bytes the range has; more than 0.
+	Length        int64 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,9 +528,11 @@ func (x *ByteRange) GetLength() int64 {
 	return 0
 }
 
+// GetChunkIndexRequest names the blob whose chunk index to send.
 type GetChunkIndexRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 names the blob.
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -557,12 +578,17 @@ func (x *GetChunkIndexRequest) GetSha256() string {
 // blob's sha256, size, chunking and chunk count, every page the chunks that
 // follow the previous page's, up to chunk_count in all.
 type GetChunkIndexResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64                  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	Chunking      *Chunking              `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
-	ChunkCount    int64                  `protobuf:"varint,4,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
-	Chunks        []*Chunk               `protobuf:"bytes,5,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 is the blob's; first page only.
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the blob's size; first page only.
+	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// chunking is how the blob was cut; first page only.
+	Chunking *Chunking `protobuf:"bytes,3,opt,name=chunking,proto3" json:"chunking,omitempty"`
+	// chunk_count is how many chunks all pages hold; first page only.
+	ChunkCount int64 `protobuf:"varint,4,opt,name=chunk_count,json=chunkCount,proto3" json:"chunk_count,omitempty"`
+	// chunks are this page's chunks, at most 8192.
+	Chunks        []*Chunk `protobuf:"bytes,5,rep,name=chunks,proto3" json:"chunks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -632,10 +658,13 @@ func (x *GetChunkIndexResponse) GetChunks() []*Chunk {
 	return nil
 }
 
+// ReadResponse is one piece of the data a Read asked for.
 type ReadResponse struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Offset int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
-	Data   []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// offset is where data starts in the blob.
+	Offset int64 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
+	// data is the blob's bytes from offset, at most 1 MiB.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
 	// size_bytes is the blob's whole size, sent with the first chunk.
 	SizeBytes     int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -698,8 +727,11 @@ type WriteHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// sha256, when set, is checked against the data; a blob the library already
 	// holds is not sent again (the server answers before the data).
-	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Sha256 string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes, when above 0, is the data's size: checked against it, and
+	// an upload larger than the server accepts is refused before any data.
+	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// media_type is recorded with a new blob; application/octet-stream when empty.
 	MediaType     string `protobuf:"bytes,3,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -756,8 +788,12 @@ func (x *WriteHeader) GetMediaType() string {
 	return ""
 }
 
+// WriteRequest is one message of an upload.
 type WriteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// part is what the message carries: the header first, then data, then
+	// at most one trailer.
+	//
 	// Types that are valid to be assigned to Part:
 	//
 	//	*WriteRequest_Header
@@ -837,10 +873,12 @@ type isWriteRequest_Part interface {
 }
 
 type WriteRequest_Header struct {
+	// header opens the upload; first message only.
 	Header *WriteHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
 }
 
 type WriteRequest_Data struct {
+	// data is the next bytes of the blob.
 	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
 }
 
@@ -859,8 +897,9 @@ func (*WriteRequest_Trailer) isWriteRequest_Part() {}
 // it, so could not name its sha256 in the header: the blob is stored only if
 // the data hashes to sha256 (and to the header's, when it named one).
 type WriteTrailer struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 is the digest the writer computed while sending.
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -902,9 +941,11 @@ func (x *WriteTrailer) GetSha256() string {
 	return ""
 }
 
+// WriteResponse holds the stored blob's record.
 type WriteResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Content *Content               `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// content is the blob's record.
+	Content *Content `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	// existed is true when the library already held the blob.
 	Existed       bool `protobuf:"varint,2,opt,name=existed,proto3" json:"existed,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -955,9 +996,11 @@ func (x *WriteResponse) GetExisted() bool {
 	return false
 }
 
+// GetContentRequest names a blob.
 type GetContentRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 names the blob.
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -999,9 +1042,11 @@ func (x *GetContentRequest) GetSha256() string {
 	return ""
 }
 
+// GetContentResponse holds the blob's record.
 type GetContentResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Content       *Content               `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// content is the blob's record.
+	Content       *Content `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1043,9 +1088,11 @@ func (x *GetContentResponse) GetContent() *Content {
 	return nil
 }
 
+// LocateRequest names the blob to locate.
 type LocateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sha256        string                 `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sha256 names the blob.
+	Sha256        string `protobuf:"bytes,1,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1087,14 +1134,17 @@ func (x *LocateRequest) GetSha256() string {
 	return ""
 }
 
+// LocateResponse says where a blob's file is on the server's machine.
 type LocateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// path is the blob's file on the server's machine; its base name is the sha256.
-	Path      string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	SizeBytes int64  `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// size_bytes is the blob's size.
+	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// library_id is a random identifier made when the library was created,
 	// kept in the file at library_id_path.
-	LibraryId     string `protobuf:"bytes,3,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	LibraryId string `protobuf:"bytes,3,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	// library_id_path is the file holding library_id on the server's machine.
 	LibraryIdPath string `protobuf:"bytes,4,opt,name=library_id_path,json=libraryIdPath,proto3" json:"library_id_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1158,6 +1208,7 @@ func (x *LocateResponse) GetLibraryIdPath() string {
 	return ""
 }
 
+// LocateLibraryRequest is empty.
 type LocateLibraryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1194,12 +1245,14 @@ func (*LocateLibraryRequest) Descriptor() ([]byte, []int) {
 	return file_osvc_v1_content_proto_rawDescGZIP(), []int{18}
 }
 
+// LocateLibraryResponse says where the library's incoming folder is.
 type LocateLibraryResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// incoming_path is the folder where Adopt finds the files it is named.
 	IncomingPath string `protobuf:"bytes,1,opt,name=incoming_path,json=incomingPath,proto3" json:"incoming_path,omitempty"`
 	// library_id and library_id_path identify the library as in LocateResponse.
-	LibraryId     string `protobuf:"bytes,2,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	LibraryId string `protobuf:"bytes,2,opt,name=library_id,json=libraryId,proto3" json:"library_id,omitempty"`
+	// library_id_path: see library_id.
 	LibraryIdPath string `protobuf:"bytes,3,opt,name=library_id_path,json=libraryIdPath,proto3" json:"library_id_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1256,6 +1309,7 @@ func (x *LocateLibraryResponse) GetLibraryIdPath() string {
 	return ""
 }
 
+// AdoptRequest names a file of the incoming folder to store.
 type AdoptRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the file's base name in the incoming folder: 32 lower-case hex
@@ -1264,7 +1318,8 @@ type AdoptRequest struct {
 	// size_bytes must be the file's size.
 	SizeBytes int64 `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// sha256, when set, must be the file's digest.
-	Sha256        string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// media_type is recorded with a new blob; application/octet-stream when empty.
 	MediaType     string `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1328,9 +1383,11 @@ func (x *AdoptRequest) GetMediaType() string {
 	return ""
 }
 
+// AdoptResponse holds the stored blob's record.
 type AdoptResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	Content *Content               `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// content is the blob's record.
+	Content *Content `protobuf:"bytes,1,opt,name=content,proto3" json:"content,omitempty"`
 	// existed is true when the library already held the blob.
 	Existed       bool `protobuf:"varint,2,opt,name=existed,proto3" json:"existed,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -33,10 +33,21 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ContentService moves blobs of the content library: images and update files,
-// addressed by sha256, in chunks.
+// addressed by sha256, in chunks. Admins, operators and viewers may read any
+// blob; an agent only the files of the runs it holds and of the images it is
+// to hold as a distribution point (PERMISSION_DENIED otherwise). Admins,
+// operators and agents holding a run may upload.
 type ContentServiceClient interface {
 	// Read streams a blob from an offset, so an interrupted download resumes,
-	// or the byte ranges a request lists (the chunks a client lacks).
+	// or the byte ranges a request lists (the chunks a client lacks). Each
+	// message carries at most 1 MiB; an offset at the end of the blob answers
+	// one empty message carrying the size.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (sha256, a negative offset or
+	// limit, ranges with an offset or limit, more than 4096 ranges,
+	// ranges[i] out of order, empty or past the end); NOT_FOUND for a blob
+	// the library does not hold; OUT_OF_RANGE for an offset past the end;
+	// DATA_LOSS when the stored data is damaged.
 	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadResponse], error)
 	// GetChunkIndex streams a blob's chunk index: the blob cut by
 	// content-defined chunking, each chunk's sha256 and size in order. A
@@ -44,21 +55,38 @@ type ContentServiceClient interface {
 	// lacks (Read with ranges). The server makes the index when it receives
 	// the blob, or at the first request for a blob stored before; a blob
 	// smaller than a few chunks has none (FAILED_PRECONDITION: read it whole).
+	// NOT_FOUND for a blob the library does not hold.
 	GetChunkIndex(ctx context.Context, in *GetChunkIndexRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetChunkIndexResponse], error)
 	// Write uploads a blob: a header first, then data chunks, then (from a
 	// writer that hashed the data while sending it) a trailer. The server
-	// checks the sha256 and size before the blob becomes visible.
+	// checks the sha256 and size before the blob becomes visible; a refused
+	// upload leaves nothing behind. A few uploads receive data at once, the
+	// others wait their turn.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (header when the upload is
+	// empty or does not start with it, or sends it twice; trailer when it is
+	// not last; size_bytes when negative or not the data's size; sha256 when
+	// malformed or not the data's digest; trailer.sha256 when the data was
+	// damaged on the way); RESOURCE_EXHAUSTED for a blob larger than the
+	// server accepts (osvc-server --max-upload-bytes). PERMISSION_DENIED for
+	// an agent that holds no run.
 	Write(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteRequest, WriteResponse], error)
+	// GetContent returns the record of a blob. INVALID_ARGUMENT (sha256) for
+	// a malformed digest; NOT_FOUND for a blob the library does not hold.
 	GetContent(ctx context.Context, in *GetContentRequest, opts ...grpc.CallOption) (*GetContentResponse, error)
 	// Locate says where the library keeps a blob's file on the server's
 	// machine, so that a client on the same machine (an agent beside the
 	// server) can link or copy the file instead of reading it over the
 	// network. The client uses the answer only when it finds library_id in
-	// the file at library_id_path: then it sees the library itself.
+	// the file at library_id_path: then it sees the library itself. Agents
+	// only. NOT_FOUND for a blob the library does not hold;
+	// FAILED_PRECONDITION when the library keeps its blobs on an object
+	// store, or keeps this one as chunks (see Content.stored_as_chunks).
 	Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error)
 	// LocateLibrary says where a client on the server's machine may leave a
 	// file for Adopt: the library's incoming folder, with the library's id
-	// (see Locate).
+	// (see Locate). Agents only. FAILED_PRECONDITION when the library keeps
+	// its blobs on an object store.
 	LocateLibrary(ctx context.Context, in *LocateLibraryRequest, opts ...grpc.CallOption) (*LocateLibraryResponse, error)
 	// Adopt stores, as Write would, the file a client on the server's machine
 	// moved into the library's incoming folder: the server hashes and syncs
@@ -66,7 +94,9 @@ type ContentServiceClient interface {
 	// no other file: `name` is a base name that LocateLibrary's folder holds,
 	// and a symbolic link, anything but a regular file, or a file with another
 	// name (linked in rather than moved) is refused and left for the client
-	// to take back.
+	// to take back. Agents holding a run only. INVALID_ARGUMENT naming the
+	// field (name, size_bytes, sha256); FAILED_PRECONDITION when the library
+	// keeps its blobs on an object store.
 	Adopt(ctx context.Context, in *AdoptRequest, opts ...grpc.CallOption) (*AdoptResponse, error)
 }
 
@@ -174,10 +204,21 @@ func (c *contentServiceClient) Adopt(ctx context.Context, in *AdoptRequest, opts
 // for forward compatibility.
 //
 // ContentService moves blobs of the content library: images and update files,
-// addressed by sha256, in chunks.
+// addressed by sha256, in chunks. Admins, operators and viewers may read any
+// blob; an agent only the files of the runs it holds and of the images it is
+// to hold as a distribution point (PERMISSION_DENIED otherwise). Admins,
+// operators and agents holding a run may upload.
 type ContentServiceServer interface {
 	// Read streams a blob from an offset, so an interrupted download resumes,
-	// or the byte ranges a request lists (the chunks a client lacks).
+	// or the byte ranges a request lists (the chunks a client lacks). Each
+	// message carries at most 1 MiB; an offset at the end of the blob answers
+	// one empty message carrying the size.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (sha256, a negative offset or
+	// limit, ranges with an offset or limit, more than 4096 ranges,
+	// ranges[i] out of order, empty or past the end); NOT_FOUND for a blob
+	// the library does not hold; OUT_OF_RANGE for an offset past the end;
+	// DATA_LOSS when the stored data is damaged.
 	Read(*ReadRequest, grpc.ServerStreamingServer[ReadResponse]) error
 	// GetChunkIndex streams a blob's chunk index: the blob cut by
 	// content-defined chunking, each chunk's sha256 and size in order. A
@@ -185,21 +226,38 @@ type ContentServiceServer interface {
 	// lacks (Read with ranges). The server makes the index when it receives
 	// the blob, or at the first request for a blob stored before; a blob
 	// smaller than a few chunks has none (FAILED_PRECONDITION: read it whole).
+	// NOT_FOUND for a blob the library does not hold.
 	GetChunkIndex(*GetChunkIndexRequest, grpc.ServerStreamingServer[GetChunkIndexResponse]) error
 	// Write uploads a blob: a header first, then data chunks, then (from a
 	// writer that hashed the data while sending it) a trailer. The server
-	// checks the sha256 and size before the blob becomes visible.
+	// checks the sha256 and size before the blob becomes visible; a refused
+	// upload leaves nothing behind. A few uploads receive data at once, the
+	// others wait their turn.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (header when the upload is
+	// empty or does not start with it, or sends it twice; trailer when it is
+	// not last; size_bytes when negative or not the data's size; sha256 when
+	// malformed or not the data's digest; trailer.sha256 when the data was
+	// damaged on the way); RESOURCE_EXHAUSTED for a blob larger than the
+	// server accepts (osvc-server --max-upload-bytes). PERMISSION_DENIED for
+	// an agent that holds no run.
 	Write(grpc.ClientStreamingServer[WriteRequest, WriteResponse]) error
+	// GetContent returns the record of a blob. INVALID_ARGUMENT (sha256) for
+	// a malformed digest; NOT_FOUND for a blob the library does not hold.
 	GetContent(context.Context, *GetContentRequest) (*GetContentResponse, error)
 	// Locate says where the library keeps a blob's file on the server's
 	// machine, so that a client on the same machine (an agent beside the
 	// server) can link or copy the file instead of reading it over the
 	// network. The client uses the answer only when it finds library_id in
-	// the file at library_id_path: then it sees the library itself.
+	// the file at library_id_path: then it sees the library itself. Agents
+	// only. NOT_FOUND for a blob the library does not hold;
+	// FAILED_PRECONDITION when the library keeps its blobs on an object
+	// store, or keeps this one as chunks (see Content.stored_as_chunks).
 	Locate(context.Context, *LocateRequest) (*LocateResponse, error)
 	// LocateLibrary says where a client on the server's machine may leave a
 	// file for Adopt: the library's incoming folder, with the library's id
-	// (see Locate).
+	// (see Locate). Agents only. FAILED_PRECONDITION when the library keeps
+	// its blobs on an object store.
 	LocateLibrary(context.Context, *LocateLibraryRequest) (*LocateLibraryResponse, error)
 	// Adopt stores, as Write would, the file a client on the server's machine
 	// moved into the library's incoming folder: the server hashes and syncs
@@ -207,7 +265,9 @@ type ContentServiceServer interface {
 	// no other file: `name` is a base name that LocateLibrary's folder holds,
 	// and a symbolic link, anything but a regular file, or a file with another
 	// name (linked in rather than moved) is refused and left for the client
-	// to take back.
+	// to take back. Agents holding a run only. INVALID_ARGUMENT naming the
+	// field (name, size_bytes, sha256); FAILED_PRECONDITION when the library
+	// keeps its blobs on an object store.
 	Adopt(context.Context, *AdoptRequest) (*AdoptResponse, error)
 	mustEmbedUnimplementedContentServiceServer()
 }

@@ -26,11 +26,15 @@ type DistributionPoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is agents/{name}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// site is the site the point serves: the site whose distribution_points
+	// setting names it, else the agent's own.
 	Site string `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
 	// url is where it serves images, as the agent announced it (or, for an
 	// agent that took the role from its site's setting since it connected,
 	// as it reported it with an image).
-	Url   string     `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// state is the agent's link state; unspecified for an agent that never
+	// connected.
 	State AgentState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.AgentState" json:"state,omitempty"`
 	// role_from says who gave the role: "site" (the site's
 	// distribution_points setting), "agent" (the agent's own flag) or both.
@@ -113,6 +117,7 @@ func (x *DistributionPoint) GetDistributions() []*Distribution {
 	return nil
 }
 
+// ListDistributionPointsRequest asks for the distribution points.
 type ListDistributionPointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// site, when set, lists only that site's distribution points.
@@ -158,9 +163,12 @@ func (x *ListDistributionPointsRequest) GetSite() string {
 	return ""
 }
 
+// ListDistributionPointsResponse holds every distribution point (of the
+// site asked for), unpaged.
 type ListDistributionPointsResponse struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	DistributionPoints []*DistributionPoint   `protobuf:"bytes,1,rep,name=distribution_points,json=distributionPoints,proto3" json:"distribution_points,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// distribution_points are the points in name order.
+	DistributionPoints []*DistributionPoint `protobuf:"bytes,1,rep,name=distribution_points,json=distributionPoints,proto3" json:"distribution_points,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -202,6 +210,7 @@ func (x *ListDistributionPointsResponse) GetDistributionPoints() []*Distribution
 	return nil
 }
 
+// DistributeImageRequest names the image to distribute.
 type DistributeImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the image, images/{id}.
@@ -247,9 +256,11 @@ func (x *DistributeImageRequest) GetName() string {
 	return ""
 }
 
+// DistributeImageResponse holds the image with its new distribution_version.
 type DistributeImageResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Image         *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is the image as stored.
+	Image         *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

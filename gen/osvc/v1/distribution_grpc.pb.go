@@ -28,15 +28,21 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // DistributionService follows the distribution points: agents that keep the
-// current version of every image of their site and of the sites above it,
-// and serve them to deployment clients over HTTP(S) with range requests.
+// distributed version (Image.distribution_version) of every image of their
+// site and of the sites above it, and serve them to deployment clients over
+// HTTP(S) with range requests. Admins, operators and viewers may list them;
+// an admin, or an operator of the image's site, may distribute.
 type DistributionServiceClient interface {
-	// ListDistributionPoints lists the agents holding the role, with where
-	// each stands with every image it serves.
+	// ListDistributionPoints lists the agents holding the role, in name
+	// order, with where each stands with every image it serves.
+	// INVALID_ARGUMENT (site) for a malformed site code.
 	ListDistributionPoints(ctx context.Context, in *ListDistributionPointsRequest, opts ...grpc.CallOption) (*ListDistributionPointsResponse, error)
 	// DistributeImage makes the image's current version the one its
 	// distribution points hold, and starts its transfer to those that lack it:
-	// to distribute an image first, or to try again after FAILED.
+	// to distribute an image first, or to try again after FAILED. A version
+	// not inspected yet is transferred once inspected. INVALID_ARGUMENT
+	// (name) for a name that is not images/{id}; NOT_FOUND;
+	// FAILED_PRECONDITION when the current version failed its inspection.
 	DistributeImage(ctx context.Context, in *DistributeImageRequest, opts ...grpc.CallOption) (*DistributeImageResponse, error)
 }
 
@@ -73,15 +79,21 @@ func (c *distributionServiceClient) DistributeImage(ctx context.Context, in *Dis
 // for forward compatibility.
 //
 // DistributionService follows the distribution points: agents that keep the
-// current version of every image of their site and of the sites above it,
-// and serve them to deployment clients over HTTP(S) with range requests.
+// distributed version (Image.distribution_version) of every image of their
+// site and of the sites above it, and serve them to deployment clients over
+// HTTP(S) with range requests. Admins, operators and viewers may list them;
+// an admin, or an operator of the image's site, may distribute.
 type DistributionServiceServer interface {
-	// ListDistributionPoints lists the agents holding the role, with where
-	// each stands with every image it serves.
+	// ListDistributionPoints lists the agents holding the role, in name
+	// order, with where each stands with every image it serves.
+	// INVALID_ARGUMENT (site) for a malformed site code.
 	ListDistributionPoints(context.Context, *ListDistributionPointsRequest) (*ListDistributionPointsResponse, error)
 	// DistributeImage makes the image's current version the one its
 	// distribution points hold, and starts its transfer to those that lack it:
-	// to distribute an image first, or to try again after FAILED.
+	// to distribute an image first, or to try again after FAILED. A version
+	// not inspected yet is transferred once inspected. INVALID_ARGUMENT
+	// (name) for a name that is not images/{id}; NOT_FOUND;
+	// FAILED_PRECONDITION when the current version failed its inspection.
 	DistributeImage(context.Context, *DistributeImageRequest) (*DistributeImageResponse, error)
 	mustEmbedUnimplementedDistributionServiceServer()
 }

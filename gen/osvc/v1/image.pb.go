@@ -26,8 +26,15 @@ const (
 type ImageKind int32
 
 const (
-	ImageKind_IMAGE_KIND_UNSPECIFIED        ImageKind = 0
-	ImageKind_IMAGE_KIND_OS_IMAGE           ImageKind = 1
+	// IMAGE_KIND_UNSPECIFIED: not sent. ImportImage takes it as
+	// IMAGE_KIND_OS_IMAGE; a stored image always has a kind.
+	ImageKind_IMAGE_KIND_UNSPECIFIED ImageKind = 0
+	// IMAGE_KIND_OS_IMAGE: an operating system image (an install.wim) that
+	// task sequences deploy.
+	ImageKind_IMAGE_KIND_OS_IMAGE ImageKind = 1
+	// IMAGE_KIND_OS_UPGRADE_PACKAGE: the install.wim of Windows setup media,
+	// used for in-place upgrades; it may be imported with the media's whole
+	// folder tree (see PackageTree).
 	ImageKind_IMAGE_KIND_OS_UPGRADE_PACKAGE ImageKind = 2
 )
 
@@ -72,16 +79,26 @@ func (ImageKind) EnumDescriptor() ([]byte, []int) {
 	return file_osvc_v1_image_proto_rawDescGZIP(), []int{0}
 }
 
-// ServicingStatus is the image's last servicing outcome as the console shows it.
+// ServicingStatus is the image's last servicing outcome as the console shows
+// it. Inspection runs do not change it.
 type ServicingStatus int32
 
 const (
+	// SERVICING_STATUS_UNSPECIFIED: never set by the server.
 	ServicingStatus_SERVICING_STATUS_UNSPECIFIED ServicingStatus = 0
-	ServicingStatus_SERVICING_STATUS_NONE        ServicingStatus = 1
-	ServicingStatus_SERVICING_STATUS_SCHEDULED   ServicingStatus = 2
-	ServicingStatus_SERVICING_STATUS_IN_PROCESS  ServicingStatus = 3
-	ServicingStatus_SERVICING_STATUS_SUCCEEDED   ServicingStatus = 4
-	ServicingStatus_SERVICING_STATUS_FAILED      ServicingStatus = 5
+	// SERVICING_STATUS_NONE: the image was never serviced, or its last
+	// servicing run no longer exists.
+	ServicingStatus_SERVICING_STATUS_NONE ServicingStatus = 1
+	// SERVICING_STATUS_SCHEDULED: a servicing run waits for an agent (also
+	// again after its lease was lost and it was queued for another attempt).
+	ServicingStatus_SERVICING_STATUS_SCHEDULED ServicingStatus = 2
+	// SERVICING_STATUS_IN_PROCESS: an agent is servicing the image.
+	ServicingStatus_SERVICING_STATUS_IN_PROCESS ServicingStatus = 3
+	// SERVICING_STATUS_SUCCEEDED: the last servicing run (last_run) succeeded.
+	ServicingStatus_SERVICING_STATUS_SUCCEEDED ServicingStatus = 4
+	// SERVICING_STATUS_FAILED: the last servicing run (last_run) failed. A
+	// canceled run puts back the status the run before it left.
+	ServicingStatus_SERVICING_STATUS_FAILED ServicingStatus = 5
 )
 
 // Enum value maps for ServicingStatus.
@@ -135,6 +152,8 @@ func (ServicingStatus) EnumDescriptor() ([]byte, []int) {
 type DistributionState int32
 
 const (
+	// DISTRIBUTION_STATE_UNSPECIFIED: never set by the server; an agent may
+	// not report it.
 	DistributionState_DISTRIBUTION_STATE_UNSPECIFIED DistributionState = 0
 	// DISTRIBUTION_STATE_PENDING: the version waits for the distribution
 	// point's agent (not connected, or not started yet).
@@ -205,11 +224,16 @@ const (
 	// INSPECTION_STATE_UNSPECIFIED: a version recorded before inspections
 	// existed; it is serviced as before.
 	InspectionState_INSPECTION_STATE_UNSPECIFIED InspectionState = 0
-	// INSPECTION_STATE_PENDING: its inspection run waits for, or is with, an agent.
-	InspectionState_INSPECTION_STATE_PENDING   InspectionState = 1
+	// INSPECTION_STATE_PENDING: its inspection run waits for, or is with, an
+	// agent. A servicing run scheduled meanwhile waits for it.
+	InspectionState_INSPECTION_STATE_PENDING InspectionState = 1
+	// INSPECTION_STATE_INSPECTED: the file is whole; the version may be
+	// serviced and distributed.
 	InspectionState_INSPECTION_STATE_INSPECTED InspectionState = 2
-	// INSPECTION_STATE_FAILED: the file is damaged or unreadable; see
-	// inspection_error. The version is never serviced.
+	// INSPECTION_STATE_FAILED: the inspection run ended FAILED or CANCELED,
+	// most often because the file is damaged or unreadable; see
+	// inspection_error. The version is neither serviced nor distributed
+	// until another inspection (InspectImage) succeeds.
 	InspectionState_INSPECTION_STATE_FAILED InspectionState = 3
 )
 
@@ -258,22 +282,32 @@ func (InspectionState) EnumDescriptor() ([]byte, []int) {
 
 // Image is one WIM file kept in the content library: `images/{id}`.
 type Image struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	Kind        ImageKind              `protobuf:"varint,3,opt,name=kind,proto3,enum=osvc.v1.ImageKind" json:"kind,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is images/{id}, set by the server from ImportImageRequest.image_id.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// display_name is the name consoles show; the id when the import gave none.
+	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// kind says what the image is used for; never UNSPECIFIED once stored.
+	Kind ImageKind `protobuf:"varint,3,opt,name=kind,proto3,enum=osvc.v1.ImageKind" json:"kind,omitempty"`
 	// site is the code of the site that owns the image, e.g. PS1; only that
 	// site's agents service it.
 	Site string `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
 	// versions holds the current version and at most the previous one.
-	Versions       []*ImageVersion `protobuf:"bytes,5,rep,name=versions,proto3" json:"versions,omitempty"`
-	CurrentVersion int32           `protobuf:"varint,6,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	Versions []*ImageVersion `protobuf:"bytes,5,rep,name=versions,proto3" json:"versions,omitempty"`
+	// current_version is the version (ImageVersion.version) that servicing,
+	// inspection and GetImage's indexes are about: 1 after the import, the
+	// result_version of each servicing run that changed the image after that.
+	CurrentVersion int32 `protobuf:"varint,6,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
 	// indexes describes the current version, index by index.
-	Indexes         []*ImageIndex   `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
+	Indexes []*ImageIndex `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
+	// servicing_status is the outcome of the image's servicing runs so far.
 	ServicingStatus ServicingStatus `protobuf:"varint,8,opt,name=servicing_status,json=servicingStatus,proto3,enum=osvc.v1.ServicingStatus" json:"servicing_status,omitempty"`
 	// last_run is the name of the last run that serviced this image, if any.
-	LastRun    string                 `protobuf:"bytes,9,opt,name=last_run,json=lastRun,proto3" json:"last_run,omitempty"`
+	LastRun string `protobuf:"bytes,9,opt,name=last_run,json=lastRun,proto3" json:"last_run,omitempty"`
+	// create_time is when the image was imported.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// update_time is when the image record last changed: a run's state, a
+	// new version, an inspection, a distribution.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// distribution_version is the version the distribution points of the
 	// image's site and of the sites below it are to hold: set by
@@ -418,24 +452,30 @@ type Distribution struct {
 	// distribution_point is the agent holding the role, agents/{name}.
 	DistributionPoint string `protobuf:"bytes,2,opt,name=distribution_point,json=distributionPoint,proto3" json:"distribution_point,omitempty"`
 	// site is the distribution point's site.
-	Site  string            `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	Site string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	// state is where the transfer of version stands.
 	State DistributionState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.DistributionState" json:"state,omitempty"`
 	// version is the version being (or last) distributed, with its file.
-	Version   int32  `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
-	Sha256    string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes int64  `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Version int32 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	// sha256 names version's file (the WIM) in the content library.
+	Sha256 string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the size of version's file.
+	SizeBytes int64 `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// bytes_transferred is how much of version is in place on the
 	// distribution point; bytes_received is how much of that crossed the
 	// network (the rest came from the files it already holds).
 	BytesTransferred int64 `protobuf:"varint,8,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
-	BytesReceived    int64 `protobuf:"varint,9,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
+	// bytes_received: see bytes_transferred. At most size_bytes.
+	BytesReceived int64 `protobuf:"varint,9,opt,name=bytes_received,json=bytesReceived,proto3" json:"bytes_received,omitempty"`
 	// distributed_version is the version the distribution point serves now;
 	// 0 before the first one is in place.
 	DistributedVersion int32 `protobuf:"varint,10,opt,name=distributed_version,json=distributedVersion,proto3" json:"distributed_version,omitempty"`
 	// error says why the last attempt failed.
 	Error string `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
 	// retries counts the attempts that failed for this version.
-	Retries    int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	Retries int32 `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"`
+	// update_time is when the record last changed: a new target version or
+	// a report of the agent.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// url is where the distribution point serves the image, as it reported.
 	Url string `protobuf:"bytes,14,opt,name=url,proto3" json:"url,omitempty"`
@@ -583,14 +623,20 @@ func (x *Distribution) GetTree() *PackageTreeRef {
 
 // ImageVersion is one WIM file of an image, addressed by its sha256.
 type ImageVersion struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Version   int32                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Sha256    string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// version numbers the image's versions from 1, one more for each run
+	// that produced a new file.
+	Version int32 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// sha256 names the WIM in the content library (ContentService.Read).
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the WIM's size.
+	SizeBytes int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// created_by_run is the run that produced this version; empty for the import.
-	CreatedByRun string                 `protobuf:"bytes,4,opt,name=created_by_run,json=createdByRun,proto3" json:"created_by_run,omitempty"`
-	CreateTime   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	Inspection   InspectionState        `protobuf:"varint,6,opt,name=inspection,proto3,enum=osvc.v1.InspectionState" json:"inspection,omitempty"`
+	CreatedByRun string `protobuf:"bytes,4,opt,name=created_by_run,json=createdByRun,proto3" json:"created_by_run,omitempty"`
+	// create_time is when the version was recorded.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// inspection is where the version's inspection stands.
+	Inspection InspectionState `protobuf:"varint,6,opt,name=inspection,proto3,enum=osvc.v1.InspectionState" json:"inspection,omitempty"`
 	// inspection_run is the run that inspects (or inspected) this version.
 	InspectionRun string `protobuf:"bytes,7,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
 	// inspection_error says why the inspection failed.
@@ -773,8 +819,9 @@ func (x *PackageTreeRef) GetSizeBytes() int64 {
 // that two files share once case is ignored, as on Windows (see the
 // packagetree package for every rule and limit).
 type PackageTree struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Files         []*PackageFile         `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// files lists every file of the tree, in path order.
+	Files         []*PackageFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -823,8 +870,9 @@ type PackageFile struct {
 	// sources/install.wim.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// sha256 names the file's blob in the content library.
-	Sha256        string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the file's size; an empty file (0) has no blob.
+	SizeBytes     int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,20 +928,30 @@ func (x *PackageFile) GetSizeBytes() int64 {
 	return 0
 }
 
-// ImageIndex is one image inside a WIM file.
+// ImageIndex is one image inside a WIM file, as the WIM's XML info and, after
+// an inspection or a run, the agent describe it.
 type ImageIndex struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Index        int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
-	Name         string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Description  string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	Edition      string                 `protobuf:"bytes,4,opt,name=edition,proto3" json:"edition,omitempty"`
-	Architecture Architecture           `protobuf:"varint,5,opt,name=architecture,proto3,enum=osvc.v1.Architecture" json:"architecture,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index numbers the image inside the WIM from 1.
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// name is the image's NAME in the XML info, e.g. Windows 11 Enterprise.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// description is the image's DESCRIPTION in the XML info.
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// edition is the Windows edition ID, e.g. Enterprise.
+	Edition string `protobuf:"bytes,4,opt,name=edition,proto3" json:"edition,omitempty"`
+	// architecture is the processor architecture of the image's Windows.
+	Architecture Architecture `protobuf:"varint,5,opt,name=architecture,proto3,enum=osvc.v1.Architecture" json:"architecture,omitempty"`
 	// version is the Windows version, e.g. 10.0.22631.2428.
 	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	// build is the OS build number, e.g. 22631; updates list the builds they apply to.
-	Build            uint32             `protobuf:"varint,7,opt,name=build,proto3" json:"build,omitempty"`
-	Languages        []string           `protobuf:"bytes,8,rep,name=languages,proto3" json:"languages,omitempty"`
-	TotalBytes       int64              `protobuf:"varint,9,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	Build uint32 `protobuf:"varint,7,opt,name=build,proto3" json:"build,omitempty"`
+	// languages lists the image's languages, e.g. en-US.
+	Languages []string `protobuf:"bytes,8,rep,name=languages,proto3" json:"languages,omitempty"`
+	// total_bytes is the size of the image's files once applied (TOTALBYTES).
+	TotalBytes int64 `protobuf:"varint,9,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// installed_updates lists the packages installed in the index, as an
+	// inspection or a servicing run read them; empty before the first one.
 	InstalledUpdates []*InstalledUpdate `protobuf:"bytes,10,rep,name=installed_updates,json=installedUpdates,proto3" json:"installed_updates,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -1005,10 +1063,14 @@ type InstalledUpdate struct {
 	// package_identity is the package's full identity, e.g.
 	// Package_for_RollupFix~31bf3856ad364e35~amd64~~22621.2428.1.0.
 	PackageIdentity string `protobuf:"bytes,1,opt,name=package_identity,json=packageIdentity,proto3" json:"package_identity,omitempty"`
-	Kb              string `protobuf:"bytes,2,opt,name=kb,proto3" json:"kb,omitempty"`
+	// kb is the package's KB article, e.g. KB5031354, when it names one.
+	Kb string `protobuf:"bytes,2,opt,name=kb,proto3" json:"kb,omitempty"`
 	// update is the catalog name (updates/{id}) when the package is known.
-	Update        string                 `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
-	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Update string `protobuf:"bytes,3,opt,name=update,proto3" json:"update,omitempty"`
+	// state is the package's servicing state as Windows records it, e.g.
+	// Installed or Superseded.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// install_time is when the package was installed, when the image records it.
 	InstallTime   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=install_time,json=installTime,proto3" json:"install_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1079,14 +1141,19 @@ func (x *InstalledUpdate) GetInstallTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// ImportImageRequest names an uploaded WIM to record as a new image.
 type ImportImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// image_id becomes the last segment of the image name; lower case letters,
-	// digits and '-', at most 63 characters.
-	ImageId     string    `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
-	DisplayName string    `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	Kind        ImageKind `protobuf:"varint,3,opt,name=kind,proto3,enum=osvc.v1.ImageKind" json:"kind,omitempty"`
-	Site        string    `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
+	// image_id becomes the last segment of the image name: 1 to 63 lower-case
+	// letters, digits and '-', starting with a letter.
+	ImageId string `protobuf:"bytes,1,opt,name=image_id,json=imageId,proto3" json:"image_id,omitempty"`
+	// display_name is the name consoles show; image_id when empty.
+	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// kind defaults to IMAGE_KIND_OS_IMAGE.
+	Kind ImageKind `protobuf:"varint,3,opt,name=kind,proto3,enum=osvc.v1.ImageKind" json:"kind,omitempty"`
+	// site is the code of the site that owns the image, e.g. PS1; it must
+	// exist, and an operator must hold it.
+	Site string `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
 	// content_sha256 names the WIM uploaded through ContentService.Write.
 	ContentSha256 string `protobuf:"bytes,5,opt,name=content_sha256,json=contentSha256,proto3" json:"content_sha256,omitempty"`
 	// tree_sha256, for an IMAGE_KIND_OS_UPGRADE_PACKAGE kept as a folder
@@ -1169,9 +1236,11 @@ func (x *ImportImageRequest) GetTreeSha256() string {
 	return ""
 }
 
+// ImportImageResponse holds the new image and its inspection run.
 type ImportImageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Image *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// image is the image as stored: version 1, its inspection PENDING.
+	Image *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
 	// inspection_run is the run that inspects version 1 (runs/{id}).
 	InspectionRun string `protobuf:"bytes,2,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1222,6 +1291,7 @@ func (x *ImportImageResponse) GetInspectionRun() string {
 	return ""
 }
 
+// InspectImageRequest names the image whose current version to inspect.
 type InspectImageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the image, images/{id}.
@@ -1267,9 +1337,11 @@ func (x *InspectImageRequest) GetName() string {
 	return ""
 }
 
+// InspectImageResponse holds the image and the inspection queued.
 type InspectImageResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Image *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// image is the image as stored, its current version PENDING inspection.
+	Image *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
 	// inspection_run is the queued inspection (runs/{id}).
 	InspectionRun string `protobuf:"bytes,2,opt,name=inspection_run,json=inspectionRun,proto3" json:"inspection_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1320,9 +1392,11 @@ func (x *InspectImageResponse) GetInspectionRun() string {
 	return ""
 }
 
+// GetImageRequest names an image.
 type GetImageRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the image, images/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1364,9 +1438,11 @@ func (x *GetImageRequest) GetName() string {
 	return ""
 }
 
+// GetImageResponse holds the image.
 type GetImageResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Image         *Image                 `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is the image with its distributions filled in.
+	Image         *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1408,10 +1484,14 @@ func (x *GetImageResponse) GetImage() *Image {
 	return nil
 }
 
+// ListImagesRequest asks for a page of images.
 type ListImagesRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most images to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// site, when set, lists only that site's images.
 	Site          string `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1469,10 +1549,13 @@ func (x *ListImagesRequest) GetSite() string {
 	return ""
 }
 
+// ListImagesResponse holds a page of images in name order.
 type ListImagesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Images        []*Image               `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// images are the page's images, without their distributions.
+	Images []*Image `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -31,20 +31,35 @@ const (
 //
 // ImageService keeps the catalog of WIM images: operating system images and
 // OS upgrade packages, each with its versions in the content library.
+// Admins, operators and viewers may read it; an admin, or an operator of the
+// image's site, may import and inspect (PERMISSION_DENIED otherwise).
 type ImageServiceClient interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
 	// version 1 of a new image. The server reads the WIM's header and XML info
 	// itself (its indexes), and queues an inspection run: an agent of the
 	// image's site verifies the whole file and records the packages installed
 	// in each index. The image is serviced once inspected.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (image_id, site, kind,
+	// content_sha256 when it is not a sha256 or not a readable WIM with at
+	// least one index, tree_sha256); FAILED_PRECONDITION when the content
+	// library lacks a blob the request names or the site does not exist;
+	// ALREADY_EXISTS when image_id is taken; RESOURCE_EXHAUSTED when the
+	// call's deadline passed while it waited for an import slot
+	// (osvc-server --max-concurrent-imports).
 	ImportImage(ctx context.Context, in *ImportImageRequest, opts ...grpc.CallOption) (*ImportImageResponse, error)
-	// GetImage returns one image with its versions, indexes and installed updates.
+	// GetImage returns one image with its versions, indexes and installed
+	// updates, and where each distribution point stands with it.
+	// INVALID_ARGUMENT (name) for a name that is not images/{id}; NOT_FOUND.
 	GetImage(ctx context.Context, in *GetImageRequest, opts ...grpc.CallOption) (*GetImageResponse, error)
-	// ListImages lists images in name order.
+	// ListImages lists images in name order, a page at a time.
+	// INVALID_ARGUMENT for a negative page_size, a bad page_token or site.
 	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
 	// InspectImage queues another inspection of the image's current version:
 	// after an inspection that failed because its agent was lost, say, or to
-	// check a version again. Refused while the image has a run in progress.
+	// check a version again. FAILED_PRECONDITION while the image has a
+	// servicing or inspection run that has not ended; NOT_FOUND for an image
+	// that does not exist.
 	InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error)
 }
 
@@ -102,20 +117,35 @@ func (c *imageServiceClient) InspectImage(ctx context.Context, in *InspectImageR
 //
 // ImageService keeps the catalog of WIM images: operating system images and
 // OS upgrade packages, each with its versions in the content library.
+// Admins, operators and viewers may read it; an admin, or an operator of the
+// image's site, may import and inspect (PERMISSION_DENIED otherwise).
 type ImageServiceServer interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
 	// version 1 of a new image. The server reads the WIM's header and XML info
 	// itself (its indexes), and queues an inspection run: an agent of the
 	// image's site verifies the whole file and records the packages installed
 	// in each index. The image is serviced once inspected.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (image_id, site, kind,
+	// content_sha256 when it is not a sha256 or not a readable WIM with at
+	// least one index, tree_sha256); FAILED_PRECONDITION when the content
+	// library lacks a blob the request names or the site does not exist;
+	// ALREADY_EXISTS when image_id is taken; RESOURCE_EXHAUSTED when the
+	// call's deadline passed while it waited for an import slot
+	// (osvc-server --max-concurrent-imports).
 	ImportImage(context.Context, *ImportImageRequest) (*ImportImageResponse, error)
-	// GetImage returns one image with its versions, indexes and installed updates.
+	// GetImage returns one image with its versions, indexes and installed
+	// updates, and where each distribution point stands with it.
+	// INVALID_ARGUMENT (name) for a name that is not images/{id}; NOT_FOUND.
 	GetImage(context.Context, *GetImageRequest) (*GetImageResponse, error)
-	// ListImages lists images in name order.
+	// ListImages lists images in name order, a page at a time.
+	// INVALID_ARGUMENT for a negative page_size, a bad page_token or site.
 	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
 	// InspectImage queues another inspection of the image's current version:
 	// after an inspection that failed because its agent was lost, say, or to
-	// check a version again. Refused while the image has a run in progress.
+	// check a version again. FAILED_PRECONDITION while the image has a
+	// servicing or inspection run that has not ended; NOT_FOUND for an image
+	// that does not exist.
 	InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error)
 	mustEmbedUnimplementedImageServiceServer()
 }

@@ -26,13 +26,25 @@ const (
 type RunState int32
 
 const (
+	// RUN_STATE_UNSPECIFIED: never set by the server.
 	RunState_RUN_STATE_UNSPECIFIED RunState = 0
-	RunState_RUN_STATE_PENDING     RunState = 1
-	RunState_RUN_STATE_LEASED      RunState = 2
-	RunState_RUN_STATE_IN_PROCESS  RunState = 3
-	RunState_RUN_STATE_SUCCEEDED   RunState = 4
-	RunState_RUN_STATE_FAILED      RunState = 5
-	RunState_RUN_STATE_CANCELED    RunState = 6
+	// RUN_STATE_PENDING: the run waits for an agent of the image's site, for
+	// not_before, or for its source version's inspection.
+	RunState_RUN_STATE_PENDING RunState = 1
+	// RUN_STATE_LEASED: an agent holds the run's lease (agent,
+	// fencing_token) but has not reported yet.
+	RunState_RUN_STATE_LEASED RunState = 2
+	// RUN_STATE_IN_PROCESS: the agent reported for the run: it is working.
+	RunState_RUN_STATE_IN_PROCESS RunState = 3
+	// RUN_STATE_SUCCEEDED: the run ended well; a servicing run's result is
+	// the image's current version (result_version).
+	RunState_RUN_STATE_SUCCEEDED RunState = 4
+	// RUN_STATE_FAILED: the run ended in error; see error. The image is as
+	// it was.
+	RunState_RUN_STATE_FAILED RunState = 5
+	// RUN_STATE_CANCELED: the run was canceled; error says why. The image is
+	// as it was.
+	RunState_RUN_STATE_CANCELED RunState = 6
 )
 
 // Enum value maps for RunState.
@@ -88,17 +100,38 @@ func (RunState) EnumDescriptor() ([]byte, []int) {
 type Step int32
 
 const (
+	// STEP_UNSPECIFIED: no step started yet.
 	Step_STEP_UNSPECIFIED Step = 0
-	Step_STEP_DRIVE       Step = 1
-	Step_STEP_STAGE       Step = 2
-	Step_STEP_COPY        Step = 3
-	Step_STEP_MOUNT       Step = 4
-	Step_STEP_APPLY       Step = 5
-	Step_STEP_CLEANUP     Step = 6
-	Step_STEP_COMMIT      Step = 7
-	Step_STEP_EXPORT      Step = 8
-	Step_STEP_SWAP        Step = 9
-	Step_STEP_REPORT      Step = 10
+	// STEP_DRIVE checks the drive's free space and creates the run's work
+	// folder there.
+	Step_STEP_DRIVE Step = 1
+	// STEP_STAGE gets the update files, from the agent's cache or the
+	// content library.
+	Step_STEP_STAGE Step = 2
+	// STEP_COPY downloads the source version into the work folder and reads
+	// its indexes.
+	Step_STEP_COPY Step = 3
+	// STEP_MOUNT mounts one index of the copy; repeated for each index.
+	Step_STEP_MOUNT Step = 4
+	// STEP_APPLY applies the updates to the mounted index.
+	Step_STEP_APPLY Step = 5
+	// STEP_CLEANUP removes superseded components from the mounted index
+	// (remove_superseded); SKIPPED otherwise.
+	Step_STEP_CLEANUP Step = 6
+	// STEP_COMMIT unmounts the index, keeping its changes when an update
+	// applied or cleanup ran, discarding them otherwise.
+	Step_STEP_COMMIT Step = 7
+	// STEP_EXPORT exports the serviced image to a new, smaller file
+	// (remove_superseded); SKIPPED otherwise.
+	Step_STEP_EXPORT Step = 8
+	// STEP_SWAP reads the serviced file's indexes and installed packages and
+	// uploads it to the content library; the server makes it the image's new
+	// version when the run's result arrives.
+	Step_STEP_SWAP Step = 9
+	// STEP_REPORT ends the run before its result is sent: the summary of the
+	// result, or for an inspection the reading of the indexes and installed
+	// packages.
+	Step_STEP_REPORT Step = 10
 	// STEP_VERIFY checks the integrity of the copy of the source version,
 	// right after COPY.
 	Step_STEP_VERIFY Step = 11
@@ -226,11 +259,16 @@ func (RunKind) EnumDescriptor() ([]byte, []int) {
 type StepState int32
 
 const (
+	// STEP_STATE_UNSPECIFIED: never set by the server; an agent may not report it.
 	StepState_STEP_STATE_UNSPECIFIED StepState = 0
-	StepState_STEP_STATE_RUNNING     StepState = 1
-	StepState_STEP_STATE_DONE        StepState = 2
-	StepState_STEP_STATE_FAILED      StepState = 3
-	StepState_STEP_STATE_SKIPPED     StepState = 4
+	// STEP_STATE_RUNNING: the step has started and not ended.
+	StepState_STEP_STATE_RUNNING StepState = 1
+	// STEP_STATE_DONE: the step ended well.
+	StepState_STEP_STATE_DONE StepState = 2
+	// STEP_STATE_FAILED: the step failed; detail says why.
+	StepState_STEP_STATE_FAILED StepState = 3
+	// STEP_STATE_SKIPPED: the step does not apply to this run; detail says why.
+	StepState_STEP_STATE_SKIPPED StepState = 4
 )
 
 // Enum value maps for StepState.
@@ -282,15 +320,27 @@ func (StepState) EnumDescriptor() ([]byte, []int) {
 type UpdateState int32
 
 const (
-	UpdateState_UPDATE_STATE_UNSPECIFIED       UpdateState = 0
-	UpdateState_UPDATE_STATE_PENDING           UpdateState = 1
-	UpdateState_UPDATE_STATE_IN_PROGRESS       UpdateState = 2
-	UpdateState_UPDATE_STATE_APPLIED           UpdateState = 3
+	// UPDATE_STATE_UNSPECIFIED: never set by the server.
+	UpdateState_UPDATE_STATE_UNSPECIFIED UpdateState = 0
+	// UPDATE_STATE_PENDING: not applied yet.
+	UpdateState_UPDATE_STATE_PENDING UpdateState = 1
+	// UPDATE_STATE_IN_PROGRESS: being applied; see percent.
+	UpdateState_UPDATE_STATE_IN_PROGRESS UpdateState = 2
+	// UPDATE_STATE_APPLIED: installed in the index by this run.
+	UpdateState_UPDATE_STATE_APPLIED UpdateState = 3
+	// UPDATE_STATE_ALREADY_INSTALLED: the index had it already.
 	UpdateState_UPDATE_STATE_ALREADY_INSTALLED UpdateState = 4
-	UpdateState_UPDATE_STATE_NOT_APPLICABLE    UpdateState = 5
-	UpdateState_UPDATE_STATE_UNSUPPORTED       UpdateState = 6
-	UpdateState_UPDATE_STATE_FAILED            UpdateState = 7
-	UpdateState_UPDATE_STATE_SKIPPED           UpdateState = 8
+	// UPDATE_STATE_NOT_APPLICABLE: the update does not apply to the index
+	// (architecture, build, or superseded by what it has).
+	UpdateState_UPDATE_STATE_NOT_APPLICABLE UpdateState = 5
+	// UPDATE_STATE_UNSUPPORTED: the agent's engine cannot apply it (see
+	// Update.engines and unsupported_reason).
+	UpdateState_UPDATE_STATE_UNSUPPORTED UpdateState = 6
+	// UPDATE_STATE_FAILED: applying it failed; see message.
+	UpdateState_UPDATE_STATE_FAILED UpdateState = 7
+	// UPDATE_STATE_SKIPPED: not tried: an earlier update or step failed, or
+	// the run ended first.
+	UpdateState_UPDATE_STATE_SKIPPED UpdateState = 8
 )
 
 // Enum value maps for UpdateState.
@@ -349,10 +399,15 @@ func (UpdateState) EnumDescriptor() ([]byte, []int) {
 // Schedule is a selection of updates for an image: `images/{id}/schedules/{id}`.
 type Schedule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// updates names the selected updates, updates/{id}.
+	// name is images/{id}/schedules/{id}, set by the server.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// updates names the selected updates, updates/{id}. In a request, each
+	// once (empty with all_applicable); as stored, in the order the run
+	// applies them.
 	Updates []string `protobuf:"bytes,2,rep,name=updates,proto3" json:"updates,omitempty"`
-	// start_time, when set, holds the run until then; unset means as soon as possible.
+	// start_time, when set, holds the run until then; unset means as soon as
+	// possible. It may not be before the image's import nor more than a year
+	// ahead.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// continue_on_error keeps applying the other updates when one fails.
 	ContinueOnError bool `protobuf:"varint,4,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
@@ -361,10 +416,11 @@ type Schedule struct {
 	// remove_superseded runs component cleanup and exports the image to a new
 	// file. Only an image of one index may ask for it: CreateSchedule refuses
 	// it with InvalidArgument (field schedule.remove_superseded) for more.
-	RemoveSuperseded bool                   `protobuf:"varint,6,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
-	CreateTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	RemoveSuperseded bool `protobuf:"varint,6,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
+	// create_time is when the schedule was created; set by the server.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Schedule) Reset() {
@@ -448,13 +504,20 @@ func (x *Schedule) GetCreateTime() *timestamppb.Timestamp {
 
 // UpdateResult is the state of one update on one image index.
 type UpdateResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Update        string                 `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
-	Kb            string                 `protobuf:"bytes,2,opt,name=kb,proto3" json:"kb,omitempty"`
-	Index         int32                  `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
-	State         UpdateState            `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.UpdateState" json:"state,omitempty"`
-	Percent       int32                  `protobuf:"varint,5,opt,name=percent,proto3" json:"percent,omitempty"`
-	Message       string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is the update, updates/{id}.
+	Update string `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	// kb is the update's KB article, e.g. KB5031354.
+	Kb string `protobuf:"bytes,2,opt,name=kb,proto3" json:"kb,omitempty"`
+	// index is the image index (ImageIndex.index) the result is about.
+	Index int32 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	// state is where the update stands on that index.
+	State UpdateState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.UpdateState" json:"state,omitempty"`
+	// percent is how far applying it is, 0 to 100.
+	Percent int32 `protobuf:"varint,5,opt,name=percent,proto3" json:"percent,omitempty"`
+	// message says why an update FAILED, was SKIPPED or is NOT_APPLICABLE or
+	// UNSUPPORTED.
+	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -531,14 +594,22 @@ func (x *UpdateResult) GetMessage() string {
 	return ""
 }
 
-// StepRecord is when a step ran and how it ended.
+// StepRecord is when a step ran and how it ended. A step that runs once per
+// index (MOUNT, APPLY, CLEANUP, COMMIT) keeps the record of its last index.
 type StepRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Step          Step                   `protobuf:"varint,1,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
-	State         StepState              `protobuf:"varint,2,opt,name=state,proto3,enum=osvc.v1.StepState" json:"state,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	Detail        string                 `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// step is the pipeline step.
+	Step Step `protobuf:"varint,1,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
+	// state is where the step stands.
+	State StepState `protobuf:"varint,2,opt,name=state,proto3,enum=osvc.v1.StepState" json:"state,omitempty"`
+	// start_time is when the step started; the server fills it when the
+	// agent sends none.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// end_time is when the step ended; unset while RUNNING.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// detail says what the step worked on or did, e.g. "index 1 committed",
+	// or why it failed or was skipped.
+	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -610,11 +681,17 @@ func (x *StepRecord) GetDetail() string {
 
 // LogLine is one line of a run's log, numbered per run from 1.
 type LogLine struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sequence      int64                  `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	Time          *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
-	Level         string                 `protobuf:"bytes,3,opt,name=level,proto3" json:"level,omitempty"`
-	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sequence numbers the line. As served, it counts the lines of every
+	// attempt of the run from 1; in an agent's LogBatch, the lines of its own
+	// attempt from 1.
+	Sequence int64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// time is when the agent logged the line.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// level is the line's level: TRACE, DEBUG, INFO, WARN or ERROR.
+	Level string `protobuf:"bytes,3,opt,name=level,proto3" json:"level,omitempty"`
+	// message is the line's text.
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -687,8 +764,9 @@ type RunArtifact struct {
 	// wimlib-imagex's commands and output on Linux). Never a path.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// sha256 names the blob in the content library.
-	Sha256    string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the blob's size, as the content library holds it.
+	SizeBytes int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// media_type is text/plain.
 	MediaType string `protobuf:"bytes,4,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
 	// truncated_bytes is how much of the start of the file the agent left
@@ -767,41 +845,68 @@ func (x *RunArtifact) GetTruncatedBytes() int64 {
 
 // Run is one servicing of one image: `runs/{id}`.
 type Run struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Image    string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
-	Schedule string                 `protobuf:"bytes,3,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	State    RunState               `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.RunState" json:"state,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is runs/{id}; ids sort by creation time.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// image is the image the run works on, images/{id}.
+	Image string `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// schedule is the schedule that made the run; empty for an inspection.
+	Schedule string `protobuf:"bytes,3,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// state is where the run stands.
+	State RunState `protobuf:"varint,4,opt,name=state,proto3,enum=osvc.v1.RunState" json:"state,omitempty"`
 	// attempt counts the leases this run has had; a lost lease re-queues it.
 	Attempt int32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	// agent holds the lease, agents/{name}, while the run is leased.
+	// agent is the agent that holds the lease, agents/{name}, or held the
+	// last one; empty while the run waits for its first or next attempt.
 	Agent string `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
 	// fencing_token is the etcd revision of the current assignment (the
 	// lease's commit); every report from the agent carries it. GetRun shows it
 	// from the lease on; in lists it shows once the agent first reported.
 	FencingToken int64 `protobuf:"varint,7,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// updates is the apply order, servicing stack first and cumulative updates last.
-	Updates                  []string        `protobuf:"bytes,8,rep,name=updates,proto3" json:"updates,omitempty"`
-	ContinueOnError          bool            `protobuf:"varint,9,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
-	RemoveSuperseded         bool            `protobuf:"varint,10,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
-	UpdateDistributionPoints bool            `protobuf:"varint,11,opt,name=update_distribution_points,json=updateDistributionPoints,proto3" json:"update_distribution_points,omitempty"`
-	UpdateResults            []*UpdateResult `protobuf:"bytes,12,rep,name=update_results,json=updateResults,proto3" json:"update_results,omitempty"`
-	Step                     Step            `protobuf:"varint,13,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
-	Steps                    []*StepRecord   `protobuf:"bytes,14,rep,name=steps,proto3" json:"steps,omitempty"`
-	Percent                  int32           `protobuf:"varint,15,opt,name=percent,proto3" json:"percent,omitempty"`
-	Error                    string          `protobuf:"bytes,16,opt,name=error,proto3" json:"error,omitempty"`
+	Updates []string `protobuf:"bytes,8,rep,name=updates,proto3" json:"updates,omitempty"`
+	// continue_on_error is the schedule's setting.
+	ContinueOnError bool `protobuf:"varint,9,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
+	// remove_superseded is the schedule's setting.
+	RemoveSuperseded bool `protobuf:"varint,10,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
+	// update_distribution_points is the schedule's setting.
+	UpdateDistributionPoints bool `protobuf:"varint,11,opt,name=update_distribution_points,json=updateDistributionPoints,proto3" json:"update_distribution_points,omitempty"`
+	// update_results holds one result per index and update, index by index
+	// in apply order; all PENDING when the run is created.
+	UpdateResults []*UpdateResult `protobuf:"bytes,12,rep,name=update_results,json=updateResults,proto3" json:"update_results,omitempty"`
+	// step is the step the agent last reported.
+	Step Step `protobuf:"varint,13,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
+	// steps records each step of the current attempt, in the order they
+	// were first reported.
+	Steps []*StepRecord `protobuf:"bytes,14,rep,name=steps,proto3" json:"steps,omitempty"`
+	// percent is how far the run is overall, 0 to 100.
+	Percent int32 `protobuf:"varint,15,opt,name=percent,proto3" json:"percent,omitempty"`
+	// error says why the run failed, or why it was canceled.
+	Error string `protobuf:"bytes,16,opt,name=error,proto3" json:"error,omitempty"`
 	// source_version is the image version the run services.
-	SourceVersion   int32 `protobuf:"varint,17,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
+	SourceVersion int32 `protobuf:"varint,17,opt,name=source_version,json=sourceVersion,proto3" json:"source_version,omitempty"`
+	// source_size_bytes is the size of the source version's file.
 	SourceSizeBytes int64 `protobuf:"varint,18,opt,name=source_size_bytes,json=sourceSizeBytes,proto3" json:"source_size_bytes,omitempty"`
 	// result_version becomes the image's current version when the run succeeds.
-	ResultVersion   int32                  `protobuf:"varint,19,opt,name=result_version,json=resultVersion,proto3" json:"result_version,omitempty"`
-	ResultSha256    string                 `protobuf:"bytes,20,opt,name=result_sha256,json=resultSha256,proto3" json:"result_sha256,omitempty"`
-	ResultSizeBytes int64                  `protobuf:"varint,21,opt,name=result_size_bytes,json=resultSizeBytes,proto3" json:"result_size_bytes,omitempty"`
-	CancelRequested bool                   `protobuf:"varint,22,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
-	NotBefore       *timestamppb.Timestamp `protobuf:"bytes,23,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
-	CreateTime      *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	StartTime       *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime         *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	ResultVersion int32 `protobuf:"varint,19,opt,name=result_version,json=resultVersion,proto3" json:"result_version,omitempty"`
+	// result_sha256 names the result's file in the content library: the new
+	// version's, or the source version's for an inspection and for a run
+	// that changed nothing.
+	ResultSha256 string `protobuf:"bytes,20,opt,name=result_sha256,json=resultSha256,proto3" json:"result_sha256,omitempty"`
+	// result_size_bytes is the size of the result's file.
+	ResultSizeBytes int64 `protobuf:"varint,21,opt,name=result_size_bytes,json=resultSizeBytes,proto3" json:"result_size_bytes,omitempty"`
+	// cancel_requested tells that CancelRun was called while an agent held
+	// the run: the agent was told to stop.
+	CancelRequested bool `protobuf:"varint,22,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	// not_before is the earliest time the run may be leased: the schedule's
+	// start_time, or after a lost lease the retry delay.
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,23,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// create_time is when the run was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// start_time is when the current (or last) attempt was leased.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// end_time is when the run ended; unset before.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,26,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// log_line_count is the number of log lines of the run: stored, or
 	// counted and dropped past the server's cap per run. While the run goes
 	// the server keeps the count beside the run and fills it in whenever it
@@ -816,8 +921,9 @@ type Run struct {
 	// stalled flags an IN_PROCESS run without progress for the server's
 	// --stall-after, for administrators to look at; it is not a state, and the
 	// next report clears it.
-	Stalled bool    `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
-	Kind    RunKind `protobuf:"varint,31,opt,name=kind,proto3,enum=osvc.v1.RunKind" json:"kind,omitempty"`
+	Stalled bool `protobuf:"varint,30,opt,name=stalled,proto3" json:"stalled,omitempty"`
+	// kind says whether the run services or inspects its image.
+	Kind RunKind `protobuf:"varint,31,opt,name=kind,proto3,enum=osvc.v1.RunKind" json:"kind,omitempty"`
 	// artifacts are the run's log files, uploaded by its agent with the run's
 	// result (succeeded, failed or canceled). A run that ended without its
 	// agent (lost on its last attempt, canceled before it was leased) has none.
@@ -1080,10 +1186,12 @@ func (x *Run) GetArtifacts() []*RunArtifact {
 	return nil
 }
 
+// CreateScheduleRequest asks for a schedule and its run.
 type CreateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// parent is the image, images/{id}.
-	Parent   string    `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// schedule is what to apply and how; name and create_time are ignored.
 	Schedule *Schedule `protobuf:"bytes,2,opt,name=schedule,proto3" json:"schedule,omitempty"`
 	// all_applicable selects every applicable update instead of schedule.updates.
 	AllApplicable bool `protobuf:"varint,3,opt,name=all_applicable,json=allApplicable,proto3" json:"all_applicable,omitempty"`
@@ -1142,10 +1250,13 @@ func (x *CreateScheduleRequest) GetAllApplicable() bool {
 	return false
 }
 
+// CreateScheduleResponse holds the new schedule and its PENDING run.
 type CreateScheduleResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	Run           *Run                   `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// schedule is the schedule as stored, its updates in apply order.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// run is the queued run.
+	Run           *Run `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1194,9 +1305,11 @@ func (x *CreateScheduleResponse) GetRun() *Run {
 	return nil
 }
 
+// GetRunRequest names a run.
 type GetRunRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the run, runs/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1238,9 +1351,11 @@ func (x *GetRunRequest) GetName() string {
 	return ""
 }
 
+// GetRunResponse holds the run.
 type GetRunResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run as it is now.
+	Run           *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1282,10 +1397,14 @@ func (x *GetRunResponse) GetRun() *Run {
 	return nil
 }
 
+// ListRunsRequest asks for a page of runs.
 type ListRunsRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	PageSize  int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most runs to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// image, when set, lists only that image's runs.
 	Image         string `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1343,10 +1462,13 @@ func (x *ListRunsRequest) GetImage() string {
 	return ""
 }
 
+// ListRunsResponse holds a page of runs, oldest first.
 type ListRunsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Runs          []*Run                 `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runs are the page's runs.
+	Runs []*Run `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1395,9 +1517,11 @@ func (x *ListRunsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// WatchRunRequest names the run to follow.
 type WatchRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// name is the run, runs/{id}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// after_sequence skips log lines up to and including this sequence number.
 	AfterSequence int64 `protobuf:"varint,2,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
 	// snapshot_only ends the stream once the run as it is now and its stored
@@ -1458,10 +1582,15 @@ func (x *WatchRunRequest) GetSnapshotOnly() bool {
 	return false
 }
 
+// WatchRunResponse is the run as it is now and the log lines since the
+// previous message.
 type WatchRunResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	LogLines      []*LogLine             `protobuf:"bytes,2,rep,name=log_lines,json=logLines,proto3" json:"log_lines,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is the run as of this message.
+	Run *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	// log_lines are the lines stored since the previous message, in sequence
+	// order; empty when only the run changed.
+	LogLines      []*LogLine `protobuf:"bytes,2,rep,name=log_lines,json=logLines,proto3" json:"log_lines,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1510,10 +1639,14 @@ func (x *WatchRunResponse) GetLogLines() []*LogLine {
 	return nil
 }
 
+// CancelRunRequest names the run to cancel.
 type CancelRunRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the run, runs/{id}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// reason is recorded as the run's error; "canceled by an administrator"
+	// when empty.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1562,9 +1695,11 @@ func (x *CancelRunRequest) GetReason() string {
 	return ""
 }
 
+// CancelRunResponse holds the run after the cancel.
 type CancelRunResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Run           *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// run is CANCELED, or still leased with cancel_requested set.
+	Run           *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -31,15 +31,43 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // ServicingService schedules the servicing of images and follows its runs.
+// Admins, operators and viewers may read runs; an admin, or an operator of
+// the image's site, may schedule and cancel (PERMISSION_DENIED otherwise).
 type ServicingServiceClient interface {
-	// CreateSchedule selects updates for an image and queues a run for them.
+	// CreateSchedule selects updates for an image and queues a run for them,
+	// PENDING until schedule.start_time. An image has one servicing run at a
+	// time. A version whose inspection is still PENDING may be scheduled: the
+	// run waits for it.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (parent, schedule,
+	// schedule.updates[i] for a bad name, a duplicate or an update not in the
+	// catalog, schedule.updates with all_applicable, schedule.start_time
+	// before the import or more than a year ahead,
+	// schedule.remove_superseded for an image of more than one index);
+	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION while
+	// the image has a servicing run that has not ended, when its current
+	// version failed its inspection, or when all_applicable finds no update.
 	CreateSchedule(ctx context.Context, in *CreateScheduleRequest, opts ...grpc.CallOption) (*CreateScheduleResponse, error)
+	// GetRun returns one run, with its fencing token and log line count as
+	// they are now. INVALID_ARGUMENT (name) for a name that is not
+	// runs/{id}; NOT_FOUND.
 	GetRun(ctx context.Context, in *GetRunRequest, opts ...grpc.CallOption) (*GetRunResponse, error)
+	// ListRuns lists runs, servicing and inspection, oldest first, a page at
+	// a time. INVALID_ARGUMENT for a negative page_size, a bad page_token or
+	// image; NOT_FOUND for an image that does not exist.
 	ListRuns(ctx context.Context, in *ListRunsRequest, opts ...grpc.CallOption) (*ListRunsResponse, error)
 	// WatchRun streams a snapshot of the run each time it changes, with the log
 	// lines added since the previous message, and ends when the run has ended.
+	// A run with many stored lines comes in several messages, each with the
+	// run. INVALID_ARGUMENT for a bad name or a negative after_sequence;
+	// NOT_FOUND. A server shutting down ends the stream with UNAVAILABLE:
+	// watch again from the last sequence received.
 	WatchRun(ctx context.Context, in *WatchRunRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRunResponse], error)
-	// CancelRun stops a run; the source image is never modified.
+	// CancelRun stops a run; the source image is never modified. A PENDING run
+	// ends CANCELED at once. A leased run is marked cancel_requested and its
+	// agent told to stop; it ends CANCELED when the agent reports so, or when
+	// its lease is lost. Cancelling a run already marked returns it as it is.
+	// FAILED_PRECONDITION for a run that has ended; NOT_FOUND.
 	CancelRun(ctx context.Context, in *CancelRunRequest, opts ...grpc.CallOption) (*CancelRunResponse, error)
 }
 
@@ -115,15 +143,43 @@ func (c *servicingServiceClient) CancelRun(ctx context.Context, in *CancelRunReq
 // for forward compatibility.
 //
 // ServicingService schedules the servicing of images and follows its runs.
+// Admins, operators and viewers may read runs; an admin, or an operator of
+// the image's site, may schedule and cancel (PERMISSION_DENIED otherwise).
 type ServicingServiceServer interface {
-	// CreateSchedule selects updates for an image and queues a run for them.
+	// CreateSchedule selects updates for an image and queues a run for them,
+	// PENDING until schedule.start_time. An image has one servicing run at a
+	// time. A version whose inspection is still PENDING may be scheduled: the
+	// run waits for it.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (parent, schedule,
+	// schedule.updates[i] for a bad name, a duplicate or an update not in the
+	// catalog, schedule.updates with all_applicable, schedule.start_time
+	// before the import or more than a year ahead,
+	// schedule.remove_superseded for an image of more than one index);
+	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION while
+	// the image has a servicing run that has not ended, when its current
+	// version failed its inspection, or when all_applicable finds no update.
 	CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error)
+	// GetRun returns one run, with its fencing token and log line count as
+	// they are now. INVALID_ARGUMENT (name) for a name that is not
+	// runs/{id}; NOT_FOUND.
 	GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error)
+	// ListRuns lists runs, servicing and inspection, oldest first, a page at
+	// a time. INVALID_ARGUMENT for a negative page_size, a bad page_token or
+	// image; NOT_FOUND for an image that does not exist.
 	ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error)
 	// WatchRun streams a snapshot of the run each time it changes, with the log
 	// lines added since the previous message, and ends when the run has ended.
+	// A run with many stored lines comes in several messages, each with the
+	// run. INVALID_ARGUMENT for a bad name or a negative after_sequence;
+	// NOT_FOUND. A server shutting down ends the stream with UNAVAILABLE:
+	// watch again from the last sequence received.
 	WatchRun(*WatchRunRequest, grpc.ServerStreamingServer[WatchRunResponse]) error
-	// CancelRun stops a run; the source image is never modified.
+	// CancelRun stops a run; the source image is never modified. A PENDING run
+	// ends CANCELED at once. A leased run is marked cancel_requested and its
+	// agent told to stop; it ends CANCELED when the agent reports so, or when
+	// its lease is lost. Cancelling a run already marked returns it as it is.
+	// FAILED_PRECONDITION for a run that has ended; NOT_FOUND.
 	CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error)
 	mustEmbedUnimplementedServicingServiceServer()
 }

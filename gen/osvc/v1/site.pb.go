@@ -33,7 +33,8 @@ type Site struct {
 	Code string `protobuf:"bytes,2,opt,name=code,proto3" json:"code,omitempty"`
 	// parent_site is the code of the site above this one in the hierarchy;
 	// empty for a site at the top (the central site).
-	ParentSite  string `protobuf:"bytes,3,opt,name=parent_site,json=parentSite,proto3" json:"parent_site,omitempty"`
+	ParentSite string `protobuf:"bytes,3,opt,name=parent_site,json=parentSite,proto3" json:"parent_site,omitempty"`
+	// description says what the site is; at most 1024 bytes.
 	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
 	// offline_servicing_drive is where the site's agents service images,
 	// unless an agent was started with its own --drive: "Automatic" (the
@@ -42,12 +43,14 @@ type Site struct {
 	// server lacks means Automatic on that server. Empty means Automatic.
 	OfflineServicingDrive string `protobuf:"bytes,5,opt,name=offline_servicing_drive,json=offlineServicingDrive,proto3" json:"offline_servicing_drive,omitempty"`
 	// distribution_points are the names of the agents that keep copies of
-	// the site's images, e.g. "dp-1" (the agent's --name).
-	DistributionPoints []string               `protobuf:"bytes,6,rep,name=distribution_points,json=distributionPoints,proto3" json:"distribution_points,omitempty"`
-	CreateTime         *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	UpdateTime         *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// the site's images, e.g. "dp-1" (the agent's --name); at most 100.
+	DistributionPoints []string `protobuf:"bytes,6,rep,name=distribution_points,json=distributionPoints,proto3" json:"distribution_points,omitempty"`
+	// create_time is when the site was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// update_time is when the site last changed.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Site) Reset() {
@@ -138,8 +141,10 @@ func (x *Site) GetUpdateTime() *timestamppb.Timestamp {
 
 // CreateSiteRequest names the new site by site.code.
 type CreateSiteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          *Site                  `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site is the new site; name, create_time and update_time are set by the
+	// server.
+	Site          *Site `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -183,8 +188,9 @@ func (x *CreateSiteRequest) GetSite() *Site {
 
 // CreateSiteResponse holds the site as stored.
 type CreateSiteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          *Site                  `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site is the site as stored.
+	Site          *Site `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -274,8 +280,9 @@ func (x *GetSiteRequest) GetName() string {
 
 // GetSiteResponse holds the site.
 type GetSiteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          *Site                  `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site is the site as stored.
+	Site          *Site `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -319,9 +326,12 @@ func (x *GetSiteResponse) GetSite() *Site {
 
 // ListSitesRequest asks for a page of sites.
 type ListSitesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most sites to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,9 +382,11 @@ func (x *ListSitesRequest) GetPageToken() string {
 
 // ListSitesResponse holds a page of sites in code order.
 type ListSitesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sites         []*Site                `protobuf:"bytes,1,rep,name=sites,proto3" json:"sites,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sites are the page's sites.
+	Sites []*Site `protobuf:"bytes,1,rep,name=sites,proto3" json:"sites,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -428,8 +440,11 @@ func (x *ListSitesResponse) GetNextPageToken() string {
 // distribution_points. Without a mask, the fields of site that are set
 // (not empty) are changed.
 type UpdateSiteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          *Site                  `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site names the site (name, or code when name is empty) and holds the
+	// new values; a field the mask names and site leaves empty is cleared.
+	Site *Site `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	// update_mask names the fields to change; see the message.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -481,8 +496,9 @@ func (x *UpdateSiteRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
 
 // UpdateSiteResponse holds the site as stored.
 type UpdateSiteResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Site          *Site                  `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// site is the site as stored after the change.
+	Site          *Site `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

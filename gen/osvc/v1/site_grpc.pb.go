@@ -33,21 +33,33 @@ const (
 // SiteService keeps the sites of the hierarchy: a central site, primary
 // sites under it and secondary sites under those, as in Configuration
 // Manager. Every image and every agent belongs to a site that exists; a
-// site's offline servicing drive goes to its agents with each run.
+// site's offline servicing drive goes to its agents with each run. Admins,
+// operators and viewers may read the sites; only an admin changes them.
 type SiteServiceClient interface {
 	// CreateSite records a new site. Its parent, when named, must exist.
+	// INVALID_ARGUMENT naming the field (site.code, site.parent_site,
+	// site.description, site.offline_servicing_drive,
+	// site.distribution_points); ALREADY_EXISTS for a code taken;
+	// FAILED_PRECONDITION when the parent does not exist.
 	CreateSite(ctx context.Context, in *CreateSiteRequest, opts ...grpc.CallOption) (*CreateSiteResponse, error)
-	// GetSite returns one site.
+	// GetSite returns one site. INVALID_ARGUMENT (name) for a name that is
+	// not sites/{code}; NOT_FOUND.
 	GetSite(ctx context.Context, in *GetSiteRequest, opts ...grpc.CallOption) (*GetSiteResponse, error)
-	// ListSites lists the sites in code order.
+	// ListSites lists the sites in code order, a page at a time.
+	// INVALID_ARGUMENT for a negative page_size or a bad page_token.
 	ListSites(ctx context.Context, in *ListSitesRequest, opts ...grpc.CallOption) (*ListSitesResponse, error)
 	// UpdateSite changes a site's parent, description, offline servicing
 	// drive or distribution points. A parent that would make the site its
-	// own ancestor is refused (FAILED_PRECONDITION, naming the chain).
+	// own ancestor is refused (FAILED_PRECONDITION, naming the chain), and
+	// so is a parent that does not exist. INVALID_ARGUMENT naming the field
+	// (site.name, site.code when it is not the name's, update_mask naming
+	// a field that cannot change or nothing to change, a bad value);
+	// NOT_FOUND for a site that does not exist.
 	UpdateSite(ctx context.Context, in *UpdateSiteRequest, opts ...grpc.CallOption) (*UpdateSiteResponse, error)
 	// DeleteSite deletes a site that nothing names any more: no image, no
 	// enrolled agent, no join token and no child site (FAILED_PRECONDITION
-	// otherwise, saying which and how many).
+	// otherwise, saying which and how many). NOT_FOUND for a site that does
+	// not exist.
 	DeleteSite(ctx context.Context, in *DeleteSiteRequest, opts ...grpc.CallOption) (*DeleteSiteResponse, error)
 }
 
@@ -116,21 +128,33 @@ func (c *siteServiceClient) DeleteSite(ctx context.Context, in *DeleteSiteReques
 // SiteService keeps the sites of the hierarchy: a central site, primary
 // sites under it and secondary sites under those, as in Configuration
 // Manager. Every image and every agent belongs to a site that exists; a
-// site's offline servicing drive goes to its agents with each run.
+// site's offline servicing drive goes to its agents with each run. Admins,
+// operators and viewers may read the sites; only an admin changes them.
 type SiteServiceServer interface {
 	// CreateSite records a new site. Its parent, when named, must exist.
+	// INVALID_ARGUMENT naming the field (site.code, site.parent_site,
+	// site.description, site.offline_servicing_drive,
+	// site.distribution_points); ALREADY_EXISTS for a code taken;
+	// FAILED_PRECONDITION when the parent does not exist.
 	CreateSite(context.Context, *CreateSiteRequest) (*CreateSiteResponse, error)
-	// GetSite returns one site.
+	// GetSite returns one site. INVALID_ARGUMENT (name) for a name that is
+	// not sites/{code}; NOT_FOUND.
 	GetSite(context.Context, *GetSiteRequest) (*GetSiteResponse, error)
-	// ListSites lists the sites in code order.
+	// ListSites lists the sites in code order, a page at a time.
+	// INVALID_ARGUMENT for a negative page_size or a bad page_token.
 	ListSites(context.Context, *ListSitesRequest) (*ListSitesResponse, error)
 	// UpdateSite changes a site's parent, description, offline servicing
 	// drive or distribution points. A parent that would make the site its
-	// own ancestor is refused (FAILED_PRECONDITION, naming the chain).
+	// own ancestor is refused (FAILED_PRECONDITION, naming the chain), and
+	// so is a parent that does not exist. INVALID_ARGUMENT naming the field
+	// (site.name, site.code when it is not the name's, update_mask naming
+	// a field that cannot change or nothing to change, a bad value);
+	// NOT_FOUND for a site that does not exist.
 	UpdateSite(context.Context, *UpdateSiteRequest) (*UpdateSiteResponse, error)
 	// DeleteSite deletes a site that nothing names any more: no image, no
 	// enrolled agent, no join token and no child site (FAILED_PRECONDITION
-	// otherwise, saying which and how many).
+	// otherwise, saying which and how many). NOT_FOUND for a site that does
+	// not exist.
 	DeleteSite(context.Context, *DeleteSiteRequest) (*DeleteSiteResponse, error)
 	mustEmbedUnimplementedSiteServiceServer()
 }

@@ -25,10 +25,18 @@ const (
 type Architecture int32
 
 const (
+	// ARCHITECTURE_UNSPECIFIED: not known. An image index whose XML info names
+	// no architecture osvc knows (or that is not Windows) has it; an update
+	// recorded from its file name alone may have it, and then applies to
+	// every architecture as a neutral one does. In UpdateFilter it means no
+	// filter.
 	Architecture_ARCHITECTURE_UNSPECIFIED Architecture = 0
-	Architecture_ARCHITECTURE_X86         Architecture = 1
-	Architecture_ARCHITECTURE_X64         Architecture = 2
-	Architecture_ARCHITECTURE_ARM64       Architecture = 3
+	// ARCHITECTURE_X86: 32-bit x86 (WIM ARCH 0, package architecture x86).
+	Architecture_ARCHITECTURE_X86 Architecture = 1
+	// ARCHITECTURE_X64: 64-bit x86 (WIM ARCH 9, package architecture amd64).
+	Architecture_ARCHITECTURE_X64 Architecture = 2
+	// ARCHITECTURE_ARM64: 64-bit Arm (WIM ARCH 12, package architecture arm64).
+	Architecture_ARCHITECTURE_ARM64 Architecture = 3
 	// ARCHITECTURE_NEUTRAL marks an update that applies to every architecture.
 	Architecture_ARCHITECTURE_NEUTRAL Architecture = 4
 )

@@ -22,16 +22,26 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Classification is the kind of update, in the order servicing applies them.
+// Classification is the kind of update. Servicing applies the servicing
+// stack first, then security and other updates by release date, then
+// cumulative updates, then .NET updates.
 type Classification int32
 
 const (
-	Classification_CLASSIFICATION_UNSPECIFIED       Classification = 0
-	Classification_CLASSIFICATION_SERVICING_STACK   Classification = 1
-	Classification_CLASSIFICATION_SECURITY_UPDATE   Classification = 2
-	Classification_CLASSIFICATION_UPDATE            Classification = 3
+	// CLASSIFICATION_UNSPECIFIED: the manifest names no release type; applied
+	// with the other updates by release date.
+	Classification_CLASSIFICATION_UNSPECIFIED Classification = 0
+	// CLASSIFICATION_SERVICING_STACK: a servicing stack update (SSU).
+	Classification_CLASSIFICATION_SERVICING_STACK Classification = 1
+	// CLASSIFICATION_SECURITY_UPDATE: a security update.
+	Classification_CLASSIFICATION_SECURITY_UPDATE Classification = 2
+	// CLASSIFICATION_UPDATE: any other update; also every file osvc records
+	// from its name alone.
+	Classification_CLASSIFICATION_UPDATE Classification = 3
+	// CLASSIFICATION_CUMULATIVE_UPDATE: a cumulative update (RollupFix).
 	Classification_CLASSIFICATION_CUMULATIVE_UPDATE Classification = 4
-	Classification_CLASSIFICATION_DOTNET            Classification = 5
+	// CLASSIFICATION_DOTNET: a .NET Framework update.
+	Classification_CLASSIFICATION_DOTNET Classification = 5
 )
 
 // Enum value maps for Classification.
@@ -84,25 +94,39 @@ func (Classification) EnumDescriptor() ([]byte, []int) {
 // Update is one software update: `updates/{id}`.
 type Update struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// name is updates/{id}, the id made from the KB and architecture (e.g.
+	// updates/kb5031354-x64), or from the file name without a KB; a suffix
+	// (-2, -3 …) tells apart updates that would share one.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// update_id is the update's GUID; with revision it identifies the update.
-	UpdateId       string                 `protobuf:"bytes,2,opt,name=update_id,json=updateId,proto3" json:"update_id,omitempty"`
-	Revision       int32                  `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
-	Kb             string                 `protobuf:"bytes,4,opt,name=kb,proto3" json:"kb,omitempty"`
-	Title          string                 `protobuf:"bytes,5,opt,name=title,proto3" json:"title,omitempty"`
-	Classification Classification         `protobuf:"varint,6,opt,name=classification,proto3,enum=osvc.v1.Classification" json:"classification,omitempty"`
-	Products       []string               `protobuf:"bytes,7,rep,name=products,proto3" json:"products,omitempty"`
-	Architecture   Architecture           `protobuf:"varint,8,opt,name=architecture,proto3,enum=osvc.v1.Architecture" json:"architecture,omitempty"`
-	ReleaseTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
+	UpdateId string `protobuf:"bytes,2,opt,name=update_id,json=updateId,proto3" json:"update_id,omitempty"`
+	// revision is the update's revision; 1 for every imported update.
+	Revision int32 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	// kb is the update's KB article, e.g. KB5031354; empty when unknown.
+	Kb string `protobuf:"bytes,4,opt,name=kb,proto3" json:"kb,omitempty"`
+	// title is the update's title from its manifest or properties; the file
+	// name for a file osvc does not read.
+	Title string `protobuf:"bytes,5,opt,name=title,proto3" json:"title,omitempty"`
+	// classification is the kind of update, which sets its place in the apply order.
+	Classification Classification `protobuf:"varint,6,opt,name=classification,proto3,enum=osvc.v1.Classification" json:"classification,omitempty"`
+	// products lists the products the update is for, as its manifest names them.
+	Products []string `protobuf:"bytes,7,rep,name=products,proto3" json:"products,omitempty"`
+	// architecture is the processor architecture the update is for.
+	Architecture Architecture `protobuf:"varint,8,opt,name=architecture,proto3,enum=osvc.v1.Architecture" json:"architecture,omitempty"`
+	// release_time is when Microsoft released the update, when the manifest says.
+	ReleaseTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=release_time,json=releaseTime,proto3" json:"release_time,omitempty"`
 	// package_identity is the identity the update installs, as read from update.mum.
 	PackageIdentity string `protobuf:"bytes,10,opt,name=package_identity,json=packageIdentity,proto3" json:"package_identity,omitempty"`
 	// supersedes lists package identities this update replaces.
-	Supersedes []string      `protobuf:"bytes,11,rep,name=supersedes,proto3" json:"supersedes,omitempty"`
-	Files      []*UpdateFile `protobuf:"bytes,12,rep,name=files,proto3" json:"files,omitempty"`
+	Supersedes []string `protobuf:"bytes,11,rep,name=supersedes,proto3" json:"supersedes,omitempty"`
+	// files are the update's files in the content library; an imported
+	// update has one.
+	Files []*UpdateFile `protobuf:"bytes,12,rep,name=files,proto3" json:"files,omitempty"`
 	// applicable_builds lists the OS builds the update applies to exactly;
 	// with no min_build, empty means any.
-	ApplicableBuilds []uint32               `protobuf:"varint,13,rep,packed,name=applicable_builds,json=applicableBuilds,proto3" json:"applicable_builds,omitempty"`
-	CreateTime       *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	ApplicableBuilds []uint32 `protobuf:"varint,13,rep,packed,name=applicable_builds,json=applicableBuilds,proto3" json:"applicable_builds,omitempty"`
+	// create_time is when the update was imported.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// min_build, when set, makes the update apply to every OS build from it
 	// on too (update.mum's <parent buildCompare="GE">).
 	MinBuild uint32 `protobuf:"varint,15,opt,name=min_build,json=minBuild,proto3" json:"min_build,omitempty"`
@@ -271,10 +295,15 @@ func (x *Update) GetUnsupportedReason() string {
 
 // UpdateFile is one file of an update, kept in the content library.
 type UpdateFile struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	FileName      string                 `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
-	Sha256        string                 `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
-	SizeBytes     int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// file_name is the file's name, without folders, e.g.
+	// windows11.0-kb5031354-x64.msu; its extension tells CAB and MSU apart.
+	FileName string `protobuf:"bytes,1,opt,name=file_name,json=fileName,proto3" json:"file_name,omitempty"`
+	// sha256 names the file's blob in the content library.
+	Sha256 string `protobuf:"bytes,2,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// size_bytes is the file's size; in an import request 0 or the size the
+	// content library holds.
+	SizeBytes     int64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -330,9 +359,11 @@ func (x *UpdateFile) GetSizeBytes() int64 {
 	return 0
 }
 
+// ImportUpdatesRequest names uploaded files to record as updates.
 type ImportUpdatesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Files         []*UpdateFile          `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// files are the files, one update each: 1 to 1000 of them.
+	Files         []*UpdateFile `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -374,6 +405,7 @@ func (x *ImportUpdatesRequest) GetFiles() []*UpdateFile {
 	return nil
 }
 
+// ImportUpdatesResponse holds the updates the files carry.
 type ImportUpdatesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// updates holds one update per file, in request order; a file whose
@@ -420,9 +452,11 @@ func (x *ImportUpdatesResponse) GetUpdates() []*Update {
 	return nil
 }
 
+// GetUpdateRequest names an update.
 type GetUpdateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the update, updates/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -464,9 +498,11 @@ func (x *GetUpdateRequest) GetName() string {
 	return ""
 }
 
+// GetUpdateResponse holds the update.
 type GetUpdateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Update        *Update                `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is the update as recorded.
+	Update        *Update `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,11 +599,16 @@ func (x *UpdateFilter) GetArchitecture() Architecture {
 	return Architecture_ARCHITECTURE_UNSPECIFIED
 }
 
+// ListUpdatesRequest asks for a page of the catalog.
 type ListUpdatesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	Filter        *UpdateFilter          `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most updates to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// filter, when set, keeps only the updates it matches.
+	Filter        *UpdateFilter `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -623,10 +664,13 @@ func (x *ListUpdatesRequest) GetFilter() *UpdateFilter {
 	return nil
 }
 
+// ListUpdatesResponse holds a page of updates in name order.
 type ListUpdatesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Updates       []*Update              `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// updates are the page's updates.
+	Updates []*Update `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -675,12 +719,18 @@ func (x *ListUpdatesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// ListApplicableUpdatesRequest asks for a page of the updates that apply to
+// an image.
 type ListApplicableUpdatesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// image is the image name, images/{id}.
-	Image         string        `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
-	PageSize      int32         `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string        `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	Image string `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	// page_size is the most updates to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page of the same
+	// image's list; empty for the first page.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// filter, when set, keeps only the updates it matches.
 	Filter        *UpdateFilter `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -744,10 +794,14 @@ func (x *ListApplicableUpdatesRequest) GetFilter() *UpdateFilter {
 	return nil
 }
 
+// ListApplicableUpdatesResponse holds a page of applicable updates in name
+// order.
 type ListApplicableUpdatesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Updates       []*Update              `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
-	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// updates are the page's updates.
+	Updates []*Update `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -30,18 +30,37 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // UpdateService keeps the catalog of software updates: each one's metadata
-// and the files that carry it.
+// and the files that carry it. The catalog is one for every site: admins,
+// operators and viewers may read it, an admin or any operator may import.
 type UpdateServiceClient interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
 	// (and an MSU's properties file); one osvc cannot read (Quantum, a WIM) is
 	// recorded from its name for the dism engine; any other file is recorded
-	// as an update the engines do not apply.
+	// as an update the engines do not apply. Every file is checked before
+	// anything is written, so a refused request leaves the catalog as it was.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (files when there are none
+	// or more than 1000; files[i].file_name, files[i].sha256,
+	// files[i].size_bytes; files[i] for a damaged CAB or MSU);
+	// FAILED_PRECONDITION when the content library lacks a file;
+	// RESOURCE_EXHAUSTED when the call's deadline passed while it waited for
+	// an import slot (osvc-server --max-concurrent-imports).
 	ImportUpdates(ctx context.Context, in *ImportUpdatesRequest, opts ...grpc.CallOption) (*ImportUpdatesResponse, error)
+	// GetUpdate returns one update. INVALID_ARGUMENT (name) for a name that
+	// is not updates/{id}; NOT_FOUND.
 	GetUpdate(ctx context.Context, in *GetUpdateRequest, opts ...grpc.CallOption) (*GetUpdateResponse, error)
+	// ListUpdates lists the catalog in name order, a page at a time, narrowed
+	// by filter. INVALID_ARGUMENT for a negative page_size, a bad page_token
+	// or an unknown filter.architecture.
 	ListUpdates(ctx context.Context, in *ListUpdatesRequest, opts ...grpc.CallOption) (*ListUpdatesResponse, error)
-	// ListApplicableUpdates lists the updates whose architecture and OS builds
-	// match an index of the image and that the image does not have installed.
+	// ListApplicableUpdates lists, in name order, the updates that apply to
+	// at least one index of the image: architecture and OS build match, and
+	// the index has neither the package installed nor one that supersedes
+	// it. Updates superseded by other applicable updates are still listed.
+	// INVALID_ARGUMENT for a bad image name, page_size or page_token (a token
+	// of another image's list is refused); NOT_FOUND for an image that does
+	// not exist.
 	ListApplicableUpdates(ctx context.Context, in *ListApplicableUpdatesRequest, opts ...grpc.CallOption) (*ListApplicableUpdatesResponse, error)
 }
 
@@ -98,18 +117,37 @@ func (c *updateServiceClient) ListApplicableUpdates(ctx context.Context, in *Lis
 // for forward compatibility.
 //
 // UpdateService keeps the catalog of software updates: each one's metadata
-// and the files that carry it.
+// and the files that carry it. The catalog is one for every site: admins,
+// operators and viewers may read it, an admin or any operator may import.
 type UpdateServiceServer interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
 	// (and an MSU's properties file); one osvc cannot read (Quantum, a WIM) is
 	// recorded from its name for the dism engine; any other file is recorded
-	// as an update the engines do not apply.
+	// as an update the engines do not apply. Every file is checked before
+	// anything is written, so a refused request leaves the catalog as it was.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (files when there are none
+	// or more than 1000; files[i].file_name, files[i].sha256,
+	// files[i].size_bytes; files[i] for a damaged CAB or MSU);
+	// FAILED_PRECONDITION when the content library lacks a file;
+	// RESOURCE_EXHAUSTED when the call's deadline passed while it waited for
+	// an import slot (osvc-server --max-concurrent-imports).
 	ImportUpdates(context.Context, *ImportUpdatesRequest) (*ImportUpdatesResponse, error)
+	// GetUpdate returns one update. INVALID_ARGUMENT (name) for a name that
+	// is not updates/{id}; NOT_FOUND.
 	GetUpdate(context.Context, *GetUpdateRequest) (*GetUpdateResponse, error)
+	// ListUpdates lists the catalog in name order, a page at a time, narrowed
+	// by filter. INVALID_ARGUMENT for a negative page_size, a bad page_token
+	// or an unknown filter.architecture.
 	ListUpdates(context.Context, *ListUpdatesRequest) (*ListUpdatesResponse, error)
-	// ListApplicableUpdates lists the updates whose architecture and OS builds
-	// match an index of the image and that the image does not have installed.
+	// ListApplicableUpdates lists, in name order, the updates that apply to
+	// at least one index of the image: architecture and OS build match, and
+	// the index has neither the package installed nor one that supersedes
+	// it. Updates superseded by other applicable updates are still listed.
+	// INVALID_ARGUMENT for a bad image name, page_size or page_token (a token
+	// of another image's list is refused); NOT_FOUND for an image that does
+	// not exist.
 	ListApplicableUpdates(context.Context, *ListApplicableUpdatesRequest) (*ListApplicableUpdatesResponse, error)
 	mustEmbedUnimplementedUpdateServiceServer()
 }
