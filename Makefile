@@ -19,10 +19,11 @@ build:
 generate:
 	rm -rf gen/osvc
 	$(BUF) generate
+	$(BUF) build proto/api -o server/apidesc/api.binpb
 
 # Fails when gen/ differs from what proto/ generates.
 check-generated: generate
-	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make generate' and commit" >&2; exit 1; }
+	@git diff --exit-code -- gen/ server/apidesc/api.binpb || { echo "gen/ or server/apidesc/api.binpb is stale: run 'make generate' and commit" >&2; exit 1; }
 	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has files proto/ does not generate: run 'make generate' and commit" >&2; exit 1; }
 
 lint:

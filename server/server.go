@@ -28,13 +28,13 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/pki"
 	"github.com/osvc/osvc/pkg/transfer"
 	"github.com/osvc/osvc/server/api"
+	"github.com/osvc/osvc/server/apidesc"
 	"github.com/osvc/osvc/server/auth"
 	"github.com/osvc/osvc/server/catalog"
 	"github.com/osvc/osvc/server/content"
@@ -464,7 +464,10 @@ func (s *Server) Run(ctx context.Context) error {
 	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
 	parts.register(gs)
 	healthpb.RegisterHealthServer(gs, healthSrv)
-	reflection.Register(gs)
+	// Reflection answers with the API's comments: grpcurl describe shows them.
+	if err := apidesc.RegisterReflection(gs); err != nil {
+		return err
+	}
 	for name := range gs.GetServiceInfo() {
 		healthSrv.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}

@@ -25,6 +25,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/pki"
@@ -191,6 +193,10 @@ func TestServerServesHealthReflectionAndTheCatalog(t *testing.T) {
 		}
 	}
 
+	if c := serviceComment(t, conn, "osvc.v1.ImageService"); !strings.Contains(c, "image") {
+		t.Errorf("reflection describes osvc.v1.ImageService with the comment %q, want the API's", c)
+	}
+
 	img := importImage(t, conn, "win11")
 	if img.Name != "images/win11" || len(img.Indexes) != 1 || img.Indexes[0].Build != 22631 {
 		t.Errorf("imported image = %v", img)
@@ -206,6 +212,45 @@ func TestServerServesHealthReflectionAndTheCatalog(t *testing.T) {
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("GetImage of an unknown image: %v, want NotFound", err)
 	}
+}
+
+// serviceComment is the leading comment reflection gives the service.
+func serviceComment(t *testing.T, conn *grpc.ClientConn, service string) string {
+	t.Helper()
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatalf("reflection: %v", err)
+	}
+	defer stream.CloseSend()
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: service},
+	}); err != nil {
+		t.Fatalf("reflection send: %v", err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("reflection recv: %v", err)
+	}
+	for _, raw := range resp.GetFileDescriptorResponse().GetFileDescriptorProto() {
+		var fd descriptorpb.FileDescriptorProto
+		if err := proto.Unmarshal(raw, &fd); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range fd.GetService() {
+			if fd.GetPackage()+"."+s.GetName() != service {
+				continue
+			}
+			for _, loc := range fd.GetSourceCodeInfo().GetLocation() {
+				// Path 6 (service), i: the service's own location.
+				if slices.Equal(loc.GetPath(), []int32{6, int32(i)}) {
+					return loc.GetLeadingComments()
+				}
+			}
+			return ""
+		}
+	}
+	t.Fatalf("reflection gives no file holding %s", service)
+	return ""
 }
 
 func listServices(t *testing.T, conn *grpc.ClientConn) []string {
