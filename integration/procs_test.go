@@ -39,7 +39,7 @@ func buildAndRun(m *testing.M) int {
 		args = append(args, "-race")
 	}
 	args = append(args, "github.com/osvc/osvc/cmd/osvc-server", "github.com/osvc/osvc/cmd/osvc-agent", "github.com/osvc/osvc/cmd/osvcctl",
-		"github.com/osvc/osvc/cmd/dism-replay")
+		"github.com/osvc/osvc/cmd/dism-replay", "github.com/osvc/osvc/cmd/osvc-sample")
 	cmd := exec.Command("go", args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
