@@ -73,9 +73,10 @@ func TestTheREADMEsSessionRunsAsWritten(t *testing.T) {
 	for _, want := range []string{
 		"KB5066793 (index 1): IN_PROGRESS", // run watch follows the update
 		"KB5066793 (index 1): APPLIED",
-		"KB5066131 (index 1): APPLIED", // the rest, with --all-applicable
-		"CANCELED",                     // the future run, canceled
-		"agents/",                      // agent list
+		"KB5066131 (index 1): APPLIED",        // the rest, with --all-applicable
+		"days after Patch Tuesday",            // schedule list
+		"deleted images/win11-ent/schedules/", // the later schedule, deleted
+		"agents/",                             // agent list
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the session printed no %q", want)

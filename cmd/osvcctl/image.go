@@ -179,12 +179,12 @@ func (c *cli) imageListCommand() *cobra.Command {
 			if c.output == outputJSON {
 				return printJSON(c.stdout, all)
 			}
-			t := newTable(c.stdout, "NAME", "DISPLAY NAME", "KIND", "SITE", "VERSION", "SIZE", "INDEXES", "INSPECTION", "STATUS", "LAST RUN")
+			t := newTable(c.stdout, "NAME", "DISPLAY NAME", "KIND", "SITE", "VERSION", "SIZE", "INDEXES", "INSPECTION", "STATUS", "LAST RUN", "SCHEDULED UPDATES")
 			for _, img := range all.GetImages() {
 				cur := currentVersion(img)
 				t.AppendRow([]any{img.GetName(), orDash(img.GetDisplayName()), kindText(img.GetKind()), img.GetSite(),
 					img.GetCurrentVersion(), sizeText(cur.GetSizeBytes()), len(img.GetIndexes()), inspectionStateText(cur.GetInspection()),
-					servicingStatusText(img.GetServicingStatus()), orDash(img.GetLastRun())})
+					servicingStatusText(img.GetServicingStatus()), orDash(img.GetLastRun()), timeText(img.GetScheduledUpdatesTime())})
 			}
 			renderList(c.stdout, t, "no images")
 			return nil
@@ -269,6 +269,7 @@ func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 	}
 	fmt.Fprintf(w, "Servicing status: %s\n", servicingStatusText(img.GetServicingStatus()))
 	fmt.Fprintf(w, "Last run:         %s\n", orDash(img.GetLastRun()))
+	fmt.Fprintf(w, "Scheduled updates: %s\n", scheduledText(img))
 
 	fmt.Fprintln(w, "\nIndexes:")
 	t := newTable(w, "INDEX", "NAME", "EDITION", "ARCH", "VERSION", "SIZE")

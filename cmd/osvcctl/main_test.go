@@ -316,8 +316,8 @@ func TestStatusMessagesAndLocalMistakesAreRendered(t *testing.T) {
 		{"a NotFound prints the server's message and where to look", []string{"run", "get", "r-404"}, "error: run runs/r-404 not found ('osvcctl run list' lists the runs)\n"},
 		{"a missing image points at the image list", []string{"image", "get", "win10"}, "error: image images/win10 not found ('osvcctl image list' lists the images)\n"},
 		{"a bad output format names the choices", []string{"image", "list", "-o", "yaml"}, `error: --output "yaml": use table or json` + "\n"},
-		{"a schedule needs a choice of updates", []string{"schedule", "create", "win11"}, "error: choose the updates: give --update ID (repeatable) or --all-applicable; 'osvcctl update list --applicable-to win11' lists them\n"},
-		{"a schedule takes listed updates or all applicable ones, not both", []string{"schedule", "create", "win11", "--all-applicable", "--update", "kb1"}, "error: give --update ID or --all-applicable, not both\n"},
+		{"a schedule needs a choice of updates", []string{"schedule", "create", "win11"}, "error: choose the updates: give --update ID (repeatable), --all-applicable, --classification or --title; 'osvcctl update list --applicable-to win11' lists them\n"},
+		{"a schedule takes listed updates or all applicable ones, not both", []string{"schedule", "create", "win11", "--all-applicable", "--update", "kb1"}, "error: give --update ID, or choose by rule (--all-applicable, --classification, --title), not both\n"},
 		{"a bad start time shows the format", []string{"schedule", "create", "win11", "--all-applicable", "--start-time", "tonight"}, "give an RFC 3339 time"},
 		{"a missing argument shows the usage line", []string{"image", "get"}, "error: osvcctl image get takes 1 argument(s), got 0\nusage: osvcctl image get IMAGE [flags]\n"},
 		{"an unknown flag shows the usage line", []string{"run", "list", "--bogus"}, "usage: osvcctl run list [flags]\n"},
@@ -381,8 +381,8 @@ func TestScheduleCreateSendsTheOptionsAndPrintsTheRun(t *testing.T) {
 	f := startFake(t)
 	out := mustRun(t, f.addr, "schedule", "create", "win11-23h2", "--update", "kb5031455", "--update", "updates/kb5031354",
 		"--continue-on-error", "--remove-superseded", "--update-distribution-points", "--start-time", "2026-11-24T22:00:00Z")
-	assertContainsInOrder(t, out, "Schedule: images/win11-23h2/schedules/s-9", "Run:      runs/r-9 (PENDING)",
-		"Start:    2026-11-24 22:00:00Z", "Continue on error: yes, Remove superseded updates: yes, Update distribution points: yes",
+	assertContainsInOrder(t, out, "Schedule: images/win11-23h2/schedules/s-9", "When:     once, 2026-11-24 22:00:00Z",
+		"Run:      runs/r-9 (PENDING)", "Continue on error: yes, Remove superseded updates: yes, Update distribution points: yes",
 		"updates/kb5031455", "updates/kb5031354")
 	reqs := requestsOf[*osvcv1.CreateScheduleRequest](f)
 	if len(reqs) != 1 {

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/server/catalog"
@@ -59,6 +60,10 @@ func (s *imageServer) GetImage(ctx context.Context, req *osvcv1.GetImageRequest)
 	if img.Distributions, err = s.dist.OfImage(ctx, img); err != nil {
 		return nil, Status(err)
 	}
+	id, _ := catalog.ImageID(img.GetName())
+	if err := s.fillScheduled(ctx, id, img); err != nil {
+		return nil, Status(err)
+	}
 	return &osvcv1.GetImageResponse{Image: img}, nil
 }
 
@@ -70,5 +75,23 @@ func (s *imageServer) ListImages(ctx context.Context, req *osvcv1.ListImagesRequ
 	if err != nil {
 		return nil, Status(err)
 	}
+	if err := s.fillScheduled(ctx, "", imgs...); err != nil {
+		return nil, Status(err)
+	}
 	return &osvcv1.ListImagesResponse{Images: imgs, NextPageToken: next}, nil
+}
+
+// fillScheduled sets the images' Scheduled Updates Date from their
+// schedules (imageID "" reads every image's).
+func (s *imageServer) fillScheduled(ctx context.Context, imageID string, imgs ...*osvcv1.Image) error {
+	next, err := s.servicing.NextOccurrences(ctx, imageID)
+	if err != nil {
+		return err
+	}
+	for _, img := range imgs {
+		if at, ok := next[img.GetName()]; ok {
+			img.ScheduledUpdatesTime = timestamppb.New(at)
+		}
+	}
+	return nil
 }

@@ -39,6 +39,40 @@ func (a *servicingServer) CreateSchedule(ctx context.Context, req *osvcv1.Create
 	return &osvcv1.CreateScheduleResponse{Schedule: sched, Run: run}, nil
 }
 
+func (a *servicingServer) GetSchedule(ctx context.Context, req *osvcv1.GetScheduleRequest) (*osvcv1.GetScheduleResponse, error) {
+	sched, err := a.svc.GetSchedule(ctx, req.GetName())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.GetScheduleResponse{Schedule: sched}, nil
+}
+
+func (a *servicingServer) ListSchedules(ctx context.Context, req *osvcv1.ListSchedulesRequest) (*osvcv1.ListSchedulesResponse, error) {
+	if req.GetPageSize() < 0 {
+		return nil, Status(errdefs.InvalidArgument("page_size", "send 0 for the default or a positive size"))
+	}
+	scheds, next, err := a.svc.ListSchedules(ctx, req.GetParent(), int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.ListSchedulesResponse{Schedules: scheds, NextPageToken: next}, nil
+}
+
+func (a *servicingServer) UpdateSchedule(ctx context.Context, req *osvcv1.UpdateScheduleRequest) (*osvcv1.UpdateScheduleResponse, error) {
+	sched, err := a.svc.UpdateSchedule(ctx, req.GetSchedule(), req.GetUpdateMask())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.UpdateScheduleResponse{Schedule: sched}, nil
+}
+
+func (a *servicingServer) DeleteSchedule(ctx context.Context, req *osvcv1.DeleteScheduleRequest) (*osvcv1.DeleteScheduleResponse, error) {
+	if err := a.svc.DeleteSchedule(ctx, req.GetName()); err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.DeleteScheduleResponse{}, nil
+}
+
 func (a *servicingServer) GetRun(ctx context.Context, req *osvcv1.GetRunRequest) (*osvcv1.GetRunResponse, error) {
 	run, err := a.svc.GetRun(ctx, req.GetName())
 	if err != nil {

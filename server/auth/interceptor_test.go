@@ -392,6 +392,26 @@ func TestRolesAndSitesBoundWhatATokenMayDo(t *testing.T) {
 			_, err := osvcv1.NewServicingServiceClient(cc).CreateSchedule(ctx, &osvcv1.CreateScheduleRequest{Parent: "images/ps2-image"})
 			return err
 		}, codes.PermissionDenied},
+		{"an operator of PS1 changes a schedule of a PS1 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewServicingServiceClient(cc).UpdateSchedule(ctx, &osvcv1.UpdateScheduleRequest{Schedule: &osvcv1.Schedule{Name: "images/ps1-image/schedules/s1"}})
+			return err
+		}, codes.Unimplemented},
+		{"an operator of PS1 cannot change a schedule of a PS2 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewServicingServiceClient(cc).UpdateSchedule(ctx, &osvcv1.UpdateScheduleRequest{Schedule: &osvcv1.Schedule{Name: "images/ps2-image/schedules/s1"}})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator of PS1 cannot delete a schedule of a PS2 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewServicingServiceClient(cc).DeleteSchedule(ctx, &osvcv1.DeleteScheduleRequest{Name: "images/ps2-image/schedules/s1"})
+			return err
+		}, codes.PermissionDenied},
+		{"a viewer reads schedules", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewServicingServiceClient(cc).ListSchedules(ctx, &osvcv1.ListSchedulesRequest{})
+			return err
+		}, codes.Unimplemented},
+		{"a viewer cannot delete a schedule", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewServicingServiceClient(cc).DeleteSchedule(ctx, &osvcv1.DeleteScheduleRequest{Name: "images/ps1-image/schedules/s1"})
+			return err
+		}, codes.PermissionDenied},
 		{"an operator of PS1 cannot cancel a PS2 run", operator, func(cc *grpc.ClientConn) error {
 			_, err := osvcv1.NewServicingServiceClient(cc).CancelRun(ctx, &osvcv1.CancelRunRequest{Name: "runs/ps2-image-run"})
 			return err

@@ -110,6 +110,10 @@ var Rules = map[string]Rule{
 	osvcv1.ServicingService_ListRuns_FullMethodName:       {Permission: Read},
 	osvcv1.ServicingService_WatchRun_FullMethodName:       {Permission: Read},
 	osvcv1.ServicingService_CancelRun_FullMethodName:      {Permission: Operate, Mutates: true, scope: runSite},
+	osvcv1.ServicingService_GetSchedule_FullMethodName:    {Permission: Read},
+	osvcv1.ServicingService_ListSchedules_FullMethodName:  {Permission: Read},
+	osvcv1.ServicingService_UpdateSchedule_FullMethodName: {Permission: Operate, Mutates: true, scope: scheduleSite},
+	osvcv1.ServicingService_DeleteSchedule_FullMethodName: {Permission: Operate, Mutates: true, scope: scheduleSite},
 
 	// Sites are the hierarchy itself: only an admin changes it.
 	osvcv1.SiteService_CreateSite_FullMethodName: {Permission: Admin, Mutates: true, scope: siteNamed},

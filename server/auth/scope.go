@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -76,6 +77,27 @@ func imageSite(ctx context.Context, res Resolver, p *Principal, req any) (string
 		return image, err
 	}
 	return image, requireSite(p, site, image)
+}
+
+// scheduleSite checks the site of the image whose schedule a request
+// names (UpdateScheduleRequest carries it in schedule.name).
+func scheduleSite(ctx context.Context, res Resolver, p *Principal, req any) (string, error) {
+	sched := Resource(req)
+	if u, ok := req.(*osvcv1.UpdateScheduleRequest); ok {
+		sched = u.GetSchedule().GetName()
+	}
+	if p.Role == osvcv1.Role_ROLE_ADMIN {
+		return sched, nil
+	}
+	image, _, ok := strings.Cut(sched, "/schedules/")
+	if !ok {
+		return sched, errdefs.InvalidArgument("name", fmt.Sprintf("want images/{id}/schedules/{id}, got %s", names.Quote(sched)))
+	}
+	site, err := res.ImageSite(ctx, image)
+	if err != nil {
+		return sched, err
+	}
+	return sched, requireSite(p, site, sched)
 }
 
 // runSite checks the site of the image of the run a request names.

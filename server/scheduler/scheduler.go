@@ -158,6 +158,8 @@ func (s *Scheduler) loop(ctx context.Context) error {
 		{s.store.RunsPrefix(), relevantRunEvent},
 		{s.store.PresencePrefix(), func(*clientv3.Event) bool { return true }},
 		{s.store.AssignmentsPrefix(), func(ev *clientv3.Event) bool { return ev.Type == clientv3.EventTypeDelete }},
+		// A schedule created or changed may be due, or due sooner.
+		{s.store.SchedulesPrefix(""), func(ev *clientv3.Event) bool { return ev.Type != clientv3.EventTypeDelete }},
 	}
 	// The watches start right after the revision read here, before the first
 	// pass reads anything: what that pass does not see, they report. Watches
@@ -221,8 +223,9 @@ func relevantRunEvent(ev *clientv3.Event) bool {
 	case osvcv1.RunState_RUN_STATE_PENDING:
 		return true
 	}
-	// An inspection that ended lets the servicing runs that waited for it go.
-	return servicing.IsInspection(run) && servicing.IsFinal(run.GetState())
+	// An inspection that ended lets the servicing runs that waited for it
+	// go; a servicing run that ended, the schedules that waited for it.
+	return servicing.IsFinal(run.GetState())
 }
 
 // watch pokes on relevant events under prefix after revision rev, resuming
@@ -272,6 +275,20 @@ type agentSlot struct {
 // run would stall (zero when neither). Pass is exported for tests and tools; Run
 // calls it.
 func (s *Scheduler) Pass(ctx context.Context) (time.Time, error) {
+	// Due schedules queue their runs first, so this pass leases them.
+	nextSchedule, err := s.servicing.StartDueSchedules(ctx, s.now())
+	if err != nil {
+		return time.Time{}, fmt.Errorf("start due schedules: %w", err)
+	}
+	next, err := s.pass(ctx)
+	if err == nil && !nextSchedule.IsZero() && (next.IsZero() || nextSchedule.Before(next)) {
+		next = nextSchedule
+	}
+	return next, err
+}
+
+// pass is Pass but for the schedules.
+func (s *Scheduler) pass(ctx context.Context) (time.Time, error) {
 	assigned, err := s.assignments(ctx)
 	if err != nil {
 		return time.Time{}, err

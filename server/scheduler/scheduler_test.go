@@ -100,7 +100,10 @@ func TestPassWaitsForTheStartTime(t *testing.T) {
 	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
 	clk := &clock{now: time.Now().Add(24 * time.Hour).Truncate(time.Second)}
 	start := clk.Now().Add(time.Hour)
-	run := schedule(t, env, img.Name, start)
+	sched, run, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"}, StartTime: timestamppb.New(start)}, false)
+	if err != nil || run != nil {
+		t.Fatalf("CreateSchedule = %v, %v; want a schedule and no run before its time", run, err)
+	}
 	s := newScheduler(t, env, clk.Now)
 
 	next, err := s.Pass(ctx)
@@ -110,15 +113,22 @@ func TestPassWaitsForTheStartTime(t *testing.T) {
 	if !next.Equal(start) {
 		t.Errorf("Pass wants to run again at %v, want the start time %v", next, start)
 	}
-	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
-		t.Errorf("before its start time the run is %s, want PENDING", r.GetState())
+	if runs, _, err := env.Service.ListRuns(ctx, img.Name, 0, ""); err != nil || len(runs) != 0 {
+		t.Errorf("before its start time the image has runs %v (%v), want none: a future run does not hold it", runs, err)
 	}
 	clk.Set(start.Add(time.Second))
 	if _, err := s.Pass(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED {
-		t.Errorf("after its start time the run is %s, want LEASED", r.GetState())
+	got, err := env.Service.GetSchedule(ctx, sched.GetName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetLastRun() == "" || got.GetNextRunTime() != nil {
+		t.Fatalf("after its start time the schedule is %v, want its run started and no occurrence left", got)
+	}
+	if r := env.Run(t, got.GetLastRun()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED || r.GetSchedule() != sched.GetName() {
+		t.Errorf("after its start time the run is %s of %s, want LEASED, of the schedule", r.GetState(), r.GetSchedule())
 	}
 }
 

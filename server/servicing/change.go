@@ -134,13 +134,8 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	case osvcv1.RunState_RUN_STATE_FAILED:
 		return s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_FAILED, true)
 	default:
-		// A canceled run did not service the image: its status goes back to
-		// what the last run that did left it.
-		status, err := s.statusBeforeSchedule(ctx, ch)
-		if err != nil {
-			return err
-		}
-		return s.setImageStatus(ctx, ch, status, false)
+		// The console's Canceled: the image is as it was, and says why.
+		return s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_CANCELED, true)
 	}
 }
 
@@ -154,40 +149,6 @@ func skipUnfinished(run *osvcv1.Run, message string) {
 			r.Message = message
 		}
 	}
-}
-
-// statusBeforeSchedule is the image's servicing status as its last run left
-// it (NONE when it was never serviced or that run is gone).
-func (s *Service) statusBeforeSchedule(ctx context.Context, ch *change) (osvcv1.ServicingStatus, error) {
-	img, err := s.loadImage(ctx, ch)
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	last := img.GetLastRun()
-	if last == "" || last == ch.run.GetName() {
-		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
-	}
-	id, err := RunID(last)
-	if err != nil {
-		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
-	}
-	run, err := store.Load[*osvcv1.Run](ch.tx, s.store.RunKey(id))
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("last run %s of %s: %w", last, img.GetName(), err)
-	}
-	switch run.GetState() {
-	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
-		return osvcv1.ServicingStatus_SERVICING_STATUS_SUCCEEDED, nil
-	case osvcv1.RunState_RUN_STATE_FAILED:
-		return osvcv1.ServicingStatus_SERVICING_STATUS_FAILED, nil
-	}
-	return osvcv1.ServicingStatus_SERVICING_STATUS_NONE, nil
 }
 
 // write asks the transaction to store the run, and its image when the

@@ -97,7 +97,7 @@ func TestAResultThatIsTheSourceVersionAddsNoVersion(t *testing.T) {
 	}
 }
 
-func TestACanceledRunLeavesTheImageAsItsLastRunLeftIt(t *testing.T) {
+func TestACanceledRunLeavesTheImageAsItWasAndSaysCanceled(t *testing.T) {
 	t.Parallel()
 	env, img := newEnv(t, servicingtest.Options{})
 	ctx := context.Background()
@@ -125,8 +125,11 @@ func TestACanceledRunLeavesTheImageAsItsLastRunLeftIt(t *testing.T) {
 			t.Errorf("update result %v of a canceled run, want SKIPPED with why", r)
 		}
 	}
+	// The console's Scheduled Updates Status: Canceled, the image as the
+	// first run left it.
 	got := env.GetImage(t, img.GetName())
-	if got.GetServicingStatus() != osvcv1.ServicingStatus_SERVICING_STATUS_SUCCEEDED || got.GetLastRun() != first.GetName() {
-		t.Errorf("image status %v, last run %s after the cancel; want SUCCEEDED from %s", got.GetServicingStatus(), got.GetLastRun(), first.GetName())
+	if got.GetServicingStatus() != osvcv1.ServicingStatus_SERVICING_STATUS_CANCELED || got.GetLastRun() != pending.GetName() || got.GetCurrentVersion() != 2 {
+		t.Errorf("image status %v, last run %s, version %d after the cancel; want CANCELED from %s at version 2",
+			got.GetServicingStatus(), got.GetLastRun(), got.GetCurrentVersion(), pending.GetName())
 	}
 }

@@ -304,8 +304,8 @@ func TestCancelOfALeasedRunAsksTheAgentAndLeavesTheImageUntouched(t *testing.T) 
 		t.Errorf("run = %v, want CANCELED with the reason", r)
 	}
 	got := env.GetImage(t, img.Name)
-	if got.GetCurrentVersion() != 1 || len(got.GetVersions()) != 1 || got.GetServicingStatus() != osvcv1.ServicingStatus_SERVICING_STATUS_NONE {
-		t.Errorf("image after a cancel = %v, want version 1 only", got)
+	if got.GetCurrentVersion() != 1 || len(got.GetVersions()) != 1 || got.GetServicingStatus() != osvcv1.ServicingStatus_SERVICING_STATUS_CANCELED {
+		t.Errorf("image after a cancel = %v, want version 1 only, CANCELED", got)
 	}
 }
 

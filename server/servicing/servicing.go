@@ -22,9 +22,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
@@ -236,11 +234,14 @@ func IsLeased(state osvcv1.RunState) bool {
 	return state == osvcv1.RunState_RUN_STATE_LEASED || state == osvcv1.RunState_RUN_STATE_IN_PROCESS
 }
 
-// CreateSchedule validates a schedule for the image named parent and queues
-// its run, PENDING until sched.start_time. With allApplicable the schedule
-// takes every update applicable to the image instead of sched.updates. An
-// image has one run at a time: a second schedule while one is active is
-// ErrFailedPrecondition naming the active run.
+// CreateSchedule stores a schedule of the image parent (see schedules.go).
+// One due now (no start time, or one past, and no recurrence) queues its
+// run in the same transaction, returned, after selecting its updates: the
+// listed ones, or with allApplicable (or a selection) what is applicable
+// now. An image has one run at a time: such a schedule while a run of the
+// image has not ended is ErrFailedPrecondition naming the run. A later or
+// recurring schedule is stored with its first occurrence; its updates, when
+// chosen by rule, are chosen when the occurrence comes.
 func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvcv1.Schedule, allApplicable bool) (*osvcv1.Schedule, *osvcv1.Run, error) {
 	imageID, err := catalog.ImageID(parent)
 	if err != nil {
@@ -249,10 +250,36 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 	if sched == nil {
 		sched = &osvcv1.Schedule{}
 	}
+	now := s.now()
+	schedID := newID("s-", now)
+	out := &osvcv1.Schedule{
+		Name:                     parent + "/" + schedulesCollection + schedID,
+		Updates:                  sched.GetUpdates(),
+		Selection:                sched.GetSelection(),
+		StartTime:                sched.GetStartTime(),
+		Recurrence:               sched.GetRecurrence(),
+		ContinueOnError:          sched.GetContinueOnError(),
+		UpdateDistributionPoints: sched.GetUpdateDistributionPoints(),
+		RemoveSuperseded:         sched.GetRemoveSuperseded(),
+		CreateTime:               timestamppb.New(now),
+		UpdateTime:               timestamppb.New(now),
+	}
+	if allApplicable {
+		if len(out.GetUpdates()) > 0 || out.GetSelection() != nil {
+			return nil, nil, errdefs.InvalidArgument("schedule.updates", "send either updates, a selection or all_applicable")
+		}
+		out.Selection = &osvcv1.UpdateSelection{}
+	}
+	rule, err := checkSchedule(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	first := firstOccurrence(out, rule, now)
+	atOnce := rule == nil && !first.After(now)
 	imageKey, activeKey := s.store.ImageKey(imageID), s.store.ActiveRunKey(imageID)
-	var outSched *osvcv1.Schedule
 	var run *osvcv1.Run
 	_, err = s.store.Txn(ctx, "schedule "+parent, func(tx *store.Tx) error {
+		run = nil
 		img, err := store.Load[*osvcv1.Image](tx, imageKey)
 		if errors.Is(err, errdefs.ErrNotFound) {
 			return fmt.Errorf("image %s: %w", parent, errdefs.ErrNotFound)
@@ -260,96 +287,71 @@ func (s *Service) CreateSchedule(ctx context.Context, parent string, sched *osvc
 		if err != nil {
 			return fmt.Errorf("schedule %s: %w", parent, err)
 		}
-		if active, exists, err := tx.Raw(activeKey); err != nil {
-			return err
-		} else if exists {
-			name, _ := store.Unmarshal[*wrapperspb.StringValue](active)
-			return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it: %w",
-				parent, name.GetValue(), errdefs.ErrFailedPrecondition)
-		}
-		if err := checkStartTime(sched.GetStartTime(), img, s.now()); err != nil {
+		if err := s.checkScheduleFor(img, out); err != nil {
 			return err
 		}
-		if n := len(img.GetIndexes()); sched.GetRemoveSuperseded() && n > 1 {
-			// DISM's /ResetBase and the export that makes the image smaller
-			// work on an image of one index; Configuration Manager refuses the
-			// option the same way ("If the image has more than one index, you
-			// can't use this option").
-			return errdefs.InvalidArgument("schedule.remove_superseded", fmt.Sprintf(
-				"image %s has %d indexes, and superseded updates are removed only from an image of one index: schedule without remove superseded, or import each index as an image of its own",
-				parent, n))
-		}
-		source := currentVersion(img)
-		if source == nil {
-			return fmt.Errorf("image %s has no current version to service; import it again: %w", parent, errdefs.ErrFailedPrecondition)
-		}
-		// A version whose inspection is still to come is scheduled: the run
-		// waits for it. One that failed its inspection is never serviced.
-		if pending, err := ServiceableVersion(img, source.GetVersion()); err != nil && !pending {
-			return err
-		}
-		updates, err := s.selectUpdates(ctx, img, sched, allApplicable)
+		active, err := s.activeRun(tx, imageID)
 		if err != nil {
 			return err
 		}
-		SortForServicing(updates)
-
-		now := s.now()
-		schedID := newID("s-", now)
-		runID := newID("r-", now)
-		outSched = &osvcv1.Schedule{
-			Name:                     parent + "/" + schedulesCollection + schedID,
-			StartTime:                sched.GetStartTime(),
-			ContinueOnError:          sched.GetContinueOnError(),
-			UpdateDistributionPoints: sched.GetUpdateDistributionPoints(),
-			RemoveSuperseded:         sched.GetRemoveSuperseded(),
-			CreateTime:               timestamppb.New(now),
+		schedKey := s.store.ScheduleKey(imageID, schedID)
+		if _, exists, err := tx.Raw(schedKey); err != nil {
+			return err
+		} else if exists {
+			return fmt.Errorf("schedule %s: id %s is taken: %w", parent, schedID, errdefs.ErrContended)
 		}
-		run = &osvcv1.Run{
-			Name:                     RunName(runID),
-			Image:                    parent,
-			Kind:                     osvcv1.RunKind_RUN_KIND_SERVICING,
-			Schedule:                 outSched.Name,
-			State:                    osvcv1.RunState_RUN_STATE_PENDING,
-			ContinueOnError:          outSched.ContinueOnError,
-			RemoveSuperseded:         outSched.RemoveSuperseded,
-			UpdateDistributionPoints: outSched.UpdateDistributionPoints,
-			SourceVersion:            source.GetVersion(),
-			SourceSizeBytes:          source.GetSizeBytes(),
-			NotBefore:                sched.GetStartTime(),
-			CreateTime:               timestamppb.New(now),
-		}
-		for _, u := range updates {
-			outSched.Updates = append(outSched.Updates, u.GetName())
-			run.Updates = append(run.Updates, u.GetName())
-		}
-		run.UpdateResults = pendingResults(img, updates)
-
-		img.ServicingStatus = osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED
-		img.UpdateTime = timestamppb.New(now)
-
-		// The new ids are read absent, so the commit refuses to overwrite.
-		schedKey, runKey := s.store.ScheduleKey(imageID, schedID), s.store.RunKey(runID)
-		for _, k := range []string{schedKey, runKey} {
-			if _, exists, err := tx.Raw(k); err != nil {
-				return err
-			} else if exists {
-				return fmt.Errorf("schedule %s: id %s is taken: %w", parent, k, errdefs.ErrContended)
+		if !atOnce {
+			if out.GetSelection() == nil {
+				updates, err := s.listedUpdates(ctx, out.GetUpdates())
+				if err != nil {
+					return err
+				}
+				SortForServicing(updates)
+				out.Updates = updateNames(updates)
 			}
-		}
-		for key, m := range map[string]proto.Message{schedKey: outSched, runKey: run, activeKey: wrapperspb.String(run.Name), imageKey: img} {
-			if err := tx.Put(key, m); err != nil {
-				return fmt.Errorf("schedule %s: %w", parent, err)
+			out.NextRunTime = timestamppb.New(first)
+			if active == "" {
+				img.ServicingStatus = osvcv1.ServicingStatus_SERVICING_STATUS_SCHEDULED
+				img.UpdateTime = timestamppb.New(now)
+				if err := tx.Put(imageKey, img); err != nil {
+					return err
+				}
 			}
+			return tx.Put(schedKey, out)
 		}
-		tx.PutRaw(s.store.ImageRunKey(imageID, runID), nil)
-		return nil
+		if active != "" {
+			return fmt.Errorf("image %s already has run %s in progress; wait for it to end or cancel it, or schedule for later: %w",
+				parent, active, errdefs.ErrFailedPrecondition)
+		}
+		// A version whose inspection is still to come is scheduled: the run
+		// waits for it. One that failed its inspection is never serviced.
+		if pending, err := ServiceableVersion(img, img.GetCurrentVersion()); err != nil && !pending {
+			return err
+		}
+		updates, err := s.selectFor(ctx, img, out)
+		if err != nil {
+			return err
+		}
+		if len(updates) == 0 {
+			return fmt.Errorf("no applicable update for %s matches the selection; import newer updates first: %w", parent, errdefs.ErrFailedPrecondition)
+		}
+		// What this one run applies, chosen now.
+		out.Updates, out.Selection = updateNames(updates), nil
+		if run, err = s.queueRun(tx, img, imageID, out, updates, now); err != nil {
+			return err
+		}
+		out.LastRun = run.GetName()
+		return tx.Put(schedKey, out)
 	}, store.Prefetch(imageKey, activeKey))
 	if err != nil {
 		return nil, nil, err
 	}
-	s.logger.Info("run scheduled", "run", run.Name, "image", parent, "updates", len(run.Updates), "not_before", run.GetNotBefore().AsTime())
-	return outSched, run, nil
+	if run != nil {
+		s.logger.Info("run scheduled", "run", run.Name, "image", parent, "schedule", out.GetName(), "updates", len(run.Updates))
+	} else {
+		s.logger.Info("schedule created", "schedule", out.GetName(), "next_run_time", out.GetNextRunTime().AsTime(), "recurring", rule != nil)
+	}
+	return out, run, nil
 }
 
 // maxScheduleAhead is how far ahead a run may be scheduled: further is
@@ -374,46 +376,6 @@ func checkStartTime(start *timestamppb.Timestamp, img *osvcv1.Image, now time.Ti
 		return errdefs.InvalidArgument("schedule.start_time", fmt.Sprintf("%s is more than a year ahead; check the year", t.Format(time.RFC3339)))
 	}
 	return nil
-}
-
-func (s *Service) selectUpdates(ctx context.Context, img *osvcv1.Image, sched *osvcv1.Schedule, allApplicable bool) ([]*osvcv1.Update, error) {
-	if allApplicable {
-		if len(sched.GetUpdates()) > 0 {
-			return nil, errdefs.InvalidArgument("schedule.updates", "send either updates or all_applicable, not both")
-		}
-		updates, err := s.catalog.ApplicableUpdates(ctx, img, nil)
-		if err != nil {
-			return nil, fmt.Errorf("applicable updates of %s: %w", img.GetName(), err)
-		}
-		if len(updates) == 0 {
-			return nil, fmt.Errorf("no applicable updates for %s; import newer updates first: %w", img.GetName(), errdefs.ErrFailedPrecondition)
-		}
-		return updates, nil
-	}
-	if len(sched.GetUpdates()) == 0 {
-		return nil, errdefs.InvalidArgument("schedule.updates", "select at least one update (updates/{id}), or set all_applicable")
-	}
-	seen := make(map[string]bool, len(sched.GetUpdates()))
-	updates := make([]*osvcv1.Update, 0, len(sched.GetUpdates()))
-	for i, name := range sched.GetUpdates() {
-		field := fmt.Sprintf("schedule.updates[%d]", i)
-		if _, err := catalog.UpdateID(name); err != nil {
-			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("want updates/{id}, got %q", truncate(name, 80)))
-		}
-		if seen[name] {
-			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is selected twice; list each update once", name))
-		}
-		seen[name] = true
-		u, err := s.catalog.GetUpdate(ctx, name)
-		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil, errdefs.InvalidArgument(field, fmt.Sprintf("%s is not in the catalog; import it first or pick one from ListUpdates", name))
-		}
-		if err != nil {
-			return nil, err
-		}
-		updates = append(updates, u)
-	}
-	return updates, nil
 }
 
 // SortForServicing orders updates the way servicing applies them: the

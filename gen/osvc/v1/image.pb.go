@@ -96,9 +96,11 @@ const (
 	ServicingStatus_SERVICING_STATUS_IN_PROCESS ServicingStatus = 3
 	// SERVICING_STATUS_SUCCEEDED: the last servicing run (last_run) succeeded.
 	ServicingStatus_SERVICING_STATUS_SUCCEEDED ServicingStatus = 4
-	// SERVICING_STATUS_FAILED: the last servicing run (last_run) failed. A
-	// canceled run puts back the status the run before it left.
+	// SERVICING_STATUS_FAILED: the last servicing run (last_run) failed.
 	ServicingStatus_SERVICING_STATUS_FAILED ServicingStatus = 5
+	// SERVICING_STATUS_CANCELED: the last servicing run (last_run) was
+	// canceled.
+	ServicingStatus_SERVICING_STATUS_CANCELED ServicingStatus = 6
 )
 
 // Enum value maps for ServicingStatus.
@@ -110,6 +112,7 @@ var (
 		3: "SERVICING_STATUS_IN_PROCESS",
 		4: "SERVICING_STATUS_SUCCEEDED",
 		5: "SERVICING_STATUS_FAILED",
+		6: "SERVICING_STATUS_CANCELED",
 	}
 	ServicingStatus_value = map[string]int32{
 		"SERVICING_STATUS_UNSPECIFIED": 0,
@@ -118,6 +121,7 @@ var (
 		"SERVICING_STATUS_IN_PROCESS":  3,
 		"SERVICING_STATUS_SUCCEEDED":   4,
 		"SERVICING_STATUS_FAILED":      5,
+		"SERVICING_STATUS_CANCELED":    6,
 	}
 )
 
@@ -318,8 +322,12 @@ type Image struct {
 	// distributions is where each distribution point stands with the image;
 	// GetImage fills it, ListImages leaves it empty.
 	Distributions []*Distribution `protobuf:"bytes,13,rep,name=distributions,proto3" json:"distributions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// scheduled_updates_time is the console's Scheduled Updates Date: the
+	// next occurrence among the image's schedules; unset when none is to
+	// come. Filled when the image is read.
+	ScheduledUpdatesTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=scheduled_updates_time,json=scheduledUpdatesTime,proto3" json:"scheduled_updates_time,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -439,6 +447,13 @@ func (x *Image) GetDistributionVersion() int32 {
 func (x *Image) GetDistributions() []*Distribution {
 	if x != nil {
 		return x.Distributions
+	}
+	return nil
+}
+
+func (x *Image) GetScheduledUpdatesTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScheduledUpdatesTime
 	}
 	return nil
 }
@@ -1608,7 +1623,7 @@ var File_osvc_v1_image_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xcf\x04\n" +
+	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xa1\x05\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1625,7 +1640,8 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x121\n" +
 	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
-	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\"\x9b\x04\n" +
+	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\x12P\n" +
+	"\x16scheduled_updates_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x14scheduledUpdatesTime\"\x9b\x04\n" +
 	"\fDistribution\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
 	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +
@@ -1723,14 +1739,15 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\tImageKind\x12\x1a\n" +
 	"\x16IMAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13IMAGE_KIND_OS_IMAGE\x10\x01\x12!\n" +
-	"\x1dIMAGE_KIND_OS_UPGRADE_PACKAGE\x10\x02*\xcc\x01\n" +
+	"\x1dIMAGE_KIND_OS_UPGRADE_PACKAGE\x10\x02*\xeb\x01\n" +
 	"\x0fServicingStatus\x12 \n" +
 	"\x1cSERVICING_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15SERVICING_STATUS_NONE\x10\x01\x12\x1e\n" +
 	"\x1aSERVICING_STATUS_SCHEDULED\x10\x02\x12\x1f\n" +
 	"\x1bSERVICING_STATUS_IN_PROCESS\x10\x03\x12\x1e\n" +
 	"\x1aSERVICING_STATUS_SUCCEEDED\x10\x04\x12\x1b\n" +
-	"\x17SERVICING_STATUS_FAILED\x10\x05*\xbf\x01\n" +
+	"\x17SERVICING_STATUS_FAILED\x10\x05\x12\x1d\n" +
+	"\x19SERVICING_STATUS_CANCELED\x10\x06*\xbf\x01\n" +
 	"\x11DistributionState\x12\"\n" +
 	"\x1eDISTRIBUTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aDISTRIBUTION_STATE_PENDING\x10\x01\x12#\n" +
@@ -1797,34 +1814,35 @@ var file_osvc_v1_image_proto_depIdxs = []int32{
 	20, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
 	20, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
 	5,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
-	2,  // 7: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
-	20, // 8: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 9: osvc.v1.Distribution.tree:type_name -> osvc.v1.PackageTreeRef
-	20, // 10: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 11: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
-	7,  // 12: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
-	9,  // 13: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
-	21, // 14: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	11, // 15: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	20, // 16: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 17: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	4,  // 18: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 19: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 20: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 21: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	12, // 22: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	16, // 23: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	18, // 24: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	14, // 25: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
-	13, // 26: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	17, // 27: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	19, // 28: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	15, // 29: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
-	26, // [26:30] is the sub-list for method output_type
-	22, // [22:26] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	20, // 7: osvc.v1.Image.scheduled_updates_time:type_name -> google.protobuf.Timestamp
+	2,  // 8: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
+	20, // 9: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 10: osvc.v1.Distribution.tree:type_name -> osvc.v1.PackageTreeRef
+	20, // 11: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 12: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
+	7,  // 13: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
+	9,  // 14: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
+	21, // 15: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	11, // 16: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	20, // 17: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 18: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	4,  // 19: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 20: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 21: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 22: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	12, // 23: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	16, // 24: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	18, // 25: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	14, // 26: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	13, // 27: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	17, // 28: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	19, // 29: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	15, // 30: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	27, // [27:31] is the sub-list for method output_type
+	23, // [23:27] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }

@@ -9,6 +9,7 @@ package osvcv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -418,7 +419,26 @@ type Schedule struct {
 	// it with InvalidArgument (field schedule.remove_superseded) for more.
 	RemoveSuperseded bool `protobuf:"varint,6,opt,name=remove_superseded,json=removeSuperseded,proto3" json:"remove_superseded,omitempty"`
 	// create_time is when the schedule was created; set by the server.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// recurrence, when set, starts a run at each of its occurrences (from
+	// start_time on, when set); unset, the schedule runs once.
+	Recurrence *Recurrence `protobuf:"bytes,8,opt,name=recurrence,proto3" json:"recurrence,omitempty"`
+	// selection, when set, chooses the updates at each occurrence instead of
+	// the listed updates: what is applicable to the image then.
+	Selection *UpdateSelection `protobuf:"bytes,9,opt,name=selection,proto3" json:"selection,omitempty"`
+	// next_run_time is when the schedule next starts a run, set by the
+	// server; unset for a schedule that ran once and has no occurrence left.
+	// A run due while the image has a run in process waits for it.
+	NextRunTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=next_run_time,json=nextRunTime,proto3" json:"next_run_time,omitempty"`
+	// last_run is the run the schedule last started, runs/{id}; set by the
+	// server.
+	LastRun string `protobuf:"bytes,11,opt,name=last_run,json=lastRun,proto3" json:"last_run,omitempty"`
+	// update_time is when the schedule last changed (an update, a run
+	// started); set by the server.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// waiting says why a due occurrence has not started its run yet (the
+	// image has a run in process, nothing is applicable); set by the server.
+	Waiting       string `protobuf:"bytes,13,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -502,6 +522,262 @@ func (x *Schedule) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Schedule) GetRecurrence() *Recurrence {
+	if x != nil {
+		return x.Recurrence
+	}
+	return nil
+}
+
+func (x *Schedule) GetSelection() *UpdateSelection {
+	if x != nil {
+		return x.Selection
+	}
+	return nil
+}
+
+func (x *Schedule) GetNextRunTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRunTime
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastRun() string {
+	if x != nil {
+		return x.LastRun
+	}
+	return ""
+}
+
+func (x *Schedule) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Schedule) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
+}
+
+// Recurrence is when a recurring schedule starts its runs: a cron
+// expression, or the monthly rhythm of Windows updates.
+type Recurrence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rule is the rhythm.
+	//
+	// Types that are valid to be assigned to Rule:
+	//
+	//	*Recurrence_Cron
+	//	*Recurrence_PatchTuesday
+	Rule isRecurrence_Rule `protobuf_oneof:"rule"`
+	// time_zone is the IANA time zone the rule's times are in, e.g.
+	// Europe/Paris; UTC when empty.
+	TimeZone      string `protobuf:"bytes,3,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recurrence) Reset() {
+	*x = Recurrence{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recurrence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recurrence) ProtoMessage() {}
+
+func (x *Recurrence) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recurrence.ProtoReflect.Descriptor instead.
+func (*Recurrence) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Recurrence) GetRule() isRecurrence_Rule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+func (x *Recurrence) GetCron() string {
+	if x != nil {
+		if x, ok := x.Rule.(*Recurrence_Cron); ok {
+			return x.Cron
+		}
+	}
+	return ""
+}
+
+func (x *Recurrence) GetPatchTuesday() *PatchTuesday {
+	if x != nil {
+		if x, ok := x.Rule.(*Recurrence_PatchTuesday); ok {
+			return x.PatchTuesday
+		}
+	}
+	return nil
+}
+
+func (x *Recurrence) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+type isRecurrence_Rule interface {
+	isRecurrence_Rule()
+}
+
+type Recurrence_Cron struct {
+	// cron is a five-field cron expression (minute hour day-of-month month
+	// day-of-week), e.g. "0 22 * * 6" for Saturdays at 22:00, or a
+	// descriptor such as "@weekly".
+	Cron string `protobuf:"bytes,1,opt,name=cron,proto3,oneof"`
+}
+
+type Recurrence_PatchTuesday struct {
+	// patch_tuesday starts a run each month some days after the second
+	// Tuesday, when Microsoft releases its monthly updates.
+	PatchTuesday *PatchTuesday `protobuf:"bytes,2,opt,name=patch_tuesday,json=patchTuesday,proto3,oneof"`
+}
+
+func (*Recurrence_Cron) isRecurrence_Rule() {}
+
+func (*Recurrence_PatchTuesday) isRecurrence_Rule() {}
+
+// PatchTuesday is "N days after the second Tuesday of the month at HH:MM".
+type PatchTuesday struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// days_after is how many days after the second Tuesday, 0 to 20: 0 is
+	// the Tuesday itself, 4 the Saturday after.
+	DaysAfter int32 `protobuf:"varint,1,opt,name=days_after,json=daysAfter,proto3" json:"days_after,omitempty"`
+	// time_of_day is when on that day, "HH:MM" (24-hour) in the time zone.
+	TimeOfDay     string `protobuf:"bytes,2,opt,name=time_of_day,json=timeOfDay,proto3" json:"time_of_day,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PatchTuesday) Reset() {
+	*x = PatchTuesday{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PatchTuesday) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PatchTuesday) ProtoMessage() {}
+
+func (x *PatchTuesday) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PatchTuesday.ProtoReflect.Descriptor instead.
+func (*PatchTuesday) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PatchTuesday) GetDaysAfter() int32 {
+	if x != nil {
+		return x.DaysAfter
+	}
+	return 0
+}
+
+func (x *PatchTuesday) GetTimeOfDay() string {
+	if x != nil {
+		return x.TimeOfDay
+	}
+	return ""
+}
+
+// UpdateSelection chooses updates by rule when an occurrence starts: every
+// update applicable to the image then that passes all the filters given.
+type UpdateSelection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// classifications, when set, keeps only updates of these classifications.
+	Classifications []Classification `protobuf:"varint,1,rep,packed,name=classifications,proto3,enum=osvc.v1.Classification" json:"classifications,omitempty"`
+	// title_contains, when set, keeps only updates whose title contains it,
+	// ignoring case.
+	TitleContains string `protobuf:"bytes,2,opt,name=title_contains,json=titleContains,proto3" json:"title_contains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSelection) Reset() {
+	*x = UpdateSelection{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSelection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSelection) ProtoMessage() {}
+
+func (x *UpdateSelection) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSelection.ProtoReflect.Descriptor instead.
+func (*UpdateSelection) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateSelection) GetClassifications() []Classification {
+	if x != nil {
+		return x.Classifications
+	}
+	return nil
+}
+
+func (x *UpdateSelection) GetTitleContains() string {
+	if x != nil {
+		return x.TitleContains
+	}
+	return ""
+}
+
 // UpdateResult is the state of one update on one image index.
 type UpdateResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -524,7 +800,7 @@ type UpdateResult struct {
 
 func (x *UpdateResult) Reset() {
 	*x = UpdateResult{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[1]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +812,7 @@ func (x *UpdateResult) String() string {
 func (*UpdateResult) ProtoMessage() {}
 
 func (x *UpdateResult) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[1]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +825,7 @@ func (x *UpdateResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateResult.ProtoReflect.Descriptor instead.
 func (*UpdateResult) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{1}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UpdateResult) GetUpdate() string {
@@ -616,7 +892,7 @@ type StepRecord struct {
 
 func (x *StepRecord) Reset() {
 	*x = StepRecord{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[2]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +904,7 @@ func (x *StepRecord) String() string {
 func (*StepRecord) ProtoMessage() {}
 
 func (x *StepRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[2]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +917,7 @@ func (x *StepRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRecord.ProtoReflect.Descriptor instead.
 func (*StepRecord) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StepRecord) GetStep() Step {
@@ -698,7 +974,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[3]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +986,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[3]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +999,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LogLine) GetSequence() int64 {
@@ -780,7 +1056,7 @@ type RunArtifact struct {
 
 func (x *RunArtifact) Reset() {
 	*x = RunArtifact{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +1068,7 @@ func (x *RunArtifact) String() string {
 func (*RunArtifact) ProtoMessage() {}
 
 func (x *RunArtifact) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[4]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +1081,7 @@ func (x *RunArtifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunArtifact.ProtoReflect.Descriptor instead.
 func (*RunArtifact) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RunArtifact) GetName() string {
@@ -934,7 +1210,7 @@ type Run struct {
 
 func (x *Run) Reset() {
 	*x = Run{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1222,7 @@ func (x *Run) String() string {
 func (*Run) ProtoMessage() {}
 
 func (x *Run) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[5]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1235,7 @@ func (x *Run) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Run.ProtoReflect.Descriptor instead.
 func (*Run) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Run) GetName() string {
@@ -1191,9 +1467,12 @@ type CreateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// parent is the image, images/{id}.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// schedule is what to apply and how; name and create_time are ignored.
+	// schedule is what to apply and how; name, create_time, update_time,
+	// next_run_time, last_run and waiting are ignored.
 	Schedule *Schedule `protobuf:"bytes,2,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	// all_applicable selects every applicable update instead of schedule.updates.
+	// all_applicable selects every applicable update instead of
+	// schedule.updates: now for a schedule that runs at once, else at each
+	// occurrence (as schedule.selection with no filter).
 	AllApplicable bool `protobuf:"varint,3,opt,name=all_applicable,json=allApplicable,proto3" json:"all_applicable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1201,7 +1480,7 @@ type CreateScheduleRequest struct {
 
 func (x *CreateScheduleRequest) Reset() {
 	*x = CreateScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1492,7 @@ func (x *CreateScheduleRequest) String() string {
 func (*CreateScheduleRequest) ProtoMessage() {}
 
 func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[6]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1505,7 @@ func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateScheduleRequest) GetParent() string {
@@ -1250,12 +1529,14 @@ func (x *CreateScheduleRequest) GetAllApplicable() bool {
 	return false
 }
 
-// CreateScheduleResponse holds the new schedule and its PENDING run.
+// CreateScheduleResponse holds the new schedule and, when it runs at once,
+// its PENDING run.
 type CreateScheduleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// schedule is the schedule as stored, its updates in apply order.
 	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	// run is the queued run.
+	// run is the queued run; unset when the schedule's first occurrence is
+	// later (see schedule.next_run_time).
 	Run           *Run `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1263,7 +1544,7 @@ type CreateScheduleResponse struct {
 
 func (x *CreateScheduleResponse) Reset() {
 	*x = CreateScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1556,7 @@ func (x *CreateScheduleResponse) String() string {
 func (*CreateScheduleResponse) ProtoMessage() {}
 
 func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[7]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1569,7 @@ func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateScheduleResponse) GetSchedule() *Schedule {
@@ -1305,6 +1586,403 @@ func (x *CreateScheduleResponse) GetRun() *Run {
 	return nil
 }
 
+// GetScheduleRequest names a schedule.
+type GetScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the schedule, images/{id}/schedules/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleRequest) Reset() {
+	*x = GetScheduleRequest{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleRequest) ProtoMessage() {}
+
+func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
+func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetScheduleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GetScheduleResponse holds the schedule.
+type GetScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// schedule is the schedule as it is now.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleResponse) Reset() {
+	*x = GetScheduleResponse{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleResponse) ProtoMessage() {}
+
+func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
+func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ListSchedulesRequest asks for a page of schedules.
+type ListSchedulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// parent, when set, lists only that image's schedules, images/{id}.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// page_size is the most schedules to return: 0 for 50, at most 1000.
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListSchedulesRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListSchedulesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSchedulesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSchedulesResponse holds a page of schedules.
+type ListSchedulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// schedules are the page's schedules.
+	Schedules []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	// next_page_token asks for the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+func (x *ListSchedulesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// UpdateScheduleRequest changes a schedule.
+type UpdateScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// schedule carries the name of the schedule to change and the new values
+	// of the fields update_mask names.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// update_mask names the fields to change, e.g. "recurrence,updates".
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleRequest) Reset() {
+	*x = UpdateScheduleRequest{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleRequest) ProtoMessage() {}
+
+func (x *UpdateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UpdateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *UpdateScheduleRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateScheduleResponse holds the schedule as changed.
+type UpdateScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// schedule is the schedule as stored now, with its next occurrence.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleResponse) Reset() {
+	*x = UpdateScheduleResponse{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleResponse) ProtoMessage() {}
+
+func (x *UpdateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UpdateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// DeleteScheduleRequest names the schedule to remove.
+type DeleteScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the schedule, images/{id}/schedules/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteScheduleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteScheduleResponse answers DeleteSchedule.
+type DeleteScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{18}
+}
+
 // GetRunRequest names a run.
 type GetRunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1316,7 +1994,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +2006,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[8]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +2019,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetRunRequest) GetName() string {
@@ -1362,7 +2040,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +2052,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +2065,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -1413,7 +2091,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +2103,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +2116,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListRunsRequest) GetPageSize() int32 {
@@ -1475,7 +2153,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +2165,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +2178,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -1533,7 +2211,7 @@ type WatchRunRequest struct {
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +2223,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +2236,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchRunRequest) GetName() string {
@@ -1597,7 +2275,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2287,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2300,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WatchRunResponse) GetRun() *Run {
@@ -1653,7 +2331,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +2343,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +2356,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelRunRequest) GetName() string {
@@ -1706,7 +2384,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +2396,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +2409,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{15}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -1745,7 +2423,7 @@ var File_osvc_v1_servicing_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\n" +
-	"\x17osvc/v1/servicing.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/image.proto\"\xc7\x02\n" +
+	"\x17osvc/v1/servicing.proto\x12\aosvc.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/image.proto\x1a\x14osvc/v1/update.proto\"\xe6\x04\n" +
 	"\bSchedule\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aupdates\x18\x02 \x03(\tR\aupdates\x129\n" +
@@ -1755,7 +2433,30 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x1aupdate_distribution_points\x18\x05 \x01(\bR\x18updateDistributionPoints\x12+\n" +
 	"\x11remove_superseded\x18\x06 \x01(\bR\x10removeSuperseded\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xac\x01\n" +
+	"createTime\x123\n" +
+	"\n" +
+	"recurrence\x18\b \x01(\v2\x13.osvc.v1.RecurrenceR\n" +
+	"recurrence\x126\n" +
+	"\tselection\x18\t \x01(\v2\x18.osvc.v1.UpdateSelectionR\tselection\x12>\n" +
+	"\rnext_run_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vnextRunTime\x12\x19\n" +
+	"\blast_run\x18\v \x01(\tR\alastRun\x12;\n" +
+	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\x18\n" +
+	"\awaiting\x18\r \x01(\tR\awaiting\"\x85\x01\n" +
+	"\n" +
+	"Recurrence\x12\x14\n" +
+	"\x04cron\x18\x01 \x01(\tH\x00R\x04cron\x12<\n" +
+	"\rpatch_tuesday\x18\x02 \x01(\v2\x15.osvc.v1.PatchTuesdayH\x00R\fpatchTuesday\x12\x1b\n" +
+	"\ttime_zone\x18\x03 \x01(\tR\btimeZoneB\x06\n" +
+	"\x04rule\"M\n" +
+	"\fPatchTuesday\x12\x1d\n" +
+	"\n" +
+	"days_after\x18\x01 \x01(\x05R\tdaysAfter\x12\x1e\n" +
+	"\vtime_of_day\x18\x02 \x01(\tR\ttimeOfDay\"{\n" +
+	"\x0fUpdateSelection\x12A\n" +
+	"\x0fclassifications\x18\x01 \x03(\x0e2\x17.osvc.v1.ClassificationR\x0fclassifications\x12%\n" +
+	"\x0etitle_contains\x18\x02 \x01(\tR\rtitleContains\"\xac\x01\n" +
 	"\fUpdateResult\x12\x16\n" +
 	"\x06update\x18\x01 \x01(\tR\x06update\x12\x0e\n" +
 	"\x02kb\x18\x02 \x01(\tR\x02kb\x12\x14\n" +
@@ -1828,7 +2529,28 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x0eall_applicable\x18\x03 \x01(\bR\rallApplicable\"g\n" +
 	"\x16CreateScheduleResponse\x12-\n" +
 	"\bschedule\x18\x01 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12\x1e\n" +
-	"\x03run\x18\x02 \x01(\v2\f.osvc.v1.RunR\x03run\"#\n" +
+	"\x03run\x18\x02 \x01(\v2\f.osvc.v1.RunR\x03run\"(\n" +
+	"\x12GetScheduleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
+	"\x13GetScheduleResponse\x12-\n" +
+	"\bschedule\x18\x01 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\"j\n" +
+	"\x14ListSchedulesRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
+	"\x15ListSchedulesResponse\x12/\n" +
+	"\tschedules\x18\x01 \x03(\v2\x11.osvc.v1.ScheduleR\tschedules\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x83\x01\n" +
+	"\x15UpdateScheduleRequest\x12-\n" +
+	"\bschedule\x18\x01 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"G\n" +
+	"\x16UpdateScheduleResponse\x12-\n" +
+	"\bschedule\x18\x01 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\"+\n" +
+	"\x15DeleteScheduleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
+	"\x16DeleteScheduleResponse\"#\n" +
 	"\rGetRunRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"0\n" +
 	"\x0eGetRunResponse\x12\x1e\n" +
@@ -1899,9 +2621,13 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x1bUPDATE_STATE_NOT_APPLICABLE\x10\x05\x12\x1c\n" +
 	"\x18UPDATE_STATE_UNSUPPORTED\x10\x06\x12\x17\n" +
 	"\x13UPDATE_STATE_FAILED\x10\a\x12\x18\n" +
-	"\x14UPDATE_STATE_SKIPPED\x10\b2\xe8\x02\n" +
+	"\x14UPDATE_STATE_SKIPPED\x10\b2\xa8\x05\n" +
 	"\x10ServicingService\x12Q\n" +
-	"\x0eCreateSchedule\x12\x1e.osvc.v1.CreateScheduleRequest\x1a\x1f.osvc.v1.CreateScheduleResponse\x129\n" +
+	"\x0eCreateSchedule\x12\x1e.osvc.v1.CreateScheduleRequest\x1a\x1f.osvc.v1.CreateScheduleResponse\x12H\n" +
+	"\vGetSchedule\x12\x1b.osvc.v1.GetScheduleRequest\x1a\x1c.osvc.v1.GetScheduleResponse\x12N\n" +
+	"\rListSchedules\x12\x1d.osvc.v1.ListSchedulesRequest\x1a\x1e.osvc.v1.ListSchedulesResponse\x12Q\n" +
+	"\x0eUpdateSchedule\x12\x1e.osvc.v1.UpdateScheduleRequest\x1a\x1f.osvc.v1.UpdateScheduleResponse\x12Q\n" +
+	"\x0eDeleteSchedule\x12\x1e.osvc.v1.DeleteScheduleRequest\x1a\x1f.osvc.v1.DeleteScheduleResponse\x129\n" +
 	"\x06GetRun\x12\x16.osvc.v1.GetRunRequest\x1a\x17.osvc.v1.GetRunResponse\x12?\n" +
 	"\bListRuns\x12\x18.osvc.v1.ListRunsRequest\x1a\x19.osvc.v1.ListRunsResponse\x12A\n" +
 	"\bWatchRun\x12\x18.osvc.v1.WatchRunRequest\x1a\x19.osvc.v1.WatchRunResponse0\x01\x12B\n" +
@@ -1921,7 +2647,7 @@ func file_osvc_v1_servicing_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_servicing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_osvc_v1_servicing_proto_goTypes = []any{
 	(RunState)(0),                  // 0: osvc.v1.RunState
 	(Step)(0),                      // 1: osvc.v1.Step
@@ -1929,68 +2655,100 @@ var file_osvc_v1_servicing_proto_goTypes = []any{
 	(StepState)(0),                 // 3: osvc.v1.StepState
 	(UpdateState)(0),               // 4: osvc.v1.UpdateState
 	(*Schedule)(nil),               // 5: osvc.v1.Schedule
-	(*UpdateResult)(nil),           // 6: osvc.v1.UpdateResult
-	(*StepRecord)(nil),             // 7: osvc.v1.StepRecord
-	(*LogLine)(nil),                // 8: osvc.v1.LogLine
-	(*RunArtifact)(nil),            // 9: osvc.v1.RunArtifact
-	(*Run)(nil),                    // 10: osvc.v1.Run
-	(*CreateScheduleRequest)(nil),  // 11: osvc.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 12: osvc.v1.CreateScheduleResponse
-	(*GetRunRequest)(nil),          // 13: osvc.v1.GetRunRequest
-	(*GetRunResponse)(nil),         // 14: osvc.v1.GetRunResponse
-	(*ListRunsRequest)(nil),        // 15: osvc.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),       // 16: osvc.v1.ListRunsResponse
-	(*WatchRunRequest)(nil),        // 17: osvc.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),       // 18: osvc.v1.WatchRunResponse
-	(*CancelRunRequest)(nil),       // 19: osvc.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),      // 20: osvc.v1.CancelRunResponse
-	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
-	(*ImageIndex)(nil),             // 22: osvc.v1.ImageIndex
+	(*Recurrence)(nil),             // 6: osvc.v1.Recurrence
+	(*PatchTuesday)(nil),           // 7: osvc.v1.PatchTuesday
+	(*UpdateSelection)(nil),        // 8: osvc.v1.UpdateSelection
+	(*UpdateResult)(nil),           // 9: osvc.v1.UpdateResult
+	(*StepRecord)(nil),             // 10: osvc.v1.StepRecord
+	(*LogLine)(nil),                // 11: osvc.v1.LogLine
+	(*RunArtifact)(nil),            // 12: osvc.v1.RunArtifact
+	(*Run)(nil),                    // 13: osvc.v1.Run
+	(*CreateScheduleRequest)(nil),  // 14: osvc.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 15: osvc.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),     // 16: osvc.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),    // 17: osvc.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 18: osvc.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 19: osvc.v1.ListSchedulesResponse
+	(*UpdateScheduleRequest)(nil),  // 20: osvc.v1.UpdateScheduleRequest
+	(*UpdateScheduleResponse)(nil), // 21: osvc.v1.UpdateScheduleResponse
+	(*DeleteScheduleRequest)(nil),  // 22: osvc.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 23: osvc.v1.DeleteScheduleResponse
+	(*GetRunRequest)(nil),          // 24: osvc.v1.GetRunRequest
+	(*GetRunResponse)(nil),         // 25: osvc.v1.GetRunResponse
+	(*ListRunsRequest)(nil),        // 26: osvc.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),       // 27: osvc.v1.ListRunsResponse
+	(*WatchRunRequest)(nil),        // 28: osvc.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),       // 29: osvc.v1.WatchRunResponse
+	(*CancelRunRequest)(nil),       // 30: osvc.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),      // 31: osvc.v1.CancelRunResponse
+	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
+	(Classification)(0),            // 33: osvc.v1.Classification
+	(*ImageIndex)(nil),             // 34: osvc.v1.ImageIndex
+	(*fieldmaskpb.FieldMask)(nil),  // 35: google.protobuf.FieldMask
 }
 var file_osvc_v1_servicing_proto_depIdxs = []int32{
-	21, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	21, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
-	4,  // 2: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
-	1,  // 3: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
-	3,  // 4: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	21, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	21, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	21, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	0,  // 8: osvc.v1.Run.state:type_name -> osvc.v1.RunState
-	6,  // 9: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
-	1,  // 10: osvc.v1.Run.step:type_name -> osvc.v1.Step
-	7,  // 11: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	21, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	21, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	21, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	21, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	22, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	21, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
-	2,  // 18: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
-	9,  // 19: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
-	5,  // 20: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	5,  // 21: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	10, // 22: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	10, // 23: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	10, // 24: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	10, // 25: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	8,  // 26: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	10, // 27: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	11, // 28: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	13, // 29: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	15, // 30: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	17, // 31: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	19, // 32: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	12, // 33: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	14, // 34: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	16, // 35: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	18, // 36: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	20, // 37: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	32, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	32, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	6,  // 2: osvc.v1.Schedule.recurrence:type_name -> osvc.v1.Recurrence
+	8,  // 3: osvc.v1.Schedule.selection:type_name -> osvc.v1.UpdateSelection
+	32, // 4: osvc.v1.Schedule.next_run_time:type_name -> google.protobuf.Timestamp
+	32, // 5: osvc.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 6: osvc.v1.Recurrence.patch_tuesday:type_name -> osvc.v1.PatchTuesday
+	33, // 7: osvc.v1.UpdateSelection.classifications:type_name -> osvc.v1.Classification
+	4,  // 8: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
+	1,  // 9: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
+	3,  // 10: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
+	32, // 11: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	32, // 12: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	32, // 13: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	0,  // 14: osvc.v1.Run.state:type_name -> osvc.v1.RunState
+	9,  // 15: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
+	1,  // 16: osvc.v1.Run.step:type_name -> osvc.v1.Step
+	10, // 17: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
+	32, // 18: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	32, // 19: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	32, // 20: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	32, // 21: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	34, // 22: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	32, // 23: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	2,  // 24: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
+	12, // 25: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
+	5,  // 26: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 27: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 28: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	5,  // 29: osvc.v1.GetScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	5,  // 30: osvc.v1.ListSchedulesResponse.schedules:type_name -> osvc.v1.Schedule
+	5,  // 31: osvc.v1.UpdateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	35, // 32: osvc.v1.UpdateScheduleRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 33: osvc.v1.UpdateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 34: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	13, // 35: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	13, // 36: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	11, // 37: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	13, // 38: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	14, // 39: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	16, // 40: osvc.v1.ServicingService.GetSchedule:input_type -> osvc.v1.GetScheduleRequest
+	18, // 41: osvc.v1.ServicingService.ListSchedules:input_type -> osvc.v1.ListSchedulesRequest
+	20, // 42: osvc.v1.ServicingService.UpdateSchedule:input_type -> osvc.v1.UpdateScheduleRequest
+	22, // 43: osvc.v1.ServicingService.DeleteSchedule:input_type -> osvc.v1.DeleteScheduleRequest
+	24, // 44: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	26, // 45: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	28, // 46: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	30, // 47: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	15, // 48: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	17, // 49: osvc.v1.ServicingService.GetSchedule:output_type -> osvc.v1.GetScheduleResponse
+	19, // 50: osvc.v1.ServicingService.ListSchedules:output_type -> osvc.v1.ListSchedulesResponse
+	21, // 51: osvc.v1.ServicingService.UpdateSchedule:output_type -> osvc.v1.UpdateScheduleResponse
+	23, // 52: osvc.v1.ServicingService.DeleteSchedule:output_type -> osvc.v1.DeleteScheduleResponse
+	25, // 53: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	27, // 54: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	29, // 55: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	31, // 56: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	48, // [48:57] is the sub-list for method output_type
+	39, // [39:48] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
@@ -1999,13 +2757,18 @@ func file_osvc_v1_servicing_proto_init() {
 		return
 	}
 	file_osvc_v1_image_proto_init()
+	file_osvc_v1_update_proto_init()
+	file_osvc_v1_servicing_proto_msgTypes[1].OneofWrappers = []any{
+		(*Recurrence_Cron)(nil),
+		(*Recurrence_PatchTuesday)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_servicing_proto_rawDesc), len(file_osvc_v1_servicing_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   16,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,10 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ServicingService_CreateSchedule_FullMethodName = "/osvc.v1.ServicingService/CreateSchedule"
+	ServicingService_GetSchedule_FullMethodName    = "/osvc.v1.ServicingService/GetSchedule"
+	ServicingService_ListSchedules_FullMethodName  = "/osvc.v1.ServicingService/ListSchedules"
+	ServicingService_UpdateSchedule_FullMethodName = "/osvc.v1.ServicingService/UpdateSchedule"
+	ServicingService_DeleteSchedule_FullMethodName = "/osvc.v1.ServicingService/DeleteSchedule"
 	ServicingService_GetRun_FullMethodName         = "/osvc.v1.ServicingService/GetRun"
 	ServicingService_ListRuns_FullMethodName       = "/osvc.v1.ServicingService/ListRuns"
 	ServicingService_WatchRun_FullMethodName       = "/osvc.v1.ServicingService/WatchRun"
@@ -34,20 +38,45 @@ const (
 // Admins, operators and viewers may read runs; an admin, or an operator of
 // the image's site, may schedule and cancel (PERMISSION_DENIED otherwise).
 type ServicingServiceClient interface {
-	// CreateSchedule selects updates for an image and queues a run for them,
-	// PENDING until schedule.start_time. An image has one servicing run at a
-	// time. A version whose inspection is still PENDING may be scheduled: the
-	// run waits for it.
+	// CreateSchedule stores a schedule of an image: the updates to apply
+	// (listed, or chosen by a rule at each occurrence) and when. A schedule
+	// that runs as soon as possible queues its run at once, in the response;
+	// one with a later start_time or a recurrence queues a run at each
+	// occurrence (the server's scheduler), which waits while the image has a
+	// run in process. An image has one servicing run at a time. A version
+	// whose inspection is still PENDING may be scheduled: the run waits for
+	// it.
 	//
 	// Errors: INVALID_ARGUMENT naming the field (parent, schedule,
 	// schedule.updates[i] for a bad name, a duplicate or an update not in the
 	// catalog, schedule.updates with all_applicable, schedule.start_time
 	// before the import or more than a year ahead,
 	// schedule.remove_superseded for an image of more than one index);
-	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION while
-	// the image has a servicing run that has not ended, when its current
-	// version failed its inspection, or when all_applicable finds no update.
+	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION, for a
+	// schedule that runs at once, while the image has a servicing run that
+	// has not ended, when its current version failed its inspection, or when
+	// the selection finds no update; INVALID_ARGUMENT (schedule.recurrence)
+	// for a cron expression, time of day or time zone that does not parse.
 	CreateSchedule(ctx context.Context, in *CreateScheduleRequest, opts ...grpc.CallOption) (*CreateScheduleResponse, error)
+	// GetSchedule returns one schedule with its next occurrence.
+	// INVALID_ARGUMENT for a name that is not images/{id}/schedules/{id};
+	// NOT_FOUND.
+	GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error)
+	// ListSchedules lists the schedules of one image, or of every image,
+	// oldest first, a page at a time. INVALID_ARGUMENT for a negative
+	// page_size, a bad page_token or parent.
+	ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error)
+	// UpdateSchedule changes the fields of a schedule that update_mask names
+	// (updates, selection, start_time, recurrence, continue_on_error,
+	// update_distribution_points, remove_superseded) and computes its next
+	// occurrence again; runs already queued keep what they were given.
+	// INVALID_ARGUMENT as CreateSchedule, or for a field the mask may not
+	// name; NOT_FOUND.
+	UpdateSchedule(ctx context.Context, in *UpdateScheduleRequest, opts ...grpc.CallOption) (*UpdateScheduleResponse, error)
+	// DeleteSchedule removes a schedule: no occurrence of it starts any
+	// more. Its runs, queued or ended, stay (cancel a queued one with
+	// CancelRun). NOT_FOUND.
+	DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error)
 	// GetRun returns one run, with its fencing token and log line count as
 	// they are now. INVALID_ARGUMENT (name) for a name that is not
 	// runs/{id}; NOT_FOUND.
@@ -83,6 +112,46 @@ func (c *servicingServiceClient) CreateSchedule(ctx context.Context, in *CreateS
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateScheduleResponse)
 	err := c.cc.Invoke(ctx, ServicingService_CreateSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servicingServiceClient) GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetScheduleResponse)
+	err := c.cc.Invoke(ctx, ServicingService_GetSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servicingServiceClient) ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSchedulesResponse)
+	err := c.cc.Invoke(ctx, ServicingService_ListSchedules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servicingServiceClient) UpdateSchedule(ctx context.Context, in *UpdateScheduleRequest, opts ...grpc.CallOption) (*UpdateScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateScheduleResponse)
+	err := c.cc.Invoke(ctx, ServicingService_UpdateSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servicingServiceClient) DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteScheduleResponse)
+	err := c.cc.Invoke(ctx, ServicingService_DeleteSchedule_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -146,20 +215,45 @@ func (c *servicingServiceClient) CancelRun(ctx context.Context, in *CancelRunReq
 // Admins, operators and viewers may read runs; an admin, or an operator of
 // the image's site, may schedule and cancel (PERMISSION_DENIED otherwise).
 type ServicingServiceServer interface {
-	// CreateSchedule selects updates for an image and queues a run for them,
-	// PENDING until schedule.start_time. An image has one servicing run at a
-	// time. A version whose inspection is still PENDING may be scheduled: the
-	// run waits for it.
+	// CreateSchedule stores a schedule of an image: the updates to apply
+	// (listed, or chosen by a rule at each occurrence) and when. A schedule
+	// that runs as soon as possible queues its run at once, in the response;
+	// one with a later start_time or a recurrence queues a run at each
+	// occurrence (the server's scheduler), which waits while the image has a
+	// run in process. An image has one servicing run at a time. A version
+	// whose inspection is still PENDING may be scheduled: the run waits for
+	// it.
 	//
 	// Errors: INVALID_ARGUMENT naming the field (parent, schedule,
 	// schedule.updates[i] for a bad name, a duplicate or an update not in the
 	// catalog, schedule.updates with all_applicable, schedule.start_time
 	// before the import or more than a year ahead,
 	// schedule.remove_superseded for an image of more than one index);
-	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION while
-	// the image has a servicing run that has not ended, when its current
-	// version failed its inspection, or when all_applicable finds no update.
+	// NOT_FOUND for an image that does not exist; FAILED_PRECONDITION, for a
+	// schedule that runs at once, while the image has a servicing run that
+	// has not ended, when its current version failed its inspection, or when
+	// the selection finds no update; INVALID_ARGUMENT (schedule.recurrence)
+	// for a cron expression, time of day or time zone that does not parse.
 	CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error)
+	// GetSchedule returns one schedule with its next occurrence.
+	// INVALID_ARGUMENT for a name that is not images/{id}/schedules/{id};
+	// NOT_FOUND.
+	GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error)
+	// ListSchedules lists the schedules of one image, or of every image,
+	// oldest first, a page at a time. INVALID_ARGUMENT for a negative
+	// page_size, a bad page_token or parent.
+	ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error)
+	// UpdateSchedule changes the fields of a schedule that update_mask names
+	// (updates, selection, start_time, recurrence, continue_on_error,
+	// update_distribution_points, remove_superseded) and computes its next
+	// occurrence again; runs already queued keep what they were given.
+	// INVALID_ARGUMENT as CreateSchedule, or for a field the mask may not
+	// name; NOT_FOUND.
+	UpdateSchedule(context.Context, *UpdateScheduleRequest) (*UpdateScheduleResponse, error)
+	// DeleteSchedule removes a schedule: no occurrence of it starts any
+	// more. Its runs, queued or ended, stay (cancel a queued one with
+	// CancelRun). NOT_FOUND.
+	DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error)
 	// GetRun returns one run, with its fencing token and log line count as
 	// they are now. INVALID_ARGUMENT (name) for a name that is not
 	// runs/{id}; NOT_FOUND.
@@ -193,6 +287,18 @@ type UnimplementedServicingServiceServer struct{}
 
 func (UnimplementedServicingServiceServer) CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSchedule not implemented")
+}
+func (UnimplementedServicingServiceServer) GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSchedule not implemented")
+}
+func (UnimplementedServicingServiceServer) ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSchedules not implemented")
+}
+func (UnimplementedServicingServiceServer) UpdateSchedule(context.Context, *UpdateScheduleRequest) (*UpdateScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateSchedule not implemented")
+}
+func (UnimplementedServicingServiceServer) DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSchedule not implemented")
 }
 func (UnimplementedServicingServiceServer) GetRun(context.Context, *GetRunRequest) (*GetRunResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRun not implemented")
@@ -241,6 +347,78 @@ func _ServicingService_CreateSchedule_Handler(srv interface{}, ctx context.Conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ServicingServiceServer).CreateSchedule(ctx, req.(*CreateScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServicingService_GetSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServicingServiceServer).GetSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServicingService_GetSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServicingServiceServer).GetSchedule(ctx, req.(*GetScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServicingService_ListSchedules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSchedulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServicingServiceServer).ListSchedules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServicingService_ListSchedules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServicingServiceServer).ListSchedules(ctx, req.(*ListSchedulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServicingService_UpdateSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServicingServiceServer).UpdateSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServicingService_UpdateSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServicingServiceServer).UpdateSchedule(ctx, req.(*UpdateScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServicingService_DeleteSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServicingServiceServer).DeleteSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServicingService_DeleteSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServicingServiceServer).DeleteSchedule(ctx, req.(*DeleteScheduleRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -320,6 +498,22 @@ var ServicingService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateSchedule",
 			Handler:    _ServicingService_CreateSchedule_Handler,
+		},
+		{
+			MethodName: "GetSchedule",
+			Handler:    _ServicingService_GetSchedule_Handler,
+		},
+		{
+			MethodName: "ListSchedules",
+			Handler:    _ServicingService_ListSchedules_Handler,
+		},
+		{
+			MethodName: "UpdateSchedule",
+			Handler:    _ServicingService_UpdateSchedule_Handler,
+		},
+		{
+			MethodName: "DeleteSchedule",
+			Handler:    _ServicingService_DeleteSchedule_Handler,
 		},
 		{
 			MethodName: "GetRun",
