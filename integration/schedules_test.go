@@ -25,7 +25,19 @@ func TestSchedulesAreResourcesThatStartTheirRunsWhenDue(t *testing.T) {
 	img, _ := c.importSample(t, sample)
 	id := strings.TrimPrefix(img.GetName(), "images/")
 
-	monthly := strings.TrimSpace(c.osvcctl(t, "schedule", "create", id, "--classification", "cumulative-update",
+	// The plan first: what each update would do, nothing scheduled.
+	plan := c.osvcctl(t, "schedule", "create", id, "--all-applicable", "--dry-run")
+	for _, want := range [][]string{{"KB5045935", "APPLIED"}, {"KB890830", "UNSUPPORTED", "no engine applies"}, {"Disk needed:"}} {
+		if !lineWith(plan, want...) {
+			t.Errorf("the plan lacks a line with %q:\n%s", want, plan)
+		}
+	}
+	if list := c.osvcctl(t, "schedule", "list", id); !strings.Contains(list, "no schedules") {
+		t.Errorf("a dry run scheduled something:\n%s", list)
+	}
+
+	// -q prints the name on stdout, the warnings go to stderr: the last line.
+	monthly := lastLine(c.osvcctl(t, "schedule", "create", id, "--classification", "cumulative-update",
 		"--days-after-patch-tuesday", "4", "--at", "22:00", "--time-zone", "Europe/Paris", "-q"))
 	if !strings.HasPrefix(monthly, img.GetName()+"/schedules/") {
 		t.Fatalf("schedule create -q of a monthly schedule printed %q, want the schedule's name", monthly)
@@ -40,7 +52,7 @@ func TestSchedulesAreResourcesThatStartTheirRunsWhenDue(t *testing.T) {
 
 	// A run in a few seconds: until then the image is free.
 	start := time.Now().Add(3 * time.Second).UTC().Format(time.RFC3339)
-	soon := strings.TrimSpace(c.osvcctl(t, "schedule", "create", id, "--update", "kb5045935-x64", "--start-time", start, "-q"))
+	soon := lastLine(c.osvcctl(t, "schedule", "create", id, "--update", "kb5045935-x64", "--start-time", start, "-q"))
 	servicingRuns := func() int {
 		t.Helper()
 		runs, err := c.svc.ListRuns(ctx, &osvcv1.ListRunsRequest{Image: img.GetName()})
@@ -84,4 +96,10 @@ func TestSchedulesAreResourcesThatStartTheirRunsWhenDue(t *testing.T) {
 	if out := c.osvcctl(t, "schedule", "list", id); strings.Contains(out, monthly) {
 		t.Errorf("the deleted schedule is still listed:\n%s", out)
 	}
+}
+
+// lastLine is the last line of out.
+func lastLine(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }

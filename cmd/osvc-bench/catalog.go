@@ -133,7 +133,7 @@ func benchCatalog(ctx context.Context, cfg benchConfig) (*Result, error) {
 		token := ""
 		for {
 			before, t := keys.n.Load(), time.Now()
-			_, next, err := cat.ListApplicableUpdates(ctx, img.GetName(), nil, catalogPageSize, token)
+			_, next, err := cat.ListApplicableUpdates(ctx, img.GetName(), nil, false, catalogPageSize, token)
 			if err != nil {
 				return nil, fmt.Errorf("applicable updates of %s: %w", img.GetName(), err)
 			}

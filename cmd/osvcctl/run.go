@@ -166,6 +166,9 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	if r.GetNotBefore() != nil && r.GetState() == osvcv1.RunState_RUN_STATE_PENDING {
 		fmt.Fprintf(w, "Start:    not before %s\n", timeText(r.GetNotBefore()))
 	}
+	if r.GetWaiting() != "" && r.GetState() == osvcv1.RunState_RUN_STATE_PENDING {
+		fmt.Fprintf(w, "Waiting:  %s\n", r.GetWaiting())
+	}
 	if r.GetStartTime() != nil {
 		fmt.Fprintf(w, "Started:  %s\n", timeText(r.GetStartTime()))
 	}

@@ -125,8 +125,8 @@ func parseClassification(text string) (osvcv1.Classification, error) {
 
 func (c *cli) scheduleCreateCommand() *cobra.Command {
 	var (
-		f            scheduleFlags
-		watch, quiet bool
+		f                    scheduleFlags
+		watch, quiet, dryRun bool
 	)
 	cmd := &cobra.Command{
 		Use:   "create IMAGE (--update ID... | --all-applicable | --classification CLASS | --title TEXT) [--start-time TIME | --cron EXPR | --days-after-patch-tuesday N --at HH:MM]",
@@ -168,9 +168,23 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if sel := schedule.GetSelection(); sel != nil && len(sel.GetClassifications()) == 0 && sel.GetTitleContains() == "" {
 				req.Schedule.Selection, req.AllApplicable = nil, true
 			}
+			if dryRun {
+				plan, err := servicing.PlanSchedule(ctx, &osvcv1.PlanScheduleRequest{Parent: image, Schedule: req.GetSchedule(), AllApplicable: req.GetAllApplicable()})
+				if err != nil {
+					return err
+				}
+				if c.output == outputJSON {
+					return printJSON(c.stdout, plan)
+				}
+				c.printPlan(plan.GetPlan())
+				return nil
+			}
 			resp, err := servicing.CreateSchedule(ctx, req)
 			if err != nil {
 				return err
+			}
+			for _, w := range resp.GetWarnings() {
+				fmt.Fprintln(c.stderr, "warning:", w)
 			}
 			if quiet {
 				// The run to watch, or the schedule for a later one.
@@ -197,6 +211,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 	f.register(cmd.Flags())
 	cmd.Flags().BoolVar(&watch, "watch", false, "then follow the run like 'run watch' (a schedule that runs now)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the run's name (the schedule's when its run starts later), for scripts")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "schedule nothing: show the updates in apply order with the result expected of each, the disk space the agent needs, and warnings")
 	return cmd
 }
 
@@ -488,4 +503,19 @@ func scheduledText(img *osvcv1.Image) string {
 		return "none to come ('osvcctl schedule create' schedules some)"
 	}
 	return timeText(img.GetScheduledUpdatesTime()) + " ('osvcctl schedule list " + strings.TrimPrefix(img.GetName(), collImages+"/") + "' shows the schedules)"
+}
+
+// printPlan writes what a schedule would do.
+func (c *cli) printPlan(p *osvcv1.SchedulePlan) {
+	w := c.stdout
+	fmt.Fprintf(w, "First run:   %s\n", timeText(p.GetFirstRunTime()))
+	fmt.Fprintf(w, "Disk needed: %s on the agent's servicing drive\n", sizeText(p.GetDiskBytesNeeded()))
+	t := newTable(w, "ORDER", "UPDATE", "KB", "EXPECTED", "REASON")
+	for i, u := range p.GetUpdates() {
+		t.AppendRow([]any{i + 1, u.GetUpdate(), kbText(u.GetKb()), updateStateText(u.GetExpected()), orDash(u.GetReason())})
+	}
+	renderList(w, t, "no update would be applied")
+	for _, warning := range p.GetWarnings() {
+		fmt.Fprintln(w, "warning:", warning)
+	}
 }

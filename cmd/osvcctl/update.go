@@ -69,6 +69,7 @@ in one request.`,
 
 func (c *cli) updateListCommand() *cobra.Command {
 	var applicableTo, text, arch string
+	var includeUnsupported bool
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List updates, or those applicable to an image",
@@ -106,7 +107,7 @@ func (c *cli) updateListCommand() *cobra.Command {
 				var page []*osvcv1.Update
 				if image != "" {
 					resp, err := updates.ListApplicableUpdates(ctx, &osvcv1.ListApplicableUpdatesRequest{
-						Image: image, PageSize: listPageSize, PageToken: token, Filter: filter})
+						Image: image, PageSize: listPageSize, PageToken: token, Filter: filter, IncludeUnsupported: includeUnsupported})
 					cancel()
 					if err != nil {
 						return withHint(err, errdefs.ErrNotFound, imageNotFoundHint)
@@ -138,6 +139,7 @@ func (c *cli) updateListCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&applicableTo, "applicable-to", "", "list the updates applicable to this `IMAGE` and not installed in it")
+	f.BoolVar(&includeUnsupported, "include-unsupported", false, "with --applicable-to, list too the updates an agent's engine reported UNSUPPORTED for the image")
 	f.StringVar(&text, "filter", "", "keep updates whose KB, title or product contains `TEXT`")
 	f.StringVar(&arch, "arch", "all", "keep one architecture `ARCH` (and neutral updates): x86, x64, arm64 or all")
 	return cmd

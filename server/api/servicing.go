@@ -32,11 +32,25 @@ func (a *servicingServer) CreateSchedule(ctx context.Context, req *osvcv1.Create
 	if req.GetSchedule() == nil {
 		return nil, Status(errdefs.InvalidArgument("schedule", "send the schedule: its updates, or all_applicable"))
 	}
+	// The plan's warnings come with the schedule; a plan that fails says
+	// nothing the schedule's own checks do not.
+	plan, _ := a.svc.PlanSchedule(ctx, req.GetParent(), req.GetSchedule(), req.GetAllApplicable())
 	sched, run, err := a.svc.CreateSchedule(ctx, req.GetParent(), req.GetSchedule(), req.GetAllApplicable())
 	if err != nil {
 		return nil, Status(err)
 	}
-	return &osvcv1.CreateScheduleResponse{Schedule: sched, Run: run}, nil
+	return &osvcv1.CreateScheduleResponse{Schedule: sched, Run: run, Warnings: plan.GetWarnings()}, nil
+}
+
+func (a *servicingServer) PlanSchedule(ctx context.Context, req *osvcv1.PlanScheduleRequest) (*osvcv1.PlanScheduleResponse, error) {
+	if req.GetParent() == "" {
+		return nil, Status(errdefs.InvalidArgument("parent", "name the image to service, images/{id}"))
+	}
+	plan, err := a.svc.PlanSchedule(ctx, req.GetParent(), req.GetSchedule(), req.GetAllApplicable())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.PlanScheduleResponse{Plan: plan}, nil
 }
 
 func (a *servicingServer) GetSchedule(ctx context.Context, req *osvcv1.GetScheduleRequest) (*osvcv1.GetScheduleResponse, error) {

@@ -59,7 +59,7 @@ func (s *updateServer) ListApplicableUpdates(ctx context.Context, req *osvcv1.Li
 	if _, err := catalog.ImageID(req.GetImage()); err != nil {
 		return nil, Status(errdefs.InvalidArgument("image", "want images/{id}, got "+strconv.Quote(req.GetImage())))
 	}
-	updates, next, err := s.catalog.ListApplicableUpdates(ctx, req.GetImage(), req.GetFilter(), int(req.GetPageSize()), req.GetPageToken())
+	updates, next, err := s.catalog.ListApplicableUpdates(ctx, req.GetImage(), req.GetFilter(), req.GetIncludeUnsupported(), int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
 		return nil, Status(err)
 	}

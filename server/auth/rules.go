@@ -111,6 +111,7 @@ var Rules = map[string]Rule{
 	osvcv1.ServicingService_WatchRun_FullMethodName:       {Permission: Read},
 	osvcv1.ServicingService_CancelRun_FullMethodName:      {Permission: Operate, Mutates: true, scope: runSite},
 	osvcv1.ServicingService_GetSchedule_FullMethodName:    {Permission: Read},
+	osvcv1.ServicingService_PlanSchedule_FullMethodName:   {Permission: Read},
 	osvcv1.ServicingService_ListSchedules_FullMethodName:  {Permission: Read},
 	osvcv1.ServicingService_UpdateSchedule_FullMethodName: {Permission: Operate, Mutates: true, scope: scheduleSite},
 	osvcv1.ServicingService_DeleteSchedule_FullMethodName: {Permission: Operate, Mutates: true, scope: scheduleSite},

@@ -27,15 +27,20 @@ import (
 // listed when its architecture matches: the engine decides and reports it
 // UNSUPPORTED. Updates superseded by other applicable updates are still
 // listed; which of them to apply is the administrator's choice.
+//
+// An update an agent's engine reported UNSUPPORTED for the image
+// (Image.unsupported_updates) is left out: it would never apply.
 func (c *Catalog) ApplicableUpdates(ctx context.Context, image *osvcv1.Image, f *osvcv1.UpdateFilter) ([]*osvcv1.Update, error) {
-	out, _, err := c.applicable(ctx, image, f, "", 0)
+	out, _, err := c.applicable(ctx, image, f, false, "", 0)
 	return out, err
 }
 
 // ListApplicableUpdates pages through ApplicableUpdates of the image named
 // imageName. The page token names the last update returned and the image, so
 // a token from another image's list is refused.
-func (c *Catalog) ListApplicableUpdates(ctx context.Context, imageName string, f *osvcv1.UpdateFilter, pageSize int, token string) ([]*osvcv1.Update, string, error) {
+// With includeUnsupported, the updates an engine reported UNSUPPORTED for
+// the image are listed too.
+func (c *Catalog) ListApplicableUpdates(ctx context.Context, imageName string, f *osvcv1.UpdateFilter, includeUnsupported bool, pageSize int, token string) ([]*osvcv1.Update, string, error) {
 	img, err := c.GetImage(ctx, imageName)
 	if err != nil {
 		return nil, "", err
@@ -46,7 +51,7 @@ func (c *Catalog) ListApplicableUpdates(ctx context.Context, imageName string, f
 			return nil, "", err
 		}
 	}
-	page, more, err := c.applicable(ctx, img, f, after, clampPageSize(pageSize))
+	page, more, err := c.applicable(ctx, img, f, includeUnsupported, after, clampPageSize(pageSize))
 	if err != nil || !more || len(page) == 0 {
 		return page, "", err
 	}
@@ -56,7 +61,7 @@ func (c *Catalog) ListApplicableUpdates(ctx context.Context, imageName string, f
 // applicable walks the candidates of the image's targets in name order after
 // the update named after, and returns up to limit (0: all) applicable
 // updates matching f, and whether candidates remain unchecked.
-func (c *Catalog) applicable(ctx context.Context, image *osvcv1.Image, f *osvcv1.UpdateFilter, after string, limit int) ([]*osvcv1.Update, bool, error) {
+func (c *Catalog) applicable(ctx context.Context, image *osvcv1.Image, f *osvcv1.UpdateFilter, includeUnsupported bool, after string, limit int) ([]*osvcv1.Update, bool, error) {
 	match, err := newFilter(f)
 	if err != nil {
 		return nil, false, err
@@ -84,7 +89,7 @@ func (c *Catalog) applicable(ctx context.Context, image *osvcv1.Image, f *osvcv1
 			return nil, false, err
 		}
 		for i, u := range updates {
-			if u == nil || !match(u) {
+			if u == nil || !match(u) || (!includeUnsupported && slices.Contains(image.GetUnsupportedUpdates(), u.GetName())) {
 				continue
 			}
 			p := applicabilityPackage(u)
@@ -277,4 +282,49 @@ func decodeApplicableToken(imageName, token string) (string, error) {
 		return "", errdefs.InvalidArgument("page_token", "the token belongs to another list; start again without one")
 	}
 	return last, nil
+}
+
+// Expectation is what applying an update to an image is expected to give,
+// from what the image's indexes have installed.
+type Expectation struct {
+	// State is APPLIED when the update applies to an index, else
+	// ALREADY_INSTALLED or NOT_APPLICABLE.
+	State osvcv1.UpdateState
+	// Reason says why it is not APPLIED.
+	Reason string
+}
+
+// Expect says, for each of updates, what applying it to image is expected
+// to give: APPLIED when it applies to at least one index; ALREADY_INSTALLED
+// when every index has it; else NOT_APPLICABLE, with the reason of the
+// first index it does not apply to.
+func (c *Catalog) Expect(ctx context.Context, image *osvcv1.Image, updates []*osvcv1.Update) ([]Expectation, error) {
+	indexes, err := c.applicabilityIndexes(ctx, image)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Expectation, len(updates))
+	for i, u := range updates {
+		p := applicabilityPackage(u)
+		installed := 0
+		e := Expectation{State: osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE}
+		for _, ix := range indexes {
+			v, why := applicability.Check(p, ix)
+			if v == applicability.Applies {
+				e = Expectation{State: osvcv1.UpdateState_UPDATE_STATE_APPLIED}
+				break
+			}
+			if v == applicability.AlreadyInstalled {
+				installed++
+			}
+			if e.Reason == "" {
+				e.Reason = why
+			}
+		}
+		if e.State != osvcv1.UpdateState_UPDATE_STATE_APPLIED && installed == len(indexes) && installed > 0 {
+			e.State = osvcv1.UpdateState_UPDATE_STATE_ALREADY_INSTALLED
+		}
+		out[i] = e
+	}
+	return out, nil
 }

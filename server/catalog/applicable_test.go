@@ -131,7 +131,7 @@ func TestListApplicableUpdatesPagesThroughAnImportedImage(t *testing.T) {
 	var got []string
 	token, pages := "", 0
 	for {
-		us, next, err := f.cat.ListApplicableUpdates(ctx, "images/win11", nil, 2, token)
+		us, next, err := f.cat.ListApplicableUpdates(ctx, "images/win11", nil, false, 2, token)
 		if err != nil {
 			t.Fatalf("ListApplicableUpdates: %v", err)
 		}
@@ -159,7 +159,7 @@ func TestListApplicableUpdatesPagesThroughAnImportedImage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name+" is refused", func(t *testing.T) {
-			if _, _, err := f.cat.ListApplicableUpdates(ctx, tt.image, nil, 2, tt.token); !errors.Is(err, tt.wantErr) {
+			if _, _, err := f.cat.ListApplicableUpdates(ctx, tt.image, nil, false, 2, tt.token); !errors.Is(err, tt.wantErr) {
 				t.Errorf("got %v, want %v", err, tt.wantErr)
 			}
 		})

@@ -332,11 +332,19 @@ func (s *Scheduler) pass(ctx context.Context) (time.Time, error) {
 		}
 		if nb := run.GetNotBefore(); nb != nil && nb.AsTime().After(now) {
 			wakeAt(nb.AsTime())
+			why := "starts at " + nb.AsTime().UTC().Format(time.RFC3339)
+			if run.GetAttempt() > 0 {
+				why = fmt.Sprintf("the lease of its attempt %d was lost; tries again at %s", run.GetAttempt(), nb.AsTime().UTC().Format(time.RFC3339))
+			}
+			s.noteWaiting(ctx, run, why)
 			continue
 		}
-		if err := s.lease(ctx, run, rev, agents); err != nil {
+		why, err := s.lease(ctx, run, rev, agents)
+		if err != nil {
 			s.logger.Warn("cannot lease", "run", run.GetName(), "error", err)
+			continue
 		}
+		s.noteWaiting(ctx, run, why)
 	}
 	return next, nil
 }
@@ -368,14 +376,14 @@ func (s *Scheduler) checkStall(ctx context.Context, run *osvcv1.Run, rev int64, 
 }
 
 // lease gives run to the least loaded connected agent of its image's site.
-func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agents []*agentSlot) error {
+func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agents []*agentSlot) (waiting string, err error) {
 	imageID, err := catalog.ImageID(run.GetImage())
 	if err != nil {
-		return err
+		return "", err
 	}
 	img, _, err := store.Get[*osvcv1.Image](ctx, s.store, s.store.ImageKey(imageID))
 	if err != nil {
-		return fmt.Errorf("image of %s: %w", run.GetName(), err)
+		return "", fmt.Errorf("image of %s: %w", run.GetName(), err)
 	}
 	// A servicing run waits for its source version's inspection, and fails
 	// when that inspection did.
@@ -383,15 +391,20 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 		if pending, err := servicing.ServiceableVersion(img, run.GetSourceVersion()); err != nil {
 			if pending {
 				s.logger.Trace("run waits for the inspection of its source version", "run", run.GetName(), "reason", err)
-				return nil
+				return fmt.Sprintf("waits for the inspection of version %d, which an agent of site %s does first", run.GetSourceVersion(), img.GetSite()), nil
 			}
 			_, err := s.servicing.FailPending(ctx, run.GetName(), err.Error())
-			return err
+			return "", err
 		}
 	}
 	var candidates []*agentSlot
+	ofSite := 0
 	for _, a := range agents {
-		if a.site == img.GetSite() && a.held < a.capacity {
+		if a.site != img.GetSite() {
+			continue
+		}
+		ofSite++
+		if a.held < a.capacity {
 			candidates = append(candidates, a)
 		}
 	}
@@ -409,23 +422,37 @@ func (s *Scheduler) lease(ctx context.Context, run *osvcv1.Run, rev int64, agent
 		}
 		if err == nil {
 			a.held++
-			return nil
+			return "", nil
 		}
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
-			return nil // no longer PENDING: canceled or leased meanwhile
+			return "", nil // no longer PENDING: canceled or leased meanwhile
 		}
 		if !errors.Is(err, errdefs.ErrContended) {
-			return err
+			return "", err
 		}
 		// The run or this agent changed since the pass began; the watch will
 		// bring another pass for the run, try the next agent meanwhile.
 		s.logger.Debug("lease raced", "run", run.GetName(), "agent", a.name, "error", err)
 		rev = 0
 	}
-	if len(candidates) == 0 {
+	switch {
+	case ofSite == 0:
+		return fmt.Sprintf("no agent of site %s is connected ('osvcctl agent list'; 'osvcctl agent token create --site %s' enrolls one)", img.GetSite(), img.GetSite()), nil
+	case len(candidates) == 0:
 		s.logger.Trace("no agent with free capacity for the run's site", "run", run.GetName(), "site", img.GetSite())
+		return fmt.Sprintf("every agent of site %s services as many runs as its capacity allows; the run goes when one ends", img.GetSite()), nil
 	}
-	return nil
+	return "", nil
+}
+
+// noteWaiting records why a PENDING run waits, when that changed.
+func (s *Scheduler) noteWaiting(ctx context.Context, run *osvcv1.Run, why string) {
+	if why == "" || run.GetWaiting() == why {
+		return
+	}
+	if err := s.servicing.SetWaiting(ctx, run.GetName(), why); err != nil && ctx.Err() == nil {
+		s.logger.Debug("cannot note why a run waits", "run", run.GetName(), "error", err)
+	}
 }
 
 // assignments maps run names to their assignment.

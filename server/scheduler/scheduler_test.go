@@ -384,3 +384,33 @@ func TestAServicingRunIsLeasedOnceItsSourceIsInspected(t *testing.T) {
 		t.Fatalf("servicing run %s after the inspection succeeded, want LEASED", r.GetState())
 	}
 }
+
+func TestAPendingRunSaysWhyItWaits(t *testing.T) {
+	t.Parallel()
+	env := newEnv(t)
+	ctx := context.Background()
+	img := env.Image(t, "a", "PS1", 1)
+	run := schedule(t, env, img.Name, time.Time{})
+	s := newScheduler(t, env, nil)
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_PENDING || !strings.Contains(r.GetWaiting(), "no agent of site PS1 is connected") {
+		t.Errorf("with no agent of its site: %s, waiting %q", r.GetState(), r.GetWaiting())
+	}
+	env.Connect(t, "ps1-a", "PS1", 1, 30*time.Second)
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, run.GetName()); r.GetState() != osvcv1.RunState_RUN_STATE_LEASED || r.GetWaiting() != "" {
+		t.Errorf("once an agent is there: %s, waiting %q; want LEASED, waiting nothing", r.GetState(), r.GetWaiting())
+	}
+	other := env.Image(t, "b", "PS1", 1)
+	second := schedule(t, env, other.Name, time.Time{})
+	if _, err := s.Pass(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.Run(t, second.GetName()); !strings.Contains(r.GetWaiting(), "capacity") {
+		t.Errorf("with the only agent busy: waiting %q", r.GetWaiting())
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -127,6 +128,9 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 	if state != osvcv1.RunState_RUN_STATE_SUCCEEDED {
 		skipUnfinished(run, "not applied: the run ended "+stateName(state))
 	}
+	if err := s.noteUnsupported(ctx, ch); err != nil {
+		return err
+	}
 	switch state {
 	case osvcv1.RunState_RUN_STATE_SUCCEEDED:
 		run.Percent = 100
@@ -137,6 +141,33 @@ func (s *Service) end(ctx context.Context, ch *change, state osvcv1.RunState, me
 		// The console's Canceled: the image is as it was, and says why.
 		return s.setImageStatus(ctx, ch, osvcv1.ServicingStatus_SERVICING_STATUS_CANCELED, true)
 	}
+}
+
+// noteUnsupported records on the image the updates the run's engine
+// reported UNSUPPORTED for it, so they are no longer offered as applicable.
+func (s *Service) noteUnsupported(ctx context.Context, ch *change) error {
+	var names []string
+	for _, r := range ch.run.GetUpdateResults() {
+		if r.GetState() == osvcv1.UpdateState_UPDATE_STATE_UNSUPPORTED {
+			names = append(names, r.GetUpdate())
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	img, err := s.loadImage(ctx, ch)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if !slices.Contains(img.UnsupportedUpdates, n) {
+			img.UnsupportedUpdates = append(img.UnsupportedUpdates, n)
+		}
+	}
+	return nil
 }
 
 // skipUnfinished records the updates a run ended before as SKIPPED, so no

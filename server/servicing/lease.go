@@ -140,6 +140,7 @@ func (s *Service) lease(ctx context.Context, runName string, runRevision int64, 
 		}
 		now := timestamppb.New(s.now())
 		run.State = osvcv1.RunState_RUN_STATE_LEASED
+		run.Waiting = ""
 		run.Agent = agent
 		run.Attempt++
 		run.FencingToken = 0
@@ -355,6 +356,26 @@ func (s *Service) FailPending(ctx context.Context, runName, reason string) (*osv
 		s.logger.Warn("run failed before it started", "run", runName, "reason", reason)
 	}
 	return out, nil
+}
+
+// SetWaiting records why a PENDING run is not leased yet (Run.waiting),
+// when that changed; a run no longer PENDING is left alone.
+func (s *Service) SetWaiting(ctx context.Context, runName, reason string) error {
+	_, err := s.store.Txn(ctx, "note why "+runName+" waits", func(tx *store.Tx) error {
+		ch, err := s.loadRun(tx, runName)
+		if err != nil {
+			return err
+		}
+		if ch.run.GetState() != osvcv1.RunState_RUN_STATE_PENDING || ch.run.GetWaiting() == reason {
+			return nil
+		}
+		ch.run.Waiting = clipText(reason)
+		return s.write(ch)
+	})
+	if err != nil {
+		return fmt.Errorf("note why %s waits: %w", runName, err)
+	}
+	return nil
 }
 
 // agentAssignments are the runs assigned to agent now, with their fencing tokens.

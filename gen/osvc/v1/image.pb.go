@@ -326,8 +326,12 @@ type Image struct {
 	// next occurrence among the image's schedules; unset when none is to
 	// come. Filled when the image is read.
 	ScheduledUpdatesTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=scheduled_updates_time,json=scheduledUpdatesTime,proto3" json:"scheduled_updates_time,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// unsupported_updates are the updates (updates/{id}) an agent's engine
+	// reported UNSUPPORTED for the image: no longer offered as applicable to
+	// it (ListApplicableUpdatesRequest.include_unsupported shows them).
+	UnsupportedUpdates []string `protobuf:"bytes,21,rep,name=unsupported_updates,json=unsupportedUpdates,proto3" json:"unsupported_updates,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -454,6 +458,13 @@ func (x *Image) GetDistributions() []*Distribution {
 func (x *Image) GetScheduledUpdatesTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ScheduledUpdatesTime
+	}
+	return nil
+}
+
+func (x *Image) GetUnsupportedUpdates() []string {
+	if x != nil {
+		return x.UnsupportedUpdates
 	}
 	return nil
 }
@@ -1623,7 +1634,7 @@ var File_osvc_v1_image_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xa1\x05\n" +
+	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xd2\x05\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1641,7 +1652,8 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"updateTime\x121\n" +
 	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
 	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\x12P\n" +
-	"\x16scheduled_updates_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x14scheduledUpdatesTime\"\x9b\x04\n" +
+	"\x16scheduled_updates_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x14scheduledUpdatesTime\x12/\n" +
+	"\x13unsupported_updates\x18\x15 \x03(\tR\x12unsupportedUpdates\"\x9b\x04\n" +
 	"\fDistribution\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
 	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +

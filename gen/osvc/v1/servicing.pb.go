@@ -1203,7 +1203,12 @@ type Run struct {
 	// artifacts are the run's log files, uploaded by its agent with the run's
 	// result (succeeded, failed or canceled). A run that ended without its
 	// agent (lost on its last attempt, canceled before it was leased) has none.
-	Artifacts     []*RunArtifact `protobuf:"bytes,32,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	Artifacts []*RunArtifact `protobuf:"bytes,32,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	// waiting says why a PENDING run is not leased yet: no agent of the
+	// image's site connected (or none with room), its start time, the
+	// backoff after a lost lease, its source version's inspection. Set by
+	// the scheduler; empty once leased.
+	Waiting       string `protobuf:"bytes,33,opt,name=waiting,proto3" json:"waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1462,6 +1467,287 @@ func (x *Run) GetArtifacts() []*RunArtifact {
 	return nil
 }
 
+func (x *Run) GetWaiting() string {
+	if x != nil {
+		return x.Waiting
+	}
+	return ""
+}
+
+// PlanScheduleRequest is a CreateScheduleRequest to plan, not to do.
+type PlanScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// parent is the image, images/{id}.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// schedule is what to apply and how, as CreateScheduleRequest.schedule.
+	Schedule *Schedule `protobuf:"bytes,2,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// all_applicable selects every applicable update instead of
+	// schedule.updates.
+	AllApplicable bool `protobuf:"varint,3,opt,name=all_applicable,json=allApplicable,proto3" json:"all_applicable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanScheduleRequest) Reset() {
+	*x = PlanScheduleRequest{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanScheduleRequest) ProtoMessage() {}
+
+func (x *PlanScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PlanScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PlanScheduleRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *PlanScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *PlanScheduleRequest) GetAllApplicable() bool {
+	if x != nil {
+		return x.AllApplicable
+	}
+	return false
+}
+
+// PlanScheduleResponse holds the plan.
+type PlanScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// plan is what the schedule would do.
+	Plan          *SchedulePlan `protobuf:"bytes,1,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanScheduleResponse) Reset() {
+	*x = PlanScheduleResponse{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanScheduleResponse) ProtoMessage() {}
+
+func (x *PlanScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanScheduleResponse.ProtoReflect.Descriptor instead.
+func (*PlanScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PlanScheduleResponse) GetPlan() *SchedulePlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+// SchedulePlan is what a schedule would do to its image as it is now.
+type SchedulePlan struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// updates are the updates in apply order, each with the result expected.
+	Updates []*PlannedUpdate `protobuf:"bytes,1,rep,name=updates,proto3" json:"updates,omitempty"`
+	// disk_bytes_needed is the free space the agent's servicing drive needs:
+	// three times the image (a copy, its mount and its export) and the
+	// update files.
+	DiskBytesNeeded int64 `protobuf:"varint,2,opt,name=disk_bytes_needed,json=diskBytesNeeded,proto3" json:"disk_bytes_needed,omitempty"`
+	// first_run_time is when the first run would start; now for a schedule
+	// that runs at once.
+	FirstRunTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_run_time,json=firstRunTime,proto3" json:"first_run_time,omitempty"`
+	// warnings are what an administrator should know before scheduling: no
+	// agent of the site connected, the image busy, updates that will not
+	// apply. CreateSchedule's response carries the same.
+	Warnings      []string `protobuf:"bytes,4,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SchedulePlan) Reset() {
+	*x = SchedulePlan{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SchedulePlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SchedulePlan) ProtoMessage() {}
+
+func (x *SchedulePlan) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SchedulePlan.ProtoReflect.Descriptor instead.
+func (*SchedulePlan) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SchedulePlan) GetUpdates() []*PlannedUpdate {
+	if x != nil {
+		return x.Updates
+	}
+	return nil
+}
+
+func (x *SchedulePlan) GetDiskBytesNeeded() int64 {
+	if x != nil {
+		return x.DiskBytesNeeded
+	}
+	return 0
+}
+
+func (x *SchedulePlan) GetFirstRunTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstRunTime
+	}
+	return nil
+}
+
+func (x *SchedulePlan) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+// PlannedUpdate is one update of a plan.
+type PlannedUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// update is the update, updates/{id}.
+	Update string `protobuf:"bytes,1,opt,name=update,proto3" json:"update,omitempty"`
+	// kb is its KB article.
+	Kb string `protobuf:"bytes,2,opt,name=kb,proto3" json:"kb,omitempty"`
+	// title is its title.
+	Title string `protobuf:"bytes,3,opt,name=title,proto3" json:"title,omitempty"`
+	// expected is the result expected on the image as it is now: APPLIED,
+	// ALREADY_INSTALLED, NOT_APPLICABLE (another architecture or build, or
+	// superseded by an installed or another selected update) or UNSUPPORTED
+	// (no engine of the site's agents applies it).
+	Expected UpdateState `protobuf:"varint,4,opt,name=expected,proto3,enum=osvc.v1.UpdateState" json:"expected,omitempty"`
+	// reason says why it is not expected to be APPLIED.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlannedUpdate) Reset() {
+	*x = PlannedUpdate{}
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlannedUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlannedUpdate) ProtoMessage() {}
+
+func (x *PlannedUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlannedUpdate.ProtoReflect.Descriptor instead.
+func (*PlannedUpdate) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PlannedUpdate) GetUpdate() string {
+	if x != nil {
+		return x.Update
+	}
+	return ""
+}
+
+func (x *PlannedUpdate) GetKb() string {
+	if x != nil {
+		return x.Kb
+	}
+	return ""
+}
+
+func (x *PlannedUpdate) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *PlannedUpdate) GetExpected() UpdateState {
+	if x != nil {
+		return x.Expected
+	}
+	return UpdateState_UPDATE_STATE_UNSPECIFIED
+}
+
+func (x *PlannedUpdate) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // CreateScheduleRequest asks for a schedule and its run.
 type CreateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1480,7 +1766,7 @@ type CreateScheduleRequest struct {
 
 func (x *CreateScheduleRequest) Reset() {
 	*x = CreateScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1778,7 @@ func (x *CreateScheduleRequest) String() string {
 func (*CreateScheduleRequest) ProtoMessage() {}
 
 func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[9]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1791,7 @@ func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateScheduleRequest) GetParent() string {
@@ -1537,14 +1823,16 @@ type CreateScheduleResponse struct {
 	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
 	// run is the queued run; unset when the schedule's first occurrence is
 	// later (see schedule.next_run_time).
-	Run           *Run `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
+	Run *Run `protobuf:"bytes,2,opt,name=run,proto3" json:"run,omitempty"`
+	// warnings are the plan's (see PlanSchedule), for the updates chosen now.
+	Warnings      []string `protobuf:"bytes,3,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateScheduleResponse) Reset() {
 	*x = CreateScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1844,7 @@ func (x *CreateScheduleResponse) String() string {
 func (*CreateScheduleResponse) ProtoMessage() {}
 
 func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[10]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1857,7 @@ func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CreateScheduleResponse) GetSchedule() *Schedule {
@@ -1586,6 +1874,13 @@ func (x *CreateScheduleResponse) GetRun() *Run {
 	return nil
 }
 
+func (x *CreateScheduleResponse) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
 // GetScheduleRequest names a schedule.
 type GetScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1597,7 +1892,7 @@ type GetScheduleRequest struct {
 
 func (x *GetScheduleRequest) Reset() {
 	*x = GetScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1904,7 @@ func (x *GetScheduleRequest) String() string {
 func (*GetScheduleRequest) ProtoMessage() {}
 
 func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[11]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1917,7 @@ func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
 func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetScheduleRequest) GetName() string {
@@ -1643,7 +1938,7 @@ type GetScheduleResponse struct {
 
 func (x *GetScheduleResponse) Reset() {
 	*x = GetScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1950,7 @@ func (x *GetScheduleResponse) String() string {
 func (*GetScheduleResponse) ProtoMessage() {}
 
 func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[12]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1963,7 @@ func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
 func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetScheduleResponse) GetSchedule() *Schedule {
@@ -1694,7 +1989,7 @@ type ListSchedulesRequest struct {
 
 func (x *ListSchedulesRequest) Reset() {
 	*x = ListSchedulesRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +2001,7 @@ func (x *ListSchedulesRequest) String() string {
 func (*ListSchedulesRequest) ProtoMessage() {}
 
 func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[13]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +2014,7 @@ func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
 func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSchedulesRequest) GetParent() string {
@@ -1756,7 +2051,7 @@ type ListSchedulesResponse struct {
 
 func (x *ListSchedulesResponse) Reset() {
 	*x = ListSchedulesResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +2063,7 @@ func (x *ListSchedulesResponse) String() string {
 func (*ListSchedulesResponse) ProtoMessage() {}
 
 func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[14]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +2076,7 @@ func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
 func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
@@ -1812,7 +2107,7 @@ type UpdateScheduleRequest struct {
 
 func (x *UpdateScheduleRequest) Reset() {
 	*x = UpdateScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2119,7 @@ func (x *UpdateScheduleRequest) String() string {
 func (*UpdateScheduleRequest) ProtoMessage() {}
 
 func (x *UpdateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[15]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2132,7 @@ func (x *UpdateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*UpdateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{15}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateScheduleRequest) GetSchedule() *Schedule {
@@ -1865,7 +2160,7 @@ type UpdateScheduleResponse struct {
 
 func (x *UpdateScheduleResponse) Reset() {
 	*x = UpdateScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2172,7 @@ func (x *UpdateScheduleResponse) String() string {
 func (*UpdateScheduleResponse) ProtoMessage() {}
 
 func (x *UpdateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[16]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2185,7 @@ func (x *UpdateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*UpdateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{16}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UpdateScheduleResponse) GetSchedule() *Schedule {
@@ -1911,7 +2206,7 @@ type DeleteScheduleRequest struct {
 
 func (x *DeleteScheduleRequest) Reset() {
 	*x = DeleteScheduleRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2218,7 @@ func (x *DeleteScheduleRequest) String() string {
 func (*DeleteScheduleRequest) ProtoMessage() {}
 
 func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[17]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2231,7 @@ func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{17}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteScheduleRequest) GetName() string {
@@ -1955,7 +2250,7 @@ type DeleteScheduleResponse struct {
 
 func (x *DeleteScheduleResponse) Reset() {
 	*x = DeleteScheduleResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2262,7 @@ func (x *DeleteScheduleResponse) String() string {
 func (*DeleteScheduleResponse) ProtoMessage() {}
 
 func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[18]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2275,7 @@ func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{18}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{22}
 }
 
 // GetRunRequest names a run.
@@ -1994,7 +2289,7 @@ type GetRunRequest struct {
 
 func (x *GetRunRequest) Reset() {
 	*x = GetRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2301,7 @@ func (x *GetRunRequest) String() string {
 func (*GetRunRequest) ProtoMessage() {}
 
 func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[19]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2314,7 @@ func (x *GetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunRequest.ProtoReflect.Descriptor instead.
 func (*GetRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{19}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetRunRequest) GetName() string {
@@ -2040,7 +2335,7 @@ type GetRunResponse struct {
 
 func (x *GetRunResponse) Reset() {
 	*x = GetRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2347,7 @@ func (x *GetRunResponse) String() string {
 func (*GetRunResponse) ProtoMessage() {}
 
 func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[20]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2360,7 @@ func (x *GetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRunResponse.ProtoReflect.Descriptor instead.
 func (*GetRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{20}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetRunResponse) GetRun() *Run {
@@ -2091,7 +2386,7 @@ type ListRunsRequest struct {
 
 func (x *ListRunsRequest) Reset() {
 	*x = ListRunsRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2398,7 @@ func (x *ListRunsRequest) String() string {
 func (*ListRunsRequest) ProtoMessage() {}
 
 func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[21]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2411,7 @@ func (x *ListRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListRunsRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{21}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListRunsRequest) GetPageSize() int32 {
@@ -2153,7 +2448,7 @@ type ListRunsResponse struct {
 
 func (x *ListRunsResponse) Reset() {
 	*x = ListRunsResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2460,7 @@ func (x *ListRunsResponse) String() string {
 func (*ListRunsResponse) ProtoMessage() {}
 
 func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[22]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2473,7 @@ func (x *ListRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListRunsResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{22}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListRunsResponse) GetRuns() []*Run {
@@ -2211,7 +2506,7 @@ type WatchRunRequest struct {
 
 func (x *WatchRunRequest) Reset() {
 	*x = WatchRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2518,7 @@ func (x *WatchRunRequest) String() string {
 func (*WatchRunRequest) ProtoMessage() {}
 
 func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[23]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2531,7 @@ func (x *WatchRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunRequest.ProtoReflect.Descriptor instead.
 func (*WatchRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{23}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchRunRequest) GetName() string {
@@ -2275,7 +2570,7 @@ type WatchRunResponse struct {
 
 func (x *WatchRunResponse) Reset() {
 	*x = WatchRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2287,7 +2582,7 @@ func (x *WatchRunResponse) String() string {
 func (*WatchRunResponse) ProtoMessage() {}
 
 func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[24]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2300,7 +2595,7 @@ func (x *WatchRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRunResponse.ProtoReflect.Descriptor instead.
 func (*WatchRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{24}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchRunResponse) GetRun() *Run {
@@ -2331,7 +2626,7 @@ type CancelRunRequest struct {
 
 func (x *CancelRunRequest) Reset() {
 	*x = CancelRunRequest{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2638,7 @@ func (x *CancelRunRequest) String() string {
 func (*CancelRunRequest) ProtoMessage() {}
 
 func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[25]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2651,7 @@ func (x *CancelRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunRequest.ProtoReflect.Descriptor instead.
 func (*CancelRunRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{25}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CancelRunRequest) GetName() string {
@@ -2384,7 +2679,7 @@ type CancelRunResponse struct {
 
 func (x *CancelRunResponse) Reset() {
 	*x = CancelRunResponse{}
-	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2691,7 @@ func (x *CancelRunResponse) String() string {
 func (*CancelRunResponse) ProtoMessage() {}
 
 func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_servicing_proto_msgTypes[26]
+	mi := &file_osvc_v1_servicing_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2704,7 @@ func (x *CancelRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRunResponse.ProtoReflect.Descriptor instead.
 func (*CancelRunResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{26}
+	return file_osvc_v1_servicing_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CancelRunResponse) GetRun() *Run {
@@ -2484,7 +2779,7 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x1d\n" +
 	"\n" +
 	"media_type\x18\x04 \x01(\tR\tmediaType\x12'\n" +
-	"\x0ftruncated_bytes\x18\x05 \x01(\x03R\x0etruncatedBytes\"\xb6\n" +
+	"\x0ftruncated_bytes\x18\x05 \x01(\x03R\x0etruncatedBytes\"\xd0\n" +
 	"\n" +
 	"\x03Run\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -2522,14 +2817,33 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x12last_progress_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x10lastProgressTime\x12\x18\n" +
 	"\astalled\x18\x1e \x01(\bR\astalled\x12$\n" +
 	"\x04kind\x18\x1f \x01(\x0e2\x10.osvc.v1.RunKindR\x04kind\x122\n" +
-	"\tartifacts\x18  \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\"\x85\x01\n" +
+	"\tartifacts\x18  \x03(\v2\x14.osvc.v1.RunArtifactR\tartifacts\x12\x18\n" +
+	"\awaiting\x18! \x01(\tR\awaiting\"\x83\x01\n" +
+	"\x13PlanScheduleRequest\x12\x16\n" +
+	"\x06parent\x18\x01 \x01(\tR\x06parent\x12-\n" +
+	"\bschedule\x18\x02 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12%\n" +
+	"\x0eall_applicable\x18\x03 \x01(\bR\rallApplicable\"A\n" +
+	"\x14PlanScheduleResponse\x12)\n" +
+	"\x04plan\x18\x01 \x01(\v2\x15.osvc.v1.SchedulePlanR\x04plan\"\xca\x01\n" +
+	"\fSchedulePlan\x120\n" +
+	"\aupdates\x18\x01 \x03(\v2\x16.osvc.v1.PlannedUpdateR\aupdates\x12*\n" +
+	"\x11disk_bytes_needed\x18\x02 \x01(\x03R\x0fdiskBytesNeeded\x12@\n" +
+	"\x0efirst_run_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\ffirstRunTime\x12\x1a\n" +
+	"\bwarnings\x18\x04 \x03(\tR\bwarnings\"\x97\x01\n" +
+	"\rPlannedUpdate\x12\x16\n" +
+	"\x06update\x18\x01 \x01(\tR\x06update\x12\x0e\n" +
+	"\x02kb\x18\x02 \x01(\tR\x02kb\x12\x14\n" +
+	"\x05title\x18\x03 \x01(\tR\x05title\x120\n" +
+	"\bexpected\x18\x04 \x01(\x0e2\x14.osvc.v1.UpdateStateR\bexpected\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\x85\x01\n" +
 	"\x15CreateScheduleRequest\x12\x16\n" +
 	"\x06parent\x18\x01 \x01(\tR\x06parent\x12-\n" +
 	"\bschedule\x18\x02 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12%\n" +
-	"\x0eall_applicable\x18\x03 \x01(\bR\rallApplicable\"g\n" +
+	"\x0eall_applicable\x18\x03 \x01(\bR\rallApplicable\"\x83\x01\n" +
 	"\x16CreateScheduleResponse\x12-\n" +
 	"\bschedule\x18\x01 \x01(\v2\x11.osvc.v1.ScheduleR\bschedule\x12\x1e\n" +
-	"\x03run\x18\x02 \x01(\v2\f.osvc.v1.RunR\x03run\"(\n" +
+	"\x03run\x18\x02 \x01(\v2\f.osvc.v1.RunR\x03run\x12\x1a\n" +
+	"\bwarnings\x18\x03 \x03(\tR\bwarnings\"(\n" +
 	"\x12GetScheduleRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"D\n" +
 	"\x13GetScheduleResponse\x12-\n" +
@@ -2621,9 +2935,10 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x1bUPDATE_STATE_NOT_APPLICABLE\x10\x05\x12\x1c\n" +
 	"\x18UPDATE_STATE_UNSUPPORTED\x10\x06\x12\x17\n" +
 	"\x13UPDATE_STATE_FAILED\x10\a\x12\x18\n" +
-	"\x14UPDATE_STATE_SKIPPED\x10\b2\xa8\x05\n" +
+	"\x14UPDATE_STATE_SKIPPED\x10\b2\xf5\x05\n" +
 	"\x10ServicingService\x12Q\n" +
-	"\x0eCreateSchedule\x12\x1e.osvc.v1.CreateScheduleRequest\x1a\x1f.osvc.v1.CreateScheduleResponse\x12H\n" +
+	"\x0eCreateSchedule\x12\x1e.osvc.v1.CreateScheduleRequest\x1a\x1f.osvc.v1.CreateScheduleResponse\x12K\n" +
+	"\fPlanSchedule\x12\x1c.osvc.v1.PlanScheduleRequest\x1a\x1d.osvc.v1.PlanScheduleResponse\x12H\n" +
 	"\vGetSchedule\x12\x1b.osvc.v1.GetScheduleRequest\x1a\x1c.osvc.v1.GetScheduleResponse\x12N\n" +
 	"\rListSchedules\x12\x1d.osvc.v1.ListSchedulesRequest\x1a\x1e.osvc.v1.ListSchedulesResponse\x12Q\n" +
 	"\x0eUpdateSchedule\x12\x1e.osvc.v1.UpdateScheduleRequest\x1a\x1f.osvc.v1.UpdateScheduleResponse\x12Q\n" +
@@ -2647,7 +2962,7 @@ func file_osvc_v1_servicing_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_servicing_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_osvc_v1_servicing_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_osvc_v1_servicing_proto_goTypes = []any{
 	(RunState)(0),                  // 0: osvc.v1.RunState
 	(Step)(0),                      // 1: osvc.v1.Step
@@ -2663,92 +2978,103 @@ var file_osvc_v1_servicing_proto_goTypes = []any{
 	(*LogLine)(nil),                // 11: osvc.v1.LogLine
 	(*RunArtifact)(nil),            // 12: osvc.v1.RunArtifact
 	(*Run)(nil),                    // 13: osvc.v1.Run
-	(*CreateScheduleRequest)(nil),  // 14: osvc.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 15: osvc.v1.CreateScheduleResponse
-	(*GetScheduleRequest)(nil),     // 16: osvc.v1.GetScheduleRequest
-	(*GetScheduleResponse)(nil),    // 17: osvc.v1.GetScheduleResponse
-	(*ListSchedulesRequest)(nil),   // 18: osvc.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),  // 19: osvc.v1.ListSchedulesResponse
-	(*UpdateScheduleRequest)(nil),  // 20: osvc.v1.UpdateScheduleRequest
-	(*UpdateScheduleResponse)(nil), // 21: osvc.v1.UpdateScheduleResponse
-	(*DeleteScheduleRequest)(nil),  // 22: osvc.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil), // 23: osvc.v1.DeleteScheduleResponse
-	(*GetRunRequest)(nil),          // 24: osvc.v1.GetRunRequest
-	(*GetRunResponse)(nil),         // 25: osvc.v1.GetRunResponse
-	(*ListRunsRequest)(nil),        // 26: osvc.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),       // 27: osvc.v1.ListRunsResponse
-	(*WatchRunRequest)(nil),        // 28: osvc.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),       // 29: osvc.v1.WatchRunResponse
-	(*CancelRunRequest)(nil),       // 30: osvc.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),      // 31: osvc.v1.CancelRunResponse
-	(*timestamppb.Timestamp)(nil),  // 32: google.protobuf.Timestamp
-	(Classification)(0),            // 33: osvc.v1.Classification
-	(*ImageIndex)(nil),             // 34: osvc.v1.ImageIndex
-	(*fieldmaskpb.FieldMask)(nil),  // 35: google.protobuf.FieldMask
+	(*PlanScheduleRequest)(nil),    // 14: osvc.v1.PlanScheduleRequest
+	(*PlanScheduleResponse)(nil),   // 15: osvc.v1.PlanScheduleResponse
+	(*SchedulePlan)(nil),           // 16: osvc.v1.SchedulePlan
+	(*PlannedUpdate)(nil),          // 17: osvc.v1.PlannedUpdate
+	(*CreateScheduleRequest)(nil),  // 18: osvc.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 19: osvc.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),     // 20: osvc.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),    // 21: osvc.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 22: osvc.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 23: osvc.v1.ListSchedulesResponse
+	(*UpdateScheduleRequest)(nil),  // 24: osvc.v1.UpdateScheduleRequest
+	(*UpdateScheduleResponse)(nil), // 25: osvc.v1.UpdateScheduleResponse
+	(*DeleteScheduleRequest)(nil),  // 26: osvc.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 27: osvc.v1.DeleteScheduleResponse
+	(*GetRunRequest)(nil),          // 28: osvc.v1.GetRunRequest
+	(*GetRunResponse)(nil),         // 29: osvc.v1.GetRunResponse
+	(*ListRunsRequest)(nil),        // 30: osvc.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),       // 31: osvc.v1.ListRunsResponse
+	(*WatchRunRequest)(nil),        // 32: osvc.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),       // 33: osvc.v1.WatchRunResponse
+	(*CancelRunRequest)(nil),       // 34: osvc.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),      // 35: osvc.v1.CancelRunResponse
+	(*timestamppb.Timestamp)(nil),  // 36: google.protobuf.Timestamp
+	(Classification)(0),            // 37: osvc.v1.Classification
+	(*ImageIndex)(nil),             // 38: osvc.v1.ImageIndex
+	(*fieldmaskpb.FieldMask)(nil),  // 39: google.protobuf.FieldMask
 }
 var file_osvc_v1_servicing_proto_depIdxs = []int32{
-	32, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	32, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	36, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	36, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 2: osvc.v1.Schedule.recurrence:type_name -> osvc.v1.Recurrence
 	8,  // 3: osvc.v1.Schedule.selection:type_name -> osvc.v1.UpdateSelection
-	32, // 4: osvc.v1.Schedule.next_run_time:type_name -> google.protobuf.Timestamp
-	32, // 5: osvc.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
+	36, // 4: osvc.v1.Schedule.next_run_time:type_name -> google.protobuf.Timestamp
+	36, // 5: osvc.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
 	7,  // 6: osvc.v1.Recurrence.patch_tuesday:type_name -> osvc.v1.PatchTuesday
-	33, // 7: osvc.v1.UpdateSelection.classifications:type_name -> osvc.v1.Classification
+	37, // 7: osvc.v1.UpdateSelection.classifications:type_name -> osvc.v1.Classification
 	4,  // 8: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
 	1,  // 9: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
 	3,  // 10: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	32, // 11: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	32, // 12: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	32, // 13: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	36, // 11: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	36, // 12: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	36, // 13: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
 	0,  // 14: osvc.v1.Run.state:type_name -> osvc.v1.RunState
 	9,  // 15: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
 	1,  // 16: osvc.v1.Run.step:type_name -> osvc.v1.Step
 	10, // 17: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	32, // 18: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	32, // 19: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	32, // 20: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	32, // 21: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	34, // 22: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	32, // 23: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	36, // 18: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	36, // 19: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	36, // 20: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	36, // 21: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	38, // 22: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	36, // 23: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
 	2,  // 24: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
 	12, // 25: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
-	5,  // 26: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	5,  // 27: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	13, // 28: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	5,  // 29: osvc.v1.GetScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	5,  // 30: osvc.v1.ListSchedulesResponse.schedules:type_name -> osvc.v1.Schedule
-	5,  // 31: osvc.v1.UpdateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	35, // 32: osvc.v1.UpdateScheduleRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 33: osvc.v1.UpdateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	13, // 34: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	13, // 35: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	13, // 36: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	11, // 37: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	13, // 38: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	14, // 39: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	16, // 40: osvc.v1.ServicingService.GetSchedule:input_type -> osvc.v1.GetScheduleRequest
-	18, // 41: osvc.v1.ServicingService.ListSchedules:input_type -> osvc.v1.ListSchedulesRequest
-	20, // 42: osvc.v1.ServicingService.UpdateSchedule:input_type -> osvc.v1.UpdateScheduleRequest
-	22, // 43: osvc.v1.ServicingService.DeleteSchedule:input_type -> osvc.v1.DeleteScheduleRequest
-	24, // 44: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	26, // 45: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	28, // 46: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	30, // 47: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	15, // 48: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	17, // 49: osvc.v1.ServicingService.GetSchedule:output_type -> osvc.v1.GetScheduleResponse
-	19, // 50: osvc.v1.ServicingService.ListSchedules:output_type -> osvc.v1.ListSchedulesResponse
-	21, // 51: osvc.v1.ServicingService.UpdateSchedule:output_type -> osvc.v1.UpdateScheduleResponse
-	23, // 52: osvc.v1.ServicingService.DeleteSchedule:output_type -> osvc.v1.DeleteScheduleResponse
-	25, // 53: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	27, // 54: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	29, // 55: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	31, // 56: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	48, // [48:57] is the sub-list for method output_type
-	39, // [39:48] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	5,  // 26: osvc.v1.PlanScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	16, // 27: osvc.v1.PlanScheduleResponse.plan:type_name -> osvc.v1.SchedulePlan
+	17, // 28: osvc.v1.SchedulePlan.updates:type_name -> osvc.v1.PlannedUpdate
+	36, // 29: osvc.v1.SchedulePlan.first_run_time:type_name -> google.protobuf.Timestamp
+	4,  // 30: osvc.v1.PlannedUpdate.expected:type_name -> osvc.v1.UpdateState
+	5,  // 31: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 32: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 33: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	5,  // 34: osvc.v1.GetScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	5,  // 35: osvc.v1.ListSchedulesResponse.schedules:type_name -> osvc.v1.Schedule
+	5,  // 36: osvc.v1.UpdateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	39, // 37: osvc.v1.UpdateScheduleRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 38: osvc.v1.UpdateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 39: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	13, // 40: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	13, // 41: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	11, // 42: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	13, // 43: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	18, // 44: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	14, // 45: osvc.v1.ServicingService.PlanSchedule:input_type -> osvc.v1.PlanScheduleRequest
+	20, // 46: osvc.v1.ServicingService.GetSchedule:input_type -> osvc.v1.GetScheduleRequest
+	22, // 47: osvc.v1.ServicingService.ListSchedules:input_type -> osvc.v1.ListSchedulesRequest
+	24, // 48: osvc.v1.ServicingService.UpdateSchedule:input_type -> osvc.v1.UpdateScheduleRequest
+	26, // 49: osvc.v1.ServicingService.DeleteSchedule:input_type -> osvc.v1.DeleteScheduleRequest
+	28, // 50: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	30, // 51: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	32, // 52: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	34, // 53: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	19, // 54: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	15, // 55: osvc.v1.ServicingService.PlanSchedule:output_type -> osvc.v1.PlanScheduleResponse
+	21, // 56: osvc.v1.ServicingService.GetSchedule:output_type -> osvc.v1.GetScheduleResponse
+	23, // 57: osvc.v1.ServicingService.ListSchedules:output_type -> osvc.v1.ListSchedulesResponse
+	25, // 58: osvc.v1.ServicingService.UpdateSchedule:output_type -> osvc.v1.UpdateScheduleResponse
+	27, // 59: osvc.v1.ServicingService.DeleteSchedule:output_type -> osvc.v1.DeleteScheduleResponse
+	29, // 60: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	31, // 61: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	33, // 62: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	35, // 63: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	54, // [54:64] is the sub-list for method output_type
+	44, // [44:54] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
@@ -2768,7 +3094,7 @@ func file_osvc_v1_servicing_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_servicing_proto_rawDesc), len(file_osvc_v1_servicing_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ServicingService_CreateSchedule_FullMethodName = "/osvc.v1.ServicingService/CreateSchedule"
+	ServicingService_PlanSchedule_FullMethodName   = "/osvc.v1.ServicingService/PlanSchedule"
 	ServicingService_GetSchedule_FullMethodName    = "/osvc.v1.ServicingService/GetSchedule"
 	ServicingService_ListSchedules_FullMethodName  = "/osvc.v1.ServicingService/ListSchedules"
 	ServicingService_UpdateSchedule_FullMethodName = "/osvc.v1.ServicingService/UpdateSchedule"
@@ -58,6 +59,12 @@ type ServicingServiceClient interface {
 	// the selection finds no update; INVALID_ARGUMENT (schedule.recurrence)
 	// for a cron expression, time of day or time zone that does not parse.
 	CreateSchedule(ctx context.Context, in *CreateScheduleRequest, opts ...grpc.CallOption) (*CreateScheduleResponse, error)
+	// PlanSchedule says what CreateSchedule would do with the same request,
+	// without doing it: the updates in apply order with the result expected
+	// of each on the image as it is now, the disk space the agent will
+	// need, when the first run would start, and warnings. Errors as
+	// CreateSchedule, but for an image with a run in process (a warning).
+	PlanSchedule(ctx context.Context, in *PlanScheduleRequest, opts ...grpc.CallOption) (*PlanScheduleResponse, error)
 	// GetSchedule returns one schedule with its next occurrence.
 	// INVALID_ARGUMENT for a name that is not images/{id}/schedules/{id};
 	// NOT_FOUND.
@@ -112,6 +119,16 @@ func (c *servicingServiceClient) CreateSchedule(ctx context.Context, in *CreateS
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateScheduleResponse)
 	err := c.cc.Invoke(ctx, ServicingService_CreateSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *servicingServiceClient) PlanSchedule(ctx context.Context, in *PlanScheduleRequest, opts ...grpc.CallOption) (*PlanScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlanScheduleResponse)
+	err := c.cc.Invoke(ctx, ServicingService_PlanSchedule_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -235,6 +252,12 @@ type ServicingServiceServer interface {
 	// the selection finds no update; INVALID_ARGUMENT (schedule.recurrence)
 	// for a cron expression, time of day or time zone that does not parse.
 	CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error)
+	// PlanSchedule says what CreateSchedule would do with the same request,
+	// without doing it: the updates in apply order with the result expected
+	// of each on the image as it is now, the disk space the agent will
+	// need, when the first run would start, and warnings. Errors as
+	// CreateSchedule, but for an image with a run in process (a warning).
+	PlanSchedule(context.Context, *PlanScheduleRequest) (*PlanScheduleResponse, error)
 	// GetSchedule returns one schedule with its next occurrence.
 	// INVALID_ARGUMENT for a name that is not images/{id}/schedules/{id};
 	// NOT_FOUND.
@@ -287,6 +310,9 @@ type UnimplementedServicingServiceServer struct{}
 
 func (UnimplementedServicingServiceServer) CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSchedule not implemented")
+}
+func (UnimplementedServicingServiceServer) PlanSchedule(context.Context, *PlanScheduleRequest) (*PlanScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PlanSchedule not implemented")
 }
 func (UnimplementedServicingServiceServer) GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSchedule not implemented")
@@ -347,6 +373,24 @@ func _ServicingService_CreateSchedule_Handler(srv interface{}, ctx context.Conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ServicingServiceServer).CreateSchedule(ctx, req.(*CreateScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ServicingService_PlanSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlanScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ServicingServiceServer).PlanSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ServicingService_PlanSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ServicingServiceServer).PlanSchedule(ctx, req.(*PlanScheduleRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -498,6 +542,10 @@ var ServicingService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateSchedule",
 			Handler:    _ServicingService_CreateSchedule_Handler,
+		},
+		{
+			MethodName: "PlanSchedule",
+			Handler:    _ServicingService_PlanSchedule_Handler,
 		},
 		{
 			MethodName: "GetSchedule",

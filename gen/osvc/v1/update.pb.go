@@ -731,9 +731,13 @@ type ListApplicableUpdatesRequest struct {
 	// image's list; empty for the first page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// filter, when set, keeps only the updates it matches.
-	Filter        *UpdateFilter `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Filter *UpdateFilter `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// include_unsupported lists too the updates an engine reported
+	// UNSUPPORTED for the image (Image.unsupported_updates), left out
+	// otherwise.
+	IncludeUnsupported bool `protobuf:"varint,5,opt,name=include_unsupported,json=includeUnsupported,proto3" json:"include_unsupported,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ListApplicableUpdatesRequest) Reset() {
@@ -792,6 +796,13 @@ func (x *ListApplicableUpdatesRequest) GetFilter() *UpdateFilter {
 		return x.Filter
 	}
 	return nil
+}
+
+func (x *ListApplicableUpdatesRequest) GetIncludeUnsupported() bool {
+	if x != nil {
+		return x.IncludeUnsupported
+	}
+	return false
 }
 
 // ListApplicableUpdatesResponse holds a page of applicable updates in name
@@ -901,13 +912,14 @@ const file_osvc_v1_update_proto_rawDesc = "" +
 	"\x06filter\x18\x03 \x01(\v2\x15.osvc.v1.UpdateFilterR\x06filter\"h\n" +
 	"\x13ListUpdatesResponse\x12)\n" +
 	"\aupdates\x18\x01 \x03(\v2\x0f.osvc.v1.UpdateR\aupdates\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9f\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd0\x01\n" +
 	"\x1cListApplicableUpdatesRequest\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\x12-\n" +
-	"\x06filter\x18\x04 \x01(\v2\x15.osvc.v1.UpdateFilterR\x06filter\"r\n" +
+	"\x06filter\x18\x04 \x01(\v2\x15.osvc.v1.UpdateFilterR\x06filter\x12/\n" +
+	"\x13include_unsupported\x18\x05 \x01(\bR\x12includeUnsupported\"r\n" +
 	"\x1dListApplicableUpdatesResponse\x12)\n" +
 	"\aupdates\x18\x01 \x03(\v2\x0f.osvc.v1.UpdateR\aupdates\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xd4\x01\n" +
