@@ -1717,8 +1717,8 @@ type RollbackImageRequest struct {
 	// name is the image, images/{id}.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// to_version is the version to make current, one the image keeps
-	// (Image.versions); 0 for the version that was current before the
-	// current one (the previous one, or the one a rollback left).
+	// (Image.versions); 0 for the newest version it keeps older than the
+	// current one.
 	ToVersion int32 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
 	// reason says why, for the image's record and the audit trail: required,
 	// at most 1024 bytes.

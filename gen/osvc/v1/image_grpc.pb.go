@@ -65,8 +65,8 @@ type ImageServiceClient interface {
 	// that does not exist.
 	InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error)
 	// RollbackImage makes a version the image still keeps its current one
-	// again: to_version, or the version that was current before the current
-	// one when it is 0. No version is added or removed: the version left
+	// again: to_version, or when it is 0 the newest version it keeps older
+	// than the current one. No version is added or removed: the version left
 	// stays kept, so the image may be rolled forward to it. The image's
 	// indexes become what the last run that read the version recorded. The
 	// distribution points follow when they were to hold the version left
@@ -79,8 +79,9 @@ type ImageServiceClient interface {
 	// over 1024 bytes; to_version when negative or the current version);
 	// NOT_FOUND for an image that does not exist, or a version it does not
 	// keep (the message lists the kept ones); FAILED_PRECONDITION while a run
-	// of the image is LEASED or IN_PROCESS (naming it), for an image that
-	// keeps no other version, or for a version whose inspection failed.
+	// of the image is LEASED or IN_PROCESS (naming it), when to_version is 0
+	// and the image keeps no version older than the current one, or for a
+	// version whose inspection failed.
 	RollbackImage(ctx context.Context, in *RollbackImageRequest, opts ...grpc.CallOption) (*RollbackImageResponse, error)
 	// DeleteImage removes an image from the catalog, with its schedules and
 	// its run index; its runs stay, as history. Its files are left to the
@@ -198,8 +199,8 @@ type ImageServiceServer interface {
 	// that does not exist.
 	InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error)
 	// RollbackImage makes a version the image still keeps its current one
-	// again: to_version, or the version that was current before the current
-	// one when it is 0. No version is added or removed: the version left
+	// again: to_version, or when it is 0 the newest version it keeps older
+	// than the current one. No version is added or removed: the version left
 	// stays kept, so the image may be rolled forward to it. The image's
 	// indexes become what the last run that read the version recorded. The
 	// distribution points follow when they were to hold the version left
@@ -212,8 +213,9 @@ type ImageServiceServer interface {
 	// over 1024 bytes; to_version when negative or the current version);
 	// NOT_FOUND for an image that does not exist, or a version it does not
 	// keep (the message lists the kept ones); FAILED_PRECONDITION while a run
-	// of the image is LEASED or IN_PROCESS (naming it), for an image that
-	// keeps no other version, or for a version whose inspection failed.
+	// of the image is LEASED or IN_PROCESS (naming it), when to_version is 0
+	// and the image keeps no version older than the current one, or for a
+	// version whose inspection failed.
 	RollbackImage(context.Context, *RollbackImageRequest) (*RollbackImageResponse, error)
 	// DeleteImage removes an image from the catalog, with its schedules and
 	// its run index; its runs stay, as history. Its files are left to the
