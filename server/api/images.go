@@ -72,3 +72,22 @@ func (s *imageServer) ListImages(ctx context.Context, req *osvcv1.ListImagesRequ
 	}
 	return &osvcv1.ListImagesResponse{Images: imgs, NextPageToken: next}, nil
 }
+
+func (s *imageServer) RollbackImage(ctx context.Context, req *osvcv1.RollbackImageRequest) (*osvcv1.RollbackImageResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.servicing.Rollback(ctx, req.GetName(), req.GetToVersion(), p.ID, req.GetReason())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.RollbackImageResponse{Image: img}, nil
+}
+
+func (s *imageServer) DeleteImage(ctx context.Context, req *osvcv1.DeleteImageRequest) (*osvcv1.DeleteImageResponse, error) {
+	if err := s.servicing.DeleteImage(ctx, req.GetName()); err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.DeleteImageResponse{}, nil
+}
