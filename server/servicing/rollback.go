@@ -31,8 +31,9 @@ const (
 // read the version recorded (its inspection, else the run that made it).
 // The distribution points follow when they were to hold the version left.
 // A PENDING servicing run of the image services the version rolled back to;
-// a run LEASED or IN_PROCESS refuses the rollback (ErrFailedPrecondition
-// naming it), as does a version whose inspection failed. A version the
+// a servicing run LEASED or IN_PROCESS refuses the rollback
+// (ErrFailedPrecondition naming it), as does a version whose inspection
+// failed. An inspection of another version goes on. A version the
 // image does not keep is ErrNotFound, naming those it keeps.
 func (s *Service) Rollback(ctx context.Context, name string, to int32, by, reason string) (*osvcv1.Image, error) {
 	imageID, err := catalog.ImageID(name)
@@ -80,7 +81,7 @@ func (s *Service) Rollback(ctx context.Context, name string, to int32, by, reaso
 			// No run recorded what the version holds (it predates
 			// inspections): an inspection reads it again.
 			if pending.inspection {
-				return fmt.Errorf("no run recorded the indexes of version %d of %s, and inspection %s is still to come; roll back once it ended: %w",
+				return fmt.Errorf("no run recorded the indexes of version %d of %s, and inspection %s has not ended; roll back once it ended: %w",
 					target.GetVersion(), name, pending.inspectionRun, errdefs.ErrFailedPrecondition)
 			}
 			if inspection, err = s.queueInspection(tx, img, target.GetVersion()); err != nil {
@@ -167,15 +168,16 @@ func rollbackTarget(img *osvcv1.Image, to int32) (*osvcv1.ImageVersion, error) {
 type activeRuns struct {
 	// run is the image's PENDING servicing run, if any.
 	run *osvcv1.Run
-	// inspection tells a PENDING inspection run, inspectionRun names it.
+	// inspection tells an inspection run that has not ended, inspectionRun
+	// names it.
 	inspection    bool
 	inspectionRun string
 }
 
 // refuseLeasedRuns reads, within tx, the runs the image's active-run and
-// active-inspection keys name: a LEASED or IN_PROCESS one is
-// ErrFailedPrecondition naming it, since its agent works on the current
-// version; PENDING ones are returned.
+// active-inspection keys name: a LEASED or IN_PROCESS servicing run is
+// ErrFailedPrecondition naming it, since its result would become current
+// over the rollback; a PENDING one, and an inspection, are returned.
 func (s *Service) refuseLeasedRuns(tx *store.Tx, name string, keys ...string) (activeRuns, error) {
 	var out activeRuns
 	for _, key := range keys {
@@ -198,16 +200,16 @@ func (s *Service) refuseLeasedRuns(tx *store.Tx, name string, keys ...string) (a
 			return out, err
 		}
 		run := ch.run
-		if IsLeased(run.GetState()) {
+		switch {
+		case IsFinal(run.GetState()):
+		case IsInspection(run):
+			// An inspection only reads its version, and sets the image's
+			// indexes only while that version is current: it may go on.
+			out.inspection, out.inspectionRun = true, run.GetName()
+		case IsLeased(run.GetState()):
 			return out, fmt.Errorf("image %s has run %s %s; roll back once it ended, or cancel it first (osvcctl run cancel %s): %w",
 				name, run.GetName(), stateName(run.GetState()), run.GetName(), errdefs.ErrFailedPrecondition)
-		}
-		if run.GetState() != osvcv1.RunState_RUN_STATE_PENDING {
-			continue
-		}
-		if IsInspection(run) {
-			out.inspection, out.inspectionRun = true, run.GetName()
-		} else {
+		default:
 			out.run = run
 		}
 	}

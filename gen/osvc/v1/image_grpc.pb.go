@@ -78,8 +78,9 @@ type ImageServiceClient interface {
 	// Errors: INVALID_ARGUMENT naming the field (name; reason when empty or
 	// over 1024 bytes; to_version when negative or the current version);
 	// NOT_FOUND for an image that does not exist, or a version it does not
-	// keep (the message lists the kept ones); FAILED_PRECONDITION while a run
-	// of the image is LEASED or IN_PROCESS (naming it), when to_version is 0
+	// keep (the message lists the kept ones); FAILED_PRECONDITION while a
+	// servicing run of the image is LEASED or IN_PROCESS (naming it; an
+	// inspection of another version goes on), when to_version is 0
 	// and the image keeps no version older than the current one, or for a
 	// version whose inspection failed.
 	RollbackImage(ctx context.Context, in *RollbackImageRequest, opts ...grpc.CallOption) (*RollbackImageResponse, error)
@@ -212,8 +213,9 @@ type ImageServiceServer interface {
 	// Errors: INVALID_ARGUMENT naming the field (name; reason when empty or
 	// over 1024 bytes; to_version when negative or the current version);
 	// NOT_FOUND for an image that does not exist, or a version it does not
-	// keep (the message lists the kept ones); FAILED_PRECONDITION while a run
-	// of the image is LEASED or IN_PROCESS (naming it), when to_version is 0
+	// keep (the message lists the kept ones); FAILED_PRECONDITION while a
+	// servicing run of the image is LEASED or IN_PROCESS (naming it; an
+	// inspection of another version goes on), when to_version is 0
 	// and the image keeps no version older than the current one, or for a
 	// version whose inspection failed.
 	RollbackImage(context.Context, *RollbackImageRequest) (*RollbackImageResponse, error)
