@@ -40,6 +40,7 @@ import (
 	"github.com/osvc/osvc/server/content"
 	"github.com/osvc/osvc/server/content/s3store"
 	"github.com/osvc/osvc/server/metrics"
+	"github.com/osvc/osvc/server/servicing"
 	"github.com/osvc/osvc/server/store"
 )
 
@@ -60,6 +61,9 @@ const (
 	DefaultMaxUploadBytes       = content.DefaultMaxBlobBytes
 	// DefaultContentGrace is how long a blob nothing references is kept.
 	DefaultContentGrace = content.DefaultGrace
+	// DefaultKeepVersions is how many versions an image keeps besides its
+	// current one.
+	DefaultKeepVersions = servicing.DefaultKeepVersions
 )
 
 // keepaliveMinTime lets agents ping every 10 s (their gRPC keepalive is 30 s);
@@ -165,6 +169,9 @@ type Config struct {
 	// AuditRetention is how long audit events are kept; default
 	// auth.DefaultAuditRetention (90 days).
 	AuditRetention time.Duration
+	// KeepVersions is how many versions each image keeps besides its
+	// current one, for rollbacks; default DefaultKeepVersions (1).
+	KeepVersions int
 }
 
 // Server is one osvc-server replica.
@@ -263,6 +270,7 @@ func New(cfg Config) (*Server, error) {
 	}{
 		{"max concurrent imports", &cfg.MaxConcurrentImports, DefaultMaxConcurrentImports},
 		{"max concurrent uploads", &cfg.MaxConcurrentUploads, DefaultMaxConcurrentUploads},
+		{"keep versions", &cfg.KeepVersions, DefaultKeepVersions},
 	} {
 		if *n.value < 0 {
 			return nil, fmt.Errorf("%s %d: must not be negative", n.name, *n.value)
@@ -270,6 +278,9 @@ func New(cfg Config) (*Server, error) {
 		if *n.value == 0 {
 			*n.value = n.def
 		}
+	}
+	if cfg.KeepVersions > servicing.MaxKeepVersions {
+		return nil, fmt.Errorf("keep versions %d: at most %d", cfg.KeepVersions, servicing.MaxKeepVersions)
 	}
 	if cfg.MaxUploadBytes < 0 {
 		return nil, fmt.Errorf("max upload bytes %d: must not be negative", cfg.MaxUploadBytes)
@@ -460,7 +471,6 @@ func (s *Server) Run(ctx context.Context) error {
 	gs := grpc.NewServer(append(s.serverOptions(runCtx, authorizer), grpc.Creds(creds))...)
 	healthSrv := health.NewServer()
 	osvcv1.RegisterAccessServiceServer(gs, api.NewAccessServer(access, audit, s.logger))
-	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, s.logger))
 	osvcv1.RegisterContentServiceServer(gs, api.NewContentServer(lib, s.logger))
 	parts.register(gs)
 	healthpb.RegisterHealthServer(gs, healthSrv)

@@ -40,7 +40,7 @@ type servicingParts struct {
 func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalog.Catalog, lib *content.Library, access *auth.Access, serverID string) (servicingParts, error) {
 	svc, err := servicing.New(servicing.Config{
 		Store: st, Catalog: cat, Library: lib, Logger: s.logger, MaxAttempts: s.cfg.MaxAttempts,
-		RetryBackoff: s.cfg.RetryBackoff,
+		RetryBackoff: s.cfg.RetryBackoff, KeepVersions: s.cfg.KeepVersions,
 	})
 	if err != nil {
 		return servicingParts{}, fmt.Errorf("servicing: %w", err)
@@ -75,6 +75,7 @@ func (s *Server) wireServicing(ctx context.Context, st *store.Store, cat *catalo
 		register: func(gs *grpc.Server) {
 			osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(siteRegistry))
 			osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, svc, dist, s.logger))
+			osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, svc, s.logger))
 			osvcv1.RegisterDistributionServiceServer(gs, api.NewDistributionServer(dist))
 			osvcv1.RegisterServicingServiceServer(gs, api.NewServicingServer(svc, s.logger))
 			osvcv1.RegisterAgentServiceServer(gs, api.NewAgentServer(agentService, access, s.logger))

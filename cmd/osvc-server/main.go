@@ -88,6 +88,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	contentChunks := fs.Bool("content-chunks", true, "store blobs of 8 MiB or more as their chunks, each chunk once for every blob holding it, so the versions of an image share what they have in common; false keeps new blobs whole, as files a client on the library's volume may link")
 	fs.DurationVar(&cfg.ContentGrace, "content-grace", server.DefaultContentGrace,
 		"how long a blob that no image version, update or run in progress references is kept after it was uploaded or last named")
+	fs.IntVar(&cfg.KeepVersions, "keep-versions", server.DefaultKeepVersions,
+		"how many versions each image keeps besides its current one, for rollbacks (1 to 100); a run's new version pushes out the oldest, whose files the content collector removes")
 	fs.DurationVar(&cfg.RetryBackoff, "retry-backoff", server.DefaultRetryBackoff, "wait before leasing a run again after its agent's lease ended; doubles per attempt, at most 5m")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "the server's TLS certificate (PEM); empty: one issued from the authority the server keeps in --data-dir/pki, whose ca.crt clients trust")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "the key of --tls-cert (PEM)")
@@ -114,6 +116,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q; osvc-server takes flags only (see -h)", fs.Args())
+	}
+	if cfg.KeepVersions < 1 {
+		return fmt.Errorf("--keep-versions %d: keep at least 1 version besides the current one, the one a rollback returns to", cfg.KeepVersions)
 	}
 	cfg.WholeBlobs = !*contentChunks
 	for _, ep := range strings.Split(endpoints, ",") {

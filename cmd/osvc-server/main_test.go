@@ -113,6 +113,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"a negative upload limit", []string{"--max-concurrent-uploads", "-2"}, "max concurrent uploads"},
 		{"a negative upload size", []string{"--max-upload-bytes", "-1"}, "max upload bytes"},
 		{"a negative content grace", []string{"--content-grace", "-1h"}, "content grace"},
+		{"keeping no version to roll back to", []string{"--keep-versions", "0"}, "--keep-versions"},
+		{"keeping more versions than an image record holds", []string{"--keep-versions", "101"}, "keep versions"},
 		{"a bucket without an object store", []string{"--s3-bucket", "osvc"}, "--s3-endpoint"},
 		{"an object store without a bucket", []string{"--s3-endpoint", "https://s3.example.com"}, "--s3-bucket"},
 		{"an object store prefix without its slash", []string{"--s3-endpoint", "https://s3.example.com", "--s3-bucket", "osvc", "--s3-prefix", "osvc"}, "prefix"},

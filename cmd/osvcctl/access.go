@@ -296,6 +296,9 @@ func (c *cli) auditCommand() *cobra.Command {
 				if ev.GetMessage() != "" {
 					result += ": " + ev.GetMessage()
 				}
+				if ev.GetReason() != "" {
+					result += " (reason: " + ev.GetReason() + ")"
+				}
 				t.AppendRow([]any{timeText(ev.GetTime()), ev.GetPrincipal(), orDash(roleText(ev.GetRole())),
 					strings.TrimPrefix(ev.GetMethod(), "/osvc.v1."), orDash(ev.GetResource()), result, orDash(ev.GetPeer())})
 			}

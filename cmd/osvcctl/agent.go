@@ -12,6 +12,7 @@ import (
 func (c *cli) agentCommand() *cobra.Command {
 	cmd := groupCommand("agent", "Inspect, enroll and revoke the agents on the site servers")
 	cmd.AddCommand(c.agentAccessCommands()...)
+	cmd.AddCommand(c.agentDeleteCommand())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List agents with their state, drives and runs",

@@ -29,7 +29,7 @@ const listPageSize = 100
 func (c *cli) imageCommand() *cobra.Command {
 	cmd := groupCommand("image", "Import and inspect WIM images")
 	cmd.AddCommand(c.imageImportCommand(), c.imageListCommand(), c.imageGetCommand(), c.imageInspectCommand(), c.imageExportCommand(),
-		c.imageDistributeCommand())
+		c.imageDistributeCommand(), c.imageRollbackCommand(), c.imageDeleteCommand())
 	return cmd
 }
 
@@ -309,6 +309,7 @@ func (c *cli) printImage(img *osvcv1.Image, site *osvcv1.Site) {
 		t.AppendRow(row)
 	}
 	t.Render()
+	printRollbacks(w, img)
 	printDistributions(w, img)
 }
 

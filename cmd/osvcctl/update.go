@@ -15,7 +15,7 @@ import (
 
 func (c *cli) updateCommand() *cobra.Command {
 	cmd := groupCommand("update", "Import and list software updates")
-	cmd.AddCommand(c.updateImportCommand(), c.updateListCommand(), c.updateGetCommand())
+	cmd.AddCommand(c.updateImportCommand(), c.updateListCommand(), c.updateGetCommand(), c.updateDeleteCommand())
 	return cmd
 }
 

@@ -693,3 +693,69 @@ func (r *Registry) Scan(ctx context.Context, lost func(id string, rev int64)) ([
 	}
 	return out, nil
 }
+
+// Delete removes the record of the agent named name (agents/{id}) and its
+// own distribution point role, and runs within in the same transaction
+// (auth revokes the agent's certificates there, so it comes back only by
+// enrolling again). An agent that holds a run, or whose presence exists
+// (connected, or its session not yet ended after its stream closed), is
+// ErrFailedPrecondition: its presence is read in the transaction, and an
+// agent without presence is given no run. An agent without record is
+// ErrNotFound when within says it was never enrolled either.
+func (r *Registry) Delete(ctx context.Context, name string, within func(tx *store.Tx) error) error {
+	id, ok := strings.CutPrefix(name, collection)
+	if !ok {
+		return errdefs.InvalidArgument("name", fmt.Sprintf("want agents/{name}, got %s", names.Quote(name)))
+	}
+	if err := names.ValidateID(id); err != nil {
+		return errdefs.InvalidArgument("name", fmt.Sprintf("%s: %v", names.Quote(name), err))
+	}
+	if run, err := r.heldRun(ctx, name); err != nil {
+		return err
+	} else if run != "" {
+		return fmt.Errorf("%s holds run %s; delete it once the run ended (or cancel it: osvcctl run cancel %s) and the agent is stopped: %w",
+			name, run, run, errdefs.ErrFailedPrecondition)
+	}
+	agentKey, presenceKey := r.store.AgentKey(id), r.store.PresenceKey(id)
+	_, err := r.store.Txn(ctx, "delete "+name, func(tx *store.Tx) error {
+		if present, err := tx.Revision(presenceKey); err != nil {
+			return err
+		} else if present != 0 {
+			return fmt.Errorf("%s is connected, or its session lasts until osvc-server --lease-ttl after its stream closed; stop the agent (and uninstall its service) first: %w",
+				name, errdefs.ErrFailedPrecondition)
+		}
+		_, recorded, err := tx.Raw(agentKey)
+		if err != nil {
+			return err
+		}
+		err = within(tx)
+		if errors.Is(err, errdefs.ErrNotFound) && recorded {
+			err = nil // a record without enrollment: nothing to revoke
+		}
+		if err != nil {
+			return err
+		}
+		tx.Delete(agentKey)
+		tx.Delete(r.store.DistributionPointKey(id))
+		return nil
+	}, store.Prefetch(agentKey, presenceKey))
+	if err != nil {
+		return err
+	}
+	r.logger.Info("agent deleted", "agent", name)
+	return nil
+}
+
+// heldRun names a run assigned to the agent named name now, "" for none.
+func (r *Registry) heldRun(ctx context.Context, name string) (string, error) {
+	resp, err := r.client.Get(ctx, r.store.AssignmentsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return "", fmt.Errorf("the runs of %s: %w", name, err)
+	}
+	for _, kv := range resp.Kvs {
+		if a, err := store.Unmarshal[*storev1.Assignment](kv.Value); err == nil && a.GetAgent() == name {
+			return a.GetRun(), nil
+		}
+	}
+	return "", nil
+}

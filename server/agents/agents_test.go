@@ -205,3 +205,66 @@ func TestHeldRunsResumeOnlyWhenTheAssignmentIsTheAgentsWithTheSameToken(t *testi
 		t.Errorf("discard = %v, want the three others", discard)
 	}
 }
+
+func TestDeletingAnAgentIsRefusedWhileItHoldsARunOrIsConnected(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r, st := newRegistry(t)
+	s, err := r.Open(ctx, hello("ps1-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := 0
+	within := func(*store.Tx) error { revoked++; return nil }
+	assignment, err := st.Marshal(&storev1.Assignment{Run: "runs/r-1", Agent: "agents/ps1-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Client().Put(ctx, st.AssignmentKey("r-1"), string(assignment), clientv3.WithLease(s.Lease)); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Delete(ctx, "agents/ps1-a", within)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "runs/r-1") {
+		t.Fatalf("Delete of an agent holding runs/r-1 = %v; want FailedPrecondition naming the run", err)
+	}
+	if _, err := st.Client().Delete(ctx, st.AssignmentKey("r-1")); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Delete(ctx, "agents/ps1-a", within)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "connected") {
+		t.Fatalf("Delete of a connected agent = %v; want FailedPrecondition saying it is connected", err)
+	}
+	// Its stream closed, its session lives on until the TTL: still refused.
+	if err := r.Close(ctx, s, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, "agents/ps1-a", within); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("Delete within the session's TTL = %v; want FailedPrecondition", err)
+	}
+	if revoked != 0 {
+		t.Fatalf("a refused delete revoked the agent %d times", revoked)
+	}
+	// The session ended: the agent goes, revoked in the same transaction.
+	if _, err := st.Client().Revoke(ctx, s.Lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, "agents/ps1-a", within); err != nil {
+		t.Fatalf("Delete once the session ended: %v", err)
+	}
+	if _, _, err := store.Get[*osvcv1.Agent](ctx, st, st.AgentKey("ps1-a")); !errors.Is(err, errdefs.ErrNotFound) || revoked != 1 {
+		t.Errorf("after the delete: record %v, revoked %d times; want none, once", err, revoked)
+	}
+}
+
+func TestDeletingAnAgentTheServerDoesNotKnowIsNotFound(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r, _ := newRegistry(t)
+	neverEnrolled := func(*store.Tx) error { return errdefs.Newf(errdefs.ErrNotFound, "never enrolled") }
+	if err := r.Delete(ctx, "agents/nobody", neverEnrolled); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Delete of an agent neither recorded nor enrolled = %v, want NotFound", err)
+	}
+	if err := r.Delete(ctx, "nobody", neverEnrolled); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Delete of a name without agents/ = %v, want InvalidArgument", err)
+	}
+}

@@ -464,3 +464,9 @@ func (s *Service) pushDistributions(ctx context.Context, byName map[string]*conn
 func (s *Service) ListAgents(ctx context.Context, pageSize int, token string) ([]*osvcv1.Agent, string, error) {
 	return s.agents.List(ctx, pageSize, token)
 }
+
+// DeleteAgent removes an agent that is neither connected nor holds a run,
+// with within in the same transaction (agents.Registry.Delete).
+func (s *Service) DeleteAgent(ctx context.Context, name string, within func(tx *store.Tx) error) error {
+	return s.agents.Delete(ctx, name, within)
+}

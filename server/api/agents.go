@@ -8,8 +8,10 @@ import (
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/agents"
 	"github.com/osvc/osvc/server/agentsvc"
 	"github.com/osvc/osvc/server/auth"
+	"github.com/osvc/osvc/server/store"
 )
 
 type agentServer struct {
@@ -92,6 +94,24 @@ func (a *agentServer) RevokeAgent(ctx context.Context, req *osvcv1.RevokeAgentRe
 	}
 	a.logger.Warn("agent revoked", "agent", req.GetName(), "reason", req.GetReason(), "by", p.ID)
 	return &osvcv1.RevokeAgentResponse{}, nil
+}
+
+func (a *agentServer) DeleteAgent(ctx context.Context, req *osvcv1.DeleteAgentRequest) (*osvcv1.DeleteAgentResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id := agents.ID(req.GetName())
+	// Revoked in the same transaction: a deleted agent comes back only by
+	// enrolling again.
+	err = a.svc.DeleteAgent(ctx, req.GetName(), func(tx *store.Tx) error {
+		return a.access.RevokeAgentWithin(tx, p.ID, id, "agent deleted")
+	})
+	if err != nil {
+		return nil, Status(err)
+	}
+	a.logger.Warn("agent deleted and revoked", "agent", req.GetName(), "by", p.ID)
+	return &osvcv1.DeleteAgentResponse{}, nil
 }
 
 func (a *agentServer) Connect(stream osvcv1.AgentService_ConnectServer) error {

@@ -95,3 +95,22 @@ func (s *imageServer) fillScheduled(ctx context.Context, imageID string, imgs ..
 	}
 	return nil
 }
+
+func (s *imageServer) RollbackImage(ctx context.Context, req *osvcv1.RollbackImageRequest) (*osvcv1.RollbackImageResponse, error) {
+	p, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.servicing.Rollback(ctx, req.GetName(), req.GetToVersion(), p.ID, req.GetReason())
+	if err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.RollbackImageResponse{Image: img}, nil
+}
+
+func (s *imageServer) DeleteImage(ctx context.Context, req *osvcv1.DeleteImageRequest) (*osvcv1.DeleteImageResponse, error) {
+	if err := s.servicing.DeleteImage(ctx, req.GetName()); err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.DeleteImageResponse{}, nil
+}

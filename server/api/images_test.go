@@ -41,7 +41,7 @@ func newCatalogAPI(t *testing.T) *catalogAPI {
 	gs := grpc.NewServer()
 	osvcv1.RegisterSiteServiceServer(gs, api.NewSiteServer(env.Sites))
 	osvcv1.RegisterImageServiceServer(gs, api.NewImageServer(cat, env.Service, env.Distribution, nil))
-	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, nil))
+	osvcv1.RegisterUpdateServiceServer(gs, api.NewUpdateServer(cat, env.Service, nil))
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient("passthrough:///bufconn",

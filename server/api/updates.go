@@ -9,20 +9,30 @@ import (
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
 	"github.com/osvc/osvc/server/catalog"
+	"github.com/osvc/osvc/server/servicing"
 )
 
 type updateServer struct {
 	osvcv1.UnimplementedUpdateServiceServer
-	catalog *catalog.Catalog
-	logger  hclog.Logger
+	catalog   *catalog.Catalog
+	servicing *servicing.Service
+	logger    hclog.Logger
 }
 
-// NewUpdateServer serves the update catalog over UpdateService.
-func NewUpdateServer(c *catalog.Catalog, logger hclog.Logger) osvcv1.UpdateServiceServer {
+// NewUpdateServer serves the update catalog over UpdateService; servicing
+// tells which updates its runs use before one is deleted.
+func NewUpdateServer(c *catalog.Catalog, svc *servicing.Service, logger hclog.Logger) osvcv1.UpdateServiceServer {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &updateServer{catalog: c, logger: logger.Named("updates")}
+	return &updateServer{catalog: c, servicing: svc, logger: logger.Named("updates")}
+}
+
+func (s *updateServer) DeleteUpdate(ctx context.Context, req *osvcv1.DeleteUpdateRequest) (*osvcv1.DeleteUpdateResponse, error) {
+	if err := s.servicing.DeleteUpdate(ctx, req.GetName()); err != nil {
+		return nil, Status(err)
+	}
+	return &osvcv1.DeleteUpdateResponse{}, nil
 }
 
 func (s *updateServer) ImportUpdates(ctx context.Context, req *osvcv1.ImportUpdatesRequest) (*osvcv1.ImportUpdatesResponse, error) {

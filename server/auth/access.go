@@ -448,15 +448,26 @@ func (a *Access) RevokeAgent(ctx context.Context, by, name, reason string) error
 	if err := names.ValidateID(name); err != nil {
 		return errdefs.InvalidArgument("name", err.Error())
 	}
-	_, _, err := store.Update(ctx, a.st, a.identityKey(name), func(id *storev1.AgentIdentity) error {
-		id.Revoked, id.Serials = true, nil
-		id.RevokeTime, id.RevokedBy, id.RevokeReason = timestamppb.New(a.now()), by, reason
-		return nil
+	_, err := a.st.Txn(ctx, "revoke agent "+name, func(tx *store.Tx) error {
+		return a.RevokeAgentWithin(tx, by, name, reason)
 	})
+	return err
+}
+
+// RevokeAgentWithin revokes the agent within tx, as RevokeAgent does: for
+// a caller that removes the agent in the same transaction. An agent never
+// enrolled is ErrNotFound.
+func (a *Access) RevokeAgentWithin(tx *store.Tx, by, name, reason string) error {
+	id, err := store.Load[*storev1.AgentIdentity](tx, a.identityKey(name))
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return errdefs.Newf(errdefs.ErrNotFound, "agent %s was never enrolled", names.Quote(name))
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	id.Revoked, id.Serials = true, nil
+	id.RevokeTime, id.RevokedBy, id.RevokeReason = timestamppb.New(a.now()), by, reason
+	return tx.Put(a.identityKey(name), id)
 }
 
 // AuthenticateAgent returns the principal of a verified agent certificate,

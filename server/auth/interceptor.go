@@ -92,6 +92,8 @@ type call struct {
 	p        *Principal
 	peer     string
 	resource string
+	// reason is the reason the request gives, if any.
+	reason string
 	// override is who a public call acted as (SetAuditPrincipal).
 	override string
 	// claimed is who a refused credential claimed to be.
@@ -212,6 +214,7 @@ func (z *Authorizer) scope(ctx context.Context, c *call, req any) error {
 // Unary is the unary server interceptor.
 func (z *Authorizer) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	c, err := z.admit(ctx, info.FullMethod)
+	c.reason = Reason(req)
 	if err == nil {
 		err = z.scope(ctx, c, req)
 	}
@@ -338,7 +341,7 @@ func (z *Authorizer) Run(ctx context.Context) error {
 
 // record writes one audit event for c ending with err.
 func (z *Authorizer) record(ctx context.Context, c *call, err error) {
-	ev := &osvcv1.AuditEvent{Principal: Anonymous, Method: c.method, Resource: c.resource, Code: status.Code(err).String(), Peer: c.peer}
+	ev := &osvcv1.AuditEvent{Principal: Anonymous, Method: c.method, Resource: c.resource, Code: status.Code(err).String(), Peer: c.peer, Reason: c.reason}
 	if c.p != nil {
 		ev.Principal, ev.Role = c.p.ID, c.p.Role
 	} else if c.claimed != "" {

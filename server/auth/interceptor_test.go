@@ -436,6 +436,50 @@ func TestRolesAndSitesBoundWhatATokenMayDo(t *testing.T) {
 			_, err := osvcv1.NewDistributionServiceClient(cc).DistributeImage(ctx, &osvcv1.DistributeImageRequest{Name: "images/ps1-image"})
 			return err
 		}, codes.PermissionDenied},
+		{"an operator of PS1 rolls back a PS1 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).RollbackImage(ctx, &osvcv1.RollbackImageRequest{Name: "images/ps1-image", Reason: "x"})
+			return err
+		}, codes.Unimplemented},
+		{"an operator of PS1 cannot roll back a PS2 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).RollbackImage(ctx, &osvcv1.RollbackImageRequest{Name: "images/ps2-image", Reason: "x"})
+			return err
+		}, codes.PermissionDenied},
+		{"a viewer cannot roll back", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).RollbackImage(ctx, &osvcv1.RollbackImageRequest{Name: "images/ps1-image", Reason: "x"})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator of PS1 deletes a PS1 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).DeleteImage(ctx, &osvcv1.DeleteImageRequest{Name: "images/ps1-image"})
+			return err
+		}, codes.Unimplemented},
+		{"an operator of PS1 cannot delete a PS2 image", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).DeleteImage(ctx, &osvcv1.DeleteImageRequest{Name: "images/ps2-image"})
+			return err
+		}, codes.PermissionDenied},
+		{"a viewer cannot delete an image", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewImageServiceClient(cc).DeleteImage(ctx, &osvcv1.DeleteImageRequest{Name: "images/ps1-image"})
+			return err
+		}, codes.PermissionDenied},
+		{"an operator cannot delete an update, which every site shares", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewUpdateServiceClient(cc).DeleteUpdate(ctx, &osvcv1.DeleteUpdateRequest{Name: "updates/kb1-x64"})
+			return err
+		}, codes.PermissionDenied},
+		{"an admin deletes an update", admin, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewUpdateServiceClient(cc).DeleteUpdate(ctx, &osvcv1.DeleteUpdateRequest{Name: "updates/kb1-x64"})
+			return err
+		}, codes.Unimplemented},
+		{"an operator cannot delete an agent", operator, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewAgentServiceClient(cc).DeleteAgent(ctx, &osvcv1.DeleteAgentRequest{Name: "agents/agent-ps1"})
+			return err
+		}, codes.PermissionDenied},
+		{"a viewer cannot delete an agent", viewer, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewAgentServiceClient(cc).DeleteAgent(ctx, &osvcv1.DeleteAgentRequest{Name: "agents/agent-ps1"})
+			return err
+		}, codes.PermissionDenied},
+		{"an admin deletes an agent", admin, func(cc *grpc.ClientConn) error {
+			_, err := osvcv1.NewAgentServiceClient(cc).DeleteAgent(ctx, &osvcv1.DeleteAgentRequest{Name: "agents/agent-ps1"})
+			return err
+		}, codes.Unimplemented},
 		{"an operator of PS1 cannot import an image into PS2", operator, func(cc *grpc.ClientConn) error {
 			_, err := osvcv1.NewImageServiceClient(cc).ImportImage(ctx, &osvcv1.ImportImageRequest{ImageId: "x", Site: "PS2"})
 			return err
@@ -647,5 +691,26 @@ func TestRefusalsAndMutationsAreAudited(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit events:\n%s\nwant (newest first; a read is not audited):\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestAnAuditEventKeepsWhoCalledAndTheReasonTheyGave(t *testing.T) {
+	t.Parallel()
+	r := newRig(t)
+	ctx := context.Background()
+	operator := r.token(t, osvcv1.Role_ROLE_OPERATOR, "PS1")
+	_, _ = osvcv1.NewImageServiceClient(r.conn(t, operator, nil)).RollbackImage(ctx,
+		&osvcv1.RollbackImageRequest{Name: "images/ps1-image", Reason: "version 3 breaks BitLocker"})
+	evs, _, err := r.audit.List(ctx, time.Time{}, "", 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 1 {
+		t.Fatalf("%d audit events, want the rollback's: %v", len(evs), evs)
+	}
+	ev := evs[0]
+	if ev.GetMethod() != osvcv1.ImageService_RollbackImage_FullMethodName || ev.GetResource() != "images/ps1-image" ||
+		!strings.HasPrefix(ev.GetPrincipal(), "token:") || ev.GetRole() != osvcv1.Role_ROLE_OPERATOR || ev.GetReason() != "version 3 breaks BitLocker" {
+		t.Errorf("audit event %v: want the rollback of images/ps1-image by the operator's token, with its reason", ev)
 	}
 }

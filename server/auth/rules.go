@@ -86,6 +86,7 @@ var Rules = map[string]Rule{
 	osvcv1.AgentService_Enroll_FullMethodName:           {Permission: Public, Mutates: true},
 	osvcv1.AgentService_RenewCertificate_FullMethodName: {Permission: Agent, Mutates: true},
 	osvcv1.AgentService_RevokeAgent_FullMethodName:      {Permission: Admin, Mutates: true, scope: named},
+	osvcv1.AgentService_DeleteAgent_FullMethodName:      {Permission: Admin, Mutates: true, scope: named},
 
 	osvcv1.ContentService_Read_FullMethodName:          {Permission: ReadContent, scope: agentBlob},
 	osvcv1.ContentService_Write_FullMethodName:         {Permission: Upload, Mutates: true, precheck: agentHoldsRun},
@@ -99,6 +100,9 @@ var Rules = map[string]Rule{
 	osvcv1.ImageService_GetImage_FullMethodName:     {Permission: Read},
 	osvcv1.ImageService_ListImages_FullMethodName:   {Permission: Read},
 	osvcv1.ImageService_InspectImage_FullMethodName: {Permission: Operate, Mutates: true, scope: imageSite},
+	// An operator of the image's site rolls it back or deletes it.
+	osvcv1.ImageService_RollbackImage_FullMethodName: {Permission: Operate, Mutates: true, scope: imageSite},
+	osvcv1.ImageService_DeleteImage_FullMethodName:   {Permission: Operate, Mutates: true, scope: imageSite},
 
 	// An operator of the image's site distributes it; any reader follows
 	// the distribution points.
@@ -128,6 +132,9 @@ var Rules = map[string]Rule{
 	osvcv1.UpdateService_GetUpdate_FullMethodName:             {Permission: Read},
 	osvcv1.UpdateService_ListUpdates_FullMethodName:           {Permission: Read},
 	osvcv1.UpdateService_ListApplicableUpdates_FullMethodName: {Permission: Read},
+	// Deleting one takes it from every site: an operator's scope is its
+	// own sites, so only an admin deletes.
+	osvcv1.UpdateService_DeleteUpdate_FullMethodName: {Permission: Admin, Mutates: true, scope: named},
 }
 
 // allows reports whether p's role passes perm, before any scope check.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -31,6 +32,32 @@ func Resource(req any) string {
 		}
 	}
 	return ""
+}
+
+// maxAuditReason bounds the reason an audit event keeps of a request.
+const maxAuditReason = 1024
+
+// Reason is the reason a request gives, for the audit: its string field
+// reason, cut to maxAuditReason bytes at a character boundary.
+func Reason(req any) string {
+	m, ok := req.(proto.Message)
+	if !ok {
+		return ""
+	}
+	r := m.ProtoReflect()
+	fd := r.Descriptor().Fields().ByName("reason")
+	if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+		return ""
+	}
+	v := r.Get(fd).String()
+	if len(v) <= maxAuditReason {
+		return v
+	}
+	n := maxAuditReason
+	for n > 0 && !utf8.RuneStart(v[n]) {
+		n--
+	}
+	return v[:n]
 }
 
 // named only names the resource.

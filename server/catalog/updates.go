@@ -521,3 +521,44 @@ func (c *Catalog) LinkInstalled(ctx context.Context, indexes []*osvcv1.ImageInde
 	}
 	return nil
 }
+
+// DeleteUpdate removes the update named name with its identity and target
+// indexes, in one transaction; its files are left to the content collector.
+// Whether something still uses it is the caller's to check.
+func (c *Catalog) DeleteUpdate(ctx context.Context, name string) error {
+	id, err := UpdateID(name)
+	if err != nil {
+		return err
+	}
+	key := c.store.UpdateKey(id)
+	_, err = c.store.Txn(ctx, "delete "+name, func(tx *store.Tx) error {
+		u, err := store.Load[*osvcv1.Update](tx, key)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return fmt.Errorf("update %s: %w", name, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		tx.Delete(key)
+		for _, k := range c.targetKeys(u, id) {
+			tx.Delete(k)
+		}
+		if len(u.GetFiles()) == 0 {
+			return nil
+		}
+		// The identity index names this update unless it was imported
+		// again meanwhile under another id.
+		identityKey := c.store.UpdateIdentityKey(identityOf(u))
+		if indexed, ok, err := tx.Raw(identityKey); err != nil {
+			return err
+		} else if ok && string(indexed) == id {
+			tx.Delete(identityKey)
+		}
+		return nil
+	}, store.Prefetch(key))
+	if err != nil {
+		return err
+	}
+	c.logger.Info("update deleted: its files are left to the content collector", "update", name)
+	return nil
+}

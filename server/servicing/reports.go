@@ -1,6 +1,7 @@
 package servicing
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -279,16 +280,7 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 		CreateTime:   now,
 		Tree:         treeRef,
 	}
-	// Keep the version being replaced as the previous one, so rollback is a
-	// pointer move; drop the rest.
-	// The dropped versions' blobs are left to the content collector.
-	var kept []*osvcv1.ImageVersion
-	for _, v := range img.GetVersions() {
-		if v.GetVersion() == img.GetCurrentVersion() {
-			kept = append(kept, v)
-		}
-	}
-	img.Versions = append(kept, newVersion)
+	img.Versions = retain(img.GetVersions(), img.GetCurrentVersion(), newVersion, s.keepVersions)
 	img.CurrentVersion = next
 	if ch.run.GetUpdateDistributionPoints() {
 		// The distribution points get the new version once it is inspected.
@@ -312,6 +304,26 @@ func (s *Service) swap(ctx context.Context, ch *change, m *osvcv1.RunResult, con
 	run.ResultSizeBytes = content.GetSizeBytes()
 	run.ResultIndexes = m.GetIndexes()
 	return nil
+}
+
+// retain returns the versions an image keeps once newVersion replaces
+// current: newVersion, then up to keep others, current first (what a
+// rollback returns to), then the newest of the rest; in version order. The
+// versions dropped are left to the content collector.
+func retain(versions []*osvcv1.ImageVersion, current int32, newVersion *osvcv1.ImageVersion, keep int) []*osvcv1.ImageVersion {
+	others := slices.Clone(versions)
+	slices.SortFunc(others, func(a, b *osvcv1.ImageVersion) int {
+		switch {
+		case a.GetVersion() == current:
+			return -1
+		case b.GetVersion() == current:
+			return 1
+		}
+		return cmp.Compare(b.GetVersion(), a.GetVersion())
+	})
+	kept := append(others[:min(keep, len(others))], newVersion)
+	slices.SortFunc(kept, func(a, b *osvcv1.ImageVersion) int { return cmp.Compare(a.GetVersion(), b.GetVersion()) })
+	return kept
 }
 
 // servicedTree is the package tree of the version a run makes of a version

@@ -66,9 +66,22 @@ type Config struct {
 	// MaxArtifactBytes is the largest log file a run's result may name;
 	// default runlogs.MaxBytes, the limit agents keep to. Tests lower it.
 	MaxArtifactBytes int64
+	// KeepVersions is how many versions an image keeps besides its current
+	// one, for rollbacks: default DefaultKeepVersions, at most
+	// MaxKeepVersions. Versions pushed out are left to the content
+	// collector.
+	KeepVersions int
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 }
+
+// DefaultKeepVersions keeps the version a run replaced, so that a rollback
+// is a pointer move.
+const DefaultKeepVersions = 1
+
+// MaxKeepVersions bounds Config.KeepVersions: every version kept is a line
+// of the image's record and a WIM in the content library.
+const MaxKeepVersions = 100
 
 // Service holds schedules and runs.
 type Service struct {
@@ -83,6 +96,7 @@ type Service struct {
 	maxArtifactBytes int64
 	backoff          time.Duration
 	maxBackoff       time.Duration
+	keepVersions     int
 	now              func() time.Time
 
 	droppedLogLines atomic.Int64
@@ -108,6 +122,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxArtifactBytes < 0 {
 		return nil, fmt.Errorf("servicing: Config.MaxArtifactBytes is %d; use a positive size (0 for the default %d)", cfg.MaxArtifactBytes, runlogs.MaxBytes)
 	}
+	if cfg.KeepVersions < 0 || cfg.KeepVersions > MaxKeepVersions {
+		return nil, fmt.Errorf("servicing: Config.KeepVersions is %d; keep 1 to %d versions besides the current one (0 for the default %d)",
+			cfg.KeepVersions, MaxKeepVersions, DefaultKeepVersions)
+	}
 	if cfg.RetryBackoff < 0 {
 		return nil, fmt.Errorf("servicing: Config.RetryBackoff is %s; use a positive duration (0 for the default %s)", cfg.RetryBackoff, defaultRetryBackoff)
 	}
@@ -125,6 +143,7 @@ func New(cfg Config) (*Service, error) {
 		maxArtifactBytes: cmp.Or(cfg.MaxArtifactBytes, runlogs.MaxBytes),
 		backoff:          cmp.Or(cfg.RetryBackoff, defaultRetryBackoff),
 		maxBackoff:       cmp.Or(cfg.MaxRetryBackoff, defaultMaxRetryBackoff),
+		keepVersions:     cmp.Or(cfg.KeepVersions, DefaultKeepVersions),
 		now:              cfg.Now,
 	}
 	s.maxBackoff = max(s.maxBackoff, s.backoff)

@@ -236,6 +236,14 @@ func (tx *Tx) PutRaw(key string, data []byte, opts ...clientv3.OpOption) {
 // Delete removes key when the transaction commits.
 func (tx *Tx) Delete(key string) { tx.write(key, clientv3.OpDelete(key)) }
 
+// DeletePrefix removes every key under prefix when the transaction
+// commits: one operation however many keys. The keys do not join the read
+// set, so it is for keys that belong to what the transaction deletes (an
+// image's run index) and that nothing writes without reading that first.
+func (tx *Tx) DeletePrefix(prefix string) {
+	tx.write(prefix, clientv3.OpDelete(prefix, clientv3.WithPrefix()))
+}
+
 func (tx *Tx) write(key string, op clientv3.Op) {
 	if _, ok := tx.writes[key]; !ok {
 		tx.order = append(tx.order, key)

@@ -231,3 +231,31 @@ func TestAKeyAssumedAbsentIsNeverOverwritten(t *testing.T) {
 		t.Fatalf("slot = %v (%v), want it untouched", resp.Kvs, err)
 	}
 }
+
+func TestDeletePrefixRemovesEveryKeyUnderItAndNoOther(t *testing.T) {
+	t.Parallel()
+	s := storetest.New(t)
+	ctx := context.Background()
+	for _, k := range []string{"idx/a/1", "idx/a/2", "idx/ab/1", "keep"} {
+		if _, err := s.Client().Put(ctx, s.Prefix()+k, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Txn(ctx, "delete idx/a/", func(tx *store.Tx) error {
+		tx.DeletePrefix(s.Prefix() + "idx/a/")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Client().Get(ctx, s.Prefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, kv := range resp.Kvs {
+		left = append(left, string(kv.Key)[len(s.Prefix()):])
+	}
+	if len(left) != 2 || left[0] != "idx/ab/1" || left[1] != "keep" {
+		t.Fatalf("keys left %v; want idx/ab/1 and keep", left)
+	}
+}

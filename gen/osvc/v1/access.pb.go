@@ -606,7 +606,10 @@ type AuditEvent struct {
 	// message is the error of a failed call.
 	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
 	// peer is the caller's network address.
-	Peer          string `protobuf:"bytes,8,opt,name=peer,proto3" json:"peer,omitempty"`
+	Peer string `protobuf:"bytes,8,opt,name=peer,proto3" json:"peer,omitempty"`
+	// reason is the reason the caller gave, for a call that takes one
+	// (RollbackImage, CancelRun, RevokeAgent).
+	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -693,6 +696,13 @@ func (x *AuditEvent) GetMessage() string {
 func (x *AuditEvent) GetPeer() string {
 	if x != nil {
 		return x.Peer
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -861,7 +871,7 @@ const file_osvc_v1_access_proto_rawDesc = "" +
 	"\x0eWhoAmIResponse\x12\x1c\n" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12!\n" +
 	"\x04role\x18\x02 \x01(\x0e2\r.osvc.v1.RoleR\x04role\x12\x14\n" +
-	"\x05sites\x18\x03 \x03(\tR\x05sites\"\xf3\x01\n" +
+	"\x05sites\x18\x03 \x03(\tR\x05sites\"\x8b\x02\n" +
 	"\n" +
 	"AuditEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
@@ -871,7 +881,8 @@ const file_osvc_v1_access_proto_rawDesc = "" +
 	"\bresource\x18\x05 \x01(\tR\bresource\x12\x12\n" +
 	"\x04code\x18\x06 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\a \x01(\tR\amessage\x12\x12\n" +
-	"\x04peer\x18\b \x01(\tR\x04peer\"\xa4\x01\n" +
+	"\x04peer\x18\b \x01(\tR\x04peer\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\"\xa4\x01\n" +
 	"\x16ListAuditEventsRequest\x120\n" +
 	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x1b\n" +

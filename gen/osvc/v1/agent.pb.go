@@ -2687,6 +2687,89 @@ func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
 	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
+// DeleteAgentRequest names the agent to delete.
+type DeleteAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the agent, agents/{name}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAgentRequest) Reset() {
+	*x = DeleteAgentRequest{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAgentRequest) ProtoMessage() {}
+
+func (x *DeleteAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAgentRequest.ProtoReflect.Descriptor instead.
+func (*DeleteAgentRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *DeleteAgentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteAgentResponse is empty.
+type DeleteAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteAgentResponse) Reset() {
+	*x = DeleteAgentResponse{}
+	mi := &file_osvc_v1_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteAgentResponse) ProtoMessage() {}
+
+func (x *DeleteAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteAgentResponse.ProtoReflect.Descriptor instead.
+func (*DeleteAgentResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_agent_proto_rawDescGZIP(), []int{35}
+}
+
 var File_osvc_v1_agent_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_agent_proto_rawDesc = "" +
@@ -2870,13 +2953,16 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x12RevokeAgentRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x15\n" +
-	"\x13RevokeAgentResponse*x\n" +
+	"\x13RevokeAgentResponse\"(\n" +
+	"\x12DeleteAgentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x13DeleteAgentResponse*x\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_STATE_DISCONNECTED\x10\x02\x12\x14\n" +
-	"\x10AGENT_STATE_LOST\x10\x032\xf4\x04\n" +
+	"\x10AGENT_STATE_LOST\x10\x032\xbe\x05\n" +
 	"\fAgentService\x12@\n" +
 	"\aConnect\x12\x17.osvc.v1.ConnectRequest\x1a\x18.osvc.v1.ConnectResponse(\x010\x01\x12E\n" +
 	"\n" +
@@ -2886,7 +2972,8 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	"\x0fRevokeJoinToken\x12\x1f.osvc.v1.RevokeJoinTokenRequest\x1a .osvc.v1.RevokeJoinTokenResponse\x129\n" +
 	"\x06Enroll\x12\x16.osvc.v1.EnrollRequest\x1a\x17.osvc.v1.EnrollResponse\x12W\n" +
 	"\x10RenewCertificate\x12 .osvc.v1.RenewCertificateRequest\x1a!.osvc.v1.RenewCertificateResponse\x12H\n" +
-	"\vRevokeAgent\x12\x1b.osvc.v1.RevokeAgentRequest\x1a\x1c.osvc.v1.RevokeAgentResponseB\x7f\n" +
+	"\vRevokeAgent\x12\x1b.osvc.v1.RevokeAgentRequest\x1a\x1c.osvc.v1.RevokeAgentResponse\x12H\n" +
+	"\vDeleteAgent\x12\x1b.osvc.v1.DeleteAgentRequest\x1a\x1c.osvc.v1.DeleteAgentResponseB\x7f\n" +
 	"\vcom.osvc.v1B\n" +
 	"AgentProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
@@ -2903,7 +2990,7 @@ func file_osvc_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_osvc_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_osvc_v1_agent_proto_goTypes = []any{
 	(AgentState)(0),                  // 0: osvc.v1.AgentState
 	(*Drive)(nil),                    // 1: osvc.v1.Drive
@@ -2940,35 +3027,37 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*RenewCertificateResponse)(nil), // 32: osvc.v1.RenewCertificateResponse
 	(*RevokeAgentRequest)(nil),       // 33: osvc.v1.RevokeAgentRequest
 	(*RevokeAgentResponse)(nil),      // 34: osvc.v1.RevokeAgentResponse
-	(*timestamppb.Timestamp)(nil),    // 35: google.protobuf.Timestamp
-	(*UpdateResult)(nil),             // 36: osvc.v1.UpdateResult
-	(*StepRecord)(nil),               // 37: osvc.v1.StepRecord
-	(*LogLine)(nil),                  // 38: osvc.v1.LogLine
-	(RunState)(0),                    // 39: osvc.v1.RunState
-	(*ImageIndex)(nil),               // 40: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),              // 41: osvc.v1.RunArtifact
-	(DistributionState)(0),           // 42: osvc.v1.DistributionState
-	(*durationpb.Duration)(nil),      // 43: google.protobuf.Duration
-	(*Run)(nil),                      // 44: osvc.v1.Run
-	(*Image)(nil),                    // 45: osvc.v1.Image
-	(*ImageVersion)(nil),             // 46: osvc.v1.ImageVersion
-	(*Update)(nil),                   // 47: osvc.v1.Update
-	(*PackageTreeRef)(nil),           // 48: osvc.v1.PackageTreeRef
+	(*DeleteAgentRequest)(nil),       // 35: osvc.v1.DeleteAgentRequest
+	(*DeleteAgentResponse)(nil),      // 36: osvc.v1.DeleteAgentResponse
+	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
+	(*UpdateResult)(nil),             // 38: osvc.v1.UpdateResult
+	(*StepRecord)(nil),               // 39: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 40: osvc.v1.LogLine
+	(RunState)(0),                    // 41: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 42: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 43: osvc.v1.RunArtifact
+	(DistributionState)(0),           // 44: osvc.v1.DistributionState
+	(*durationpb.Duration)(nil),      // 45: google.protobuf.Duration
+	(*Run)(nil),                      // 46: osvc.v1.Run
+	(*Image)(nil),                    // 47: osvc.v1.Image
+	(*ImageVersion)(nil),             // 48: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 49: osvc.v1.Update
+	(*PackageTreeRef)(nil),           // 50: osvc.v1.PackageTreeRef
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
 	0,  // 1: osvc.v1.Agent.state:type_name -> osvc.v1.AgentState
-	35, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	37, // 2: osvc.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: osvc.v1.Hello.drives:type_name -> osvc.v1.Drive
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
-	36, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	37, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	36, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	38, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	39, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	40, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	41, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	38, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
+	39, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	38, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	40, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	41, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	42, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	43, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
 	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
 	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
 	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
@@ -2977,24 +3066,24 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
 	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
 	12, // 20: osvc.v1.ConnectRequest.distribution_report:type_name -> osvc.v1.DistributionReport
-	42, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
-	43, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	44, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	45, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	46, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	47, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	44, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
+	45, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	46, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	47, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	48, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	49, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
 	13, // 27: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
 	14, // 28: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
 	15, // 29: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
 	16, // 30: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
 	19, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
 	18, // 32: osvc.v1.ConnectResponse.withdraw:type_name -> osvc.v1.Withdraw
-	48, // 33: osvc.v1.Distribute.tree:type_name -> osvc.v1.PackageTreeRef
+	50, // 33: osvc.v1.Distribute.tree:type_name -> osvc.v1.PackageTreeRef
 	2,  // 34: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	43, // 35: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	35, // 36: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 37: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	35, // 38: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	45, // 35: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	37, // 36: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 37: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 38: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
 	24, // 39: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
 	11, // 40: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
 	20, // 41: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
@@ -3004,16 +3093,18 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	29, // 45: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
 	31, // 46: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
 	33, // 47: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	17, // 48: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	21, // 49: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	23, // 50: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	26, // 51: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
-	28, // 52: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
-	30, // 53: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	32, // 54: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	34, // 55: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	48, // [48:56] is the sub-list for method output_type
-	40, // [40:48] is the sub-list for method input_type
+	35, // 48: osvc.v1.AgentService.DeleteAgent:input_type -> osvc.v1.DeleteAgentRequest
+	17, // 49: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	21, // 50: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	23, // 51: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	26, // 52: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	28, // 53: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	30, // 54: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	32, // 55: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	34, // 56: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	36, // 57: osvc.v1.AgentService.DeleteAgent:output_type -> osvc.v1.DeleteAgentResponse
+	49, // [49:58] is the sub-list for method output_type
+	40, // [40:49] is the sub-list for method input_type
 	40, // [40:40] is the sub-list for extension type_name
 	40, // [40:40] is the sub-list for extension extendee
 	0,  // [0:40] is the sub-list for field type_name
@@ -3051,7 +3142,7 @@ func file_osvc_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_agent_proto_rawDesc), len(file_osvc_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	AgentService_Enroll_FullMethodName           = "/osvc.v1.AgentService/Enroll"
 	AgentService_RenewCertificate_FullMethodName = "/osvc.v1.AgentService/RenewCertificate"
 	AgentService_RevokeAgent_FullMethodName      = "/osvc.v1.AgentService/RevokeAgent"
+	AgentService_DeleteAgent_FullMethodName      = "/osvc.v1.AgentService/DeleteAgent"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -84,6 +85,13 @@ type AgentServiceClient interface {
 	// stream; the agent may enroll again with a new join token. Admins only.
 	// INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent never enrolled.
 	RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error)
+	// DeleteAgent removes an agent's record and revokes its certificates, so
+	// it comes back only by enrolling again with a new join token. Admins
+	// only. INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent the
+	// server has neither a record nor an enrollment of; FAILED_PRECONDITION
+	// while the agent holds a run (naming it) or is connected (its session
+	// lasts osvc-server --lease-ttl after its stream closed): stop it first.
+	DeleteAgent(ctx context.Context, in *DeleteAgentRequest, opts ...grpc.CallOption) (*DeleteAgentResponse, error)
 }
 
 type agentServiceClient struct {
@@ -177,6 +185,16 @@ func (c *agentServiceClient) RevokeAgent(ctx context.Context, in *RevokeAgentReq
 	return out, nil
 }
 
+func (c *agentServiceClient) DeleteAgent(ctx context.Context, in *DeleteAgentRequest, opts ...grpc.CallOption) (*DeleteAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteAgentResponse)
+	err := c.cc.Invoke(ctx, AgentService_DeleteAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -232,6 +250,13 @@ type AgentServiceServer interface {
 	// stream; the agent may enroll again with a new join token. Admins only.
 	// INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent never enrolled.
 	RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error)
+	// DeleteAgent removes an agent's record and revokes its certificates, so
+	// it comes back only by enrolling again with a new join token. Admins
+	// only. INVALID_ARGUMENT for a bad name; NOT_FOUND for an agent the
+	// server has neither a record nor an enrollment of; FAILED_PRECONDITION
+	// while the agent holds a run (naming it) or is connected (its session
+	// lasts osvc-server --lease-ttl after its stream closed): stop it first.
+	DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -265,6 +290,9 @@ func (UnimplementedAgentServiceServer) RenewCertificate(context.Context, *RenewC
 }
 func (UnimplementedAgentServiceServer) RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeAgent not implemented")
+}
+func (UnimplementedAgentServiceServer) DeleteAgent(context.Context, *DeleteAgentRequest) (*DeleteAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteAgent not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -420,6 +448,24 @@ func _AgentService_RevokeAgent_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_DeleteAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).DeleteAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_DeleteAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).DeleteAgent(ctx, req.(*DeleteAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -454,6 +500,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeAgent",
 			Handler:    _AgentService_RevokeAgent_Handler,
+		},
+		{
+			MethodName: "DeleteAgent",
+			Handler:    _AgentService_DeleteAgent_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -296,11 +296,15 @@ type Image struct {
 	// site is the code of the site that owns the image, e.g. PS1; only that
 	// site's agents service it.
 	Site string `protobuf:"bytes,4,opt,name=site,proto3" json:"site,omitempty"`
-	// versions holds the current version and at most the previous one.
+	// versions holds the current version and at most osvc-server
+	// --keep-versions others (1 by default): those a rollback may return to.
+	// A run that adds a version keeps the version it serviced and then the
+	// newest others; a rollback adds and removes none.
 	Versions []*ImageVersion `protobuf:"bytes,5,rep,name=versions,proto3" json:"versions,omitempty"`
 	// current_version is the version (ImageVersion.version) that servicing,
 	// inspection and GetImage's indexes are about: 1 after the import, the
-	// result_version of each servicing run that changed the image after that.
+	// result_version of each servicing run that changed the image after that,
+	// or the version a rollback returned to.
 	CurrentVersion int32 `protobuf:"varint,6,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
 	// indexes describes the current version, index by index.
 	Indexes []*ImageIndex `protobuf:"bytes,7,rep,name=indexes,proto3" json:"indexes,omitempty"`
@@ -322,6 +326,9 @@ type Image struct {
 	// distributions is where each distribution point stands with the image;
 	// GetImage fills it, ListImages leaves it empty.
 	Distributions []*Distribution `protobuf:"bytes,13,rep,name=distributions,proto3" json:"distributions,omitempty"`
+	// rollbacks are the image's last rollbacks (RollbackImage), oldest
+	// first, at most 10.
+	Rollbacks []*ImageRollback `protobuf:"bytes,14,rep,name=rollbacks,proto3" json:"rollbacks,omitempty"`
 	// scheduled_updates_time is the console's Scheduled Updates Date: the
 	// next occurrence among the image's schedules; unset when none is to
 	// come. Filled when the image is read.
@@ -455,6 +462,13 @@ func (x *Image) GetDistributions() []*Distribution {
 	return nil
 }
 
+func (x *Image) GetRollbacks() []*ImageRollback {
+	if x != nil {
+		return x.Rollbacks
+	}
+	return nil
+}
+
 func (x *Image) GetScheduledUpdatesTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ScheduledUpdatesTime
@@ -467,6 +481,99 @@ func (x *Image) GetUnsupportedUpdates() []string {
 		return x.UnsupportedUpdates
 	}
 	return nil
+}
+
+// ImageRollback records one RollbackImage of an image.
+type ImageRollback struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from_version is the version that was current before the rollback.
+	FromVersion int32 `protobuf:"varint,1,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	// to_version is the version the rollback made current.
+	ToVersion int32 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// principal is who rolled back, as the audit names callers
+	// (`token:{id}`).
+	Principal string `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	// reason is why, as the caller gave it.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// time is when the rollback was recorded.
+	Time *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// distributed tells that the distribution points followed: the image's
+	// distribution_version moved to to_version.
+	Distributed   bool `protobuf:"varint,6,opt,name=distributed,proto3" json:"distributed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageRollback) Reset() {
+	*x = ImageRollback{}
+	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageRollback) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageRollback) ProtoMessage() {}
+
+func (x *ImageRollback) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageRollback.ProtoReflect.Descriptor instead.
+func (*ImageRollback) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ImageRollback) GetFromVersion() int32 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+func (x *ImageRollback) GetToVersion() int32 {
+	if x != nil {
+		return x.ToVersion
+	}
+	return 0
+}
+
+func (x *ImageRollback) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *ImageRollback) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ImageRollback) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *ImageRollback) GetDistributed() bool {
+	if x != nil {
+		return x.Distributed
+	}
+	return false
 }
 
 // Distribution is one image on one distribution point:
@@ -514,7 +621,7 @@ type Distribution struct {
 
 func (x *Distribution) Reset() {
 	*x = Distribution{}
-	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	mi := &file_osvc_v1_image_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +633,7 @@ func (x *Distribution) String() string {
 func (*Distribution) ProtoMessage() {}
 
 func (x *Distribution) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[1]
+	mi := &file_osvc_v1_image_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +646,7 @@ func (x *Distribution) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Distribution.ProtoReflect.Descriptor instead.
 func (*Distribution) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{1}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Distribution) GetImage() string {
@@ -680,7 +787,7 @@ type ImageVersion struct {
 
 func (x *ImageVersion) Reset() {
 	*x = ImageVersion{}
-	mi := &file_osvc_v1_image_proto_msgTypes[2]
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +799,7 @@ func (x *ImageVersion) String() string {
 func (*ImageVersion) ProtoMessage() {}
 
 func (x *ImageVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[2]
+	mi := &file_osvc_v1_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +812,7 @@ func (x *ImageVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageVersion.ProtoReflect.Descriptor instead.
 func (*ImageVersion) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{2}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ImageVersion) GetVersion() int32 {
@@ -786,7 +893,7 @@ type PackageTreeRef struct {
 
 func (x *PackageTreeRef) Reset() {
 	*x = PackageTreeRef{}
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +905,7 @@ func (x *PackageTreeRef) String() string {
 func (*PackageTreeRef) ProtoMessage() {}
 
 func (x *PackageTreeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[3]
+	mi := &file_osvc_v1_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +918,7 @@ func (x *PackageTreeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageTreeRef.ProtoReflect.Descriptor instead.
 func (*PackageTreeRef) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{3}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PackageTreeRef) GetSha256() string {
@@ -854,7 +961,7 @@ type PackageTree struct {
 
 func (x *PackageTree) Reset() {
 	*x = PackageTree{}
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +973,7 @@ func (x *PackageTree) String() string {
 func (*PackageTree) ProtoMessage() {}
 
 func (x *PackageTree) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[4]
+	mi := &file_osvc_v1_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +986,7 @@ func (x *PackageTree) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageTree.ProtoReflect.Descriptor instead.
 func (*PackageTree) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{4}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PackageTree) GetFiles() []*PackageFile {
@@ -905,7 +1012,7 @@ type PackageFile struct {
 
 func (x *PackageFile) Reset() {
 	*x = PackageFile{}
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1024,7 @@ func (x *PackageFile) String() string {
 func (*PackageFile) ProtoMessage() {}
 
 func (x *PackageFile) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[5]
+	mi := &file_osvc_v1_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1037,7 @@ func (x *PackageFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PackageFile.ProtoReflect.Descriptor instead.
 func (*PackageFile) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{5}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PackageFile) GetPath() string {
@@ -985,7 +1092,7 @@ type ImageIndex struct {
 
 func (x *ImageIndex) Reset() {
 	*x = ImageIndex{}
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1104,7 @@ func (x *ImageIndex) String() string {
 func (*ImageIndex) ProtoMessage() {}
 
 func (x *ImageIndex) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[6]
+	mi := &file_osvc_v1_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1117,7 @@ func (x *ImageIndex) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageIndex.ProtoReflect.Descriptor instead.
 func (*ImageIndex) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{6}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ImageIndex) GetIndex() int32 {
@@ -1104,7 +1211,7 @@ type InstalledUpdate struct {
 
 func (x *InstalledUpdate) Reset() {
 	*x = InstalledUpdate{}
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1223,7 @@ func (x *InstalledUpdate) String() string {
 func (*InstalledUpdate) ProtoMessage() {}
 
 func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[7]
+	mi := &file_osvc_v1_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1236,7 @@ func (x *InstalledUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstalledUpdate.ProtoReflect.Descriptor instead.
 func (*InstalledUpdate) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{7}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InstalledUpdate) GetPackageIdentity() string {
@@ -1192,7 +1299,7 @@ type ImportImageRequest struct {
 
 func (x *ImportImageRequest) Reset() {
 	*x = ImportImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1311,7 @@ func (x *ImportImageRequest) String() string {
 func (*ImportImageRequest) ProtoMessage() {}
 
 func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[8]
+	mi := &file_osvc_v1_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1324,7 @@ func (x *ImportImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageRequest.ProtoReflect.Descriptor instead.
 func (*ImportImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{8}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ImportImageRequest) GetImageId() string {
@@ -1275,7 +1382,7 @@ type ImportImageResponse struct {
 
 func (x *ImportImageResponse) Reset() {
 	*x = ImportImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1287,7 +1394,7 @@ func (x *ImportImageResponse) String() string {
 func (*ImportImageResponse) ProtoMessage() {}
 
 func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[9]
+	mi := &file_osvc_v1_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1300,7 +1407,7 @@ func (x *ImportImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportImageResponse.ProtoReflect.Descriptor instead.
 func (*ImportImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{9}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ImportImageResponse) GetImage() *Image {
@@ -1328,7 +1435,7 @@ type InspectImageRequest struct {
 
 func (x *InspectImageRequest) Reset() {
 	*x = InspectImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1447,7 @@ func (x *InspectImageRequest) String() string {
 func (*InspectImageRequest) ProtoMessage() {}
 
 func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[10]
+	mi := &file_osvc_v1_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1460,7 @@ func (x *InspectImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageRequest.ProtoReflect.Descriptor instead.
 func (*InspectImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{10}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InspectImageRequest) GetName() string {
@@ -1376,7 +1483,7 @@ type InspectImageResponse struct {
 
 func (x *InspectImageResponse) Reset() {
 	*x = InspectImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1495,7 @@ func (x *InspectImageResponse) String() string {
 func (*InspectImageResponse) ProtoMessage() {}
 
 func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[11]
+	mi := &file_osvc_v1_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1508,7 @@ func (x *InspectImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectImageResponse.ProtoReflect.Descriptor instead.
 func (*InspectImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{11}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InspectImageResponse) GetImage() *Image {
@@ -1429,7 +1536,7 @@ type GetImageRequest struct {
 
 func (x *GetImageRequest) Reset() {
 	*x = GetImageRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[12]
+	mi := &file_osvc_v1_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1548,7 @@ func (x *GetImageRequest) String() string {
 func (*GetImageRequest) ProtoMessage() {}
 
 func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[12]
+	mi := &file_osvc_v1_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1561,7 @@ func (x *GetImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageRequest.ProtoReflect.Descriptor instead.
 func (*GetImageRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{12}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetImageRequest) GetName() string {
@@ -1475,7 +1582,7 @@ type GetImageResponse struct {
 
 func (x *GetImageResponse) Reset() {
 	*x = GetImageResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[13]
+	mi := &file_osvc_v1_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1594,7 @@ func (x *GetImageResponse) String() string {
 func (*GetImageResponse) ProtoMessage() {}
 
 func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[13]
+	mi := &file_osvc_v1_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1607,7 @@ func (x *GetImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetImageResponse.ProtoReflect.Descriptor instead.
 func (*GetImageResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{13}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetImageResponse) GetImage() *Image {
@@ -1526,7 +1633,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_osvc_v1_image_proto_msgTypes[14]
+	mi := &file_osvc_v1_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1645,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[14]
+	mi := &file_osvc_v1_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1658,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{14}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListImagesRequest) GetPageSize() int32 {
@@ -1588,7 +1695,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_osvc_v1_image_proto_msgTypes[15]
+	mi := &file_osvc_v1_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1707,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_osvc_v1_image_proto_msgTypes[15]
+	mi := &file_osvc_v1_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1720,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_osvc_v1_image_proto_rawDescGZIP(), []int{15}
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -1630,11 +1737,207 @@ func (x *ListImagesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// RollbackImageRequest names the image to roll back, and why.
+type RollbackImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the image, images/{id}.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// to_version is the version to make current, one the image keeps
+	// (Image.versions); 0 for the newest version it keeps older than the
+	// current one.
+	ToVersion int32 `protobuf:"varint,2,opt,name=to_version,json=toVersion,proto3" json:"to_version,omitempty"`
+	// reason says why, for the image's record and the audit trail: required,
+	// at most 1024 bytes.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackImageRequest) Reset() {
+	*x = RollbackImageRequest{}
+	mi := &file_osvc_v1_image_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackImageRequest) ProtoMessage() {}
+
+func (x *RollbackImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackImageRequest.ProtoReflect.Descriptor instead.
+func (*RollbackImageRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RollbackImageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RollbackImageRequest) GetToVersion() int32 {
+	if x != nil {
+		return x.ToVersion
+	}
+	return 0
+}
+
+func (x *RollbackImageRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RollbackImageResponse holds the image as rolled back.
+type RollbackImageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// image is the image as stored, its last rollback in rollbacks.
+	Image         *Image `protobuf:"bytes,1,opt,name=image,proto3" json:"image,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RollbackImageResponse) Reset() {
+	*x = RollbackImageResponse{}
+	mi := &file_osvc_v1_image_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RollbackImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RollbackImageResponse) ProtoMessage() {}
+
+func (x *RollbackImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RollbackImageResponse.ProtoReflect.Descriptor instead.
+func (*RollbackImageResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RollbackImageResponse) GetImage() *Image {
+	if x != nil {
+		return x.Image
+	}
+	return nil
+}
+
+// DeleteImageRequest names the image to delete.
+type DeleteImageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the image, images/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteImageRequest) Reset() {
+	*x = DeleteImageRequest{}
+	mi := &file_osvc_v1_image_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteImageRequest) ProtoMessage() {}
+
+func (x *DeleteImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteImageRequest.ProtoReflect.Descriptor instead.
+func (*DeleteImageRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeleteImageRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteImageResponse is empty.
+type DeleteImageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteImageResponse) Reset() {
+	*x = DeleteImageResponse{}
+	mi := &file_osvc_v1_image_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteImageResponse) ProtoMessage() {}
+
+func (x *DeleteImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_image_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteImageResponse.ProtoReflect.Descriptor instead.
+func (*DeleteImageResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_image_proto_rawDescGZIP(), []int{20}
+}
+
 var File_osvc_v1_image_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_image_proto_rawDesc = "" +
 	"\n" +
-	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\xd2\x05\n" +
+	"\x13osvc/v1/image.proto\x12\aosvc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13osvc/v1/types.proto\"\x88\x06\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12&\n" +
@@ -1651,9 +1954,18 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x121\n" +
 	"\x14distribution_version\x18\f \x01(\x05R\x13distributionVersion\x12;\n" +
-	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\x12P\n" +
+	"\rdistributions\x18\r \x03(\v2\x15.osvc.v1.DistributionR\rdistributions\x124\n" +
+	"\trollbacks\x18\x0e \x03(\v2\x16.osvc.v1.ImageRollbackR\trollbacks\x12P\n" +
 	"\x16scheduled_updates_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\x14scheduledUpdatesTime\x12/\n" +
-	"\x13unsupported_updates\x18\x15 \x03(\tR\x12unsupportedUpdates\"\x9b\x04\n" +
+	"\x13unsupported_updates\x18\x15 \x03(\tR\x12unsupportedUpdates\"\xd9\x01\n" +
+	"\rImageRollback\x12!\n" +
+	"\ffrom_version\x18\x01 \x01(\x05R\vfromVersion\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x02 \x01(\x05R\ttoVersion\x12\x1c\n" +
+	"\tprincipal\x18\x03 \x01(\tR\tprincipal\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12 \n" +
+	"\vdistributed\x18\x06 \x01(\bR\vdistributed\"\x9b\x04\n" +
 	"\fDistribution\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\tR\x05image\x12-\n" +
 	"\x12distribution_point\x18\x02 \x01(\tR\x11distributionPoint\x12\x12\n" +
@@ -1747,7 +2059,17 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x04site\x18\x03 \x01(\tR\x04site\"d\n" +
 	"\x12ListImagesResponse\x12&\n" +
 	"\x06images\x18\x01 \x03(\v2\x0e.osvc.v1.ImageR\x06images\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*c\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"a\n" +
+	"\x14RollbackImageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"to_version\x18\x02 \x01(\x05R\ttoVersion\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"=\n" +
+	"\x15RollbackImageResponse\x12$\n" +
+	"\x05image\x18\x01 \x01(\v2\x0e.osvc.v1.ImageR\x05image\"(\n" +
+	"\x12DeleteImageRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x13DeleteImageResponse*c\n" +
 	"\tImageKind\x12\x1a\n" +
 	"\x16IMAGE_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13IMAGE_KIND_OS_IMAGE\x10\x01\x12!\n" +
@@ -1770,13 +2092,15 @@ const file_osvc_v1_image_proto_rawDesc = "" +
 	"\x1cINSPECTION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18INSPECTION_STATE_PENDING\x10\x01\x12\x1e\n" +
 	"\x1aINSPECTION_STATE_INSPECTED\x10\x02\x12\x1b\n" +
-	"\x17INSPECTION_STATE_FAILED\x10\x032\xad\x02\n" +
+	"\x17INSPECTION_STATE_FAILED\x10\x032\xc7\x03\n" +
 	"\fImageService\x12H\n" +
 	"\vImportImage\x12\x1b.osvc.v1.ImportImageRequest\x1a\x1c.osvc.v1.ImportImageResponse\x12?\n" +
 	"\bGetImage\x12\x18.osvc.v1.GetImageRequest\x1a\x19.osvc.v1.GetImageResponse\x12E\n" +
 	"\n" +
 	"ListImages\x12\x1a.osvc.v1.ListImagesRequest\x1a\x1b.osvc.v1.ListImagesResponse\x12K\n" +
-	"\fInspectImage\x12\x1c.osvc.v1.InspectImageRequest\x1a\x1d.osvc.v1.InspectImageResponseB\x7f\n" +
+	"\fInspectImage\x12\x1c.osvc.v1.InspectImageRequest\x1a\x1d.osvc.v1.InspectImageResponse\x12N\n" +
+	"\rRollbackImage\x12\x1d.osvc.v1.RollbackImageRequest\x1a\x1e.osvc.v1.RollbackImageResponse\x12H\n" +
+	"\vDeleteImage\x12\x1b.osvc.v1.DeleteImageRequest\x1a\x1c.osvc.v1.DeleteImageResponseB\x7f\n" +
 	"\vcom.osvc.v1B\n" +
 	"ImageProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
@@ -1793,68 +2117,80 @@ func file_osvc_v1_image_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_osvc_v1_image_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_osvc_v1_image_proto_goTypes = []any{
 	(ImageKind)(0),                // 0: osvc.v1.ImageKind
 	(ServicingStatus)(0),          // 1: osvc.v1.ServicingStatus
 	(DistributionState)(0),        // 2: osvc.v1.DistributionState
 	(InspectionState)(0),          // 3: osvc.v1.InspectionState
 	(*Image)(nil),                 // 4: osvc.v1.Image
-	(*Distribution)(nil),          // 5: osvc.v1.Distribution
-	(*ImageVersion)(nil),          // 6: osvc.v1.ImageVersion
-	(*PackageTreeRef)(nil),        // 7: osvc.v1.PackageTreeRef
-	(*PackageTree)(nil),           // 8: osvc.v1.PackageTree
-	(*PackageFile)(nil),           // 9: osvc.v1.PackageFile
-	(*ImageIndex)(nil),            // 10: osvc.v1.ImageIndex
-	(*InstalledUpdate)(nil),       // 11: osvc.v1.InstalledUpdate
-	(*ImportImageRequest)(nil),    // 12: osvc.v1.ImportImageRequest
-	(*ImportImageResponse)(nil),   // 13: osvc.v1.ImportImageResponse
-	(*InspectImageRequest)(nil),   // 14: osvc.v1.InspectImageRequest
-	(*InspectImageResponse)(nil),  // 15: osvc.v1.InspectImageResponse
-	(*GetImageRequest)(nil),       // 16: osvc.v1.GetImageRequest
-	(*GetImageResponse)(nil),      // 17: osvc.v1.GetImageResponse
-	(*ListImagesRequest)(nil),     // 18: osvc.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),    // 19: osvc.v1.ListImagesResponse
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(Architecture)(0),             // 21: osvc.v1.Architecture
+	(*ImageRollback)(nil),         // 5: osvc.v1.ImageRollback
+	(*Distribution)(nil),          // 6: osvc.v1.Distribution
+	(*ImageVersion)(nil),          // 7: osvc.v1.ImageVersion
+	(*PackageTreeRef)(nil),        // 8: osvc.v1.PackageTreeRef
+	(*PackageTree)(nil),           // 9: osvc.v1.PackageTree
+	(*PackageFile)(nil),           // 10: osvc.v1.PackageFile
+	(*ImageIndex)(nil),            // 11: osvc.v1.ImageIndex
+	(*InstalledUpdate)(nil),       // 12: osvc.v1.InstalledUpdate
+	(*ImportImageRequest)(nil),    // 13: osvc.v1.ImportImageRequest
+	(*ImportImageResponse)(nil),   // 14: osvc.v1.ImportImageResponse
+	(*InspectImageRequest)(nil),   // 15: osvc.v1.InspectImageRequest
+	(*InspectImageResponse)(nil),  // 16: osvc.v1.InspectImageResponse
+	(*GetImageRequest)(nil),       // 17: osvc.v1.GetImageRequest
+	(*GetImageResponse)(nil),      // 18: osvc.v1.GetImageResponse
+	(*ListImagesRequest)(nil),     // 19: osvc.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),    // 20: osvc.v1.ListImagesResponse
+	(*RollbackImageRequest)(nil),  // 21: osvc.v1.RollbackImageRequest
+	(*RollbackImageResponse)(nil), // 22: osvc.v1.RollbackImageResponse
+	(*DeleteImageRequest)(nil),    // 23: osvc.v1.DeleteImageRequest
+	(*DeleteImageResponse)(nil),   // 24: osvc.v1.DeleteImageResponse
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(Architecture)(0),             // 26: osvc.v1.Architecture
 }
 var file_osvc_v1_image_proto_depIdxs = []int32{
 	0,  // 0: osvc.v1.Image.kind:type_name -> osvc.v1.ImageKind
-	6,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
-	10, // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
+	7,  // 1: osvc.v1.Image.versions:type_name -> osvc.v1.ImageVersion
+	11, // 2: osvc.v1.Image.indexes:type_name -> osvc.v1.ImageIndex
 	1,  // 3: osvc.v1.Image.servicing_status:type_name -> osvc.v1.ServicingStatus
-	20, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
-	20, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
-	20, // 7: osvc.v1.Image.scheduled_updates_time:type_name -> google.protobuf.Timestamp
-	2,  // 8: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
-	20, // 9: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 10: osvc.v1.Distribution.tree:type_name -> osvc.v1.PackageTreeRef
-	20, // 11: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
-	3,  // 12: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
-	7,  // 13: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
-	9,  // 14: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
-	21, // 15: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
-	11, // 16: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
-	20, // 17: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
-	0,  // 18: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
-	4,  // 19: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 20: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 21: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
-	4,  // 22: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
-	12, // 23: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
-	16, // 24: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
-	18, // 25: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
-	14, // 26: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
-	13, // 27: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
-	17, // 28: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
-	19, // 29: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
-	15, // 30: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
-	27, // [27:31] is the sub-list for method output_type
-	23, // [23:27] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	25, // 4: osvc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
+	25, // 5: osvc.v1.Image.update_time:type_name -> google.protobuf.Timestamp
+	6,  // 6: osvc.v1.Image.distributions:type_name -> osvc.v1.Distribution
+	5,  // 7: osvc.v1.Image.rollbacks:type_name -> osvc.v1.ImageRollback
+	25, // 8: osvc.v1.Image.scheduled_updates_time:type_name -> google.protobuf.Timestamp
+	25, // 9: osvc.v1.ImageRollback.time:type_name -> google.protobuf.Timestamp
+	2,  // 10: osvc.v1.Distribution.state:type_name -> osvc.v1.DistributionState
+	25, // 11: osvc.v1.Distribution.update_time:type_name -> google.protobuf.Timestamp
+	8,  // 12: osvc.v1.Distribution.tree:type_name -> osvc.v1.PackageTreeRef
+	25, // 13: osvc.v1.ImageVersion.create_time:type_name -> google.protobuf.Timestamp
+	3,  // 14: osvc.v1.ImageVersion.inspection:type_name -> osvc.v1.InspectionState
+	8,  // 15: osvc.v1.ImageVersion.tree:type_name -> osvc.v1.PackageTreeRef
+	10, // 16: osvc.v1.PackageTree.files:type_name -> osvc.v1.PackageFile
+	26, // 17: osvc.v1.ImageIndex.architecture:type_name -> osvc.v1.Architecture
+	12, // 18: osvc.v1.ImageIndex.installed_updates:type_name -> osvc.v1.InstalledUpdate
+	25, // 19: osvc.v1.InstalledUpdate.install_time:type_name -> google.protobuf.Timestamp
+	0,  // 20: osvc.v1.ImportImageRequest.kind:type_name -> osvc.v1.ImageKind
+	4,  // 21: osvc.v1.ImportImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 22: osvc.v1.InspectImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 23: osvc.v1.GetImageResponse.image:type_name -> osvc.v1.Image
+	4,  // 24: osvc.v1.ListImagesResponse.images:type_name -> osvc.v1.Image
+	4,  // 25: osvc.v1.RollbackImageResponse.image:type_name -> osvc.v1.Image
+	13, // 26: osvc.v1.ImageService.ImportImage:input_type -> osvc.v1.ImportImageRequest
+	17, // 27: osvc.v1.ImageService.GetImage:input_type -> osvc.v1.GetImageRequest
+	19, // 28: osvc.v1.ImageService.ListImages:input_type -> osvc.v1.ListImagesRequest
+	15, // 29: osvc.v1.ImageService.InspectImage:input_type -> osvc.v1.InspectImageRequest
+	21, // 30: osvc.v1.ImageService.RollbackImage:input_type -> osvc.v1.RollbackImageRequest
+	23, // 31: osvc.v1.ImageService.DeleteImage:input_type -> osvc.v1.DeleteImageRequest
+	14, // 32: osvc.v1.ImageService.ImportImage:output_type -> osvc.v1.ImportImageResponse
+	18, // 33: osvc.v1.ImageService.GetImage:output_type -> osvc.v1.GetImageResponse
+	20, // 34: osvc.v1.ImageService.ListImages:output_type -> osvc.v1.ListImagesResponse
+	16, // 35: osvc.v1.ImageService.InspectImage:output_type -> osvc.v1.InspectImageResponse
+	22, // 36: osvc.v1.ImageService.RollbackImage:output_type -> osvc.v1.RollbackImageResponse
+	24, // 37: osvc.v1.ImageService.DeleteImage:output_type -> osvc.v1.DeleteImageResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_image_proto_init() }
@@ -1869,7 +2205,7 @@ func file_osvc_v1_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_image_proto_rawDesc), len(file_osvc_v1_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

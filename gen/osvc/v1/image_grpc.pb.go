@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ImageService_ImportImage_FullMethodName  = "/osvc.v1.ImageService/ImportImage"
-	ImageService_GetImage_FullMethodName     = "/osvc.v1.ImageService/GetImage"
-	ImageService_ListImages_FullMethodName   = "/osvc.v1.ImageService/ListImages"
-	ImageService_InspectImage_FullMethodName = "/osvc.v1.ImageService/InspectImage"
+	ImageService_ImportImage_FullMethodName   = "/osvc.v1.ImageService/ImportImage"
+	ImageService_GetImage_FullMethodName      = "/osvc.v1.ImageService/GetImage"
+	ImageService_ListImages_FullMethodName    = "/osvc.v1.ImageService/ListImages"
+	ImageService_InspectImage_FullMethodName  = "/osvc.v1.ImageService/InspectImage"
+	ImageService_RollbackImage_FullMethodName = "/osvc.v1.ImageService/RollbackImage"
+	ImageService_DeleteImage_FullMethodName   = "/osvc.v1.ImageService/DeleteImage"
 )
 
 // ImageServiceClient is the client API for ImageService service.
@@ -32,7 +34,8 @@ const (
 // ImageService keeps the catalog of WIM images: operating system images and
 // OS upgrade packages, each with its versions in the content library.
 // Admins, operators and viewers may read it; an admin, or an operator of the
-// image's site, may import and inspect (PERMISSION_DENIED otherwise).
+// image's site, may import, inspect, roll back and delete (PERMISSION_DENIED
+// otherwise).
 type ImageServiceClient interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
 	// version 1 of a new image. The server reads the WIM's header and XML info
@@ -61,6 +64,34 @@ type ImageServiceClient interface {
 	// servicing or inspection run that has not ended; NOT_FOUND for an image
 	// that does not exist.
 	InspectImage(ctx context.Context, in *InspectImageRequest, opts ...grpc.CallOption) (*InspectImageResponse, error)
+	// RollbackImage makes a version the image still keeps its current one
+	// again: to_version, or when it is 0 the newest version it keeps older
+	// than the current one. No version is added or removed: the version left
+	// stays kept, so the image may be rolled forward to it. The image's
+	// indexes become what the last run that read the version recorded. The
+	// distribution points follow when they were to hold the version left
+	// (distribution_version was the current version). A PENDING servicing
+	// run of the image services the version rolled back to. The rollback is
+	// recorded on the image (rollbacks) and in the audit trail, with who
+	// called and reason.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (name; reason when empty or
+	// over 1024 bytes; to_version when negative or the current version);
+	// NOT_FOUND for an image that does not exist, or a version it does not
+	// keep (the message lists the kept ones); FAILED_PRECONDITION while a
+	// servicing run of the image is LEASED or IN_PROCESS (naming it; an
+	// inspection of another version goes on), when to_version is 0
+	// and the image keeps no version older than the current one, or for a
+	// version whose inspection failed.
+	RollbackImage(ctx context.Context, in *RollbackImageRequest, opts ...grpc.CallOption) (*RollbackImageResponse, error)
+	// DeleteImage removes an image from the catalog, with its schedules and
+	// its run index; its runs stay, as history. Its files are left to the
+	// content collector, which removes them once nothing names them for
+	// osvc-server --content-grace; the distribution points withdraw it.
+	// INVALID_ARGUMENT (name); NOT_FOUND; FAILED_PRECONDITION while a run
+	// of the image (servicing or inspection) is PENDING, LEASED or
+	// IN_PROCESS, naming it: wait for it to end or cancel it.
+	DeleteImage(ctx context.Context, in *DeleteImageRequest, opts ...grpc.CallOption) (*DeleteImageResponse, error)
 }
 
 type imageServiceClient struct {
@@ -111,6 +142,26 @@ func (c *imageServiceClient) InspectImage(ctx context.Context, in *InspectImageR
 	return out, nil
 }
 
+func (c *imageServiceClient) RollbackImage(ctx context.Context, in *RollbackImageRequest, opts ...grpc.CallOption) (*RollbackImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackImageResponse)
+	err := c.cc.Invoke(ctx, ImageService_RollbackImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *imageServiceClient) DeleteImage(ctx context.Context, in *DeleteImageRequest, opts ...grpc.CallOption) (*DeleteImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteImageResponse)
+	err := c.cc.Invoke(ctx, ImageService_DeleteImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ImageServiceServer is the server API for ImageService service.
 // All implementations must embed UnimplementedImageServiceServer
 // for forward compatibility.
@@ -118,7 +169,8 @@ func (c *imageServiceClient) InspectImage(ctx context.Context, in *InspectImageR
 // ImageService keeps the catalog of WIM images: operating system images and
 // OS upgrade packages, each with its versions in the content library.
 // Admins, operators and viewers may read it; an admin, or an operator of the
-// image's site, may import and inspect (PERMISSION_DENIED otherwise).
+// image's site, may import, inspect, roll back and delete (PERMISSION_DENIED
+// otherwise).
 type ImageServiceServer interface {
 	// ImportImage records a WIM already uploaded through ContentService.Write as
 	// version 1 of a new image. The server reads the WIM's header and XML info
@@ -147,6 +199,34 @@ type ImageServiceServer interface {
 	// servicing or inspection run that has not ended; NOT_FOUND for an image
 	// that does not exist.
 	InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error)
+	// RollbackImage makes a version the image still keeps its current one
+	// again: to_version, or when it is 0 the newest version it keeps older
+	// than the current one. No version is added or removed: the version left
+	// stays kept, so the image may be rolled forward to it. The image's
+	// indexes become what the last run that read the version recorded. The
+	// distribution points follow when they were to hold the version left
+	// (distribution_version was the current version). A PENDING servicing
+	// run of the image services the version rolled back to. The rollback is
+	// recorded on the image (rollbacks) and in the audit trail, with who
+	// called and reason.
+	//
+	// Errors: INVALID_ARGUMENT naming the field (name; reason when empty or
+	// over 1024 bytes; to_version when negative or the current version);
+	// NOT_FOUND for an image that does not exist, or a version it does not
+	// keep (the message lists the kept ones); FAILED_PRECONDITION while a
+	// servicing run of the image is LEASED or IN_PROCESS (naming it; an
+	// inspection of another version goes on), when to_version is 0
+	// and the image keeps no version older than the current one, or for a
+	// version whose inspection failed.
+	RollbackImage(context.Context, *RollbackImageRequest) (*RollbackImageResponse, error)
+	// DeleteImage removes an image from the catalog, with its schedules and
+	// its run index; its runs stay, as history. Its files are left to the
+	// content collector, which removes them once nothing names them for
+	// osvc-server --content-grace; the distribution points withdraw it.
+	// INVALID_ARGUMENT (name); NOT_FOUND; FAILED_PRECONDITION while a run
+	// of the image (servicing or inspection) is PENDING, LEASED or
+	// IN_PROCESS, naming it: wait for it to end or cancel it.
+	DeleteImage(context.Context, *DeleteImageRequest) (*DeleteImageResponse, error)
 	mustEmbedUnimplementedImageServiceServer()
 }
 
@@ -168,6 +248,12 @@ func (UnimplementedImageServiceServer) ListImages(context.Context, *ListImagesRe
 }
 func (UnimplementedImageServiceServer) InspectImage(context.Context, *InspectImageRequest) (*InspectImageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method InspectImage not implemented")
+}
+func (UnimplementedImageServiceServer) RollbackImage(context.Context, *RollbackImageRequest) (*RollbackImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RollbackImage not implemented")
+}
+func (UnimplementedImageServiceServer) DeleteImage(context.Context, *DeleteImageRequest) (*DeleteImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteImage not implemented")
 }
 func (UnimplementedImageServiceServer) mustEmbedUnimplementedImageServiceServer() {}
 func (UnimplementedImageServiceServer) testEmbeddedByValue()                      {}
@@ -262,6 +348,42 @@ func _ImageService_InspectImage_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ImageService_RollbackImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).RollbackImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ImageService_RollbackImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).RollbackImage(ctx, req.(*RollbackImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ImageService_DeleteImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ImageServiceServer).DeleteImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ImageService_DeleteImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ImageServiceServer).DeleteImage(ctx, req.(*DeleteImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ImageService_ServiceDesc is the grpc.ServiceDesc for ImageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -284,6 +406,14 @@ var ImageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "InspectImage",
 			Handler:    _ImageService_InspectImage_Handler,
+		},
+		{
+			MethodName: "RollbackImage",
+			Handler:    _ImageService_RollbackImage_Handler,
+		},
+		{
+			MethodName: "DeleteImage",
+			Handler:    _ImageService_DeleteImage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

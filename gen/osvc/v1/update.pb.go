@@ -861,6 +861,89 @@ func (x *ListApplicableUpdatesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// DeleteUpdateRequest names the update to delete.
+type DeleteUpdateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the update, updates/{id}.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUpdateRequest) Reset() {
+	*x = DeleteUpdateRequest{}
+	mi := &file_osvc_v1_update_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUpdateRequest) ProtoMessage() {}
+
+func (x *DeleteUpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_update_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUpdateRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUpdateRequest) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_update_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeleteUpdateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// DeleteUpdateResponse is empty.
+type DeleteUpdateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUpdateResponse) Reset() {
+	*x = DeleteUpdateResponse{}
+	mi := &file_osvc_v1_update_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUpdateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUpdateResponse) ProtoMessage() {}
+
+func (x *DeleteUpdateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_osvc_v1_update_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUpdateResponse.ProtoReflect.Descriptor instead.
+func (*DeleteUpdateResponse) Descriptor() ([]byte, []int) {
+	return file_osvc_v1_update_proto_rawDescGZIP(), []int{12}
+}
+
 var File_osvc_v1_update_proto protoreflect.FileDescriptor
 
 const file_osvc_v1_update_proto_rawDesc = "" +
@@ -922,19 +1005,23 @@ const file_osvc_v1_update_proto_rawDesc = "" +
 	"\x13include_unsupported\x18\x05 \x01(\bR\x12includeUnsupported\"r\n" +
 	"\x1dListApplicableUpdatesResponse\x12)\n" +
 	"\aupdates\x18\x01 \x03(\v2\x0f.osvc.v1.UpdateR\aupdates\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xd4\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n" +
+	"\x13DeleteUpdateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
+	"\x14DeleteUpdateResponse*\xd4\x01\n" +
 	"\x0eClassification\x12\x1e\n" +
 	"\x1aCLASSIFICATION_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eCLASSIFICATION_SERVICING_STACK\x10\x01\x12\"\n" +
 	"\x1eCLASSIFICATION_SECURITY_UPDATE\x10\x02\x12\x19\n" +
 	"\x15CLASSIFICATION_UPDATE\x10\x03\x12$\n" +
 	" CLASSIFICATION_CUMULATIVE_UPDATE\x10\x04\x12\x19\n" +
-	"\x15CLASSIFICATION_DOTNET\x10\x052\xd5\x02\n" +
+	"\x15CLASSIFICATION_DOTNET\x10\x052\xa2\x03\n" +
 	"\rUpdateService\x12N\n" +
 	"\rImportUpdates\x12\x1d.osvc.v1.ImportUpdatesRequest\x1a\x1e.osvc.v1.ImportUpdatesResponse\x12B\n" +
 	"\tGetUpdate\x12\x19.osvc.v1.GetUpdateRequest\x1a\x1a.osvc.v1.GetUpdateResponse\x12H\n" +
 	"\vListUpdates\x12\x1b.osvc.v1.ListUpdatesRequest\x1a\x1c.osvc.v1.ListUpdatesResponse\x12f\n" +
-	"\x15ListApplicableUpdates\x12%.osvc.v1.ListApplicableUpdatesRequest\x1a&.osvc.v1.ListApplicableUpdatesResponseB\x80\x01\n" +
+	"\x15ListApplicableUpdates\x12%.osvc.v1.ListApplicableUpdatesRequest\x1a&.osvc.v1.ListApplicableUpdatesResponse\x12K\n" +
+	"\fDeleteUpdate\x12\x1c.osvc.v1.DeleteUpdateRequest\x1a\x1d.osvc.v1.DeleteUpdateResponseB\x80\x01\n" +
 	"\vcom.osvc.v1B\vUpdateProtoP\x01Z'github.com/osvc/osvc/gen/osvc/v1;osvcv1\xa2\x02\x03OXX\xaa\x02\aOsvc.V1\xca\x02\aOsvc\\V1\xe2\x02\x13Osvc\\V1\\GPBMetadata\xea\x02\bOsvc::V1b\x06proto3"
 
 var (
@@ -950,7 +1037,7 @@ func file_osvc_v1_update_proto_rawDescGZIP() []byte {
 }
 
 var file_osvc_v1_update_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_osvc_v1_update_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_osvc_v1_update_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_osvc_v1_update_proto_goTypes = []any{
 	(Classification)(0),                   // 0: osvc.v1.Classification
 	(*Update)(nil),                        // 1: osvc.v1.Update
@@ -964,19 +1051,21 @@ var file_osvc_v1_update_proto_goTypes = []any{
 	(*ListUpdatesResponse)(nil),           // 9: osvc.v1.ListUpdatesResponse
 	(*ListApplicableUpdatesRequest)(nil),  // 10: osvc.v1.ListApplicableUpdatesRequest
 	(*ListApplicableUpdatesResponse)(nil), // 11: osvc.v1.ListApplicableUpdatesResponse
-	(Architecture)(0),                     // 12: osvc.v1.Architecture
-	(*timestamppb.Timestamp)(nil),         // 13: google.protobuf.Timestamp
+	(*DeleteUpdateRequest)(nil),           // 12: osvc.v1.DeleteUpdateRequest
+	(*DeleteUpdateResponse)(nil),          // 13: osvc.v1.DeleteUpdateResponse
+	(Architecture)(0),                     // 14: osvc.v1.Architecture
+	(*timestamppb.Timestamp)(nil),         // 15: google.protobuf.Timestamp
 }
 var file_osvc_v1_update_proto_depIdxs = []int32{
 	0,  // 0: osvc.v1.Update.classification:type_name -> osvc.v1.Classification
-	12, // 1: osvc.v1.Update.architecture:type_name -> osvc.v1.Architecture
-	13, // 2: osvc.v1.Update.release_time:type_name -> google.protobuf.Timestamp
+	14, // 1: osvc.v1.Update.architecture:type_name -> osvc.v1.Architecture
+	15, // 2: osvc.v1.Update.release_time:type_name -> google.protobuf.Timestamp
 	2,  // 3: osvc.v1.Update.files:type_name -> osvc.v1.UpdateFile
-	13, // 4: osvc.v1.Update.create_time:type_name -> google.protobuf.Timestamp
+	15, // 4: osvc.v1.Update.create_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: osvc.v1.ImportUpdatesRequest.files:type_name -> osvc.v1.UpdateFile
 	1,  // 6: osvc.v1.ImportUpdatesResponse.updates:type_name -> osvc.v1.Update
 	1,  // 7: osvc.v1.GetUpdateResponse.update:type_name -> osvc.v1.Update
-	12, // 8: osvc.v1.UpdateFilter.architecture:type_name -> osvc.v1.Architecture
+	14, // 8: osvc.v1.UpdateFilter.architecture:type_name -> osvc.v1.Architecture
 	7,  // 9: osvc.v1.ListUpdatesRequest.filter:type_name -> osvc.v1.UpdateFilter
 	1,  // 10: osvc.v1.ListUpdatesResponse.updates:type_name -> osvc.v1.Update
 	7,  // 11: osvc.v1.ListApplicableUpdatesRequest.filter:type_name -> osvc.v1.UpdateFilter
@@ -985,12 +1074,14 @@ var file_osvc_v1_update_proto_depIdxs = []int32{
 	5,  // 14: osvc.v1.UpdateService.GetUpdate:input_type -> osvc.v1.GetUpdateRequest
 	8,  // 15: osvc.v1.UpdateService.ListUpdates:input_type -> osvc.v1.ListUpdatesRequest
 	10, // 16: osvc.v1.UpdateService.ListApplicableUpdates:input_type -> osvc.v1.ListApplicableUpdatesRequest
-	4,  // 17: osvc.v1.UpdateService.ImportUpdates:output_type -> osvc.v1.ImportUpdatesResponse
-	6,  // 18: osvc.v1.UpdateService.GetUpdate:output_type -> osvc.v1.GetUpdateResponse
-	9,  // 19: osvc.v1.UpdateService.ListUpdates:output_type -> osvc.v1.ListUpdatesResponse
-	11, // 20: osvc.v1.UpdateService.ListApplicableUpdates:output_type -> osvc.v1.ListApplicableUpdatesResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
+	12, // 17: osvc.v1.UpdateService.DeleteUpdate:input_type -> osvc.v1.DeleteUpdateRequest
+	4,  // 18: osvc.v1.UpdateService.ImportUpdates:output_type -> osvc.v1.ImportUpdatesResponse
+	6,  // 19: osvc.v1.UpdateService.GetUpdate:output_type -> osvc.v1.GetUpdateResponse
+	9,  // 20: osvc.v1.UpdateService.ListUpdates:output_type -> osvc.v1.ListUpdatesResponse
+	11, // 21: osvc.v1.UpdateService.ListApplicableUpdates:output_type -> osvc.v1.ListApplicableUpdatesResponse
+	13, // 22: osvc.v1.UpdateService.DeleteUpdate:output_type -> osvc.v1.DeleteUpdateResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1008,7 +1099,7 @@ func file_osvc_v1_update_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_osvc_v1_update_proto_rawDesc), len(file_osvc_v1_update_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

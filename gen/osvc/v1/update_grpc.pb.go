@@ -23,6 +23,7 @@ const (
 	UpdateService_GetUpdate_FullMethodName             = "/osvc.v1.UpdateService/GetUpdate"
 	UpdateService_ListUpdates_FullMethodName           = "/osvc.v1.UpdateService/ListUpdates"
 	UpdateService_ListApplicableUpdates_FullMethodName = "/osvc.v1.UpdateService/ListApplicableUpdates"
+	UpdateService_DeleteUpdate_FullMethodName          = "/osvc.v1.UpdateService/DeleteUpdate"
 )
 
 // UpdateServiceClient is the client API for UpdateService service.
@@ -31,7 +32,8 @@ const (
 //
 // UpdateService keeps the catalog of software updates: each one's metadata
 // and the files that carry it. The catalog is one for every site: admins,
-// operators and viewers may read it, an admin or any operator may import.
+// operators and viewers may read it, an admin or any operator may import,
+// and only an admin may delete (an update is every site's).
 type UpdateServiceClient interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
@@ -62,6 +64,12 @@ type UpdateServiceClient interface {
 	// of another image's list is refused); NOT_FOUND for an image that does
 	// not exist.
 	ListApplicableUpdates(ctx context.Context, in *ListApplicableUpdatesRequest, opts ...grpc.CallOption) (*ListApplicableUpdatesResponse, error)
+	// DeleteUpdate removes an update from the catalog. Its files are left to
+	// the content collector, which removes them once nothing names them for
+	// osvc-server --content-grace. Images that have it installed keep saying
+	// so. INVALID_ARGUMENT (name); NOT_FOUND; FAILED_PRECONDITION while a
+	// servicing run that has not ended applies it, naming the run.
+	DeleteUpdate(ctx context.Context, in *DeleteUpdateRequest, opts ...grpc.CallOption) (*DeleteUpdateResponse, error)
 }
 
 type updateServiceClient struct {
@@ -112,13 +120,24 @@ func (c *updateServiceClient) ListApplicableUpdates(ctx context.Context, in *Lis
 	return out, nil
 }
 
+func (c *updateServiceClient) DeleteUpdate(ctx context.Context, in *DeleteUpdateRequest, opts ...grpc.CallOption) (*DeleteUpdateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteUpdateResponse)
+	err := c.cc.Invoke(ctx, UpdateService_DeleteUpdate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UpdateServiceServer is the server API for UpdateService service.
 // All implementations must embed UnimplementedUpdateServiceServer
 // for forward compatibility.
 //
 // UpdateService keeps the catalog of software updates: each one's metadata
 // and the files that carry it. The catalog is one for every site: admins,
-// operators and viewers may read it, an admin or any operator may import.
+// operators and viewers may read it, an admin or any operator may import,
+// and only an admin may delete (an update is every site's).
 type UpdateServiceServer interface {
 	// ImportUpdates records update files already uploaded through
 	// ContentService.Write. Each CAB or MSU is read for its package manifest
@@ -149,6 +168,12 @@ type UpdateServiceServer interface {
 	// of another image's list is refused); NOT_FOUND for an image that does
 	// not exist.
 	ListApplicableUpdates(context.Context, *ListApplicableUpdatesRequest) (*ListApplicableUpdatesResponse, error)
+	// DeleteUpdate removes an update from the catalog. Its files are left to
+	// the content collector, which removes them once nothing names them for
+	// osvc-server --content-grace. Images that have it installed keep saying
+	// so. INVALID_ARGUMENT (name); NOT_FOUND; FAILED_PRECONDITION while a
+	// servicing run that has not ended applies it, naming the run.
+	DeleteUpdate(context.Context, *DeleteUpdateRequest) (*DeleteUpdateResponse, error)
 	mustEmbedUnimplementedUpdateServiceServer()
 }
 
@@ -170,6 +195,9 @@ func (UnimplementedUpdateServiceServer) ListUpdates(context.Context, *ListUpdate
 }
 func (UnimplementedUpdateServiceServer) ListApplicableUpdates(context.Context, *ListApplicableUpdatesRequest) (*ListApplicableUpdatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListApplicableUpdates not implemented")
+}
+func (UnimplementedUpdateServiceServer) DeleteUpdate(context.Context, *DeleteUpdateRequest) (*DeleteUpdateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteUpdate not implemented")
 }
 func (UnimplementedUpdateServiceServer) mustEmbedUnimplementedUpdateServiceServer() {}
 func (UnimplementedUpdateServiceServer) testEmbeddedByValue()                       {}
@@ -264,6 +292,24 @@ func _UpdateService_ListApplicableUpdates_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UpdateService_DeleteUpdate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteUpdateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpdateServiceServer).DeleteUpdate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UpdateService_DeleteUpdate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpdateServiceServer).DeleteUpdate(ctx, req.(*DeleteUpdateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UpdateService_ServiceDesc is the grpc.ServiceDesc for UpdateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -286,6 +332,10 @@ var UpdateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListApplicableUpdates",
 			Handler:    _UpdateService_ListApplicableUpdates_Handler,
+		},
+		{
+			MethodName: "DeleteUpdate",
+			Handler:    _UpdateService_DeleteUpdate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

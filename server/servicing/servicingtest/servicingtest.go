@@ -57,6 +57,9 @@ type Options struct {
 	// tests that do not look at the backoff should not wait for it.
 	RetryBackoff    time.Duration
 	MaxRetryBackoff time.Duration
+	// KeepVersions is how many versions an image keeps besides its
+	// current one (servicing.Config.KeepVersions).
+	KeepVersions int
 	// Now is the clock of the Service and of the content library (its
 	// records' create and update times); time.Now when nil.
 	Now func() time.Time
@@ -86,7 +89,8 @@ func New(t testing.TB, opts Options) *Env {
 		Store: st, Catalog: cat, Library: lib, Logger: logger,
 		MaxAttempts: opts.MaxAttempts, MaxLogLines: opts.MaxLogLines, MaxArtifactBytes: opts.MaxArtifactBytes,
 		RetryBackoff: cmp.Or(opts.RetryBackoff, time.Millisecond), MaxRetryBackoff: opts.MaxRetryBackoff,
-		Now: opts.Now,
+		KeepVersions: opts.KeepVersions,
+		Now:          opts.Now,
 	})
 	if err != nil {
 		t.Fatalf("servicing: %v", err)
