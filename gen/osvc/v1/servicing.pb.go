@@ -517,7 +517,14 @@ type UpdateResult struct {
 	Percent int32 `protobuf:"varint,5,opt,name=percent,proto3" json:"percent,omitempty"`
 	// message says why an update FAILED, was SKIPPED or is NOT_APPLICABLE or
 	// UNSUPPORTED.
-	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// start_time is when the agent started applying the update to the index;
+	// unset for an update it never started (PENDING, or SKIPPED because an
+	// earlier step failed).
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// end_time is when the update reached its final state on the index; unset
+	// before, and for an update it never started.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -594,8 +601,24 @@ func (x *UpdateResult) GetMessage() string {
 	return ""
 }
 
-// StepRecord is when a step ran and how it ended. A step that runs once per
-// index (MOUNT, APPLY, CLEANUP, COMMIT) keeps the record of its last index.
+func (x *UpdateResult) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *UpdateResult) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// StepRecord is when a step ran and how it ended. A step that runs again
+// after its record ended gets a record of its own: APPLY before and after
+// CLEANUP (the .NET updates), and MOUNT, APPLY, CLEANUP and COMMIT once per
+// index; detail tells the passes apart.
 type StepRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// step is the pipeline step.
@@ -609,7 +632,19 @@ type StepRecord struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// detail says what the step worked on or did, e.g. "index 1 committed",
 	// or why it failed or was skipped.
-	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	// bytes_done is how many of bytes_total the step has moved so far, as
+	// its agent last reported: COPY the source version downloaded into the
+	// agent's cache and copied into the work folder, EXPORT the image data
+	// written to the new file, SWAP the result uploaded to the content
+	// library. 0 for the steps that move no bulk data.
+	BytesDone int64 `protobuf:"varint,6,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	// bytes_total is what the step moves in all, 0 while it is not known. For
+	// COPY through the agent's cache it counts the source version twice when
+	// the cache lacked it (the download, then the copy); DISM's export
+	// prints only a percent, which the dism engine gives as that share of the
+	// source file's size.
+	BytesTotal    int64 `protobuf:"varint,7,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -677,6 +712,20 @@ func (x *StepRecord) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *StepRecord) GetBytesDone() int64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *StepRecord) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
 }
 
 // LogLine is one line of a run's log, numbered per run from 1.
@@ -877,7 +926,8 @@ type Run struct {
 	// step is the step the agent last reported.
 	Step Step `protobuf:"varint,13,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
 	// steps records each step of the current attempt, in the order they
-	// were first reported.
+	// started; a step that ran again after it ended (see StepRecord) has one
+	// record per pass.
 	Steps []*StepRecord `protobuf:"bytes,14,rep,name=steps,proto3" json:"steps,omitempty"`
 	// percent is how far the run is overall, 0 to 100.
 	Percent int32 `protobuf:"varint,15,opt,name=percent,proto3" json:"percent,omitempty"`
@@ -1755,14 +1805,17 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\x1aupdate_distribution_points\x18\x05 \x01(\bR\x18updateDistributionPoints\x12+\n" +
 	"\x11remove_superseded\x18\x06 \x01(\bR\x10removeSuperseded\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xac\x01\n" +
+	"createTime\"\x9e\x02\n" +
 	"\fUpdateResult\x12\x16\n" +
 	"\x06update\x18\x01 \x01(\tR\x06update\x12\x0e\n" +
 	"\x02kb\x18\x02 \x01(\tR\x02kb\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\x05R\x05index\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.osvc.v1.UpdateStateR\x05state\x12\x18\n" +
 	"\apercent\x18\x05 \x01(\x05R\apercent\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\"\xe3\x01\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xa3\x02\n" +
 	"\n" +
 	"StepRecord\x12!\n" +
 	"\x04step\x18\x01 \x01(\x0e2\r.osvc.v1.StepR\x04step\x12(\n" +
@@ -1770,7 +1823,11 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x85\x01\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\x06 \x01(\x03R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\a \x01(\x03R\n" +
+	"bytesTotal\"\x85\x01\n" +
 	"\aLogLine\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -1951,46 +2008,48 @@ var file_osvc_v1_servicing_proto_depIdxs = []int32{
 	21, // 0: osvc.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
 	21, // 1: osvc.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
 	4,  // 2: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
-	1,  // 3: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
-	3,  // 4: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	21, // 5: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	21, // 6: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	21, // 7: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	0,  // 8: osvc.v1.Run.state:type_name -> osvc.v1.RunState
-	6,  // 9: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
-	1,  // 10: osvc.v1.Run.step:type_name -> osvc.v1.Step
-	7,  // 11: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	21, // 12: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	21, // 13: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	21, // 14: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	21, // 15: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	22, // 16: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	21, // 17: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
-	2,  // 18: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
-	9,  // 19: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
-	5,  // 20: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	5,  // 21: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	10, // 22: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	10, // 23: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	10, // 24: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	10, // 25: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	8,  // 26: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	10, // 27: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	11, // 28: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	13, // 29: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	15, // 30: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	17, // 31: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	19, // 32: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	12, // 33: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	14, // 34: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	16, // 35: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	18, // 36: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	20, // 37: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	33, // [33:38] is the sub-list for method output_type
-	28, // [28:33] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	21, // 3: osvc.v1.UpdateResult.start_time:type_name -> google.protobuf.Timestamp
+	21, // 4: osvc.v1.UpdateResult.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 5: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
+	3,  // 6: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
+	21, // 7: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	21, // 8: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	21, // 9: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	0,  // 10: osvc.v1.Run.state:type_name -> osvc.v1.RunState
+	6,  // 11: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
+	1,  // 12: osvc.v1.Run.step:type_name -> osvc.v1.Step
+	7,  // 13: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
+	21, // 14: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	21, // 15: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	21, // 16: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	21, // 17: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	22, // 18: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	21, // 19: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	2,  // 20: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
+	9,  // 21: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
+	5,  // 22: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 23: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	10, // 24: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	10, // 25: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	10, // 26: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	10, // 27: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	8,  // 28: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	10, // 29: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	11, // 30: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	13, // 31: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	15, // 32: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	17, // 33: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	19, // 34: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	12, // 35: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	14, // 36: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	16, // 37: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	18, // 38: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	20, // 39: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	35, // [35:40] is the sub-list for method output_type
+	30, // [30:35] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
