@@ -24,6 +24,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 		removeSuperseded, updateDistribution bool
 		startTime                            string
 		watch, quiet                         bool
+		watchOpts                            watchOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "create IMAGE (--update ID... | --all-applicable)",
@@ -92,7 +93,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if !watch {
 				return nil
 			}
-			return c.watchRun(cmd.Context(), resp.GetRun().GetName())
+			return c.watchRun(cmd.Context(), resp.GetRun().GetName(), watchOpts)
 		},
 	}
 	f := cmd.Flags()
@@ -103,6 +104,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 	f.BoolVar(&updateDistribution, "update-distribution-points", false, "Update distribution points with the serviced image")
 	f.StringVar(&startTime, "start-time", "", "hold the run until this RFC 3339 `TIME`, e.g. 2026-11-24T22:00:00Z (default: as soon as possible)")
 	f.BoolVar(&watch, "watch", false, "then follow the run like 'run watch'")
+	addLogLevelFlag(cmd, &watchOpts)
 	f.BoolVarP(&quiet, "quiet", "q", false, "print only the run's name, for scripts")
 	return cmd
 }
