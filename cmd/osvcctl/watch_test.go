@@ -61,7 +61,7 @@ func passesScript(name string) []*osvcv1.WatchRunResponse {
 	return []*osvcv1.WatchRunResponse{
 		{Run: copying, LogLines: []*osvcv1.LogLine{line(1, "INFO", "run: step started: step=COPY")}},
 		{Run: halfway},
-		{Run: applying, LogLines: []*osvcv1.LogLine{line(2, "DEBUG", `run.wimlib: running: command="wimlib-imagex mountrw source.wim 1 mount"`)}},
+		{Run: applying, LogLines: []*osvcv1.LogLine{line(2, "DEBUG", `run.wimlib: running command="wimlib-imagex mountrw source.wim 1 mount"`)}},
 		{Run: final, LogLines: []*osvcv1.LogLine{line(3, "WARN", "run: a warning")}},
 	}
 }
@@ -87,14 +87,14 @@ func TestRunWatchShowsBytesDurationsAndBothApplyPasses(t *testing.T) {
 		"WARN  run: a warning\n",
 		"runs/r-passes SUCCEEDED in 3m20s\n",
 		"TOOK", "KB5031354", "APPLIED", "41s", "KB5031999", "APPLIED", "30s")
-	if strings.Contains(out, "running: command=") {
+	if strings.Contains(out, "running command=") {
 		t.Errorf("the engine's command line (debug) shows at the default level info:\n%s", out)
 	}
 
 	t.Run("--log-level debug shows the engine's command lines", func(t *testing.T) {
 		t.Parallel()
 		out := mustRun(t, f.addr, "run", "watch", "r-passes", "--log-level", "debug")
-		assertContainsInOrder(t, out, "INFO  run: step started", `DEBUG run.wimlib: running: command="wimlib-imagex mountrw`, "WARN  run: a warning")
+		assertContainsInOrder(t, out, "INFO  run: step started", `DEBUG run.wimlib: running command="wimlib-imagex mountrw`, "WARN  run: a warning")
 	})
 	t.Run("--log-level warn leaves info out", func(t *testing.T) {
 		t.Parallel()
