@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/osvc/osvc/agent/cache"
 	"github.com/osvc/osvc/agent/conn"
@@ -753,9 +754,10 @@ func (r *reporter) Step(ctx context.Context, s *osvcv1.StepRecord) error {
 		StepChanged: &osvcv1.StepChanged{Run: r.run, FencingToken: r.token, Step: s}}})
 }
 
-func (r *reporter) Progress(ctx context.Context, percent int32, u *osvcv1.UpdateResult) error {
-	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Progress{
-		Progress: &osvcv1.Progress{Run: r.run, FencingToken: r.token, Percent: percent, Update: u}}})
+func (r *reporter) Progress(ctx context.Context, p *osvcv1.Progress) error {
+	p = proto.CloneOf(p)
+	p.Run, p.FencingToken = r.run, r.token
+	return r.conn.Send(ctx, &osvcv1.ConnectRequest{Message: &osvcv1.ConnectRequest_Progress{Progress: p}})
 }
 
 func (r *reporter) UpdateResult(ctx context.Context, u *osvcv1.UpdateResult) error {

@@ -402,7 +402,8 @@ func TestServicingEndToEnd(t *testing.T) {
 			`osvc_runs{kind="SERVICING",state="SUCCEEDED"} 1`,
 			`osvc_updates_total{result="APPLIED"} 4`,
 			`osvc_updates_total{result="UNSUPPORTED"} 1`,
-			`osvc_step_duration_seconds_count{step="APPLY"} 1`,
+			// Both APPLY passes: before cleanup and the .NET update after it.
+			`osvc_step_duration_seconds_count{step="APPLY"} 2`,
 			`osvc_run_duration_seconds_count{kind="SERVICING",result="SUCCEEDED"} 1`,
 		}
 		var body string
@@ -425,6 +426,50 @@ func TestServicingEndToEnd(t *testing.T) {
 		}
 		if v := metricValue(body, `osvc_content_bytes_total{direction="out"} `); v < 0 {
 			t.Error("/metrics lacks the content bytes sent")
+		}
+	})
+
+	t.Run("the run keeps both APPLY passes, the bytes each image step moved and what each update took", func(t *testing.T) {
+		var applies int
+		moved := map[osvcv1.Step]*osvcv1.StepRecord{}
+		for _, s := range run.GetSteps() {
+			if s.GetStep() == osvcv1.Step_STEP_APPLY {
+				applies++
+			}
+			if s.GetBytesTotal() > 0 {
+				moved[s.GetStep()] = s
+			}
+		}
+		if applies != 2 {
+			t.Errorf("%d APPLY records, want 2 (the .NET update after cleanup has its own): %v", applies, run.GetSteps())
+		}
+		for _, st := range []osvcv1.Step{osvcv1.Step_STEP_COPY, osvcv1.Step_STEP_EXPORT, osvcv1.Step_STEP_SWAP} {
+			if s := moved[st]; s == nil || s.GetBytesDone() != s.GetBytesTotal() {
+				t.Errorf("%s moved %d of %d bytes, want all of a known total", st, s.GetBytesDone(), s.GetBytesTotal())
+			}
+		}
+		for _, u := range run.GetUpdateResults() {
+			if u.GetStartTime() == nil || u.GetEndTime() == nil || u.GetEndTime().AsTime().Before(u.GetStartTime().AsTime()) {
+				t.Errorf("%s ran from %v to %v", u.GetKb(), u.GetStartTime(), u.GetEndTime())
+			}
+		}
+		out, err := c.osvcctlCmd("run", "get", run.GetName()).Output()
+		if err != nil {
+			t.Fatalf("osvcctl run get: %v", err)
+		}
+		if n := strings.Count(string(out), "│ APPLY "); n != 2 {
+			t.Errorf("osvcctl run get shows %d APPLY rows, want 2:\n%s", n, out)
+		}
+	})
+
+	t.Run("the engine's command lines are debug lines", func(t *testing.T) {
+		for _, l := range lines {
+			if strings.Contains(l.GetMessage(), "wimlib: running command=") && l.GetLevel() != "DEBUG" {
+				t.Errorf("%s line %q: want DEBUG, so that run watch hides it at info", l.GetLevel(), l.GetMessage())
+			}
+		}
+		if !logged(lines, "wimlib: running command=") {
+			t.Error("no command line reached the run's log, for run watch --log-level debug")
 		}
 	})
 

@@ -76,6 +76,10 @@ type Installed struct {
 // ProgressFunc receives the percent done of the operation under way, 0 to 100.
 type ProgressFunc func(percent int)
 
+// BytesFunc receives how many bytes of total the operation under way has
+// written; total is 0 while not known.
+type BytesFunc func(done, total int64)
+
 // PackageResult is what applying one update file to a mounted index did.
 type PackageResult struct {
 	Outcome Outcome
@@ -125,8 +129,9 @@ type Engine interface {
 	// crashed run left behind, whose WIM and index it no longer knows.
 	Unmount(ctx context.Context, m *Mount, commit bool) error
 	// Export copies one index of src into dst (appending when dst exists),
-	// dropping data no longer referenced.
-	Export(ctx context.Context, src string, index int, dst string) error
+	// dropping data no longer referenced. progress, when not nil, is told
+	// the bytes written as the tool reports them.
+	Export(ctx context.Context, src string, index int, dst string, progress BytesFunc) error
 	// ReadInstalled lists the packages installed in one index of a WIM file
 	// without mounting it read-write.
 	ReadInstalled(ctx context.Context, wim string, index int) ([]Installed, error)

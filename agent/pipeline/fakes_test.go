@@ -93,11 +93,11 @@ func (e *recordingEngine) Unmount(ctx context.Context, m *engine.Mount, commit b
 	return e.Engine.Unmount(ctx, m, commit)
 }
 
-func (e *recordingEngine) Export(ctx context.Context, src string, index int, dst string) error {
+func (e *recordingEngine) Export(ctx context.Context, src string, index int, dst string, progress engine.BytesFunc) error {
 	if err := e.record(ctx, fmt.Sprintf("export %d", index)); err != nil {
 		return err
 	}
-	return e.Engine.Export(ctx, src, index, dst)
+	return e.Engine.Export(ctx, src, index, dst, progress)
 }
 
 func (e *recordingEngine) Inspect(ctx context.Context, wim string) ([]engine.Index, error) {
@@ -268,7 +268,7 @@ func (fileEngine) Unmount(_ context.Context, m *engine.Mount, commit bool) error
 	return os.Remove(filepath.Join(m.Dir, installedFile))
 }
 
-func (fileEngine) Export(_ context.Context, src string, index int, dst string) error {
+func (fileEngine) Export(_ context.Context, src string, index int, dst string, _ engine.BytesFunc) error {
 	im, err := readImage(src)
 	if err != nil {
 		return err

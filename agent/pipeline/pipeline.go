@@ -33,7 +33,10 @@ import (
 // discards its work and reports nothing more.
 type Reporter interface {
 	Step(ctx context.Context, s *osvcv1.StepRecord) error
-	Progress(ctx context.Context, percent int32, u *osvcv1.UpdateResult) error
+	// Progress reports how far the run is: its percent, the update being
+	// applied, the bytes the running step moved. The reporter fills in the
+	// run and its fencing token.
+	Progress(ctx context.Context, p *osvcv1.Progress) error
 	UpdateResult(ctx context.Context, r *osvcv1.UpdateResult) error
 	// Logs queues log lines (numbered per run from 1); it must not block.
 	Logs(lines []*osvcv1.LogLine)
@@ -782,29 +785,72 @@ func (r *run) copySource(ctx context.Context) (string, error) {
 	size := r.a.GetSource().GetSizeBytes()
 	pp := r.startProgress(ctx)
 	defer pp.stop()
-	progress := func(n, total int64) {
-		if total <= 0 {
-			total = size
-		}
+	cb := &copyBytes{size: size, viaCache: r.cfg.Sources != nil, report: func(done, total int64) {
+		pct := int32(pctStageEnd)
 		if total > 0 {
-			pp.set(pctStageEnd+int32(int64(pctCopyEnd-pctStageEnd)*n/total), nil)
+			pct += int32(int64(pctCopyEnd-pctStageEnd) * min(done, total) / total)
 		}
-	}
+		pp.setBytes(pct, osvcv1.Step_STEP_COPY, done, total)
+	}}
 	var how string
 	var err error
 	if r.cfg.Sources != nil {
-		how, err = r.copyCached(ctx, sha, dst, use, progress)
+		how, err = r.copyCached(ctx, sha, dst, use, cb)
 	} else {
 		var src transfer.Source
-		src, err = r.cfg.Images.Fetch(ctx, sha, dst, use, progress)
+		src, err = r.cfg.Images.Fetch(ctx, sha, dst, use, cb.fetched)
 		how = src.String()
 	}
 	if err != nil {
 		return "", fmt.Errorf("copy %s version %d (%s): %w", r.a.GetImage().GetName(), r.a.GetSource().GetVersion(), sha, err)
 	}
 	r.log.Info("source version copied", "sha256", sha, "how", how)
-	pp.set(pctCopyEnd, nil)
+	cb.finish()
 	return dst, nil
+}
+
+// copyBytes counts the bytes of the COPY step: the download of the source
+// version, then, through the agent's cache (viaCache), its copy into the
+// work folder. Whether the cache lacks the version shows with the first
+// progress of a download, before anything is reported: the step then moves
+// the version twice, and says so in its total.
+type copyBytes struct {
+	size     int64
+	viaCache bool
+	report   func(done, total int64)
+
+	mu         sync.Mutex
+	fetchTotal int64 // 0 until a download reports
+}
+
+// fetched is the download's progress.
+func (c *copyBytes) fetched(n, total int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fetchTotal = cmp.Or(max(total, 0), c.size)
+	c.report(n, c.fetchTotal+c.copyTotal())
+}
+
+// copied is the progress of the copy out of the cache.
+func (c *copyBytes) copied(n, total int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.report(c.fetchTotal+n, c.fetchTotal+cmp.Or(max(total, 0), c.size))
+}
+
+// finish reports the step's bytes all done.
+func (c *copyBytes) finish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	total := c.fetchTotal + c.copyTotal()
+	c.report(total, total)
+}
+
+func (c *copyBytes) copyTotal() int64 {
+	if c.viaCache {
+		return c.size
+	}
+	return 0
 }
 
 // copyCached fetches the source version sha into the cache (verified there,
@@ -812,13 +858,13 @@ func (r *run) copySource(ctx context.Context) (string, error) {
 // which commits into it; for an inspection, which only reads, a hard link
 // where the volume allows. The cached file itself is never handed to the
 // engine, so a failed or canceled run leaves it as it was.
-func (r *run) copyCached(ctx context.Context, sha, dst string, use transfer.Use, progress transfer.ProgressFunc) (string, error) {
-	path, release, err := r.cfg.Sources.Acquire(ctx, sha, progress)
+func (r *run) copyCached(ctx context.Context, sha, dst string, use transfer.Use, cb *copyBytes) (string, error) {
+	path, release, err := r.cfg.Sources.Acquire(ctx, sha, cb.fetched)
 	if err != nil {
 		return "", err
 	}
 	defer release()
-	how, err := transfer.CopyLocal(ctx, path, dst, use)
+	how, err := transfer.CopyLocalProgress(ctx, path, dst, use, cb.copied)
 	if err != nil {
 		return "", err
 	}
@@ -1023,21 +1069,22 @@ func updateLabel(u *osvcv1.Update) string {
 // result. err is set only when the run must stop (cancel, lost run).
 func (r *run) applyOne(ctx context.Context, index int, ap *applyPlan, u *osvcv1.Update) (osvcv1.UpdateState, string, error) {
 	ui := updateIndex(r.a.GetUpdates(), u)
-	res := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS}
-	if err := r.report(r.rep.Progress(ctx, ap.percent(0), res)); err != nil {
+	start := timestamppb.Now()
+	res := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS, StartTime: start}
+	if err := r.report(r.rep.Progress(ctx, &osvcv1.Progress{Percent: ap.percent(0), Update: res})); err != nil {
 		return 0, "", err
 	}
 	r.log.Info("applying update", "update", u.GetName(), "kb", u.GetKb(), "index", index, "files", len(u.GetFiles()))
 	pp := r.startProgress(ctx)
 	outcome, msg, err := r.applyFiles(ctx, ui, u, func(pct int) {
-		p := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS, Percent: int32(pct)}
+		p := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), State: osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS, Percent: int32(pct), StartTime: start}
 		pp.set(ap.percent(pct), p)
 	})
 	pp.stop()
 	if ctx.Err() != nil || r.lost() != nil {
 		return 0, "", errors.Join(err, context.Cause(ctx))
 	}
-	final := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), Percent: 100}
+	final := &osvcv1.UpdateResult{Update: u.GetName(), Kb: u.GetKb(), Index: int32(index), Percent: 100, StartTime: start, EndTime: timestamppb.Now()}
 	if err != nil {
 		final.State = osvcv1.UpdateState_UPDATE_STATE_FAILED
 		final.Message = err.Error()
@@ -1135,10 +1182,21 @@ func (r *run) export(ctx context.Context, source string, indexes []engine.Index,
 	if err != nil {
 		return "", fmt.Errorf("export: %w", err)
 	}
+	// Each index is its own export: the bytes of those done so far count
+	// before the one under way, whose total the engine tells as it goes.
+	pp := r.startProgress(ctx)
+	defer pp.stop()
+	var exported int64
 	for _, ix := range indexes {
-		if err := r.eng.Export(ctx, source, ix.Index, dst); err != nil {
+		var last int64
+		err := r.eng.Export(ctx, source, ix.Index, dst, func(done, total int64) {
+			last = total
+			pp.setBytes(pctApplyEnd, osvcv1.Step_STEP_EXPORT, exported+done, exported+total)
+		})
+		if err != nil {
 			return "", err
 		}
+		exported += last
 	}
 	after, err := os.Stat(dst)
 	if err != nil {
@@ -1151,9 +1209,11 @@ func (r *run) upload(ctx context.Context, path string) (*osvcv1.Content, error) 
 	pp := r.startProgress(ctx)
 	defer pp.stop()
 	c, err := r.cfg.Images.Store(ctx, path, MediaTypeWIM, func(n, total int64) {
+		pct := int32(pctApplyEnd)
 		if total > 0 {
-			pp.set(pctApplyEnd+int32(int64(pctSwapEnd-pctApplyEnd)*n/total), nil)
+			pct += int32(int64(pctSwapEnd-pctApplyEnd) * n / total)
 		}
+		pp.setBytes(pct, osvcv1.Step_STEP_SWAP, n, total)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("upload the serviced image: %w", err)

@@ -136,14 +136,15 @@ func (f *fixture) want(kb string) osvcv1.UpdateState {
 // recorder is a Reporter that records every report in order; fail, when set,
 // answers a report with an error.
 type recorder struct {
-	mu      sync.Mutex
-	events  []string
-	steps   []*osvcv1.StepRecord
-	results []*osvcv1.UpdateResult
-	logs    []*osvcv1.LogLine
-	result  *osvcv1.RunResult
-	nResult int
-	fail    func(event string) error
+	mu       sync.Mutex
+	events   []string
+	steps    []*osvcv1.StepRecord
+	progress []*osvcv1.Progress
+	results  []*osvcv1.UpdateResult
+	logs     []*osvcv1.LogLine
+	result   *osvcv1.RunResult
+	nResult  int
+	fail     func(event string) error
 }
 
 func (r *recorder) record(event string) error {
@@ -164,11 +165,17 @@ func (r *recorder) Step(_ context.Context, s *osvcv1.StepRecord) error {
 	return r.record(fmt.Sprintf("step %s %s", strings.TrimPrefix(s.GetStep().String(), "STEP_"), strings.TrimPrefix(s.GetState().String(), "STEP_STATE_")))
 }
 
-func (r *recorder) Progress(_ context.Context, percent int32, u *osvcv1.UpdateResult) error {
-	if percent < 0 || percent > 100 {
-		return fmt.Errorf("progress %d%% out of range", percent)
+func (r *recorder) Progress(_ context.Context, p *osvcv1.Progress) error {
+	if p.GetPercent() < 0 || p.GetPercent() > 100 {
+		return fmt.Errorf("progress %d%% out of range", p.GetPercent())
 	}
-	return r.record("progress " + u.GetKb())
+	r.mu.Lock()
+	r.progress = append(r.progress, p)
+	r.mu.Unlock()
+	if p.GetStep() != osvcv1.Step_STEP_UNSPECIFIED {
+		return r.record("bytes " + strings.TrimPrefix(p.GetStep().String(), "STEP_"))
+	}
+	return r.record("progress " + p.GetUpdate().GetKb())
 }
 
 func (r *recorder) UpdateResult(_ context.Context, u *osvcv1.UpdateResult) error {

@@ -5,13 +5,16 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 )
 
 // progressPump sends Progress reports from its own goroutine: the engine's
 // progress callback only records the latest value, so a slow or disconnected
 // server never stalls the engine. Reports are throttled to one per
-// progressEvery; the last value is always sent when the pump stops.
+// progressEvery (each is a write of the run in etcd); the last value is
+// always sent when the pump stops.
 type progressPump struct {
 	r    *run
 	ctx  context.Context
@@ -19,26 +22,36 @@ type progressPump struct {
 	quit chan struct{}
 	wg   sync.WaitGroup
 
-	mu      sync.Mutex
-	percent int32
-	update  *osvcv1.UpdateResult
-	dirty   bool
+	mu    sync.Mutex
+	cur   *osvcv1.Progress
+	dirty bool
 }
 
 func (r *run) startProgress(ctx context.Context) *progressPump {
-	p := &progressPump{r: r, ctx: ctx, wake: make(chan struct{}, 1), quit: make(chan struct{})}
+	p := &progressPump{r: r, ctx: ctx, wake: make(chan struct{}, 1), quit: make(chan struct{}), cur: &osvcv1.Progress{}}
 	p.wg.Go(p.loop)
 	return p
 }
 
-// set records the latest progress; it never blocks.
+// set records the run's percent and, when u is not nil, the update's; it
+// never blocks.
 func (p *progressPump) set(percent int32, u *osvcv1.UpdateResult) {
+	p.put(&osvcv1.Progress{Percent: percent, Update: u})
+}
+
+// setBytes records the run's percent and how many bytes the running step
+// has moved; it never blocks.
+func (p *progressPump) setBytes(percent int32, step osvcv1.Step, done, total int64) {
+	p.put(&osvcv1.Progress{Percent: percent, Step: step, BytesDone: done, BytesTotal: total})
+}
+
+func (p *progressPump) put(next *osvcv1.Progress) {
 	p.mu.Lock()
-	if percent == p.percent && (u == nil) == (p.update == nil) && u.GetPercent() == p.update.GetPercent() {
+	if proto.Equal(next, p.cur) {
 		p.mu.Unlock()
 		return
 	}
-	p.percent, p.update, p.dirty = percent, u, true
+	p.cur, p.dirty = next, true
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -87,13 +100,13 @@ func (p *progressPump) send() {
 		p.mu.Unlock()
 		return
 	}
-	percent, u := p.percent, p.update
+	m := p.cur
 	p.dirty = false
 	p.mu.Unlock()
 	if p.ctx.Err() != nil {
 		return
 	}
-	if err := p.r.report(p.r.rep.Progress(p.ctx, percent, u)); err != nil {
+	if err := p.r.report(p.r.rep.Progress(p.ctx, m)); err != nil {
 		p.r.log.Warn("progress report failed", "error", err)
 	}
 }

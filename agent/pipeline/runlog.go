@@ -22,9 +22,11 @@ const maxLineBytes = 8 << 10
 // own log.
 func (r *run) newLogger() hclog.Logger {
 	level := r.cfg.Logger.GetLevel()
-	if level == hclog.NoLevel || level > hclog.Info {
-		// The run log always has the story, whatever the agent's own level.
-		level = hclog.Info
+	if level == hclog.NoLevel || level > hclog.Debug {
+		// The run log always has the story, whatever the agent's own
+		// level, down to the engine's command lines at debug: 'osvcctl
+		// run watch' shows info and up unless told --log-level debug.
+		level = hclog.Debug
 	}
 	l := hclog.NewInterceptLogger(&hclog.LoggerOptions{
 		Name:       "run",

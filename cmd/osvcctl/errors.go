@@ -23,16 +23,22 @@ const (
 	exitNotFound    = 3 // the image, update or run named does not exist
 	exitUnreachable = 4 // osvc-server could not be reached or did not answer in time
 	exitRunEnded    = 5 // a watched run ended FAILED or CANCELED
+	// exitStopped: the watch was interrupted (Ctrl-C, SIGTERM) before the
+	// run ended; the run goes on. 128+SIGINT, as shells report it.
+	exitStopped = 130
 )
 
 // exitCode maps the error a command returned to osvcctl's exit code.
 func exitCode(err error) int {
 	var ended *runEndedError
+	var stopped *watchStoppedError
 	switch {
 	case err == nil:
 		return exitOK
 	case errors.As(err, &ended):
 		return exitRunEnded
+	case errors.As(err, &stopped):
+		return exitStopped
 	case errors.Is(err, errdefs.ErrInvalidArgument):
 		return exitUsage
 	case errors.Is(err, errdefs.ErrNotFound):
@@ -94,6 +100,19 @@ func (e *runEndedError) Error() string {
 	return s
 }
 
+// watchStoppedError tells that a watch was interrupted before its run ended:
+// the run goes on on the server, which is no failure.
+type watchStoppedError struct {
+	run string
+	// again is the command that follows the run again.
+	again string
+}
+
+func (e *watchStoppedError) Error() string {
+	return fmt.Sprintf("stopped watching %s; the run goes on on the server: follow it again with '%s', stop it with 'osvcctl run cancel %s'",
+		e.run, e.again, e.run)
+}
+
 // renderError turns err into the lines the user reads on stderr: the
 // message, the field violations of a BadRequest the message does not already
 // say, and a hint when the server cannot be reached.
@@ -102,6 +121,10 @@ func renderError(err error, server string) string {
 	var ended *runEndedError
 	if errors.As(err, &ended) {
 		return "error: " + ended.Error() + "\n"
+	}
+	var stopped *watchStoppedError
+	if errors.As(err, &stopped) {
+		return stopped.Error() + "\n"
 	}
 	var b strings.Builder
 	switch {

@@ -46,6 +46,9 @@ type fakeOsvc struct {
 	runs map[string]*osvcv1.Run
 	// damaged blobs are served with their last byte changed.
 	damaged map[string]bool
+	// holds keeps a WatchRun of the run open after its script, as a run
+	// that goes on does, closing the channel once the script is sent.
+	holds map[string]chan struct{}
 }
 
 // testPKI is the authority the fakes' certificates come from, made once in
@@ -100,7 +103,7 @@ func startFake(t *testing.T) *fakeOsvc {
 		t.Fatalf("listen: %v", err)
 	}
 	f := &fakeOsvc{addr: lis.Addr().String(), blobs: map[string][]byte{}, watches: map[string][]*osvcv1.WatchRunResponse{}, breaks: map[string]int{},
-		runs: map[string]*osvcv1.Run{}, damaged: map[string]bool{}}
+		runs: map[string]*osvcv1.Run{}, damaged: map[string]bool{}, holds: map[string]chan struct{}{}}
 	s := grpc.NewServer(grpc.Creds(creds))
 	osvcv1.RegisterSiteServiceServer(s, &fakeSites{f: f})
 	osvcv1.RegisterImageServiceServer(s, &fakeImages{f: f})
@@ -499,6 +502,14 @@ func (s *fakeServicing) WatchRun(req *osvcv1.WatchRunRequest, stream grpc.Server
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
+	}
+	s.f.mu.Lock()
+	held := s.f.holds[req.GetName()]
+	delete(s.f.holds, req.GetName())
+	s.f.mu.Unlock()
+	if held != nil {
+		close(held)
+		<-stream.Context().Done()
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ func (c *cli) imageCommand() *cobra.Command {
 func (c *cli) imageImportCommand() *cobra.Command {
 	var id, displayName, site, kind, staging string
 	var watch bool
+	var watchOpts watchOptions
 	cmd := &cobra.Command{
 		Use:   "import FILE|FOLDER|TAR --site SITE",
 		Short: "Upload a WIM file, or an OS upgrade package's folder tree, and record it as a new image",
@@ -136,7 +137,7 @@ holds it already; 'osvcctl image export' writes the tree back out.`,
 				c.printImage(resp.GetImage(), siteRecord)
 			}
 			if watch {
-				return c.watchRun(cmd.Context(), resp.GetInspectionRun())
+				return c.watchRun(cmd.Context(), resp.GetInspectionRun(), watchOpts)
 			}
 			return nil
 		},
@@ -147,6 +148,7 @@ holds it already; 'osvcctl image export' writes the tree back out.`,
 	f.StringVar(&displayName, "name", "", "display `NAME` shown with the image (default: the ID)")
 	f.StringVar(&kind, "kind", kindOSImage, "image `KIND`: "+kindOSImage+" or "+kindOSUpgradePackage)
 	f.BoolVar(&watch, "watch", false, "then follow the image's inspection run like 'run watch'")
+	addLogLevelFlag(cmd, &watchOpts)
 	f.StringVar(&staging, "staging-dir", "", "the `DIR` a tar file is extracted into while it is imported (default: the system's temporary folder)")
 	return cmd
 }

@@ -674,7 +674,7 @@ func TestBarDisplayEndsWithEveryUpdateInItsFinalState(t *testing.T) {
 		<-time.After(5 * time.Millisecond)
 	}
 	d.show(script[len(script)-1].GetRun(), []*osvcv1.LogLine{{Sequence: 5, Level: "info", Message: "a late line"}})
-	d.close()
+	d.close(false)
 	// close waited for the last render: out is no longer written to.
 	got := out.String()
 	for _, want := range []string{"KB5031455 (index 1) APPLIED", "KB5031354 (index 1) FAILED", "09:30:01 INFO  mounting index 1", "09:30:04 INFO  done", "INFO  a late line", "runs/r-bars FAILED"} {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/dustin/go-humanize"
 	"github.com/jedib0t/go-pretty/v6/table"
+	"github.com/jedib0t/go-pretty/v6/text"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -44,13 +45,140 @@ func printJSON(w io.Writer, m proto.Message) error {
 	return err
 }
 
-// newTable starts a table written to w when rendered.
+// newTable starts a table written to w when rendered. On a terminal it fits
+// the terminal's width (see fitTable); written to a pipe or a file it keeps
+// every cell on one line, for scripts.
 func newTable(w io.Writer, header ...any) table.Writer {
+	return newTableWidth(w, terminalWidth(w), header...)
+}
+
+// newTableWidth is newTable fitting width columns; 0 for no limit.
+func newTableWidth(w io.Writer, width int, header ...any) table.Writer {
 	t := table.NewWriter()
 	t.SetOutputMirror(w)
 	t.SetStyle(table.StyleLight)
 	t.AppendHeader(table.Row(header))
-	return t
+	if width <= 0 {
+		return t
+	}
+	return &fitTable{Writer: t, width: width, header: cellTexts(header)}
+}
+
+// terminalWidth is the width of the terminal w is, 0 when w is not one.
+func terminalWidth(w io.Writer) int {
+	f, ok := w.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return 0
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return width
+}
+
+// fitTable is a table that wraps its widest columns (titles, paths,
+// messages) when rendered, so that its rows fit width: a row wider than the
+// terminal would wrap at its edge and break the table's lines.
+type fitTable struct {
+	table.Writer
+	width  int
+	header []string
+	rows   [][]string
+}
+
+// minColumnWidth is the least a column is narrowed to.
+const minColumnWidth = 8
+
+func (t *fitTable) AppendRow(row table.Row, configs ...table.RowConfig) {
+	t.rows = append(t.rows, cellTexts(row))
+	t.Writer.AppendRow(row, configs...)
+}
+
+func (t *fitTable) AppendRows(rows []table.Row, configs ...table.RowConfig) {
+	for _, r := range rows {
+		t.AppendRow(r, configs...)
+	}
+}
+
+func (t *fitTable) Render() string {
+	if widths := fitColumns(t.header, t.rows, t.width); widths != nil {
+		var configs []table.ColumnConfig
+		for i, w := range widths {
+			configs = append(configs, table.ColumnConfig{Number: i + 1, WidthMax: w, WidthMaxEnforcer: text.WrapSoft})
+		}
+		t.SetColumnConfigs(configs)
+	}
+	return t.Writer.Render()
+}
+
+// fitColumns returns the widths that make a table of these cells fit width
+// (StyleLight: a border and a padding space either side of each column), or
+// nil when it fits as it is. The widest column gives way first, down to
+// minColumnWidth (or its own width, when narrower); a table that cannot fit
+// even so is left to wrap at the terminal's edge.
+func fitColumns(header []string, rows [][]string, width int) []int {
+	var widths []int
+	for _, r := range append([][]string{header}, rows...) {
+		for i, cell := range r {
+			if i >= len(widths) {
+				widths = append(widths, 0)
+			}
+			for line := range strings.Lines(cell) {
+				widths[i] = max(widths[i], text.StringWidthWithoutEscSequences(strings.TrimRight(line, "\n")))
+			}
+		}
+	}
+	total := func() int {
+		n := 1
+		for _, w := range widths {
+			n += w + 3
+		}
+		return n
+	}
+	if total() <= width {
+		return nil
+	}
+	floor := make([]int, len(widths))
+	for i, w := range widths {
+		floor[i] = min(w, minColumnWidth)
+		if i < len(header) {
+			// A header keeps its words whole.
+			for _, word := range strings.Fields(header[i]) {
+				floor[i] = max(floor[i], min(w, text.StringWidthWithoutEscSequences(word)))
+			}
+		}
+	}
+	for over := total() - width; over > 0; {
+		widest := -1
+		for i, w := range widths {
+			if w > floor[i] && (widest < 0 || w > widths[widest]) {
+				widest = i
+			}
+		}
+		if widest < 0 {
+			break
+		}
+		// Down to the next widest column at once, or by what is over.
+		next := floor[widest]
+		for i, w := range widths {
+			if i != widest && w < widths[widest] {
+				next = max(next, w)
+			}
+		}
+		cut := min(over, max(widths[widest]-next, 1))
+		widths[widest] -= cut
+		over -= cut
+	}
+	return widths
+}
+
+func cellTexts(row []any) []string {
+	out := make([]string, len(row))
+	for i, c := range row {
+		out[i] = fmt.Sprint(c)
+	}
+	return out
 }
 
 // renderList renders t, or says none when it has no rows: an empty boxed

@@ -96,18 +96,27 @@ func (c *cli) runGetCommand() *cobra.Command {
 }
 
 func (c *cli) runWatchCommand() *cobra.Command {
-	return &cobra.Command{
+	var opts watchOptions
+	cmd := &cobra.Command{
 		Use:   "watch RUN",
-		Short: "Follow a run until it ends; exits 1 if it failed or was canceled",
+		Short: "Follow a run until it ends; exits 5 if it failed or was canceled, 130 when interrupted (the run goes on)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, err := resourceName(collRuns, args[0])
 			if err != nil {
 				return err
 			}
-			return withHint(c.watchRun(cmd.Context(), name), errdefs.ErrNotFound, runNotFoundHint)
+			return withHint(c.watchRun(cmd.Context(), name, opts), errdefs.ErrNotFound, runNotFoundHint)
 		},
 	}
+	addLogLevelFlag(cmd, &opts)
+	return cmd
+}
+
+// addLogLevelFlag adds --log-level, which filters the log lines a watch shows.
+func addLogLevelFlag(cmd *cobra.Command, opts *watchOptions) {
+	cmd.Flags().StringVar(&opts.logLevel, "log-level", defaultLogLevel,
+		"show the run's log lines at this `LEVEL` and above: trace, debug (adds the engine's command lines), info, warn or error")
 }
 
 func (c *cli) runCancelCommand() *cobra.Command {
@@ -188,10 +197,16 @@ func (c *cli) printRun(r *osvcv1.Run) {
 	}
 	if len(r.GetSteps()) > 0 {
 		fmt.Fprintln(w, "\nSteps:")
-		t := newTable(w, "STEP", "STATE", "STARTED", "ENDED", "DETAIL")
+		// Each pass of a step has its row: APPLY before and after cleanup,
+		// the steps of each index.
+		t := newTable(w, "STEP", "STATE", "STARTED", "TOOK", "BYTES", "DETAIL")
 		for _, s := range r.GetSteps() {
+			bytes := "-"
+			if s.GetBytesTotal() > 0 {
+				bytes = bytesText(s.GetBytesDone(), s.GetBytesTotal())
+			}
 			t.AppendRow([]any{stepText(s.GetStep()), stepStateText(s.GetState()), timeText(s.GetStartTime()),
-				timeText(s.GetEndTime()), orDash(s.GetDetail())})
+				orDash(tookText(s.GetStartTime(), s.GetEndTime())), bytes, orDash(s.GetDetail())})
 		}
 		t.Render()
 	}
@@ -219,16 +234,20 @@ func (c *cli) printRunResults(r *osvcv1.Run) {
 		c.printInspected(r)
 		return
 	}
-	t := newTable(w, "UPDATE", "KB", "INDEX", "RESULT", "MESSAGE")
+	t := newTable(w, "UPDATE", "KB", "INDEX", "RESULT", "TOOK", "MESSAGE")
 	if len(r.GetUpdateResults()) == 0 {
 		for _, u := range r.GetUpdates() {
-			t.AppendRow([]any{u, "-", "-", "-", ""})
+			t.AppendRow([]any{u, "-", "-", "-", "-", ""})
 		}
 	}
 	// The server records the updates an ended run never reached as SKIPPED,
 	// with why; the results are shown as recorded.
 	for _, u := range r.GetUpdateResults() {
-		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), updateStateText(u.GetState()), u.GetMessage()})
+		result := updateStateText(u.GetState())
+		if u.GetState() == osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS {
+			result += fmt.Sprintf(" %d%%", u.GetPercent())
+		}
+		t.AppendRow([]any{u.GetUpdate(), kbText(u.GetKb()), u.GetIndex(), result, orDash(tookText(u.GetStartTime(), u.GetEndTime())), u.GetMessage()})
 	}
 	t.Render()
 	// A run not yet leased does not know its source size yet.

@@ -127,6 +127,7 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 	var (
 		f                    scheduleFlags
 		watch, quiet, dryRun bool
+		watchOpts            watchOptions
 	)
 	cmd := &cobra.Command{
 		Use:   "create IMAGE (--update ID... | --all-applicable | --classification CLASS | --title TEXT) [--start-time TIME | --cron EXPR | --days-after-patch-tuesday N --at HH:MM]",
@@ -205,11 +206,12 @@ func (c *cli) scheduleCreateCommand() *cobra.Command {
 			if !watch || resp.GetRun() == nil {
 				return nil
 			}
-			return c.watchRun(cmd.Context(), resp.GetRun().GetName())
+			return c.watchRun(cmd.Context(), resp.GetRun().GetName(), watchOpts)
 		},
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().BoolVar(&watch, "watch", false, "then follow the run like 'run watch' (a schedule that runs now)")
+	addLogLevelFlag(cmd, &watchOpts)
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the run's name (the schedule's when its run starts later), for scripts")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "schedule nothing: show the updates in apply order with the result expected of each, the disk space the agent needs, and warnings")
 	return cmd

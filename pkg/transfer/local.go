@@ -171,7 +171,7 @@ func takeLocal(ctx context.Context, src *os.File, size int64, partial string, us
 	// while this goroutine hashes: the two passes overlap.
 	copied := make(chan error, 1)
 	go func() {
-		copied <- copyFile(ctx, out, src, size)
+		copied <- copyFile(ctx, out, src, size, nil)
 	}()
 	sum, hashErr := hashSection(ctx, src, size, progress)
 	copyErr := <-copied
@@ -188,7 +188,7 @@ func takeLocal(ctx context.Context, src *os.File, size int64, partial string, us
 // it: hashSection reads at offsets), to out in steps, stopping when ctx ends.
 // *os.File's ReadFrom sees through CopyN's LimitedReader to the file and
 // uses copy_file_range.
-func copyFile(ctx context.Context, out, src *os.File, size int64) error {
+func copyFile(ctx context.Context, out, src *os.File, size int64, progress ProgressFunc) error {
 	var done int64
 	for done < size {
 		if err := ctx.Err(); err != nil {
@@ -198,6 +198,9 @@ func copyFile(ctx context.Context, out, src *os.File, size int64) error {
 		done += n
 		if err != nil {
 			return fmt.Errorf("copy at %d of %d: %w", done, size, err)
+		}
+		if progress != nil {
+			progress(done, size)
 		}
 	}
 	return nil
@@ -240,6 +243,12 @@ func hashSection(ctx context.Context, f *os.File, size int64, progress ProgressF
 // system can). dst appears whole or not at all: it is written as
 // dst+PartialSuffix and renamed.
 func CopyLocal(ctx context.Context, src, dst string, use Use) (Source, error) {
+	return CopyLocalProgress(ctx, src, dst, use, nil)
+}
+
+// CopyLocalProgress is CopyLocal telling progress, when not nil, how a copy
+// goes (a link is done at once).
+func CopyLocalProgress(ctx context.Context, src, dst string, use Use, progress ProgressFunc) (Source, error) {
 	partial := dst + PartialSuffix
 	if err := os.Remove(partial); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return 0, err
@@ -251,7 +260,7 @@ func CopyLocal(ctx context.Context, src, dst string, use Use) (Source, error) {
 	}
 	if err != nil {
 		how = Copied
-		err = copyLocal(ctx, src, partial)
+		err = copyLocal(ctx, src, partial, progress)
 	}
 	if err == nil {
 		err = os.Rename(partial, dst)
@@ -263,8 +272,9 @@ func CopyLocal(ctx context.Context, src, dst string, use Use) (Source, error) {
 	return how, nil
 }
 
-// copyLocal copies the file src to a new file dst.
-func copyLocal(ctx context.Context, src, dst string) error {
+// copyLocal copies the file src to a new file dst, telling progress (when
+// not nil) how it goes.
+func copyLocal(ctx context.Context, src, dst string, progress ProgressFunc) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -278,7 +288,7 @@ func copyLocal(ctx context.Context, src, dst string) error {
 	if err != nil {
 		return err
 	}
-	err = copyFile(ctx, out, in, info.Size())
+	err = copyFile(ctx, out, in, info.Size(), progress)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

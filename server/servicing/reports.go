@@ -45,10 +45,15 @@ func (s *Service) ReportStep(ctx context.Context, agent string, m *osvcv1.StepCh
 		rec := proto.Clone(step).(*osvcv1.StepRecord)
 		rec.Detail = clipText(rec.GetDetail())
 		now := timestamppb.New(s.now())
-		i := slices.IndexFunc(run.Steps, func(r *osvcv1.StepRecord) bool { return r.GetStep() == rec.GetStep() })
-		if i >= 0 {
+		if i := stepRecordOf(run.Steps, rec); i >= 0 {
+			old := run.Steps[i]
 			if rec.StartTime == nil {
-				rec.StartTime = run.Steps[i].GetStartTime()
+				rec.StartTime = old.GetStartTime()
+			}
+			// The step's end says nothing of its bytes: keep what its
+			// progress reports recorded.
+			if rec.GetBytesTotal() == 0 && rec.GetBytesDone() == 0 {
+				rec.BytesDone, rec.BytesTotal = old.GetBytesDone(), old.GetBytesTotal()
 			}
 			run.Steps[i] = rec
 		} else {
@@ -66,10 +71,51 @@ func (s *Service) ReportStep(ctx context.Context, agent string, m *osvcv1.StepCh
 	return err
 }
 
-// ReportProgress records how far the run is, overall and for one update.
+// stepRecordOf finds the record a step report is about: the record of that
+// step with the report's start time (its RUNNING report, or one sent again),
+// else, for a report with no start time, the step's last record while it is
+// RUNNING. -1 means the report starts a new pass of the step: APPLY after
+// cleanup, a step of the next index.
+func stepRecordOf(steps []*osvcv1.StepRecord, rec *osvcv1.StepRecord) int {
+	for i := len(steps) - 1; i >= 0; i-- {
+		r := steps[i]
+		if r.GetStep() != rec.GetStep() {
+			continue
+		}
+		if rec.GetStartTime() == nil {
+			if r.GetState() == osvcv1.StepState_STEP_STATE_RUNNING {
+				return i
+			}
+			return -1
+		}
+		if proto.Equal(r.GetStartTime(), rec.GetStartTime()) {
+			return i
+		}
+	}
+	return -1
+}
+
+// ReportProgress records how far the run is, overall and for one update,
+// and how many bytes the running step has moved.
 func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Progress) error {
 	_, err := s.fenced(ctx, agent, m.GetRun(), m.GetFencingToken(), func(ch *change) error {
 		ch.run.Percent = clampPercent(m.GetPercent())
+		if st := m.GetStep(); st != osvcv1.Step_STEP_UNSPECIFIED {
+			// The step's running record; bytes of a step that ended (a
+			// report overtaken by the step's end) are dropped.
+			for i := len(ch.run.Steps) - 1; i >= 0; i-- {
+				if r := ch.run.Steps[i]; r.GetStep() == st {
+					if r.GetState() == osvcv1.StepState_STEP_STATE_RUNNING {
+						r.BytesTotal = max(m.GetBytesTotal(), 0)
+						r.BytesDone = max(m.GetBytesDone(), 0)
+						if r.BytesTotal > 0 {
+							r.BytesDone = min(r.BytesDone, r.BytesTotal)
+						}
+					}
+					break
+				}
+			}
+		}
 		if u := m.GetUpdate(); u != nil && u.GetUpdate() != "" {
 			r := findResult(ch.run, u.GetUpdate(), u.GetIndex())
 			if r == nil {
@@ -78,6 +124,9 @@ func (s *Service) ReportProgress(ctx context.Context, agent string, m *osvcv1.Pr
 			if !finalUpdateState(r.GetState()) {
 				r.State = osvcv1.UpdateState_UPDATE_STATE_IN_PROGRESS
 				r.Percent = clampPercent(u.GetPercent())
+				if r.StartTime == nil {
+					r.StartTime = cmp.Or(u.GetStartTime(), timestamppb.New(s.now()))
+				}
 				if u.GetMessage() != "" {
 					r.Message = clipText(u.GetMessage())
 				}
@@ -101,6 +150,14 @@ func (s *Service) ReportUpdateResult(ctx context.Context, agent string, m *osvcv
 		}
 		r.State = res.GetState()
 		r.Message = clipText(res.GetMessage())
+		// Only an update that was started has a duration; one SKIPPED
+		// before its turn has neither time.
+		if r.StartTime == nil {
+			r.StartTime = res.GetStartTime()
+		}
+		if r.StartTime != nil {
+			r.EndTime = cmp.Or(res.GetEndTime(), timestamppb.New(s.now()))
+		}
 		if res.GetState() == osvcv1.UpdateState_UPDATE_STATE_APPLIED {
 			r.Percent = 100
 		} else {

@@ -175,8 +175,14 @@ var corpusCases = map[string]func(t *testing.T, name string){
 		if err := os.WriteFile(src, []byte("MSWIM\x00\x00\x00 an index"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := recordings(t, name).Export(context.Background(), src, 1, dst); err != nil {
+		var written [][2]int64
+		if err := recordings(t, name).Export(context.Background(), src, 1, dst, func(done, total int64) { written = append(written, [2]int64{done, total}) }); err != nil {
 			t.Fatal(err)
+		}
+		// DISM's bar says 100%: all of the source's bytes, the most an
+		// export writes.
+		if size := int64(len("MSWIM\x00\x00\x00 an index")); len(written) != 1 || written[0] != [2]int64{size, size} {
+			t.Errorf("export progress %v, want [[%d %d]]", written, size, size)
 		}
 		if b, err := os.ReadFile(dst); err != nil || string(b) != "MSWIM\x00\x00\x00 an index" {
 			t.Errorf("export wrote %q, %v", b, err)

@@ -148,7 +148,8 @@ func (e *Engine) run(ctx context.Context, progress engine.ProgressFunc, args ...
 		full = append(full, "/LogPath:"+filepath.Join(e.work, LogFile), "/ScratchDir:"+e.scratch)
 	}
 	full = append(full, args...)
-	e.logger.Info("running", "command", e.binary+" "+strings.Join(full, " "))
+	// The command line is for whoever digs: the run's log at debug.
+	e.logger.Debug("running", "command", e.binary+" "+strings.Join(full, " "))
 	cmd := exec.CommandContext(ctx, e.binary, full...)
 	var stdout, stderr bytes.Buffer
 	var w io.Writer = &stdout
@@ -402,9 +403,18 @@ func (e *Engine) Unmount(ctx context.Context, m *engine.Mount, commit bool) erro
 }
 
 // Export copies one index of src into dst (/Export-Image): only the data
-// the index uses is written.
-func (e *Engine) Export(ctx context.Context, src string, index int, dst string) error {
-	if _, err := e.runOK(ctx, nil, "/Export-Image", "/SourceImageFile:"+src, "/SourceIndex:"+strconv.Itoa(index), "/DestinationImageFile:"+dst); err != nil {
+// the index uses is written. DISM prints only a percent; progress is told
+// it as that share of src's size, the most the export can write.
+func (e *Engine) Export(ctx context.Context, src string, index int, dst string, progress engine.BytesFunc) error {
+	var pct engine.ProgressFunc
+	if progress != nil {
+		st, err := os.Stat(src)
+		if err != nil {
+			return fmt.Errorf("export %s index %d: %w", src, index, err)
+		}
+		pct = func(p int) { progress(st.Size()*int64(p)/100, st.Size()) }
+	}
+	if _, err := e.runOK(ctx, pct, "/Export-Image", "/SourceImageFile:"+src, "/SourceIndex:"+strconv.Itoa(index), "/DestinationImageFile:"+dst); err != nil {
 		return fmt.Errorf("export %s index %d to %s: %w", src, index, dst, err)
 	}
 	return nil

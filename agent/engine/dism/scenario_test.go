@@ -79,7 +79,7 @@ func TestServicingTheSampleRunsEveryStep(t *testing.T) {
 	if err := e.Unmount(ctx, m, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.Export(ctx, m.WIM, 1, filepath.Join(filepath.Dir(m.WIM), "export.wim")); err != nil {
+	if err := e.Export(ctx, m.WIM, 1, filepath.Join(filepath.Dir(m.WIM), "export.wim"), nil); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -120,10 +120,21 @@ func (e *Engine) Name() string { return "wimlib" }
 // run runs wimlib-imagex, logs its output line by line and returns its
 // stdout. logStdout is false for commands whose stdout is data (info --xml).
 func (e *Engine) run(ctx context.Context, logStdout bool, args ...string) ([]byte, error) {
-	e.logger.Info("running", "command", e.binary+" "+strings.Join(args, " "))
+	return e.runProgress(ctx, logStdout, nil, args...)
+}
+
+// runProgress is run that also hands stdout, as it is written, to progress
+// when not nil.
+func (e *Engine) runProgress(ctx context.Context, logStdout bool, progress io.Writer, args ...string) ([]byte, error) {
+	// The command line is for whoever digs: the run's log at debug, this
+	// engine's own log (dism.log) always.
+	e.logger.Debug("running", "command", e.binary+" "+strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, e.binary, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
+	if progress != nil {
+		cmd.Stdout = io.MultiWriter(&stdout, progress)
+	}
 	cmd.Stderr = &stderr
 	// mountrw forks a FUSE daemon; should it keep our pipes open, Wait must
 	// not block on it.
@@ -488,8 +499,12 @@ func (e *Engine) lazyUnmount(ctx context.Context, dir string) {
 // Export copies one index of src into dst (appending when dst exists). Only
 // the data the index references is written, which is how superseded
 // components removed by Cleanup leave the file.
-func (e *Engine) Export(ctx context.Context, src string, index int, dst string) error {
-	if _, err := e.run(ctx, true, "export", src, strconv.Itoa(index), dst); err != nil {
+func (e *Engine) Export(ctx context.Context, src string, index int, dst string, progress engine.BytesFunc) error {
+	var w io.Writer
+	if progress != nil {
+		w = newArchiveProgress(progress)
+	}
+	if _, err := e.runProgress(ctx, true, w, "export", src, strconv.Itoa(index), dst); err != nil {
 		return fmt.Errorf("export %s index %d to %s: %w", src, index, dst, err)
 	}
 	return nil

@@ -556,8 +556,17 @@ type Progress struct {
 	Percent int32 `protobuf:"varint,3,opt,name=percent,proto3" json:"percent,omitempty"`
 	// update, when set, is the update being applied: update and index name
 	// it, percent and message say how far it is. An update already in a
-	// final state is left as it is.
-	Update        *UpdateResult `protobuf:"bytes,4,opt,name=update,proto3" json:"update,omitempty"`
+	// final state is left as it is. start_time, when set, is when the agent
+	// started applying it.
+	Update *UpdateResult `protobuf:"bytes,4,opt,name=update,proto3" json:"update,omitempty"`
+	// step, when set, is the running step bytes_done and bytes_total are
+	// about (COPY, EXPORT or SWAP): the server records them in that step's
+	// running record.
+	Step Step `protobuf:"varint,5,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
+	// bytes_done is how many of bytes_total the step has moved so far.
+	BytesDone int64 `protobuf:"varint,6,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	// bytes_total is what the step moves in all, 0 when not known yet.
+	BytesTotal    int64 `protobuf:"varint,7,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -620,6 +629,27 @@ func (x *Progress) GetUpdate() *UpdateResult {
 	return nil
 }
 
+func (x *Progress) GetStep() Step {
+	if x != nil {
+		return x.Step
+	}
+	return Step_STEP_UNSPECIFIED
+}
+
+func (x *Progress) GetBytesDone() int64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *Progress) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
 // StepChanged reports that a pipeline step started or ended.
 type StepChanged struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -627,7 +657,10 @@ type StepChanged struct {
 	Run string `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
 	// fencing_token is the token of the run's lease, from Assign.
 	FencingToken int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	// step is the step's record; a step reported again replaces its record.
+	// step is the step's record. A report of the step with the start_time of
+	// one of its records replaces that record (RUNNING, then how it ended); a
+	// step that starts again after its last record ended adds a record, one
+	// per pass.
 	Step          *StepRecord `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2812,12 +2845,17 @@ const file_osvc_v1_agent_proto_rawDesc = "" +
 	" \x01(\tR\x0fdistributionUrl\x12-\n" +
 	"\x12distributed_images\x18\v \x03(\tR\x11distributedImages\"3\n" +
 	"\tHeartbeat\x12&\n" +
-	"\x06drives\x18\x01 \x03(\v2\x0e.osvc.v1.DriveR\x06drives\"\x8a\x01\n" +
+	"\x06drives\x18\x01 \x03(\v2\x0e.osvc.v1.DriveR\x06drives\"\xed\x01\n" +
 	"\bProgress\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12\x18\n" +
 	"\apercent\x18\x03 \x01(\x05R\apercent\x12-\n" +
-	"\x06update\x18\x04 \x01(\v2\x15.osvc.v1.UpdateResultR\x06update\"m\n" +
+	"\x06update\x18\x04 \x01(\v2\x15.osvc.v1.UpdateResultR\x06update\x12!\n" +
+	"\x04step\x18\x05 \x01(\x0e2\r.osvc.v1.StepR\x04step\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\x06 \x01(\x03R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\a \x01(\x03R\n" +
+	"bytesTotal\"m\n" +
 	"\vStepChanged\x12\x10\n" +
 	"\x03run\x18\x01 \x01(\tR\x03run\x12#\n" +
 	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\x12'\n" +
@@ -3031,18 +3069,19 @@ var file_osvc_v1_agent_proto_goTypes = []any{
 	(*DeleteAgentResponse)(nil),      // 36: osvc.v1.DeleteAgentResponse
 	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
 	(*UpdateResult)(nil),             // 38: osvc.v1.UpdateResult
-	(*StepRecord)(nil),               // 39: osvc.v1.StepRecord
-	(*LogLine)(nil),                  // 40: osvc.v1.LogLine
-	(RunState)(0),                    // 41: osvc.v1.RunState
-	(*ImageIndex)(nil),               // 42: osvc.v1.ImageIndex
-	(*RunArtifact)(nil),              // 43: osvc.v1.RunArtifact
-	(DistributionState)(0),           // 44: osvc.v1.DistributionState
-	(*durationpb.Duration)(nil),      // 45: google.protobuf.Duration
-	(*Run)(nil),                      // 46: osvc.v1.Run
-	(*Image)(nil),                    // 47: osvc.v1.Image
-	(*ImageVersion)(nil),             // 48: osvc.v1.ImageVersion
-	(*Update)(nil),                   // 49: osvc.v1.Update
-	(*PackageTreeRef)(nil),           // 50: osvc.v1.PackageTreeRef
+	(Step)(0),                        // 39: osvc.v1.Step
+	(*StepRecord)(nil),               // 40: osvc.v1.StepRecord
+	(*LogLine)(nil),                  // 41: osvc.v1.LogLine
+	(RunState)(0),                    // 42: osvc.v1.RunState
+	(*ImageIndex)(nil),               // 43: osvc.v1.ImageIndex
+	(*RunArtifact)(nil),              // 44: osvc.v1.RunArtifact
+	(DistributionState)(0),           // 45: osvc.v1.DistributionState
+	(*durationpb.Duration)(nil),      // 46: google.protobuf.Duration
+	(*Run)(nil),                      // 47: osvc.v1.Run
+	(*Image)(nil),                    // 48: osvc.v1.Image
+	(*ImageVersion)(nil),             // 49: osvc.v1.ImageVersion
+	(*Update)(nil),                   // 50: osvc.v1.Update
+	(*PackageTreeRef)(nil),           // 51: osvc.v1.PackageTreeRef
 }
 var file_osvc_v1_agent_proto_depIdxs = []int32{
 	1,  // 0: osvc.v1.Agent.drives:type_name -> osvc.v1.Drive
@@ -3052,62 +3091,63 @@ var file_osvc_v1_agent_proto_depIdxs = []int32{
 	3,  // 4: osvc.v1.Hello.held_runs:type_name -> osvc.v1.HeldRun
 	1,  // 5: osvc.v1.Heartbeat.drives:type_name -> osvc.v1.Drive
 	38, // 6: osvc.v1.Progress.update:type_name -> osvc.v1.UpdateResult
-	39, // 7: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
-	38, // 8: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
-	40, // 9: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
-	41, // 10: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
-	42, // 11: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
-	43, // 12: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
-	4,  // 13: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
-	5,  // 14: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
-	6,  // 15: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
-	7,  // 16: osvc.v1.ConnectRequest.step_changed:type_name -> osvc.v1.StepChanged
-	8,  // 17: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
-	9,  // 18: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
-	10, // 19: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
-	12, // 20: osvc.v1.ConnectRequest.distribution_report:type_name -> osvc.v1.DistributionReport
-	44, // 21: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
-	45, // 22: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	46, // 23: osvc.v1.Assign.run:type_name -> osvc.v1.Run
-	47, // 24: osvc.v1.Assign.image:type_name -> osvc.v1.Image
-	48, // 25: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
-	49, // 26: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
-	13, // 27: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
-	14, // 28: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
-	15, // 29: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
-	16, // 30: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
-	19, // 31: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
-	18, // 32: osvc.v1.ConnectResponse.withdraw:type_name -> osvc.v1.Withdraw
-	50, // 33: osvc.v1.Distribute.tree:type_name -> osvc.v1.PackageTreeRef
-	2,  // 34: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
-	45, // 35: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	37, // 36: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	37, // 37: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
-	37, // 38: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
-	24, // 39: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
-	11, // 40: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
-	20, // 41: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
-	22, // 42: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
-	25, // 43: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
-	27, // 44: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
-	29, // 45: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
-	31, // 46: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
-	33, // 47: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
-	35, // 48: osvc.v1.AgentService.DeleteAgent:input_type -> osvc.v1.DeleteAgentRequest
-	17, // 49: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
-	21, // 50: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
-	23, // 51: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
-	26, // 52: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
-	28, // 53: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
-	30, // 54: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
-	32, // 55: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
-	34, // 56: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
-	36, // 57: osvc.v1.AgentService.DeleteAgent:output_type -> osvc.v1.DeleteAgentResponse
-	49, // [49:58] is the sub-list for method output_type
-	40, // [40:49] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	39, // 7: osvc.v1.Progress.step:type_name -> osvc.v1.Step
+	40, // 8: osvc.v1.StepChanged.step:type_name -> osvc.v1.StepRecord
+	38, // 9: osvc.v1.UpdateResultReport.result:type_name -> osvc.v1.UpdateResult
+	41, // 10: osvc.v1.LogBatch.lines:type_name -> osvc.v1.LogLine
+	42, // 11: osvc.v1.RunResult.state:type_name -> osvc.v1.RunState
+	43, // 12: osvc.v1.RunResult.indexes:type_name -> osvc.v1.ImageIndex
+	44, // 13: osvc.v1.RunResult.artifacts:type_name -> osvc.v1.RunArtifact
+	4,  // 14: osvc.v1.ConnectRequest.hello:type_name -> osvc.v1.Hello
+	5,  // 15: osvc.v1.ConnectRequest.heartbeat:type_name -> osvc.v1.Heartbeat
+	6,  // 16: osvc.v1.ConnectRequest.progress:type_name -> osvc.v1.Progress
+	7,  // 17: osvc.v1.ConnectRequest.step_changed:type_name -> osvc.v1.StepChanged
+	8,  // 18: osvc.v1.ConnectRequest.update_result:type_name -> osvc.v1.UpdateResultReport
+	9,  // 19: osvc.v1.ConnectRequest.log_batch:type_name -> osvc.v1.LogBatch
+	10, // 20: osvc.v1.ConnectRequest.run_result:type_name -> osvc.v1.RunResult
+	12, // 21: osvc.v1.ConnectRequest.distribution_report:type_name -> osvc.v1.DistributionReport
+	45, // 22: osvc.v1.DistributionReport.state:type_name -> osvc.v1.DistributionState
+	46, // 23: osvc.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	47, // 24: osvc.v1.Assign.run:type_name -> osvc.v1.Run
+	48, // 25: osvc.v1.Assign.image:type_name -> osvc.v1.Image
+	49, // 26: osvc.v1.Assign.source:type_name -> osvc.v1.ImageVersion
+	50, // 27: osvc.v1.Assign.updates:type_name -> osvc.v1.Update
+	13, // 28: osvc.v1.ConnectResponse.welcome:type_name -> osvc.v1.Welcome
+	14, // 29: osvc.v1.ConnectResponse.assign:type_name -> osvc.v1.Assign
+	15, // 30: osvc.v1.ConnectResponse.cancel:type_name -> osvc.v1.Cancel
+	16, // 31: osvc.v1.ConnectResponse.ack:type_name -> osvc.v1.Ack
+	19, // 32: osvc.v1.ConnectResponse.distribute:type_name -> osvc.v1.Distribute
+	18, // 33: osvc.v1.ConnectResponse.withdraw:type_name -> osvc.v1.Withdraw
+	51, // 34: osvc.v1.Distribute.tree:type_name -> osvc.v1.PackageTreeRef
+	2,  // 35: osvc.v1.ListAgentsResponse.agents:type_name -> osvc.v1.Agent
+	46, // 36: osvc.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	37, // 37: osvc.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 38: osvc.v1.JoinToken.expire_time:type_name -> google.protobuf.Timestamp
+	37, // 39: osvc.v1.JoinToken.create_time:type_name -> google.protobuf.Timestamp
+	24, // 40: osvc.v1.ListJoinTokensResponse.join_tokens:type_name -> osvc.v1.JoinToken
+	11, // 41: osvc.v1.AgentService.Connect:input_type -> osvc.v1.ConnectRequest
+	20, // 42: osvc.v1.AgentService.ListAgents:input_type -> osvc.v1.ListAgentsRequest
+	22, // 43: osvc.v1.AgentService.CreateJoinToken:input_type -> osvc.v1.CreateJoinTokenRequest
+	25, // 44: osvc.v1.AgentService.ListJoinTokens:input_type -> osvc.v1.ListJoinTokensRequest
+	27, // 45: osvc.v1.AgentService.RevokeJoinToken:input_type -> osvc.v1.RevokeJoinTokenRequest
+	29, // 46: osvc.v1.AgentService.Enroll:input_type -> osvc.v1.EnrollRequest
+	31, // 47: osvc.v1.AgentService.RenewCertificate:input_type -> osvc.v1.RenewCertificateRequest
+	33, // 48: osvc.v1.AgentService.RevokeAgent:input_type -> osvc.v1.RevokeAgentRequest
+	35, // 49: osvc.v1.AgentService.DeleteAgent:input_type -> osvc.v1.DeleteAgentRequest
+	17, // 50: osvc.v1.AgentService.Connect:output_type -> osvc.v1.ConnectResponse
+	21, // 51: osvc.v1.AgentService.ListAgents:output_type -> osvc.v1.ListAgentsResponse
+	23, // 52: osvc.v1.AgentService.CreateJoinToken:output_type -> osvc.v1.CreateJoinTokenResponse
+	26, // 53: osvc.v1.AgentService.ListJoinTokens:output_type -> osvc.v1.ListJoinTokensResponse
+	28, // 54: osvc.v1.AgentService.RevokeJoinToken:output_type -> osvc.v1.RevokeJoinTokenResponse
+	30, // 55: osvc.v1.AgentService.Enroll:output_type -> osvc.v1.EnrollResponse
+	32, // 56: osvc.v1.AgentService.RenewCertificate:output_type -> osvc.v1.RenewCertificateResponse
+	34, // 57: osvc.v1.AgentService.RevokeAgent:output_type -> osvc.v1.RevokeAgentResponse
+	36, // 58: osvc.v1.AgentService.DeleteAgent:output_type -> osvc.v1.DeleteAgentResponse
+	50, // [50:59] is the sub-list for method output_type
+	41, // [41:50] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_agent_proto_init() }

@@ -793,7 +793,14 @@ type UpdateResult struct {
 	Percent int32 `protobuf:"varint,5,opt,name=percent,proto3" json:"percent,omitempty"`
 	// message says why an update FAILED, was SKIPPED or is NOT_APPLICABLE or
 	// UNSUPPORTED.
-	Message       string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// start_time is when the agent started applying the update to the index;
+	// unset for an update it never started (PENDING, or SKIPPED because an
+	// earlier step failed).
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// end_time is when the update reached its final state on the index; unset
+	// before, and for an update it never started.
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -870,8 +877,24 @@ func (x *UpdateResult) GetMessage() string {
 	return ""
 }
 
-// StepRecord is when a step ran and how it ended. A step that runs once per
-// index (MOUNT, APPLY, CLEANUP, COMMIT) keeps the record of its last index.
+func (x *UpdateResult) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *UpdateResult) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// StepRecord is when a step ran and how it ended. A step that runs again
+// after its record ended gets a record of its own: APPLY before and after
+// CLEANUP (the .NET updates), and MOUNT, APPLY, CLEANUP and COMMIT once per
+// index; detail tells the passes apart.
 type StepRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// step is the pipeline step.
@@ -885,7 +908,19 @@ type StepRecord struct {
 	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// detail says what the step worked on or did, e.g. "index 1 committed",
 	// or why it failed or was skipped.
-	Detail        string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,5,opt,name=detail,proto3" json:"detail,omitempty"`
+	// bytes_done is how many of bytes_total the step has moved so far, as
+	// its agent last reported: COPY the source version downloaded into the
+	// agent's cache and copied into the work folder, EXPORT the image data
+	// written to the new file, SWAP the result uploaded to the content
+	// library. 0 for the steps that move no bulk data.
+	BytesDone int64 `protobuf:"varint,6,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	// bytes_total is what the step moves in all, 0 while it is not known. For
+	// COPY through the agent's cache it counts the source version twice when
+	// the cache lacked it (the download, then the copy); DISM's export
+	// prints only a percent, which the dism engine gives as that share of the
+	// source file's size.
+	BytesTotal    int64 `protobuf:"varint,7,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -953,6 +988,20 @@ func (x *StepRecord) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *StepRecord) GetBytesDone() int64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *StepRecord) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
 }
 
 // LogLine is one line of a run's log, numbered per run from 1.
@@ -1153,7 +1202,8 @@ type Run struct {
 	// step is the step the agent last reported.
 	Step Step `protobuf:"varint,13,opt,name=step,proto3,enum=osvc.v1.Step" json:"step,omitempty"`
 	// steps records each step of the current attempt, in the order they
-	// were first reported.
+	// started; a step that ran again after it ended (see StepRecord) has one
+	// record per pass.
 	Steps []*StepRecord `protobuf:"bytes,14,rep,name=steps,proto3" json:"steps,omitempty"`
 	// percent is how far the run is overall, 0 to 100.
 	Percent int32 `protobuf:"varint,15,opt,name=percent,proto3" json:"percent,omitempty"`
@@ -2751,14 +2801,17 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\vtime_of_day\x18\x02 \x01(\tR\ttimeOfDay\"{\n" +
 	"\x0fUpdateSelection\x12A\n" +
 	"\x0fclassifications\x18\x01 \x03(\x0e2\x17.osvc.v1.ClassificationR\x0fclassifications\x12%\n" +
-	"\x0etitle_contains\x18\x02 \x01(\tR\rtitleContains\"\xac\x01\n" +
+	"\x0etitle_contains\x18\x02 \x01(\tR\rtitleContains\"\x9e\x02\n" +
 	"\fUpdateResult\x12\x16\n" +
 	"\x06update\x18\x01 \x01(\tR\x06update\x12\x0e\n" +
 	"\x02kb\x18\x02 \x01(\tR\x02kb\x12\x14\n" +
 	"\x05index\x18\x03 \x01(\x05R\x05index\x12*\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x14.osvc.v1.UpdateStateR\x05state\x12\x18\n" +
 	"\apercent\x18\x05 \x01(\x05R\apercent\x12\x18\n" +
-	"\amessage\x18\x06 \x01(\tR\amessage\"\xe3\x01\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x129\n" +
+	"\n" +
+	"start_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xa3\x02\n" +
 	"\n" +
 	"StepRecord\x12!\n" +
 	"\x04step\x18\x01 \x01(\x0e2\r.osvc.v1.StepR\x04step\x12(\n" +
@@ -2766,7 +2819,11 @@ const file_osvc_v1_servicing_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x16\n" +
-	"\x06detail\x18\x05 \x01(\tR\x06detail\"\x85\x01\n" +
+	"\x06detail\x18\x05 \x01(\tR\x06detail\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\x06 \x01(\x03R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\a \x01(\x03R\n" +
+	"bytesTotal\"\x85\x01\n" +
 	"\aLogLine\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -3015,66 +3072,68 @@ var file_osvc_v1_servicing_proto_depIdxs = []int32{
 	7,  // 6: osvc.v1.Recurrence.patch_tuesday:type_name -> osvc.v1.PatchTuesday
 	37, // 7: osvc.v1.UpdateSelection.classifications:type_name -> osvc.v1.Classification
 	4,  // 8: osvc.v1.UpdateResult.state:type_name -> osvc.v1.UpdateState
-	1,  // 9: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
-	3,  // 10: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
-	36, // 11: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
-	36, // 12: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
-	36, // 13: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
-	0,  // 14: osvc.v1.Run.state:type_name -> osvc.v1.RunState
-	9,  // 15: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
-	1,  // 16: osvc.v1.Run.step:type_name -> osvc.v1.Step
-	10, // 17: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
-	36, // 18: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
-	36, // 19: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	36, // 20: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	36, // 21: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	38, // 22: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
-	36, // 23: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
-	2,  // 24: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
-	12, // 25: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
-	5,  // 26: osvc.v1.PlanScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	16, // 27: osvc.v1.PlanScheduleResponse.plan:type_name -> osvc.v1.SchedulePlan
-	17, // 28: osvc.v1.SchedulePlan.updates:type_name -> osvc.v1.PlannedUpdate
-	36, // 29: osvc.v1.SchedulePlan.first_run_time:type_name -> google.protobuf.Timestamp
-	4,  // 30: osvc.v1.PlannedUpdate.expected:type_name -> osvc.v1.UpdateState
-	5,  // 31: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	5,  // 32: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	13, // 33: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
-	5,  // 34: osvc.v1.GetScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	5,  // 35: osvc.v1.ListSchedulesResponse.schedules:type_name -> osvc.v1.Schedule
-	5,  // 36: osvc.v1.UpdateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
-	39, // 37: osvc.v1.UpdateScheduleRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 38: osvc.v1.UpdateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
-	13, // 39: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
-	13, // 40: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
-	13, // 41: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
-	11, // 42: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
-	13, // 43: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
-	18, // 44: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
-	14, // 45: osvc.v1.ServicingService.PlanSchedule:input_type -> osvc.v1.PlanScheduleRequest
-	20, // 46: osvc.v1.ServicingService.GetSchedule:input_type -> osvc.v1.GetScheduleRequest
-	22, // 47: osvc.v1.ServicingService.ListSchedules:input_type -> osvc.v1.ListSchedulesRequest
-	24, // 48: osvc.v1.ServicingService.UpdateSchedule:input_type -> osvc.v1.UpdateScheduleRequest
-	26, // 49: osvc.v1.ServicingService.DeleteSchedule:input_type -> osvc.v1.DeleteScheduleRequest
-	28, // 50: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
-	30, // 51: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
-	32, // 52: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
-	34, // 53: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
-	19, // 54: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
-	15, // 55: osvc.v1.ServicingService.PlanSchedule:output_type -> osvc.v1.PlanScheduleResponse
-	21, // 56: osvc.v1.ServicingService.GetSchedule:output_type -> osvc.v1.GetScheduleResponse
-	23, // 57: osvc.v1.ServicingService.ListSchedules:output_type -> osvc.v1.ListSchedulesResponse
-	25, // 58: osvc.v1.ServicingService.UpdateSchedule:output_type -> osvc.v1.UpdateScheduleResponse
-	27, // 59: osvc.v1.ServicingService.DeleteSchedule:output_type -> osvc.v1.DeleteScheduleResponse
-	29, // 60: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
-	31, // 61: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
-	33, // 62: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
-	35, // 63: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
-	54, // [54:64] is the sub-list for method output_type
-	44, // [44:54] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	36, // 9: osvc.v1.UpdateResult.start_time:type_name -> google.protobuf.Timestamp
+	36, // 10: osvc.v1.UpdateResult.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 11: osvc.v1.StepRecord.step:type_name -> osvc.v1.Step
+	3,  // 12: osvc.v1.StepRecord.state:type_name -> osvc.v1.StepState
+	36, // 13: osvc.v1.StepRecord.start_time:type_name -> google.protobuf.Timestamp
+	36, // 14: osvc.v1.StepRecord.end_time:type_name -> google.protobuf.Timestamp
+	36, // 15: osvc.v1.LogLine.time:type_name -> google.protobuf.Timestamp
+	0,  // 16: osvc.v1.Run.state:type_name -> osvc.v1.RunState
+	9,  // 17: osvc.v1.Run.update_results:type_name -> osvc.v1.UpdateResult
+	1,  // 18: osvc.v1.Run.step:type_name -> osvc.v1.Step
+	10, // 19: osvc.v1.Run.steps:type_name -> osvc.v1.StepRecord
+	36, // 20: osvc.v1.Run.not_before:type_name -> google.protobuf.Timestamp
+	36, // 21: osvc.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	36, // 22: osvc.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	36, // 23: osvc.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	38, // 24: osvc.v1.Run.result_indexes:type_name -> osvc.v1.ImageIndex
+	36, // 25: osvc.v1.Run.last_progress_time:type_name -> google.protobuf.Timestamp
+	2,  // 26: osvc.v1.Run.kind:type_name -> osvc.v1.RunKind
+	12, // 27: osvc.v1.Run.artifacts:type_name -> osvc.v1.RunArtifact
+	5,  // 28: osvc.v1.PlanScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	16, // 29: osvc.v1.PlanScheduleResponse.plan:type_name -> osvc.v1.SchedulePlan
+	17, // 30: osvc.v1.SchedulePlan.updates:type_name -> osvc.v1.PlannedUpdate
+	36, // 31: osvc.v1.SchedulePlan.first_run_time:type_name -> google.protobuf.Timestamp
+	4,  // 32: osvc.v1.PlannedUpdate.expected:type_name -> osvc.v1.UpdateState
+	5,  // 33: osvc.v1.CreateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	5,  // 34: osvc.v1.CreateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 35: osvc.v1.CreateScheduleResponse.run:type_name -> osvc.v1.Run
+	5,  // 36: osvc.v1.GetScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	5,  // 37: osvc.v1.ListSchedulesResponse.schedules:type_name -> osvc.v1.Schedule
+	5,  // 38: osvc.v1.UpdateScheduleRequest.schedule:type_name -> osvc.v1.Schedule
+	39, // 39: osvc.v1.UpdateScheduleRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 40: osvc.v1.UpdateScheduleResponse.schedule:type_name -> osvc.v1.Schedule
+	13, // 41: osvc.v1.GetRunResponse.run:type_name -> osvc.v1.Run
+	13, // 42: osvc.v1.ListRunsResponse.runs:type_name -> osvc.v1.Run
+	13, // 43: osvc.v1.WatchRunResponse.run:type_name -> osvc.v1.Run
+	11, // 44: osvc.v1.WatchRunResponse.log_lines:type_name -> osvc.v1.LogLine
+	13, // 45: osvc.v1.CancelRunResponse.run:type_name -> osvc.v1.Run
+	18, // 46: osvc.v1.ServicingService.CreateSchedule:input_type -> osvc.v1.CreateScheduleRequest
+	14, // 47: osvc.v1.ServicingService.PlanSchedule:input_type -> osvc.v1.PlanScheduleRequest
+	20, // 48: osvc.v1.ServicingService.GetSchedule:input_type -> osvc.v1.GetScheduleRequest
+	22, // 49: osvc.v1.ServicingService.ListSchedules:input_type -> osvc.v1.ListSchedulesRequest
+	24, // 50: osvc.v1.ServicingService.UpdateSchedule:input_type -> osvc.v1.UpdateScheduleRequest
+	26, // 51: osvc.v1.ServicingService.DeleteSchedule:input_type -> osvc.v1.DeleteScheduleRequest
+	28, // 52: osvc.v1.ServicingService.GetRun:input_type -> osvc.v1.GetRunRequest
+	30, // 53: osvc.v1.ServicingService.ListRuns:input_type -> osvc.v1.ListRunsRequest
+	32, // 54: osvc.v1.ServicingService.WatchRun:input_type -> osvc.v1.WatchRunRequest
+	34, // 55: osvc.v1.ServicingService.CancelRun:input_type -> osvc.v1.CancelRunRequest
+	19, // 56: osvc.v1.ServicingService.CreateSchedule:output_type -> osvc.v1.CreateScheduleResponse
+	15, // 57: osvc.v1.ServicingService.PlanSchedule:output_type -> osvc.v1.PlanScheduleResponse
+	21, // 58: osvc.v1.ServicingService.GetSchedule:output_type -> osvc.v1.GetScheduleResponse
+	23, // 59: osvc.v1.ServicingService.ListSchedules:output_type -> osvc.v1.ListSchedulesResponse
+	25, // 60: osvc.v1.ServicingService.UpdateSchedule:output_type -> osvc.v1.UpdateScheduleResponse
+	27, // 61: osvc.v1.ServicingService.DeleteSchedule:output_type -> osvc.v1.DeleteScheduleResponse
+	29, // 62: osvc.v1.ServicingService.GetRun:output_type -> osvc.v1.GetRunResponse
+	31, // 63: osvc.v1.ServicingService.ListRuns:output_type -> osvc.v1.ListRunsResponse
+	33, // 64: osvc.v1.ServicingService.WatchRun:output_type -> osvc.v1.WatchRunResponse
+	35, // 65: osvc.v1.ServicingService.CancelRun:output_type -> osvc.v1.CancelRunResponse
+	56, // [56:66] is the sub-list for method output_type
+	46, // [46:56] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_osvc_v1_servicing_proto_init() }
