@@ -30,6 +30,11 @@ const (
 	DefaultEdition             = "Enterprise"
 )
 
+// MaxUpdateFileBytes bounds Options.UpdateFileBytes: an update package is
+// built in memory with up to six such files, and a real system binary is a
+// few MiB (ntoskrnl.exe, shell32.dll), far from this.
+const MaxUpdateFileBytes int64 = 256 << 20
+
 // File names Create writes under Options.Dir.
 const (
 	WIMName     = "install.wim"
@@ -47,6 +52,11 @@ type Options struct {
 	Build uint32
 	// Edition is the image's edition ID; default "Enterprise".
 	Edition string
+	// UpdateFileBytes is the payload of each file an update package
+	// carries (a component's new ntoskrnl.exe, shell32.dll …), up to
+	// MaxUpdateFileBytes; 0 takes PayloadBytes/32, at least 4 KiB. Applied,
+	// the updates rewrite that much of the image per file they replace.
+	UpdateFileBytes int64
 }
 
 // Update is one update file of the sample.
@@ -85,6 +95,10 @@ func Create(ctx context.Context, opts Options) (*Sample, error) {
 	}
 	if opts.PayloadBytes < 64<<10 {
 		return nil, fmt.Errorf("sample: PayloadBytes %d is too small: use at least 64 KiB", opts.PayloadBytes)
+	}
+	if opts.UpdateFileBytes < 0 || opts.UpdateFileBytes > MaxUpdateFileBytes {
+		return nil, fmt.Errorf("sample: UpdateFileBytes %d: give 1 to %d bytes (a large system binary is a few MiB), or 0 for 1/32 of PayloadBytes",
+			opts.UpdateFileBytes, MaxUpdateFileBytes)
 	}
 	if opts.Build == 0 {
 		opts.Build = DefaultBuild
@@ -535,7 +549,12 @@ func (g *generator) updates() []updateSpec {
 }
 
 // componentBytes is the payload of one updated component file.
-func (g *generator) componentBytes() int64 { return max(g.opts.PayloadBytes/32, 4<<10) }
+func (g *generator) componentBytes() int64 {
+	if g.opts.UpdateFileBytes > 0 {
+		return g.opts.UpdateFileBytes
+	}
+	return max(g.opts.PayloadBytes/32, 4<<10)
+}
 
 // writeUpdate writes one update file.
 func (g *generator) writeUpdate(path string, u updateSpec) error {

@@ -226,6 +226,43 @@ func TestTheNewerCumulativeUpdateSupersedesTheOlder(t *testing.T) {
 	}
 }
 
+func TestAnUpdatesFilesCarryUpdateFileBytesOr1Of32OfThePayload(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opts Options
+		want int64
+	}{
+		{"by default 1/32 of the payload", Options{PayloadBytes: 512 << 10}, 16 << 10},
+		{"UpdateFileBytes when given", Options{PayloadBytes: 512 << 10, UpdateFileBytes: 100 << 10}, 100 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := create(t, tt.opts)
+			p, err := updatepkg.Open(s.Updates[0].File)
+			if err != nil {
+				t.Fatal(err)
+			}
+			staged, err := p.Stage(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range staged[0].Components {
+				for _, f := range c.Component.Files {
+					info, err := os.Stat(filepath.Join(c.PayloadDir, f))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if info.Size() != tt.want {
+						t.Errorf("%s/%s has %d bytes, want %d", c.Component.Name, f, info.Size(), tt.want)
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestCreateIsDeterministic(t *testing.T) {
 	t.Parallel()
 	a := create(t, Options{})
@@ -262,6 +299,8 @@ func TestCreateRefusesBadOptions(t *testing.T) {
 		{"no folder", Options{}},
 		{"a payload too small to be an image", Options{Dir: t.TempDir(), PayloadBytes: 10}},
 		{"an edition that is a path", Options{Dir: t.TempDir(), Edition: "../x"}},
+		{"a negative update file size", Options{Dir: t.TempDir(), UpdateFileBytes: -1}},
+		{"update files larger than any system binary", Options{Dir: t.TempDir(), UpdateFileBytes: MaxUpdateFileBytes + 1}},
 	}
 	for _, tt := range tests {
 		if _, err := Create(context.Background(), tt.opts); err == nil {
