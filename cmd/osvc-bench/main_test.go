@@ -306,6 +306,8 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		{"more workers than sites are refused", []string{"-run", "report", "-c", "1001"}, "-c 1001"},
 		{"stray arguments are refused", []string{"-run", "startup", "extra"}, "unexpected arguments"},
 		{"an empty hostile XML info is refused", []string{"-run", "import-memory", "-xml-bytes", "0"}, "-xml-bytes 0"},
+		{"a negative update file size is refused", []string{"-run", "distribute", "-update-file-mib", "-1"}, "-update-file-mib -1"},
+		{"update files larger than any system binary are refused", []string{"-run", "distribute", "-update-file-mib", "257"}, "-update-file-mib 257"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
