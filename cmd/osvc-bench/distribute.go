@@ -31,10 +31,11 @@ import (
 )
 
 // defaultUpdateFileMiB is the payload of each file the distribute
-// benchmark's updates carry: a large real system binary (ntoskrnl.exe,
-// shell32.dll) is a few MiB, so the update rewrites a share of the image
-// closer to a monthly update's than the sample's default (1/32 of the
-// image's file data per file) would.
+// benchmark's updates carry, and of each of the image's component files
+// they replace: a large real system binary (ntoskrnl.exe, shell32.dll) is
+// a few MiB, so the update rewrites a share of the image closer to a
+// monthly update's than the sample's default (1/32 of the image's file
+// data per file, replacing components that hold 60% of it) would.
 const defaultUpdateFileMiB = 4
 
 // benchDistribute measures what a new version of an image costs to move to

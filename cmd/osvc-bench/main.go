@@ -185,8 +185,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeatInterval, "heartbeat interval of the agents benchmark's agents, as servers tell them")
 	serverHeap := fs.String("server-heap", "", "agents: write osvc-server's heap profile at the end of each fleet's window to `FILE`.N (go tool pprof reads it)")
 	cpuProfile := fs.String("cpuprofile", "", "distribute: write the CPU profile of the timed fetches (both sides: the server runs in this process) to `FILE`")
-	updateFileMiB := fs.Int("update-file-mib", defaultUpdateFileMiB, "distribute: `MiB` of each file the sample's updates carry, as a large system binary (ntoskrnl.exe, shell32.dll) is a few MiB; "+
-		"the update rewrites that much of the image per file it replaces (about a dozen); 0 takes the sample's default, 1/32 of -n each. The other servicing benchmarks keep the sample's default")
+	updateFileMiB := fs.Int("update-file-mib", defaultUpdateFileMiB, "distribute: `MiB` of each file the sample's updates carry, and of each of the image's component files they replace, "+
+		"as a large system binary (ntoskrnl.exe, shell32.dll) is a few MiB: the update rewrites that much of the image per file (about a dozen); at most 1/24 of -n. "+
+		"0 takes the sample's default (updates of 1/32 of -n a file). The other servicing benchmarks keep the sample's default")
 	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")

@@ -151,7 +151,7 @@ func TestShrinkBenchComparesTheDemoImageBeforeAndAfterServicing(t *testing.T) {
 
 func TestDistributeBenchFetchesTheServicedVersionAsTheChunksTheFirstLacks(t *testing.T) {
 	t.Parallel()
-	res := runToResult(t, "-run", "distribute", "-n", "48", "-fast")
+	res := runToResult(t, "-run", "distribute", "-n", "48", "-update-file-mib", "1", "-fast")
 	if res.Bench != "distribute" || !(res.Ratio > 0) || len(res.Osvc.Samples) != 3 || len(res.Extra) < 2 {
 		t.Fatalf("bench %q, ratio %v, %d samples, %d extra figures", res.Bench, res.Ratio, len(res.Osvc.Samples), len(res.Extra))
 	}
