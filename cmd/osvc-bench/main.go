@@ -21,6 +21,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/osvc/osvc/integration/sampledata"
 	"github.com/osvc/osvc/pkg/wiminfo"
 	"github.com/osvc/osvc/server"
 )
@@ -74,6 +75,9 @@ type benchConfig struct {
 	// CPU profile of its timed fetches (the server runs in this process,
 	// so both sides are in it).
 	CPUProfile string
+	// UpdateFileMiB is the payload of each file the sample's updates carry
+	// in the distribute benchmark; 0 takes the sample's default.
+	UpdateFileMiB int
 	// Out receives the human summary, one line per measurement.
 	Out io.Writer
 }
@@ -181,6 +185,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	heartbeat := fs.Duration("heartbeat", server.DefaultHeartbeatInterval, "heartbeat interval of the agents benchmark's agents, as servers tell them")
 	serverHeap := fs.String("server-heap", "", "agents: write osvc-server's heap profile at the end of each fleet's window to `FILE`.N (go tool pprof reads it)")
 	cpuProfile := fs.String("cpuprofile", "", "distribute: write the CPU profile of the timed fetches (both sides: the server runs in this process) to `FILE`")
+	updateFileMiB := fs.Int("update-file-mib", defaultUpdateFileMiB, "distribute: `MiB` of each file the sample's updates carry, and of each of the image's component files they replace, "+
+		"as a large system binary (ntoskrnl.exe, shell32.dll) is a few MiB: the update rewrites that much of the image per file (about a dozen); at most 1/24 of -n. "+
+		"0 takes the sample's default (updates of 1/32 of -n a file). The other servicing benchmarks keep the sample's default")
 	xmlBytes := fs.Int("xml-bytes", wiminfo.MaxXMLBytes, "size of the hostile XML info of import-memory's WIMs; default: the server's cap")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: osvc-bench -run "+strings.Join(benchNames(), "|")+" [flags]")
@@ -221,12 +228,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *heartbeat <= 0 {
 		return fmt.Errorf("-heartbeat %s: give a positive interval", *heartbeat)
 	}
+	if *updateFileMiB < 0 || int64(*updateFileMiB) > sampledata.MaxUpdateFileBytes>>20 {
+		return fmt.Errorf("-update-file-mib %d: give 1 to %d MiB, or 0 for the sample's default", *updateFileMiB, sampledata.MaxUpdateFileBytes>>20)
+	}
 	if *xmlBytes < 1 {
 		return fmt.Errorf("-xml-bytes %d: give a positive size", *xmlBytes)
 	}
 	res, err := bench.run(ctx, benchConfig{
 		N: *n, Workers: *workers, Fast: *fast, Logger: logger, LogLevel: *logLevel,
-		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, ServerHeap: *serverHeap, CPUProfile: *cpuProfile, Out: stdout,
+		ServerBin: *serverBin, XMLBytes: *xmlBytes, Heartbeat: *heartbeat, ServerHeap: *serverHeap, CPUProfile: *cpuProfile,
+		UpdateFileMiB: *updateFileMiB, Out: stdout,
 	})
 	if err != nil {
 		return fmt.Errorf("benchmark %s: %w", *name, err)

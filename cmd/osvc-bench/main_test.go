@@ -151,7 +151,7 @@ func TestShrinkBenchComparesTheDemoImageBeforeAndAfterServicing(t *testing.T) {
 
 func TestDistributeBenchFetchesTheServicedVersionAsTheChunksTheFirstLacks(t *testing.T) {
 	t.Parallel()
-	res := runToResult(t, "-run", "distribute", "-n", "48", "-fast")
+	res := runToResult(t, "-run", "distribute", "-n", "48", "-update-file-mib", "1", "-fast")
 	if res.Bench != "distribute" || !(res.Ratio > 0) || len(res.Osvc.Samples) != 3 || len(res.Extra) < 2 {
 		t.Fatalf("bench %q, ratio %v, %d samples, %d extra figures", res.Bench, res.Ratio, len(res.Osvc.Samples), len(res.Extra))
 	}
@@ -306,6 +306,8 @@ func TestRunRefusesBadCommandLines(t *testing.T) {
 		{"more workers than sites are refused", []string{"-run", "report", "-c", "1001"}, "-c 1001"},
 		{"stray arguments are refused", []string{"-run", "startup", "extra"}, "unexpected arguments"},
 		{"an empty hostile XML info is refused", []string{"-run", "import-memory", "-xml-bytes", "0"}, "-xml-bytes 0"},
+		{"a negative update file size is refused", []string{"-run", "distribute", "-update-file-mib", "-1"}, "-update-file-mib -1"},
+		{"update files larger than any system binary are refused", []string{"-run", "distribute", "-update-file-mib", "257"}, "-update-file-mib 257"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

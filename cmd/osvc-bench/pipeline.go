@@ -59,7 +59,7 @@ type stepTimes map[osvcv1.Step]time.Duration
 // and a fresh import of the same image. osvc's steps come from the run's
 // step records.
 func benchPipeline(ctx context.Context, cfg benchConfig) (*Result, error) {
-	r, err := startRig(ctx, cfg, int64(cfg.N)<<20)
+	r, err := startRig(ctx, cfg, int64(cfg.N)<<20, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -52,9 +52,11 @@ type rig struct {
 	servicing  osvcv1.ServicingServiceClient
 }
 
-// startRig generates the sample image with payloadBytes of file data,
-// starts the server and imports the image's blob and the updates.
-func startRig(ctx context.Context, cfg benchConfig, payloadBytes int64) (_ *rig, err error) {
+// startRig generates the sample image with payloadBytes of file data and
+// its updates with updateFileBytes in each file they carry (0: the
+// sample's default, see sampledata.Options), starts the server and imports
+// the image's blob and the updates.
+func startRig(ctx context.Context, cfg benchConfig, payloadBytes, updateFileBytes int64) (_ *rig, err error) {
 	dir, err := os.MkdirTemp("", "osvc-bench-servicing-*")
 	if err != nil {
 		return nil, fmt.Errorf("benchmark folder: %w", err)
@@ -65,7 +67,9 @@ func startRig(ctx context.Context, cfg benchConfig, payloadBytes int64) (_ *rig,
 			r.close()
 		}
 	}()
-	if r.sample, err = sampledata.Create(ctx, sampledata.Options{Dir: filepath.Join(dir, "sample"), PayloadBytes: payloadBytes}); err != nil {
+	if r.sample, err = sampledata.Create(ctx, sampledata.Options{
+		Dir: filepath.Join(dir, "sample"), PayloadBytes: payloadBytes, UpdateFileBytes: updateFileBytes,
+	}); err != nil {
 		return nil, err
 	}
 	if r.srv, r.stopServer, err = startServer(ctx, cfg, nil, server.EtcdAuth{}); err != nil {

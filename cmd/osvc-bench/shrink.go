@@ -19,7 +19,7 @@ const defaultShrinkMiB = int(sampledata.DefaultPayloadBytes >> 20)
 // extra figure is the same servicing without remove superseded (committed,
 // not cleaned up nor exported), against the same floor.
 func benchShrink(ctx context.Context, cfg benchConfig) (*Result, error) {
-	r, err := startRig(ctx, cfg, int64(cfg.N)<<20)
+	r, err := startRig(ctx, cfg, int64(cfg.N)<<20, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,11 @@ const (
 	DefaultEdition             = "Enterprise"
 )
 
+// MaxUpdateFileBytes bounds Options.UpdateFileBytes: an update package is
+// built in memory with up to six such files, and a real system binary is a
+// few MiB (ntoskrnl.exe, shell32.dll), far from this.
+const MaxUpdateFileBytes int64 = 256 << 20
+
 // File names Create writes under Options.Dir.
 const (
 	WIMName     = "install.wim"
@@ -47,6 +52,15 @@ type Options struct {
 	Build uint32
 	// Edition is the image's edition ID; default "Enterprise".
 	Edition string
+	// UpdateFileBytes is the payload of each file an update package
+	// carries (a component's new ntoskrnl.exe, shell32.dll …), up to
+	// MaxUpdateFileBytes. When set, the image's own component files are as
+	// large (a new version of a binary is about the size of the old) and
+	// take at most half of PayloadBytes, the loose files the rest: applied,
+	// the updates rewrite that much of the image per file they replace.
+	// 0 takes PayloadBytes/32 (at least 4 KiB) for the updates' files, and
+	// 60% of the payload spread over the image's components.
+	UpdateFileBytes int64
 }
 
 // Update is one update file of the sample.
@@ -86,6 +100,10 @@ func Create(ctx context.Context, opts Options) (*Sample, error) {
 	if opts.PayloadBytes < 64<<10 {
 		return nil, fmt.Errorf("sample: PayloadBytes %d is too small: use at least 64 KiB", opts.PayloadBytes)
 	}
+	if opts.UpdateFileBytes < 0 || opts.UpdateFileBytes > MaxUpdateFileBytes {
+		return nil, fmt.Errorf("sample: UpdateFileBytes %d: give 1 to %d bytes (a large system binary is a few MiB), or 0 for 1/32 of PayloadBytes",
+			opts.UpdateFileBytes, MaxUpdateFileBytes)
+	}
 	if opts.Build == 0 {
 		opts.Build = DefaultBuild
 	}
@@ -95,6 +113,11 @@ func Create(ctx context.Context, opts Options) (*Sample, error) {
 	if strings.ContainsAny(opts.Edition, "/\\\x00") {
 		return nil, fmt.Errorf("sample: edition %q is not a plain name", opts.Edition)
 	}
+	g := newGenerator(opts)
+	if n := g.componentFiles(); opts.UpdateFileBytes > 0 && n*opts.UpdateFileBytes > opts.PayloadBytes/2 {
+		return nil, fmt.Errorf("sample: UpdateFileBytes %d: the image's %d component files, each as large, would take more than half of PayloadBytes %d: give at most %d",
+			opts.UpdateFileBytes, n, opts.PayloadBytes, opts.PayloadBytes/2/n)
+	}
 	wimlib, err := exec.LookPath("wimlib-imagex")
 	if err != nil {
 		return nil, fmt.Errorf("sample: wimlib-imagex not found: install wimtools (apt-get install wimtools): %w", err)
@@ -102,7 +125,6 @@ func Create(ctx context.Context, opts Options) (*Sample, error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("sample: %w", err)
 	}
-	g := newGenerator(opts)
 	s := &Sample{
 		WIM:        filepath.Join(opts.Dir, WIMName),
 		UpdatesDir: filepath.Join(opts.Dir, UpdatesName),
@@ -235,6 +257,15 @@ func (g *generator) baseComponents() []updatepkg.Component {
 	return out
 }
 
+// componentFiles counts the files of the image's components.
+func (g *generator) componentFiles() int64 {
+	var n int64
+	for _, c := range g.baseComponents() {
+		n += int64(len(c.Files))
+	}
+	return n
+}
+
 // system32Files are the image's loose files, with their share of the payload
 // in tenths.
 var system32Files = []struct {
@@ -264,8 +295,13 @@ func (g *generator) writeImage(ctx context.Context, wimlib, wim string) error {
 		}
 		return os.WriteFile(p, data, 0o644)
 	}
-	// 40% of the payload in loose files, 60% in WinSxS components.
+	// 40% of the payload in loose files, 60% in WinSxS components; with
+	// UpdateFileBytes the components' files are that large, the loose
+	// files the rest.
 	loose := g.opts.PayloadBytes * 4 / 10
+	if g.opts.UpdateFileBytes > 0 {
+		loose = g.opts.PayloadBytes - g.componentFiles()*g.opts.UpdateFileBytes
+	}
 	for _, f := range system32Files {
 		if err := write(f.name, g.data(f.name, loose*f.tenths/10)); err != nil {
 			return err
@@ -288,8 +324,12 @@ func (g *generator) writeImage(ctx context.Context, wimlib, wim string) error {
 	perComponent := (g.opts.PayloadBytes - loose) / int64(len(comps))
 	for _, c := range comps {
 		sxs := c.SxSName()
+		size := perComponent / int64(len(c.Files))
+		if g.opts.UpdateFileBytes > 0 {
+			size = g.opts.UpdateFileBytes
+		}
 		for _, f := range c.Files {
-			if err := write("Windows/WinSxS/"+sxs+"/"+f, g.data(sxs+"/"+f, perComponent/int64(len(c.Files)))); err != nil {
+			if err := write("Windows/WinSxS/"+sxs+"/"+f, g.data(sxs+"/"+f, size)); err != nil {
 				return err
 			}
 		}
@@ -535,7 +575,12 @@ func (g *generator) updates() []updateSpec {
 }
 
 // componentBytes is the payload of one updated component file.
-func (g *generator) componentBytes() int64 { return max(g.opts.PayloadBytes/32, 4<<10) }
+func (g *generator) componentBytes() int64 {
+	if g.opts.UpdateFileBytes > 0 {
+		return g.opts.UpdateFileBytes
+	}
+	return max(g.opts.PayloadBytes/32, 4<<10)
+}
 
 // writeUpdate writes one update file.
 func (g *generator) writeUpdate(path string, u updateSpec) error {

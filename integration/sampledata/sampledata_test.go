@@ -226,6 +226,68 @@ func TestTheNewerCumulativeUpdateSupersedesTheOlder(t *testing.T) {
 	}
 }
 
+func TestAnUpdatesFilesCarryUpdateFileBytesOr1Of32OfThePayload(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		opts Options
+		want int64
+	}{
+		{"by default 1/32 of the payload", Options{PayloadBytes: 512 << 10}, 16 << 10},
+		{"UpdateFileBytes when given", Options{PayloadBytes: 512 << 10, UpdateFileBytes: 20 << 10}, 20 << 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := create(t, tt.opts)
+			p, err := updatepkg.Open(s.Updates[0].File)
+			if err != nil {
+				t.Fatal(err)
+			}
+			staged, err := p.Stage(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range staged[0].Components {
+				for _, f := range c.Component.Files {
+					if got := fileSize(t, filepath.Join(c.PayloadDir, f)); got != tt.want {
+						t.Errorf("%s/%s has %d bytes, want %d", c.Component.Name, f, got, tt.want)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestWithUpdateFileBytesTheImagesComponentFilesAreAsLarge(t *testing.T) {
+	t.Parallel()
+	opts := Options{PayloadBytes: 512 << 10, UpdateFileBytes: 20 << 10, Build: DefaultBuild}
+	s := create(t, opts)
+	dir := t.TempDir()
+	g := newGenerator(opts)
+	for _, c := range g.baseComponents() {
+		for _, f := range c.Files {
+			path := "/Windows/WinSxS/" + c.SxSName() + "/" + f
+			out, err := exec.Command("wimlib-imagex", "extract", s.WIM, "1", path, "--dest-dir="+dir, "--no-acls").CombinedOutput()
+			if err != nil {
+				t.Fatalf("wimlib-imagex extract %s: %v: %s", path, err, out)
+			}
+			if got := fileSize(t, filepath.Join(dir, f)); got != opts.UpdateFileBytes {
+				t.Errorf("%s has %d bytes, want %d", path, got, opts.UpdateFileBytes)
+			}
+		}
+	}
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Size()
+}
+
 func TestCreateIsDeterministic(t *testing.T) {
 	t.Parallel()
 	a := create(t, Options{})
@@ -262,6 +324,9 @@ func TestCreateRefusesBadOptions(t *testing.T) {
 		{"no folder", Options{}},
 		{"a payload too small to be an image", Options{Dir: t.TempDir(), PayloadBytes: 10}},
 		{"an edition that is a path", Options{Dir: t.TempDir(), Edition: "../x"}},
+		{"a negative update file size", Options{Dir: t.TempDir(), UpdateFileBytes: -1}},
+		{"update files larger than any system binary", Options{Dir: t.TempDir(), UpdateFileBytes: MaxUpdateFileBytes + 1}},
+		{"component files taking more than half the payload", Options{Dir: t.TempDir(), PayloadBytes: 512 << 10, UpdateFileBytes: 32 << 10}},
 	}
 	for _, tt := range tests {
 		if _, err := Create(context.Background(), tt.opts); err == nil {

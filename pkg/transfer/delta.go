@@ -9,7 +9,6 @@ import (
 	"hash"
 	"io"
 	"os"
-	"slices"
 	"sync/atomic"
 
 	"golang.org/x/sync/errgroup"
@@ -100,9 +99,10 @@ func GetChunkIndex(ctx context.Context, c osvcv1.ContentServiceClient, sum strin
 // index and writes dst+".partial" from two sides at once, each chunk at its
 // offset: the chunks found in have are copied from there, the others read
 // from the server in one Read of their ranges, each checked against its
-// digest before it is written. Meanwhile the chunks are hashed in order as
-// they land, so the whole file is checked against sum once, with no second
-// pass, before it is renamed to dst.
+// digest before it is written. Meanwhile the chunks are hashed in order,
+// from the very buffers they are written from, so the whole file is
+// checked against sum once, with no second pass and no reading back,
+// before it is renamed to dst.
 //
 // A chunk copied from have is not hashed on its own: the whole file's hash
 // covers it. Should that fail (a file of have changed since it was cut),
@@ -207,10 +207,12 @@ func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 	}
 
 	// The server's chunks and the local ones are written at their offsets
-	// as they come, neither side waiting for the other, and the hasher
-	// follows, hashing the chunks in order as soon as each is written
-	// (read back from the page cache): the file is hashed once, while the
-	// transfer goes on.
+	// as they come, neither side waiting for the other, and each buffer
+	// written goes on to the hasher, which hashes the chunks in order as
+	// soon as each is written: the file is hashed once, from memory, while
+	// the transfer goes on. Each side has buffers of its own, so a side
+	// waiting for the hasher never holds up the other, which the hasher
+	// waits for.
 	var remote, local []int
 	for i, c := range d.list {
 		switch _, ok := d.local[c.Digest]; {
@@ -221,7 +223,7 @@ func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 			remote = append(remote, i)
 		}
 	}
-	written := make(chan int, 64)
+	written := make(chan filled, receiveBuffers+localBuffers)
 	received := make(chan filled, receiveBuffers)
 	h := sha256.New()
 	g, gctx := errgroup.WithContext(ctx)
@@ -251,15 +253,30 @@ func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 }
 
 // receiveBuffers is how many chunk buffers the server's chunks go
-// through: one being received while the others are checked and written.
-const receiveBuffers = 3
+// through: one being received while the others are checked, written and
+// hashed.
+const receiveBuffers = 4
+
+// localBuffers is how many chunk buffers the local chunks go through: one
+// being read and written while the others wait for the hasher, which may
+// be waiting for a chunk of the server's before them.
+const localBuffers = 4
 
 // filled is the chunk i in a buffer of free, which takes it back once the
-// chunk is written.
+// chunk is written and hashed.
 type filled struct {
 	i    int
 	data []byte
 	free chan []byte
+}
+
+// buffers returns a pool of n chunk buffers.
+func buffers(n int) chan []byte {
+	free := make(chan []byte, n)
+	for range n {
+		free <- make([]byte, chunks.MaxSize)
+	}
+	return free
 }
 
 // take returns a free buffer, or nil when ctx ends first.
@@ -308,10 +325,7 @@ func (d *deltaDownload) receive(ctx context.Context, todo []int, received chan<-
 	defer close(received)
 	remote := d.plan(todo)
 	defer remote.close()
-	free := make(chan []byte, receiveBuffers)
-	for range receiveBuffers {
-		free <- make([]byte, chunks.MaxSize)
-	}
+	free := buffers(receiveBuffers)
 	for _, i := range todo {
 		c, off := d.list[i], d.offsets[i]
 		buf := take(ctx, free)
@@ -330,18 +344,17 @@ func (d *deltaDownload) receive(ctx context.Context, todo []int, received chan<-
 	return nil
 }
 
-// check checks each chunk received against its digest and writes it. A
-// chunk received whole is written even when the download is being
-// stopped, so that an interrupted download sends again only the chunk it
-// was receiving.
-func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan filled, written chan<- int) error {
+// check checks each chunk received against its digest, writes it and
+// hands it to the hasher. A chunk received whole is written even when the
+// download is being stopped, so that an interrupted download sends again
+// only the chunk it was receiving.
+func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan filled, written chan<- filled) error {
 	for b := range received {
 		if err := d.put(f, b.i, b.data); err != nil {
 			return err
 		}
-		b.free <- b.data[:cap(b.data)]
 		select {
-		case written <- b.i:
+		case written <- b:
 		case <-ctx.Done():
 		}
 	}
@@ -349,21 +362,26 @@ func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan f
 }
 
 // copyLocal copies the chunks todo from the client's files to their
-// offsets. With check, each is checked against its digest first, and one
-// that no longer matches is read from the server with a Read of its own.
-func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, check bool, written chan<- int) error {
+// offsets and hands each to the hasher. With check, each is checked
+// against its digest first, and one that no longer matches is read from
+// the server with a Read of its own.
+func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, check bool, written chan<- filled) error {
 	files := make(map[string]*os.File)
 	defer func() {
 		for _, lf := range files {
 			lf.Close()
 		}
 	}()
-	buf := make([]byte, chunks.MaxSize)
+	free := buffers(localBuffers)
 	for _, i := range todo {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		c, off := d.list[i], d.offsets[i]
+		buf := take(ctx, free)
+		if buf == nil {
+			return ctx.Err()
+		}
 		data := buf[:c.Size]
 		if readLocal(files, d.local[c.Digest], data) && (!check || chunks.Verify(c, data)) {
 			if _, err := f.WriteAt(data, off); err != nil {
@@ -382,7 +400,7 @@ func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, c
 			}
 		}
 		select {
-		case written <- i:
+		case written <- filled{i: i, data: data, free: free}:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -406,31 +424,43 @@ func (d *deltaDownload) put(f *os.File, i int, data []byte) error {
 	return nil
 }
 
-// hash hashes the chunks into h in order, each once it is written (held:
-// those the partial file held already), read back from the file, telling
-// progress as the hashed prefix grows.
-func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, written <-chan int, h hash.Hash) error {
-	ready := slices.Clone(held)
-	buf := make([]byte, chunks.MaxSize)
+// hash hashes the chunks into h in order: those the partial file held
+// already (held) read from it, the others from the buffers they were
+// written from, each given back once hashed; it tells progress as the
+// hashed prefix grows.
+func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, written <-chan filled, h hash.Hash) error {
+	// ready are the chunks written ahead of the next one to hash.
+	ready := make(map[int]filled)
+	var buf []byte
 	var done int64
-	for next := 0; next < len(d.list); {
-		if !ready[next] {
-			select {
-			case i := <-written:
-				ready[i] = true
-			case <-ctx.Done():
-				return ctx.Err()
+	for next, c := range d.list {
+		if held[next] {
+			if buf == nil {
+				buf = make([]byte, chunks.MaxSize)
 			}
-			continue
+			if _, err := f.ReadAt(buf[:c.Size], d.offsets[next]); err != nil {
+				return fmt.Errorf("read back chunk %d: %w", next, err)
+			}
+			h.Write(buf[:c.Size])
+		} else {
+			for {
+				b, ok := ready[next]
+				if ok {
+					delete(ready, next)
+					h.Write(b.data)
+					b.free <- b.data[:cap(b.data)]
+					break
+				}
+				select {
+				case b := <-written:
+					ready[b.i] = b
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 		}
-		c := d.list[next]
-		if _, err := f.ReadAt(buf[:c.Size], d.offsets[next]); err != nil {
-			return fmt.Errorf("read back chunk %d: %w", next, err)
-		}
-		h.Write(buf[:c.Size])
 		done += c.Size
 		d.progress(done, d.size)
-		next++
 	}
 	return nil
 }
