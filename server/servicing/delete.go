@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -88,12 +89,11 @@ func (s *Service) DeleteUpdate(ctx context.Context, name string) error {
 	return s.catalog.DeleteUpdate(ctx, name)
 }
 
-// updateInUse refuses to delete an update something still uses: today a
-// servicing run that has not ended and applies it (a schedule's run holds
-// its updates). Whatever else comes to name updates, schedules kept as
-// resources of their own say, adds its check here. It reads before the
-// delete's transaction, and CreateSchedule reads updates outside its own:
-// a schedule made in between is not seen, and its run, once leased, cannot
+// updateInUse refuses to delete an update something still uses: a
+// servicing run that has not ended and applies it, or a schedule that
+// lists it and has an occurrence to come. It reads before the delete's
+// transaction, and CreateSchedule reads updates outside its own: a
+// schedule made in between is not seen, and its run, once leased, cannot
 // be assigned for the update it lacks until it is canceled.
 func (s *Service) updateInUse(ctx context.Context, name string) error {
 	runs, err := s.ActiveRuns(ctx)
@@ -108,5 +108,12 @@ func (s *Service) updateInUse(ctx context.Context, name string) error {
 		return fmt.Errorf("update %s is applied by run %s (%s) of %s; delete it once the run ended, or cancel the run (osvcctl run cancel %s): %w",
 			name, run.GetName(), stateName(run.GetState()), run.GetImage(), run.GetName(), errdefs.ErrFailedPrecondition)
 	}
-	return nil
+	// A schedule that lists it would start runs of an update that is gone.
+	return s.eachSchedule(ctx, "", func(sched *osvcv1.Schedule) error {
+		if sched.GetNextRunTime() != nil && slices.Contains(sched.GetUpdates(), name) {
+			return fmt.Errorf("update %s is listed by schedule %s, which runs again at %s; change the schedule (osvcctl schedule update) or delete it first: %w",
+				name, sched.GetName(), sched.GetNextRunTime().AsTime().UTC().Format(time.RFC3339), errdefs.ErrFailedPrecondition)
+		}
+		return nil
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/errdefs"
@@ -160,5 +161,28 @@ func TestADeletedUpdateLeavesTheCatalogAndItsFileIsCollectedAfterTheGrace(t *tes
 	again, err := env.Catalog.RecordUpdate(ctx, ssu)
 	if err != nil || again.GetName() != ssu.GetName() {
 		t.Errorf("recording the package again = %v, %v; want it recorded as %s", again.GetName(), err, ssu.GetName())
+	}
+}
+
+func TestDeletingAnUpdateIsRefusedWhileAScheduleListsIt(t *testing.T) {
+	t.Parallel()
+	env := servicingtest.New(t, servicingtest.Options{})
+	ctx := context.Background()
+	img := env.Image(t, "win11", "PS1", 1)
+	env.Update(t, "cu", osvcv1.Classification_CLASSIFICATION_CUMULATIVE_UPDATE, month(10))
+	sched, _, err := env.Service.CreateSchedule(ctx, img.Name, &osvcv1.Schedule{Updates: []string{"updates/cu"},
+		StartTime: timestamppb.New(time.Now().Add(24 * time.Hour))}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = env.Service.DeleteUpdate(ctx, "updates/cu")
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), sched.GetName()) {
+		t.Fatalf("DeleteUpdate while %s lists it = %v, want FailedPrecondition naming the schedule", sched.GetName(), err)
+	}
+	if err := env.Service.DeleteSchedule(ctx, sched.GetName()); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Service.DeleteUpdate(ctx, "updates/cu"); err != nil {
+		t.Errorf("DeleteUpdate once no schedule lists it = %v", err)
 	}
 }
