@@ -71,8 +71,7 @@ func TestTheREADMEsSessionRunsAsWritten(t *testing.T) {
 	}
 	t.Logf("the README's session:\n%s", out)
 	for _, want := range []string{
-		"KB5066793 (index 1): IN_PROGRESS", // run watch follows the update
-		"KB5066793 (index 1): APPLIED",
+		"KB5066793 (index 1): APPLIED in",     // run watch follows the update, applied by this run
 		"KB5066131 (index 1): APPLIED",        // the rest, with --all-applicable
 		"days after Patch Tuesday",            // schedule list
 		"deleted images/win11-ent/schedules/", // the later schedule, deleted
