@@ -223,7 +223,9 @@ func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 			remote = append(remote, i)
 		}
 	}
-	written := make(chan filled, receiveBuffers+localBuffers)
+	// Room for every local chunk: the local side never waits for the
+	// hasher (see copyLocal).
+	written := make(chan filled, receiveBuffers+len(local))
 	received := make(chan filled, receiveBuffers)
 	h := sha256.New()
 	g, gctx := errgroup.WithContext(ctx)
@@ -362,9 +364,15 @@ func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan f
 }
 
 // copyLocal copies the chunks todo from the client's files to their
-// offsets and hands each to the hasher. With check, each is checked
-// against its digest first, and one that no longer matches is read from
-// the server with a Read of its own.
+// offsets and tells the hasher each is written. It never waits for the
+// hasher, which waits for the server's chunks in file order: a chunk goes
+// to the hasher in its buffer while one of its buffers is free, else it is
+// written from a buffer of its own and the hasher reads it back from the
+// file (the page cache) when it gets there. So the local copy runs in
+// parallel with the transfer instead of in bursts after each chunk the
+// server sends. With check, each is checked against its digest first, and
+// one that no longer matches is read from the server with a Read of its
+// own.
 func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, check bool, written chan<- filled) error {
 	files := make(map[string]*os.File)
 	defer func() {
@@ -373,14 +381,17 @@ func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, c
 		}
 	}()
 	free := buffers(localBuffers)
+	own := make([]byte, chunks.MaxSize)
 	for _, i := range todo {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		c, off := d.list[i], d.offsets[i]
-		buf := take(ctx, free)
-		if buf == nil {
-			return ctx.Err()
+		buf, pooled := own, false
+		select {
+		case buf = <-free:
+			pooled = true
+		default:
 		}
 		data := buf[:c.Size]
 		if readLocal(files, d.local[c.Digest], data) && (!check || chunks.Verify(c, data)) {
@@ -399,11 +410,12 @@ func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, c
 				return err
 			}
 		}
-		select {
-		case written <- filled{i: i, data: data, free: free}:
-		case <-ctx.Done():
-			return ctx.Err()
+		b := filled{i: i}
+		if pooled {
+			b.data, b.free = data, free
 		}
+		// written has room for every local chunk: this never blocks.
+		written <- b
 	}
 	return nil
 }
@@ -425,9 +437,9 @@ func (d *deltaDownload) put(f *os.File, i int, data []byte) error {
 }
 
 // hash hashes the chunks into h in order: those the partial file held
-// already (held) read from it, the others from the buffers they were
-// written from, each given back once hashed; it tells progress as the
-// hashed prefix grows.
+// already (held), and local chunks written without a buffer, read from it;
+// the others from the buffers they were written from, each given back once
+// hashed. It tells progress as the hashed prefix grows.
 func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, written <-chan filled, h hash.Hash) error {
 	// ready are the chunks written ahead of the next one to hash.
 	ready := make(map[int]filled)
@@ -447,6 +459,17 @@ func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, writt
 				b, ok := ready[next]
 				if ok {
 					delete(ready, next)
+					if b.data == nil {
+						// Written without a buffer to spare: read it back.
+						if buf == nil {
+							buf = make([]byte, chunks.MaxSize)
+						}
+						if _, err := f.ReadAt(buf[:c.Size], d.offsets[next]); err != nil {
+							return fmt.Errorf("read back chunk %d: %w", next, err)
+						}
+						h.Write(buf[:c.Size])
+						break
+					}
 					h.Write(b.data)
 					b.free <- b.data[:cap(b.data)]
 					break
