@@ -3,8 +3,9 @@
 # wimlib-imagex (wimtools) and FUSE for the wimlib engine, gcab and cabextract
 # that the tests check cabinets against, uudecode (sharutils) for test
 # cabinets stored uuencoded, etcd for the external-etcd tests and etcdctl for
-# the three-node example's backup; builds
-# versitygw, the S3-compatible server the object store tests run; then
+# the three-node example's backup, jq for the README's grpcurl examples; builds
+# versitygw, the S3-compatible server the object store tests run, and
+# grpcurl; then
 # fetches the public test cabinets the cab tests read (see below).
 set -euo pipefail
 
@@ -17,6 +18,7 @@ command -v uudecode >/dev/null 2>&1 || need+=(sharutils)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -42,6 +44,14 @@ gobin="${gobin:-$(go env GOPATH | cut -d: -f1)/bin}"
 if [ "$(go version -m "$gobin/versitygw" 2>/dev/null | awk '$1 == "mod" {print $3}')" != "$versitygw_version" ]; then
   echo "building versitygw $versitygw_version into $gobin"
   GOBIN="$gobin" go install "$versitygw_module@$versitygw_version"
+fi
+
+# grpcurl, which the README's examples use and its test runs, pinned.
+grpcurl_module=github.com/fullstorydev/grpcurl/cmd/grpcurl
+grpcurl_version=v1.9.4
+if [ "$(go version -m "$gobin/grpcurl" 2>/dev/null | awk '$1 == "mod" {print $3}')" != "$grpcurl_version" ]; then
+  echo "building grpcurl $grpcurl_version into $gobin"
+  GOBIN="$gobin" go install "$grpcurl_module@$grpcurl_version"
 fi
 
 # Public test cabinets for pkg/cab's reader: libmspack's and cabextract's own

@@ -50,11 +50,24 @@ func TestTheREADMEsSessionRunsAsWritten(t *testing.T) {
 	}
 	setup[0] = "export PATH=" + binDir + ":$PATH"
 	session := shellBlock(t, readme, "## osvcctl")
+	// Then the grpcurl examples, on what the session left (its $RUN);
+	// deploy/install-deps.sh installs grpcurl into Go's bin folder.
+	grpcurl := shellBlock(t, readme, "## grpcurl")
+	env, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(env), "\n")
+	gobin := strings.TrimSpace(lines[0])
+	if gobin == "" {
+		gobin = filepath.Join(strings.Split(strings.TrimSpace(lines[1]), string(os.PathListSeparator))[0], "bin")
+	}
 	script := strings.Join(append([]string{
 		"set -euo pipefail",
 		// The processes started in the background stop with the session.
 		`trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT`,
-	}, append(setup, session...)...), "\n")
+		"export PATH=$PATH:" + gobin,
+	}, append(append(setup, session...), grpcurl...)...), "\n")
 
 	dir := t.TempDir()
 	cmd := exec.Command("bash", "-c", script)
@@ -76,6 +89,8 @@ func TestTheREADMEsSessionRunsAsWritten(t *testing.T) {
 		"days after Patch Tuesday",            // schedule list
 		"deleted images/win11-ent/schedules/", // the later schedule, deleted
 		"agents/",                             // agent list
+		`"status": "SERVING"`,                 // grpcurl's health check
+		`"role": "ROLE_ADMIN"`,                // grpcurl's WhoAmI
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("the session printed no %q", want)
