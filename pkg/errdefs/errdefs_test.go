@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -138,5 +139,15 @@ func TestARetryDelayCrossesTheWire(t *testing.T) {
 	}
 	if _, ok := errdefs.RetryDelay(errdefs.ToGRPC(errdefs.Newf(errdefs.ErrConflict, "x"))); ok {
 		t.Error("a refusal without a delay has one")
+	}
+}
+
+func TestAnEtcdLeaderChangeIsUnavailable(t *testing.T) {
+	err := fmt.Errorf("get run runs/r1: %w", rpctypes.ErrLeaderChanged)
+	if c := errdefs.Code(err); c != codes.Unavailable {
+		t.Errorf("Code(%v) = %s, want Unavailable: the caller tries again", err, c)
+	}
+	if c := status.Code(errdefs.ToGRPC(err)); c != codes.Unavailable {
+		t.Errorf("ToGRPC(%v) has code %s, want Unavailable", err, c)
 	}
 }

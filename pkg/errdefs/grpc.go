@@ -62,6 +62,15 @@ func Code(err error) codes.Code {
 			return c
 		}
 	}
+	// etcd's client turns the server's statuses into errors of its own
+	// (rpctypes.EtcdError) that keep the code: "leader changed" and "no
+	// leader" are Unavailable, so the caller tries again rather than fail.
+	var withCode interface{ Code() codes.Code }
+	if errors.As(err, &withCode) {
+		if c := withCode.Code(); c != codes.OK && c != codes.Unknown {
+			return c
+		}
+	}
 	return codes.Internal
 }
 
