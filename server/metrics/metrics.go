@@ -37,6 +37,10 @@ type Metrics struct {
 	fencedReports prometheus.Counter
 	contentBytes  *prometheus.CounterVec
 	etcdLatency   *prometheus.HistogramVec
+
+	// followed, for tests, is told each time the run follower has applied
+	// what it read (the first listing, then each watch response).
+	followed func()
 }
 
 // durationBuckets spans a servicing run: seconds for a step of a small

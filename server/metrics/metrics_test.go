@@ -33,16 +33,26 @@ func putRun(t *testing.T, st *store.Store, id string, run *osvcv1.Run) {
 	}
 }
 
-// eventually waits until cond holds, polling the metrics (which the
-// follower updates from a watch).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
+// follow makes the follower tell each change it applied, and returns
+// what waits until cond holds, woken by those changes.
+func follow(t *testing.T, m *Metrics) func(what string, cond func() bool) {
+	changed := make(chan struct{}, 1)
+	m.followed = func() {
+		select {
+		case changed <- struct{}{}:
+		default:
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	return func(what string, cond func() bool) {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		for !cond() {
+			select {
+			case <-changed:
+			case <-timeout:
+				t.Fatalf("never: %s", what)
+			}
+		}
 	}
 }
 
@@ -54,15 +64,16 @@ func TestTheElectedReplicaCountsRunsAndRecordsThoseThatEnd(t *testing.T) {
 	putRun(t, st, "r1", &osvcv1.Run{Name: "runs/r1", State: osvcv1.RunState_RUN_STATE_PENDING})
 
 	m := New()
+	eventually := follow(t, m)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.FollowRuns(ctx, st, "replica-a", hclog.NewNullLogger()) }()
 	gauge := func(state, kind string) float64 { return testutil.ToFloat64(m.runs.WithLabelValues(state, kind)) }
-	eventually(t, "the runs listed", func() bool { return gauge("PENDING", "SERVICING") == 1 && gauge("SUCCEEDED", "SERVICING") == 1 })
+	eventually("the runs listed", func() bool { return gauge("PENDING", "SERVICING") == 1 && gauge("SUCCEEDED", "SERVICING") == 1 })
 
 	leased := &osvcv1.Run{Name: "runs/r1", State: osvcv1.RunState_RUN_STATE_IN_PROCESS, StartTime: timestamppb.New(t0)}
 	putRun(t, st, "r1", leased)
-	eventually(t, "r1 in process", func() bool { return gauge("PENDING", "SERVICING") == 0 && gauge("IN_PROCESS", "SERVICING") == 1 })
+	eventually("r1 in process", func() bool { return gauge("PENDING", "SERVICING") == 0 && gauge("IN_PROCESS", "SERVICING") == 1 })
 
 	ended := proto.Clone(leased).(*osvcv1.Run)
 	ended.State, ended.EndTime = osvcv1.RunState_RUN_STATE_SUCCEEDED, timestamppb.New(t0.Add(90*time.Second))
@@ -76,13 +87,13 @@ func TestTheElectedReplicaCountsRunsAndRecordsThoseThatEnd(t *testing.T) {
 		{Update: "updates/c", State: osvcv1.UpdateState_UPDATE_STATE_NOT_APPLICABLE},
 	}
 	putRun(t, st, "r1", ended)
-	eventually(t, "r1 succeeded", func() bool { return gauge("SUCCEEDED", "SERVICING") == 2 && gauge("IN_PROCESS", "SERVICING") == 0 })
+	eventually("r1 succeeded", func() bool { return gauge("SUCCEEDED", "SERVICING") == 2 && gauge("IN_PROCESS", "SERVICING") == 0 })
 	// Written again once ended (a late artifact): recorded once.
 	ended.Error = "a note"
 	putRun(t, st, "r1", ended)
 	inspection := &osvcv1.Run{Name: "runs/i1", Kind: osvcv1.RunKind_RUN_KIND_INSPECTION, State: osvcv1.RunState_RUN_STATE_PENDING}
 	putRun(t, st, "i1", inspection)
-	eventually(t, "the inspection counted", func() bool { return gauge("PENDING", "INSPECTION") == 1 })
+	eventually("the inspection counted", func() bool { return gauge("PENDING", "INSPECTION") == 1 })
 
 	if n := testutil.CollectAndCount(m.runDuration); n != 1 {
 		t.Errorf("%d run duration series, want one (the old run and the repeat are not recorded)", n)
@@ -121,7 +132,7 @@ osvc_step_duration_seconds_count{step="APPLY"} 1
 	if _, err := st.Client().Delete(context.Background(), st.RunKey("old")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the deleted run uncounted", func() bool { return gauge("SUCCEEDED", "SERVICING") == 1 })
+	eventually("the deleted run uncounted", func() bool { return gauge("SUCCEEDED", "SERVICING") == 1 })
 	cancel()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		t.Fatal(err)

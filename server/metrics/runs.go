@@ -68,6 +68,7 @@ func (m *Metrics) follow(ctx context.Context, st *store.Store) error {
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+	m.tellFollowed()
 	for wresp := range st.Client().Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wresp.Err(); err != nil {
 			return fmt.Errorf("watch the runs: %w", err)
@@ -83,8 +84,15 @@ func (m *Metrics) follow(ctx context.Context, st *store.Store) error {
 			}
 			m.put(known, key, ev.Kv.Value, true)
 		}
+		m.tellFollowed()
 	}
 	return ctx.Err()
+}
+
+func (m *Metrics) tellFollowed() {
+	if m.followed != nil {
+		m.followed()
+	}
 }
 
 // put counts a run as its record now says; when live, a run that ends
