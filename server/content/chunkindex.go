@@ -89,7 +89,7 @@ func (l *Library) ChunkIndex(ctx context.Context, sha string) (*osvcv1.ChunkInde
 			"content %s has %d bytes, too few to be cut into chunks (the least is %d): read it whole", sha, c.GetSizeBytes(), chunks.MinBlobBytes)
 	}
 	if c.GetChunkIndex() != nil {
-		idx, err := l.loadIndex(ctx, c)
+		idx, _, err := l.loadIndex(ctx, c)
 		if err == nil {
 			return idx, nil
 		}
@@ -107,42 +107,44 @@ func (l *Library) ChunkIndex(ctx context.Context, sha string) (*osvcv1.ChunkInde
 	return v.(*osvcv1.ChunkIndex), nil
 }
 
-// loadIndex reads and checks the index c's record names.
-func (l *Library) loadIndex(ctx context.Context, c *osvcv1.Content) (*osvcv1.ChunkIndex, error) {
+// loadIndex reads and checks the index c's record names, and returns it
+// with the chunks it lists.
+func (l *Library) loadIndex(ctx context.Context, c *osvcv1.Content) (*osvcv1.ChunkIndex, []chunks.Chunk, error) {
 	ref := c.GetChunkIndex()
 	if err := checkSHA256(ref.GetSha256()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if ref.GetChunkCount() < 1 || ref.GetChunkCount() > chunks.MaxChunks {
-		return nil, fmt.Errorf("the record says the index has %d chunks: %w", ref.GetChunkCount(), errdefs.ErrDataLoss)
+		return nil, nil, fmt.Errorf("the record says the index has %d chunks: %w", ref.GetChunkCount(), errdefs.ErrDataLoss)
 	}
 	blob, err := l.blobs.Open(ctx, ref.GetSha256())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer blob.Close()
 	if blob.Size() > maxIndexBytes(ref.GetChunkCount()) {
-		return nil, fmt.Errorf("the index of %d chunks has %d bytes: %w", ref.GetChunkCount(), blob.Size(), errdefs.ErrDataLoss)
+		return nil, nil, fmt.Errorf("the index of %d chunks has %d bytes: %w", ref.GetChunkCount(), blob.Size(), errdefs.ErrDataLoss)
 	}
 	r, err := blob.Stream(0, blob.Size())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	data, err := io.ReadAll(transfer.ContextReader(ctx, r))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != ref.GetSha256() {
-		return nil, fmt.Errorf("the index's blob does not hash to its name %s: %w", ref.GetSha256(), errdefs.ErrDataLoss)
+		return nil, nil, fmt.Errorf("the index's blob does not hash to its name %s: %w", ref.GetSha256(), errdefs.ErrDataLoss)
 	}
 	idx := &osvcv1.ChunkIndex{}
 	if err := proto.Unmarshal(data, idx); err != nil {
-		return nil, fmt.Errorf("the index's blob %s: %w: %w", ref.GetSha256(), err, errdefs.ErrDataLoss)
+		return nil, nil, fmt.Errorf("the index's blob %s: %w: %w", ref.GetSha256(), err, errdefs.ErrDataLoss)
 	}
-	if _, err := chunks.FromIndex(idx, c.GetSha256(), c.GetSizeBytes()); err != nil {
-		return nil, fmt.Errorf("%w: %w", err, errdefs.ErrDataLoss)
+	list, err := chunks.FromIndex(idx, c.GetSha256(), c.GetSizeBytes())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", err, errdefs.ErrDataLoss)
 	}
-	return idx, nil
+	return idx, list, nil
 }
 
 // makeIndex cuts the blob c records, checking its data against its sha256

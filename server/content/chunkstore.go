@@ -149,11 +149,11 @@ func (l *Library) openChunks(ctx context.Context, c *osvcv1.Content) (Blob, erro
 
 // chunkList reads and checks the chunk index c's record names.
 func (l *Library) chunkList(ctx context.Context, c *osvcv1.Content) ([]chunks.Chunk, error) {
-	idx, err := l.loadIndex(ctx, c)
+	_, list, err := l.loadIndex(ctx, c)
 	if err != nil {
 		return nil, fmt.Errorf("its chunk index: %w", err)
 	}
-	return chunks.FromIndex(idx, c.GetSha256(), c.GetSizeBytes())
+	return list, nil
 }
 
 // chunkedBlob is a blob stored as chunks, read from the chunk store.

@@ -188,10 +188,9 @@ func supersededBy(u *osvcv1.Update, updates []*osvcv1.Update, expect []catalog.E
 
 // activeRunOf is the run that holds the image, "" when it is free.
 func (s *Service) activeRunOf(ctx context.Context, imageID string) (string, error) {
-	resp, err := s.store.Client().Get(ctx, s.store.ActiveRunKey(imageID))
-	if err != nil || len(resp.Kvs) == 0 {
-		return "", err
+	name, _, err := store.Get[*wrapperspb.StringValue](ctx, s.store, s.store.ActiveRunKey(imageID))
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return "", nil
 	}
-	name, err := store.Unmarshal[*wrapperspb.StringValue](resp.Kvs[0].Value)
 	return name.GetValue(), err
 }
