@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -47,15 +48,24 @@ const defaultUpdateFileMiB = 4
 // network (no file of the library's volume taken), is sent version 1,
 // which it fetches whole, then version 2, which it fetches as the chunks
 // version 1 lacks, timed until it reports version 2 DISTRIBUTED. Figures:
-// the bytes that crossed the connection for version 2 ÷ its size, against
-// the floor (version 2's resources version 1 lacks, what the update
-// rewrote); and two rates, each against a bare gRPC stream over TLS (one
-// Read, in the same 1 MiB messages, received and dropped) in the same run:
-// (a) the bytes sent ÷ the fetch's time against a bare stream of as many
-// bytes, the Result's ratio; (b) version 2's size ÷ the fetch's time
-// against a bare stream of all of version 2: how much sooner version 2 is
-// in place than were it sent whole. Extras: (a) over a throttled site
-// link; the bytes ratio for the two versions exported solid (LZMS), as an
+//   - bytes: what crossed the connection for version 2 ÷ its size,
+//     against the floor (version 2's resources version 1 lacks, what the
+//     update rewrote);
+//   - (a) the transfer: the bytes sent ÷ the time the reads that sent them
+//     took (from the first one's start to the last message received),
+//     against a bare gRPC stream over TLS (one Read, in the same 1 MiB
+//     messages, received and dropped) of as many bytes in the same run;
+//     and end to end, the bytes sent ÷ the whole fetch's time, against the
+//     same. Both on loopback and over a throttled site link, where a
+//     distribution point sits: there, end to end, is the Result's ratio;
+//   - (b) version 2's size ÷ the fetch's time against a bare stream of all
+//     of version 2: how much sooner version 2 is in place than were it
+//     sent whole;
+//   - (c) the fetch's own floor ÷ its time: the longer of the bare stream
+//     of the bytes sent and of hashing version 2 whole, which a receiver
+//     does whatever it is sent.
+//
+// Extras: the bytes ratio for the two versions exported solid (LZMS), as an
 // administrator's own export might make them, and at other average chunk
 // sizes, measured by cutting the two files here.
 func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
@@ -124,7 +134,7 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	defer stopFloor()
 
 	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
-	var sent, osvcRate, floorRate, whole []float64
+	var sent, osvcRate, floorRate, endToEnd, whole, own []float64
 	profile, err := startProfile(cfg.CPUProfile)
 	if err != nil {
 		return nil, err
@@ -134,7 +144,7 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		// The point holds version 1 (and its chunk index), not version 2.
 		point.Withdraw(versions[v2].GetImage())
 		syncDisks()
-		wire.N.Store(0)
+		wire.Reset()
 		profile.resume()
 		start := time.Now()
 		if err := distribute(v2); err != nil {
@@ -142,7 +152,10 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		}
 		elapsed := time.Since(start)
 		profile.pause()
-		n := wire.N.Load()
+		n, span := wire.N.Load(), wire.ReadSpan()
+		if span == 0 {
+			return nil, errors.New("distribute: version 2 was fetched without a read of the server's")
+		}
 		bare, err := floor.stream(ctx, n)
 		if err != nil {
 			return nil, err
@@ -151,15 +164,23 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		whole = append(whole, mib(v2Size, elapsed)/mib(v2Size, bareWhole))
+		hashing, err := hashTime(ctx, point.Path(dp.Served{SHA256: v2}))
+		if err != nil {
+			return nil, err
+		}
 		sent = append(sent, float64(n)/float64(v2Size))
-		osvcRate, floorRate = append(osvcRate, mib(n, elapsed)), append(floorRate, mib(n, bare))
-		fmt.Fprintf(cfg.Out, "distribute %d/%d: version 2 fetched in %s, %s over the connection (%.3g of its size); "+
-			"(a) %.3g MiB/s sent, a bare stream of as many bytes %s, %.3g MiB/s: %.3g; "+
-			"(b) %.3g MiB/s of version 2 in place, a bare stream of all of it %s, %.3g MiB/s: %.3g\n",
-			round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)), float64(n)/float64(v2Size),
-			mib(n, elapsed), bare.Round(time.Millisecond), mib(n, bare), mib(n, elapsed)/mib(n, bare),
-			mib(v2Size, elapsed), bareWhole.Round(time.Millisecond), mib(v2Size, bareWhole), whole[len(whole)-1])
+		osvcRate, floorRate = append(osvcRate, mib(n, span)), append(floorRate, mib(n, bare))
+		endToEnd = append(endToEnd, bare.Seconds()/elapsed.Seconds())
+		whole = append(whole, bareWhole.Seconds()/elapsed.Seconds())
+		own = append(own, max(bare, hashing).Seconds()/elapsed.Seconds())
+		fmt.Fprintf(cfg.Out, "distribute %d/%d: version 2 fetched in %s, %s over the connection (%.3g of its size), its reads took %s; "+
+			"a bare stream of as many bytes %s: (a) the transfer %.3g MiB/s against %.3g MiB/s: %.3g, end to end %.3g; "+
+			"(b) %.3g MiB/s of version 2 in place, a bare stream of all of it %s: %.3g; "+
+			"(c) hashing version 2 whole takes %s: the fetch takes %.3g× its own floor\n",
+			round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)), float64(n)/float64(v2Size), span.Round(time.Millisecond),
+			bare.Round(time.Millisecond), mib(n, span), mib(n, bare), osvcRate[len(osvcRate)-1]/floorRate[len(floorRate)-1], endToEnd[len(endToEnd)-1],
+			mib(v2Size, elapsed), bareWhole.Round(time.Millisecond), whole[len(whole)-1],
+			hashing.Round(time.Millisecond), 1/own[len(own)-1])
 	}
 	// What the update rewrote: version 2's resources version 1 lacks,
 	// whatever the chunking, the floor of the bytes to send.
@@ -175,25 +196,33 @@ func benchDistribute(ctx context.Context, cfg benchConfig) (*Result, error) {
 	fmt.Fprintf(cfg.Out, "distribute: the update (files of %s each) rewrote %s of version 2's %s: %.3g of it is resources version 1 lacks, the floor of the bytes sent\n",
 		updateFile, humanize.IBytes(uint64(rewritten*float64(v2Size))), humanize.IBytes(uint64(v2Size)), rewritten)
 
+	// The same over a site link, where a distribution point sits: both
+	// sides read through a connection throttled to siteLinkBytes a second.
+	link, err := overSiteLink(ctx, cfg, r, v1Path, v1, v2, floor)
+	if err != nil {
+		return nil, err
+	}
+	linkRate := humanize.IBytes(siteLinkBytes)
 	res := &Result{
-		Osvc:       Figure{Name: "(a) delta fetch of version 2, bytes sent ÷ its time", Unit: "MiB/s", Value: median(osvcRate), Samples: osvcRate},
-		Floor:      Figure{Name: "a bare gRPC stream of as many bytes", Unit: "MiB/s", Value: median(floorRate), Samples: floorRate},
+		Osvc: Figure{Name: fmt.Sprintf("(a) over a %s/s site link, end to end: the delta fetch's bytes sent ÷ its whole time", linkRate),
+			Unit: "MiB/s", Value: median(link.rate), Samples: link.rate},
+		Floor:      Figure{Name: "a bare gRPC stream of as many bytes over the same link", Unit: "MiB/s", Value: median(link.bare), Samples: link.bare},
 		ImageBytes: v2Size,
 	}
 	ratio := func(name string, samples ...float64) Figure {
 		return Figure{Name: name, Unit: "ratio", Value: median(samples), Samples: samples, Ratio: median(samples)}
 	}
+	loopbackTransfer := make([]float64, len(osvcRate))
+	for i := range osvcRate {
+		loopbackTransfer[i] = osvcRate[i] / floorRate[i]
+	}
 	res.Extra = append(res.Extra, ratio("bytes sent for version 2 ÷ its size", sent...),
 		ratio("the floor: version 2's resources version 1 lacks ÷ its size", rewritten),
-		ratio("(b) version 2 in place: its size ÷ the delta fetch's time, against a bare gRPC stream of all of version 2", whole...))
-
-	// The same over a site link: both sides read through a connection
-	// throttled to siteLinkBytes a second.
-	linkRate, err := overSiteLink(ctx, cfg, r, v1Path, v1, v2, floor)
-	if err != nil {
-		return nil, err
-	}
-	res.Extra = append(res.Extra, ratio(fmt.Sprintf("over a %s/s site link: (a) the delta fetch's bytes sent ÷ its time, against a bare gRPC stream of as many bytes", humanize.IBytes(siteLinkBytes)), linkRate...))
+		ratio(fmt.Sprintf("(a) over a %s/s site link, the transfer: bytes sent ÷ the time its reads took, against a bare gRPC stream of as many bytes", linkRate), link.transfer...),
+		ratio("(a) on loopback, the transfer: bytes sent ÷ the time its reads took, against a bare gRPC stream of as many bytes", loopbackTransfer...),
+		ratio("(a) on loopback, end to end: bytes sent ÷ the delta fetch's whole time, against a bare gRPC stream of as many bytes", endToEnd...),
+		ratio("(b) on loopback, version 2 in place: its size ÷ the delta fetch's time, against a bare gRPC stream of all of version 2", whole...),
+		ratio("(c) on loopback, the delta fetch's own floor (the longer of the bare stream of the bytes sent and of hashing version 2 whole, which every receiver does) ÷ its time", own...))
 
 	// What the same update would cost with other settings, cut here.
 	other, err := otherSettings(ctx, cfg, r.dir, v1Path, v2Path)
@@ -223,59 +252,88 @@ const siteLinkBytes = 1e9 / 8
 // overSiteLink fetches version 2 into a fresh cache holding version 1 (a
 // copy of the file at v1Path) over a connection whose reads are throttled
 // to siteLinkBytes a second, and streams as many bytes bare over a
-// connection throttled alike: the ratio of their rates, per round. On such
-// a link the receiver's hashing and writing hide behind the transfer.
-func overSiteLink(ctx context.Context, cfg benchConfig, r *rig, v1Path, v1, v2 string, floor *bareStream) ([]float64, error) {
+// connection throttled alike. On such a link the receiver's hashing and
+// writing hide behind the transfer.
+func overSiteLink(ctx context.Context, cfg benchConfig, r *rig, v1Path, v1, v2 string, floor *bareStream) (linkFigures, error) {
 	dir := filepath.Join(r.dir, "receiver-site-link")
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, err
+		return linkFigures{}, err
 	}
 	for _, suffix := range []string{"", cache.IndexSuffix} {
 		if _, err := transfer.CopyLocal(ctx, v1Path+suffix, filepath.Join(dir, v1+suffix), transfer.Writable); err != nil {
-			return nil, err
+			return linkFigures{}, err
 		}
 	}
 	wire := &transfertest.WireCounter{}
 	conn, err := r.srv.dial(append(transfer.DialOptions(), grpc.WithStatsHandler(wire), throttled(siteLinkBytes))...)
 	if err != nil {
-		return nil, err
+		return linkFigures{}, err
 	}
 	defer conn.Close()
 	c, err := cache.New(cache.Config{Dir: dir, Source: transfertest.OverNetwork{C: osvcv1.NewContentServiceClient(conn)}, Logger: cfg.Logger})
 	if err != nil {
-		return nil, err
+		return linkFigures{}, err
 	}
 	defer c.Close()
 	bare, stopBare, err := floor.dial(throttled(siteLinkBytes))
 	if err != nil {
-		return nil, err
+		return linkFigures{}, err
 	}
 	defer stopBare()
-	var out []float64
+	var out linkFigures
+	mib := func(n int64, d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
 	for round := range throughputRounds {
 		for _, p := range []string{c.Path(v2), c.Path(v2) + cache.IndexSuffix} {
 			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, err
+				return linkFigures{}, err
 			}
 		}
 		syncDisks()
-		wire.N.Store(0)
+		wire.Reset()
 		start := time.Now()
 		if err := acquire(ctx, c, v2); err != nil {
-			return nil, err
+			return linkFigures{}, err
 		}
 		elapsed := time.Since(start)
-		n := wire.N.Load()
+		n, span := wire.N.Load(), wire.ReadSpan()
+		if span == 0 {
+			return linkFigures{}, errors.New("distribute over a site link: version 2 was fetched without a read of the server's")
+		}
 		bareTime, err := bare.stream(ctx, n)
 		if err != nil {
-			return nil, err
+			return linkFigures{}, err
 		}
-		out = append(out, bareTime.Seconds()/elapsed.Seconds())
-		fmt.Fprintf(cfg.Out, "distribute over a %s/s link %d/%d: version 2 fetched in %s, %s over the connection; the bare stream of as many bytes %s: %.3g\n",
-			humanize.IBytes(siteLinkBytes), round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)),
-			bareTime.Round(time.Millisecond), out[len(out)-1])
+		out.rate, out.bare = append(out.rate, mib(n, elapsed)), append(out.bare, mib(n, bareTime))
+		out.transfer = append(out.transfer, bareTime.Seconds()/span.Seconds())
+		fmt.Fprintf(cfg.Out, "distribute over a %s/s link %d/%d: version 2 fetched in %s, %s over the connection, its reads took %s; the bare stream of as many bytes %s: (a) the transfer %.3g, end to end %.3g\n",
+			humanize.IBytes(siteLinkBytes), round+1, throughputRounds, elapsed.Round(time.Millisecond), humanize.IBytes(uint64(n)), span.Round(time.Millisecond),
+			bareTime.Round(time.Millisecond), bareTime.Seconds()/span.Seconds(), bareTime.Seconds()/elapsed.Seconds())
 	}
 	return out, nil
+}
+
+// linkFigures are the samples of the fetches over a site link: the bytes
+// sent ÷ each fetch's whole time and a bare stream's of as many bytes
+// (MiB/s), and the transfer's ratio (the reads' span against the bare
+// stream).
+type linkFigures struct {
+	rate, bare, transfer []float64
+}
+
+// hashTime is how long hashing the file at path whole takes (sha256, as a
+// receiver checks what it fetched).
+func hashTime(ctx context.Context, path string) (time.Duration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	start := time.Now()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, transfer.ChunkSize)); err != nil {
+		return 0, err
+	}
+	return time.Since(start), ctx.Err()
 }
 
 // throttled makes a connection's reads take at most perSecond bytes a

@@ -223,9 +223,9 @@ func (d *deltaDownload) attempt(ctx context.Context, checkLocal bool) error {
 			remote = append(remote, i)
 		}
 	}
-	// Room for every local chunk: the local side never waits for the
-	// hasher (see copyLocal).
-	written := make(chan filled, receiveBuffers+len(local))
+	// Room for every chunk: neither side ever waits for the hasher (see
+	// check and copyLocal).
+	written := make(chan filled, len(remote)+len(local))
 	received := make(chan filled, receiveBuffers)
 	h := sha256.New()
 	g, gctx := errgroup.WithContext(ctx)
@@ -350,15 +350,24 @@ func (d *deltaDownload) receive(ctx context.Context, todo []int, received chan<-
 // hands it to the hasher. A chunk received whole is written even when the
 // download is being stopped, so that an interrupted download sends again
 // only the chunk it was receiving.
+//
+// The transfer never waits for the hasher, which hashes in file order and
+// may be far behind, copying local chunks: when the receiver has no buffer
+// left, the chunk's buffer goes straight back to it and the hasher reads
+// the chunk back from the file (the page cache) when it gets there. So the
+// connection is drained at the rate it delivers, not at the rate the whole
+// file is hashed.
 func (d *deltaDownload) check(ctx context.Context, f *os.File, received <-chan filled, written chan<- filled) error {
 	for b := range received {
 		if err := d.put(f, b.i, b.data); err != nil {
 			return err
 		}
-		select {
-		case written <- b:
-		case <-ctx.Done():
+		if len(b.free) == 0 {
+			b.free <- b.data[:cap(b.data)]
+			b.data, b.free = nil, nil
 		}
+		// written has room for every chunk: this never blocks.
+		written <- b
 	}
 	return ctx.Err()
 }
@@ -414,7 +423,7 @@ func (d *deltaDownload) copyLocal(ctx context.Context, f *os.File, todo []int, c
 		if pooled {
 			b.data, b.free = data, free
 		}
-		// written has room for every local chunk: this never blocks.
+		// written has room for every chunk: this never blocks.
 		written <- b
 	}
 	return nil
@@ -437,7 +446,7 @@ func (d *deltaDownload) put(f *os.File, i int, data []byte) error {
 }
 
 // hash hashes the chunks into h in order: those the partial file held
-// already (held), and local chunks written without a buffer, read from it;
+// already (held), and chunks handed over without a buffer, read from it;
 // the others from the buffers they were written from, each given back once
 // hashed. It tells progress as the hashed prefix grows.
 func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, written <-chan filled, h hash.Hash) error {
@@ -460,7 +469,8 @@ func (d *deltaDownload) hash(ctx context.Context, f *os.File, held []bool, writt
 				if ok {
 					delete(ready, next)
 					if b.data == nil {
-						// Written without a buffer to spare: read it back.
+						// Written without a buffer to spare, or its buffer
+						// went back to the receiver: read it back.
 						if buf == nil {
 							buf = make([]byte, chunks.MaxSize)
 						}

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -188,6 +190,43 @@ func TestAnInterruptedDeltaDownloadResumesSendingOnlyTheChunksItHadNotWritten(t 
 	if sent := s.served.Load() - before; sent != missing-kept || second.Resumed != kept || second.Downloaded != sent {
 		t.Errorf("the second attempt: %d bytes sent, %d resumed, %d downloaded; want the %d bytes of the %d version 1 lacks that the first did not keep",
 			sent, second.Resumed, second.Downloaded, missing-kept, missing)
+	}
+}
+
+func TestTheTransferIsNotHeldUpByTheWholeFilesHash(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	v1, v2 := versions(64 << 20)
+	// The client lacks the first three quarters: far more chunks than its
+	// buffers and the connection's window hold.
+	have := holding(t, v1[3*len(v1)/4:])
+	sum := s.held(t, v2)
+	missing := lacking(t, v2, have)
+	allSent := make(chan struct{})
+	var once sync.Once
+	s.onServed = func(total int64) {
+		if total >= missing {
+			once.Do(func() { close(allSent) })
+		}
+	}
+	// The hasher tells progress after each chunk it hashed: held at the
+	// first, it stands for one far behind the transfer. The deadline only
+	// ends the test should the transfer wait for it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dst := filepath.Join(t.TempDir(), "v2.wim")
+	d, err := transfer.DownloadDelta(ctx, s.client, sum, dst, []transfer.LocalBlob{have}, func(int64, int64) {
+		select {
+		case <-allSent:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		t.Fatalf("with the hash held at the first chunk, the server sent %d of the %d bytes lacking: %v", s.served.Load(), missing, err)
+	}
+	checkDownloaded(t, dst, v2)
+	if d.Downloaded != missing {
+		t.Errorf("downloaded %d bytes, want the %d lacking", d.Downloaded, missing)
 	}
 }
 

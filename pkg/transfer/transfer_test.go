@@ -55,6 +55,8 @@ type server struct {
 	onAdopt         func(*osvcv1.AdoptResponse) error
 	// refuseAdopt, when set, is Adopt's answer, before the library sees the call.
 	refuseAdopt error
+	// onServed sees the bytes served so far each time a Read sent some.
+	onServed func(total int64)
 
 	mu    sync.Mutex
 	reads []readCall // finished Read calls
@@ -87,8 +89,11 @@ type countingStream struct {
 
 func (c *countingStream) SendMsg(m any) error {
 	if r, ok := m.(*osvcv1.ReadResponse); ok {
-		c.s.served.Add(int64(len(r.GetData())))
+		total := c.s.served.Add(int64(len(r.GetData())))
 		c.call.served += int64(len(r.GetData()))
+		if c.s.onServed != nil {
+			c.s.onServed(total)
+		}
 	}
 	return c.ServerStream.SendMsg(m)
 }
