@@ -7,7 +7,9 @@
 //     its stamp (device, inode, size, modification and change time) taken
 //     when it hashed right proves it unwritten since, and a file whose
 //     stamp differs is hashed again. The stamp is kept beside the file as
-//     <sha256>.verified, so a restart does not hash every file again.
+//     <sha256>.verified, so a restart does not hash every file again, once
+//     the file's data is on disk: a file is synced in the background, off
+//     the fetch path, and served meanwhile on the stamp kept in memory.
 //     (Linux only: elsewhere a file is hashed each time it is served.)
 //   - Single flight per blob: runs asking for the same file at once share one
 //     verification and one download (golang.org/x/sync/singleflight).
@@ -111,6 +113,12 @@ type Cache struct {
 	// wg waits for the shared fetches (singleflight runs them in goroutines
 	// of their own).
 	wg sync.WaitGroup
+	// syncs waits for the background syncs of verified files (see
+	// remember); only a fetch starts one, so after wg none starts.
+	syncs sync.WaitGroup
+	// syncFile makes the data of the file at a path durable; a test
+	// replaces it to hold a sync.
+	syncFile func(path string) error
 
 	mu      sync.Mutex
 	closed  bool
@@ -120,6 +128,8 @@ type Cache struct {
 	// map exactly while group has a call under the same key (both change
 	// under mu), so a flight's waiters are the callers of its call.
 	flights map[string]*flight
+	// lastSyncID names the background syncs, see entry.syncID.
+	lastSyncID uint64
 }
 
 // entry is what the cache knows of one sha256.
@@ -138,6 +148,14 @@ type entry struct {
 	// downloaded, verified as it came), kept anew after each touch; nil when
 	// the file is to be hashed before it is served again.
 	verified *stamp
+	// durable tells that the data verified vouches for is on disk: the
+	// file was synced since, or its stamp was read from the stamp file.
+	// Only then is the stamp kept beside the file, since it outlives the
+	// agent (and a crash of the machine).
+	durable bool
+	// syncID names the latest background sync of the file (see remember):
+	// one started before is of an earlier state and keeps no stamp.
+	syncID uint64
 }
 
 // flight is one shared fetch (verify, then download if needed) of a sha256.
@@ -192,10 +210,11 @@ func New(cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("cache: create the cache folder %s: %w: set --data-dir to a writable folder", cfg.Dir, err)
 	}
 	c := &Cache{
-		cfg:     cfg,
-		log:     cfg.Logger.Named("cache"),
-		entries: make(map[string]*entry),
-		flights: make(map[string]*flight),
+		cfg:      cfg,
+		log:      cfg.Logger.Named("cache"),
+		syncFile: fsync,
+		entries:  make(map[string]*entry),
+		flights:  make(map[string]*flight),
 	}
 	if err := c.scan(); err != nil {
 		return nil, err
@@ -304,7 +323,7 @@ func (c *Cache) paths(sha256 string, suffixes []string) []string {
 // first, and forgets the stamp; c.mu is held.
 func (c *Cache) removeFiles(sha256 string) error {
 	if e := c.entries[sha256]; e != nil {
-		e.verified = nil
+		e.verified, e.durable = nil, false
 	}
 	return removeAll(append(c.paths(sha256, stampFiles), c.files(sha256)...))
 }
@@ -397,7 +416,9 @@ func (c *Cache) unref(sha256 string, used bool) {
 // Setting the time moves the file's change time too: a file still as it
 // was verified is stamped anew after it, so the cache's own touch costs no
 // hash, and one written since loses its stamp and is hashed when next
-// served.
+// served. The new stamp is kept beside the file only when its data is
+// durable; until its background sync ends, a file has its stamp in memory
+// only (see remember).
 func (c *Cache) touch(sha256 string) {
 	now := c.cfg.Now()
 	e := c.entry(sha256)
@@ -415,9 +436,10 @@ func (c *Cache) touch(sha256 string) {
 			e.verified = &after
 		}
 	}
-	if err := c.writeStamp(sha256, e.verified); err != nil {
-		c.log.Warn("keeping the stamp of a cached file failed: it is hashed again after a restart", "sha256", sha256, "error", err)
+	if e.verified == nil {
+		e.durable = false
 	}
+	c.keepStamp(sha256, e)
 }
 
 // await joins the flight of sha256, starting one when none is under way,
@@ -698,7 +720,10 @@ func (c *Cache) Usage() (bytes int64, files int) {
 }
 
 // Close stops the downloads under way (their partial files stay, for the
-// next agent to resume) and waits for them. Acquire fails after Close.
+// next agent to resume) and waits for them, then for the background syncs
+// of the files fetched: those write pages the system would write anyway,
+// and a file whose stamp is kept is not hashed again by the next agent.
+// Acquire fails after Close.
 func (c *Cache) Close() {
 	c.mu.Lock()
 	c.closed = true
@@ -707,4 +732,5 @@ func (c *Cache) Close() {
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.syncs.Wait()
 }

@@ -62,29 +62,77 @@ func (c *Cache) unchanged(sha256 string, info fs.FileInfo) bool {
 			}
 			return false
 		}
-		e.verified = &s
+		// Kept only once its file was synced (see persist).
+		e.verified, e.durable = &s, true
 	}
 	return *e.verified == now
 }
 
 // remember records that sha256's file hashed to its name in the state
 // info, taken before it was read (a write since then shows in the stamp).
-// The file is synced first: its stamp outlives the agent, and must not
-// outlive the data it vouches for (pkg/transfer does not sync what it
-// downloads). The stamp file is written by the touch that follows the
-// fetch.
+// The stamp is kept in memory at once: in this process the page cache is
+// coherent, so the file is served on it without a sync, and the fetch
+// does not wait for the write-back of a file of gigabytes. Its stamp file,
+// which outlives the agent, must not outlive the data it vouches for
+// (pkg/transfer does not sync what it downloads, and a file hashed from
+// the page cache may not be on disk either, e.g. left by an agent killed
+// before its sync): it is written once a sync in the background has made
+// the data durable (see persist).
 func (c *Cache) remember(sha256 string, info fs.FileInfo) {
 	s, ok := fileStamp(info)
 	if !ok {
 		return
 	}
-	if err := syncFile(c.Path(sha256)); err != nil {
-		c.log.Warn("syncing a cached file failed: it is hashed again when next served", "sha256", sha256, "error", err)
-		return
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.entry(sha256).verified = &s
+	e := c.entry(sha256)
+	e.verified, e.durable = &s, false
+	c.lastSyncID++
+	id := c.lastSyncID
+	e.syncID = id
+	// Started by a fetch, which wg counts: Close waits for wg, then syncs.
+	c.syncs.Go(func() { c.persist(sha256, id) })
+}
+
+// persist syncs sha256's file, remembered as the background sync id, and
+// then, if the file is still as verified, marks it durable and keeps its
+// stamp beside it. A file removed, evicted, fetched again or written
+// since keeps nothing: a later stamp is its own sync's to keep, and a file
+// written is hashed when next served.
+func (c *Cache) persist(sha256 string, id uint64) {
+	err := c.syncFile(c.Path(sha256))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.entries[sha256]
+	if e == nil || e.syncID != id || e.verified == nil {
+		return
+	}
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("syncing a cached file failed: it is hashed again after a restart", "sha256", sha256, "error", err)
+		}
+		return
+	}
+	// Still as verified: nothing wrote the file since its stamp was taken,
+	// so the data the sync made durable is the data verified.
+	if now, ok := statStamp(c.Path(sha256)); !ok || now != *e.verified {
+		return
+	}
+	e.durable = true
+	c.keepStamp(sha256, e)
+}
+
+// keepStamp writes e's stamp beside sha256's file when its data is
+// durable, and otherwise removes the stamp file there, if any; c.mu is
+// held.
+func (c *Cache) keepStamp(sha256 string, e *entry) {
+	s := e.verified
+	if !e.durable {
+		s = nil
+	}
+	if err := c.writeStamp(sha256, s); err != nil {
+		c.log.Warn("keeping the stamp of a cached file failed: it is hashed again after a restart", "sha256", sha256, "error", err)
+	}
 }
 
 // readStamp reads the stamp kept beside sha256's file.
@@ -151,8 +199,8 @@ func statStamp(path string) (s stamp, ok bool) {
 	return fileStamp(info)
 }
 
-// syncFile makes the data of the file at path durable.
-func syncFile(path string) error {
+// fsync makes the data of the file at path durable.
+func fsync(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err

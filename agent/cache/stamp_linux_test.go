@@ -253,7 +253,9 @@ func TestARestartTrustsOnlyAStampThatMatchesItsFile(t *testing.T) {
 			if reads := s.startedReads(); len(reads) != tt.wantRead {
 				t.Errorf("%d downloads after the restart, want %d", len(reads), tt.wantRead)
 			}
-			// Stamped anew: a third agent trusts it.
+			// Stamped anew, once synced (Close waits for that): a third
+			// agent trusts it.
+			after.Close()
 			third := newCache(t, s, opts{dir: dir})
 			use(t, third, sha)
 			if n := cache.Hashes(third); n != 0 {
@@ -291,6 +293,7 @@ func TestAStampGoesWithItsFile(t *testing.T) {
 			c := newCache(t, s, opts{maxBytes: tt.maxBytes})
 			use(t, c, a)
 			use(t, c, b)
+			cache.WaitSynced(c)
 			for _, sha := range []string{a, b} {
 				if !exists(c.Path(sha) + cache.VerifiedSuffix) {
 					t.Fatalf("no stamp beside %s after its use", sha)
@@ -362,5 +365,140 @@ func TestAtStartAStampIsNeitherCountedNorKeptWithoutItsFile(t *testing.T) {
 		if got := exists(filepath.Join(dir, name)); got != want {
 			t.Errorf("%s kept %v, want %v", name, got, want)
 		}
+	}
+}
+
+// heldSyncs stands for the cache's syncs: each tells the file it syncs on
+// started, then waits for release to be closed and returns err.
+type heldSyncs struct {
+	started chan string
+	release chan struct{}
+}
+
+func holdSyncs(c *cache.Cache, err error) *heldSyncs {
+	h := &heldSyncs{started: make(chan string, 10), release: make(chan struct{})}
+	cache.SetSyncFile(c, func(path string) error {
+		h.started <- path
+		<-h.release
+		return err
+	})
+	return h
+}
+
+func TestADownloadedFileIsServedAtOnceAndStampedOnDiskOnlyOnceSynced(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	_, sha := s.put(t, 3*transfer.ChunkSize/2, 14)
+	dir := t.TempDir()
+	c := newCache(t, s, opts{dir: dir})
+	held := holdSyncs(c, nil)
+	stampPath := c.Path(sha) + cache.VerifiedSuffix
+
+	// Acquire does not wait for the sync.
+	got := wait(t, acquire(context.Background(), c, sha), "Acquire, its file's sync held")
+	if got.err != nil {
+		t.Fatalf("Acquire: %v", got.err)
+	}
+	got.release()
+	if path := wait(t, held.started, "the sync of the file downloaded"); path != c.Path(sha) {
+		t.Fatalf("synced %s, want the file downloaded, %s", path, c.Path(sha))
+	}
+	if exists(stampPath) {
+		t.Error("a stamp was kept beside the file before its sync ended")
+	}
+	use(t, c, sha)
+	if n := cache.Hashes(c); n != 0 {
+		t.Errorf("served again before its sync ended, the file was hashed %d times, want none: its stamp is in memory", n)
+	}
+	if exists(stampPath) {
+		t.Error("a use kept the stamp beside the file before its sync ended")
+	}
+
+	close(held.release)
+	c.Close() // Waits for the sync.
+	if !exists(stampPath) {
+		t.Fatal("no stamp beside the file once its sync ended")
+	}
+	next := newCache(t, s, opts{dir: dir})
+	use(t, next, sha)
+	if n := cache.Hashes(next); n != 0 {
+		t.Errorf("the next agent hashed the file %d times, want none: it was stamped once synced", n)
+	}
+	if reads := s.startedReads(); len(reads) != 1 {
+		t.Errorf("%d downloads, want 1", len(reads))
+	}
+}
+
+func TestCloseWaitsForASyncAndAStampIsKeptOnlyForAFileStillAsVerified(t *testing.T) {
+	t.Parallel()
+	const size = 1000
+	nothing := func(*testing.T, *server, *cache.Cache, string) {}
+	tests := []struct {
+		name    string
+		syncErr error
+		// meanwhile acts on the file sha while its sync is held.
+		meanwhile func(t *testing.T, s *server, c *cache.Cache, sha string)
+		wantStamp bool
+	}{
+		{"a file left as it was is stamped", nil, nothing, true},
+		{"a file whose sync failed is not", errors.New("input/output error"), nothing, false},
+		{"a file written meanwhile is not", nil, func(t *testing.T, _ *server, c *cache.Cache, sha string) {
+			damageKeepingTime(t, c.Path(sha))
+		}, false},
+		{"a file removed meanwhile is not", nil, func(t *testing.T, _ *server, c *cache.Cache, sha string) {
+			if err := c.Remove(sha); err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+		}, false},
+		{"a file evicted meanwhile is not", nil, func(t *testing.T, s *server, c *cache.Cache, _ string) {
+			_, x := s.put(t, size, 'x')
+			use(t, c, x)
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := startServer(t)
+			_, sha := s.put(t, size, 'a')
+			dir := t.TempDir()
+			c := newCache(t, s, opts{dir: dir, maxBytes: 3 * size / 2})
+			held := holdSyncs(c, tt.syncErr)
+			use(t, c, sha)
+			wait(t, held.started, "the sync of the file downloaded")
+			tt.meanwhile(t, s, c, sha)
+
+			closed := make(chan struct{})
+			go func() {
+				c.Close()
+				close(closed)
+			}()
+			// Cannot fail wrongly, only miss: Close may not have started.
+			select {
+			case <-closed:
+				t.Error("Close returned while a sync was under way")
+			default:
+			}
+			close(held.release)
+			// Close returned: the goroutine of every sync ended.
+			wait(t, closed, "Close, once the syncs ended")
+			path := filepath.Join(dir, sha)
+			if got := exists(path + cache.VerifiedSuffix); got != tt.wantStamp {
+				t.Errorf("stamp kept %v, want %v", got, tt.wantStamp)
+			}
+
+			// What was left is served right, on the stamp only if it was kept.
+			next := newCache(t, s, opts{dir: dir})
+			got, release, err := next.Acquire(context.Background(), sha, nil)
+			if err != nil {
+				t.Fatalf("Acquire by the next agent: %v", err)
+			}
+			release()
+			if sum := fileSHA(t, got); sum != sha {
+				t.Errorf("the next agent served a file hashing to %s, want %s", sum, sha)
+			}
+			if n := cache.Hashes(next); tt.wantStamp && n != 0 {
+				t.Errorf("the next agent hashed the file %d times, want none: it was stamped", n)
+			}
+		})
 	}
 }
