@@ -3,14 +3,22 @@
 // agent.
 //
 //   - Verified: a file is served only when it hashes to its name; a damaged
-//     one is removed and fetched again.
+//     one is removed and fetched again. It is hashed once, not at every use:
+//     its stamp (device, inode, size, modification and change time) taken
+//     when it hashed right proves it unwritten since, and a file whose
+//     stamp differs is hashed again. The stamp is kept beside the file as
+//     <sha256>.verified, so a restart does not hash every file again, once
+//     the file's data is on disk: a file is synced in the background, off
+//     the fetch path, and served meanwhile on the stamp kept in memory.
+//     (Linux only: elsewhere a file is hashed each time it is served.)
 //   - Single flight per blob: runs asking for the same file at once share one
 //     verification and one download (golang.org/x/sync/singleflight).
 //   - Size cap: past MaxBytes the least recently used files are evicted, by
 //     the last use the cache records itself, never a file a run holds.
 //   - Restartable: the files found in the folder at start are reused (and
-//     verified when first served); a partial download left by a stopped agent
-//     is resumed by the Downloader (pkg/transfer keeps it as <sha256>.partial).
+//     verified when first served, by their stamp or a hash); a partial
+//     download left by a stopped agent is resumed by the Downloader
+//     (pkg/transfer keeps it as <sha256>.partial).
 //   - Delta: with a Source that can (DeltaSource), a file is fetched as the
 //     chunks the cache's other files lack (an earlier version of an image
 //     shares most of its chunks). Each file's chunk index is kept beside it
@@ -32,6 +40,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -66,7 +75,8 @@ const IndexSuffix = ".chunks"
 // Config configures a Cache.
 type Config struct {
 	// Dir is the cache's folder; it is created when missing. Everything in it
-	// named <sha256>, <sha256>.partial or <sha256>.chunks belongs to the cache.
+	// named <sha256>, <sha256>.partial, <sha256>.chunks or <sha256>.verified
+	// (and those last two with .partial, being written) belongs to the cache.
 	Dir string
 	// MaxBytes caps the bytes the cache keeps on disk (files and partial
 	// downloads); 0 means no cap. Files runs hold are never evicted, so the
@@ -97,10 +107,18 @@ type Cache struct {
 	cfg   Config
 	log   hclog.Logger
 	group singleflight.Group
+	// hashes counts the cached files hashed to verify them (for tests).
+	hashes atomic.Int64
 
 	// wg waits for the shared fetches (singleflight runs them in goroutines
 	// of their own).
 	wg sync.WaitGroup
+	// syncs waits for the background syncs of verified files (see
+	// remember); only a fetch starts one, so after wg none starts.
+	syncs sync.WaitGroup
+	// syncFile makes the data of the file at a path durable; a test
+	// replaces it to hold a sync.
+	syncFile func(path string) error
 
 	mu      sync.Mutex
 	closed  bool
@@ -110,6 +128,8 @@ type Cache struct {
 	// map exactly while group has a call under the same key (both change
 	// under mu), so a flight's waiters are the callers of its call.
 	flights map[string]*flight
+	// lastSyncID names the background syncs, see entry.syncID.
+	lastSyncID uint64
 }
 
 // entry is what the cache knows of one sha256.
@@ -124,6 +144,18 @@ type entry struct {
 	// refs counts the runs holding the file: from the start of Acquire until
 	// release, the file is never evicted.
 	refs int
+	// verified is the file's stamp when it last hashed to its name (or was
+	// downloaded, verified as it came), kept anew after each touch; nil when
+	// the file is to be hashed before it is served again.
+	verified *stamp
+	// durable tells that the data verified vouches for is on disk: the
+	// file was synced since, or its stamp was read from the stamp file.
+	// Only then is the stamp kept beside the file, since it outlives the
+	// agent (and a crash of the machine).
+	durable bool
+	// syncID names the latest background sync of the file (see remember):
+	// one started before is of an earlier state and keeps no stamp.
+	syncID uint64
 }
 
 // flight is one shared fetch (verify, then download if needed) of a sha256.
@@ -152,6 +184,7 @@ type waiter struct {
 
 // New indexes the files already in cfg.Dir (by name, size and modification
 // time; each is verified when first served) and evicts down to the cap.
+// Stamps left without their file, or half written, are removed.
 func New(cfg Config) (*Cache, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("cache: a folder is required (Dir)")
@@ -177,10 +210,11 @@ func New(cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("cache: create the cache folder %s: %w: set --data-dir to a writable folder", cfg.Dir, err)
 	}
 	c := &Cache{
-		cfg:     cfg,
-		log:     cfg.Logger.Named("cache"),
-		entries: make(map[string]*entry),
-		flights: make(map[string]*flight),
+		cfg:      cfg,
+		log:      cfg.Logger.Named("cache"),
+		syncFile: fsync,
+		entries:  make(map[string]*entry),
+		flights:  make(map[string]*flight),
 	}
 	if err := c.scan(); err != nil {
 		return nil, err
@@ -198,12 +232,21 @@ func (c *Cache) scan() error {
 	if err != nil {
 		return fmt.Errorf("cache: read the cache folder %s: %w", c.cfg.Dir, err)
 	}
+	var stamps []string
+	found := make(map[string]bool)
 	for _, de := range des {
-		sha := strings.TrimSuffix(strings.TrimSuffix(de.Name(), transfer.PartialSuffix), IndexSuffix)
-		if !de.Type().IsRegular() || !transfer.ValidSHA256(sha) {
+		sha, suffix, ok := cacheName(de.Name())
+		if !de.Type().IsRegular() || !ok {
 			c.log.Debug("not a cache file: left alone", "name", de.Name())
 			continue
 		}
+		if slices.Contains(stampFiles, suffix) {
+			// Read when its file is first served (see unchanged), and not
+			// counted (see stampFiles).
+			stamps = append(stamps, de.Name())
+			continue
+		}
+		found[de.Name()] = true
 		info, err := de.Info()
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -222,17 +265,78 @@ func (c *Cache) scan() error {
 		}
 		c.used += info.Size()
 	}
+	for _, name := range stamps {
+		if strings.HasSuffix(name, VerifiedSuffix) && found[strings.TrimSuffix(name, VerifiedSuffix)] {
+			continue
+		}
+		// Its file is gone (a later file of that name is another inode and
+		// would not match it anyway), or a crash cut its writing short.
+		if err := os.Remove(filepath.Join(c.cfg.Dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			c.log.Warn("removing a stamp left without its file failed", "name", name, "error", err)
+		}
+	}
 	return nil
 }
 
 // Path is where the cache keeps the file with that sha256.
 func (c *Cache) Path(sha256 string) string { return filepath.Join(c.cfg.Dir, sha256) }
 
-// files are the files the cache may keep for sha256: the file itself, its
-// partial download and its chunk index (and one being written).
+// counted are the suffixes of the files the cache keeps for a sha256 and
+// counts in its size: the file itself, its partial download, its chunk
+// index and one being written.
+var counted = []string{"", transfer.PartialSuffix, IndexSuffix, IndexSuffix + transfer.PartialSuffix}
+
+// stampFiles are the suffixes of a file's stamp and one being written. A
+// few dozen bytes each, they are not counted: the cap and Usage speak of
+// the files and their indexes.
+var stampFiles = []string{VerifiedSuffix, VerifiedSuffix + transfer.PartialSuffix}
+
+// cacheName splits the name of a file in the cache's folder into the
+// sha256 it belongs to and its suffix; ok is false for a name the cache
+// does not use.
+func cacheName(name string) (sha256, suffix string, ok bool) {
+	const hexLen = 64
+	if len(name) < hexLen {
+		return "", "", false
+	}
+	sha256, suffix = name[:hexLen], name[hexLen:]
+	ok = transfer.ValidSHA256(sha256) && (slices.Contains(counted, suffix) || slices.Contains(stampFiles, suffix))
+	return sha256, suffix, ok
+}
+
+// files are the files the cache may keep for sha256 and counts in its size.
 func (c *Cache) files(sha256 string) []string {
+	return c.paths(sha256, counted)
+}
+
+// paths are sha256's file with each of suffixes.
+func (c *Cache) paths(sha256 string, suffixes []string) []string {
 	p := c.Path(sha256)
-	return []string{p, p + transfer.PartialSuffix, p + IndexSuffix, p + IndexSuffix + transfer.PartialSuffix}
+	out := make([]string, len(suffixes))
+	for i, s := range suffixes {
+		out[i] = p + s
+	}
+	return out
+}
+
+// removeFiles removes every file the cache keeps for sha256, its stamp
+// first, and forgets the stamp; c.mu is held.
+func (c *Cache) removeFiles(sha256 string) error {
+	if e := c.entries[sha256]; e != nil {
+		e.verified, e.durable = nil, false
+	}
+	return removeAll(append(c.paths(sha256, stampFiles), c.files(sha256)...))
+}
+
+// removeAll removes the files at paths, those missing already too.
+func removeAll(paths []string) error {
+	var errs []error
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Acquire returns the path of the file with that sha256, verified, fetching
@@ -308,14 +412,34 @@ func (c *Cache) unref(sha256 string, used bool) {
 }
 
 // touch records a use of sha256 now, in memory and as the file's
-// modification time; c.mu is held.
+// modification time; c.mu is held, so no fetch reads the stamp meanwhile.
+// Setting the time moves the file's change time too: a file still as it
+// was verified is stamped anew after it, so the cache's own touch costs no
+// hash, and one written since loses its stamp and is hashed when next
+// served. The new stamp is kept beside the file only when its data is
+// durable; until its background sync ends, a file has its stamp in memory
+// only (see remember).
 func (c *Cache) touch(sha256 string) {
 	now := c.cfg.Now()
-	c.entry(sha256).lastUse = now
-	if err := os.Chtimes(c.Path(sha256), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	e := c.entry(sha256)
+	e.lastUse = now
+	path := c.Path(sha256)
+	before, ok := statStamp(path)
+	unwritten := ok && e.verified != nil && before == *e.verified
+	if err := os.Chtimes(path, now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		// The order survives in memory; only a restart would forget it.
 		c.log.Warn("recording the last use of a cached file failed", "sha256", sha256, "error", err)
 	}
+	e.verified = nil
+	if unwritten {
+		if after, ok := statStamp(path); ok {
+			e.verified = &after
+		}
+	}
+	if e.verified == nil {
+		e.durable = false
+	}
+	c.keepStamp(sha256, e)
 }
 
 // await joins the flight of sha256, starting one when none is under way,
@@ -435,26 +559,60 @@ func (c *Cache) fly(sha256 string, f *flight) (int64, error) {
 // the bytes it received from the server for it.
 func (c *Cache) fetch(ctx context.Context, sha256 string, progress transfer.ProgressFunc) (int64, error) {
 	path := c.Path(sha256)
+	// Taken before the file is read: a write while it is hashed shows in
+	// the stamp remembered.
+	info, err := os.Stat(path)
+	if err == nil {
+		ok, err := c.verify(ctx, sha256, info)
+		if ok || err != nil {
+			return 0, err
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("verify the cached file %s: %w", path, err)
+	}
+	received, err := c.download(ctx, sha256, progress)
+	if err != nil {
+		return 0, err
+	}
+	// pkg/transfer verified the file as it wrote it, just now.
+	if info, err := os.Stat(path); err == nil {
+		c.remember(sha256, info)
+	}
+	return received, nil
+}
+
+// verify tells whether the cached file of sha256, in the state info, is
+// one to serve: unwritten since it last hashed to its name, or hashing to
+// it now. A damaged file is removed (ok false, to fetch it again).
+func (c *Cache) verify(ctx context.Context, sha256 string, info fs.FileInfo) (ok bool, err error) {
+	if c.unchanged(sha256, info) {
+		c.log.Debug("update file served from the cache, unwritten since it was verified", "sha256", sha256, "size", info.Size())
+		return true, nil
+	}
+	path := c.Path(sha256)
+	c.hashes.Add(1)
 	sum, size, err := transfer.HashFile(ctx, path)
 	switch {
 	case err == nil && sum == sha256:
 		c.log.Debug("update file served from the cache", "sha256", sha256, "size", size)
-		return 0, nil
+		c.remember(sha256, info)
+		return true, nil
 	case err == nil:
 		// Never served: a damaged file would fail (or worse, pass) a run.
 		c.log.Warn("damaged cached file: fetching it again", "sha256", sha256, "hashes_to", sum, "size", size)
-		for _, p := range []string{path, path + IndexSuffix} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return 0, fmt.Errorf("remove the damaged cached file %s: %w", p, err)
-			}
+		// Its stamp goes with it (the one in memory, if any, is of another
+		// state: else the file would not have been hashed).
+		if err := removeAll(append(c.paths(sha256, stampFiles), path, path+IndexSuffix)); err != nil {
+			return false, fmt.Errorf("remove the damaged cached file: %w", err)
 		}
+		return false, nil
 	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
 	case ctx.Err() != nil:
-		return 0, context.Cause(ctx)
+		return false, context.Cause(ctx)
 	default:
-		return 0, fmt.Errorf("verify the cached file %s: %w", path, err)
+		return false, fmt.Errorf("verify the cached file %s: %w", path, err)
 	}
-	return c.download(ctx, sha256, progress)
 }
 
 // download fetches sha256 into the cache. A failure a new attempt may not
@@ -533,13 +691,7 @@ func (c *Cache) trim() {
 			return
 		}
 		e := c.entries[sha]
-		var errs []error
-		for _, p := range c.files(sha) {
-			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				errs = append(errs, err)
-			}
-		}
-		if err := errors.Join(errs...); err != nil {
+		if err := c.removeFiles(sha); err != nil {
 			c.log.Warn("evicting a cached file failed: the cache stays above its cap", "sha256", sha, "error", err)
 			c.restat(sha)
 			continue
@@ -568,7 +720,10 @@ func (c *Cache) Usage() (bytes int64, files int) {
 }
 
 // Close stops the downloads under way (their partial files stay, for the
-// next agent to resume) and waits for them. Acquire fails after Close.
+// next agent to resume) and waits for them, then for the background syncs
+// of the files fetched: those write pages the system would write anyway,
+// and a file whose stamp is kept is not hashed again by the next agent.
+// Acquire fails after Close.
 func (c *Cache) Close() {
 	c.mu.Lock()
 	c.closed = true
@@ -577,4 +732,5 @@ func (c *Cache) Close() {
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	c.syncs.Wait()
 }

@@ -115,13 +115,7 @@ func (c *Cache) writeIndex(sha256 string, size int64, list []chunks.Chunk) error
 	if err != nil {
 		return err
 	}
-	path := c.Path(sha256) + IndexSuffix
-	tmp := path + transfer.PartialSuffix
-	if err := os.WriteFile(tmp, data, 0o640); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := writeRenamed(c.Path(sha256)+IndexSuffix, data); err != nil {
 		return err
 	}
 	c.mu.Lock()

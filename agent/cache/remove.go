@@ -3,14 +3,12 @@ package cache
 import (
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 )
 
 // ErrInUse refuses to remove a file a caller holds or a fetch writes.
 var ErrInUse = errors.New("the file is in use")
 
-// Remove deletes the file with that sha256 and its chunk index: a
+// Remove deletes the file with that sha256, its chunk index and its stamp: a
 // distribution point drops the version it replaced. A file someone holds
 // (Acquire without release) or fetches is left (ErrInUse).
 func (c *Cache) Remove(sha256 string) error {
@@ -19,12 +17,7 @@ func (c *Cache) Remove(sha256 string) error {
 	if e := c.entries[sha256]; e != nil && e.refs > 0 || c.flights[sha256] != nil {
 		return fmt.Errorf("remove %s: %w", sha256, ErrInUse)
 	}
-	var errs []error
-	for _, p := range c.files(sha256) {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
+	err := c.removeFiles(sha256)
 	c.restat(sha256)
-	return errors.Join(errs...)
+	return err
 }

@@ -100,7 +100,8 @@ func hashFile(ctx context.Context, f *os.File) (string, int64, error) {
 // mismatch removes the partial file; when the bad bytes came from an earlier,
 // resumed attempt, the download starts again from zero once. dst is not
 // synced to disk: the agent's copies are scratch made again after a crash,
-// and its cache verifies a file again before it serves it.
+// and its cache syncs a file itself, in the background, before it keeps
+// beside the file the stamp that spares it a new hash after a restart.
 func Download(ctx context.Context, c osvcv1.ContentServiceClient, sha256, dst string, progress ProgressFunc) error {
 	if !ValidSHA256(sha256) {
 		return fmt.Errorf("download %q: not a sha256 (want 64 lower-case hex digits)", sha256)
