@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -32,7 +33,8 @@ const chunksDir = "chunks"
 // blobs hold it: the versions of an image share what they have in common,
 // and a month's update costs the library what it changed. The blob's
 // record says so (Content.stored_as_chunks) and names the index; reading
-// reassembles the chunks in order, checking each against its sha256.
+// reassembles the chunks in order, checking each against its sha256, with
+// a few chunks fetched ahead of the reader (see defaultReadAhead).
 //
 // Chunks have no records. The collector keeps those the index of a
 // recorded blob lists and removes the others once their modification time
@@ -334,7 +336,8 @@ func (l *Library) openChunks(ctx context.Context, c *osvcv1.Content) (Blob, erro
 		return nil, fmt.Errorf("content %s: %w", c.GetSha256(), err)
 	}
 	offsets, size := chunks.Locate(list)
-	return &chunkedBlob{ctx: ctx, lib: l, sha: c.GetSha256(), list: list, offsets: offsets, size: size}, nil
+	ctx, stop := context.WithCancel(ctx)
+	return &chunkedBlob{ctx: ctx, stop: stop, lib: l, readAhead: l.readAhead, sha: c.GetSha256(), list: list, offsets: offsets, size: size}, nil
 }
 
 // chunkList reads and checks the chunk index c's record names.
@@ -346,18 +349,37 @@ func (l *Library) chunkList(ctx context.Context, c *osvcv1.Content) ([]chunks.Ch
 	return list, nil
 }
 
+// defaultReadAhead is how many chunks a stream of a blob stored as chunks
+// holds at once: the one it is returning and those fetched ahead of the
+// reader, each by a request of its own. From a bucket far away, the
+// requests' round trips overlap instead of adding up; a stream holds at
+// most defaultReadAhead × chunks.MaxSize bytes (16 MiB).
+const defaultReadAhead = 4
+
 // chunkedBlob is a blob stored as chunks, read from the chunk store.
 type chunkedBlob struct {
-	ctx     context.Context
-	lib     *Library
-	sha     string
-	list    []chunks.Chunk
-	offsets []int64
-	size    int64
+	// ctx is the Open's context, ended by stop when the blob is closed.
+	ctx       context.Context
+	stop      context.CancelFunc
+	lib       *Library
+	readAhead int
+	sha       string
+	list      []chunks.Chunk
+	offsets   []int64
+	size      int64
+	// fetches are the streams' fetches in progress; Close waits for them.
+	fetches sync.WaitGroup
 }
 
-func (b *chunkedBlob) Size() int64  { return b.size }
-func (b *chunkedBlob) Close() error { return nil }
+func (b *chunkedBlob) Size() int64 { return b.size }
+
+// Close ends the fetches of the blob's streams and waits for them, so that
+// no request outlives a reader that stopped early.
+func (b *chunkedBlob) Close() error {
+	b.stop()
+	b.fetches.Wait()
+	return nil
+}
 
 // at is the index of the chunk holding the byte at off < size.
 func (b *chunkedBlob) at(off int64) int {
@@ -433,50 +455,97 @@ func (b *chunkedBlob) fetch(i int, buf []byte) ([]byte, error) {
 }
 
 // Stream reads n bytes from off chunk after chunk, each read whole and
-// checked against its sha256 before any of it is returned.
+// checked against its sha256 before any of it is returned, the next ones
+// fetched meanwhile (see defaultReadAhead).
 func (b *chunkedBlob) Stream(off, n int64) (io.Reader, error) {
 	if off < 0 || n < 0 || off+n > b.size {
 		return nil, fmt.Errorf("content %s: stream %d bytes at %d of %d", b.sha, n, off, b.size)
 	}
-	return &chunkStream{b: b, off: off, end: off + n}, nil
+	s := &chunkStream{b: b, off: off, end: off + n}
+	if n > 0 {
+		s.next, s.last = b.at(off), b.at(off+n-1)
+		s.fill()
+	}
+	return s, nil
 }
 
 // chunkStream is a Stream of a chunkedBlob.
 type chunkStream struct {
 	b        *chunkedBlob
 	off, end int64
-	// buf holds the chunk being read; pending is what is left to return of it.
-	buf     []byte
+	// next is the next chunk to fetch, last the stream's last.
+	next, last int
+	// ahead are the chunks fetched or being fetched, in order, the first
+	// being the one the stream returns; spare are buffers they left.
+	ahead []*chunkFetch
+	spare [][]byte
+	// pending is what is left to return of ahead[0].
 	pending []byte
+	err     error
+}
+
+// chunkFetch is the fetch of one chunk by a goroutine of its own: data
+// and err are set once done is closed.
+type chunkFetch struct {
+	i    int
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// fill starts fetching chunks until the stream holds readAhead of them or
+// has fetched its last.
+func (s *chunkStream) fill() {
+	for len(s.ahead) < s.b.readAhead && s.next <= s.last {
+		f := &chunkFetch{i: s.next, done: make(chan struct{})}
+		var buf []byte
+		if n := len(s.spare); n > 0 {
+			buf, s.spare = s.spare[n-1], s.spare[:n-1]
+		}
+		s.b.fetches.Go(func() {
+			defer close(f.done)
+			f.data, f.err = s.b.fetch(f.i, buf)
+		})
+		s.ahead = append(s.ahead, f)
+		s.next++
+	}
 }
 
 func (s *chunkStream) Read(p []byte) (int, error) {
-	if len(s.pending) == 0 {
+	for len(s.pending) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
 		if s.off >= s.end {
 			return 0, io.EOF
 		}
-		if err := s.next(); err != nil {
-			return 0, err
-		}
+		s.err = s.advance()
 	}
 	n := copy(p, s.pending)
 	s.pending = s.pending[n:]
 	return n, nil
 }
 
-// next reads and checks the chunk holding off and makes what of it the
-// stream returns pending.
-func (s *chunkStream) next() error {
+// advance drops the chunk the stream has returned, starts fetching the
+// next ones, waits for the chunk holding off and makes what of it the
+// stream returns pending. The fetches end on their own, so a reader that
+// stops early leaves none waiting; Close cuts them short.
+func (s *chunkStream) advance() error {
 	b := s.b
-	i := b.at(s.off)
-	buf, err := b.fetch(i, s.buf)
-	s.buf = buf
-	if err != nil {
-		return err
+	if len(s.ahead) > 0 && s.ahead[0].i < b.at(s.off) {
+		s.spare = append(s.spare, s.ahead[0].data)
+		s.ahead = s.ahead[1:]
 	}
+	s.fill()
+	f := s.ahead[0]
+	<-f.done
+	if f.err != nil {
+		return f.err
+	}
+	i := f.i
 	from := s.off - b.offsets[i]
 	to := min(b.list[i].Size, s.end-b.offsets[i])
-	s.pending = buf[from:to]
+	s.pending = f.data[from:to]
 	s.off = b.offsets[i] + to
 	return nil
 }

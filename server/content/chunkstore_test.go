@@ -107,7 +107,12 @@ func (l *library) replaceChunk(t *testing.T, sha string, data []byte) {
 
 // read reads the whole blob through Open.
 func (l *library) read(sha string) ([]byte, error) {
-	b, err := l.Open(context.Background(), sha)
+	return l.readWithin(context.Background(), sha)
+}
+
+// readWithin reads the whole blob through Open, within ctx.
+func (l *library) readWithin(ctx context.Context, sha string) ([]byte, error) {
+	b, err := l.Open(ctx, sha)
 	if err != nil {
 		return nil, err
 	}

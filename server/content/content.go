@@ -137,6 +137,9 @@ type Library struct {
 	// indexing makes the chunk index of a blob stored without one once
 	// for every caller asking for it at the same time.
 	indexing singleflight.Group
+	// readAhead is how many chunks a stream of a blob stored as chunks
+	// holds at once (see defaultReadAhead).
+	readAhead int
 	// id identifies the library's folder (see Locate).
 	id string
 }
@@ -171,7 +174,7 @@ func New(cfg Config) (*Library, error) {
 	l := &Library{
 		dir: dir, blobs: cfg.Blobs, store: cfg.Store, logger: logger.Named("content"),
 		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
-		now: cfg.Now,
+		now: cfg.Now, readAhead: defaultReadAhead,
 	}
 	if l.now == nil {
 		l.now = time.Now
