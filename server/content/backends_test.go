@@ -67,13 +67,20 @@ var backends = []backend{
 }
 
 // bucketStore is a store of bucket under prefix.
-func bucketStore(t *testing.T, bucket, prefix string, maxBytes int64) *s3store.Store {
+func bucketStore(t testing.TB, bucket, prefix string, maxBytes int64) *s3store.Store {
+	t.Helper()
+	return bucketStoreAt(t, s3test.Shared(t).Endpoint(), bucket, prefix, maxBytes)
+}
+
+// bucketStoreAt is a store of bucket under prefix, reached at endpoint:
+// the shared server's, or a proxy of it.
+func bucketStoreAt(t testing.TB, endpoint, bucket, prefix string, maxBytes int64) *s3store.Store {
 	t.Helper()
 	c, err := s3test.Shared(t).StoreConfig(t.TempDir(), bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.PartSize, c.MaxBlobBytes, c.Prefix = testPartSize, maxBytes, prefix
+	c.Endpoint, c.PartSize, c.MaxBlobBytes, c.Prefix = endpoint, testPartSize, maxBytes, prefix
 	st, err := s3store.New(context.Background(), c)
 	if err != nil {
 		t.Fatal(err)

@@ -65,7 +65,9 @@ type Blob interface {
 	// Size is the blob's size in bytes.
 	Size() int64
 	// Stream reads n bytes from off in order, as one request to an object
-	// store: for downloads. Closing the blob ends it.
+	// store: for downloads. Closing the blob ends it. (A blob stored as
+	// chunks fetches a few of them at once, ahead of the reader; its Close
+	// waits for those fetches to end.)
 	Stream(off, n int64) (io.Reader, error)
 }
 

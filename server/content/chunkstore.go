@@ -1,7 +1,6 @@
 package content
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,12 +9,17 @@ import (
 	"io"
 	"os"
 	"sort"
+	"sync"
+	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	osvcv1 "github.com/osvc/osvc/gen/osvc/v1"
 	"github.com/osvc/osvc/pkg/chunks"
 	"github.com/osvc/osvc/pkg/errdefs"
+	"github.com/osvc/osvc/server/store"
 )
 
 // chunksDir is the folder under Dir holding the chunks of the blobs stored
@@ -29,7 +33,8 @@ const chunksDir = "chunks"
 // blobs hold it: the versions of an image share what they have in common,
 // and a month's update costs the library what it changed. The blob's
 // record says so (Content.stored_as_chunks) and names the index; reading
-// reassembles the chunks in order, checking each against its sha256.
+// reassembles the chunks in order, checking each against its sha256, with
+// a few chunks fetched ahead of the reader (see defaultReadAhead).
 //
 // Chunks have no records. The collector keeps those the index of a
 // recorded blob lists and removes the others once their modification time
@@ -39,27 +44,55 @@ const chunksDir = "chunks"
 // it, so a chunk the collector judged unreferenced before a write named it
 // is young when the collector looks at it again under the lock, or gone
 // when the write does, which then stores it again.
+//
+// A chunk lost from the chunk store (a failing disk, an operator, a bucket
+// policy) is repaired by the next write of a blob holding it: a write of a
+// blob the library records as stored as chunks looks at each of its chunks
+// (one Stat each) and stores again, from the data written, those missing
+// or of the wrong size, under the same locks (see repairChunks). A chunk
+// damaged at its size looks sound to a Stat; the read that finds it
+// damaged removes it instead (see dropDamagedChunk), so that the next
+// write stores it again.
 
-// storeChunks stores the chunks of list, read from f (the staged blob), in
-// the chunk store: a chunk it holds is touched, one it lacks stored.
-func (l *Library) storeChunks(ctx context.Context, f *os.File, list []chunks.Chunk) error {
+// chunkLookups bounds the Stats one write makes at once to look at the
+// chunks of a blob it holds: enough to hide an object store's round trip
+// behind the others, few enough not to crowd its connections.
+const chunkLookups = 16
+
+// dropTimeout bounds the removal of a damaged chunk a read found: it
+// outlives the read, whose client may be gone already.
+const dropTimeout = time.Minute
+
+// storeChunks stores the chunks of list at the indexes which, read from f
+// (the staged blob), in the chunk store: a chunk it holds whole is
+// touched, one it lacks stored.
+func (l *Library) storeChunks(ctx context.Context, f *os.File, list []chunks.Chunk, which []int) error {
 	locks, done, err := l.chunkLocks(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
 	offsets, _ := chunks.Locate(list)
-	seen := make(map[[chunks.DigestSize]byte]bool, len(list))
-	for i, c := range list {
-		if seen[c.Digest] {
-			continue
-		}
-		seen[c.Digest] = true
-		if err := l.storeChunk(ctx, locks, c, io.NewSectionReader(f, offsets[i], c.Size)); err != nil {
+	for _, i := range which {
+		if err := l.storeChunk(ctx, locks, list[i], io.NewSectionReader(f, offsets[i], list[i].Size)); err != nil {
 			return fmt.Errorf("content library: store chunk %d of %d: %w", i+1, len(list), err)
 		}
 	}
 	return nil
+}
+
+// distinct lists the indexes of list's chunks, each chunk once: a blob
+// may hold the same chunk several times (runs of zeros), the store once.
+func distinct(list []chunks.Chunk) []int {
+	seen := make(map[[chunks.DigestSize]byte]bool, len(list))
+	out := make([]int, 0, len(list))
+	for i, c := range list {
+		if !seen[c.Digest] {
+			seen[c.Digest] = true
+			out = append(out, i)
+		}
+	}
+	return out
 }
 
 // storeChunk touches the chunk c when the chunk store holds it whole, and
@@ -86,6 +119,165 @@ func (l *Library) storeChunk(ctx context.Context, locks *chunkLocks, c chunks.Ch
 	}
 	defer staged.Discard()
 	return staged.Publish(ctx, sha)
+}
+
+// lostChunks returns the chunks of the blob c records, when it is stored
+// as chunks in this server's chunk store, and the indexes in that list of
+// those the chunk store lacks or holds at another size than the index
+// says, each chunk looked at once: what a write of the blob stores again.
+func (l *Library) lostChunks(ctx context.Context, c *osvcv1.Content) ([]chunks.Chunk, []int, error) {
+	// Without a chunk store, the library can neither read nor repair the
+	// blob; its reads say why.
+	if !c.GetStoredAsChunks() || l.chunks == nil {
+		return nil, nil, nil
+	}
+	list, err := l.chunkList(ctx, c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("content %s: %w", c.GetSha256(), err)
+	}
+	which := distinct(list)
+	lost := make([]bool, len(which))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(chunkLookups)
+	for j, i := range which {
+		g.Go(func() error {
+			info, err := l.chunks.Stat(gctx, hex.EncodeToString(list[i].Digest[:]))
+			if errors.Is(err, errdefs.ErrNotFound) {
+				lost[j] = true
+				return nil
+			}
+			lost[j] = err == nil && info.SizeBytes != list[i].Size
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, nil, fmt.Errorf("content %s: look at its chunks: %w", c.GetSha256(), err)
+	}
+	var out []int
+	for j, i := range which {
+		if lost[j] {
+			out = append(out, i)
+		}
+	}
+	return list, out, nil
+}
+
+// repairChunks stores again, from staged (the blob's data, which the
+// caller checked), the chunks the blob c records as stored as chunks has
+// lost (see lostChunks), and reports whether it stored any: the record is
+// kept, and a read gives the blob's bytes again. The caller holds the
+// blob's lock. Data staged in an object store (a library that keeps new
+// blobs whole there) is not at hand to cut: the blob is stored whole from
+// it instead (see storeWhole).
+func (l *Library) repairChunks(ctx context.Context, c *osvcv1.Content, staged Staged) (*osvcv1.Content, bool, error) {
+	list, lost, err := l.lostChunks(ctx, c)
+	if err != nil || len(lost) == 0 {
+		return c, false, err
+	}
+	sha := c.GetSha256()
+	file, local := staged.(*fileStaged)
+	if !local {
+		l.logger.Warn("a blob stored as chunks lost some of them; storing it whole from the data written", "sha256", sha, "lost_chunks", len(lost))
+		c, err := l.storeWhole(ctx, c, staged)
+		return c, err == nil, err
+	}
+	l.logger.Warn("a blob stored as chunks lost some of them; storing them again from the data written", "sha256", sha, "lost_chunks", len(lost))
+	if err := l.storeChunks(ctx, file.f, list, lost); err != nil {
+		return nil, false, fmt.Errorf("content %s: store its lost chunks again: %w", sha, err)
+	}
+	return c, true, nil
+}
+
+// storeWhole publishes staged as the blob c records as stored as chunks
+// and records it whole; the chunks only it held go at the collector's
+// next passes, its index stays with its record.
+func (l *Library) storeWhole(ctx context.Context, c *osvcv1.Content, staged Staged) (*osvcv1.Content, error) {
+	sha := c.GetSha256()
+	if err := staged.Publish(ctx, sha); err != nil {
+		return nil, fmt.Errorf("content %s: store it whole: %w", sha, err)
+	}
+	key := l.store.ContentKey(sha)
+	var out *osvcv1.Content
+	_, err := l.store.Txn(ctx, "record content "+sha+" whole", func(tx *store.Tx) error {
+		rec, err := store.Load[*osvcv1.Content](tx, key)
+		if err != nil {
+			return err
+		}
+		rec.StoredAsChunks = false
+		rec.UpdateTime = timestamppb.New(l.now())
+		out = rec
+		return tx.Put(key, rec)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("content %s: record it whole: %w", sha, err)
+	}
+	return out, nil
+}
+
+// dropDamagedChunk removes the chunk c from the chunk store when, read
+// again whole under its lock, it still does not hash to its digest. A read
+// found it damaged; a write takes a chunk there at its size as sound (a
+// Stat cannot tell, and hashing every chunk of every blob written again
+// would cost a read of it), so only its removal lets the next write of a
+// blob holding it store it again, and every read of it fails meanwhile
+// anyway. It is read again because a write may have stored it again since
+// the read, and only a chunk read whole and found damaged goes: a failed
+// read (a dropped connection) removes nothing. Failures are logged: the
+// read fails as DATA_LOSS whatever happens here.
+func (l *Library) dropDamagedChunk(ctx context.Context, c chunks.Chunk) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dropTimeout)
+	defer cancel()
+	sha := hex.EncodeToString(c.Digest[:])
+	err := func() error {
+		locks, done, err := l.chunkLocks(ctx)
+		if err != nil {
+			return err
+		}
+		defer done()
+		unlock, err := locks.lock(ctx, sha)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		blob, err := l.chunks.Open(ctx, sha)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		_, sum, err := readChunk(blob, c, nil)
+		blob.Close()
+		if err != nil || sum == c.Digest {
+			return err
+		}
+		if err := l.chunks.Delete(ctx, sha); err != nil {
+			return err
+		}
+		l.logger.Warn("a damaged chunk was removed from the chunk store; the next write of a blob holding it stores it again", "chunk", sha, "hashes_to", hex.EncodeToString(sum[:]))
+		return nil
+	}()
+	if err != nil {
+		l.logger.Warn("removing a damaged chunk failed; a write of a blob holding it does not repair it until a read removes it", "chunk", sha, "error", err)
+	}
+}
+
+// readChunk reads the chunk c whole from blob, its open copy in the chunk
+// store, into buf, grown when too small, and returns the data and its
+// sha256.
+func readChunk(blob Blob, c chunks.Chunk, buf []byte) ([]byte, [chunks.DigestSize]byte, error) {
+	if int64(cap(buf)) < c.Size {
+		buf = make([]byte, c.Size)
+	}
+	buf = buf[:c.Size]
+	r, err := blob.Stream(0, c.Size)
+	if err != nil {
+		return buf, [chunks.DigestSize]byte{}, err
+	}
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return buf, [chunks.DigestSize]byte{}, err
+	}
+	return buf, sha256.Sum256(buf), nil
 }
 
 // chunkLocks locks chunks for one write or one collection pass: in this
@@ -144,7 +336,8 @@ func (l *Library) openChunks(ctx context.Context, c *osvcv1.Content) (Blob, erro
 		return nil, fmt.Errorf("content %s: %w", c.GetSha256(), err)
 	}
 	offsets, size := chunks.Locate(list)
-	return &chunkedBlob{ctx: ctx, store: l.chunks, sha: c.GetSha256(), list: list, offsets: offsets, size: size}, nil
+	ctx, stop := context.WithCancel(ctx)
+	return &chunkedBlob{ctx: ctx, stop: stop, lib: l, readAhead: l.readAhead, sha: c.GetSha256(), list: list, offsets: offsets, size: size}, nil
 }
 
 // chunkList reads and checks the chunk index c's record names.
@@ -156,18 +349,37 @@ func (l *Library) chunkList(ctx context.Context, c *osvcv1.Content) ([]chunks.Ch
 	return list, nil
 }
 
+// defaultReadAhead is how many chunks a stream of a blob stored as chunks
+// holds at once: the one it is returning and those fetched ahead of the
+// reader, each by a request of its own. From a bucket far away, the
+// requests' round trips overlap instead of adding up; a stream holds at
+// most defaultReadAhead × chunks.MaxSize bytes (16 MiB).
+const defaultReadAhead = 4
+
 // chunkedBlob is a blob stored as chunks, read from the chunk store.
 type chunkedBlob struct {
-	ctx     context.Context
-	store   Blobs
-	sha     string
-	list    []chunks.Chunk
-	offsets []int64
-	size    int64
+	// ctx is the Open's context, ended by stop when the blob is closed.
+	ctx       context.Context
+	stop      context.CancelFunc
+	lib       *Library
+	readAhead int
+	sha       string
+	list      []chunks.Chunk
+	offsets   []int64
+	size      int64
+	// fetches are the streams' fetches in progress; Close waits for them.
+	fetches sync.WaitGroup
 }
 
-func (b *chunkedBlob) Size() int64  { return b.size }
-func (b *chunkedBlob) Close() error { return nil }
+func (b *chunkedBlob) Size() int64 { return b.size }
+
+// Close ends the fetches of the blob's streams and waits for them, so that
+// no request outlives a reader that stopped early.
+func (b *chunkedBlob) Close() error {
+	b.stop()
+	b.fetches.Wait()
+	return nil
+}
 
 // at is the index of the chunk holding the byte at off < size.
 func (b *chunkedBlob) at(off int64) int {
@@ -178,7 +390,7 @@ func (b *chunkedBlob) at(off int64) int {
 func (b *chunkedBlob) open(i int) (Blob, string, error) {
 	c := b.list[i]
 	sha := hex.EncodeToString(c.Digest[:])
-	blob, err := b.store.Open(b.ctx, sha)
+	blob, err := b.lib.chunks.Open(b.ctx, sha)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, sha, fmt.Errorf("content %s: its chunk %d, %s, is missing from the chunk store: %w", b.sha, i+1, sha, errdefs.ErrDataLoss)
 	}
@@ -221,66 +433,119 @@ func (b *chunkedBlob) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// fetch reads chunk i whole into buf, grown when too small, and checks it
+// against its sha256. A chunk that does not hash to it is removed (see
+// dropDamagedChunk) before the read fails.
+func (b *chunkedBlob) fetch(i int, buf []byte) ([]byte, error) {
+	c := b.list[i]
+	blob, sha, err := b.open(i)
+	if err != nil {
+		return buf, err
+	}
+	defer blob.Close()
+	buf, sum, err := readChunk(blob, c, buf)
+	if err != nil {
+		return buf, fmt.Errorf("content %s: read its chunk %s: %w", b.sha, sha, err)
+	}
+	if sum != c.Digest {
+		b.lib.dropDamagedChunk(b.ctx, c)
+		return buf, fmt.Errorf("content %s: its chunk %d in the chunk store, %s, hashes to %x: %w", b.sha, i+1, sha, sum, errdefs.ErrDataLoss)
+	}
+	return buf, nil
+}
+
 // Stream reads n bytes from off chunk after chunk, each read whole and
-// checked against its sha256 before any of it is returned.
+// checked against its sha256 before any of it is returned, the next ones
+// fetched meanwhile (see defaultReadAhead).
 func (b *chunkedBlob) Stream(off, n int64) (io.Reader, error) {
 	if off < 0 || n < 0 || off+n > b.size {
 		return nil, fmt.Errorf("content %s: stream %d bytes at %d of %d", b.sha, n, off, b.size)
 	}
-	return &chunkStream{b: b, off: off, end: off + n}, nil
+	s := &chunkStream{b: b, off: off, end: off + n}
+	if n > 0 {
+		s.next, s.last = b.at(off), b.at(off+n-1)
+		s.fill()
+	}
+	return s, nil
 }
 
 // chunkStream is a Stream of a chunkedBlob.
 type chunkStream struct {
 	b        *chunkedBlob
 	off, end int64
-	// buf holds the chunk being read; pending is what is left to return of it.
-	buf     []byte
+	// next is the next chunk to fetch, last the stream's last.
+	next, last int
+	// ahead are the chunks fetched or being fetched, in order, the first
+	// being the one the stream returns; spare are buffers they left.
+	ahead []*chunkFetch
+	spare [][]byte
+	// pending is what is left to return of ahead[0].
 	pending []byte
+	err     error
+}
+
+// chunkFetch is the fetch of one chunk by a goroutine of its own: data
+// and err are set once done is closed.
+type chunkFetch struct {
+	i    int
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// fill starts fetching chunks until the stream holds readAhead of them or
+// has fetched its last.
+func (s *chunkStream) fill() {
+	for len(s.ahead) < s.b.readAhead && s.next <= s.last {
+		f := &chunkFetch{i: s.next, done: make(chan struct{})}
+		var buf []byte
+		if n := len(s.spare); n > 0 {
+			buf, s.spare = s.spare[n-1], s.spare[:n-1]
+		}
+		s.b.fetches.Go(func() {
+			defer close(f.done)
+			f.data, f.err = s.b.fetch(f.i, buf)
+		})
+		s.ahead = append(s.ahead, f)
+		s.next++
+	}
 }
 
 func (s *chunkStream) Read(p []byte) (int, error) {
-	if len(s.pending) == 0 {
+	for len(s.pending) == 0 {
+		if s.err != nil {
+			return 0, s.err
+		}
 		if s.off >= s.end {
 			return 0, io.EOF
 		}
-		if err := s.next(); err != nil {
-			return 0, err
-		}
+		s.err = s.advance()
 	}
 	n := copy(p, s.pending)
 	s.pending = s.pending[n:]
 	return n, nil
 }
 
-// next reads and checks the chunk holding off and makes what of it the
-// stream returns pending.
-func (s *chunkStream) next() error {
+// advance drops the chunk the stream has returned, starts fetching the
+// next ones, waits for the chunk holding off and makes what of it the
+// stream returns pending. The fetches end on their own, so a reader that
+// stops early leaves none waiting; Close cuts them short.
+func (s *chunkStream) advance() error {
 	b := s.b
-	i := b.at(s.off)
-	c := b.list[i]
-	blob, sha, err := b.open(i)
-	if err != nil {
-		return err
+	if len(s.ahead) > 0 && s.ahead[0].i < b.at(s.off) {
+		s.spare = append(s.spare, s.ahead[0].data)
+		s.ahead = s.ahead[1:]
 	}
-	defer blob.Close()
-	if cap(s.buf) < int(c.Size) {
-		s.buf = make([]byte, c.Size, max(c.Size, chunks.MaxSize))
+	s.fill()
+	f := s.ahead[0]
+	<-f.done
+	if f.err != nil {
+		return f.err
 	}
-	s.buf = s.buf[:c.Size]
-	r, err := blob.Stream(0, c.Size)
-	if err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(r, s.buf); err != nil {
-		return fmt.Errorf("content %s: read its chunk %s: %w", b.sha, sha, err)
-	}
-	if sum := sha256.Sum256(s.buf); !bytes.Equal(sum[:], c.Digest[:]) {
-		return fmt.Errorf("content %s: its chunk %d in the chunk store, %s, hashes to %x: %w", b.sha, i+1, sha, sum, errdefs.ErrDataLoss)
-	}
+	i := f.i
 	from := s.off - b.offsets[i]
-	to := min(c.Size, s.end-b.offsets[i])
-	s.pending = s.buf[from:to]
+	to := min(b.list[i].Size, s.end-b.offsets[i])
+	s.pending = f.data[from:to]
 	s.off = b.offsets[i] + to
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,7 +107,12 @@ func (l *library) replaceChunk(t *testing.T, sha string, data []byte) {
 
 // read reads the whole blob through Open.
 func (l *library) read(sha string) ([]byte, error) {
-	b, err := l.Open(context.Background(), sha)
+	return l.readWithin(context.Background(), sha)
+}
+
+// readWithin reads the whole blob through Open, within ctx.
+func (l *library) readWithin(ctx context.Context, sha string) ([]byte, error) {
+	b, err := l.Open(ctx, sha)
 	if err != nil {
 		return nil, err
 	}
@@ -171,29 +177,144 @@ func TestTheVersionsOfABlobShareTheirChunks(t *testing.T) {
 	})
 }
 
-func TestAChunkDamagedOrLostInTheStoreFailsTheReadAsDataLoss(t *testing.T) {
+// withBlobOfChunks is a library on b holding a blob of 24 MiB stored as
+// chunks, with the blob's data and sha256.
+func (b backend) withBlobOfChunks(t *testing.T) (*library, []byte, string) {
+	t.Helper()
+	lib := b.newLibrary(t, content.Config{})
+	data, _ := versions()
+	return lib, data, lib.put(t, data)
+}
+
+// chunkAt returns the sha256 and the bytes of chunk k of the blob sha,
+// whose data is data.
+func (l *library) chunkAt(t *testing.T, sha string, data []byte, k int) (string, []byte) {
+	t.Helper()
+	idx, err := l.ChunkIndex(context.Background(), sha)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var off int64
+	for _, c := range idx.GetChunks()[:k] {
+		off += c.GetSizeBytes()
+	}
+	c := idx.GetChunks()[k]
+	return hex.EncodeToString(c.GetDigest()), data[off : off+c.GetSizeBytes()]
+}
+
+// damages are what may happen to a stored chunk behind the library's back.
+var damages = []struct {
+	name string
+	// damage returns what the store holds in place of the chunk's data:
+	// nil for nothing.
+	damage func(data []byte) []byte
+}{
+	{name: "removed", damage: func([]byte) []byte { return nil }},
+	{name: "cut short", damage: func(data []byte) []byte { return slices.Clone(data[:len(data)-1]) }},
+	{name: "damaged at its size", damage: func(data []byte) []byte {
+		damaged := slices.Clone(data)
+		damaged[len(damaged)/2] ^= 1
+		return damaged
+	}},
+}
+
+func TestAChunkLostOrDamagedInTheStoreFailsTheReadAndAWriteOfTheBlobStoresItAgain(t *testing.T) {
+	t.Parallel()
+	writes := []struct {
+		name   string
+		header func(sha string, data []byte) content.WriteHeader
+	}{
+		{name: "found by hashing", header: func(string, []byte) content.WriteHeader { return content.WriteHeader{} }},
+		{name: "named by the header", header: func(sha string, data []byte) content.WriteHeader {
+			return content.WriteHeader{SHA256: sha, SizeBytes: int64(len(data))}
+		}},
+	}
+	eachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		lib, data, sha := b.withBlobOfChunks(t)
+		// One blob for every case, each on a chunk of its own, the blob
+		// whole again after each.
+		k := 0
+		for _, d := range damages {
+			for _, w := range writes {
+				t.Run("a chunk "+d.name+", then the blob written again "+w.name, func(t *testing.T) {
+					k++
+					chunk, chunkData := lib.chunkAt(t, sha, data, k)
+					lib.replaceChunk(t, chunk, d.damage(chunkData))
+					_, err := lib.read(sha)
+					if !errors.Is(err, errdefs.ErrDataLoss) || !strings.Contains(err.Error(), chunk) {
+						t.Fatalf("read: %v, want DataLoss naming the chunk %s", err, chunk)
+					}
+					c, existed, err := lib.Write(ctx, w.header(sha, data), bytes.NewReader(data))
+					if err != nil || existed || c.GetSha256() != sha {
+						t.Fatalf("write again: %v, existed %v, %v; want the lost chunk stored again", c, existed, err)
+					}
+					if got, err := lib.read(sha); err != nil || !bytes.Equal(got, data) {
+						t.Fatalf("read after the write: %v, or other bytes", err)
+					}
+					// Whole again, the blob is held: the data is not read.
+					r := &countingReader{r: bytes.NewReader(data)}
+					if _, existed, err := lib.Write(ctx, content.WriteHeader{SHA256: sha}, r); err != nil || !existed || r.n != 0 {
+						t.Fatalf("write once repaired: existed %v, %v, %d bytes read; want it held, nothing read", existed, err, r.n)
+					}
+				})
+			}
+		}
+		lib.wantContents(t, blobEntry(sha))
+	})
+}
+
+func TestAdoptingTheDataOfABlobThatLostAChunkStoresItAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lib, data, sha := backends[0].withBlobOfChunks(t)
+	chunk, _ := lib.chunkAt(t, sha, data, 1)
+	lib.replaceChunk(t, chunk, nil)
+	name := leave(t, lib.Library, data)
+	c, existed, err := lib.Adopt(ctx, name, content.WriteHeader{SHA256: sha, SizeBytes: int64(len(data))})
+	if err != nil || existed || c.GetSha256() != sha {
+		t.Fatalf("Adopt: %v, existed %v, %v; want the lost chunk stored again", c, existed, err)
+	}
+	if got, err := lib.read(sha); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after Adopt: %v, or other bytes", err)
+	}
+	lib.wantContents(t, blobEntry(sha))
+}
+
+// TestALibraryKeepingBlobsWholeRepairsABlobStoredAsChunks writes the blob
+// again through a library keeping new blobs whole: on a directory, the
+// data is a file of the library's, cut for the lost chunk; on an object
+// store, staged there, it becomes the blob whole.
+func TestALibraryKeepingBlobsWholeRepairsABlobStoredAsChunks(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, b backend) {
-		lib := b.newLibrary(t, content.Config{})
-		data, _ := versions()
-		sha := lib.put(t, data)
-		second := chunksOf(t, lib, sha)[1]
-		idx, err := lib.ChunkIndex(context.Background(), sha)
-		if err != nil {
-			t.Fatal(err)
+		ctx := context.Background()
+		lib, data, sha := b.withBlobOfChunks(t)
+		whole := b.newLibraryOn(t, content.Config{Store: lib.cfg.Store, WholeBlobs: true}, lib)
+		chunk, _ := lib.chunkAt(t, sha, data, 1)
+		lib.replaceChunk(t, chunk, nil)
+		if _, existed, err := whole.Write(ctx, content.WriteHeader{}, bytes.NewReader(data)); err != nil || existed {
+			t.Fatalf("write again: existed %v, %v; want the blob repaired", existed, err)
 		}
-		size := idx.GetChunks()[1].GetSizeBytes()
-		damaged := slices.Clone(data[idx.GetChunks()[0].GetSizeBytes():][:size])
-		damaged[size/2] ^= 1
-		lib.replaceChunk(t, second, damaged)
-		if _, err := lib.read(sha); !errors.Is(err, errdefs.ErrDataLoss) {
-			t.Errorf("read with a damaged chunk: %v, want DataLoss", err)
-		}
-		lib.replaceChunk(t, second, nil)
-		if _, err := lib.read(sha); !errors.Is(err, errdefs.ErrDataLoss) {
-			t.Errorf("read with a lost chunk: %v, want DataLoss", err)
+		for _, l := range []*library{lib, whole} {
+			if got, err := l.read(sha); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read after the write: %v, or other bytes", err)
+			}
 		}
 	})
+}
+
+func TestALibraryWithoutAChunkStoreTakesABlobStoredAsChunksAsHeld(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	lib, data, _ := backends[1].withBlobOfChunks(t)
+	noChunks, err := content.New(content.Config{Dir: t.TempDir(), Blobs: bucketStore(t, lib.bucket, "", 0), Store: lib.cfg.Store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, existed, err := noChunks.Write(ctx, content.WriteHeader{}, bytes.NewReader(data)); err != nil || !existed {
+		t.Fatalf("write: existed %v, %v; want it held (the server reads it from no chunk store)", existed, err)
+	}
 }
 
 func TestCollectRemovesTheChunksOnlyARemovedBlobHeld(t *testing.T) {

@@ -137,6 +137,9 @@ type Library struct {
 	// indexing makes the chunk index of a blob stored without one once
 	// for every caller asking for it at the same time.
 	indexing singleflight.Group
+	// readAhead is how many chunks a stream of a blob stored as chunks
+	// holds at once (see defaultReadAhead).
+	readAhead int
 	// id identifies the library's folder (see Locate).
 	id string
 }
@@ -171,7 +174,7 @@ func New(cfg Config) (*Library, error) {
 	l := &Library{
 		dir: dir, blobs: cfg.Blobs, store: cfg.Store, logger: logger.Named("content"),
 		maxBytes: cmp.Or(cfg.MaxBlobBytes, DefaultMaxBlobBytes), writes: writes,
-		now: cfg.Now,
+		now: cfg.Now, readAhead: defaultReadAhead,
 	}
 	if l.now == nil {
 		l.now = time.Now
@@ -284,7 +287,9 @@ type WriteHeader struct {
 // with its chunk index (see ChunkIndex), cut while the data was received.
 // A blob the library holds is not written again (existed=true); when h.SHA256
 // names one, r is not read at all, and h.SizeBytes, when set, must be its
-// size. A blob larger than Config.MaxBlobBytes is refused with
+// size. A blob stored as chunks is held only when the chunk store holds
+// each of them at its size: the chunks it lost are stored again from the
+// data (existed=false), the record kept (see repairChunks). A blob larger than Config.MaxBlobBytes is refused with
 // errdefs.ErrResourceExhausted: at once when the header announces it, else
 // as soon as the data passes it. At most Config.MaxConcurrentWrites writes
 // receive data at once; the others wait for their turn. A refusal leaves
@@ -373,16 +378,25 @@ func (l *Library) begin(ctx context.Context, h *WriteHeader) (*osvcv1.Content, e
 		return nil, err
 	}
 	c, err := l.claim(ctx, h.SHA256)
-	if c != nil && h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
+	if err != nil || c == nil {
+		return nil, err
+	}
+	if h.SizeBytes > 0 && h.SizeBytes != c.GetSizeBytes() {
 		return nil, errdefs.InvalidArgument("size_bytes", fmt.Sprintf(
 			"the content library holds %s with %d bytes, not %d as the header says; send the file's real size", h.SHA256, c.GetSizeBytes(), h.SizeBytes))
 	}
-	return c, err
+	// A blob that lost chunks is repaired from the data (see finish),
+	// which must then be read.
+	if _, lost, err := l.lostChunks(ctx, c); err != nil || len(lost) > 0 {
+		return nil, err
+	}
+	return c, nil
 }
 
 // finish checks the n staged bytes, hashing to sum, against h, then, unless
 // the library holds the blob sum already, publishes them as that blob and
-// records it, with list, its chunks, stored as its chunk index. Nothing is
+// records it, with list, its chunks, stored as its chunk index; a blob it
+// holds stored as chunks gets from them the chunks it lost. Nothing is
 // published before every check has passed.
 func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string, h WriteHeader, list []chunks.Chunk) (c *osvcv1.Content, existed bool, err error) {
 	if h.SizeBytes > 0 && n != h.SizeBytes {
@@ -407,9 +421,17 @@ func (l *Library) finish(ctx context.Context, staged Staged, n int64, sum string
 	}
 	defer unlock()
 	// The data named itself only now, or another writer stored it
-	// meanwhile: it may be a blob the library holds.
+	// meanwhile: it may be a blob the library holds, which may have lost
+	// chunks the data has.
 	if c, err := l.claim(ctx, sum); err != nil || c != nil {
-		return c, c != nil, err
+		if err != nil {
+			return nil, false, err
+		}
+		c, repaired, err := l.repairChunks(ctx, c, staged)
+		if err != nil {
+			return nil, false, err
+		}
+		return c, !repaired, nil
 	}
 	index, asChunks, err := l.publish(ctx, staged, n, sum, list)
 	if err != nil {
@@ -445,7 +467,7 @@ func (l *Library) publish(ctx context.Context, staged Staged, n int64, sum strin
 		if err != nil {
 			return nil, false, fmt.Errorf("content library: store the chunk index of %s: %w", sum, err)
 		}
-		if err := l.storeChunks(ctx, file.f, list); err != nil {
+		if err := l.storeChunks(ctx, file.f, list, distinct(list)); err != nil {
 			return nil, false, err
 		}
 		return ref, true, nil
