@@ -104,14 +104,16 @@ func (m *Metrics) put(known map[string]runInfo, key string, value []byte, live b
 	}
 	now := runInfo{state: run.GetState(), kind: kindLabel(run.GetKind())}
 	old, seen := known[key]
+	// What the run took and gave first, its state last: a scrape that
+	// shows the run ended shows its results too.
+	if live && ended(now.state) && !(seen && ended(old.state)) {
+		m.ended(run, now.kind)
+	}
 	if seen {
 		m.runs.WithLabelValues(stateLabel(old.state), old.kind).Dec()
 	}
 	m.runs.WithLabelValues(stateLabel(now.state), now.kind).Inc()
 	known[key] = now
-	if live && ended(now.state) && !(seen && ended(old.state)) {
-		m.ended(run, now.kind)
-	}
 }
 
 // ended records what a run that just ended took and gave.
