@@ -77,22 +77,25 @@ func (s *contentServer) Read(req *osvcv1.ReadRequest, stream grpc.ServerStreamin
 		ranges = []*osvcv1.ByteRange{{Offset: offset, Length: end - offset}}
 	}
 	var prev int64
+	spans := make([]content.Range, len(ranges))
 	for i, r := range ranges {
 		if r.GetOffset() < prev || r.GetLength() < 0 || r.GetOffset()+r.GetLength() > size || (len(req.GetRanges()) > 0 && r.GetLength() == 0) {
 			return Status(errdefs.InvalidArgument(fmt.Sprintf("ranges[%d]", i), fmt.Sprintf(
 				"%d bytes from %d: a range has bytes, within the blob's %d, after the range before it", r.GetLength(), r.GetOffset(), size)))
 		}
 		prev = r.GetOffset() + r.GetLength()
+		spans[i] = content.Range{Offset: r.GetOffset(), Length: r.GetLength()}
+	}
+	// One stream of all the ranges: a blob stored as chunks fetches the
+	// next ranges' chunks while this one's are sent.
+	r, err := content.StreamRanges(blob, spans)
+	if err != nil {
+		return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), spans[0].Offset, err))
 	}
 	buf := make([]byte, readChunkSize)
 	first := true
-	for _, rg := range ranges {
-		offset, end := rg.GetOffset(), rg.GetOffset()+rg.GetLength()
-		// One stream of the whole range: from an object store, one request.
-		r, err := blob.Stream(offset, end-offset)
-		if err != nil {
-			return Status(fmt.Errorf("read content %s at %d: %w", req.GetSha256(), offset, err))
-		}
+	for _, rg := range spans {
+		offset, end := rg.Offset, rg.Offset+rg.Length
 		for first || offset < end {
 			n := min(int64(len(buf)), end-offset)
 			read, err := io.ReadFull(r, buf[:n])

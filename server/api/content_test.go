@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -117,7 +120,13 @@ func (a *contentAPI) upload(t *testing.T, msgs ...*osvcv1.WriteRequest) (*osvcv1
 // readAll reads a blob with Read and returns the data and the responses.
 func (a *contentAPI) readAll(t *testing.T, req *osvcv1.ReadRequest) ([]byte, []*osvcv1.ReadResponse, error) {
 	t.Helper()
-	stream, err := a.client.Read(context.Background(), req)
+	return a.readAllWithin(context.Background(), t, req)
+}
+
+// readAllWithin is readAll within ctx.
+func (a *contentAPI) readAllWithin(ctx context.Context, t *testing.T, req *osvcv1.ReadRequest) ([]byte, []*osvcv1.ReadResponse, error) {
+	t.Helper()
+	stream, err := a.client.Read(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,5 +462,168 @@ func TestGetContentOfAMalformedSHA256NamesTheField(t *testing.T) {
 	_, err := a.client.GetContent(context.Background(), &osvcv1.GetContentRequest{Sha256: "ABC"})
 	if status.Code(err) != codes.InvalidArgument || badRequestField(err) != "sha256" {
 		t.Fatalf("GetContent: got %v, want InvalidArgument on sha256", err)
+	}
+}
+
+// noise returns n bytes that repeat nowhere, so that a blob of them is
+// cut into chunks of its own and a misplaced byte shows.
+func noise(n int) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{5}).Read(b)
+	return b
+}
+
+// chunkRanges are the chunks of the blob sum, as ranges of it.
+func (a *contentAPI) chunkRanges(t *testing.T, sum string) []*osvcv1.ByteRange {
+	t.Helper()
+	idx, err := a.lib.ChunkIndex(context.Background(), sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*osvcv1.ByteRange
+	var off int64
+	for _, c := range idx.GetChunks() {
+		out = append(out, &osvcv1.ByteRange{Offset: off, Length: c.GetSizeBytes()})
+		off += c.GetSizeBytes()
+	}
+	return out
+}
+
+func TestContentReadOfRangesSendsEachAtItsOffsets(t *testing.T) {
+	t.Parallel()
+	libraries := []struct {
+		name string
+		cfg  func(t *testing.T) content.Config
+		// chunks: the library stores the blob as chunks.
+		chunks bool
+	}{
+		{name: "a directory, the blob stored as chunks", chunks: true, cfg: func(*testing.T) content.Config { return content.Config{} }},
+		{name: "an object store keeping blobs whole", cfg: func(t *testing.T) content.Config {
+			blobs, _ := s3test.NewStore(t, s3store.Config{})
+			return content.Config{Blobs: blobs}
+		}},
+		{name: "an object store, the blob stored as chunks", chunks: true, cfg: func(t *testing.T) content.Config {
+			blobs, _ := s3test.NewStore(t, s3store.Config{})
+			chunks, _ := s3test.NewStore(t, s3store.Config{})
+			return content.Config{Blobs: blobs, Chunks: chunks}
+		}},
+	}
+	data := noise(12 << 20)
+	size := int64(len(data))
+	r := func(off, n int64) *osvcv1.ByteRange { return &osvcv1.ByteRange{Offset: off, Length: n} }
+	// Chunks are 1 MiB on average: these start and end within chunks,
+	// share some, span several, and take several messages.
+	ranges := []*osvcv1.ByteRange{
+		r(10, 100), r(5000, 3<<20+7), r(3<<20+5007, 20), r(3<<20+6000, 1), r(9<<20, 1<<20), r(size-1000, 1000),
+	}
+	for _, l := range libraries {
+		t.Run("from "+l.name, func(t *testing.T) {
+			t.Parallel()
+			a := startContentAPIWith(t, l.cfg(t))
+			c, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.GetStoredAsChunks() != l.chunks {
+				t.Fatalf("stored as chunks: %v, want %v", c.GetStoredAsChunks(), l.chunks)
+			}
+			_, resps, err := a.readAll(t, &osvcv1.ReadRequest{Sha256: c.GetSha256(), Ranges: ranges})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Each range's messages in turn, back to back from its
+			// offset, none past its end, the first carrying the size.
+			for i, rg := range ranges {
+				for off := rg.GetOffset(); off < rg.GetOffset()+rg.GetLength(); {
+					if len(resps) == 0 {
+						t.Fatalf("the read ended at %d, in range %d", off, i)
+					}
+					resp := resps[0]
+					resps = resps[1:]
+					end := off + int64(len(resp.GetData()))
+					if resp.GetOffset() != off || len(resp.GetData()) == 0 || end > rg.GetOffset()+rg.GetLength() ||
+						!bytes.Equal(resp.GetData(), data[off:end]) {
+						t.Fatalf("range %d: %d bytes at %d, want up to %d at %d (or other bytes)",
+							i, len(resp.GetData()), resp.GetOffset(), rg.GetOffset()+rg.GetLength()-off, off)
+					}
+					wantSize := int64(0)
+					if i == 0 && off == rg.GetOffset() {
+						wantSize = size
+					}
+					if resp.GetSizeBytes() != wantSize {
+						t.Errorf("range %d: size_bytes %d at %d, want %d", i, resp.GetSizeBytes(), off, wantSize)
+					}
+					off = end
+				}
+			}
+			if len(resps) > 0 {
+				t.Fatalf("%d messages after the last range", len(resps))
+			}
+		})
+	}
+}
+
+// gatheredChunks is a chunk store whose Opens return once want chunks
+// are being opened at once: a reader taking one chunk at a time waits
+// for ever.
+type gatheredChunks struct {
+	content.Blobs
+	want     int
+	mu       sync.Mutex
+	opening  int
+	gathered chan struct{}
+}
+
+func (g *gatheredChunks) Open(ctx context.Context, sha string) (content.Blob, error) {
+	g.mu.Lock()
+	// No Open returns before want are under way, so those counted are
+	// under way at once.
+	if g.opening++; g.opening == g.want {
+		close(g.gathered)
+	}
+	g.mu.Unlock()
+	select {
+	case <-g.gathered:
+		return g.Blobs.Open(ctx, sha)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func TestContentReadOfSeparateChunksFetchesThemAheadAcrossTheRanges(t *testing.T) {
+	t.Parallel()
+	blobs, _ := s3test.NewStore(t, s3store.Config{})
+	chunks, _ := s3test.NewStore(t, s3store.Config{})
+	g := &gatheredChunks{Blobs: chunks, want: 4, gathered: make(chan struct{})}
+	a := startContentAPIWith(t, content.Config{Blobs: blobs, Chunks: g})
+	data := noise(12 << 20)
+	c, _, err := a.lib.Write(context.Background(), content.WriteHeader{}, bytes.NewReader(data))
+	if err != nil || !c.GetStoredAsChunks() {
+		t.Fatalf("write: %v, stored as chunks %v", err, c.GetStoredAsChunks())
+	}
+	// Every other chunk: ranges a chunk apart, a chunk each.
+	var ranges []*osvcv1.ByteRange
+	for i, rg := range a.chunkRanges(t, c.GetSha256()) {
+		if i%2 == 0 {
+			ranges = append(ranges, rg)
+		}
+	}
+	if len(ranges) < g.want {
+		t.Fatalf("%d ranges, fewer than the %d chunks to gather", len(ranges), g.want)
+	}
+	// A Read fetching one range's chunks at a time waits until the
+	// deadline, and fails.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got, _, err := a.readAllWithin(ctx, t, &osvcv1.ReadRequest{Sha256: c.GetSha256(), Ranges: ranges})
+	if err != nil {
+		t.Fatalf("read of %d ranges: %v", len(ranges), err)
+	}
+	var want []byte
+	for _, rg := range ranges {
+		want = append(want, data[rg.GetOffset():rg.GetOffset()+rg.GetLength()]...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, want %d (or other bytes)", len(got), len(want))
 	}
 }

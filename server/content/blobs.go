@@ -2,8 +2,12 @@ package content
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"time"
+
+	"github.com/osvc/osvc/pkg/errdefs"
 )
 
 // Blobs is where the library keeps the data of its blobs, each under its
@@ -67,8 +71,75 @@ type Blob interface {
 	// Stream reads n bytes from off in order, as one request to an object
 	// store: for downloads. Closing the blob ends it. (A blob stored as
 	// chunks fetches a few of them at once, ahead of the reader; its Close
-	// waits for those fetches to end.)
+	// waits for those fetches to end.) StreamRanges reads several ranges.
 	Stream(off, n int64) (io.Reader, error)
+}
+
+// Range is Length bytes of a blob from Offset.
+type Range struct {
+	Offset, Length int64
+}
+
+// StreamRanges reads ranges of blob, in order and not overlapping, as one
+// stream returning their bytes back to back, as a delta download asks for
+// the chunks it lacks. A blob stored as chunks fetches a few chunks ahead
+// of the reader across the ranges, as its Stream does within one: a
+// download of many separate chunks from a bucket far away waits for their
+// round trips together, not one after another. Another blob is read one
+// Stream a range, each opened when the reader reaches it. Closing the blob
+// ends the stream.
+func StreamRanges(blob Blob, ranges []Range) (io.Reader, error) {
+	var spans []Range
+	var prev int64
+	for i, r := range ranges {
+		if r.Offset < prev || r.Length < 0 || r.Offset+r.Length > blob.Size() {
+			return nil, fmt.Errorf("stream range %d, %d bytes at %d: not within the blob's %d bytes after the range before it: %w",
+				i, r.Length, r.Offset, blob.Size(), errdefs.ErrOutOfRange)
+		}
+		prev = r.Offset + r.Length
+		// An empty range has nothing to read: no chunk to fetch (the one
+		// holding its offset would be), no request to make.
+		if r.Length > 0 {
+			spans = append(spans, r)
+		}
+	}
+	if b, ok := blob.(*chunkedBlob); ok {
+		return b.streamRanges(spans), nil
+	}
+	return &rangeStreams{blob: blob, ranges: spans}, nil
+}
+
+// rangeStreams reads ranges of a blob, none empty, one Stream after another.
+type rangeStreams struct {
+	blob   Blob
+	ranges []Range
+	// r reads ranges[0], left bytes of it to come; nil before it is open.
+	r    io.Reader
+	left int64
+}
+
+func (s *rangeStreams) Read(p []byte) (int, error) {
+	if s.r == nil {
+		if len(s.ranges) == 0 {
+			return 0, io.EOF
+		}
+		r, err := s.blob.Stream(s.ranges[0].Offset, s.ranges[0].Length)
+		if err != nil {
+			return 0, err
+		}
+		s.r, s.left = r, s.ranges[0].Length
+	}
+	n, err := s.r.Read(p[:min(int64(len(p)), s.left)])
+	s.left -= int64(n)
+	if s.left == 0 || errors.Is(err, io.EOF) {
+		// A range cut short would hand the next range's bytes to the
+		// reader as its own.
+		if s.left > 0 {
+			return n, fmt.Errorf("stream %d bytes at %d: the last %d missing: %w", s.ranges[0].Length, s.ranges[0].Offset, s.left, io.ErrUnexpectedEOF)
+		}
+		s.r, s.ranges, err = nil, s.ranges[1:], nil
+	}
+	return n, err
 }
 
 // BlobInfo describes a stored blob.

@@ -458,23 +458,40 @@ func (b *chunkedBlob) fetch(i int, buf []byte) ([]byte, error) {
 // checked against its sha256 before any of it is returned, the next ones
 // fetched meanwhile (see defaultReadAhead).
 func (b *chunkedBlob) Stream(off, n int64) (io.Reader, error) {
-	if off < 0 || n < 0 || off+n > b.size {
-		return nil, fmt.Errorf("content %s: stream %d bytes at %d of %d", b.sha, n, off, b.size)
+	r, err := StreamRanges(b, []Range{{Offset: off, Length: n}})
+	if err != nil {
+		return nil, fmt.Errorf("content %s: %w", b.sha, err)
 	}
-	s := &chunkStream{b: b, off: off, end: off + n}
-	if n > 0 {
-		s.next, s.last = b.at(off), b.at(off+n-1)
-		s.fill()
-	}
-	return s, nil
+	return r, nil
 }
 
-// chunkStream is a Stream of a chunkedBlob.
+// streamRanges reads ranges, which StreamRanges checked, none empty, as
+// Stream reads one: the chunks of the next ranges are fetched while the
+// reader is still on the ones before, so a delta download asking for
+// many separate chunks keeps as many requests going as a stream of a
+// whole blob.
+func (b *chunkedBlob) streamRanges(ranges []Range) *chunkStream {
+	s := &chunkStream{b: b, spans: ranges}
+	if len(ranges) > 0 {
+		s.off = ranges[0].Offset
+	}
+	s.fill()
+	return s
+}
+
+// chunkStream is a stream of ranges of a chunkedBlob.
 type chunkStream struct {
-	b        *chunkedBlob
-	off, end int64
-	// next is the next chunk to fetch, last the stream's last.
-	next, last int
+	b *chunkedBlob
+	// spans are the ranges the stream returns, in order, none empty;
+	// reading is the one it returns, off its next byte.
+	spans   []Range
+	reading int
+	off     int64
+	// fetching is the span whose chunks are being fetched, next the first
+	// chunk not fetched yet: chunks are fetched in the order the spans
+	// need them, a chunk two spans share once.
+	fetching int
+	next     int
 	// ahead are the chunks fetched or being fetched, in order, the first
 	// being the one the stream returns; spare are buffers they left.
 	ahead []*chunkFetch
@@ -494,10 +511,14 @@ type chunkFetch struct {
 }
 
 // fill starts fetching chunks until the stream holds readAhead of them or
-// has fetched its last.
+// has fetched all its spans need.
 func (s *chunkStream) fill() {
-	for len(s.ahead) < s.b.readAhead && s.next <= s.last {
-		f := &chunkFetch{i: s.next, done: make(chan struct{})}
+	for len(s.ahead) < s.b.readAhead {
+		i, ok := s.nextChunk()
+		if !ok {
+			return
+		}
+		f := &chunkFetch{i: i, done: make(chan struct{})}
 		var buf []byte
 		if n := len(s.spare); n > 0 {
 			buf, s.spare = s.spare[n-1], s.spare[:n-1]
@@ -507,8 +528,23 @@ func (s *chunkStream) fill() {
 			f.data, f.err = s.b.fetch(f.i, buf)
 		})
 		s.ahead = append(s.ahead, f)
-		s.next++
 	}
+}
+
+// nextChunk returns the next chunk the spans need after those fetched,
+// false when none is left.
+func (s *chunkStream) nextChunk() (int, bool) {
+	for ; s.fetching < len(s.spans); s.fetching++ {
+		sp := s.spans[s.fetching]
+		// A span starting in the chunk the span before ended in shares
+		// it: fetched already, it is not fetched again.
+		i := max(s.next, s.b.at(sp.Offset))
+		if i <= s.b.at(sp.Offset+sp.Length-1) {
+			s.next = i + 1
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 func (s *chunkStream) Read(p []byte) (int, error) {
@@ -516,7 +552,7 @@ func (s *chunkStream) Read(p []byte) (int, error) {
 		if s.err != nil {
 			return 0, s.err
 		}
-		if s.off >= s.end {
+		if s.reading == len(s.spans) {
 			return 0, io.EOF
 		}
 		s.err = s.advance()
@@ -528,8 +564,9 @@ func (s *chunkStream) Read(p []byte) (int, error) {
 
 // advance drops the chunk the stream has returned, starts fetching the
 // next ones, waits for the chunk holding off and makes what of it the
-// stream returns pending. The fetches end on their own, so a reader that
-// stops early leaves none waiting; Close cuts them short.
+// stream returns pending, up to the end of its span, moving to the next
+// span at that end. The fetches end on their own, so a reader that stops
+// early leaves none waiting; Close cuts them short.
 func (s *chunkStream) advance() error {
 	b := s.b
 	if len(s.ahead) > 0 && s.ahead[0].i < b.at(s.off) {
@@ -542,10 +579,15 @@ func (s *chunkStream) advance() error {
 	if f.err != nil {
 		return f.err
 	}
-	i := f.i
+	i, sp := f.i, s.spans[s.reading]
 	from := s.off - b.offsets[i]
-	to := min(b.list[i].Size, s.end-b.offsets[i])
+	to := min(b.list[i].Size, sp.Offset+sp.Length-b.offsets[i])
 	s.pending = f.data[from:to]
 	s.off = b.offsets[i] + to
+	if s.off == sp.Offset+sp.Length {
+		if s.reading++; s.reading < len(s.spans) {
+			s.off = s.spans[s.reading].Offset
+		}
+	}
 	return nil
 }

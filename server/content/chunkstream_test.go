@@ -125,27 +125,36 @@ func (c *watchedChunk) Close() error {
 	return c.Blob.Close()
 }
 
-func TestAStreamOfABlobStoredAsChunksFetchesFourChunksAheadAndNoMore(t *testing.T) {
-	t.Parallel()
-	lib, data, sha := backends[1].withBlobOfChunks(t)
-	// Every read waits until four chunks are open at once: a stream
-	// that fetched one chunk at a time would never get its first.
+// wantFourInFlight reads with read, through a library on lib's blobs
+// whose chunk store lets a read of a chunk go on only once four chunks
+// were open at once, and checks it returns want and never had more than
+// four chunks open. A read fetching fewer at once waits until the
+// deadline, a minute, and fails.
+func wantFourInFlight(t *testing.T, lib *library, want []byte, read func(ctx context.Context, watched *library) ([]byte, error)) {
+	t.Helper()
 	four := false
 	w := &watchedChunks{let: func(_ string, open int) bool {
 		four = four || open >= 4
 		return four
 	}}
 	watched := watchChunks(t, lib, w)
-	// A stream fetching fewer at once waits until the deadline, and fails.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	got, err := watched.readWithin(ctx, sha)
-	if err != nil || !bytes.Equal(got, data) {
+	got, err := read(ctx, watched)
+	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read: %v, or other bytes", err)
 	}
 	if _, most, _ := w.counts(); most != 4 {
 		t.Errorf("%d chunks were open at once, want 4", most)
 	}
+}
+
+func TestAStreamOfABlobStoredAsChunksFetchesFourChunksAheadAndNoMore(t *testing.T) {
+	t.Parallel()
+	lib, data, sha := backends[1].withBlobOfChunks(t)
+	wantFourInFlight(t, lib, data, func(ctx context.Context, watched *library) ([]byte, error) {
+		return watched.readWithin(ctx, sha)
+	})
 }
 
 func TestClosingABlobStoredAsChunksEndsTheFetchesOfAStreamItsReaderLeft(t *testing.T) {
